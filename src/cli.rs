@@ -1,0 +1,105 @@
+//! Command-line arguments (clap derive). Doc comments are the help text; no logic here.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use sweep::report::ResultsFormat;
+
+/// Run image-classification experiment sweeps on candle, recorded in SQLite.
+#[derive(Debug, Parser)]
+#[command(name = "sweep", version, about)]
+pub struct Cli {
+    /// Folder holding the database (sweep.db) and run checkpoints.
+    #[arg(long, global = true, env = "SWEEP_HOME", default_value = ".sweep")]
+    pub home: PathBuf,
+    /// No progress bars or per-epoch lines.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Expand a sweep file, queue its runs and train them (skipping finished ones).
+    Submit {
+        /// The sweep file (TOML).
+        file: PathBuf,
+        /// Only queue; `sweep worker` trains later.
+        #[arg(long)]
+        queue_only: bool,
+        /// Where to train: cpu, auto (GPU if available) or cuda:N.
+        #[arg(long, env = "SWEEP_DEVICE", default_value = "cpu")]
+        device: String,
+    },
+    /// Show the runs a sweep file expands to, without queueing anything.
+    Plan {
+        /// The sweep file (TOML).
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: PlanFormat,
+    },
+    /// Train queued and interrupted runs until the queue is empty.
+    Worker {
+        /// Where to train: cpu, auto (GPU if available) or cuda:N.
+        #[arg(long, env = "SWEEP_DEVICE", default_value = "cpu")]
+        device: String,
+    },
+    /// Queued, running, done, failed and interrupted runs, with progress.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: StatusFormat,
+    },
+    /// One row per run: differing parameters, status, best epoch and metric, accuracies, time.
+    Results {
+        /// Only this sweep's runs.
+        #[arg(long)]
+        sweep: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ResultsFormat,
+    },
+    /// Export a side-by-side comparison of runs.
+    Report {
+        /// Only this sweep's runs.
+        #[arg(long)]
+        sweep: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "md")]
+        format: ReportFormat,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Formats of `plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Aligned columns.
+    Table,
+    /// Every run's full configuration.
+    Json,
+}
+
+/// Formats of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// Aligned columns.
+    Table,
+    /// JSON object.
+    Json,
+}
+
+/// Formats of `report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Markdown tables.
+    Md,
+    /// One row per run and epoch.
+    Csv,
+    /// Everything, with every epoch.
+    Json,
+}

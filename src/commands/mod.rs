@@ -1,0 +1,95 @@
+//! One function per subcommand; `run` dispatches. anyhow lives here and in main.
+
+mod plan;
+mod query;
+mod submit;
+
+use crate::cli::{Cli, Command};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use sweep::store::{Status, Store};
+use sweep::worker::{self, WorkerOptions, WorkerReport};
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let verbose = !cli.quiet;
+    match cli.command {
+        Command::Submit { file, queue_only, device } => {
+            submit::submit(&cli.home, &file, queue_only, &device, verbose).await
+        }
+        Command::Plan { file, format } => plan::plan(&file, format),
+        Command::Worker { device } => {
+            let store = Store::open(&cli.home).await?;
+            let report = drain(&store, &device, verbose).await?;
+            if verbose {
+                eprintln!("{}", summary_line(&report));
+            }
+            Ok(exit_code(&report))
+        }
+        Command::Status { format } => query::status(&cli.home, format).await,
+        Command::Results { sweep, format } => query::results(&cli.home, sweep.as_deref(), format).await,
+        Command::Report { sweep, format, output } => {
+            query::report(&cli.home, sweep.as_deref(), format, output.as_deref()).await
+        }
+    }
+}
+
+fn env_secs(name: &str, default: u64) -> Duration {
+    let secs = std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(default as f64);
+    Duration::from_secs_f64(secs.max(0.0))
+}
+
+/// Runs the worker until the queue is empty, stopping cleanly on Ctrl-C.
+pub async fn drain(store: &Store, device: &str, verbose: bool) -> anyhow::Result<WorkerReport> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::SeqCst);
+            eprintln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let opts = WorkerOptions {
+        device: device.to_owned(),
+        stale_after: env_secs("SWEEP_STALE_SECS", 60),
+        heartbeat_every: env_secs("SWEEP_HEARTBEAT_SECS", 2),
+        verbose,
+    };
+    let report = worker::work(store, &opts, stop).await?;
+    store.close().await;
+    Ok(report)
+}
+
+/// One line about what a worker did.
+pub fn summary_line(report: &WorkerReport) -> String {
+    let count = |s: Status| report.runs.iter().filter(|r| r.status == s).count();
+    let mut line = format!(
+        "worker: {} run(s) trained: {} done, {} failed",
+        report.runs.len(),
+        count(Status::Done),
+        count(Status::Failed)
+    );
+    if report.recovered > 0 {
+        line += &format!("; {} abandoned run(s) recovered", report.recovered);
+    }
+    if report.interrupted {
+        line += "; interrupted: `sweep worker` resumes where it stopped";
+    }
+    line
+}
+
+/// 130 if interrupted, 1 if a run failed, else 0.
+pub fn exit_code(report: &WorkerReport) -> ExitCode {
+    if report.interrupted {
+        ExitCode::from(130)
+    } else if report.runs.iter().any(|r| r.status == Status::Failed) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,70 @@
+//! `sweep plan FILE`: the expanded grid, nothing queued.
+
+use crate::cli::PlanFormat;
+use std::path::Path;
+use std::process::ExitCode;
+use sweep::report::{column_names, differing, flatten, render::text_table};
+use sweep::spec;
+
+pub fn plan(file: &Path, format: PlanFormat) -> anyhow::Result<ExitCode> {
+    let spec = match spec::load(file) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match format {
+        PlanFormat::Json => {
+            let runs: Vec<_> = spec
+                .runs
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "name": r.name,
+                        "key": r.key,
+                        "line": r.line,
+                        "supported": sweep::train::check(&r.config).err(),
+                        "config": r.config,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "sweep": spec.name, "runs": runs }))?);
+        }
+        PlanFormat::Table => {
+            let flat: Vec<_> =
+                spec.runs.iter().map(|r| flatten(&serde_json::to_value(&r.config).unwrap_or_default())).collect();
+            let diff = differing(&flat);
+            let mut headers = vec!["id".to_owned(), "name".to_owned()];
+            headers.extend(column_names(&diff));
+            headers.push("trainable here".into());
+            let mut reasons: Vec<String> = Vec::new();
+            let rows: Vec<Vec<String>> = spec
+                .runs
+                .iter()
+                .zip(&flat)
+                .map(|(r, f)| {
+                    let mut row = vec![r.key.short().to_owned(), r.name.clone()];
+                    row.extend(diff.iter().map(|p| f.get(p).cloned().unwrap_or_else(|| "-".into())));
+                    row.push(match sweep::train::check(&r.config) {
+                        Ok(()) => "yes".into(),
+                        Err(e) => {
+                            reasons.push(format!("  {}: {e}", r.name));
+                            "no (see below)".into()
+                        }
+                    });
+                    row
+                })
+                .collect();
+            println!("sweep `{}`: {} run(s), best = {}", spec.name, spec.runs.len(), spec.metric);
+            print!("{}", text_table(&headers, &rows));
+            if !spec.duplicates.is_empty() {
+                println!("dropped as duplicates of earlier runs: {}", spec.duplicates.join(", "));
+            }
+            if !reasons.is_empty() {
+                println!("cannot be trained by this build (submit would refuse the file):\n{}", reasons.join("\n"));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

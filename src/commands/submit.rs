@@ -1,0 +1,75 @@
+//! `sweep submit FILE`: validate, queue (skipping finished configs), train.
+
+use std::path::Path;
+use std::process::ExitCode;
+use sweep::report::{results, Comparison, ResultsFormat};
+use sweep::spec::{self, SpecError, SpecErrors};
+use sweep::store::{Store, SubmitOutcome};
+
+pub async fn submit(
+    home: &Path,
+    file: &Path,
+    queue_only: bool,
+    device: &str,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
+    let spec = match spec::load(file) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{errors}\nnothing was queued");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Refuse the whole file if this build cannot train one of its runs.
+    let unsupported: Vec<SpecError> = spec
+        .runs
+        .iter()
+        .filter_map(|r| {
+            sweep::train::check(&r.config).err().map(|msg| SpecError {
+                file: spec.path.clone(),
+                line: r.line,
+                column: r.column,
+                key: None,
+                message: format!("run `{}`: {msg}", r.name),
+            })
+        })
+        .collect();
+    if !unsupported.is_empty() {
+        eprintln!("{}\nnothing was queued", SpecErrors(unsupported));
+        return Ok(ExitCode::from(2));
+    }
+
+    let store = Store::open(home).await?;
+    let outcomes = store.submit(&spec).await?;
+    let count = |o: SubmitOutcome| outcomes.iter().filter(|x| **x == o).count();
+    println!(
+        "sweep `{}`: {} run(s): {} queued, {} already done, {} already queued, {} requeued after failing",
+        spec.name,
+        outcomes.len(),
+        count(SubmitOutcome::Queued),
+        count(SubmitOutcome::AlreadyDone),
+        count(SubmitOutcome::AlreadyQueued),
+        count(SubmitOutcome::Requeued)
+    );
+    if verbose {
+        for (run, outcome) in spec.runs.iter().zip(&outcomes) {
+            if *outcome == SubmitOutcome::AlreadyDone {
+                println!("  {} ({}): already done, not run again", run.name, run.key.short());
+            }
+        }
+        if !spec.duplicates.is_empty() {
+            println!("  dropped as duplicates of earlier runs: {}", spec.duplicates.join(", "));
+        }
+    }
+    if queue_only {
+        println!("queued only: run `sweep worker --home {}` to train", home.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = super::drain(&store, device, verbose).await?;
+    let store = Store::open(home).await?;
+    let cmp = Comparison::load(&store, Some(&spec.name)).await?;
+    println!();
+    print!("{}", results(&cmp, ResultsFormat::Table));
+    eprintln!("{}", super::summary_line(&report));
+    Ok(super::exit_code(&report))
+}

@@ -1,0 +1,29 @@
+//! sweep: image-classification experiment sweeps on candle, recorded in SQLite.
+//!
+//! The modules follow the data, and dependencies point one way:
+//!
+//! ```text
+//! sweep file ──spec──▶ SweepSpec ─▶ PlannedRun (RunConfig + RunKey)
+//!                                        │ store::submit
+//!                                        ▼
+//!                       SQLite queue (store) ◀── worker ──▶ train (candle)
+//!                                        │          epochs, checkpoints
+//!                                        ▼
+//!                             report (results, Markdown, CSV, JSON)
+//! ```
+//!
+//! * [`spec`]: TOML text → validated, expanded runs (pure).
+//! * [`store`]: the only module with SQL: queue, status machine, records.
+//! * [`train`]: the only module with candle: data, models, optimisers, the epoch loop.
+//! * [`worker`]: claims runs, runs the trainer on its own thread, records epochs.
+//! * [`report`]: read-only views of the store rendered as tables and files.
+//!
+//! The command-line front end (`src/main.rs`, `src/cli.rs`, `src/commands/`) is a
+//! thin layer over these. See ARCHITECTURE.md for the decisions behind them.
+#![warn(missing_docs)]
+
+pub mod report;
+pub mod spec;
+pub mod store;
+pub mod train;
+pub mod worker;

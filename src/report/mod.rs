@@ -1,0 +1,173 @@
+//! Results and reports: read models from the store turned into text.
+//!
+//! Nothing here touches candle or writes to the database. [`Comparison`] gathers
+//! the runs to show with their epochs; the renderers ([`results`] for the
+//! `results` command, [`markdown`], [`csv_epochs`] and [`json`] for `report`)
+//! write it out. By default only the parameters that differ between the runs
+//! shown are listed (a diff-only view), named by their last path segment.
+
+pub mod render;
+pub use render::text_table;
+
+pub use render::{csv_epochs, json, markdown, results, ResultsFormat};
+
+use crate::store::{EpochRecord, RunRow, Status, Store, StoreError, SweepRow};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Everything a report shows.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    /// The sweeps involved.
+    pub sweeps: Vec<SweepRow>,
+    /// The runs, with their epochs.
+    pub runs: Vec<RunReport>,
+    /// Config paths whose values differ between the runs (the diff-only columns).
+    pub differing: Vec<String>,
+}
+
+/// One run in a report.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The run and its summary numbers.
+    pub row: RunRow,
+    /// Its configuration, flattened to `path -> value text`.
+    pub params: BTreeMap<String, String>,
+    /// Its configuration as JSON.
+    pub config: Value,
+    /// Its epochs, in order.
+    pub epochs: Vec<EpochRecord>,
+    /// Whether it has the best metric among the runs shown.
+    pub best: bool,
+}
+
+impl RunReport {
+    /// The best epoch's record.
+    pub fn best_epoch(&self) -> Option<&EpochRecord> {
+        let e = self.row.best_epoch?;
+        self.epochs.iter().find(|r| r.epoch == e)
+    }
+}
+
+/// Flattens a JSON config into dotted paths; lists of transforms are summarised
+/// by the augmentation set's name, so they are left out.
+pub fn flatten(value: &Value) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "train_transforms" || k == "test_transforms" {
+                        continue;
+                    }
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&p, v, out);
+                }
+            }
+            Value::String(s) => {
+                out.insert(prefix.to_owned(), s.clone());
+            }
+            other => {
+                out.insert(prefix.to_owned(), other.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", value, &mut out);
+    out
+}
+
+/// Config paths whose values are not the same in every run.
+pub fn differing(runs: &[BTreeMap<String, String>]) -> Vec<String> {
+    let mut keys: Vec<&String> = runs.iter().flat_map(|r| r.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| {
+            let first = runs.first().and_then(|r| r.get(*k));
+            runs.iter().any(|r| r.get(*k) != first)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Short column names for config paths: the last segment, or more where two collide.
+pub fn column_names(paths: &[String]) -> Vec<String> {
+    // `optimizer.name = adam` reads best as `optimizer = adam`.
+    let short = |q: &str| -> String {
+        let mut parts = q.rsplit('.');
+        let last = parts.next().unwrap_or(q);
+        match (last, parts.next()) {
+            ("name", Some(parent)) => parent.to_owned(),
+            _ => last.to_owned(),
+        }
+    };
+    paths
+        .iter()
+        .map(|p| {
+            let mine = short(p);
+            let clash = paths.iter().filter(|q| short(q) == mine).count() > 1;
+            if clash {
+                p.clone()
+            } else {
+                mine
+            }
+        })
+        .collect()
+}
+
+impl Comparison {
+    /// Loads the runs of one sweep (or all runs) with their epochs.
+    pub async fn load(store: &Store, sweep: Option<&str>) -> Result<Comparison, StoreError> {
+        let rows = store.runs(sweep).await?;
+        let mut sweeps = store.sweeps().await?;
+        if let Some(name) = sweep {
+            sweeps.retain(|s| s.name == name);
+        } else {
+            sweeps.retain(|s| rows.iter().any(|r| r.sweep == s.name));
+        }
+        let mut runs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let config: Value = serde_json::from_str(&row.config_json).unwrap_or(Value::Null);
+            let epochs = store.epochs(row.id).await?;
+            runs.push(RunReport { params: flatten(&config), config, epochs, row, best: false });
+        }
+        let flat: Vec<_> = runs.iter().map(|r| r.params.clone()).collect();
+        let mut cmp = Comparison { sweeps, runs, differing: differing(&flat) };
+        cmp.mark_best();
+        Ok(cmp)
+    }
+
+    /// Marks the run with the best metric (over runs that have one) as best.
+    fn mark_best(&mut self) {
+        let maximize = |r: &RunReport| matches!(r.row.metric.as_str(), "test_acc" | "train_acc");
+        let mut best: Option<(usize, f64)> = None;
+        for (i, r) in self.runs.iter().enumerate() {
+            let Some(v) = r.row.best_metric else { continue };
+            let better = match best {
+                None => true,
+                Some((_, b)) => {
+                    if maximize(r) {
+                        v > b
+                    } else {
+                        v < b
+                    }
+                }
+            };
+            if better {
+                best = Some((i, v));
+            }
+        }
+        if let Some((i, _)) = best {
+            self.runs[i].best = true;
+        }
+    }
+
+    /// Count of runs per status.
+    pub fn status_counts(&self) -> Vec<(Status, usize)> {
+        Status::ALL
+            .iter()
+            .map(|s| (*s, self.runs.iter().filter(|r| r.row.status == *s).count()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}

@@ -1,0 +1,361 @@
+//! Renderers: terminal table, CSV, JSON and Markdown.
+
+use super::{column_names, Comparison, RunReport};
+use crate::store::Status;
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+/// Output formats of `sweep results`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultsFormat {
+    /// Aligned columns for a terminal.
+    Table,
+    /// Comma-separated values with a header row.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+/// Seconds as `12.3s`, `4m05s` or `1h02m`.
+pub fn duration(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else if secs < 3600.0 {
+        format!("{}m{:02}s", (secs / 60.0) as u64, (secs % 60.0) as u64)
+    } else {
+        format!("{}h{:02}m", (secs / 3600.0) as u64, ((secs % 3600.0) / 60.0) as u64)
+    }
+}
+
+fn metric_digits(metric: &str) -> usize {
+    if metric.ends_with("loss") {
+        4
+    } else {
+        2
+    }
+}
+
+/// Aligned text table.
+pub fn text_table(headers: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", parts.join("  ").trim_end());
+    };
+    line(headers, &mut out);
+    line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(), &mut out);
+    for row in rows {
+        line(row, &mut out);
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn csv_line(cells: &[String]) -> String {
+    cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",") + "\n"
+}
+
+fn progress(r: &RunReport) -> String {
+    let row = &r.row;
+    match (row.status, row.steps_per_epoch) {
+        (Status::Running | Status::Interrupted, Some(n)) if row.step > 0 => {
+            format!("{}/{} (+{}/{n})", row.epochs_done, row.epochs_total, row.step)
+        }
+        _ => format!("{}/{}", row.epochs_done, row.epochs_total),
+    }
+}
+
+fn summary_row(c: &Comparison, r: &RunReport) -> Vec<String> {
+    let mut cells = vec![r.row.key[..10].to_owned(), r.row.name.clone()];
+    cells.extend(c.differing.iter().map(|p| r.params.get(p).cloned().unwrap_or_else(|| "-".into())));
+    cells.extend([
+        r.row.status.to_string(),
+        progress(r),
+        r.row.best_epoch.map_or("-".into(), |e| e.to_string()),
+        fmt_opt(r.row.best_metric, metric_digits(&r.row.metric)),
+        fmt_opt(r.row.final_train_acc, 2),
+        fmt_opt(r.row.final_test_acc, 2),
+        duration(r.row.train_seconds),
+    ]);
+    cells
+}
+
+fn summary_headers(c: &Comparison) -> Vec<String> {
+    let metric = c.runs.first().map_or("metric", |r| r.row.metric.as_str());
+    let mut h = vec!["id".to_owned(), "name".to_owned()];
+    h.extend(column_names(&c.differing));
+    h.extend(
+        ["status", "epochs", "best_epoch", &format!("best_{metric}"), "train_acc", "test_acc", "time"]
+            .map(str::to_owned),
+    );
+    h
+}
+
+fn run_json(c: &Comparison, r: &RunReport, with_epochs: bool) -> Value {
+    let params: serde_json::Map<String, Value> =
+        c.differing.iter().map(|p| (p.clone(), r.params.get(p).map_or(Value::Null, |v| json!(v)))).collect();
+    let mut v = json!({
+        "id": &r.row.key[..10],
+        "key": r.row.key,
+        "sweep": r.row.sweep,
+        "name": r.row.name,
+        "status": r.row.status,
+        "epochs_done": r.row.epochs_done,
+        "epochs_total": r.row.epochs_total,
+        "metric": r.row.metric,
+        "best_epoch": r.row.best_epoch,
+        "best_metric": r.row.best_metric,
+        "final_train_acc": r.row.final_train_acc,
+        "final_test_acc": r.row.final_test_acc,
+        "train_seconds": r.row.train_seconds,
+        "device": r.row.device,
+        "error": r.row.error,
+        "best": r.best,
+        "params": params,
+        "reference": r.row.reference,
+        "config": r.config,
+    });
+    if with_epochs {
+        v["epochs"] = json!(r.epochs);
+    }
+    v
+}
+
+/// `sweep results`: one row per run.
+pub fn results(c: &Comparison, format: ResultsFormat) -> String {
+    match format {
+        ResultsFormat::Table => {
+            if c.runs.is_empty() {
+                return "no runs\n".to_owned();
+            }
+            let rows: Vec<_> = c.runs.iter().map(|r| summary_row(c, r)).collect();
+            text_table(&summary_headers(c), &rows)
+        }
+        ResultsFormat::Csv => {
+            let mut out = csv_line(&summary_headers(c));
+            for r in &c.runs {
+                out += &csv_line(&summary_row(c, r));
+            }
+            out
+        }
+        ResultsFormat::Json => {
+            let runs: Vec<Value> = c.runs.iter().map(|r| run_json(c, r, false)).collect();
+            serde_json::to_string_pretty(&runs).expect("JSON serialises") + "\n"
+        }
+    }
+}
+
+/// `sweep report --format json`: sweeps and runs with every epoch.
+pub fn json(c: &Comparison) -> String {
+    let v = json!({
+        "generator": format!("sweep {}", env!("CARGO_PKG_VERSION")),
+        "sweeps": c.sweeps,
+        "differing": c.differing,
+        "runs": c.runs.iter().map(|r| run_json(c, r, true)).collect::<Vec<_>>(),
+    });
+    serde_json::to_string_pretty(&v).expect("JSON serialises") + "\n"
+}
+
+/// `sweep report --format csv`: one row per (run, epoch), for pandas and spreadsheets.
+pub fn csv_epochs(c: &Comparison) -> String {
+    let mut headers = vec!["id".to_owned(), "sweep".into(), "name".into(), "status".into()];
+    headers.extend(c.differing.iter().cloned());
+    headers.extend(
+        ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_sec"]
+            .map(str::to_owned),
+    );
+    let mut out = csv_line(&headers);
+    for r in &c.runs {
+        for e in &r.epochs {
+            let mut cells =
+                vec![r.row.key[..10].to_owned(), r.row.sweep.clone(), r.row.name.clone(), r.row.status.to_string()];
+            cells.extend(c.differing.iter().map(|p| r.params.get(p).cloned().unwrap_or_default()));
+            cells.extend([
+                e.epoch.to_string(),
+                format!("{}", e.train_loss),
+                format!("{}", e.train_acc),
+                format!("{}", e.test_loss),
+                format!("{}", e.test_acc),
+                format!("{}", e.lr),
+                format!("{}", e.seconds),
+                format!("{}", e.images_per_sec),
+            ]);
+            out += &csv_line(&cells);
+        }
+    }
+    out
+}
+
+/// Escapes text for a Markdown table cell.
+fn md(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('|', "\\|").replace('\n', " ").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {
+    let mut out = format!("| {} |\n", headers.iter().map(|h| md(h)).collect::<Vec<_>>().join(" | "));
+    out += &format!("|{}\n", headers.iter().map(|_| "---|").collect::<String>());
+    for row in rows {
+        out += &format!("| {} |\n", row.iter().map(|c| md(c)).collect::<Vec<_>>().join(" | "));
+    }
+    out
+}
+
+fn diff(measured: Option<f64>, reference: Option<f64>, digits: usize) -> String {
+    match (measured, reference) {
+        (Some(m), Some(r)) => format!("{:+.digits$}", m - r),
+        _ => "-".into(),
+    }
+}
+
+/// `sweep report --format md`.
+pub fn markdown(c: &Comparison) -> String {
+    let mut out = String::new();
+    let title = if c.sweeps.len() == 1 { c.sweeps[0].name.clone() } else { "all sweeps".to_owned() };
+    let _ = writeln!(out, "# Sweep report: {}\n", md(&title));
+    for s in &c.sweeps {
+        let _ = write!(out, "- **{}** ({}), best = {} ({})", md(&s.name), md(&s.source_path), s.metric, s.goal);
+        if let Some(d) = &s.description {
+            let _ = write!(out, ": {}", md(d));
+        }
+        out.push('\n');
+    }
+    let counts: Vec<String> = c.status_counts().iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let _ = writeln!(out, "\n{} runs: {}.\n", c.runs.len(), counts.join(", "));
+
+    let _ = writeln!(out, "## Summary\n");
+    if !c.differing.is_empty() {
+        let _ = writeln!(
+            out,
+            "Parameters that differ between runs: {}.\n",
+            c.differing.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut headers = summary_headers(c);
+    headers.push("img/s".into());
+    let rows: Vec<Vec<String>> = c
+        .runs
+        .iter()
+        .map(|r| {
+            let mut row = summary_row(c, r);
+            if r.best {
+                row[1] = format!("★ {}", row[1]);
+            }
+            let ips = if r.epochs.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", r.epochs.iter().map(|e| e.images_per_sec).sum::<f64>() / r.epochs.len() as f64)
+            };
+            row.push(ips);
+            row
+        })
+        .collect();
+    out += &md_table(&headers, &rows);
+    if c.runs.iter().any(|r| r.best) {
+        out += "\n★ best run by its sweep's metric.\n";
+    }
+
+    let refs: Vec<&RunReport> = c.runs.iter().filter(|r| r.row.reference.is_some()).collect();
+    if !refs.is_empty() {
+        let _ = writeln!(out, "\n## Measured against reference\n");
+        let headers: Vec<String> =
+            ["run", "status", "best test acc", "reference", "diff", "best test loss", "reference", "diff", "source"]
+                .map(str::to_owned)
+                .to_vec();
+        let rows: Vec<Vec<String>> = refs
+            .iter()
+            .map(|r| {
+                let rf = r.row.reference.clone().unwrap_or_default();
+                let best_acc = r.epochs.iter().map(|e| (e.test_acc, e.epoch)).max_by(|a, b| a.0.total_cmp(&b.0));
+                let best_loss = r.epochs.iter().map(|e| (e.test_loss, e.epoch)).min_by(|a, b| a.0.total_cmp(&b.0));
+                let at =
+                    |v: Option<(f64, i64)>, d: usize| v.map_or("-".into(), |(x, e)| format!("{x:.d$} (epoch {e})"));
+                let rat = |v: Option<f64>, e: Option<u32>, d: usize| match (v, e) {
+                    (Some(x), Some(e)) => format!("{x:.d$} (epoch {e})"),
+                    (Some(x), None) => format!("{x:.d$}"),
+                    _ => "-".into(),
+                };
+                let mut source = rf.source.clone().unwrap_or_default();
+                if let Some(n) = &rf.note {
+                    source = format!("{source} {n}").trim().to_owned();
+                }
+                vec![
+                    r.row.name.clone(),
+                    r.row.status.to_string(),
+                    at(best_acc, 2),
+                    rat(rf.test_acc, rf.test_acc_epoch, 2),
+                    diff(best_acc.map(|x| x.0), rf.test_acc, 2),
+                    at(best_loss, 4),
+                    rat(rf.test_loss, rf.test_loss_epoch, 4),
+                    diff(best_loss.map(|x| x.0), rf.test_loss, 4),
+                    source,
+                ]
+            })
+            .collect();
+        out += &md_table(&headers, &rows);
+    }
+
+    let failed: Vec<&RunReport> = c.runs.iter().filter(|r| r.row.error.is_some()).collect();
+    if !failed.is_empty() {
+        let _ = writeln!(out, "\n## Errors\n");
+        for r in failed {
+            let _ = writeln!(
+                out,
+                "- **{}** ({}): {}",
+                md(&r.row.name),
+                r.row.status,
+                md(r.row.error.as_deref().unwrap_or(""))
+            );
+        }
+    }
+
+    let _ = writeln!(out, "\n## Epochs\n");
+    for r in &c.runs {
+        let _ = writeln!(out, "### {} (`{}`)\n", md(&r.row.name), &r.row.key[..10]);
+        if r.epochs.is_empty() {
+            let _ = writeln!(out, "No epoch recorded ({}).\n", r.row.status);
+            continue;
+        }
+        let headers: Vec<String> =
+            ["epoch", "train loss", "train acc", "test loss", "test acc", "lr", "seconds", "img/s"]
+                .map(str::to_owned)
+                .to_vec();
+        let rows: Vec<Vec<String>> = r
+            .epochs
+            .iter()
+            .map(|e| {
+                let mark = if Some(e.epoch) == r.row.best_epoch { " ★" } else { "" };
+                vec![
+                    format!("{}{mark}", e.epoch),
+                    format!("{:.4}", e.train_loss),
+                    format!("{:.2}", e.train_acc),
+                    format!("{:.4}", e.test_loss),
+                    format!("{:.2}", e.test_acc),
+                    format!("{:.3e}", e.lr),
+                    format!("{:.1}", e.seconds),
+                    format!("{:.0}", e.images_per_sec),
+                ]
+            })
+            .collect();
+        out += &md_table(&headers, &rows);
+        out.push('\n');
+    }
+    let _ = writeln!(out, "_Generated by sweep {}._", env!("CARGO_PKG_VERSION"));
+    out
+}

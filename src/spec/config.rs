@@ -1,0 +1,533 @@
+//! The canonical configuration of one run: every field filled in.
+//!
+//! A [`RunConfig`] is what the trainer reads, what the queue stores (as JSON) and
+//! what the run's key is a hash of (see [`crate::plan::key`]). The types here are
+//! the single typed home of every hyper-parameter; the sweep file (see
+//! [`super::file`]) is merged into them field by field.
+//!
+//! **Hash stability.** A field added after runs have been recorded must not change
+//! the key of configs that do not use it: give it a default and
+//! `#[serde(default, skip_serializing_if = "…is default…")]`.
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Everything a run needs to be trained, with all defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Which images to train and test on.
+    pub dataset: DatasetSpec,
+    /// Backbone architecture, e.g. `smallcnn` (see [`crate::train::models`]).
+    pub model: String,
+    /// `"imagenet"` or a weights file; `None` trains from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
+    /// Which backbone parameters get no gradient update.
+    #[serde(default)]
+    pub freeze: Freeze,
+    /// The classification head that replaces the backbone's last layer.
+    #[serde(default)]
+    pub head: Head,
+    /// Name of the augmentation set (resolved into `train_transforms`/`test_transforms`).
+    pub augment: String,
+    /// Transforms applied to each training image, in order.
+    pub train_transforms: Vec<Transform>,
+    /// Transforms applied to each test image, in order.
+    pub test_transforms: Vec<Transform>,
+    /// Images per optimisation step.
+    pub batch_size: usize,
+    /// Number of passes over the training set.
+    pub epochs: usize,
+    /// Optimiser and its hyper-parameters.
+    pub optimizer: OptimizerSpec,
+    /// Learning-rate schedule, stepped once per epoch.
+    pub schedule: ScheduleSpec,
+    /// The metric whose best epoch is kept as the best checkpoint.
+    pub metric: Metric,
+    /// Seed for initialisation, shuffling, augmentation and dropout.
+    pub seed: u64,
+}
+
+/// Where the images come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// `synthetic` (generated in-process) or `cifar10` (the binary release).
+    pub name: DatasetName,
+    /// Folder holding `data_batch_1.bin` … `test_batch.bin` (cifar10 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Number of training images (synthetic: generated; cifar10: the first N).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_size: Option<usize>,
+    /// Number of test images (synthetic: generated; cifar10: the first N).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_size: Option<usize>,
+    /// Seed of the generated images (synthetic only), independent of the run seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_seed: Option<u64>,
+}
+
+/// The datasets sweep can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetName {
+    /// Coloured shapes and patterns, 10 classes, 32x32, generated from a seed.
+    Synthetic,
+    /// CIFAR-10, binary version (`cifar-10-batches-bin`).
+    Cifar10,
+}
+
+impl DatasetSpec {
+    /// A dataset given by name only, with every other field at its default.
+    pub fn named(name: DatasetName) -> Self {
+        DatasetSpec { name, path: None, train_size: None, test_size: None, data_seed: None }
+    }
+}
+
+/// `dataset = "synthetic"` or `dataset = { name = "cifar10", path = "…" }`.
+pub(crate) fn deserialize_dataset<'de, D: Deserializer<'de>>(d: D) -> Result<DatasetSpec, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = DatasetSpec;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a dataset name (\"synthetic\", \"cifar10\") or a table { name = …, path = … }")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<DatasetSpec, E> {
+            let name = DatasetName::deserialize(de::value::StrDeserializer::<E>::new(s))?;
+            Ok(DatasetSpec::named(name))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DatasetSpec, A::Error> {
+            DatasetSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Which parameters are frozen (excluded from the optimiser).
+///
+/// `"none"`, `"all"` (only the head trains), `{ through = "layer2" }` (the stem and
+/// every stage up to and including the named one), or a list of parameter-name
+/// prefixes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Freeze {
+    /// Everything trains.
+    #[default]
+    None,
+    /// Only the head trains.
+    All,
+    /// The stem and the stages up to and including this one are frozen.
+    Through(String),
+    /// Parameters whose name starts with one of these are frozen.
+    Prefixes(Vec<String>),
+}
+
+impl Serialize for Freeze {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Freeze::None => s.serialize_str("none"),
+            Freeze::All => s.serialize_str("all"),
+            Freeze::Through(stage) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("through", stage)?;
+                m.end()
+            }
+            Freeze::Prefixes(p) => p.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Freeze {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Freeze;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"none\", \"all\", { through = \"STAGE\" } or a list of parameter-name prefixes")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Freeze, E> {
+                match s {
+                    "none" => Ok(Freeze::None),
+                    "all" => Ok(Freeze::All),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Freeze, A::Error> {
+                let mut out = Vec::new();
+                while let Some(p) = seq.next_element::<String>()? {
+                    out.push(p);
+                }
+                Ok(Freeze::Prefixes(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Freeze, A::Error> {
+                let mut through = None;
+                while let Some(k) = map.next_key::<String>()? {
+                    if k != "through" {
+                        return Err(de::Error::unknown_field(&k, &["through"]));
+                    }
+                    through = Some(map.next_value::<String>()?);
+                }
+                through.map(Freeze::Through).ok_or_else(|| de::Error::missing_field("through"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The classification head.
+///
+/// `"linear"`: one Linear(features, classes). `{ hidden = [1024], dropout = [0.5] }`:
+/// Linear-ReLU-Dropout per hidden layer, then Linear(…, classes), named like
+/// torchvision's `nn.Sequential` (`fc.0`, `fc.3`, …).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Head {
+    /// A single linear layer.
+    #[default]
+    Linear,
+    /// A multi-layer perceptron.
+    Mlp {
+        /// Width of each hidden layer.
+        hidden: Vec<usize>,
+        /// Dropout probability after each hidden layer (same length as `hidden`).
+        dropout: Vec<f64>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MlpRepr {
+    hidden: Vec<usize>,
+    #[serde(default)]
+    dropout: Vec<f64>,
+}
+
+impl Serialize for Head {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Head::Linear => s.serialize_str("linear"),
+            Head::Mlp { hidden, dropout } => MlpRepr { hidden: hidden.clone(), dropout: dropout.clone() }.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Head {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Head;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"linear\" or { hidden = [N, …], dropout = [p, …] }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Head, E> {
+                match s {
+                    "linear" => Ok(Head::Linear),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Head, A::Error> {
+                let r = MlpRepr::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let dropout = if r.dropout.is_empty() { vec![0.0; r.hidden.len()] } else { r.dropout };
+                if dropout.len() != r.hidden.len() {
+                    return Err(de::Error::custom(format!(
+                        "head: `dropout` has {} values but `hidden` has {}",
+                        dropout.len(),
+                        r.hidden.len()
+                    )));
+                }
+                if let Some(p) = dropout.iter().find(|p| !(0.0..1.0).contains(*p)) {
+                    return Err(de::Error::custom(format!("head: dropout {p} is not in [0, 1)")));
+                }
+                if r.hidden.contains(&0) {
+                    return Err(de::Error::custom("head: a hidden layer of width 0"));
+                }
+                Ok(Head::Mlp { hidden: r.hidden, dropout })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One image transform, with torchvision's meaning.
+///
+/// Written in TOML as a one-key table: `{ random_crop = { size = 32, padding = 4 } }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Transform {
+    /// Bilinear resize of the whole image to `size` x `size`.
+    Resize {
+        /// Output side in pixels.
+        size: usize,
+    },
+    /// Pad by `padding` on every side, then crop `size` x `size` at a random position.
+    RandomCrop {
+        /// Output side in pixels.
+        size: usize,
+        /// Pixels of padding on every side.
+        #[serde(default)]
+        padding: usize,
+        /// `constant` (fill with `fill`) or `reflect`.
+        #[serde(default)]
+        padding_mode: PaddingMode,
+        /// Fill value (0-255) for constant padding.
+        #[serde(default)]
+        fill: u8,
+    },
+    /// Crop `size` x `size` from the centre.
+    CenterCrop {
+        /// Output side in pixels.
+        size: usize,
+    },
+    /// Mirror left-right with probability `p`.
+    Hflip {
+        /// Probability of flipping.
+        #[serde(default = "half")]
+        p: f64,
+    },
+    /// Random rotation in [-degrees, degrees].
+    Rotation {
+        /// Maximum angle in degrees.
+        degrees: f64,
+        /// Fill value (0-255) outside the rotated image.
+        #[serde(default)]
+        fill: u8,
+    },
+    /// Random affine transform.
+    Affine {
+        /// Maximum rotation in degrees.
+        #[serde(default)]
+        degrees: f64,
+        /// Maximum translation as fractions of width and height.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        translate: Option<[f64; 2]>,
+        /// Scale range.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scale: Option<[f64; 2]>,
+        /// Maximum shear in degrees.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shear: Option<f64>,
+    },
+    /// Random brightness, contrast, saturation and hue changes.
+    ColorJitter {
+        /// Brightness factor range 1 ± b.
+        #[serde(default)]
+        brightness: f64,
+        /// Contrast factor range 1 ± c.
+        #[serde(default)]
+        contrast: f64,
+        /// Saturation factor range 1 ± s.
+        #[serde(default)]
+        saturation: f64,
+        /// Hue shift range ± h (at most 0.5).
+        #[serde(default)]
+        hue: f64,
+    },
+    /// Per-channel `(x - mean) / std` on values scaled to [0, 1].
+    Normalize {
+        /// Channel means.
+        mean: [f64; 3],
+        /// Channel standard deviations.
+        std: [f64; 3],
+    },
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+/// How [`Transform::RandomCrop`] pads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaddingMode {
+    /// Pad with a constant value.
+    #[default]
+    Constant,
+    /// Mirror the image at its border (without repeating the edge pixel).
+    Reflect,
+}
+
+impl Transform {
+    /// The transform's name as written in the sweep file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transform::Resize { .. } => "resize",
+            Transform::RandomCrop { .. } => "random_crop",
+            Transform::CenterCrop { .. } => "center_crop",
+            Transform::Hflip { .. } => "hflip",
+            Transform::Rotation { .. } => "rotation",
+            Transform::Affine { .. } => "affine",
+            Transform::ColorJitter { .. } => "color_jitter",
+            Transform::Normalize { .. } => "normalize",
+        }
+    }
+}
+
+/// The optimiser, with PyTorch's update rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    /// `torch.optim.SGD`.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum factor.
+        #[serde(default)]
+        momentum: f64,
+        /// Dampening for momentum.
+        #[serde(default)]
+        dampening: f64,
+        /// Nesterov momentum.
+        #[serde(default)]
+        nesterov: bool,
+        /// L2 penalty added to the gradient.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    /// `torch.optim.Adam` (L2 penalty added to the gradient).
+    Adam {
+        /// Learning rate.
+        lr: f64,
+        /// Coefficients of the running averages.
+        #[serde(default = "default_betas")]
+        betas: [f64; 2],
+        /// Term added to the denominator.
+        #[serde(default = "default_eps")]
+        eps: f64,
+        /// L2 penalty added to the gradient.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    /// `torch.optim.AdamW` (decoupled weight decay).
+    Adamw {
+        /// Learning rate.
+        lr: f64,
+        /// Coefficients of the running averages.
+        #[serde(default = "default_betas")]
+        betas: [f64; 2],
+        /// Term added to the denominator.
+        #[serde(default = "default_eps")]
+        eps: f64,
+        /// Decoupled weight decay.
+        #[serde(default = "default_adamw_wd")]
+        weight_decay: f64,
+    },
+}
+
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_adamw_wd() -> f64 {
+    0.01
+}
+
+impl OptimizerSpec {
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerSpec::Sgd { lr, .. } | OptimizerSpec::Adam { lr, .. } | OptimizerSpec::Adamw { lr, .. } => *lr,
+        }
+    }
+}
+
+/// Learning-rate schedule, stepped once per epoch as PyTorch's epoch schedulers are:
+/// the lr of (0-based) epoch `e` is `lr_at(e)`; milestones count completed epochs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ScheduleSpec {
+    /// The base lr throughout.
+    Constant,
+    /// `MultiStepLR`: from each milestone on, base lr x factor (or x gamma^k).
+    Multistep {
+        /// Epoch counts at which the lr changes, increasing.
+        milestones: Vec<usize>,
+        /// Factor of the base lr from each milestone on (same length as milestones).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        factors: Option<Vec<f64>>,
+        /// Multiplicative decay at each milestone (when `factors` is absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gamma: Option<f64>,
+    },
+    /// `StepLR`: x gamma every `step_size` epochs.
+    Step {
+        /// Epochs between decays.
+        step_size: usize,
+        /// Multiplicative decay.
+        #[serde(default = "default_gamma")]
+        gamma: f64,
+    },
+    /// `CosineAnnealingLR` over `t_max` epochs (default: the run's epochs).
+    Cosine {
+        /// Half period in epochs; 0 means the run's epoch count.
+        #[serde(default)]
+        t_max: usize,
+        /// Minimum learning rate.
+        #[serde(default)]
+        eta_min: f64,
+    },
+}
+
+fn default_gamma() -> f64 {
+    0.1
+}
+
+/// The per-epoch metric that decides which epoch is "best".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Top-1 accuracy on the test split (maximised).
+    TestAcc,
+    /// Mean cross-entropy on the test split (minimised).
+    TestLoss,
+    /// Top-1 accuracy on the training batches (maximised).
+    TrainAcc,
+    /// Mean cross-entropy on the training batches (minimised).
+    TrainLoss,
+}
+
+impl Metric {
+    /// Whether larger values are better.
+    pub fn maximize(self) -> bool {
+        matches!(self, Metric::TestAcc | Metric::TrainAcc)
+    }
+    /// `maximize` or `minimize`.
+    pub fn goal(self) -> &'static str {
+        if self.maximize() {
+            "maximize"
+        } else {
+            "minimize"
+        }
+    }
+    /// The column name used in the database and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::TestAcc => "test_acc",
+            Metric::TestLoss => "test_loss",
+            Metric::TrainAcc => "train_acc",
+            Metric::TrainLoss => "train_loss",
+        }
+    }
+    /// Whether `new` is better than `old` under this metric's goal.
+    pub fn improves(self, new: f64, old: Option<f64>) -> bool {
+        match old {
+            None => new.is_finite(),
+            Some(old) => {
+                if self.maximize() {
+                    new > old
+                } else {
+                    new < old
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

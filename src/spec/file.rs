@@ -1,0 +1,98 @@
+//! The serde mirror of the sweep file, with spans for error messages.
+//!
+//! Sweep-level keys and named augmentation sets are typed here, so toml's own
+//! errors (with their spans) cover them. `[defaults]`, `[[grid]]` and `[[run]]`
+//! tables are kept as spanned TOML values because they are merged before they are
+//! typed; [`RunFields`] is the typed form of such a merged table.
+
+use super::config::{deserialize_dataset, DatasetSpec, Freeze, Head, Metric, OptimizerSpec, ScheduleSpec, Transform};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// A TOML table whose keys and values keep their byte spans.
+pub type SpannedTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
+
+/// The whole sweep file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFile {
+    /// Sweep name: the handle for `results --sweep` and `report --sweep`.
+    pub name: Spanned<String>,
+    /// Free text shown in reports.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The dataset every run trains on.
+    #[serde(deserialize_with = "deserialize_dataset")]
+    pub dataset: DatasetSpec,
+    /// The metric that defines the best epoch (default `test_acc`).
+    #[serde(default)]
+    pub metric: Option<Metric>,
+    /// Base seed; repeat `r` of a run uses `seed + r`.
+    #[serde(default)]
+    pub seed: u64,
+    /// Seeds per run (default 1); a grid or run may override it.
+    #[serde(default)]
+    pub repeats: Option<Spanned<u32>>,
+    /// Values every run starts from.
+    #[serde(default)]
+    pub defaults: Option<Spanned<toml::Table>>,
+    /// Named augmentation sets.
+    #[serde(default)]
+    pub augment: BTreeMap<String, AugmentSet>,
+    /// Grids: each key a list of values, crossed.
+    #[serde(default)]
+    pub grid: Vec<Spanned<SpannedTable>>,
+    /// Explicit single runs.
+    #[serde(default)]
+    pub run: Vec<Spanned<SpannedTable>>,
+}
+
+/// Just `[defaults]`, typed: toml's errors then point inside it.
+#[derive(Debug, Deserialize)]
+pub struct DefaultsOnly {
+    /// The typed defaults.
+    #[serde(default)]
+    pub defaults: Option<RunFields>,
+}
+
+/// A named augmentation set.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentSet {
+    /// Applied to training images, in order.
+    #[serde(default)]
+    pub train: Vec<Transform>,
+    /// Applied to test images, in order.
+    #[serde(default)]
+    pub test: Vec<Transform>,
+}
+
+/// What `[defaults]`, a grid combination or a `[[run]]` may set, typed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFields {
+    /// See [`super::RunConfig::model`].
+    pub model: Option<String>,
+    /// See [`super::RunConfig::pretrained`].
+    pub pretrained: Option<String>,
+    /// See [`super::RunConfig::freeze`].
+    pub freeze: Option<Freeze>,
+    /// See [`super::RunConfig::head`].
+    pub head: Option<Head>,
+    /// Name of an `[augment.NAME]` set, or `none`.
+    pub augment: Option<String>,
+    /// See [`super::RunConfig::batch_size`].
+    pub batch_size: Option<usize>,
+    /// See [`super::RunConfig::epochs`].
+    pub epochs: Option<usize>,
+    /// See [`super::RunConfig::optimizer`].
+    pub optimizer: Option<OptimizerSpec>,
+    /// See [`super::RunConfig::schedule`].
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// Keys of a `[[grid]]` table that are not axes.
+pub const GRID_RESERVED: &[&str] = &["name", "zip", "exclude", "repeats"];
+/// Keys of a `[[run]]` table that are not run fields.
+pub const RUN_RESERVED: &[&str] = &["name", "repeats", "reference"];

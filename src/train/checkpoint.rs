@@ -1,0 +1,199 @@
+//! Checkpoint files: weights and trainer state, written atomically, verified on load.
+//!
+//! A checkpoint is two safetensors files in the run's folder:
+//! * `eEEEE-sSSSSS.safetensors`: every parameter and BatchNorm buffer under its
+//!   torchvision name, nothing else, so PyTorch can `load_state_dict` it;
+//! * `eEEEE-sSSSSS.state.safetensors`: the optimiser's buffers and a JSON
+//!   [`TrainerState`] (stored as a u8 tensor named `__sweep_state__`).
+//!
+//! `EEEE` counts finished epochs and `SSSSS` batches of the next one (non-zero
+//! only when a run is stopped mid-epoch). Files are never overwritten: each is
+//! written to a temporary name, synced and renamed, and its SHA-256 goes into the
+//! database in the same transaction as the epoch it belongs to. The worker
+//! deletes files that no database row refers to, so a crash between writing and
+//! recording leaves only an orphan that is cleaned up, never a mismatch.
+
+use super::optim::Optimizer;
+use super::TrainError;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const STATE_KEY: &str = "__sweep_state__";
+
+/// Where training stands at a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Finished epochs.
+    pub epoch: u64,
+    /// Batches done in the next epoch.
+    pub step: u64,
+    /// Optimiser steps taken.
+    pub optimizer_steps: u64,
+    /// Best metric value so far.
+    pub best_metric: Option<f64>,
+    /// Epoch (1-based) of the best metric.
+    pub best_epoch: Option<u64>,
+    /// Running sums of the unfinished epoch (mid-epoch checkpoints only).
+    pub partial: Partial,
+}
+
+/// Running sums over the batches of an unfinished epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Partial {
+    /// Sum of batch loss x batch size.
+    pub loss_sum: f64,
+    /// Correct top-1 predictions.
+    pub correct: u64,
+    /// Images seen.
+    pub seen: u64,
+    /// Seconds spent in this epoch so far.
+    pub seconds: f64,
+}
+
+/// The two files of a saved checkpoint, relative to the home folder, with checksums.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    /// Weights file.
+    pub path: String,
+    /// Its SHA-256.
+    pub sha256: String,
+    /// Trainer-state file.
+    pub state_path: String,
+    /// Its SHA-256.
+    pub state_sha256: String,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Checkpoint { path: path.to_owned(), detail: e.to_string() }
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, TrainError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), TrainError> {
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(tensors, &tmp)
+        .map_err(|e| TrainError::Checkpoint { path: tmp.clone(), detail: e.to_string() })?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        // Make the rename itself durable (ignored where directories cannot be opened).
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Saves weights and state into `home/rel_dir`.
+pub fn save(
+    home: &Path,
+    rel_dir: &str,
+    varmap: &VarMap,
+    opt: &Optimizer,
+    state: &TrainerState,
+) -> Result<Saved, TrainError> {
+    let dir = home.join(rel_dir);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let stem = format!("e{:04}-s{:05}", state.epoch, state.step);
+    let weights: HashMap<String, Tensor> =
+        varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    let wpath = dir.join(format!("{stem}.safetensors"));
+    write_atomic(&weights, &wpath)?;
+
+    let mut st = opt.state().clone();
+    let json = serde_json::to_vec(state).expect("TrainerState serialises");
+    let n = json.len();
+    st.insert(STATE_KEY.to_owned(), Tensor::from_vec(json, n, &Device::Cpu).map_err(TrainError::Candle)?);
+    let spath = dir.join(format!("{stem}.state.safetensors"));
+    write_atomic(&st, &spath)?;
+    Ok(Saved {
+        path: format!("{rel_dir}/{stem}.safetensors"),
+        sha256: sha256_file(&wpath)?,
+        state_path: format!("{rel_dir}/{stem}.state.safetensors"),
+        state_sha256: sha256_file(&spath)?,
+    })
+}
+
+fn verified(home: &Path, rel: &str, sha: &str) -> Result<PathBuf, TrainError> {
+    let path = home.join(rel);
+    if !path.exists() {
+        return Err(TrainError::Checkpoint { path, detail: "the checkpoint file is missing".into() });
+    }
+    let actual = sha256_file(&path)?;
+    if actual != sha {
+        return Err(TrainError::Checkpoint {
+            path,
+            detail: format!("checksum mismatch (recorded {sha}, file has {actual}): the file is corrupt"),
+        });
+    }
+    Ok(path)
+}
+
+/// Loads a checkpoint into the model's variables and the optimiser, after
+/// verifying both checksums; returns the trainer state.
+pub fn load(
+    home: &Path,
+    files: &Saved,
+    varmap: &VarMap,
+    opt: &mut Optimizer,
+    device: &Device,
+) -> Result<TrainerState, TrainError> {
+    let wpath = verified(home, &files.path, &files.sha256)?;
+    let spath = verified(home, &files.state_path, &files.state_sha256)?;
+    let bad = |path: &Path, detail: String| TrainError::Checkpoint { path: path.to_owned(), detail };
+    let weights = candle_core::safetensors::load(&wpath, device).map_err(|e| bad(&wpath, e.to_string()))?;
+    {
+        let data = varmap.data().lock().expect("varmap lock");
+        for (name, var) in data.iter() {
+            let t = weights.get(name).ok_or_else(|| bad(&wpath, format!("no tensor named `{name}`")))?;
+            var.set(&t.to_dtype(DType::F32).map_err(TrainError::Candle)?)
+                .map_err(|e| bad(&wpath, format!("`{name}`: {e}")))?;
+        }
+    }
+    let mut st = candle_core::safetensors::load(&spath, device).map_err(|e| bad(&spath, e.to_string()))?;
+    let json = st
+        .remove(STATE_KEY)
+        .ok_or_else(|| bad(&spath, format!("no `{STATE_KEY}` entry")))?
+        .to_device(&Device::Cpu)
+        .and_then(|t| t.to_vec1::<u8>())
+        .map_err(|e| bad(&spath, e.to_string()))?;
+    let state: TrainerState = serde_json::from_slice(&json).map_err(|e| bad(&spath, format!("trainer state: {e}")))?;
+    opt.load_state(st, state.optimizer_steps);
+    Ok(state)
+}
+
+/// Deletes files in `dir` that are not in `keep` (file names), including
+/// temporary files left by a crash. Returns the names it removed.
+pub fn remove_unreferenced(dir: &Path, keep: &[String]) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(removed) };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.ends_with(".safetensors") || name.ends_with(".tmp");
+        if ours && !keep.contains(&name) {
+            std::fs::remove_file(entry.path())?;
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// Writes `text` to `path` atomically (used for the run's config.json).
+pub fn write_text_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}

@@ -1,0 +1,385 @@
+//! The trainer: one run's epochs, from data to checkpoints. The only module
+//! that uses candle; it knows nothing of SQLite or the command line.
+//!
+//! Reading order (the data flow of one run):
+//! 1. [`data`] loads or generates the images, [`augment`] turns them into batches;
+//! 2. [`models`] builds the network with torchvision names and seeded weights;
+//! 3. [`optim`] and [`schedule`] update the weights with PyTorch's rules;
+//! 4. [`train`] (below) runs the epochs: a training pass, a test pass, the epoch
+//!    record, the latest checkpoint and, when the metric improves, the best one;
+//! 5. [`checkpoint`] writes and verifies the files; an [`EpochSink`] (the worker's
+//!    database writer, or a `Vec` in tests) records each epoch before the next
+//!    one starts.
+//!
+//! Everything random derives from the run seed and the position (epoch, batch,
+//! image), so a run resumed from a checkpoint continues exactly as it would have.
+
+pub mod augment;
+pub mod checkpoint;
+pub mod data;
+pub mod layers;
+pub mod models;
+pub mod optim;
+pub mod rng;
+pub mod schedule;
+
+use crate::spec::RunConfig;
+use crate::store::{CheckpointKind, CheckpointRecord, EpochRecord};
+use candle_core::{DType, Device, Tensor};
+use checkpoint::{Partial, Saved, TrainerState};
+use rng::{stream, Rng};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Instant;
+
+/// Why a run could not train.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration asks for something this build cannot do.
+    #[error("unsupported configuration: {0}")]
+    Unsupported(String),
+    /// The dataset could not be read.
+    #[error("dataset: {0}")]
+    Data(#[from] data::DataError),
+    /// A checkpoint file is missing, corrupt or could not be written.
+    #[error("checkpoint {path}: {detail}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error("diverged: loss {loss} at epoch {epoch}, batch {step}; try a smaller learning rate")]
+    Diverged {
+        /// 1-based epoch.
+        epoch: u64,
+        /// 1-based batch within the epoch.
+        step: u64,
+        /// The loss value.
+        loss: f32,
+    },
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// The epoch could not be recorded (database error or lost ownership).
+    #[error("recording the epoch failed: {0}")]
+    Sink(String),
+}
+
+/// How a call to [`train`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every epoch finished.
+    Finished,
+    /// Stopped on request after a batch; a mid-epoch checkpoint was recorded.
+    Interrupted,
+}
+
+/// Receives what the trainer produces; implemented by the worker (database) and
+/// by tests (memory). Each call returns only once the record is durable.
+pub trait EpochSink {
+    /// An epoch finished; its latest checkpoint (and best, if it improved) is on disk.
+    fn epoch_end(
+        &mut self,
+        rec: &EpochRecord,
+        latest: &CheckpointRecord,
+        best: Option<&CheckpointRecord>,
+    ) -> Result<(), String>;
+    /// Training stopped on request; `latest` is the mid-epoch checkpoint.
+    fn interrupted(&mut self, latest: &CheckpointRecord) -> Result<(), String>;
+}
+
+/// Live progress shared with the worker's heartbeat.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Batches done in the current epoch.
+    pub step: AtomicI64,
+    /// Batches per epoch.
+    pub steps_per_epoch: AtomicI64,
+}
+
+/// Everything one call to [`train`] needs.
+pub struct TrainRequest<'a> {
+    /// The run's configuration.
+    pub config: &'a RunConfig,
+    /// Name shown in progress output.
+    pub name: &'a str,
+    /// The loaded dataset.
+    pub dataset: &'a data::Dataset,
+    /// The home folder (checkpoint paths are relative to it).
+    pub home: &'a Path,
+    /// The run's folder, relative to `home`.
+    pub run_dir: &'a str,
+    /// The latest checkpoint to resume from.
+    pub resume: Option<&'a CheckpointRecord>,
+    /// Where tensors live.
+    pub device: &'a Device,
+    /// Set to stop after the current batch.
+    pub stop: &'a AtomicBool,
+    /// Updated after every batch.
+    pub progress: &'a Progress,
+    /// Draw a progress bar and print a line per epoch on stderr.
+    pub verbose: bool,
+}
+
+/// Process-wide settings that make candle fast on CPU; call once at start-up,
+/// before any thread is spawned.
+///
+/// * candle asks for its thread count on every op and, unless `RAYON_NUM_THREADS`
+///   is set, parses `/proc/cpuinfo` each time (2% of a training step): set it
+///   once from the cores this process may use.
+/// * glibc returns freed blocks above 128 KiB to the OS at once, so every tensor
+///   of a training step is page-faulted in again (a third of the step's time on
+///   the 2-core reference machine, measured with perf): serve blocks up to 32 MiB
+///   from one heap that grows in 256 MiB steps and is never trimmed. This took
+///   the quickstart's smallcnn from about 225 to 310 images/s; mimalloc with its
+///   default settings was slower than glibc here (137 images/s).
+pub fn tune_process() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        // SAFETY: called at start-up, before this process starts other threads.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Why `config` cannot be trained by this build, checked before anything is queued.
+pub fn check(config: &RunConfig) -> Result<(), String> {
+    models::check(config)?;
+    for (which, list) in [("train", &config.train_transforms), ("test", &config.test_transforms)] {
+        if let Some(t) = augment::unsupported(list) {
+            return Err(format!(
+                "augmentation set `{}` ({which}): transform `{t}` is not implemented yet",
+                config.augment
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Selects a device from `cpu`, `auto` or `cuda:N`; returns it with a description.
+pub fn device(choice: &str) -> Result<(Device, String), String> {
+    match choice {
+        "cpu" => Ok((Device::Cpu, "cpu".into())),
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(d) = Device::new_cuda(0) {
+                    return Ok((d, "cuda:0".into()));
+                }
+            }
+            Ok((Device::Cpu, "cpu".into()))
+        }
+        other => {
+            let Some(n) = other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) else {
+                return Err(format!("unknown device `{other}`: use cpu, auto or cuda:N"));
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(format!(
+                    "device {other}: this binary was built without CUDA (rebuild with `--features cuda`)"
+                ));
+            }
+            Device::new_cuda(n).map(|d| (d, other.to_owned())).map_err(|e| format!("device {other}: {e}"))
+        }
+    }
+}
+
+fn record(kind: CheckpointKind, saved: &Saved, state: &TrainerState, metric: Option<f64>) -> CheckpointRecord {
+    CheckpointRecord {
+        kind,
+        epoch: state.epoch as i64,
+        step: state.step as i64,
+        path: saved.path.clone(),
+        sha256: saved.sha256.clone(),
+        state_path: saved.state_path.clone(),
+        state_sha256: saved.state_sha256.clone(),
+        metric,
+    }
+}
+
+fn to_tensors(batch: &augment::Batch, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let n = batch.labels.len();
+    let x = Tensor::from_slice(&batch.images, (n, 3, batch.h, batch.w), device)?;
+    let y = Tensor::from_slice(&batch.labels, n, device)?;
+    Ok((x, y))
+}
+
+/// Sum of the batch loss x n and the number of correct top-1 predictions.
+fn batch_stats(logits: &Tensor, labels: &Tensor, loss: &Tensor) -> candle_core::Result<(f32, u64)> {
+    let loss = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let correct = logits.argmax(1)?.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+    Ok((loss, u64::from(correct)))
+}
+
+/// Trains (or resumes) one run to its last epoch, or until `stop` is set.
+pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, TrainError> {
+    let cfg = req.config;
+    check(cfg).map_err(TrainError::Unsupported)?;
+    let ds = req.dataset;
+    if ds.train.is_empty() || ds.test.is_empty() {
+        return Err(TrainError::Unsupported("the dataset has an empty split".into()));
+    }
+    for (which, list, split) in [("train", &cfg.train_transforms, &ds.train), ("test", &cfg.test_transforms, &ds.test)]
+    {
+        augment::output_size(list, split.height, split.width)
+            .map_err(|e| TrainError::Unsupported(format!("augmentation `{}` ({which}): {e}", cfg.augment)))?;
+    }
+    let built = models::build(cfg, ds.classes.len(), req.device).map_err(TrainError::Unsupported)?;
+    let mut opt = optim::Optimizer::new(cfg.optimizer.clone(), built.trainable.clone());
+
+    let mut state = TrainerState::default();
+    if let Some(ck) = req.resume {
+        let files = Saved {
+            path: ck.path.clone(),
+            sha256: ck.sha256.clone(),
+            state_path: ck.state_path.clone(),
+            state_sha256: ck.state_sha256.clone(),
+        };
+        state = checkpoint::load(req.home, &files, &built.varmap, &mut opt, req.device)?;
+        tracing::info!(run = req.name, epoch = state.epoch, step = state.step, "resuming from {}", ck.path);
+    }
+
+    let n_train = ds.train.len();
+    let bs = cfg.batch_size;
+    let steps = n_train.div_ceil(bs);
+    req.progress.steps_per_epoch.store(steps as i64, Ordering::Relaxed);
+    let epochs = cfg.epochs as u64;
+    let seed = cfg.seed;
+
+    while state.epoch < epochs {
+        let e = state.epoch;
+        let lr = schedule::lr_at(&cfg.schedule, cfg.optimizer.lr(), e as usize, cfg.epochs);
+        opt.set_lr(lr);
+        let mut order: Vec<usize> = (0..n_train).collect();
+        Rng::derive(&[stream::SHUFFLE, seed, e]).shuffle(&mut order);
+
+        req.progress.step.store(state.step as i64, Ordering::Relaxed);
+        let bar = progress_bar(req, e + 1, epochs, steps);
+        let mut partial = state.partial;
+        let start = Instant::now();
+        for b in state.step as usize..steps {
+            if req.stop.load(Ordering::SeqCst) {
+                bar.finish_and_clear();
+                partial.seconds += start.elapsed().as_secs_f64();
+                state.step = b as u64;
+                state.partial = partial;
+                state.optimizer_steps = opt.steps;
+                let saved = checkpoint::save(req.home, req.run_dir, &built.varmap, &opt, &state)?;
+                sink.interrupted(&record(CheckpointKind::Latest, &saved, &state, None)).map_err(TrainError::Sink)?;
+                return Ok(Outcome::Interrupted);
+            }
+            let idx = &order[b * bs..((b + 1) * bs).min(n_train)];
+            let batch = augment::assemble(&ds.train, idx, &cfg.train_transforms, seed, e);
+            let (x, y) = to_tensors(&batch, req.device)?;
+            let mut drop_rng = Rng::derive(&[stream::DROPOUT, seed, e, b as u64]);
+            let logits = built.model.forward(&x, true, &mut drop_rng)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let (loss_v, correct) = batch_stats(&logits, &y, &loss)?;
+            if !loss_v.is_finite() {
+                bar.finish_and_clear();
+                return Err(TrainError::Diverged { epoch: e + 1, step: b as u64 + 1, loss: loss_v });
+            }
+            let grads = loss.backward()?;
+            opt.step(&grads)?;
+            partial.loss_sum += f64::from(loss_v) * idx.len() as f64;
+            partial.correct += correct;
+            partial.seen += idx.len() as u64;
+            req.progress.step.store(b as i64 + 1, Ordering::Relaxed);
+            let secs = partial.seconds + start.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4} acc {:.1}% {:.0} img/s",
+                partial.loss_sum / partial.seen as f64,
+                100.0 * partial.correct as f64 / partial.seen as f64,
+                partial.seen as f64 / secs.max(1e-9)
+            ));
+            bar.inc(1);
+        }
+        let train_secs = partial.seconds + start.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+
+        let test_start = Instant::now();
+        let (test_loss, test_acc) = evaluate(req, &built, cfg)?;
+        let seconds = train_secs + test_start.elapsed().as_secs_f64();
+        let rec = EpochRecord {
+            epoch: (e + 1) as i64,
+            train_loss: partial.loss_sum / partial.seen.max(1) as f64,
+            train_acc: 100.0 * partial.correct as f64 / partial.seen.max(1) as f64,
+            test_loss,
+            test_acc,
+            lr,
+            seconds,
+            images_per_sec: partial.seen as f64 / train_secs.max(1e-9),
+        };
+        let metric = rec.metric(cfg.metric);
+        let improved = cfg.metric.improves(metric, state.best_metric);
+        if improved {
+            state.best_metric = Some(metric);
+            state.best_epoch = Some(e + 1);
+        }
+        state.epoch = e + 1;
+        state.step = 0;
+        state.partial = Partial::default();
+        state.optimizer_steps = opt.steps;
+        let saved = checkpoint::save(req.home, req.run_dir, &built.varmap, &opt, &state)?;
+        let latest = record(CheckpointKind::Latest, &saved, &state, Some(metric));
+        let best = improved.then(|| record(CheckpointKind::Best, &saved, &state, Some(metric)));
+        if req.verbose {
+            eprintln!(
+                "  {} epoch {}/{}: train loss {:.4} acc {:.1}% | test loss {:.4} acc {:.1}% | lr {:.3e} | {:.0} img/s | {:.1}s{}",
+                req.name,
+                rec.epoch,
+                epochs,
+                rec.train_loss,
+                rec.train_acc,
+                rec.test_loss,
+                rec.test_acc,
+                rec.lr,
+                rec.images_per_sec,
+                rec.seconds,
+                if improved { " *" } else { "" }
+            );
+        }
+        sink.epoch_end(&rec, &latest, best.as_ref()).map_err(TrainError::Sink)?;
+    }
+    Ok(Outcome::Finished)
+}
+
+fn progress_bar(req: &TrainRequest, epoch: u64, epochs: u64, steps: usize) -> indicatif::ProgressBar {
+    if !req.verbose {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    let style = indicatif::ProgressStyle::with_template("  {prefix} [{bar:25}] {pos}/{len} {msg}")
+        .expect("valid template")
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("{} epoch {epoch}/{epochs}", req.name));
+    bar
+}
+
+/// Mean loss and top-1 accuracy (percent) on the test split, in eval mode.
+fn evaluate(req: &TrainRequest, built: &models::Built, cfg: &RunConfig) -> Result<(f64, f64), TrainError> {
+    let split = &req.dataset.test;
+    let bs = cfg.batch_size.max(256);
+    let (mut loss_sum, mut correct) = (0.0f64, 0u64);
+    let mut rng = Rng::new(0);
+    let indices: Vec<usize> = (0..split.len()).collect();
+    for chunk in indices.chunks(bs) {
+        let batch = augment::assemble(split, chunk, &cfg.test_transforms, cfg.seed, 0);
+        let (x, y) = to_tensors(&batch, req.device)?;
+        let logits = built.model.forward(&x.detach(), false, &mut rng)?.detach();
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let (l, c) = batch_stats(&logits, &y, &loss)?;
+        loss_sum += f64::from(l) * chunk.len() as f64;
+        correct += c;
+    }
+    let n = split.len() as f64;
+    Ok((loss_sum / n, 100.0 * correct as f64 / n))
+}

@@ -1,0 +1,331 @@
+//! The worker: takes runs from the queue one after another and trains them.
+//!
+//! The worker is async (tokio, one thread) and owns the database; each run trains
+//! on its own OS thread (with a large stack: autograd recurses over deep graphs).
+//! The two talk over a channel: after every epoch the trainer hands over the
+//! record and its checkpoint files and waits until the worker has committed them;
+//! meanwhile the worker refreshes the run's heartbeat. Before claiming work the
+//! worker marks runs whose worker died as `interrupted`; those are claimed first
+//! and resume from their latest checkpoint.
+
+use crate::spec::RunConfig;
+use crate::store::{CheckpointKind, CheckpointRecord, ClaimedRun, EpochRecord, Status, Store, StoreError};
+use crate::train::{self, checkpoint, data, EpochSink, Outcome, Progress, TrainRequest};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How a worker behaves.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// `cpu`, `auto` or `cuda:N`.
+    pub device: String,
+    /// A running run whose heartbeat is older than this is taken over.
+    pub stale_after: Duration,
+    /// How often the heartbeat is refreshed.
+    pub heartbeat_every: Duration,
+    /// Progress bars and per-epoch lines on stderr.
+    pub verbose: bool,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            device: "cpu".into(),
+            stale_after: Duration::from_secs(60),
+            heartbeat_every: Duration::from_secs(2),
+            verbose: false,
+        }
+    }
+}
+
+/// How one run ended in this worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunEnd {
+    /// Run id.
+    pub id: i64,
+    /// Run name.
+    pub name: String,
+    /// Its status now.
+    pub status: Status,
+    /// The error of a failed run.
+    pub error: Option<String>,
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerReport {
+    /// Runs this worker handled, in order.
+    pub runs: Vec<RunEnd>,
+    /// Runs found abandoned by a dead worker and marked for resumption.
+    pub recovered: usize,
+    /// Whether it stopped because it was asked to.
+    pub interrupted: bool,
+}
+
+/// A worker-level failure (a run's own failure is recorded, not returned).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The device could not be opened.
+    #[error("{0}")]
+    Device(String),
+    /// The trainer thread could not be started.
+    #[error("cannot start the training thread: {0}")]
+    Thread(std::io::Error),
+}
+
+enum Msg {
+    Epoch {
+        rec: EpochRecord,
+        latest: CheckpointRecord,
+        best: Option<CheckpointRecord>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Interrupted {
+        latest: CheckpointRecord,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+struct ChannelSink(mpsc::Sender<Msg>);
+
+impl ChannelSink {
+    fn ask(&self, make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Msg) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.0.blocking_send(make(tx)).map_err(|_| "the worker stopped listening".to_owned())?;
+        rx.blocking_recv().map_err(|_| "the worker dropped the reply".to_owned())?
+    }
+}
+
+impl EpochSink for ChannelSink {
+    fn epoch_end(
+        &mut self,
+        rec: &EpochRecord,
+        latest: &CheckpointRecord,
+        best: Option<&CheckpointRecord>,
+    ) -> Result<(), String> {
+        self.ask(|reply| Msg::Epoch { rec: rec.clone(), latest: latest.clone(), best: best.cloned(), reply })
+    }
+    fn interrupted(&mut self, latest: &CheckpointRecord) -> Result<(), String> {
+        self.ask(|reply| Msg::Interrupted { latest: latest.clone(), reply })
+    }
+}
+
+/// The folder of a run's checkpoints, relative to the home folder.
+pub fn run_dir(key: &str) -> String {
+    format!("runs/{}", &key[..16.min(key.len())])
+}
+
+/// Drains the queue: trains runs until none is left or `stop` is set.
+pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) -> Result<WorkerReport, WorkerError> {
+    let (device, device_name) = train::device(&opts.device).map_err(WorkerError::Device)?;
+    let worker = crate::store::worker_id();
+    let mut report = WorkerReport::default();
+    let mut datasets: HashMap<String, Arc<data::Dataset>> = HashMap::new();
+    loop {
+        let recovered = store.recover_stale(opts.stale_after).await?;
+        for (id, dead) in &recovered {
+            tracing::warn!(
+                run = id,
+                worker = dead.as_str(),
+                "worker is gone; the run will resume from its latest checkpoint"
+            );
+        }
+        report.recovered += recovered.len();
+        if stop.load(Ordering::SeqCst) {
+            report.interrupted = true;
+            break;
+        }
+        let Some(run) = store.claim_next(&worker, &device_name).await? else { break };
+        let end = execute(store, opts, &worker, &device, &stop, &mut datasets, run).await?;
+        if opts.verbose {
+            match &end.error {
+                Some(e) => eprintln!("✗ {} {}: {e}", end.name, end.status),
+                None => eprintln!("✓ {} {}", end.name, end.status),
+            }
+        }
+        let was_interrupted = end.status == Status::Interrupted;
+        report.runs.push(end);
+        if was_interrupted {
+            report.interrupted = true;
+            break;
+        }
+    }
+    Ok(report)
+}
+
+fn referenced(ckpts: &[CheckpointRecord]) -> Vec<String> {
+    let name = |p: &str| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    ckpts.iter().flat_map(|c| [name(&c.path), name(&c.state_path)]).collect()
+}
+
+async fn collect_garbage(store: &Store, run_id: i64, dir: &Path) {
+    match store.checkpoints(run_id).await {
+        Ok(ckpts) => {
+            if let Err(e) = checkpoint::remove_unreferenced(dir, &referenced(&ckpts)) {
+                tracing::warn!("cleaning {}: {e}", dir.display());
+            }
+        }
+        Err(e) => tracing::warn!("cleaning {}: {e}", dir.display()),
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+async fn execute(
+    store: &Store,
+    opts: &WorkerOptions,
+    worker: &str,
+    device: &candle_core::Device,
+    stop: &Arc<AtomicBool>,
+    datasets: &mut HashMap<String, Arc<data::Dataset>>,
+    run: ClaimedRun,
+) -> Result<RunEnd, WorkerError> {
+    let fail =
+        |error: String| RunEnd { id: run.id, name: run.name.clone(), status: Status::Failed, error: Some(error) };
+    let config: RunConfig = match serde_json::from_str(&run.config_json) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("the stored configuration does not parse: {e}");
+            store.finish(run.id, worker, Status::Failed, Some(&msg)).await?;
+            return Ok(fail(msg));
+        }
+    };
+    let rel_dir = run_dir(&run.key);
+    let home = store.home().to_path_buf();
+    let abs_dir = home.join(&rel_dir);
+    let ckpts = store.checkpoints(run.id).await?;
+    let latest = ckpts.iter().find(|c| c.kind == CheckpointKind::Latest).cloned();
+    let setup = std::fs::create_dir_all(&abs_dir).and_then(|()| {
+        checkpoint::write_text_atomic(
+            &abs_dir.join("config.json"),
+            &serde_json::to_string_pretty(&config).unwrap_or_default(),
+        )
+    });
+    if let Err(e) = setup {
+        let msg = format!("{}: {e}", abs_dir.display());
+        store.finish(run.id, worker, Status::Failed, Some(&msg)).await?;
+        return Ok(fail(msg));
+    }
+    collect_garbage(store, run.id, &abs_dir).await;
+
+    let ds_key = serde_json::to_string(&config.dataset).unwrap_or_default();
+    let dataset = match datasets.get(&ds_key) {
+        Some(d) => d.clone(),
+        None => match data::load(&config.dataset) {
+            Ok(d) => {
+                let d = Arc::new(d);
+                datasets.insert(ds_key, d.clone());
+                d
+            }
+            Err(e) => {
+                let msg = train::TrainError::from(e).to_string();
+                store.finish(run.id, worker, Status::Failed, Some(&msg)).await?;
+                return Ok(fail(msg));
+            }
+        },
+    };
+    if opts.verbose {
+        let how = match &latest {
+            Some(c) if c.step > 0 => format!(", resuming epoch {} at batch {}", c.epoch + 1, c.step),
+            Some(c) => format!(", resuming after epoch {}", c.epoch),
+            None => String::new(),
+        };
+        eprintln!("▶ {} ({}, attempt {}{how})", run.name, &run.key[..10], run.attempts);
+    }
+
+    let progress = Arc::new(Progress::default());
+    let (tx, mut rx) = mpsc::channel::<Msg>(1);
+    let handle = {
+        let (progress, stop, device) = (progress.clone(), stop.clone(), device.clone());
+        let (name, home, rel_dir, verbose) = (run.name.clone(), home.clone(), rel_dir.clone(), opts.verbose);
+        std::thread::Builder::new()
+            .name(format!("train-{}", run.id))
+            .stack_size(256 << 20)
+            .spawn(move || {
+                let req = TrainRequest {
+                    config: &config,
+                    name: &name,
+                    dataset: &dataset,
+                    home: &home,
+                    run_dir: &rel_dir,
+                    resume: latest.as_ref(),
+                    device: &device,
+                    stop: &stop,
+                    progress: &progress,
+                    verbose,
+                };
+                train::train(&req, &mut ChannelSink(tx))
+            })
+            .map_err(WorkerError::Thread)?
+    };
+
+    let mut beat = tokio::time::interval(opts.heartbeat_every);
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                None => break,
+                Some(Msg::Epoch { rec, latest, best, reply }) => {
+                    let r = store.record_epoch(run.id, worker, &rec, &latest, best.as_ref()).await;
+                    if r.is_ok() {
+                        collect_garbage(store, run.id, &abs_dir).await;
+                    }
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                }
+                Some(Msg::Interrupted { latest, reply }) => {
+                    let r = store.record_interrupt(run.id, worker, Some(&latest)).await;
+                    if r.is_ok() {
+                        collect_garbage(store, run.id, &abs_dir).await;
+                    }
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                }
+            },
+            _ = beat.tick() => {
+                let step = progress.step.load(Ordering::Relaxed);
+                let steps = progress.steps_per_epoch.load(Ordering::Relaxed);
+                if let Err(e) = store.heartbeat(run.id, worker, step, steps).await {
+                    tracing::warn!("heartbeat: {e}");
+                }
+            }
+        }
+    }
+    let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+    let outcome = match joined {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => {
+            let what =
+                panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(train::TrainError::Sink(format!("the trainer panicked: {}", what.unwrap_or_default())))
+        }
+        Err(e) => Err(train::TrainError::Sink(format!("the trainer thread was lost: {e}"))),
+    };
+    let end = match outcome {
+        Ok(Outcome::Finished) => {
+            store.finish(run.id, worker, Status::Done, None).await?;
+            RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None }
+        }
+        Ok(Outcome::Interrupted) => {
+            RunEnd { id: run.id, name: run.name.clone(), status: Status::Interrupted, error: None }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            match store.finish(run.id, worker, Status::Failed, Some(&msg)).await {
+                Ok(()) | Err(StoreError::LostOwnership { .. }) => {}
+                Err(other) => return Err(other.into()),
+            }
+            fail(msg)
+        }
+    };
+    Ok(end)
+}
+
+/// The absolute folder of a run.
+pub fn run_path(home: &Path, key: &str) -> PathBuf {
+    home.join(run_dir(key))
+}

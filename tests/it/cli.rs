@@ -1,0 +1,276 @@
+//! The `sweep` binary end to end on generated data.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use sweep::store::{CheckpointKind, EpochRecord, RunRow, Status, Store};
+
+fn sweep(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sweep"));
+    c.arg("--home").arg(home).env_remove("SWEEP_HOME").env("SWEEP_HEARTBEAT_SECS", "0.1").env("RUST_LOG", "warn");
+    c
+}
+
+fn run(home: &Path, args: &[&str]) -> Output {
+    let out = sweep(home).args(args).output().unwrap();
+    eprintln!(
+        "$ sweep {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+fn runs(home: &Path) -> Vec<RunRow> {
+    block(async {
+        let s = Store::open(home).await.unwrap();
+        let r = s.runs(None).await.unwrap();
+        s.close().await;
+        r
+    })
+}
+
+fn epochs(home: &Path, id: i64) -> Vec<EpochRecord> {
+    block(async {
+        let s = Store::open(home).await.unwrap();
+        let e = s.epochs(id).await.unwrap();
+        s.close().await;
+        e
+    })
+}
+
+fn numbers(e: &[EpochRecord]) -> Vec<[f64; 6]> {
+    e.iter().map(|r| [r.epoch as f64, r.train_loss, r.train_acc, r.test_loss, r.test_acc, r.lr]).collect()
+}
+
+fn wait_until(child: &mut Child, home: &Path, what: &str, cond: impl Fn(&[RunRow]) -> bool) {
+    let start = Instant::now();
+    loop {
+        assert!(child.try_wait().unwrap().is_none(), "the worker exited before {what}");
+        if home.join("sweep.db").exists() && cond(&runs(home)) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn submit_results_report_and_resubmit_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let file = crate::write_sweep(
+        dir.path(),
+        "e2e.toml",
+        &crate::tiny_sweep("e2e", 64, 2, "[[grid]]\noptimizer.lr = [0.05, 0.1]\n"),
+    );
+    let f = file.to_str().unwrap();
+
+    let out = run(&home, &["submit", f]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("2 run(s): 2 queued, 0 already done"), "{text}");
+    assert!(text.contains("lr=0.05") && text.contains("lr=0.1") && text.contains("best_test_acc"), "{text}");
+    assert!(stderr(&out).contains("epoch 2/2"), "per-epoch lines on stderr");
+
+    let rows = runs(&home);
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!((r.status, r.epochs_done, r.attempts), (Status::Done, 2, 1), "{r:?}");
+        assert_eq!(epochs(&home, r.id).iter().map(|e| e.epoch).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(r.best_epoch.is_some() && r.best_metric.is_some());
+        // Checkpoints: the files exist, match their checksums, and nothing else is kept.
+        let ck = block(async { Store::open(&home).await.unwrap().checkpoints(r.id).await.unwrap() });
+        assert!(ck.iter().any(|c| c.kind == CheckpointKind::Latest && c.epoch == 2));
+        assert!(ck.iter().any(|c| c.kind == CheckpointKind::Best && Some(c.epoch) == r.best_epoch));
+        let mut expected = vec!["config.json".to_owned()];
+        for c in &ck {
+            for (p, sha) in [(&c.path, &c.sha256), (&c.state_path, &c.state_sha256)] {
+                assert_eq!(&sweep::train::checkpoint::sha256_file(&home.join(p)).unwrap(), sha);
+                expected.push(Path::new(p).file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        expected.sort();
+        expected.dedup();
+        let dir = home.join(Path::new(&ck[0].path).parent().unwrap());
+        let mut files: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        files.sort();
+        assert_eq!(files, expected);
+    }
+
+    let json: serde_json::Value = serde_json::from_slice(&run(&home, &["results", "--format", "json"]).stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    assert_eq!(json[0]["status"], "done");
+    assert_eq!(json[0]["params"]["optimizer.lr"], "0.05");
+    let csv = stdout(&run(&home, &["results", "--sweep", "e2e", "--format", "csv"]));
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.lines().next().unwrap().contains(",lr,status,"), "{csv}");
+
+    let md = dir.path().join("report.md");
+    assert!(run(&home, &["report", "--sweep", "e2e", "-o", md.to_str().unwrap()]).status.success());
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(md.starts_with("# Sweep report: e2e") && md.contains("★") && md.contains("## Epochs"), "{md}");
+    let rep: serde_json::Value = serde_json::from_slice(&run(&home, &["report", "--format", "json"]).stdout).unwrap();
+    assert_eq!(rep["runs"][1]["epochs"].as_array().unwrap().len(), 2);
+    assert_eq!(stdout(&run(&home, &["report", "--format", "csv"])).lines().count(), 5);
+    let status: serde_json::Value =
+        serde_json::from_slice(&run(&home, &["status", "--format", "json"]).stdout).unwrap();
+    assert_eq!(status["counts"]["done"], 2);
+
+    // Submitting again trains nothing.
+    let again = run(&home, &["submit", f]);
+    assert!(again.status.success());
+    assert!(stdout(&again).contains("2 already done"), "{}", stdout(&again));
+    assert!(runs(&home).iter().all(|r| r.attempts == 1 && r.epochs_done == 2));
+
+    let missing = run(&home, &["results", "--sweep", "nope"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("no sweep named `nope` (known: e2e)"));
+}
+
+#[test]
+fn a_bad_sweep_file_is_refused_with_its_location_and_nothing_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let bad = crate::write_sweep(
+        dir.path(),
+        "bad.toml",
+        &crate::tiny_sweep("bad", 64, 1, "[[grid]]\nbatch_size = [8, \"x\"]\n"),
+    );
+    let out = run(&home, &["submit", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("bad.toml:19:1: `batch_size`: value \"x\""), "{err}");
+    assert!(err.contains("nothing was queued"), "{err}");
+    assert!(!home.join("sweep.db").exists());
+
+    let zoo =
+        crate::write_sweep(dir.path(), "zoo.toml", &crate::tiny_sweep("zoo", 64, 1, "[[run]]\nmodel = \"resnet18\"\n"));
+    let out = run(&home, &["submit", zoo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("zoo.toml:18:1: run `run1`: model `resnet18` is not available"), "{}", stderr(&out));
+    assert!(!home.join("sweep.db").exists());
+}
+
+#[test]
+fn a_killed_worker_and_ctrl_c_both_resume_to_the_same_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::write_sweep(
+        dir.path(),
+        "k.toml",
+        &crate::tiny_sweep("k", 320, 3, "[[grid]]\noptimizer.lr = [0.05, 0.02]\n"),
+    );
+    let f = file.to_str().unwrap();
+
+    // The reference: never interrupted.
+    let base = dir.path().join("base");
+    assert!(run(&base, &["-q", "submit", f]).status.success());
+    let reference: Vec<_> = runs(&base).iter().map(|r| numbers(&epochs(&base, r.id))).collect();
+    assert_eq!(reference[0].len(), 3);
+
+    // kill -9 during the first run's second epoch.
+    let home = dir.path().join("killed");
+    assert!(run(&home, &["submit", "--queue-only", f]).status.success());
+    let mut child = sweep(&home).args(["-q", "worker"]).stderr(Stdio::null()).spawn().unwrap();
+    wait_until(&mut child, &home, "epoch 1 of run 1", |r| r[0].epochs_done >= 1 && r[0].step >= 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(runs(&home)[0].status, Status::Running, "a killed worker leaves its run marked running");
+    let out = run(&home, &["worker"]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("1 abandoned run(s) recovered"), "{}", stderr(&out));
+    let after = runs(&home);
+    assert!(after.iter().all(|r| r.status == Status::Done));
+    assert_eq!(after[0].attempts, 2);
+    let got: Vec<_> = after.iter().map(|r| numbers(&epochs(&home, r.id))).collect();
+    assert_eq!(got, reference, "resumed after kill -9");
+
+    // Ctrl-C in the middle of an epoch: saved, marked interrupted, resumed exactly.
+    let home = dir.path().join("ctrlc");
+    assert!(run(&home, &["submit", "--queue-only", f]).status.success());
+    let mut child = sweep(&home).args(["-q", "worker"]).stderr(Stdio::null()).spawn().unwrap();
+    wait_until(&mut child, &home, "the middle of epoch 2", |r| r[0].epochs_done == 1 && r[0].step >= 3);
+    // SAFETY: sending SIGINT to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let rows = runs(&home);
+    assert_eq!((rows[0].status, rows[1].status), (Status::Interrupted, Status::Queued));
+    let ck = block(async { Store::open(&home).await.unwrap().checkpoints(rows[0].id).await.unwrap() });
+    let latest = ck.iter().find(|c| c.kind == CheckpointKind::Latest).unwrap();
+    assert!(latest.epoch == 1 && latest.step >= 3, "{latest:?}");
+    assert!(stdout(&run(&home, &["status"])).contains("interrupted"));
+    assert!(run(&home, &["-q", "worker"]).status.success());
+    let got: Vec<_> = runs(&home).iter().map(|r| numbers(&epochs(&home, r.id))).collect();
+    assert_eq!(got, reference, "resumed after Ctrl-C");
+}
+
+fn cifar_record(label: u8, fill: u8) -> Vec<u8> {
+    let mut r = vec![fill; 3073];
+    r[0] = label;
+    r
+}
+
+#[test]
+fn failing_runs_are_recorded_and_the_sweep_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let diverge = crate::write_sweep(
+        dir.path(),
+        "d.toml",
+        &crate::tiny_sweep("d", 48, 1, "[[grid]]\noptimizer.lr = [1e30, 0.05]\n"),
+    );
+
+    // A CIFAR-10 binary folder with one truncated batch file.
+    let data = dir.path().join("cifar");
+    std::fs::create_dir(&data).unwrap();
+    let records: Vec<u8> = (0..20u8).flat_map(|i| cifar_record(i % 10, i * 10)).collect();
+    for i in 2..=5 {
+        std::fs::write(data.join(format!("data_batch_{i}.bin")), &records).unwrap();
+    }
+    std::fs::write(data.join("data_batch_1.bin"), &records[..5000]).unwrap();
+    std::fs::write(data.join("test_batch.bin"), &records).unwrap();
+    let text = crate::tiny_sweep("c", 64, 1, "").replace(
+        "dataset = { name = \"synthetic\", train_size = 64, test_size = 40 }",
+        &format!("dataset = {{ name = \"cifar10\", path = \"{}\" }}", data.display()),
+    );
+    let cifar = crate::write_sweep(dir.path(), "c.toml", &text);
+
+    assert!(run(&home, &["submit", "--queue-only", cifar.to_str().unwrap()]).status.success());
+    let out = run(&home, &["submit", diverge.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "a failed run makes the exit code 1");
+    let rows = runs(&home);
+    let by_name = |n: &str| rows.iter().find(|r| r.name == n).unwrap();
+    let c = by_name("default");
+    assert_eq!(c.status, Status::Failed);
+    assert!(
+        c.error.as_deref().unwrap().contains("data_batch_1.bin") && c.error.as_deref().unwrap().contains("truncated"),
+        "{c:?}"
+    );
+    let d = by_name("lr=1e30");
+    assert_eq!(d.status, Status::Failed);
+    assert!(d.error.as_deref().unwrap().contains("diverged"), "{d:?}");
+    assert_eq!(by_name("lr=0.05").status, Status::Done);
+    assert!(stdout(&run(&home, &["status"])).contains("2 failed"));
+
+    // Fixing the data and submitting again retries the failed run, which now trains.
+    std::fs::write(data.join("data_batch_1.bin"), &records).unwrap();
+    let out = run(&home, &["submit", cifar.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("1 requeued after failing"), "{}", stdout(&out));
+    let c = runs(&home).into_iter().find(|r| r.name == "default").unwrap();
+    assert_eq!((c.status, c.epochs_done), (Status::Done, 1));
+}

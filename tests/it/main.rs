@@ -1,0 +1,45 @@
+//! The one integration-test binary (each extra one links candle and sqlx again).
+//!
+//! * `spec`: sweep files → runs: expansion, hashing, error locations.
+//! * `store`: the SQLite queue and records through the library API.
+//! * `train`: the trainer on tiny generated data: determinism, resume, failures.
+//! * `cli`: the `sweep` binary end to end, including kill -9 and Ctrl-C.
+
+mod cli;
+mod spec;
+mod store;
+mod train;
+
+use std::path::{Path, PathBuf};
+
+/// Writes a sweep file into `dir` and returns its path.
+pub fn write_sweep(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A sweep file on a tiny generated dataset, with `extra` appended.
+pub fn tiny_sweep(name: &str, train: usize, epochs: usize, extra: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+dataset = {{ name = "synthetic", train_size = {train}, test_size = 40 }}
+metric = "test_acc"
+seed = 1
+
+[defaults]
+model = "smallcnn"
+batch_size = 16
+epochs = {epochs}
+augment = "light"
+optimizer = {{ name = "sgd", lr = 0.05, momentum = 0.9, weight_decay = 5e-4 }}
+schedule = {{ name = "multistep", milestones = [1], factors = [0.5] }}
+
+[augment.light]
+train = [{{ random_crop = {{ size = 32, padding = 2 }} }}, {{ hflip = {{}} }}]
+test = []
+{extra}
+"#
+    )
+}

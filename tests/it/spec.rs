@@ -1,0 +1,210 @@
+//! Sweep files → expanded runs.
+
+use std::path::Path;
+use sweep::spec::{self, Freeze, Head, OptimizerSpec, ScheduleSpec, SpecError};
+
+fn parse(text: &str) -> Result<spec::SweepSpec, Vec<SpecError>> {
+    spec::parse(Path::new("test.toml"), text).map_err(|e| e.0)
+}
+
+const BASE: &str = r#"
+name = "t"
+dataset = "synthetic"
+[defaults]
+model = "smallcnn"
+batch_size = 32
+epochs = 2
+optimizer = { name = "sgd", lr = 0.1, momentum = 0.9 }
+"#;
+
+fn with(extra: &str) -> String {
+    format!("{BASE}{extra}")
+}
+
+fn one_error(text: &str) -> SpecError {
+    let errs = parse(text).expect_err("the file should be refused");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    errs.into_iter().next().unwrap()
+}
+
+#[test]
+fn defaults_alone_make_one_run_with_everything_filled_in() {
+    let s = parse(BASE).unwrap();
+    assert_eq!(s.runs.len(), 1);
+    let c = &s.runs[0].config;
+    assert_eq!(c.model, "smallcnn");
+    assert_eq!(c.freeze, Freeze::None);
+    assert_eq!(c.head, Head::Linear);
+    assert_eq!(c.augment, "none");
+    assert_eq!(c.schedule, ScheduleSpec::Constant);
+    assert_eq!(
+        c.optimizer,
+        OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 }
+    );
+    assert_eq!(c.metric, spec::Metric::TestAcc);
+}
+
+#[test]
+fn grid_is_a_cartesian_product_in_file_order() {
+    let s = parse(&with("[[grid]]\noptimizer.lr = [0.01, 0.1]\nbatch_size = [16, 32, 64]\n")).unwrap();
+    let got: Vec<(f64, usize)> = s.runs.iter().map(|r| (r.config.optimizer.lr(), r.config.batch_size)).collect();
+    assert_eq!(got, vec![(0.01, 16), (0.01, 32), (0.01, 64), (0.1, 16), (0.1, 32), (0.1, 64)]);
+    assert_eq!(s.runs[0].name, "lr=0.01,batch_size=16");
+    // Setting optimizer.lr keeps the other optimizer fields from the defaults.
+    assert!(matches!(s.runs[0].config.optimizer, OptimizerSpec::Sgd { momentum, .. } if momentum == 0.9));
+}
+
+#[test]
+fn zip_pairs_values_and_exclude_removes_combinations() {
+    let s = parse(&with(
+        r#"
+[[grid]]
+name = "z"
+epochs = [1, 2]
+exclude = [{ epochs = 2, batch_size = 8 }]
+[grid.zip]
+batch_size = [8, 16]
+"optimizer.lr" = [0.2, 0.4]
+"#,
+    ))
+    .unwrap();
+    let got: Vec<(usize, usize, f64)> =
+        s.runs.iter().map(|r| (r.config.epochs, r.config.batch_size, r.config.optimizer.lr())).collect();
+    assert_eq!(got, vec![(1, 8, 0.2), (1, 16, 0.4), (2, 16, 0.4)]);
+    assert!(s.runs[0].name.starts_with("z:"), "{}", s.runs[0].name);
+}
+
+#[test]
+fn repeats_vary_the_seed_and_the_key() {
+    let s = parse(&format!("seed = 10\nrepeats = 3\n{BASE}")).unwrap();
+    let seeds: Vec<u64> = s.runs.iter().map(|r| r.config.seed).collect();
+    assert_eq!(seeds, vec![10, 11, 12]);
+    let mut keys: Vec<_> = s.runs.iter().map(|r| r.key.clone()).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 3);
+}
+
+#[test]
+fn an_optimizer_of_another_name_replaces_the_defaults_table() {
+    let s = parse(&with("[[grid]]\noptimizer = [{ name = \"adam\", lr = 0.001 }, { lr = 0.5 }]\n")).unwrap();
+    assert_eq!(
+        s.runs[0].config.optimizer,
+        OptimizerSpec::Adam { lr: 0.001, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }
+    );
+    assert!(
+        matches!(s.runs[1].config.optimizer, OptimizerSpec::Sgd { lr, momentum, .. } if lr == 0.5 && momentum == 0.9)
+    );
+}
+
+#[test]
+fn explicit_runs_heads_freezing_and_references() {
+    let s = parse(&with(
+        r#"
+[[run]]
+name = "mlp"
+head = { hidden = [64], dropout = [0.5] }
+freeze = { through = "layer1" }
+reference = { test_acc = 95.9, test_acc_epoch = 10, source = "term report" }
+[[run]]
+freeze = ["conv1", "bn1"]
+"#,
+    ))
+    .unwrap();
+    assert_eq!(s.runs.len(), 2);
+    assert_eq!(s.runs[0].name, "mlp");
+    assert_eq!(s.runs[0].config.head, Head::Mlp { hidden: vec![64], dropout: vec![0.5] });
+    assert_eq!(s.runs[0].config.freeze, Freeze::Through("layer1".into()));
+    assert_eq!(s.runs[0].reference.as_ref().unwrap().test_acc, Some(95.9));
+    assert_eq!(s.runs[1].name, "run2");
+    assert_eq!(s.runs[1].config.freeze, Freeze::Prefixes(vec!["conv1".into(), "bn1".into()]));
+}
+
+#[test]
+fn keys_are_stable_and_independent_of_how_a_config_is_written() {
+    let a = parse(&with("[[grid]]\nbatch_size = [16]\n")).unwrap();
+    let b = parse(&with("[[run]]\nbatch_size = 16\nname = \"other name\"\n")).unwrap();
+    assert_eq!(a.runs[0].key, b.runs[0].key);
+    // Pinned: changing the canonical form silently would re-run every finished config.
+    let canonical = spec::canonical_json(&a.runs[0].config);
+    assert!(
+        canonical.starts_with(r#"{"augment":"none","batch_size":16,"dataset":{"name":"synthetic"},"epochs":2,"#),
+        "{canonical}"
+    );
+    assert_eq!(a.runs[0].key, spec::run_key(&a.runs[0].config));
+    assert_eq!(a.runs[0].key.0.len(), 64);
+    let c = parse(&with("[[run]]\nbatch_size = 17\n")).unwrap();
+    assert_ne!(a.runs[0].key, c.runs[0].key);
+}
+
+#[test]
+fn duplicate_configs_are_dropped_and_reported() {
+    let s = parse(&with("[[grid]]\nbatch_size = [32, 16]\n[[run]]\nname = \"again\"\nbatch_size = 16\n")).unwrap();
+    assert_eq!(s.runs.len(), 2);
+    assert_eq!(s.duplicates, vec!["again".to_owned()]);
+}
+
+#[test]
+fn unknown_top_level_key_names_line_and_column() {
+    let e = one_error("name = \"t\"\ndataset = \"synthetic\"\nlearning_rate = 3\n");
+    assert_eq!((e.line, e.column), (3, 1), "{e}");
+    assert!(e.message.contains("unknown field `learning_rate`"), "{e}");
+    assert!(e.to_string().starts_with("test.toml:3:1: "), "{e}");
+}
+
+#[test]
+fn unknown_key_inside_defaults_is_located() {
+    let e = one_error(&BASE.replace("momentum = 0.9", "momentum = 0.9, nestrov = true"));
+    assert_eq!(e.line, 8, "{e}");
+    assert!(e.message.contains("nestrov"), "{e}");
+}
+
+#[test]
+fn bad_grid_value_names_the_key_and_the_value() {
+    let e = one_error(&with("\n[[grid]]\nbatch_size = [32, \"big\"]\n"));
+    assert_eq!(e.line, 11, "{e}");
+    assert_eq!(e.key.as_deref(), Some("batch_size"));
+    assert!(e.message.contains("\"big\""), "{e}");
+}
+
+#[test]
+fn unknown_grid_axis_and_scalar_axis_are_errors() {
+    let e = one_error(&with("[[grid]]\nlearning_rate = [0.1]\n"));
+    assert_eq!(e.key.as_deref(), Some("learning_rate"));
+    assert!(e.message.contains("unknown key"), "{e}");
+    let e = one_error(&with("[[grid]]\nbatch_size = 32\n"));
+    assert!(e.message.contains("must be a list"), "{e}");
+}
+
+#[test]
+fn semantic_errors_point_at_the_run() {
+    let e = one_error(&with(
+        "[[run]]\nname = \"bad\"\nschedule = { name = \"multistep\", milestones = [5, 3], gamma = 0.1 }\n",
+    ));
+    assert_eq!(e.line, 9, "{e}");
+    assert!(e.message.contains("strictly increasing"), "{e}");
+    let e = one_error(&with("[[run]]\naugment = \"heavy\"\n"));
+    assert!(e.message.contains("no augmentation set named `heavy`"), "{e}");
+    let e = one_error(&with("[[grid]]\nbatch_size = [8]\nexclude = [{ batch_size = 9 }]\n"));
+    assert!(e.message.contains("matches no combination"), "{e}");
+    let e = one_error("name = \"t\"\ndataset = \"cifar10\"\n[defaults]\nmodel = \"smallcnn\"\nbatch_size = 1\nepochs = 1\noptimizer = { name = \"sgd\", lr = 0.1 }\n");
+    assert!(e.message.contains("cifar10 needs `path`"), "{e}");
+    let e = one_error(&BASE.replace("epochs = 2\n", ""));
+    assert!(e.message.contains("no `epochs` given"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let errs = parse(&with("[[grid]]\nbatch_size = [\"x\"]\n[[grid]]\nmodle = [\"a\"]\n")).unwrap_err();
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+}
+
+#[test]
+fn the_repository_sweep_files_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let qs = spec::load(&root.join("experiments/quickstart.toml")).unwrap();
+    assert_eq!(qs.runs.len(), 4);
+    assert!(qs.runs.iter().all(|r| sweep::train::check(&r.config).is_ok()));
+    let report = spec::load(&root.join("experiments/report.toml")).unwrap();
+    assert!(report.runs.len() >= 5, "{}", report.runs.len());
+    assert!(report.runs.iter().any(|r| r.reference.as_ref().and_then(|x| x.test_acc) == Some(95.9)));
+}

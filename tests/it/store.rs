@@ -1,0 +1,174 @@
+//! The SQLite queue through the library API.
+
+use std::path::Path;
+use std::time::Duration;
+use sweep::spec;
+use sweep::store::{CheckpointKind, CheckpointRecord, EpochRecord, Status, Store, StoreError, SubmitOutcome};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn sweep_spec(name: &str, lrs: &str) -> spec::SweepSpec {
+    let text = format!(
+        "name = \"{name}\"\ndataset = \"synthetic\"\n[defaults]\nmodel = \"smallcnn\"\nbatch_size = 8\nepochs = 2\n\
+         optimizer = {{ name = \"sgd\", lr = 0.1 }}\n[[grid]]\noptimizer.lr = {lrs}\n"
+    );
+    spec::parse(Path::new("s.toml"), &text).unwrap()
+}
+
+fn epoch(n: i64) -> EpochRecord {
+    EpochRecord {
+        epoch: n,
+        train_loss: 1.0,
+        train_acc: 50.0,
+        test_loss: 1.1,
+        test_acc: 40.0 + n as f64,
+        lr: 0.1,
+        seconds: 1.0,
+        images_per_sec: 10.0,
+    }
+}
+
+fn ckpt(kind: CheckpointKind, e: i64) -> CheckpointRecord {
+    CheckpointRecord {
+        kind,
+        epoch: e,
+        step: 0,
+        path: format!("runs/x/e{e}.safetensors"),
+        sha256: "aa".into(),
+        state_path: format!("runs/x/e{e}.state.safetensors"),
+        state_sha256: "bb".into(),
+        metric: Some(40.0 + e as f64),
+    }
+}
+
+#[test]
+fn migrations_apply_to_a_new_and_to_an_empty_file_and_are_idempotent() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        assert!(store.runs(None).await.unwrap().is_empty());
+        store.close().await;
+        // Re-opening applies nothing new and keeps data.
+        let store = Store::open(dir.path()).await.unwrap();
+        store.submit(&sweep_spec("a", "[0.1]")).await.unwrap();
+        store.close().await;
+        assert_eq!(Store::open(dir.path()).await.unwrap().runs(None).await.unwrap().len(), 1);
+
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::write(empty.path().join("sweep.db"), b"").unwrap();
+        let store = Store::open(empty.path()).await.unwrap();
+        assert!(store.sweeps().await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_a_clear_error() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sweep.db"), b"this is not sqlite, just some text that is long enough").unwrap();
+        let err = Store::open(dir.path()).await.unwrap_err().to_string();
+        assert!(err.contains("sweep.db"), "{err}");
+    });
+}
+
+#[test]
+fn submit_claim_finish_and_resubmit_follow_the_status_machine() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let s = sweep_spec("a", "[0.1, 0.2]");
+        assert_eq!(store.submit(&s).await.unwrap(), vec![SubmitOutcome::Queued; 2]);
+        assert_eq!(store.submit(&s).await.unwrap(), vec![SubmitOutcome::AlreadyQueued; 2]);
+
+        let first = store.claim_next("w:1", "cpu").await.unwrap().unwrap();
+        assert_eq!(first.name, "lr=0.1");
+        assert_eq!(first.attempts, 1);
+        store
+            .record_epoch(
+                first.id,
+                "w:1",
+                &epoch(1),
+                &ckpt(CheckpointKind::Latest, 1),
+                Some(&ckpt(CheckpointKind::Best, 1)),
+            )
+            .await
+            .unwrap();
+        // The same epoch cannot be recorded twice.
+        assert!(store.record_epoch(first.id, "w:1", &epoch(1), &ckpt(CheckpointKind::Latest, 1), None).await.is_err());
+        store.record_epoch(first.id, "w:1", &epoch(2), &ckpt(CheckpointKind::Latest, 2), None).await.unwrap();
+        store.finish(first.id, "w:1", Status::Done, None).await.unwrap();
+
+        let second = store.claim_next("w:1", "cpu").await.unwrap().unwrap();
+        store.finish(second.id, "w:1", Status::Failed, Some("boom")).await.unwrap();
+        assert!(store.claim_next("w:1", "cpu").await.unwrap().is_none());
+
+        // A second sweep overlapping the first: the finished config is not run again,
+        // the failed one is queued again, the new one is queued.
+        let overlap = sweep_spec("b", "[0.1, 0.2, 0.3]");
+        assert_eq!(
+            store.submit(&overlap).await.unwrap(),
+            vec![SubmitOutcome::AlreadyDone, SubmitOutcome::Requeued, SubmitOutcome::Queued]
+        );
+        let rows = store.runs(Some("b")).await.unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.status).collect::<Vec<_>>(),
+            vec![Status::Done, Status::Queued, Status::Queued]
+        );
+        assert_eq!(rows[0].best_epoch, Some(1));
+        assert_eq!(rows[0].best_metric, Some(41.0));
+        assert_eq!(rows[0].final_test_acc, Some(42.0));
+        assert_eq!(rows[0].epochs_done, 2);
+        assert!(rows[1].error.is_none());
+        // Without a sweep filter each run appears once.
+        assert_eq!(store.runs(None).await.unwrap().len(), 3);
+        let ck = store.checkpoints(first.id).await.unwrap();
+        assert_eq!(
+            ck.iter().map(|c| (c.kind, c.epoch)).collect::<Vec<_>>(),
+            vec![(CheckpointKind::Best, 1), (CheckpointKind::Latest, 2)]
+        );
+    });
+}
+
+#[test]
+fn interrupted_runs_are_claimed_before_queued_ones() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.submit(&sweep_spec("a", "[0.1, 0.2, 0.3]")).await.unwrap();
+        let a = store.claim_next("w:1", "cpu").await.unwrap().unwrap();
+        let b = store.claim_next("w:1", "cpu").await.unwrap().unwrap();
+        store.record_interrupt(b.id, "w:1", None).await.unwrap();
+        let next = store.claim_next("w:2", "cpu").await.unwrap().unwrap();
+        assert_eq!(next.id, b.id);
+        assert_eq!(next.attempts, 2);
+        // The first worker no longer holds b; it still holds a.
+        assert!(matches!(store.heartbeat(b.id, "w:1", 1, 2).await, Err(StoreError::LostOwnership { .. })));
+        store.heartbeat(a.id, "w:1", 1, 2).await.unwrap();
+    });
+}
+
+#[test]
+fn runs_of_dead_or_silent_workers_are_recovered() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.submit(&sweep_spec("a", "[0.1, 0.2]")).await.unwrap();
+        let me = sweep::store::worker_id();
+        let host = me.rsplit_once(':').unwrap().0.to_owned();
+        // A process id that cannot exist (above Linux's pid_max).
+        let dead = format!("{host}:4294967290");
+        let a = store.claim_next(&dead, "cpu").await.unwrap().unwrap();
+        let b = store.claim_next(&me, "cpu").await.unwrap().unwrap();
+        let recovered = store.recover_stale(Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(recovered, vec![(a.id, dead.clone())]);
+        // A live worker with a fresh heartbeat keeps its run ...
+        assert_eq!(store.runs(None).await.unwrap()[1].status, Status::Running);
+        // ... unless its heartbeat is older than the limit.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(store.recover_stale(Duration::from_millis(10)).await.unwrap(), vec![(b.id, me.clone())]);
+        // The presumed-dead worker can no longer write.
+        assert!(matches!(store.finish(a.id, &dead, Status::Done, None).await, Err(StoreError::LostOwnership { .. })));
+    });
+}

@@ -1,0 +1,214 @@
+//! The trainer on tiny generated data, through the library API.
+
+use candle_core::Device;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use sweep::spec::{self, RunConfig};
+use sweep::store::{CheckpointKind, CheckpointRecord, EpochRecord};
+use sweep::train::{self, data, EpochSink, Outcome, Progress, TrainError, TrainRequest};
+
+/// Keeps what the trainer reports, as the worker's database would.
+#[derive(Default)]
+struct MemorySink {
+    epochs: Vec<EpochRecord>,
+    latest: Option<CheckpointRecord>,
+    best: Option<CheckpointRecord>,
+    interrupted: bool,
+}
+
+impl EpochSink for MemorySink {
+    fn epoch_end(
+        &mut self,
+        rec: &EpochRecord,
+        latest: &CheckpointRecord,
+        best: Option<&CheckpointRecord>,
+    ) -> Result<(), String> {
+        self.epochs.push(rec.clone());
+        self.latest = Some(latest.clone());
+        if let Some(b) = best {
+            self.best = Some(b.clone());
+        }
+        Ok(())
+    }
+    fn interrupted(&mut self, latest: &CheckpointRecord) -> Result<(), String> {
+        self.latest = Some(latest.clone());
+        self.interrupted = true;
+        Ok(())
+    }
+}
+
+fn config(extra: &str) -> RunConfig {
+    let text = crate::tiny_sweep("t", 96, 2, extra);
+    let s = spec::parse(Path::new("t.toml"), &text).unwrap();
+    s.runs[0].config.clone()
+}
+
+struct Run<'a> {
+    home: &'a Path,
+    stop_after: Option<i64>,
+    resume: Option<CheckpointRecord>,
+}
+
+fn train_once(cfg: &RunConfig, ds: &data::Dataset, run: Run, sink: &mut MemorySink) -> Result<Outcome, TrainError> {
+    let stop = AtomicBool::new(false);
+    let progress = Progress::default();
+    let (stop, progress) = (&stop, &progress);
+    std::thread::scope(|scope| {
+        if let Some(k) = run.stop_after {
+            // Plays the user pressing Ctrl-C once `k` batches are done.
+            scope.spawn(move || {
+                while progress.step.load(Ordering::SeqCst) < k {
+                    std::thread::yield_now();
+                }
+                stop.store(true, Ordering::SeqCst);
+            });
+        }
+        let req = TrainRequest {
+            config: cfg,
+            name: "t",
+            dataset: ds,
+            home: run.home,
+            run_dir: "runs/t",
+            resume: run.resume.as_ref(),
+            device: &Device::Cpu,
+            stop,
+            progress,
+            verbose: false,
+        };
+        let out = train::train(&req, sink);
+        stop.store(true, Ordering::SeqCst);
+        progress.step.store(i64::MAX, Ordering::SeqCst);
+        out
+    })
+}
+
+/// Everything but the timings.
+fn numbers(e: &[EpochRecord]) -> Vec<[f64; 6]> {
+    e.iter().map(|r| [r.epoch as f64, r.train_loss, r.train_acc, r.test_loss, r.test_acc, r.lr]).collect()
+}
+
+#[test]
+fn training_learns_is_deterministic_and_resumes_exactly_mid_epoch() {
+    let cfg = config("");
+    let ds = data::load(&cfg.dataset).unwrap();
+
+    let a_home = tempfile::tempdir().unwrap();
+    let mut a = MemorySink::default();
+    assert_eq!(
+        train_once(&cfg, &ds, Run { home: a_home.path(), stop_after: None, resume: None }, &mut a).unwrap(),
+        Outcome::Finished
+    );
+    assert_eq!(a.epochs.len(), 2);
+    assert_eq!(a.epochs[1].lr, 0.025, "multistep milestone 1 halves the lr in the second epoch");
+    assert!(a.epochs[1].train_loss < a.epochs[0].train_loss, "{:?}", numbers(&a.epochs));
+    let latest = a.latest.clone().unwrap();
+    assert_eq!((latest.kind, latest.epoch, latest.step), (CheckpointKind::Latest, 2, 0));
+    assert!(a_home.path().join(&latest.path).exists() && a_home.path().join(&latest.state_path).exists());
+
+    // Same seed, same numbers.
+    let b_home = tempfile::tempdir().unwrap();
+    let mut b = MemorySink::default();
+    train_once(&cfg, &ds, Run { home: b_home.path(), stop_after: None, resume: None }, &mut b).unwrap();
+    assert_eq!(numbers(&a.epochs), numbers(&b.epochs));
+
+    // Stopped mid-epoch, then resumed: the same numbers as never stopped.
+    let c_home = tempfile::tempdir().unwrap();
+    let mut c = MemorySink::default();
+    let out = train_once(&cfg, &ds, Run { home: c_home.path(), stop_after: Some(3), resume: None }, &mut c).unwrap();
+    assert_eq!(out, Outcome::Interrupted);
+    let mid = c.latest.clone().unwrap();
+    assert!(mid.epoch == 0 && mid.step >= 3, "{mid:?}");
+    assert!(c.epochs.is_empty());
+    let out = train_once(&cfg, &ds, Run { home: c_home.path(), stop_after: None, resume: Some(mid) }, &mut c).unwrap();
+    assert_eq!(out, Outcome::Finished);
+    assert_eq!(numbers(&a.epochs), numbers(&c.epochs));
+
+    // Another seed, other numbers.
+    let mut other = cfg.clone();
+    other.seed += 1;
+    let d_home = tempfile::tempdir().unwrap();
+    let mut d = MemorySink::default();
+    train_once(&other, &ds, Run { home: d_home.path(), stop_after: None, resume: None }, &mut d).unwrap();
+    assert_ne!(numbers(&a.epochs), numbers(&d.epochs));
+}
+
+#[test]
+fn a_corrupt_or_missing_checkpoint_is_an_error_naming_the_file() {
+    let cfg = config("");
+    let ds = data::load(&cfg.dataset).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut s = MemorySink::default();
+    let mut one = cfg.clone();
+    one.epochs = 1;
+    train_once(&one, &ds, Run { home: home.path(), stop_after: None, resume: None }, &mut s).unwrap();
+    let ck = s.latest.clone().unwrap();
+    let path = home.path().join(&ck.path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let err = train_once(&cfg, &ds, Run { home: home.path(), stop_after: None, resume: Some(ck.clone()) }, &mut s)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, TrainError::Checkpoint { .. }) && msg.contains(&ck.path) && msg.contains("checksum"),
+        "{msg}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    let err = train_once(&cfg, &ds, Run { home: home.path(), stop_after: None, resume: Some(ck.clone()) }, &mut s)
+        .unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[test]
+fn a_diverging_run_is_an_error_with_epoch_and_batch() {
+    let cfg = config("[[run]]\noptimizer = { name = \"sgd\", lr = 1e30 }\n");
+    let ds = data::load(&cfg.dataset).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let err =
+        train_once(&cfg, &ds, Run { home: home.path(), stop_after: None, resume: None }, &mut MemorySink::default())
+            .unwrap_err();
+    assert!(matches!(err, TrainError::Diverged { epoch: 1, .. }), "{err}");
+    assert!(err.to_string().contains("smaller learning rate"), "{err}");
+}
+
+#[test]
+fn frozen_parameters_do_not_change_and_the_mlp_head_trains() {
+    let cfg =
+        config("[[run]]\nfreeze = { through = \"layer1\" }\nhead = { hidden = [16], dropout = [0.5] }\nepochs = 1\n");
+    let ds = data::load(&cfg.dataset).unwrap();
+    let before = train::models::build(&cfg, 10, &Device::Cpu).unwrap();
+    let names: Vec<&str> = before.trainable.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.iter().all(|n| n.starts_with("layer2.") || n.starts_with("fc.")), "{names:?}");
+    assert!(names.contains(&"fc.0.weight") && names.contains(&"fc.3.bias"), "{names:?}");
+    let home = tempfile::tempdir().unwrap();
+    let mut s = MemorySink::default();
+    train_once(&cfg, &ds, Run { home: home.path(), stop_after: None, resume: None }, &mut s).unwrap();
+    let saved = candle_core::safetensors::load(home.path().join(&s.latest.unwrap().path), &Device::Cpu).unwrap();
+    let init = before.varmap.data().lock().unwrap();
+    let same = |name: &str| {
+        let a = saved[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = init[name].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        a == b
+    };
+    assert!(same("conv1.weight") && same("layer1.conv.weight") && same("layer1.bn.weight"));
+    assert!(!same("layer2.conv.weight") && !same("fc.0.weight"));
+    // BatchNorm statistics of frozen layers still update in train mode, as in PyTorch.
+    assert!(!same("bn1.running_mean"));
+    // The checkpoint holds exactly the model's state_dict names.
+    let mut keys: Vec<&String> = saved.keys().collect();
+    keys.sort();
+    assert_eq!(keys.len(), init.len());
+    assert!(keys.iter().any(|k| *k == "layer1.bn.running_var"));
+}
+
+#[test]
+fn unsupported_configurations_are_named() {
+    let mut cfg = config("");
+    cfg.model = "resnet18".into();
+    assert!(train::check(&cfg).unwrap_err().contains("resnet18"));
+    let cfg = config("[augment.rot]\ntrain = [{ rotation = { degrees = 10 } }]\n[[run]]\naugment = \"rot\"\n");
+    assert!(train::check(&cfg).unwrap_err().contains("rotation"));
+    let cfg = config("[[run]]\nfreeze = { through = \"layer9\" }\n");
+    assert!(train::check(&cfg).unwrap_err().contains("layer9"));
+}
