@@ -29,7 +29,7 @@ pub enum Command {
         #[arg(long)]
         queue_only: bool,
         /// Where to train: cpu, auto (GPU if available) or cuda:N.
-        #[arg(long, env = "SWEEP_DEVICE", default_value = "cpu")]
+        #[arg(long, env = "SWEEP_DEVICE", default_value = "auto")]
         device: String,
     },
     /// Show the runs a sweep file expands to, without queueing anything.
@@ -43,7 +43,7 @@ pub enum Command {
     /// Train queued and interrupted runs until the queue is empty.
     Worker {
         /// Where to train: cpu, auto (GPU if available) or cuda:N.
-        #[arg(long, env = "SWEEP_DEVICE", default_value = "cpu")]
+        #[arg(long, env = "SWEEP_DEVICE", default_value = "auto")]
         device: String,
     },
     /// Queued, running, done, failed and interrupted runs, with progress.

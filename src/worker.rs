@@ -35,7 +35,7 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
-            device: "cpu".into(),
+            device: "auto".into(),
             stale_after: Duration::from_secs(60),
             heartbeat_every: Duration::from_secs(2),
             verbose: false,
@@ -127,6 +127,9 @@ pub fn run_dir(key: &str) -> String {
 pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) -> Result<WorkerReport, WorkerError> {
     let (device, device_name) = train::device(&opts.device).map_err(WorkerError::Device)?;
     let worker = crate::store::worker_id();
+    if opts.verbose {
+        eprintln!("device: {device_name} (--device {})", opts.device);
+    }
     let mut report = WorkerReport::default();
     let mut datasets: HashMap<String, Arc<data::Dataset>> = HashMap::new();
     loop {

@@ -328,7 +328,7 @@ fn short(v: &Value) -> String {
         Value::Float(f) if *f != 0.0 && (f.abs() >= 1e5 || f.abs() < 1e-3) => format!("{f:e}"),
         Value::Float(f) => f.to_string(),
         Value::Boolean(b) => b.to_string(),
-        other => other.to_string().replace(['\n', '"'], "").replace("  ", " "),
+        other => other.to_string().replace(['\n', '"', ' '], ""),
     }
 }
 

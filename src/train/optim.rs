@@ -55,7 +55,11 @@ impl Optimizer {
         let lr = self.lr;
         for (name, var) in &self.params {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
-            let p = var.as_tensor();
+            // Detached: an op on the Var's tensor is recorded for autograd, and a
+            // momentum buffer built from it would chain every earlier step's graph
+            // (memory grew by about 1 GB every few seconds before this).
+            let grad = &grad.detach();
+            let p = &var.as_tensor().detach();
             match self.spec {
                 OptimizerSpec::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
                     let mut d_p = if weight_decay != 0.0 { (grad + (p * weight_decay)?)? } else { grad.clone() };
@@ -66,7 +70,7 @@ impl Optimizer {
                             Some(buf) => ((buf * momentum)? + (&d_p * (1.0 - dampening))?)?,
                         };
                         d_p = if nesterov { (&d_p + (&buf * momentum)?)? } else { buf.clone() };
-                        self.state.insert(key, buf);
+                        self.state.insert(key, buf.detach());
                     }
                     var.set(&(p - (d_p * lr)?)?)?;
                 }
@@ -100,8 +104,8 @@ impl Optimizer {
                     let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
                     let update = ((&m / denom)? * (lr / bc1))?;
                     var.set(&(p - update)?)?;
-                    self.state.insert(m_key, m);
-                    self.state.insert(v_key, v);
+                    self.state.insert(m_key, m.detach());
+                    self.state.insert(v_key, v.detach());
                 }
             }
         }
@@ -167,5 +171,25 @@ mod tests {
             w = [w[0] * 0.999 - 0.01, w[1] * 0.999 + 0.01];
         }
         close(&run(spec, 2), &[w[0] as f32, w[1] as f32]);
+    }
+
+    #[test]
+    fn state_holds_no_autograd_graph() {
+        // Regression: a momentum buffer built from the Var's tensor kept every
+        // earlier step's graph alive (memory grew without bound).
+        for spec in [
+            OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: true, weight_decay: 0.01 },
+            OptimizerSpec::Adam { lr: 0.01, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.01 },
+            OptimizerSpec::Adamw { lr: 0.01, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.01 },
+        ] {
+            let w = Var::from_vec(vec![1.0f32, -2.0], 2, &Device::Cpu).unwrap();
+            let mut opt = Optimizer::new(spec, vec![("w".into(), w.clone())]);
+            for _ in 0..2 {
+                let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
+                opt.step(&loss.backward().unwrap()).unwrap();
+            }
+            assert!(!opt.state().is_empty());
+            assert!(opt.state().values().all(|t| !t.track_op()), "{:?}", opt.state().keys());
+        }
     }
 }

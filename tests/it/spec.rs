@@ -208,3 +208,20 @@ fn the_repository_sweep_files_parse() {
     assert!(report.runs.len() >= 5, "{}", report.runs.len());
     assert!(report.runs.iter().any(|r| r.reference.as_ref().and_then(|x| x.test_acc) == Some(95.9)));
 }
+
+#[test]
+fn the_readme_example_parses_and_expands_as_documented() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("## The sweep file").unwrap();
+    let block = &readme[start..];
+    let body = &block[block.find("```toml\n").unwrap() + 8..];
+    let toml = &body[..body.find("```").unwrap()];
+    let s = parse(toml).unwrap();
+    // lr grid: 3 x 2 - 1 excluded = 5 combinations x 2 repeats; zip: 2; run: 1; but the
+    // zip's (smallcnn, linear) is the defaults, already in the lr grid as lr=0.05, batch 64.
+    assert_eq!(s.runs.len(), 12, "{:#?}", s.runs.iter().map(|r| &r.name).collect::<Vec<_>>());
+    assert_eq!(s.duplicates, vec!["model=smallcnn,head=linear".to_owned()]);
+    assert_eq!(s.runs[0].name, "lr:lr=0.01,batch_size=32,seed=0");
+    assert_eq!(s.runs[10].name, "model=smallcnn,head={hidden=[128],dropout=[0.5]}");
+    assert!(s.runs.iter().all(|r| sweep::train::check(&r.config).is_err()), "pretrained weights are not supported yet");
+}
