@@ -31,6 +31,9 @@ pub enum Command {
         /// Where to train: cpu, auto (GPU if available) or cuda:N.
         #[arg(long, env = "SWEEP_DEVICE", default_value = "auto")]
         device: String,
+        /// Output format of the submission summary and the final results.
+        #[arg(long, value_enum, default_value = "table")]
+        format: SubmitFormat,
     },
     /// Show the runs a sweep file expands to, without queueing anything.
     Plan {
@@ -81,6 +84,15 @@ pub enum PlanFormat {
     /// Aligned columns.
     Table,
     /// Every run's full configuration.
+    Json,
+}
+
+/// Formats of `submit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubmitFormat {
+    /// Lines and a results table.
+    Table,
+    /// One JSON object: what was queued, what the worker did, the results.
     Json,
 }
 

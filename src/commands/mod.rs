@@ -16,8 +16,8 @@ use sweep::worker::{self, WorkerOptions, WorkerReport};
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = !cli.quiet;
     match cli.command {
-        Command::Submit { file, queue_only, device } => {
-            submit::submit(&cli.home, &file, queue_only, &device, verbose).await
+        Command::Submit { file, queue_only, device, format } => {
+            submit::submit(&cli.home, &file, queue_only, &device, format, verbose).await
         }
         Command::Plan { file, format } => plan::plan(&file, format),
         Command::Worker { device } => {

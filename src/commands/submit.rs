@@ -1,5 +1,6 @@
 //! `sweep submit FILE`: validate, queue (skipping finished configs), train.
 
+use crate::cli::SubmitFormat;
 use std::path::Path;
 use std::process::ExitCode;
 use sweep::report::{results, Comparison, ResultsFormat};
@@ -11,8 +12,10 @@ pub async fn submit(
     file: &Path,
     queue_only: bool,
     device: &str,
+    format: SubmitFormat,
     verbose: bool,
 ) -> anyhow::Result<ExitCode> {
+    let json = format == SubmitFormat::Json;
     let spec = match spec::load(file) {
         Ok(s) => s,
         Err(errors) => {
@@ -42,16 +45,32 @@ pub async fn submit(
     let store = Store::open(home).await?;
     let outcomes = store.submit(&spec).await?;
     let count = |o: SubmitOutcome| outcomes.iter().filter(|x| **x == o).count();
-    println!(
-        "sweep `{}`: {} run(s): {} queued, {} already done, {} already queued, {} requeued after failing",
-        spec.name,
-        outcomes.len(),
-        count(SubmitOutcome::Queued),
-        count(SubmitOutcome::AlreadyDone),
-        count(SubmitOutcome::AlreadyQueued),
-        count(SubmitOutcome::Requeued)
-    );
-    if verbose {
+    let queued: Vec<serde_json::Value> = spec
+        .runs
+        .iter()
+        .zip(&outcomes)
+        .map(|(r, o)| serde_json::json!({ "name": r.name, "key": r.key, "outcome": o }))
+        .collect();
+    if json {
+        if queue_only {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "sweep": spec.name, "submitted": queued }))?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    } else {
+        println!(
+            "sweep `{}`: {} run(s): {} queued, {} already done, {} already queued, {} requeued after failing",
+            spec.name,
+            outcomes.len(),
+            count(SubmitOutcome::Queued),
+            count(SubmitOutcome::AlreadyDone),
+            count(SubmitOutcome::AlreadyQueued),
+            count(SubmitOutcome::Requeued)
+        );
+    }
+    if verbose && !json {
         for (run, outcome) in spec.runs.iter().zip(&outcomes) {
             if *outcome == SubmitOutcome::AlreadyDone {
                 println!("  {} ({}): already done, not run again", run.name, run.key.short());
@@ -68,8 +87,14 @@ pub async fn submit(
     let report = super::drain(&store, device, verbose).await?;
     let store = Store::open(home).await?;
     let cmp = Comparison::load(&store, Some(&spec.name)).await?;
-    println!();
-    print!("{}", results(&cmp, ResultsFormat::Table));
+    if json {
+        let results: serde_json::Value = serde_json::from_str(&results(&cmp, ResultsFormat::Json))?;
+        let v = serde_json::json!({ "sweep": spec.name, "submitted": queued, "worker": report, "results": results });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!();
+        print!("{}", results(&cmp, ResultsFormat::Table));
+    }
     eprintln!("{}", super::summary_line(&report));
     Ok(super::exit_code(&report))
 }
