@@ -149,9 +149,10 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         let Some(run) = store.claim_next(&worker, &device_name).await? else { break };
         let end = execute(store, opts, &worker, &device, &stop, &mut datasets, run).await?;
         if opts.verbose {
-            match &end.error {
-                Some(e) => eprintln!("✗ {} {}: {e}", end.name, end.status),
-                None => eprintln!("✓ {} {}", end.name, end.status),
+            match (&end.error, end.status) {
+                (Some(e), _) => eprintln!("✗ {} {}: {e}", end.name, end.status),
+                (None, Status::Done) => eprintln!("✓ {} done", end.name),
+                (None, status) => eprintln!("… {} {status}", end.name),
             }
         }
         let was_interrupted = end.status == Status::Interrupted;

@@ -69,7 +69,7 @@ pub async fn drain(store: &Store, device: &str, verbose: bool) -> anyhow::Result
 pub fn summary_line(report: &WorkerReport) -> String {
     let count = |s: Status| report.runs.iter().filter(|r| r.status == s).count();
     let mut line = format!(
-        "worker: {} run(s) trained: {} done, {} failed",
+        "worker: {} run(s) handled: {} done, {} failed",
         report.runs.len(),
         count(Status::Done),
         count(Status::Failed)
