@@ -13,7 +13,7 @@ use crate::store::{CheckpointKind, CheckpointRecord, ClaimedRun, EpochRecord, St
 use crate::train::{self, checkpoint, data, EpochSink, Outcome, Progress, TrainRequest};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -327,9 +327,4 @@ async fn execute(
         }
     };
     Ok(end)
-}
-
-/// The absolute folder of a run.
-pub fn run_path(home: &Path, key: &str) -> PathBuf {
-    home.join(run_dir(key))
 }

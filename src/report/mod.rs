@@ -41,14 +41,6 @@ pub struct RunReport {
     pub best: bool,
 }
 
-impl RunReport {
-    /// The best epoch's record.
-    pub fn best_epoch(&self) -> Option<&EpochRecord> {
-        let e = self.row.best_epoch?;
-        self.epochs.iter().find(|r| r.epoch == e)
-    }
-}
-
 /// Flattens a JSON config into dotted paths; lists of transforms are summarised
 /// by the augmentation set's name, so they are left out.
 pub fn flatten(value: &Value) -> BTreeMap<String, String> {

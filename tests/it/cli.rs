@@ -135,7 +135,8 @@ fn submit_results_report_and_resubmit_end_to_end() {
     let again = run(&home, &["submit", f]);
     assert!(again.status.success());
     assert!(stdout(&again).contains("2 already done"), "{}", stdout(&again));
-    let again: serde_json::Value = serde_json::from_slice(&run(&home, &["submit", "--format", "json", f]).stdout).unwrap();
+    let again: serde_json::Value =
+        serde_json::from_slice(&run(&home, &["submit", "--format", "json", f]).stdout).unwrap();
     assert_eq!(again["submitted"][1]["outcome"], "already_done");
     assert_eq!(again["worker"]["runs"].as_array().unwrap().len(), 0);
     assert_eq!(again["results"][1]["status"], "done");
