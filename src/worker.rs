@@ -146,7 +146,11 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             report.interrupted = true;
             break;
         }
-        let Some(run) = store.claim_next(&worker, &device_name).await? else { break };
+        let Some(run) = store.claim_next(&worker, &device_name).await? else {
+            tracing::info!("queue empty");
+            break;
+        };
+        tracing::info!(run = run.id, key = &run.key[..10], name = run.name.as_str(), attempt = run.attempts, "claimed");
         let end = execute(store, opts, &worker, &device, &stop, &mut datasets, run).await?;
         if opts.verbose {
             match (&end.error, end.status) {
@@ -172,11 +176,13 @@ fn referenced(ckpts: &[CheckpointRecord]) -> Vec<String> {
 
 async fn collect_garbage(store: &Store, run_id: i64, dir: &Path) {
     match store.checkpoints(run_id).await {
-        Ok(ckpts) => {
-            if let Err(e) = checkpoint::remove_unreferenced(dir, &referenced(&ckpts)) {
-                tracing::warn!("cleaning {}: {e}", dir.display());
+        Ok(ckpts) => match checkpoint::remove_unreferenced(dir, &referenced(&ckpts)) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::debug!(run = run_id, ?removed, "unreferenced checkpoint files removed")
             }
-        }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cleaning {}: {e}", dir.display()),
+        },
         Err(e) => tracing::warn!("cleaning {}: {e}", dir.display()),
     }
 }
@@ -277,6 +283,7 @@ async fn execute(
                 None => break,
                 Some(Msg::Epoch { rec, latest, best, reply }) => {
                     let r = store.record_epoch(run.id, worker, &rec, &latest, best.as_ref()).await;
+                    tracing::info!(run = run.id, epoch = rec.epoch, test_acc = rec.test_acc, best = best.is_some(), ok = r.is_ok(), "epoch recorded");
                     if r.is_ok() {
                         collect_garbage(store, run.id, &abs_dir).await;
                     }
@@ -309,6 +316,7 @@ async fn execute(
         }
         Err(e) => Err(train::TrainError::Sink(format!("the trainer thread was lost: {e}"))),
     };
+    tracing::info!(run = run.id, outcome = ?outcome.as_ref().map_err(ToString::to_string), "run ended");
     let end = match outcome {
         Ok(Outcome::Finished) => {
             store.finish(run.id, worker, Status::Done, None).await?;
