@@ -11,7 +11,7 @@
 //! field, an inconsistent schedule) are reported at the grid's or run's header.
 
 use super::config::*;
-use super::file::{AugmentSet, DefaultsOnly, RunFields, SpannedTable, SweepFile, GRID_RESERVED, RUN_RESERVED};
+use super::file::{AugmentSet, DefaultsOnly, RunFields, SpannedTable, SweepFile, RUN_RESERVED};
 use super::key::{run_key, RunKey};
 use super::{Source, SpecError, SpecErrors};
 use serde::{Deserialize, Serialize};
@@ -408,6 +408,7 @@ fn expand_grid(ctx: &mut Ctx, index: usize, grid: &Spanned<SpannedTable>, runs: 
         let key = k.get_ref().as_str();
         let offset = k.span().start;
         match key {
+            // Not axes: handled above (`reserved_str`, `repeats_of`).
             "name" | "repeats" => {}
             "zip" => {
                 let groups: Vec<&Value> = match v.get_ref() {
@@ -596,7 +597,7 @@ fn expand_run(ctx: &mut Ctx, index: usize, run: &Spanned<SpannedTable>, runs: &m
             }
             continue;
         }
-        if RUN_RESERVED.contains(&key) || GRID_RESERVED.contains(&key) && key != "zip" && key != "exclude" {
+        if RUN_RESERVED.contains(&key) {
             continue;
         }
         // A run's value is set whole: `optimizer = { name = "sgd", … }` replaces an

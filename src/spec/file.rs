@@ -92,7 +92,5 @@ pub struct RunFields {
     pub schedule: Option<ScheduleSpec>,
 }
 
-/// Keys of a `[[grid]]` table that are not axes.
-pub const GRID_RESERVED: &[&str] = &["name", "zip", "exclude", "repeats"];
 /// Keys of a `[[run]]` table that are not run fields.
 pub const RUN_RESERVED: &[&str] = &["name", "repeats", "reference"];
