@@ -3,7 +3,7 @@
 use crate::cli::SubmitFormat;
 use std::path::Path;
 use std::process::ExitCode;
-use sweep::report::{results, Comparison, ResultsFormat};
+use sweep::report::{results, results_json, Comparison, ResultsFormat};
 use sweep::spec::{self, SpecError, SpecErrors};
 use sweep::store::{Store, SubmitOutcome};
 
@@ -51,15 +51,7 @@ pub async fn submit(
         .zip(&outcomes)
         .map(|(r, o)| serde_json::json!({ "name": r.name, "key": r.key, "outcome": o }))
         .collect();
-    if json {
-        if queue_only {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({ "sweep": spec.name, "submitted": queued }))?
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-    } else {
+    if !json {
         println!(
             "sweep `{}`: {} run(s): {} queued, {} already done, {} already queued, {} requeued after failing",
             spec.name,
@@ -69,27 +61,33 @@ pub async fn submit(
             count(SubmitOutcome::AlreadyQueued),
             count(SubmitOutcome::Requeued)
         );
-    }
-    if verbose && !json {
-        for (run, outcome) in spec.runs.iter().zip(&outcomes) {
-            if *outcome == SubmitOutcome::AlreadyDone {
-                println!("  {} ({}): already done, not run again", run.name, run.key.short());
+        if verbose {
+            for (run, outcome) in spec.runs.iter().zip(&outcomes) {
+                if *outcome == SubmitOutcome::AlreadyDone {
+                    println!("  {} ({}): already done, not run again", run.name, run.key.short());
+                }
             }
-        }
-        if !spec.duplicates.is_empty() {
-            println!("  dropped as duplicates of earlier runs: {}", spec.duplicates.join(", "));
+            if !spec.duplicates.is_empty() {
+                println!("  dropped as duplicates of earlier runs: {}", spec.duplicates.join(", "));
+            }
         }
     }
     if queue_only {
-        println!("queued only: run `sweep worker --home {}` to train", home.display());
+        if json {
+            let v = serde_json::json!({ "sweep": spec.name, "submitted": queued });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("queued only: run `sweep worker --home {}` to train", home.display());
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let report = super::drain(&store, device, verbose).await?;
     let store = Store::open(home).await?;
     let cmp = Comparison::load(&store, Some(&spec.name)).await?;
     if json {
-        let results: serde_json::Value = serde_json::from_str(&results(&cmp, ResultsFormat::Json))?;
-        let v = serde_json::json!({ "sweep": spec.name, "submitted": queued, "worker": report, "results": results });
+        let v = serde_json::json!({
+            "sweep": spec.name, "submitted": queued, "worker": report, "results": results_json(&cmp),
+        });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!();

@@ -9,7 +9,7 @@
 pub mod render;
 pub use render::text_table;
 
-pub use render::{csv_epochs, json, markdown, results, ResultsFormat};
+pub use render::{csv_epochs, json, markdown, results, results_json, ResultsFormat};
 
 use crate::store::{EpochRecord, RunRow, Status, Store, StoreError, SweepRow};
 use serde_json::Value;

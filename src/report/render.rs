@@ -138,6 +138,11 @@ fn run_json(c: &Comparison, r: &RunReport, with_epochs: bool) -> Value {
     v
 }
 
+/// The rows of `sweep results --format json`, as a JSON array.
+pub fn results_json(c: &Comparison) -> Value {
+    Value::Array(c.runs.iter().map(|r| run_json(c, r, false)).collect())
+}
+
 /// `sweep results`: one row per run.
 pub fn results(c: &Comparison, format: ResultsFormat) -> String {
     match format {
@@ -155,10 +160,7 @@ pub fn results(c: &Comparison, format: ResultsFormat) -> String {
             }
             out
         }
-        ResultsFormat::Json => {
-            let runs: Vec<Value> = c.runs.iter().map(|r| run_json(c, r, false)).collect();
-            serde_json::to_string_pretty(&runs).expect("JSON serialises") + "\n"
-        }
+        ResultsFormat::Json => serde_json::to_string_pretty(&results_json(c)).expect("JSON serialises") + "\n",
     }
 }
 
