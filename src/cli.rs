@@ -64,6 +64,31 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: ResultsFormat,
     },
+    /// Evaluate weights (a checkpoint or a state_dict) on a dataset's test split:
+    /// loss, top-1 and top-5 accuracy.
+    Eval {
+        /// The architecture, e.g. resnet18; the head and stem are read from the weights.
+        #[arg(long)]
+        model: String,
+        /// A .safetensors file (e.g. a sweep checkpoint) or a torch.save .pth state_dict.
+        #[arg(long)]
+        weights: PathBuf,
+        /// `synthetic`, or a folder with the CIFAR-10 binary release (data_batch_1.bin … test_batch.bin).
+        #[arg(long)]
+        data: Option<String>,
+        /// Take the dataset and the augmentation sets from this sweep file.
+        #[arg(long)]
+        sweep: Option<PathBuf>,
+        /// Test-time augmentation set: none, normalize (CIFAR-10 mean/std), resize224, or a set of --sweep.
+        #[arg(long)]
+        augment: Option<String>,
+        /// Where to evaluate: cpu, auto or cuda:N.
+        #[arg(long, env = "SWEEP_DEVICE", default_value = "auto")]
+        device: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: EvalFormat,
+    },
     /// Export a side-by-side comparison of runs.
     Report {
         /// Only this sweep's runs.
@@ -76,6 +101,15 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+}
+
+/// Formats of `eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalFormat {
+    /// Lines for a person.
+    Table,
+    /// One JSON object.
+    Json,
 }
 
 /// Formats of `plan`.

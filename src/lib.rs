@@ -22,6 +22,7 @@
 //! thin layer over these. See ARCHITECTURE.md for the decisions behind them.
 #![warn(missing_docs)]
 
+pub mod fetch;
 pub mod report;
 pub mod spec;
 pub mod store;

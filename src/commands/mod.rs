@@ -1,5 +1,6 @@
 //! One function per subcommand; `run` dispatches. anyhow lives here and in main.
 
+mod eval;
 mod plan;
 mod query;
 mod submit;
@@ -20,6 +21,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             submit::submit(&cli.home, &file, queue_only, &device, format, verbose).await
         }
         Command::Plan { file, format } => plan::plan(&file, format),
+        Command::Eval { model, weights, data, sweep, augment, device, format } => {
+            eval::eval(&model, &weights, data.as_deref(), sweep.as_deref(), augment.as_deref(), &device, format)
+        }
         Command::Worker { device } => {
             let store = Store::open(&cli.home).await?;
             let report = drain(&store, &device, verbose).await?;

@@ -27,6 +27,14 @@ pub struct RunConfig {
     /// Which backbone parameters get no gradient update.
     #[serde(default)]
     pub freeze: Freeze,
+    /// Frozen BatchNorm layers also keep their running statistics (eval mode in
+    /// training). Off by default, as with `requires_grad = False` in PyTorch.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub freeze_bn: bool,
+    /// The ResNet/DenseNet stem: `imagenet` (7x7/2 conv + max-pool) or `cifar`
+    /// (3x3/1 conv, no max-pool).
+    #[serde(default, skip_serializing_if = "Stem::is_imagenet")]
+    pub stem: Stem,
     /// The classification head that replaces the backbone's last layer.
     #[serde(default)]
     pub head: Head,
@@ -48,6 +56,28 @@ pub struct RunConfig {
     pub metric: Metric,
     /// Seed for initialisation, shuffling, augmentation and dropout.
     pub seed: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The first layers of a ResNet or DenseNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stem {
+    /// torchvision's: 7x7 conv with stride 2, then a 3x3/2 max-pool.
+    #[default]
+    #[serde(rename = "imagenet")]
+    ImageNet,
+    /// For 32x32 images from scratch: a 3x3 conv with stride 1, no max-pool.
+    Cifar,
+}
+
+impl Stem {
+    fn is_imagenet(&self) -> bool {
+        *self == Stem::ImageNet
+    }
 }
 
 /// Where the images come from.

@@ -83,8 +83,19 @@ pub struct Reference {
 }
 
 /// Keys a run may set (the fields of [`RunFields`]).
-const RUN_KEYS: &[&str] =
-    &["model", "pretrained", "freeze", "head", "augment", "batch_size", "epochs", "optimizer", "schedule"];
+const RUN_KEYS: &[&str] = &[
+    "model",
+    "pretrained",
+    "freeze",
+    "freeze_bn",
+    "stem",
+    "head",
+    "augment",
+    "batch_size",
+    "epochs",
+    "optimizer",
+    "schedule",
+];
 
 struct Ctx<'a> {
     src: &'a Source,
@@ -670,8 +681,10 @@ fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig, FinalizeEr
     Ok(RunConfig {
         dataset: ctx.dataset.clone(),
         model,
-        pretrained: f.pretrained,
+        pretrained: f.pretrained.map(|p| resolve_pretrained(ctx.src, p)),
         freeze: f.freeze.unwrap_or_default(),
+        freeze_bn: f.freeze_bn.unwrap_or(false),
+        stem: f.stem.unwrap_or_default(),
         head: f.head.unwrap_or_default(),
         augment,
         train_transforms: set.train.clone(),
@@ -683,6 +696,16 @@ fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig, FinalizeEr
         metric: ctx.metric,
         seed,
     })
+}
+
+/// `pretrained` is `imagenet` or a weights file, relative to the sweep file.
+fn resolve_pretrained(src: &Source, p: String) -> String {
+    let path = Path::new(&p);
+    if p == "imagenet" || path.is_absolute() {
+        return p;
+    }
+    let joined = src.path.parent().unwrap_or(Path::new(".")).join(path);
+    std::path::absolute(&joined).unwrap_or(joined).display().to_string()
 }
 
 fn check_optimizer(o: &OptimizerSpec) -> Result<(), FinalizeError> {

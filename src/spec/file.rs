@@ -5,7 +5,9 @@
 //! tables are kept as spanned TOML values because they are merged before they are
 //! typed; [`RunFields`] is the typed form of such a merged table.
 
-use super::config::{deserialize_dataset, DatasetSpec, Freeze, Head, Metric, OptimizerSpec, ScheduleSpec, Transform};
+use super::config::{
+    deserialize_dataset, DatasetSpec, Freeze, Head, Metric, OptimizerSpec, ScheduleSpec, Stem, Transform,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
@@ -78,6 +80,10 @@ pub struct RunFields {
     pub pretrained: Option<String>,
     /// See [`super::RunConfig::freeze`].
     pub freeze: Option<Freeze>,
+    /// See [`super::RunConfig::freeze_bn`].
+    pub freeze_bn: Option<bool>,
+    /// See [`super::RunConfig::stem`].
+    pub stem: Option<Stem>,
     /// See [`super::RunConfig::head`].
     pub head: Option<Head>,
     /// Name of an `[augment.NAME]` set, or `none`.

@@ -15,10 +15,9 @@
 
 use super::optim::Optimizer;
 use super::TrainError;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -74,8 +73,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String, TrainError> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    crate::fetch::sha256_file(path).map_err(io_err(path))
 }
 
 fn write_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), TrainError> {
@@ -155,7 +153,7 @@ pub fn load(
         let data = varmap.data().lock().expect("varmap lock");
         for (name, var) in data.iter() {
             let t = weights.get(name).ok_or_else(|| bad(&wpath, format!("no tensor named `{name}`")))?;
-            var.set(&t.to_dtype(DType::F32).map_err(TrainError::Candle)?)
+            var.set(&t.to_dtype(var.dtype()).map_err(TrainError::Candle)?)
                 .map_err(|e| bad(&wpath, format!("`{name}`: {e}")))?;
         }
     }

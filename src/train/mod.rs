@@ -20,8 +20,10 @@ pub mod data;
 pub mod layers;
 pub mod models;
 pub mod optim;
+pub mod pth;
 pub mod rng;
 pub mod schedule;
+pub mod weights;
 
 use crate::spec::RunConfig;
 use crate::store::{CheckpointKind, CheckpointRecord, EpochRecord};
@@ -366,20 +368,60 @@ fn progress_bar(req: &TrainRequest, epoch: u64, epochs: u64, steps: usize) -> in
 
 /// Mean loss and top-1 accuracy (percent) on the test split, in eval mode.
 fn evaluate(req: &TrainRequest, built: &models::Built, cfg: &RunConfig) -> Result<(f64, f64), TrainError> {
-    let split = &req.dataset.test;
-    let bs = cfg.batch_size.max(256);
-    let (mut loss_sum, mut correct) = (0.0f64, 0u64);
+    let stats = evaluate_model(
+        built.model.as_ref(),
+        &req.dataset.test,
+        &cfg.test_transforms,
+        cfg.batch_size.max(256),
+        cfg.seed,
+        req.device,
+    )?;
+    Ok((stats.loss, stats.top1))
+}
+
+/// What [`evaluate_model`] measured.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct EvalStats {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Top-1 accuracy, percent.
+    pub top1: f64,
+    /// Top-5 accuracy, percent (100 with fewer than 6 classes).
+    pub top5: f64,
+    /// Images evaluated.
+    pub images: usize,
+}
+
+/// Evaluates `model` in eval mode on every image of `split`, after `transforms`.
+pub fn evaluate_model(
+    model: &dyn models::Classifier,
+    split: &data::Split,
+    transforms: &[crate::spec::Transform],
+    batch_size: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<EvalStats, TrainError> {
+    let (mut loss_sum, mut correct, mut top5) = (0.0f64, 0u64, 0u64);
     let mut rng = Rng::new(0);
     let indices: Vec<usize> = (0..split.len()).collect();
-    for chunk in indices.chunks(bs) {
-        let batch = augment::assemble(split, chunk, &cfg.test_transforms, cfg.seed, 0);
-        let (x, y) = to_tensors(&batch, req.device)?;
-        let logits = built.model.forward(&x.detach(), false, &mut rng)?.detach();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let batch = augment::assemble(split, chunk, transforms, seed, 0);
+        let (x, y) = to_tensors(&batch, device)?;
+        let logits = model.forward(&x.detach(), false, &mut rng)?.detach();
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         let (l, c) = batch_stats(&logits, &y, &loss)?;
         loss_sum += f64::from(l) * chunk.len() as f64;
         correct += c;
+        // The label is in the top 5 when fewer than 5 logits are larger.
+        let own = logits.gather(&y.unsqueeze(1)?, 1)?;
+        let above = logits.broadcast_gt(&own)?.to_dtype(DType::U32)?.sum(1)?;
+        top5 += u64::from(above.lt(5u32)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?);
     }
-    let n = split.len() as f64;
-    Ok((loss_sum / n, 100.0 * correct as f64 / n))
+    let n = split.len().max(1) as f64;
+    Ok(EvalStats {
+        loss: loss_sum / n,
+        top1: 100.0 * correct as f64 / n,
+        top5: 100.0 * top5 as f64 / n,
+        images: split.len(),
+    })
 }

@@ -164,10 +164,10 @@ fn a_bad_sweep_file_is_refused_with_its_location_and_nothing_is_queued() {
     assert!(!home.join("sweep.db").exists());
 
     let zoo =
-        crate::write_sweep(dir.path(), "zoo.toml", &crate::tiny_sweep("zoo", 64, 1, "[[run]]\nmodel = \"resnet18\"\n"));
+        crate::write_sweep(dir.path(), "zoo.toml", &crate::tiny_sweep("zoo", 64, 1, "[[run]]\nmodel = \"resnet19\"\n"));
     let out = run(&home, &["submit", zoo.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("zoo.toml:18:1: run `run1`: model `resnet18` is not available"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("zoo.toml:18:1: run `run1`: model `resnet19` is not available"), "{}", stderr(&out));
     assert!(!home.join("sweep.db").exists());
 }
 
@@ -278,4 +278,89 @@ fn failing_runs_are_recorded_and_the_sweep_goes_on() {
     assert!(stdout(&out).contains("1 requeued after failing"), "{}", stdout(&out));
     let c = runs(&home).into_iter().find(|r| r.name == "default").unwrap();
     assert_eq!((c.status, c.epochs_done), (Status::Done, 1));
+}
+
+/// `pretrained = "imagenet"` without network access: the file is taken from
+/// torch's cache (`TORCH_HOME`); `sweep eval` on the best checkpoint gives the
+/// test numbers the run recorded; a model whose weights are nowhere fails with
+/// a message saying where to put the file, and the sweep goes on.
+#[test]
+fn imagenet_weights_from_the_torch_cache_train_and_sweep_eval_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let torch = dir.path().join("torch");
+    let hub = torch.join("hub/checkpoints");
+    std::fs::create_dir_all(&hub).unwrap();
+    let generated = crate::models::imagenet_like("resnet18", dir.path());
+    std::fs::rename(generated, hub.join("resnet18-f37072fd.pth")).unwrap();
+    let file = crate::write_sweep(
+        dir.path(),
+        "pre.toml",
+        &crate::tiny_sweep(
+            "pre",
+            32,
+            1,
+            "[[run]]\nname = \"r18\"\nmodel = \"resnet18\"\npretrained = \"imagenet\"\n\
+             [[run]]\nname = \"r34\"\nmodel = \"resnet34\"\npretrained = \"imagenet\"\n",
+        ),
+    );
+    let env = |c: &mut Command| {
+        c.env("TORCH_HOME", &torch)
+            .env("SWEEP_CACHE", dir.path().join("cache"))
+            .env("SWEEP_WEIGHTS_URL", "http://127.0.0.1:9");
+    };
+    let mut cmd = sweep(&home);
+    env(&mut cmd);
+    let out = cmd.args(["submit", file.to_str().unwrap(), "--device", "cpu"]).output().unwrap();
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert_eq!(out.status.code(), Some(1), "one run fails");
+    let rows = runs(&home);
+    let r18 = rows.iter().find(|r| r.name == "r18").unwrap();
+    let r34 = rows.iter().find(|r| r.name == "r34").unwrap();
+    assert_eq!(r18.status, Status::Done);
+    assert_eq!(r34.status, Status::Failed);
+    let msg = r34.error.clone().unwrap_or_default();
+    let dest = dir.path().join("cache/weights/resnet34-b627a593.pth");
+    assert!(msg.contains("could not download https") || msg.contains("could not download http://127.0.0.1:9"), "{msg}");
+    assert!(msg.contains(&format!("put it at {}", dest.display())), "{msg}");
+
+    let e = epochs(&home, r18.id);
+    let best = block(async {
+        let s = Store::open(&home).await.unwrap();
+        let c = s.checkpoints(r18.id).await.unwrap();
+        s.close().await;
+        c
+    })
+    .into_iter()
+    .find(|c| c.kind == CheckpointKind::Best)
+    .unwrap();
+    let weights = home.join(&best.path);
+    let out = run(
+        &home,
+        &["eval", "--model", "resnet18", "--weights", weights.to_str().unwrap(), "--sweep", file.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("top-5"), "{}", stdout(&out));
+    let out = run(
+        &home,
+        &[
+            "eval",
+            "--model",
+            "resnet18",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--sweep",
+            file.to_str().unwrap(),
+            "--format",
+            "json",
+            "--device",
+            "cpu",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["images"], 40);
+    assert!((v["top1"].as_f64().unwrap() - e[0].test_acc).abs() < 1e-9, "{v} vs {:?}", e[0]);
+    assert!((v["loss"].as_f64().unwrap() - e[0].test_loss).abs() < 1e-5, "{v} vs {:?}", e[0]);
+    assert!(v["top5"].as_f64().unwrap() >= v["top1"].as_f64().unwrap());
 }

@@ -3,9 +3,11 @@
 //! * `spec`: sweep files → runs: expansion, hashing, error locations.
 //! * `store`: the SQLite queue and records through the library API.
 //! * `train`: the trainer on tiny generated data: determinism, resume, failures.
+//! * `models`: the model zoo against torchvision fixtures; pretrained weights, heads, freezing.
 //! * `cli`: the `sweep` binary end to end, including kill -9 and Ctrl-C.
 
 mod cli;
+mod models;
 mod spec;
 mod store;
 mod train;

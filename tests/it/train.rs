@@ -205,8 +205,18 @@ fn frozen_parameters_do_not_change_and_the_mlp_head_trains() {
 #[test]
 fn unsupported_configurations_are_named() {
     let mut cfg = config("");
+    cfg.model = "resnet19".into();
+    assert!(train::check(&cfg)
+        .unwrap_err()
+        .contains("model `resnet19` is not available (available: smallcnn, resnet18"));
     cfg.model = "resnet18".into();
-    assert!(train::check(&cfg).unwrap_err().contains("resnet18"));
+    cfg.freeze = spec::Freeze::Through("block2".into());
+    let err = train::check(&cfg).unwrap_err();
+    assert!(err.contains("stages: stem, layer1, layer2, layer3, layer4"), "{err}");
+    cfg.freeze = spec::Freeze::None;
+    cfg.pretrained = Some("imagenet".into());
+    cfg.model = "smallcnn".into();
+    assert!(train::check(&cfg).unwrap_err().contains("no ImageNet weights for smallcnn"));
     let cfg = config("[augment.rot]\ntrain = [{ rotation = { degrees = 10 } }]\n[[run]]\naugment = \"rot\"\n");
     assert!(train::check(&cfg).unwrap_err().contains("rotation"));
     let cfg = config("[[run]]\nfreeze = { through = \"layer9\" }\n");

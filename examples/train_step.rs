@@ -1,0 +1,61 @@
+//! One training step of a model on random data, for the memory and speed
+//! benchmarks (bench/memory.sh): prints peak RSS and step times as JSON.
+//!
+//!     cargo run --release --example train_step -- resnet18 8 224 [steps]
+
+use candle_core::{Device, Tensor};
+use sweep::spec::{Freeze, Head, OptimizerSpec, Stem};
+use sweep::train::models::{Arch, ModelSpec};
+use sweep::train::optim::Optimizer;
+use sweep::train::rng::Rng;
+
+fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as f64 / 1024.0
+}
+
+fn main() -> anyhow::Result<()> {
+    sweep::train::tune_process();
+    let args: Vec<String> = std::env::args().collect();
+    let model = args.get(1).map_or("resnet18", String::as_str);
+    let batch: usize = args.get(2).map_or(Ok(8), |s| s.parse())?;
+    let size: usize = args.get(3).map_or(Ok(224), |s| s.parse())?;
+    let steps: usize = args.get(4).map_or(Ok(1), |s| s.parse())?;
+    let spec = ModelSpec {
+        name: model.into(),
+        arch: Arch::named(model).ok_or_else(|| anyhow::anyhow!("unknown model {model}"))?,
+        head: Head::Linear,
+        stem: Stem::ImageNet,
+        freeze: Freeze::None,
+        freeze_bn: false,
+        pretrained: None,
+    };
+    let device = Device::Cpu;
+    let built = spec.build(10, &device, 0).map_err(anyhow::Error::msg)?;
+    let opt_spec: OptimizerSpec = serde_json::from_str(r#"{"name": "sgd", "lr": 0.01, "momentum": 0.9}"#)?;
+    let mut opt = Optimizer::new(opt_spec, built.trainable.clone());
+    let after_build = peak_rss_mib();
+    let mut rng = Rng::new(1);
+    let mut times = Vec::new();
+    for _ in 0..steps {
+        let x: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(x, (batch, 3, size, size), &device)?;
+        let y = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, &device)?;
+        let start = std::time::Instant::now();
+        let logits = built.model.forward(&x, true, &mut rng)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        opt.step(&loss.backward()?)?;
+        loss.to_scalar::<f32>()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "sweep", "model": model, "batch": batch, "size": size,
+            "peak_rss_mib": peak_rss_mib(), "rss_after_build_mib": after_build, "step_seconds": times,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `sweep eval`: evaluates a weights file on a dataset's test split.
+
+use crate::cli::EvalFormat;
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use sweep::spec::{self, DatasetName, DatasetSpec, Transform};
+use sweep::train::{self, data, models::ModelSpec};
+
+/// The augmentation sets `--augment` knows without a sweep file (test side).
+fn builtin(name: &str) -> Option<Vec<Transform>> {
+    let cifar = Transform::Normalize { mean: [0.4914, 0.4824, 0.4467], std: [0.2471, 0.2436, 0.2616] };
+    match name {
+        "none" => Some(vec![]),
+        "normalize" => Some(vec![cifar]),
+        "resize224" => Some(vec![Transform::Resize { size: 224 }, cifar]),
+        _ => None,
+    }
+}
+
+/// `--data`: `synthetic`, or a folder with the CIFAR-10 binary release.
+fn dataset(data: &str) -> DatasetSpec {
+    if data == "synthetic" {
+        return DatasetSpec {
+            name: DatasetName::Synthetic,
+            path: None,
+            train_size: None,
+            test_size: None,
+            data_seed: None,
+        };
+    }
+    let abs = std::path::absolute(data).unwrap_or_else(|_| PathBuf::from(data));
+    DatasetSpec {
+        name: DatasetName::Cifar10,
+        path: Some(abs.display().to_string()),
+        train_size: None,
+        test_size: None,
+        data_seed: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn eval(
+    model: &str,
+    weights: &Path,
+    data: Option<&str>,
+    sweep_file: Option<&Path>,
+    augment: Option<&str>,
+    device: &str,
+    format: EvalFormat,
+) -> anyhow::Result<ExitCode> {
+    let (mut ds_spec, mut transforms, mut seed) = (None, None, 0);
+    if let Some(file) = sweep_file {
+        let s = spec::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let run = match augment {
+            Some(a) => s.runs.iter().find(|r| r.config.augment == a),
+            None => s.runs.first(),
+        };
+        if let Some(run) = run {
+            ds_spec = Some(run.config.dataset.clone());
+            transforms = Some(run.config.test_transforms.clone());
+            seed = run.config.seed;
+        } else if let Some(a) = augment {
+            bail!("{}: no run uses the augmentation set `{a}`", file.display());
+        }
+    }
+    if transforms.is_none() {
+        let name = augment.unwrap_or("none");
+        transforms = Some(builtin(name).with_context(|| {
+            format!(
+                "--augment {name}: not a built-in set (none, normalize, resize224); give --sweep FILE to use its sets"
+            )
+        })?);
+    }
+    if let Some(d) = data {
+        ds_spec = Some(dataset(d));
+    }
+    let ds_spec = ds_spec.context("give --data (synthetic, or a cifar-10-batches-bin folder) or --sweep FILE")?;
+    let transforms = transforms.expect("set above");
+
+    let (spec, classes) = ModelSpec::for_weights(model, weights).map_err(anyhow::Error::msg)?;
+    let ds = data::load(&ds_spec)?;
+    if ds.classes.len() != classes {
+        bail!("{}: the head has {classes} classes, the dataset {}", weights.display(), ds.classes.len());
+    }
+    let (dev, dev_name) = train::device(device).map_err(anyhow::Error::msg)?;
+    let built = spec.build(classes, &dev, 0).map_err(anyhow::Error::msg)?;
+    let start = std::time::Instant::now();
+    let stats = train::evaluate_model(built.model.as_ref(), &ds.test, &transforms, 256, seed, &dev)?;
+    let secs = start.elapsed().as_secs_f64();
+    match format {
+        EvalFormat::Json => {
+            let v = serde_json::json!({
+                "model": model,
+                "weights": weights.display().to_string(),
+                "device": dev_name,
+                "loss": stats.loss,
+                "top1": stats.top1,
+                "top5": stats.top5,
+                "images": stats.images,
+                "seconds": secs,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        EvalFormat::Table => {
+            println!("model   {model} ({})", weights.display());
+            println!("images  {} (test split, {dev_name}, {secs:.1}s)", stats.images);
+            println!("loss    {:.4}", stats.loss);
+            println!("top-1   {:.2}%", stats.top1);
+            println!("top-5   {:.2}%", stats.top5);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

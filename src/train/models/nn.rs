@@ -1,0 +1,271 @@
+//! The layers the models are built from, and the [`Builder`] that names and
+//! creates their parameters.
+//!
+//! Every parameter and buffer is a candle [`Var`] in one `VarMap`, under the
+//! name torchvision gives it (`layer1.0.conv1.weight`, `…bn1.running_mean`,
+//! `…bn1.num_batches_tracked`), so a checkpoint is a state_dict. A layer holds
+//! its weights as tensors: the Var itself when it trains, a detached view of the
+//! same storage when it is frozen, so that no gradient is computed for it (and
+//! autograd never walks into a fully frozen stem).
+
+use super::super::layers::{conv2d, ConvParams};
+use super::super::rng::{stream, Rng};
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::VarMap;
+
+/// How a parameter is initialised (torchvision's choices per architecture).
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// Kaiming normal with `fan_out` and ReLU gain (ResNet and VGG convs).
+    KaimingFanOut,
+    /// Kaiming normal with `fan_in` and ReLU gain (DenseNet convs).
+    KaimingFanIn,
+    /// U(±bound) (PyTorch's Linear default uses bound 1/√fan_in).
+    Uniform(f64),
+    /// N(0, std²) (VGG's Linear layers).
+    Normal(f64),
+    /// A constant (BatchNorm weight 1, biases 0).
+    Const(f64),
+}
+
+/// Creates the Vars of a model under their torchvision names.
+pub struct Builder<'a> {
+    varmap: &'a VarMap,
+    device: Device,
+    /// Vars created by this builder with their initialisation, in creation order.
+    pub(super) inits: Vec<(String, Init)>,
+    frozen: &'a dyn Fn(&str) -> bool,
+    freeze_bn: bool,
+}
+
+impl<'a> Builder<'a> {
+    /// A builder over `varmap`; parameters for which `frozen(name)` holds are
+    /// detached, and with `freeze_bn` frozen BatchNorm layers also stop
+    /// updating their statistics.
+    pub fn new(varmap: &'a VarMap, device: &Device, frozen: &'a dyn Fn(&str) -> bool, freeze_bn: bool) -> Self {
+        Builder { varmap, device: device.clone(), inits: Vec::new(), frozen, freeze_bn }
+    }
+
+    fn var(&mut self, name: &str, shape: &[usize], dtype: DType, init: Init) -> Result<Var> {
+        let mut data = self.varmap.data().lock().expect("varmap lock");
+        if let Some(v) = data.get(name) {
+            if v.dims() != shape {
+                candle_core::bail!("parameter `{name}`: shape {:?} does not match {:?}", v.dims(), shape);
+            }
+            return Ok(v.clone());
+        }
+        let v = Var::zeros(shape, dtype, &self.device)?;
+        data.insert(name.to_owned(), v.clone());
+        self.inits.push((name.to_owned(), init));
+        Ok(v)
+    }
+
+    fn param(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let v = self.var(name, shape, DType::F32, init)?;
+        Ok(if (self.frozen)(name) { v.as_tensor().detach() } else { v.as_tensor().clone() })
+    }
+
+    /// A convolution `name` (square kernel), with or without bias.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        &mut self,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        init: Init,
+    ) -> Result<Conv> {
+        let weight = self.param(&format!("{name}.weight"), &[cout, cin, k, k], init)?;
+        let bias = if bias { Some(self.param(&format!("{name}.bias"), &[cout], Init::Const(0.0))?) } else { None };
+        Ok(Conv { weight, bias, params: ConvParams { padding, stride } })
+    }
+
+    /// A BatchNorm2d `name` with PyTorch's defaults (eps 1e-5, momentum 0.1).
+    pub fn bn(&mut self, name: &str, c: usize) -> Result<BatchNorm> {
+        let weight_name = format!("{name}.weight");
+        let frozen = (self.frozen)(&weight_name);
+        Ok(BatchNorm {
+            weight: self.param(&weight_name, &[c], Init::Const(1.0))?,
+            bias: self.param(&format!("{name}.bias"), &[c], Init::Const(0.0))?,
+            running_mean: self.var(&format!("{name}.running_mean"), &[c], DType::F32, Init::Const(0.0))?,
+            running_var: self.var(&format!("{name}.running_var"), &[c], DType::F32, Init::Const(1.0))?,
+            num_batches_tracked: self.var(&format!("{name}.num_batches_tracked"), &[], DType::I64, Init::Const(0.0))?,
+            eps: 1e-5,
+            momentum: 0.1,
+            fixed_stats: frozen && self.freeze_bn,
+        })
+    }
+
+    /// A Linear `name` with the given weight initialisation and bias
+    /// initialisation.
+    pub fn linear(&mut self, name: &str, cin: usize, cout: usize, weight: Init, bias: Init) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.param(&format!("{name}.weight"), &[cout, cin], weight)?,
+            bias: self.param(&format!("{name}.bias"), &[cout], bias)?,
+        })
+    }
+}
+
+/// Fills the Vars created by a builder from the run seed: each Var gets its
+/// own random stream, keyed by its creation index.
+pub fn init_weights(varmap: &VarMap, inits: &[(String, Init)], seed: u64) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    for (i, (name, init)) in inits.iter().enumerate() {
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        let n = var.elem_count();
+        let mut rng = Rng::derive(&[stream::INIT, seed, i as u64]);
+        let receptive: usize = dims.iter().skip(2).product();
+        let values: Vec<f64> = match *init {
+            Init::KaimingFanOut | Init::KaimingFanIn => {
+                let fan = if matches!(init, Init::KaimingFanOut) { dims[0] } else { dims[1] } * receptive;
+                let std = (2.0 / fan as f64).sqrt();
+                (0..n).map(|_| rng.normal() * std).collect()
+            }
+            Init::Uniform(bound) => (0..n).map(|_| rng.uniform(-bound, bound)).collect(),
+            Init::Normal(std) => (0..n).map(|_| rng.normal() * std).collect(),
+            Init::Const(c) => vec![c; n],
+        };
+        let t = Tensor::from_vec(values, dims, var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// A 2-D convolution, optionally with bias.
+pub struct Conv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    params: ConvParams,
+}
+
+impl Conv {
+    /// Applies the convolution.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let y = conv2d(xs, &self.weight, self.params)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// A fully connected layer.
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// `xs @ weightᵀ + bias` for `xs` of shape (N, in).
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+/// BatchNorm2d with PyTorch's semantics.
+///
+/// Training: normalises with the batch mean and biased variance over (N, H, W),
+/// and updates the running statistics with momentum 0.1 using the unbiased
+/// variance; `num_batches_tracked` counts the updates. Eval (and training when
+/// the layer is frozen with `freeze_bn = true`): the running statistics.
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+    eps: f64,
+    momentum: f64,
+    fixed_stats: bool,
+}
+
+impl BatchNorm {
+    /// Applies the layer to `xs` (N, C, H, W).
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let c = xs.dim(1)?;
+        let shape = (1, c, 1, 1);
+        let weight = self.weight.reshape(shape)?;
+        let bias = self.bias.reshape(shape)?;
+        if !train || self.fixed_stats {
+            let inv = (self.running_var.as_tensor().detach() + self.eps)?.sqrt()?.recip()?.reshape(shape)?;
+            let mean = self.running_mean.as_tensor().detach().reshape(shape)?;
+            return xs.broadcast_sub(&mean)?.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias);
+        }
+        let (n, _, h, w) = xs.dims4()?;
+        let m = n * h * w;
+        if m < 2 {
+            candle_core::bail!(
+                "BatchNorm in training needs more than one value per channel (got input {n}x{c}x{h}x{w})"
+            );
+        }
+        let mean = (xs.sum_keepdim((0, 2, 3))? / m as f64)?;
+        let centered = xs.broadcast_sub(&mean)?;
+        let var = (centered.sqr()?.sum_keepdim((0, 2, 3))? / m as f64)?;
+        let inv = (&var + self.eps)?.sqrt()?.recip()?;
+        let y = centered.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias)?;
+
+        let mom = self.momentum;
+        let mean = mean.detach().flatten_all()?;
+        let unbiased = (var.detach().flatten_all()? * (m as f64 / (m - 1) as f64))?;
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - mom))? + (mean * mom)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - mom))? + (unbiased * mom)?)?)?;
+        self.num_batches_tracked.set(&(self.num_batches_tracked.as_tensor().detach() + 1.0)?)?;
+        Ok(y)
+    }
+}
+
+/// Inverted dropout with a mask from `rng` (identity when not training or p = 0).
+pub fn dropout(xs: &Tensor, p: f64, train: bool, rng: &mut Rng) -> Result<Tensor> {
+    if !train || p == 0.0 {
+        return Ok(xs.clone());
+    }
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..xs.elem_count()).map(|_| if rng.next_f64() < p { 0.0 } else { keep }).collect();
+    xs.mul(&Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_scales_and_is_seeded() {
+        let x = Tensor::ones((1000,), DType::F32, &Device::Cpu).unwrap();
+        let a = dropout(&x, 0.5, true, &mut Rng::new(5)).unwrap().to_vec1::<f32>().unwrap();
+        let b = dropout(&x, 0.5, true, &mut Rng::new(5)).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
+        assert!(a.iter().all(|&v| v == 0.0 || v == 2.0));
+        let kept = a.iter().filter(|&&v| v == 2.0).count();
+        assert!((400..600).contains(&kept), "{kept}");
+        assert_eq!(dropout(&x, 0.5, false, &mut Rng::new(5)).unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 1000]);
+    }
+
+    #[test]
+    fn batch_norm_trains_on_batch_statistics_and_updates_running_ones() {
+        // torch: bn = nn.BatchNorm2d(1); x = tensor([1., 2., 3., 6.]).view(2,1,1,2); y = bn(x)
+        // y = (x - 3) / sqrt(3.5 + 1e-5); running_mean = 0.3, running_var = 0.9 + 0.1 * 14/3
+        let varmap = VarMap::new();
+        let no = |_: &str| false;
+        let mut b = Builder::new(&varmap, &Device::Cpu, &no, false);
+        let bn = b.bn("bn", 1).unwrap();
+        init_weights(&varmap, &b.inits, 0).unwrap();
+        let x = Tensor::from_vec(vec![1f32, 2., 3., 6.], (2, 1, 1, 2), &Device::Cpu).unwrap();
+        let y = bn.forward(&x, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let s = (3.5f32 + 1e-5).sqrt();
+        for (a, e) in y.iter().zip([-2.0 / s, -1.0 / s, 0.0, 3.0 / s]) {
+            assert!((a - e).abs() < 1e-6, "{y:?}");
+        }
+        let data = varmap.data().lock().unwrap();
+        let rm = data["bn.running_mean"].to_vec1::<f32>().unwrap()[0];
+        let rv = data["bn.running_var"].to_vec1::<f32>().unwrap()[0];
+        assert!((rm - 0.3).abs() < 1e-6 && (rv - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-6, "{rm} {rv}");
+        assert_eq!(data["bn.num_batches_tracked"].to_scalar::<i64>().unwrap(), 1);
+        // Eval uses the running statistics.
+        let e = bn.forward(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!((e[0] - (1.0 - 0.3) / (rv + 1e-5).sqrt()).abs() < 1e-6);
+    }
+}
