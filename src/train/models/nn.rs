@@ -8,7 +8,7 @@
 //! same storage when it is frozen, so that no gradient is computed for it (and
 //! autograd never walks into a fully frozen stem).
 
-use super::super::layers::{conv2d, ConvParams};
+use super::super::layers::{batch_norm_cpu, channel_stats, conv2d, ConvParams};
 use super::super::rng::{stream, Rng};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
@@ -186,35 +186,53 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// Applies the layer to `xs` (N, C, H, W).
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let c = xs.dim(1)?;
-        let shape = (1, c, 1, 1);
-        let weight = self.weight.reshape(shape)?;
-        let bias = self.bias.reshape(shape)?;
-        if !train || self.fixed_stats {
-            let inv = (self.running_var.as_tensor().detach() + self.eps)?.sqrt()?.recip()?.reshape(shape)?;
-            let mean = self.running_mean.as_tensor().detach().reshape(shape)?;
-            return xs.broadcast_sub(&mean)?.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias);
-        }
-        let (n, _, h, w) = xs.dims4()?;
+        let (n, c, h, w) = xs.dims4()?;
+        let batch_stats = train && !self.fixed_stats;
         let m = n * h * w;
-        if m < 2 {
+        if batch_stats && m < 2 {
             candle_core::bail!(
                 "BatchNorm in training needs more than one value per channel (got input {n}x{c}x{h}x{w})"
             );
+        }
+        if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+            let (mean, var) = if batch_stats {
+                channel_stats(xs)?
+            } else {
+                (self.running_mean.as_tensor().to_vec1::<f32>()?, self.running_var.as_tensor().to_vec1::<f32>()?)
+            };
+            let y = batch_norm_cpu(xs, &self.weight, &self.bias, mean.clone(), &var, self.eps, batch_stats)?;
+            if batch_stats {
+                let dev = xs.device();
+                let unbiased: Vec<f32> = var.iter().map(|&v| v * m as f32 / (m - 1) as f32).collect();
+                self.update_stats(&Tensor::from_vec(mean, c, dev)?, &Tensor::from_vec(unbiased, c, dev)?)?;
+            }
+            return Ok(y);
+        }
+        // Other devices: the same computation as tensor ops.
+        let shape = (1, c, 1, 1);
+        let weight = self.weight.reshape(shape)?;
+        let bias = self.bias.reshape(shape)?;
+        if !batch_stats {
+            let inv = (self.running_var.as_tensor().detach() + self.eps)?.sqrt()?.recip()?.reshape(shape)?;
+            let mean = self.running_mean.as_tensor().detach().reshape(shape)?;
+            return xs.broadcast_sub(&mean)?.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias);
         }
         let mean = (xs.sum_keepdim((0, 2, 3))? / m as f64)?;
         let centered = xs.broadcast_sub(&mean)?;
         let var = (centered.sqr()?.sum_keepdim((0, 2, 3))? / m as f64)?;
         let inv = (&var + self.eps)?.sqrt()?.recip()?;
         let y = centered.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias)?;
-
-        let mom = self.momentum;
-        let mean = mean.detach().flatten_all()?;
         let unbiased = (var.detach().flatten_all()? * (m as f64 / (m - 1) as f64))?;
-        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - mom))? + (mean * mom)?)?)?;
-        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - mom))? + (unbiased * mom)?)?)?;
-        self.num_batches_tracked.set(&(self.num_batches_tracked.as_tensor().detach() + 1.0)?)?;
+        self.update_stats(&mean.detach().flatten_all()?, &unbiased)?;
         Ok(y)
+    }
+
+    /// `running = (1 - momentum) * running + momentum * batch`; counts the batch.
+    fn update_stats(&self, mean: &Tensor, unbiased_var: &Tensor) -> Result<()> {
+        let mom = self.momentum;
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - mom))? + (mean * mom)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - mom))? + (unbiased_var * mom)?)?)?;
+        self.num_batches_tracked.set(&(self.num_batches_tracked.as_tensor().detach() + 1.0)?)
     }
 }
 
