@@ -8,7 +8,7 @@
 //! worker marks runs whose worker died as `interrupted`; those are claimed first
 //! and resume from their latest checkpoint.
 
-use crate::spec::RunConfig;
+use crate::spec::{Keep, RunConfig};
 use crate::store::{CheckpointKind, CheckpointRecord, ClaimedRun, EpochRecord, Status, Store, StoreError};
 use crate::train::{self, checkpoint, data, EpochSink, Outcome, Progress, TrainRequest};
 use serde::Serialize;
@@ -83,7 +83,7 @@ pub enum WorkerError {
 
 enum Msg {
     Epoch {
-        rec: EpochRecord,
+        rec: Box<EpochRecord>,
         latest: CheckpointRecord,
         best: Option<CheckpointRecord>,
         reply: oneshot::Sender<Result<(), String>>,
@@ -111,7 +111,7 @@ impl EpochSink for ChannelSink {
         latest: &CheckpointRecord,
         best: Option<&CheckpointRecord>,
     ) -> Result<(), String> {
-        self.ask(|reply| Msg::Epoch { rec: rec.clone(), latest: latest.clone(), best: best.cloned(), reply })
+        self.ask(|reply| Msg::Epoch { rec: Box::new(rec.clone()), latest: latest.clone(), best: best.cloned(), reply })
     }
     fn interrupted(&mut self, latest: &CheckpointRecord) -> Result<(), String> {
         self.ask(|reply| Msg::Interrupted { latest: latest.clone(), reply })
@@ -225,6 +225,7 @@ async fn execute(
     }
     collect_garbage(store, run.id, &abs_dir).await;
 
+    let keep = config.keep;
     let ds_key = serde_json::to_string(&config.dataset).unwrap_or_default();
     let dataset = match datasets.get(&ds_key) {
         Some(d) => d.clone(),
@@ -317,8 +318,21 @@ async fn execute(
         Err(e) => Err(train::TrainError::Sink(format!("the trainer thread was lost: {e}"))),
     };
     tracing::info!(run = run.id, outcome = ?outcome.as_ref().map_err(ToString::to_string), "run ended");
+    if matches!(outcome, Ok(Outcome::Finished | Outcome::StoppedEarly { .. })) && keep == Keep::Best {
+        store.drop_latest(run.id, worker).await?;
+        collect_garbage(store, run.id, &abs_dir).await;
+    }
     let end = match outcome {
         Ok(Outcome::Finished) => {
+            store.finish(run.id, worker, Status::Done, None).await?;
+            RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None }
+        }
+        Ok(Outcome::StoppedEarly { note, .. }) => {
+            tracing::info!(run = run.id, "{note}");
+            if opts.verbose {
+                eprintln!("  {}: {note}", run.name);
+            }
+            store.set_note(run.id, worker, &note).await?;
             store.finish(run.id, worker, Status::Done, None).await?;
             RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None }
         }

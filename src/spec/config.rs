@@ -50,12 +50,33 @@ pub struct RunConfig {
     pub epochs: usize,
     /// Optimiser and its hyper-parameters.
     pub optimizer: OptimizerSpec,
-    /// Learning-rate schedule, stepped once per epoch.
+    /// Learning-rate schedule.
     pub schedule: ScheduleSpec,
+    /// Linear warmup before the schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
+    /// Which checkpoints a finished run keeps. Not part of the run's key: it
+    /// does not change the numbers.
+    #[serde(default, skip_serializing_if = "Keep::is_default")]
+    pub keep: Keep,
+    /// Stop when a metric has not improved for `patience` epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStop>,
+    /// Label smoothing of the training loss (`CrossEntropyLoss(label_smoothing=…)`);
+    /// the test loss is always plain cross-entropy.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
+    /// Whether the schedule advances per epoch or per optimizer step.
+    #[serde(default, skip_serializing_if = "LrInterval::is_epoch")]
+    pub lr_interval: LrInterval,
     /// The metric whose best epoch is kept as the best checkpoint.
     pub metric: Metric,
     /// Seed for initialisation, shuffling, augmentation and dropout.
     pub seed: u64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn is_false(b: &bool) -> bool {
@@ -414,6 +435,14 @@ pub enum OptimizerSpec {
         /// L2 penalty added to the gradient.
         #[serde(default)]
         weight_decay: f64,
+        /// `false`: no weight decay on BatchNorm weights and biases (parameters of
+        /// rank 1), as with a second parameter group in PyTorch.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        decay_bn_bias: bool,
+        /// Clip the gradients' global L2 norm to this value before each step
+        /// (`torch.nn.utils.clip_grad_norm_`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clip_grad_norm: Option<f64>,
     },
     /// `torch.optim.Adam` (L2 penalty added to the gradient).
     Adam {
@@ -428,6 +457,17 @@ pub enum OptimizerSpec {
         /// L2 penalty added to the gradient.
         #[serde(default)]
         weight_decay: f64,
+        /// The AMSGrad variant (the maximum of the second moments).
+        #[serde(default, skip_serializing_if = "is_false")]
+        amsgrad: bool,
+        /// `false`: no weight decay on BatchNorm weights and biases (parameters of
+        /// rank 1), as with a second parameter group in PyTorch.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        decay_bn_bias: bool,
+        /// Clip the gradients' global L2 norm to this value before each step
+        /// (`torch.nn.utils.clip_grad_norm_`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clip_grad_norm: Option<f64>,
     },
     /// `torch.optim.AdamW` (decoupled weight decay).
     Adamw {
@@ -442,9 +482,109 @@ pub enum OptimizerSpec {
         /// Decoupled weight decay.
         #[serde(default = "default_adamw_wd")]
         weight_decay: f64,
+        /// The AMSGrad variant (the maximum of the second moments).
+        #[serde(default, skip_serializing_if = "is_false")]
+        amsgrad: bool,
+        /// `false`: no weight decay on BatchNorm weights and biases (parameters of
+        /// rank 1), as with a second parameter group in PyTorch.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        decay_bn_bias: bool,
+        /// Clip the gradients' global L2 norm to this value before each step
+        /// (`torch.nn.utils.clip_grad_norm_`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clip_grad_norm: Option<f64>,
     },
 }
 
+fn default_pct_start() -> f64 {
+    0.3
+}
+fn default_div_factor() -> f64 {
+    25.0
+}
+fn default_final_div_factor() -> f64 {
+    1e4
+}
+fn default_base_momentum() -> f64 {
+    0.85
+}
+fn default_max_momentum() -> f64 {
+    0.95
+}
+
+/// Linear warmup before the schedule (PyTorch's `LinearLR` then the schedule,
+/// chained with `SequentialLR`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// Length in epochs (or in optimizer steps with `lr_interval = "step"`).
+    pub iters: usize,
+    /// The first lr is base lr x start_factor, rising linearly to the base lr.
+    #[serde(default = "default_warmup_start")]
+    pub start_factor: f64,
+}
+
+fn default_warmup_start() -> f64 {
+    0.1
+}
+
+/// Early stopping: after each epoch, a run whose `metric` has not improved by
+/// more than `min_delta` on its best value for `patience` epochs stops (done,
+/// with a note), like Keras'/Lightning's `EarlyStopping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStop {
+    /// The metric watched (default: the sweep's metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
+    /// Epochs without improvement before stopping.
+    pub patience: usize,
+    /// The smallest change that counts as an improvement.
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+/// Checkpoint retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// The best and the latest checkpoint (the latest resumes; both are kept).
+    #[default]
+    BestAndLatest,
+    /// Only the best once the run is finished (the latest is needed only while
+    /// it trains): one weights file per run for big sweeps.
+    Best,
+}
+
+impl Keep {
+    fn is_default(&self) -> bool {
+        *self == Keep::BestAndLatest
+    }
+}
+
+/// How often the schedule advances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrInterval {
+    /// Once per epoch: milestones, step sizes, t_max and warmup count epochs.
+    #[default]
+    Epoch,
+    /// After every optimizer step: they count steps.
+    Step,
+}
+
+impl LrInterval {
+    fn is_epoch(&self) -> bool {
+        *self == LrInterval::Epoch
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
 fn default_betas() -> [f64; 2] {
     [0.9, 0.999]
 }
@@ -460,6 +600,24 @@ impl OptimizerSpec {
     pub fn lr(&self) -> f64 {
         match self {
             OptimizerSpec::Sgd { lr, .. } | OptimizerSpec::Adam { lr, .. } | OptimizerSpec::Adamw { lr, .. } => *lr,
+        }
+    }
+
+    /// Whether BatchNorm weights and biases (rank-1 parameters) are decayed.
+    pub fn decay_bn_bias(&self) -> bool {
+        match self {
+            OptimizerSpec::Sgd { decay_bn_bias, .. }
+            | OptimizerSpec::Adam { decay_bn_bias, .. }
+            | OptimizerSpec::Adamw { decay_bn_bias, .. } => *decay_bn_bias,
+        }
+    }
+
+    /// The maximum global gradient norm, if clipping.
+    pub fn clip_grad_norm(&self) -> Option<f64> {
+        match self {
+            OptimizerSpec::Sgd { clip_grad_norm, .. }
+            | OptimizerSpec::Adam { clip_grad_norm, .. }
+            | OptimizerSpec::Adamw { clip_grad_norm, .. } => *clip_grad_norm,
         }
     }
 }
@@ -489,6 +647,32 @@ pub enum ScheduleSpec {
         /// Multiplicative decay.
         #[serde(default = "default_gamma")]
         gamma: f64,
+    },
+    /// `OneCycleLR` (cosine annealing, two phases), always stepped per batch over
+    /// the whole run; cycles SGD's momentum (Adam's beta1) inversely, as PyTorch
+    /// does by default.
+    Onecycle {
+        /// Peak learning rate (default: the optimizer's lr).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_lr: Option<f64>,
+        /// Share of the steps spent increasing the lr.
+        #[serde(default = "default_pct_start")]
+        pct_start: f64,
+        /// Initial lr = max_lr / div_factor.
+        #[serde(default = "default_div_factor")]
+        div_factor: f64,
+        /// Final lr = initial lr / final_div_factor.
+        #[serde(default = "default_final_div_factor")]
+        final_div_factor: f64,
+        /// Cycle momentum (beta1) between `max_momentum` and `base_momentum`.
+        #[serde(default = "yes")]
+        cycle_momentum: bool,
+        /// Momentum at the lr peak.
+        #[serde(default = "default_base_momentum")]
+        base_momentum: f64,
+        /// Momentum at the start and the end.
+        #[serde(default = "default_max_momentum")]
+        max_momentum: f64,
     },
     /// `CosineAnnealingLR` over `t_max` epochs (default: the run's epochs).
     Cosine {

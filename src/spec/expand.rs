@@ -95,6 +95,11 @@ const RUN_KEYS: &[&str] = &[
     "epochs",
     "optimizer",
     "schedule",
+    "warmup",
+    "lr_interval",
+    "label_smoothing",
+    "early_stop",
+    "keep",
 ];
 
 struct Ctx<'a> {
@@ -675,6 +680,30 @@ fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig, FinalizeEr
     }
     check_optimizer(&optimizer)?;
     check_schedule(&schedule)?;
+    if let Some(es) = &f.early_stop {
+        if es.patience == 0 {
+            return bad("early_stop.patience", "must be at least 1".into());
+        }
+        if es.min_delta.is_nan() || es.min_delta < 0.0 {
+            return bad("early_stop.min_delta", format!("must be >= 0, found {}", es.min_delta));
+        }
+    }
+    if let Some(ls) = f.label_smoothing {
+        if !(0.0..1.0).contains(&ls) {
+            return bad("label_smoothing", format!("must be in [0, 1), found {ls}"));
+        }
+    }
+    if let Some(w) = &f.warmup {
+        if w.iters == 0 {
+            return bad("warmup.iters", "must be at least 1".into());
+        }
+        if !(w.start_factor > 0.0 && w.start_factor <= 1.0) {
+            return bad("warmup.start_factor", format!("must be in (0, 1], found {}", w.start_factor));
+        }
+        if matches!(schedule, ScheduleSpec::Onecycle { .. }) {
+            return bad("warmup", "onecycle has its own warm-up phase (pct_start); remove `warmup`".into());
+        }
+    }
     let Some(set) = ctx.augment.get(&augment) else {
         return bad("augment", unknown_augment(&augment, &ctx.augment));
     };
@@ -693,6 +722,11 @@ fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig, FinalizeEr
         epochs,
         optimizer,
         schedule,
+        warmup: f.warmup,
+        lr_interval: f.lr_interval.unwrap_or_default(),
+        label_smoothing: f.label_smoothing.unwrap_or(0.0),
+        early_stop: f.early_stop,
+        keep: f.keep.unwrap_or_default(),
         metric: ctx.metric,
         seed,
     })
@@ -713,6 +747,11 @@ fn check_optimizer(o: &OptimizerSpec) -> Result<(), FinalizeError> {
     let lr = o.lr();
     if !(lr.is_finite() && lr > 0.0) {
         return err("lr", format!("the learning rate must be a positive number, found {lr}"));
+    }
+    if let Some(c) = o.clip_grad_norm() {
+        if !(c.is_finite() && c > 0.0) {
+            return err("clip_grad_norm", format!("must be a positive number, found {c}"));
+        }
     }
     match o {
         OptimizerSpec::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
@@ -749,6 +788,23 @@ fn check_schedule(s: &ScheduleSpec) -> Result<(), FinalizeError> {
     let err = |k: &str, m: String| Err((Some(format!("schedule.{k}")), m));
     match s {
         ScheduleSpec::Constant | ScheduleSpec::Cosine { .. } => Ok(()),
+        ScheduleSpec::Onecycle {
+            max_lr, pct_start, div_factor, final_div_factor, base_momentum, max_momentum, ..
+        } => {
+            if max_lr.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+                return err("max_lr", "must be a positive number".into());
+            }
+            if !(*pct_start > 0.0 && *pct_start < 1.0) {
+                return err("pct_start", format!("must be in (0, 1), found {pct_start}"));
+            }
+            if *div_factor <= 0.0 || *final_div_factor <= 0.0 {
+                return err("div_factor", "div_factor and final_div_factor must be > 0".into());
+            }
+            if base_momentum > max_momentum {
+                return err("base_momentum", "must not exceed max_momentum".into());
+            }
+            Ok(())
+        }
         ScheduleSpec::Step { step_size, gamma } => {
             if *step_size == 0 {
                 return err("step_size", "must be at least 1".into());

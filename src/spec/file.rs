@@ -6,7 +6,8 @@
 //! typed; [`RunFields`] is the typed form of such a merged table.
 
 use super::config::{
-    deserialize_dataset, DatasetSpec, Freeze, Head, Metric, OptimizerSpec, ScheduleSpec, Stem, Transform,
+    deserialize_dataset, DatasetSpec, EarlyStop, Freeze, Head, Keep, LrInterval, Metric, OptimizerSpec, ScheduleSpec,
+    Stem, Transform, Warmup,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -96,6 +97,16 @@ pub struct RunFields {
     pub optimizer: Option<OptimizerSpec>,
     /// See [`super::RunConfig::schedule`].
     pub schedule: Option<ScheduleSpec>,
+    /// See [`super::RunConfig::warmup`].
+    pub warmup: Option<Warmup>,
+    /// See [`super::RunConfig::keep`].
+    pub keep: Option<Keep>,
+    /// See [`super::RunConfig::early_stop`].
+    pub early_stop: Option<EarlyStop>,
+    /// See [`super::RunConfig::label_smoothing`].
+    pub label_smoothing: Option<f64>,
+    /// See [`super::RunConfig::lr_interval`].
+    pub lr_interval: Option<LrInterval>,
 }
 
 /// Keys of a `[[run]]` table that are not run fields.

@@ -46,8 +46,14 @@ fn sorted(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// The key of a configuration.
+/// The key of a configuration: the hash of its canonical JSON without the
+/// fields that cannot change a run's numbers (`keep`).
 pub fn run_key(config: &RunConfig) -> RunKey {
-    let digest = Sha256::digest(canonical_json(config).as_bytes());
+    let mut value = serde_json::to_value(config).expect("RunConfig always serialises");
+    if let Some(map) = value.as_object_mut() {
+        map.remove("keep");
+    }
+    let text = serde_json::to_string(&sorted(value)).expect("JSON value always serialises");
+    let digest = Sha256::digest(text.as_bytes());
     RunKey(digest.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -112,6 +112,8 @@ pub struct EpochRecord {
     pub test_loss: f64,
     /// Test top-1 accuracy, percent.
     pub test_acc: f64,
+    /// Test top-5 accuracy, percent (absent in records of older versions).
+    pub test_top5: Option<f64>,
     /// Learning rate used in this epoch.
     pub lr: f64,
     /// Wall-clock seconds of the epoch (train + test).
@@ -567,8 +569,8 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(&e)?;
         self.check_holder(&mut tx, run_id, worker).await?;
         sqlx::query(
-            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec, test_top5)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .bind(run_id)
         .bind(rec.epoch)
@@ -579,6 +581,7 @@ impl Store {
         .bind(rec.lr)
         .bind(rec.seconds)
         .bind(rec.images_per_sec)
+        .bind(rec.test_top5)
         .execute(&mut *tx)
         .await
         .map_err(&e)?;
@@ -648,6 +651,36 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a run's latest checkpoint (retention `keep = "best"` once the
+    /// run is finished); its files are then removed as unreferenced.
+    pub async fn drop_latest(&self, run_id: i64, worker: &str) -> Result<()> {
+        let e = self.sql();
+        let mut tx = self.pool.begin().await.map_err(&e)?;
+        self.check_holder(&mut tx, run_id, worker).await?;
+        sqlx::query("DELETE FROM checkpoints WHERE run_id = ?1 AND kind = 'latest'")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(())
+    }
+
+    /// Records how a run ended (shown with the run), if this worker holds it.
+    pub async fn set_note(&self, run_id: i64, worker: &str, note: &str) -> Result<()> {
+        let e = self.sql();
+        let mut tx = self.pool.begin().await.map_err(&e)?;
+        self.check_holder(&mut tx, run_id, worker).await?;
+        sqlx::query("UPDATE runs SET note = ?2 WHERE id = ?1")
+            .bind(run_id)
+            .bind(note)
+            .execute(&mut *tx)
+            .await
+            .map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(())
+    }
+
     /// A run's checkpoints (latest and/or best).
     pub async fn checkpoints(&self, run_id: i64) -> Result<Vec<CheckpointRecord>> {
         let rows = sqlx::query(
@@ -688,7 +721,7 @@ impl Store {
     /// A run's recorded epochs, in order.
     pub async fn epochs(&self, run_id: i64) -> Result<Vec<EpochRecord>> {
         let rows = sqlx::query(
-            "SELECT epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec
+            "SELECT epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec, test_top5
              FROM epochs WHERE run_id = ?1 ORDER BY epoch",
         )
         .bind(run_id)
@@ -706,6 +739,7 @@ impl Store {
                 lr: r.get("lr"),
                 seconds: r.get("seconds"),
                 images_per_sec: r.get("images_per_sec"),
+                test_top5: r.get("test_top5"),
             })
             .collect())
     }

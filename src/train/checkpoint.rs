@@ -39,6 +39,15 @@ pub struct TrainerState {
     pub best_epoch: Option<u64>,
     /// Running sums of the unfinished epoch (mid-epoch checkpoints only).
     pub partial: Partial,
+    /// Early stopping: the best value of its metric so far.
+    #[serde(default)]
+    pub stop_best: Option<f64>,
+    /// Early stopping: epochs since that value improved.
+    #[serde(default)]
+    pub since_improved: u64,
+    /// Early stopping has ended the run after epoch `epoch`.
+    #[serde(default)]
+    pub stopped_early: bool,
 }
 
 /// Running sums over the batches of an unfinished epoch.

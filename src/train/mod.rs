@@ -70,12 +70,19 @@ pub enum TrainError {
 }
 
 /// How a call to [`train`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Every epoch finished.
     Finished,
     /// Stopped on request after a batch; a mid-epoch checkpoint was recorded.
     Interrupted,
+    /// Early stopping ended the run after `epoch` epochs.
+    StoppedEarly {
+        /// Epochs trained.
+        epoch: u64,
+        /// Why, for the run's note.
+        note: String,
+    },
 }
 
 /// Receives what the trainer produces; implemented by the worker (database) and
@@ -213,6 +220,18 @@ fn to_tensors(batch: &augment::Batch, device: &Device) -> candle_core::Result<(T
     Ok((x, y))
 }
 
+/// Mean cross-entropy of `logits` (N, C) against class indices `labels`, with
+/// PyTorch's label smoothing: `(1 - ε) * nll + ε / C * Σ_c -log p_c`.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> candle_core::Result<Tensor> {
+    if smoothing == 0.0 {
+        return candle_nn::loss::cross_entropy(logits, labels);
+    }
+    let log_p = candle_nn::ops::log_softmax(logits, 1)?;
+    let nll = candle_nn::loss::nll(&log_p, labels)?;
+    let uniform = (log_p.mean(1)?.mean_all()? * -1.0)?;
+    (nll * (1.0 - smoothing))? + (uniform * smoothing)?
+}
+
 /// Sum of the batch loss x n and the number of correct top-1 predictions.
 fn batch_stats(logits: &Tensor, labels: &Tensor, loss: &Tensor) -> candle_core::Result<(f32, u64)> {
     let loss = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
@@ -255,10 +274,14 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
     let epochs = cfg.epochs as u64;
     let seed = cfg.seed;
 
+    if state.stopped_early {
+        // Killed after the stopping epoch was recorded, before the run was marked done.
+        return Ok(Outcome::StoppedEarly { epoch: state.epoch, note: stop_note(cfg, state.epoch) });
+    }
     while state.epoch < epochs {
         let e = state.epoch;
-        let lr = schedule::lr_at(&cfg.schedule, cfg.optimizer.lr(), e as usize, cfg.epochs);
-        opt.set_lr(lr);
+        // The lr recorded for the epoch is the one of its first batch.
+        let lr = schedule::at(cfg, e as usize, 0, steps).0;
         let mut order: Vec<usize> = (0..n_train).collect();
         Rng::derive(&[stream::SHUFFLE, seed, e]).shuffle(&mut order);
 
@@ -277,12 +300,17 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
                 sink.interrupted(&record(CheckpointKind::Latest, &saved, &state, None)).map_err(TrainError::Sink)?;
                 return Ok(Outcome::Interrupted);
             }
+            let (step_lr, momentum) = schedule::at(cfg, e as usize, b, steps);
+            opt.set_lr(step_lr);
+            if let Some(m) = momentum {
+                opt.set_momentum(m);
+            }
             let idx = &order[b * bs..((b + 1) * bs).min(n_train)];
             let batch = augment::assemble(&ds.train, idx, &cfg.train_transforms, seed, e);
             let (x, y) = to_tensors(&batch, req.device)?;
             let mut drop_rng = Rng::derive(&[stream::DROPOUT, seed, e, b as u64]);
             let logits = built.model.forward(&x, true, &mut drop_rng)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let loss = cross_entropy(&logits, &y, cfg.label_smoothing)?;
             let (loss_v, correct) = batch_stats(&logits, &y, &loss)?;
             if !loss_v.is_finite() {
                 bar.finish_and_clear();
@@ -307,14 +335,15 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         bar.finish_and_clear();
 
         let test_start = Instant::now();
-        let (test_loss, test_acc) = evaluate(req, &built, cfg)?;
+        let test = evaluate(req, &built, cfg)?;
         let seconds = train_secs + test_start.elapsed().as_secs_f64();
         let rec = EpochRecord {
             epoch: (e + 1) as i64,
             train_loss: partial.loss_sum / partial.seen.max(1) as f64,
             train_acc: 100.0 * partial.correct as f64 / partial.seen.max(1) as f64,
-            test_loss,
-            test_acc,
+            test_loss: test.loss,
+            test_acc: test.top1,
+            test_top5: Some(test.top5),
             lr,
             seconds,
             images_per_sec: partial.seen as f64 / train_secs.max(1e-9),
@@ -324,6 +353,22 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         if improved {
             state.best_metric = Some(metric);
             state.best_epoch = Some(e + 1);
+        }
+        if let Some(es) = &cfg.early_stop {
+            let m = es.metric.unwrap_or(cfg.metric);
+            let v = rec.metric(m);
+            let better = match state.stop_best {
+                None => true,
+                Some(b) if m.maximize() => v > b + es.min_delta,
+                Some(b) => v < b - es.min_delta,
+            };
+            if better {
+                state.stop_best = Some(v);
+                state.since_improved = 0;
+            } else {
+                state.since_improved += 1;
+                state.stopped_early = state.since_improved >= es.patience as u64 && e + 1 < epochs;
+            }
         }
         state.epoch = e + 1;
         state.step = 0;
@@ -349,6 +394,9 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
             );
         }
         sink.epoch_end(&rec, &latest, best.as_ref()).map_err(TrainError::Sink)?;
+        if state.stopped_early {
+            return Ok(Outcome::StoppedEarly { epoch: state.epoch, note: stop_note(cfg, state.epoch) });
+        }
     }
     Ok(Outcome::Finished)
 }
@@ -366,17 +414,25 @@ fn progress_bar(req: &TrainRequest, epoch: u64, epochs: u64, steps: usize) -> in
     bar
 }
 
-/// Mean loss and top-1 accuracy (percent) on the test split, in eval mode.
-fn evaluate(req: &TrainRequest, built: &models::Built, cfg: &RunConfig) -> Result<(f64, f64), TrainError> {
-    let stats = evaluate_model(
+fn stop_note(cfg: &RunConfig, epoch: u64) -> String {
+    let es = cfg.early_stop.as_ref().expect("early stopping configured");
+    format!(
+        "stopped early after epoch {epoch}: {} did not improve for {} epochs",
+        es.metric.unwrap_or(cfg.metric).as_str(),
+        es.patience
+    )
+}
+
+/// Loss, top-1 and top-5 accuracy (percent) on the test split, in eval mode.
+fn evaluate(req: &TrainRequest, built: &models::Built, cfg: &RunConfig) -> Result<EvalStats, TrainError> {
+    evaluate_model(
         built.model.as_ref(),
         &req.dataset.test,
         &cfg.test_transforms,
         cfg.batch_size.max(256),
         cfg.seed,
         req.device,
-    )?;
-    Ok((stats.loss, stats.top1))
+    )
 }
 
 /// What [`evaluate_model`] measured.
@@ -424,4 +480,20 @@ pub fn evaluate_model(
         top5: 100.0 * top5 as f64 / n,
         images: split.len(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_smoothing_matches_pytorch() {
+        // torch: F.cross_entropy(l, y, label_smoothing=0.1) = 1.6054563522338867, plain 1.5754563808441162
+        let l = Tensor::from_vec(vec![2.0f32, 0.5, -1.0, 0.1, 0.2, 3.0], (2, 3), &Device::Cpu).unwrap();
+        let y = Tensor::from_vec(vec![0u32, 1], 2, &Device::Cpu).unwrap();
+        let smoothed = cross_entropy(&l, &y, 0.1).unwrap().to_scalar::<f32>().unwrap();
+        let plain = cross_entropy(&l, &y, 0.0).unwrap().to_scalar::<f32>().unwrap();
+        assert!((smoothed - 1.605_456_4).abs() < 1e-6, "{smoothed}");
+        assert!((plain - 1.575_456_4).abs() < 1e-6, "{plain}");
+    }
 }

@@ -3,8 +3,12 @@
 //! candle-nn's SGD has no momentum and its AdamW no state export, so sweep has
 //! its own. Parameters without a gradient in a step are skipped (as PyTorch skips
 //! `p.grad is None`). The state is a map of named tensors
-//! (`momentum_buffer.<param>`, `exp_avg.<param>`, `exp_avg_sq.<param>`) plus the
-//! step count, saved in the checkpoint's state file.
+//! (`momentum_buffer.<param>`, `exp_avg.<param>`, `exp_avg_sq.<param>`,
+//! `max_exp_avg_sq.<param>` with AMSGrad) plus the step count, saved in the
+//! checkpoint's state file. Options: AMSGrad, gradient clipping by global norm
+//! (`clip_grad_norm_`), and no weight decay on rank-1 parameters (biases and
+//! BatchNorm weights) with `decay_bn_bias = false`. Parity with `torch.optim` is
+//! tested on fixtures written by `scripts/optim_fixtures.py`.
 
 use crate::spec::OptimizerSpec;
 use candle_core::backprop::GradStore;
@@ -33,6 +37,15 @@ impl Optimizer {
         self.lr = lr;
     }
 
+    /// Sets SGD's momentum or Adam's beta1 for the following steps (onecycle's
+    /// momentum cycling).
+    pub fn set_momentum(&mut self, m: f64) {
+        match &mut self.spec {
+            OptimizerSpec::Sgd { momentum, .. } => *momentum = m,
+            OptimizerSpec::Adam { betas, .. } | OptimizerSpec::Adamw { betas, .. } => betas[0] = m,
+        }
+    }
+
     /// The current learning rate.
     pub fn lr(&self) -> f64 {
         self.lr
@@ -49,20 +62,44 @@ impl Optimizer {
         self.steps = steps;
     }
 
-    /// One update from `grads`.
+    /// The factor `clip_grad_norm_` scales every gradient by: `max_norm / (norm +
+    /// 1e-6)`, at most 1, where `norm` is the L2 norm of all gradients together.
+    fn clip_factor(&self, grads: &GradStore, max_norm: f64) -> Result<f64> {
+        let mut sum = 0f64;
+        for (_, var) in &self.params {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                sum += g.detach().to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            }
+        }
+        Ok((max_norm / (sum.sqrt() + 1e-6)).min(1.0))
+    }
+
+    /// One update from `grads` (after clipping them, if configured).
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.steps += 1;
         let lr = self.lr;
+        let clip = match self.spec.clip_grad_norm() {
+            Some(max_norm) => Some(self.clip_factor(grads, max_norm)?),
+            None => None,
+        };
+        let decay_bn_bias = self.spec.decay_bn_bias();
         for (name, var) in &self.params {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
             // Detached: an op on the Var's tensor is recorded for autograd, and a
             // momentum buffer built from it would chain every earlier step's graph
             // (memory grew by about 1 GB every few seconds before this). Everything
             // computed below from these two is graph-free too.
-            let grad = &grad.detach();
+            let grad = match clip {
+                Some(f) => (grad.detach() * f)?,
+                None => grad.detach(),
+            };
+            let grad = &grad;
             let p = &var.as_tensor().detach();
+            // Rank-1 parameters are biases and BatchNorm weights.
+            let decays = decay_bn_bias || var.rank() > 1;
             match self.spec {
                 OptimizerSpec::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
+                    let weight_decay = if decays { weight_decay } else { 0.0 };
                     let mut d_p = if weight_decay != 0.0 { (grad + (p * weight_decay)?)? } else { grad.clone() };
                     if momentum != 0.0 {
                         let key = format!("momentum_buffer.{name}");
@@ -75,8 +112,9 @@ impl Optimizer {
                     }
                     var.set(&(p - (d_p * lr)?)?)?;
                 }
-                OptimizerSpec::Adam { betas, eps, weight_decay, .. }
-                | OptimizerSpec::Adamw { betas, eps, weight_decay, .. } => {
+                OptimizerSpec::Adam { betas, eps, weight_decay, amsgrad, .. }
+                | OptimizerSpec::Adamw { betas, eps, weight_decay, amsgrad, .. } => {
+                    let weight_decay = if decays { weight_decay } else { 0.0 };
                     let decoupled = matches!(self.spec, OptimizerSpec::Adamw { .. });
                     let mut p = p.clone();
                     let g = if weight_decay != 0.0 && !decoupled {
@@ -102,7 +140,18 @@ impl Optimizer {
                     let t = self.steps as i32;
                     let bc1 = 1.0 - b1.powi(t);
                     let bc2 = 1.0 - b2.powi(t);
-                    let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
+                    let second = if amsgrad {
+                        let key = format!("max_exp_avg_sq.{name}");
+                        let max = match self.state.get(&key) {
+                            None => v.clone(),
+                            Some(prev) => prev.maximum(&v)?,
+                        };
+                        self.state.insert(key, max.clone());
+                        max
+                    } else {
+                        v.clone()
+                    };
+                    let denom = ((second.sqrt()? / bc2.sqrt())? + eps)?;
                     let update = ((&m / denom)? * (lr / bc1))?;
                     var.set(&(p - update)?)?;
                     self.state.insert(m_key, m);
@@ -143,7 +192,15 @@ mod tests {
         // opt = torch.optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=0.01)
         // for _ in range(3): opt.zero_grad(); (w*c).sum().backward(); opt.step()
         // w -> tensor([ 0.7225, -1.4357]) (to 4 places; exact values below from float64)
-        let spec = OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.01 };
+        let spec = OptimizerSpec::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.01,
+            decay_bn_bias: true,
+            clip_grad_norm: None,
+        };
         let mut w = [1.0f64, -2.0];
         let c = [0.5, -1.0];
         let mut buf = [0.0f64; 2];
@@ -155,7 +212,15 @@ mod tests {
             }
         }
         close(&run(spec, 3), &[w[0] as f32, w[1] as f32]);
-        let plain = OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
+        let plain = OptimizerSpec::Sgd {
+            lr: 0.1,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            decay_bn_bias: true,
+            clip_grad_norm: None,
+        };
         close(&run(plain, 2), &[0.9, -1.8]);
     }
 
@@ -163,9 +228,25 @@ mod tests {
     fn adam_matches_the_closed_form() {
         // With a constant gradient g, Adam's bias-corrected m/sqrt(v) = sign(g) each step,
         // so w moves by lr/(1+eps/|g|) per step: torch gives [0.9700, -1.9700] after 3 steps.
-        let spec = OptimizerSpec::Adam { lr: 0.01, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 };
+        let spec = OptimizerSpec::Adam {
+            lr: 0.01,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+            decay_bn_bias: true,
+            clip_grad_norm: None,
+        };
         close(&run(spec, 3), &[0.97, -1.97]);
-        let spec = OptimizerSpec::Adamw { lr: 0.01, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.1 };
+        let spec = OptimizerSpec::Adamw {
+            lr: 0.01,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.1,
+            amsgrad: false,
+            decay_bn_bias: true,
+            clip_grad_norm: None,
+        };
         // Decoupled: w <- w(1 - lr*wd) - lr*sign(g), step by step.
         let mut w = [1.0f64, -2.0];
         for _ in 0..2 {
@@ -179,9 +260,33 @@ mod tests {
         // Regression: a momentum buffer built from the Var's tensor kept every
         // earlier step's graph alive (memory grew without bound).
         for spec in [
-            OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: true, weight_decay: 0.01 },
-            OptimizerSpec::Adam { lr: 0.01, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.01 },
-            OptimizerSpec::Adamw { lr: 0.01, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.01 },
+            OptimizerSpec::Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: true,
+                weight_decay: 0.01,
+                decay_bn_bias: true,
+                clip_grad_norm: None,
+            },
+            OptimizerSpec::Adam {
+                lr: 0.01,
+                betas: [0.9, 0.999],
+                eps: 1e-8,
+                weight_decay: 0.01,
+                amsgrad: false,
+                decay_bn_bias: true,
+                clip_grad_norm: None,
+            },
+            OptimizerSpec::Adamw {
+                lr: 0.01,
+                betas: [0.9, 0.999],
+                eps: 1e-8,
+                weight_decay: 0.01,
+                amsgrad: false,
+                decay_bn_bias: true,
+                clip_grad_norm: None,
+            },
         ] {
             let w = Var::from_vec(vec![1.0f32, -2.0], 2, &Device::Cpu).unwrap();
             let mut opt = Optimizer::new(spec, vec![("w".into(), w.clone())]);

@@ -364,3 +364,39 @@ fn imagenet_weights_from_the_torch_cache_train_and_sweep_eval_agrees() {
     assert!((v["loss"].as_f64().unwrap() - e[0].test_loss).abs() < 1e-5, "{v} vs {:?}", e[0]);
     assert!(v["top5"].as_f64().unwrap() >= v["top1"].as_f64().unwrap());
 }
+
+/// `keep = "best"`: a finished run keeps only its best checkpoint, and the
+/// setting does not change the run's key (it cannot change the numbers).
+#[test]
+fn keep_best_leaves_one_checkpoint_per_finished_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let file = crate::write_sweep(dir.path(), "k.toml", &crate::tiny_sweep("k", 32, 2, "[[run]]\nkeep = \"best\"\n"));
+    let out = run(&home, &["submit", file.to_str().unwrap(), "--device", "cpu"]);
+    assert!(out.status.success());
+    let rows = runs(&home);
+    assert_eq!(rows.len(), 1);
+    let ckpts = block(async {
+        let s = Store::open(&home).await.unwrap();
+        let c = s.checkpoints(rows[0].id).await.unwrap();
+        s.close().await;
+        c
+    });
+    assert_eq!(ckpts.len(), 1);
+    assert_eq!(ckpts[0].kind, CheckpointKind::Best);
+    let run_dir = home.join(Path::new(&ckpts[0].path).parent().unwrap());
+    let mut files: Vec<String> =
+        std::fs::read_dir(&run_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    let name = |p: &str| Path::new(p).file_name().unwrap().to_string_lossy().into_owned();
+    let mut expected = vec!["config.json".to_owned(), name(&ckpts[0].path), name(&ckpts[0].state_path)];
+    expected.sort();
+    assert_eq!(files, expected);
+
+    // The same run without `keep` is the same key: already done.
+    let same = crate::write_sweep(dir.path(), "k2.toml", &crate::tiny_sweep("k2", 32, 2, "[[run]]\n"));
+    let out = run(&home, &["submit", same.to_str().unwrap(), "--device", "cpu"]);
+    assert!(out.status.success());
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(text.contains("1 already done"), "{text}");
+}

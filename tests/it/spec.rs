@@ -39,7 +39,15 @@ fn defaults_alone_make_one_run_with_everything_filled_in() {
     assert_eq!(c.schedule, ScheduleSpec::Constant);
     assert_eq!(
         c.optimizer,
-        OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 }
+        OptimizerSpec::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            decay_bn_bias: true,
+            clip_grad_norm: None
+        }
     );
     assert_eq!(c.metric, spec::Metric::TestAcc);
 }
@@ -89,7 +97,15 @@ fn an_optimizer_of_another_name_replaces_the_defaults_table() {
     let s = parse(&with("[[grid]]\noptimizer = [{ name = \"adam\", lr = 0.001 }, { lr = 0.5 }]\n")).unwrap();
     assert_eq!(
         s.runs[0].config.optimizer,
-        OptimizerSpec::Adam { lr: 0.001, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }
+        OptimizerSpec::Adam {
+            lr: 0.001,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+            decay_bn_bias: true,
+            clip_grad_norm: None
+        }
     );
     assert!(
         matches!(s.runs[1].config.optimizer, OptimizerSpec::Sgd { lr, momentum, .. } if lr == 0.5 && momentum == 0.9)

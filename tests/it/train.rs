@@ -222,3 +222,38 @@ fn unsupported_configurations_are_named() {
     let cfg = config("[[run]]\nfreeze = { through = \"layer9\" }\n");
     assert!(train::check(&cfg).unwrap_err().contains("layer9"));
 }
+
+#[test]
+fn early_stopping_ends_a_plateaued_run_and_survives_a_resume() {
+    // A learning rate so small that nothing improves by min_delta after epoch 1.
+    let cfg = config(
+        "[[run]]\nepochs = 6\noptimizer = { name = \"sgd\", lr = 1e-9 }\n\
+         early_stop = { metric = \"test_loss\", patience = 2, min_delta = 0.5 }\n",
+    );
+    let ds = data::load(&cfg.dataset).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut s = MemorySink::default();
+    let out = train_once(&cfg, &ds, Run { home: home.path(), stop_after: None, resume: None }, &mut s).unwrap();
+    let Outcome::StoppedEarly { epoch, note } = out else { panic!("{out:?}") };
+    assert_eq!(epoch, 3);
+    assert_eq!(s.epochs.len(), 3);
+    assert_eq!(note, "stopped early after epoch 3: test_loss did not improve for 2 epochs");
+    assert!(s.epochs.iter().all(|e| e.test_top5.is_some_and(|t| t >= e.test_acc)));
+    // Resuming from the last checkpoint (a kill before the run was marked done)
+    // does not train further.
+    let mut again = MemorySink::default();
+    let out = train_once(&cfg, &ds, Run { home: home.path(), stop_after: None, resume: s.latest.clone() }, &mut again)
+        .unwrap();
+    assert!(matches!(out, Outcome::StoppedEarly { epoch: 3, .. }), "{out:?}");
+    assert!(again.epochs.is_empty());
+    // Without early stopping the same run trains all 6 epochs.
+    let mut plain = cfg.clone();
+    plain.early_stop = None;
+    let mut s = MemorySink::default();
+    let home = tempfile::tempdir().unwrap();
+    assert_eq!(
+        train_once(&plain, &ds, Run { home: home.path(), stop_after: None, resume: None }, &mut s).unwrap(),
+        Outcome::Finished
+    );
+    assert_eq!(s.epochs.len(), 6);
+}
