@@ -7,7 +7,8 @@ cargo build --release --quiet
 threads=${RAYON_NUM_THREADS:-$(nproc)}
 home=$(mktemp -d)
 trap 'rm -rf "$home"' EXIT
-./target/release/sweep --home "$home" -q submit bench/smallcnn.toml >/dev/null 2>&1
+RUST_LOG=sweep=info ./target/release/sweep --home "$home" -q submit bench/smallcnn.toml 2>&1 >/dev/null \
+  | grep -o 'time: .*s' | sed 's/^/  sweep /' || true
 ./target/release/sweep --home "$home" report --format json | THREADS=$threads python3 -c '
 import json, os, sys
 for e in json.load(sys.stdin)["runs"][0]["epochs"]:

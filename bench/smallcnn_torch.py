@@ -32,13 +32,25 @@ model.train()
 for epoch in (1, 2):
     perm = torch.randperm(n)
     start = time.perf_counter()
+    t = dict(data=0.0, forward=0.0, backward=0.0, optimizer=0.0, metrics=0.0)
     for i in range(0, n, bs):
+        t0 = time.perf_counter()
         idx = perm[i:i + bs]
         x, y = images[idx], labels[idx]
+        t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        t2 = time.perf_counter()
         loss.item()
+        (logits.argmax(1) == y).sum().item()
+        t3 = time.perf_counter()
+        loss.backward()
+        t4 = time.perf_counter()
+        opt.step()
+        t5 = time.perf_counter()
+        for k, a, b in (("data", t0, t1), ("forward", t1, t2), ("metrics", t2, t3), ("backward", t3, t4), ("optimizer", t4, t5)):
+            t[k] += b - a
     secs = time.perf_counter() - start
     print(f"pytorch {torch.__version__} threads={threads} epoch {epoch}: {n / secs:.0f} img/s")
+    print(f"  time: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))

@@ -98,6 +98,7 @@ pub fn eval(
                 "top1": stats.top1,
                 "top5": stats.top5,
                 "images": stats.images,
+                "per_class_acc": train::per_class_accuracy(&stats.confusion),
                 "seconds": secs,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);

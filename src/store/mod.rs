@@ -114,6 +114,10 @@ pub struct EpochRecord {
     pub test_acc: f64,
     /// Test top-5 accuracy, percent (absent in records of older versions).
     pub test_top5: Option<f64>,
+    /// Test confusion matrix (rows: true class, columns: predicted). Stored
+    /// for the best epoch only (`Store::best_confusion`); never read back here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<Vec<Vec<u64>>>,
     /// Learning rate used in this epoch.
     pub lr: f64,
     /// Wall-clock seconds of the epoch (train + test).
@@ -588,10 +592,12 @@ impl Store {
         self.put_checkpoint(&mut tx, run_id, latest).await?;
         if let Some(best) = best {
             self.put_checkpoint(&mut tx, run_id, best).await?;
-            sqlx::query("UPDATE runs SET best_epoch = ?2, best_metric = ?3 WHERE id = ?1")
+            let confusion = rec.confusion.as_ref().map(|c| serde_json::to_string(c).expect("serialisable"));
+            sqlx::query("UPDATE runs SET best_epoch = ?2, best_metric = ?3, best_confusion_json = ?4 WHERE id = ?1")
                 .bind(run_id)
                 .bind(best.epoch)
                 .bind(best.metric)
+                .bind(confusion)
                 .execute(&mut *tx)
                 .await
                 .map_err(&e)?;
@@ -649,6 +655,17 @@ impl Store {
         .map_err(&e)?;
         tx.commit().await.map_err(&e)?;
         Ok(())
+    }
+
+    /// The test confusion matrix of a run's best epoch (rows: true class,
+    /// columns: predicted), if recorded.
+    pub async fn best_confusion(&self, run_id: i64) -> Result<Option<Vec<Vec<u64>>>> {
+        let json: Option<String> = sqlx::query_scalar("SELECT best_confusion_json FROM runs WHERE id = ?1")
+            .bind(run_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.sql())?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
     /// Forgets a run's latest checkpoint (retention `keep = "best"` once the
@@ -740,6 +757,7 @@ impl Store {
                 seconds: r.get("seconds"),
                 images_per_sec: r.get("images_per_sec"),
                 test_top5: r.get("test_top5"),
+                confusion: None,
             })
             .collect())
     }

@@ -287,6 +287,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
 
         req.progress.step.store(state.step as i64, Ordering::Relaxed);
         let bar = progress_bar(req, e + 1, epochs, steps);
+        let mut timing = Timing::default();
         let mut partial = state.partial;
         let start = Instant::now();
         for b in state.step as usize..steps {
@@ -306,18 +307,29 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
                 opt.set_momentum(m);
             }
             let idx = &order[b * bs..((b + 1) * bs).min(n_train)];
+            let t0 = Instant::now();
             let batch = augment::assemble(&ds.train, idx, &cfg.train_transforms, seed, e);
             let (x, y) = to_tensors(&batch, req.device)?;
+            let t1 = Instant::now();
             let mut drop_rng = Rng::derive(&[stream::DROPOUT, seed, e, b as u64]);
             let logits = built.model.forward(&x, true, &mut drop_rng)?;
             let loss = cross_entropy(&logits, &y, cfg.label_smoothing)?;
+            let t2 = Instant::now();
             let (loss_v, correct) = batch_stats(&logits, &y, &loss)?;
             if !loss_v.is_finite() {
                 bar.finish_and_clear();
                 return Err(TrainError::Diverged { epoch: e + 1, step: b as u64 + 1, loss: loss_v });
             }
+            let t3 = Instant::now();
             let grads = loss.backward()?;
+            let t4 = Instant::now();
             opt.step(&grads)?;
+            let t5 = Instant::now();
+            timing.data += (t1 - t0).as_secs_f64();
+            timing.forward += (t2 - t1).as_secs_f64();
+            timing.metrics += (t3 - t2).as_secs_f64();
+            timing.backward += (t4 - t3).as_secs_f64();
+            timing.optimizer += (t5 - t4).as_secs_f64();
             partial.loss_sum += f64::from(loss_v) * idx.len() as f64;
             partial.correct += correct;
             partial.seen += idx.len() as u64;
@@ -344,6 +356,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
             test_loss: test.loss,
             test_acc: test.top1,
             test_top5: Some(test.top5),
+            confusion: Some(test.confusion.clone()),
             lr,
             seconds,
             images_per_sec: partial.seen as f64 / train_secs.max(1e-9),
@@ -374,7 +387,22 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         state.step = 0;
         state.partial = Partial::default();
         state.optimizer_steps = opt.steps;
+        let t_ck = Instant::now();
         let saved = checkpoint::save(req.home, req.run_dir, &built.varmap, &opt, &state)?;
+        timing.checkpoint = t_ck.elapsed().as_secs_f64();
+        timing.test = seconds - train_secs;
+        tracing::info!(
+            run = req.name,
+            epoch = e + 1,
+            "time: data {:.2}s, forward {:.2}s, backward {:.2}s, optimizer {:.2}s, metrics {:.2}s, test {:.2}s, checkpoint {:.2}s",
+            timing.data,
+            timing.forward,
+            timing.backward,
+            timing.optimizer,
+            timing.metrics,
+            timing.test,
+            timing.checkpoint
+        );
         let latest = record(CheckpointKind::Latest, &saved, &state, Some(metric));
         let best = improved.then(|| record(CheckpointKind::Best, &saved, &state, Some(metric)));
         if req.verbose {
@@ -414,6 +442,26 @@ fn progress_bar(req: &TrainRequest, epoch: u64, epochs: u64, steps: usize) -> in
     bar
 }
 
+/// Where an epoch's time went (logged at info level, for the trainer-overhead
+/// benchmark). On the CPU every op is synchronous, so the split is exact.
+#[derive(Debug, Default)]
+struct Timing {
+    /// Batch assembly and augmentation.
+    data: f64,
+    /// Forward pass and loss.
+    forward: f64,
+    /// Reading the loss and accuracy back (`to_scalar`).
+    metrics: f64,
+    /// `loss.backward()`.
+    backward: f64,
+    /// Optimizer step.
+    optimizer: f64,
+    /// Test-set evaluation.
+    test: f64,
+    /// Writing the checkpoint.
+    checkpoint: f64,
+}
+
 fn stop_note(cfg: &RunConfig, epoch: u64) -> String {
     let es = cfg.early_stop.as_ref().expect("early stopping configured");
     format!(
@@ -436,7 +484,7 @@ fn evaluate(req: &TrainRequest, built: &models::Built, cfg: &RunConfig) -> Resul
 }
 
 /// What [`evaluate_model`] measured.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EvalStats {
     /// Mean cross-entropy.
     pub loss: f64,
@@ -446,6 +494,21 @@ pub struct EvalStats {
     pub top5: f64,
     /// Images evaluated.
     pub images: usize,
+    /// Confusion matrix: `confusion[true][predicted]` image counts.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// Accuracy (percent) of each class from a confusion matrix (`None` for a
+/// class without test images).
+pub fn per_class_accuracy(confusion: &[Vec<u64>]) -> Vec<Option<f64>> {
+    confusion
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let n: u64 = row.iter().sum();
+            (n > 0).then(|| 100.0 * row[i] as f64 / n as f64)
+        })
+        .collect()
 }
 
 /// Evaluates `model` in eval mode on every image of `split`, after `transforms`.
@@ -458,6 +521,7 @@ pub fn evaluate_model(
     device: &Device,
 ) -> Result<EvalStats, TrainError> {
     let (mut loss_sum, mut correct, mut top5) = (0.0f64, 0u64, 0u64);
+    let mut confusion: Vec<Vec<u64>> = Vec::new();
     let mut rng = Rng::new(0);
     let indices: Vec<usize> = (0..split.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
@@ -472,6 +536,16 @@ pub fn evaluate_model(
         let own = logits.gather(&y.unsqueeze(1)?, 1)?;
         let above = logits.broadcast_gt(&own)?.to_dtype(DType::U32)?.sum(1)?;
         top5 += u64::from(above.lt(5u32)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?);
+        let classes = logits.dim(1)?;
+        if confusion.is_empty() {
+            confusion = vec![vec![0; classes]; classes];
+        }
+        let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
+        for (&t, &p) in batch.labels.iter().zip(&predicted) {
+            if let Some(cell) = confusion.get_mut(t as usize).and_then(|row| row.get_mut(p as usize)) {
+                *cell += 1;
+            }
+        }
     }
     let n = split.len().max(1) as f64;
     Ok(EvalStats {
@@ -479,6 +553,7 @@ pub fn evaluate_model(
         top1: 100.0 * correct as f64 / n,
         top5: 100.0 * top5 as f64 / n,
         images: split.len(),
+        confusion,
     })
 }
 

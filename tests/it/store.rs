@@ -24,6 +24,7 @@ fn epoch(n: i64) -> EpochRecord {
         train_acc: 50.0,
         test_loss: 1.1,
         test_top5: Some(99.0),
+        confusion: Some(vec![vec![3, 1], vec![0, n as u64]]),
         test_acc: 40.0 + n as f64,
         lr: 0.1,
         seconds: 1.0,
@@ -99,6 +100,9 @@ fn submit_claim_finish_and_resubmit_follow_the_status_machine() {
         // The same epoch cannot be recorded twice.
         assert!(store.record_epoch(first.id, "w:1", &epoch(1), &ckpt(CheckpointKind::Latest, 1), None).await.is_err());
         store.record_epoch(first.id, "w:1", &epoch(2), &ckpt(CheckpointKind::Latest, 2), None).await.unwrap();
+        // The best epoch's confusion matrix is kept (epoch 2 was not the best).
+        assert_eq!(store.best_confusion(first.id).await.unwrap(), Some(vec![vec![3, 1], vec![0, 1]]));
+        assert_eq!(store.epochs(first.id).await.unwrap()[1].test_top5, Some(99.0));
         store.finish(first.id, "w:1", Status::Done, None).await.unwrap();
 
         let second = store.claim_next("w:1", "cpu").await.unwrap().unwrap();

@@ -239,6 +239,16 @@ fn early_stopping_ends_a_plateaued_run_and_survives_a_resume() {
     assert_eq!(s.epochs.len(), 3);
     assert_eq!(note, "stopped early after epoch 3: test_loss did not improve for 2 epochs");
     assert!(s.epochs.iter().all(|e| e.test_top5.is_some_and(|t| t >= e.test_acc)));
+    // The confusion matrix counts every test image once; its diagonal is the top-1 accuracy.
+    for e in &s.epochs {
+        let c = e.confusion.as_ref().unwrap();
+        assert_eq!(c.len(), 10);
+        assert_eq!(c.iter().flatten().sum::<u64>(), 40);
+        let diag: u64 = (0..10).map(|i| c[i][i]).sum();
+        assert!((100.0 * diag as f64 / 40.0 - e.test_acc).abs() < 1e-9);
+        let per_class = train::per_class_accuracy(c);
+        assert_eq!(per_class.len(), 10);
+    }
     // Resuming from the last checkpoint (a kill before the run was marked done)
     // does not train further.
     let mut again = MemorySink::default();
