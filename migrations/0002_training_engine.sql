@@ -1,7 +1,45 @@
--- Training-engine records (issue 4): top-5 test accuracy per epoch, a note on
--- how a run ended (e.g. "stopped early after epoch 12: …"), and the test-set
--- confusion matrix of the best epoch (JSON rows = true class, columns =
--- predicted class; per-class accuracy is the diagonal over the row sums).
+-- Training-engine records (issue 4):
+-- * runs.status may be 'diverged' (a NaN or infinite loss; error says where);
+-- * runs.note: how a run ended (e.g. "stopped early after epoch 12: …");
+-- * runs.best_confusion_json: the test confusion matrix of the best epoch (JSON,
+--   rows = true class, columns = predicted; per-class accuracy = diagonal / row sum);
+-- * epochs.test_top5: top-5 test accuracy.
+-- Changing a CHECK constraint means rebuilding `runs` (SQLite's documented
+-- procedure). Store::open runs migrations on a connection with foreign keys
+-- off, or dropping the old table would cascade into epochs, checkpoints and
+-- sweep_runs; the migration itself is one transaction (sqlx).
+CREATE TABLE runs_new (
+    id               INTEGER PRIMARY KEY,
+    key              TEXT    NOT NULL UNIQUE,
+    config_json      TEXT    NOT NULL,
+    status           TEXT    NOT NULL DEFAULT 'queued'
+                     CHECK (status IN ('queued', 'running', 'done', 'failed', 'interrupted', 'diverged')),
+    epochs_total     INTEGER NOT NULL CHECK (epochs_total >= 1),
+    epochs_done      INTEGER NOT NULL DEFAULT 0,
+    step             INTEGER NOT NULL DEFAULT 0,
+    steps_per_epoch  INTEGER,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    worker           TEXT,
+    heartbeat        REAL,
+    device           TEXT,
+    error            TEXT,
+    best_epoch       INTEGER,
+    best_metric      REAL,
+    train_seconds    REAL    NOT NULL DEFAULT 0,
+    created_at       TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    started_at       TEXT,
+    finished_at      TEXT,
+    note             TEXT,
+    best_confusion_json TEXT
+);
+INSERT INTO runs_new (id, key, config_json, status, epochs_total, epochs_done, step, steps_per_epoch, attempts,
+                      worker, heartbeat, device, error, best_epoch, best_metric, train_seconds, created_at,
+                      started_at, finished_at)
+SELECT id, key, config_json, status, epochs_total, epochs_done, step, steps_per_epoch, attempts,
+       worker, heartbeat, device, error, best_epoch, best_metric, train_seconds, created_at,
+       started_at, finished_at
+FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_new RENAME TO runs;
+CREATE INDEX runs_by_status ON runs (status, id);
 ALTER TABLE epochs ADD COLUMN test_top5 REAL;
-ALTER TABLE runs ADD COLUMN note TEXT;
-ALTER TABLE runs ADD COLUMN best_confusion_json TEXT;

@@ -341,11 +341,13 @@ async fn execute(
         }
         Err(e) => {
             let msg = e.to_string();
-            match store.finish(run.id, worker, Status::Failed, Some(&msg)).await {
+            let status =
+                if matches!(e, train::TrainError::Diverged { .. }) { Status::Diverged } else { Status::Failed };
+            match store.finish(run.id, worker, status, Some(&msg)).await {
                 Ok(()) | Err(StoreError::LostOwnership { .. }) => {}
                 Err(other) => return Err(other.into()),
             }
-            fail(msg)
+            RunEnd { id: run.id, name: run.name.clone(), status, error: Some(msg) }
         }
     };
     Ok(end)

@@ -78,6 +78,9 @@ pub fn summary_line(report: &WorkerReport) -> String {
         count(Status::Done),
         count(Status::Failed)
     );
+    if count(Status::Diverged) > 0 {
+        line += &format!(", {} diverged", count(Status::Diverged));
+    }
     if report.recovered > 0 {
         line += &format!("; {} abandoned run(s) recovered", report.recovered);
     }
@@ -87,11 +90,11 @@ pub fn summary_line(report: &WorkerReport) -> String {
     line
 }
 
-/// 130 if interrupted, 1 if a run failed, else 0.
+/// 130 if interrupted, 1 if a run failed or diverged, else 0.
 pub fn exit_code(report: &WorkerReport) -> ExitCode {
     if report.interrupted {
         ExitCode::from(130)
-    } else if report.runs.iter().any(|r| r.status == Status::Failed) {
+    } else if report.runs.iter().any(|r| matches!(r.status, Status::Failed | Status::Diverged)) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -284,6 +284,10 @@ fn worker_is_dead(worker: &str) -> bool {
     pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
+// Every write transaction starts with BEGIN IMMEDIATE: it takes SQLite's write
+// lock up front and waits for it (busy timeout). A deferred transaction that
+// reads and then writes gets SQLITE_BUSY at once when another connection holds
+// the lock, e.g. a failed transaction whose rollback the pool has not run yet.
 const NOW_ISO: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 const NOW_UNIX: &str = "((julianday('now') - 2440587.5) * 86400.0)";
 
@@ -301,15 +305,26 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
+        // Migrations run on their own connection with foreign keys off: a
+        // migration that rebuilds a table (SQLite's way to change a constraint)
+        // drops the old one, which would otherwise cascade into its children.
+        // Each migration is one transaction; it checks the keys itself.
+        {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect_with(&options.clone().foreign_keys(false))
+                .await
+                .map_err(|source| StoreError::Sql { path: db_path.clone(), source })?;
+            sqlx::migrate!("./migrations")
+                .run(&mut conn)
+                .await
+                .map_err(|source| StoreError::Migrate { path: db_path.clone(), source })?;
+            conn.close().await.map_err(|source| StoreError::Sql { path: db_path.clone(), source })?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Sql { path: db_path.clone(), source })?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate { path: db_path.clone(), source })?;
         Ok(Store { pool, home: home.to_owned(), db_path })
     }
 
@@ -336,7 +351,7 @@ impl Store {
     /// configurations are not queued again; failed ones are.
     pub async fn submit(&self, spec: &SweepSpec) -> Result<Vec<SubmitOutcome>> {
         let e = self.sql();
-        let mut tx = self.pool.begin().await.map_err(&e)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
         let sweep_id: i64 = sqlx::query_scalar(&format!(
             "INSERT INTO sweeps (name, description, source_path, source_toml, metric, goal)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -393,8 +408,8 @@ impl Store {
                 let outcome = match status {
                     Status::Done => SubmitOutcome::AlreadyDone,
                     Status::Queued | Status::Running | Status::Interrupted => SubmitOutcome::AlreadyQueued,
-                    Status::Failed => {
-                        status.apply(Event::Requeue).expect("failed runs can be requeued");
+                    Status::Failed | Status::Diverged => {
+                        status.apply(Event::Requeue).expect("failed and diverged runs can be requeued");
                         sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL WHERE id = ?1")
                             .bind(id)
                             .execute(&mut **tx)
@@ -570,7 +585,7 @@ impl Store {
         best: Option<&CheckpointRecord>,
     ) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.pool.begin().await.map_err(&e)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
         self.check_holder(&mut tx, run_id, worker).await?;
         sqlx::query(
             "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec, test_top5)
@@ -618,7 +633,7 @@ impl Store {
     /// Marks a run interrupted, recording the mid-epoch checkpoint if one was saved.
     pub async fn record_interrupt(&self, run_id: i64, worker: &str, latest: Option<&CheckpointRecord>) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.pool.begin().await.map_err(&e)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
         self.check_holder(&mut tx, run_id, worker).await?;
         if let Some(latest) = latest {
             self.put_checkpoint(&mut tx, run_id, latest).await?;
@@ -640,9 +655,9 @@ impl Store {
 
     /// Ends a run as done or failed.
     pub async fn finish(&self, run_id: i64, worker: &str, status: Status, error: Option<&str>) -> Result<()> {
-        debug_assert!(matches!(status, Status::Done | Status::Failed));
+        debug_assert!(matches!(status, Status::Done | Status::Failed | Status::Diverged));
         let e = self.sql();
-        let mut tx = self.pool.begin().await.map_err(&e)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
         self.check_holder(&mut tx, run_id, worker).await?;
         sqlx::query(&format!(
             "UPDATE runs SET status = ?2, error = ?3, worker = NULL, finished_at = {NOW_ISO} WHERE id = ?1"
@@ -672,7 +687,7 @@ impl Store {
     /// run is finished); its files are then removed as unreferenced.
     pub async fn drop_latest(&self, run_id: i64, worker: &str) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.pool.begin().await.map_err(&e)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
         self.check_holder(&mut tx, run_id, worker).await?;
         sqlx::query("DELETE FROM checkpoints WHERE run_id = ?1 AND kind = 'latest'")
             .bind(run_id)
@@ -686,7 +701,7 @@ impl Store {
     /// Records how a run ended (shown with the run), if this worker holds it.
     pub async fn set_note(&self, run_id: i64, worker: &str, note: &str) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.pool.begin().await.map_err(&e)?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
         self.check_holder(&mut tx, run_id, worker).await?;
         sqlx::query("UPDATE runs SET note = ?2 WHERE id = ?1")
             .bind(run_id)

@@ -4,10 +4,13 @@
 //!            claim                finish
 //!  queued ─────────▶ running ─────────────▶ done
 //!    ▲  ▲              │ │ fail
-//!    │  │ claim        │ └──────────▶ failed ──┐
-//!    │  └─ interrupted ◀┘ interrupt / stale     │ requeue (resubmit)
+//!    │  │ claim        │ ├──────────▶ failed ──┐
+//!    │  │              │ └──────────▶ diverged ┤ requeue (resubmit)
+//!    │  └─ interrupted ◀┘ interrupt / stale     │
 //!    └──────────────────────────────────────────┘
 //! ```
+//! `diverged` is a run whose loss became NaN or infinite (its error says at
+//! which epoch and batch); like `failed`, it is queued again when resubmitted.
 //! `interrupted` runs (Ctrl-C, or a worker found dead through its stale
 //! heartbeat) are claimed again and resume from their latest checkpoint. The
 //! store applies these transitions in SQL; this module decides which are legal.
@@ -30,6 +33,8 @@ pub enum Status {
     Failed,
     /// Stopped by Ctrl-C or a dead worker; resumes from its latest checkpoint.
     Interrupted,
+    /// Its loss became NaN or infinite.
+    Diverged,
 }
 
 /// Something that happens to a run.
@@ -41,9 +46,11 @@ pub enum Event {
     Finish,
     /// Training (or its set-up) failed.
     Fail,
+    /// The loss became NaN or infinite.
+    Diverge,
     /// Ctrl-C, or its worker was found dead.
     Interrupt,
-    /// Submitted again after failing.
+    /// Submitted again after failing or diverging.
     Requeue,
 }
 
@@ -59,7 +66,8 @@ pub struct InvalidTransition {
 
 impl Status {
     /// Every status, in display order.
-    pub const ALL: [Status; 5] = [Status::Queued, Status::Running, Status::Done, Status::Failed, Status::Interrupted];
+    pub const ALL: [Status; 6] =
+        [Status::Queued, Status::Running, Status::Done, Status::Failed, Status::Diverged, Status::Interrupted];
 
     /// The status after `event`, or why it cannot happen.
     pub fn apply(self, event: Event) -> Result<Status, InvalidTransition> {
@@ -70,7 +78,8 @@ impl Status {
             (Running, Finish) => Ok(Done),
             (Running | Queued | Interrupted, Fail) => Ok(Failed),
             (Running, Interrupt) => Ok(Interrupted),
-            (Failed, Requeue) => Ok(Queued),
+            (Running, Diverge) => Ok(Diverged),
+            (Failed | Diverged, Requeue) => Ok(Queued),
             (from, event) => Err(InvalidTransition { from, event }),
         }
     }
@@ -83,6 +92,7 @@ impl Status {
             Status::Done => "done",
             Status::Failed => "failed",
             Status::Interrupted => "interrupted",
+            Status::Diverged => "diverged",
         }
     }
 }

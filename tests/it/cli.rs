@@ -266,10 +266,12 @@ fn failing_runs_are_recorded_and_the_sweep_goes_on() {
         "{c:?}"
     );
     let d = by_name("lr=1e30");
-    assert_eq!(d.status, Status::Failed);
-    assert!(d.error.as_deref().unwrap().contains("diverged"), "{d:?}");
+    assert_eq!(d.status, Status::Diverged);
+    assert!(d.error.as_deref().unwrap().contains("diverged: loss"), "{d:?}");
+    assert!(stderr(&out).contains("1 diverged"), "{}", stderr(&out));
     assert_eq!(by_name("lr=0.05").status, Status::Done);
-    assert!(stdout(&run(&home, &["status"])).contains("2 failed"));
+    let status = stdout(&run(&home, &["status"]));
+    assert!(status.contains("1 failed") && status.contains("1 diverged"), "{status}");
 
     // Fixing the data and submitting again retries the failed run, which now trains.
     std::fs::write(data.join("data_batch_1.bin"), &records).unwrap();

@@ -177,3 +177,45 @@ fn runs_of_dead_or_silent_workers_are_recovered() {
         assert!(matches!(store.finish(a.id, &dead, Status::Done, None).await, Err(StoreError::LostOwnership { .. })));
     });
 }
+
+/// A database written by the first release (migration 0001 only) upgrades in
+/// place: the `runs` rebuild of 0002 keeps every run, epoch, checkpoint and
+/// sweep link (foreign keys are off while migrating, so nothing cascades).
+#[test]
+fn a_version_one_database_upgrades_without_losing_records() {
+    use sqlx::Connection;
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("sweep.db");
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).create_if_missing(true).foreign_keys(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        let mut v1 = sqlx::migrate!("./migrations");
+        v1.migrations = std::borrow::Cow::Owned(v1.migrations[..1].to_vec());
+        v1.run(&mut conn).await.unwrap();
+        for sql in [
+            "INSERT INTO sweeps (id, name, source_path, source_toml, metric, goal) VALUES (1, 's', 's.toml', '', 'test_acc', 'maximize')",
+            "INSERT INTO runs (id, key, config_json, status, epochs_total, epochs_done) VALUES (7, 'k', '{}', 'done', 2, 2)",
+            "INSERT INTO sweep_runs (sweep_id, run_id, name, position) VALUES (1, 7, 'r', 0)",
+            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec) VALUES (7, 1, 1.0, 50.0, 1.1, 45.0, 0.1, 2.0, 100.0)",
+            "INSERT INTO checkpoints (run_id, kind, epoch, step, path, sha256, state_path, state_sha256) VALUES (7, 'best', 1, 0, 'p', 'a', 'q', 'b')",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        // 'diverged' does not exist in version 1.
+        assert!(sqlx::query("UPDATE runs SET status = 'diverged'").execute(&mut conn).await.is_err());
+        conn.close().await.unwrap();
+
+        let store = Store::open(dir.path()).await.unwrap();
+        let runs = store.runs(None).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].id, runs[0].status, runs[0].name.as_str()), (7, Status::Done, "r"));
+        let epochs = store.epochs(7).await.unwrap();
+        assert_eq!((epochs.len(), epochs[0].test_acc, epochs[0].test_top5), (1, 45.0, None));
+        assert_eq!(store.checkpoints(7).await.unwrap().len(), 1);
+        store.close().await;
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        sqlx::query("UPDATE runs SET status = 'diverged'").execute(&mut conn).await.unwrap();
+        let fk: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check").fetch_all(&mut conn).await.unwrap();
+        assert!(fk.is_empty(), "{fk:?}");
+    });
+}
