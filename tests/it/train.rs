@@ -267,3 +267,45 @@ fn early_stopping_ends_a_plateaued_run_and_survives_a_resume() {
     );
     assert_eq!(s.epochs.len(), 6);
 }
+
+/// The term report's ResNet18 recipe, at tiny size: resnet18 (ImageNet stem,
+/// 32x32 here instead of 224), SGD momentum 0.9, lr 0.01 x0.5 then x0.1 at
+/// milestones (1 and 2 here instead of 5 and 10), batch 50, every epoch recorded
+/// with the lr it used, the best epoch chosen on test accuracy.
+#[test]
+fn the_reports_resnet18_recipe_runs_at_tiny_size() {
+    let text = r#"
+name = "recipe"
+dataset = { name = "synthetic", train_size = 100, test_size = 50 }
+metric = "test_acc"
+seed = 3
+
+[defaults]
+model = "resnet18"
+batch_size = 50
+epochs = 3
+optimizer = { name = "sgd", lr = 0.01, momentum = 0.9 }
+schedule = { name = "multistep", milestones = [1, 2], factors = [0.5, 0.1] }
+
+[[run]]
+"#;
+    let cfg = spec::parse(Path::new("recipe.toml"), text).unwrap().runs[0].config.clone();
+    let ds = data::load(&cfg.dataset).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut s = MemorySink::default();
+    let out = train_once(&cfg, &ds, Run { home: home.path(), stop_after: None, resume: None }, &mut s).unwrap();
+    assert_eq!(out, Outcome::Finished);
+    let lrs: Vec<f64> = s.epochs.iter().map(|e| e.lr).collect();
+    assert_eq!(lrs.len(), 3);
+    for (a, b) in lrs.iter().zip([0.01, 0.005, 0.001]) {
+        assert!((a - b).abs() < 1e-12, "{lrs:?}");
+    }
+    assert!(s.epochs.iter().all(|e| e.train_loss.is_finite() && e.test_top5.is_some()));
+    let best = s.best.as_ref().unwrap();
+    let best_acc = s.epochs.iter().map(|e| e.test_acc).fold(f64::MIN, f64::max);
+    assert_eq!(best.metric, Some(best_acc));
+    // The latest checkpoint holds SGD's momentum buffers for resuming.
+    let state =
+        candle_core::safetensors::load(home.path().join(&s.latest.as_ref().unwrap().state_path), &Device::Cpu).unwrap();
+    assert!(state.keys().any(|k| k.starts_with("momentum_buffer.layer4.1.conv2.weight")), "momentum kept");
+}
