@@ -3,8 +3,10 @@
 -- * runs.note: how a run ended (e.g. "stopped early after epoch 12: …");
 -- * runs.best_confusion_json: the test confusion matrix of the best epoch (JSON,
 --   rows = true class, columns = predicted; per-class accuracy = diagonal / row sum);
--- * epochs.test_top5: top-5 test accuracy.
--- Changing a CHECK constraint means rebuilding `runs` (SQLite's documented
+-- * epochs.test_top5: top-5 test accuracy; epochs.val_loss / val_acc: the
+--   validation split held out of the training set (`val_split`);
+-- * sweeps.metric may be 'val_acc' or 'val_loss'.
+-- Changing a CHECK constraint means rebuilding `runs` and `sweeps` (SQLite's documented
 -- procedure). Store::open runs migrations on a connection with foreign keys
 -- off, or dropping the old table would cascade into epochs, checkpoints and
 -- sweep_runs; the migration itself is one transaction (sqlx).
@@ -43,3 +45,22 @@ DROP TABLE runs;
 ALTER TABLE runs_new RENAME TO runs;
 CREATE INDEX runs_by_status ON runs (status, id);
 ALTER TABLE epochs ADD COLUMN test_top5 REAL;
+ALTER TABLE epochs ADD COLUMN val_loss REAL;
+ALTER TABLE epochs ADD COLUMN val_acc REAL;
+
+CREATE TABLE sweeps_new (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT    NOT NULL UNIQUE,
+    description  TEXT,
+    source_path  TEXT    NOT NULL,
+    source_toml  TEXT    NOT NULL,
+    metric       TEXT    NOT NULL
+                 CHECK (metric IN ('test_acc', 'test_loss', 'train_acc', 'train_loss', 'val_acc', 'val_loss')),
+    goal         TEXT    NOT NULL CHECK (goal IN ('maximize', 'minimize')),
+    created_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    updated_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+INSERT INTO sweeps_new SELECT id, name, description, source_path, source_toml, metric, goal, created_at, updated_at
+FROM sweeps;
+DROP TABLE sweeps;
+ALTER TABLE sweeps_new RENAME TO sweeps;

@@ -86,7 +86,7 @@ pub fn eval(
     let (dev, dev_name) = train::device(device).map_err(anyhow::Error::msg)?;
     let built = spec.build(classes, &dev, 0).map_err(anyhow::Error::msg)?;
     let start = std::time::Instant::now();
-    let stats = train::evaluate_model(built.model.as_ref(), &ds.test, &transforms, 256, seed, &dev)?;
+    let stats = train::evaluate_model(built.model.as_ref(), &ds.test, None, &transforms, 256, seed, &dev)?;
     let secs = start.elapsed().as_secs_f64();
     match format {
         EvalFormat::Json => {

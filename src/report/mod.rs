@@ -131,7 +131,7 @@ impl Comparison {
 
     /// Marks the run with the best metric (over runs that have one) as best.
     fn mark_best(&mut self) {
-        let maximize = |r: &RunReport| matches!(r.row.metric.as_str(), "test_acc" | "train_acc");
+        let maximize = |r: &RunReport| matches!(r.row.metric.as_str(), "test_acc" | "train_acc" | "val_acc");
         let mut best: Option<(usize, f64)> = None;
         for (i, r) in self.runs.iter().enumerate() {
             let Some(v) = r.row.best_metric else { continue };

@@ -59,6 +59,11 @@ pub struct RunConfig {
     /// does not change the numbers.
     #[serde(default, skip_serializing_if = "Keep::is_default")]
     pub keep: Keep,
+    /// Share of the training set held out as a validation split (seeded by the
+    /// run seed), evaluated every epoch; `metric = "val_acc"` then chooses the
+    /// best epoch on it. 0: no split (the term report chose on the test set).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub val_split: f64,
     /// Stop when a metric has not improved for `patience` epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stop: Option<EarlyStop>,
@@ -701,12 +706,21 @@ pub enum Metric {
     TrainAcc,
     /// Mean cross-entropy on the training batches (minimised).
     TrainLoss,
+    /// Top-1 accuracy on the validation split (`val_split`; maximised).
+    ValAcc,
+    /// Mean cross-entropy on the validation split (minimised).
+    ValLoss,
 }
 
 impl Metric {
     /// Whether larger values are better.
     pub fn maximize(self) -> bool {
-        matches!(self, Metric::TestAcc | Metric::TrainAcc)
+        matches!(self, Metric::TestAcc | Metric::TrainAcc | Metric::ValAcc)
+    }
+
+    /// Whether the metric needs a validation split.
+    pub fn needs_validation(self) -> bool {
+        matches!(self, Metric::ValAcc | Metric::ValLoss)
     }
     /// `maximize` or `minimize`.
     pub fn goal(self) -> &'static str {
@@ -723,6 +737,8 @@ impl Metric {
             Metric::TestLoss => "test_loss",
             Metric::TrainAcc => "train_acc",
             Metric::TrainLoss => "train_loss",
+            Metric::ValAcc => "val_acc",
+            Metric::ValLoss => "val_loss",
         }
     }
     /// Whether `new` is better than `old` under this metric's goal.

@@ -100,6 +100,7 @@ const RUN_KEYS: &[&str] = &[
     "label_smoothing",
     "early_stop",
     "keep",
+    "val_split",
 ];
 
 struct Ctx<'a> {
@@ -680,6 +681,21 @@ fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig, FinalizeEr
     }
     check_optimizer(&optimizer)?;
     check_schedule(&schedule)?;
+    let val_split = f.val_split.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&val_split) {
+        return bad("val_split", format!("must be in [0, 1), found {val_split}"));
+    }
+    if val_split == 0.0 {
+        if ctx.metric.needs_validation() {
+            return bad(
+                "val_split",
+                format!("metric = \"{}\" needs a validation split: set val_split (e.g. 0.1)", ctx.metric.as_str()),
+            );
+        }
+        if let Some(m) = f.early_stop.as_ref().and_then(|es| es.metric).filter(|m| m.needs_validation()) {
+            return bad("early_stop.metric", format!("`{}` needs a validation split: set val_split", m.as_str()));
+        }
+    }
     if let Some(es) = &f.early_stop {
         if es.patience == 0 {
             return bad("early_stop.patience", "must be at least 1".into());
@@ -727,6 +743,7 @@ fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig, FinalizeEr
         label_smoothing: f.label_smoothing.unwrap_or(0.0),
         early_stop: f.early_stop,
         keep: f.keep.unwrap_or_default(),
+        val_split: f.val_split.unwrap_or(0.0),
         metric: ctx.metric,
         seed,
     })

@@ -99,6 +99,8 @@ pub struct RunFields {
     pub schedule: Option<ScheduleSpec>,
     /// See [`super::RunConfig::warmup`].
     pub warmup: Option<Warmup>,
+    /// See [`super::RunConfig::val_split`].
+    pub val_split: Option<f64>,
     /// See [`super::RunConfig::keep`].
     pub keep: Option<Keep>,
     /// See [`super::RunConfig::early_stop`].

@@ -114,6 +114,10 @@ pub struct EpochRecord {
     pub test_acc: f64,
     /// Test top-5 accuracy, percent (absent in records of older versions).
     pub test_top5: Option<f64>,
+    /// Validation loss (with `val_split`).
+    pub val_loss: Option<f64>,
+    /// Validation top-1 accuracy, percent (with `val_split`).
+    pub val_acc: Option<f64>,
     /// Test confusion matrix (rows: true class, columns: predicted). Stored
     /// for the best epoch only (`Store::best_confusion`); never read back here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +139,8 @@ impl EpochRecord {
             TestLoss => self.test_loss,
             TrainAcc => self.train_acc,
             TrainLoss => self.train_loss,
+            ValAcc => self.val_acc.unwrap_or(f64::NAN),
+            ValLoss => self.val_loss.unwrap_or(f64::NAN),
         }
     }
 }
@@ -588,8 +594,9 @@ impl Store {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
         self.check_holder(&mut tx, run_id, worker).await?;
         sqlx::query(
-            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec, test_top5)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec,
+                                 test_top5, val_loss, val_acc)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
         .bind(run_id)
         .bind(rec.epoch)
@@ -601,6 +608,8 @@ impl Store {
         .bind(rec.seconds)
         .bind(rec.images_per_sec)
         .bind(rec.test_top5)
+        .bind(rec.val_loss)
+        .bind(rec.val_acc)
         .execute(&mut *tx)
         .await
         .map_err(&e)?;
@@ -753,7 +762,8 @@ impl Store {
     /// A run's recorded epochs, in order.
     pub async fn epochs(&self, run_id: i64) -> Result<Vec<EpochRecord>> {
         let rows = sqlx::query(
-            "SELECT epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec, test_top5
+            "SELECT epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec, test_top5,
+                    val_loss, val_acc
              FROM epochs WHERE run_id = ?1 ORDER BY epoch",
         )
         .bind(run_id)
@@ -772,6 +782,8 @@ impl Store {
                 seconds: r.get("seconds"),
                 images_per_sec: r.get("images_per_sec"),
                 test_top5: r.get("test_top5"),
+                val_loss: r.get("val_loss"),
+                val_acc: r.get("val_acc"),
                 confusion: None,
             })
             .collect())

@@ -267,7 +267,8 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         tracing::info!(run = req.name, epoch = state.epoch, step = state.step, "resuming from {}", ck.path);
     }
 
-    let n_train = ds.train.len();
+    let (train_idx, val_idx) = validation_split(ds.train.len(), cfg.val_split, cfg.seed);
+    let n_train = train_idx.len();
     let bs = cfg.batch_size;
     let steps = n_train.div_ceil(bs);
     req.progress.steps_per_epoch.store(steps as i64, Ordering::Relaxed);
@@ -282,7 +283,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         let e = state.epoch;
         // The lr recorded for the epoch is the one of its first batch.
         let lr = schedule::at(cfg, e as usize, 0, steps).0;
-        let mut order: Vec<usize> = (0..n_train).collect();
+        let mut order = train_idx.clone();
         Rng::derive(&[stream::SHUFFLE, seed, e]).shuffle(&mut order);
 
         req.progress.step.store(state.step as i64, Ordering::Relaxed);
@@ -347,6 +348,21 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         bar.finish_and_clear();
 
         let test_start = Instant::now();
+        let val = if val_idx.is_empty() {
+            None
+        } else {
+            let bs_eval = cfg.batch_size.max(256);
+            let v = evaluate_model(
+                built.model.as_ref(),
+                &ds.train,
+                Some(&val_idx),
+                &cfg.test_transforms,
+                bs_eval,
+                cfg.seed,
+                req.device,
+            )?;
+            Some(v)
+        };
         let test = evaluate(req, &built, cfg)?;
         let seconds = train_secs + test_start.elapsed().as_secs_f64();
         let rec = EpochRecord {
@@ -356,6 +372,8 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
             test_loss: test.loss,
             test_acc: test.top1,
             test_top5: Some(test.top5),
+            val_loss: val.as_ref().map(|v| v.loss),
+            val_acc: val.as_ref().map(|v| v.top1),
             confusion: Some(test.confusion.clone()),
             lr,
             seconds,
@@ -442,6 +460,23 @@ fn progress_bar(req: &TrainRequest, epoch: u64, epochs: u64, steps: usize) -> in
     bar
 }
 
+/// The training and validation indices of a training set of `n` images: a
+/// seeded share `val_split` (at least one image, leaving at least one) is held
+/// out. Without a split, the training indices are `0..n` in order.
+pub fn validation_split(n: usize, val_split: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    if val_split <= 0.0 || n < 2 {
+        return ((0..n).collect(), Vec::new());
+    }
+    let n_val = ((n as f64 * val_split).round() as usize).clamp(1, n - 1);
+    let mut perm: Vec<usize> = (0..n).collect();
+    Rng::derive(&[stream::VALIDATION, seed]).shuffle(&mut perm);
+    let mut val = perm[..n_val].to_vec();
+    let mut train = perm[n_val..].to_vec();
+    val.sort_unstable();
+    train.sort_unstable();
+    (train, val)
+}
+
 /// Where an epoch's time went (logged at info level, for the trainer-overhead
 /// benchmark). On the CPU every op is synchronous, so the split is exact.
 #[derive(Debug, Default)]
@@ -476,6 +511,7 @@ fn evaluate(req: &TrainRequest, built: &models::Built, cfg: &RunConfig) -> Resul
     evaluate_model(
         built.model.as_ref(),
         &req.dataset.test,
+        None,
         &cfg.test_transforms,
         cfg.batch_size.max(256),
         cfg.seed,
@@ -515,6 +551,7 @@ pub fn per_class_accuracy(confusion: &[Vec<u64>]) -> Vec<Option<f64>> {
 pub fn evaluate_model(
     model: &dyn models::Classifier,
     split: &data::Split,
+    subset: Option<&[usize]>,
     transforms: &[crate::spec::Transform],
     batch_size: usize,
     seed: u64,
@@ -523,7 +560,14 @@ pub fn evaluate_model(
     let (mut loss_sum, mut correct, mut top5) = (0.0f64, 0u64, 0u64);
     let mut confusion: Vec<Vec<u64>> = Vec::new();
     let mut rng = Rng::new(0);
-    let indices: Vec<usize> = (0..split.len()).collect();
+    let all: Vec<usize>;
+    let indices = match subset {
+        Some(s) => s,
+        None => {
+            all = (0..split.len()).collect();
+            &all
+        }
+    };
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = augment::assemble(split, chunk, transforms, seed, 0);
         let (x, y) = to_tensors(&batch, device)?;
@@ -547,12 +591,12 @@ pub fn evaluate_model(
             }
         }
     }
-    let n = split.len().max(1) as f64;
+    let n = indices.len().max(1) as f64;
     Ok(EvalStats {
         loss: loss_sum / n,
         top1: 100.0 * correct as f64 / n,
         top5: 100.0 * top5 as f64 / n,
-        images: split.len(),
+        images: indices.len(),
         confusion,
     })
 }

@@ -22,6 +22,8 @@ pub mod stream {
     pub const DROPOUT: u64 = 0x4;
     /// Synthetic data generation.
     pub const DATA: u64 = 0x5;
+    /// Which training images are held out for validation (`val_split`).
+    pub const VALIDATION: u64 = 0x6;
 }
 
 fn mix(mut z: u64) -> u64 {

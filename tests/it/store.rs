@@ -24,6 +24,8 @@ fn epoch(n: i64) -> EpochRecord {
         train_acc: 50.0,
         test_loss: 1.1,
         test_top5: Some(99.0),
+        val_loss: None,
+        val_acc: None,
         confusion: Some(vec![vec![3, 1], vec![0, n as u64]]),
         test_acc: 40.0 + n as f64,
         lr: 0.1,

@@ -309,3 +309,36 @@ schedule = { name = "multistep", milestones = [1, 2], factors = [0.5, 0.1] }
         candle_core::safetensors::load(home.path().join(&s.latest.as_ref().unwrap().state_path), &Device::Cpu).unwrap();
     assert!(state.keys().any(|k| k.starts_with("momentum_buffer.layer4.1.conv2.weight")), "momentum kept");
 }
+
+/// `val_split` holds out a seeded share of the training set, evaluates it every
+/// epoch, and `metric = "val_acc"` picks the best epoch on it; the test numbers
+/// are still recorded. Without a split a validation metric is refused.
+#[test]
+fn a_validation_split_is_held_out_and_can_choose_the_best_epoch() {
+    let (train, val) = train::validation_split(100, 0.2, 7);
+    assert_eq!((train.len(), val.len()), (80, 20));
+    assert!(val.iter().all(|i| !train.contains(i)));
+    assert_eq!(train::validation_split(100, 0.2, 7), (train.clone(), val.clone()), "seeded");
+    assert_ne!(train::validation_split(100, 0.2, 8).1, val);
+    assert_eq!(train::validation_split(5, 0.0, 7).0, vec![0, 1, 2, 3, 4]);
+
+    let text = crate::tiny_sweep("v", 96, 3, "[[run]]\nval_split = 0.25\n")
+        .replace("metric = \"test_acc\"", "metric = \"val_acc\"");
+    let cfg = spec::parse(Path::new("v.toml"), &text).unwrap().runs[0].config.clone();
+    let ds = data::load(&cfg.dataset).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut s = MemorySink::default();
+    train_once(&cfg, &ds, Run { home: home.path(), stop_after: None, resume: None }, &mut s).unwrap();
+    assert!(s.epochs.iter().all(|e| e.val_acc.is_some() && e.val_loss.is_some()));
+    let best_val = s.epochs.iter().map(|e| e.val_acc.unwrap()).fold(f64::MIN, f64::max);
+    assert_eq!(s.best.as_ref().unwrap().metric, Some(best_val));
+    // Train accuracy is a share of the 72 training images: a whole number of them.
+    for e in &s.epochs {
+        let correct = e.train_acc * 72.0 / 100.0;
+        assert!((correct - correct.round()).abs() < 1e-6, "{}", e.train_acc);
+    }
+
+    let bad = crate::tiny_sweep("v", 96, 3, "[[run]]\n").replace("metric = \"test_acc\"", "metric = \"val_acc\"");
+    let err = spec::parse(Path::new("v.toml"), &bad).unwrap_err().to_string();
+    assert!(err.contains("`val_split`") && err.contains("needs a validation split"), "{err}");
+}
