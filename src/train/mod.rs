@@ -499,8 +499,9 @@ struct Timing {
 
 fn stop_note(cfg: &RunConfig, epoch: u64) -> String {
     let es = cfg.early_stop.as_ref().expect("early stopping configured");
+    let plural = if es.patience == 1 { "" } else { "s" };
     format!(
-        "stopped early after epoch {epoch}: {} did not improve for {} epochs",
+        "stopped early after epoch {epoch}: {} did not improve for {} epoch{plural}",
         es.metric.unwrap_or(cfg.metric).as_str(),
         es.patience
     )
