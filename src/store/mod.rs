@@ -290,10 +290,6 @@ fn worker_is_dead(worker: &str) -> bool {
     pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
-// Every write transaction starts with BEGIN IMMEDIATE: it takes SQLite's write
-// lock up front and waits for it (busy timeout). A deferred transaction that
-// reads and then writes gets SQLITE_BUSY at once when another connection holds
-// the lock, e.g. a failed transaction whose rollback the pool has not run yet.
 const NOW_ISO: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 const NOW_UNIX: &str = "((julianday('now') - 2440587.5) * 86400.0)";
 
@@ -357,7 +353,7 @@ impl Store {
     /// configurations are not queued again; failed ones are.
     pub async fn submit(&self, spec: &SweepSpec) -> Result<Vec<SubmitOutcome>> {
         let e = self.sql();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
+        let mut tx = self.write_tx().await?;
         let sweep_id: i64 = sqlx::query_scalar(&format!(
             "INSERT INTO sweeps (name, description, source_path, source_toml, metric, goal)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -536,23 +532,29 @@ impl Store {
         Ok(())
     }
 
-    async fn check_holder(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        run_id: i64,
-        worker: &str,
-    ) -> Result<()> {
+    /// A write transaction. It starts with BEGIN IMMEDIATE: SQLite's write lock
+    /// is taken up front and waited for (busy timeout). A deferred transaction
+    /// that reads and then writes gets SQLITE_BUSY at once when another
+    /// connection holds the lock, e.g. a failed transaction whose rollback the
+    /// pool has not run yet.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(self.sql())
+    }
+
+    /// A write transaction on a run that `worker` must still hold (running).
+    async fn held_tx(&self, run_id: i64, worker: &str) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        let mut tx = self.write_tx().await?;
         let held: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM runs WHERE id = ?1 AND worker = ?2 AND status = 'running'")
                 .bind(run_id)
                 .bind(worker)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(self.sql())?;
         if held.is_none() {
             return Err(StoreError::LostOwnership { run_id, worker: worker.to_owned() });
         }
-        Ok(())
+        Ok(tx)
     }
 
     async fn put_checkpoint(
@@ -591,8 +593,7 @@ impl Store {
         best: Option<&CheckpointRecord>,
     ) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
-        self.check_holder(&mut tx, run_id, worker).await?;
+        let mut tx = self.held_tx(run_id, worker).await?;
         sqlx::query(
             "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec,
                                  test_top5, val_loss, val_acc)
@@ -642,8 +643,7 @@ impl Store {
     /// Marks a run interrupted, recording the mid-epoch checkpoint if one was saved.
     pub async fn record_interrupt(&self, run_id: i64, worker: &str, latest: Option<&CheckpointRecord>) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
-        self.check_holder(&mut tx, run_id, worker).await?;
+        let mut tx = self.held_tx(run_id, worker).await?;
         if let Some(latest) = latest {
             self.put_checkpoint(&mut tx, run_id, latest).await?;
             sqlx::query("UPDATE runs SET step = ?2 WHERE id = ?1")
@@ -666,8 +666,7 @@ impl Store {
     pub async fn finish(&self, run_id: i64, worker: &str, status: Status, error: Option<&str>) -> Result<()> {
         debug_assert!(matches!(status, Status::Done | Status::Failed | Status::Diverged));
         let e = self.sql();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
-        self.check_holder(&mut tx, run_id, worker).await?;
+        let mut tx = self.held_tx(run_id, worker).await?;
         sqlx::query(&format!(
             "UPDATE runs SET status = ?2, error = ?3, worker = NULL, finished_at = {NOW_ISO} WHERE id = ?1"
         ))
@@ -696,8 +695,7 @@ impl Store {
     /// run is finished); its files are then removed as unreferenced.
     pub async fn drop_latest(&self, run_id: i64, worker: &str) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
-        self.check_holder(&mut tx, run_id, worker).await?;
+        let mut tx = self.held_tx(run_id, worker).await?;
         sqlx::query("DELETE FROM checkpoints WHERE run_id = ?1 AND kind = 'latest'")
             .bind(run_id)
             .execute(&mut *tx)
@@ -710,8 +708,7 @@ impl Store {
     /// Records how a run ended (shown with the run), if this worker holds it.
     pub async fn set_note(&self, run_id: i64, worker: &str, note: &str) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(&e)?;
-        self.check_holder(&mut tx, run_id, worker).await?;
+        let mut tx = self.held_tx(run_id, worker).await?;
         sqlx::query("UPDATE runs SET note = ?2 WHERE id = ?1")
             .bind(run_id)
             .bind(note)

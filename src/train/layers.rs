@@ -464,23 +464,33 @@ pub fn adaptive_avg_pool2d(xs: &Tensor, oh: usize, ow: usize) -> Result<Tensor> 
     rows.broadcast_left(n * c)?.matmul(&xs)?.reshape((n, c, oh, ow))
 }
 
+/// Runs `f` on the f32 values of a CPU tensor, in place when it is contiguous.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("expected a CPU tensor") };
+    Ok(f(cpu_f32(cpu, layout, "batch_norm")?))
+}
+
 /// Per-channel mean and biased variance of NCHW `x` (f32 on the CPU),
 /// accumulated in f64.
 pub fn channel_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
     use rayon::prelude::*;
     let (n, c, h, w) = x.dims4()?;
     let hw = h * w;
-    let data = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
     let m = (n * hw) as f64;
-    let stats: Vec<(f32, f32)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let planes = || (0..n).map(|b| &data[(b * c + ch) * hw..][..hw]);
-            let mean = planes().map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>()).sum::<f64>() / m;
-            let var = planes().map(|p| p.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>()).sum::<f64>() / m;
-            (mean as f32, var as f32)
-        })
-        .collect();
+    let stats: Vec<(f32, f32)> = with_cpu_f32(x, |data| {
+        (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let planes = || (0..n).map(|b| &data[(b * c + ch) * hw..][..hw]);
+                let mean = planes().map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>()).sum::<f64>() / m;
+                let var =
+                    planes().map(|p| p.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>()).sum::<f64>() / m;
+                (mean as f32, var as f32)
+            })
+            .collect()
+    })?;
     Ok(stats.into_iter().unzip())
 }
 
@@ -542,12 +552,26 @@ impl candle_core::CustomOp3 for BatchNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        use rayon::prelude::*;
         let (n, c, h, wd) = x.dims4()?;
-        let hw = h * wd;
-        let xs = x.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let dy = grad.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let wv = w.detach().to_vec1::<f32>()?;
+        let (x, grad) = (x.detach(), grad.detach());
+        with_cpu_f32(&x, |xs| with_cpu_f32(&grad, |dy| self.backward(xs, dy, &wv, (n, c, h, wd), x.device())))??
+    }
+}
+
+impl BatchNormOp {
+    /// Gradients with respect to x, weight and bias, given x and dy (NCHW) and
+    /// the weight.
+    fn backward(
+        &self,
+        xs: &[f32],
+        dy: &[f32],
+        wv: &[f32],
+        (n, c, h, wd): (usize, usize, usize, usize),
+        dev: &candle_core::Device,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let hw = h * wd;
         // Σ dy and Σ dy * x̂ per channel.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -581,7 +605,6 @@ impl candle_core::CustomOp3 for BatchNormOp {
                 }
             }
         });
-        let dev = x.device();
         let dw: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
         let db: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
         Ok((
