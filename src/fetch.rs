@@ -1,6 +1,6 @@
 //! Downloads into a cache folder, with a progress bar, verification and an
 //! atomic rename: a file is either complete and verified under its final name,
-//! or absent. Used for pretrained weights (and, later, dataset archives).
+//! or absent. Used for pretrained weights and dataset archives.
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -55,12 +55,21 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// The checksums of a downloaded file, as lower-case hex.
+#[derive(Debug, Clone)]
+pub struct Digests {
+    /// SHA-256 (what torchvision's weight file names carry).
+    pub sha256: String,
+    /// MD5 (what the CIFAR archives are published with).
+    pub md5: String,
+}
+
 /// Downloads `url` to `dest` unless it exists. `verify` checks the complete
-/// temporary file (given its sha256) before it is renamed into place.
+/// temporary file (given its checksums) before it is renamed into place.
 pub fn download(
     url: &str,
     dest: &Path,
-    verify: &dyn Fn(&str) -> Result<(), String>,
+    verify: &dyn Fn(&Digests) -> Result<(), String>,
     progress: bool,
 ) -> Result<(), FetchError> {
     if dest.exists() {
@@ -92,6 +101,7 @@ pub fn download(
         let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
         let mut hasher = Sha256::new();
+        let mut md5 = md5::Md5::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut got = 0u64;
         loop {
@@ -100,6 +110,7 @@ pub fn download(
                 break;
             }
             hasher.update(&buf[..n]);
+            md5.update(&buf[..n]);
             file.write_all(&buf[..n]).map_err(io(&tmp))?;
             got += n as u64;
             bar.set_position(got);
@@ -110,8 +121,8 @@ pub fn download(
             }
         }
         file.sync_all().map_err(io(&tmp))?;
-        let sha = format!("{:x}", hasher.finalize());
-        verify(&sha).map_err(|detail| FetchError::Verification { url: url.to_owned(), detail })?;
+        let digests = Digests { sha256: format!("{:x}", hasher.finalize()), md5: format!("{:x}", md5.finalize()) };
+        verify(&digests).map_err(|detail| FetchError::Verification { url: url.to_owned(), detail })?;
         std::fs::rename(&tmp, dest).map_err(io(dest))
     })();
     bar.finish_and_clear();

@@ -9,7 +9,7 @@ use sweep::train::{self, data, models::ModelSpec};
 
 /// The augmentation sets `--augment` knows without a sweep file (test side).
 fn builtin(name: &str) -> Option<Vec<Transform>> {
-    let cifar = Transform::Normalize { mean: [0.4914, 0.4824, 0.4467], std: [0.2471, 0.2436, 0.2616] };
+    let cifar = Transform::Normalize(spec::Normalize { mean: [0.4914, 0.4824, 0.4467], std: [0.2471, 0.2436, 0.2616] });
     match name {
         "none" => Some(vec![]),
         "normalize" => Some(vec![cifar]),
@@ -18,25 +18,20 @@ fn builtin(name: &str) -> Option<Vec<Transform>> {
     }
 }
 
-/// `--data`: `synthetic`, or a folder with the CIFAR-10 binary release.
+/// `--data`: `synthetic`, `cifar10`, `cifar100` (cache or download), an image
+/// folder or archive (`train/<class>/…`), or a folder holding a CIFAR-10 release.
 fn dataset(data: &str) -> DatasetSpec {
-    if data == "synthetic" {
-        return DatasetSpec {
-            name: DatasetName::Synthetic,
-            path: None,
-            train_size: None,
-            test_size: None,
-            data_seed: None,
-        };
+    match data {
+        "synthetic" => return DatasetSpec::named(DatasetName::Synthetic),
+        "cifar10" => return DatasetSpec::named(DatasetName::Cifar10),
+        "cifar100" => return DatasetSpec::named(DatasetName::Cifar100),
+        _ => {}
     }
     let abs = std::path::absolute(data).unwrap_or_else(|_| PathBuf::from(data));
-    DatasetSpec {
-        name: DatasetName::Cifar10,
-        path: Some(abs.display().to_string()),
-        train_size: None,
-        test_size: None,
-        data_seed: None,
-    }
+    let folder = abs.is_file() || abs.join("train").is_dir();
+    let mut spec = DatasetSpec::named(if folder { DatasetName::Folder } else { DatasetName::Cifar10 });
+    spec.path = Some(abs.display().to_string());
+    spec
 }
 
 #[allow(clippy::too_many_arguments)]

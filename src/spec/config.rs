@@ -64,6 +64,10 @@ pub struct RunConfig {
     /// best epoch on it. 0: no split (the term report chose on the test set).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub val_split: f64,
+    /// Drop the last training batch of an epoch when it is short
+    /// (`DataLoader(drop_last=True)`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_last: bool,
     /// Stop when a metric has not improved for `patience` epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stop: Option<EarlyStop>,
@@ -107,23 +111,39 @@ impl Stem {
 }
 
 /// Where the images come from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// `dataset = "synthetic"`, `dataset = "cifar10"` (found in the cache or
+/// downloaded), `dataset = { name = "cifar100", path = "data" }`, or an image
+/// folder `dataset = { folder = "images.tar.gz" }`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DatasetSpec {
-    /// `synthetic` (generated in-process) or `cifar10` (the binary release).
+    /// `synthetic`, `cifar10`, `cifar100` or `folder`.
     pub name: DatasetName,
-    /// Folder holding `data_batch_1.bin` … `test_batch.bin` (cifar10 only).
+    /// cifar: the release folder or a folder holding it; folder: the image
+    /// tree, `.tar` or `.tar.gz`. Relative paths are relative to the sweep file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// Number of training images (synthetic: generated; cifar10: the first N).
+    /// Number of training images (synthetic: generated; others: the first N).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_size: Option<usize>,
-    /// Number of test images (synthetic: generated; cifar10: the first N).
+    /// Number of test images (synthetic: generated; others: the first N).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_size: Option<usize>,
-    /// Seed of the generated images (synthetic only), independent of the run seed.
+    /// Seed of the generated images (synthetic) or of the `test_split` (folder),
+    /// independent of the run seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_seed: Option<u64>,
+    /// folder with a single `<class>/` tree: the share of each class held out as test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_split: Option<f64>,
+}
+
+impl Eq for DatasetSpec {}
+impl std::hash::Hash for DatasetSpec {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self.name, &self.path, self.train_size, self.test_size, self.data_seed, self.test_split.map(f64::to_bits))
+            .hash(h);
+    }
 }
 
 /// The datasets sweep can read.
@@ -132,14 +152,51 @@ pub struct DatasetSpec {
 pub enum DatasetName {
     /// Coloured shapes and patterns, 10 classes, 32x32, generated from a seed.
     Synthetic,
-    /// CIFAR-10, binary version (`cifar-10-batches-bin`).
+    /// CIFAR-10, either official release.
     Cifar10,
+    /// CIFAR-100 (fine labels), either official release.
+    Cifar100,
+    /// An image folder or archive in torchvision's `ImageFolder` layout.
+    Folder,
 }
 
 impl DatasetSpec {
     /// A dataset given by name only, with every other field at its default.
     pub fn named(name: DatasetName) -> Self {
-        DatasetSpec { name, path: None, train_size: None, test_size: None, data_seed: None }
+        DatasetSpec { name, path: None, train_size: None, test_size: None, data_seed: None, test_split: None }
+    }
+}
+
+impl<'de> Deserialize<'de> for DatasetSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Repr {
+            name: Option<DatasetName>,
+            folder: Option<String>,
+            path: Option<String>,
+            train_size: Option<usize>,
+            test_size: Option<usize>,
+            data_seed: Option<u64>,
+            test_split: Option<f64>,
+        }
+        let r = Repr::deserialize(d)?;
+        let (name, path) = match (r.name, r.folder, r.path) {
+            (None | Some(DatasetName::Folder), Some(f), None) => (DatasetName::Folder, Some(f)),
+            (Some(_), Some(_), _) | (None, Some(_), Some(_)) => {
+                return Err(de::Error::custom("dataset: give either `folder = PATH` or `name` (and `path`), not both"))
+            }
+            (Some(n), None, p) => (n, p),
+            (None, None, _) => return Err(de::Error::custom("dataset: missing `name` (or `folder = PATH`)")),
+        };
+        Ok(DatasetSpec {
+            name,
+            path,
+            train_size: r.train_size,
+            test_size: r.test_size,
+            data_seed: r.data_seed,
+            test_split: r.test_split,
+        })
     }
 }
 
@@ -149,7 +206,9 @@ pub(crate) fn deserialize_dataset<'de, D: Deserializer<'de>>(d: D) -> Result<Dat
     impl<'de> Visitor<'de> for V {
         type Value = DatasetSpec;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a dataset name (\"synthetic\", \"cifar10\") or a table { name = …, path = … }")
+            f.write_str(
+                "a dataset name (\"synthetic\", \"cifar10\", \"cifar100\") or a table { name = …, path = … } or { folder = … }",
+            )
         }
         fn visit_str<E: de::Error>(self, s: &str) -> Result<DatasetSpec, E> {
             let name = DatasetName::deserialize(de::value::StrDeserializer::<E>::new(s))?;
@@ -306,15 +365,17 @@ impl<'de> Deserialize<'de> for Head {
     }
 }
 
-/// One image transform, with torchvision's meaning.
+/// One image transform, with torchvision's meaning (`torchvision.transforms`
+/// applied to a float tensor image in [0, 1]).
 ///
 /// Written in TOML as a one-key table: `{ random_crop = { size = 32, padding = 4 } }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Transform {
-    /// Bilinear resize of the whole image to `size` x `size`.
+    /// Bilinear resize with antialiasing (`Resize(size)`): the shorter side
+    /// becomes `size` and the other keeps the aspect ratio, as in torchvision.
     Resize {
-        /// Output side in pixels.
+        /// Length of the shorter side after resizing, in pixels.
         size: usize,
     },
     /// Pad by `padding` on every side, then crop `size` x `size` at a random position.
@@ -331,7 +392,7 @@ pub enum Transform {
         #[serde(default)]
         fill: u8,
     },
-    /// Crop `size` x `size` from the centre.
+    /// Crop `size` x `size` from the centre (padding with zeros when the image is smaller).
     CenterCrop {
         /// Output side in pixels.
         size: usize,
@@ -342,7 +403,8 @@ pub enum Transform {
         #[serde(default = "half")]
         p: f64,
     },
-    /// Random rotation in [-degrees, degrees].
+    /// `RandomRotation(degrees)`: an angle drawn from [-degrees, degrees], nearest
+    /// neighbour, the image size kept, uncovered pixels set to `fill`.
     Rotation {
         /// Maximum angle in degrees.
         degrees: f64,
@@ -350,7 +412,8 @@ pub enum Transform {
         #[serde(default)]
         fill: u8,
     },
-    /// Random affine transform.
+    /// `RandomAffine`: rotation, translation, scale and x-shear drawn at random
+    /// around the image centre, nearest neighbour.
     Affine {
         /// Maximum rotation in degrees.
         #[serde(default)]
@@ -361,11 +424,15 @@ pub enum Transform {
         /// Scale range.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scale: Option<[f64; 2]>,
-        /// Maximum shear in degrees.
+        /// Maximum shear parallel to the x axis, in degrees.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         shear: Option<f64>,
+        /// Fill value (0-255) outside the transformed image.
+        #[serde(default, skip_serializing_if = "is_zero_u8")]
+        fill: u8,
     },
-    /// Random brightness, contrast, saturation and hue changes.
+    /// `ColorJitter`: brightness, contrast, saturation and hue changed by random
+    /// factors, in a random order.
     ColorJitter {
         /// Brightness factor range 1 ± b.
         #[serde(default)]
@@ -380,13 +447,99 @@ pub enum Transform {
         #[serde(default)]
         hue: f64,
     },
-    /// Per-channel `(x - mean) / std` on values scaled to [0, 1].
-    Normalize {
-        /// Channel means.
-        mean: [f64; 3],
-        /// Channel standard deviations.
-        std: [f64; 3],
+    /// Per-channel `(x - mean) / std`: `{ normalize = { mean = [...], std = [...] } }`
+    /// or a dataset's standard values by name, `{ normalize = "cifar10" }`
+    /// (also `cifar100`, `imagenet`).
+    Normalize(Normalize),
+    /// Cutout (DeVries & Taylor, 2017): a `size` x `size` square at a random
+    /// centre (clipped at the border) set to 0, with probability `p`.
+    Cutout {
+        /// Side of the square in pixels.
+        size: usize,
+        /// Probability of applying it.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        p: f64,
     },
+    /// `RandomErasing`: with probability `p`, a rectangle of random area (a share
+    /// of the image in `scale`) and aspect ratio (log-uniform in `ratio`) set to `value`.
+    RandomErasing {
+        /// Probability of erasing.
+        #[serde(default = "half")]
+        p: f64,
+        /// Range of the erased share of the image.
+        #[serde(default = "erase_scale")]
+        scale: [f64; 2],
+        /// Range of the aspect ratio.
+        #[serde(default = "erase_ratio")]
+        ratio: [f64; 2],
+        /// The value written (in the units of the image at that point of the list).
+        #[serde(default)]
+        value: f64,
+    },
+}
+
+/// Mean and standard deviation of [`Transform::Normalize`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Normalize {
+    /// Channel means.
+    pub mean: [f64; 3],
+    /// Channel standard deviations.
+    pub std: [f64; 3],
+}
+
+/// The standard per-channel statistics of the datasets `normalize` knows by name.
+pub const NORMALIZE_STATS: [(&str, [f64; 3], [f64; 3]); 3] = [
+    ("cifar10", [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
+    ("cifar100", [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
+    ("imagenet", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+];
+
+impl<'de> Deserialize<'de> for Normalize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Repr {
+            mean: [f64; 3],
+            std: [f64; 3],
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Normalize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("{ mean = [r, g, b], std = [r, g, b] } or a dataset name (cifar10, cifar100, imagenet)")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Normalize, E> {
+                NORMALIZE_STATS
+                    .iter()
+                    .find(|(n, _, _)| *n == s)
+                    .map(|&(_, mean, std)| Normalize { mean, std })
+                    .ok_or_else(|| {
+                        E::custom(format!("normalize: unknown dataset `{s}`; known: cifar10, cifar100, imagenet"))
+                    })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Normalize, A::Error> {
+                let r = Repr::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Normalize { mean: r.mean, std: r.std })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+fn is_zero_u8(v: &u8) -> bool {
+    *v == 0
+}
+fn erase_scale() -> [f64; 2] {
+    [0.02, 0.33]
+}
+fn erase_ratio() -> [f64; 2] {
+    [0.3, 3.3]
 }
 
 fn half() -> f64 {
@@ -415,7 +568,9 @@ impl Transform {
             Transform::Rotation { .. } => "rotation",
             Transform::Affine { .. } => "affine",
             Transform::ColorJitter { .. } => "color_jitter",
-            Transform::Normalize { .. } => "normalize",
+            Transform::Normalize(_) => "normalize",
+            Transform::Cutout { .. } => "cutout",
+            Transform::RandomErasing { .. } => "random_erasing",
         }
     }
 }

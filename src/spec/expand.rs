@@ -101,6 +101,7 @@ const RUN_KEYS: &[&str] = &[
     "early_stop",
     "keep",
     "val_split",
+    "drop_last",
 ];
 
 struct Ctx<'a> {
@@ -210,45 +211,36 @@ pub(super) fn expand(src: &Source) -> Result<SweepSpec, SpecErrors> {
 
 fn resolve_dataset(src: &Source, mut ds: DatasetSpec, errors: &mut Vec<SpecError>) -> DatasetSpec {
     let offset = key_offset(&src.text, "dataset");
-    match ds.name {
-        DatasetName::Synthetic => {
-            if ds.path.is_some() {
-                errors.push(src.error(
-                    offset,
-                    Some("dataset.path"),
-                    "the synthetic dataset is generated and takes no `path`",
-                ));
-            }
+    let mut bad = |field: &str, msg: &str| errors.push(src.error(offset, Some(&format!("dataset.{field}")), msg));
+    if ds.name == DatasetName::Synthetic && ds.path.is_some() {
+        bad("path", "the synthetic dataset is generated and takes no `path`");
+    }
+    if matches!(ds.name, DatasetName::Cifar10 | DatasetName::Cifar100) && ds.data_seed.is_some() {
+        bad("data_seed", "`data_seed` is for the synthetic dataset and a folder's `test_split`");
+    }
+    if ds.name != DatasetName::Folder && ds.test_split.is_some() {
+        bad("test_split", "`test_split` is only for an image folder with a single <class>/ tree");
+    }
+    if let Some(t) = ds.test_split {
+        if !(t > 0.0 && t < 1.0) {
+            bad("test_split", &format!("must be in (0, 1), found {t}"));
         }
-        DatasetName::Cifar10 => {
-            if ds.data_seed.is_some() {
-                errors.push(src.error(
-                    offset,
-                    Some("dataset.data_seed"),
-                    "`data_seed` is only for the synthetic dataset",
-                ));
-            }
-            match &ds.path {
-                None => errors.push(src.error(
-                    offset,
-                    Some("dataset.path"),
-                    "cifar10 needs `path`: the folder holding data_batch_1.bin … data_batch_5.bin and test_batch.bin",
-                )),
-                Some(p) => {
-                    let p = Path::new(p);
-                    if p.is_relative() {
-                        let base = src.path.parent().unwrap_or(Path::new("."));
-                        let joined = base.join(p);
-                        let abs = std::path::absolute(&joined).unwrap_or(joined);
-                        ds.path = Some(abs.display().to_string());
-                    }
-                }
-            }
+    }
+    if ds.name == DatasetName::Folder && ds.path.as_deref().is_none_or(str::is_empty) {
+        bad("folder", "an image folder needs its path: `dataset = { folder = \"PATH\" }`");
+    }
+    if let Some(p) = &ds.path {
+        let p = Path::new(p);
+        if p.is_relative() {
+            let base = src.path.parent().unwrap_or(Path::new("."));
+            let joined = base.join(p);
+            let abs = std::path::absolute(&joined).unwrap_or(joined);
+            ds.path = Some(abs.display().to_string());
         }
     }
     for (field, v) in [("train_size", ds.train_size), ("test_size", ds.test_size)] {
         if v == Some(0) {
-            errors.push(src.error(offset, Some(&format!("dataset.{field}")), "must be at least 1"));
+            bad(field, "must be at least 1");
         }
     }
     ds
@@ -744,6 +736,7 @@ fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig, FinalizeEr
         early_stop: f.early_stop,
         keep: f.keep.unwrap_or_default(),
         val_split: f.val_split.unwrap_or(0.0),
+        drop_last: f.drop_last.unwrap_or(false),
         metric: ctx.metric,
         seed,
     })

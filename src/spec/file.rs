@@ -101,6 +101,8 @@ pub struct RunFields {
     pub warmup: Option<Warmup>,
     /// See [`super::RunConfig::val_split`].
     pub val_split: Option<f64>,
+    /// See [`super::RunConfig::drop_last`].
+    pub drop_last: Option<bool>,
     /// See [`super::RunConfig::keep`].
     pub keep: Option<Keep>,
     /// See [`super::RunConfig::early_stop`].

@@ -2,7 +2,8 @@
 //! that uses candle; it knows nothing of SQLite or the command line.
 //!
 //! Reading order (the data flow of one run):
-//! 1. [`data`] loads or generates the images, [`augment`] turns them into batches;
+//! 1. [`data`] loads or generates the images; [`loader`] builds the batches on
+//!    threads ahead of the trainer, applying the [`augment`] transforms;
 //! 2. [`models`] builds the network with torchvision names and seeded weights;
 //! 3. [`optim`] and [`schedule`] update the weights with PyTorch's rules;
 //! 4. [`train`] (below) runs the epochs: a training pass, a test pass, the epoch
@@ -18,6 +19,7 @@ pub mod augment;
 pub mod checkpoint;
 pub mod data;
 pub mod layers;
+pub mod loader;
 pub mod models;
 pub mod optim;
 pub mod pth;
@@ -164,14 +166,22 @@ pub fn tune_process() {
 pub fn check(config: &RunConfig) -> Result<(), String> {
     models::check(config)?;
     for (which, list) in [("train", &config.train_transforms), ("test", &config.test_transforms)] {
-        if let Some(t) = augment::unsupported(list) {
-            return Err(format!(
-                "augmentation set `{}` ({which}): transform `{t}` is not implemented yet",
-                config.augment
-            ));
+        // The parameters; sizes are checked against the data when the run starts.
+        if let Err(e) = augment::output_size(list, 4096, 4096) {
+            return Err(format!("augmentation set `{}` ({which}): {e}", config.augment));
         }
     }
     Ok(())
+}
+
+/// The pipeline for `transforms` on `device`: resize and normalisation as
+/// tensor ops on a GPU, everything on the loader threads on the CPU.
+pub fn pipeline(transforms: &[crate::spec::Transform], split: &data::Split, device: &Device) -> loader::Pipeline {
+    if device.is_cpu() {
+        loader::Pipeline::host_only(transforms)
+    } else {
+        loader::Pipeline::device_tail(transforms, split)
+    }
 }
 
 /// Selects a device from `cpu`, `auto` or `cuda:N`; returns it with a description.
@@ -213,13 +223,6 @@ fn record(kind: CheckpointKind, saved: &Saved, state: &TrainerState, metric: Opt
     }
 }
 
-fn to_tensors(batch: &augment::Batch, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let n = batch.labels.len();
-    let x = Tensor::from_slice(&batch.images, (n, 3, batch.h, batch.w), device)?;
-    let y = Tensor::from_slice(&batch.labels, n, device)?;
-    Ok((x, y))
-}
-
 /// Mean cross-entropy of `logits` (N, C) against class indices `labels`, with
 /// PyTorch's label smoothing: `(1 - ε) * nll + ε / C * Σ_c -log p_c`.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> candle_core::Result<Tensor> {
@@ -249,7 +252,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
     }
     for (which, list, split) in [("train", &cfg.train_transforms, &ds.train), ("test", &cfg.test_transforms, &ds.test)]
     {
-        augment::output_size(list, split.height, split.width)
+        augment::split_output_size(list, split)
             .map_err(|e| TrainError::Unsupported(format!("augmentation `{}` ({which}): {e}", cfg.augment)))?;
     }
     let built = models::build(cfg, ds.classes.len(), req.device).map_err(TrainError::Unsupported)?;
@@ -270,7 +273,14 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
     let (train_idx, val_idx) = validation_split(ds.train.len(), cfg.val_split, cfg.seed);
     let n_train = train_idx.len();
     let bs = cfg.batch_size;
-    let steps = n_train.div_ceil(bs);
+    let steps = if cfg.drop_last { n_train / bs } else { n_train.div_ceil(bs) };
+    if steps == 0 {
+        return Err(TrainError::Unsupported(format!(
+            "drop_last with batch_size {bs} leaves no batch of the {n_train} training images"
+        )));
+    }
+    let train_pipe = pipeline(&cfg.train_transforms, &ds.train, req.device);
+    let threads = loader::default_threads();
     req.progress.steps_per_epoch.store(steps as i64, Ordering::Relaxed);
     let epochs = cfg.epochs as u64;
     let seed = cfg.seed;
@@ -291,58 +301,69 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         let mut timing = Timing::default();
         let mut partial = state.partial;
         let start = Instant::now();
-        for b in state.step as usize..steps {
-            if req.stop.load(Ordering::SeqCst) {
-                bar.finish_and_clear();
-                partial.seconds += start.elapsed().as_secs_f64();
-                state.step = b as u64;
-                state.partial = partial;
-                state.optimizer_steps = opt.steps;
-                let saved = checkpoint::save(req.home, req.run_dir, &built.varmap, &opt, &state)?;
-                sink.interrupted(&record(CheckpointKind::Latest, &saved, &state, None)).map_err(TrainError::Sink)?;
-                return Ok(Outcome::Interrupted);
+        let all_batches = loader::batches(&order, bs, cfg.drop_last);
+        let ended = std::thread::scope(|scope| -> Result<Option<Outcome>, TrainError> {
+            let todo = all_batches[(state.step as usize).min(steps)..steps].to_vec();
+            let mut loader = loader::Loader::start(scope, &train_pipe, &ds.train, todo, seed, e, threads, 2);
+            for b in state.step as usize..steps {
+                if req.stop.load(Ordering::SeqCst) {
+                    bar.finish_and_clear();
+                    partial.seconds += start.elapsed().as_secs_f64();
+                    state.step = b as u64;
+                    state.partial = partial;
+                    state.optimizer_steps = opt.steps;
+                    let saved = checkpoint::save(req.home, req.run_dir, &built.varmap, &opt, &state)?;
+                    sink.interrupted(&record(CheckpointKind::Latest, &saved, &state, None))
+                        .map_err(TrainError::Sink)?;
+                    return Ok(Some(Outcome::Interrupted));
+                }
+                let (step_lr, momentum) = schedule::at(cfg, e as usize, b, steps);
+                opt.set_lr(step_lr);
+                if let Some(m) = momentum {
+                    opt.set_momentum(m);
+                }
+                let t0 = Instant::now();
+                let batch =
+                    loader.next_batch().ok_or_else(|| TrainError::Unsupported("the data loader stopped".into()))?;
+                let n_batch = batch.labels.len();
+                let (x, y) = train_pipe.to_tensors(&batch, req.device)?;
+                let t1 = Instant::now();
+                let mut drop_rng = Rng::derive(&[stream::DROPOUT, seed, e, b as u64]);
+                let logits = built.model.forward(&x, true, &mut drop_rng)?;
+                let loss = cross_entropy(&logits, &y, cfg.label_smoothing)?;
+                let t2 = Instant::now();
+                let (loss_v, correct) = batch_stats(&logits, &y, &loss)?;
+                if !loss_v.is_finite() {
+                    bar.finish_and_clear();
+                    return Err(TrainError::Diverged { epoch: e + 1, step: b as u64 + 1, loss: loss_v });
+                }
+                let t3 = Instant::now();
+                let grads = loss.backward()?;
+                let t4 = Instant::now();
+                opt.step(&grads)?;
+                let t5 = Instant::now();
+                timing.data += (t1 - t0).as_secs_f64();
+                timing.forward += (t2 - t1).as_secs_f64();
+                timing.metrics += (t3 - t2).as_secs_f64();
+                timing.backward += (t4 - t3).as_secs_f64();
+                timing.optimizer += (t5 - t4).as_secs_f64();
+                partial.loss_sum += f64::from(loss_v) * n_batch as f64;
+                partial.correct += correct;
+                partial.seen += n_batch as u64;
+                req.progress.step.store(b as i64 + 1, Ordering::Relaxed);
+                let secs = partial.seconds + start.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.1}% {:.0} img/s",
+                    partial.loss_sum / partial.seen as f64,
+                    100.0 * partial.correct as f64 / partial.seen as f64,
+                    partial.seen as f64 / secs.max(1e-9)
+                ));
+                bar.inc(1);
             }
-            let (step_lr, momentum) = schedule::at(cfg, e as usize, b, steps);
-            opt.set_lr(step_lr);
-            if let Some(m) = momentum {
-                opt.set_momentum(m);
-            }
-            let idx = &order[b * bs..((b + 1) * bs).min(n_train)];
-            let t0 = Instant::now();
-            let batch = augment::assemble(&ds.train, idx, &cfg.train_transforms, seed, e);
-            let (x, y) = to_tensors(&batch, req.device)?;
-            let t1 = Instant::now();
-            let mut drop_rng = Rng::derive(&[stream::DROPOUT, seed, e, b as u64]);
-            let logits = built.model.forward(&x, true, &mut drop_rng)?;
-            let loss = cross_entropy(&logits, &y, cfg.label_smoothing)?;
-            let t2 = Instant::now();
-            let (loss_v, correct) = batch_stats(&logits, &y, &loss)?;
-            if !loss_v.is_finite() {
-                bar.finish_and_clear();
-                return Err(TrainError::Diverged { epoch: e + 1, step: b as u64 + 1, loss: loss_v });
-            }
-            let t3 = Instant::now();
-            let grads = loss.backward()?;
-            let t4 = Instant::now();
-            opt.step(&grads)?;
-            let t5 = Instant::now();
-            timing.data += (t1 - t0).as_secs_f64();
-            timing.forward += (t2 - t1).as_secs_f64();
-            timing.metrics += (t3 - t2).as_secs_f64();
-            timing.backward += (t4 - t3).as_secs_f64();
-            timing.optimizer += (t5 - t4).as_secs_f64();
-            partial.loss_sum += f64::from(loss_v) * idx.len() as f64;
-            partial.correct += correct;
-            partial.seen += idx.len() as u64;
-            req.progress.step.store(b as i64 + 1, Ordering::Relaxed);
-            let secs = partial.seconds + start.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.4} acc {:.1}% {:.0} img/s",
-                partial.loss_sum / partial.seen as f64,
-                100.0 * partial.correct as f64 / partial.seen as f64,
-                partial.seen as f64 / secs.max(1e-9)
-            ));
-            bar.inc(1);
+            Ok(None)
+        })?;
+        if let Some(outcome) = ended {
+            return Ok(outcome);
         }
         let train_secs = partial.seconds + start.elapsed().as_secs_f64();
         bar.finish_and_clear();
@@ -569,29 +590,37 @@ pub fn evaluate_model(
             &all
         }
     };
-    for chunk in indices.chunks(batch_size.max(1)) {
-        let batch = augment::assemble(split, chunk, transforms, seed, 0);
-        let (x, y) = to_tensors(&batch, device)?;
-        let logits = model.forward(&x.detach(), false, &mut rng)?.detach();
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        let (l, c) = batch_stats(&logits, &y, &loss)?;
-        loss_sum += f64::from(l) * chunk.len() as f64;
-        correct += c;
-        // The label is in the top 5 when fewer than 5 logits are larger.
-        let own = logits.gather(&y.unsqueeze(1)?, 1)?;
-        let above = logits.broadcast_gt(&own)?.to_dtype(DType::U32)?.sum(1)?;
-        top5 += u64::from(above.lt(5u32)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?);
-        let classes = logits.dim(1)?;
-        if confusion.is_empty() {
-            confusion = vec![vec![0; classes]; classes];
-        }
-        let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
-        for (&t, &p) in batch.labels.iter().zip(&predicted) {
-            if let Some(cell) = confusion.get_mut(t as usize).and_then(|row| row.get_mut(p as usize)) {
-                *cell += 1;
+    let pipe = pipeline(transforms, split, device);
+    let chunks: Vec<&[usize]> = indices.chunks(batch_size.max(1)).collect();
+    std::thread::scope(|scope| -> Result<(), TrainError> {
+        let mut batches =
+            loader::Loader::start(scope, &pipe, split, chunks.clone(), seed, 0, loader::default_threads(), 2);
+        for chunk in &chunks {
+            let batch =
+                batches.next_batch().ok_or_else(|| TrainError::Unsupported("the data loader stopped".into()))?;
+            let (x, y) = pipe.to_tensors(&batch, device)?;
+            let logits = model.forward(&x.detach(), false, &mut rng)?.detach();
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let (l, c) = batch_stats(&logits, &y, &loss)?;
+            loss_sum += f64::from(l) * chunk.len() as f64;
+            correct += c;
+            // The label is in the top 5 when fewer than 5 logits are larger.
+            let own = logits.gather(&y.unsqueeze(1)?, 1)?;
+            let above = logits.broadcast_gt(&own)?.to_dtype(DType::U32)?.sum(1)?;
+            top5 += u64::from(above.lt(5u32)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?);
+            let classes = logits.dim(1)?;
+            if confusion.is_empty() {
+                confusion = vec![vec![0; classes]; classes];
+            }
+            let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
+            for (&t, &p) in batch.labels.iter().zip(&predicted) {
+                if let Some(cell) = confusion.get_mut(t as usize).and_then(|row| row.get_mut(p as usize)) {
+                    *cell += 1;
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     let n = indices.len().max(1) as f64;
     Ok(EvalStats {
         loss: loss_sum / n,

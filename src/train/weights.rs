@@ -112,7 +112,8 @@ impl WeightsCache {
         }
         let dest = self.dir.join(file);
         let expected = file.rsplit_once('-').and_then(|(_, h)| h.split('.').next()).unwrap_or("").to_owned();
-        let verify = |sha: &str| {
+        let verify = |d: &fetch::Digests| {
+            let sha = &d.sha256;
             if expected.len() >= 6 && sha.starts_with(&expected) {
                 Ok(())
             } else {

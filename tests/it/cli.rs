@@ -402,3 +402,71 @@ fn keep_best_leaves_one_checkpoint_per_finished_run() {
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(text.contains("1 already done"), "{text}");
 }
+
+/// An ImageFolder `.tar.gz` of PNGs of two sizes, named relative to the sweep
+/// file: with the report's heavy augmentation (after a resize) it trains; with
+/// no resize the run fails naming two images of different sizes, and the
+/// other run still finishes.
+#[test]
+fn an_image_folder_archive_trains_with_the_heavy_augmentation() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mut files = Vec::new();
+    for split in ["train", "test"] {
+        for (c, class) in ["circle", "square", "stripe"].iter().enumerate() {
+            for i in 0..8u32 {
+                let side = if i % 2 == 0 { 20 } else { 24 };
+                files.push((
+                    format!("pics/{split}/{class}/{i}.png"),
+                    crate::data::png(side, side, c as u8 * 50 + i as u8),
+                ));
+            }
+        }
+    }
+    std::fs::write(dir.path().join("pics.tar.gz"), crate::data::targz(&files, true)).unwrap();
+    let text = r#"
+name = "folder"
+dataset = { folder = "pics.tar.gz" }
+seed = 3
+
+[defaults]
+model = "smallcnn"
+batch_size = 8
+epochs = 1
+drop_last = true
+optimizer = { name = "adam", lr = 1e-3 }
+
+[augment.heavy]
+train = [
+  { resize = { size = 16 } },
+  { random_crop = { size = 16, padding = 2 } },
+  { hflip = { p = 0.5 } },
+  { rotation = { degrees = 10 } },
+  { affine = { degrees = 0, shear = 10, scale = [0.8, 1.2] } },
+  { color_jitter = { brightness = 0.2, contrast = 0.2, saturation = 0.2, hue = 0.05 } },
+  { normalize = "cifar10" },
+  { random_erasing = { p = 0.5 } },
+]
+test = [{ resize = { size = 16 } }, { normalize = "cifar10" }]
+
+[augment.raw]
+train = []
+test = []
+
+[[grid]]
+augment = ["heavy", "raw"]
+"#;
+    let sweep_file = crate::write_sweep(dir.path(), "folder.toml", text);
+    let out = run(&home, &["submit", sweep_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "the raw run fails");
+    let rows = runs(&home);
+    let heavy = rows.iter().find(|r| r.name == "augment=heavy").unwrap();
+    assert_eq!((heavy.status, heavy.epochs_done), (Status::Done, 1), "{heavy:?}");
+    let e = epochs(&home, heavy.id);
+    // 24 training images, batch 8, drop_last: 3 full batches; 24 test images.
+    assert!(e[0].train_loss.is_finite() && e[0].test_acc >= 0.0);
+    let raw = rows.iter().find(|r| r.name == "augment=raw").unwrap();
+    let err = raw.error.as_deref().unwrap();
+    assert_eq!(raw.status, Status::Failed);
+    assert!(err.contains("pics.tar.gz/pics/t") && err.contains("20x20") && err.contains("24x24"), "{err}");
+}

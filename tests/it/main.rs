@@ -4,10 +4,12 @@
 //! * `store`: the SQLite queue and records through the library API.
 //! * `train`: the trainer on tiny generated data: determinism, resume, failures.
 //! * `models`: the model zoo against torchvision fixtures; pretrained weights, heads, freezing.
+//! * `data`: datasets in every format, transforms against torchvision, the loader.
 //! * `optim`: optimizers against torch.optim fixtures.
 //! * `cli`: the `sweep` binary end to end, including kill -9 and Ctrl-C.
 
 mod cli;
+mod data;
 mod models;
 mod optim;
 mod spec;

@@ -109,12 +109,12 @@ fn parity_every_fixture_matches_torchvision_in_eval_and_train_mode() {
 }
 
 /// Serves files from memory over HTTP/1.0 on 127.0.0.1; counts requests.
-struct Server {
-    url: String,
-    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+pub struct Server {
+    pub url: String,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-fn serve(files: HashMap<String, Vec<u8>>) -> Server {
+pub fn serve(files: HashMap<String, Vec<u8>>) -> Server {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -202,8 +202,9 @@ fn semantic_errors_point_at_the_run() {
     assert!(e.message.contains("no augmentation set named `heavy`"), "{e}");
     let e = one_error(&with("[[grid]]\nbatch_size = [8]\nexclude = [{ batch_size = 9 }]\n"));
     assert!(e.message.contains("matches no combination"), "{e}");
-    let e = one_error("name = \"t\"\ndataset = \"cifar10\"\n[defaults]\nmodel = \"smallcnn\"\nbatch_size = 1\nepochs = 1\noptimizer = { name = \"sgd\", lr = 0.1 }\n");
-    assert!(e.message.contains("cifar10 needs `path`"), "{e}");
+    let e = one_error("name = \"t\"\ndataset = { name = \"cifar10\", test_split = 0.2 }\n[defaults]\nmodel = \"smallcnn\"\nbatch_size = 1\nepochs = 1\noptimizer = { name = \"sgd\", lr = 0.1 }\n");
+    assert!(e.message.contains("`test_split` is only for an image folder"), "{e}");
+    assert_eq!(e.key.as_deref(), Some("dataset.test_split"), "{e}");
     let e = one_error(&BASE.replace("epochs = 2\n", ""));
     assert!(e.message.contains("no `epochs` given"), "{e}");
 }

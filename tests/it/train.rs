@@ -217,8 +217,9 @@ fn unsupported_configurations_are_named() {
     cfg.pretrained = Some("imagenet".into());
     cfg.model = "smallcnn".into();
     assert!(train::check(&cfg).unwrap_err().contains("no ImageNet weights for smallcnn"));
-    let cfg = config("[augment.rot]\ntrain = [{ rotation = { degrees = 10 } }]\n[[run]]\naugment = \"rot\"\n");
-    assert!(train::check(&cfg).unwrap_err().contains("rotation"));
+    let cfg = config("[augment.rot]\ntrain = [{ color_jitter = { hue = 0.7 } }]\n[[run]]\naugment = \"rot\"\n");
+    let err = train::check(&cfg).unwrap_err();
+    assert!(err.contains("augmentation set `rot` (train): color_jitter: hue must be at most 0.5"), "{err}");
     let cfg = config("[[run]]\nfreeze = { through = \"layer9\" }\n");
     assert!(train::check(&cfg).unwrap_err().contains("layer9"));
 }

@@ -1,0 +1,294 @@
+//! torchvision's `ImageFolder` layout, from a folder or an archive.
+//!
+//! `root/train/<class>/*.jpg` and `root/test/<class>/*.png` give the two
+//! splits; a single tree `root/<class>/*` needs `test_split`, the share of
+//! each class held out as test (seeded by `data_seed`). Class labels are the
+//! class folder names in sorted order, as torchvision assigns them. `root` may
+//! be a folder, a `.tar`, or a `.tar.gz`/`.tgz` of that layout (one enclosing
+//! folder, as archives usually have, is skipped). JPEG and PNG files are
+//! decoded (in parallel) to RGB once, at load; other files and hidden files
+//! are ignored, as are folders nested below the class folder's images
+//! (they count towards their class, as `ImageFolder` walks them too).
+
+use super::{DataError, Dataset, Split};
+use crate::train::rng::{stream, Rng};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The image extensions read (lower case).
+pub const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+enum Bytes {
+    File(PathBuf),
+    Inline(Vec<u8>),
+}
+
+struct Entry {
+    /// Path components relative to the root.
+    parts: Vec<String>,
+    bytes: Bytes,
+}
+
+fn is_image(name: &str) -> bool {
+    !name.starts_with('.')
+        && name.rsplit_once('.').is_some_and(|(_, ext)| EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+}
+
+fn is_archive(path: &Path) -> bool {
+    let n = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    n.ends_with(".tar") || n.ends_with(".tar.gz") || n.ends_with(".tgz")
+}
+
+/// Loads an image folder (or archive) at `root`.
+pub fn load(root: &Path, test_split: Option<f64>, seed: u64) -> Result<Dataset, DataError> {
+    let (entries, dirs) = if root.is_file() && is_archive(root) {
+        read_archive(root)?
+    } else if root.is_dir() {
+        walk(root)?
+    } else if root.exists() {
+        return Err(DataError::new(root, "not a folder, .tar or .tar.gz of images"));
+    } else {
+        return Err(DataError::new(root, "no such folder or archive"));
+    };
+    build(root, entries, &dirs, test_split, seed)
+}
+
+fn walk(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
+    let mut entries = Vec::new();
+    let mut dirs = BTreeSet::new();
+    let mut stack = vec![(root.to_owned(), Vec::<String>::new())];
+    while let Some((dir, parts)) = stack.pop() {
+        let rd = std::fs::read_dir(&dir).map_err(|e| DataError::new(&dir, format!("cannot list: {e}")))?;
+        for item in rd {
+            let item = item.map_err(|e| DataError::new(&dir, format!("cannot list: {e}")))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let mut p = parts.clone();
+            p.push(name.clone());
+            let path = item.path();
+            if path.is_dir() {
+                dirs.insert(p.clone());
+                stack.push((path, p));
+            } else if is_image(&name) {
+                entries.push(Entry { parts: p, bytes: Bytes::File(path) });
+            }
+        }
+    }
+    Ok((entries, dirs))
+}
+
+fn read_archive(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
+    let err = |e: std::io::Error| DataError::new(root, format!("cannot read the archive: {e}"));
+    let file = std::fs::File::open(root).map_err(err)?;
+    let reader: Box<dyn Read> = if root.to_string_lossy().to_ascii_lowercase().ends_with(".tar") {
+        Box::new(std::io::BufReader::new(file))
+    } else {
+        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = Vec::new();
+    let mut dirs = BTreeSet::new();
+    for item in archive.entries().map_err(err)? {
+        let mut item = item.map_err(err)?;
+        let path = item.path().map_err(err)?.into_owned();
+        let parts: Vec<String> = path
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        if parts.is_empty() || parts.iter().any(|p| p.starts_with('.')) {
+            continue;
+        }
+        if item.header().entry_type().is_dir() {
+            dirs.insert(parts);
+            continue;
+        }
+        if !item.header().entry_type().is_file() || !is_image(parts.last().unwrap()) {
+            continue;
+        }
+        for k in 1..parts.len() {
+            dirs.insert(parts[..k].to_vec());
+        }
+        let mut bytes = Vec::with_capacity(item.size() as usize);
+        item.read_to_end(&mut bytes)
+            .map_err(|e| DataError::new(root, format!("{}: cannot read from the archive: {e}", path.display())))?;
+        entries.push(Entry { parts, bytes: Bytes::Inline(bytes) });
+    }
+    Ok((entries, dirs))
+}
+
+/// Decodes JPEG or PNG bytes into RGB CHW.
+pub fn decode(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
+    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode the image: {e}"))?.to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let hwc = img.into_raw();
+    let plane = h * w;
+    let mut chw = vec![0u8; 3 * plane];
+    for (i, px) in hwc.chunks_exact(3).enumerate() {
+        chw[i] = px[0];
+        chw[plane + i] = px[1];
+        chw[2 * plane + i] = px[2];
+    }
+    Ok((chw, h, w))
+}
+
+#[allow(clippy::too_many_lines)]
+fn build(
+    root: &Path,
+    entries: Vec<Entry>,
+    dirs: &BTreeSet<Vec<String>>,
+    test_split: Option<f64>,
+    seed: u64,
+) -> Result<Dataset, DataError> {
+    if entries.is_empty() {
+        return Err(DataError::new(
+            root,
+            "holds no .jpg/.jpeg/.png images; expected train/<class>/*.jpg and test/<class>/*.jpg, or <class>/*.jpg",
+        ));
+    }
+    // Skip the folders every image shares (an archive's enclosing folder).
+    let mut skip = 0;
+    let first = &entries[0].parts;
+    'outer: while skip + 1 < first.len() {
+        let name = &first[skip];
+        if name == "train" || name == "test" {
+            break;
+        }
+        for e in &entries {
+            if e.parts.len() <= skip + 2 || &e.parts[skip] != name {
+                break 'outer;
+            }
+        }
+        skip += 1;
+    }
+    let split_layout = entries.iter().any(|e| e.parts.get(skip).is_some_and(|p| p == "train" || p == "test"));
+    let display = |e: &Entry| format!("{}/{}", root.display(), e.parts.join("/"));
+    // (split, class) of every entry; split 0 = train, 1 = test, 2 = the one tree.
+    let mut keys = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let rel = &e.parts[skip..];
+        let key = if split_layout {
+            match (rel.first().map(String::as_str), rel.len()) {
+                (Some("train"), 3..) => (0u8, rel[1].clone()),
+                (Some("test"), 3..) => (1u8, rel[1].clone()),
+                _ => {
+                    return Err(DataError::new(
+                        display(e),
+                        "outside the train/<class>/ and test/<class>/ folders of this layout",
+                    ))
+                }
+            }
+        } else if rel.len() >= 2 {
+            (2u8, rel[0].clone())
+        } else {
+            return Err(DataError::new(display(e), "images must be inside class folders (<class>/image.jpg)"));
+        };
+        keys.push(key);
+    }
+    let prefix = &first[..skip];
+    let class_dirs = |split: Option<&str>| -> BTreeSet<String> {
+        let mut base = prefix.to_vec();
+        base.extend(split.map(str::to_owned));
+        dirs.iter()
+            .filter(|d| d.len() == base.len() + 1 && d.starts_with(&base))
+            .map(|d| d[base.len()].clone())
+            .collect()
+    };
+    let (train_classes, test_classes) = if split_layout {
+        (class_dirs(Some("train")), class_dirs(Some("test")))
+    } else {
+        (class_dirs(None), BTreeSet::new())
+    };
+    let classes: Vec<String> = train_classes.iter().cloned().collect();
+    let checks: &[(u8, &BTreeSet<String>)] =
+        if split_layout { &[(0, &train_classes), (1, &test_classes)] } else { &[(2, &train_classes)] };
+    for &(split, names) in checks {
+        for name in names {
+            if !keys.iter().any(|(s, c)| *s == split && c == name) {
+                let mut p = root.join(prefix.join("/"));
+                if split == 0 {
+                    p = p.join("train");
+                } else if split == 1 {
+                    p = p.join("test");
+                }
+                return Err(DataError::new(p.join(name), "empty class folder: it holds no .jpg/.jpeg/.png image"));
+            }
+        }
+    }
+    if split_layout {
+        if let Some(c) = test_classes.iter().find(|c| !train_classes.contains(*c)) {
+            return Err(DataError::new(
+                root.join(prefix.join("/")).join("test").join(c),
+                "a test class with no train folder of the same name",
+            ));
+        }
+        for (s, name) in [(0u8, "train"), (1, "test")] {
+            if !keys.iter().any(|(k, _)| *k == s) {
+                return Err(DataError::new(root, format!("has no {name}/ images")));
+            }
+        }
+        if test_split.is_some() {
+            return Err(DataError::new(root, "has train/ and test/ folders; `test_split` is only for a single tree"));
+        }
+    } else if test_split.is_none() {
+        return Err(DataError::new(
+            root,
+            "has no train/ and test/ folders: for a single <class>/ tree, set `test_split` (e.g. 0.2) to hold out \
+             a seeded share of each class as the test split",
+        ));
+    }
+    let class_of: BTreeMap<&str, u32> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
+
+    // Decode everything in parallel, in the sorted order of the paths.
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by(|&a, &b| entries[a].parts.cmp(&entries[b].parts));
+    type Decoded = Result<(Vec<u8>, usize, usize), DataError>;
+    let decoded: Vec<Decoded> = order
+        .par_iter()
+        .map(|&i| {
+            let e = &entries[i];
+            let bytes = match &e.bytes {
+                Bytes::Inline(b) => std::borrow::Cow::Borrowed(b),
+                Bytes::File(p) => std::borrow::Cow::Owned(
+                    std::fs::read(p).map_err(|err| DataError::new(p, format!("cannot read: {err}")))?,
+                ),
+            };
+            decode(&bytes).map_err(|d| DataError::new(display(e), d))
+        })
+        .collect();
+    let mut splits = [Split::default(), Split::default(), Split::default()];
+    for (&i, d) in order.iter().zip(decoded) {
+        let (chw, h, w) = d?;
+        let (s, class) = &keys[i];
+        let label = class_of[class.as_str()];
+        splits[*s as usize].push(&chw, h, w, label, Some(display(&entries[i])));
+    }
+    let [train, test, tree] = splits;
+    let (train, test) = if split_layout {
+        (train, test)
+    } else {
+        let share = test_split.unwrap_or(0.0);
+        if !(share > 0.0 && share < 1.0) {
+            return Err(DataError::new(root, format!("test_split must be in (0, 1), found {share}")));
+        }
+        let mut train_idx = Vec::new();
+        let mut test_idx = Vec::new();
+        for c in 0..classes.len() as u32 {
+            let mut idx: Vec<usize> = (0..tree.len()).filter(|&i| tree.labels[i] == c).collect();
+            Rng::derive(&[stream::DATA, seed, 0x7e57, u64::from(c)]).shuffle(&mut idx);
+            let n_test = ((idx.len() as f64 * share).round() as usize).clamp(1, idx.len().saturating_sub(1).max(1));
+            test_idx.extend_from_slice(&idx[..n_test.min(idx.len())]);
+            train_idx.extend_from_slice(&idx[n_test.min(idx.len())..]);
+        }
+        train_idx.sort_unstable();
+        test_idx.sort_unstable();
+        (tree.select(&train_idx), tree.select(&test_idx))
+    };
+    Ok(Dataset { train, test, classes })
+}

@@ -1,0 +1,224 @@
+//! Datasets: decoded once into memory as uint8 CHW images with labels.
+//!
+//! * [`synthetic`]: ten classes of coloured shapes and patterns at 32x32 on noisy
+//!   backgrounds, each image a pure function of (data seed, split, index), so the
+//!   quickstart needs no download and every machine sees the same pixels.
+//! * [`cifar`]: CIFAR-10 and CIFAR-100, from either official release (binary or
+//!   python) found in the given folder or the cache, else downloaded once and
+//!   checked against the published md5.
+//! * [`folder`]: torchvision's `ImageFolder` layout (`train/<class>/*.jpg`,
+//!   `test/<class>/*.png`, or one tree and a seeded test share), from a folder,
+//!   a `.tar` or a `.tar.gz`; JPEG and PNG of any size.
+//!
+//! Every image is decoded once, when the dataset is loaded; the worker keeps
+//! loaded datasets for the whole sweep, so no epoch decodes anything. Errors
+//! name the file at fault.
+
+pub mod cifar;
+pub mod folder;
+pub mod pickle;
+mod synthetic;
+
+pub use synthetic::{synthetic, SYNTHETIC_CLASSES, SYNTHETIC_TEST, SYNTHETIC_TRAIN};
+
+use crate::spec::{DatasetName, DatasetSpec};
+use std::path::PathBuf;
+
+/// A dataset problem, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {detail}")]
+pub struct DataError {
+    /// The file or folder at fault.
+    pub path: PathBuf,
+    /// What is wrong and what to do.
+    pub detail: String,
+}
+
+impl DataError {
+    pub(crate) fn new(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
+        DataError { path: path.into(), detail: detail.into() }
+    }
+}
+
+/// The images of one split: uint8, channel-major (CHW), RGB.
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    /// The images' bytes, one after the other.
+    pub images: Vec<u8>,
+    /// One label per image.
+    pub labels: Vec<u32>,
+    /// Height of every image, or 0 when the sizes vary (see `sizes`).
+    pub height: usize,
+    /// Width of every image, or 0 when the sizes vary.
+    pub width: usize,
+    /// Per-image (height, width) and byte offset, only when the sizes vary.
+    pub sizes: Vec<(u32, u32, usize)>,
+    /// Where each image came from (folders and archives; empty otherwise).
+    pub files: Vec<String>,
+}
+
+impl Split {
+    /// A split of images that all have the same size.
+    pub fn uniform(images: Vec<u8>, labels: Vec<u32>, height: usize, width: usize) -> Split {
+        Split { images, labels, height, width, sizes: Vec::new(), files: Vec::new() }
+    }
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    /// Whether the split has no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    /// Whether every image has the same size.
+    pub fn is_uniform(&self) -> bool {
+        self.sizes.is_empty()
+    }
+    /// (height, width) of image `i`.
+    pub fn size(&self, i: usize) -> (usize, usize) {
+        match self.sizes.get(i) {
+            Some(&(h, w, _)) if !self.sizes.is_empty() => (h as usize, w as usize),
+            _ => (self.height, self.width),
+        }
+    }
+    /// The bytes of image `i` (CHW).
+    pub fn image(&self, i: usize) -> &[u8] {
+        if self.sizes.is_empty() {
+            let n = 3 * self.height * self.width;
+            &self.images[i * n..(i + 1) * n]
+        } else {
+            let (h, w, off) = self.sizes[i];
+            &self.images[off..off + 3 * h as usize * w as usize]
+        }
+    }
+    /// A name for image `i` in messages: its file, or its index.
+    pub fn source(&self, i: usize) -> String {
+        self.files.get(i).cloned().unwrap_or_else(|| format!("image {i}"))
+    }
+    /// Each distinct image size with the first image that has it.
+    pub fn distinct_sizes(&self) -> Vec<(usize, (usize, usize))> {
+        if self.sizes.is_empty() {
+            return if self.is_empty() { Vec::new() } else { vec![(0, (self.height, self.width))] };
+        }
+        let mut seen = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        for i in 0..self.len() {
+            let s = self.size(i);
+            if seen.insert(s, i).is_none() {
+                out.push((i, s));
+            }
+        }
+        out
+    }
+    /// The first `n` images.
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.len() {
+            return;
+        }
+        let end = if self.sizes.is_empty() { n * 3 * self.height * self.width } else { self.sizes[n].2 };
+        self.images.truncate(end);
+        self.labels.truncate(n);
+        self.sizes.truncate(n);
+        self.files.truncate(n);
+    }
+    /// The images `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Split {
+        let mut out = Split { height: self.height, width: self.width, ..Split::default() };
+        for &i in indices {
+            if !self.sizes.is_empty() {
+                let (h, w) = self.size(i);
+                out.sizes.push((h as u32, w as u32, out.images.len()));
+            }
+            out.images.extend_from_slice(self.image(i));
+            out.labels.push(self.labels[i]);
+            if let Some(f) = self.files.get(i) {
+                out.files.push(f.clone());
+            }
+        }
+        out
+    }
+    /// Appends one image.
+    pub fn push(&mut self, chw: &[u8], h: usize, w: usize, label: u32, file: Option<String>) {
+        if self.is_empty() && self.sizes.is_empty() {
+            (self.height, self.width) = (h, w);
+        }
+        if self.sizes.is_empty() && (h, w) != (self.height, self.width) {
+            // The first image of another size: switch to per-image sizes.
+            let (h0, w0) = (self.height, self.width);
+            self.sizes = (0..self.len()).map(|i| (h0 as u32, w0 as u32, i * 3 * h0 * w0)).collect();
+            (self.height, self.width) = (0, 0);
+        }
+        if !self.sizes.is_empty() {
+            self.sizes.push((h as u32, w as u32, self.images.len()));
+        }
+        self.images.extend_from_slice(chw);
+        self.labels.push(label);
+        if let Some(f) = file {
+            self.files.push(f);
+        }
+    }
+}
+
+/// A loaded dataset.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Training split.
+    pub train: Split,
+    /// Test split.
+    pub test: Split,
+    /// Class names, indexed by label.
+    pub classes: Vec<String>,
+}
+
+/// Loads (or generates) a dataset.
+pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
+    let mut ds = match spec.name {
+        DatasetName::Synthetic => {
+            return Ok(synthetic(
+                spec.train_size.unwrap_or(SYNTHETIC_TRAIN),
+                spec.test_size.unwrap_or(SYNTHETIC_TEST),
+                spec.data_seed.unwrap_or(0),
+            ))
+        }
+        DatasetName::Cifar10 | DatasetName::Cifar100 => {
+            cifar::load(spec.name, spec.path.as_deref().map(std::path::Path::new), &cifar::Cache::from_env(), true)?
+        }
+        DatasetName::Folder => {
+            let path = spec.path.as_deref().unwrap_or_default();
+            folder::load(std::path::Path::new(path), spec.test_split, spec.data_seed.unwrap_or(0))?
+        }
+    };
+    if let Some(n) = spec.train_size {
+        ds.train.truncate(n);
+    }
+    if let Some(n) = spec.test_size {
+        ds.test.truncate(n);
+    }
+    Ok(ds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_sizes_switch_to_per_image_offsets() {
+        let mut s = Split::default();
+        s.push(&[1; 12], 2, 2, 0, Some("a.png".into()));
+        s.push(&[2; 12], 2, 2, 1, Some("b.png".into()));
+        assert!(s.is_uniform());
+        s.push(&[3; 18], 2, 3, 2, Some("c.png".into()));
+        assert!(!s.is_uniform());
+        assert_eq!((s.size(1), s.size(2)), ((2, 2), (2, 3)));
+        assert_eq!(s.image(1), &[2; 12]);
+        assert_eq!(s.image(2), &[3; 18]);
+        assert_eq!(s.distinct_sizes(), vec![(0, (2, 2)), (2, (2, 3))]);
+        let picked = s.select(&[2, 0]);
+        assert_eq!(
+            (picked.image(0), picked.image(1), picked.source(0).as_str()),
+            (&[3u8; 18][..], &[1u8; 12][..], "c.png")
+        );
+        s.truncate(2);
+        assert_eq!((s.len(), s.images.len()), (2, 24));
+    }
+}

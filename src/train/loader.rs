@@ -1,0 +1,241 @@
+//! Batches: shuffled indices in, tensors out, built on several threads ahead
+//! of the trainer.
+//!
+//! A [`Pipeline`] splits a run's transforms into a host part, applied per image
+//! on loader threads, and a device tail: the trailing `resize`/`normalize`
+//! steps, which are the same for every image and can run as tensor ops on a
+//! whole uint8 batch where the model runs (on a GPU that saves the host from
+//! producing 224x224 float images). [`Pipeline::host_only`] keeps everything
+//! on the host; the two give the same tensors (tested), and the worker picks
+//! the device tail only on CUDA, since on the CPU the loader threads overlap
+//! the host work with training while tensor ops would not.
+//!
+//! [`Loader`] assembles the batches of one epoch on `threads` scoped threads:
+//! thread `k` builds batches `k`, `k + threads`, … and hands them over through
+//! its own bounded channel, so batches arrive in order, at most `prefetch`
+//! per thread ahead of the trainer. Every random draw depends on (seed, epoch,
+//! image index) only, so the batches are the same for any thread count.
+
+use super::augment::{self, geometry, Image};
+use super::data::Split;
+use super::rng::{stream, Rng};
+use crate::spec::Transform;
+use candle_core::{DType, Device, Tensor};
+use std::sync::mpsc::{sync_channel, Receiver};
+
+/// A batch's pixels as the host part leaves them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pixels {
+    /// Untouched or exactly representable bytes (crops, flips, nearest warps).
+    U8(Vec<u8>),
+    /// Float values (after a colour change, a resize or a normalisation).
+    F32(Vec<f32>),
+}
+
+/// A batch out of the host part.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `n * 3 * h * w` values, CHW per image.
+    pub pixels: Pixels,
+    /// Labels.
+    pub labels: Vec<u32>,
+    /// Height after the host part.
+    pub h: usize,
+    /// Width after the host part.
+    pub w: usize,
+}
+
+/// A run's transforms, split between the loader threads and the device.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    host: Vec<Transform>,
+    tail: Vec<Transform>,
+    host_u8: bool,
+}
+
+/// Whether `t` maps byte-valued images to byte-valued images exactly.
+fn exact_on_bytes(t: &Transform) -> bool {
+    matches!(
+        t,
+        Transform::RandomCrop { .. }
+            | Transform::CenterCrop { .. }
+            | Transform::Hflip { .. }
+            | Transform::Rotation { .. }
+            | Transform::Affine { .. }
+            | Transform::Cutout { .. }
+    )
+}
+
+impl Pipeline {
+    /// Everything on the host, as f32 (or bytes when nothing changes values).
+    pub fn host_only(transforms: &[Transform]) -> Pipeline {
+        Pipeline::with_tail(transforms, 0)
+    }
+
+    /// The trailing `resize`/`normalize` steps on the device when every image
+    /// of `split` leaves the host part with the same size; else [`Pipeline::host_only`].
+    pub fn device_tail(transforms: &[Transform], split: &Split) -> Pipeline {
+        let tail = transforms
+            .iter()
+            .rev()
+            .take_while(|t| matches!(t, Transform::Resize { .. } | Transform::Normalize(_)))
+            .count();
+        let p = Pipeline::with_tail(transforms, tail);
+        let sizes: std::collections::HashSet<_> = split
+            .distinct_sizes()
+            .into_iter()
+            .filter_map(|(_, (h, w))| augment::output_size(&p.host, h, w).ok())
+            .collect();
+        if sizes.len() == 1 {
+            p
+        } else {
+            Pipeline::host_only(transforms)
+        }
+    }
+
+    fn with_tail(transforms: &[Transform], tail: usize) -> Pipeline {
+        let (host, tail) = transforms.split_at(transforms.len() - tail);
+        Pipeline { host: host.to_vec(), tail: tail.to_vec(), host_u8: host.iter().all(exact_on_bytes) }
+    }
+
+    /// Whether some steps run as tensor ops.
+    pub fn has_tail(&self) -> bool {
+        !self.tail.is_empty()
+    }
+
+    /// Builds the host part of the batch of images `indices`.
+    pub fn host_batch(&self, split: &Split, indices: &[usize], seed: u64, epoch: u64) -> Batch {
+        let mut labels = Vec::with_capacity(indices.len());
+        let (mut h, mut w) = (0, 0);
+        let mut bytes = Vec::new();
+        let mut floats = Vec::new();
+        for &i in indices {
+            let (ih, iw) = split.size(i);
+            labels.push(split.labels[i]);
+            if self.host.is_empty() {
+                (h, w) = (ih, iw);
+                bytes.extend_from_slice(split.image(i));
+                continue;
+            }
+            let img = Image::from_u8(split.image(i), ih, iw);
+            let mut rng = Rng::derive(&[stream::AUGMENT, seed, epoch, i as u64]);
+            let out = augment::apply(&self.host, img, &mut rng);
+            (h, w) = (out.h, out.w);
+            if self.host_u8 {
+                bytes.extend(out.data.iter().map(|v| (v * 255.0).round() as u8));
+            } else {
+                floats.extend_from_slice(&out.data);
+            }
+        }
+        let pixels = if self.host.is_empty() || self.host_u8 { Pixels::U8(bytes) } else { Pixels::F32(floats) };
+        Batch { pixels, labels, h, w }
+    }
+
+    /// The batch as (images, labels) tensors on `device`, with the tail applied.
+    pub fn to_tensors(&self, batch: &Batch, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let n = batch.labels.len();
+        let shape = (n, 3, batch.h, batch.w);
+        let mut x = match &batch.pixels {
+            Pixels::U8(b) => (Tensor::from_slice(b, shape, device)?.to_dtype(DType::F32)? / 255.0)?,
+            Pixels::F32(f) => Tensor::from_slice(f, shape, device)?,
+        };
+        for t in &self.tail {
+            x = match t {
+                Transform::Resize { size } => {
+                    let (_, _, h, w) = x.dims4()?;
+                    let (oh, ow) = geometry::resized_size(*size, h, w);
+                    resize_tensor(&x, oh, ow)?
+                }
+                Transform::Normalize(nz) => {
+                    let mean = Tensor::from_slice(&nz.mean.map(|v| v as f32), (1, 3, 1, 1), device)?;
+                    let std = Tensor::from_slice(&nz.std.map(|v| v as f32), (1, 3, 1, 1), device)?;
+                    x.broadcast_sub(&mean)?.broadcast_div(&std)?
+                }
+                _ => unreachable!("only resize and normalize run as tensor ops"),
+            };
+        }
+        let y = Tensor::from_slice(&batch.labels, n, device)?;
+        Ok((x, y))
+    }
+}
+
+/// The antialiased bilinear resize of a (N, C, H, W) tensor as two matmuls
+/// with the interpolation matrices (exactly the host resize's weights).
+pub fn resize_tensor(x: &Tensor, oh: usize, ow: usize) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if (oh, ow) == (h, w) {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    let rx = Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(w, ow), w), (ow, w), dev)?;
+    let ry = Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(h, oh), h), (oh, h), dev)?;
+    // Rows: (N C H, W) x (W, OW); then columns: (N C OW, H) x (H, OH).
+    let x = x.contiguous()?.reshape((n * c * h, w))?.matmul(&rx.t()?)?;
+    let x = x.reshape((n * c, h, ow))?.transpose(1, 2)?.contiguous()?.reshape((n * c * ow, h))?;
+    let x = x.matmul(&ry.t()?)?.reshape((n * c, ow, oh))?.transpose(1, 2)?.contiguous()?;
+    x.reshape((n, c, oh, ow))
+}
+
+/// The batches of one pass, built ahead on scoped threads.
+pub struct Loader {
+    receivers: Vec<Receiver<Batch>>,
+    next: usize,
+}
+
+/// Loader threads: `$SWEEP_LOADER_THREADS`, else the available cores (at most 8).
+pub fn default_threads() -> usize {
+    std::env::var("SWEEP_LOADER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n >= 1)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(8))
+}
+
+impl Loader {
+    /// Starts building `batches` (the image indices of each) in order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start<'scope, 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        pipeline: &'env Pipeline,
+        split: &'env Split,
+        batches: Vec<&'env [usize]>,
+        seed: u64,
+        epoch: u64,
+        threads: usize,
+        prefetch: usize,
+    ) -> Loader {
+        let threads = threads.clamp(1, batches.len().max(1));
+        let batches = std::sync::Arc::new(batches);
+        let mut receivers = Vec::with_capacity(threads);
+        for k in 0..threads {
+            let (tx, rx) = sync_channel(prefetch.max(1));
+            let batches = batches.clone();
+            std::thread::Builder::new()
+                .name(format!("loader-{k}"))
+                .spawn_scoped(scope, move || {
+                    for idx in batches.iter().skip(k).step_by(threads) {
+                        if tx.send(pipeline.host_batch(split, idx, seed, epoch)).is_err() {
+                            return; // the trainer stopped early
+                        }
+                    }
+                })
+                .expect("spawn a loader thread");
+            receivers.push(rx);
+        }
+        Loader { receivers, next: 0 }
+    }
+
+    /// The next batch, in order; `None` after the last one.
+    pub fn next_batch(&mut self) -> Option<Batch> {
+        let k = self.next % self.receivers.len();
+        let b = self.receivers[k].recv().ok()?;
+        self.next += 1;
+        Some(b)
+    }
+}
+
+/// The batches of an epoch: `order` cut into `batch_size` pieces, the last
+/// one dropped when short and `drop_last` is set.
+pub fn batches(order: &[usize], batch_size: usize, drop_last: bool) -> Vec<&[usize]> {
+    order.chunks(batch_size.max(1)).filter(|c| !drop_last || c.len() == batch_size).collect()
+}

@@ -1,0 +1,393 @@
+//! Datasets, transforms and the loader: torchvision fixtures, every file
+//! format on generated files, the download against a local server, and the
+//! loader's determinism across thread counts.
+
+use candle_core::{Device, Tensor};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use sweep::spec::{DatasetName, Transform};
+use sweep::train::augment::{self, geometry, Image, Step};
+use sweep::train::data::{self, cifar, folder, Split};
+use sweep::train::loader::{self, Loader, Pipeline};
+use sweep::train::rng::Rng;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    input: String,
+    output_shape: Vec<usize>,
+    #[serde(default)]
+    steps: Vec<Step>,
+    #[serde(default)]
+    transforms: Vec<Transform>,
+    affine: Option<AffineParams>,
+}
+
+#[derive(Deserialize)]
+struct AffineParams {
+    angle: f64,
+    translate: [f64; 2],
+    scale: f64,
+    shear: [f64; 2],
+}
+
+fn image_of(t: &Tensor) -> Image {
+    let (c, h, w) = t.dims3().unwrap();
+    Image { c, h, w, data: t.flatten_all().unwrap().to_vec1::<f32>().unwrap() }
+}
+
+#[test]
+fn every_transform_matches_torchvision_within_one_level() {
+    let dir = fixtures().join("augment");
+    #[derive(Deserialize)]
+    struct File {
+        cases: Vec<Case>,
+    }
+    let file: File = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let tensors = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
+    assert!(file.cases.len() >= 25);
+    for case in &file.cases {
+        let input = image_of(&tensors[&case.input]);
+        let expected = image_of(&tensors[&format!("{}.output", case.name)]);
+        let mut img = input.clone();
+        for step in &case.steps {
+            img = augment::apply_step(step, img);
+        }
+        if !case.transforms.is_empty() {
+            img = augment::apply(&case.transforms, img, &mut Rng::new(0));
+        }
+        assert_eq!(vec![img.c, img.h, img.w], case.output_shape, "{}: shape", case.name);
+        let max = img.data.iter().zip(&expected.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        // Normalised outputs are in units of std (about 1/4): scale the bound.
+        let bound =
+            if case.name.contains("normalize") || case.name.contains("heavy") { 4.0 / 255.0 } else { 1.0 / 255.0 };
+        assert!(max <= bound, "{}: differs from torchvision by {max:e}", case.name);
+        // Most cases agree to float rounding; a nearest-neighbour tie would show as a whole level.
+        assert!(max < 1e-4, "{}: {max:e}", case.name);
+        if let (Some(a), Some(Step::Affine { matrix, .. })) = (&case.affine, case.steps.first()) {
+            let m = geometry::inverse_affine(a.angle, a.translate, a.scale, a.shear);
+            for (x, y) in m.iter().zip(matrix) {
+                assert!((x - y).abs() < 1e-12, "{}: matrix {m:?} vs {matrix:?}", case.name);
+            }
+        }
+    }
+}
+
+fn uniform_split(n: usize, h: usize, w: usize) -> Split {
+    let images: Vec<u8> = (0..n * 3 * h * w).map(|i| (i * 31 % 256) as u8).collect();
+    Split::uniform(images, (0..n as u32).map(|i| i % 10).collect(), h, w)
+}
+
+fn heavy() -> Vec<Transform> {
+    let text = r#"t = [
+      { random_crop = { size = 32, padding = 4 } },
+      { hflip = { p = 0.5 } },
+      { rotation = { degrees = 10 } },
+      { affine = { degrees = 0, shear = 10, scale = [0.8, 1.2] } },
+      { color_jitter = { brightness = 0.2, contrast = 0.2, saturation = 0.2 } },
+      { normalize = "cifar10" },
+      { cutout = { size = 8 } },
+    ]"#;
+    #[derive(Deserialize)]
+    struct T {
+        t: Vec<Transform>,
+    }
+    toml::from_str::<T>(text).unwrap().t
+}
+
+fn tensors_of(pipe: &Pipeline, split: &Split, batches: &[&[usize]], threads: usize) -> Vec<Vec<f32>> {
+    std::thread::scope(|s| {
+        let mut l = Loader::start(s, pipe, split, batches.to_vec(), 7, 3, threads, 2);
+        let mut out = Vec::new();
+        while let Some(b) = l.next_batch() {
+            let (x, _) = pipe.to_tensors(&b, &Device::Cpu).unwrap();
+            out.push(x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        out
+    })
+}
+
+#[test]
+fn batches_are_the_same_for_any_thread_count_and_vary_by_epoch() {
+    let split = uniform_split(50, 32, 32);
+    let order: Vec<usize> = (0..50).rev().collect();
+    let pipe = Pipeline::host_only(&heavy());
+    let batches = loader::batches(&order, 8, false);
+    assert_eq!(batches.len(), 7);
+    assert_eq!(loader::batches(&order, 8, true).len(), 6);
+    let one = tensors_of(&pipe, &split, &batches, 1);
+    assert_eq!(one.len(), 7);
+    assert_eq!(one[6].len(), 2 * 3 * 32 * 32);
+    assert_eq!(one, tensors_of(&pipe, &split, &batches, 3));
+    assert_eq!(one, tensors_of(&pipe, &split, &batches, 8));
+    // Another epoch draws other augmentations.
+    let b = pipe.host_batch(&split, batches[0], 7, 4);
+    let (x, _) = pipe.to_tensors(&b, &Device::Cpu).unwrap();
+    assert_ne!(x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), one[0]);
+    // A trainer that stops early leaves no thread behind (the scope would hang).
+    std::thread::scope(|s| {
+        let mut l = Loader::start(s, &pipe, &split, batches.clone(), 7, 3, 2, 1);
+        l.next_batch().unwrap();
+    });
+}
+
+#[test]
+fn resize_and_normalize_as_tensor_ops_equal_the_host_pipeline() {
+    let text = r#"t = [
+      { random_crop = { size = 28, padding = 2, padding_mode = "reflect" } },
+      { hflip = {} },
+      { resize = { size = 64 } },
+      { normalize = { mean = [0.4914, 0.4824, 0.4467], std = [0.2471, 0.2436, 0.2616] } },
+    ]"#;
+    #[derive(Deserialize)]
+    struct T {
+        t: Vec<Transform>,
+    }
+    let t = toml::from_str::<T>(text).unwrap().t;
+    let split = uniform_split(12, 32, 32);
+    let order: Vec<usize> = (0..12).collect();
+    let batches = loader::batches(&order, 5, false);
+    let host = Pipeline::host_only(&t);
+    let tail = Pipeline::device_tail(&t, &split);
+    assert!(tail.has_tail() && !host.has_tail());
+    // The device path uploads bytes: crops and flips are exact on them.
+    let b = tail.host_batch(&split, batches[0], 7, 3);
+    assert!(matches!(b.pixels, loader::Pixels::U8(_)) && (b.h, b.w) == (28, 28));
+    let a = tensors_of(&host, &split, &batches, 2);
+    let d = tensors_of(&tail, &split, &batches, 2);
+    for (x, y) in a.iter().zip(&d) {
+        assert_eq!(x.len(), y.len());
+        let max = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(max < 1e-5, "{max:e}");
+    }
+    // The upsampling of the term report (32 -> 224) too.
+    let t224 = vec![Transform::Resize { size: 224 }];
+    let (h, dv) = (Pipeline::host_only(&t224), Pipeline::device_tail(&t224, &split));
+    let x = tensors_of(&h, &split, &batches[..1], 1);
+    let y = tensors_of(&dv, &split, &batches[..1], 1);
+    assert_eq!(x[0].len(), 5 * 3 * 224 * 224);
+    let max = x[0].iter().zip(&y[0]).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    assert!(max < 1e-5, "{max:e}");
+    // Images of several sizes keep everything on the host.
+    let mut mixed = Split::default();
+    mixed.push(&[0; 3 * 4 * 4], 4, 4, 0, None);
+    mixed.push(&[0; 3 * 4 * 6], 4, 6, 1, None);
+    assert!(!Pipeline::device_tail(&t224, &mixed).has_tail());
+}
+
+fn copy_fixture(name: &str, dest: &Path) {
+    std::fs::copy(fixtures().join("data").join(name), dest).unwrap();
+}
+
+fn offline(dir: &Path) -> cifar::Cache {
+    cifar::Cache { dir: dir.join("cache"), base_url: "http://127.0.0.1:9".into() }
+}
+
+fn fixture_pixel(i: usize, k: usize) -> u8 {
+    ((i * 7 + k) % 251) as u8
+}
+
+#[test]
+fn cifar_python_release_reads_pickles_of_every_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let py = dir.path().join("cifar-10-batches-py");
+    std::fs::create_dir(&py).unwrap();
+    for (i, f) in cifar::CIFAR10.py_train.iter().enumerate() {
+        copy_fixture(if i % 2 == 0 { "cifar10_p2.pkl" } else { "cifar10_p5.pkl" }, &py.join(f));
+    }
+    copy_fixture("cifar10_p5.pkl", &py.join("test_batch"));
+    let d = cifar::load(DatasetName::Cifar10, Some(dir.path()), &offline(dir.path()), false).unwrap();
+    assert_eq!((d.train.len(), d.test.len()), (15, 3));
+    assert_eq!(&d.train.labels[..6], &[3, 0, 9, 3, 0, 9]);
+    for i in 0..3 {
+        assert!(d.train.image(3 + i).iter().enumerate().all(|(k, &b)| b == fixture_pixel(i, k)), "image {i}");
+    }
+    assert_eq!(d.classes[3], "cat");
+
+    let c100 = dir.path().join("cifar-100-python");
+    std::fs::create_dir(&c100).unwrap();
+    copy_fixture("cifar100_p4.pkl", &c100.join("train"));
+    copy_fixture("cifar100_p4.pkl", &c100.join("test"));
+    let d = cifar::load(DatasetName::Cifar100, Some(&c100), &offline(dir.path()), false).unwrap();
+    assert_eq!(d.train.labels, vec![97, 0, 42]);
+    assert_eq!(d.train.image(2)[5], fixture_pixel(2, 5));
+
+    // A truncated pickle is refused, naming the file.
+    let bytes = std::fs::read(py.join("data_batch_3")).unwrap();
+    std::fs::write(py.join("data_batch_3"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = cifar::load(DatasetName::Cifar10, Some(dir.path()), &offline(dir.path()), false).unwrap_err();
+    assert!(err.path.ends_with("data_batch_3") && err.to_string().contains("truncated"), "{err}");
+}
+
+pub fn targz(entries: &[(String, Vec<u8>)], gz: bool) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, bytes) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, bytes.as_slice()).unwrap();
+    }
+    let raw = tar.into_inner().unwrap();
+    if !gz {
+        return raw;
+    }
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&raw).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn cifar_is_downloaded_once_checked_and_unpacked_into_the_cache() {
+    use md5::Digest;
+    let batch = std::fs::read(fixtures().join("data/cifar10_p2.pkl")).unwrap();
+    let mut entries: Vec<(String, Vec<u8>)> =
+        cifar::CIFAR10.py_train.iter().map(|f| (format!("cifar-10-batches-py/{f}"), batch.clone())).collect();
+    entries.push(("cifar-10-batches-py/test_batch".into(), batch.clone()));
+    let archive = targz(&entries, true);
+    let md5 = format!("{:x}", md5::Md5::digest(&archive));
+    let server = crate::models::serve(HashMap::from([("cifar-10-python.tar.gz".to_owned(), archive.clone())]));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cifar::Cache { dir: dir.path().join("cache"), base_url: server.url.clone() };
+
+    // The wrong checksum: refused, nothing kept.
+    let wrong = cifar::Release { md5: "0123456789abcdef0123456789abcdef", ..cifar::CIFAR10 };
+    let err = cifar::load_release(&wrong, None, &cache, true).unwrap_err().to_string();
+    assert!(err.contains("md5") && err.contains("0123456789abcdef"), "{err}");
+    assert!(!cache.dir.join("cifar-10-python.tar.gz").exists());
+    assert!(!cache.dir.join("cifar-10-batches-py").exists());
+
+    let release = cifar::Release { md5: Box::leak(md5.into_boxed_str()), ..cifar::CIFAR10 };
+    let hits = server.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let d = cifar::load_release(&release, Some(&dir.path().join("elsewhere")), &cache, true).unwrap();
+    assert_eq!((d.train.len(), d.test.len()), (15, 3));
+    assert!(cache.dir.join("cifar-10-batches-py/test_batch").is_file());
+    assert!(std::fs::read_dir(&cache.dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with('.')));
+    // Second time: from the cache, no request.
+    cifar::load_release(&release, None, &cache, true).unwrap();
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), hits + 1);
+}
+
+pub fn png(h: u32, w: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([seed.wrapping_mul(40), (x * 20) as u8, (y * 20) as u8 ^ seed])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn jpeg(h: u32, w: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |_, _| image::Rgb([seed.wrapping_mul(60), 128, 200]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+fn image_tree() -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for (split, n) in [("train", 3u8), ("test", 2)] {
+        for (c, class) in ["zebra", "apple", "mango"].iter().enumerate() {
+            for i in 0..n {
+                let seed = c as u8 * 10 + i;
+                let (name, bytes) = if i % 2 == 0 {
+                    (format!("{i}.png"), png(8, 8, seed))
+                } else {
+                    (format!("{i}.JPG"), jpeg(8, 8, seed))
+                };
+                files.push((format!("imgs/{split}/{class}/{name}"), bytes));
+            }
+        }
+    }
+    files.push(("imgs/README.txt".into(), b"not an image".to_vec()));
+    files
+}
+
+#[test]
+fn image_folders_read_from_a_folder_a_tar_and_a_tar_gz_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = image_tree();
+    for (name, bytes) in &files {
+        let p = dir.path().join("tree").join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    std::fs::write(dir.path().join("imgs.tar"), targz(&files, false)).unwrap();
+    std::fs::write(dir.path().join("imgs.tar.gz"), targz(&files, true)).unwrap();
+    let a = folder::load(&dir.path().join("tree/imgs"), None, 0).unwrap();
+    let b = folder::load(&dir.path().join("imgs.tar"), None, 0).unwrap();
+    let c = folder::load(&dir.path().join("imgs.tar.gz"), None, 0).unwrap();
+    // Classes sorted as torchvision assigns them.
+    assert_eq!(a.classes, vec!["apple", "mango", "zebra"]);
+    assert_eq!((a.train.len(), a.test.len()), (9, 6));
+    for other in [&b, &c] {
+        assert_eq!(other.classes, a.classes);
+        assert_eq!(other.train.images, a.train.images);
+        assert_eq!(other.train.labels, a.train.labels);
+        assert_eq!(other.test.images, a.test.images);
+    }
+    // PNG decodes exactly: channel 0 of mango/0.png is 20 * 40 (mod 256).
+    let i = (0..a.train.len()).find(|&i| a.train.source(i).ends_with("train/mango/0.png")).unwrap();
+    assert_eq!(a.train.labels[i], 1);
+    assert_eq!(a.train.image(i)[0], 20u8.wrapping_mul(40));
+    assert_eq!(a.train.image(i)[64 + 8 + 1], 20); // green = x * 20 at (1, 1)
+                                                  // JPEG: close to the flat colour it encodes.
+    let j = (0..a.train.len()).find(|&i| a.train.source(i).ends_with("apple/1.JPG")).unwrap();
+    assert!(a.train.image(j)[64..128].iter().all(|&v| v.abs_diff(128) <= 3));
+}
+
+#[test]
+fn a_single_tree_is_split_by_seed_and_bad_folders_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    for (c, class) in ["cat", "dog"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..10u32 {
+            std::fs::write(root.join(class).join(format!("{i}.png")), png(6 + i % 2, 6, c as u8)).unwrap();
+        }
+    }
+    let err = folder::load(&root, None, 0).unwrap_err().to_string();
+    assert!(err.contains("test_split"), "{err}");
+    let a = folder::load(&root, Some(0.2), 0).unwrap();
+    assert_eq!((a.train.len(), a.test.len()), (16, 4));
+    assert_eq!(a.test.labels.iter().filter(|&&l| l == 0).count(), 2, "stratified");
+    let b = folder::load(&root, Some(0.2), 1).unwrap();
+    assert_ne!(a.test.files, b.test.files, "another data_seed holds out other images");
+    assert_eq!(folder::load(&root, Some(0.2), 0).unwrap().test.files, a.test.files);
+    // Mixed sizes without a resize: named.
+    assert!(!a.train.is_uniform());
+    let err = augment::split_output_size(&[], &a.train).unwrap_err();
+    assert!(err.contains("cat/") && err.contains("7x6") && err.contains("resize"), "{err}");
+    let t = [Transform::Resize { size: 8 }, Transform::CenterCrop { size: 8 }];
+    assert_eq!(augment::split_output_size(&t, &a.train), Ok((8, 8)));
+
+    // An unreadable image.
+    std::fs::write(root.join("dog/broken.png"), b"\x89PNG not really").unwrap();
+    let err = folder::load(&root, Some(0.2), 0).unwrap_err();
+    assert!(err.path.ends_with("dog/broken.png"), "{err}");
+    std::fs::remove_file(root.join("dog/broken.png")).unwrap();
+    // An empty class folder.
+    std::fs::create_dir_all(root.join("emu")).unwrap();
+    let err = folder::load(&root, Some(0.2), 0).unwrap_err();
+    assert!(err.path.ends_with("emu") && err.to_string().contains("empty class folder"), "{err}");
+    // Nothing at all.
+    let err = folder::load(&dir.path().join("missing.tar.gz"), None, 0).unwrap_err();
+    assert!(err.to_string().contains("no such"), "{err}");
+}
+
+#[test]
+fn dataset_sizes_cut_every_format() {
+    let spec = sweep::spec::DatasetSpec {
+        train_size: Some(7),
+        test_size: Some(3),
+        ..sweep::spec::DatasetSpec::named(DatasetName::Synthetic)
+    };
+    let d = data::load(&spec).unwrap();
+    assert_eq!((d.train.len(), d.test.len()), (7, 3));
+}
