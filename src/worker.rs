@@ -187,6 +187,21 @@ async fn collect_garbage(store: &Store, run_id: i64, dir: &Path) {
     }
 }
 
+/// Loads (decodes) a dataset, logging its size and the time it took.
+fn load_dataset(spec: &crate::spec::DatasetSpec) -> Result<data::Dataset, data::DataError> {
+    let t = std::time::Instant::now();
+    let d = data::load(spec)?;
+    let name = spec.path.clone().unwrap_or_else(|| format!("{:?}", spec.name).to_lowercase());
+    tracing::info!(
+        "dataset {name}: {} training and {} test images, {} classes, decoded in {:.1}s",
+        d.train.len(),
+        d.test.len(),
+        d.classes.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(d)
+}
+
 #[allow(clippy::too_many_lines)]
 async fn execute(
     store: &Store,
@@ -229,7 +244,7 @@ async fn execute(
     let ds_key = serde_json::to_string(&config.dataset).unwrap_or_default();
     let dataset = match datasets.get(&ds_key) {
         Some(d) => d.clone(),
-        None => match data::load(&config.dataset) {
+        None => match load_dataset(&config.dataset) {
             Ok(d) => {
                 let d = Arc::new(d);
                 datasets.insert(ds_key, d.clone());

@@ -272,6 +272,19 @@ fn cifar_is_downloaded_once_checked_and_unpacked_into_the_cache() {
     // Second time: from the cache, no request.
     cifar::load_release(&release, None, &cache, true).unwrap();
     assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), hits + 1);
+
+    // Offline, the archive put into the cache by hand is checked and unpacked...
+    let by_hand = cifar::Cache { dir: dir.path().join("by-hand"), base_url: "http://127.0.0.1:9".into() };
+    std::fs::create_dir_all(&by_hand.dir).unwrap();
+    std::fs::write(by_hand.dir.join("cifar-10-python.tar.gz"), &archive).unwrap();
+    assert_eq!(cifar::load_release(&release, None, &by_hand, true).unwrap().test.len(), 3);
+    // ... and another file under that name is refused, named.
+    let other = cifar::Cache { dir: dir.path().join("other"), base_url: "http://127.0.0.1:9".into() };
+    std::fs::create_dir_all(&other.dir).unwrap();
+    std::fs::write(other.dir.join("cifar-10-python.tar.gz"), &archive[..100]).unwrap();
+    let err = cifar::load_release(&release, None, &other, true).unwrap_err();
+    assert!(err.path.ends_with("cifar-10-python.tar.gz") && err.to_string().contains("not the official"), "{err}");
+    assert!(!other.dir.join("cifar-10-batches-py").exists());
 }
 
 pub fn png(h: u32, w: u32, seed: u8) -> Vec<u8> {
