@@ -57,12 +57,35 @@ pub enum Command {
     },
     /// One row per run: differing parameters, status, best epoch and metric, accuracies, time.
     Results {
-        /// Only this sweep's runs.
+        /// Only these sweeps' runs (repeatable).
         #[arg(long)]
-        sweep: Option<String>,
+        sweep: Vec<String>,
+        #[command(flatten)]
+        filter: Filter,
+        /// Sort by these columns or parameters, comma-separated; `-name` for descending.
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        sort: Vec<String>,
+        /// One row per group of these parameters, with n, mean and std of the metrics.
+        #[arg(long, value_delimiter = ',')]
+        group_by: Vec<String>,
+        /// Show these columns or parameters, in this order, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
+        /// List every parameter, not only those that differ between the runs shown.
+        #[arg(long)]
+        all_params: bool,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: ResultsFormat,
+    },
+    /// One run in full: configuration, every epoch, checkpoints, error.
+    Show {
+        /// The run: its id (or a unique prefix of it, at least 4 characters),
+        /// SWEEP/NAME, or a NAME that is unique.
+        run: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: EvalFormat,
     },
     /// Evaluate weights (a checkpoint or a state_dict) on a dataset's test split:
     /// loss, top-1 and top-5 accuracy.
@@ -91,19 +114,34 @@ pub enum Command {
     },
     /// Export a side-by-side comparison of runs.
     Report {
-        /// Only this sweep's runs.
+        /// Only these sweeps' runs (repeatable).
         #[arg(long)]
-        sweep: Option<String>,
+        sweep: Vec<String>,
+        #[command(flatten)]
+        filter: Filter,
         /// Output format.
         #[arg(long, value_enum, default_value = "md")]
         format: ReportFormat,
-        /// Write to this file instead of standard output.
+        /// Write to this file instead of standard output (Markdown: the figures
+        /// are written beside it as SVG files).
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
 }
 
-/// Formats of `eval`.
+/// Which runs `results` and `report` include.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Filter {
+    /// A condition on a column or parameter: NAME=VALUE, NAME!=VALUE, NAME>VALUE,
+    /// NAME<VALUE, >=, <=, or NAME~TEXT (contains); repeatable, all must hold.
+    #[arg(long = "where", value_name = "COND")]
+    pub wheres: Vec<String>,
+    /// Only runs with these statuses (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub status: Vec<sweep::store::Status>,
+}
+
+/// Formats of `eval` and `show`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EvalFormat {
     /// Lines for a person.
@@ -148,4 +186,6 @@ pub enum ReportFormat {
     Csv,
     /// Everything, with every epoch.
     Json,
+    /// One self-contained page: tables and SVG figures, no script, no network.
+    Html,
 }

@@ -257,6 +257,7 @@ async fn execute(
             }
         },
     };
+    store.set_classes(run.id, worker, &dataset.classes).await?;
     if opts.verbose {
         let how = match &latest {
             Some(c) if c.step > 0 => format!(", resuming epoch {} at batch {}", c.epoch + 1, c.step),

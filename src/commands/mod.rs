@@ -33,9 +33,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(exit_code(&report))
         }
         Command::Status { format } => query::status(&cli.home, format).await,
-        Command::Results { sweep, format } => query::results(&cli.home, sweep.as_deref(), format).await,
-        Command::Report { sweep, format, output } => {
-            query::report(&cli.home, sweep.as_deref(), format, output.as_deref()).await
+        Command::Results { sweep, filter, sort, group_by, columns, all_params, format } => {
+            let q = sweep::report::query::Query {
+                wheres: filter.wheres,
+                statuses: filter.status,
+                sort,
+                group_by,
+                columns,
+                all_params,
+            };
+            query::results(&cli.home, &sweep, &q, format).await
+        }
+        Command::Show { run, format } => query::show(&cli.home, &run, format).await,
+        Command::Report { sweep, filter, format, output } => {
+            let q =
+                sweep::report::query::Query { wheres: filter.wheres, statuses: filter.status, ..Default::default() };
+            query::report(&cli.home, &sweep, &q, format, output.as_deref()).await
         }
     }
 }

@@ -1,9 +1,10 @@
 //! `status`, `results` and `report`: read-only views of the database.
 
-use crate::cli::{ReportFormat, StatusFormat};
+use crate::cli::{EvalFormat, ReportFormat, StatusFormat};
 use anyhow::Context;
 use std::path::Path;
 use std::process::ExitCode;
+use sweep::report::query::{self as rq, Query};
 use sweep::report::{self, render::duration, text_table, Comparison, ResultsFormat};
 use sweep::store::{Status, Store};
 
@@ -14,14 +15,16 @@ async fn open(home: &Path) -> anyhow::Result<Store> {
     Ok(Store::open(home).await?)
 }
 
-async fn comparison(store: &Store, sweep: Option<&str>) -> anyhow::Result<Comparison> {
-    if let Some(name) = sweep {
+async fn comparison(store: &Store, sweeps: &[String], q: &Query, with_epochs: bool) -> anyhow::Result<Comparison> {
+    for name in sweeps {
         if !store.sweep_exists(name).await? {
             let known: Vec<String> = store.sweeps().await?.into_iter().map(|s| s.name).collect();
             anyhow::bail!("no sweep named `{name}` (known: {})", known.join(", "));
         }
     }
-    Ok(Comparison::load(store, sweep).await?)
+    let mut cmp = Comparison::load(store, sweeps, with_epochs).await?;
+    rq::filter(&mut cmp, q)?;
+    Ok(cmp)
 }
 
 pub async fn status(home: &Path, format: StatusFormat) -> anyhow::Result<ExitCode> {
@@ -81,31 +84,169 @@ pub async fn status(home: &Path, format: StatusFormat) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn results(home: &Path, sweep: Option<&str>, format: ResultsFormat) -> anyhow::Result<ExitCode> {
+pub async fn results(home: &Path, sweeps: &[String], q: &Query, format: ResultsFormat) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
-    let cmp = comparison(&store, sweep).await?;
-    print!("{}", report::results(&cmp, format));
+    let cmp = comparison(&store, sweeps, q, false).await?;
+    let table = rq::table(&cmp, q)?;
+    print!("{}", report::render_table(&table, format));
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn report(
     home: &Path,
-    sweep: Option<&str>,
+    sweeps: &[String],
+    q: &Query,
     format: ReportFormat,
     output: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
-    let cmp = comparison(&store, sweep).await?;
+    let cmp = comparison(&store, sweeps, q, true).await?;
     let text = match format {
-        ReportFormat::Md => report::markdown(&cmp),
+        ReportFormat::Md => {
+            // Figures go beside the report as SVG files; on standard output there is nowhere to put them.
+            let mut figures = Vec::new();
+            if let Some(path) = output {
+                let stem = path.file_stem().map_or("report".into(), |s| s.to_string_lossy().into_owned());
+                let dir = path.parent().unwrap_or(Path::new("."));
+                for f in report::charts::figures(&cmp, true) {
+                    let file = format!("{stem}-{}.svg", f.name);
+                    std::fs::write(dir.join(&file), &f.svg)
+                        .with_context(|| format!("writing {}", dir.join(&file).display()))?;
+                    figures.push((file, f.title));
+                }
+            }
+            report::markdown(&cmp, &figures)
+        }
         ReportFormat::Csv => report::csv_epochs(&cmp),
         ReportFormat::Json => report::json(&cmp),
+        ReportFormat::Html => report::html(&cmp),
     };
     match output {
         None => print!("{text}"),
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("writing the report to {}", path.display()))?;
             eprintln!("report written to {}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sweep show RUN`: one run in full.
+pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Result<ExitCode> {
+    let store = open(home).await?;
+    let rows = store.runs(None).await?;
+    let mut all = Vec::new();
+    for s in store.sweeps().await? {
+        all.extend(store.runs(Some(&s.name)).await?);
+    }
+    let by_key: Vec<_> = if which.len() >= 4 && which.chars().all(|c| c.is_ascii_hexdigit()) {
+        rows.iter().filter(|r| r.key.starts_with(&which.to_ascii_lowercase())).collect()
+    } else {
+        Vec::new()
+    };
+    let found: Vec<_> = if !by_key.is_empty() {
+        by_key
+    } else if let Some((sweep, name)) = which.split_once('/') {
+        all.iter().filter(|r| r.sweep == sweep && r.name == name).collect()
+    } else {
+        let mut named: Vec<_> = all.iter().filter(|r| r.name == which).collect();
+        named.dedup_by_key(|r| r.id);
+        named
+    };
+    let run = match found.as_slice() {
+        [one] => (*one).clone(),
+        [] => anyhow::bail!("no run `{which}`: give its id (see `sweep results`), SWEEP/NAME, or a unique name"),
+        many => anyhow::bail!(
+            "`{which}` names {} runs: {}; give SWEEP/NAME or the id",
+            many.len(),
+            many.iter().map(|r| format!("{}/{} ({})", r.sweep, r.name, &r.key[..10])).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let epochs = store.epochs(run.id).await?;
+    let checkpoints = store.checkpoints(run.id).await?;
+    let member_of: Vec<String> =
+        all.iter().filter(|r| r.id == run.id).map(|r| format!("{}/{}", r.sweep, r.name)).collect();
+    let config: serde_json::Value = serde_json::from_str(&run.config_json)?;
+    if format == EvalFormat::Json {
+        let v = serde_json::json!({
+            "id": &run.key[..10], "key": run.key, "in": member_of, "status": run.status,
+            "epochs_done": run.epochs_done, "epochs_total": run.epochs_total, "attempts": run.attempts,
+            "device": run.device, "metric": run.metric, "best_epoch": run.best_epoch, "best_metric": run.best_metric,
+            "train_seconds": run.train_seconds, "error": run.error, "note": run.note, "reference": run.reference,
+            "classes": run.classes, "config": config, "epochs": epochs, "checkpoints": checkpoints,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("run {} ({})", &run.key[..10], member_of.join(", "));
+    println!(
+        "status:      {} (attempt {}{})",
+        run.status,
+        run.attempts,
+        run.device.as_deref().map_or(String::new(), |d| format!(", on {d}"))
+    );
+    println!("epochs:      {}/{}", run.epochs_done, run.epochs_total);
+    if let Some(e) = run.best_epoch {
+        println!(
+            "best:        epoch {e}, {} {}",
+            run.metric,
+            run.best_metric.map_or("-".into(), |m| format!("{m:.4}"))
+        );
+    }
+    println!("train time:  {}", duration(run.train_seconds));
+    if let Some(err) = &run.error {
+        println!("error:       {err}");
+    }
+    if let Some(note) = &run.note {
+        println!("note:        {note}");
+    }
+    println!("\nconfiguration (key {}):", run.key);
+    for line in serde_json::to_string_pretty(&config)?.lines() {
+        println!("  {line}");
+    }
+    println!();
+    if epochs.is_empty() {
+        println!("no epoch recorded");
+    } else {
+        let headers: Vec<String> =
+            ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "top5", "lr", "time", "img/s"]
+                .map(str::to_owned)
+                .to_vec();
+        let rows: Vec<Vec<String>> = epochs
+            .iter()
+            .map(|e| {
+                let mark = if Some(e.epoch) == run.best_epoch { " *" } else { "" };
+                vec![
+                    format!("{}{mark}", e.epoch),
+                    format!("{:.4}", e.train_loss),
+                    format!("{:.2}", e.train_acc),
+                    format!("{:.4}", e.test_loss),
+                    format!("{:.2}", e.test_acc),
+                    e.test_top5.map_or("-".into(), |v| format!("{v:.2}")),
+                    format!("{:.3e}", e.lr),
+                    duration(e.seconds),
+                    format!("{:.0}", e.images_per_sec),
+                ]
+            })
+            .collect();
+        print!("{}", text_table(&headers, &rows));
+    }
+    println!();
+    if checkpoints.is_empty() {
+        println!("no checkpoint");
+    } else {
+        for c in &checkpoints {
+            let at = if c.step > 0 {
+                format!("epoch {} + {} batches", c.epoch, c.step)
+            } else {
+                format!("epoch {}", c.epoch)
+            };
+            println!(
+                "checkpoint {:<7} {at}: {} (sha256 {})",
+                format!("{:?}", c.kind).to_lowercase(),
+                home.join(&c.path).display(),
+                &c.sha256[..12]
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

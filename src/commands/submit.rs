@@ -83,7 +83,7 @@ pub async fn submit(
     }
     let report = super::drain(&store, device, verbose).await?;
     let store = Store::open(home).await?;
-    let cmp = Comparison::load(&store, Some(&spec.name)).await?;
+    let cmp = Comparison::load(&store, std::slice::from_ref(&spec.name), false).await?;
     if json {
         let v = serde_json::json!({
             "sweep": spec.name, "submitted": queued, "worker": report, "results": results_json(&cmp),

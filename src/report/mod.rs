@@ -1,15 +1,22 @@
 //! Results and reports: read models from the store turned into text.
 //!
 //! Nothing here touches candle or writes to the database. [`Comparison`] gathers
-//! the runs to show with their epochs; the renderers ([`results`] for the
-//! `results` command, [`markdown`], [`csv_epochs`] and [`json`] for `report`)
-//! write it out. By default only the parameters that differ between the runs
-//! shown are listed (a diff-only view), named by their last path segment.
+//! the runs to show (with their epochs for a report); [`query`] filters, sorts
+//! and groups them into a results table; the renderers write it out
+//! ([`render`]: terminal table, CSV, JSON, Markdown; [`html`]: the
+//! self-contained HTML report with the [`charts`] drawn by [`svg`]). By default
+//! only the parameters that differ between the runs shown are listed (a
+//! diff-only view), named by their last path segment.
 
+pub mod charts;
+pub mod html;
+pub mod query;
 pub mod render;
+pub mod svg;
 pub use render::text_table;
 
-pub use render::{csv_epochs, json, markdown, results, results_json, ResultsFormat};
+pub use html::html;
+pub use render::{csv_epochs, json, markdown, render_table, results, results_json, ResultsFormat};
 
 use crate::store::{EpochRecord, RunRow, Status, Store, StoreError, SweepRow};
 use serde_json::Value;
@@ -24,6 +31,8 @@ pub struct Comparison {
     pub runs: Vec<RunReport>,
     /// Config paths whose values differ between the runs (the diff-only columns).
     pub differing: Vec<String>,
+    /// The test confusion matrix of the best run's best epoch, when recorded.
+    pub best_confusion: Option<Vec<Vec<u64>>>,
 }
 
 /// One run in a report.
@@ -108,25 +117,47 @@ pub fn column_names(paths: &[String]) -> Vec<String> {
 }
 
 impl Comparison {
-    /// Loads the runs of one sweep (or all runs) with their epochs.
-    pub async fn load(store: &Store, sweep: Option<&str>) -> Result<Comparison, StoreError> {
-        let rows = store.runs(sweep).await?;
-        let mut sweeps = store.sweeps().await?;
-        if let Some(name) = sweep {
-            sweeps.retain(|s| s.name == name);
+    /// Loads the runs of the named sweeps (none: every run once), with their
+    /// epochs when `with_epochs` (a report; `results` needs only the summary).
+    pub async fn load(store: &Store, sweeps: &[String], with_epochs: bool) -> Result<Comparison, StoreError> {
+        let mut rows = Vec::new();
+        if sweeps.is_empty() {
+            rows = store.runs(None).await?;
         } else {
-            sweeps.retain(|s| rows.iter().any(|r| r.sweep == s.name));
+            for name in sweeps {
+                rows.extend(store.runs(Some(name)).await?);
+            }
+        }
+        let mut all = store.sweeps().await?;
+        if sweeps.is_empty() {
+            all.retain(|s| rows.iter().any(|r| r.sweep == s.name));
+        } else {
+            all.retain(|s| sweeps.contains(&s.name));
         }
         let mut runs = Vec::with_capacity(rows.len());
         for row in rows {
             let config: Value = serde_json::from_str(&row.config_json).unwrap_or(Value::Null);
-            let epochs = store.epochs(row.id).await?;
+            let epochs = if with_epochs { store.epochs(row.id).await? } else { Vec::new() };
             runs.push(RunReport { params: flatten(&config), config, epochs, row, best: false });
         }
-        let flat: Vec<_> = runs.iter().map(|r| r.params.clone()).collect();
-        let mut cmp = Comparison { sweeps, runs, differing: differing(&flat) };
-        cmp.mark_best();
+        let mut cmp = Comparison { sweeps: all, runs, differing: Vec::new(), best_confusion: None };
+        cmp.refresh();
+        if with_epochs {
+            if let Some(best) = cmp.runs.iter().find(|r| r.best) {
+                cmp.best_confusion = store.best_confusion(best.row.id).await?;
+            }
+        }
         Ok(cmp)
+    }
+
+    /// Recomputes the differing parameters and the best run (after filtering).
+    pub fn refresh(&mut self) {
+        let flat: Vec<_> = self.runs.iter().map(|r| r.params.clone()).collect();
+        self.differing = differing(&flat);
+        for r in &mut self.runs {
+            r.best = false;
+        }
+        self.mark_best();
     }
 
     /// Marks the run with the best metric (over runs that have one) as best.

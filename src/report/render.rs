@@ -1,6 +1,7 @@
-//! Renderers: terminal table, CSV, JSON and Markdown.
+//! Renderers: terminal table, CSV, JSON and Markdown (HTML is in `html`).
 
-use super::{column_names, Comparison, RunReport};
+use super::query::{Cell, Table};
+use super::{Comparison, RunReport};
 use crate::store::Status;
 use serde_json::{json, Value};
 use std::fmt::Write;
@@ -31,7 +32,7 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
-fn metric_digits(metric: &str) -> usize {
+pub(crate) fn metric_digits(metric: &str) -> usize {
     if metric.ends_with("loss") {
         4
     } else {
@@ -72,7 +73,7 @@ fn csv_line(cells: &[String]) -> String {
     cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",") + "\n"
 }
 
-fn progress(r: &RunReport) -> String {
+pub(crate) fn progress(r: &RunReport) -> String {
     let row = &r.row;
     match (row.status, row.steps_per_epoch) {
         (Status::Running | Status::Interrupted, Some(n)) if row.step > 0 => {
@@ -80,32 +81,6 @@ fn progress(r: &RunReport) -> String {
         }
         _ => format!("{}/{}", row.epochs_done, row.epochs_total),
     }
-}
-
-fn summary_row(c: &Comparison, r: &RunReport) -> Vec<String> {
-    let mut cells = vec![r.row.key[..10].to_owned(), r.row.name.clone()];
-    cells.extend(c.differing.iter().map(|p| r.params.get(p).cloned().unwrap_or_else(|| "-".into())));
-    cells.extend([
-        r.row.status.to_string(),
-        progress(r),
-        r.row.best_epoch.map_or("-".into(), |e| e.to_string()),
-        fmt_opt(r.row.best_metric, metric_digits(&r.row.metric)),
-        fmt_opt(r.row.final_train_acc, 2),
-        fmt_opt(r.row.final_test_acc, 2),
-        duration(r.row.train_seconds),
-    ]);
-    cells
-}
-
-fn summary_headers(c: &Comparison) -> Vec<String> {
-    let metric = c.runs.first().map_or("metric", |r| r.row.metric.as_str());
-    let mut h = vec!["id".to_owned(), "name".to_owned()];
-    h.extend(column_names(&c.differing));
-    h.extend(
-        ["status", "epochs", "best_epoch", &format!("best_{metric}"), "train_acc", "test_acc", "time"]
-            .map(str::to_owned),
-    );
-    h
 }
 
 fn run_json(c: &Comparison, r: &RunReport, with_epochs: bool) -> Value {
@@ -143,25 +118,144 @@ pub fn results_json(c: &Comparison) -> Value {
     Value::Array(c.runs.iter().map(|r| run_json(c, r, false)).collect())
 }
 
-/// `sweep results`: one row per run.
-pub fn results(c: &Comparison, format: ResultsFormat) -> String {
+/// A results [`Table`] as a terminal table, CSV, or JSON (an array of objects,
+/// numbers as numbers; group statistics as `{mean, std, n}`).
+pub fn render_table(t: &Table, format: ResultsFormat) -> String {
     match format {
         ResultsFormat::Table => {
-            if c.runs.is_empty() {
+            if t.rows.is_empty() {
                 return "no runs\n".to_owned();
             }
-            let rows: Vec<_> = c.runs.iter().map(|r| summary_row(c, r)).collect();
-            text_table(&summary_headers(c), &rows)
+            let rows: Vec<Vec<String>> = t.rows.iter().map(|r| r.iter().map(Cell::text).collect()).collect();
+            text_table(&t.headers, &rows)
         }
         ResultsFormat::Csv => {
-            let mut out = csv_line(&summary_headers(c));
-            for r in &c.runs {
-                out += &csv_line(&summary_row(c, r));
+            let mut out = csv_line(&t.headers);
+            for r in &t.rows {
+                let cells: Vec<String> = r
+                    .iter()
+                    .map(|c| match c {
+                        Cell::Num(v, _) | Cell::Secs(v) => format!("{v}"),
+                        Cell::Stat { mean, .. } => format!("{mean}"),
+                        Cell::Missing => String::new(),
+                        other => other.text(),
+                    })
+                    .collect();
+                out += &csv_line(&cells);
             }
             out
         }
-        ResultsFormat::Json => serde_json::to_string_pretty(&results_json(c)).expect("JSON serialises") + "\n",
+        ResultsFormat::Json => {
+            let rows: Vec<Value> = t
+                .rows
+                .iter()
+                .map(|r| Value::Object(t.headers.iter().cloned().zip(r.iter().map(Cell::json)).collect()))
+                .collect();
+            serde_json::to_string_pretty(&rows).expect("JSON serialises") + "\n"
+        }
     }
+}
+
+/// `sweep results` with the default view: one row per run, differing parameters.
+pub fn results(c: &Comparison, format: ResultsFormat) -> String {
+    let t = super::query::table(c, &super::query::Query::default()).expect("the default columns exist");
+    render_table(&t, format)
+}
+
+/// The report's title: the sweep's name, or the names.
+pub(crate) fn title(c: &Comparison) -> String {
+    match c.sweeps.len() {
+        0 => "no sweep".to_owned(),
+        1 => c.sweeps[0].name.clone(),
+        _ => c.sweeps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// The summary table of a report: the default results columns, the best run starred.
+pub(crate) fn summary(c: &Comparison) -> (Vec<String>, Vec<Vec<String>>) {
+    let t = super::query::table(c, &super::query::Query::default()).expect("the default columns exist");
+    let rows = t
+        .rows
+        .iter()
+        .zip(&c.runs)
+        .map(|(row, r)| {
+            let mut cells: Vec<String> = row.iter().map(Cell::text).collect();
+            if r.best {
+                cells[1] = format!("★ {}", cells[1]);
+            }
+            cells
+        })
+        .collect();
+    (t.headers, rows)
+}
+
+/// Measured against reference, for the runs that carry reference numbers.
+pub(crate) fn references(c: &Comparison) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+    let refs: Vec<&RunReport> = c.runs.iter().filter(|r| r.row.reference.is_some()).collect();
+    if refs.is_empty() {
+        return None;
+    }
+    let headers: Vec<String> =
+        ["run", "status", "best test acc", "reference", "diff", "best test loss", "reference", "diff", "source"]
+            .map(str::to_owned)
+            .to_vec();
+    let rows: Vec<Vec<String>> = refs
+        .iter()
+        .map(|r| {
+            let rf = r.row.reference.clone().unwrap_or_default();
+            let best_acc = r.epochs.iter().map(|e| (e.test_acc, e.epoch)).max_by(|a, b| a.0.total_cmp(&b.0));
+            let best_loss = r.epochs.iter().map(|e| (e.test_loss, e.epoch)).min_by(|a, b| a.0.total_cmp(&b.0));
+            let at = |v: Option<(f64, i64)>, d: usize| v.map_or("-".into(), |(x, e)| format!("{x:.d$} (epoch {e})"));
+            let rat = |v: Option<f64>, e: Option<u32>, d: usize| match (v, e) {
+                (Some(x), Some(e)) => format!("{x:.d$} (epoch {e})"),
+                (Some(x), None) => format!("{x:.d$}"),
+                _ => "-".into(),
+            };
+            let mut source = rf.source.clone().unwrap_or_default();
+            if let Some(n) = &rf.note {
+                source = format!("{source} {n}").trim().to_owned();
+            }
+            vec![
+                r.row.name.clone(),
+                r.row.status.to_string(),
+                at(best_acc, 2),
+                rat(rf.test_acc, rf.test_acc_epoch, 2),
+                diff(best_acc.map(|x| x.0), rf.test_acc, 2),
+                at(best_loss, 4),
+                rat(rf.test_loss, rf.test_loss_epoch, 4),
+                diff(best_loss.map(|x| x.0), rf.test_loss, 4),
+                source,
+            ]
+        })
+        .collect();
+    Some((headers, rows))
+}
+
+/// One run's epochs as table rows (the best epoch starred).
+pub(crate) fn epoch_rows(r: &RunReport) -> (Vec<String>, Vec<Vec<String>>) {
+    let headers: Vec<String> =
+        ["epoch", "train loss", "train acc", "test loss", "test acc", "test top-5", "lr", "seconds", "img/s"]
+            .map(str::to_owned)
+            .to_vec();
+    let rows = r
+        .epochs
+        .iter()
+        .map(|e| {
+            let mark = if Some(e.epoch) == r.row.best_epoch { " ★" } else { "" };
+            vec![
+                format!("{}{mark}", e.epoch),
+                format!("{:.4}", e.train_loss),
+                format!("{:.2}", e.train_acc),
+                format!("{:.4}", e.test_loss),
+                format!("{:.2}", e.test_acc),
+                fmt_opt(e.test_top5, 2),
+                format!("{:.3e}", e.lr),
+                format!("{:.1}", e.seconds),
+                format!("{:.0}", e.images_per_sec),
+            ]
+        })
+        .collect();
+    (headers, rows)
 }
 
 /// `sweep report --format json`: sweeps and runs with every epoch.
@@ -226,11 +320,11 @@ fn diff(measured: Option<f64>, reference: Option<f64>, digits: usize) -> String 
     }
 }
 
-/// `sweep report --format md`.
-pub fn markdown(c: &Comparison) -> String {
+/// `sweep report --format md`; `figures` are the SVG files written beside it
+/// (file name, caption), embedded as images.
+pub fn markdown(c: &Comparison, figures: &[(String, String)]) -> String {
     let mut out = String::new();
-    let title = if c.sweeps.len() == 1 { c.sweeps[0].name.clone() } else { "all sweeps".to_owned() };
-    let _ = writeln!(out, "# Sweep report: {}\n", md(&title));
+    let _ = writeln!(out, "# Sweep report: {}\n", md(&title(c)));
     for s in &c.sweeps {
         let _ = write!(out, "- **{}** ({}), best = {} ({})", md(&s.name), md(&s.source_path), s.metric, s.goal);
         if let Some(d) = &s.description {
@@ -249,81 +343,28 @@ pub fn markdown(c: &Comparison) -> String {
             c.differing.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
         );
     }
-    let mut headers = summary_headers(c);
-    headers.push("img/s".into());
-    let rows: Vec<Vec<String>> = c
-        .runs
-        .iter()
-        .map(|r| {
-            let mut row = summary_row(c, r);
-            if r.best {
-                row[1] = format!("★ {}", row[1]);
-            }
-            let ips = if r.epochs.is_empty() {
-                "-".to_owned()
-            } else {
-                format!("{:.0}", r.epochs.iter().map(|e| e.images_per_sec).sum::<f64>() / r.epochs.len() as f64)
-            };
-            row.push(ips);
-            row
-        })
-        .collect();
+    let (headers, rows) = summary(c);
     out += &md_table(&headers, &rows);
     if c.runs.iter().any(|r| r.best) {
         out += "\n★ best run by its sweep's metric.\n";
     }
-
-    let refs: Vec<&RunReport> = c.runs.iter().filter(|r| r.row.reference.is_some()).collect();
-    if !refs.is_empty() {
+    if let Some((headers, rows)) = references(c) {
         let _ = writeln!(out, "\n## Measured against reference\n");
-        let headers: Vec<String> =
-            ["run", "status", "best test acc", "reference", "diff", "best test loss", "reference", "diff", "source"]
-                .map(str::to_owned)
-                .to_vec();
-        let rows: Vec<Vec<String>> = refs
-            .iter()
-            .map(|r| {
-                let rf = r.row.reference.clone().unwrap_or_default();
-                let best_acc = r.epochs.iter().map(|e| (e.test_acc, e.epoch)).max_by(|a, b| a.0.total_cmp(&b.0));
-                let best_loss = r.epochs.iter().map(|e| (e.test_loss, e.epoch)).min_by(|a, b| a.0.total_cmp(&b.0));
-                let at =
-                    |v: Option<(f64, i64)>, d: usize| v.map_or("-".into(), |(x, e)| format!("{x:.d$} (epoch {e})"));
-                let rat = |v: Option<f64>, e: Option<u32>, d: usize| match (v, e) {
-                    (Some(x), Some(e)) => format!("{x:.d$} (epoch {e})"),
-                    (Some(x), None) => format!("{x:.d$}"),
-                    _ => "-".into(),
-                };
-                let mut source = rf.source.clone().unwrap_or_default();
-                if let Some(n) = &rf.note {
-                    source = format!("{source} {n}").trim().to_owned();
-                }
-                vec![
-                    r.row.name.clone(),
-                    r.row.status.to_string(),
-                    at(best_acc, 2),
-                    rat(rf.test_acc, rf.test_acc_epoch, 2),
-                    diff(best_acc.map(|x| x.0), rf.test_acc, 2),
-                    at(best_loss, 4),
-                    rat(rf.test_loss, rf.test_loss_epoch, 4),
-                    diff(best_loss.map(|x| x.0), rf.test_loss, 4),
-                    source,
-                ]
-            })
-            .collect();
         out += &md_table(&headers, &rows);
     }
+    if !figures.is_empty() {
+        let _ = writeln!(out, "\n## Figures\n");
+        for (file, caption) in figures {
+            let _ = writeln!(out, "![{}]({})\n", md(caption), file.replace(' ', "%20"));
+        }
+    }
 
-    let failed: Vec<&RunReport> = c.runs.iter().filter(|r| r.row.error.is_some()).collect();
+    let failed: Vec<&RunReport> = c.runs.iter().filter(|r| r.row.error.is_some() || r.row.note.is_some()).collect();
     if !failed.is_empty() {
-        let _ = writeln!(out, "\n## Errors\n");
+        let _ = writeln!(out, "\n## Errors and notes\n");
         for r in failed {
-            let _ = writeln!(
-                out,
-                "- **{}** ({}): {}",
-                md(&r.row.name),
-                r.row.status,
-                md(r.row.error.as_deref().unwrap_or(""))
-            );
+            let text = r.row.error.as_deref().or(r.row.note.as_deref()).unwrap_or("");
+            let _ = writeln!(out, "- **{}** ({}): {}", md(&r.row.name), r.row.status, md(text));
         }
     }
 
@@ -334,27 +375,7 @@ pub fn markdown(c: &Comparison) -> String {
             let _ = writeln!(out, "No epoch recorded ({}).\n", r.row.status);
             continue;
         }
-        let headers: Vec<String> =
-            ["epoch", "train loss", "train acc", "test loss", "test acc", "lr", "seconds", "img/s"]
-                .map(str::to_owned)
-                .to_vec();
-        let rows: Vec<Vec<String>> = r
-            .epochs
-            .iter()
-            .map(|e| {
-                let mark = if Some(e.epoch) == r.row.best_epoch { " ★" } else { "" };
-                vec![
-                    format!("{}{mark}", e.epoch),
-                    format!("{:.4}", e.train_loss),
-                    format!("{:.2}", e.train_acc),
-                    format!("{:.4}", e.test_loss),
-                    format!("{:.2}", e.test_acc),
-                    format!("{:.3e}", e.lr),
-                    format!("{:.1}", e.seconds),
-                    format!("{:.0}", e.images_per_sec),
-                ]
-            })
-            .collect();
+        let (headers, rows) = epoch_rows(r);
         out += &md_table(&headers, &rows);
         out.push('\n');
     }

@@ -244,8 +244,16 @@ pub struct RunRow {
     pub final_train_acc: Option<f64>,
     /// Last epoch's test accuracy.
     pub final_test_acc: Option<f64>,
+    /// Last epoch's test loss.
+    pub final_test_loss: Option<f64>,
+    /// Mean training images per second over its epochs.
+    pub images_per_sec: Option<f64>,
     /// Seconds spent training.
     pub train_seconds: f64,
+    /// How the run ended, when there is something to say (e.g. stopped early).
+    pub note: Option<String>,
+    /// The dataset's class names, once the run has started.
+    pub classes: Option<Vec<String>>,
     /// Published numbers to compare with.
     pub reference: Option<Reference>,
 }
@@ -719,6 +727,20 @@ impl Store {
         Ok(())
     }
 
+    /// Records the class names of the run's dataset (label order).
+    pub async fn set_classes(&self, run_id: i64, worker: &str, classes: &[String]) -> Result<()> {
+        let e = self.sql();
+        let mut tx = self.held_tx(run_id, worker).await?;
+        sqlx::query("UPDATE runs SET classes_json = ?2 WHERE id = ?1")
+            .bind(run_id)
+            .bind(serde_json::to_string(classes).expect("serialisable"))
+            .execute(&mut *tx)
+            .await
+            .map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(())
+    }
+
     /// A run's checkpoints (latest and/or best).
     pub async fn checkpoints(&self, run_id: i64) -> Result<Vec<CheckpointRecord>> {
         let rows = sqlx::query(
@@ -814,7 +836,10 @@ impl Store {
                     {NOW_UNIX} - r.heartbeat AS heartbeat_age, r.device, r.error, s.metric,
                     r.best_epoch, r.best_metric, r.train_seconds, sr.reference_json,
                     (SELECT train_acc FROM epochs e WHERE e.run_id = r.id ORDER BY epoch DESC LIMIT 1) AS final_train_acc,
-                    (SELECT test_acc FROM epochs e WHERE e.run_id = r.id ORDER BY epoch DESC LIMIT 1) AS final_test_acc
+                    (SELECT test_acc FROM epochs e WHERE e.run_id = r.id ORDER BY epoch DESC LIMIT 1) AS final_test_acc,
+                    (SELECT test_loss FROM epochs e WHERE e.run_id = r.id ORDER BY epoch DESC LIMIT 1) AS final_test_loss,
+                    (SELECT avg(images_per_sec) FROM epochs e WHERE e.run_id = r.id) AS images_per_sec,
+                    r.note, r.classes_json
              FROM runs r
              JOIN sweep_runs sr ON sr.run_id = r.id
              JOIN sweeps s ON s.id = sr.sweep_id
@@ -859,7 +884,11 @@ impl Store {
                     best_metric: r.get("best_metric"),
                     final_train_acc: r.get("final_train_acc"),
                     final_test_acc: r.get("final_test_acc"),
+                    final_test_loss: r.get("final_test_loss"),
+                    images_per_sec: r.get("images_per_sec"),
                     train_seconds: r.get("train_seconds"),
+                    note: r.get("note"),
+                    classes: r.get::<Option<String>, _>("classes_json").and_then(|j| serde_json::from_str(&j).ok()),
                     reference,
                 })
             })

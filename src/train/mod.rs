@@ -460,6 +460,9 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
                 if improved { " *" } else { "" }
             );
         }
+        // The record sets the stored step to 0: so must the live progress, or a
+        // heartbeat between here and the next epoch would write the old count back.
+        req.progress.step.store(0, Ordering::Relaxed);
         sink.epoch_end(&rec, &latest, best.as_ref()).map_err(TrainError::Sink)?;
         if state.stopped_early {
             return Ok(Outcome::StoppedEarly { epoch: state.epoch, note: stop_note(cfg, state.epoch) });

@@ -11,7 +11,7 @@ fn sweep(home: &Path) -> Command {
     c
 }
 
-fn run(home: &Path, args: &[&str]) -> Output {
+pub fn run(home: &Path, args: &[&str]) -> Output {
     let out = sweep(home).args(args).output().unwrap();
     eprintln!(
         "$ sweep {}\n{}{}",
@@ -22,15 +22,15 @@ fn run(home: &Path, args: &[&str]) -> Output {
     out
 }
 
-fn stdout(o: &Output) -> String {
+pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+pub fn block<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
@@ -115,7 +115,8 @@ fn submit_results_report_and_resubmit_end_to_end() {
     let json: serde_json::Value = serde_json::from_slice(&run(&home, &["results", "--format", "json"]).stdout).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 2);
     assert_eq!(json[0]["status"], "done");
-    assert_eq!(json[0]["params"]["optimizer.lr"], "0.05");
+    assert_eq!(json[0]["lr"], 0.05, "parameters keep their JSON type");
+    assert_eq!(json[0]["status"], "done");
     let csv = stdout(&run(&home, &["results", "--sweep", "e2e", "--format", "csv"]));
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.lines().next().unwrap().contains(",lr,status,"), "{csv}");

@@ -6,12 +6,14 @@
 //! * `models`: the model zoo against torchvision fixtures; pretrained weights, heads, freezing.
 //! * `data`: datasets in every format, transforms against torchvision, the loader.
 //! * `optim`: optimizers against torch.optim fixtures.
+//! * `report`: results filters, sorting, grouping, `show`, every report format, the SQL views.
 //! * `cli`: the `sweep` binary end to end, including kill -9 and Ctrl-C.
 
 mod cli;
 mod data;
 mod models;
 mod optim;
+mod report;
 mod spec;
 mod store;
 mod train;

@@ -1,0 +1,96 @@
+//! The report's figures, built from a [`Comparison`]: learning curves for
+//! every run (train/test loss and accuracy, learning rate), the best metric
+//! per run, and for the best run its per-class accuracy and confusion matrix.
+
+use super::svg::{self, Series};
+use super::Comparison;
+
+/// One figure: a file-name stem, a caption, and the SVG text.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// Short name, used for the file written beside a Markdown report.
+    pub name: &'static str,
+    /// Caption.
+    pub title: String,
+    /// The SVG.
+    pub svg: String,
+}
+
+/// Every figure of the report; `standalone` adds the XML namespace for files.
+pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
+    let with_epochs: Vec<_> = c.runs.iter().filter(|r| !r.epochs.is_empty()).collect();
+    let mut out = Vec::new();
+    if !with_epochs.is_empty() {
+        let names: Vec<(String, bool)> = with_epochs.iter().map(|r| (r.row.name.clone(), r.best)).collect();
+        out.push(Figure { name: "legend", title: "Runs".into(), svg: svg::legend(&names, standalone) });
+        type Pick = fn(&crate::store::EpochRecord) -> f64;
+        let curves: [(&'static str, &str, Pick, bool); 5] = [
+            ("train-loss", "Training loss", |e| e.train_loss, false),
+            ("test-loss", "Test loss", |e| e.test_loss, false),
+            ("train-acc", "Training accuracy (%)", |e| e.train_acc, false),
+            ("test-acc", "Test accuracy (%)", |e| e.test_acc, false),
+            ("lr", "Learning rate", |e| e.lr, true),
+        ];
+        for (name, title, pick, log) in curves {
+            let series: Vec<Series> = with_epochs
+                .iter()
+                .map(|r| Series {
+                    name: r.row.name.clone(),
+                    points: r.epochs.iter().map(|e| (e.epoch as f64, pick(e))).collect(),
+                    highlight: r.best,
+                })
+                .collect();
+            let lr_flat = log && {
+                let v: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).collect();
+                let (lo, hi) = v.iter().fold((f64::MAX, 0f64), |a, &b| (a.0.min(b), a.1.max(b)));
+                hi <= lo * 10.0
+            };
+            out.push(Figure {
+                name,
+                title: title.to_owned(),
+                svg: svg::line_chart(title, "epoch", &series, log && !lr_flat, standalone),
+            });
+        }
+    }
+    if !c.runs.is_empty() {
+        let metric = c.runs[0].row.metric.clone();
+        let labels: Vec<String> = c.runs.iter().map(|r| r.row.name.clone()).collect();
+        let values: Vec<Option<f64>> = c.runs.iter().map(|r| r.row.best_metric).collect();
+        let best = c.runs.iter().position(|r| r.best);
+        let title = format!("Best {metric} per run");
+        out.push(Figure {
+            name: "best",
+            title: title.clone(),
+            svg: svg::bar_chart(&title, &labels, &values, best, standalone),
+        });
+    }
+    if let (Some(run), Some(m)) = (c.runs.iter().find(|r| r.best), &c.best_confusion) {
+        let n = m.len();
+        let classes: Vec<String> = match &run.row.classes {
+            Some(cl) if cl.len() == n => cl.clone(),
+            _ => (0..n).map(|i| format!("class {i}")).collect(),
+        };
+        let acc: Vec<Option<f64>> = m
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let total: u64 = row.iter().sum();
+                (total > 0).then(|| 100.0 * row[i] as f64 / total as f64)
+            })
+            .collect();
+        let epoch = run.row.best_epoch.map_or(String::new(), |e| format!(", epoch {e}"));
+        let title = format!("Per-class test accuracy (%), {}{epoch}", run.row.name);
+        out.push(Figure {
+            name: "classes",
+            title: title.clone(),
+            svg: svg::bar_chart(&title, &classes, &acc, None, standalone),
+        });
+        let title = format!("Confusion matrix, {}{epoch}", run.row.name);
+        out.push(Figure {
+            name: "confusion",
+            title: title.clone(),
+            svg: svg::heatmap(&title, &classes, m, standalone),
+        });
+    }
+    out
+}

@@ -1,0 +1,435 @@
+//! `sweep results`: filtering, sorting, grouping and column choice over a
+//! [`Comparison`], producing a [`Table`] of typed cells that the renderers
+//! print as a terminal table, CSV or JSON.
+//!
+//! A name in `--where`, `--sort`, `--group-by` or `--columns` is either a
+//! result column (`id`, `sweep`, `name`, `status`, `epochs`, `best_epoch`,
+//! `best` (the sweep's metric; also `best_test_acc` etc.), `train_acc`,
+//! `test_acc`, `test_loss`, `time`, `img/s`) or a parameter of the run's
+//! configuration, by its dotted path (`optimizer.lr`) or by a short name that
+//! is unambiguous among the runs shown (`lr`, `model`, `optimizer` for
+//! `optimizer.name`).
+
+use super::{column_names, Comparison, RunReport};
+use crate::store::Status;
+use std::collections::BTreeMap;
+
+/// One cell: text, a number shown with `digits` decimals, or nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// Text.
+    Text(String),
+    /// A parameter's value as configured (JSON text: numbers stay numbers in JSON output).
+    Param(String),
+    /// A number and the decimals to show.
+    Num(f64, usize),
+    /// Seconds, shown as a duration.
+    Secs(f64),
+    /// A mean and standard deviation over a group.
+    Stat {
+        /// Mean.
+        mean: f64,
+        /// Sample standard deviation (0 for one value).
+        std: f64,
+        /// Values it is over.
+        n: usize,
+        /// Decimals.
+        digits: usize,
+    },
+    /// No value.
+    Missing,
+}
+
+impl Cell {
+    fn number(&self) -> Option<f64> {
+        match *self {
+            Cell::Num(v, _) | Cell::Secs(v) => Some(v),
+            Cell::Stat { mean, .. } => Some(mean),
+            Cell::Text(ref s) | Cell::Param(ref s) => s.parse().ok(),
+            Cell::Missing => None,
+        }
+    }
+    /// The cell as shown in a table.
+    pub fn text(&self) -> String {
+        match self {
+            Cell::Text(s) | Cell::Param(s) => s.clone(),
+            Cell::Num(v, d) => format!("{v:.d$}"),
+            Cell::Secs(s) => super::render::duration(*s),
+            Cell::Stat { mean, std, n, digits: d } if *n > 1 => format!("{mean:.d$} ± {std:.d$}"),
+            Cell::Stat { mean, digits: d, .. } => format!("{mean:.d$}"),
+            Cell::Missing => "-".into(),
+        }
+    }
+    /// The cell as JSON (numbers stay numbers).
+    pub fn json(&self) -> serde_json::Value {
+        match self {
+            Cell::Text(s) => serde_json::json!(s),
+            Cell::Param(s) => match serde_json::from_str::<serde_json::Value>(s) {
+                Ok(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_) | serde_json::Value::Array(_))) => v,
+                _ => serde_json::json!(s),
+            },
+            Cell::Num(v, 0) if v.fract() == 0.0 && v.abs() < 9e15 => serde_json::json!(*v as i64),
+            Cell::Num(v, _) | Cell::Secs(v) => serde_json::json!(v),
+            Cell::Stat { mean, std, n, .. } => serde_json::json!({ "mean": mean, "std": std, "n": n }),
+            Cell::Missing => serde_json::Value::Null,
+        }
+    }
+}
+
+/// Rows under headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// Column names.
+    pub headers: Vec<String>,
+    /// One row per run (or group).
+    pub rows: Vec<Vec<Cell>>,
+}
+
+/// What `sweep results` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// `NAME=VALUE`, `NAME!=VALUE`, `NAME>VALUE`, `<`, `>=`, `<=`, `~` (contains); all must hold.
+    pub wheres: Vec<String>,
+    /// Only runs in one of these states (none: all).
+    pub statuses: Vec<Status>,
+    /// Sort keys, `-` in front for descending; runs without a value go last.
+    pub sort: Vec<String>,
+    /// Group by these names: one row per group with count, mean and std.
+    pub group_by: Vec<String>,
+    /// Show these columns, in this order (none: the default set).
+    pub columns: Vec<String>,
+    /// List every parameter, not only those that differ.
+    pub all_params: bool,
+}
+
+/// A name or condition that does not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueryError(pub String);
+
+/// The result columns every run has, in their default order.
+const RESULT_COLUMNS: [&str; 10] =
+    ["status", "epochs", "best_epoch", "best", "train_acc", "test_acc", "test_loss", "time", "img/s", "sweep"];
+
+fn short(path: &str) -> String {
+    let mut parts = path.rsplit('.');
+    let last = parts.next().unwrap_or(path);
+    match (last, parts.next()) {
+        ("name", Some(parent)) => parent.to_owned(),
+        _ => last.to_owned(),
+    }
+}
+
+/// What a name refers to.
+#[derive(Debug, Clone, PartialEq)]
+enum Field {
+    Result(&'static str),
+    Param(String),
+}
+
+struct Resolver<'a> {
+    c: &'a Comparison,
+    params: Vec<String>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(c: &'a Comparison) -> Self {
+        let mut params: Vec<String> = c.runs.iter().flat_map(|r| r.params.keys().cloned()).collect();
+        params.sort();
+        params.dedup();
+        Resolver { c, params }
+    }
+
+    fn metric(&self) -> String {
+        self.c.runs.first().map_or_else(|| "metric".to_owned(), |r| r.row.metric.clone())
+    }
+
+    fn resolve(&self, name: &str) -> Result<Field, QueryError> {
+        let metric = self.metric();
+        let result = match name {
+            "id" => Some("id"),
+            "name" => Some("name"),
+            "sweep" => Some("sweep"),
+            "status" => Some("status"),
+            "epochs" | "epochs_done" => Some("epochs"),
+            "best_epoch" => Some("best_epoch"),
+            "best" | "best_metric" => Some("best"),
+            "train_acc" | "final_train_acc" => Some("train_acc"),
+            "test_acc" | "final_test_acc" => Some("test_acc"),
+            "test_loss" | "final_test_loss" => Some("test_loss"),
+            "time" | "train_seconds" | "seconds" => Some("time"),
+            "img/s" | "images_per_sec" => Some("img/s"),
+            n if n == format!("best_{metric}") => Some("best"),
+            _ => None,
+        };
+        if let Some(r) = result {
+            return Ok(Field::Result(r));
+        }
+        if self.params.iter().any(|p| p == name) {
+            return Ok(Field::Param(name.to_owned()));
+        }
+        let matches: Vec<&String> = self.params.iter().filter(|p| short(p) == name).collect();
+        match matches.as_slice() {
+            [one] => Ok(Field::Param((*one).clone())),
+            [] => {
+                let mut known: Vec<String> = RESULT_COLUMNS.iter().map(|s| s.to_string()).collect();
+                known.extend(["id".into(), "name".into()]);
+                let mut shorts: Vec<String> = self.params.iter().map(|p| short(p)).collect();
+                shorts.sort();
+                shorts.dedup();
+                known.extend(shorts);
+                Err(QueryError(format!("unknown column or parameter `{name}`; known: {}", known.join(", "))))
+            }
+            many => Err(QueryError(format!(
+                "`{name}` is ambiguous: {}; use the full path",
+                many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    fn header(&self, f: &Field) -> String {
+        match f {
+            Field::Result("best") => format!("best_{}", self.metric()),
+            Field::Result(r) => (*r).to_owned(),
+            Field::Param(p) => p.clone(),
+        }
+    }
+
+    fn cell(&self, r: &RunReport, f: &Field) -> Cell {
+        let row = &r.row;
+        let num = |v: Option<f64>, d: usize| v.map_or(Cell::Missing, |v| Cell::Num(v, d));
+        match f {
+            Field::Result("id") => Cell::Text(row.key.get(..10).unwrap_or(&row.key).to_owned()),
+            Field::Result("name") => Cell::Text(row.name.clone()),
+            Field::Result("sweep") => Cell::Text(row.sweep.clone()),
+            Field::Result("status") => Cell::Text(row.status.to_string()),
+            Field::Result("epochs") => Cell::Text(super::render::progress(r)),
+            Field::Result("best_epoch") => row.best_epoch.map_or(Cell::Missing, |e| Cell::Num(e as f64, 0)),
+            Field::Result("best") => num(row.best_metric, super::render::metric_digits(&row.metric)),
+            Field::Result("train_acc") => num(row.final_train_acc, 2),
+            Field::Result("test_acc") => num(row.final_test_acc, 2),
+            Field::Result("test_loss") => num(row.final_test_loss, 4),
+            Field::Result("time") => Cell::Secs(row.train_seconds),
+            Field::Result("img/s") => num(row.images_per_sec, 0),
+            Field::Result(other) => unreachable!("result column {other}"),
+            Field::Param(p) => r.params.get(p).map_or(Cell::Missing, |v| Cell::Param(v.clone())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Gt,
+    Le,
+    Ge,
+    Contains,
+}
+
+fn parse_where(w: &str) -> Result<(String, Op, String), QueryError> {
+    // The operator is the first one in the text, so values may contain `=`.
+    let bad = || QueryError(format!("--where `{w}`: expected NAME=VALUE (or !=, <, >, <=, >=, ~)"));
+    let i = w.find(['!', '=', '<', '>', '~']).ok_or_else(bad)?;
+    let (key, rest) = w.split_at(i);
+    let (op, len) = match (rest.as_bytes()[0], rest.as_bytes().get(1)) {
+        (b'!', Some(b'=')) => (Op::Ne, 2),
+        (b'>', Some(b'=')) => (Op::Ge, 2),
+        (b'<', Some(b'=')) => (Op::Le, 2),
+        (b'=', _) => (Op::Eq, 1),
+        (b'>', _) => (Op::Gt, 1),
+        (b'<', _) => (Op::Lt, 1),
+        (b'~', _) => (Op::Contains, 1),
+        _ => return Err(bad()),
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(bad());
+    }
+    Ok((key.to_owned(), op, rest[len..].trim().to_owned()))
+}
+
+fn holds(cell: &Cell, op: Op, value: &str) -> bool {
+    let text = match cell {
+        Cell::Text(s) | Cell::Param(s) => s.clone(),
+        Cell::Missing => return op == Op::Ne,
+        other => other.text(),
+    };
+    let ord = match (cell.number(), value.parse::<f64>()) {
+        (Some(a), Ok(b)) => a.partial_cmp(&b),
+        _ => Some(text.as_str().cmp(value)),
+    };
+    match op {
+        Op::Eq => ord == Some(std::cmp::Ordering::Equal),
+        Op::Ne => ord != Some(std::cmp::Ordering::Equal),
+        Op::Lt => ord == Some(std::cmp::Ordering::Less),
+        Op::Gt => ord == Some(std::cmp::Ordering::Greater),
+        Op::Le => matches!(ord, Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)),
+        Op::Ge => matches!(ord, Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)),
+        Op::Contains => text.contains(value),
+    }
+}
+
+fn compare(a: &Cell, b: &Cell) -> std::cmp::Ordering {
+    use std::cmp::Ordering::*;
+    match (a, b) {
+        (Cell::Missing, Cell::Missing) => Equal,
+        (Cell::Missing, _) => Greater,
+        (_, Cell::Missing) => Less,
+        _ => match (a.number(), b.number()) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            _ => a.text().cmp(&b.text()),
+        },
+    }
+}
+
+/// Keeps the runs of `c` that pass the `--where` and `--status` conditions of `q`.
+pub fn filter(c: &mut Comparison, q: &Query) -> Result<(), QueryError> {
+    let conds: Vec<(Field, Op, String)> = {
+        let r = Resolver::new(c);
+        q.wheres
+            .iter()
+            .map(|w| {
+                let (k, op, v) = parse_where(w)?;
+                Ok((r.resolve(&k)?, op, v))
+            })
+            .collect::<Result<_, QueryError>>()?
+    };
+    let keep: Vec<bool> = {
+        let r = Resolver::new(c);
+        c.runs
+            .iter()
+            .map(|run| {
+                (q.statuses.is_empty() || q.statuses.contains(&run.row.status))
+                    && conds.iter().all(|(f, op, v)| holds(&r.cell(run, f), *op, v))
+            })
+            .collect()
+    };
+    let mut it = keep.into_iter();
+    c.runs.retain(|_| it.next().unwrap_or(false));
+    c.refresh();
+    Ok(())
+}
+
+/// The results table of `c` (already filtered) as `q` asks.
+pub fn table(c: &Comparison, q: &Query) -> Result<Table, QueryError> {
+    let r = Resolver::new(c);
+    let mut runs: Vec<&RunReport> = c.runs.iter().collect();
+    if !q.sort.is_empty() {
+        let keys: Vec<(Field, bool)> = q
+            .sort
+            .iter()
+            .map(|s| {
+                let (desc, name) = s.strip_prefix('-').map_or((false, s.as_str()), |n| (true, n));
+                Ok((r.resolve(name)?, desc))
+            })
+            .collect::<Result<_, QueryError>>()?;
+        runs.sort_by(|a, b| {
+            for (f, desc) in &keys {
+                let (x, y) = (r.cell(a, f), r.cell(b, f));
+                let o = match (&x, &y, desc) {
+                    // Missing values last in either direction.
+                    (Cell::Missing, _, _) | (_, Cell::Missing, _) => compare(&x, &y),
+                    (_, _, true) => compare(&y, &x),
+                    _ => compare(&x, &y),
+                };
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+            std::cmp::Ordering::Equal
+        });
+    }
+    if !q.group_by.is_empty() {
+        return group(&r, &runs, q);
+    }
+    let fields: Vec<Field> = if q.columns.is_empty() {
+        let mut f = vec![Field::Result("id"), Field::Result("name")];
+        let params = if q.all_params { r.params.clone() } else { c.differing.clone() };
+        f.extend(params.into_iter().map(Field::Param));
+        f.extend(RESULT_COLUMNS.iter().filter(|&&n| n != "sweep" || c.sweeps.len() > 1).map(|n| Field::Result(n)));
+        f
+    } else {
+        q.columns.iter().map(|n| r.resolve(n)).collect::<Result<_, _>>()?
+    };
+    let headers = headers_of(&r, &fields);
+    let rows = runs.iter().map(|run| fields.iter().map(|f| r.cell(run, f)).collect()).collect();
+    Ok(Table { headers, rows })
+}
+
+/// Column headers: result columns by name, parameters by their shortest unambiguous name.
+fn headers_of(r: &Resolver, fields: &[Field]) -> Vec<String> {
+    let param_paths: Vec<String> =
+        fields.iter().filter_map(|f| if let Field::Param(p) = f { Some(p.clone()) } else { None }).collect();
+    let mut next_short = column_names(&param_paths).into_iter();
+    fields
+        .iter()
+        .map(|f| match f {
+            Field::Param(_) => next_short.next().unwrap_or_default(),
+            other => r.header(other),
+        })
+        .collect()
+}
+
+fn group(r: &Resolver, runs: &[&RunReport], q: &Query) -> Result<Table, QueryError> {
+    let keys: Vec<Field> = q.group_by.iter().map(|n| r.resolve(n)).collect::<Result<_, _>>()?;
+    let stats: Vec<Field> = if q.columns.is_empty() {
+        ["best", "train_acc", "test_acc", "test_loss", "time", "img/s"].map(Field::Result).to_vec()
+    } else {
+        q.columns.iter().map(|n| r.resolve(n)).collect::<Result<_, _>>()?
+    };
+    // Groups in order of first appearance (after sorting).
+    let mut order: Vec<Vec<String>> = Vec::new();
+    let mut members: BTreeMap<Vec<String>, Vec<&RunReport>> = BTreeMap::new();
+    for run in runs {
+        let k: Vec<String> = keys.iter().map(|f| r.cell(run, f).text()).collect();
+        if !members.contains_key(&k) {
+            order.push(k.clone());
+        }
+        members.entry(k).or_default().push(run);
+    }
+    let mut headers = headers_of(r, &keys);
+    headers.push("n".into());
+    headers.extend(headers_of(r, &stats));
+    let rows = order
+        .into_iter()
+        .map(|k| {
+            let group = &members[&k];
+            // The key cells as the first member has them (parameters keep their JSON type).
+            let mut row: Vec<Cell> = keys.iter().map(|f| r.cell(group[0], f)).collect();
+            drop(k);
+            row.push(Cell::Num(group.len() as f64, 0));
+            for f in &stats {
+                let cells: Vec<Cell> = group.iter().map(|run| r.cell(run, f)).collect();
+                let values: Vec<f64> = cells.iter().filter_map(Cell::number).collect();
+                let digits = cells.iter().find_map(|c| if let Cell::Num(_, d) = c { Some(*d) } else { None });
+                let is_secs = cells.iter().any(|c| matches!(c, Cell::Secs(_)));
+                row.push(if values.is_empty() {
+                    Cell::Missing
+                } else if is_secs {
+                    Cell::Secs(values.iter().sum::<f64>() / values.len() as f64)
+                } else if digits.is_none()
+                    && cells.iter().all(|c| matches!(c, Cell::Text(_) | Cell::Param(_) | Cell::Missing))
+                {
+                    // A text parameter: its values, not statistics.
+                    let mut texts: Vec<String> = cells.iter().map(Cell::text).collect();
+                    texts.sort();
+                    texts.dedup();
+                    Cell::Text(texts.join(" "))
+                } else {
+                    let n = values.len();
+                    let mean = values.iter().sum::<f64>() / n as f64;
+                    let var = if n > 1 {
+                        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+                    } else {
+                        0.0
+                    };
+                    Cell::Stat { mean, std: var.sqrt(), n, digits: digits.unwrap_or(4) }
+                });
+            }
+            row
+        })
+        .collect();
+    Ok(Table { headers, rows })
+}

@@ -1,0 +1,339 @@
+//! Charts as SVG text: line charts (learning curves), bar charts and a
+//! confusion-matrix heat map. No script and no external reference: the HTML
+//! report inlines them, the Markdown report writes them beside itself.
+
+use std::fmt::Write;
+
+/// Escapes text for XML/HTML content and attributes.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Matplotlib's tab10 palette.
+pub const PALETTE: [&str; 10] =
+    ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+
+/// One line of a line chart.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Legend text.
+    pub name: String,
+    /// (x, y) points in x order.
+    pub points: Vec<(f64, f64)>,
+    /// Drawn thicker (the best run).
+    pub highlight: bool,
+}
+
+const W: f64 = 460.0;
+const H: f64 = 280.0;
+const LEFT: f64 = 58.0;
+const RIGHT: f64 = 12.0;
+const TOP: f64 = 28.0;
+const BOTTOM: f64 = 40.0;
+
+fn open(out: &mut String, standalone: bool, w: f64, h: f64, title: &str) {
+    let ns = if standalone { r#" xmlns="http://www.w3.org/2000/svg""# } else { "" };
+    let _ = write!(
+        out,
+        r#"<svg{ns} viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{t}" font-family="sans-serif" font-size="11"><title>{t}</title><rect width="{w}" height="{h}" fill="white"/><text x="{x}" y="17" text-anchor="middle" font-size="13" font-weight="bold">{t}</text>"#,
+        t = esc(title),
+        x = w / 2.0
+    );
+}
+
+/// About `n` round tick values covering [lo, hi].
+pub fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    if hi <= lo || !lo.is_finite() || !hi.is_finite() {
+        return vec![lo];
+    }
+    let raw = (hi - lo) / n.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let first = (lo / step).ceil() * step;
+    (0..)
+        .map(|i| first + i as f64 * step)
+        .take_while(|v| *v <= hi + step * 1e-9)
+        .map(|v| if v.abs() < step * 1e-9 { 0.0 } else { v })
+        .collect()
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) {
+        format!("{v:.0e}")
+    } else {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
+
+/// A line chart of `series` against x (epochs); `log_y` for the learning rate.
+pub fn line_chart(title: &str, x_label: &str, series: &[Series], log_y: bool, standalone: bool) -> String {
+    let mut out = String::new();
+    open(&mut out, standalone, W, H, title);
+    let tf = |v: f64| if log_y { v.max(1e-300).log10() } else { v };
+    let pts: Vec<(f64, f64)> =
+        series.iter().flat_map(|s| s.points.iter().map(|&(x, y)| (x, tf(y)))).filter(|p| p.1.is_finite()).collect();
+    if pts.is_empty() {
+        let _ = write!(
+            out,
+            r##"<text x="{}" y="{}" text-anchor="middle" fill="#888">no data</text></svg>"##,
+            W / 2.0,
+            H / 2.0
+        );
+        return out;
+    }
+    let (mut x0, mut x1) = pts.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+    let (mut y0, mut y1) = pts.iter().fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+    if x1 <= x0 {
+        x0 -= 0.5;
+        x1 += 0.5;
+    }
+    if y1 <= y0 {
+        let d = if y0 == 0.0 { 1.0 } else { y0.abs() * 0.05 };
+        y0 -= d;
+        y1 += d;
+    } else {
+        let pad = (y1 - y0) * 0.05;
+        y0 -= pad;
+        y1 += pad;
+    }
+    let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+    let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
+    let sy = |y: f64| TOP + ph - (y - y0) / (y1 - y0) * ph;
+    // Axes and grid.
+    let _ = write!(out, r##"<g stroke="#ddd" stroke-width="1">"##);
+    let yt: Vec<f64> =
+        if log_y { (y0.ceil() as i64..=y1.floor() as i64).map(|e| e as f64).collect() } else { ticks(y0, y1, 5) };
+    for &t in &yt {
+        let _ = write!(out, r#"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}"/>"#, W - RIGHT, y = sy(t));
+    }
+    let _ = write!(out, "</g>");
+    for &t in &yt {
+        let label = if log_y { fmt_tick(10f64.powf(t)) } else { fmt_tick(t) };
+        let _ =
+            write!(out, r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, LEFT - 4.0, sy(t) + 4.0, esc(&label));
+    }
+    let xt: Vec<f64> = ticks(x0, x1, 6).into_iter().filter(|v| v.fract() == 0.0).collect();
+    for &t in &xt {
+        let _ = write!(
+            out,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            sx(t),
+            H - BOTTOM + 14.0,
+            fmt_tick(t)
+        );
+    }
+    let _ = write!(
+        out,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#999"/><text x="{}" y="{}" text-anchor="middle">{}</text>"##,
+        LEFT + pw / 2.0,
+        H - 8.0,
+        esc(x_label)
+    );
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let width = if s.highlight { 2.8 } else { 1.5 };
+        let path: Vec<String> = s
+            .points
+            .iter()
+            .filter(|p| tf(p.1).is_finite())
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(tf(y))))
+            .collect();
+        if path.len() == 1 {
+            let _ = write!(
+                out,
+                r#"<circle cx="{}" r="3" fill="{color}"><title>{}</title></circle>"#,
+                path[0].replace(',', "\" cy=\""),
+                esc(&s.name)
+            );
+        } else if !path.is_empty() {
+            let _ = write!(
+                out,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="{width}" points="{}"><title>{}</title></polyline>"#,
+                path.join(" "),
+                esc(&s.name)
+            );
+        }
+    }
+    out.push_str("</svg>");
+    out
+}
+
+/// The legend of `names` (colours as in the charts), as a separate SVG.
+pub fn legend(names: &[(String, bool)], standalone: bool) -> String {
+    let cols = 2usize;
+    let rows = names.len().div_ceil(cols).max(1);
+    let h = 10.0 + rows as f64 * 18.0;
+    let w = 2.0 * W;
+    let mut out = String::new();
+    let ns = if standalone { r#" xmlns="http://www.w3.org/2000/svg""# } else { "" };
+    let _ = write!(
+        out,
+        r#"<svg{ns} viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><title>legend</title>"#
+    );
+    for (i, (name, best)) in names.iter().enumerate() {
+        let (c, r) = (i % cols, i / cols);
+        let (x, y) = (10.0 + c as f64 * W, 14.0 + r as f64 * 18.0);
+        let color = PALETTE[i % PALETTE.len()];
+        let mark = if *best { " ★" } else { "" };
+        let _ = write!(
+            out,
+            r#"<line x1="{x}" x2="{}" y1="{}" y2="{}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}{mark}</text>"#,
+            x + 22.0,
+            y - 4.0,
+            y - 4.0,
+            x + 28.0,
+            y,
+            esc(name)
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
+/// A bar chart; `highlight` is drawn in the accent colour.
+pub fn bar_chart(
+    title: &str,
+    labels: &[String],
+    values: &[Option<f64>],
+    highlight: Option<usize>,
+    standalone: bool,
+) -> String {
+    let n = labels.len().max(1);
+    let bar_h = 18.0;
+    let label_w = 170.0;
+    let h = TOP + 10.0 + n as f64 * (bar_h + 6.0) + 20.0;
+    let w = 2.0 * W;
+    let mut out = String::new();
+    open(&mut out, standalone, w, h, title);
+    let max = values.iter().flatten().fold(0f64, |a, &b| a.max(b));
+    let min = values.iter().flatten().fold(0f64, |a, &b| a.min(b));
+    let span = if max > min { max - min } else { 1.0 };
+    let pw = w - label_w - 80.0;
+    for (i, (label, v)) in labels.iter().zip(values).enumerate() {
+        let y = TOP + 10.0 + i as f64 * (bar_h + 6.0);
+        let short: String =
+            if label.chars().count() > 26 { label.chars().take(25).chain(['…']).collect() } else { label.clone() };
+        let _ = write!(
+            out,
+            r#"<text x="{}" y="{}" text-anchor="end">{}<title>{}</title></text>"#,
+            label_w - 6.0,
+            y + 13.0,
+            esc(&short),
+            esc(label)
+        );
+        if let Some(v) = v {
+            let x0 = label_w + (0f64.max(min) - min) / span * pw;
+            let len = (v - 0f64.max(min)).abs() / span * pw;
+            let color = if Some(i) == highlight { "#d62728" } else { "#1f77b4" };
+            let _ = write!(
+                out,
+                r#"<rect x="{:.1}" y="{y}" width="{:.1}" height="{bar_h}" fill="{color}"/><text x="{:.1}" y="{}">{}</text>"#,
+                x0,
+                len.max(0.5),
+                x0 + len + 4.0,
+                y + 13.0,
+                esc(&fmt_tick((v * 100.0).round() / 100.0))
+            );
+        } else {
+            let _ = write!(out, r##"<text x="{}" y="{}" fill="#888">no value</text>"##, label_w + 4.0, y + 13.0);
+        }
+    }
+    out.push_str("</svg>");
+    out
+}
+
+/// The confusion matrix as a heat map (rows: true class, columns: predicted),
+/// each cell shaded by its share of the row.
+pub fn heatmap(title: &str, labels: &[String], m: &[Vec<u64>], standalone: bool) -> String {
+    let n = m.len().max(1);
+    let cell = (360.0 / n as f64).clamp(4.0, 32.0);
+    let label_w = if n <= 20 { 90.0 } else { 10.0 };
+    let (w, h) = (label_w + n as f64 * cell + 20.0, TOP + label_w + n as f64 * cell + 28.0);
+    let mut out = String::new();
+    open(&mut out, standalone, w.max(300.0), h, title);
+    let top = TOP + label_w;
+    for (i, row) in m.iter().enumerate() {
+        let total: u64 = row.iter().sum();
+        for (j, &v) in row.iter().enumerate() {
+            let share = if total > 0 { v as f64 / total as f64 } else { 0.0 };
+            let shade = (255.0 * (1.0 - share)).round() as u8;
+            let _ = write!(
+                out,
+                r#"<rect x="{:.1}" y="{:.1}" width="{cell:.1}" height="{cell:.1}" fill="rgb({shade},{shade},255)"><title>{} → {}: {v}</title></rect>"#,
+                label_w + j as f64 * cell,
+                top + i as f64 * cell,
+                esc(labels.get(i).map_or("?", String::as_str)),
+                esc(labels.get(j).map_or("?", String::as_str)),
+            );
+            if n <= 12 {
+                let color = if share > 0.5 { "white" } else { "black" };
+                let _ = write!(
+                    out,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="9" fill="{color}">{v}</text>"#,
+                    label_w + (j as f64 + 0.5) * cell,
+                    top + (i as f64 + 0.5) * cell + 3.0
+                );
+            }
+        }
+        if n <= 20 {
+            let name = labels.get(i).map_or("?", String::as_str);
+            let _ = write!(
+                out,
+                r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+                label_w - 4.0,
+                top + (i as f64 + 0.5) * cell + 4.0,
+                esc(name)
+            );
+            let _ = write!(
+                out,
+                r#"<text transform="translate({:.1},{}) rotate(-60)" text-anchor="start">{}</text>"#,
+                label_w + (i as f64 + 0.5) * cell + 3.0,
+                top - 4.0,
+                esc(name)
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle">rows: true class, columns: predicted</text>"#,
+        label_w + n as f64 * cell / 2.0,
+        h - 8.0
+    );
+    out.push_str("</svg>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_cover_the_range() {
+        let t = ticks(0.0, 1.0, 5);
+        assert_eq!(t.len(), 6);
+        assert!(t.iter().zip([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]).all(|(a, b)| (a - b).abs() < 1e-12), "{t:?}");
+        assert_eq!(ticks(1.0, 20.0, 6), vec![5.0, 10.0, 15.0, 20.0]);
+        assert_eq!(fmt_tick(0.0001), "1e-4");
+    }
+
+    #[test]
+    fn hostile_names_are_escaped() {
+        let s =
+            Series { name: "<script>alert(1)</script>".into(), points: vec![(1.0, 0.5), (2.0, 0.7)], highlight: true };
+        let svg = line_chart("a & b", "epoch", &[s], false, false);
+        assert!(!svg.contains("<script>") && svg.contains("&lt;script&gt;") && svg.contains("a &amp; b"));
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+    }
+}

@@ -1,0 +1,283 @@
+//! `results`, `show` and `report` on a real (tiny) sweep: filters, sorting,
+//! grouping, the diff-only view, every export format, hostile names, and the
+//! SQL views.
+
+use crate::cli::{run, stderr, stdout};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const SWEEP: &str = r#"
+name = "rep"
+description = "grid <img src=x onerror=alert(1)> & more"
+dataset = { name = "synthetic", train_size = 48, test_size = 40 }
+metric = "test_acc"
+seed = 1
+
+[defaults]
+model = "smallcnn"
+batch_size = 16
+epochs = 2
+optimizer = { name = "sgd", lr = 0.05, momentum = 0.9 }
+
+[[grid]]
+optimizer.lr = [0.02, 0.05]
+repeats = 2
+
+[[run]]
+name = "<script>alert(1)</script>"
+optimizer = { name = "adam", lr = 1e-3 }
+reference = { test_acc = 50.0, test_loss = 1.5, source = "made up <b>" }
+"#;
+
+/// Trains the sweep once per test binary run; returns (dir, home).
+fn trained() -> &'static (tempfile::TempDir, PathBuf) {
+    static ONCE: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let f = crate::write_sweep(dir.path(), "rep.toml", SWEEP);
+        assert!(run(&home, &["-q", "submit", f.to_str().unwrap()]).status.success());
+        (dir, home)
+    })
+}
+
+fn json(home: &Path, args: &[&str]) -> Value {
+    let out = run(home, args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// RFC 4180 fields: quoted fields may hold commas, quotes doubled.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .map(|line| {
+            let mut fields = vec![String::new()];
+            let mut quoted = false;
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                match (c, quoted) {
+                    ('"', true) if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        fields.last_mut().unwrap().push('"');
+                    }
+                    ('"', _) => quoted = !quoted,
+                    (',', false) => fields.push(String::new()),
+                    (c, _) => fields.last_mut().unwrap().push(c),
+                }
+            }
+            fields
+        })
+        .collect()
+}
+
+fn rows(v: &Value) -> &Vec<Value> {
+    v.as_array().unwrap()
+}
+
+#[test]
+fn results_filter_sort_group_and_show_only_what_differs() {
+    let (_, home) = trained();
+    let all = json(home, &["results", "--format", "json"]);
+    assert_eq!(rows(&all).len(), 5);
+    // Diff-only: lr, seed and the optimizer differ; the model does not.
+    let keys: Vec<&String> = rows(&all)[0].as_object().unwrap().keys().collect();
+    for k in ["id", "name", "lr", "seed", "optimizer", "status", "best_test_acc", "test_acc", "time", "img/s"] {
+        assert!(keys.iter().any(|x| *x == k), "{k} missing from {keys:?}");
+    }
+    assert!(!keys.iter().any(|x| *x == "model"), "{keys:?}");
+    let every = json(home, &["results", "--all-params", "--format", "json"]);
+    assert_eq!(rows(&every)[0]["model"], "smallcnn");
+
+    // Filters.
+    let lr = json(home, &["results", "--where", "lr=0.05", "--format", "json"]);
+    assert_eq!(rows(&lr).len(), 2);
+    // Among the runs shown, lr no longer differs: the diff-only view drops it.
+    assert!(rows(&lr)[0].get("lr").is_none() && rows(&lr)[0].get("seed").is_some(), "{lr}");
+    let lr = json(home, &["results", "--where", "lr=0.05", "--columns", "name,lr,test_acc", "--format", "json"]);
+    assert!(rows(&lr).iter().all(|r| r["lr"] == 0.05), "{lr}");
+    let two = json(
+        home,
+        &[
+            "results",
+            "--where",
+            "optimizer.lr<0.04",
+            "--where",
+            "seed=2",
+            "--columns",
+            "name,lr,seed",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(rows(&two).len(), 1);
+    assert_eq!((rows(&two)[0]["lr"].as_f64(), rows(&two)[0]["seed"].as_i64()), (Some(0.02), Some(2)));
+    let adam = json(home, &["results", "--where", "optimizer=adam", "--status", "done", "--format", "json"]);
+    assert_eq!(rows(&adam).len(), 1);
+    assert_eq!(rows(&adam)[0]["name"], "<script>alert(1)</script>");
+    assert_eq!(rows(&json(home, &["results", "--where", "name~lr=0.0", "--format", "json"])).len(), 4);
+    assert!(rows(&json(home, &["results", "--status", "failed", "--format", "json"])).is_empty());
+    let bad = run(home, &["results", "--where", "colour=red"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("unknown column or parameter `colour`"), "{}", stderr(&bad));
+
+    // Sorting: descending by the best metric, ties broken by name.
+    let sorted = json(home, &["results", "--sort", "-best,name", "--format", "json"]);
+    let best: Vec<f64> = rows(&sorted).iter().map(|r| r["best_test_acc"].as_f64().unwrap()).collect();
+    assert!(best.windows(2).all(|w| w[0] >= w[1]), "{best:?}");
+    let by_lr = json(home, &["results", "--sort", "lr,-seed", "--format", "json"]);
+    let order: Vec<(f64, i64)> =
+        rows(&by_lr).iter().map(|r| (r["lr"].as_f64().unwrap(), r["seed"].as_i64().unwrap())).collect();
+    assert_eq!(order, vec![(0.001, 1), (0.02, 2), (0.02, 1), (0.05, 2), (0.05, 1)]);
+
+    // Grouping: mean, std and count over the seeds.
+    let g = json(home, &["results", "--group-by", "lr", "--sort", "lr", "--format", "json"]);
+    assert_eq!(rows(&g).len(), 3);
+    let g05 = rows(&g).iter().find(|r| r["lr"] == 0.05).unwrap();
+    assert_eq!(g05["n"], 2);
+    let accs: Vec<f64> = rows(&lr).iter().map(|r| r["test_acc"].as_f64().unwrap()).collect();
+    let mean = (accs[0] + accs[1]) / 2.0;
+    let std = ((accs[0] - mean).powi(2) + (accs[1] - mean).powi(2)).sqrt();
+    assert!((g05["test_acc"]["mean"].as_f64().unwrap() - mean).abs() < 1e-9, "{g05}");
+    assert!((g05["test_acc"]["std"].as_f64().unwrap() - std).abs() < 1e-9, "{g05}");
+    let table = stdout(&run(home, &["results", "--group-by", "lr"]));
+    let head: Vec<&str> = table.lines().next().unwrap().split_whitespace().take(3).collect();
+    assert_eq!(head, ["lr", "n", "best_test_acc"], "{table}");
+    assert!(table.contains(" ± "), "{table}");
+
+    // Chosen columns, CSV that parses back.
+    let csv = parse_csv(&stdout(&run(home, &["results", "--columns", "name,lr,test_acc", "--format", "csv"])));
+    assert_eq!(csv[0], ["name", "lr", "test_acc"]);
+    assert_eq!(csv.len(), 6);
+    for l in &csv[1..] {
+        assert_eq!(l.len(), 3, "{l:?}");
+        assert!(l[2].parse::<f64>().is_ok(), "{l:?}");
+    }
+    assert!(csv.iter().any(|l| l[0] == "lr=0.05,seed=2"), "a quoted name with a comma reads back");
+}
+
+#[test]
+fn show_prints_one_run_by_id_or_name() {
+    let (_, home) = trained();
+    let all = json(home, &["results", "--format", "json"]);
+    let id = rows(&all)[0]["id"].as_str().unwrap().to_owned();
+    let name = rows(&all)[0]["name"].as_str().unwrap().to_owned();
+    let by_id = stdout(&run(home, &["show", &id[..6]]));
+    assert!(by_id.contains(&format!("run {id} (rep/{name})")), "{by_id}");
+    assert!(by_id.contains("\"lr\": ") && by_id.contains("epoch") && by_id.contains("checkpoint best"), "{by_id}");
+    let by_name = json(home, &["show", &format!("rep/{name}"), "--format", "json"]);
+    assert_eq!(by_name["id"], id.as_str());
+    assert_eq!(by_name["epochs"].as_array().unwrap().len(), 2);
+    assert_eq!(by_name["classes"][0], "disk");
+    let none = run(home, &["show", "nope"]);
+    assert!(!none.status.success() && stderr(&none).contains("no run `nope`"));
+}
+
+/// Tags balance (void elements aside) and nothing loads from elsewhere.
+fn assert_well_formed_and_offline(html: &str) {
+    let void = ["meta", "br", "hr", "img", "input", "link", "col", "wbr"];
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i + 1..];
+        let end = rest.find('>').expect("unclosed tag");
+        let tag = &rest[..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('!') {
+            continue;
+        }
+        let self_closing = tag.ends_with('/');
+        let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        for attr in [" src=", " href=", " srcset=", " xlink:href=", " action=", " on"] {
+            assert!(!tag.contains(attr), "tag <{tag}> has `{attr}`");
+        }
+        assert!(!["script", "img", "link", "iframe", "object", "embed"].contains(&name.as_str()), "<{name}>");
+        if tag.starts_with('/') {
+            assert_eq!(stack.pop().as_deref(), Some(name.as_str()), "closing </{name}>");
+        } else if !self_closing && !void.contains(&name.as_str()) {
+            stack.push(name);
+        }
+    }
+    assert!(stack.is_empty(), "unclosed: {stack:?}");
+    for bad in ["http://", "https://", "url(", "@import"] {
+        assert!(!html.contains(bad), "the report contains `{bad}`");
+    }
+}
+
+#[test]
+fn every_report_format_exports_and_escapes() {
+    let (dir, home) = trained();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+
+    let html_path = out.join("r.html");
+    assert!(run(home, &["report", "--format", "html", "-o", html_path.to_str().unwrap()]).status.success());
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert_well_formed_and_offline(&html);
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(html.contains("&lt;img src=x onerror=alert(1)&gt; &amp; more"));
+    for part in [
+        "Summary",
+        "Measured against reference",
+        "Learning curves",
+        "Best metric per run",
+        "Confusion matrix",
+        "Per-class test accuracy",
+        "<svg",
+        "<polyline",
+    ] {
+        assert!(html.contains(part), "{part} missing");
+    }
+    assert!(html.contains("★"), "the best run is marked");
+
+    let md_path = out.join("r.md");
+    assert!(run(home, &["report", "--sweep", "rep", "-o", md_path.to_str().unwrap()]).status.success());
+    let md = std::fs::read_to_string(&md_path).unwrap();
+    assert!(md.contains("![Test accuracy (%)](r-test-acc.svg)"), "{md}");
+    assert!(md.contains("&lt;script&gt;"), "{md}");
+    for f in ["legend", "train-loss", "test-loss", "train-acc", "test-acc", "lr", "best", "classes", "confusion"] {
+        let svg = std::fs::read_to_string(out.join(format!("r-{f}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\"") && svg.ends_with("</svg>"), "{f}");
+        assert!(!svg.contains("<script"), "{f}");
+    }
+
+    let csv = parse_csv(&stdout(&run(home, &["report", "--format", "csv", "--where", "lr=0.05"])));
+    assert_eq!(csv.len(), 1 + 2 * 2, "two runs x two epochs: {csv:?}");
+    assert!(csv.iter().all(|l| l.len() == csv[0].len()), "{csv:?}");
+    assert_eq!(csv[1][2], "lr=0.05,seed=1");
+    let j: Value = serde_json::from_str(&stdout(&run(home, &["report", "--format", "json"]))).unwrap();
+    assert_eq!(j["runs"].as_array().unwrap().len(), 5);
+    assert_eq!(j["runs"][0]["epochs"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn the_sql_views_answer_plain_queries() {
+    let (_, home) = trained();
+    let rows = crate::cli::block(async {
+        use sqlx::Row;
+        let url = format!("sqlite://{}?mode=ro", home.join(sweep::store::DB_FILE).display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let rows = sqlx::query(
+            "SELECT name, model, lr, best_metric, final_test_acc, images_per_sec,
+                    (SELECT count(*) FROM epochs_view e WHERE e.id = r.id) AS n_epochs,
+                    (SELECT count(*) FROM epochs_view e WHERE e.id = r.id AND e.is_best) AS n_best
+             FROM runs_view r WHERE sweep = 'rep' ORDER BY lr, seed",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        rows.iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>("name"),
+                    r.get::<String, _>("model"),
+                    r.get::<f64, _>("lr"),
+                    r.get::<Option<f64>, _>("best_metric").is_some(),
+                    r.get::<i64, _>("n_epochs"),
+                    r.get::<i64, _>("n_best"),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r.1 == "smallcnn" && r.3 && r.4 == 2 && r.5 == 1), "{rows:?}");
+    assert_eq!(rows.iter().map(|r| r.2).collect::<Vec<_>>(), vec![0.001, 0.02, 0.02, 0.05, 0.05]);
+}
