@@ -404,3 +404,29 @@ fn dataset_sizes_cut_every_format() {
     let d = data::load(&spec).unwrap();
     assert_eq!((d.train.len(), d.test.len()), (7, 3));
 }
+
+#[test]
+fn a_folder_subset_is_a_seeded_sample_of_every_class_not_the_first_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for split in ["train", "test"] {
+        for (c, class) in ["a", "b", "c", "d"].iter().enumerate() {
+            for i in 0..10u8 {
+                files.push((format!("{split}/{class}/{i}.png"), png(4, 4, c as u8 * 10 + i)));
+            }
+        }
+    }
+    let path = dir.path().join("four.tar");
+    std::fs::write(&path, targz(&files, false)).unwrap();
+    let mut spec = sweep::spec::DatasetSpec::named(DatasetName::Folder);
+    spec.path = Some(path.display().to_string());
+    spec.train_size = Some(20);
+    spec.test_size = Some(8);
+    let d = data::load(&spec).unwrap();
+    assert_eq!((d.train.len(), d.test.len()), (20, 8));
+    let classes: std::collections::BTreeSet<u32> = d.train.labels.iter().copied().collect();
+    assert_eq!(classes.len(), 4, "{:?}", d.train.labels);
+    assert_eq!(data::load(&spec).unwrap().train.files, d.train.files);
+    spec.data_seed = Some(5);
+    assert_ne!(data::load(&spec).unwrap().train.files, d.train.files);
+}

@@ -188,11 +188,23 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
             folder::load(std::path::Path::new(path), spec.test_split, spec.data_seed.unwrap_or(0))?
         }
     };
-    if let Some(n) = spec.train_size {
-        ds.train.truncate(n);
-    }
-    if let Some(n) = spec.test_size {
-        ds.test.truncate(n);
+    // CIFAR's files are in random order, so their first N images are a fair
+    // sample; an image folder is sorted by class, so it gets a seeded random one.
+    let folder = spec.name == DatasetName::Folder;
+    let seed = spec.data_seed.unwrap_or(0);
+    for (split, n, which) in [(&mut ds.train, spec.train_size, 0u64), (&mut ds.test, spec.test_size, 1)] {
+        match n {
+            Some(n) if folder && n < split.len() => {
+                let mut idx: Vec<usize> = (0..split.len()).collect();
+                crate::train::rng::Rng::derive(&[crate::train::rng::stream::DATA, seed, 0x5_1ce, which])
+                    .shuffle(&mut idx);
+                idx.truncate(n);
+                idx.sort_unstable();
+                *split = split.select(&idx);
+            }
+            Some(n) => split.truncate(n),
+            None => {}
+        }
     }
     Ok(ds)
 }
