@@ -11,6 +11,7 @@ home=$(mktemp -d)
 trap 'rm -rf "$home"' EXIT
 cat > "$home/seed.toml" <<'TOML'
 name = "seed"
+dataset = "synthetic"
 [defaults]
 model = "smallcnn"
 batch_size = 64

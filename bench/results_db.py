@@ -34,8 +34,8 @@ for i in range(n_runs):
     accs = [min(99.0, 10 + 80 * (1 - 0.85 ** (e + 1)) + rnd.gauss(0, 1)) for e in range(n_epochs)]
     best = max(range(n_epochs), key=lambda e: accs[e])
     cur.execute(
-        "INSERT INTO runs (key, config_json, status, epochs_total, epochs_done, best_epoch, best_metric, train_seconds, device)"
-        " VALUES (?, ?, 'done', ?, ?, ?, ?, ?, 'cpu')",
+        "INSERT INTO runs (key, config_json, status, epochs_total, epochs_done, best_epoch, best_metric, train_seconds,"
+        " device, images_per_sec) VALUES (?, ?, 'done', ?, ?, ?, ?, ?, 'cpu', 1600.0)",
         (key, text, n_epochs, n_epochs, best + 1, accs[best], 30.0 * n_epochs),
     )
     run_id = cur.lastrowid

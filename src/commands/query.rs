@@ -89,6 +89,8 @@ pub async fn results(home: &Path, sweeps: &[String], q: &Query, format: ResultsF
     let cmp = comparison(&store, sweeps, q, false).await?;
     let table = rq::table(&cmp, q)?;
     print!("{}", report::render_table(&table, format));
+    // The process ends here: freeing 10,000 runs' maps one by one took a sixth of the time.
+    std::mem::forget((cmp, table));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,15 +7,15 @@ use super::svg::esc;
 use super::Comparison;
 use std::fmt::Write;
 
-const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;\
+const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1400px;\
 padding:0 1em;color:#222}h1{margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}\
 .meta{color:#666}table{border-collapse:collapse;margin:.6em 0;font-size:13px}th,td{border:1px solid #ddd;\
-padding:3px 7px;text-align:left}th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}\
-tr.best{background:#fff4d6}.figs{display:flex;flex-wrap:wrap;gap:8px}.figs svg{border:1px solid #eee}\
+padding:3px 6px;text-align:left}th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+tr.best{background:#fff4d6}.scroll{overflow-x:auto;max-width:100%}.figs{display:flex;flex-wrap:wrap;gap:8px}.figs svg{border:1px solid #eee}\
 .err{color:#b00020}details{margin:.3em 0}summary{cursor:pointer}.pos{color:#1a7f37}.neg{color:#b00020}";
 
 fn table(out: &mut String, headers: &[String], rows: &[Vec<String>], numeric: &[bool], best_row: Option<usize>) {
-    out.push_str("<table><thead><tr>");
+    out.push_str("<div class=\"scroll\"><table><thead><tr>");
     for h in headers {
         let _ = write!(out, "<th>{}</th>", esc(h));
     }
@@ -28,7 +28,7 @@ fn table(out: &mut String, headers: &[String], rows: &[Vec<String>], numeric: &[
         }
         out.push_str("</tr>");
     }
-    out.push_str("</tbody></table>");
+    out.push_str("</tbody></table></div>");
 }
 
 fn is_number(s: &str) -> bool {
@@ -127,7 +127,8 @@ pub fn html(c: &Comparison) -> String {
     for r in &c.runs {
         let _ = write!(
             out,
-            "<details><summary><b>{}</b> <code>{}</code> — {}, {} epochs</summary>",
+            "<details{}><summary><b>{}</b> <code>{}</code> — {}, {} epochs</summary>",
+            if r.best { " open" } else { "" },
             esc(&r.row.name),
             esc(r.row.key.get(..10).unwrap_or(&r.row.key)),
             r.row.status,

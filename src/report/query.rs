@@ -134,9 +134,8 @@ struct Resolver<'a> {
 
 impl<'a> Resolver<'a> {
     fn new(c: &'a Comparison) -> Self {
-        let mut params: Vec<String> = c.runs.iter().flat_map(|r| r.params.keys().cloned()).collect();
-        params.sort();
-        params.dedup();
+        let maps: Vec<&BTreeMap<String, String>> = c.runs.iter().map(|r| &r.params).collect();
+        let params = super::all_keys(&maps).into_iter().map(str::to_owned).collect();
         Resolver { c, params }
     }
 
@@ -286,18 +285,19 @@ fn compare(a: &Cell, b: &Cell) -> std::cmp::Ordering {
 
 /// Keeps the runs of `c` that pass the `--where` and `--status` conditions of `q`.
 pub fn filter(c: &mut Comparison, q: &Query) -> Result<(), QueryError> {
-    let conds: Vec<(Field, Op, String)> = {
+    if q.wheres.is_empty() && q.statuses.is_empty() {
+        return Ok(());
+    }
+    let keep: Vec<bool> = {
         let r = Resolver::new(c);
-        q.wheres
+        let conds: Vec<(Field, Op, String)> = q
+            .wheres
             .iter()
             .map(|w| {
                 let (k, op, v) = parse_where(w)?;
                 Ok((r.resolve(&k)?, op, v))
             })
-            .collect::<Result<_, QueryError>>()?
-    };
-    let keep: Vec<bool> = {
-        let r = Resolver::new(c);
+            .collect::<Result<_, QueryError>>()?;
         c.runs
             .iter()
             .map(|run| {

@@ -42,16 +42,27 @@ pub(crate) fn metric_digits(metric: &str) -> usize {
 
 /// Aligned text table.
 pub fn text_table(headers: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    let len = |s: &String| if s.is_ascii() { s.len() } else { s.chars().count() };
+    let mut widths: Vec<usize> = headers.iter().map(len).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(len(cell));
         }
     }
-    let mut out = String::new();
+    let mut out = String::with_capacity((rows.len() + 2) * (widths.iter().sum::<usize>() + 2 * widths.len() + 1));
     let line = |cells: &[String], out: &mut String| {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        let _ = writeln!(out, "{}", parts.join("  ").trim_end());
+        let start = out.len();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            out.push_str(c);
+            let pad = w.saturating_sub(if c.is_ascii() { c.len() } else { c.chars().count() });
+            out.extend(std::iter::repeat_n(' ', pad));
+        }
+        let trimmed = out[start..].trim_end().len();
+        out.truncate(start + trimmed);
+        out.push('\n');
     };
     line(headers, &mut out);
     line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(), &mut out);
