@@ -192,7 +192,8 @@ pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Resul
         println!(
             "best:        epoch {e}, {} {}",
             run.metric,
-            run.best_metric.map_or("-".into(), |m| format!("{m:.4}"))
+            run.best_metric
+                .map_or("-".into(), |m| format!("{m:.d$}", d = if run.metric.ends_with("loss") { 4 } else { 2 }))
         );
     }
     println!("train time:  {}", duration(run.train_seconds));
