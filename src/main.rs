@@ -9,8 +9,13 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    sweep::train::tune_process();
     let args = cli::Cli::parse();
+    // Training wants one big malloc arena and rayon's thread count fixed; the
+    // read-only commands do not (with one arena, SQLite's reader thread and
+    // the main thread contend: `results` on 10,000 runs took 1.6x as long).
+    if matches!(args.command, cli::Command::Submit { .. } | cli::Command::Worker { .. } | cli::Command::Eval { .. }) {
+        sweep::train::tune_process();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -833,14 +833,15 @@ impl Store {
     /// run once (under the first sweep that asked for it).
     pub async fn runs(&self, sweep: Option<&str>) -> Result<Vec<RunRow>> {
         // One query per case, each walking an index in the order shown (no sort
-        // step): with 10,000 runs this is most of `sweep results`' time.
-        let columns = format!(
-            "r.id, r.key, s.name AS sweep, sr.name AS name, r.config_json, r.status, r.epochs_total,
+        // step), and each row packed by SQLite into one JSON array: decoding
+        // 25 separate cells per row through sqlx cost 0.35 µs a cell, most of
+        // `sweep results`' time with 10,000 runs.
+        let row = format!(
+            "r.config_json, json_array(r.id, r.key, s.name, sr.name, r.status, r.epochs_total,
              r.epochs_done, r.step, r.steps_per_epoch, r.attempts, r.worker,
-             {NOW_UNIX} - r.heartbeat AS heartbeat_age, r.device, r.error, s.metric,
-             r.best_epoch, r.best_metric, r.train_seconds, sr.reference_json,
-             le.train_acc AS final_train_acc, le.test_acc AS final_test_acc, le.test_loss AS final_test_loss,
-             r.images_per_sec, r.note, r.classes_json"
+             {NOW_UNIX} - r.heartbeat, r.device, r.error, s.metric,
+             r.best_epoch, r.best_metric, r.train_seconds, json(sr.reference_json),
+             le.train_acc, le.test_acc, le.test_loss, r.images_per_sec, r.note, json(r.classes_json)) AS packed"
         );
         let from = "FROM sweep_runs sr
              JOIN runs r ON r.id = sr.run_id
@@ -848,58 +849,82 @@ impl Store {
              LEFT JOIN epochs le ON le.run_id = r.id AND le.epoch = r.epochs_done";
         let sql = if sweep.is_some() {
             format!(
-                "SELECT {columns} {from}
+                "SELECT {row} {from}
                  WHERE sr.sweep_id = (SELECT id FROM sweeps WHERE name = ?1)
                  ORDER BY sr.sweep_id, sr.position"
             )
         } else {
             // Every run once, under the first sweep that asked for it.
             format!(
-                "SELECT {columns} {from}
+                "SELECT {row} {from}
                  WHERE ?1 IS NULL AND sr.sweep_id = (SELECT MIN(sweep_id) FROM sweep_runs x WHERE x.run_id = r.id)
                  ORDER BY sr.sweep_id, sr.position"
             )
         };
-        let rows = sqlx::query(&sql).bind(sweep).fetch_all(&self.pool).await.map_err(self.sql())?;
+        #[derive(serde::Deserialize)]
+        struct Packed<'a>(
+            i64,
+            String,
+            String,
+            String,
+            &'a str,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            i64,
+            Option<String>,
+            Option<f64>,
+            Option<String>,
+            Option<String>,
+            String,
+            Option<i64>,
+            Option<f64>,
+            f64,
+            Option<Reference>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<String>,
+            Option<Vec<String>>,
+        );
+        let rows: Vec<(String, String)> =
+            sqlx::query_as(&sql).bind(sweep).fetch_all(&self.pool).await.map_err(self.sql())?;
         rows.into_iter()
-            .map(|r| {
-                let status: String = r.get("status");
-                let reference: Option<String> = r.get("reference_json");
-                let reference = match reference {
-                    None => None,
-                    Some(text) => Some(serde_json::from_str(&text).map_err(|err| StoreError::Corrupt {
-                        path: self.db_path.clone(),
-                        what: "sweep_runs.reference_json".into(),
-                        detail: err.to_string(),
-                    })?),
-                };
+            .map(|(config_json, text)| {
+                let p: Packed = serde_json::from_str(&text).map_err(|err| StoreError::Corrupt {
+                    path: self.db_path.clone(),
+                    what: "a run's row (runs, sweep_runs.reference_json)".into(),
+                    detail: err.to_string(),
+                })?;
                 Ok(RunRow {
-                    id: r.get("id"),
-                    key: r.get("key"),
-                    sweep: r.get("sweep"),
-                    name: r.get("name"),
-                    config_json: r.get("config_json"),
-                    status: self.parse_status(&status)?,
-                    epochs_total: r.get("epochs_total"),
-                    epochs_done: r.get("epochs_done"),
-                    step: r.get("step"),
-                    steps_per_epoch: r.get("steps_per_epoch"),
-                    attempts: r.get("attempts"),
-                    worker: r.get("worker"),
-                    heartbeat_age: r.get("heartbeat_age"),
-                    device: r.get("device"),
-                    error: r.get("error"),
-                    metric: r.get("metric"),
-                    best_epoch: r.get("best_epoch"),
-                    best_metric: r.get("best_metric"),
-                    final_train_acc: r.get("final_train_acc"),
-                    final_test_acc: r.get("final_test_acc"),
-                    final_test_loss: r.get("final_test_loss"),
-                    images_per_sec: r.get("images_per_sec"),
-                    train_seconds: r.get("train_seconds"),
-                    note: r.get("note"),
-                    classes: r.get::<Option<String>, _>("classes_json").and_then(|j| serde_json::from_str(&j).ok()),
-                    reference,
+                    id: p.0,
+                    key: p.1,
+                    sweep: p.2,
+                    name: p.3,
+                    config_json,
+                    status: self.parse_status(p.4)?,
+                    epochs_total: p.5,
+                    epochs_done: p.6,
+                    step: p.7,
+                    steps_per_epoch: p.8,
+                    attempts: p.9,
+                    worker: p.10,
+                    heartbeat_age: p.11,
+                    device: p.12,
+                    error: p.13,
+                    metric: p.14,
+                    best_epoch: p.15,
+                    best_metric: p.16,
+                    train_seconds: p.17,
+                    reference: p.18,
+                    final_train_acc: p.19,
+                    final_test_acc: p.20,
+                    final_test_loss: p.21,
+                    images_per_sec: p.22,
+                    note: p.23,
+                    classes: p.24,
                 })
             })
             .collect()
