@@ -42,8 +42,20 @@ pub enum FetchError {
 
 /// The sha256 of a file, as lower-case hex.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    hash_file::<Sha256>(path)
+}
+
+/// The md5 of a file, as lower-case hex.
+pub fn md5_file(path: &Path) -> std::io::Result<String> {
+    hash_file::<md5::Md5>(path)
+}
+
+fn hash_file<D: Digest>(path: &Path) -> std::io::Result<String>
+where
+    sha2::digest::Output<D>: std::fmt::LowerHex,
+{
     let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
+    let mut h = D::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;

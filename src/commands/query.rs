@@ -211,27 +211,7 @@ pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Resul
     if epochs.is_empty() {
         println!("no epoch recorded");
     } else {
-        let headers: Vec<String> =
-            ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "top5", "lr", "time", "img/s"]
-                .map(str::to_owned)
-                .to_vec();
-        let rows: Vec<Vec<String>> = epochs
-            .iter()
-            .map(|e| {
-                let mark = if Some(e.epoch) == run.best_epoch { " *" } else { "" };
-                vec![
-                    format!("{}{mark}", e.epoch),
-                    format!("{:.4}", e.train_loss),
-                    format!("{:.2}", e.train_acc),
-                    format!("{:.4}", e.test_loss),
-                    format!("{:.2}", e.test_acc),
-                    e.test_top5.map_or("-".into(), |v| format!("{v:.2}")),
-                    format!("{:.3e}", e.lr),
-                    duration(e.seconds),
-                    format!("{:.0}", e.images_per_sec),
-                ]
-            })
-            .collect();
+        let (headers, rows) = report::render::epoch_rows(&epochs, run.best_epoch);
         print!("{}", text_table(&headers, &rows));
     }
     println!();

@@ -137,7 +137,7 @@ pub fn html(c: &Comparison) -> String {
         if r.epochs.is_empty() {
             out.push_str("<p>No epoch recorded.</p>");
         } else {
-            let (headers, rows) = super::render::epoch_rows(r);
+            let (headers, rows) = super::render::epoch_rows(&r.epochs, r.row.best_epoch);
             let numeric = vec![true; headers.len()];
             let best = r.epochs.iter().position(|e| Some(e.epoch) == r.row.best_epoch);
             table(&mut out, &headers, &rows, &numeric, best);

@@ -398,7 +398,6 @@ fn group(r: &Resolver, runs: &[&RunReport], q: &Query) -> Result<Table, QueryErr
             let group = &members[&k];
             // The key cells as the first member has them (parameters keep their JSON type).
             let mut row: Vec<Cell> = keys.iter().map(|f| r.cell(group[0], f)).collect();
-            drop(k);
             row.push(Cell::Num(group.len() as f64, 0));
             for f in &stats {
                 let cells: Vec<Cell> = group.iter().map(|run| r.cell(run, f)).collect();

@@ -2,7 +2,7 @@
 
 use super::query::{Cell, Table};
 use super::{Comparison, RunReport};
-use crate::store::Status;
+use crate::store::{EpochRecord, Status};
 use serde_json::{json, Value};
 use std::fmt::Write;
 
@@ -242,17 +242,16 @@ pub(crate) fn references(c: &Comparison) -> Option<(Vec<String>, Vec<Vec<String>
     Some((headers, rows))
 }
 
-/// One run's epochs as table rows (the best epoch starred).
-pub(crate) fn epoch_rows(r: &RunReport) -> (Vec<String>, Vec<Vec<String>>) {
+/// A run's epochs as table rows (the best epoch starred).
+pub fn epoch_rows(epochs: &[EpochRecord], best_epoch: Option<i64>) -> (Vec<String>, Vec<Vec<String>>) {
     let headers: Vec<String> =
         ["epoch", "train loss", "train acc", "test loss", "test acc", "test top-5", "lr", "seconds", "img/s"]
             .map(str::to_owned)
             .to_vec();
-    let rows = r
-        .epochs
+    let rows = epochs
         .iter()
         .map(|e| {
-            let mark = if Some(e.epoch) == r.row.best_epoch { " ★" } else { "" };
+            let mark = if Some(e.epoch) == best_epoch { " ★" } else { "" };
             vec![
                 format!("{}{mark}", e.epoch),
                 format!("{:.4}", e.train_loss),
@@ -386,7 +385,7 @@ pub fn markdown(c: &Comparison, figures: &[(String, String)]) -> String {
             let _ = writeln!(out, "No epoch recorded ({}).\n", r.row.status);
             continue;
         }
-        let (headers, rows) = epoch_rows(r);
+        let (headers, rows) = epoch_rows(&r.epochs, r.row.best_epoch);
         out += &md_table(&headers, &rows);
         out.push('\n');
     }

@@ -717,28 +717,20 @@ impl Store {
 
     /// Records how a run ended (shown with the run), if this worker holds it.
     pub async fn set_note(&self, run_id: i64, worker: &str, note: &str) -> Result<()> {
-        let e = self.sql();
-        let mut tx = self.held_tx(run_id, worker).await?;
-        sqlx::query("UPDATE runs SET note = ?2 WHERE id = ?1")
-            .bind(run_id)
-            .bind(note)
-            .execute(&mut *tx)
-            .await
-            .map_err(&e)?;
-        tx.commit().await.map_err(&e)?;
-        Ok(())
+        self.set_held_text(run_id, worker, "UPDATE runs SET note = ?2 WHERE id = ?1", note).await
     }
 
     /// Records the class names of the run's dataset (label order).
     pub async fn set_classes(&self, run_id: i64, worker: &str, classes: &[String]) -> Result<()> {
+        let json = serde_json::to_string(classes).expect("serialisable");
+        self.set_held_text(run_id, worker, "UPDATE runs SET classes_json = ?2 WHERE id = ?1", &json).await
+    }
+
+    /// Runs `sql` (binding the run id and `value`) if this worker holds the run.
+    async fn set_held_text(&self, run_id: i64, worker: &str, sql: &'static str, value: &str) -> Result<()> {
         let e = self.sql();
         let mut tx = self.held_tx(run_id, worker).await?;
-        sqlx::query("UPDATE runs SET classes_json = ?2 WHERE id = ?1")
-            .bind(run_id)
-            .bind(serde_json::to_string(classes).expect("serialisable"))
-            .execute(&mut *tx)
-            .await
-            .map_err(&e)?;
+        sqlx::query(sql).bind(run_id).bind(value).execute(&mut *tx).await.map_err(&e)?;
         tx.commit().await.map_err(&e)?;
         Ok(())
     }

@@ -296,7 +296,8 @@ fn fetch(r: &Release, path: Option<&Path>, cache: &Cache) -> Result<Found, DataE
     };
     if archive.exists() {
         // Put there by hand (or by an earlier run that was killed while unpacking).
-        let md5 = md5_file(&archive).map_err(|e| DataError::new(&archive, format!("cannot read: {e}")))?;
+        let md5 =
+            crate::fetch::md5_file(&archive).map_err(|e| DataError::new(&archive, format!("cannot read: {e}")))?;
         verify(&crate::fetch::Digests { sha256: String::new(), md5 }).map_err(|detail| {
             DataError::new(&archive, format!("{detail}: not the official {} archive; delete it", r.name))
         })?;
@@ -312,21 +313,6 @@ fn fetch(r: &Release, path: Option<&Path>, cache: &Cache) -> Result<Found, DataE
     unpack(&archive, &cache.dir)?;
     find(r, &cache.dir)
         .ok_or_else(|| DataError::new(&archive, format!("the archive does not hold {}/{}", r.py_dir, r.py_train[0])))
-}
-
-fn md5_file(path: &Path) -> std::io::Result<String> {
-    use md5::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = md5::Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(format!("{:x}", h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
 }
 
 /// Unpacks a `.tar.gz` into `dir` through a temporary folder renamed into place.

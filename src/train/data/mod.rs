@@ -77,7 +77,7 @@ impl Split {
     /// (height, width) of image `i`.
     pub fn size(&self, i: usize) -> (usize, usize) {
         match self.sizes.get(i) {
-            Some(&(h, w, _)) if !self.sizes.is_empty() => (h as usize, w as usize),
+            Some(&(h, w, _)) => (h as usize, w as usize),
             _ => (self.height, self.width),
         }
     }
