@@ -35,8 +35,9 @@ for i in range(n_runs):
     best = max(range(n_epochs), key=lambda e: accs[e])
     cur.execute(
         "INSERT INTO runs (key, config_json, status, epochs_total, epochs_done, best_epoch, best_metric, train_seconds,"
-        " device, images_per_sec) VALUES (?, ?, 'done', ?, ?, ?, ?, ?, 'cpu', 1600.0)",
-        (key, text, n_epochs, n_epochs, best + 1, accs[best], 30.0 * n_epochs),
+        " device, images_per_sec, final_train_acc, final_test_acc, final_test_loss)"
+        " VALUES (?, ?, 'done', ?, ?, ?, ?, ?, 'cpu', 1600.0, ?, ?, ?)",
+        (key, text, n_epochs, n_epochs, best + 1, accs[best], 30.0 * n_epochs, accs[-1] + 2, accs[-1], 2.3 * 0.82 ** (n_epochs - 1)),
     )
     run_id = cur.lastrowid
     cur.execute(

@@ -15,6 +15,23 @@ fn main() -> ExitCode {
     // the main thread contend: `results` on 10,000 runs took 1.6x as long).
     if matches!(args.command, cli::Command::Submit { .. } | cli::Command::Worker { .. } | cli::Command::Eval { .. }) {
         sweep::train::tune_process();
+    } else {
+        // `sweep results | head` ends quietly, as other Unix tools do, instead
+        // of panicking on the closed pipe (Rust ignores SIGPIPE by default).
+        // Not for the training commands: a closed pipe must not kill a run.
+        #[cfg(unix)]
+        // SAFETY: restores the default disposition of one signal at start-up.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator thresholds. The multi-megabyte
+        // vectors of a large `results` are then served from the heap and reused
+        // once freed, instead of being mapped, faulted in and unmapped each time.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(

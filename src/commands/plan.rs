@@ -3,7 +3,7 @@
 use crate::cli::PlanFormat;
 use std::path::Path;
 use std::process::ExitCode;
-use sweep::report::{column_names, differing, flatten, render::text_table};
+use sweep::report::{column_names, differing, params::Interner, render::text_table};
 use sweep::spec;
 
 pub fn plan(file: &Path, format: PlanFormat) -> anyhow::Result<ExitCode> {
@@ -32,9 +32,13 @@ pub fn plan(file: &Path, format: PlanFormat) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "sweep": spec.name, "runs": runs }))?);
         }
         PlanFormat::Table => {
-            let flat: Vec<_> =
-                spec.runs.iter().map(|r| flatten(&serde_json::to_value(&r.config).unwrap_or_default())).collect();
-            let diff = differing(&flat);
+            let mut interner = Interner::default();
+            let flat: Vec<_> = spec
+                .runs
+                .iter()
+                .map(|r| interner.flatten(&serde_json::to_string(&r.config)?))
+                .collect::<Result<_, _>>()?;
+            let diff = differing(&flat.iter().collect::<Vec<_>>());
             let mut headers = vec!["id".to_owned(), "name".to_owned()];
             headers.extend(column_names(&diff));
             headers.push("trainable here".into());
@@ -45,7 +49,7 @@ pub fn plan(file: &Path, format: PlanFormat) -> anyhow::Result<ExitCode> {
                 .zip(&flat)
                 .map(|(r, f)| {
                     let mut row = vec![r.key.short().to_owned(), r.name.clone()];
-                    row.extend(diff.iter().map(|p| f.get(p).cloned().unwrap_or_else(|| "-".into())));
+                    row.extend(diff.iter().map(|p| f.get(p).unwrap_or("-").to_owned()));
                     row.push(match sweep::train::check(&r.config) {
                         Ok(()) => "yes".into(),
                         Err(e) => {

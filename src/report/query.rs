@@ -20,7 +20,7 @@ pub enum Cell {
     /// Text.
     Text(String),
     /// A parameter's value as configured (JSON text: numbers stay numbers in JSON output).
-    Param(String),
+    Param(std::sync::Arc<str>),
     /// A number and the decimals to show.
     Num(f64, usize),
     /// Seconds, shown as a duration.
@@ -45,14 +45,27 @@ impl Cell {
         match *self {
             Cell::Num(v, _) | Cell::Secs(v) => Some(v),
             Cell::Stat { mean, .. } => Some(mean),
-            Cell::Text(ref s) | Cell::Param(ref s) => s.parse().ok(),
+            Cell::Text(ref s) => s.parse().ok(),
+            Cell::Param(ref s) => s.parse().ok(),
             Cell::Missing => None,
         }
     }
+    /// Appends the cell as shown in a table.
+    pub fn write_text(&self, out: &mut String) {
+        match self {
+            Cell::Text(s) => out.push_str(s),
+            Cell::Param(s) => out.push_str(s),
+            Cell::Num(v, d) => super::render::push_fixed(out, *v, *d),
+            Cell::Missing => out.push('-'),
+            other => out.push_str(&other.text()),
+        }
+    }
+
     /// The cell as shown in a table.
     pub fn text(&self) -> String {
         match self {
-            Cell::Text(s) | Cell::Param(s) => s.clone(),
+            Cell::Text(s) => s.clone(),
+            Cell::Param(s) => s.to_string(),
             Cell::Num(v, d) => format!("{v:.d$}"),
             Cell::Secs(s) => super::render::duration(*s),
             Cell::Stat { mean, std, n, digits: d } if *n > 1 => format!("{mean:.d$} ± {std:.d$}"),
@@ -66,7 +79,7 @@ impl Cell {
             Cell::Text(s) => serde_json::json!(s),
             Cell::Param(s) => match serde_json::from_str::<serde_json::Value>(s) {
                 Ok(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_) | serde_json::Value::Array(_))) => v,
-                _ => serde_json::json!(s),
+                _ => serde_json::json!(&**s),
             },
             Cell::Num(v, 0) if v.fract() == 0.0 && v.abs() < 9e15 => serde_json::json!(*v as i64),
             Cell::Num(v, _) | Cell::Secs(v) => serde_json::json!(v),
@@ -134,8 +147,8 @@ struct Resolver<'a> {
 
 impl<'a> Resolver<'a> {
     fn new(c: &'a Comparison) -> Self {
-        let maps: Vec<&BTreeMap<String, String>> = c.runs.iter().map(|r| &r.params).collect();
-        let params = super::all_keys(&maps).into_iter().map(str::to_owned).collect();
+        let maps: Vec<&super::Params> = c.runs.iter().map(|r| &r.params).collect();
+        let params = super::params::all_keys(&maps).into_iter().map(str::to_owned).collect();
         Resolver { c, params }
     }
 
@@ -211,7 +224,7 @@ impl<'a> Resolver<'a> {
             Field::Result("time") => Cell::Secs(row.train_seconds),
             Field::Result("img/s") => num(row.images_per_sec, 0),
             Field::Result(other) => unreachable!("result column {other}"),
-            Field::Param(p) => r.params.get(p).map_or(Cell::Missing, |v| Cell::Param(v.clone())),
+            Field::Param(p) => r.params.get_shared(p).map_or(Cell::Missing, |v| Cell::Param(v.clone())),
         }
     }
 }
@@ -251,7 +264,8 @@ fn parse_where(w: &str) -> Result<(String, Op, String), QueryError> {
 
 fn holds(cell: &Cell, op: Op, value: &str) -> bool {
     let text = match cell {
-        Cell::Text(s) | Cell::Param(s) => s.clone(),
+        Cell::Text(s) => s.clone(),
+        Cell::Param(s) => s.to_string(),
         Cell::Missing => return op == Op::Ne,
         other => other.text(),
     };

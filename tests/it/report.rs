@@ -264,6 +264,17 @@ fn the_sql_views_answer_plain_queries() {
         .fetch_all(&pool)
         .await
         .unwrap();
+        // The last epoch's numbers kept on each run equal its last epoch row.
+        let (kept, stale): (i64, i64) = sqlx::query_as(
+            "SELECT count(r.final_test_acc),
+                    count(*) FILTER (WHERE (r.final_train_acc, r.final_test_acc, r.final_test_loss) IS NOT
+                        (SELECT e.train_acc, e.test_acc, e.test_loss FROM epochs e WHERE e.run_id = r.id AND e.epoch = r.epochs_done))
+             FROM runs r",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((kept, stale), (5, 0));
         rows.iter()
             .map(|r| {
                 (
@@ -280,4 +291,26 @@ fn the_sql_views_answer_plain_queries() {
     assert_eq!(rows.len(), 5);
     assert!(rows.iter().all(|r| r.1 == "smallcnn" && r.3 && r.4 == 2 && r.5 == 1), "{rows:?}");
     assert_eq!(rows.iter().map(|r| r.2).collect::<Vec<_>>(), vec![0.001, 0.02, 0.02, 0.05, 0.05]);
+}
+
+/// `sweep results | head -1`: the reader goes away before sweep writes; sweep
+/// ends by SIGPIPE like other Unix tools, not with a panic on stderr.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_results_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (_, home) = trained();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sweep"))
+        .arg("--home")
+        .arg(home)
+        .args(["results", "--all-params"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {err}", out.status);
 }

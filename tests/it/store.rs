@@ -199,6 +199,7 @@ fn a_version_one_database_upgrades_without_losing_records() {
             "INSERT INTO runs (id, key, config_json, status, epochs_total, epochs_done) VALUES (7, 'k', '{}', 'done', 2, 2)",
             "INSERT INTO sweep_runs (sweep_id, run_id, name, position) VALUES (1, 7, 'r', 0)",
             "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec) VALUES (7, 1, 1.0, 50.0, 1.1, 45.0, 0.1, 2.0, 100.0)",
+            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec) VALUES (7, 2, 0.9, 55.0, 1.0, 47.0, 0.1, 2.0, 100.0)",
             "INSERT INTO checkpoints (run_id, kind, epoch, step, path, sha256, state_path, state_sha256) VALUES (7, 'best', 1, 0, 'p', 'a', 'q', 'b')",
         ] {
             sqlx::query(sql).execute(&mut conn).await.unwrap();
@@ -212,7 +213,11 @@ fn a_version_one_database_upgrades_without_losing_records() {
         assert_eq!(runs.len(), 1);
         assert_eq!((runs[0].id, runs[0].status, runs[0].name.as_str()), (7, Status::Done, "r"));
         let epochs = store.epochs(7).await.unwrap();
-        assert_eq!((epochs.len(), epochs[0].test_acc, epochs[0].test_top5), (1, 45.0, None));
+        assert_eq!((epochs.len(), epochs[0].test_acc, epochs[0].test_top5), (2, 45.0, None));
+        // Migration 0004 copied the last epoch's numbers onto the run.
+        let r = &runs[0];
+        assert_eq!((r.final_train_acc, r.final_test_acc, r.final_test_loss), (Some(55.0), Some(47.0), Some(1.0)));
+        assert_eq!(r.images_per_sec, Some(100.0));
         assert_eq!(store.checkpoints(7).await.unwrap().len(), 1);
         store.close().await;
         let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
