@@ -28,9 +28,10 @@ pub enum Command {
         /// Only queue; `sweep worker` trains later.
         #[arg(long)]
         queue_only: bool,
-        /// Where to train: cpu, auto (GPU if available) or cuda:N.
-        #[arg(long, env = "SWEEP_DEVICE", default_value = "auto")]
-        device: String,
+        /// Where to train: cpu, auto (GPU if available) or cuda:N [default: the
+        /// sweep file's `device`, else auto].
+        #[arg(long, env = "SWEEP_DEVICE")]
+        device: Option<String>,
         /// Output format of the submission summary and the final results.
         #[arg(long, value_enum, default_value = "table")]
         format: SubmitFormat,

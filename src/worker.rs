@@ -118,6 +118,14 @@ impl EpochSink for ChannelSink {
     }
 }
 
+/// `cuda:N` or `cpu`.
+fn device_label(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// The folder of a run's checkpoints, relative to the home folder.
 pub fn run_dir(key: &str) -> String {
     format!("runs/{}", &key[..16.min(key.len())])
@@ -241,6 +249,7 @@ async fn execute(
     collect_garbage(store, run.id, &abs_dir).await;
 
     let keep = config.keep;
+    let batch_size = config.batch_size;
     let ds_key = serde_json::to_string(&config.dataset).unwrap_or_default();
     let dataset = match datasets.get(&ds_key) {
         Some(d) => d.clone(),
@@ -356,7 +365,11 @@ async fn execute(
             RunEnd { id: run.id, name: run.name.clone(), status: Status::Interrupted, error: None }
         }
         Err(e) => {
-            let msg = e.to_string();
+            let mut msg = e.to_string();
+            if !device.is_cpu() && train::device::is_out_of_memory(&msg) {
+                // The next run may fit: the sweep goes on, this run says what to change.
+                msg = train::device::out_of_memory_message(&msg, batch_size, &device_label(device));
+            }
             let status =
                 if matches!(e, train::TrainError::Diverged { .. }) { Status::Diverged } else { Status::Failed };
             match store.finish(run.id, worker, status, Some(&msg)).await {

@@ -18,7 +18,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = !cli.quiet;
     match cli.command {
         Command::Submit { file, queue_only, device, format } => {
-            submit::submit(&cli.home, &file, queue_only, &device, format, verbose).await
+            submit::submit(&cli.home, &file, queue_only, device.as_deref(), format, verbose).await
         }
         Command::Plan { file, format } => plan::plan(&file, format),
         Command::Eval { model, weights, data, sweep, augment, device, format } => {

@@ -173,7 +173,7 @@ pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Resul
         let v = serde_json::json!({
             "id": &run.key[..10], "key": run.key, "in": member_of, "status": run.status,
             "epochs_done": run.epochs_done, "epochs_total": run.epochs_total, "attempts": run.attempts,
-            "device": run.device, "metric": run.metric, "best_epoch": run.best_epoch, "best_metric": run.best_metric,
+            "device": run.device, "peak_memory_bytes": run.peak_memory_bytes, "metric": run.metric, "best_epoch": run.best_epoch, "best_metric": run.best_metric,
             "train_seconds": run.train_seconds, "error": run.error, "note": run.note, "reference": run.reference,
             "classes": run.classes, "config": config, "epochs": epochs, "checkpoints": checkpoints,
         });
@@ -181,12 +181,13 @@ pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Resul
         return Ok(ExitCode::SUCCESS);
     }
     println!("run {} ({})", &run.key[..10], member_of.join(", "));
-    println!(
-        "status:      {} (attempt {}{})",
-        run.status,
-        run.attempts,
-        run.device.as_deref().map_or(String::new(), |d| format!(", on {d}"))
-    );
+    println!("status:      {} (attempt {})", run.status, run.attempts);
+    if let Some(d) = &run.device {
+        println!("device:      {d}");
+    }
+    if let Some(b) = run.peak_memory_bytes {
+        println!("peak memory: {:.1} MiB", b as f64 / (1u64 << 20) as f64);
+    }
     println!("epochs:      {}/{}", run.epochs_done, run.epochs_total);
     if let Some(e) = run.best_epoch {
         println!(

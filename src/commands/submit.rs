@@ -11,7 +11,7 @@ pub async fn submit(
     home: &Path,
     file: &Path,
     queue_only: bool,
-    device: &str,
+    device: Option<&str>,
     format: SubmitFormat,
     verbose: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -81,6 +81,8 @@ pub async fn submit(
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // --device (or SWEEP_DEVICE) over the file's `device`, else auto.
+    let device = device.or(spec.device.as_deref()).unwrap_or("auto");
     let report = super::drain(&store, device, verbose).await?;
     let store = Store::open(home).await?;
     let cmp = Comparison::load(&store, std::slice::from_ref(&spec.name), false).await?;

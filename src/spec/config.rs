@@ -78,10 +78,19 @@ pub struct RunConfig {
     /// Whether the schedule advances per epoch or per optimizer step.
     #[serde(default, skip_serializing_if = "LrInterval::is_epoch")]
     pub lr_interval: LrInterval,
+    /// Arithmetic of convolutions and matrix products: `f32` (default),
+    /// `tf32` (f32 with TensorFloat-32 matmuls on NVIDIA GPUs) or `bf16`.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
     /// The metric whose best epoch is kept as the best checkpoint.
     pub metric: Metric,
     /// Seed for initialisation, shuffling, augmentation and dropout.
     pub seed: u64,
+}
+
+/// Whether `choice` names a device: `auto`, `cpu` or `cuda:N`.
+pub fn valid_device(choice: &str) -> bool {
+    matches!(choice, "cpu" | "auto") || choice.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok())
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -719,6 +728,31 @@ pub enum Keep {
 impl Keep {
     fn is_default(&self) -> bool {
         *self == Keep::BestAndLatest
+    }
+}
+
+/// The arithmetic of a run's convolutions and matrix products.
+///
+/// `bf16` follows PyTorch's autocast split: convolutions and linear layers
+/// compute in bfloat16 from f32 master weights (cast at each use, so the
+/// optimizer updates f32 weights), their outputs return to f32, and
+/// BatchNorm, activations, pooling and the loss stay in f32. `tf32` keeps f32
+/// tensors and lets cuBLAS use TensorFloat-32 for f32 matmuls (no effect on a CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Plain f32.
+    #[default]
+    F32,
+    /// f32 with TensorFloat-32 matmuls on the GPU.
+    Tf32,
+    /// bfloat16 convolutions and matmuls, f32 master weights.
+    Bf16,
+}
+
+impl Precision {
+    fn is_f32(&self) -> bool {
+        *self == Precision::F32
     }
 }
 

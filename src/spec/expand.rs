@@ -32,6 +32,8 @@ pub struct SweepSpec {
     pub text: String,
     /// The metric that defines "best".
     pub metric: Metric,
+    /// The device the file asks for (`auto`, `cpu`, `cuda:N`), if any.
+    pub device: Option<String>,
     /// The runs, in file order, without duplicates.
     pub runs: Vec<PlannedRun>,
     /// Names of runs dropped because an earlier run has the same configuration.
@@ -102,6 +104,7 @@ const RUN_KEYS: &[&str] = &[
     "keep",
     "val_split",
     "drop_last",
+    "precision",
 ];
 
 struct Ctx<'a> {
@@ -130,6 +133,12 @@ pub(super) fn expand(src: &Source) -> Result<SweepSpec, SpecErrors> {
     let _: DefaultsOnly = toml::from_str(&src.text).map_err(toml_error)?;
 
     let mut errors = Vec::new();
+    if let Some(d) = &file.device {
+        if !super::valid_device(d.get_ref()) {
+            let msg = format!("unknown device `{}`: use \"auto\", \"cpu\" or \"cuda:N\"", d.get_ref());
+            errors.push(src.error(d.span().start, Some("device"), &msg));
+        }
+    }
     let name = file.name.get_ref().trim().to_owned();
     if name.is_empty() {
         errors.push(src.error(file.name.span().start, Some("name"), "the sweep name is empty"));
@@ -204,6 +213,7 @@ pub(super) fn expand(src: &Source) -> Result<SweepSpec, SpecErrors> {
         path: src.path.clone(),
         text: src.text.clone(),
         metric: ctx.metric,
+        device: file.device.map(|d| d.into_inner()),
         runs: unique,
         duplicates,
     })
@@ -732,6 +742,7 @@ fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig, FinalizeEr
         schedule,
         warmup: f.warmup,
         lr_interval: f.lr_interval.unwrap_or_default(),
+        precision: f.precision.unwrap_or_default(),
         label_smoothing: f.label_smoothing.unwrap_or(0.0),
         early_stop: f.early_stop,
         keep: f.keep.unwrap_or_default(),

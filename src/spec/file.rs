@@ -6,8 +6,8 @@
 //! typed; [`RunFields`] is the typed form of such a merged table.
 
 use super::config::{
-    deserialize_dataset, DatasetSpec, EarlyStop, Freeze, Head, Keep, LrInterval, Metric, OptimizerSpec, ScheduleSpec,
-    Stem, Transform, Warmup,
+    deserialize_dataset, DatasetSpec, EarlyStop, Freeze, Head, Keep, LrInterval, Metric, OptimizerSpec, Precision,
+    ScheduleSpec, Stem, Transform, Warmup,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -31,6 +31,10 @@ pub struct SweepFile {
     /// The metric that defines the best epoch (default `test_acc`).
     #[serde(default)]
     pub metric: Option<Metric>,
+    /// Where `sweep submit` trains when `--device` is not given: `auto`
+    /// (default), `cpu` or `cuda:N`. Not part of any run's key.
+    #[serde(default)]
+    pub device: Option<Spanned<String>>,
     /// Base seed; repeat `r` of a run uses `seed + r`.
     #[serde(default)]
     pub seed: u64,
@@ -111,6 +115,8 @@ pub struct RunFields {
     pub label_smoothing: Option<f64>,
     /// See [`super::RunConfig::lr_interval`].
     pub lr_interval: Option<LrInterval>,
+    /// See [`super::RunConfig::precision`].
+    pub precision: Option<Precision>,
 }
 
 /// Keys of a `[[run]]` table that are not run fields.

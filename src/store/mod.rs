@@ -137,6 +137,9 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// Training images per second.
     pub images_per_sec: f64,
+    /// The most memory used so far in the run, in bytes (see `train::device::PeakMemory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<i64>,
 }
 
 impl EpochRecord {
@@ -265,6 +268,8 @@ pub struct RunRow {
     pub classes: Option<Vec<String>>,
     /// Published numbers to compare with.
     pub reference: Option<Reference>,
+    /// The most memory the run used, in bytes (GPU memory on a GPU, peak RSS on the CPU).
+    pub peak_memory_bytes: Option<i64>,
 }
 
 /// A sweep as stored.
@@ -614,8 +619,8 @@ impl Store {
         let mut tx = self.held_tx(run_id, worker).await?;
         sqlx::query(
             "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec,
-                                 test_top5, val_loss, val_acc)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                 test_top5, val_loss, val_acc, peak_memory_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )
         .bind(run_id)
         .bind(rec.epoch)
@@ -629,6 +634,7 @@ impl Store {
         .bind(rec.test_top5)
         .bind(rec.val_loss)
         .bind(rec.val_acc)
+        .bind(rec.peak_memory_bytes)
         .execute(&mut *tx)
         .await
         .map_err(&e)?;
@@ -648,7 +654,9 @@ impl Store {
         sqlx::query(&format!(
             "UPDATE runs SET epochs_done = ?2, step = 0, train_seconds = train_seconds + ?3, heartbeat = {NOW_UNIX},
                              images_per_sec = (SELECT avg(images_per_sec) FROM epochs e WHERE e.run_id = ?1),
-                             final_train_acc = ?4, final_test_acc = ?5, final_test_loss = ?6
+                             final_train_acc = ?4, final_test_acc = ?5, final_test_loss = ?6,
+                             peak_memory_bytes = CASE WHEN ?7 IS NULL THEN peak_memory_bytes
+                                                      ELSE max(coalesce(peak_memory_bytes, 0), ?7) END
              WHERE id = ?1"
         ))
         .bind(run_id)
@@ -657,6 +665,7 @@ impl Store {
         .bind(rec.train_acc)
         .bind(rec.test_acc)
         .bind(rec.test_loss)
+        .bind(rec.peak_memory_bytes)
         .execute(&mut *tx)
         .await
         .map_err(&e)?;
@@ -789,7 +798,7 @@ impl Store {
     /// A run's recorded epochs, in order.
     pub async fn epochs(&self, run_id: i64) -> Result<Vec<EpochRecord>> {
         let rows = sqlx::query(
-            "SELECT epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec, test_top5,
+            "SELECT epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec, test_top5, peak_memory_bytes,
                     val_loss, val_acc
              FROM epochs WHERE run_id = ?1 ORDER BY epoch",
         )
@@ -812,6 +821,7 @@ impl Store {
                 val_loss: r.get("val_loss"),
                 val_acc: r.get("val_acc"),
                 confusion: None,
+                peak_memory_bytes: r.get("peak_memory_bytes"),
             })
             .collect())
     }
@@ -853,7 +863,8 @@ impl Store {
              r.epochs_done, r.step, r.steps_per_epoch, r.attempts, r.worker,
              {NOW_UNIX} - r.heartbeat, r.device, r.error, s.metric,
              r.best_epoch, r.best_metric, r.train_seconds, sr.reference_json,
-             r.final_train_acc, r.final_test_acc, r.final_test_loss, r.images_per_sec, r.note, r.classes_json"
+             r.final_train_acc, r.final_test_acc, r.final_test_loss, r.images_per_sec, r.note, r.classes_json,
+             r.peak_memory_bytes"
         );
         let from = "FROM sweep_runs sr
              JOIN runs r ON r.id = sr.run_id
@@ -920,6 +931,7 @@ impl Store {
                 images_per_sec: row.real(23),
                 note: row.text(24)?.map(str::to_owned),
                 classes,
+                peak_memory_bytes: row.int(26),
             });
             Ok(())
         })

@@ -10,6 +10,15 @@
 //! the device tail only on CUDA, since on the CPU the loader threads overlap
 //! the host work with training while tensor ops would not.
 //!
+//! [`Pipeline::resident`] goes further where the host part is only crops
+//! (with padding) and flips and every image has one size: the split is
+//! uploaded to the device once as uint8, and the host part only draws each
+//! image's crop window and flip and turns them into a row map and a column
+//! map (source row and column of every output pixel, or the fill value); on
+//! the device one `index_select` picks the batch and two `gather`s apply the
+//! maps, followed by the tail. Same random draws, same pixels (tested against
+//! the host path on the CPU device).
+//!
 //! [`Loader`] assembles the batches of one epoch on `threads` scoped threads:
 //! thread `k` builds batches `k`, `k + threads`, … and hands them over through
 //! its own bounded channel, so batches arrive in order, at most `prefetch`
@@ -30,6 +39,16 @@ pub enum Pixels {
     U8(Vec<u8>),
     /// Float values (after a colour change, a resize or a normalisation).
     F32(Vec<f32>),
+    /// Images of a split resident on the device, cropped and flipped by index
+    /// maps (see [`Pipeline::resident`]).
+    Indexed {
+        /// The images, by index in the split.
+        images: Vec<u32>,
+        /// Per image, the source row of each output row (the image height: fill).
+        rows: Vec<u32>,
+        /// Per image, the source column of each output column (the width: fill).
+        cols: Vec<u32>,
+    },
 }
 
 /// A batch out of the host part.
@@ -51,7 +70,20 @@ pub struct Pipeline {
     host: Vec<Transform>,
     tail: Vec<Transform>,
     host_u8: bool,
+    resident: Option<Resident>,
 }
+
+/// A split uploaded to the device, for [`Pipeline::resident`].
+#[derive(Debug, Clone)]
+struct Resident {
+    /// (N, 3, H, W) uint8.
+    images: Tensor,
+    /// The constant padding value of the crops (0-255).
+    fill: u8,
+}
+
+/// The largest split [`Pipeline::resident`] uploads (CIFAR-10's training set is 150 MiB).
+pub const RESIDENT_MAX_BYTES: usize = 4 << 30;
 
 /// Whether `t` maps byte-valued images to byte-valued images exactly.
 fn exact_on_bytes(t: &Transform) -> bool {
@@ -93,9 +125,91 @@ impl Pipeline {
         }
     }
 
+    /// The split resident on `device`, the leading crops and flips done by
+    /// indexing there and the trailing `resize`/`normalize` as tensor ops: when
+    /// every image has one size, the split fits in [`RESIDENT_MAX_BYTES`], and
+    /// the steps before the tail are only `random_crop`, `center_crop` and
+    /// `hflip` (with one constant fill value). Else `None`.
+    pub fn resident(transforms: &[Transform], split: &Split, device: &Device) -> candle_core::Result<Option<Pipeline>> {
+        let p = Pipeline::device_tail(transforms, split);
+        let mut fills = p.host.iter().enumerate().filter_map(|(k, t)| match t {
+            Transform::RandomCrop { fill, padding_mode: crate::spec::PaddingMode::Constant, .. } => Some(*fill),
+            // A centre crop larger than the image pads with zeros.
+            Transform::CenterCrop { size } => {
+                let (h, w) = augment::output_size(&p.host[..k], split.height, split.width).unwrap_or((0, 0));
+                (*size > h || *size > w).then_some(0)
+            }
+            _ => None,
+        });
+        let fill = fills.next().unwrap_or(0);
+        let only_index = p.host.iter().all(|t| {
+            matches!(t, Transform::RandomCrop { .. } | Transform::CenterCrop { .. } | Transform::Hflip { .. })
+        });
+        if !only_index
+            || fills.any(|f| f != fill)
+            || !split.sizes.is_empty()
+            || split.is_empty()
+            || split.images.len() > RESIDENT_MAX_BYTES
+        {
+            return Ok(None);
+        }
+        let images = Tensor::from_slice(&split.images, (split.len(), 3, split.height, split.width), device)?;
+        Ok(Some(Pipeline { resident: Some(Resident { images, fill }), ..p }))
+    }
+
+    /// Whether the split is resident on the device.
+    pub fn is_resident(&self) -> bool {
+        self.resident.is_some()
+    }
+
     fn with_tail(transforms: &[Transform], tail: usize) -> Pipeline {
         let (host, tail) = transforms.split_at(transforms.len() - tail);
-        Pipeline { host: host.to_vec(), tail: tail.to_vec(), host_u8: host.iter().all(exact_on_bytes) }
+        Pipeline { host: host.to_vec(), tail: tail.to_vec(), host_u8: host.iter().all(exact_on_bytes), resident: None }
+    }
+
+    /// The row and column maps of the host part for image `i` (see [`Pixels::Indexed`]).
+    fn index_maps(
+        &self,
+        split: &Split,
+        i: usize,
+        seed: u64,
+        epoch: u64,
+        rows: &mut Vec<u32>,
+        cols: &mut Vec<u32>,
+    ) -> (usize, usize) {
+        let (h0, w0) = split.size(i);
+        let mut r: Vec<Option<usize>> = (0..h0).map(Some).collect();
+        let mut c: Vec<Option<usize>> = (0..w0).map(Some).collect();
+        let mut rng = Rng::derive(&[stream::AUGMENT, seed, epoch, i as u64]);
+        for t in &self.host {
+            match augment::draw(t, r.len(), c.len(), &mut rng) {
+                augment::Step::Crop { top, left, h, w, mode, .. } => {
+                    let axis = |map: &[Option<usize>], start: isize, len: usize| -> Vec<Option<usize>> {
+                        (0..len)
+                            .map(|k| {
+                                let j = start + k as isize;
+                                if j >= 0 && (j as usize) < map.len() {
+                                    map[j as usize]
+                                } else {
+                                    match mode {
+                                        crate::spec::PaddingMode::Constant => None,
+                                        crate::spec::PaddingMode::Reflect => map[geometry::reflect(j, map.len())],
+                                    }
+                                }
+                            })
+                            .collect()
+                    };
+                    r = axis(&r, top, h);
+                    c = axis(&c, left, w);
+                }
+                augment::Step::Hflip => c.reverse(),
+                augment::Step::Identity => {}
+                other => unreachable!("a resident pipeline only crops and flips, not {other:?}"),
+            }
+        }
+        rows.extend(r.iter().map(|v| v.map_or(h0 as u32, |v| v as u32)));
+        cols.extend(c.iter().map(|v| v.map_or(w0 as u32, |v| v as u32)));
+        (r.len(), c.len())
     }
 
     /// Whether some steps run as tensor ops.
@@ -106,6 +220,16 @@ impl Pipeline {
     /// Builds the host part of the batch of images `indices`.
     pub fn host_batch(&self, split: &Split, indices: &[usize], seed: u64, epoch: u64) -> Batch {
         let mut labels = Vec::with_capacity(indices.len());
+        if self.resident.is_some() {
+            let (mut rows, mut cols) = (Vec::new(), Vec::new());
+            let (mut h, mut w) = (0, 0);
+            for &i in indices {
+                labels.push(split.labels[i]);
+                (h, w) = self.index_maps(split, i, seed, epoch, &mut rows, &mut cols);
+            }
+            let images = indices.iter().map(|&i| i as u32).collect();
+            return Batch { pixels: Pixels::Indexed { images, rows, cols }, labels, h, w };
+        }
         let (mut h, mut w) = (0, 0);
         let mut bytes = Vec::new();
         let mut floats = Vec::new();
@@ -138,6 +262,22 @@ impl Pipeline {
         let mut x = match &batch.pixels {
             Pixels::U8(b) => (Tensor::from_slice(b, shape, device)?.to_dtype(DType::F32)? / 255.0)?,
             Pixels::F32(f) => Tensor::from_slice(f, shape, device)?,
+            Pixels::Indexed { images, rows, cols } => {
+                let r = self.resident.as_ref().expect("indexed batches come from a resident pipeline");
+                let (_, _, h0, w0) = r.images.dims4()?;
+                let (h, w) = (batch.h, batch.w);
+                let picked = r.images.index_select(&Tensor::from_slice(images, n, device)?, 0)?;
+                let x = (picked.to_dtype(DType::F32)? / 255.0)?;
+                // One more row and column holding the fill value: index h0 (w0) in the maps.
+                let fill = f64::from(r.fill) / 255.0;
+                let x = Tensor::cat(&[x, (Tensor::ones((n, 3, 1, w0), DType::F32, device)? * fill)?], 2)?;
+                let x = Tensor::cat(&[x, (Tensor::ones((n, 3, h0 + 1, 1), DType::F32, device)? * fill)?], 3)?;
+                let ri =
+                    Tensor::from_slice(rows, (n, 1, h, 1), device)?.broadcast_as((n, 3, h, w0 + 1))?.contiguous()?;
+                let x = x.contiguous()?.gather(&ri, 2)?;
+                let ci = Tensor::from_slice(cols, (n, 1, 1, w), device)?.broadcast_as((n, 3, h, w))?.contiguous()?;
+                x.contiguous()?.gather(&ci, 3)?
+            }
         };
         for t in &self.tail {
             x = match t {

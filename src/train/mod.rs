@@ -18,6 +18,7 @@
 pub mod augment;
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod layers;
 pub mod loader;
 pub mod models;
@@ -176,38 +177,23 @@ pub fn check(config: &RunConfig) -> Result<(), String> {
 
 /// The pipeline for `transforms` on `device`: resize and normalisation as
 /// tensor ops on a GPU, everything on the loader threads on the CPU.
-pub fn pipeline(transforms: &[crate::spec::Transform], split: &data::Split, device: &Device) -> loader::Pipeline {
+pub fn pipeline(
+    transforms: &[crate::spec::Transform],
+    split: &data::Split,
+    device: &Device,
+) -> candle_core::Result<loader::Pipeline> {
     if device.is_cpu() {
-        loader::Pipeline::host_only(transforms)
-    } else {
-        loader::Pipeline::device_tail(transforms, split)
+        return Ok(loader::Pipeline::host_only(transforms));
     }
+    Ok(match loader::Pipeline::resident(transforms, split, device)? {
+        Some(p) => p,
+        None => loader::Pipeline::device_tail(transforms, split),
+    })
 }
 
 /// Selects a device from `cpu`, `auto` or `cuda:N`; returns it with a description.
 pub fn device(choice: &str) -> Result<(Device, String), String> {
-    match choice {
-        "cpu" => Ok((Device::Cpu, "cpu".into())),
-        "auto" => {
-            if candle_core::utils::cuda_is_available() {
-                if let Ok(d) = Device::new_cuda(0) {
-                    return Ok((d, "cuda:0".into()));
-                }
-            }
-            Ok((Device::Cpu, "cpu".into()))
-        }
-        other => {
-            let Some(n) = other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) else {
-                return Err(format!("unknown device `{other}`: use cpu, auto or cuda:N"));
-            };
-            if !candle_core::utils::cuda_is_available() {
-                return Err(format!(
-                    "device {other}: this binary was built without CUDA (rebuild with `--features cuda`)"
-                ));
-            }
-            Device::new_cuda(n).map(|d| (d, other.to_owned())).map_err(|e| format!("device {other}: {e}"))
-        }
-    }
+    self::device::select(choice)
 }
 
 fn record(kind: CheckpointKind, saved: &Saved, state: &TrainerState, metric: Option<f64>) -> CheckpointRecord {
@@ -255,6 +241,8 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         augment::split_output_size(list, split)
             .map_err(|e| TrainError::Unsupported(format!("augmentation `{}` ({which}): {e}", cfg.augment)))?;
     }
+    // TensorFloat-32 matmuls are a process-wide cuBLAS setting (a no-op without CUDA).
+    candle_core::cuda::set_gemm_reduced_precision_f32(cfg.precision == crate::spec::Precision::Tf32);
     let built = models::build(cfg, ds.classes.len(), req.device).map_err(TrainError::Unsupported)?;
     let mut opt = optim::Optimizer::new(cfg.optimizer.clone(), built.trainable.clone());
 
@@ -279,7 +267,9 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
             "drop_last with batch_size {bs} leaves no batch of the {n_train} training images"
         )));
     }
-    let train_pipe = pipeline(&cfg.train_transforms, &ds.train, req.device);
+    let mut peak = device::PeakMemory::start(req.device);
+    let train_pipe = pipeline(&cfg.train_transforms, &ds.train, req.device)?;
+    tracing::debug!(resident = train_pipe.is_resident(), "training data pipeline");
     let threads = loader::default_threads();
     req.progress.steps_per_epoch.store(steps as i64, Ordering::Relaxed);
     let epochs = cfg.epochs as u64;
@@ -341,6 +331,10 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
                 let grads = loss.backward()?;
                 let t4 = Instant::now();
                 opt.step(&grads)?;
+                if !req.device.is_cpu() {
+                    // The CPU's peak is a high-water mark the kernel keeps; read at the epoch's end.
+                    peak.sample(req.device);
+                }
                 let t5 = Instant::now();
                 timing.data += (t1 - t0).as_secs_f64();
                 timing.forward += (t2 - t1).as_secs_f64();
@@ -385,6 +379,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
             Some(v)
         };
         let test = evaluate(req, &built, cfg)?;
+        peak.sample(req.device);
         let seconds = train_secs + test_start.elapsed().as_secs_f64();
         let rec = EpochRecord {
             epoch: (e + 1) as i64,
@@ -399,6 +394,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
             lr,
             seconds,
             images_per_sec: partial.seen as f64 / train_secs.max(1e-9),
+            peak_memory_bytes: peak.bytes().map(|b| b as i64),
         };
         let metric = rec.metric(cfg.metric);
         let improved = cfg.metric.improves(metric, state.best_metric);
@@ -593,7 +589,7 @@ pub fn evaluate_model(
             &all
         }
     };
-    let pipe = pipeline(transforms, split, device);
+    let pipe = pipeline(transforms, split, device)?;
     let chunks: Vec<&[usize]> = indices.chunks(batch_size.max(1)).collect();
     std::thread::scope(|scope| -> Result<(), TrainError> {
         let mut batches =

@@ -181,6 +181,49 @@ fn resize_and_normalize_as_tensor_ops_equal_the_host_pipeline() {
     assert!(!Pipeline::device_tail(&t224, &mixed).has_tail());
 }
 
+/// The split resident on the device, cropped and flipped by index maps there,
+/// gives the host pipeline's tensors (here on the CPU device, the same code).
+#[test]
+fn a_resident_split_cropped_and_flipped_by_indexing_equals_the_host_pipeline() {
+    #[derive(Deserialize)]
+    struct T {
+        t: Vec<Transform>,
+    }
+    let chains = [
+        // The report's standard set, then resized as for a pretrained model.
+        r#"t = [{ random_crop = { size = 32, padding = 4 } }, { hflip = {} }, { resize = { size = 48 } },
+               { normalize = "cifar10" }]"#,
+        r#"t = [{ random_crop = { size = 28, padding = 3, padding_mode = "reflect" } }, { hflip = { p = 0.7 } }]"#,
+        r#"t = [{ hflip = {} }, { random_crop = { size = 30, padding = 5, fill = 128 } }, { center_crop = { size = 26 } }]"#,
+        r#"t = [{ center_crop = { size = 36 } }, { normalize = "imagenet" }]"#,
+        r#"t = [{ normalize = "cifar10" }]"#,
+    ];
+    let split = uniform_split(23, 32, 32);
+    let order: Vec<usize> = (0..23).rev().collect();
+    let batches = loader::batches(&order, 8, false);
+    for text in chains {
+        let t = toml::from_str::<T>(text).unwrap().t;
+        let host = Pipeline::host_only(&t);
+        let resident = Pipeline::resident(&t, &split, &Device::Cpu).unwrap().expect(text);
+        let b = resident.host_batch(&split, batches[0], 7, 3);
+        assert!(matches!(b.pixels, loader::Pixels::Indexed { .. }), "{text}");
+        let a = tensors_of(&host, &split, &batches, 2);
+        let d = tensors_of(&resident, &split, &batches, 3);
+        assert_eq!(a.len(), d.len());
+        for (x, y) in a.iter().zip(&d) {
+            assert_eq!(x.len(), y.len(), "{text}");
+            let max = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            assert!(max < 1e-5, "{text}: {max:e}");
+        }
+    }
+    // Rotation has no index form: not resident; nor are images of several sizes.
+    assert!(Pipeline::resident(&heavy(), &split, &Device::Cpu).unwrap().is_none());
+    let mut mixed = Split::default();
+    mixed.push(&[0; 3 * 4 * 4], 4, 4, 0, None);
+    mixed.push(&[0; 3 * 4 * 6], 4, 6, 1, None);
+    assert!(Pipeline::resident(&[Transform::Hflip { p: 0.5 }], &mixed, &Device::Cpu).unwrap().is_none());
+}
+
 fn copy_fixture(name: &str, dest: &Path) {
     std::fs::copy(fixtures().join("data").join(name), dest).unwrap();
 }

@@ -12,6 +12,7 @@ description = "grid <img src=x onerror=alert(1)> & more"
 dataset = { name = "synthetic", train_size = 48, test_size = 40 }
 metric = "test_acc"
 seed = 1
+device = "cpu"
 
 [defaults]
 model = "smallcnn"
@@ -275,6 +276,14 @@ fn the_sql_views_answer_plain_queries() {
         .await
         .unwrap();
         assert_eq!((kept, stale), (5, 0));
+        // Migration 0005's columns at the end of runs_view.
+        let (measured, f32_runs): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE peak_memory_bytes > 0), count(*) FILTER (WHERE precision = 'f32') FROM runs_view",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((measured, f32_runs), (5, 5));
         rows.iter()
             .map(|r| {
                 (
@@ -313,4 +322,22 @@ fn a_closed_pipe_ends_results_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {err}", out.status);
+}
+
+/// Each run records the device it trained on, described, and its peak memory.
+#[test]
+fn runs_record_their_device_and_peak_memory() {
+    let (_, home) = trained();
+    let j: Value = serde_json::from_str(&stdout(&run(home, &["status", "--format", "json"]))).unwrap();
+    let runs = j["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 5);
+    for r in runs {
+        let device = r["device"].as_str().unwrap();
+        assert!(device.starts_with("cpu (") && device.ends_with(" threads)"), "{device}");
+        // At least the 4 MB of a model and a batch, at most a few GB.
+        let peak = r["peak_memory_bytes"].as_i64().unwrap();
+        assert!((4 << 20..8 << 30).contains(&peak), "{peak}");
+    }
+    let show = stdout(&run(home, &["show", "rep/<script>alert(1)</script>"]));
+    assert!(show.contains("device:      cpu (") && show.contains("peak memory: "), "{show}");
 }

@@ -242,3 +242,23 @@ fn the_readme_example_parses_and_expands_as_documented() {
     assert_eq!(s.runs[10].name, "model=smallcnn,head={hidden=[128],dropout=[0.5]}");
     assert!(s.runs.iter().all(|r| sweep::train::check(&r.config).is_err()), "pretrained weights are not supported yet");
 }
+
+/// `device` is a sweep-level choice, checked at its line, and no part of a
+/// run's key; `precision` is a run field and is.
+#[test]
+fn device_is_checked_and_precision_is_part_of_the_key() {
+    let plain = parse(BASE).unwrap();
+    assert_eq!(plain.device, None);
+    let on_cpu = parse(&BASE.replace("dataset = \"synthetic\"", "dataset = \"synthetic\"\ndevice = \"cpu\"")).unwrap();
+    assert_eq!(on_cpu.device.as_deref(), Some("cpu"));
+    assert_eq!(on_cpu.runs[0].key, plain.runs[0].key);
+    let e = one_error(&BASE.replace("dataset = \"synthetic\"", "dataset = \"synthetic\"\ndevice = \"gpu0\""));
+    assert_eq!((e.line, e.key.as_deref()), (4, Some("device")), "{e}");
+    assert!(e.message.contains("unknown device `gpu0`"), "{e}");
+    let bf16 = parse(&BASE.replace("epochs = 2", "epochs = 2\nprecision = \"bf16\"")).unwrap();
+    assert_eq!(bf16.runs[0].config.precision, spec::Precision::Bf16);
+    assert_ne!(bf16.runs[0].key, plain.runs[0].key);
+    assert_eq!(plain.runs[0].config.precision, spec::Precision::F32);
+    let e = one_error(&BASE.replace("epochs = 2", "epochs = 2\nprecision = \"fp8\""));
+    assert_eq!(e.line, 8, "{e}");
+}

@@ -31,6 +31,7 @@ fn epoch(n: i64) -> EpochRecord {
         lr: 0.1,
         seconds: 1.0,
         images_per_sec: 10.0,
+        peak_memory_bytes: Some(1000 + n),
     }
 }
 

@@ -343,3 +343,51 @@ fn a_validation_split_is_held_out_and_can_choose_the_best_epoch() {
     let err = spec::parse(Path::new("v.toml"), &bad).unwrap_err().to_string();
     assert!(err.contains("`val_split`") && err.contains("needs a validation split"), "{err}");
 }
+
+/// `precision = "bf16"`: convolutions and matmuls in bfloat16 from f32
+/// weights. The loss of one batch is within bf16 rounding of the f32 loss, the
+/// run trains, and its checkpoint holds f32 weights; `tf32` changes nothing on
+/// a CPU.
+#[test]
+fn bf16_mixed_precision_trains_close_to_f32_with_f32_weights() {
+    use candle_core::{DType, Tensor};
+    let cfg = config("");
+    let ds = data::load(&cfg.dataset).unwrap();
+    let mut bf = cfg.clone();
+    bf.precision = spec::Precision::Bf16;
+    // One batch through both models built from the same seed.
+    let x = Tensor::from_vec(
+        ds.train.images[..8 * 3 * 32 * 32].iter().map(|&v| f32::from(v) / 255.0).collect::<Vec<_>>(),
+        (8, 3, 32, 32),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let y = Tensor::from_slice(&ds.train.labels[..8], 8, &Device::Cpu).unwrap();
+    let loss = |c: &RunConfig| {
+        let built = train::models::build(c, ds.classes.len(), &Device::Cpu).unwrap();
+        let logits = built.model.forward(&x, false, &mut train::rng::Rng::new(0)).unwrap();
+        assert_eq!(logits.dtype(), DType::F32);
+        train::cross_entropy(&logits, &y, 0.0).unwrap().to_scalar::<f32>().unwrap()
+    };
+    let (l32, l16) = (loss(&cfg), loss(&bf));
+    assert!(l32 != l16 && (l32 - l16).abs() < 0.02 * l32, "f32 {l32} bf16 {l16}");
+
+    let home = tempfile::tempdir().unwrap();
+    let mut a = MemorySink::default();
+    train_once(&bf, &ds, Run { home: home.path(), stop_after: None, resume: None }, &mut a).unwrap();
+    assert!(a.epochs[1].train_loss < a.epochs[0].train_loss, "{:?}", numbers(&a.epochs));
+    let weights = candle_core::safetensors::load(home.path().join(&a.latest.unwrap().path), &Device::Cpu).unwrap();
+    assert!(weights.values().all(|t| matches!(t.dtype(), DType::F32 | DType::I64)));
+
+    let f32_home = tempfile::tempdir().unwrap();
+    let mut f = MemorySink::default();
+    train_once(&cfg, &ds, Run { home: f32_home.path(), stop_after: None, resume: None }, &mut f).unwrap();
+    let rel = (a.epochs[0].train_loss - f.epochs[0].train_loss).abs() / f.epochs[0].train_loss;
+    assert!(rel < 0.05, "bf16 {:?} f32 {:?}", numbers(&a.epochs), numbers(&f.epochs));
+    let mut tf = cfg.clone();
+    tf.precision = spec::Precision::Tf32;
+    let tf_home = tempfile::tempdir().unwrap();
+    let mut t = MemorySink::default();
+    train_once(&tf, &ds, Run { home: tf_home.path(), stop_after: None, resume: None }, &mut t).unwrap();
+    assert_eq!(numbers(&t.epochs), numbers(&f.epochs));
+}

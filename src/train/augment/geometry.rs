@@ -84,7 +84,7 @@ pub fn resize(img: &Image, oh: usize, ow: usize) -> Image {
     Image { c: img.c, h: oh, w: ow, data }
 }
 
-fn reflect(i: isize, n: usize) -> usize {
+pub(crate) fn reflect(i: isize, n: usize) -> usize {
     let n = n as isize;
     let mut i = i;
     if i < 0 {

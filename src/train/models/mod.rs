@@ -23,7 +23,7 @@ mod vgg;
 
 use super::rng::Rng;
 use crate::spec::{Freeze, Head, RunConfig, Stem};
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
 use nn::{Builder, Init, Linear};
 use serde::{Deserialize, Serialize};
@@ -356,6 +356,18 @@ impl ModelSpec {
     /// Builds the model on `device`: initialised from `seed`, then loaded with
     /// the pretrained weights, with frozen parameters detached.
     pub fn build(&self, classes: usize, device: &Device, seed: u64) -> std::result::Result<Built, String> {
+        self.build_with(classes, device, seed, DType::F32)
+    }
+
+    /// [`ModelSpec::build`] with convolutions and linear layers computing in
+    /// `compute` (`BF16` for mixed precision; weights stay f32).
+    pub fn build_with(
+        &self,
+        classes: usize,
+        device: &Device,
+        seed: u64,
+        compute: DType,
+    ) -> std::result::Result<Built, String> {
         self.check()?;
         let err = |e: candle_core::Error| format!("building {}: {e}", self.name);
         let varmap = VarMap::new();
@@ -384,7 +396,7 @@ impl ModelSpec {
         let prefixes = self.frozen_prefixes();
         let user_prefixes = matches!(self.freeze, Freeze::Prefixes(_));
         let frozen = |n: &str| (user_prefixes || !is_head(n)) && prefixes.iter().any(|p| n.starts_with(p.as_str()));
-        let mut b = Builder::new(&varmap, device, &frozen, self.freeze_bn);
+        let mut b = Builder::new(&varmap, device, &frozen, self.freeze_bn).with_compute(compute);
         let model = self.network(&mut b, classes).map_err(err)?;
 
         let data = varmap.data().lock().expect("varmap lock");
@@ -463,5 +475,9 @@ pub fn check(config: &RunConfig) -> std::result::Result<(), String> {
 /// Builds the model of `config` on `device`, initialised from the run seed (and
 /// loaded with its pretrained weights).
 pub fn build(config: &RunConfig, classes: usize, device: &Device) -> std::result::Result<Built, String> {
-    ModelSpec::of(config)?.build(classes, device, config.seed)
+    let compute = match config.precision {
+        crate::spec::Precision::Bf16 => DType::BF16,
+        crate::spec::Precision::F32 | crate::spec::Precision::Tf32 => DType::F32,
+    };
+    ModelSpec::of(config)?.build_with(classes, device, config.seed, compute)
 }

@@ -36,6 +36,7 @@ pub struct Builder<'a> {
     pub(super) inits: Vec<(String, Init)>,
     frozen: &'a dyn Fn(&str) -> bool,
     freeze_bn: bool,
+    compute: DType,
 }
 
 impl<'a> Builder<'a> {
@@ -43,7 +44,14 @@ impl<'a> Builder<'a> {
     /// detached, and with `freeze_bn` frozen BatchNorm layers also stop
     /// updating their statistics.
     pub fn new(varmap: &'a VarMap, device: &Device, frozen: &'a dyn Fn(&str) -> bool, freeze_bn: bool) -> Self {
-        Builder { varmap, device: device.clone(), inits: Vec::new(), frozen, freeze_bn }
+        Builder { varmap, device: device.clone(), inits: Vec::new(), frozen, freeze_bn, compute: DType::F32 }
+    }
+
+    /// Convolutions and linear layers built from here compute in `dtype`
+    /// (`BF16` for mixed precision; the weights stay f32).
+    pub fn with_compute(mut self, dtype: DType) -> Self {
+        self.compute = dtype;
+        self
     }
 
     fn var(&mut self, name: &str, shape: &[usize], dtype: DType, init: Init) -> Result<Var> {
@@ -80,7 +88,7 @@ impl<'a> Builder<'a> {
     ) -> Result<Conv> {
         let weight = self.param(&format!("{name}.weight"), &[cout, cin, k, k], init)?;
         let bias = if bias { Some(self.param(&format!("{name}.bias"), &[cout], Init::Const(0.0))?) } else { None };
-        Ok(Conv { weight, bias, params: ConvParams { padding, stride } })
+        Ok(Conv { weight, bias, params: ConvParams { padding, stride }, compute: self.compute })
     }
 
     /// A BatchNorm2d `name` with PyTorch's defaults (eps 1e-5, momentum 0.1).
@@ -105,6 +113,7 @@ impl<'a> Builder<'a> {
         Ok(Linear {
             weight: self.param(&format!("{name}.weight"), &[cout, cin], weight)?,
             bias: self.param(&format!("{name}.bias"), &[cout], bias)?,
+            compute: self.compute,
         })
     }
 }
@@ -135,17 +144,35 @@ pub fn init_weights(varmap: &VarMap, inits: &[(String, Init)], seed: u64) -> Res
     Ok(())
 }
 
+/// `xs` rounded to `dtype` and back to f32: candle's CPU backend has no
+/// bfloat16 matmul, so on a CPU mixed precision is emulated the way GPU
+/// tensor cores compute it (bf16 operands, f32 accumulation). It checks the
+/// numbers of a bf16 run; it is not faster than f32.
+fn rounded(xs: &Tensor, dtype: DType) -> Result<Tensor> {
+    xs.to_dtype(dtype)?.to_dtype(DType::F32)
+}
+
 /// A 2-D convolution, optionally with bias.
 pub struct Conv {
     weight: Tensor,
     bias: Option<Tensor>,
     params: ConvParams,
+    compute: DType,
 }
 
 impl Conv {
     /// Applies the convolution.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let y = conv2d(xs, &self.weight, self.params)?;
+        let y = if self.compute == DType::F32 {
+            conv2d(xs, &self.weight, self.params)?
+        } else if xs.device().is_cpu() {
+            conv2d(&rounded(xs, self.compute)?, &rounded(&self.weight, self.compute)?, self.params)?
+        } else {
+            // Mixed precision: the product in `compute`, the result (and the
+            // gradient reaching the f32 weight through the cast) in f32.
+            conv2d(&xs.to_dtype(self.compute)?, &self.weight.to_dtype(self.compute)?, self.params)?
+                .to_dtype(DType::F32)?
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
@@ -157,12 +184,20 @@ impl Conv {
 pub struct Linear {
     weight: Tensor,
     bias: Tensor,
+    compute: DType,
 }
 
 impl Linear {
     /// `xs @ weightᵀ + bias` for `xs` of shape (N, in).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+        if self.compute == DType::F32 {
+            return xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias);
+        }
+        let c = self.compute;
+        if xs.device().is_cpu() {
+            return rounded(xs, c)?.matmul(&rounded(&self.weight, c)?.t()?)?.broadcast_add(&self.bias);
+        }
+        xs.to_dtype(c)?.matmul(&self.weight.to_dtype(c)?.t()?)?.to_dtype(DType::F32)?.broadcast_add(&self.bias)
     }
 }
 
