@@ -7,8 +7,7 @@
 //!     cargo run --release --features cuda --example device_check -- [model] [size] [cuda:N]
 
 use candle_core::{DType, Device, Tensor};
-use sweep::spec::{Freeze, Head, Stem};
-use sweep::train::models::{Arch, ModelSpec};
+use sweep::train::models::ModelSpec;
 use sweep::train::rng::Rng;
 
 fn loss_and_grad_norm(spec: &ModelSpec, device: &Device, compute: DType, size: usize) -> anyhow::Result<(f32, f32)> {
@@ -45,15 +44,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let spec = ModelSpec {
-        name: model.into(),
-        arch: Arch::named(model).ok_or_else(|| anyhow::anyhow!("unknown model {model}"))?,
-        head: Head::Linear,
-        stem: Stem::ImageNet,
-        freeze: Freeze::None,
-        freeze_bn: false,
-        pretrained: None,
-    };
+    let spec = ModelSpec::plain(model).map_err(anyhow::Error::msg)?;
     let mut ok = true;
     for (compute, tol) in [(DType::F32, 1e-4f32), (DType::BF16, 2e-2)] {
         let (cl, cg) = loss_and_grad_norm(&spec, &Device::Cpu, compute, size)?;

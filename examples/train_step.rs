@@ -4,8 +4,8 @@
 //!     cargo run --release --example train_step -- resnet18 8 224 [steps]
 
 use candle_core::{Device, Tensor};
-use sweep::spec::{Freeze, Head, OptimizerSpec, Stem};
-use sweep::train::models::{Arch, ModelSpec};
+use sweep::spec::OptimizerSpec;
+use sweep::train::models::ModelSpec;
 use sweep::train::optim::Optimizer;
 use sweep::train::rng::Rng;
 
@@ -23,15 +23,7 @@ fn main() -> anyhow::Result<()> {
     let batch: usize = args.get(2).map_or(Ok(8), |s| s.parse())?;
     let size: usize = args.get(3).map_or(Ok(224), |s| s.parse())?;
     let steps: usize = args.get(4).map_or(Ok(1), |s| s.parse())?;
-    let spec = ModelSpec {
-        name: model.into(),
-        arch: Arch::named(model).ok_or_else(|| anyhow::anyhow!("unknown model {model}"))?,
-        head: Head::Linear,
-        stem: Stem::ImageNet,
-        freeze: Freeze::None,
-        freeze_bn: false,
-        pretrained: None,
-    };
+    let spec = ModelSpec::plain(model).map_err(anyhow::Error::msg)?;
     let device = Device::Cpu;
     let built = spec.build(10, &device, 0).map_err(anyhow::Error::msg)?;
     let opt_spec: OptimizerSpec = serde_json::from_str(r#"{"name": "sgd", "lr": 0.01, "momentum": 0.9}"#)?;

@@ -136,7 +136,12 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
     let (device, device_name) = train::device(&opts.device).map_err(WorkerError::Device)?;
     let worker = crate::store::worker_id();
     if opts.verbose {
-        eprintln!("device: {device_name} (--device {})", opts.device);
+        let why = match (opts.device.as_str(), device.is_cpu()) {
+            ("auto", true) => train::device::why_cpu(),
+            ("auto", false) => "auto: the first GPU",
+            _ => "as asked",
+        };
+        eprintln!("device: {device_name} (--device {}; {why})", opts.device);
     }
     let mut report = WorkerReport::default();
     let mut datasets: HashMap<String, Arc<data::Dataset>> = HashMap::new();

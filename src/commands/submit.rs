@@ -42,6 +42,16 @@ pub async fn submit(
         return Ok(ExitCode::from(2));
     }
 
+    // --device (or SWEEP_DEVICE) over the file's `device`, else auto; a GPU
+    // this build cannot use is refused before anything is queued.
+    let device = device.or(spec.device.as_deref()).unwrap_or("auto");
+    if device.starts_with("cuda:") && !candle_core::utils::cuda_is_available() && !queue_only {
+        eprintln!(
+            "error: device {device}: this binary was built without CUDA (rebuild with `--features cuda`, \
+             or pass --device cpu)\nnothing was queued"
+        );
+        return Ok(ExitCode::from(2));
+    }
     let store = Store::open(home).await?;
     let outcomes = store.submit(&spec).await?;
     let count = |o: SubmitOutcome| outcomes.iter().filter(|x| **x == o).count();
@@ -81,8 +91,6 @@ pub async fn submit(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    // --device (or SWEEP_DEVICE) over the file's `device`, else auto.
-    let device = device.or(spec.device.as_deref()).unwrap_or("auto");
     let report = super::drain(&store, device, verbose).await?;
     let store = Store::open(home).await?;
     let cmp = Comparison::load(&store, std::slice::from_ref(&spec.name), false).await?;

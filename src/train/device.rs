@@ -55,6 +55,15 @@ pub fn select(choice: &str) -> Result<(Device, String), String> {
 
 pub use crate::spec::valid_device as valid_choice;
 
+/// Why `auto` chose the CPU, for the worker's first line.
+pub fn why_cpu() -> &'static str {
+    if candle_core::utils::cuda_is_available() {
+        "auto: no usable GPU on this machine"
+    } else {
+        "auto: this binary was built without CUDA (`--features cuda`)"
+    }
+}
+
 /// `cpu (MODEL, N threads)`.
 pub fn describe_cpu() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")

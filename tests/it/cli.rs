@@ -471,3 +471,23 @@ augment = ["heavy", "raw"]
     assert_eq!(raw.status, Status::Failed);
     assert!(err.contains("pics.tar.gz/pics/t") && err.contains("20x20") && err.contains("24x24"), "{err}");
 }
+
+/// A file that asks for a GPU this build cannot use is refused before anything
+/// is queued; `--device cpu` overrides the file and the run records its CPU.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_gpu_device_without_cuda_is_refused_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let text = crate::tiny_sweep("gpu", 32, 1, "").replace("seed = 1\n", "seed = 1\ndevice = \"cuda:0\"\n");
+    let f = crate::write_sweep(dir.path(), "gpu.toml", &text);
+    let out = run(&home, &["submit", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("built without CUDA") && stderr(&out).contains("nothing was queued"));
+    assert!(!home.join(sweep::store::DB_FILE).exists());
+    let out = run(&home, &["-q", "submit", f.to_str().unwrap(), "--device", "cpu"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = runs(&home);
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].device.as_deref().is_some_and(|d| d.starts_with("cpu (")), "{:?}", rows[0].device);
+}

@@ -264,6 +264,22 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// Model `name` as torchvision builds it, from scratch: its own last layer
+    /// (a linear head), nothing frozen (benchmarks and device checks).
+    pub fn plain(name: &str) -> std::result::Result<ModelSpec, String> {
+        let arch = Arch::named(name)
+            .ok_or_else(|| format!("model `{name}` is not available (available: {})", MODELS.join(", ")))?;
+        Ok(ModelSpec {
+            name: name.to_owned(),
+            arch,
+            head: Head::Linear,
+            stem: Stem::ImageNet,
+            freeze: Freeze::None,
+            freeze_bn: false,
+            pretrained: None,
+        })
+    }
+
     /// The model part of a run config.
     pub fn of(config: &RunConfig) -> std::result::Result<ModelSpec, String> {
         let arch = Arch::named(&config.model)
