@@ -24,14 +24,7 @@ fn main() -> ExitCode {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: mallopt only changes allocator thresholds. The multi-megabyte
-        // vectors of a large `results` are then served from the heap and reused
-        // once freed, instead of being mapped, faulted in and unmapped each time.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        }
+        sweep::train::keep_freed_memory();
     }
     tracing_subscriber::fmt()
         .with_env_filter(

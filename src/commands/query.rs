@@ -136,13 +136,18 @@ pub async fn report(
 /// `sweep show RUN`: one run in full.
 pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
-    let rows = store.runs(None).await?;
+    // Every (sweep, run) membership, oldest sweep first.
     let mut all = Vec::new();
     for s in store.sweeps().await? {
         all.extend(store.runs(Some(&s.name)).await?);
     }
-    let by_key: Vec<_> = if which.len() >= 4 && which.chars().all(|c| c.is_ascii_hexdigit()) {
-        rows.iter().filter(|r| r.key.starts_with(&which.to_ascii_lowercase())).collect()
+    // Each run once, under the first sweep that lists it.
+    let once = |keep: &dyn Fn(&&sweep::store::RunRow) -> bool| {
+        let mut seen = std::collections::HashSet::new();
+        all.iter().filter(|r| keep(r) && seen.insert(r.id)).collect::<Vec<_>>()
+    };
+    let by_key = if which.len() >= 4 && which.chars().all(|c| c.is_ascii_hexdigit()) {
+        once(&|r| r.key.starts_with(&which.to_ascii_lowercase()))
     } else {
         Vec::new()
     };
@@ -151,9 +156,7 @@ pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Resul
     } else if let Some((sweep, name)) = which.split_once('/') {
         all.iter().filter(|r| r.sweep == sweep && r.name == name).collect()
     } else {
-        let mut named: Vec<_> = all.iter().filter(|r| r.name == which).collect();
-        named.dedup_by_key(|r| r.id);
-        named
+        once(&|r| r.name == which)
     };
     let run = match found.as_slice() {
         [one] => (*one).clone(),

@@ -53,7 +53,7 @@ impl Params {
     /// Whether `self` and `other` have the same paths in the same order
     /// (cheap for runs flattened by one [`Interner`]: pointer comparisons).
     fn same_layout(&self, other: &Params) -> bool {
-        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|((a, _), (b, _))| Arc::ptr_eq(a, b) || a == b)
+        self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|((a, _), (b, _))| equal(a, b))
     }
 }
 
@@ -112,7 +112,7 @@ impl Interner {
     /// Flattens a JSON config into dotted paths. Lists of transforms are
     /// summarised by the augmentation set's name, so they are left out.
     pub fn flatten(&mut self, text: &str) -> Result<Params, serde_json::Error> {
-        self.flatten_after(text, None, &[], &mut Vec::new())
+        self.flatten_after(text, None, &mut Vec::new())
     }
 
     /// [`Interner::flatten`] of each text, in order (an unreadable one gives
@@ -124,7 +124,8 @@ impl Interner {
         let (mut entries, mut prev_entries) = (Vec::new(), Vec::new());
         for text in texts {
             entries.clear();
-            let flat = self.flatten_after(text, out.last(), &prev_entries, &mut entries).unwrap_or_else(|_| {
+            let prev = out.last().map(|p| (p, prev_entries.as_slice()));
+            let flat = self.flatten_after(text, prev, &mut entries).unwrap_or_else(|_| {
                 entries.clear();
                 Params::default()
             });
@@ -137,15 +138,13 @@ impl Interner {
     fn flatten_after<'t>(
         &mut self,
         text: &'t str,
-        prev: Option<&Params>,
-        prev_entries: &[Entry<'t>],
+        prev: Option<(&Params, &[Entry<'t>])>,
         entries: &mut Vec<Entry<'t>>,
     ) -> Result<Params, serde_json::Error> {
         use serde::de::DeserializeSeed;
-        let mut out = Params(Vec::with_capacity(prev.map_or(32, Params::len)));
+        let mut out = Params(Vec::with_capacity(prev.map_or(32, |(p, _)| p.len())));
         let mut de = serde_json::Deserializer::from_str(text);
-        let top =
-            Top { int: self, out: &mut out, prev: prev.filter(|_| !prev_entries.is_empty()), prev_entries, entries };
+        let top = Top { int: self, out: &mut out, prev, entries };
         if top.deserialize(&mut de).and_then(|()| de.end()).is_err() {
             // Not an object (or not JSON): flattened as a whole, with the empty path.
             out.0.clear();
@@ -196,6 +195,11 @@ impl Interner {
     }
 }
 
+/// The transform lists, left out: the augmentation set's name stands for them.
+fn summarised(key: &str) -> bool {
+    key == "train_transforms" || key == "test_transforms"
+}
+
 /// A top-level entry of a flattened config and where its parameters are in the output.
 struct Entry<'t> {
     key: std::borrow::Cow<'t, str>,
@@ -204,12 +208,12 @@ struct Entry<'t> {
 }
 
 /// Reads a config's top-level object entry by entry, each value unparsed,
-/// reusing the previous run's parameters for an entry whose text is unchanged.
+/// reusing the previous run's parameters (and its entries) for an entry whose
+/// text is unchanged.
 struct Top<'a, 't> {
     int: &'a mut Interner,
     out: &'a mut Params,
-    prev: Option<&'a Params>,
-    prev_entries: &'a [Entry<'t>],
+    prev: Option<(&'a Params, &'a [Entry<'t>])>,
     entries: &'a mut Vec<Entry<'t>>,
 }
 
@@ -228,14 +232,19 @@ impl<'t> serde::de::Visitor<'t> for Top<'_, 't> {
     fn visit_map<A: serde::de::MapAccess<'t>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<std::borrow::Cow<'t, str>>()? {
             let raw = map.next_value::<&'t serde_json::value::RawValue>()?.get();
-            if key == "train_transforms" || key == "test_transforms" {
+            if summarised(&key) {
                 continue;
             }
             let start = self.out.0.len();
-            let same = self.prev_entries.get(self.entries.len()).filter(|p| p.raw == raw && p.key == key);
-            match (same, self.prev) {
-                (Some(p), Some(prev)) => self.out.0.extend_from_slice(&prev.0[p.at.clone()]),
-                _ => self.int.entry(&key, raw, self.out).map_err(serde::de::Error::custom)?,
+            let unchanged = self.prev.and_then(|(params, entries)| {
+                entries
+                    .get(self.entries.len())
+                    .filter(|p| p.raw == raw && p.key == key)
+                    .map(|p| &params.0[p.at.clone()])
+            });
+            match unchanged {
+                Some(pairs) => self.out.0.extend_from_slice(pairs),
+                None => self.int.entry(&key, raw, self.out).map_err(serde::de::Error::custom)?,
             }
             self.entries.push(Entry { key, raw, at: start..self.out.0.len() });
         }
@@ -262,7 +271,7 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if k == "train_transforms" || k == "test_transforms" {
+            if summarised(&k) {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             }
@@ -322,9 +331,14 @@ fn column<'a>(runs: &[&'a Params], path: &str) -> Vec<Option<&'a Arc<str>>> {
         .collect()
 }
 
+/// Interned strings are equal when they are the same; others are compared.
+fn equal(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 fn same(a: Option<&Arc<str>>, b: Option<&Arc<str>>) -> bool {
     match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        (Some(a), Some(b)) => equal(a, b),
         (None, None) => true,
         _ => false,
     }
@@ -361,7 +375,7 @@ pub fn differing(runs: &[&Params]) -> Vec<String> {
         last = Some(r);
         for (&slot, (_, v)) in slots.iter().zip(&r.0) {
             let s = &mut states[slot].1;
-            if !(Arc::ptr_eq(s.first, v) || s.first == v) {
+            if !equal(s.first, v) {
                 s.differs = true;
             }
             s.count += 1;

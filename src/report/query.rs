@@ -52,26 +52,25 @@ impl Cell {
     }
     /// Appends the cell as shown in a table.
     pub fn write_text(&self, out: &mut String) {
+        use std::fmt::Write;
         match self {
             Cell::Text(s) => out.push_str(s),
             Cell::Param(s) => out.push_str(s),
             Cell::Num(v, d) => super::render::push_fixed(out, *v, *d),
+            Cell::Secs(s) => out.push_str(&super::render::duration(*s)),
+            Cell::Stat { mean, std, n, digits: d } if *n > 1 => {
+                let _ = write!(out, "{mean:.d$} ± {std:.d$}");
+            }
+            Cell::Stat { mean, digits: d, .. } => super::render::push_fixed(out, *mean, *d),
             Cell::Missing => out.push('-'),
-            other => out.push_str(&other.text()),
         }
     }
 
     /// The cell as shown in a table.
     pub fn text(&self) -> String {
-        match self {
-            Cell::Text(s) => s.clone(),
-            Cell::Param(s) => s.to_string(),
-            Cell::Num(v, d) => format!("{v:.d$}"),
-            Cell::Secs(s) => super::render::duration(*s),
-            Cell::Stat { mean, std, n, digits: d } if *n > 1 => format!("{mean:.d$} ± {std:.d$}"),
-            Cell::Stat { mean, digits: d, .. } => format!("{mean:.d$}"),
-            Cell::Missing => "-".into(),
-        }
+        let mut s = String::new();
+        self.write_text(&mut s);
+        s
     }
     /// The cell as JSON (numbers stay numbers).
     pub fn json(&self) -> serde_json::Value {

@@ -5,10 +5,10 @@
 //! feature and a GPU answers, else the CPU, and says why. A run records its
 //! device as one line (`cuda:0 (NVIDIA H100 80GB HBM3, CUDA 13.0, driver
 //! 13.0)`, `cpu (AMD EPYC 7B13, 2 threads)`) and the peak memory it used: on a
-//! GPU the device memory in use, sampled after every batch (with the pool's
-//! release threshold raised, freed blocks stay in the pool, so the sample
-//! after a batch is the high-water mark of the pool); on the CPU the process's
-//! peak resident set (`VmHWM`, reset when the run starts).
+//! GPU the device memory in use, sampled at the end of each epoch (with the
+//! pool's release threshold raised, freed blocks stay in the pool, so that is
+//! the pool's high-water mark, with no call added to the training step); on
+//! the CPU the process's peak resident set (`VmHWM`, reset when the run starts).
 
 use candle_core::Device;
 
@@ -18,16 +18,12 @@ pub fn select(choice: &str) -> Result<(Device, String), String> {
         "cpu" => Ok((Device::Cpu, describe_cpu())),
         "auto" => {
             if !candle_core::utils::cuda_is_available() {
-                tracing::info!(
-                    "device auto: this binary has no CUDA support (built without `--features cuda`), using the CPU"
-                );
+                tracing::info!("device {}, using the CPU", why_cpu());
                 return Ok((Device::Cpu, describe_cpu()));
             }
-            match Device::new_cuda(0) {
-                Ok(d) => {
-                    let text = describe(&d, "cuda:0");
+            match open_cuda(0) {
+                Ok((d, text)) => {
                     tracing::info!("device auto: {text}");
-                    prepare(&d);
                     Ok((d, text))
                 }
                 Err(e) => {
@@ -45,12 +41,17 @@ pub fn select(choice: &str) -> Result<(Device, String), String> {
                     "device {other}: this binary was built without CUDA (rebuild with `--features cuda`)"
                 ));
             }
-            let d = Device::new_cuda(n).map_err(|e| format!("device {other}: {e}"))?;
-            prepare(&d);
-            let text = describe(&d, other);
-            Ok((d, text))
+            open_cuda(n).map_err(|e| format!("device {other}: {e}"))
         }
     }
+}
+
+/// CUDA device `n`, set up (`prepare`) and described.
+fn open_cuda(n: usize) -> candle_core::Result<(Device, String)> {
+    let d = Device::new_cuda(n)?;
+    prepare(&d);
+    let text = describe(&d, &format!("cuda:{n}"));
+    Ok((d, text))
 }
 
 pub use crate::spec::valid_device as valid_choice;

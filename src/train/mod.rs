@@ -153,13 +153,25 @@ pub fn tune_process() {
         // SAFETY: called at start-up, before this process starts other threads.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
+    keep_freed_memory();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds.
+    unsafe {
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// glibc serves blocks up to 32 MiB from the heap and never trims it, so freed
+/// memory is reused instead of being unmapped and page-faulted back. Part of
+/// [`tune_process`]; the read-only commands take only this (`results` on
+/// 10,000 runs allocates several multi-megabyte vectors).
+pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
@@ -269,6 +281,9 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
     }
     let mut peak = device::PeakMemory::start(req.device);
     let train_pipe = pipeline(&cfg.train_transforms, &ds.train, req.device)?;
+    // Built (on a GPU: uploaded) once per run, not per evaluation.
+    let test_pipe = pipeline(&cfg.test_transforms, &ds.test, req.device)?;
+    let val_pipe = if val_idx.is_empty() { None } else { Some(pipeline(&cfg.test_transforms, &ds.train, req.device)?) };
     tracing::debug!(resident = train_pipe.is_resident(), "training data pipeline");
     let threads = loader::default_threads();
     req.progress.steps_per_epoch.store(steps as i64, Ordering::Relaxed);
@@ -331,10 +346,6 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
                 let grads = loss.backward()?;
                 let t4 = Instant::now();
                 opt.step(&grads)?;
-                if !req.device.is_cpu() {
-                    // The CPU's peak is a high-water mark the kernel keeps; read at the epoch's end.
-                    peak.sample(req.device);
-                }
                 let t5 = Instant::now();
                 timing.data += (t1 - t0).as_secs_f64();
                 timing.forward += (t2 - t1).as_secs_f64();
@@ -363,22 +374,20 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         bar.finish_and_clear();
 
         let test_start = Instant::now();
-        let val = if val_idx.is_empty() {
-            None
-        } else {
-            let bs_eval = cfg.batch_size.max(256);
-            let v = evaluate_model(
+        let bs_eval = cfg.batch_size.max(256);
+        let val = match &val_pipe {
+            None => None,
+            Some(pipe) => Some(evaluate_model(
                 built.model.as_ref(),
                 &ds.train,
                 Some(&val_idx),
-                &cfg.test_transforms,
+                pipe,
                 bs_eval,
                 cfg.seed,
                 req.device,
-            )?;
-            Some(v)
+            )?),
         };
-        let test = evaluate(req, &built, cfg)?;
+        let test = evaluate_model(built.model.as_ref(), &ds.test, None, &test_pipe, bs_eval, cfg.seed, req.device)?;
         peak.sample(req.device);
         let seconds = train_secs + test_start.elapsed().as_secs_f64();
         let rec = EpochRecord {
@@ -527,19 +536,6 @@ fn stop_note(cfg: &RunConfig, epoch: u64) -> String {
     )
 }
 
-/// Loss, top-1 and top-5 accuracy (percent) on the test split, in eval mode.
-fn evaluate(req: &TrainRequest, built: &models::Built, cfg: &RunConfig) -> Result<EvalStats, TrainError> {
-    evaluate_model(
-        built.model.as_ref(),
-        &req.dataset.test,
-        None,
-        &cfg.test_transforms,
-        cfg.batch_size.max(256),
-        cfg.seed,
-        req.device,
-    )
-}
-
 /// What [`evaluate_model`] measured.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EvalStats {
@@ -568,12 +564,13 @@ pub fn per_class_accuracy(confusion: &[Vec<u64>]) -> Vec<Option<f64>> {
         .collect()
 }
 
-/// Evaluates `model` in eval mode on every image of `split`, after `transforms`.
+/// Evaluates `model` in eval mode on the images of `split` (or its `subset`), through `pipe`
+/// (see [`pipeline`]: built once per split, so a GPU upload is not repeated per evaluation).
 pub fn evaluate_model(
     model: &dyn models::Classifier,
     split: &data::Split,
     subset: Option<&[usize]>,
-    transforms: &[crate::spec::Transform],
+    pipe: &loader::Pipeline,
     batch_size: usize,
     seed: u64,
     device: &Device,
@@ -589,11 +586,10 @@ pub fn evaluate_model(
             &all
         }
     };
-    let pipe = pipeline(transforms, split, device)?;
     let chunks: Vec<&[usize]> = indices.chunks(batch_size.max(1)).collect();
     std::thread::scope(|scope| -> Result<(), TrainError> {
         let mut batches =
-            loader::Loader::start(scope, &pipe, split, chunks.clone(), seed, 0, loader::default_threads(), 2);
+            loader::Loader::start(scope, pipe, split, chunks.clone(), seed, 0, loader::default_threads(), 2);
         for chunk in &chunks {
             let batch =
                 batches.next_batch().ok_or_else(|| TrainError::Unsupported("the data loader stopped".into()))?;

@@ -144,12 +144,26 @@ pub fn init_weights(varmap: &VarMap, inits: &[(String, Init)], seed: u64) -> Res
     Ok(())
 }
 
-/// `xs` rounded to `dtype` and back to f32: candle's CPU backend has no
-/// bfloat16 matmul, so on a CPU mixed precision is emulated the way GPU
-/// tensor cores compute it (bf16 operands, f32 accumulation). It checks the
-/// numbers of a bf16 run; it is not faster than f32.
-fn rounded(xs: &Tensor, dtype: DType) -> Result<Tensor> {
-    xs.to_dtype(dtype)?.to_dtype(DType::F32)
+/// `op(x, w)` (a convolution or matmul of an input and an f32 weight) in
+/// `compute`, returning f32. Mixed precision casts both operands at each use,
+/// so the gradient reaches the f32 weight through the cast. candle's CPU
+/// backend has no bfloat16 matmul, so on a CPU it is emulated the way GPU
+/// tensor cores compute it: operands rounded to bf16, products accumulated in
+/// f32 (it checks a bf16 run's numbers; it is not faster).
+fn in_precision(
+    compute: DType,
+    x: &Tensor,
+    w: &Tensor,
+    op: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if compute == DType::F32 {
+        op(x, w)
+    } else if x.device().is_cpu() {
+        let rounded = |t: &Tensor| t.to_dtype(compute)?.to_dtype(DType::F32);
+        op(&rounded(x)?, &rounded(w)?)
+    } else {
+        op(&x.to_dtype(compute)?, &w.to_dtype(compute)?)?.to_dtype(DType::F32)
+    }
 }
 
 /// A 2-D convolution, optionally with bias.
@@ -163,16 +177,7 @@ pub struct Conv {
 impl Conv {
     /// Applies the convolution.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let y = if self.compute == DType::F32 {
-            conv2d(xs, &self.weight, self.params)?
-        } else if xs.device().is_cpu() {
-            conv2d(&rounded(xs, self.compute)?, &rounded(&self.weight, self.compute)?, self.params)?
-        } else {
-            // Mixed precision: the product in `compute`, the result (and the
-            // gradient reaching the f32 weight through the cast) in f32.
-            conv2d(&xs.to_dtype(self.compute)?, &self.weight.to_dtype(self.compute)?, self.params)?
-                .to_dtype(DType::F32)?
-        };
+        let y = in_precision(self.compute, xs, &self.weight, |x, w| conv2d(x, w, self.params))?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
             None => Ok(y),
@@ -190,14 +195,7 @@ pub struct Linear {
 impl Linear {
     /// `xs @ weightᵀ + bias` for `xs` of shape (N, in).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if self.compute == DType::F32 {
-            return xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias);
-        }
-        let c = self.compute;
-        if xs.device().is_cpu() {
-            return rounded(xs, c)?.matmul(&rounded(&self.weight, c)?.t()?)?.broadcast_add(&self.bias);
-        }
-        xs.to_dtype(c)?.matmul(&self.weight.to_dtype(c)?.t()?)?.to_dtype(DType::F32)?.broadcast_add(&self.bias)
+        in_precision(self.compute, xs, &self.weight, |x, w| x.matmul(&w.t()?))?.broadcast_add(&self.bias)
     }
 }
 
