@@ -34,7 +34,8 @@ fn main() -> anyhow::Result<()> {
     let model = args.get(1).map_or("resnet18", String::as_str);
     let size: usize = args.get(2).map_or(Ok(64), |s| s.parse())?;
     let which = args.get(3).map_or("cuda:0", String::as_str);
-    let gpu = match sweep::train::device(which) {
+    let choice: sweep::spec::DeviceChoice = which.parse()?;
+    let gpu = match sweep::train::device(choice) {
         Ok((d, text)) if !d.is_cpu() => {
             println!("device: {text}");
             d

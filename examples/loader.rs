@@ -33,7 +33,7 @@ fn transforms(resize: bool) -> Vec<Transform> {
 }
 
 fn main() -> anyhow::Result<()> {
-    sweep::train::tune_process();
+    sweep::process::tune_for_training();
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: loader PATH [threads] [batches]"))?;
     let threads: usize = args.get(2).map_or(Ok(2), |s| s.parse())?;

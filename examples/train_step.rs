@@ -17,7 +17,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    sweep::train::tune_process();
+    sweep::process::tune_for_training();
     let args: Vec<String> = std::env::args().collect();
     let model = args.get(1).map_or("resnet18", String::as_str);
     let batch: usize = args.get(2).map_or(Ok(8), |s| s.parse())?;

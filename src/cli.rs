@@ -3,13 +3,14 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use sweep::report::ResultsFormat;
+use sweep::spec::DeviceChoice;
 
 /// Run image-classification experiment sweeps on candle, recorded in SQLite.
 #[derive(Debug, Parser)]
-#[command(name = "sweep", version, about)]
+#[command(name = "sweep", version, about, after_help = sweep::env::help())]
 pub struct Cli {
     /// Folder holding the database (sweep.db) and run checkpoints.
-    #[arg(long, global = true, env = "SWEEP_HOME", default_value = ".sweep")]
+    #[arg(long, global = true, env = sweep::env::HOME.name, default_value = ".sweep")]
     pub home: PathBuf,
     /// No progress bars or per-epoch lines.
     #[arg(short, long, global = true)]
@@ -30,8 +31,8 @@ pub enum Command {
         queue_only: bool,
         /// Where to train: cpu, auto (GPU if available) or cuda:N [default: the
         /// sweep file's `device`, else auto].
-        #[arg(long, env = "SWEEP_DEVICE")]
-        device: Option<String>,
+        #[arg(long, env = sweep::env::DEVICE.name)]
+        device: Option<DeviceChoice>,
         /// Output format of the submission summary and the final results.
         #[arg(long, value_enum, default_value = "table")]
         format: SubmitFormat,
@@ -47,8 +48,8 @@ pub enum Command {
     /// Train queued and interrupted runs until the queue is empty.
     Worker {
         /// Where to train: cpu, auto (GPU if available) or cuda:N.
-        #[arg(long, env = "SWEEP_DEVICE", default_value = "auto")]
-        device: String,
+        #[arg(long, env = sweep::env::DEVICE.name, default_value = "auto")]
+        device: DeviceChoice,
     },
     /// Queued, running, done, failed and interrupted runs, with progress.
     Status {
@@ -107,8 +108,8 @@ pub enum Command {
         #[arg(long)]
         augment: Option<String>,
         /// Where to evaluate: cpu, auto or cuda:N.
-        #[arg(long, env = "SWEEP_DEVICE", default_value = "auto")]
-        device: String,
+        #[arg(long, env = sweep::env::DEVICE.name, default_value = "auto")]
+        device: DeviceChoice,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: EvalFormat,

@@ -13,6 +13,8 @@
 //! ```
 //!
 //! * [`spec`]: TOML text → validated, expanded runs (pure).
+//! * [`record`]: what training produces (epoch and checkpoint records, the sink
+//!   the trainer reports them to); shared by `train`, `store` and `report`.
 //! * [`store`]: the only module with SQL: queue, status machine, records.
 //! * [`train`]: the only module with candle: data, models, optimisers, the epoch loop.
 //! * [`worker`]: claims runs, runs the trainer on its own thread, records epochs.
@@ -22,7 +24,10 @@
 //! thin layer over these. See ARCHITECTURE.md for the decisions behind them.
 #![warn(missing_docs)]
 
+pub mod env;
 pub mod fetch;
+pub mod process;
+pub mod record;
 pub mod report;
 pub mod spec;
 pub mod store;

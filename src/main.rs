@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     // read-only commands do not (with one arena, SQLite's reader thread and
     // the main thread contend: `results` on 10,000 runs took 1.6x as long).
     if matches!(args.command, cli::Command::Submit { .. } | cli::Command::Worker { .. } | cli::Command::Eval { .. }) {
-        sweep::train::tune_process();
+        sweep::process::tune_for_training();
     } else {
         // `sweep results | head` ends quietly, as other Unix tools do, instead
         // of panicking on the closed pipe (Rust ignores SIGPIPE by default).
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
-        sweep::train::keep_freed_memory();
+        sweep::process::keep_freed_memory();
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -4,7 +4,7 @@ use crate::cli::EvalFormat;
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use sweep::spec::{self, DatasetName, DatasetSpec, Transform};
+use sweep::spec::{self, DatasetName, DatasetSpec, DeviceChoice, Transform};
 use sweep::train::{self, data, models::ModelSpec};
 
 /// The augmentation sets `--augment` knows without a sweep file (test side).
@@ -41,7 +41,7 @@ pub fn eval(
     data: Option<&str>,
     sweep_file: Option<&Path>,
     augment: Option<&str>,
-    device: &str,
+    device: DeviceChoice,
     format: EvalFormat,
 ) -> anyhow::Result<ExitCode> {
     let (mut ds_spec, mut transforms, mut seed) = (None, None, 0);
@@ -78,7 +78,7 @@ pub fn eval(
     if ds.classes.len() != classes {
         bail!("{}: the head has {classes} classes, the dataset {}", weights.display(), ds.classes.len());
     }
-    let (dev, dev_name) = train::device(device).map_err(anyhow::Error::msg)?;
+    let (dev, dev_name) = train::device(device)?;
     let built = spec.build(classes, &dev, 0).map_err(anyhow::Error::msg)?;
     let start = std::time::Instant::now();
     let pipe = train::pipeline(&transforms, &ds.test, &dev)?;

@@ -9,7 +9,7 @@ use crate::cli::{Cli, Command};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use sweep::spec::DeviceChoice;
 use sweep::store::{Status, Store};
 use sweep::worker::{self, WorkerOptions, WorkerReport};
 
@@ -18,15 +18,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = !cli.quiet;
     match cli.command {
         Command::Submit { file, queue_only, device, format } => {
-            submit::submit(&cli.home, &file, queue_only, device.as_deref(), format, verbose).await
+            submit::submit(&cli.home, &file, queue_only, device, format, verbose).await
         }
         Command::Plan { file, format } => plan::plan(&file, format),
         Command::Eval { model, weights, data, sweep, augment, device, format } => {
-            eval::eval(&model, &weights, data.as_deref(), sweep.as_deref(), augment.as_deref(), &device, format)
+            eval::eval(&model, &weights, data.as_deref(), sweep.as_deref(), augment.as_deref(), device, format)
         }
         Command::Worker { device } => {
             let store = Store::open(&cli.home).await?;
-            let report = drain(&store, &device, verbose).await?;
+            let report = drain(&store, device, verbose).await?;
             if verbose {
                 eprintln!("{}", summary_line(&report));
             }
@@ -53,13 +53,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn env_secs(name: &str, default: u64) -> Duration {
-    let secs = std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(default as f64);
-    Duration::from_secs_f64(secs.max(0.0))
-}
-
 /// Runs the worker until the queue is empty, stopping cleanly on Ctrl-C.
-pub async fn drain(store: &Store, device: &str, verbose: bool) -> anyhow::Result<WorkerReport> {
+pub async fn drain(store: &Store, device: DeviceChoice, verbose: bool) -> anyhow::Result<WorkerReport> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     tokio::spawn(async move {
@@ -72,9 +67,9 @@ pub async fn drain(store: &Store, device: &str, verbose: bool) -> anyhow::Result
         }
     });
     let opts = WorkerOptions {
-        device: device.to_owned(),
-        stale_after: env_secs("SWEEP_STALE_SECS", 60),
-        heartbeat_every: env_secs("SWEEP_HEARTBEAT_SECS", 2),
+        device,
+        stale_after: sweep::env::STALE_SECS.seconds(60),
+        heartbeat_every: sweep::env::HEARTBEAT_SECS.seconds(2),
         verbose,
     };
     let report = worker::work(store, &opts, stop).await?;

@@ -24,7 +24,7 @@ pub fn plan(file: &Path, format: PlanFormat) -> anyhow::Result<ExitCode> {
                         "name": r.name,
                         "key": r.key,
                         "line": r.line,
-                        "supported": sweep::train::check(&r.config).err(),
+                        "supported": sweep::train::check(&r.config).err().map(|e| e.to_string()),
                         "config": r.config,
                     })
                 })

@@ -5,7 +5,7 @@ use anyhow::Context;
 use std::path::Path;
 use std::process::ExitCode;
 use sweep::report::query::{self as rq, Query};
-use sweep::report::{self, render::duration, text_table, Comparison, ResultsFormat};
+use sweep::report::{self, format::duration, text_table, Comparison, ResultsFormat};
 use sweep::store::{Status, Store};
 
 async fn open(home: &Path) -> anyhow::Result<Store> {

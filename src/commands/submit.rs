@@ -4,14 +4,14 @@ use crate::cli::SubmitFormat;
 use std::path::Path;
 use std::process::ExitCode;
 use sweep::report::{results, results_json, Comparison, ResultsFormat};
-use sweep::spec::{self, SpecError, SpecErrors};
+use sweep::spec::{self, DeviceChoice, SpecError, SpecErrors};
 use sweep::store::{Store, SubmitOutcome};
 
 pub async fn submit(
     home: &Path,
     file: &Path,
     queue_only: bool,
-    device: Option<&str>,
+    device: Option<DeviceChoice>,
     format: SubmitFormat,
     verbose: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -44,8 +44,8 @@ pub async fn submit(
 
     // --device (or SWEEP_DEVICE) over the file's `device`, else auto; a GPU
     // this build cannot use is refused before anything is queued.
-    let device = device.or(spec.device.as_deref()).unwrap_or("auto");
-    if device.starts_with("cuda:") && !candle_core::utils::cuda_is_available() && !queue_only {
+    let device = device.or(spec.device).unwrap_or_default();
+    if device.is_cuda() && !candle_core::utils::cuda_is_available() && !queue_only {
         eprintln!(
             "error: device {device}: this binary was built without CUDA (rebuild with `--features cuda`, \
              or pass --device cpu)\nnothing was queued"

@@ -23,7 +23,7 @@ pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
     if !with_epochs.is_empty() {
         let names: Vec<(String, bool)> = with_epochs.iter().map(|r| (r.row.name.clone(), r.best)).collect();
         out.push(Figure { name: "legend", title: "Runs".into(), svg: svg::legend(&names, standalone) });
-        type Pick = fn(&crate::store::EpochRecord) -> f64;
+        type Pick = fn(&crate::record::EpochRecord) -> f64;
         let curves: [(&'static str, &str, Pick, bool); 5] = [
             ("train-loss", "Training loss", |e| e.train_loss, false),
             ("test-loss", "Test loss", |e| e.test_loss, false),

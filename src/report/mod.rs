@@ -9,6 +9,7 @@
 //! diff-only view), named by their last path segment.
 
 pub mod charts;
+pub mod format;
 pub mod html;
 pub mod params;
 pub mod query;
@@ -20,7 +21,8 @@ pub use html::html;
 pub use params::{differing, Params};
 pub use render::{csv_epochs, json, markdown, render_table, results, results_json, ResultsFormat};
 
-use crate::store::{EpochRecord, RunRow, Status, Store, StoreError, SweepRow};
+use crate::record::EpochRecord;
+use crate::store::{RunRow, Status, Store, StoreError, SweepRow};
 use serde_json::Value;
 
 /// Everything a report shows.

@@ -10,6 +10,7 @@
 //! is unambiguous among the runs shown (`lr`, `model`, `optimizer` for
 //! `optimizer.name`).
 
+use super::format::{duration, metric_digits, progress, push_fixed};
 use super::{column_names, Comparison, RunReport};
 use crate::store::Status;
 use std::collections::BTreeMap;
@@ -56,12 +57,12 @@ impl Cell {
         match self {
             Cell::Text(s) => out.push_str(s),
             Cell::Param(s) => out.push_str(s),
-            Cell::Num(v, d) => super::render::push_fixed(out, *v, *d),
-            Cell::Secs(s) => out.push_str(&super::render::duration(*s)),
+            Cell::Num(v, d) => push_fixed(out, *v, *d),
+            Cell::Secs(s) => out.push_str(&duration(*s)),
             Cell::Stat { mean, std, n, digits: d } if *n > 1 => {
                 let _ = write!(out, "{mean:.d$} ± {std:.d$}");
             }
-            Cell::Stat { mean, digits: d, .. } => super::render::push_fixed(out, *mean, *d),
+            Cell::Stat { mean, digits: d, .. } => push_fixed(out, *mean, *d),
             Cell::Missing => out.push('-'),
         }
     }
@@ -214,9 +215,9 @@ impl<'a> Resolver<'a> {
             Field::Result("name") => Cell::Text(row.name.clone()),
             Field::Result("sweep") => Cell::Text(row.sweep.clone()),
             Field::Result("status") => Cell::Text(row.status.to_string()),
-            Field::Result("epochs") => Cell::Text(super::render::progress(r)),
+            Field::Result("epochs") => Cell::Text(progress(r)),
             Field::Result("best_epoch") => row.best_epoch.map_or(Cell::Missing, |e| Cell::Num(e as f64, 0)),
-            Field::Result("best") => num(row.best_metric, super::render::metric_digits(&row.metric)),
+            Field::Result("best") => num(row.best_metric, metric_digits(&row.metric)),
             Field::Result("train_acc") => num(row.final_train_acc, 2),
             Field::Result("test_acc") => num(row.final_test_acc, 2),
             Field::Result("test_loss") => num(row.final_test_loss, 4),

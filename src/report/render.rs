@@ -1,8 +1,9 @@
 //! Renderers: terminal table, CSV, JSON and Markdown (HTML is in `html`).
 
+use super::format::fmt_opt;
 use super::query::{Cell, Table};
 use super::{Comparison, RunReport};
-use crate::store::{EpochRecord, Status};
+use crate::record::EpochRecord;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -16,29 +17,6 @@ pub enum ResultsFormat {
     Csv,
     /// A JSON array of objects.
     Json,
-}
-
-fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
-}
-
-/// Seconds as `12.3s`, `4m05s` or `1h02m`.
-pub fn duration(secs: f64) -> String {
-    if secs < 60.0 {
-        format!("{secs:.1}s")
-    } else if secs < 3600.0 {
-        format!("{}m{:02}s", (secs / 60.0) as u64, (secs % 60.0) as u64)
-    } else {
-        format!("{}h{:02}m", (secs / 3600.0) as u64, ((secs % 3600.0) / 60.0) as u64)
-    }
-}
-
-pub(crate) fn metric_digits(metric: &str) -> usize {
-    if metric.ends_with("loss") {
-        4
-    } else {
-        2
-    }
 }
 
 /// Aligned text table.
@@ -114,30 +92,6 @@ pub(crate) fn aligned(headers: &[String], cells: &Cells, columns: usize) -> Stri
     out
 }
 
-/// Appends `v` with `digits` decimals, as `format!("{v:.digits$}")` writes it.
-/// Exact decimal formatting (Rust's, for every digit count) was a third of
-/// `sweep results`' rendering time; this rounds through an integer, and leaves
-/// the values within a millionth of a tie to Rust's formatting.
-pub fn push_fixed(out: &mut String, v: f64, digits: usize) {
-    use std::fmt::Write;
-    if v.is_finite() && digits <= 9 && v.abs() < 1e9 {
-        let scale = 10u64.pow(digits as u32);
-        let x = v.abs() * scale as f64;
-        if (x - x.floor() - 0.5).abs() > 1e-6 {
-            let n = x.round() as u64;
-            if v.is_sign_negative() {
-                out.push('-');
-            }
-            let _ = write!(out, "{}", n / scale);
-            if digits > 0 {
-                let _ = write!(out, ".{:0digits$}", n % scale);
-            }
-            return;
-        }
-    }
-    let _ = write!(out, "{v:.digits$}");
-}
-
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -148,16 +102,6 @@ fn csv_field(s: &str) -> String {
 
 fn csv_line(cells: &[String]) -> String {
     cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",") + "\n"
-}
-
-pub(crate) fn progress(r: &RunReport) -> String {
-    let row = &r.row;
-    match (row.status, row.steps_per_epoch) {
-        (Status::Running | Status::Interrupted, Some(n)) if row.step > 0 => {
-            format!("{}/{} (+{}/{n})", row.epochs_done, row.epochs_total, row.step)
-        }
-        _ => format!("{}/{}", row.epochs_done, row.epochs_total),
-    }
 }
 
 fn run_json(c: &Comparison, r: &RunReport, with_epochs: bool) -> Value {
@@ -497,26 +441,6 @@ pub fn markdown(c: &Comparison, figures: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn push_fixed_writes_what_format_writes() {
-        let mut values =
-            vec![0.0, -0.0, 0.5, 1.5, 2.5, 0.125, 0.375, 95.9, -0.001, 1e-7, 12345.678901, 99.995, 1e12, f64::NAN];
-        values.extend([f64::INFINITY, -2.675, 0.045, 1.005]);
-        // And a spread of values like those a results table shows.
-        let mut x = 0.123_456_789_f64;
-        for _ in 0..20_000 {
-            x = (x * 9_301.0 + 49_297.0) % 233_280.0;
-            values.push(x / 2_332.8 - 20.0);
-        }
-        for v in values {
-            for d in 0..=6 {
-                let mut s = String::new();
-                push_fixed(&mut s, v, d);
-                assert_eq!(s, format!("{v:.d$}"), "{v} with {d} decimals");
-            }
-        }
-    }
 
     #[test]
     fn aligned_tables_pad_wide_characters_by_their_count() {

@@ -13,11 +13,13 @@
 //! The format is documented with an example in the README.
 
 pub mod config;
+pub mod device;
 pub mod expand;
 pub mod file;
 pub mod key;
 
 pub use config::*;
+pub use device::DeviceChoice;
 pub use expand::{PlannedRun, Reference, SweepSpec};
 pub use key::{canonical_json, run_key, RunKey};
 

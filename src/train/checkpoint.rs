@@ -178,22 +178,36 @@ pub fn load(
     Ok(state)
 }
 
-/// Deletes files in `dir` that are not in `keep` (file names), including
-/// temporary files left by a crash. Returns the names it removed.
-pub fn remove_unreferenced(dir: &Path, keep: &[String]) -> std::io::Result<Vec<String>> {
-    let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(removed) };
+/// The names of the files in `dir` (none when it does not exist).
+///
+/// # Errors
+/// The folder could not be read.
+pub fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let mut names = Vec::new();
     for entry in entries {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name.ends_with(".safetensors") || name.ends_with(".tmp");
-        if ours && !keep.contains(&name) {
-            std::fs::remove_file(entry.path())?;
-            removed.push(name);
+        if entry.file_type()?.is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
-    removed.sort();
-    Ok(removed)
+    names.sort();
+    Ok(names)
+}
+
+/// Removes the files `names` of `dir` (what the worker's retention decided).
+///
+/// # Errors
+/// A file could not be removed.
+pub fn remove_files(dir: &Path, names: &[String]) -> std::io::Result<()> {
+    for name in names {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes `text` to `path` atomically (used for the run's config.json).

@@ -10,13 +10,34 @@
 //! the pool's high-water mark, with no call added to the training step); on
 //! the CPU the process's peak resident set (`VmHWM`, reset when the run starts).
 
+use crate::spec::DeviceChoice;
 use candle_core::Device;
 
-/// The device for `choice` (`cpu`, `auto`, `cuda:N`), with its description.
-pub fn select(choice: &str) -> Result<(Device, String), String> {
+/// Why a device could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// `cuda:N` was asked of a binary built without the `cuda` feature.
+    #[error("device {0}: this binary was built without CUDA (rebuild with `--features cuda`)")]
+    NoCuda(DeviceChoice),
+    /// The GPU did not answer or could not be set up.
+    #[error("device {choice}: {source}")]
+    Open {
+        /// What was asked for.
+        choice: DeviceChoice,
+        /// candle's (CUDA driver's) error.
+        #[source]
+        source: candle_core::Error,
+    },
+}
+
+/// The device for `choice`, with its description.
+///
+/// # Errors
+/// A GPU that this build cannot use or that does not answer.
+pub fn select(choice: DeviceChoice) -> Result<(Device, String), DeviceError> {
     match choice {
-        "cpu" => Ok((Device::Cpu, describe_cpu())),
-        "auto" => {
+        DeviceChoice::Cpu => Ok((Device::Cpu, describe_cpu())),
+        DeviceChoice::Auto => {
             if !candle_core::utils::cuda_is_available() {
                 tracing::info!("device {}, using the CPU", why_cpu());
                 return Ok((Device::Cpu, describe_cpu()));
@@ -32,16 +53,11 @@ pub fn select(choice: &str) -> Result<(Device, String), String> {
                 }
             }
         }
-        other => {
-            let Some(n) = other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) else {
-                return Err(format!("unknown device `{other}`: use cpu, auto or cuda:N"));
-            };
+        DeviceChoice::Cuda(n) => {
             if !candle_core::utils::cuda_is_available() {
-                return Err(format!(
-                    "device {other}: this binary was built without CUDA (rebuild with `--features cuda`)"
-                ));
+                return Err(DeviceError::NoCuda(choice));
             }
-            open_cuda(n).map_err(|e| format!("device {other}: {e}"))
+            open_cuda(n).map_err(|source| DeviceError::Open { choice, source })
         }
     }
 }
@@ -53,8 +69,6 @@ fn open_cuda(n: usize) -> candle_core::Result<(Device, String)> {
     let text = describe(&d, &format!("cuda:{n}"));
     Ok((d, text))
 }
-
-pub use crate::spec::valid_device as valid_choice;
 
 /// Why `auto` chose the CPU, for the worker's first line.
 pub fn why_cpu() -> &'static str {
@@ -130,10 +144,19 @@ fn cpu_peak_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Whether an error text is the GPU running out of memory.
-pub fn is_out_of_memory(error: &str) -> bool {
-    let e = error.to_ascii_lowercase();
-    e.contains("out_of_memory") || e.contains("out of memory")
+/// Whether a candle error is the GPU running out of memory: the CUDA driver's
+/// `CUDA_ERROR_OUT_OF_MEMORY` or cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED`, found
+/// by type through candle's wrappers (backtrace, context, path). The CPU
+/// backend has no such error (an allocation that fails aborts the process).
+pub fn is_out_of_memory(error: &candle_core::Error) -> bool {
+    use candle_core::Error as E;
+    match error {
+        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
+            is_out_of_memory(inner)
+        }
+        E::Cuda(cause) => gpu::is_out_of_memory(cause.as_ref()),
+        _ => false,
+    }
 }
 
 /// The message of a run that ran out of GPU memory.
@@ -193,6 +216,20 @@ mod gpu {
         }
     }
 
+    pub fn is_out_of_memory(cause: &(dyn std::error::Error + 'static)) -> bool {
+        use candle_core::cuda_backend::cudarc::cublas::{result::CublasError, sys::cublasStatus_t};
+        use candle_core::cuda_backend::cudarc::driver::DriverError;
+        use candle_core::cuda_backend::CudaError;
+        let driver_oom = |e: &DriverError| e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY;
+        let cublas_oom = |e: &CublasError| e.0 == cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED;
+        match cause.downcast_ref::<CudaError>() {
+            Some(CudaError::Cuda(e)) => driver_oom(e),
+            Some(CudaError::Cublas(e)) => cublas_oom(e),
+            Some(_) => false,
+            None => cause.downcast_ref::<DriverError>().is_some_and(driver_oom),
+        }
+    }
+
     pub fn used_bytes(device: &Device) -> Option<u64> {
         let Device::Cuda(d) = device else { return None };
         let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
@@ -215,6 +252,10 @@ mod gpu {
     pub fn used_bytes(_: &Device) -> Option<u64> {
         None
     }
+
+    pub fn is_out_of_memory(_: &(dyn std::error::Error + 'static)) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -223,15 +264,14 @@ mod tests {
 
     #[test]
     fn choices_are_checked_and_the_cpu_is_described() {
-        assert!(valid_choice("cpu") && valid_choice("auto") && valid_choice("cuda:1"));
-        assert!(!valid_choice("gpu") && !valid_choice("cuda:x") && !valid_choice("cuda"));
-        let (d, text) = select("cpu").unwrap();
+        let (d, text) = select(DeviceChoice::Cpu).unwrap();
         assert!(d.is_cpu() && text.starts_with("cpu (") && text.ends_with(" threads)"), "{text}");
-        assert!(select("tpu").unwrap_err().contains("use cpu, auto or cuda:N"));
         #[cfg(not(feature = "cuda"))]
         {
-            assert!(select("cuda:0").unwrap_err().contains("built without CUDA"));
-            assert!(select("auto").unwrap().0.is_cpu());
+            let e = select(DeviceChoice::Cuda(0)).unwrap_err();
+            assert!(matches!(e, DeviceError::NoCuda(DeviceChoice::Cuda(0))), "{e}");
+            assert!(e.to_string().contains("device cuda:0: this binary was built without CUDA"), "{e}");
+            assert!(select(DeviceChoice::Auto).unwrap().0.is_cpu());
         }
     }
 
@@ -248,8 +288,19 @@ mod tests {
 
     #[test]
     fn out_of_memory_errors_are_recognised_and_suggest_a_smaller_batch() {
-        assert!(is_out_of_memory("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"));
-        assert!(!is_out_of_memory("shape mismatch in matmul"));
+        // A message that only reads like one is not one: the kind is decided by type.
+        let text = candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY: out of memory".into());
+        assert!(!is_out_of_memory(&text));
+        assert!(!is_out_of_memory(&candle_core::Error::Msg("shape mismatch in matmul".into()).bt()));
+        #[cfg(feature = "cuda")]
+        {
+            use candle_core::cuda_backend::cudarc::driver::{sys::CUresult, DriverError};
+            use candle_core::cuda_backend::CudaError;
+            let oom = candle_core::Error::from(CudaError::Cuda(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)));
+            assert!(is_out_of_memory(&oom.context("conv2d")));
+            let other = candle_core::Error::from(CudaError::Cuda(DriverError(CUresult::CUDA_ERROR_INVALID_VALUE)));
+            assert!(!is_out_of_memory(&other));
+        }
         let m = out_of_memory_message("CUDA_ERROR_OUT_OF_MEMORY", 128, "cuda:0");
         assert!(
             m.starts_with("out of GPU memory on cuda:0 at batch_size 128; try a smaller batch_size (e.g. 64)"),

@@ -324,10 +324,9 @@ pub struct Loader {
 
 /// Loader threads: `$SWEEP_LOADER_THREADS`, else the available cores (at most 8).
 pub fn default_threads() -> usize {
-    std::env::var("SWEEP_LOADER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n: &usize| n >= 1)
+    crate::env::LOADER_THREADS
+        .parse::<usize>()
+        .filter(|&n| n >= 1)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(8))
 }
 

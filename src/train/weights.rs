@@ -91,14 +91,11 @@ pub struct WeightsCache {
 impl WeightsCache {
     /// The cache configured by the environment (see the module doc).
     pub fn from_env() -> WeightsCache {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let xdg = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")));
-        let dir = var("SWEEP_CACHE")
-            .or_else(|| xdg.as_ref().map(|x| x.join("sweep")))
-            .unwrap_or_else(|| PathBuf::from(".sweep-cache"))
-            .join("weights");
-        let torch_dir = var("TORCH_HOME").or_else(|| xdg.map(|x| x.join("torch"))).map(|t| t.join("hub/checkpoints"));
-        let base_url = std::env::var("SWEEP_WEIGHTS_URL").unwrap_or_else(|_| DEFAULT_BASE.to_owned());
+        let dir = crate::env::cache_dir("weights");
+        let torch_home = std::env::var_os("TORCH_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let torch_dir =
+            torch_home.or_else(|| crate::env::xdg_cache().map(|x| x.join("torch"))).map(|t| t.join("hub/checkpoints"));
+        let base_url = crate::env::WEIGHTS_URL.get().unwrap_or_else(|| DEFAULT_BASE.to_owned());
         WeightsCache { dir, torch_dir, base_url: base_url.trim_end_matches('/').to_owned() }
     }
 

@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use sweep::store::{CheckpointKind, EpochRecord, RunRow, Status, Store};
+use sweep::record::{CheckpointKind, EpochRecord};
+use sweep::store::{RunRow, Status, Store};
 
 fn sweep(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sweep"));
@@ -490,4 +491,47 @@ fn a_gpu_device_without_cuda_is_refused_and_the_command_line_wins() {
     let rows = runs(&home);
     assert_eq!(rows.len(), 1);
     assert!(rows[0].device.as_deref().is_some_and(|d| d.starts_with("cpu (")), "{:?}", rows[0].device);
+}
+
+#[test]
+fn an_unknown_device_is_refused_before_anything_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let f = crate::write_sweep(dir.path(), "dev.toml", &crate::tiny_sweep("dev", 32, 1, ""));
+    // On the command line, in the environment, and with --queue-only: refused by
+    // the argument parser, with the accepted forms, before the database exists.
+    for (args, env) in [
+        (vec!["submit", f.to_str().unwrap(), "--device", "gpu"], None),
+        (vec!["submit", f.to_str().unwrap(), "--queue-only", "--device", "cuda"], None),
+        (vec!["submit", f.to_str().unwrap()], Some("gpu")),
+        (vec!["worker", "--device", "cuda:x"], None),
+    ] {
+        let mut c = sweep(&home);
+        c.args(&args);
+        if let Some(v) = env {
+            c.env(sweep::env::DEVICE.name, v);
+        }
+        let out = c.output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("unknown device") && err.contains("use cpu, auto or cuda:N"), "{args:?}: {err}");
+        assert!(!home.join(sweep::store::DB_FILE).exists(), "{args:?} created the database");
+    }
+    // The sweep file's own `device` is checked at its line.
+    let text = crate::tiny_sweep("dev", 32, 1, "").replace("seed = 1\n", "seed = 1\ndevice = \"gpu\"\n");
+    let f = crate::write_sweep(dir.path(), "dev2.toml", &text);
+    let out = run(&home, &["submit", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("dev2.toml:6:10: `device`: unknown device `gpu`"), "{}", stderr(&out));
+    assert!(!home.join(sweep::store::DB_FILE).exists());
+}
+
+#[test]
+fn the_help_lists_every_environment_variable() {
+    let out = run(Path::new("unused"), &["--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for v in sweep::env::ALL {
+        assert!(help.contains(v.name), "{} missing from --help:\n{help}", v.name);
+    }
 }

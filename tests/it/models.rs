@@ -334,18 +334,18 @@ fn freeze_bn_keeps_frozen_statistics_and_bad_weights_are_refused() {
 
     // resnet18 weights into resnet34: every problem is named with the file.
     let wrong = ModelSpec { name: "resnet34".into(), arch: Arch::named("resnet34").unwrap(), ..spec.clone() };
-    let err = wrong.build(10, &Device::Cpu, 0).err().unwrap();
+    let err = wrong.build(10, &Device::Cpu, 0).err().unwrap().to_string();
     assert!(
         err.contains(&file.display().to_string()) && err.contains("tensors are missing (`layer1.2.bn1.bias`"),
         "{err}"
     );
     // A CIFAR stem does not fit ImageNet weights.
     let cifar = ModelSpec { stem: Stem::Cifar, pretrained: Some(file.display().to_string()), ..spec.clone() };
-    let err = cifar.build(10, &Device::Cpu, 0).err().unwrap();
+    let err = cifar.build(10, &Device::Cpu, 0).err().unwrap().to_string();
     assert!(err.contains("`conv1.weight` is [64, 3, 7, 7] in the file, [64, 3, 3, 3] in the model"), "{err}");
     // Not a weights file at all.
     std::fs::write(tmp.path().join("junk.pth"), b"PK\x03\x04 not really").unwrap();
     let junk = ModelSpec { pretrained: Some(tmp.path().join("junk.pth").display().to_string()), ..spec };
-    let err = junk.build(10, &Device::Cpu, 0).err().unwrap();
+    let err = junk.build(10, &Device::Cpu, 0).err().unwrap().to_string();
     assert!(err.contains("junk.pth") && err.contains("not a torch.save zip archive"), "{err}");
 }

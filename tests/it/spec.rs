@@ -250,7 +250,7 @@ fn device_is_checked_and_precision_is_part_of_the_key() {
     let plain = parse(BASE).unwrap();
     assert_eq!(plain.device, None);
     let on_cpu = parse(&BASE.replace("dataset = \"synthetic\"", "dataset = \"synthetic\"\ndevice = \"cpu\"")).unwrap();
-    assert_eq!(on_cpu.device.as_deref(), Some("cpu"));
+    assert_eq!(on_cpu.device, Some(spec::DeviceChoice::Cpu));
     assert_eq!(on_cpu.runs[0].key, plain.runs[0].key);
     let e = one_error(&BASE.replace("dataset = \"synthetic\"", "dataset = \"synthetic\"\ndevice = \"gpu0\""));
     assert_eq!((e.line, e.key.as_deref()), (4, Some("device")), "{e}");

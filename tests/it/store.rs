@@ -2,8 +2,9 @@
 
 use std::path::Path;
 use std::time::Duration;
+use sweep::record::{CheckpointKind, CheckpointRecord, EpochRecord};
 use sweep::spec;
-use sweep::store::{CheckpointKind, CheckpointRecord, EpochRecord, Status, Store, StoreError, SubmitOutcome};
+use sweep::store::{Status, Store, StoreError, SubmitOutcome};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()

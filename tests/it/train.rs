@@ -3,39 +3,9 @@
 use candle_core::Device;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use sweep::record::{CheckpointKind, CheckpointRecord, EpochRecord, MemorySink};
 use sweep::spec::{self, RunConfig};
-use sweep::store::{CheckpointKind, CheckpointRecord, EpochRecord};
-use sweep::train::{self, data, EpochSink, Outcome, Progress, TrainError, TrainRequest};
-
-/// Keeps what the trainer reports, as the worker's database would.
-#[derive(Default)]
-struct MemorySink {
-    epochs: Vec<EpochRecord>,
-    latest: Option<CheckpointRecord>,
-    best: Option<CheckpointRecord>,
-    interrupted: bool,
-}
-
-impl EpochSink for MemorySink {
-    fn epoch_end(
-        &mut self,
-        rec: &EpochRecord,
-        latest: &CheckpointRecord,
-        best: Option<&CheckpointRecord>,
-    ) -> Result<(), String> {
-        self.epochs.push(rec.clone());
-        self.latest = Some(latest.clone());
-        if let Some(b) = best {
-            self.best = Some(b.clone());
-        }
-        Ok(())
-    }
-    fn interrupted(&mut self, latest: &CheckpointRecord) -> Result<(), String> {
-        self.latest = Some(latest.clone());
-        self.interrupted = true;
-        Ok(())
-    }
-}
+use sweep::train::{self, data, Outcome, Progress, TrainError, TrainRequest};
 
 fn config(extra: &str) -> RunConfig {
     let text = crate::tiny_sweep("t", 96, 2, extra);
@@ -208,20 +178,21 @@ fn unsupported_configurations_are_named() {
     cfg.model = "resnet19".into();
     assert!(train::check(&cfg)
         .unwrap_err()
+        .to_string()
         .contains("model `resnet19` is not available (available: smallcnn, resnet18"));
     cfg.model = "resnet18".into();
     cfg.freeze = spec::Freeze::Through("block2".into());
-    let err = train::check(&cfg).unwrap_err();
+    let err = train::check(&cfg).unwrap_err().to_string();
     assert!(err.contains("stages: stem, layer1, layer2, layer3, layer4"), "{err}");
     cfg.freeze = spec::Freeze::None;
     cfg.pretrained = Some("imagenet".into());
     cfg.model = "smallcnn".into();
-    assert!(train::check(&cfg).unwrap_err().contains("no ImageNet weights for smallcnn"));
+    assert!(train::check(&cfg).unwrap_err().to_string().contains("no ImageNet weights for smallcnn"));
     let cfg = config("[augment.rot]\ntrain = [{ color_jitter = { hue = 0.7 } }]\n[[run]]\naugment = \"rot\"\n");
-    let err = train::check(&cfg).unwrap_err();
+    let err = train::check(&cfg).unwrap_err().to_string();
     assert!(err.contains("augmentation set `rot` (train): color_jitter: hue must be at most 0.5"), "{err}");
     let cfg = config("[[run]]\nfreeze = { through = \"layer9\" }\n");
-    assert!(train::check(&cfg).unwrap_err().contains("layer9"));
+    assert!(train::check(&cfg).unwrap_err().to_string().contains("layer9"));
 }
 
 #[test]

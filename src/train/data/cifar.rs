@@ -202,14 +202,8 @@ impl Cache {
     /// `$SWEEP_CACHE/datasets` (else `$XDG_CACHE_HOME/sweep/datasets`, else
     /// `~/.cache/sweep/datasets`) and `$SWEEP_DATA_URL`.
     pub fn from_env() -> Cache {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-        let dir = var("SWEEP_CACHE")
-            .or_else(|| var("XDG_CACHE_HOME").map(|x| x.join("sweep")))
-            .or_else(|| var("HOME").map(|h| h.join(".cache/sweep")))
-            .unwrap_or_else(|| PathBuf::from(".sweep-cache"))
-            .join("datasets");
-        let base_url =
-            std::env::var("SWEEP_DATA_URL").unwrap_or_else(|_| "https://www.cs.toronto.edu/~kriz".to_owned());
+        let dir = crate::env::cache_dir("datasets");
+        let base_url = crate::env::DATA_URL.get().unwrap_or_else(|| "https://www.cs.toronto.edu/~kriz".to_owned());
         Cache { dir, base_url: base_url.trim_end_matches('/').to_owned() }
     }
 }

@@ -266,9 +266,8 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Model `name` as torchvision builds it, from scratch: its own last layer
     /// (a linear head), nothing frozen (benchmarks and device checks).
-    pub fn plain(name: &str) -> std::result::Result<ModelSpec, String> {
-        let arch = Arch::named(name)
-            .ok_or_else(|| format!("model `{name}` is not available (available: {})", MODELS.join(", ")))?;
+    pub fn plain(name: &str) -> std::result::Result<ModelSpec, ModelError> {
+        let arch = Arch::named(name).ok_or_else(|| ModelError::unknown(name))?;
         Ok(ModelSpec {
             name: name.to_owned(),
             arch,
@@ -281,9 +280,8 @@ impl ModelSpec {
     }
 
     /// The model part of a run config.
-    pub fn of(config: &RunConfig) -> std::result::Result<ModelSpec, String> {
-        let arch = Arch::named(&config.model)
-            .ok_or_else(|| format!("model `{}` is not available (available: {})", config.model, MODELS.join(", ")))?;
+    pub fn of(config: &RunConfig) -> std::result::Result<ModelSpec, ModelError> {
+        let arch = Arch::named(&config.model).ok_or_else(|| ModelError::unknown(&config.model))?;
         let spec = ModelSpec {
             name: config.model.clone(),
             arch,
@@ -298,29 +296,31 @@ impl ModelSpec {
     }
 
     /// Configuration errors found without building anything.
-    pub fn check(&self) -> std::result::Result<(), String> {
+    pub fn check(&self) -> std::result::Result<(), ModelError> {
         let name = &self.name;
+        let invalid = |m: String| Err(ModelError::Invalid(m));
         if self.stem == Stem::Cifar && matches!(self.arch, Arch::Vgg { .. } | Arch::SmallCnn) {
-            return Err(format!("stem = \"cifar\": {name} has no stem to replace (only ResNet and DenseNet do)"));
+            return invalid(format!("stem = \"cifar\": {name} has no stem to replace (only ResNet and DenseNet do)"));
         }
         match self.pretrained.as_deref() {
             Some("imagenet") => {
-                super::weights::imagenet_url(name)
-                    .ok_or_else(|| format!("pretrained = \"imagenet\": there are no ImageNet weights for {name}"))?;
+                if super::weights::imagenet_url(name).is_none() {
+                    return invalid(format!("pretrained = \"imagenet\": there are no ImageNet weights for {name}"));
+                }
                 if self.stem == Stem::Cifar {
-                    return Err(format!(
+                    return invalid(format!(
                         "pretrained = \"imagenet\" with stem = \"cifar\": the ImageNet weights of {name} are for the 7x7 ImageNet stem"
                     ));
                 }
             }
             Some(path) if !Path::new(path).exists() => {
-                return Err(format!("pretrained = \"{path}\": no such file"));
+                return invalid(format!("pretrained = \"{path}\": no such file"));
             }
             _ => {}
         }
         if let Freeze::Through(stage) = &self.freeze {
             if self.arch.prefixes_through(stage).is_none() {
-                return Err(format!(
+                return invalid(format!(
                     "freeze: `{stage}` is not a stage of {name} (stages: {})",
                     self.arch.stages().join(", ")
                 ));
@@ -371,7 +371,7 @@ impl ModelSpec {
 
     /// Builds the model on `device`: initialised from `seed`, then loaded with
     /// the pretrained weights, with frozen parameters detached.
-    pub fn build(&self, classes: usize, device: &Device, seed: u64) -> std::result::Result<Built, String> {
+    pub fn build(&self, classes: usize, device: &Device, seed: u64) -> std::result::Result<Built, ModelError> {
         self.build_with(classes, device, seed, DType::F32)
     }
 
@@ -383,9 +383,9 @@ impl ModelSpec {
         device: &Device,
         seed: u64,
         compute: DType,
-    ) -> std::result::Result<Built, String> {
+    ) -> std::result::Result<Built, ModelError> {
         self.check()?;
-        let err = |e: candle_core::Error| format!("building {}: {e}", self.name);
+        let err = |source: candle_core::Error| ModelError::Build { model: self.name.clone(), source };
         let varmap = VarMap::new();
         let nothing = |_: &str| false;
         let mut b = Builder::new(&varmap, device, &nothing, false);
@@ -395,11 +395,10 @@ impl ModelSpec {
         let is_head = |n: &str| n.starts_with(&head) || n == head.trim_end_matches('.');
         if let Some(source) = &self.pretrained {
             let path = match source.as_str() {
-                "imagenet" => super::weights::imagenet_file(&self.name).map_err(|e| e.to_string())?,
+                "imagenet" => super::weights::imagenet_file(&self.name)?,
                 p => p.into(),
             };
-            let loaded =
-                super::weights::load_into(&varmap, &path, &is_head, source == "imagenet").map_err(|e| e.to_string())?;
+            let loaded = super::weights::load_into(&varmap, &path, &is_head, source == "imagenet")?;
             tracing::info!(
                 model = %self.name,
                 tensors = loaded.loaded,
@@ -420,14 +419,17 @@ impl ModelSpec {
         names.sort();
         if let Freeze::Prefixes(prefixes) = &self.freeze {
             if let Some(p) = prefixes.iter().find(|p| !names.iter().any(|n| n.starts_with(p.as_str()))) {
-                return Err(format!("freeze: no parameter of {} starts with `{p}`", self.name));
+                return Err(ModelError::Invalid(format!("freeze: no parameter of {} starts with `{p}`", self.name)));
             }
         }
         let trainable: Vec<(String, Var)> =
             names.into_iter().filter(|n| !is_buffer(n) && !frozen(n)).map(|n| (n.clone(), data[n].clone())).collect();
         drop(data);
         if trainable.is_empty() {
-            return Err(format!("freeze: every parameter of {} is frozen, nothing would train", self.name));
+            return Err(ModelError::Invalid(format!(
+                "freeze: every parameter of {} is frozen, nothing would train",
+                self.name
+            )));
         }
         Ok(Built { model, varmap, trainable, stages: self.arch.stages() })
     }
@@ -438,10 +440,9 @@ impl ModelSpec {
     /// any state_dict with a replaced head): the head's layers and the number of
     /// classes are read from the tensors' shapes, as is the stem. Returns the
     /// spec (loading `path`) and the number of classes.
-    pub fn for_weights(name: &str, path: &Path) -> std::result::Result<(ModelSpec, usize), String> {
-        let arch = Arch::named(name)
-            .ok_or_else(|| format!("model `{name}` is not available (available: {})", MODELS.join(", ")))?;
-        let tensors = super::weights::read(path).map_err(|e| e.to_string())?;
+    pub fn for_weights(name: &str, path: &Path) -> std::result::Result<(ModelSpec, usize), ModelError> {
+        let arch = Arch::named(name).ok_or_else(|| ModelError::unknown(name))?;
+        let tensors = super::weights::read(path)?;
         let out_dim = |k: &str| tensors.get(&format!("{k}.weight")).and_then(|t| t.dims().first().copied());
         let base = match arch {
             Arch::SmallCnn | Arch::ResNet { .. } => "fc",
@@ -452,10 +453,10 @@ impl ModelSpec {
             _ => {
                 let dims: Vec<usize> = (0..).map_while(|i| out_dim(&format!("{base}.{}", 3 * i))).collect();
                 let Some((&classes, hidden)) = dims.split_last() else {
-                    return Err(format!(
+                    return Err(ModelError::Invalid(format!(
                         "{}: no `{base}.weight` or `{base}.0.weight`: not {name} weights",
                         path.display()
-                    ));
+                    )));
                 };
                 (Head::Mlp { hidden: hidden.to_vec(), dropout: vec![0.0; hidden.len()] }, classes)
             }
@@ -478,19 +479,53 @@ impl ModelSpec {
     }
 }
 
+/// Why a model cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// No such architecture.
+    #[error("model `{name}` is not available (available: {available})")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The names there are.
+        available: String,
+    },
+    /// The configuration does not fit the architecture (stem, freeze, pretrained, head).
+    #[error("{0}")]
+    Invalid(String),
+    /// The pretrained weights could not be had or do not fit.
+    #[error(transparent)]
+    Weights(#[from] super::weights::WeightsError),
+    /// Building the layers failed.
+    #[error("building {model}: {source}")]
+    Build {
+        /// The architecture.
+        model: String,
+        /// candle's error.
+        #[source]
+        source: candle_core::Error,
+    },
+}
+
+impl ModelError {
+    fn unknown(name: &str) -> ModelError {
+        ModelError::Unknown { name: name.to_owned(), available: MODELS.join(", ") }
+    }
+}
+
 /// BatchNorm buffers: saved with the model, never optimised.
 pub fn is_buffer(name: &str) -> bool {
     name.ends_with(".running_mean") || name.ends_with(".running_var") || name.ends_with(".num_batches_tracked")
 }
 
 /// Why a configuration cannot be built, before any tensor is made.
-pub fn check(config: &RunConfig) -> std::result::Result<(), String> {
+pub fn check(config: &RunConfig) -> std::result::Result<(), ModelError> {
     ModelSpec::of(config).map(|_| ())
 }
 
 /// Builds the model of `config` on `device`, initialised from the run seed (and
 /// loaded with its pretrained weights).
-pub fn build(config: &RunConfig, classes: usize, device: &Device) -> std::result::Result<Built, String> {
+pub fn build(config: &RunConfig, classes: usize, device: &Device) -> std::result::Result<Built, ModelError> {
     let compute = match config.precision {
         crate::spec::Precision::Bf16 => DType::BF16,
         crate::spec::Precision::F32 | crate::spec::Precision::Tf32 => DType::F32,

@@ -8,9 +8,12 @@
 //! worker marks runs whose worker died as `interrupted`; those are claimed first
 //! and resume from their latest checkpoint.
 
-use crate::spec::{Keep, RunConfig};
-use crate::store::{CheckpointKind, CheckpointRecord, ClaimedRun, EpochRecord, Status, Store, StoreError};
-use crate::train::{self, checkpoint, data, EpochSink, Outcome, Progress, TrainRequest};
+pub mod retention;
+
+use crate::record::{CheckpointKind, CheckpointRecord, EpochRecord, EpochSink, SinkError};
+use crate::spec::{DeviceChoice, RunConfig};
+use crate::store::{ClaimedRun, Status, Store, StoreError};
+use crate::train::{self, checkpoint, data, Outcome, Progress, TrainRequest};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 /// How a worker behaves.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// `cpu`, `auto` or `cuda:N`.
-    pub device: String,
+    /// Where to train.
+    pub device: DeviceChoice,
     /// A running run whose heartbeat is older than this is taken over.
     pub stale_after: Duration,
     /// How often the heartbeat is refreshed.
@@ -35,7 +38,7 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
-            device: "auto".into(),
+            device: DeviceChoice::Auto,
             stale_after: Duration::from_secs(60),
             heartbeat_every: Duration::from_secs(2),
             verbose: false,
@@ -74,8 +77,8 @@ pub enum WorkerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The device could not be opened.
-    #[error("{0}")]
-    Device(String),
+    #[error(transparent)]
+    Device(#[from] train::device::DeviceError),
     /// The trainer thread could not be started.
     #[error("cannot start the training thread: {0}")]
     Thread(std::io::Error),
@@ -86,21 +89,21 @@ enum Msg {
         rec: Box<EpochRecord>,
         latest: CheckpointRecord,
         best: Option<CheckpointRecord>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), SinkError>>,
     },
     Interrupted {
         latest: CheckpointRecord,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), SinkError>>,
     },
 }
 
 struct ChannelSink(mpsc::Sender<Msg>);
 
 impl ChannelSink {
-    fn ask(&self, make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Msg) -> Result<(), String> {
+    fn ask(&self, make: impl FnOnce(oneshot::Sender<Result<(), SinkError>>) -> Msg) -> Result<(), SinkError> {
         let (tx, rx) = oneshot::channel();
-        self.0.blocking_send(make(tx)).map_err(|_| "the worker stopped listening".to_owned())?;
-        rx.blocking_recv().map_err(|_| "the worker dropped the reply".to_owned())?
+        self.0.blocking_send(make(tx)).map_err(|_| SinkError::Disconnected("the worker stopped listening"))?;
+        rx.blocking_recv().map_err(|_| SinkError::Disconnected("the worker dropped the reply"))?
     }
 }
 
@@ -110,10 +113,10 @@ impl EpochSink for ChannelSink {
         rec: &EpochRecord,
         latest: &CheckpointRecord,
         best: Option<&CheckpointRecord>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         self.ask(|reply| Msg::Epoch { rec: Box::new(rec.clone()), latest: latest.clone(), best: best.cloned(), reply })
     }
-    fn interrupted(&mut self, latest: &CheckpointRecord) -> Result<(), String> {
+    fn interrupted(&mut self, latest: &CheckpointRecord) -> Result<(), SinkError> {
         self.ask(|reply| Msg::Interrupted { latest: latest.clone(), reply })
     }
 }
@@ -133,12 +136,12 @@ pub fn run_dir(key: &str) -> String {
 
 /// Drains the queue: trains runs until none is left or `stop` is set.
 pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) -> Result<WorkerReport, WorkerError> {
-    let (device, device_name) = train::device(&opts.device).map_err(WorkerError::Device)?;
+    let (device, device_name) = train::device(opts.device)?;
     let worker = crate::store::worker_id();
     if opts.verbose {
-        let why = match (opts.device.as_str(), device.is_cpu()) {
-            ("auto", true) => train::device::why_cpu(),
-            ("auto", false) => "auto: the first GPU",
+        let why = match (opts.device, device.is_cpu()) {
+            (DeviceChoice::Auto, true) => train::device::why_cpu(),
+            (DeviceChoice::Auto, false) => "auto: the first GPU",
             _ => "as asked",
         };
         eprintln!("device: {device_name} (--device {}; {why})", opts.device);
@@ -182,20 +185,20 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
     Ok(report)
 }
 
-fn referenced(ckpts: &[CheckpointRecord]) -> Vec<String> {
-    let name = |p: &str| Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    ckpts.iter().flat_map(|c| [name(&c.path), name(&c.state_path)]).collect()
-}
-
+/// Removes the files of the run's folder that no record refers to (see [`retention`]).
 async fn collect_garbage(store: &Store, run_id: i64, dir: &Path) {
-    match store.checkpoints(run_id).await {
-        Ok(ckpts) => match checkpoint::remove_unreferenced(dir, &referenced(&ckpts)) {
-            Ok(removed) if !removed.is_empty() => {
-                tracing::debug!(run = run_id, ?removed, "unreferenced checkpoint files removed")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cleaning {}: {e}", dir.display()),
-        },
+    let cleaned = match store.checkpoints(run_id).await {
+        Ok(ckpts) => checkpoint::list_files(dir).and_then(|present| {
+            let removed = retention::unreferenced(&present, &ckpts);
+            checkpoint::remove_files(dir, &removed).map(|()| removed)
+        }),
+        Err(e) => Err(std::io::Error::other(e)),
+    };
+    match cleaned {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::debug!(run = run_id, ?removed, "unreferenced checkpoint files removed");
+        }
+        Ok(_) => {}
         Err(e) => tracing::warn!("cleaning {}: {e}", dir.display()),
     }
 }
@@ -318,14 +321,14 @@ async fn execute(
                     if r.is_ok() {
                         collect_garbage(store, run.id, &abs_dir).await;
                     }
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    let _ = reply.send(r.map_err(|e| SinkError::Refused(e.to_string())));
                 }
                 Some(Msg::Interrupted { latest, reply }) => {
                     let r = store.record_interrupt(run.id, worker, Some(&latest)).await;
                     if r.is_ok() {
                         collect_garbage(store, run.id, &abs_dir).await;
                     }
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    let _ = reply.send(r.map_err(|e| SinkError::Refused(e.to_string())));
                 }
             },
             _ = beat.tick() => {
@@ -343,14 +346,22 @@ async fn execute(
         Ok(Err(panic)) => {
             let what =
                 panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
-            Err(train::TrainError::Sink(format!("the trainer panicked: {}", what.unwrap_or_default())))
+            Err(train::TrainError::Panicked(what.unwrap_or_default()))
         }
-        Err(e) => Err(train::TrainError::Sink(format!("the trainer thread was lost: {e}"))),
+        Err(e) => Err(train::TrainError::Panicked(format!("the trainer thread was lost: {e}"))),
     };
     tracing::info!(run = run.id, outcome = ?outcome.as_ref().map_err(ToString::to_string), "run ended");
-    if matches!(outcome, Ok(Outcome::Finished | Outcome::StoppedEarly { .. })) && keep == Keep::Best {
-        store.drop_latest(run.id, worker).await?;
-        collect_garbage(store, run.id, &abs_dir).await;
+    let ended = match outcome {
+        Ok(Outcome::Finished | Outcome::StoppedEarly { .. }) => retention::RunEnd::Complete,
+        _ => retention::RunEnd::Resumable,
+    };
+    for action in retention::at_run_end(keep, ended) {
+        match action {
+            retention::Action::DropLatest => {
+                store.drop_latest(run.id, worker).await?;
+                collect_garbage(store, run.id, &abs_dir).await;
+            }
+        }
     }
     let end = match outcome {
         Ok(Outcome::Finished) => {
@@ -370,11 +381,13 @@ async fn execute(
             RunEnd { id: run.id, name: run.name.clone(), status: Status::Interrupted, error: None }
         }
         Err(e) => {
-            let mut msg = e.to_string();
-            if !device.is_cpu() && train::device::is_out_of_memory(&msg) {
+            let msg = match &e {
                 // The next run may fit: the sweep goes on, this run says what to change.
-                msg = train::device::out_of_memory_message(&msg, batch_size, &device_label(device));
-            }
+                train::TrainError::OutOfMemory(cause) => {
+                    train::device::out_of_memory_message(&cause.to_string(), batch_size, &device_label(device))
+                }
+                other => other.to_string(),
+            };
             let status =
                 if matches!(e, train::TrainError::Diverged { .. }) { Status::Diverged } else { Status::Failed };
             match store.finish(run.id, worker, status, Some(&msg)).await {

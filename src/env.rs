@@ -1,0 +1,120 @@
+//! Every environment variable sweep reads, declared once, with its help text.
+//!
+//! Code reads a variable through its [`Var`] here, never by a string of its
+//! own, and `sweep --help` lists [`ALL`]. Variables that are flags too
+//! (`SWEEP_HOME`, `SWEEP_DEVICE`) are read by clap, which names them from here.
+//! The tests read two more, which the binary never does: `SWEEP_PARITY_DIR`
+//! (full-size torchvision fixtures) and `SWEEP_PARITY_VERBOSE`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// One environment variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Var {
+    /// Its name.
+    pub name: &'static str,
+    /// What it does, one line, for `sweep --help`.
+    pub help: &'static str,
+}
+
+/// The home folder (database and checkpoints); `--home`.
+pub const HOME: Var = Var { name: "SWEEP_HOME", help: "the home folder, as --home (default .sweep)" };
+/// The device; `--device`.
+pub const DEVICE: Var = Var { name: "SWEEP_DEVICE", help: "where to train, as --device: cpu, auto or cuda:N" };
+/// Seconds after which a running run with no heartbeat is taken over.
+pub const STALE_SECS: Var = Var {
+    name: "SWEEP_STALE_SECS",
+    help: "seconds without a heartbeat after which another worker takes a run over (default 60)",
+};
+/// Seconds between heartbeats.
+pub const HEARTBEAT_SECS: Var =
+    Var { name: "SWEEP_HEARTBEAT_SECS", help: "seconds between a worker's heartbeats (default 2)" };
+/// Cache of downloaded datasets and weights.
+pub const CACHE: Var = Var {
+    name: "SWEEP_CACHE",
+    help: "cache of downloaded datasets and weights (default $XDG_CACHE_HOME/sweep or ~/.cache/sweep)",
+};
+/// Base URL of the CIFAR archives.
+pub const DATA_URL: Var =
+    Var { name: "SWEEP_DATA_URL", help: "base URL of the CIFAR archives (default the publisher's site)" };
+/// Base URL of the pretrained weights.
+pub const WEIGHTS_URL: Var = Var {
+    name: "SWEEP_WEIGHTS_URL",
+    help: "base URL of the pretrained weights (default https://download.pytorch.org/models)",
+};
+/// Threads that build batches.
+pub const LOADER_THREADS: Var = Var {
+    name: "SWEEP_LOADER_THREADS",
+    help: "threads that build training batches (default the available cores, at most 8)",
+};
+
+/// Every variable the binary reads, in the order `sweep --help` lists them.
+pub const ALL: [Var; 8] = [HOME, DEVICE, STALE_SECS, HEARTBEAT_SECS, CACHE, DATA_URL, WEIGHTS_URL, LOADER_THREADS];
+
+impl Var {
+    /// Its value, if set and not empty.
+    pub fn get(self) -> Option<String> {
+        std::env::var(self.name).ok().filter(|v| !v.is_empty())
+    }
+
+    /// Its value parsed as `T`, if set and valid (an invalid value is logged and ignored).
+    pub fn parse<T: FromStr>(self) -> Option<T> {
+        let text = self.get()?;
+        let v = text.trim().parse().ok();
+        if v.is_none() {
+            tracing::warn!("{}={text:?} is not valid; using the default", self.name);
+        }
+        v
+    }
+
+    /// A duration in (fractional, non-negative) seconds, else `default` seconds.
+    pub fn seconds(self, default: u64) -> Duration {
+        let secs = self.parse::<f64>().filter(|s| s.is_finite()).unwrap_or(default as f64);
+        Duration::from_secs_f64(secs.max(0.0))
+    }
+}
+
+fn os_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// The user's cache base: `$XDG_CACHE_HOME`, else `~/.cache`.
+pub fn xdg_cache() -> Option<PathBuf> {
+    os_path("XDG_CACHE_HOME").or_else(|| os_path("HOME").map(|h| h.join(".cache")))
+}
+
+/// sweep's cache folder `sub` (`datasets`, `weights`): under `$SWEEP_CACHE`,
+/// else `$XDG_CACHE_HOME/sweep`, else `~/.cache/sweep`, else `.sweep-cache`.
+pub fn cache_dir(sub: &str) -> PathBuf {
+    os_path(CACHE.name)
+        .or_else(|| xdg_cache().map(|x| x.join("sweep")))
+        .unwrap_or_else(|| PathBuf::from(".sweep-cache"))
+        .join(sub)
+}
+
+/// The "Environment:" section of `sweep --help`.
+pub fn help() -> String {
+    let width = ALL.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let mut text = String::from("Environment:\n");
+    for v in ALL {
+        text += &format!("  {:width$}  {}\n", v.name, v.help);
+    }
+    text += &format!("  {:width$}  log filter, e.g. info or sweep=debug (default warn)", "RUST_LOG");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variable_is_listed_once_in_the_help() {
+        let help = help();
+        for v in ALL {
+            assert_eq!(help.matches(&format!("  {} ", v.name)).count(), 1, "{}", v.name);
+            assert!(v.name.starts_with("SWEEP_") && !v.help.is_empty());
+        }
+    }
+}

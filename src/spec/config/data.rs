@@ -1,0 +1,114 @@
+//! Where the images come from: [`DatasetSpec`].
+
+use super::*;
+
+/// Where the images come from.
+///
+/// `dataset = "synthetic"`, `dataset = "cifar10"` (found in the cache or
+/// downloaded), `dataset = { name = "cifar100", path = "data" }`, or an image
+/// folder `dataset = { folder = "images.tar.gz" }`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatasetSpec {
+    /// `synthetic`, `cifar10`, `cifar100` or `folder`.
+    pub name: DatasetName,
+    /// cifar: the release folder or a folder holding it; folder: the image
+    /// tree, `.tar` or `.tar.gz`. Relative paths are relative to the sweep file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Number of training images (synthetic: generated; others: the first N).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_size: Option<usize>,
+    /// Number of test images (synthetic: generated; others: the first N).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_size: Option<usize>,
+    /// Seed of the generated images (synthetic) or of the `test_split` (folder),
+    /// independent of the run seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_seed: Option<u64>,
+    /// folder with a single `<class>/` tree: the share of each class held out as test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_split: Option<f64>,
+}
+
+impl Eq for DatasetSpec {}
+impl std::hash::Hash for DatasetSpec {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self.name, &self.path, self.train_size, self.test_size, self.data_seed, self.test_split.map(f64::to_bits))
+            .hash(h);
+    }
+}
+
+/// The datasets sweep can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetName {
+    /// Coloured shapes and patterns, 10 classes, 32x32, generated from a seed.
+    Synthetic,
+    /// CIFAR-10, either official release.
+    Cifar10,
+    /// CIFAR-100 (fine labels), either official release.
+    Cifar100,
+    /// An image folder or archive in torchvision's `ImageFolder` layout.
+    Folder,
+}
+
+impl DatasetSpec {
+    /// A dataset given by name only, with every other field at its default.
+    pub fn named(name: DatasetName) -> Self {
+        DatasetSpec { name, path: None, train_size: None, test_size: None, data_seed: None, test_split: None }
+    }
+}
+
+impl<'de> Deserialize<'de> for DatasetSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Repr {
+            name: Option<DatasetName>,
+            folder: Option<String>,
+            path: Option<String>,
+            train_size: Option<usize>,
+            test_size: Option<usize>,
+            data_seed: Option<u64>,
+            test_split: Option<f64>,
+        }
+        let r = Repr::deserialize(d)?;
+        let (name, path) = match (r.name, r.folder, r.path) {
+            (None | Some(DatasetName::Folder), Some(f), None) => (DatasetName::Folder, Some(f)),
+            (Some(_), Some(_), _) | (None, Some(_), Some(_)) => {
+                return Err(de::Error::custom("dataset: give either `folder = PATH` or `name` (and `path`), not both"))
+            }
+            (Some(n), None, p) => (n, p),
+            (None, None, _) => return Err(de::Error::custom("dataset: missing `name` (or `folder = PATH`)")),
+        };
+        Ok(DatasetSpec {
+            name,
+            path,
+            train_size: r.train_size,
+            test_size: r.test_size,
+            data_seed: r.data_seed,
+            test_split: r.test_split,
+        })
+    }
+}
+
+/// `dataset = "synthetic"` or `dataset = { name = "cifar10", path = "…" }`.
+pub(crate) fn deserialize_dataset<'de, D: Deserializer<'de>>(d: D) -> Result<DatasetSpec, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = DatasetSpec;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(
+                "a dataset name (\"synthetic\", \"cifar10\", \"cifar100\") or a table { name = …, path = … } or { folder = … }",
+            )
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<DatasetSpec, E> {
+            let name = DatasetName::deserialize(de::value::StrDeserializer::<E>::new(s))?;
+            Ok(DatasetSpec::named(name))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DatasetSpec, A::Error> {
+            DatasetSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(V)
+}

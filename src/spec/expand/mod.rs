@@ -1,0 +1,372 @@
+//! Merging defaults with grids and runs, and validating each resulting run.
+//!
+//! `grid` expands `[[grid]]` and `[[run]]` tables into assignments, `paths`
+//! edits TOML tables by dotted path, `validate` turns one merged table into a
+//! checked [`RunConfig`]; this file drives them and owns the result types.
+//!
+//! Merge rule: a grid axis or run key sets a dotted path (`optimizer.lr`) in a
+//! copy of `[defaults]`. Setting a table on a table merges them key by key,
+//! except when both have a `name` and the names differ (another optimizer or
+//! schedule): then the new table replaces the old one, so that SGD's momentum
+//! never leaks into Adam.
+//!
+//! Every axis value is checked on its own against the defaults, so a bad value is
+//! reported at its own line; problems that only a combination has (a missing
+//! field, an inconsistent schedule) are reported at the grid's or run's header.
+
+use super::config::*;
+use super::device::DeviceChoice;
+use super::file::{AugmentSet, DefaultsOnly, RunFields, SpannedTable, SweepFile, RUN_RESERVED};
+use super::key::{run_key, RunKey};
+use super::{Source, SpecError, SpecErrors};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use toml::{Spanned, Table, Value};
+
+mod grid;
+mod paths;
+mod validate;
+
+use grid::{expand_grid, expand_run};
+pub use paths::set_path;
+use validate::finalize;
+
+/// A validated sweep file, expanded into runs.
+#[derive(Debug, Clone)]
+pub struct SweepSpec {
+    /// Sweep name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The file's text, stored with the sweep.
+    pub text: String,
+    /// The metric that defines "best".
+    pub metric: Metric,
+    /// The device the file asks for, if any.
+    pub device: Option<DeviceChoice>,
+    /// The runs, in file order, without duplicates.
+    pub runs: Vec<PlannedRun>,
+    /// Names of runs dropped because an earlier run has the same configuration.
+    pub duplicates: Vec<String>,
+}
+
+/// One run of a sweep, ready to queue.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    /// Human-readable name, unique in its sweep.
+    pub name: String,
+    /// The full configuration.
+    pub config: RunConfig,
+    /// Hash of the configuration.
+    pub key: RunKey,
+    /// Published numbers to compare against, if the file gives them.
+    pub reference: Option<Reference>,
+    /// Where in the file this run comes from (1-based line).
+    pub line: usize,
+    /// Column of that place.
+    pub column: usize,
+}
+
+/// Numbers to put beside a run's measured ones in reports (accuracies in percent).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// Best test accuracy, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc: Option<f64>,
+    /// Epoch (1-based) of the best test accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc_epoch: Option<u32>,
+    /// Best test loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_loss: Option<f64>,
+    /// Epoch (1-based) of the best test loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_loss_epoch: Option<u32>,
+    /// Best training accuracy, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_acc: Option<f64>,
+    /// Where the numbers come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Anything else worth printing beside them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Keys a run may set (the fields of [`RunFields`]).
+pub(super) const RUN_KEYS: &[&str] = &[
+    "model",
+    "pretrained",
+    "freeze",
+    "freeze_bn",
+    "stem",
+    "head",
+    "augment",
+    "batch_size",
+    "epochs",
+    "optimizer",
+    "schedule",
+    "warmup",
+    "lr_interval",
+    "label_smoothing",
+    "early_stop",
+    "keep",
+    "val_split",
+    "drop_last",
+    "precision",
+];
+
+/// What expanding one file carries along: its defaults, sets and the errors found.
+pub(super) struct Ctx<'a> {
+    pub(super) src: &'a Source,
+    pub(super) defaults: Table,
+    pub(super) augment: BTreeMap<String, AugmentSet>,
+    pub(super) dataset: DatasetSpec,
+    pub(super) metric: Metric,
+    pub(super) seed: u64,
+    pub(super) repeats: u32,
+    pub(super) errors: Vec<SpecError>,
+}
+
+pub(super) fn expand(src: &Source) -> Result<SweepSpec, SpecErrors> {
+    let toml_error = |e: toml::de::Error| {
+        let offset = e.span().map_or(0, |s| s.start);
+        SpecErrors(vec![src.error(offset, None, e.message().trim().to_owned())])
+    };
+    let file: SweepFile = toml::from_str(&src.text).map_err(toml_error)?;
+    let _: DefaultsOnly = toml::from_str(&src.text).map_err(toml_error)?;
+
+    let mut errors = Vec::new();
+    let device = match &file.device {
+        None => None,
+        Some(d) => match d.get_ref().parse::<DeviceChoice>() {
+            Ok(choice) => Some(choice),
+            Err(e) => {
+                errors.push(src.error(d.span().start, Some("device"), e.to_string()));
+                None
+            }
+        },
+    };
+    let name = file.name.get_ref().trim().to_owned();
+    if name.is_empty() {
+        errors.push(src.error(file.name.span().start, Some("name"), "the sweep name is empty"));
+    }
+    let dataset = resolve_dataset(src, file.dataset, &mut errors);
+    let repeats = match &file.repeats {
+        Some(r) if *r.get_ref() == 0 => {
+            errors.push(src.error(r.span().start, Some("repeats"), "repeats must be at least 1"));
+            1
+        }
+        Some(r) => *r.get_ref(),
+        None => 1,
+    };
+    let mut augment = file.augment.clone();
+    augment.entry("none".to_owned()).or_default();
+
+    let mut ctx = Ctx {
+        src,
+        defaults: file.defaults.map(Spanned::into_inner).unwrap_or_default(),
+        augment,
+        dataset,
+        metric: file.metric.unwrap_or(Metric::TestAcc),
+        seed: file.seed,
+        repeats,
+        errors,
+    };
+    if let Some(aug) = ctx.defaults.get("augment").and_then(Value::as_str) {
+        if !ctx.augment.contains_key(aug) {
+            let offset = key_offset(&src.text, "augment");
+            let msg = unknown_augment(aug, &ctx.augment);
+            ctx.errors.push(src.error(offset, Some("defaults.augment"), msg));
+        }
+    }
+
+    let mut runs = Vec::new();
+    for (i, grid) in file.grid.iter().enumerate() {
+        expand_grid(&mut ctx, i, grid, &mut runs);
+    }
+    for (i, run) in file.run.iter().enumerate() {
+        expand_run(&mut ctx, i, run, &mut runs);
+    }
+    if file.grid.is_empty() && file.run.is_empty() {
+        let defaults = ctx.defaults.clone();
+        for r in 0..ctx.repeats {
+            let name =
+                if ctx.repeats > 1 { format!("default,seed={}", ctx.seed + u64::from(r)) } else { "default".into() };
+            push_run(&mut ctx, name, defaults.clone(), r, 0, None, &mut runs);
+        }
+    }
+
+    if !ctx.errors.is_empty() {
+        return Err(SpecErrors(ctx.errors));
+    }
+    let mut seen = HashSet::new();
+    let mut names = HashSet::new();
+    let mut unique = Vec::new();
+    let mut duplicates = Vec::new();
+    for mut run in runs {
+        if !seen.insert(run.key.clone()) {
+            duplicates.push(run.name);
+            continue;
+        }
+        if !names.insert(run.name.clone()) {
+            run.name = format!("{}#{}", run.name, run.key.short());
+            names.insert(run.name.clone());
+        }
+        unique.push(run);
+    }
+    Ok(SweepSpec {
+        name,
+        description: file.description,
+        path: src.path.clone(),
+        text: src.text.clone(),
+        metric: ctx.metric,
+        device,
+        runs: unique,
+        duplicates,
+    })
+}
+
+fn resolve_dataset(src: &Source, mut ds: DatasetSpec, errors: &mut Vec<SpecError>) -> DatasetSpec {
+    let offset = key_offset(&src.text, "dataset");
+    let mut bad = |field: &str, msg: &str| errors.push(src.error(offset, Some(&format!("dataset.{field}")), msg));
+    if ds.name == DatasetName::Synthetic && ds.path.is_some() {
+        bad("path", "the synthetic dataset is generated and takes no `path`");
+    }
+    if matches!(ds.name, DatasetName::Cifar10 | DatasetName::Cifar100) && ds.data_seed.is_some() {
+        bad("data_seed", "`data_seed` is for the synthetic dataset and a folder's `test_split`");
+    }
+    if ds.name != DatasetName::Folder && ds.test_split.is_some() {
+        bad("test_split", "`test_split` is only for an image folder with a single <class>/ tree");
+    }
+    if let Some(t) = ds.test_split {
+        if !(t > 0.0 && t < 1.0) {
+            bad("test_split", &format!("must be in (0, 1), found {t}"));
+        }
+    }
+    if ds.name == DatasetName::Folder && ds.path.as_deref().is_none_or(str::is_empty) {
+        bad("folder", "an image folder needs its path: `dataset = { folder = \"PATH\" }`");
+    }
+    if let Some(p) = &ds.path {
+        let p = Path::new(p);
+        if p.is_relative() {
+            let base = src.path.parent().unwrap_or(Path::new("."));
+            let joined = base.join(p);
+            let abs = std::path::absolute(&joined).unwrap_or(joined);
+            ds.path = Some(abs.display().to_string());
+        }
+    }
+    for (field, v) in [("train_size", ds.train_size), ("test_size", ds.test_size)] {
+        if v == Some(0) {
+            bad(field, "must be at least 1");
+        }
+    }
+    ds
+}
+
+/// Byte offset of the first line that starts with `key` (for messages about
+/// values that serde cannot span).
+pub(super) fn key_offset(text: &str, key: &str) -> usize {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with(key) {
+            return offset + (line.len() - trimmed.len());
+        }
+        offset += line.len();
+    }
+    0
+}
+
+pub(super) fn unknown_augment(name: &str, sets: &BTreeMap<String, AugmentSet>) -> String {
+    let known: Vec<_> = sets.keys().map(|k| format!("`{k}`")).collect();
+    format!("no augmentation set named `{name}`; defined: {} (add an [augment.{name}] table)", known.join(", "))
+}
+
+impl Ctx<'_> {
+    /// Checks that `path = value` alone, on top of the defaults, is well typed.
+    pub(super) fn check_assignment(&mut self, offset: usize, path: &str, value: &Value) {
+        let root = path.split('.').next().unwrap_or_default();
+        if !RUN_KEYS.contains(&root) {
+            let msg = format!("unknown key `{root}`; a run can set: {}", RUN_KEYS.join(", "));
+            self.errors.push(self.src.error(offset, Some(path), msg));
+            return;
+        }
+        let mut merged = self.defaults.clone();
+        set_path(&mut merged, path, value.clone());
+        if let Err(e) = RunFields::deserialize(Value::Table(merged)) {
+            let msg = format!("value {}: {}", value, e.message().trim());
+            self.errors.push(self.src.error(offset, Some(path), msg));
+            return;
+        }
+        if path == "augment" {
+            if let Some(name) = value.as_str() {
+                if !self.augment.contains_key(name) {
+                    let msg = unknown_augment(name, &self.augment);
+                    self.errors.push(self.src.error(offset, Some(path), msg));
+                }
+            }
+        }
+    }
+
+    pub(super) fn repeats_of(&mut self, table: &SpannedTable) -> u32 {
+        match table.iter().find(|(k, _)| k.get_ref() == "repeats") {
+            None => self.repeats,
+            Some((k, v)) => match v.get_ref().as_integer() {
+                Some(n) if n >= 1 && n <= u32::MAX as i64 => n as u32,
+                _ => {
+                    self.errors.push(self.src.error(
+                        k.span().start,
+                        Some("repeats"),
+                        "repeats must be a positive integer",
+                    ));
+                    1
+                }
+            },
+        }
+    }
+}
+
+pub(super) fn reserved_str(ctx: &mut Ctx, table: &SpannedTable, key: &str) -> Option<String> {
+    let (k, v) = table.iter().find(|(k, _)| k.get_ref() == key)?;
+    match v.get_ref().as_str() {
+        Some(s) => Some(s.to_owned()),
+        None => {
+            ctx.errors.push(ctx.src.error(k.span().start, Some(key), format!("`{key}` must be a string")));
+            None
+        }
+    }
+}
+
+pub(super) fn push_run(
+    ctx: &mut Ctx,
+    name: String,
+    merged: Table,
+    repeat: u32,
+    offset: usize,
+    reference: Option<Reference>,
+    runs: &mut Vec<PlannedRun>,
+) {
+    match finalize(ctx, merged, ctx.seed + u64::from(repeat)) {
+        Ok(config) => {
+            let (line, column) = ctx.src.line_col(offset);
+            runs.push(PlannedRun { name, key: run_key(&config), config, reference, line, column });
+        }
+        Err((key, msg)) => {
+            // Reported once per place: the same problem repeats for every combination.
+            let err = ctx.src.error(offset, key.as_deref(), format!("run `{name}`: {msg}"));
+            let dup = ctx.errors.iter().any(|e| {
+                e.line == err.line
+                    && e.key == err.key
+                    && e.message.split(": ").skip(1).eq(err.message.split(": ").skip(1))
+            });
+            if !dup {
+                ctx.errors.push(err);
+            }
+        }
+    }
+}

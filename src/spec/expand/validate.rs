@@ -1,0 +1,196 @@
+//! One merged table into a checked [`RunConfig`]: required fields, defaults,
+//! the optimizer's and the schedule's own rules.
+
+use super::*;
+
+pub(super) type FinalizeError = (Option<String>, String);
+
+pub(super) fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig, FinalizeError> {
+    let f = RunFields::deserialize(Value::Table(merged)).map_err(|e| (None, e.message().trim().to_owned()))?;
+    let missing = |k: &str| (Some(k.to_owned()), format!("no `{k}` given: set it in [defaults], a grid or the run"));
+    let model = f.model.ok_or_else(|| missing("model"))?;
+    let batch_size = f.batch_size.ok_or_else(|| missing("batch_size"))?;
+    let epochs = f.epochs.ok_or_else(|| missing("epochs"))?;
+    let optimizer = f.optimizer.ok_or_else(|| missing("optimizer"))?;
+    let schedule = f.schedule.unwrap_or(ScheduleSpec::Constant);
+    let augment = f.augment.unwrap_or_else(|| "none".to_owned());
+    let bad = |k: &str, m: String| Err((Some(k.to_owned()), m));
+
+    if batch_size == 0 {
+        return bad("batch_size", "must be at least 1".into());
+    }
+    if epochs == 0 {
+        return bad("epochs", "must be at least 1".into());
+    }
+    check_optimizer(&optimizer)?;
+    check_schedule(&schedule)?;
+    let val_split = f.val_split.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&val_split) {
+        return bad("val_split", format!("must be in [0, 1), found {val_split}"));
+    }
+    if val_split == 0.0 {
+        if ctx.metric.needs_validation() {
+            return bad(
+                "val_split",
+                format!("metric = \"{}\" needs a validation split: set val_split (e.g. 0.1)", ctx.metric.as_str()),
+            );
+        }
+        if let Some(m) = f.early_stop.as_ref().and_then(|es| es.metric).filter(|m| m.needs_validation()) {
+            return bad("early_stop.metric", format!("`{}` needs a validation split: set val_split", m.as_str()));
+        }
+    }
+    if let Some(es) = &f.early_stop {
+        if es.patience == 0 {
+            return bad("early_stop.patience", "must be at least 1".into());
+        }
+        if es.min_delta.is_nan() || es.min_delta < 0.0 {
+            return bad("early_stop.min_delta", format!("must be >= 0, found {}", es.min_delta));
+        }
+    }
+    if let Some(ls) = f.label_smoothing {
+        if !(0.0..1.0).contains(&ls) {
+            return bad("label_smoothing", format!("must be in [0, 1), found {ls}"));
+        }
+    }
+    if let Some(w) = &f.warmup {
+        if w.iters == 0 {
+            return bad("warmup.iters", "must be at least 1".into());
+        }
+        if !(w.start_factor > 0.0 && w.start_factor <= 1.0) {
+            return bad("warmup.start_factor", format!("must be in (0, 1], found {}", w.start_factor));
+        }
+        if matches!(schedule, ScheduleSpec::Onecycle { .. }) {
+            return bad("warmup", "onecycle has its own warm-up phase (pct_start); remove `warmup`".into());
+        }
+    }
+    let Some(set) = ctx.augment.get(&augment) else {
+        return bad("augment", unknown_augment(&augment, &ctx.augment));
+    };
+    Ok(RunConfig {
+        dataset: ctx.dataset.clone(),
+        model,
+        pretrained: f.pretrained.map(|p| resolve_pretrained(ctx.src, p)),
+        freeze: f.freeze.unwrap_or_default(),
+        freeze_bn: f.freeze_bn.unwrap_or(false),
+        stem: f.stem.unwrap_or_default(),
+        head: f.head.unwrap_or_default(),
+        augment,
+        train_transforms: set.train.clone(),
+        test_transforms: set.test.clone(),
+        batch_size,
+        epochs,
+        optimizer,
+        schedule,
+        warmup: f.warmup,
+        lr_interval: f.lr_interval.unwrap_or_default(),
+        precision: f.precision.unwrap_or_default(),
+        label_smoothing: f.label_smoothing.unwrap_or(0.0),
+        early_stop: f.early_stop,
+        keep: f.keep.unwrap_or_default(),
+        val_split: f.val_split.unwrap_or(0.0),
+        drop_last: f.drop_last.unwrap_or(false),
+        metric: ctx.metric,
+        seed,
+    })
+}
+
+/// `pretrained` is `imagenet` or a weights file, relative to the sweep file.
+fn resolve_pretrained(src: &Source, p: String) -> String {
+    let path = Path::new(&p);
+    if p == "imagenet" || path.is_absolute() {
+        return p;
+    }
+    let joined = src.path.parent().unwrap_or(Path::new(".")).join(path);
+    std::path::absolute(&joined).unwrap_or(joined).display().to_string()
+}
+
+fn check_optimizer(o: &OptimizerSpec) -> Result<(), FinalizeError> {
+    let err = |k: &str, m: String| Err((Some(format!("optimizer.{k}")), m));
+    let lr = o.lr();
+    if !(lr.is_finite() && lr > 0.0) {
+        return err("lr", format!("the learning rate must be a positive number, found {lr}"));
+    }
+    if let Some(c) = o.clip_grad_norm() {
+        if !(c.is_finite() && c > 0.0) {
+            return err("clip_grad_norm", format!("must be a positive number, found {c}"));
+        }
+    }
+    match o {
+        OptimizerSpec::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
+            if !(0.0..1.0).contains(momentum) {
+                return err("momentum", format!("must be in [0, 1), found {momentum}"));
+            }
+            if *nesterov && (*momentum <= 0.0 || *dampening != 0.0) {
+                return err(
+                    "nesterov",
+                    "Nesterov momentum requires a momentum > 0 and zero dampening (as in PyTorch)".into(),
+                );
+            }
+            if *weight_decay < 0.0 {
+                return err("weight_decay", format!("must be >= 0, found {weight_decay}"));
+            }
+        }
+        OptimizerSpec::Adam { betas, eps, weight_decay, .. }
+        | OptimizerSpec::Adamw { betas, eps, weight_decay, .. } => {
+            if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+                return err("betas", format!("each beta must be in [0, 1), found {betas:?}"));
+            }
+            if *eps <= 0.0 {
+                return err("eps", format!("must be > 0, found {eps}"));
+            }
+            if *weight_decay < 0.0 {
+                return err("weight_decay", format!("must be >= 0, found {weight_decay}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_schedule(s: &ScheduleSpec) -> Result<(), FinalizeError> {
+    let err = |k: &str, m: String| Err((Some(format!("schedule.{k}")), m));
+    match s {
+        ScheduleSpec::Constant | ScheduleSpec::Cosine { .. } => Ok(()),
+        ScheduleSpec::Onecycle {
+            max_lr, pct_start, div_factor, final_div_factor, base_momentum, max_momentum, ..
+        } => {
+            if max_lr.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+                return err("max_lr", "must be a positive number".into());
+            }
+            if !(*pct_start > 0.0 && *pct_start < 1.0) {
+                return err("pct_start", format!("must be in (0, 1), found {pct_start}"));
+            }
+            if *div_factor <= 0.0 || *final_div_factor <= 0.0 {
+                return err("div_factor", "div_factor and final_div_factor must be > 0".into());
+            }
+            if base_momentum > max_momentum {
+                return err("base_momentum", "must not exceed max_momentum".into());
+            }
+            Ok(())
+        }
+        ScheduleSpec::Step { step_size, gamma } => {
+            if *step_size == 0 {
+                return err("step_size", "must be at least 1".into());
+            }
+            if *gamma <= 0.0 {
+                return err("gamma", format!("must be > 0, found {gamma}"));
+            }
+            Ok(())
+        }
+        ScheduleSpec::Multistep { milestones, factors, gamma } => {
+            if milestones.windows(2).any(|w| w[0] >= w[1]) {
+                return err("milestones", format!("must be strictly increasing, found {milestones:?}"));
+            }
+            match (factors, gamma) {
+                (Some(_), Some(_)) => err("factors", "give either `factors` or `gamma`, not both".into()),
+                (None, None) => {
+                    err("factors", "give `factors` (one per milestone, relative to the base lr) or `gamma`".into())
+                }
+                (Some(f), None) if f.len() != milestones.len() => err(
+                    "factors",
+                    format!("{} factors for {} milestones: give one factor per milestone", f.len(), milestones.len()),
+                ),
+                _ => Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The store's errors.
+
+use std::path::PathBuf;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("database {path}: {source}")]
+    Sql {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The schema could not be brought up to date.
+    #[error("database {path}: applying migrations failed: {source}")]
+    Migrate {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// The home folder could not be created.
+    #[error("cannot create the home folder {path}: {source}")]
+    Home {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another worker holds the run now.
+    #[error("run {run_id} is no longer held by this worker ({worker}); another worker took it over")]
+    LostOwnership {
+        /// The run.
+        run_id: i64,
+        /// This worker.
+        worker: String,
+    },
+    /// SQLite refused a query or failed while running it.
+    #[error("database {path}: {detail}")]
+    Query {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's message.
+        detail: String,
+    },
+    /// A stored value does not parse.
+    #[error("database {path}: corrupt value in {what}: {detail}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// Which value.
+        what: String,
+        /// Why it does not parse.
+        detail: String,
+    },
+}

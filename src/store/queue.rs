@@ -1,0 +1,185 @@
+//! The queue: submitting a sweep, recovering runs of dead workers, claiming
+//! the next run, heartbeats.
+
+use super::identity::worker_is_dead;
+use super::{ClaimedRun, Event, Result, Status, Store, StoreError, SubmitOutcome, NOW_ISO, NOW_UNIX};
+use crate::spec::{PlannedRun, SweepSpec};
+use sqlx::Row;
+use std::time::Duration;
+
+impl Store {
+    /// Records a sweep and queues its runs, in one transaction. Finished
+    /// configurations are not queued again; failed ones are.
+    pub async fn submit(&self, spec: &SweepSpec) -> Result<Vec<SubmitOutcome>> {
+        let e = self.sql();
+        let mut tx = self.write_tx().await?;
+        let sweep_id: i64 = sqlx::query_scalar(&format!(
+            "INSERT INTO sweeps (name, description, source_path, source_toml, metric, goal)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (name) DO UPDATE SET description = ?2, source_path = ?3, source_toml = ?4,
+                 metric = ?5, goal = ?6, updated_at = {NOW_ISO}
+             RETURNING id"
+        ))
+        .bind(&spec.name)
+        .bind(&spec.description)
+        .bind(spec.path.display().to_string())
+        .bind(&spec.text)
+        .bind(spec.metric.as_str())
+        .bind(spec.metric.goal())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(&e)?;
+        let mut outcomes = Vec::with_capacity(spec.runs.len());
+        for (position, run) in spec.runs.iter().enumerate() {
+            outcomes.push(self.submit_run(&mut tx, sweep_id, position as i64, run).await?);
+        }
+        tx.commit().await.map_err(&e)?;
+        Ok(outcomes)
+    }
+
+    async fn submit_run(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        sweep_id: i64,
+        position: i64,
+        run: &PlannedRun,
+    ) -> Result<SubmitOutcome> {
+        let e = self.sql();
+        let config_json = serde_json::to_string(&run.config).expect("RunConfig serialises");
+        let existing: Option<(i64, String)> = sqlx::query_as("SELECT id, status FROM runs WHERE key = ?1")
+            .bind(&run.key.0)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(&e)?;
+        let (run_id, outcome) = match existing {
+            None => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO runs (key, config_json, epochs_total) VALUES (?1, ?2, ?3) RETURNING id",
+                )
+                .bind(&run.key.0)
+                .bind(&config_json)
+                .bind(run.config.epochs as i64)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(&e)?;
+                (id, SubmitOutcome::Queued)
+            }
+            Some((id, status)) => {
+                let status = self.parse_status(&status)?;
+                let outcome = match status {
+                    Status::Done => SubmitOutcome::AlreadyDone,
+                    Status::Queued | Status::Running | Status::Interrupted => SubmitOutcome::AlreadyQueued,
+                    Status::Failed | Status::Diverged => {
+                        status.apply(Event::Requeue).expect("failed and diverged runs can be requeued");
+                        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL WHERE id = ?1")
+                            .bind(id)
+                            .execute(&mut **tx)
+                            .await
+                            .map_err(&e)?;
+                        SubmitOutcome::Requeued
+                    }
+                };
+                (id, outcome)
+            }
+        };
+        let reference = run.reference.as_ref().map(|r| serde_json::to_string(r).expect("Reference serialises"));
+        sqlx::query(
+            "INSERT INTO sweep_runs (sweep_id, run_id, name, position, reference_json) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (sweep_id, run_id) DO UPDATE SET name = ?3, position = ?4, reference_json = ?5",
+        )
+        .bind(sweep_id)
+        .bind(run_id)
+        .bind(&run.name)
+        .bind(position)
+        .bind(reference)
+        .execute(&mut **tx)
+        .await
+        .map_err(&e)?;
+        Ok(outcome)
+    }
+
+    /// Marks `running` runs whose worker is gone as `interrupted`, so that they
+    /// resume: the worker is on this host and its process no longer exists, or
+    /// its heartbeat is older than `stale_after`. Returns (id, worker) of each.
+    pub async fn recover_stale(&self, stale_after: Duration) -> Result<Vec<(i64, String)>> {
+        let e = self.sql();
+        let rows: Vec<(i64, Option<String>, Option<f64>)> =
+            sqlx::query_as(&format!("SELECT id, worker, {NOW_UNIX} - heartbeat FROM runs WHERE status = 'running'"))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(&e)?;
+        let mut recovered = Vec::new();
+        for (id, worker, age) in rows {
+            let worker = worker.unwrap_or_default();
+            let stale = age.is_none_or(|a| a > stale_after.as_secs_f64());
+            if stale || worker_is_dead(&worker) {
+                let done = sqlx::query(
+                    "UPDATE runs SET status = 'interrupted', worker = NULL WHERE id = ?1 AND status = 'running' AND worker IS ?2",
+                )
+                .bind(id)
+                .bind(&worker)
+                .execute(&self.pool)
+                .await
+                .map_err(&e)?;
+                if done.rows_affected() == 1 {
+                    recovered.push((id, worker));
+                }
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// Atomically takes the next run: interrupted runs first (they resume),
+    /// then queued ones in submission order.
+    pub async fn claim_next(&self, worker: &str, device: &str) -> Result<Option<ClaimedRun>> {
+        let e = self.sql();
+        let row = sqlx::query(&format!(
+            "UPDATE runs SET status = 'running', worker = ?1, device = ?2, heartbeat = {NOW_UNIX},
+                 attempts = attempts + 1, error = NULL, started_at = COALESCE(started_at, {NOW_ISO})
+             WHERE id = (SELECT id FROM runs WHERE status IN ('interrupted', 'queued')
+                         ORDER BY status = 'queued', id LIMIT 1)
+               AND status IN ('interrupted', 'queued')
+             RETURNING id, key, config_json, attempts"
+        ))
+        .bind(worker)
+        .bind(device)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(&e)?;
+        let Some(row) = row else { return Ok(None) };
+        let id: i64 = row.get("id");
+        let name: String =
+            sqlx::query_scalar("SELECT name FROM sweep_runs WHERE run_id = ?1 ORDER BY sweep_id LIMIT 1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(&e)?
+                .unwrap_or_else(|| format!("run {id}"));
+        Ok(Some(ClaimedRun {
+            id,
+            key: row.get("key"),
+            config_json: row.get("config_json"),
+            name,
+            attempts: row.get("attempts"),
+        }))
+    }
+
+    /// Refreshes the holder's heartbeat and progress. Fails if another worker holds the run.
+    pub async fn heartbeat(&self, run_id: i64, worker: &str, step: i64, steps_per_epoch: i64) -> Result<()> {
+        let done = sqlx::query(&format!(
+            "UPDATE runs SET heartbeat = {NOW_UNIX}, step = ?3, steps_per_epoch = ?4
+             WHERE id = ?1 AND worker = ?2 AND status = 'running'"
+        ))
+        .bind(run_id)
+        .bind(worker)
+        .bind(step)
+        .bind(steps_per_epoch)
+        .execute(&self.pool)
+        .await
+        .map_err(self.sql())?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LostOwnership { run_id, worker: worker.to_owned() });
+        }
+        Ok(())
+    }
+}

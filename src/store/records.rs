@@ -1,0 +1,174 @@
+//! Writes about a running run, each checked against the worker that holds it:
+//! epochs with their checkpoints, interruptions, run ends, notes.
+
+use super::{Result, Status, Store, NOW_ISO, NOW_UNIX};
+use crate::record::{CheckpointRecord, EpochRecord};
+
+impl Store {
+    async fn put_checkpoint(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        run_id: i64,
+        c: &CheckpointRecord,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO checkpoints (run_id, kind, epoch, step, path, sha256, state_path, state_sha256, metric)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(run_id)
+        .bind(c.kind.as_str())
+        .bind(c.epoch)
+        .bind(c.step)
+        .bind(&c.path)
+        .bind(&c.sha256)
+        .bind(&c.state_path)
+        .bind(&c.state_sha256)
+        .bind(c.metric)
+        .execute(&mut **tx)
+        .await
+        .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Records a finished epoch with its latest checkpoint and, if the metric
+    /// improved, its best checkpoint, in one transaction.
+    pub async fn record_epoch(
+        &self,
+        run_id: i64,
+        worker: &str,
+        rec: &EpochRecord,
+        latest: &CheckpointRecord,
+        best: Option<&CheckpointRecord>,
+    ) -> Result<()> {
+        let e = self.sql();
+        let mut tx = self.held_tx(run_id, worker).await?;
+        sqlx::query(
+            "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec,
+                                 test_top5, val_loss, val_acc, peak_memory_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .bind(run_id)
+        .bind(rec.epoch)
+        .bind(rec.train_loss)
+        .bind(rec.train_acc)
+        .bind(rec.test_loss)
+        .bind(rec.test_acc)
+        .bind(rec.lr)
+        .bind(rec.seconds)
+        .bind(rec.images_per_sec)
+        .bind(rec.test_top5)
+        .bind(rec.val_loss)
+        .bind(rec.val_acc)
+        .bind(rec.peak_memory_bytes)
+        .execute(&mut *tx)
+        .await
+        .map_err(&e)?;
+        self.put_checkpoint(&mut tx, run_id, latest).await?;
+        if let Some(best) = best {
+            self.put_checkpoint(&mut tx, run_id, best).await?;
+            let confusion = rec.confusion.as_ref().map(|c| serde_json::to_string(c).expect("serialisable"));
+            sqlx::query("UPDATE runs SET best_epoch = ?2, best_metric = ?3, best_confusion_json = ?4 WHERE id = ?1")
+                .bind(run_id)
+                .bind(best.epoch)
+                .bind(best.metric)
+                .bind(confusion)
+                .execute(&mut *tx)
+                .await
+                .map_err(&e)?;
+        }
+        sqlx::query(&format!(
+            "UPDATE runs SET epochs_done = ?2, step = 0, train_seconds = train_seconds + ?3, heartbeat = {NOW_UNIX},
+                             images_per_sec = (SELECT avg(images_per_sec) FROM epochs e WHERE e.run_id = ?1),
+                             final_train_acc = ?4, final_test_acc = ?5, final_test_loss = ?6,
+                             peak_memory_bytes = CASE WHEN ?7 IS NULL THEN peak_memory_bytes
+                                                      ELSE max(coalesce(peak_memory_bytes, 0), ?7) END
+             WHERE id = ?1"
+        ))
+        .bind(run_id)
+        .bind(rec.epoch)
+        .bind(rec.seconds)
+        .bind(rec.train_acc)
+        .bind(rec.test_acc)
+        .bind(rec.test_loss)
+        .bind(rec.peak_memory_bytes)
+        .execute(&mut *tx)
+        .await
+        .map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(())
+    }
+
+    /// Marks a run interrupted, recording the mid-epoch checkpoint if one was saved.
+    pub async fn record_interrupt(&self, run_id: i64, worker: &str, latest: Option<&CheckpointRecord>) -> Result<()> {
+        let e = self.sql();
+        let mut tx = self.held_tx(run_id, worker).await?;
+        if let Some(latest) = latest {
+            self.put_checkpoint(&mut tx, run_id, latest).await?;
+            sqlx::query("UPDATE runs SET step = ?2 WHERE id = ?1")
+                .bind(run_id)
+                .bind(latest.step)
+                .execute(&mut *tx)
+                .await
+                .map_err(&e)?;
+        }
+        sqlx::query("UPDATE runs SET status = 'interrupted', worker = NULL WHERE id = ?1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(())
+    }
+
+    /// Ends a run as done or failed.
+    pub async fn finish(&self, run_id: i64, worker: &str, status: Status, error: Option<&str>) -> Result<()> {
+        debug_assert!(matches!(status, Status::Done | Status::Failed | Status::Diverged));
+        let e = self.sql();
+        let mut tx = self.held_tx(run_id, worker).await?;
+        sqlx::query(&format!(
+            "UPDATE runs SET status = ?2, error = ?3, worker = NULL, finished_at = {NOW_ISO} WHERE id = ?1"
+        ))
+        .bind(run_id)
+        .bind(status.as_str())
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(())
+    }
+
+    /// Forgets a run's latest checkpoint (retention `keep = "best"` once the
+    /// run is finished); its files are then removed as unreferenced.
+    pub async fn drop_latest(&self, run_id: i64, worker: &str) -> Result<()> {
+        let e = self.sql();
+        let mut tx = self.held_tx(run_id, worker).await?;
+        sqlx::query("DELETE FROM checkpoints WHERE run_id = ?1 AND kind = 'latest'")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(())
+    }
+
+    /// Records how a run ended (shown with the run), if this worker holds it.
+    pub async fn set_note(&self, run_id: i64, worker: &str, note: &str) -> Result<()> {
+        self.set_held_text(run_id, worker, "UPDATE runs SET note = ?2 WHERE id = ?1", note).await
+    }
+
+    /// Records the class names of the run's dataset (label order).
+    pub async fn set_classes(&self, run_id: i64, worker: &str, classes: &[String]) -> Result<()> {
+        let json = serde_json::to_string(classes).expect("serialisable");
+        self.set_held_text(run_id, worker, "UPDATE runs SET classes_json = ?2 WHERE id = ?1", &json).await
+    }
+
+    /// Runs `sql` (binding the run id and `value`) if this worker holds the run.
+    async fn set_held_text(&self, run_id: i64, worker: &str, sql: &'static str, value: &str) -> Result<()> {
+        let e = self.sql();
+        let mut tx = self.held_tx(run_id, worker).await?;
+        sqlx::query(sql).bind(run_id).bind(value).execute(&mut *tx).await.map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(())
+    }
+}

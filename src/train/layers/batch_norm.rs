@@ -1,0 +1,164 @@
+//! BatchNorm's normalisation on the CPU as one op with a hand-written backward.
+
+use super::{cpu_f32, with_cpu_f32};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
+
+/// Per-channel mean and biased variance of NCHW `x` (f32 on the CPU),
+/// accumulated in f64.
+pub fn channel_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+    use rayon::prelude::*;
+    let (n, c, h, w) = x.dims4()?;
+    let hw = h * w;
+    let m = (n * hw) as f64;
+    let stats: Vec<(f32, f32)> = with_cpu_f32(x, |data| {
+        (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let planes = || (0..n).map(|b| &data[(b * c + ch) * hw..][..hw]);
+                let mean = planes().map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>()).sum::<f64>() / m;
+                let var =
+                    planes().map(|p| p.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>()).sum::<f64>() / m;
+                (mean as f32, var as f32)
+            })
+            .collect()
+    })?;
+    Ok(stats.into_iter().unzip())
+}
+
+/// `(x - mean) * invstd * weight + bias` per channel, with a hand-written
+/// backward. With `batch_stats`, mean and invstd are the batch's own (training
+/// BatchNorm: the gradient flows through them too); otherwise they are constants
+/// (running statistics).
+struct BatchNormOp {
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    batch_stats: bool,
+}
+
+impl BatchNormOp {
+    fn dims(&self, l: &Layout) -> Result<(usize, usize, usize)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        if c != self.mean.len() {
+            candle_core::bail!("batch_norm: {c} channels, {} statistics", self.mean.len());
+        }
+        Ok((n, c, h * w))
+    }
+}
+
+impl candle_core::CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "sweep-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (n, c, hw) = self.dims(l1)?;
+        let x = cpu_f32(s1, l1, "batch_norm")?;
+        let (w, b) = (cpu_f32(s2, l2, "batch_norm")?, cpu_f32(s3, l3, "batch_norm")?);
+        let mut out = vec![0f32; n * c * hw];
+        out.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(p, (o, x))| {
+            let ch = p % c;
+            let scale = self.invstd[ch] * w[ch];
+            let shift = b[ch] - self.mean[ch] * scale;
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = x * scale + shift;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, wd) = x.dims4()?;
+        let wv = w.detach().to_vec1::<f32>()?;
+        let (x, grad) = (x.detach(), grad.detach());
+        with_cpu_f32(&x, |xs| with_cpu_f32(&grad, |dy| self.backward(xs, dy, &wv, (n, c, h, wd), x.device())))??
+    }
+}
+
+impl BatchNormOp {
+    /// Gradients with respect to x, weight and bias, given x and dy (NCHW) and
+    /// the weight.
+    fn backward(
+        &self,
+        xs: &[f32],
+        dy: &[f32],
+        wv: &[f32],
+        (n, c, h, wd): (usize, usize, usize, usize),
+        dev: &candle_core::Device,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let hw = h * wd;
+        // Σ dy and Σ dy * x̂ per channel.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut sdy, mut sdyx) = (0f64, 0f64);
+                for bi in 0..n {
+                    let at = (bi * c + ch) * hw;
+                    for (&g, &v) in dy[at..at + hw].iter().zip(&xs[at..at + hw]) {
+                        sdy += f64::from(g);
+                        sdyx += f64::from(g) * f64::from((v - self.mean[ch]) * self.invstd[ch]);
+                    }
+                }
+                (sdy, sdyx)
+            })
+            .collect();
+        let m = (n * hw) as f32;
+        let mut dx = vec![0f32; n * c * hw];
+        dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
+            let ch = p % c;
+            let at = p * hw;
+            let (mean, inv) = (self.mean[ch], self.invstd[ch]);
+            let k = wv[ch] * inv;
+            if self.batch_stats {
+                let (sdy, sdyx) = (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m);
+                for ((d, &g), &v) in d.iter_mut().zip(&dy[at..at + hw]).zip(&xs[at..at + hw]) {
+                    *d = k * (g - sdy - (v - mean) * inv * sdyx);
+                }
+            } else {
+                for (d, &g) in d.iter_mut().zip(&dy[at..at + hw]) {
+                    *d = k * g;
+                }
+            }
+        });
+        let dw: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
+        let db: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+        Ok((
+            Some(Tensor::from_vec(dx, (n, c, h, wd), dev)?),
+            Some(Tensor::from_vec(dw, c, dev)?),
+            Some(Tensor::from_vec(db, c, dev)?),
+        ))
+    }
+}
+
+/// BatchNorm's normalisation on the CPU (f32): `x` (N, C, H, W) normalised with
+/// `mean` and `var` per channel, scaled by `weight` and shifted by `bias`.
+/// `batch_stats` says that mean and var are `x`'s own (training), so that the
+/// gradient includes their dependence on `x`.
+pub fn batch_norm_cpu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    mean: Vec<f32>,
+    var: &[f32],
+    eps: f64,
+    batch_stats: bool,
+) -> Result<Tensor> {
+    let invstd = var.iter().map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32).collect();
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, BatchNormOp { mean, invstd, batch_stats })
+}

@@ -1,0 +1,47 @@
+//! Layers whose candle versions are wrong or slow for training.
+//!
+//! * [`conv2d`]: on the CPU, one im2col matrix of the whole batch (patches as
+//!   rows, channels contiguous) and one large matrix product for the forward
+//!   pass; the backward pass recomputes the im2col matrix and gets the weight
+//!   gradient and the input gradient (then col2im) from two more products.
+//!   candle's CPU conv builds a strided im2col tile per 512 pixels and its
+//!   backward uses a direct `conv_transpose2d` loop, both far slower.
+//! * [`max_pool2d`]: any kernel, stride and padding (the ResNet/DenseNet stem's
+//!   3x3/2 with padding 1), with the gradient going to the first maximum of each
+//!   window with weight one, as in PyTorch. candle's max-pool backward scales it by
+//!   #max/k² and exists only for kernel == stride without padding.
+//! * [`avg_pool2d`] (floor mode) and [`adaptive_avg_pool2d`] (VGG's 7x7).
+//! * [`batch_norm_cpu`]: BatchNorm's normalisation as one op with PyTorch's
+//!   closed-form backward, statistics accumulated in f64.
+//!
+//! One op per file: [`conv`], [`pool`], [`batch_norm`]; the CPU-storage helpers
+//! they share are here.
+
+mod batch_norm;
+mod conv;
+mod pool;
+
+pub use batch_norm::{batch_norm_cpu, channel_stats};
+pub use conv::{conv2d, ConvParams};
+pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};
+
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+
+/// The f32 values of a contiguous CPU storage (`what` names the op in the error).
+fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{what}: non-contiguous input") };
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+/// Runs `f` on the f32 values of a CPU tensor, in place when it is contiguous.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("expected a CPU tensor") };
+    Ok(f(cpu_f32(cpu, layout, "batch_norm")?))
+}
+
+#[cfg(test)]
+fn randn(rng: &mut crate::train::rng::Rng, shape: &[usize]) -> Vec<f32> {
+    (0..shape.iter().product::<usize>()).map(|_| rng.normal() as f32).collect()
+}

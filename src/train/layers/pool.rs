@@ -1,0 +1,318 @@
+//! Max, average and adaptive average pooling.
+
+use super::cpu_f32;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// Geometry of a 2-D pooling window (square, symmetric padding, floor mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolParams {
+    /// Window size.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// Implicit padding on every side (never the maximum, as in PyTorch).
+    pub padding: usize,
+}
+
+impl PoolParams {
+    fn out(&self, size: usize) -> Result<usize> {
+        if 2 * self.padding > self.kernel {
+            candle_core::bail!("max_pool2d: padding {} is more than half the kernel {}", self.padding, self.kernel);
+        }
+        let padded = size + 2 * self.padding;
+        if padded < self.kernel {
+            candle_core::bail!("max_pool2d: input size {size} is smaller than the kernel {}", self.kernel);
+        }
+        Ok((padded - self.kernel) / self.stride + 1)
+    }
+}
+
+/// The flat input index of the maximum of each window, in PyTorch's scan order
+/// (row-major within the window, the first maximum wins, NaN propagates).
+fn window_argmax(plane: &[f32], h: usize, w: usize, p: PoolParams, oh: usize, ow: usize, out: &mut [usize]) {
+    for oy in 0..oh {
+        let y0 = (oy * p.stride) as isize - p.padding as isize;
+        for ox in 0..ow {
+            let x0 = (ox * p.stride) as isize - p.padding as isize;
+            let mut best = usize::MAX;
+            let mut best_v = f32::NEG_INFINITY;
+            for dy in 0..p.kernel as isize {
+                let y = y0 + dy;
+                if y < 0 || y >= h as isize {
+                    continue;
+                }
+                for dx in 0..p.kernel as isize {
+                    let x = x0 + dx;
+                    if x < 0 || x >= w as isize {
+                        continue;
+                    }
+                    let i = y as usize * w + x as usize;
+                    let v = plane[i];
+                    if best == usize::MAX || v > best_v || v.is_nan() {
+                        best = i;
+                        best_v = v;
+                        if v.is_nan() {
+                            break;
+                        }
+                    }
+                }
+            }
+            out[oy * ow + ox] = best;
+        }
+    }
+}
+
+struct MaxPool2dOp(PoolParams);
+
+impl candle_core::CustomOp1 for MaxPool2dOp {
+    fn name(&self) -> &'static str {
+        "sweep-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let (oh, ow) = (self.0.out(h)?, self.0.out(w)?);
+        let x = cpu_f32(storage, layout, "max_pool2d")?;
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(o, plane)| {
+            let mut idx = vec![0usize; oh * ow];
+            window_argmax(plane, h, w, self.0, oh, ow, &mut idx);
+            for (o, &i) in o.iter_mut().zip(&idx) {
+                *o = plane[i];
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool2dBackward(self.0))?))
+    }
+}
+
+/// Routes each output gradient to its window's maximum (summed where windows overlap).
+struct MaxPool2dBackward(PoolParams);
+
+impl CustomOp2 for MaxPool2dBackward {
+    fn name(&self) -> &'static str {
+        "sweep-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (oh, ow) = (self.0.out(h)?, self.0.out(w)?);
+        let x = cpu_f32(s1, l1, "max_pool2d backward")?;
+        let g = cpu_f32(s2, l2, "max_pool2d backward")?;
+        let mut out = vec![0f32; n * c * h * w];
+        out.par_chunks_mut(h * w).zip(x.par_chunks(h * w)).zip(g.par_chunks(oh * ow)).for_each(|((o, plane), g)| {
+            let mut idx = vec![0usize; oh * ow];
+            window_argmax(plane, h, w, self.0, oh, ow, &mut idx);
+            for (&i, &gv) in idx.iter().zip(g) {
+                o[i] += gv;
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+    }
+}
+
+/// 2-D max pooling as `torch.nn.functional.max_pool2d(x, kernel, stride, padding)`.
+///
+/// On CPU (f32) a custom op whose gradient goes to the first maximum of each
+/// window with weight one, as PyTorch's. Elsewhere the windows are gathered with
+/// tensor ops and reduced with `max` (correct values; a tie shares the gradient).
+pub fn max_pool2d(xs: &Tensor, p: PoolParams) -> Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+        return xs.contiguous()?.apply_op1(MaxPool2dOp(p));
+    }
+    let (n, c, h, w) = xs.dims4()?;
+    let (oh, ow) = (p.out(h)?, p.out(w)?);
+    // Pad with -inf to (stride * out + kernel) on each axis, then take each
+    // window offset as a strided view via narrow + reshape.
+    let (ph, pw) = (p.stride * oh + p.kernel, p.stride * ow + p.kernel);
+    let pad = |xs: &Tensor, dim: usize, before: usize, after: usize| -> Result<Tensor> {
+        let mut dims = xs.dims().to_vec();
+        let mut parts = Vec::new();
+        for amount in [before, after] {
+            dims[dim] = amount;
+            parts
+                .push((amount > 0).then(|| Tensor::full(f32::NEG_INFINITY, dims.as_slice(), xs.device())).transpose()?);
+        }
+        let mut all: Vec<Tensor> = Vec::new();
+        all.extend(parts[0].take().map(|t| t.to_dtype(xs.dtype())).transpose()?);
+        all.push(xs.clone());
+        all.extend(parts[1].take().map(|t| t.to_dtype(xs.dtype())).transpose()?);
+        Tensor::cat(&all, dim)
+    };
+    let xs = pad(xs, 3, p.padding, pw.saturating_sub(w + p.padding))?.narrow(3, 0, pw)?;
+    let xs = pad(&xs, 2, p.padding, ph.saturating_sub(h + p.padding))?.narrow(2, 0, ph)?;
+    let mut best: Option<Tensor> = None;
+    for dy in 0..p.kernel {
+        for dx in 0..p.kernel {
+            let v = xs
+                .narrow(2, dy, p.stride * oh)?
+                .reshape((n, c, oh, p.stride, pw))?
+                .narrow(3, 0, 1)?
+                .squeeze(3)?
+                .narrow(3, dx, p.stride * ow)?
+                .reshape((n, c, oh, ow, p.stride))?
+                .narrow(4, 0, 1)?
+                .squeeze(4)?;
+            best = Some(match best {
+                None => v,
+                Some(b) => b.maximum(&v)?,
+            });
+        }
+    }
+    Ok(best.expect("kernel >= 1"))
+}
+
+/// 2-D average pooling with `kernel == stride`, no padding, floor mode (the
+/// last rows and columns that do not fill a window are dropped, as in PyTorch).
+pub fn avg_pool2d(xs: &Tensor, k: usize) -> Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    let (oh, ow) = (h / k, w / k);
+    if oh == 0 || ow == 0 {
+        candle_core::bail!("avg_pool2d: input {h}x{w} is smaller than the kernel {k}");
+    }
+    let xs = if oh * k != h || ow * k != w { xs.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)? } else { xs.clone() };
+    xs.reshape((n, c, oh, k, ow, k))?.mean(5)?.mean(3)
+}
+
+/// The averaging matrix of one axis of PyTorch's adaptive average pooling:
+/// output bin `i` averages inputs `floor(i*n/m) .. ceil((i+1)*n/m)`.
+fn adaptive_matrix(n: usize, m: usize) -> Vec<f32> {
+    let mut a = vec![0f32; m * n];
+    for i in 0..m {
+        let start = i * n / m;
+        let end = ((i + 1) * n).div_ceil(m);
+        for j in start..end {
+            a[i * n + j] = 1.0 / (end - start) as f32;
+        }
+    }
+    a
+}
+
+/// `torch.nn.AdaptiveAvgPool2d((oh, ow))`: a global mean for 1x1, identity when
+/// the size already matches, otherwise two small matrix products (the bins are
+/// rectangles, so the mean separates by axis).
+pub fn adaptive_avg_pool2d(xs: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    if (h, w) == (oh, ow) {
+        return Ok(xs.clone());
+    }
+    if (oh, ow) == (1, 1) {
+        return xs.mean_keepdim(3)?.mean_keepdim(2);
+    }
+    let dev = xs.device();
+    let rows = Tensor::from_vec(adaptive_matrix(h, oh), (oh, h), dev)?.to_dtype(xs.dtype())?;
+    let cols = Tensor::from_vec(adaptive_matrix(w, ow), (ow, w), dev)?.to_dtype(xs.dtype())?.t()?;
+    let xs = xs.reshape((n * c * h, w))?.matmul(&cols)?.reshape((n * c, h, ow))?;
+    rows.broadcast_left(n * c)?.matmul(&xs)?.reshape((n, c, oh, ow))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::layers::randn;
+    use crate::train::rng::Rng;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn max_pool_gradient_goes_to_the_maximum_with_weight_one() {
+        // torch: x = tensor([[1., 2.], [3., 4.]]).view(1,1,2,2).requires_grad_();
+        //        F.max_pool2d(x, 2).sum().backward(); x.grad == [[0, 0], [0, 1]]
+        let x = Var::from_vec(vec![1f32, 2., 3., 4., 5., 9., 7., 8.], (1, 2, 2, 2), &Device::Cpu).unwrap();
+        let y = max_pool2d(x.as_tensor(), PoolParams { kernel: 2, stride: 2, padding: 0 }).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![4., 9.]);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(g, vec![0., 0., 0., 1., 0., 1., 0., 0.]);
+    }
+
+    #[test]
+    fn max_pool_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(1);
+        // Distinct values 0.1 apart, so a finite-difference step never changes the argmax.
+        let mut vals: Vec<f32> = (0..2 * 3 * 4 * 4).map(|i| i as f32 * 0.1).collect();
+        rng.shuffle(&mut vals);
+        let wt = Tensor::from_vec(randn(&mut rng, &[2, 3, 2, 2]), (2, 3, 2, 2), &Device::Cpu).unwrap();
+        let f = |v: &[f32]| -> f32 {
+            let x = Tensor::from_vec(v.to_vec(), (2, 3, 4, 4), &Device::Cpu).unwrap();
+            max_pool2d(&x, PoolParams { kernel: 2, stride: 2, padding: 0 })
+                .unwrap()
+                .mul(&wt)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let x = Var::from_vec(vals.clone(), (2, 3, 4, 4), &Device::Cpu).unwrap();
+        let loss = max_pool2d(x.as_tensor(), PoolParams { kernel: 2, stride: 2, padding: 0 })
+            .unwrap()
+            .mul(&wt)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let g = loss.backward().unwrap().get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for i in 0..vals.len() {
+            let (mut a, mut b) = (vals.clone(), vals.clone());
+            a[i] += 1e-2;
+            b[i] -= 1e-2;
+            let fd = (f(&a) - f(&b)) / 2e-2;
+            assert!((fd - g[i]).abs() < 1e-3, "element {i}: finite difference {fd}, autograd {}", g[i]);
+        }
+    }
+
+    /// The ResNet/DenseNet stem's pool (3x3, stride 2, padding 1) on odd and
+    /// even sizes: the CPU op equals the tensor-op formulation used on other
+    /// devices, and its gradient equals finite differences.
+    #[test]
+    fn overlapping_padded_max_pool_matches_the_generic_path_and_finite_differences() {
+        let p = PoolParams { kernel: 3, stride: 2, padding: 1 };
+        for hw in [5usize, 6, 7] {
+            let n = 2 * 2 * hw * hw;
+            let mut vals: Vec<f32> = (0..n).map(|i| i as f32 * 0.1 - 3.0).collect();
+            Rng::new(hw as u64).shuffle(&mut vals);
+            let x = Tensor::from_vec(vals.clone(), (2, 2, hw, hw), &Device::Cpu).unwrap();
+            let ours = max_pool2d(&x, p).unwrap();
+            // The generic path runs for any dtype other than f32 on the CPU.
+            let generic = max_pool2d(&x.to_dtype(candle_core::DType::F64).unwrap(), p).unwrap();
+            let a = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = generic.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(a, b, "size {hw}");
+            assert_eq!(ours.dims(), &[2, 2, (hw - 1) / 2 + 1, (hw - 1) / 2 + 1]);
+
+            let wt = Tensor::from_vec(randn(&mut Rng::new(9), ours.dims()), ours.dims(), &Device::Cpu).unwrap();
+            let f = |v: &[f32]| -> f32 {
+                let x = Tensor::from_vec(v.to_vec(), (2, 2, hw, hw), &Device::Cpu).unwrap();
+                max_pool2d(&x, p).unwrap().mul(&wt).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+            };
+            let xv = Var::from_vec(vals.clone(), (2, 2, hw, hw), &Device::Cpu).unwrap();
+            let loss = max_pool2d(xv.as_tensor(), p).unwrap().mul(&wt).unwrap().sum_all().unwrap();
+            let g = loss.backward().unwrap().get(&xv).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for i in 0..n {
+                let (mut hi, mut lo) = (vals.clone(), vals.clone());
+                hi[i] += 1e-2;
+                lo[i] -= 1e-2;
+                let fd = (f(&hi) - f(&lo)) / 2e-2;
+                assert!((fd - g[i]).abs() < 1e-3, "size {hw}, element {i}: finite difference {fd}, autograd {}", g[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn adaptive_average_pool_bins_match_pytorch() {
+        // torch: F.adaptive_avg_pool2d(torch.arange(25.).view(1,1,5,5), 3)
+        // = [[3, 4.5, 6], [10.5, 12, 13.5], [18, 19.5, 21]]
+        let x = Tensor::arange(0f32, 25., &Device::Cpu).unwrap().reshape((1, 1, 5, 5)).unwrap();
+        let y = adaptive_avg_pool2d(&x, 3, 3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let expected = [3.0, 4.5, 6.0, 10.5, 12.0, 13.5, 18.0, 19.5, 21.0];
+        assert!(y.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-5), "{y:?}");
+        // 2x2 -> 7x7 (VGG at small inputs): each bin covers one or two pixels.
+        let x = Tensor::from_vec(vec![1f32, 2., 3., 4.], (1, 1, 2, 2), &Device::Cpu).unwrap();
+        let y = adaptive_avg_pool2d(&x, 7, 7).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!((y[0], y[3], y[6], y[24], y[48]), (1.0, 1.5, 2.0, 2.5, 4.0));
+    }
+}
