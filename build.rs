@@ -1,4 +1,4 @@
-// sqlx::migrate! embeds migrations/ at compile time; rebuild when it changes.
+//! sqlx::migrate! embeds migrations/ at compile time; rebuild when it changes.
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
 }

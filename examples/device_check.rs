@@ -58,5 +58,5 @@ fn main() -> anyhow::Result<()> {
             if pass { "ok" } else { "DIFFERENT" }
         );
     }
-    std::process::exit(if ok { 0 } else { 1 });
+    std::process::exit(i32::from(!ok));
 }

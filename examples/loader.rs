@@ -14,7 +14,7 @@ use sweep::train::rng::{stream, Rng};
 
 fn transforms(resize: bool) -> Vec<Transform> {
     let text = format!(
-        r#"t = [
+        r"t = [
   {{ random_crop = {{ size = 32, padding = 4 }} }},
   {{ hflip = {{ p = 0.5 }} }},
   {{ rotation = {{ degrees = 10 }} }},
@@ -22,7 +22,7 @@ fn transforms(resize: bool) -> Vec<Transform> {
   {{ color_jitter = {{ brightness = 0.2, contrast = 0.2, saturation = 0.2 }} }},
   {}
   {{ normalize = {{ mean = [0.4914, 0.4824, 0.4467], std = [0.2471, 0.2436, 0.2616] }} }},
-]"#,
+]",
         if resize { "{ resize = { size = 224 } }," } else { "" }
     );
     #[derive(serde::Deserialize)]

@@ -9,10 +9,12 @@ use sweep::train::models::ModelSpec;
 use sweep::train::optim::Optimizer;
 use sweep::train::rng::Rng;
 
+#[allow(unsafe_code)]
 fn peak_rss_mib() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
+    // SAFETY: rusage is plain integers, for which all-zero bytes are valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut ru) };
     ru.ru_maxrss as f64 / 1024.0
 }
 

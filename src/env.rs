@@ -6,6 +6,7 @@
 //! The tests read two more, which the binary never does: `SWEEP_PARITY_DIR`
 //! (full-size torchvision fixtures) and `SWEEP_PARITY_VERBOSE`.
 
+use std::fmt::Write;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -99,9 +100,9 @@ pub fn help() -> String {
     let width = ALL.iter().map(|v| v.name.len()).max().unwrap_or(0);
     let mut text = String::from("Environment:\n");
     for v in ALL {
-        text += &format!("  {:width$}  {}\n", v.name, v.help);
+        let _ = writeln!(text, "  {:width$}  {}", v.name, v.help);
     }
-    text += &format!("  {:width$}  log filter, e.g. info or sweep=debug (default warn)", "RUST_LOG");
+    let _ = write!(text, "  {:width$}  log filter, e.g. info or sweep=debug (default warn)", "RUST_LOG");
     text
 }
 

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         // of panicking on the closed pipe (Rust ignores SIGPIPE by default).
         // Not for the training commands: a closed pipe must not kill a run.
         #[cfg(unix)]
+        #[allow(unsafe_code)]
         // SAFETY: restores the default disposition of one signal at start-up.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

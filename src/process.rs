@@ -13,6 +13,7 @@
 ///   from one heap that grows in 256 MiB steps and is never trimmed. This took
 ///   the quickstart's smallcnn from about 225 to 310 images/s; mimalloc with its
 ///   default settings was slower than glibc here (137 images/s).
+#[allow(unsafe_code)] // process-wide settings at start-up: see the SAFETY comments
 pub fn tune_for_training() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
@@ -32,6 +33,7 @@ pub fn tune_for_training() {
 /// memory is reused instead of being unmapped and page-faulted back. Part of
 /// [`tune_for_training`]; the read-only commands take only this (`results` on
 /// 10,000 runs allocates several multi-megabyte vectors).
+#[allow(unsafe_code)] // mallopt: see the SAFETY comment
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds.

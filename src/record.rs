@@ -48,7 +48,7 @@ pub struct EpochRecord {
 impl EpochRecord {
     /// The value of one metric.
     pub fn metric(&self, m: crate::spec::Metric) -> f64 {
-        use crate::spec::Metric::*;
+        use crate::spec::Metric::{TestAcc, TestLoss, TrainAcc, TrainLoss, ValAcc, ValLoss};
         match m {
             TestAcc => self.test_acc,
             TestLoss => self.test_loss,

@@ -6,6 +6,7 @@ mod query;
 mod submit;
 
 use crate::cli::{Cli, Command};
+use std::fmt::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -87,10 +88,10 @@ pub fn summary_line(report: &WorkerReport) -> String {
         count(Status::Failed)
     );
     if count(Status::Diverged) > 0 {
-        line += &format!(", {} diverged", count(Status::Diverged));
+        let _ = write!(line, ", {} diverged", count(Status::Diverged));
     }
     if report.recovered > 0 {
-        line += &format!("; {} abandoned run(s) recovered", report.recovered);
+        let _ = write!(line, "; {} abandoned run(s) recovered", report.recovered);
     }
     if report.interrupted {
         line += "; interrupted: `sweep worker` resumes where it stopped";

@@ -3,7 +3,7 @@
 //! Nothing here touches candle or writes to the database. [`Comparison`] gathers
 //! the runs to show (with their epochs for a report); [`query`] filters, sorts
 //! and groups them into a results table; the renderers write it out
-//! ([`render`]: terminal table, CSV, JSON, Markdown; [`html`]: the
+//! ([`render`]: terminal table, CSV, JSON, Markdown; [`html`](mod@html): the
 //! self-contained HTML report with the [`charts`] drawn by [`svg`]). By default
 //! only the parameters that differ between the runs shown are listed (a
 //! diff-only view), named by their last path segment.

@@ -186,10 +186,10 @@ impl Interner {
         out.0.push((k, v));
     }
 
-    fn push_number(&mut self, out: &mut Params, v: Value) {
+    fn push_number(&mut self, out: &mut Params, v: &Value) {
         let mut buf = std::mem::take(&mut self.number);
         buf.clear();
-        serde_json::to_writer(&mut buf, &v).expect("a number serialises");
+        serde_json::to_writer(&mut buf, v).expect("a number serialises");
         self.push_value(out, std::str::from_utf8(&buf).expect("JSON is UTF-8"));
         self.number = buf;
     }
@@ -299,15 +299,15 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
         Ok(())
     }
     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
-        self.int.push_number(self.out, Value::from(v));
+        self.int.push_number(self.out, &Value::from(v));
         Ok(())
     }
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
-        self.int.push_number(self.out, Value::from(v));
+        self.int.push_number(self.out, &Value::from(v));
         Ok(())
     }
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        self.int.push_number(self.out, Value::from(v));
+        self.int.push_number(self.out, &Value::from(v));
         Ok(())
     }
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {

@@ -184,7 +184,7 @@ impl<'a> Resolver<'a> {
         match matches.as_slice() {
             [one] => Ok(Field::Param((*one).clone())),
             [] => {
-                let mut known: Vec<String> = RESULT_COLUMNS.iter().map(|s| s.to_string()).collect();
+                let mut known: Vec<String> = RESULT_COLUMNS.iter().map(std::string::ToString::to_string).collect();
                 known.extend(["id".into(), "name".into()]);
                 let mut shorts: Vec<String> = self.params.iter().map(|p| short(p)).collect();
                 shorts.sort();
@@ -207,6 +207,7 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    #[allow(clippy::unused_self)] // a method of the resolver, as the other lookups are
     fn cell(&self, r: &RunReport, f: &Field) -> Cell {
         let row = &r.row;
         let num = |v: Option<f64>, d: usize| v.map_or(Cell::Missing, |v| Cell::Num(v, d));
@@ -285,7 +286,7 @@ fn holds(cell: &Cell, op: Op, value: &str) -> bool {
 }
 
 fn compare(a: &Cell, b: &Cell) -> std::cmp::Ordering {
-    use std::cmp::Ordering::*;
+    use std::cmp::Ordering::{Equal, Greater, Less};
     match (a, b) {
         (Cell::Missing, Cell::Missing) => Equal,
         (Cell::Missing, _) => Greater,
@@ -381,7 +382,7 @@ fn headers_of(r: &Resolver, fields: &[Field]) -> Vec<String> {
         .iter()
         .map(|f| match f {
             Field::Param(_) => next_short.next().unwrap_or_default(),
-            other => r.header(other),
+            other @ Field::Result(_) => r.header(other),
         })
         .collect()
 }

@@ -61,8 +61,9 @@ pub fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
     let first = (lo / step).ceil() * step;
-    (0..)
-        .map(|i| first + i as f64 * step)
+    // At most a few dozen ticks: the step is chosen for about five.
+    (0..1000)
+        .map(|i| first + f64::from(i) * step)
         .take_while(|v| *v <= hi + step * 1e-9)
         .map(|v| if v.abs() < step * 1e-9 { 0.0 } else { v })
         .collect()

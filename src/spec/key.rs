@@ -55,5 +55,9 @@ pub fn run_key(config: &RunConfig) -> RunKey {
     }
     let text = serde_json::to_string(&sorted(value)).expect("JSON value always serialises");
     let digest = Sha256::digest(text.as_bytes());
-    RunKey(digest.iter().map(|b| format!("{b:02x}")).collect())
+    RunKey(digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+        hex
+    }))
 }

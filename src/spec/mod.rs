@@ -3,7 +3,7 @@
 //! This is the first stage of the pipeline and is pure: it reads TOML text and
 //! returns values, touching neither the database nor candle.
 //!
-//! * [`file`] is the serde mirror of the TOML (`deny_unknown_fields` everywhere, so
+//! * [`file`](mod@file) is the serde mirror of the TOML (`deny_unknown_fields` everywhere, so
 //!   a typo is an error, not a silently ignored key), keeping byte spans so that
 //!   every error can name the file, line, column and key.
 //! * [`config`] holds the canonical per-run configuration, [`RunConfig`].

@@ -13,6 +13,9 @@
 //! [`Row`]'s accessors, which never let a pointer outlive the step it was
 //! read in.
 
+// The module exists to call SQLite's C API; each block says why it is sound.
+#![allow(unsafe_code)]
+
 use libsqlite3_sys as ffi;
 use std::ffi::{c_int, CStr};
 use std::ptr::NonNull;
@@ -85,7 +88,7 @@ pub async fn each_row(
     // SAFETY: `db` is open and locked for us; `sql` is passed with its length
     // (no terminator needed); `stmt` receives a statement we finalize below.
     let rc = unsafe {
-        ffi::sqlite3_prepare_v2(db, sql.as_ptr().cast(), sql.len() as c_int, &mut stmt, std::ptr::null_mut())
+        ffi::sqlite3_prepare_v2(db, sql.as_ptr().cast(), sql.len() as c_int, &raw mut stmt, std::ptr::null_mut())
     };
     let Some(stmt) = NonNull::new(stmt).filter(|_| rc == ffi::SQLITE_OK) else {
         return Err(RawError::Sqlite(message(db)));

@@ -71,8 +71,8 @@ impl Status {
 
     /// The status after `event`, or why it cannot happen.
     pub fn apply(self, event: Event) -> Result<Status, InvalidTransition> {
-        use Event::*;
-        use Status::*;
+        use Event::{Claim, Diverge, Fail, Finish, Interrupt, Requeue};
+        use Status::{Diverged, Done, Failed, Interrupted, Queued, Running};
         match (self, event) {
             (Queued | Interrupted, Claim) => Ok(Running),
             (Running, Finish) => Ok(Done),

@@ -169,6 +169,7 @@ pub fn out_of_memory_message(error: &str, batch_size: usize, device: &str) -> St
 }
 
 #[cfg(feature = "cuda")]
+#[allow(unsafe_code)] // two CUDA driver calls, each with its SAFETY comment
 mod gpu {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
     use candle_core::Device;
@@ -245,6 +246,7 @@ mod gpu {
         None
     }
 
+    #[allow(clippy::unnecessary_wraps)] // the same signature as the CUDA build's
     pub fn keep_pool_memory(_: &Device) -> Result<(), String> {
         Ok(())
     }

@@ -48,12 +48,11 @@ pub fn evaluate_model(
     let mut confusion: Vec<Vec<u64>> = Vec::new();
     let mut rng = Rng::new(0);
     let all: Vec<usize>;
-    let indices = match subset {
-        Some(s) => s,
-        None => {
-            all = (0..split.len()).collect();
-            &all
-        }
+    let indices = if let Some(s) = subset {
+        s
+    } else {
+        all = (0..split.len()).collect();
+        &all
     };
     let chunks: Vec<&[usize]> = indices.chunks(batch_size.max(1)).collect();
     std::thread::scope(|scope| -> Result<(), TrainError> {

@@ -100,7 +100,7 @@ impl Optimizer {
             match self.spec {
                 OptimizerSpec::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
                     let weight_decay = if decays { weight_decay } else { 0.0 };
-                    let mut d_p = if weight_decay != 0.0 { (grad + (p * weight_decay)?)? } else { grad.clone() };
+                    let mut d_p = if weight_decay == 0.0 { grad.clone() } else { (grad + (p * weight_decay)?)? };
                     if momentum != 0.0 {
                         let key = format!("momentum_buffer.{name}");
                         let buf = match self.state.get(&key) {

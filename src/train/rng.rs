@@ -104,12 +104,12 @@ mod tests {
         let mut r = Rng::new(7);
         let n = 20_000;
         let u: Vec<f64> = (0..n).map(|_| r.next_f64()).collect();
-        let mean = u.iter().sum::<f64>() / n as f64;
+        let mean = u.iter().sum::<f64>() / f64::from(n);
         assert!((mean - 0.5).abs() < 0.01, "{mean}");
         assert!(u.iter().all(|x| (0.0..1.0).contains(x)));
         let g: Vec<f64> = (0..n).map(|_| r.normal()).collect();
-        let m = g.iter().sum::<f64>() / n as f64;
-        let var = g.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n as f64;
+        let m = g.iter().sum::<f64>() / f64::from(n);
+        let var = g.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / f64::from(n);
         assert!(m.abs() < 0.03 && (var - 1.0).abs() < 0.05, "{m} {var}");
     }
 

@@ -175,13 +175,13 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>, WeightsError> {
                     found = Some(t);
                     break;
                 }
-                Ok(_) => {}
                 Err(e) if key.is_none() => {
                     return Err(bad(format!(
                         "not a torch.save zip archive nor a safetensors file ({e}); legacy (pre-1.6) .pth files are not supported: re-save with torch.save"
                     )))
                 }
-                Err(_) => {}
+                // Empty, or no such entry: try the next key.
+                Ok(_) | Err(_) => {}
             }
         }
         found.ok_or_else(|| bad("no tensors found (expected a state_dict)".into()))?

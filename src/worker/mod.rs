@@ -344,8 +344,10 @@ async fn execute(
     let outcome = match joined {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => {
-            let what =
-                panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(std::string::ToString::to_string));
             Err(train::TrainError::Panicked(what.unwrap_or_default()))
         }
         Err(e) => Err(train::TrainError::Panicked(format!("the trainer thread was lost: {e}"))),

@@ -174,6 +174,7 @@ fn a_bad_sweep_file_is_refused_with_its_location_and_nothing_is_queued() {
 }
 
 #[test]
+#[allow(unsafe_code)] // kill(2) on our own child: see the SAFETY comment
 fn a_killed_worker_and_ctrl_c_both_resume_to_the_same_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let file = crate::write_sweep(

@@ -194,7 +194,7 @@ fn a_resident_split_cropped_and_flipped_by_indexing_equals_the_host_pipeline() {
         r#"t = [{ random_crop = { size = 32, padding = 4 } }, { hflip = {} }, { resize = { size = 48 } },
                { normalize = "cifar10" }]"#,
         r#"t = [{ random_crop = { size = 28, padding = 3, padding_mode = "reflect" } }, { hflip = { p = 0.7 } }]"#,
-        r#"t = [{ hflip = {} }, { random_crop = { size = 30, padding = 5, fill = 128 } }, { center_crop = { size = 26 } }]"#,
+        r"t = [{ hflip = {} }, { random_crop = { size = 30, padding = 5, fill = 128 } }, { center_crop = { size = 26 } }]",
         r#"t = [{ center_crop = { size = 36 } }, { normalize = "imagenet" }]"#,
         r#"t = [{ normalize = "cifar10" }]"#,
     ];

@@ -37,8 +37,7 @@ fn rel_err_floor(a: &Tensor, b: &Tensor, floor: f32) -> f32 {
 /// (e.g. the full-size models written with `--full`).
 fn fixture_dir() -> PathBuf {
     std::env::var_os("SWEEP_PARITY_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models"))
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models"), PathBuf::from)
 }
 
 #[test]
@@ -137,7 +136,7 @@ pub fn serve(files: HashMap<String, Vec<u8>>) -> Server {
             match files.get(&path) {
                 Some(body) => {
                     let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                    let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body));
+                    let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body));
                 }
                 None => {
                     let _ = stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");

@@ -135,7 +135,7 @@ fn results_filter_sort_group_and_show_only_what_differs() {
     let g05 = rows(&g).iter().find(|r| r["lr"] == 0.05).unwrap();
     assert_eq!(g05["n"], 2);
     let accs: Vec<f64> = rows(&lr).iter().map(|r| r["test_acc"].as_f64().unwrap()).collect();
-    let mean = (accs[0] + accs[1]) / 2.0;
+    let mean = f64::midpoint(accs[0], accs[1]);
     let std = ((accs[0] - mean).powi(2) + (accs[1] - mean).powi(2)).sqrt();
     assert!((g05["test_acc"]["mean"].as_f64().unwrap() - mean).abs() < 1e-9, "{g05}");
     assert!((g05["test_acc"]["std"].as_f64().unwrap() - std).abs() < 1e-9, "{g05}");
@@ -186,7 +186,7 @@ fn assert_well_formed_and_offline(html: &str) {
             continue;
         }
         let self_closing = tag.ends_with('/');
-        let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        let name: String = tag.trim_start_matches('/').chars().take_while(char::is_ascii_alphanumeric).collect();
         for attr in [" src=", " href=", " srcset=", " xlink:href=", " action=", " on"] {
             assert!(!tag.contains(attr), "tag <{tag}> has `{attr}`");
         }

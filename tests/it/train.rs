@@ -19,6 +19,7 @@ struct Run<'a> {
     resume: Option<CheckpointRecord>,
 }
 
+#[allow(clippy::needless_pass_by_value)] // a `Run` literal per call reads best
 fn train_once(cfg: &RunConfig, ds: &data::Dataset, run: Run, sink: &mut MemorySink) -> Result<Outcome, TrainError> {
     let stop = AtomicBool::new(false);
     let progress = Progress::default();

@@ -1,6 +1,6 @@
 //! Where the images come from: [`DatasetSpec`].
 
-use super::*;
+use super::{de, fmt, Deserialize, Deserializer, MapAccess, Serialize, Visitor};
 
 /// Where the images come from.
 ///

@@ -1,6 +1,6 @@
 //! The network: [`Stem`], [`Freeze`], [`Head`].
 
-use super::*;
+use super::{de, fmt, Deserialize, Deserializer, MapAccess, SeqAccess, Serialize, Visitor};
 
 /// The first layers of a ResNet or DenseNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The optimiser, the learning-rate schedule and its warmup.
 
-use super::*;
+use super::{is_false, Deserialize, Serialize};
 
 /// The optimiser, with PyTorch's update rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

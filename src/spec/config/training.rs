@@ -1,6 +1,6 @@
 //! How a run trains and what it keeps: early stopping, retention, precision, the metric.
 
-use super::*;
+use super::{fmt, Deserialize, Serialize};
 
 /// Early stopping: after each epoch, a run whose `metric` has not improved by
 /// more than `min_delta` on its best value for `patience` epochs stops (done,

@@ -1,6 +1,6 @@
 //! Image transforms with torchvision's meaning: [`Transform`].
 
-use super::*;
+use super::{de, fmt, Deserialize, Deserializer, MapAccess, Serialize, Visitor};
 
 /// One image transform, with torchvision's meaning (`torchvision.transforms`
 /// applied to a float tensor image in [0, 1]).

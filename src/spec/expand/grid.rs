@@ -1,8 +1,10 @@
 //! `[[grid]]` tables (the cartesian product of their axes, zipped groups) and
 //! `[[run]]` tables, turned into merged tables and pushed as runs.
 
-use super::paths::*;
-use super::*;
+use super::paths::{flatten, get_path, label, same_value, set_path, short};
+use super::{
+    push_run, reserved_str, Ctx, Deserialize, PlannedRun, Reference, Spanned, SpannedTable, Value, RUN_RESERVED,
+};
 
 /// One axis of a grid: a plain key or a zipped group; each option is a list of
 /// (path, value) assignments.

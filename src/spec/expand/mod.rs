@@ -14,7 +14,7 @@
 //! reported at its own line; problems that only a combination has (a missing
 //! field, an inconsistent schedule) are reported at the grid's or run's header.
 
-use super::config::*;
+use super::config::{DatasetName, DatasetSpec, Metric, OptimizerSpec, RunConfig, ScheduleSpec};
 use super::device::DeviceChoice;
 use super::file::{AugmentSet, DefaultsOnly, RunFields, SpannedTable, SweepFile, RUN_RESERVED};
 use super::key::{run_key, RunKey};
@@ -317,7 +317,7 @@ impl Ctx<'_> {
         match table.iter().find(|(k, _)| k.get_ref() == "repeats") {
             None => self.repeats,
             Some((k, v)) => match v.get_ref().as_integer() {
-                Some(n) if n >= 1 && n <= u32::MAX as i64 => n as u32,
+                Some(n) if n >= 1 && n <= i64::from(u32::MAX) => n as u32,
                 _ => {
                     self.errors.push(self.src.error(
                         k.span().start,
@@ -333,12 +333,11 @@ impl Ctx<'_> {
 
 pub(super) fn reserved_str(ctx: &mut Ctx, table: &SpannedTable, key: &str) -> Option<String> {
     let (k, v) = table.iter().find(|(k, _)| k.get_ref() == key)?;
-    match v.get_ref().as_str() {
-        Some(s) => Some(s.to_owned()),
-        None => {
-            ctx.errors.push(ctx.src.error(k.span().start, Some(key), format!("`{key}` must be a string")));
-            None
-        }
+    if let Some(s) = v.get_ref().as_str() {
+        Some(s.to_owned())
+    } else {
+        ctx.errors.push(ctx.src.error(k.span().start, Some(key), format!("`{key}` must be a string")));
+        None
     }
 }
 

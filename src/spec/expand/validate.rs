@@ -1,7 +1,9 @@
 //! One merged table into a checked [`RunConfig`]: required fields, defaults,
 //! the optimizer's and the schedule's own rules.
 
-use super::*;
+use super::{
+    unknown_augment, Ctx, Deserialize, OptimizerSpec, Path, RunConfig, RunFields, ScheduleSpec, Source, Table, Value,
+};
 
 pub(super) type FinalizeError = (Option<String>, String);
 

@@ -29,7 +29,9 @@ pub fn aa_taps(inp: usize, out: usize) -> Taps {
                 .collect();
             let total: f64 = w.iter().sum();
             if total != 0.0 {
-                w.iter_mut().for_each(|v| *v /= total);
+                for v in &mut w {
+                    *v /= total;
+                }
             }
             (xmin, w.into_iter().map(|v| v as f32).collect())
         })

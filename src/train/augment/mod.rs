@@ -227,7 +227,9 @@ pub fn apply_step(step: &Step, mut img: Image) -> Image {
             let plane = img.h * img.w;
             for (c, chunk) in img.data.chunks_exact_mut(plane).enumerate() {
                 let (m, s) = (mean[c], std[c]);
-                chunk.iter_mut().for_each(|v| *v = (*v - m) / s);
+                for v in chunk.iter_mut() {
+                    *v = (*v - m) / s;
+                }
             }
             img
         }

@@ -238,12 +238,12 @@ pub fn load_release(r: &Release, path: Option<&Path>, cache: &Cache, download: b
     let found = match found {
         Some(f) => f,
         None if download => fetch(&r, path, cache)?,
-        None => return Err(not_found(&r, path, cache, "downloading is off".into())),
+        None => return Err(not_found(&r, path, cache, "downloading is off")),
     };
     let classes: Vec<String> = if r.classes == 10 {
-        CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect()
+        CIFAR10_CLASSES.iter().map(std::string::ToString::to_string).collect()
     } else {
-        CIFAR100_CLASSES.iter().map(|s| s.to_string()).collect()
+        CIFAR100_CLASSES.iter().map(std::string::ToString::to_string).collect()
     };
     let (train, test) = match found {
         Found::Bin(d) => {
@@ -258,7 +258,7 @@ pub fn load_release(r: &Release, path: Option<&Path>, cache: &Cache, download: b
     Ok(Dataset { train, test, classes })
 }
 
-fn not_found(r: &Release, path: Option<&Path>, cache: &Cache, why: String) -> DataError {
+fn not_found(r: &Release, path: Option<&Path>, cache: &Cache, why: &str) -> DataError {
     let looked = match path {
         Some(p) => {
             format!("{} (or its {} / {} folder) nor in {}", p.display(), r.bin_dir, r.py_dir, cache.dir.display())
@@ -300,7 +300,7 @@ fn fetch(r: &Release, path: Option<&Path>, cache: &Cache) -> Result<Found, DataE
     }
     crate::fetch::download(&url, &archive, &verify, true).map_err(|e| match e {
         crate::fetch::FetchError::Unreachable { detail, .. } => {
-            not_found(r, path, cache, format!("downloading {url} failed ({detail})"))
+            not_found(r, path, cache, &format!("downloading {url} failed ({detail})"))
         }
         other => DataError::new(&archive, other.to_string()),
     })?;

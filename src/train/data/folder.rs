@@ -52,7 +52,7 @@ pub fn load(root: &Path, test_split: Option<f64>, seed: u64) -> Result<Dataset, 
     } else {
         return Err(DataError::new(root, "no such folder or archive"));
     };
-    build(root, entries, &dirs, test_split, seed)
+    build(root, &entries, &dirs, test_split, seed)
 }
 
 fn walk(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
@@ -141,7 +141,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
 #[allow(clippy::too_many_lines)]
 fn build(
     root: &Path,
-    entries: Vec<Entry>,
+    entries: &[Entry],
     dirs: &BTreeSet<Vec<String>>,
     test_split: Option<f64>,
     seed: u64,
@@ -160,7 +160,7 @@ fn build(
         if name == "train" || name == "test" {
             break;
         }
-        for e in &entries {
+        for e in entries {
             if e.parts.len() <= skip + 2 || &e.parts[skip] != name {
                 break 'outer;
             }
@@ -171,7 +171,7 @@ fn build(
     let display = |e: &Entry| format!("{}/{}", root.display(), e.parts.join("/"));
     // (split, class) of every entry; split 0 = train, 1 = test, 2 = the one tree.
     let mut keys = Vec::with_capacity(entries.len());
-    for e in &entries {
+    for e in entries {
         let rel = &e.parts[skip..];
         let key = if split_layout {
             match (rel.first().map(String::as_str), rel.len()) {

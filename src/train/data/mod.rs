@@ -122,6 +122,7 @@ impl Split {
         self.files.truncate(n);
     }
     /// The images `indices`, in that order.
+    #[must_use]
     pub fn select(&self, indices: &[usize]) -> Split {
         let mut out = Split { height: self.height, width: self.width, ..Split::default() };
         for &i in indices {

@@ -14,7 +14,7 @@
 //! * [`batch_norm_cpu`]: BatchNorm's normalisation as one op with PyTorch's
 //!   closed-form backward, statistics accumulated in f64.
 //!
-//! One op per file: [`conv`], [`pool`], [`batch_norm`]; the CPU-storage helpers
+//! One op per file: `conv.rs`, `pool.rs`, `batch_norm.rs`; the CPU-storage helpers
 //! they share are here.
 
 mod batch_norm;

@@ -174,9 +174,8 @@ impl Arch {
     pub fn head_name(&self, head: &Head) -> &'static str {
         match (self, head) {
             (Arch::SmallCnn | Arch::ResNet { .. }, _) => "fc",
-            (Arch::DenseNet { .. }, _) => "classifier",
+            (Arch::DenseNet { .. }, _) | (Arch::Vgg { .. }, Head::Mlp { .. }) => "classifier",
             (Arch::Vgg { .. }, Head::Linear) => "classifier.6",
-            (Arch::Vgg { .. }, Head::Mlp { .. }) => "classifier",
         }
     }
 }

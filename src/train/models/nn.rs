@@ -49,6 +49,7 @@ impl<'a> Builder<'a> {
 
     /// Convolutions and linear layers built from here compute in `dtype`
     /// (`BF16` for mixed precision; the weights stay f32).
+    #[must_use]
     pub fn with_compute(mut self, dtype: DType) -> Self {
         self.compute = dtype;
         self
