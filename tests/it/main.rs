@@ -8,12 +8,14 @@
 //! * `optim`: optimizers against torch.optim fixtures.
 //! * `report`: results filters, sorting, grouping, `show`, every report format, the SQL views.
 //! * `cli`: the `sweep` binary end to end, including kill -9 and Ctrl-C.
+//! * `snapshots`: the output of plan, status, results, show and report, as insta snapshots.
 
 mod cli;
 mod data;
 mod models;
 mod optim;
 mod report;
+mod snapshots;
 mod spec;
 mod store;
 mod train;
