@@ -117,26 +117,16 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
                 let batch = loader.next_batch().ok_or(TrainError::LoaderStopped)?;
                 let n_batch = batch.labels.len();
                 let (x, y) = train_pipe.to_tensors(&batch, req.device)?;
-                let t1 = Instant::now();
+                timing.data += t0.elapsed().as_secs_f64();
                 let mut drop_rng = Rng::derive(&[stream::DROPOUT, seed, e, b as u64]);
-                let logits = built.model.forward(&x, true, &mut drop_rng)?;
-                let loss = cross_entropy(&logits, &y, cfg.label_smoothing)?;
-                let t2 = Instant::now();
-                let (loss_v, correct) = batch_stats(&logits, &y, &loss)?;
-                if !loss_v.is_finite() {
-                    bar.finish_and_clear();
-                    return Err(TrainError::Diverged { epoch: e + 1, step: b as u64 + 1, loss: loss_v });
-                }
-                let t3 = Instant::now();
-                let grads = loss.backward()?;
-                let t4 = Instant::now();
-                opt.step(&grads)?;
-                let t5 = Instant::now();
-                timing.data += (t1 - t0).as_secs_f64();
-                timing.forward += (t2 - t1).as_secs_f64();
-                timing.metrics += (t3 - t2).as_secs_f64();
-                timing.backward += (t4 - t3).as_secs_f64();
-                timing.optimizer += (t5 - t4).as_secs_f64();
+                let step = Step { model: built.model.as_ref(), smoothing: cfg.label_smoothing };
+                let (loss_v, correct) = match step.run(&x, &y, &mut drop_rng, &mut opt, &mut timing)? {
+                    StepEnd::Updated { loss, correct } => (loss, correct),
+                    StepEnd::NotFinite(loss) => {
+                        bar.finish_and_clear();
+                        return Err(TrainError::Diverged { epoch: e + 1, step: b as u64 + 1, loss });
+                    }
+                };
                 partial.loss_sum += f64::from(loss_v) * n_batch as f64;
                 partial.correct += correct;
                 partial.seen += n_batch as u64;
@@ -277,6 +267,50 @@ struct Timing {
     test: f64,
     /// Writing the checkpoint.
     checkpoint: f64,
+}
+
+/// One optimisation step: forward, loss, the numbers read back, backward, update.
+struct Step<'a> {
+    model: &'a dyn models::Classifier,
+    smoothing: f64,
+}
+
+/// How a [`Step`] ended.
+enum StepEnd {
+    /// The weights were updated; the batch's mean loss and correct predictions.
+    Updated { loss: f32, correct: u64 },
+    /// The loss was NaN or infinite; nothing was updated.
+    NotFinite(f32),
+}
+
+impl Step<'_> {
+    /// Runs the step on one batch, adding its phases to `timing`.
+    fn run(
+        &self,
+        x: &candle_core::Tensor,
+        y: &candle_core::Tensor,
+        dropout: &mut Rng,
+        opt: &mut optim::Optimizer,
+        timing: &mut Timing,
+    ) -> Result<StepEnd, TrainError> {
+        let t1 = Instant::now();
+        let logits = self.model.forward(x, true, dropout)?;
+        let loss = cross_entropy(&logits, y, self.smoothing)?;
+        let t2 = Instant::now();
+        let (loss_v, correct) = batch_stats(&logits, y, &loss)?;
+        let t3 = Instant::now();
+        timing.forward += (t2 - t1).as_secs_f64();
+        timing.metrics += (t3 - t2).as_secs_f64();
+        if !loss_v.is_finite() {
+            return Ok(StepEnd::NotFinite(loss_v));
+        }
+        let grads = loss.backward()?;
+        let t4 = Instant::now();
+        opt.step(&grads)?;
+        timing.backward += (t4 - t3).as_secs_f64();
+        timing.optimizer += t4.elapsed().as_secs_f64();
+        Ok(StepEnd::Updated { loss: loss_v, correct })
+    }
 }
 
 impl Timing {
