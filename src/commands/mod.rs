@@ -3,13 +3,12 @@
 mod eval;
 mod plan;
 mod query;
+mod signals;
 mod submit;
 
 use crate::cli::{Cli, Command};
 use std::fmt::Write;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use sweep::spec::DeviceChoice;
 use sweep::store::{Status, Store};
 use sweep::worker::{self, WorkerOptions, WorkerReport};
@@ -27,11 +26,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Worker { device } => {
             let store = Store::open(&cli.home).await?;
-            let report = drain(&store, device, verbose).await?;
+            let drained = drain(&store, device, verbose).await?;
             if verbose {
-                eprintln!("{}", summary_line(&report));
+                eprintln!("{}", summary_line(&drained.report));
             }
-            Ok(exit_code(&report))
+            Ok(drained.exit_code())
         }
         Command::Status { format } => query::status(&cli.home, format).await,
         Command::Results { sweep, filter, sort, group_by, columns, all_params, format } => {
@@ -54,28 +53,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Runs the worker until the queue is empty, stopping cleanly on Ctrl-C.
-pub async fn drain(store: &Store, device: DeviceChoice, verbose: bool) -> anyhow::Result<WorkerReport> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            flag.store(true, Ordering::SeqCst);
-            eprintln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
+/// What a worker run did, and what its exit code is.
+pub struct Drained {
+    /// The worker's report.
+    pub report: WorkerReport,
+    stop: signals::Stop,
+}
+
+impl Drained {
+    /// 128 + the signal if a signal stopped it (130 for Ctrl-C, 143 for
+    /// SIGTERM), 1 if a run failed or diverged, else 0.
+    pub fn exit_code(&self) -> ExitCode {
+        if self.report.interrupted {
+            ExitCode::from(self.stop.exit_code())
+        } else if self.report.runs.iter().any(|r| matches!(r.status, Status::Failed | Status::Diverged)) {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
         }
-    });
+    }
+}
+
+/// Runs the worker until the queue is empty, stopping cleanly on Ctrl-C,
+/// SIGTERM, SIGUSR1 or SIGHUP (see [`signals`]).
+pub async fn drain(store: &Store, device: DeviceChoice, verbose: bool) -> anyhow::Result<Drained> {
+    let stop = signals::install();
     let opts = WorkerOptions {
         device,
         stale_after: sweep::env::STALE_SECS.seconds(60),
         heartbeat_every: sweep::env::HEARTBEAT_SECS.seconds(2),
         verbose,
     };
-    let report = worker::work(store, &opts, stop).await?;
+    let report = worker::work(store, &opts, stop.flag.clone()).await?;
     store.close().await;
-    Ok(report)
+    Ok(Drained { report, stop })
 }
 
 /// One line about what a worker did.
@@ -97,15 +108,4 @@ pub fn summary_line(report: &WorkerReport) -> String {
         line += "; interrupted: `sweep worker` resumes where it stopped";
     }
     line
-}
-
-/// 130 if interrupted, 1 if a run failed or diverged, else 0.
-pub fn exit_code(report: &WorkerReport) -> ExitCode {
-    if report.interrupted {
-        ExitCode::from(130)
-    } else if report.runs.iter().any(|r| matches!(r.status, Status::Failed | Status::Diverged)) {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
 }

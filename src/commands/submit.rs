@@ -91,7 +91,8 @@ pub async fn submit(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let report = super::drain(&store, device, verbose).await?;
+    let drained = super::drain(&store, device, verbose).await?;
+    let report = &drained.report;
     let store = Store::open(home).await?;
     let cmp = Comparison::load(&store, std::slice::from_ref(&spec.name), false).await?;
     if json {
@@ -103,6 +104,6 @@ pub async fn submit(
         println!();
         print!("{}", results(&cmp, ResultsFormat::Table));
     }
-    eprintln!("{}", super::summary_line(&report));
-    Ok(super::exit_code(&report))
+    eprintln!("{}", super::summary_line(report));
+    Ok(drained.exit_code())
 }

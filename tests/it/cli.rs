@@ -536,3 +536,38 @@ fn the_help_lists_every_environment_variable() {
         assert!(help.contains(v.name), "{} missing from --help:\n{help}", v.name);
     }
 }
+
+/// SIGTERM (docker stop, Kubernetes, systemd), SIGUSR1 (Slurm's `--signal`) and
+/// SIGHUP stop a worker as Ctrl-C does: the batch finishes, a mid-epoch
+/// checkpoint is saved, the run is interrupted, the exit code is 128 + the
+/// signal, and the resumed run gives the uninterrupted run's numbers.
+#[test]
+#[allow(unsafe_code)] // kill(2) on our own child: see the SAFETY comment
+fn sigterm_sigusr1_and_sighup_stop_gracefully_and_resume_to_the_same_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::write_sweep(dir.path(), "sig.toml", &crate::tiny_sweep("sig", 480, 2, ""));
+    let f = file.to_str().unwrap();
+    let base = dir.path().join("base");
+    assert!(run(&base, &["-q", "submit", f]).status.success());
+    let reference = numbers(&epochs(&base, runs(&base)[0].id));
+    for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGUSR1, 138), (libc::SIGHUP, 129)] {
+        let home = dir.path().join(format!("sig{signal}"));
+        assert!(run(&home, &["submit", "--queue-only", f]).status.success());
+        let mut child = sweep(&home).args(["-q", "worker"]).stderr(Stdio::piped()).spawn().unwrap();
+        wait_until(&mut child, &home, "the middle of epoch 1", |r| r[0].step >= 3);
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "signal {signal}: {err}");
+        assert!(err.contains("stopping after the current batch"), "{err}");
+        let rows = runs(&home);
+        assert_eq!(rows[0].status, Status::Interrupted, "signal {signal}");
+        let ck = block(async { Store::open(&home).await.unwrap().checkpoints(rows[0].id).await.unwrap() });
+        // Saved where it stopped: at least the 3 batches seen before the signal.
+        let latest = ck.iter().find(|c| c.kind == CheckpointKind::Latest).expect("a latest checkpoint");
+        assert!(latest.epoch >= 1 || latest.step >= 3, "{latest:?}");
+        assert!(run(&home, &["-q", "worker"]).status.success());
+        assert_eq!(numbers(&epochs(&home, rows[0].id)), reference, "resumed after signal {signal}");
+    }
+}
