@@ -51,8 +51,15 @@ pub const LOADER_THREADS: Var = Var {
     help: "threads that build training batches (default the available cores, at most 8)",
 };
 
+/// How many times a run may kill its worker before it is failed.
+pub const MAX_WORKER_DEATHS: Var = Var {
+    name: "SWEEP_MAX_WORKER_DEATHS",
+    help: "a run whose worker died this many times (kill -9, abort, OOM killer) is failed, not resumed (default 3)",
+};
+
 /// Every variable the binary reads, in the order `sweep --help` lists them.
-pub const ALL: [Var; 8] = [HOME, DEVICE, STALE_SECS, HEARTBEAT_SECS, CACHE, DATA_URL, WEIGHTS_URL, LOADER_THREADS];
+pub const ALL: [Var; 9] =
+    [HOME, DEVICE, STALE_SECS, HEARTBEAT_SECS, MAX_WORKER_DEATHS, CACHE, DATA_URL, WEIGHTS_URL, LOADER_THREADS];
 
 impl Var {
     /// Its value, if set and not empty.

@@ -82,6 +82,7 @@ pub async fn drain(store: &Store, device: DeviceChoice, verbose: bool) -> anyhow
         device,
         stale_after: sweep::env::STALE_SECS.seconds(60),
         heartbeat_every: sweep::env::HEARTBEAT_SECS.seconds(2),
+        max_worker_deaths: sweep::env::MAX_WORKER_DEATHS.parse().unwrap_or(3),
         verbose,
     };
     let report = worker::work(store, &opts, stop.flag.clone()).await?;

@@ -27,7 +27,7 @@ pub mod status;
 
 pub use error::StoreError;
 pub use identity::worker_id;
-pub use rows::{ClaimedRun, RunRow, SubmitOutcome, SweepRow};
+pub use rows::{ClaimedRun, Recovered, RunRow, SubmitOutcome, SweepRow};
 pub use status::{Event, InvalidTransition, Status};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -2,7 +2,7 @@
 //! the next run, heartbeats.
 
 use super::identity::worker_is_dead;
-use super::{ClaimedRun, Event, Result, Status, Store, StoreError, SubmitOutcome, NOW_ISO, NOW_UNIX};
+use super::{ClaimedRun, Event, Recovered, Result, Status, Store, StoreError, SubmitOutcome, NOW_ISO, NOW_UNIX};
 use crate::spec::{PlannedRun, SweepSpec};
 use sqlx::Row;
 use std::time::Duration;
@@ -71,7 +71,7 @@ impl Store {
                     Status::Queued | Status::Running | Status::Interrupted => SubmitOutcome::AlreadyQueued,
                     Status::Failed | Status::Diverged => {
                         status.apply(Event::Requeue).expect("failed and diverged runs can be requeued");
-                        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL WHERE id = ?1")
+                        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0 WHERE id = ?1")
                             .bind(id)
                             .execute(&mut **tx)
                             .await
@@ -100,33 +100,75 @@ impl Store {
 
     /// Marks `running` runs whose worker is gone as `interrupted`, so that they
     /// resume: the worker is on this host and its process no longer exists, or
-    /// its heartbeat is older than `stale_after`. Returns (id, worker) of each.
-    pub async fn recover_stale(&self, stale_after: Duration) -> Result<Vec<(i64, String)>> {
+    /// its heartbeat is older than `stale_after`. Each such death is counted; a
+    /// run whose worker died `max_deaths` times is failed instead ("killed its
+    /// worker 3 times; last seen at epoch E batch B"), so that a run that kills
+    /// every worker cannot block the queue.
+    pub async fn recover_stale(&self, stale_after: Duration, max_deaths: u32) -> Result<Vec<Recovered>> {
         let e = self.sql();
+        type Held = (i64, Option<String>, Option<f64>, i64, i64, i64, Option<String>);
+        let rows: Vec<Held> = sqlx::query_as(&format!(
+            "SELECT id, worker, {NOW_UNIX} - heartbeat, worker_deaths, epochs_done, step,
+                    (SELECT name FROM sweep_runs WHERE run_id = runs.id ORDER BY sweep_id LIMIT 1)
+             FROM runs WHERE status = 'running'"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(&e)?;
+        let mut recovered = Vec::new();
+        for (id, worker, age, deaths, epochs_done, step, name) in rows {
+            let worker = worker.unwrap_or_default();
+            let stale = age.is_none_or(|a| a > stale_after.as_secs_f64());
+            if !(stale || worker_is_dead(&worker)) {
+                continue;
+            }
+            let deaths = deaths + 1;
+            let failed = deaths >= i64::from(max_deaths.max(1));
+            let error = failed.then(|| {
+                let times = if deaths == 1 { "once".to_owned() } else { format!("{deaths} times") };
+                format!(
+                    "killed its worker {times}; last seen at epoch {} batch {step} (a value that exhausts memory, \
+                     or a crash: see the worker's log; `submit` queues it again)",
+                    epochs_done + 1
+                )
+            });
+            let status = if failed { "failed" } else { "interrupted" };
+            let done = sqlx::query(&format!(
+                "UPDATE runs SET status = ?3, worker = NULL, worker_deaths = ?4, error = ?5,
+                     finished_at = CASE WHEN ?3 = 'failed' THEN {NOW_ISO} ELSE finished_at END
+                 WHERE id = ?1 AND status = 'running' AND worker IS ?2"
+            ))
+            .bind(id)
+            .bind(&worker)
+            .bind(status)
+            .bind(deaths)
+            .bind(&error)
+            .execute(&self.pool)
+            .await
+            .map_err(&e)?;
+            if done.rows_affected() == 1 {
+                let name = name.unwrap_or_else(|| format!("run {id}"));
+                recovered.push(Recovered { id, name, worker, error });
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// The running runs whose worker has not sent a heartbeat for longer than
+    /// `silent_for` (but may not be stale yet), with that age in seconds.
+    pub async fn silent_runs(&self, silent_for: Duration) -> Result<Vec<(i64, String, f64)>> {
         let rows: Vec<(i64, Option<String>, Option<f64>)> =
             sqlx::query_as(&format!("SELECT id, worker, {NOW_UNIX} - heartbeat FROM runs WHERE status = 'running'"))
                 .fetch_all(&self.pool)
                 .await
-                .map_err(&e)?;
-        let mut recovered = Vec::new();
-        for (id, worker, age) in rows {
-            let worker = worker.unwrap_or_default();
-            let stale = age.is_none_or(|a| a > stale_after.as_secs_f64());
-            if stale || worker_is_dead(&worker) {
-                let done = sqlx::query(
-                    "UPDATE runs SET status = 'interrupted', worker = NULL WHERE id = ?1 AND status = 'running' AND worker IS ?2",
-                )
-                .bind(id)
-                .bind(&worker)
-                .execute(&self.pool)
-                .await
-                .map_err(&e)?;
-                if done.rows_affected() == 1 {
-                    recovered.push((id, worker));
-                }
-            }
-        }
-        Ok(recovered)
+                .map_err(self.sql())?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, w, age)| {
+                let age = age.unwrap_or(f64::INFINITY);
+                (age > silent_for.as_secs_f64()).then(|| (id, w.unwrap_or_default(), age))
+            })
+            .collect())
     }
 
     /// Atomically takes the next run: interrupted runs first (they resume),

@@ -18,6 +18,20 @@ pub enum SubmitOutcome {
     Requeued,
 }
 
+/// A run found abandoned by a dead worker (see `Store::recover_stale`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Database id.
+    pub id: i64,
+    /// Display name (from the first sweep that asked for it).
+    pub name: String,
+    /// The worker that held it.
+    pub worker: String,
+    /// Set when the run was failed (its worker died too often) instead of
+    /// marked for resumption.
+    pub error: Option<String>,
+}
+
 /// A run handed to a worker.
 #[derive(Debug, Clone)]
 pub struct ClaimedRun {

@@ -31,6 +31,8 @@ pub struct WorkerOptions {
     pub stale_after: Duration,
     /// How often the heartbeat is refreshed.
     pub heartbeat_every: Duration,
+    /// A run whose worker died this many times is failed instead of resumed.
+    pub max_worker_deaths: u32,
     /// Progress bars and per-epoch lines on stderr.
     pub verbose: bool,
 }
@@ -41,6 +43,7 @@ impl Default for WorkerOptions {
             device: DeviceChoice::Auto,
             stale_after: Duration::from_secs(60),
             heartbeat_every: Duration::from_secs(2),
+            max_worker_deaths: 3,
             verbose: false,
         }
     }
@@ -64,7 +67,8 @@ pub struct RunEnd {
 pub struct WorkerReport {
     /// Runs this worker handled, in order.
     pub runs: Vec<RunEnd>,
-    /// Runs found abandoned by a dead worker and marked for resumption.
+    /// Runs found abandoned by a dead worker and marked for resumption (runs
+    /// failed because their worker died too often are in `runs`).
     pub recovered: usize,
     /// Whether it stopped because it was asked to.
     pub interrupted: bool,
@@ -148,24 +152,62 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
     }
     let mut report = WorkerReport::default();
     let mut datasets: HashMap<String, Arc<data::Dataset>> = HashMap::new();
+    let (mut waiting_for, mut looked_again) = (None, false);
     loop {
-        let recovered = store.recover_stale(opts.stale_after).await?;
-        for (id, dead) in &recovered {
-            tracing::warn!(
-                run = id,
-                worker = dead.as_str(),
-                "worker is gone; the run will resume from its latest checkpoint"
-            );
+        for r in store.recover_stale(opts.stale_after, opts.max_worker_deaths).await? {
+            let Some(error) = r.error else {
+                tracing::warn!(
+                    run = r.id,
+                    worker = r.worker,
+                    "worker is gone; the run will resume from its latest checkpoint"
+                );
+                report.recovered += 1;
+                continue;
+            };
+            tracing::warn!(run = r.id, worker = r.worker, "{error}");
+            if opts.verbose {
+                eprintln!("✗ {} failed: {error}", r.name);
+            }
+            report.runs.push(RunEnd { id: r.id, name: r.name, status: Status::Failed, error: Some(error) });
         }
-        report.recovered += recovered.len();
         if stop.load(Ordering::SeqCst) {
             report.interrupted = true;
             break;
         }
         let Some(run) = store.claim_next(&worker, &device_name).await? else {
+            // Nothing to claim. A run whose worker has gone silent (a container
+            // replaced on another host, a lost node) is work left all the same:
+            // wait until it is stale and take it over, rather than end with it.
+            // A live worker beats every `heartbeat_every`: a run whose heartbeat
+            // is older than three of those, once looked at again after that
+            // long, has a worker that is gone.
+            let silent_for = (opts.heartbeat_every * 3).max(Duration::from_millis(300));
+            let held = store.silent_runs(Duration::ZERO).await?;
+            let silent = held.iter().find(|(_, _, age)| *age > silent_for.as_secs_f64()).cloned();
+            if silent.is_none() && !held.is_empty() && !looked_again {
+                looked_again = true;
+                tokio::time::sleep(silent_for).await;
+                continue;
+            }
+            if let Some((id, holder, age)) = silent {
+                if waiting_for != Some(id) {
+                    waiting_for = Some(id);
+                    tracing::warn!(run = id, worker = holder, "waiting for a silent worker's run");
+                    if opts.verbose {
+                        eprintln!(
+                            "waiting for run {id}: its worker {holder} has sent no heartbeat for {age:.0}s; \
+                             it is taken over once that reaches {:.0}s",
+                            opts.stale_after.as_secs_f64()
+                        );
+                    }
+                }
+                tokio::time::sleep(opts.heartbeat_every.clamp(Duration::from_millis(50), Duration::from_secs(2))).await;
+                continue;
+            }
             tracing::info!("queue empty");
             break;
         };
+        looked_again = false;
         tracing::info!(run = run.id, key = &run.key[..10], name = run.name.as_str(), attempt = run.attempts, "claimed");
         let end = execute(store, opts, &worker, &device, &stop, &mut datasets, run).await?;
         if opts.verbose {

@@ -571,3 +571,62 @@ fn sigterm_sigusr1_and_sighup_stop_gracefully_and_resume_to_the_same_numbers() {
         assert_eq!(numbers(&epochs(&home, rows[0].id)), reference, "resumed after signal {signal}");
     }
 }
+
+/// A run that aborts its worker (here: a head whose weight cannot be
+/// allocated) sits in front of three good runs. Each new worker resumes it
+/// first and dies; after the third death it is failed with where it was last
+/// seen, and the good runs train.
+#[test]
+fn a_run_that_kills_its_worker_three_times_is_failed_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[[run]]\nname = \"poison\"\nhead = { hidden = [100000000000], dropout = [0.0] }\n\
+                 [[grid]]\noptimizer.lr = [0.05, 0.02, 0.01]\n";
+    let f = crate::write_sweep(dir.path(), "p.toml", &crate::tiny_sweep("p", 32, 1, extra));
+    let home = dir.path().join("home");
+    assert!(run(&home, &["-q", "submit", "--queue-only", f.to_str().unwrap()]).status.success());
+    let mut ends = Vec::new();
+    for _ in 0..6 {
+        let out = sweep(&home).args(["-q", "worker"]).env("RUST_BACKTRACE", "0").output().unwrap();
+        let end = (out.status.code(), std::os::unix::process::ExitStatusExt::signal(&out.status));
+        ends.push(end);
+        if end.0.is_some() {
+            break;
+        }
+    }
+    // Three aborts, then a worker that fails the poison run, trains the rest and says a run failed.
+    let abort = (None, Some(libc::SIGABRT));
+    assert_eq!(ends, [abort, abort, abort, (Some(1), None)]);
+    let rows = runs(&home);
+    let poison = rows.iter().find(|r| r.name == "poison").unwrap();
+    assert_eq!(poison.status, Status::Failed);
+    let err = poison.error.as_deref().unwrap_or_default();
+    assert!(err.starts_with("killed its worker 3 times; last seen at epoch 1 batch 0"), "{err}");
+    assert!(rows.iter().filter(|r| r.name != "poison").all(|r| r.status == Status::Done), "{rows:?}");
+    // Submitting again queues it once more, with a fresh count.
+    let out = run(&home, &["-q", "submit", "--queue-only", f.to_str().unwrap()]);
+    assert!(stdout(&out).contains("1 requeued after failing"), "{}", stdout(&out));
+}
+
+/// A worker that finds a run held by a worker that has gone silent (another
+/// host's container, replaced) waits until the run is stale and takes it over,
+/// instead of ending with work left.
+#[test]
+fn a_run_held_by_a_silent_worker_on_another_host_is_waited_for_and_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = crate::write_sweep(dir.path(), "s.toml", &crate::tiny_sweep("s", 32, 1, ""));
+    let home = dir.path().join("home");
+    assert!(run(&home, &["-q", "submit", "--queue-only", f.to_str().unwrap()]).status.success());
+    block(async {
+        let s = Store::open(&home).await.unwrap();
+        s.claim_next("another-host:1", "cpu").await.unwrap().unwrap();
+        s.close().await;
+    });
+    let start = Instant::now();
+    let out = sweep(&home).args(["worker"]).env("SWEEP_STALE_SECS", "2").output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("waiting for run") && err.contains("another-host:1"), "{err}");
+    assert!(err.contains("1 run(s) handled: 1 done") && err.contains("1 abandoned run(s) recovered"), "{err}");
+    assert!(start.elapsed() >= Duration::from_secs(2), "taken over before it was stale");
+    assert_eq!(runs(&home)[0].status, Status::Done);
+}

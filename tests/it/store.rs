@@ -170,13 +170,14 @@ fn runs_of_dead_or_silent_workers_are_recovered() {
         let dead = format!("{host}:4294967290");
         let a = store.claim_next(&dead, "cpu").await.unwrap().unwrap();
         let b = store.claim_next(&me, "cpu").await.unwrap().unwrap();
-        let recovered = store.recover_stale(Duration::from_secs(3600)).await.unwrap();
-        assert_eq!(recovered, vec![(a.id, dead.clone())]);
+        let recovered = store.recover_stale(Duration::from_secs(3600), 3).await.unwrap();
+        let ids = |r: Vec<sweep::store::Recovered>| r.into_iter().map(|r| (r.id, r.worker)).collect::<Vec<_>>();
+        assert_eq!(ids(recovered), vec![(a.id, dead.clone())]);
         // A live worker with a fresh heartbeat keeps its run ...
         assert_eq!(store.runs(None).await.unwrap()[1].status, Status::Running);
         // ... unless its heartbeat is older than the limit.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(store.recover_stale(Duration::from_millis(10)).await.unwrap(), vec![(b.id, me.clone())]);
+        assert_eq!(ids(store.recover_stale(Duration::from_millis(10), 3).await.unwrap()), vec![(b.id, me.clone())]);
         // The presumed-dead worker can no longer write.
         assert!(matches!(store.finish(a.id, &dead, Status::Done, None).await, Err(StoreError::LostOwnership { .. })));
     });
