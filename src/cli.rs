@@ -36,6 +36,9 @@ pub enum Command {
         /// Output format of the submission summary and the final results.
         #[arg(long, value_enum, default_value = "table")]
         format: SubmitFormat,
+        /// Refuse a sweep file that expands to more runs than this.
+        #[arg(long, default_value_t = sweep::spec::limits::DEFAULT_MAX_RUNS)]
+        max_runs: usize,
     },
     /// Show the runs a sweep file expands to, without queueing anything.
     Plan {
@@ -44,6 +47,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: PlanFormat,
+        /// Refuse a sweep file that expands to more runs than this.
+        #[arg(long, default_value_t = sweep::spec::limits::DEFAULT_MAX_RUNS)]
+        max_runs: usize,
     },
     /// Train queued and interrupted runs until the queue is empty.
     Worker {

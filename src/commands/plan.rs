@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use sweep::report::{column_names, differing, params::Interner, render::text_table};
 use sweep::spec;
 
-pub fn plan(file: &Path, format: PlanFormat) -> anyhow::Result<ExitCode> {
-    let spec = match spec::load(file) {
+pub fn plan(file: &Path, limits: spec::Limits, format: PlanFormat) -> anyhow::Result<ExitCode> {
+    let spec = match spec::load_with(file, limits) {
         Ok(s) => s,
         Err(errors) => {
             eprintln!("{errors}");

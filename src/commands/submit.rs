@@ -10,13 +10,14 @@ use sweep::store::{Store, SubmitOutcome};
 pub async fn submit(
     home: &Path,
     file: &Path,
+    limits: spec::Limits,
     queue_only: bool,
     device: Option<DeviceChoice>,
     format: SubmitFormat,
     verbose: bool,
 ) -> anyhow::Result<ExitCode> {
     let json = format == SubmitFormat::Json;
-    let spec = match spec::load(file) {
+    let spec = match spec::load_with(file, limits) {
         Ok(s) => s,
         Err(errors) => {
             eprintln!("{errors}\nnothing was queued");

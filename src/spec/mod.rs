@@ -17,11 +17,13 @@ pub mod device;
 pub mod expand;
 pub mod file;
 pub mod key;
+pub mod limits;
 
 pub use config::*;
 pub use device::DeviceChoice;
 pub use expand::{PlannedRun, Reference, SweepSpec};
 pub use key::{canonical_json, run_key, RunKey};
+pub use limits::Limits;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -86,29 +88,47 @@ impl Source {
         (line, col)
     }
 
-    /// An error at a byte offset.
+    /// An error at a byte offset. A message that quotes a huge value is cut
+    /// (see [`limits::quote`]).
     pub fn error(&self, offset: usize, key: Option<&str>, message: impl Into<String>) -> SpecError {
         let (line, column) = self.line_col(offset);
-        SpecError { file: self.path.clone(), line, column, key: key.map(str::to_owned), message: message.into() }
+        let message = limits::quote_message(&message.into());
+        SpecError { file: self.path.clone(), line, column, key: key.map(limits::quote), message }
     }
 }
 
 /// Reads and validates a sweep file and expands it into runs.
 pub fn load(path: &Path) -> Result<SweepSpec, SpecErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        SpecErrors(vec![SpecError {
-            file: path.to_owned(),
-            line: 0,
-            column: 0,
-            key: None,
-            message: format!("cannot read the sweep file: {e}"),
-        }])
-    })?;
-    parse(path, &text)
+    load_with(path, Limits::default())
+}
+
+/// [`load`] with other [`Limits`].
+pub fn load_with(path: &Path, limits: Limits) -> Result<SweepSpec, SpecErrors> {
+    let error = |line, column, message: String| {
+        SpecErrors(vec![SpecError { file: path.to_owned(), line, column, key: None, message }])
+    };
+    let bytes = std::fs::read(path).map_err(|e| error(0, 0, format!("cannot read the sweep file: {e}")))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            // Point at the first byte that is not UTF-8.
+            let at = e.utf8_error().valid_up_to();
+            let valid = String::from_utf8_lossy(&e.as_bytes()[..at]).into_owned();
+            let (line, column) = Source { path: path.to_owned(), text: valid.clone() }.line_col(valid.len());
+            let byte = e.as_bytes()[at];
+            return Err(error(line, column, format!("the sweep file is not UTF-8 text (byte 0x{byte:02x} here)")));
+        }
+    };
+    parse_with(path, &text, limits)
 }
 
 /// Validates sweep-file text (named `path` in messages) and expands it into runs.
 pub fn parse(path: &Path, text: &str) -> Result<SweepSpec, SpecErrors> {
+    parse_with(path, text, Limits::default())
+}
+
+/// [`parse`] with other [`Limits`].
+pub fn parse_with(path: &Path, text: &str, limits: Limits) -> Result<SweepSpec, SpecErrors> {
     let src = Source { path: path.to_owned(), text: text.to_owned() };
-    expand::expand(&src)
+    expand::expand(&src, limits)
 }

@@ -196,7 +196,8 @@ fn semantic_errors_point_at_the_run() {
     let e = one_error(&with(
         "[[run]]\nname = \"bad\"\nschedule = { name = \"multistep\", milestones = [5, 3], gamma = 0.1 }\n",
     ));
-    assert_eq!(e.line, 9, "{e}");
+    // At the line inside the run that sets the key (the run's header is line 9).
+    assert_eq!(e.line, 11, "{e}");
     assert!(e.message.contains("strictly increasing"), "{e}");
     let e = one_error(&with("[[run]]\naugment = \"heavy\"\n"));
     assert!(e.message.contains("no augmentation set named `heavy`"), "{e}");
@@ -261,4 +262,110 @@ fn device_is_checked_and_precision_is_part_of_the_key() {
     assert_eq!(plain.runs[0].config.precision, spec::Precision::F32);
     let e = one_error(&BASE.replace("epochs = 2", "epochs = 2\nprecision = \"fp8\""));
     assert_eq!(e.line, 8, "{e}");
+}
+
+/// Values no real sweep uses, each refused at its own line with the reason,
+/// instead of exhausting memory or failing the run when a worker starts it.
+#[test]
+fn hostile_values_are_refused_at_their_line() {
+    // (extra text, line, key, part of the message); the extra text starts at line 9.
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "[[run]]\noptimizer = { name = \"sgd\", lr = 0.1, weight_decay = nan }\n",
+            10,
+            "optimizer.weight_decay",
+            "nan is not a finite number",
+        ),
+        (
+            "[[run]]\nschedule = { name = \"step\", step_size = 2, gamma = inf }\n",
+            10,
+            "schedule.gamma",
+            "inf is not a finite number",
+        ),
+        (
+            "[augment.a]\ntrain = [{ normalize = { mean = [0.5, -nan, 0.5], std = [1.0, 1.0, 1.0] } }]\n",
+            10,
+            "augment.a.train.normalize.mean",
+            "nan is not a finite",
+        ),
+        (
+            "[[run]]\nschedule = { name = \"multistep\", milestones = [1], factors = [-0.5] }\n",
+            10,
+            "schedule.factors",
+            "each factor must be > 0",
+        ),
+        ("[[run]]\nschedule = { name = \"cosine\", eta_min = -0.1 }\n", 10, "schedule.eta_min", "must be >= 0"),
+        (
+            "[[run]]\noptimizer = { name = \"sgd\", lr = 0.1, dampening = -5 }\n",
+            10,
+            "optimizer.dampening",
+            "must be in [0, 1]",
+        ),
+        (
+            "[[run]]\nschedule = { name = \"onecycle\", max_momentum = 5 }\n",
+            10,
+            "schedule.max_momentum",
+            "must be in [0, 1]",
+        ),
+        ("[[run]]\nname = \"\"\n", 10, "name", "must not be empty"),
+        ("[[grid]]\nbatch_size = [8]\nexclude = [{ batch_size = 8 }]\n", 9, "exclude", "removes every combination"),
+        ("[[run]]\nbatch_size = 1000000\n", 10, "batch_size", "limit of 65536 for a batch"),
+        ("[[run]]\nepochs = 1000000000\n", 10, "epochs", "limit of 100000"),
+        ("[[run]]\nhead = { hidden = [9223372036854775807] }\n", 10, "head.hidden", "limit of 65536"),
+        ("[[run]]\nrepeats = 4294967295\n", 10, "repeats", "from 1 to 1000"),
+        (
+            "[augment.big]\ntrain = [{ resize = { size = 1000000 } }]\n",
+            9,
+            "augment.big.train",
+            "resize: 1000000 is more than the limit of 4096",
+        ),
+        ("[augment.big]\ntest = [{ center_crop = { size = 1000000000 } }]\n", 9, "augment.big.test", "limit of 4096"),
+    ];
+    for (extra, line, key, part) in cases {
+        let e = one_error(&with(extra));
+        assert_eq!((e.line, e.key.as_deref()), (*line, Some(*key)), "{extra}: {e}");
+        assert!(e.message.contains(part), "{extra}: {e}");
+    }
+    // A split that large is refused where the dataset is given.
+    let e = one_error(
+        &BASE.replace("dataset = \"synthetic\"", "dataset = { name = \"synthetic\", test_size = 1000000000000 }"),
+    );
+    assert_eq!((e.line, e.key.as_deref()), (3, Some("dataset.test_size")), "{e}");
+    assert!(e.message.contains("limit of 50000000"), "{e}");
+    // Errors about [defaults] point at the key inside it, not at 1:1.
+    let e = one_error(&BASE.replace("batch_size = 32", "batch_size = 0"));
+    assert_eq!((e.line, e.key.as_deref()), (6, Some("batch_size")), "{e}");
+}
+
+#[test]
+fn the_run_count_is_checked_before_the_grid_is_built() {
+    let axis = format!("{:?}", (1..=100).collect::<Vec<_>>());
+    let grid = format!("[[grid]]\nbatch_size = {axis}\nepochs = {axis}\nwarmup.iters = {axis}\n");
+    let start = std::time::Instant::now();
+    let e = one_error(&with(&grid));
+    assert!(start.elapsed() < std::time::Duration::from_secs(2), "took {:?}", start.elapsed());
+    assert_eq!(e.line, 9, "{e}");
+    assert!(e.message.contains("1000000 runs, more than the limit of 100000 (raise it with --max-runs)"), "{e}");
+    // The limit can be raised.
+    let small = format!("[[grid]]\nbatch_size = {axis}\nepochs = [1, 2]\n");
+    let limits = spec::Limits { max_runs: 100 };
+    assert!(spec::parse_with(Path::new("t.toml"), &with(&small), limits).is_err());
+    assert_eq!(
+        spec::parse_with(Path::new("t.toml"), &with(&small), spec::Limits { max_runs: 200 }).unwrap().runs.len(),
+        200
+    );
+}
+
+#[test]
+fn long_values_are_cut_in_messages_and_bad_bytes_are_located() {
+    let huge = "a".repeat(1_000_000);
+    let e = one_error(&with(&format!("[[run]]\nepochs = \"{huge}\"\n")));
+    assert!(e.to_string().len() < 1_000, "{} bytes", e.to_string().len());
+    assert!(e.message.contains("characters cut"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, b"name = \"t\"\n# caf\xe9\n").unwrap();
+    let e = spec::load(&file).unwrap_err().0.remove(0);
+    assert_eq!((e.line, e.column), (2, 6), "{e}");
+    assert!(e.message.contains("not UTF-8 text (byte 0xe9 here)"), "{e}");
 }

@@ -143,8 +143,18 @@ pub(super) fn expand_grid(ctx: &mut Ctx, index: usize, grid: &Spanned<SpannedTab
         }
     }
 
+    if let Some((k, _)) = table.iter().find(|(k, _)| k.get_ref() == "name") {
+        if gname.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            ctx.errors.push(ctx.src.error(k.span().start, Some("name"), "a grid's name must not be empty"));
+        }
+    }
     if ctx.errors.len() > errors_before {
         // The combinations would repeat the same problems.
+        return;
+    }
+    // Counted before anything is built: a 10^6-combination grid is refused at once.
+    let combinations = axes.iter().try_fold(1u64, |n, a| n.checked_mul(a.options.len() as u64)).unwrap_or(u64::MAX);
+    if !ctx.plan(header, combinations.saturating_mul(u64::from(repeats))) {
         return;
     }
     // Cartesian product, first axis outermost.
@@ -161,6 +171,7 @@ pub(super) fn expand_grid(ctx: &mut Ctx, index: usize, grid: &Spanned<SpannedTab
         combos = next;
     }
     let mut used = vec![false; excludes.len()];
+    let mut kept = 0usize;
     for combo in combos {
         let mut merged = ctx.defaults.clone();
         for (path, value) in &combo {
@@ -176,6 +187,7 @@ pub(super) fn expand_grid(ctx: &mut Ctx, index: usize, grid: &Spanned<SpannedTab
         if excluded {
             continue;
         }
+        kept += 1;
         let parts: Vec<String> = combo.iter().map(|(p, v)| format!("{}={}", label(p), short(v))).collect();
         let base = match (&gname, parts.is_empty()) {
             (Some(g), true) => g.clone(),
@@ -187,6 +199,11 @@ pub(super) fn expand_grid(ctx: &mut Ctx, index: usize, grid: &Spanned<SpannedTab
             let name = if repeats > 1 { format!("{base},seed={}", ctx.seed + u64::from(r)) } else { base.clone() };
             push_run(ctx, name, merged.clone(), r, header, None, runs);
         }
+    }
+    if kept == 0 && !excludes.is_empty() {
+        let msg = "`exclude` removes every combination of this grid: it would expand to no runs";
+        ctx.errors.push(ctx.src.error(header, Some("exclude"), msg));
+        return;
     }
     for (i, (offset, ex)) in excludes.iter().enumerate() {
         if !used[i] {
@@ -203,6 +220,10 @@ pub(super) fn expand_run(ctx: &mut Ctx, index: usize, run: &Spanned<SpannedTable
     let header = run.span().start;
     let table = run.get_ref();
     let name = reserved_str(ctx, table, "name").unwrap_or_else(|| format!("run{}", index + 1));
+    if name.trim().is_empty() {
+        let at = table.iter().find(|(k, _)| k.get_ref() == "name").map_or(header, |(k, _)| k.span().start);
+        ctx.errors.push(ctx.src.error(at, Some("name"), "a run's name must not be empty"));
+    }
     let repeats = ctx.repeats_of(table);
     let mut reference = None;
     let mut merged = ctx.defaults.clone();
@@ -226,7 +247,7 @@ pub(super) fn expand_run(ctx: &mut Ctx, index: usize, run: &Spanned<SpannedTable
         ctx.check_assignment(offset, key, v.get_ref());
         set_path(&mut merged, key, v.get_ref().clone());
     }
-    if ctx.errors.len() > errors_before {
+    if ctx.errors.len() > errors_before || !ctx.plan(header, u64::from(repeats)) {
         return;
     }
     for r in 0..repeats {

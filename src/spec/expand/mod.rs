@@ -18,12 +18,14 @@ use super::config::{DatasetName, DatasetSpec, Metric, OptimizerSpec, RunConfig, 
 use super::device::DeviceChoice;
 use super::file::{AugmentSet, DefaultsOnly, RunFields, SpannedTable, SweepFile, RUN_RESERVED};
 use super::key::{run_key, RunKey};
+use super::limits::{Limits, MAX_IMAGES, MAX_REPEATS};
 use super::{Source, SpecError, SpecErrors};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use toml::{Spanned, Table, Value};
 
+mod finite;
 mod grid;
 mod paths;
 mod validate;
@@ -130,9 +132,12 @@ pub(super) struct Ctx<'a> {
     pub(super) seed: u64,
     pub(super) repeats: u32,
     pub(super) errors: Vec<SpecError>,
+    /// The most runs the file may expand to, and how many it has so far.
+    pub(super) max_runs: usize,
+    pub(super) planned: usize,
 }
 
-pub(super) fn expand(src: &Source) -> Result<SweepSpec, SpecErrors> {
+pub(super) fn expand(src: &Source, limits: Limits) -> Result<SweepSpec, SpecErrors> {
     let toml_error = |e: toml::de::Error| {
         let offset = e.span().map_or(0, |s| s.start);
         SpecErrors(vec![src.error(offset, None, e.message().trim().to_owned())])
@@ -140,7 +145,7 @@ pub(super) fn expand(src: &Source) -> Result<SweepSpec, SpecErrors> {
     let file: SweepFile = toml::from_str(&src.text).map_err(toml_error)?;
     let _: DefaultsOnly = toml::from_str(&src.text).map_err(toml_error)?;
 
-    let mut errors = Vec::new();
+    let mut errors = finite::non_finite(src);
     let device = match &file.device {
         None => None,
         Some(d) => match d.get_ref().parse::<DeviceChoice>() {
@@ -161,11 +166,26 @@ pub(super) fn expand(src: &Source) -> Result<SweepSpec, SpecErrors> {
             errors.push(src.error(r.span().start, Some("repeats"), "repeats must be at least 1"));
             1
         }
+        Some(r) if *r.get_ref() > MAX_REPEATS => {
+            let msg = format!("repeats = {} is more than the limit of {MAX_REPEATS}", r.get_ref());
+            errors.push(src.error(r.span().start, Some("repeats"), msg));
+            1
+        }
         Some(r) => *r.get_ref(),
         None => 1,
     };
     let mut augment = file.augment.clone();
     augment.entry("none".to_owned()).or_default();
+    for (set_name, set) in &file.augment {
+        for (which, list) in [("train", &set.train), ("test", &set.test)] {
+            for t in list {
+                if let Err(msg) = validate::check_transform(t) {
+                    let offset = key_offset(&src.text, &format!("[augment.{set_name}]"));
+                    errors.push(src.error(offset, Some(&format!("augment.{set_name}.{which}")), msg));
+                }
+            }
+        }
+    }
 
     let mut ctx = Ctx {
         src,
@@ -176,6 +196,8 @@ pub(super) fn expand(src: &Source) -> Result<SweepSpec, SpecErrors> {
         seed: file.seed,
         repeats,
         errors,
+        max_runs: limits.max_runs,
+        planned: 0,
     };
     if let Some(aug) = ctx.defaults.get("augment").and_then(Value::as_str) {
         if !ctx.augment.contains_key(aug) {
@@ -192,12 +214,13 @@ pub(super) fn expand(src: &Source) -> Result<SweepSpec, SpecErrors> {
     for (i, run) in file.run.iter().enumerate() {
         expand_run(&mut ctx, i, run, &mut runs);
     }
-    if file.grid.is_empty() && file.run.is_empty() {
+    if file.grid.is_empty() && file.run.is_empty() && ctx.plan(0, u64::from(ctx.repeats)) {
         let defaults = ctx.defaults.clone();
+        let at = key_offset(&src.text, "[defaults]");
         for r in 0..ctx.repeats {
             let name =
                 if ctx.repeats > 1 { format!("default,seed={}", ctx.seed + u64::from(r)) } else { "default".into() };
-            push_run(&mut ctx, name, defaults.clone(), r, 0, None, &mut runs);
+            push_run(&mut ctx, name, defaults.clone(), r, at, None, &mut runs);
         }
     }
 
@@ -261,8 +284,12 @@ fn resolve_dataset(src: &Source, mut ds: DatasetSpec, errors: &mut Vec<SpecError
         }
     }
     for (field, v) in [("train_size", ds.train_size), ("test_size", ds.test_size)] {
-        if v == Some(0) {
-            bad(field, "must be at least 1");
+        match v {
+            Some(0) => bad(field, "must be at least 1"),
+            Some(n) if n > MAX_IMAGES => {
+                bad(field, &format!("{n} images is more than the limit of {MAX_IMAGES} for a split"));
+            }
+            _ => {}
         }
     }
     ds
@@ -280,6 +307,25 @@ pub(super) fn key_offset(text: &str, key: &str) -> usize {
         offset += line.len();
     }
     0
+}
+
+/// The offset of the line that sets `key` in the table whose header is at
+/// `header` (up to the next `[` header), if there is one.
+fn key_in_block(text: &str, header: usize, key: &str) -> Option<usize> {
+    let start = text.get(header..)?.find('\n').map(|n| header + n + 1)?;
+    let mut offset = start;
+    for line in text[start..].split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            return None;
+        }
+        let after = trimmed.strip_prefix(key).unwrap_or("-");
+        if after.trim_start().starts_with(['=', '.']) {
+            return Some(offset + (line.len() - trimmed.len()));
+        }
+        offset += line.len();
+    }
+    None
 }
 
 pub(super) fn unknown_augment(name: &str, sets: &BTreeMap<String, AugmentSet>) -> String {
@@ -313,16 +359,32 @@ impl Ctx<'_> {
         }
     }
 
+    /// Counts `runs` more runs for the table at `offset`; false (with an
+    /// error) when that takes the file over its limit, so nothing is built.
+    pub(super) fn plan(&mut self, offset: usize, runs: u64) -> bool {
+        let total = (self.planned as u64).saturating_add(runs);
+        if total > self.max_runs as u64 {
+            let msg = format!(
+                "this expands the sweep to {total} runs, more than the limit of {} (raise it with --max-runs)",
+                self.max_runs
+            );
+            self.errors.push(self.src.error(offset, None, msg));
+            return false;
+        }
+        self.planned = total as usize;
+        true
+    }
+
     pub(super) fn repeats_of(&mut self, table: &SpannedTable) -> u32 {
         match table.iter().find(|(k, _)| k.get_ref() == "repeats") {
             None => self.repeats,
             Some((k, v)) => match v.get_ref().as_integer() {
-                Some(n) if n >= 1 && n <= i64::from(u32::MAX) => n as u32,
+                Some(n) if n >= 1 && n <= i64::from(MAX_REPEATS) => n as u32,
                 _ => {
                     self.errors.push(self.src.error(
                         k.span().start,
                         Some("repeats"),
-                        "repeats must be a positive integer",
+                        format!("repeats must be an integer from 1 to {MAX_REPEATS}"),
                     ));
                     1
                 }
@@ -357,7 +419,13 @@ pub(super) fn push_run(
         }
         Err((key, msg)) => {
             // Reported once per place: the same problem repeats for every combination.
-            let err = ctx.src.error(offset, key.as_deref(), format!("run `{name}`: {msg}"));
+            // At the key's own line when the table (or else [defaults]) sets it.
+            let at = key.as_deref().and_then(|k| {
+                let root = k.split('.').next().unwrap_or(k);
+                key_in_block(&ctx.src.text, offset, root)
+                    .or_else(|| key_in_block(&ctx.src.text, key_offset(&ctx.src.text, "[defaults]"), root))
+            });
+            let err = ctx.src.error(at.unwrap_or(offset), key.as_deref(), format!("run `{name}`: {msg}"));
             let dup = ctx.errors.iter().any(|e| {
                 e.line == err.line
                     && e.key == err.key

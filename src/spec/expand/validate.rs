@@ -4,6 +4,8 @@
 use super::{
     unknown_augment, Ctx, Deserialize, OptimizerSpec, Path, RunConfig, RunFields, ScheduleSpec, Source, Table, Value,
 };
+use crate::spec::limits::{at_most, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_WIDTH};
+use crate::spec::{Head, Transform};
 
 pub(super) type FinalizeError = (Option<String>, String);
 
@@ -21,8 +23,27 @@ pub(super) fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig,
     if batch_size == 0 {
         return bad("batch_size", "must be at least 1".into());
     }
+    if let Err(m) = at_most(batch_size, MAX_BATCH_SIZE, "a batch") {
+        return bad("batch_size", m);
+    }
     if epochs == 0 {
         return bad("epochs", "must be at least 1".into());
+    }
+    if let Err(m) = at_most(epochs, MAX_EPOCHS, "the epochs of a run") {
+        return bad("epochs", m);
+    }
+    if let Some(Head::Mlp { hidden, dropout }) = &f.head {
+        for &w in hidden {
+            if w == 0 {
+                return bad("head.hidden", "a hidden layer needs at least 1 unit".into());
+            }
+            if let Err(m) = at_most(w, MAX_WIDTH, "the width of a hidden layer") {
+                return bad("head.hidden", m);
+            }
+        }
+        if let Some(p) = dropout.iter().find(|p| !(0.0..1.0).contains(*p)) {
+            return bad("head.dropout", format!("each dropout must be in [0, 1), found {p}"));
+        }
     }
     check_optimizer(&optimizer)?;
     check_schedule(&schedule)?;
@@ -128,6 +149,9 @@ fn check_optimizer(o: &OptimizerSpec) -> Result<(), FinalizeError> {
                     "Nesterov momentum requires a momentum > 0 and zero dampening (as in PyTorch)".into(),
                 );
             }
+            if !(0.0..=1.0).contains(dampening) {
+                return err("dampening", format!("must be in [0, 1], found {dampening}"));
+            }
             if *weight_decay < 0.0 {
                 return err("weight_decay", format!("must be >= 0, found {weight_decay}"));
             }
@@ -151,7 +175,13 @@ fn check_optimizer(o: &OptimizerSpec) -> Result<(), FinalizeError> {
 fn check_schedule(s: &ScheduleSpec) -> Result<(), FinalizeError> {
     let err = |k: &str, m: String| Err((Some(format!("schedule.{k}")), m));
     match s {
-        ScheduleSpec::Constant | ScheduleSpec::Cosine { .. } => Ok(()),
+        ScheduleSpec::Constant => Ok(()),
+        ScheduleSpec::Cosine { eta_min, .. } => {
+            if *eta_min < 0.0 {
+                return err("eta_min", format!("must be >= 0, found {eta_min}"));
+            }
+            Ok(())
+        }
         ScheduleSpec::Onecycle {
             max_lr, pct_start, div_factor, final_div_factor, base_momentum, max_momentum, ..
         } => {
@@ -163,6 +193,11 @@ fn check_schedule(s: &ScheduleSpec) -> Result<(), FinalizeError> {
             }
             if *div_factor <= 0.0 || *final_div_factor <= 0.0 {
                 return err("div_factor", "div_factor and final_div_factor must be > 0".into());
+            }
+            for (k, m) in [("base_momentum", base_momentum), ("max_momentum", max_momentum)] {
+                if !(0.0..=1.0).contains(m) {
+                    return err(k, format!("must be in [0, 1], found {m}"));
+                }
             }
             if base_momentum > max_momentum {
                 return err("base_momentum", "must not exceed max_momentum".into());
@@ -182,6 +217,12 @@ fn check_schedule(s: &ScheduleSpec) -> Result<(), FinalizeError> {
             if milestones.windows(2).any(|w| w[0] >= w[1]) {
                 return err("milestones", format!("must be strictly increasing, found {milestones:?}"));
             }
+            if let Some(f) = factors.as_ref().and_then(|f| f.iter().find(|f| **f <= 0.0)) {
+                return err("factors", format!("each factor must be > 0, found {f}"));
+            }
+            if let Some(g) = gamma.filter(|g| *g <= 0.0) {
+                return err("gamma", format!("must be > 0, found {g}"));
+            }
             match (factors, gamma) {
                 (Some(_), Some(_)) => err("factors", "give either `factors` or `gamma`, not both".into()),
                 (None, None) => {
@@ -194,5 +235,41 @@ fn check_schedule(s: &ScheduleSpec) -> Result<(), FinalizeError> {
                 _ => Ok(()),
             }
         }
+    }
+}
+
+/// A transform's sizes and probabilities are ones a real pipeline can use.
+pub(super) fn check_transform(t: &Transform) -> Result<(), String> {
+    let side = |what: &str, v: usize| {
+        if v == 0 {
+            Err(format!("{what}: the size must be at least 1"))
+        } else {
+            at_most(v, MAX_IMAGE_SIDE, "an image side in pixels").map_err(|m| format!("{what}: {m}"))
+        }
+    };
+    let prob = |what: &str, p: f64| {
+        if (0.0..=1.0).contains(&p) {
+            Ok(())
+        } else {
+            Err(format!("{what}: the probability p must be in [0, 1], found {p}"))
+        }
+    };
+    match t {
+        Transform::Resize { size } => side("resize", *size),
+        Transform::CenterCrop { size } => side("center_crop", *size),
+        Transform::RandomCrop { size, padding, .. } => {
+            side("random_crop", *size)?;
+            at_most(*padding, MAX_IMAGE_SIDE, "padding in pixels").map_err(|m| format!("random_crop: {m}"))
+        }
+        Transform::Cutout { size, p } => {
+            side("cutout", *size)?;
+            prob("cutout", *p)
+        }
+        Transform::Hflip { p } => prob("hflip", *p),
+        Transform::RandomErasing { p, .. } => prob("random_erasing", *p),
+        Transform::Rotation { .. }
+        | Transform::Affine { .. }
+        | Transform::ColorJitter { .. }
+        | Transform::Normalize(_) => Ok(()),
     }
 }
