@@ -86,7 +86,9 @@ pub enum TrainError {
     #[error("recording the epoch failed: {0}")]
     Sink(#[from] SinkError),
     /// The training thread panicked (a bug, or a value that slipped past validation).
-    #[error("the trainer panicked: {0}")]
+    #[error(
+        "the trainer crashed ({0}): a value no check caught, or a bug in sweep; the run is failed, the queue goes on"
+    )]
     Panicked(String),
 }
 

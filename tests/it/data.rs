@@ -473,3 +473,24 @@ fn a_folder_subset_is_a_seeded_sample_of_every_class_not_the_first_folders() {
     spec.data_seed = Some(5);
     assert_ne!(data::load(&spec).unwrap().train.files, d.train.files);
 }
+
+/// A `.tar` whose header claims a 32 TiB member is an error naming the archive
+/// and the member, not an allocation that aborts the worker.
+#[test]
+fn an_archive_member_larger_than_the_archive_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.tar");
+    let mut header = tar::Header::new_gnu();
+    header.set_path("train/cat/a.png").unwrap();
+    header.set_size(32 << 40);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(&[0u8; 1024]);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = folder::load(&path, None, 0).unwrap_err();
+    assert!(err.path.ends_with("hostile.tar"), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("train/cat/a.png") && text.contains("35184372088832 bytes"), "{text}");
+    assert!(text.contains("more than the whole archive"), "{text}");
+}

@@ -155,6 +155,8 @@ pub struct Release {
     pub md5: &'static str,
     /// Number of classes.
     pub classes: usize,
+    /// Images in each training file and in the test file of the official release.
+    pub records: (usize, usize),
 }
 
 /// CIFAR-10.
@@ -171,6 +173,7 @@ pub const CIFAR10: Release = Release {
     archive: "cifar-10-python.tar.gz",
     md5: "c58f30108f718f92721af3b95e74349a",
     classes: 10,
+    records: (10_000, 10_000),
 };
 
 /// CIFAR-100 (fine labels).
@@ -187,6 +190,7 @@ pub const CIFAR100: Release = Release {
     archive: "cifar-100-python.tar.gz",
     md5: "eb9058c3a382ffc7106e4002c42a8d85",
     classes: 100,
+    records: (50_000, 10_000),
 };
 
 /// Where downloaded datasets go and come from.
@@ -245,17 +249,49 @@ pub fn load_release(r: &Release, path: Option<&Path>, cache: &Cache, download: b
     } else {
         CIFAR100_CLASSES.iter().map(std::string::ToString::to_string).collect()
     };
-    let (train, test) = match found {
-        Found::Bin(d) => {
-            let files: Vec<PathBuf> = r.bin_train.iter().map(|f| d.join(f)).collect();
-            (read_bin(&r, &files)?, read_bin(&r, &[d.join(r.bin_test)])?)
-        }
-        Found::Py(d) => {
-            let files: Vec<PathBuf> = r.py_train.iter().map(|f| d.join(f)).collect();
-            (read_py(&r, &files)?, read_py(&r, &[d.join(r.py_test)])?)
-        }
+    let (files, test_file) = match &found {
+        Found::Bin(d) => (r.bin_train.iter().map(|f| d.join(f)).collect::<Vec<_>>(), d.join(r.bin_test)),
+        Found::Py(d) => (r.py_train.iter().map(|f| d.join(f)).collect(), d.join(r.py_test)),
     };
+    let read = |files: &[PathBuf]| match found {
+        Found::Bin(_) => read_bin(&r, files),
+        Found::Py(_) => read_py(&r, files),
+    };
+    let (train, train_counts) = read(&files)?;
+    let (test, test_counts) = read(std::slice::from_ref(&test_file))?;
+    check_counts(&r, &files, &train_counts, &test_file, test_counts[0])?;
     Ok(Dataset { train, test, classes })
+}
+
+/// A file cut on a record boundary reads without error: compare the record
+/// counts. Once one file has its official count, this is the real release and
+/// every file must have its own; otherwise (a hand-made subset) the training
+/// files must at least agree with each other.
+fn check_counts(
+    r: &Release,
+    files: &[PathBuf],
+    counts: &[usize],
+    test: &Path,
+    test_count: usize,
+) -> Result<(), DataError> {
+    let official = counts.iter().any(|&n| n == r.records.0) || test_count == r.records.1;
+    let short = |path: &Path, n: usize, expected: usize| {
+        DataError::new(path, format!("truncated: {n} images where the {} release has {expected} in this file", r.name))
+    };
+    if official {
+        if let Some((path, &n)) = files.iter().zip(counts).find(|(_, &n)| n != r.records.0) {
+            return Err(short(path, n, r.records.0));
+        }
+        if test_count != r.records.1 {
+            return Err(short(test, test_count, r.records.1));
+        }
+    } else if let Some(&most) = counts.iter().max() {
+        if let Some((path, &n)) = files.iter().zip(counts).find(|(_, &n)| n != most) {
+            let msg = format!("truncated: {n} images where the other training files have {most}");
+            return Err(DataError::new(path, msg));
+        }
+    }
+    Ok(())
 }
 
 fn not_found(r: &Release, path: Option<&Path>, cache: &Cache, why: &str) -> DataError {
@@ -335,9 +371,11 @@ fn read(path: &Path) -> Result<Vec<u8>, DataError> {
     std::fs::read(path).map_err(|e| DataError::new(path, format!("cannot read: {e}")))
 }
 
-fn read_bin(r: &Release, files: &[PathBuf]) -> Result<Split, DataError> {
+/// The images of `files`, and how many each file held.
+fn read_bin(r: &Release, files: &[PathBuf]) -> Result<(Split, Vec<usize>), DataError> {
     let record = r.label_bytes + 3072;
     let mut split = Split::uniform(Vec::new(), Vec::new(), 32, 32);
+    let mut counts = Vec::new();
     for path in files {
         let bytes = read(path)?;
         if bytes.is_empty() || bytes.len() % record != 0 {
@@ -351,6 +389,7 @@ fn read_bin(r: &Release, files: &[PathBuf]) -> Result<Split, DataError> {
             ));
         }
         split.images.reserve(bytes.len() / record * 3072);
+        counts.push(bytes.len() / record);
         for (i, rec) in bytes.chunks_exact(record).enumerate() {
             let label = rec[r.label_bytes - 1];
             if usize::from(label) >= r.classes {
@@ -363,11 +402,13 @@ fn read_bin(r: &Release, files: &[PathBuf]) -> Result<Split, DataError> {
             split.images.extend_from_slice(&rec[r.label_bytes..]);
         }
     }
-    Ok(split)
+    Ok((split, counts))
 }
 
-fn read_py(r: &Release, files: &[PathBuf]) -> Result<Split, DataError> {
+/// The images of `files`, and how many each file held.
+fn read_py(r: &Release, files: &[PathBuf]) -> Result<(Split, Vec<usize>), DataError> {
     let mut split = Split::uniform(Vec::new(), Vec::new(), 32, 32);
+    let mut counts = Vec::new();
     for path in files {
         let bad = |detail: String| DataError::new(path, detail);
         let value = pickle::load(&read(path)?).map_err(|e| bad(format!("not a CIFAR python batch: {e}")))?;
@@ -391,8 +432,9 @@ fn read_py(r: &Release, files: &[PathBuf]) -> Result<Split, DataError> {
         }
         split.labels.extend(labels.iter().map(|&l| l as u32));
         split.images.extend_from_slice(&bytes);
+        counts.push(shape[0]);
     }
-    Ok(split)
+    Ok((split, counts))
 }
 
 #[cfg(test)]
@@ -401,6 +443,22 @@ mod tests {
 
     fn offline(dir: &Path) -> Cache {
         Cache { dir: dir.join("cache"), base_url: "http://127.0.0.1:9".into() }
+    }
+
+    #[test]
+    fn record_counts_of_the_official_release_are_checked() {
+        let files: Vec<PathBuf> = CIFAR10.bin_train.iter().map(PathBuf::from).collect();
+        let test = Path::new("test_batch.bin");
+        let full = [10_000; 5];
+        assert!(check_counts(&CIFAR10, &files, &full, test, 10_000).is_ok());
+        // Seven records of one batch survive a copy cut on a record boundary.
+        let err = check_counts(&CIFAR10, &files, &[10_000, 10_000, 7, 10_000, 10_000], test, 10_000).unwrap_err();
+        assert!(err.path.ends_with("data_batch_3.bin"), "{err}");
+        assert!(err.to_string().contains("truncated: 7 images where the cifar10 release has 10000"), "{err}");
+        let err = check_counts(&CIFAR10, &files, &full, test, 9_993).unwrap_err();
+        assert!(err.path.ends_with("test_batch.bin"), "{err}");
+        // A hand-made subset: files that agree are fine.
+        assert!(check_counts(&CIFAR10, &files, &[3; 5], test, 1).is_ok());
     }
 
     #[test]
@@ -423,6 +481,12 @@ mod tests {
         assert_eq!(&d.train.labels[..4], &[1, 2, 3, 1]);
         assert_eq!(d.train.image(1)[0], 201);
 
+        // Cut on a record boundary: the other batches have 3 images.
+        std::fs::write(bin.join("data_batch_4.bin"), &rec[..3073 * 2]).unwrap();
+        let err = load(DatasetName::Cifar10, Some(&bin), &offline(dir.path()), false).unwrap_err();
+        assert!(err.path.ends_with("data_batch_4.bin"), "{err}");
+        assert!(err.to_string().contains("truncated: 2 images where the other training files have 3"), "{err}");
+        std::fs::write(bin.join("data_batch_4.bin"), &rec).unwrap();
         std::fs::write(bin.join("data_batch_2.bin"), &rec[..100]).unwrap();
         let err = load(DatasetName::Cifar10, Some(&bin), &offline(dir.path()), false).unwrap_err();
         assert!(err.path.ends_with("data_batch_2.bin"), "{err}");

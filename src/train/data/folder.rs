@@ -81,10 +81,17 @@ fn walk(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
     Ok((entries, dirs))
 }
 
+/// The largest image file an archive member may be: no real JPEG or PNG of a
+/// training set comes near it, and a header that claims more is corrupt or
+/// hostile (its size would otherwise be allocated before anything is read).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
 fn read_archive(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
     let err = |e: std::io::Error| DataError::new(root, format!("cannot read the archive: {e}"));
     let file = std::fs::File::open(root).map_err(err)?;
-    let reader: Box<dyn Read> = if root.to_string_lossy().to_ascii_lowercase().ends_with(".tar") {
+    let plain = root.to_string_lossy().to_ascii_lowercase().ends_with(".tar");
+    let archive_bytes = file.metadata().map_err(err)?.len();
+    let reader: Box<dyn Read> = if plain {
         Box::new(std::io::BufReader::new(file))
     } else {
         Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
@@ -115,7 +122,21 @@ fn read_archive(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), Data
         for k in 1..parts.len() {
             dirs.insert(parts[..k].to_vec());
         }
-        let mut bytes = Vec::with_capacity(item.size() as usize);
+        let size = item.size();
+        let limit = if plain { archive_bytes.min(MAX_IMAGE_FILE_BYTES) } else { MAX_IMAGE_FILE_BYTES };
+        if size > limit {
+            let why = if plain && size > archive_bytes {
+                format!("more than the whole archive ({archive_bytes} bytes)")
+            } else {
+                format!("more than an image file can be ({MAX_IMAGE_FILE_BYTES} bytes)")
+            };
+            let msg = format!(
+                "{}: the archive says this member is {size} bytes, {why}: the archive is corrupt",
+                path.display()
+            );
+            return Err(DataError::new(root, msg));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
         item.read_to_end(&mut bytes)
             .map_err(|e| DataError::new(root, format!("{}: cannot read from the archive: {e}", path.display())))?;
         entries.push(Entry { parts, bytes: Bytes::Inline(bytes) });
