@@ -274,7 +274,7 @@ fn check_counts(
     test: &Path,
     test_count: usize,
 ) -> Result<(), DataError> {
-    let official = counts.iter().any(|&n| n == r.records.0) || test_count == r.records.1;
+    let official = counts.contains(&r.records.0) || test_count == r.records.1;
     let short = |path: &Path, n: usize, expected: usize| {
         DataError::new(path, format!("truncated: {n} images where the {} release has {expected} in this file", r.name))
     };
