@@ -18,6 +18,7 @@
 //! * [`store`]: the only module with SQL: queue, status machine, records.
 //! * [`train`]: the only module with candle: data, models, optimisers, the epoch loop.
 //! * [`worker`]: claims runs, runs the trainer on its own thread, records epochs.
+//! * [`text`]: user text made safe for a terminal (control characters escaped).
 //! * [`report`]: read-only views of the store rendered as tables and files.
 //!
 //! The command-line front end (`src/main.rs`, `src/cli.rs`, `src/commands/`) is a
@@ -31,5 +32,6 @@ pub mod record;
 pub mod report;
 pub mod spec;
 pub mod store;
+pub mod text;
 pub mod train;
 pub mod worker;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use sweep::report::{column_names, differing, params::Interner, render::text_table};
 use sweep::spec;
+use sweep::text::printable;
 
 pub fn plan(file: &Path, limits: spec::Limits, format: PlanFormat) -> anyhow::Result<ExitCode> {
     let spec = match spec::load_with(file, limits) {
@@ -53,17 +54,17 @@ pub fn plan(file: &Path, limits: spec::Limits, format: PlanFormat) -> anyhow::Re
                     row.push(match sweep::train::check(&r.config) {
                         Ok(()) => "yes".into(),
                         Err(e) => {
-                            reasons.push(format!("  {}: {e}", r.name));
+                            reasons.push(format!("  {}: {}", printable(&r.name), printable(&e.to_string())));
                             "no (see below)".into()
                         }
                     });
                     row
                 })
                 .collect();
-            println!("sweep `{}`: {} run(s), best = {}", spec.name, spec.runs.len(), spec.metric);
+            println!("sweep `{}`: {} run(s), best = {}", printable(&spec.name), spec.runs.len(), spec.metric);
             print!("{}", text_table(&headers, &rows));
             if !spec.duplicates.is_empty() {
-                println!("dropped as duplicates of earlier runs: {}", spec.duplicates.join(", "));
+                println!("dropped as duplicates of earlier runs: {}", printable(&spec.duplicates.join(", ")));
             }
             if !reasons.is_empty() {
                 println!("cannot be trained by this build (submit would refuse the file):\n{}", reasons.join("\n"));

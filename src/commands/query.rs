@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use sweep::report::query::{self as rq, Query};
 use sweep::report::{self, format::duration, text_table, Comparison, ResultsFormat};
 use sweep::store::{Status, Store};
+use sweep::text::printable;
 
 async fn open(home: &Path) -> anyhow::Result<Store> {
     if !home.join(sweep::store::DB_FILE).exists() {
@@ -183,10 +184,10 @@ pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Resul
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("run {} ({})", &run.key[..10], member_of.join(", "));
+    println!("run {} ({})", &run.key[..10], printable(&member_of.join(", ")));
     println!("status:      {} (attempt {})", run.status, run.attempts);
     if let Some(d) = &run.device {
-        println!("device:      {d}");
+        println!("device:      {}", printable(d));
     }
     if let Some(b) = run.peak_memory_bytes {
         println!("peak memory: {:.1} MiB", b as f64 / (1u64 << 20) as f64);
@@ -202,10 +203,10 @@ pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Resul
     }
     println!("train time:  {}", duration(run.train_seconds));
     if let Some(err) = &run.error {
-        println!("error:       {err}");
+        println!("error:       {}", printable(err));
     }
     if let Some(note) = &run.note {
-        println!("note:        {note}");
+        println!("note:        {}", printable(note));
     }
     println!("\nconfiguration (key {}):", run.key);
     for line in serde_json::to_string_pretty(&config)?.lines() {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use sweep::report::{results, results_json, Comparison, ResultsFormat};
 use sweep::spec::{self, DeviceChoice, SpecError, SpecErrors};
 use sweep::store::{Store, SubmitOutcome};
+use sweep::text::printable;
 
 pub async fn submit(
     home: &Path,
@@ -65,7 +66,7 @@ pub async fn submit(
     if !json {
         println!(
             "sweep `{}`: {} run(s): {} queued, {} already done, {} already queued, {} requeued after failing",
-            spec.name,
+            printable(&spec.name),
             outcomes.len(),
             count(SubmitOutcome::Queued),
             count(SubmitOutcome::AlreadyDone),
@@ -75,11 +76,11 @@ pub async fn submit(
         if verbose {
             for (run, outcome) in spec.runs.iter().zip(&outcomes) {
                 if *outcome == SubmitOutcome::AlreadyDone {
-                    println!("  {} ({}): already done, not run again", run.name, run.key.short());
+                    println!("  {} ({}): already done, not run again", printable(&run.name), run.key.short());
                 }
             }
             if !spec.duplicates.is_empty() {
-                println!("  dropped as duplicates of earlier runs: {}", spec.duplicates.join(", "));
+                println!("  dropped as duplicates of earlier runs: {}", printable(&spec.duplicates.join(", ")));
             }
         }
     }

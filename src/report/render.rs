@@ -4,6 +4,7 @@ use super::format::fmt_opt;
 use super::query::{Cell, Table};
 use super::{Comparison, RunReport};
 use crate::record::EpochRecord;
+use crate::text::printable;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -59,8 +60,28 @@ fn width(s: &str) -> usize {
     }
 }
 
-/// `cells`, `columns` to a row, aligned under `headers`.
+/// Whether some text may hold a control character (one scan of the bytes; a
+/// 0xC2 byte starts both C1 controls and ordinary characters such as `£`).
+fn may_hold_controls(text: &str) -> bool {
+    text.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2)
+}
+
+/// `cells`, `columns` to a row, aligned under `headers`. Control characters
+/// in cells and headers are shown escaped (see [`crate::text`]).
 pub(crate) fn aligned(headers: &[String], cells: &Cells, columns: usize) -> String {
+    if may_hold_controls(&cells.text) || headers.iter().any(|h| may_hold_controls(h)) {
+        let headers: Vec<String> = headers.iter().map(|h| printable(h).into_owned()).collect();
+        let mut clean = Cells::default();
+        for c in cells.iter() {
+            clean.text.push_str(&printable(c));
+            clean.end();
+        }
+        return aligned_plain(&headers, &clean, columns);
+    }
+    aligned_plain(headers, cells, columns)
+}
+
+fn aligned_plain(headers: &[String], cells: &Cells, columns: usize) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| width(h)).collect();
     widths.resize(columns.max(widths.len()), 0);
     for (i, c) in cells.iter().enumerate() {
@@ -93,10 +114,11 @@ pub(crate) fn aligned(headers: &[String], cells: &Cells, columns: usize) -> Stri
 }
 
 fn csv_field(s: &str) -> String {
+    let s = printable(s);
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s.into_owned()
     }
 }
 
@@ -356,7 +378,7 @@ pub fn csv_epochs(c: &Comparison) -> String {
 
 /// Escapes text for a Markdown table cell.
 fn md(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('|', "\\|").replace('\n', " ").replace('<', "&lt;").replace('>', "&gt;")
+    printable(s).replace('\\', "\\\\").replace('|', "\\|").replace('\n', " ").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 fn md_table(headers: &[String], rows: &[Vec<String>]) -> String {

@@ -14,6 +14,13 @@ pub fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            // Not allowed in XML 1.0 at all (not even as a reference): shown escaped.
+            c if c.is_control() && !matches!(c, '\t' | '\n' | '\r') => {
+                out.push_str(&crate::text::printable(c.encode_utf8(&mut [0; 4])));
+            }
+            '\u{fffe}' | '\u{ffff}' => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(ch));
+            }
             c => out.push(c),
         }
     }

@@ -45,11 +45,12 @@ pub struct SpecError {
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        use crate::text::printable;
+        write!(f, "{}:{}:{}: ", printable(&self.file.display().to_string()), self.line, self.column)?;
         if let Some(k) = &self.key {
-            write!(f, "`{k}`: ")?;
+            write!(f, "`{}`: ", printable(k))?;
         }
-        f.write_str(&self.message)
+        f.write_str(&printable(&self.message))
     }
 }
 

@@ -228,7 +228,7 @@ fn progress_bar(req: &TrainRequest, epoch: u64, epochs: u64, steps: usize) -> in
         .expect("valid template")
         .progress_chars("=> ");
     bar.set_style(style);
-    bar.set_prefix(format!("{} epoch {epoch}/{epochs}", req.name));
+    bar.set_prefix(format!("{} epoch {epoch}/{epochs}", crate::text::printable(req.name)));
     bar
 }
 
@@ -333,7 +333,8 @@ impl Timing {
 /// The line printed after each epoch (`*` marks a new best).
 fn epoch_line(name: &str, rec: &EpochRecord, epochs: u64, improved: bool) -> String {
     format!(
-        "  {name} epoch {}/{epochs}: train loss {:.4} acc {:.1}% | test loss {:.4} acc {:.1}% | lr {:.3e} | {:.0} img/s | {:.1}s{}",
+        "  {} epoch {}/{epochs}: train loss {:.4} acc {:.1}% | test loss {:.4} acc {:.1}% | lr {:.3e} | {:.0} img/s | {:.1}s{}",
+        crate::text::printable(name),
         rec.epoch,
         rec.train_loss,
         rec.train_acc,

@@ -10,6 +10,8 @@
 
 pub mod retention;
 
+use crate::text::printable;
+
 use crate::record::{CheckpointKind, CheckpointRecord, EpochRecord, EpochSink, SinkError};
 use crate::spec::{DeviceChoice, RunConfig};
 use crate::store::{ClaimedRun, Status, Store, StoreError};
@@ -166,7 +168,7 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             };
             tracing::warn!(run = r.id, worker = r.worker, "{error}");
             if opts.verbose {
-                eprintln!("✗ {} failed: {error}", r.name);
+                eprintln!("✗ {} failed: {}", printable(&r.name), printable(&error));
             }
             report.runs.push(RunEnd { id: r.id, name: r.name, status: Status::Failed, error: Some(error) });
         }
@@ -212,9 +214,9 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         let end = execute(store, opts, &worker, &device, &stop, &mut datasets, run).await?;
         if opts.verbose {
             match (&end.error, end.status) {
-                (Some(e), _) => eprintln!("✗ {} {}: {e}", end.name, end.status),
-                (None, Status::Done) => eprintln!("✓ {} done", end.name),
-                (None, status) => eprintln!("… {} {status}", end.name),
+                (Some(e), _) => eprintln!("✗ {} {}: {}", printable(&end.name), end.status, printable(e)),
+                (None, Status::Done) => eprintln!("✓ {} done", printable(&end.name)),
+                (None, status) => eprintln!("… {} {status}", printable(&end.name)),
             }
         }
         let was_interrupted = end.status == Status::Interrupted;
@@ -323,7 +325,7 @@ async fn execute(
             Some(c) => format!(", resuming after epoch {}", c.epoch),
             None => String::new(),
         };
-        eprintln!("▶ {} ({}, attempt {}{how})", run.name, &run.key[..10], run.attempts);
+        eprintln!("▶ {} ({}, attempt {}{how})", printable(&run.name), &run.key[..10], run.attempts);
     }
 
     let progress = Arc::new(Progress::default());
@@ -415,7 +417,7 @@ async fn execute(
         Ok(Outcome::StoppedEarly { note, .. }) => {
             tracing::info!(run = run.id, "{note}");
             if opts.verbose {
-                eprintln!("  {}: {note}", run.name);
+                eprintln!("  {}: {note}", printable(&run.name));
             }
             store.set_note(run.id, worker, &note).await?;
             store.finish(run.id, worker, Status::Done, None).await?;

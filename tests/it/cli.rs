@@ -642,3 +642,64 @@ fn a_run_held_by_a_silent_worker_on_another_host_is_waited_for_and_taken_over() 
     assert!(start.elapsed() >= Duration::from_secs(2), "taken over before it was stale");
     assert_eq!(runs(&home)[0].status, Status::Done);
 }
+
+/// Names, descriptions and references with ANSI and OSC escapes, carriage
+/// returns and newlines reach no terminal raw, split no table row, and leave
+/// every SVG and the HTML report valid XML text.
+#[test]
+fn hostile_text_is_shown_escaped_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = r"\u001b[31mred\u001b]0;pwned\u0007\r\nrow";
+    let text = crate::tiny_sweep(
+        "hostile",
+        32,
+        1,
+        &format!("[[run]]\nname = \"{evil}\"\nreference = {{ test_acc = 50.0, source = \"{evil}\" }}\n"),
+    )
+    .replace("name = \"hostile\"", &format!("name = \"hostile\"\ndescription = \"{evil}\""));
+    let f = crate::write_sweep(dir.path(), "h.toml", &text);
+    let f = f.to_str().unwrap();
+    let home = dir.path().join("home");
+    let bad = |s: &str| s.chars().any(|c| c.is_control() && c != '\n');
+    let out = run(&home, &["plan", f]);
+    assert!(out.status.success() && !bad(&stdout(&out)), "{}", stdout(&out));
+    assert!(stdout(&out).contains(r"\x1b[31mred\x1b]0;pwned\x07\r\nrow"), "{}", stdout(&out));
+    let out = run(&home, &["-q", "submit", f]);
+    assert!(out.status.success() && !bad(&stdout(&out)) && !bad(&stderr(&out)), "{}", stdout(&out));
+    for args in [
+        vec!["status"],
+        vec!["results"],
+        vec!["show", "hostile/\u{1b}[31mred\u{1b}]0;pwned\u{7}\r\nrow"],
+        vec!["report", "--format", "md"],
+        vec!["report", "--format", "csv"],
+    ] {
+        let out = run(&home, &args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(!bad(&text), "{args:?} printed a control character:\n{text:?}");
+        // Every row of a table is one line: the name's newline did not split it.
+        let lines = match args[0] {
+            "status" => 4,
+            "results" => 3,
+            _ => 0,
+        };
+        if lines > 0 {
+            assert_eq!(text.lines().count(), lines, "{args:?}:\n{text}");
+        }
+    }
+    let md = dir.path().join("r.md");
+    assert!(run(&home, &["report", "--format", "md", "-o", md.to_str().unwrap()]).status.success());
+    let html = dir.path().join("r.html");
+    assert!(run(&home, &["report", "--format", "html", "-o", html.to_str().unwrap()]).status.success());
+    let xml_invalid = |s: &str| s.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'));
+    let mut svgs = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "svg" || e == "html") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(!xml_invalid(&text), "{} holds a character XML does not allow", p.display());
+            svgs += 1;
+        }
+    }
+    assert!(svgs >= 3, "{svgs} files checked");
+}
