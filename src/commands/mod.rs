@@ -106,6 +106,9 @@ pub fn summary_line(report: &WorkerReport) -> String {
     if report.recovered > 0 {
         let _ = write!(line, "; {} abandoned run(s) recovered", report.recovered);
     }
+    if let Some(why) = &report.stopped {
+        let _ = write!(line, "; stopped: {why}: free space, then `sweep worker` goes on with the queue");
+    }
     if report.interrupted {
         line += "; interrupted: `sweep worker` resumes where it stopped";
     }

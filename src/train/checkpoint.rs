@@ -76,8 +76,35 @@ pub struct Saved {
     pub state_sha256: String,
 }
 
+/// Whether an I/O error is a full disk (or an exhausted quota).
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28 | 122))
+}
+
+/// Whether a candle error is a full disk: an I/O error anywhere in its chain
+/// (candle's `Io`, or safetensors' own I/O error inside `SafeTensor`).
+fn candle_disk_full(e: &candle_core::Error) -> bool {
+    if let candle_core::Error::WithBacktrace { inner, .. } | candle_core::Error::Context { inner, .. } = e {
+        return candle_disk_full(inner);
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>().is_some_and(is_disk_full) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Checkpoint { path: path.to_owned(), detail: e.to_string() }
+    move |e| {
+        if is_disk_full(&e) {
+            TrainError::DiskFull { path: path.to_owned() }
+        } else {
+            TrainError::Checkpoint { path: path.to_owned(), detail: e.to_string() }
+        }
+    }
 }
 
 /// SHA-256 of a file, hex.
@@ -87,9 +114,20 @@ pub fn sha256_file(path: &Path) -> Result<String, TrainError> {
 
 fn write_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), TrainError> {
     let tmp = path.with_extension("tmp");
-    candle_core::safetensors::save(tensors, &tmp)
-        .map_err(|e| TrainError::Checkpoint { path: tmp.clone(), detail: e.to_string() })?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
+    let written = candle_core::safetensors::save(tensors, &tmp)
+        .map_err(|e| {
+            if candle_disk_full(&e) {
+                TrainError::DiskFull { path: tmp.clone() }
+            } else {
+                TrainError::Checkpoint { path: tmp.clone(), detail: e.to_string() }
+            }
+        })
+        .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp)));
+    if let Err(e) = written {
+        // No half-written file is left behind (a full disk stays as full as it was).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     if let Some(dir) = path.parent() {
         // Make the rename itself durable (ignored where directories cannot be opened).
@@ -213,8 +251,13 @@ pub fn remove_files(dir: &Path, names: &[String]) -> std::io::Result<()> {
 /// Writes `text` to `path` atomically (used for the run's config.json).
 pub fn write_text_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(tmp, path)
 }

@@ -60,6 +60,12 @@ pub enum TrainError {
         /// What is wrong.
         detail: String,
     },
+    /// The disk holding the home folder is full (or the quota is used up).
+    #[error("the disk is full: cannot write {path}; free space there, then `sweep worker` goes on with the queue")]
+    DiskFull {
+        /// The file that could not be written.
+        path: PathBuf,
+    },
     /// The loss became NaN or infinite.
     #[error("diverged: loss {loss} at epoch {epoch}, batch {step}; try a smaller learning rate")]
     Diverged {

@@ -62,6 +62,9 @@ pub struct RunEnd {
     pub status: Status,
     /// The error of a failed run.
     pub error: Option<String>,
+    /// The run failed because the disk is full: the worker stops, the queue stays.
+    #[serde(skip)]
+    pub disk_full: bool,
 }
 
 /// What a worker did.
@@ -74,6 +77,9 @@ pub struct WorkerReport {
     pub recovered: usize,
     /// Whether it stopped because it was asked to.
     pub interrupted: bool,
+    /// Why it stopped with runs left in the queue (a full disk), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// A worker-level failure (a run's own failure is recorded, not returned).
@@ -170,7 +176,13 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             if opts.verbose {
                 eprintln!("✗ {} failed: {}", printable(&r.name), printable(&error));
             }
-            report.runs.push(RunEnd { id: r.id, name: r.name, status: Status::Failed, error: Some(error) });
+            report.runs.push(RunEnd {
+                id: r.id,
+                name: r.name,
+                status: Status::Failed,
+                error: Some(error),
+                disk_full: false,
+            });
         }
         if stop.load(Ordering::SeqCst) {
             report.interrupted = true;
@@ -220,9 +232,15 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             }
         }
         let was_interrupted = end.status == Status::Interrupted;
+        let disk_full = end.disk_full;
         report.runs.push(end);
         if was_interrupted {
             report.interrupted = true;
+            break;
+        }
+        if disk_full {
+            // Every next run would fail the same way: stop with the queue intact.
+            report.stopped = Some(format!("the disk holding {} is full", store.home().display()));
             break;
         }
     }
@@ -272,8 +290,10 @@ async fn execute(
     datasets: &mut HashMap<String, Arc<data::Dataset>>,
     run: ClaimedRun,
 ) -> Result<RunEnd, WorkerError> {
-    let fail =
-        |error: String| RunEnd { id: run.id, name: run.name.clone(), status: Status::Failed, error: Some(error) };
+    let fail = |error: String| {
+        let disk_full = error.starts_with("the disk is full");
+        RunEnd { id: run.id, name: run.name.clone(), status: Status::Failed, error: Some(error), disk_full }
+    };
     let config: RunConfig = match serde_json::from_str(&run.config_json) {
         Ok(c) => c,
         Err(e) => {
@@ -294,7 +314,11 @@ async fn execute(
         )
     });
     if let Err(e) = setup {
-        let msg = format!("{}: {e}", abs_dir.display());
+        let msg = if checkpoint::is_disk_full(&e) {
+            train::TrainError::DiskFull { path: abs_dir.join("config.json") }.to_string()
+        } else {
+            format!("{}: {e}", abs_dir.display())
+        };
         store.finish(run.id, worker, Status::Failed, Some(&msg)).await?;
         return Ok(fail(msg));
     }
@@ -412,7 +436,7 @@ async fn execute(
     let end = match outcome {
         Ok(Outcome::Finished) => {
             store.finish(run.id, worker, Status::Done, None).await?;
-            RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None }
+            RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false }
         }
         Ok(Outcome::StoppedEarly { note, .. }) => {
             tracing::info!(run = run.id, "{note}");
@@ -421,10 +445,10 @@ async fn execute(
             }
             store.set_note(run.id, worker, &note).await?;
             store.finish(run.id, worker, Status::Done, None).await?;
-            RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None }
+            RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false }
         }
         Ok(Outcome::Interrupted) => {
-            RunEnd { id: run.id, name: run.name.clone(), status: Status::Interrupted, error: None }
+            RunEnd { id: run.id, name: run.name.clone(), status: Status::Interrupted, error: None, disk_full: false }
         }
         Err(e) => {
             let msg = match &e {
@@ -440,7 +464,8 @@ async fn execute(
                 Ok(()) | Err(StoreError::LostOwnership { .. }) => {}
                 Err(other) => return Err(other.into()),
             }
-            RunEnd { id: run.id, name: run.name.clone(), status, error: Some(msg) }
+            let disk_full = matches!(e, train::TrainError::DiskFull { .. });
+            RunEnd { id: run.id, name: run.name.clone(), status, error: Some(msg), disk_full }
         }
     };
     Ok(end)

@@ -703,3 +703,36 @@ fn hostile_text_is_shown_escaped_everywhere() {
     }
     assert!(svgs >= 3, "{svgs} files checked");
 }
+
+/// A full disk fails the run that hit it, says so and where, leaves no
+/// temporary file, and stops the worker with the rest of the queue intact.
+/// Runs in a private mount namespace on a 3 MB tmpfs (needs root: skipped
+/// elsewhere, with a note).
+#[test]
+fn a_full_disk_fails_one_run_and_stops_the_worker_with_the_queue_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[[grid]]\noptimizer.lr = [0.1, 0.05, 0.02]\n";
+    let text = crate::tiny_sweep("full", 32, 1, extra)
+        .replace("model = \"smallcnn\"", "model = \"resnet18\"\nstem = \"cifar\"");
+    let f = crate::write_sweep(dir.path(), "full.toml", &text);
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let bin = env!("CARGO_BIN_EXE_sweep");
+    let script = format!(
+        "mount -t tmpfs -o size=3m tmpfs {m} || exit 77; {bin} --home {m}/h -q submit {f}; echo \"rc=$?\"; \
+         {bin} --home {m}/h status; find {m}/h/runs -type f",
+        m = mnt.display(),
+        f = f.display()
+    );
+    let out = Command::new("unshare").args(["--mount", "sh", "-c", &script]).env("RUST_LOG", "warn").output();
+    let Some(out) = out.ok().filter(|o| o.status.code() != Some(77) && o.status.success()) else {
+        eprintln!("skipped: a private tmpfs could not be mounted (needs root and unshare)");
+        return;
+    };
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(text.contains("rc=1"), "{text}\n{err}");
+    assert!(err.contains("stopped: the disk holding") && err.contains("is full"), "{err}");
+    assert!(text.contains("2 queued, 0 running, 0 done, 1 failed"), "{text}");
+    assert!(text.contains("the disk is full: cannot write"), "{text}");
+    assert!(!text.contains(".tmp\n"), "a temporary file was left behind:\n{text}");
+}
