@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// SQLite said no.
-    #[error("database {path}: {source}")]
+    #[error("database {path}: {source}{}", io_hint(&.source.to_string()))]
     Sql {
         /// The database file.
         path: PathBuf,
@@ -41,7 +41,7 @@ pub enum StoreError {
         worker: String,
     },
     /// SQLite refused a query or failed while running it.
-    #[error("database {path}: {detail}")]
+    #[error("database {path}: {detail}{}", io_hint(.detail))]
     Query {
         /// The database file.
         path: PathBuf,
@@ -58,4 +58,16 @@ pub enum StoreError {
         /// Why it does not parse.
         detail: String,
     },
+}
+
+/// What SQLite's bare "disk I/O error" most often means for sweep's database.
+fn io_hint(detail: &str) -> &'static str {
+    if detail.contains("disk I/O error") {
+        " (the -wal or -shm file beside the database was removed or damaged while it was in use, or the disk \
+         failed; records since the last run ended may be lost: check the disk, then run `sweep status`)"
+    } else if detail.contains("database or disk is full") {
+        " (the disk is full: free space, then run `sweep worker` to go on)"
+    } else {
+        ""
+    }
 }

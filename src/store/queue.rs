@@ -34,6 +34,7 @@ impl Store {
             outcomes.push(self.submit_run(&mut tx, sweep_id, position as i64, run).await?);
         }
         tx.commit().await.map_err(&e)?;
+        self.checkpoint_wal().await;
         Ok(outcomes)
     }
 

@@ -135,7 +135,18 @@ impl Store {
         .await
         .map_err(&e)?;
         tx.commit().await.map_err(&e)?;
+        self.checkpoint_wal().await;
         Ok(())
+    }
+
+    /// Copies the write-ahead log into the database file (SQLite's passive
+    /// checkpoint, which waits for no reader), done at every run end: a lost
+    /// or deleted `-wal` file then costs at most the records of the runs still
+    /// training. A failure is logged, not returned: the records are committed.
+    pub async fn checkpoint_wal(&self) {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.pool).await {
+            tracing::warn!("checkpointing the write-ahead log of {}: {e}", self.db_path.display());
+        }
     }
 
     /// Forgets a run's latest checkpoint (retention `keep = "best"` once the

@@ -736,3 +736,15 @@ fn a_full_disk_fails_one_run_and_stops_the_worker_with_the_queue_intact() {
     assert!(text.contains("the disk is full: cannot write"), "{text}");
     assert!(!text.contains(".tmp\n"), "a temporary file was left behind:\n{text}");
 }
+
+/// A database error is said once, in one line.
+#[test]
+fn a_database_error_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sweep.db"), "this is not sqlite, just some text that is long enough").unwrap();
+    let out = run(dir.path(), &["status"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches("file is not a database").count(), 1, "{err}");
+}

@@ -229,3 +229,26 @@ fn a_version_one_database_upgrades_without_losing_records() {
         assert!(fk.is_empty(), "{fk:?}");
     });
 }
+
+/// Queued runs and finished runs are in the database file itself, not only in
+/// its write-ahead log: deleting the `-wal` file loses neither.
+#[test]
+fn submissions_and_run_ends_survive_a_deleted_write_ahead_log() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.submit(&sweep_spec("w", "[0.1, 0.2]")).await.unwrap();
+        let me = sweep::store::worker_id();
+        let run = store.claim_next(&me, "cpu").await.unwrap().unwrap();
+        store.finish(run.id, &me, Status::Done, None).await.unwrap();
+        // Someone removes the -wal and -shm files while the first process still
+        // has them open (so SQLite never gets to checkpoint them on close).
+        for ext in ["db-wal", "db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("sweep.{ext}")));
+        }
+        let _first = store;
+        let store = Store::open(dir.path()).await.unwrap();
+        let statuses: Vec<Status> = store.runs(None).await.unwrap().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [Status::Done, Status::Queued]);
+    });
+}
