@@ -120,6 +120,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: EvalFormat,
     },
+    /// Queue failed, diverged or interrupted runs again; with --from-scratch,
+    /// forget their epochs and checkpoints first (a missing or corrupt
+    /// checkpoint, or a finished run to train again).
+    Retry {
+        /// The runs: ids (or unique prefixes), SWEEP/NAME, or unique names.
+        #[arg(required_unless_present = "failed")]
+        runs: Vec<String>,
+        /// Every failed and diverged run.
+        #[arg(long)]
+        failed: bool,
+        /// Train from epoch 1: drop the run's epochs and checkpoints.
+        #[arg(long)]
+        from_scratch: bool,
+    },
     /// Export a side-by-side comparison of runs.
     Report {
         /// Only these sweeps' runs (repeatable).

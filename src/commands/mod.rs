@@ -46,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             query::results(&cli.home, &sweep, &q, format).await
         }
         Command::Show { run, format } => query::show(&cli.home, &run, format).await,
+        Command::Retry { runs, failed, from_scratch } => query::retry(&cli.home, &runs, failed, from_scratch).await,
         Command::Report { sweep, filter, format, output } => {
             let q =
                 sweep::report::query::Query { wheres: filter.wheres, statuses: filter.status, ..Default::default() };

@@ -137,6 +137,13 @@ pub async fn report(
 /// `sweep show RUN`: one run in full.
 pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
+    let (run, all) = find_run(&store, which).await?;
+    show_run(home, &store, &run, &all, format).await
+}
+
+/// The run a user names: its id (or a prefix of at least 4 characters),
+/// SWEEP/NAME, or a NAME that is unique; with every (sweep, run) membership.
+pub async fn find_run(store: &Store, which: &str) -> anyhow::Result<(sweep::store::RunRow, Vec<sweep::store::RunRow>)> {
     // Every (sweep, run) membership, oldest sweep first.
     let mut all = Vec::new();
     for s in store.sweeps().await? {
@@ -161,13 +168,30 @@ pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Resul
     };
     let run = match found.as_slice() {
         [one] => (*one).clone(),
-        [] => anyhow::bail!("no run `{which}`: give its id (see `sweep results`), SWEEP/NAME, or a unique name"),
+        [] => anyhow::bail!(
+            "no run `{}`: give its id (see `sweep results`), SWEEP/NAME, or a unique name",
+            printable(which)
+        ),
         many => anyhow::bail!(
-            "`{which}` names {} runs: {}; give SWEEP/NAME or the id",
+            "`{}` names {} runs: {}; give SWEEP/NAME or the id",
+            printable(which),
             many.len(),
-            many.iter().map(|r| format!("{}/{} ({})", r.sweep, r.name, &r.key[..10])).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|r| format!("{}/{} ({})", printable(&r.sweep), printable(&r.name), &r.key[..10]))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
+    Ok((run, all))
+}
+
+async fn show_run(
+    home: &Path,
+    store: &Store,
+    run: &sweep::store::RunRow,
+    all: &[sweep::store::RunRow],
+    format: EvalFormat,
+) -> anyhow::Result<ExitCode> {
     let epochs = store.epochs(run.id).await?;
     let checkpoints = store.checkpoints(run.id).await?;
     let member_of: Vec<String> =
@@ -238,4 +262,42 @@ pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Resul
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sweep retry RUN... | --failed [--from-scratch]`.
+pub async fn retry(home: &Path, which: &[String], failed: bool, from_scratch: bool) -> anyhow::Result<ExitCode> {
+    let store = open(home).await?;
+    let mut runs = Vec::new();
+    for w in which {
+        runs.push(find_run(&store, w).await?.0);
+    }
+    if failed {
+        let mut seen: std::collections::HashSet<i64> = runs.iter().map(|r| r.id).collect();
+        for r in store.runs(None).await? {
+            if matches!(r.status, Status::Failed | Status::Diverged) && seen.insert(r.id) {
+                runs.push(r);
+            }
+        }
+    }
+    let mut refused = 0;
+    for r in &runs {
+        let name = format!("{}/{} ({})", printable(&r.sweep), printable(&r.name), &r.key[..10]);
+        match store.retry(r.id, from_scratch).await {
+            Ok(was) => {
+                let how = if from_scratch { ", from scratch" } else { ", from its latest checkpoint" };
+                println!("{name}: {was} -> queued{how}");
+            }
+            Err(sweep::store::StoreError::NotRetryable { why, status, .. }) => {
+                eprintln!("{name}: not queued: it is {status}: {why}");
+                refused += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if runs.is_empty() {
+        println!("no failed or diverged run");
+    } else if refused < runs.len() {
+        println!("run `sweep worker --home {}` to train", home.display());
+    }
+    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

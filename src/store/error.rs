@@ -40,6 +40,17 @@ pub enum StoreError {
         /// This worker.
         worker: String,
     },
+    /// The run cannot be retried in its state (it is training, or done
+    /// without `from_scratch`).
+    #[error("run {run_id} is {status}: {why}")]
+    NotRetryable {
+        /// The run.
+        run_id: i64,
+        /// Its status.
+        status: String,
+        /// What to do instead.
+        why: &'static str,
+    },
     /// SQLite refused a query or failed while running it.
     #[error("database {path}: {detail}{}", io_hint(.detail))]
     Query {

@@ -225,4 +225,55 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Queues a failed, diverged or interrupted run again (`sweep retry`).
+    /// With `from_scratch`, its epochs and checkpoint records are forgotten
+    /// too (the files go with the worker's next clean-up), so it trains from
+    /// epoch 1: the way out of a missing or corrupt checkpoint, and the only
+    /// way to train a finished run again. Returns the status it had.
+    pub async fn retry(&self, run_id: i64, from_scratch: bool) -> Result<Status> {
+        let e = self.sql();
+        let mut tx = self.write_tx().await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
+            .bind(run_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(&e)?;
+        let status = self.parse_status(&status)?;
+        let refuse = |why| Err(StoreError::NotRetryable { run_id, status: status.to_string(), why });
+        match status {
+            Status::Running => return refuse("its worker is training it; stop that worker first (Ctrl-C)"),
+            Status::Done if !from_scratch => return refuse("it is finished; --from-scratch trains it again"),
+            Status::Queued if !from_scratch => return refuse("it is queued already"),
+            _ => {}
+        }
+        if from_scratch {
+            for table in ["epochs", "checkpoints"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE run_id = ?1"))
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&e)?;
+            }
+            sqlx::query(
+                "UPDATE runs SET epochs_done = 0, step = 0, steps_per_epoch = NULL, best_epoch = NULL,
+                     best_metric = NULL, best_confusion_json = NULL, train_seconds = 0, images_per_sec = NULL,
+                     final_train_acc = NULL, final_test_acc = NULL, final_test_loss = NULL,
+                     peak_memory_bytes = NULL, note = NULL, finished_at = NULL
+                 WHERE id = ?1",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(&e)?;
+        }
+        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0 WHERE id = ?1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        self.checkpoint_wal().await;
+        Ok(status)
+    }
 }

@@ -325,6 +325,7 @@ async fn execute(
     collect_garbage(store, run.id, &abs_dir).await;
 
     let keep = config.keep;
+    let resuming = latest.is_some();
     let batch_size = config.batch_size;
     let ds_key = serde_json::to_string(&config.dataset).unwrap_or_default();
     let dataset = match datasets.get(&ds_key) {
@@ -456,6 +457,11 @@ async fn execute(
                 train::TrainError::OutOfMemory(cause) => {
                     train::device::out_of_memory_message(&cause.to_string(), batch_size, &device_label(device))
                 }
+                // Resuming would fail the same way every time: say how to start over.
+                train::TrainError::Checkpoint { .. } if resuming => format!(
+                    "{e}; the run cannot resume from it: `sweep retry {} --from-scratch` trains it again from epoch 1",
+                    &run.key[..10]
+                ),
                 other => other.to_string(),
             };
             let status =

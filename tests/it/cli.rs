@@ -748,3 +748,40 @@ fn a_database_error_is_printed_once() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(err.matches("file is not a database").count(), 1, "{err}");
 }
+
+/// A run whose latest checkpoint is gone fails with the way out, and
+/// `sweep retry --from-scratch` trains it again from epoch 1.
+#[test]
+fn a_missing_checkpoint_names_the_way_out_and_retry_from_scratch_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = crate::write_sweep(dir.path(), "r.toml", &crate::tiny_sweep("r", 320, 2, ""));
+    let home = dir.path().join("home");
+    assert!(run(&home, &["-q", "submit", "--queue-only", f.to_str().unwrap()]).status.success());
+    let mut child = sweep(&home).args(["-q", "worker"]).stderr(Stdio::null()).spawn().unwrap();
+    wait_until(&mut child, &home, "epoch 1", |r| r[0].epochs_done >= 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = runs(&home).remove(0);
+    let id = first.key[..10].to_owned();
+    let ck = block(async { Store::open(&home).await.unwrap().checkpoints(first.id).await.unwrap() });
+    let latest = ck.iter().find(|c| c.kind == CheckpointKind::Latest).unwrap();
+    std::fs::remove_file(home.join(&latest.path)).unwrap();
+    let out = run(&home, &["-q", "worker"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = runs(&home)[0].error.clone().unwrap_or_default();
+    assert!(err.contains("the checkpoint file is missing"), "{err}");
+    assert!(err.contains(&format!("`sweep retry {id} --from-scratch` trains it again from epoch 1")), "{err}");
+    // A failed run is retried; a finished one only from scratch.
+    let out = run(&home, &["retry", &id, "--from-scratch"]);
+    assert!(out.status.success() && stdout(&out).contains("failed -> queued, from scratch"), "{}", stdout(&out));
+    assert!(epochs(&home, runs(&home)[0].id).is_empty());
+    assert!(run(&home, &["-q", "worker"]).status.success());
+    let rows = runs(&home);
+    assert_eq!((rows[0].status, rows[0].epochs_done), (Status::Done, 2));
+    assert_eq!(epochs(&home, rows[0].id).len(), 2);
+    let out = run(&home, &["retry", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("it is done: it is finished; --from-scratch trains it again"), "{}", stderr(&out));
+    let out = run(&home, &["retry", "--failed"]);
+    assert!(out.status.success() && stdout(&out).contains("no failed or diverged run"), "{}", stdout(&out));
+}
