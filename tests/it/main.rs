@@ -4,6 +4,7 @@
 //! * `store`: the SQLite queue and records through the library API.
 //! * `train`: the trainer on tiny generated data: determinism, resume, failures.
 //! * `models`: the model zoo against torchvision fixtures; pretrained weights, heads, freezing.
+//! * `fuzz`: the sweep-file parser against thousands of seeded mutations (bounded in time).
 //! * `data`: datasets in every format, transforms against torchvision, the loader.
 //! * `optim`: optimizers against torch.optim fixtures.
 //! * `report`: results filters, sorting, grouping, `show`, every report format, the SQL views.
@@ -12,6 +13,7 @@
 
 mod cli;
 mod data;
+mod fuzz;
 mod models;
 mod optim;
 mod report;
