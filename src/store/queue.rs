@@ -72,7 +72,7 @@ impl Store {
                     Status::Queued | Status::Running | Status::Interrupted => SubmitOutcome::AlreadyQueued,
                     Status::Failed | Status::Diverged => {
                         status.apply(Event::Requeue).expect("failed and diverged runs can be requeued");
-                        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0 WHERE id = ?1")
+                        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0, death_epoch = NULL, death_step = NULL WHERE id = ?1")
                             .bind(id)
                             .execute(&mut **tx)
                             .await
@@ -107,35 +107,42 @@ impl Store {
     /// every worker cannot block the queue.
     pub async fn recover_stale(&self, stale_after: Duration, max_deaths: u32) -> Result<Vec<Recovered>> {
         let e = self.sql();
-        type Held = (i64, Option<String>, Option<f64>, i64, i64, i64, Option<String>);
+        type Held = (i64, Option<String>, Option<f64>, i64, i64, i64, Option<String>, Option<i64>, Option<i64>);
         let rows: Vec<Held> = sqlx::query_as(&format!(
             "SELECT id, worker, {NOW_UNIX} - heartbeat, worker_deaths, epochs_done, step,
-                    (SELECT name FROM sweep_runs WHERE run_id = runs.id ORDER BY sweep_id LIMIT 1)
+                    (SELECT name FROM sweep_runs WHERE run_id = runs.id ORDER BY sweep_id LIMIT 1),
+                    death_epoch, death_step
              FROM runs WHERE status = 'running'"
         ))
         .fetch_all(&self.pool)
         .await
         .map_err(&e)?;
         let mut recovered = Vec::new();
-        for (id, worker, age, deaths, epochs_done, step, name) in rows {
+        for (id, worker, age, deaths, epochs_done, step, name, death_epoch, death_step) in rows {
             let worker = worker.unwrap_or_default();
             let stale = age.is_none_or(|a| a > stale_after.as_secs_f64());
             if !(stale || worker_is_dead(&worker)) {
                 continue;
             }
-            let deaths = deaths + 1;
+            // Deaths count in a row at one point: progress since the last one starts over.
+            let progressed = match (death_epoch, death_step) {
+                (Some(e), Some(s)) => (epochs_done, step) > (e, s),
+                _ => true,
+            };
+            let deaths = if progressed { 1 } else { deaths + 1 };
             let failed = deaths >= i64::from(max_deaths.max(1));
             let error = failed.then(|| {
                 let times = if deaths == 1 { "once".to_owned() } else { format!("{deaths} times") };
                 format!(
-                    "killed its worker {times}; last seen at epoch {} batch {step} (a value that exhausts memory, \
-                     or a crash: see the worker's log; `submit` queues it again)",
+                    "killed its worker {times}; last seen at epoch {} batch {step} (each time at that point: a \
+                     value that exhausts memory, or a crash; `sweep retry` queues it again)",
                     epochs_done + 1
                 )
             });
             let status = if failed { "failed" } else { "interrupted" };
             let done = sqlx::query(&format!(
                 "UPDATE runs SET status = ?3, worker = NULL, worker_deaths = ?4, error = ?5,
+                     death_epoch = epochs_done, death_step = step,
                      finished_at = CASE WHEN ?3 = 'failed' THEN {NOW_ISO} ELSE finished_at END
                  WHERE id = ?1 AND status = 'running' AND worker IS ?2"
             ))
@@ -267,7 +274,7 @@ impl Store {
             .await
             .map_err(&e)?;
         }
-        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0 WHERE id = ?1")
+        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0, death_epoch = NULL, death_step = NULL WHERE id = ?1")
             .bind(run_id)
             .execute(&mut *tx)
             .await

@@ -252,3 +252,34 @@ fn submissions_and_run_ends_survive_a_deleted_write_ahead_log() {
         assert_eq!(statuses, [Status::Done, Status::Queued]);
     });
 }
+
+/// Worker deaths count in a row at one point: a run killed from outside at
+/// different points (preemption, a kill storm) is never failed for it; a run
+/// that kills its worker three times at the same point is.
+#[test]
+fn worker_deaths_count_only_without_progress_in_between() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.submit(&sweep_spec("d", "[0.1]")).await.unwrap();
+        let host = sweep::store::worker_id().rsplit_once(':').unwrap().0.to_owned();
+        let dead = format!("{host}:4294967290");
+        let mut die_at = |step: i64| {
+            let (store, dead) = (&store, dead.clone());
+            async move {
+                let run = store.claim_next(&dead, "cpu").await.unwrap().unwrap();
+                store.heartbeat(run.id, &dead, step, 20).await.unwrap();
+                store.recover_stale(Duration::from_secs(3600), 3).await.unwrap().remove(0)
+            }
+        };
+        // Killed at batches 5, 5 (no progress), 9 (progress: counts from 1), 9, 9.
+        assert!(die_at(5).await.error.is_none());
+        assert!(die_at(5).await.error.is_none());
+        assert!(die_at(9).await.error.is_none());
+        assert!(die_at(9).await.error.is_none());
+        let last = die_at(9).await;
+        let err = last.error.expect("failed after three deaths at batch 9");
+        assert!(err.starts_with("killed its worker 3 times; last seen at epoch 1 batch 9"), "{err}");
+        assert_eq!(store.runs(None).await.unwrap()[0].status, Status::Failed);
+    });
+}
