@@ -264,7 +264,7 @@ fn worker_deaths_count_only_without_progress_in_between() {
         store.submit(&sweep_spec("d", "[0.1]")).await.unwrap();
         let host = sweep::store::worker_id().rsplit_once(':').unwrap().0.to_owned();
         let dead = format!("{host}:4294967290");
-        let mut die_at = |step: i64| {
+        let die_at = |step: i64| {
             let (store, dead) = (&store, dead.clone());
             async move {
                 let run = store.claim_next(&dead, "cpu").await.unwrap().unwrap();
