@@ -4,6 +4,10 @@
 # sweep and run SQLite's integrity check. Needs python3 (for sqlite3 and random delays).
 #
 #   scripts/kill-storm.sh [MAX_RESTARTS]        (default 80; uses target/release/sweep)
+#
+# KILL_STORM_TRAIN (images, default 320), KILL_STORM_EPOCHS (default 3) and
+# KILL_STORM_MAX_DELAY (seconds a worker lives at most, default 8) make a longer
+# storm, e.g. KILL_STORM_TRAIN=640 KILL_STORM_EPOCHS=6 KILL_STORM_MAX_DELAY=2 for 30+ kills.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -14,13 +18,13 @@ bin=$PWD/target/release/sweep
 export SWEEP_MAX_WORKER_DEATHS=1000
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cat > "$work/ks.toml" <<'T'
+cat > "$work/ks.toml" <<T
 name = "kill-storm"
-dataset = { name = "synthetic", train_size = 320, test_size = 64 }
+dataset = { name = "synthetic", train_size = ${KILL_STORM_TRAIN:-320}, test_size = 64 }
 [defaults]
 model = "smallcnn"
 batch_size = 16
-epochs = 3
+epochs = ${KILL_STORM_EPOCHS:-3}
 augment = "a"
 optimizer = { name = "sgd", lr = 0.05, momentum = 0.9, weight_decay = 5e-4 }
 schedule = { name = "multistep", milestones = [1], factors = [0.5] }
@@ -37,7 +41,7 @@ kills=0
 for i in $(seq 1 "${1:-80}"); do
     "$bin" -q --home "$work/kill" worker >/dev/null 2>&1 &
     pid=$!
-    sleep "$(python3 -c 'import random; print(random.uniform(0.3, 8.0))')"
+    sleep "$(python3 -c "import random; print(random.uniform(0.3, ${KILL_STORM_MAX_DELAY:-8.0}))")"
     if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; kills=$((kills + 1)); fi
     wait "$pid" 2>/dev/null || true
     [ "$(left)" = 0 ] && break
