@@ -14,6 +14,11 @@ pub const MAX_EPOCHS: usize = 100_000;
 pub const MAX_WIDTH: usize = 65_536;
 /// The most images a split may be asked to have (ImageNet-21k has 14 million).
 pub const MAX_IMAGES: usize = 50_000_000;
+/// The most images the synthetic dataset may generate (it is held in memory:
+/// a million 32x32 images are 3 GB).
+pub const MAX_SYNTHETIC_IMAGES: usize = 1_000_000;
+/// The most memory one batch of input images may take, as f32, in bytes.
+pub const MAX_BATCH_BYTES: u64 = 64 << 30;
 /// The most repeats of one configuration.
 pub const MAX_REPEATS: u32 = 1_000;
 /// The most runs one sweep file may expand to, unless raised (`--max-runs`).

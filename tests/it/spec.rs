@@ -332,6 +332,17 @@ fn hostile_values_are_refused_at_their_line() {
     );
     assert_eq!((e.line, e.key.as_deref()), (3, Some("dataset.test_size")), "{e}");
     assert!(e.message.contains("limit of 50000000"), "{e}");
+    // Generated images are held in memory.
+    let e = one_error(
+        &BASE.replace("dataset = \"synthetic\"", "dataset = { name = \"synthetic\", train_size = 10000000 }"),
+    );
+    assert!(e.message.contains("10000000 generated images is more than the limit of 1000000"), "{e}");
+    // Each value within its bound, the batch they make together is not.
+    let e = one_error(&with(
+        "[augment.big]\ntrain = [{ resize = { size = 4096 } }]\n[[run]]\naugment = \"big\"\nbatch_size = 65536\n",
+    ));
+    assert_eq!(e.key.as_deref(), Some("batch_size"), "{e}");
+    assert!(e.message.contains("one batch of 65536 images of 4096x4096 is 12288 GiB as f32"), "{e}");
     // Errors about [defaults] point at the key inside it, not at 1:1.
     let e = one_error(&BASE.replace("batch_size = 32", "batch_size = 0"));
     assert_eq!((e.line, e.key.as_deref()), (6, Some("batch_size")), "{e}");

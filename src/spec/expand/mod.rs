@@ -18,7 +18,7 @@ use super::config::{DatasetName, DatasetSpec, Metric, OptimizerSpec, RunConfig, 
 use super::device::DeviceChoice;
 use super::file::{AugmentSet, DefaultsOnly, RunFields, SpannedTable, SweepFile, RUN_RESERVED};
 use super::key::{run_key, RunKey};
-use super::limits::{Limits, MAX_IMAGES, MAX_REPEATS};
+use super::limits::{Limits, MAX_IMAGES, MAX_REPEATS, MAX_SYNTHETIC_IMAGES};
 use super::{Source, SpecError, SpecErrors};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -282,6 +282,14 @@ fn resolve_dataset(src: &Source, mut ds: DatasetSpec, errors: &mut Vec<SpecError
             let abs = std::path::absolute(&joined).unwrap_or(joined);
             ds.path = Some(abs.display().to_string());
         }
+    }
+    let generated = ds.train_size.unwrap_or(0).saturating_add(ds.test_size.unwrap_or(0));
+    let within = [ds.train_size, ds.test_size].iter().flatten().all(|&n| n <= MAX_IMAGES);
+    if ds.name == DatasetName::Synthetic && within && generated > MAX_SYNTHETIC_IMAGES {
+        let msg = format!(
+            "{generated} generated images is more than the limit of {MAX_SYNTHETIC_IMAGES} (they are held in memory)"
+        );
+        bad("train_size", &msg);
     }
     for (field, v) in [("train_size", ds.train_size), ("test_size", ds.test_size)] {
         match v {

@@ -4,7 +4,7 @@
 use super::{
     unknown_augment, Ctx, Deserialize, OptimizerSpec, Path, RunConfig, RunFields, ScheduleSpec, Source, Table, Value,
 };
-use crate::spec::limits::{at_most, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_WIDTH};
+use crate::spec::limits::{at_most, MAX_BATCH_BYTES, MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIDE, MAX_WIDTH};
 use crate::spec::{Head, Transform};
 
 pub(super) type FinalizeError = (Option<String>, String);
@@ -89,6 +89,22 @@ pub(super) fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig,
     let Some(set) = ctx.augment.get(&augment) else {
         return bad("augment", unknown_augment(&augment, &ctx.augment));
     };
+    // One batch of input images must fit in memory (as f32), whatever the device.
+    for (list, images) in [(&set.train, batch_size), (&set.test, batch_size.max(256))] {
+        if let Some(side) = list.iter().rev().find_map(output_side) {
+            let bytes = (images as u64).saturating_mul(12).saturating_mul((side as u64).saturating_pow(2));
+            if bytes > MAX_BATCH_BYTES {
+                return bad(
+                    "batch_size",
+                    format!(
+                        "one batch of {images} images of {side}x{side} is {} GiB as f32, more than the limit of {} GiB",
+                        bytes >> 30,
+                        MAX_BATCH_BYTES >> 30
+                    ),
+                );
+            }
+        }
+    }
     Ok(RunConfig {
         dataset: ctx.dataset.clone(),
         model,
@@ -271,5 +287,13 @@ pub(super) fn check_transform(t: &Transform) -> Result<(), String> {
         | Transform::Affine { .. }
         | Transform::ColorJitter { .. }
         | Transform::Normalize(_) => Ok(()),
+    }
+}
+
+/// The side of the square a sizing transform produces (resize: the shorter side).
+fn output_side(t: &Transform) -> Option<usize> {
+    match t {
+        Transform::Resize { size } | Transform::CenterCrop { size } | Transform::RandomCrop { size, .. } => Some(*size),
+        _ => None,
     }
 }
