@@ -120,9 +120,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: EvalFormat,
     },
-    /// Queue failed, diverged or interrupted runs again; with --from-scratch,
-    /// forget their epochs and checkpoints first (a missing or corrupt
-    /// checkpoint, or a finished run to train again).
+    /// Queue failed, diverged or interrupted runs again.
+    ///
+    /// They resume from their latest checkpoint; with --from-scratch their
+    /// epochs and checkpoints are forgotten first (the way out of a missing or
+    /// corrupt checkpoint, and the way to train a finished run again).
     Retry {
         /// The runs: ids (or unique prefixes), SWEEP/NAME, or unique names.
         #[arg(required_unless_present = "failed")]
