@@ -39,6 +39,10 @@ pub enum Command {
         /// Refuse a sweep file that expands to more runs than this.
         #[arg(long, default_value_t = sweep::spec::limits::DEFAULT_MAX_RUNS)]
         max_runs: usize,
+        /// Override a value in every run: KEY=VALUE replaces it, KEY=V1,V2,...
+        /// adds an axis over all the file's runs (repeatable; values are TOML).
+        #[arg(long = "set", value_name = "KEY=VALUE[,VALUE...]")]
+        set: Vec<sweep::spec::Override>,
     },
     /// Show the runs a sweep file expands to, without queueing anything.
     Plan {
@@ -50,6 +54,10 @@ pub enum Command {
         /// Refuse a sweep file that expands to more runs than this.
         #[arg(long, default_value_t = sweep::spec::limits::DEFAULT_MAX_RUNS)]
         max_runs: usize,
+        /// Override a value in every run: KEY=VALUE replaces it, KEY=V1,V2,...
+        /// adds an axis over all the file's runs (repeatable; values are TOML).
+        #[arg(long = "set", value_name = "KEY=VALUE[,VALUE...]")]
+        set: Vec<sweep::spec::Override>,
     },
     /// Train queued and interrupted runs until the queue is empty.
     Worker {

@@ -17,11 +17,14 @@ use sweep::worker::{self, WorkerOptions, WorkerReport};
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = !cli.quiet;
     match cli.command {
-        Command::Submit { file, queue_only, device, format, max_runs } => {
-            let limits = sweep::spec::Limits { max_runs };
-            submit::submit(&cli.home, &file, limits, queue_only, device, format, verbose).await
+        Command::Submit { file, queue_only, device, format, max_runs, set } => {
+            let options = sweep::spec::Options { limits: sweep::spec::Limits { max_runs }, overrides: set };
+            submit::submit(&cli.home, &file, &options, queue_only, device, format, verbose).await
         }
-        Command::Plan { file, format, max_runs } => plan::plan(&file, sweep::spec::Limits { max_runs }, format),
+        Command::Plan { file, format, max_runs, set } => {
+            let options = sweep::spec::Options { limits: sweep::spec::Limits { max_runs }, overrides: set };
+            plan::plan(&file, &options, format)
+        }
         Command::Eval { model, weights, data, sweep, augment, device, format } => {
             eval::eval(&model, &weights, data.as_deref(), sweep.as_deref(), augment.as_deref(), device, format)
         }

@@ -7,8 +7,8 @@ use sweep::report::{column_names, differing, params::Interner, render::text_tabl
 use sweep::spec;
 use sweep::text::printable;
 
-pub fn plan(file: &Path, limits: spec::Limits, format: PlanFormat) -> anyhow::Result<ExitCode> {
-    let spec = match spec::load_with(file, limits) {
+pub fn plan(file: &Path, options: &spec::Options, format: PlanFormat) -> anyhow::Result<ExitCode> {
+    let spec = match spec::load_with(file, options) {
         Ok(s) => s,
         Err(errors) => {
             eprintln!("{errors}");

@@ -11,14 +11,14 @@ use sweep::text::printable;
 pub async fn submit(
     home: &Path,
     file: &Path,
-    limits: spec::Limits,
+    options: &spec::Options,
     queue_only: bool,
     device: Option<DeviceChoice>,
     format: SubmitFormat,
     verbose: bool,
 ) -> anyhow::Result<ExitCode> {
     let json = format == SubmitFormat::Json;
-    let spec = match spec::load_with(file, limits) {
+    let spec = match spec::load_with(file, options) {
         Ok(s) => s,
         Err(errors) => {
             eprintln!("{errors}\nnothing was queued");

@@ -18,12 +18,14 @@ pub mod expand;
 pub mod file;
 pub mod key;
 pub mod limits;
+pub mod overrides;
 
 pub use config::*;
 pub use device::DeviceChoice;
 pub use expand::{PlannedRun, Reference, SweepSpec};
 pub use key::{canonical_json, run_key, RunKey};
 pub use limits::Limits;
+pub use overrides::Override;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -46,7 +48,13 @@ pub struct SpecError {
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         use crate::text::printable;
-        write!(f, "{}:{}:{}: ", printable(&self.file.display().to_string()), self.line, self.column)?;
+        let file = printable(&self.file.display().to_string()).into_owned();
+        if self.line == 0 {
+            // Not inside the file: it could not be read, or an override is wrong.
+            write!(f, "{file}: ")?;
+        } else {
+            write!(f, "{file}:{}:{}: ", self.line, self.column)?;
+        }
         if let Some(k) = &self.key {
             write!(f, "`{}`: ", printable(k))?;
         }
@@ -98,13 +106,22 @@ impl Source {
     }
 }
 
-/// Reads and validates a sweep file and expands it into runs.
-pub fn load(path: &Path) -> Result<SweepSpec, SpecErrors> {
-    load_with(path, Limits::default())
+/// How a sweep file is expanded beyond what it says itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Options {
+    /// Bounds (the most runs).
+    pub limits: Limits,
+    /// `--set` overrides, applied to every run.
+    pub overrides: Vec<Override>,
 }
 
-/// [`load`] with other [`Limits`].
-pub fn load_with(path: &Path, limits: Limits) -> Result<SweepSpec, SpecErrors> {
+/// Reads and validates a sweep file and expands it into runs.
+pub fn load(path: &Path) -> Result<SweepSpec, SpecErrors> {
+    load_with(path, &Options::default())
+}
+
+/// [`load`] with [`Options`].
+pub fn load_with(path: &Path, options: &Options) -> Result<SweepSpec, SpecErrors> {
     let error = |line, column, message: String| {
         SpecErrors(vec![SpecError { file: path.to_owned(), line, column, key: None, message }])
     };
@@ -120,16 +137,16 @@ pub fn load_with(path: &Path, limits: Limits) -> Result<SweepSpec, SpecErrors> {
             return Err(error(line, column, format!("the sweep file is not UTF-8 text (byte 0x{byte:02x} here)")));
         }
     };
-    parse_with(path, &text, limits)
+    parse_with(path, &text, options)
 }
 
 /// Validates sweep-file text (named `path` in messages) and expands it into runs.
 pub fn parse(path: &Path, text: &str) -> Result<SweepSpec, SpecErrors> {
-    parse_with(path, text, Limits::default())
+    parse_with(path, text, &Options::default())
 }
 
-/// [`parse`] with other [`Limits`].
-pub fn parse_with(path: &Path, text: &str, limits: Limits) -> Result<SweepSpec, SpecErrors> {
+/// [`parse`] with [`Options`].
+pub fn parse_with(path: &Path, text: &str, options: &Options) -> Result<SweepSpec, SpecErrors> {
     let src = Source { path: path.to_owned(), text: text.to_owned() };
-    expand::expand(&src, limits)
+    expand::expand(&src, options)
 }

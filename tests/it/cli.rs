@@ -785,3 +785,19 @@ fn a_missing_checkpoint_names_the_way_out_and_retry_from_scratch_takes_it() {
     let out = run(&home, &["retry", "--failed"]);
     assert!(out.status.success() && stdout(&out).contains("no failed or diverged run"), "{}", stdout(&out));
 }
+
+#[test]
+fn set_overrides_on_plan_and_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = crate::write_sweep(dir.path(), "o.toml", &crate::tiny_sweep("o", 32, 1, ""));
+    let home = dir.path().join("home");
+    let out = run(&home, &["plan", f.to_str().unwrap(), "--set", "optimizer.lr=0.05,0.02", "--set", "batch_size=8"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("2 run(s)") && stdout(&out).contains("default,lr=0.02"), "{}", stdout(&out));
+    let out = run(&home, &["submit", "--queue-only", f.to_str().unwrap(), "--set", "epochs=0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--set epochs=0: `epochs`: run `default`: must be at least 1"), "{}", stderr(&out));
+    let out = run(&home, &["plan", f.to_str().unwrap(), "--set", "lr"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--set lr: expected KEY=VALUE"), "{}", stderr(&out));
+}

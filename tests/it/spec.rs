@@ -359,10 +359,17 @@ fn the_run_count_is_checked_before_the_grid_is_built() {
     assert!(e.message.contains("1000000 runs, more than the limit of 100000 (raise it with --max-runs)"), "{e}");
     // The limit can be raised.
     let small = format!("[[grid]]\nbatch_size = {axis}\nepochs = [1, 2]\n");
-    let limits = spec::Limits { max_runs: 100 };
-    assert!(spec::parse_with(Path::new("t.toml"), &with(&small), limits).is_err());
+    let limits = spec::Options { limits: spec::Limits { max_runs: 100 }, ..Default::default() };
+    assert!(spec::parse_with(Path::new("t.toml"), &with(&small), &limits).is_err());
     assert_eq!(
-        spec::parse_with(Path::new("t.toml"), &with(&small), spec::Limits { max_runs: 200 }).unwrap().runs.len(),
+        spec::parse_with(
+            Path::new("t.toml"),
+            &with(&small),
+            &spec::Options { limits: spec::Limits { max_runs: 200 }, ..Default::default() },
+        )
+        .unwrap()
+        .runs
+        .len(),
         200
     );
 }
@@ -379,4 +386,49 @@ fn long_values_are_cut_in_messages_and_bad_bytes_are_located() {
     let e = spec::load(&file).unwrap_err().0.remove(0);
     assert_eq!((e.line, e.column), (2, 6), "{e}");
     assert!(e.message.contains("not UTF-8 text (byte 0xe9 here)"), "{e}");
+}
+
+fn with_overrides(text: &str, sets: &[&str]) -> Result<spec::SweepSpec, Vec<SpecError>> {
+    let overrides = sets.iter().map(|s| s.parse().unwrap()).collect();
+    let options = spec::Options { overrides, ..Default::default() };
+    spec::parse_with(Path::new("test.toml"), text, &options).map_err(|e| e.0)
+}
+
+/// `--set KEY=V` replaces a value in every run, grid axes included;
+/// `--set KEY=V1,V2` adds an axis over all the file's runs; an error names the
+/// override.
+#[test]
+fn overrides_replace_values_or_add_an_axis_over_every_run() {
+    let grid = with("[[grid]]\noptimizer.lr = [0.1, 0.01]\n");
+    let s = with_overrides(&grid, &["batch_size=64", "optimizer.lr=0.5"]).unwrap();
+    assert_eq!(s.runs.len(), 1, "both grid values became 0.5: one configuration");
+    assert_eq!((s.runs[0].config.batch_size, s.runs[0].config.optimizer.lr()), (64, 0.5));
+    let s = with_overrides(&grid, &["batch_size=16,32,64"]).unwrap();
+    let names: Vec<&str> = s.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "lr=0.1,batch_size=16",
+            "lr=0.1,batch_size=32",
+            "lr=0.1,batch_size=64",
+            "lr=0.01,batch_size=16",
+            "lr=0.01,batch_size=32",
+            "lr=0.01,batch_size=64"
+        ]
+    );
+    // The same configuration as writing it in the file: the same key.
+    let written = parse(&BASE.replace("batch_size = 32", "batch_size = 64")).unwrap();
+    assert_eq!(with_overrides(BASE, &["batch_size=64"]).unwrap().runs[0].key, written.runs[0].key);
+    // Errors name the override.
+    let e = with_overrides(BASE, &["learning_rate=0.1"]).unwrap_err().remove(0);
+    assert!(e.to_string().starts_with("--set learning_rate=0.1: `learning_rate`: unknown key"), "{e}");
+    let e = with_overrides(BASE, &["batch_size=big"]).unwrap_err().remove(0);
+    assert!(e.to_string().starts_with("--set batch_size=big: `batch_size`: value \"big\""), "{e}");
+    let e = with_overrides(BASE, &["optimizer.lr=-1"]).unwrap_err().remove(0);
+    assert!(e.to_string().starts_with("--set optimizer.lr=-1: `optimizer.lr`: run `default`:"), "{e}");
+    // The run count includes the overrides' axes.
+    let axis = format!("{:?}", (1..=400).collect::<Vec<_>>()).replace(' ', "");
+    let sets = [format!("epochs={}", &axis[1..axis.len() - 1]), format!("batch_size={}", &axis[1..axis.len() - 1])];
+    let e = with_overrides(BASE, &[&sets[0], &sets[1]]).unwrap_err().remove(0);
+    assert!(e.message.contains("160000 runs, more than the limit of 100000"), "{e}");
 }

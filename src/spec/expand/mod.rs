@@ -18,7 +18,8 @@ use super::config::{DatasetName, DatasetSpec, Metric, OptimizerSpec, RunConfig, 
 use super::device::DeviceChoice;
 use super::file::{AugmentSet, DefaultsOnly, RunFields, SpannedTable, SweepFile, RUN_RESERVED};
 use super::key::{run_key, RunKey};
-use super::limits::{Limits, MAX_IMAGES, MAX_REPEATS, MAX_SYNTHETIC_IMAGES};
+use super::limits::{MAX_IMAGES, MAX_REPEATS, MAX_SYNTHETIC_IMAGES};
+use super::{Options, Override};
 use super::{Source, SpecError, SpecErrors};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -135,9 +136,12 @@ pub(super) struct Ctx<'a> {
     /// The most runs the file may expand to, and how many it has so far.
     pub(super) max_runs: usize,
     pub(super) planned: usize,
+    /// `--set` overrides, applied to every run (a list: once per value).
+    pub(super) overrides: Vec<Override>,
 }
 
-pub(super) fn expand(src: &Source, limits: Limits) -> Result<SweepSpec, SpecErrors> {
+pub(super) fn expand(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors> {
+    let limits = options.limits;
     let toml_error = |e: toml::de::Error| {
         let offset = e.span().map_or(0, |s| s.start);
         SpecErrors(vec![src.error(offset, None, e.message().trim().to_owned())])
@@ -198,7 +202,9 @@ pub(super) fn expand(src: &Source, limits: Limits) -> Result<SweepSpec, SpecErro
         errors,
         max_runs: limits.max_runs,
         planned: 0,
+        overrides: options.overrides.clone(),
     };
+    ctx.check_overrides();
     if let Some(aug) = ctx.defaults.get("augment").and_then(Value::as_str) {
         if !ctx.augment.contains_key(aug) {
             let offset = key_offset(&src.text, "augment");
@@ -317,6 +323,12 @@ pub(super) fn key_offset(text: &str, key: &str) -> usize {
     0
 }
 
+/// An error about an override (it names the override, not a line).
+fn override_error(o: &Override, message: &str) -> SpecError {
+    let message = super::limits::quote_message(message);
+    SpecError { file: PathBuf::from(o.to_string()), line: 0, column: 0, key: Some(o.path.clone()), message }
+}
+
 /// The offset of the line that sets `key` in the table whose header is at
 /// `header` (up to the next `[` header), if there is one.
 fn key_in_block(text: &str, header: usize, key: &str) -> Option<usize> {
@@ -370,7 +382,8 @@ impl Ctx<'_> {
     /// Counts `runs` more runs for the table at `offset`; false (with an
     /// error) when that takes the file over its limit, so nothing is built.
     pub(super) fn plan(&mut self, offset: usize, runs: u64) -> bool {
-        let total = (self.planned as u64).saturating_add(runs);
+        let per_run = self.overrides.iter().fold(1u64, |n, o| n.saturating_mul(o.values.len() as u64));
+        let total = (self.planned as u64).saturating_add(runs.saturating_mul(per_run));
         if total > self.max_runs as u64 {
             let msg = format!(
                 "this expands the sweep to {total} runs, more than the limit of {} (raise it with --max-runs)",
@@ -381,6 +394,28 @@ impl Ctx<'_> {
         }
         self.planned = total as usize;
         true
+    }
+
+    /// Each override's key is one a run can set and each value is well typed
+    /// on top of the defaults, as a grid axis value is.
+    fn check_overrides(&mut self) {
+        for o in self.overrides.clone() {
+            let root = o.path.split('.').next().unwrap_or_default();
+            if !RUN_KEYS.contains(&root) {
+                let msg = format!("unknown key `{root}`; a run can set: {}", RUN_KEYS.join(", "));
+                let e = override_error(&o, &msg);
+                self.errors.push(e);
+                continue;
+            }
+            for value in &o.values {
+                let mut merged = self.defaults.clone();
+                set_path(&mut merged, &o.path, value.clone());
+                if let Err(e) = RunFields::deserialize(Value::Table(merged)) {
+                    let e = override_error(&o, &format!("value {value}: {}", e.message().trim()));
+                    self.errors.push(e);
+                }
+            }
+        }
     }
 
     pub(super) fn repeats_of(&mut self, table: &SpannedTable) -> u32 {
@@ -420,6 +455,41 @@ pub(super) fn push_run(
     reference: Option<Reference>,
     runs: &mut Vec<PlannedRun>,
 ) {
+    // Every combination of the overrides' values, the file's value replaced.
+    let mut variants = vec![(name, merged)];
+    for o in ctx.overrides.clone() {
+        let mut next = Vec::with_capacity(variants.len() * o.values.len());
+        for (name, table) in &variants {
+            for v in &o.values {
+                let mut t = table.clone();
+                set_path(&mut t, &o.path, v.clone());
+                let n = if o.values.len() > 1 {
+                    format!("{name},{}={}", paths::label(&o.path), paths::short(v))
+                } else {
+                    name.clone()
+                };
+                next.push((n, t));
+            }
+        }
+        variants = next;
+    }
+    let mut reference = reference;
+    let last = variants.len().saturating_sub(1);
+    for (i, (name, merged)) in variants.into_iter().enumerate() {
+        let r = if i == last { reference.take() } else { reference.clone() };
+        push_one(ctx, name, merged, repeat, offset, r, runs);
+    }
+}
+
+fn push_one(
+    ctx: &mut Ctx,
+    name: String,
+    merged: Table,
+    repeat: u32,
+    offset: usize,
+    reference: Option<Reference>,
+    runs: &mut Vec<PlannedRun>,
+) {
     match finalize(ctx, merged, ctx.seed + u64::from(repeat)) {
         Ok(config) => {
             let (line, column) = ctx.src.line_col(offset);
@@ -433,7 +503,15 @@ pub(super) fn push_run(
                 key_in_block(&ctx.src.text, offset, root)
                     .or_else(|| key_in_block(&ctx.src.text, key_offset(&ctx.src.text, "[defaults]"), root))
             });
-            let err = ctx.src.error(at.unwrap_or(offset), key.as_deref(), format!("run `{name}`: {msg}"));
+            let by_override = key.as_deref().and_then(|k| {
+                ctx.overrides.iter().find(|o| {
+                    k == o.path || k.starts_with(&format!("{}.", o.path)) || o.path.starts_with(&format!("{k}."))
+                })
+            });
+            let err = match by_override {
+                Some(o) => override_error(o, &format!("run `{name}`: {msg}")),
+                None => ctx.src.error(at.unwrap_or(offset), key.as_deref(), format!("run `{name}`: {msg}")),
+            };
             let dup = ctx.errors.iter().any(|e| {
                 e.line == err.line
                     && e.key == err.key
