@@ -71,5 +71,7 @@ pub fn plan(file: &Path, options: &spec::Options, format: PlanFormat) -> anyhow:
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    // Like `submit`, which would refuse the file: a script can tell.
+    let trainable = spec.runs.iter().all(|r| sweep::train::check(&r.config).is_ok());
+    Ok(if trainable { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

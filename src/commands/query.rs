@@ -168,6 +168,10 @@ pub async fn find_run(store: &Store, which: &str) -> anyhow::Result<(sweep::stor
     };
     let run = match found.as_slice() {
         [one] => (*one).clone(),
+        [] if which.len() < 4 && !which.is_empty() && which.chars().all(|c| c.is_ascii_hexdigit()) => anyhow::bail!(
+            "no run named `{}`, and an id prefix needs at least 4 characters (see `sweep results` for ids)",
+            printable(which)
+        ),
         [] => anyhow::bail!(
             "no run `{}`: give its id (see `sweep results`), SWEEP/NAME, or a unique name",
             printable(which)

@@ -263,6 +263,33 @@ fn parse_where(w: &str) -> Result<(String, Op, String), QueryError> {
     Ok((key.to_owned(), op, rest[len..].trim().to_owned()))
 }
 
+/// A condition that could only ever be false is a mistake, not a filter: a
+/// number compared with text, or a status that does not exist.
+fn check_value(
+    w: &str,
+    key: &str,
+    field: &Field,
+    op: Op,
+    value: &str,
+    cells: impl Iterator<Item = Cell>,
+) -> Result<(), QueryError> {
+    if matches!(field, Field::Result("status")) && matches!(op, Op::Eq | Op::Ne) && value.parse::<Status>().is_err() {
+        let known: Vec<String> = Status::ALL.iter().map(ToString::to_string).collect();
+        return Err(QueryError(format!("--where `{w}`: no status `{value}` (statuses: {})", known.join(", "))));
+    }
+    if op == Op::Contains || value.parse::<f64>().is_ok() {
+        return Ok(());
+    }
+    let mut present = cells.filter(|c| !matches!(c, Cell::Missing)).peekable();
+    let numeric = present.peek().is_some() && present.all(|c| c.number().is_some());
+    if numeric {
+        return Err(QueryError(format!(
+            "--where `{w}`: `{key}` is a number in every run shown and `{value}` is not one"
+        )));
+    }
+    Ok(())
+}
+
 fn holds(cell: &Cell, op: Op, value: &str) -> bool {
     let text = match cell {
         Cell::Text(s) => s.clone(),
@@ -310,7 +337,9 @@ pub fn filter(c: &mut Comparison, q: &Query) -> Result<(), QueryError> {
             .iter()
             .map(|w| {
                 let (k, op, v) = parse_where(w)?;
-                Ok((r.resolve(&k)?, op, v))
+                let field = r.resolve(&k)?;
+                check_value(w, &k, &field, op, &v, c.runs.iter().map(|run| r.cell(run, &field)))?;
+                Ok((field, op, v))
             })
             .collect::<Result<_, QueryError>>()?;
         c.runs

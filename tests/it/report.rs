@@ -341,3 +341,33 @@ fn runs_record_their_device_and_peak_memory() {
     let show = stdout(&run(home, &["show", "rep/<script>alert(1)</script>"]));
     assert!(show.contains("device:      cpu (") && show.contains("peak memory: "), "{show}");
 }
+
+/// A condition that can only be false is an error, not an empty table; so is
+/// an id prefix too short to be one.
+#[test]
+fn a_where_with_a_bad_value_and_a_short_prefix_are_errors() {
+    let (_, home) = trained();
+    let err = |args: &[&str]| {
+        let out = crate::cli::run(home, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        crate::cli::stderr(&out)
+    };
+    let e = err(&["results", "--where", "lr>abc"]);
+    assert!(e.contains("--where `lr>abc`: `lr` is a number in every run shown and `abc` is not one"), "{e}");
+    let e = err(&["results", "--where", "status=dne"]);
+    assert!(e.contains("no status `dne` (statuses: queued, running, done"), "{e}");
+    let e = err(&["show", "ab"]);
+    assert!(e.contains("an id prefix needs at least 4 characters"), "{e}");
+    // Text comparisons still work.
+    let out = crate::cli::run(home, &["results", "--where", "model~small"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn plan_exits_non_zero_when_a_run_cannot_be_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = crate::write_sweep(dir.path(), "p.toml", &crate::tiny_sweep("p", 32, 1, "[[run]]\nmodel = \"resnet19\"\n"));
+    let out = crate::cli::run(dir.path(), &["plan", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(crate::cli::stdout(&out).contains("cannot be trained by this build"), "{}", crate::cli::stdout(&out));
+}
