@@ -67,6 +67,12 @@ pub enum Command {
     },
     /// Queued, running, done, failed and interrupted runs, with progress.
     Status {
+        /// Only these sweeps' runs (repeatable).
+        #[arg(long)]
+        sweep: Vec<String>,
+        /// Redraw every second until no run is queued or running (Ctrl-C exits).
+        #[arg(long)]
+        watch: bool,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: StatusFormat,

@@ -36,7 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(drained.exit_code())
         }
-        Command::Status { format } => query::status(&cli.home, format).await,
+        Command::Status { sweep, watch, format } => query::status(&cli.home, &sweep, watch, format).await,
         Command::Results { sweep, filter, sort, group_by, columns, all_params, format } => {
             let q = sweep::report::query::Query {
                 wheres: filter.wheres,

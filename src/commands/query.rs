@@ -28,27 +28,76 @@ async fn comparison(store: &Store, sweeps: &[String], q: &Query, with_epochs: bo
     Ok(cmp)
 }
 
-pub async fn status(home: &Path, format: StatusFormat) -> anyhow::Result<ExitCode> {
+/// `sweep status [--sweep NAME]... [--watch]`.
+pub async fn status(home: &Path, sweeps: &[String], watch: bool, format: StatusFormat) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
-    let rows = store.runs(None).await?;
+    for name in sweeps {
+        if !store.sweep_exists(name).await? {
+            let known: Vec<String> = store.sweeps().await?.into_iter().map(|s| s.name).collect();
+            anyhow::bail!("no sweep named `{}` (known: {})", printable(name), printable(&known.join(", ")));
+        }
+    }
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let mut rows = Vec::new();
+        if sweeps.is_empty() {
+            rows = store.runs(None).await?;
+        } else {
+            let mut seen = std::collections::HashSet::new();
+            for name in sweeps {
+                rows.extend(store.runs(Some(name)).await?.into_iter().filter(|r| seen.insert(r.id)));
+            }
+        }
+        let frame = status_frame(&rows, format)?;
+        if watch && tty {
+            // Home and clear to the end, then the whole frame in one write: no flicker.
+            print!("\x1b[H\x1b[J{frame}");
+        } else {
+            print!("{frame}");
+        }
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let busy = rows.iter().any(|r| matches!(r.status, Status::Queued | Status::Running));
+        if !watch || !busy {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Seconds a running run still needs, from its finished epochs' pace.
+fn eta(r: &sweep::store::RunRow) -> Option<f64> {
+    if r.status != Status::Running || r.epochs_done == 0 {
+        return None;
+    }
+    let per_epoch = r.train_seconds / r.epochs_done as f64;
+    let into = match r.steps_per_epoch {
+        Some(n) if n > 0 => r.step as f64 / n as f64,
+        _ => 0.0,
+    };
+    Some((r.epochs_total as f64 - r.epochs_done as f64 - into).max(0.0) * per_epoch)
+}
+
+fn status_frame(rows: &[sweep::store::RunRow], format: StatusFormat) -> anyhow::Result<String> {
+    use std::fmt::Write;
     let counts: Vec<(Status, usize)> =
         Status::ALL.iter().map(|s| (*s, rows.iter().filter(|r| r.status == *s).count())).collect();
+    let mut out = String::new();
     match format {
         StatusFormat::Json => {
             let v = serde_json::json!({
                 "counts": counts.iter().map(|(s, n)| (s.to_string(), serde_json::json!(*n))).collect::<serde_json::Map<_, _>>(),
                 "runs": rows,
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         }
         StatusFormat::Table => {
             let line: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-            println!("{}", line.join(", "));
+            writeln!(out, "{}", line.join(", "))?;
             if rows.is_empty() {
-                return Ok(ExitCode::SUCCESS);
+                return Ok(out);
             }
             let headers: Vec<String> =
-                ["id", "sweep", "name", "status", "epoch", "batch", "attempts", "heartbeat", "error"]
+                ["id", "sweep", "name", "status", "epoch", "batch", "attempts", "heartbeat", "eta", "error"]
                     .map(str::to_owned)
                     .to_vec();
             let table: Vec<Vec<String>> = rows
@@ -75,14 +124,15 @@ pub async fn status(home: &Path, format: StatusFormat) -> anyhow::Result<ExitCod
                         batch,
                         r.attempts.to_string(),
                         beat,
+                        eta(r).map_or_else(|| "-".into(), duration),
                         err,
                     ]
                 })
                 .collect();
-            print!("{}", text_table(&headers, &table));
+            out.push_str(&text_table(&headers, &table));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(out)
 }
 
 pub async fn results(home: &Path, sweeps: &[String], q: &Query, format: ResultsFormat) -> anyhow::Result<ExitCode> {

@@ -801,3 +801,56 @@ fn set_overrides_on_plan_and_submit() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--set lr: expected KEY=VALUE"), "{}", stderr(&out));
 }
+
+/// `status` gives a running run's ETA from its finished epochs' pace, takes
+/// `--sweep`, and `--watch` ends once nothing is queued or running.
+#[test]
+fn status_shows_the_eta_filters_by_sweep_and_watch_ends_with_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let f = crate::write_sweep(dir.path(), "e.toml", &crate::tiny_sweep("e", 32, 3, ""));
+    assert!(run(&home, &["-q", "submit", "--queue-only", f.to_str().unwrap()]).status.success());
+    let me = sweep::store::worker_id();
+    let rec = EpochRecord {
+        epoch: 1,
+        train_loss: 1.0,
+        train_acc: 50.0,
+        test_loss: 1.0,
+        test_acc: 50.0,
+        test_top5: None,
+        val_loss: None,
+        val_acc: None,
+        confusion: None,
+        lr: 0.1,
+        seconds: 2.0,
+        images_per_sec: 16.0,
+        peak_memory_bytes: None,
+    };
+    let ck = sweep::record::CheckpointRecord {
+        kind: CheckpointKind::Latest,
+        epoch: 1,
+        step: 0,
+        path: "runs/x/e1.safetensors".into(),
+        sha256: "00".into(),
+        state_path: "runs/x/e1.state.safetensors".into(),
+        state_sha256: "11".into(),
+        metric: Some(50.0),
+    };
+    let id = block(async {
+        let s = Store::open(&home).await.unwrap();
+        let r = s.claim_next(&me, "cpu").await.unwrap().unwrap();
+        s.record_epoch(r.id, &me, &rec, &ck, None).await.unwrap();
+        s.heartbeat(r.id, &me, 2, 4).await.unwrap();
+        r.id
+    });
+    // 1.5 epochs left at 2 s an epoch.
+    let out = run(&home, &["status", "--sweep", "e"]);
+    let line = stdout(&out).lines().find(|l| l.contains(" running ")).unwrap_or_default().to_owned();
+    assert!(line.contains("2/4") && line.trim_end().ends_with(" 3.0s"), "{}", stdout(&out));
+    let out = run(&home, &["status", "--sweep", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no sweep named `nope` (known: e)"), "{}", stderr(&out));
+    block(async { Store::open(&home).await.unwrap().finish(id, &me, Status::Done, None).await.unwrap() });
+    let out = sweep(&home).args(["status", "--watch"]).output().unwrap();
+    assert!(out.status.success() && stdout(&out).starts_with("0 queued, 0 running, 1 done"), "{}", stdout(&out));
+}
