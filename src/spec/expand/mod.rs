@@ -18,7 +18,7 @@ use super::config::{DatasetName, DatasetSpec, Metric, OptimizerSpec, RunConfig, 
 use super::device::DeviceChoice;
 use super::file::{AugmentSet, DefaultsOnly, RunFields, SpannedTable, SweepFile, RUN_RESERVED};
 use super::key::{run_key, RunKey};
-use super::limits::{MAX_IMAGES, MAX_REPEATS, MAX_SYNTHETIC_IMAGES};
+use super::limits::MAX_REPEATS;
 use super::{Options, Override};
 use super::{Source, SpecError, SpecErrors};
 use serde::{Deserialize, Serialize};
@@ -164,7 +164,7 @@ pub(super) fn expand(src: &Source, options: &Options) -> Result<SweepSpec, SpecE
     if name.is_empty() {
         errors.push(src.error(file.name.span().start, Some("name"), "the sweep name is empty"));
     }
-    let dataset = resolve_dataset(src, file.dataset, &mut errors);
+    let dataset = validate::resolve_dataset(src, file.dataset, &mut errors);
     let repeats = match &file.repeats {
         Some(r) if *r.get_ref() == 0 => {
             errors.push(src.error(r.span().start, Some("repeats"), "repeats must be at least 1"));
@@ -258,55 +258,6 @@ pub(super) fn expand(src: &Source, options: &Options) -> Result<SweepSpec, SpecE
         runs: unique,
         duplicates,
     })
-}
-
-fn resolve_dataset(src: &Source, mut ds: DatasetSpec, errors: &mut Vec<SpecError>) -> DatasetSpec {
-    let offset = key_offset(&src.text, "dataset");
-    let mut bad = |field: &str, msg: &str| errors.push(src.error(offset, Some(&format!("dataset.{field}")), msg));
-    if ds.name == DatasetName::Synthetic && ds.path.is_some() {
-        bad("path", "the synthetic dataset is generated and takes no `path`");
-    }
-    if matches!(ds.name, DatasetName::Cifar10 | DatasetName::Cifar100) && ds.data_seed.is_some() {
-        bad("data_seed", "`data_seed` is for the synthetic dataset and a folder's `test_split`");
-    }
-    if ds.name != DatasetName::Folder && ds.test_split.is_some() {
-        bad("test_split", "`test_split` is only for an image folder with a single <class>/ tree");
-    }
-    if let Some(t) = ds.test_split {
-        if !(t > 0.0 && t < 1.0) {
-            bad("test_split", &format!("must be in (0, 1), found {t}"));
-        }
-    }
-    if ds.name == DatasetName::Folder && ds.path.as_deref().is_none_or(str::is_empty) {
-        bad("folder", "an image folder needs its path: `dataset = { folder = \"PATH\" }`");
-    }
-    if let Some(p) = &ds.path {
-        let p = Path::new(p);
-        if p.is_relative() {
-            let base = src.path.parent().unwrap_or(Path::new("."));
-            let joined = base.join(p);
-            let abs = std::path::absolute(&joined).unwrap_or(joined);
-            ds.path = Some(abs.display().to_string());
-        }
-    }
-    let generated = ds.train_size.unwrap_or(0).saturating_add(ds.test_size.unwrap_or(0));
-    let within = [ds.train_size, ds.test_size].iter().flatten().all(|&n| n <= MAX_IMAGES);
-    if ds.name == DatasetName::Synthetic && within && generated > MAX_SYNTHETIC_IMAGES {
-        let msg = format!(
-            "{generated} generated images is more than the limit of {MAX_SYNTHETIC_IMAGES} (they are held in memory)"
-        );
-        bad("train_size", &msg);
-    }
-    for (field, v) in [("train_size", ds.train_size), ("test_size", ds.test_size)] {
-        match v {
-            Some(0) => bad(field, "must be at least 1"),
-            Some(n) if n > MAX_IMAGES => {
-                bad(field, &format!("{n} images is more than the limit of {MAX_IMAGES} for a split"));
-            }
-            _ => {}
-        }
-    }
-    ds
 }
 
 /// Byte offset of the first line that starts with `key` (for messages about
