@@ -167,6 +167,13 @@ pub async fn report(
                         .with_context(|| format!("writing {}", dir.join(&file).display()))?;
                     figures.push((file, f.title));
                 }
+                if !figures.is_empty() {
+                    eprintln!("{} figures written beside it as {stem}-*.svg", figures.len());
+                }
+            } else {
+                eprintln!(
+                    "no figures on standard output: `-o report.md` writes the report with its SVG figures beside it"
+                );
             }
             report::markdown(&cmp, &figures)
         }

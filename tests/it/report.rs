@@ -371,3 +371,14 @@ fn plan_exits_non_zero_when_a_run_cannot_be_trained() {
     assert_eq!(out.status.code(), Some(1));
     assert!(crate::cli::stdout(&out).contains("cannot be trained by this build"), "{}", crate::cli::stdout(&out));
 }
+
+/// Markdown says where its figures went, or how to get them.
+#[test]
+fn markdown_says_where_the_figures_went() {
+    let (dir, home) = trained();
+    let out = run(home, &["report", "--format", "md"]);
+    assert!(stderr(&out).contains("no figures on standard output: `-o report.md`"), "{}", stderr(&out));
+    let md = dir.path().join("where.md");
+    let out = run(home, &["report", "--format", "md", "-o", md.to_str().unwrap()]);
+    assert!(stderr(&out).contains("figures written beside it as where-*.svg"), "{}", stderr(&out));
+}
