@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Which signal stopped the worker (0: none yet).
 #[derive(Debug, Clone, Default)]
@@ -56,43 +57,34 @@ pub fn install() -> Stop {
     stop
 }
 
-struct Signals(Vec<(i32, tokio::signal::unix::Signal)>);
+/// The four stop signals' streams.
+struct Signals {
+    int: Signal,
+    term: Signal,
+    usr1: Signal,
+    hup: Signal,
+}
 
 impl Signals {
     fn new() -> Option<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut all = Vec::new();
-        for n in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGHUP] {
-            match signal(SignalKind::from_raw(n)) {
-                Ok(s) => all.push((n, s)),
-                Err(e) => tracing::warn!("cannot handle {}: {e}", name(n)),
-            }
-        }
-        (!all.is_empty()).then_some(Signals(all))
+        let open = |kind: SignalKind| {
+            signal(kind).map_err(|e| tracing::warn!("cannot handle signal {}: {e}", kind.as_raw_value())).ok()
+        };
+        Some(Signals {
+            int: open(SignalKind::interrupt())?,
+            term: open(SignalKind::terminate())?,
+            usr1: open(SignalKind::user_defined1())?,
+            hup: open(SignalKind::hangup())?,
+        })
     }
 
     /// The number of the next signal that arrives.
     async fn next(&mut self) -> i32 {
-        let waits = self.0.iter_mut().map(|(n, s)| {
-            let n = *n;
-            Box::pin(async move {
-                s.recv().await;
-                n
-            })
-        });
-        futures_select_first(waits.collect()).await
-    }
-}
-
-/// The first of several futures to finish.
-async fn futures_select_first<F: std::future::Future<Output = i32> + Unpin>(mut all: Vec<F>) -> i32 {
-    std::future::poll_fn(move |cx| {
-        for f in &mut all {
-            if let std::task::Poll::Ready(n) = std::pin::Pin::new(f).poll(cx) {
-                return std::task::Poll::Ready(n);
-            }
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.usr1.recv() => libc::SIGUSR1,
+            _ = self.hup.recv() => libc::SIGHUP,
         }
-        std::task::Poll::Pending
-    })
-    .await
+    }
 }

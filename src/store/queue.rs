@@ -162,21 +162,14 @@ impl Store {
         Ok(recovered)
     }
 
-    /// The running runs whose worker has not sent a heartbeat for longer than
-    /// `silent_for` (but may not be stale yet), with that age in seconds.
-    pub async fn silent_runs(&self, silent_for: Duration) -> Result<Vec<(i64, String, f64)>> {
+    /// Every running run: (id, worker, seconds since its last heartbeat).
+    pub async fn held_runs(&self) -> Result<Vec<(i64, String, f64)>> {
         let rows: Vec<(i64, Option<String>, Option<f64>)> =
             sqlx::query_as(&format!("SELECT id, worker, {NOW_UNIX} - heartbeat FROM runs WHERE status = 'running'"))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(self.sql())?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(id, w, age)| {
-                let age = age.unwrap_or(f64::INFINITY);
-                (age > silent_for.as_secs_f64()).then(|| (id, w.unwrap_or_default(), age))
-            })
-            .collect())
+        Ok(rows.into_iter().map(|(id, w, age)| (id, w.unwrap_or_default(), age.unwrap_or(f64::INFINITY))).collect())
     }
 
     /// Atomically takes the next run: interrupted runs first (they resume),

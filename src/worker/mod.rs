@@ -196,7 +196,7 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             // is older than three of those, once looked at again after that
             // long, has a worker that is gone.
             let silent_for = (opts.heartbeat_every * 3).max(Duration::from_millis(300));
-            let held = store.silent_runs(Duration::ZERO).await?;
+            let held = store.held_runs().await?;
             let silent = held.iter().find(|(_, _, age)| *age > silent_for.as_secs_f64()).cloned();
             if silent.is_none() && !held.is_empty() && !looked_again {
                 looked_again = true;
@@ -290,16 +290,19 @@ async fn execute(
     datasets: &mut HashMap<String, Arc<data::Dataset>>,
     run: ClaimedRun,
 ) -> Result<RunEnd, WorkerError> {
-    let fail = |error: String| {
-        let disk_full = error.starts_with("the disk is full");
-        RunEnd { id: run.id, name: run.name.clone(), status: Status::Failed, error: Some(error), disk_full }
+    let fail = |error: String, disk_full: bool| RunEnd {
+        id: run.id,
+        name: run.name.clone(),
+        status: Status::Failed,
+        error: Some(error),
+        disk_full,
     };
     let config: RunConfig = match serde_json::from_str(&run.config_json) {
         Ok(c) => c,
         Err(e) => {
             let msg = format!("the stored configuration does not parse: {e}");
             store.finish(run.id, worker, Status::Failed, Some(&msg)).await?;
-            return Ok(fail(msg));
+            return Ok(fail(msg, false));
         }
     };
     let rel_dir = run_dir(&run.key);
@@ -314,13 +317,14 @@ async fn execute(
         )
     });
     if let Err(e) = setup {
-        let msg = if checkpoint::is_disk_full(&e) {
+        let disk_full = checkpoint::is_disk_full(&e);
+        let msg = if disk_full {
             train::TrainError::DiskFull { path: abs_dir.join("config.json") }.to_string()
         } else {
             format!("{}: {e}", abs_dir.display())
         };
         store.finish(run.id, worker, Status::Failed, Some(&msg)).await?;
-        return Ok(fail(msg));
+        return Ok(fail(msg, disk_full));
     }
     collect_garbage(store, run.id, &abs_dir).await;
 
@@ -339,7 +343,7 @@ async fn execute(
             Err(e) => {
                 let msg = train::TrainError::from(e).to_string();
                 store.finish(run.id, worker, Status::Failed, Some(&msg)).await?;
-                return Ok(fail(msg));
+                return Ok(fail(msg, false));
             }
         },
     };

@@ -350,23 +350,23 @@ impl Ctx<'_> {
     /// Each override's key is one a run can set and each value is well typed
     /// on top of the defaults, as a grid axis value is.
     fn check_overrides(&mut self) {
-        for o in self.overrides.clone() {
+        let mut errors = Vec::new();
+        for o in &self.overrides {
             let root = o.path.split('.').next().unwrap_or_default();
             if !RUN_KEYS.contains(&root) {
                 let msg = format!("unknown key `{root}`; a run can set: {}", RUN_KEYS.join(", "));
-                let e = override_error(&o, &msg);
-                self.errors.push(e);
+                errors.push(override_error(o, &msg));
                 continue;
             }
             for value in &o.values {
                 let mut merged = self.defaults.clone();
                 set_path(&mut merged, &o.path, value.clone());
                 if let Err(e) = RunFields::deserialize(Value::Table(merged)) {
-                    let e = override_error(&o, &format!("value {value}: {}", e.message().trim()));
-                    self.errors.push(e);
+                    errors.push(override_error(o, &format!("value {value}: {}", e.message().trim())));
                 }
             }
         }
+        self.errors.extend(errors);
     }
 
     pub(super) fn repeats_of(&mut self, table: &SpannedTable) -> u32 {
@@ -408,7 +408,7 @@ pub(super) fn push_run(
 ) {
     // Every combination of the overrides' values, the file's value replaced.
     let mut variants = vec![(name, merged)];
-    for o in ctx.overrides.clone() {
+    for o in &ctx.overrides {
         let mut next = Vec::with_capacity(variants.len() * o.values.len());
         for (name, table) in &variants {
             for v in &o.values {
