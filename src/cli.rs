@@ -43,6 +43,10 @@ pub enum Command {
         /// adds an axis over all the file's runs (repeatable; values are TOML).
         #[arg(long = "set", value_name = "KEY=VALUE[,VALUE...]")]
         set: Vec<sweep::spec::Override>,
+        /// Train runs that are already done again, as new repeats (the next
+        /// unused seed), instead of skipping them.
+        #[arg(long)]
+        rerun: bool,
     },
     /// Show the runs a sweep file expands to, without queueing anything.
     Plan {
@@ -150,6 +154,50 @@ pub enum Command {
         #[arg(long)]
         from_scratch: bool,
     },
+    /// Cancel queued runs; a running one stops after its current batch,
+    /// checkpointed (`sweep retry` queues it again and it resumes).
+    Cancel {
+        /// The runs: ids (or unique prefixes), SWEEP/NAME, or unique names.
+        #[arg(required_unless_present = "sweep")]
+        runs: Vec<String>,
+        /// Every queued, interrupted or running run of this sweep (repeatable).
+        #[arg(long)]
+        sweep: Vec<String>,
+    },
+    /// Delete runs (their epochs, checkpoints and files), or whole sweeps.
+    ///
+    /// With --sweep, a run another sweep also lists is kept for that sweep.
+    /// Running runs are refused: cancel them first.
+    Rm {
+        /// The runs: ids (or unique prefixes), SWEEP/NAME, or unique names.
+        #[arg(required_unless_present = "sweep")]
+        runs: Vec<String>,
+        /// Remove this sweep and the runs no other sweep lists (repeatable).
+        #[arg(long)]
+        sweep: Vec<String>,
+        /// Do not ask for confirmation (needed without a terminal).
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Remove checkpoint files no record refers to and folders of removed
+    /// runs, and report the space freed.
+    Prune {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also drop the latest checkpoint of finished runs that have a best one
+        /// (as `keep = "best"` would have).
+        #[arg(long, value_enum)]
+        keep: Option<PruneKeep>,
+    },
+    /// Print a run's log (runs/<key>/log.txt): what the worker said about it.
+    Logs {
+        /// The run: its id (or a unique prefix), SWEEP/NAME, or a unique name.
+        run: String,
+        /// Keep printing as the run goes on, until it ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Export a side-by-side comparison of runs.
     Report {
         /// Only these sweeps' runs (repeatable).
@@ -213,6 +261,13 @@ pub enum StatusFormat {
     Table,
     /// JSON object.
     Json,
+}
+
+/// What `prune --keep` keeps of a finished run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PruneKeep {
+    /// Only the best checkpoint.
+    Best,
 }
 
 /// Formats of `report`.

@@ -169,3 +169,22 @@ impl EpochSink for MemorySink {
         Ok(())
     }
 }
+
+impl EpochRecord {
+    /// The line the worker prints (and logs) after the epoch, `*` marking a new best.
+    pub fn summary_line(&self, name: &str, epochs: u64, improved: bool) -> String {
+        format!(
+            "  {} epoch {}/{epochs}: train loss {:.4} acc {:.1}% | test loss {:.4} acc {:.1}% | lr {:.3e} | {:.0} img/s | {:.1}s{}",
+            crate::text::printable(name),
+            self.epoch,
+            self.train_loss,
+            self.train_acc,
+            self.test_loss,
+            self.test_acc,
+            self.lr,
+            self.images_per_sec,
+            self.seconds,
+            if improved { " *" } else { "" }
+        )
+    }
+}

@@ -1,6 +1,8 @@
 //! One function per subcommand; `run` dispatches. anyhow lives here and in main.
 
 mod eval;
+mod logs;
+mod manage;
 mod plan;
 mod query;
 mod signals;
@@ -17,9 +19,10 @@ use sweep::worker::{self, WorkerOptions, WorkerReport};
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = !cli.quiet;
     match cli.command {
-        Command::Submit { file, queue_only, device, format, max_runs, set } => {
+        Command::Submit { file, queue_only, device, format, max_runs, set, rerun } => {
             let options = sweep::spec::Options { limits: sweep::spec::Limits { max_runs }, overrides: set };
-            submit::submit(&cli.home, &file, &options, queue_only, device, format, verbose).await
+            let how = submit::How { queue_only, device, format, rerun, verbose };
+            submit::submit(&cli.home, &file, &options, &how).await
         }
         Command::Plan { file, format, max_runs, set } => {
             let options = sweep::spec::Options { limits: sweep::spec::Limits { max_runs }, overrides: set };
@@ -49,7 +52,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             query::results(&cli.home, &sweep, &q, format).await
         }
         Command::Show { run, format } => query::show(&cli.home, &run, format).await,
-        Command::Retry { runs, failed, from_scratch } => query::retry(&cli.home, &runs, failed, from_scratch).await,
+        Command::Retry { runs, failed, from_scratch } => manage::retry(&cli.home, &runs, failed, from_scratch).await,
+        Command::Cancel { runs, sweep } => manage::cancel(&cli.home, &runs, &sweep).await,
+        Command::Rm { runs, sweep, yes } => manage::rm(&cli.home, &runs, &sweep, yes).await,
+        Command::Prune { dry_run, keep } => manage::prune(&cli.home, dry_run, keep.is_some()).await,
+        Command::Logs { run, follow } => logs::logs(&cli.home, &run, follow).await,
         Command::Report { sweep, filter, format, output } => {
             let q =
                 sweep::report::query::Query { wheres: filter.wheres, statuses: filter.status, ..Default::default() };

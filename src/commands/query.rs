@@ -9,7 +9,7 @@ use sweep::report::{self, format::duration, text_table, Comparison, ResultsForma
 use sweep::store::{Status, Store};
 use sweep::text::printable;
 
-async fn open(home: &Path) -> anyhow::Result<Store> {
+pub async fn open(home: &Path) -> anyhow::Result<Store> {
     if !home.join(sweep::store::DB_FILE).exists() {
         anyhow::bail!("no sweep database in {} (submit a sweep first, or pass --home)", home.display());
     }
@@ -323,42 +323,4 @@ async fn show_run(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `sweep retry RUN... | --failed [--from-scratch]`.
-pub async fn retry(home: &Path, which: &[String], failed: bool, from_scratch: bool) -> anyhow::Result<ExitCode> {
-    let store = open(home).await?;
-    let mut runs = Vec::new();
-    for w in which {
-        runs.push(find_run(&store, w).await?.0);
-    }
-    if failed {
-        let mut seen: std::collections::HashSet<i64> = runs.iter().map(|r| r.id).collect();
-        for r in store.runs(None).await? {
-            if matches!(r.status, Status::Failed | Status::Diverged) && seen.insert(r.id) {
-                runs.push(r);
-            }
-        }
-    }
-    let mut refused = 0;
-    for r in &runs {
-        let name = format!("{}/{} ({})", printable(&r.sweep), printable(&r.name), &r.key[..10]);
-        match store.retry(r.id, from_scratch).await {
-            Ok(was) => {
-                let how = if from_scratch { ", from scratch" } else { ", from its latest checkpoint" };
-                println!("{name}: {was} -> queued{how}");
-            }
-            Err(sweep::store::StoreError::NotRetryable { why, status, .. }) => {
-                eprintln!("{name}: not queued: it is {status}: {why}");
-                refused += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if runs.is_empty() {
-        println!("no failed or diverged run");
-    } else if refused < runs.len() {
-        println!("run `sweep worker --home {}` to train", home.display());
-    }
-    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -1,24 +1,49 @@
 //! `sweep submit FILE`: validate, queue (skipping finished configs), train.
 
 use crate::cli::SubmitFormat;
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::ExitCode;
 use sweep::report::{results, results_json, Comparison, ResultsFormat};
 use sweep::spec::{self, DeviceChoice, SpecError, SpecErrors};
-use sweep::store::{Store, SubmitOutcome};
+use sweep::store::{Status, Store, SubmitOutcome};
 use sweep::text::printable;
 
-pub async fn submit(
-    home: &Path,
-    file: &Path,
-    options: &spec::Options,
-    queue_only: bool,
-    device: Option<DeviceChoice>,
-    format: SubmitFormat,
-    verbose: bool,
-) -> anyhow::Result<ExitCode> {
+/// How `submit` goes about it (its flags).
+pub struct How {
+    /// Only queue.
+    pub queue_only: bool,
+    /// --device, over the file's.
+    pub device: Option<DeviceChoice>,
+    /// Output format.
+    pub format: SubmitFormat,
+    /// Train finished runs again as new repeats.
+    pub rerun: bool,
+    /// Progress and per-run lines.
+    pub verbose: bool,
+}
+
+/// Turns the spec's finished runs into their next repeats; returns their new names.
+async fn rerun_finished(store: &Store, spec: &mut spec::SweepSpec) -> anyhow::Result<Vec<String>> {
+    let known = store.key_statuses().await?;
+    let mut taken: HashSet<String> = spec.runs.iter().map(|r| r.key.0.clone()).collect();
+    taken.extend(known.keys().cloned());
+    let mut renamed = Vec::new();
+    for run in &mut spec.runs {
+        if known.get(&run.key.0).is_some_and(|(_, s)| *s == Status::Done) {
+            let next = spec::next_repeat(run, &|k| taken.contains(k));
+            taken.insert(next.key.0.clone());
+            renamed.push(format!("{} -> {}", printable(&run.name), printable(&next.name)));
+            *run = next;
+        }
+    }
+    Ok(renamed)
+}
+
+pub async fn submit(home: &Path, file: &Path, options: &spec::Options, how: &How) -> anyhow::Result<ExitCode> {
+    let (queue_only, format, verbose) = (how.queue_only, how.format, how.verbose);
     let json = format == SubmitFormat::Json;
-    let spec = match spec::load_with(file, options) {
+    let mut spec = match spec::load_with(file, options) {
         Ok(s) => s,
         Err(errors) => {
             eprintln!("{errors}\nnothing was queued");
@@ -46,7 +71,7 @@ pub async fn submit(
 
     // --device (or SWEEP_DEVICE) over the file's `device`, else auto; a GPU
     // this build cannot use is refused before anything is queued.
-    let device = device.or(spec.device).unwrap_or_default();
+    let device = how.device.or(spec.device).unwrap_or_default();
     if device.is_cuda() && !candle_core::utils::cuda_is_available() && !queue_only {
         eprintln!(
             "error: device {device}: this binary was built without CUDA (rebuild with `--features cuda`, \
@@ -55,6 +80,10 @@ pub async fn submit(
         return Ok(ExitCode::from(2));
     }
     let store = Store::open(home).await?;
+    let reruns = if how.rerun { rerun_finished(&store, &mut spec).await? } else { Vec::new() };
+    if !json && !reruns.is_empty() {
+        println!("{} finished run(s) trained again as new repeats: {}", reruns.len(), reruns.join(", "));
+    }
     let outcomes = store.submit(&spec).await?;
     let count = |o: SubmitOutcome| outcomes.iter().filter(|x| **x == o).count();
     let queued: Vec<serde_json::Value> = spec
@@ -65,7 +94,7 @@ pub async fn submit(
         .collect();
     if !json {
         println!(
-            "sweep `{}`: {} run(s): {} queued, {} already done, {} already queued, {} requeued after failing",
+            "sweep `{}`: {} run(s): {} queued, {} already done, {} already queued, {} requeued (failed or cancelled)",
             printable(&spec.name),
             outcomes.len(),
             count(SubmitOutcome::Queued),

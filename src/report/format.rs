@@ -21,6 +21,21 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
+/// A size in bytes for a person: `512 B`, `3.4 KiB`, `12.0 MiB`, `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// Decimals shown for a metric: 4 for losses, 2 for accuracies.
 pub fn metric_digits(metric: &str) -> usize {
     if metric.ends_with("loss") {

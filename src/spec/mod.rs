@@ -22,7 +22,7 @@ pub mod overrides;
 
 pub use config::*;
 pub use device::DeviceChoice;
-pub use expand::{PlannedRun, Reference, SweepSpec};
+pub use expand::{next_repeat, PlannedRun, Reference, SweepSpec};
 pub use key::{canonical_json, run_key, RunKey};
 pub use limits::Limits;
 pub use overrides::Override;

@@ -51,6 +51,24 @@ pub enum StoreError {
         /// What to do instead.
         why: &'static str,
     },
+    /// `sweep cancel` on a run that is not queued, interrupted or running.
+    #[error("run {run_id} is {status}: {why}")]
+    NotCancellable {
+        /// The run.
+        run_id: i64,
+        /// Its status.
+        status: String,
+        /// What to do instead.
+        why: &'static str,
+    },
+    /// `sweep rm` on a run that is running (or that another sweep took up meanwhile).
+    #[error("run {run_id} was not removed: {why}")]
+    NotRemovable {
+        /// The run.
+        run_id: i64,
+        /// Why, and what to do instead.
+        why: &'static str,
+    },
     /// SQLite refused a query or failed while running it.
     #[error("database {path}: {detail}{}", io_hint(.detail))]
     Query {

@@ -10,7 +10,8 @@
 //! `identity` (worker ids), `queue` (submitting, claiming, recovering,
 //! heartbeats), `records` (epoch and checkpoint writes, run ends), `reads`
 //! (everything `status`, `results` and `report` read), `raw` (the bulk read
-//! through SQLite's C API) and [`status`] (the run status machine).
+//! through SQLite's C API), `remove` (`sweep rm`, and what `prune` and
+//! `submit --rerun` read) and [`status`] (the run status machine).
 //!
 //! Workers identify themselves as `host:pid`. Writes about a running run check
 //! that the writer still holds it, so a worker that was presumed dead cannot
@@ -22,6 +23,7 @@ mod queue;
 mod raw;
 mod reads;
 mod records;
+mod remove;
 mod rows;
 pub mod status;
 

@@ -70,9 +70,9 @@ impl Store {
                 let outcome = match status {
                     Status::Done => SubmitOutcome::AlreadyDone,
                     Status::Queued | Status::Running | Status::Interrupted => SubmitOutcome::AlreadyQueued,
-                    Status::Failed | Status::Diverged => {
-                        status.apply(Event::Requeue).expect("failed and diverged runs can be requeued");
-                        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0, death_epoch = NULL, death_step = NULL WHERE id = ?1")
+                    Status::Failed | Status::Diverged | Status::Cancelled => {
+                        status.apply(Event::Requeue).expect("failed, diverged and cancelled runs can be requeued");
+                        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0, death_epoch = NULL, death_step = NULL, cancel_requested = 0 WHERE id = ?1")
                             .bind(id)
                             .execute(&mut **tx)
                             .await
@@ -140,8 +140,11 @@ impl Store {
                 )
             });
             let status = if failed { "failed" } else { "interrupted" };
+            // A run that `sweep cancel` asked to stop is cancelled, not resumed.
             let done = sqlx::query(&format!(
-                "UPDATE runs SET status = ?3, worker = NULL, worker_deaths = ?4, error = ?5,
+                "UPDATE runs SET status = CASE WHEN ?3 = 'interrupted' AND cancel_requested = 1
+                                              THEN 'cancelled' ELSE ?3 END,
+                     cancel_requested = 0, worker = NULL, worker_deaths = ?4, error = ?5,
                      death_epoch = epochs_done, death_step = step,
                      finished_at = CASE WHEN ?3 = 'failed' THEN {NOW_ISO} ELSE finished_at END
                  WHERE id = ?1 AND status = 'running' AND worker IS ?2"
@@ -207,23 +210,64 @@ impl Store {
         }))
     }
 
-    /// Refreshes the holder's heartbeat and progress. Fails if another worker holds the run.
-    pub async fn heartbeat(&self, run_id: i64, worker: &str, step: i64, steps_per_epoch: i64) -> Result<()> {
-        let done = sqlx::query(&format!(
+    /// Refreshes the holder's heartbeat and progress, and says whether `sweep
+    /// cancel` asked for the run to stop. Fails if another worker holds the run.
+    pub async fn heartbeat(&self, run_id: i64, worker: &str, step: i64, steps_per_epoch: i64) -> Result<bool> {
+        let cancel: Option<i64> = sqlx::query_scalar(&format!(
             "UPDATE runs SET heartbeat = {NOW_UNIX}, step = ?3, steps_per_epoch = ?4
-             WHERE id = ?1 AND worker = ?2 AND status = 'running'"
+             WHERE id = ?1 AND worker = ?2 AND status = 'running'
+             RETURNING cancel_requested"
         ))
         .bind(run_id)
         .bind(worker)
         .bind(step)
         .bind(steps_per_epoch)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(self.sql())?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::LostOwnership { run_id, worker: worker.to_owned() });
+        match cancel {
+            None => Err(StoreError::LostOwnership { run_id, worker: worker.to_owned() }),
+            Some(c) => Ok(c != 0),
         }
-        Ok(())
+    }
+
+    /// `sweep cancel`: a queued or interrupted run is cancelled at once; a
+    /// running one is asked to stop (its worker sees it with its next
+    /// heartbeat, stops after the batch, checkpoints and records it
+    /// cancelled). Returns the status it had, or why it cannot be cancelled.
+    pub async fn cancel(&self, run_id: i64) -> Result<Status> {
+        let e = self.sql();
+        let mut tx = self.write_tx().await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
+            .bind(run_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(&e)?;
+        let status = self.parse_status(&status)?;
+        let sql = match status {
+            Status::Running => "UPDATE runs SET cancel_requested = 1 WHERE id = ?1",
+            Status::Queued | Status::Interrupted => {
+                status.apply(Event::Cancel).expect("queued and interrupted runs can be cancelled");
+                "UPDATE runs SET status = 'cancelled', worker = NULL WHERE id = ?1"
+            }
+            Status::Cancelled => {
+                return Err(StoreError::NotCancellable {
+                    run_id,
+                    status: status.to_string(),
+                    why: "it is cancelled already",
+                })
+            }
+            Status::Done | Status::Failed | Status::Diverged => {
+                return Err(StoreError::NotCancellable {
+                    run_id,
+                    status: status.to_string(),
+                    why: "it is not queued or running",
+                })
+            }
+        };
+        sqlx::query(sql).bind(run_id).execute(&mut *tx).await.map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(status)
     }
 
     /// Queues a failed, diverged or interrupted run again (`sweep retry`).
@@ -267,7 +311,7 @@ impl Store {
             .await
             .map_err(&e)?;
         }
-        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0, death_epoch = NULL, death_step = NULL WHERE id = ?1")
+        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0, death_epoch = NULL, death_step = NULL, cancel_requested = 0 WHERE id = ?1")
             .bind(run_id)
             .execute(&mut *tx)
             .await

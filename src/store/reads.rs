@@ -1,6 +1,6 @@
 //! Reads: sweeps, runs with their summary numbers, epochs, checkpoints.
 
-use super::{raw, Result, RunRow, Store, StoreError, SweepRow, NOW_UNIX};
+use super::{raw, Result, RunRow, Status, Store, StoreError, SweepRow, NOW_UNIX};
 use crate::record::{CheckpointKind, CheckpointRecord, EpochRecord};
 use sqlx::Row;
 
@@ -82,6 +82,16 @@ impl Store {
                 peak_memory_bytes: r.get("peak_memory_bytes"),
             })
             .collect())
+    }
+
+    /// A run's status now (`None`: no such run, e.g. removed).
+    pub async fn run_status(&self, run_id: i64) -> Result<Option<Status>> {
+        let s: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.sql())?;
+        s.map(|s| self.parse_status(&s)).transpose()
     }
 
     /// Stored sweeps, oldest first.

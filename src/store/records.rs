@@ -100,6 +100,22 @@ impl Store {
 
     /// Marks a run interrupted, recording the mid-epoch checkpoint if one was saved.
     pub async fn record_interrupt(&self, run_id: i64, worker: &str, latest: Option<&CheckpointRecord>) -> Result<()> {
+        self.record_stop(run_id, worker, latest, Status::Interrupted).await
+    }
+
+    /// Marks a run that `sweep cancel` stopped cancelled, recording its
+    /// mid-epoch checkpoint (it resumes from it when queued again).
+    pub async fn record_cancel(&self, run_id: i64, worker: &str, latest: Option<&CheckpointRecord>) -> Result<()> {
+        self.record_stop(run_id, worker, latest, Status::Cancelled).await
+    }
+
+    async fn record_stop(
+        &self,
+        run_id: i64,
+        worker: &str,
+        latest: Option<&CheckpointRecord>,
+        status: Status,
+    ) -> Result<()> {
         let e = self.sql();
         let mut tx = self.held_tx(run_id, worker).await?;
         if let Some(latest) = latest {
@@ -111,8 +127,9 @@ impl Store {
                 .await
                 .map_err(&e)?;
         }
-        sqlx::query("UPDATE runs SET status = 'interrupted', worker = NULL WHERE id = ?1")
+        sqlx::query("UPDATE runs SET status = ?2, worker = NULL, cancel_requested = 0 WHERE id = ?1")
             .bind(run_id)
+            .bind(status.as_str())
             .execute(&mut *tx)
             .await
             .map_err(&e)?;

@@ -8,7 +8,12 @@
 //!    │  │              │ └──────────▶ diverged ┤ requeue (resubmit)
 //!    │  └─ interrupted ◀┘ interrupt / stale     │
 //!    └──────────────────────────────────────────┘
+//!
+//!  queued / interrupted ──cancel──▶ cancelled ──requeue (retry, resubmit)──▶ queued
 //! ```
+//! `cancelled` is a run a person stopped with `sweep cancel`: a queued one at
+//! once, a running one after its batch, checkpointed (its worker stops it and
+//! records the interrupt first, then the cancel).
 //! `diverged` is a run whose loss became NaN or infinite (its error says at
 //! which epoch and batch); like `failed`, it is queued again when resubmitted.
 //! `interrupted` runs (Ctrl-C, or a worker found dead through its stale
@@ -35,6 +40,8 @@ pub enum Status {
     Interrupted,
     /// Its loss became NaN or infinite.
     Diverged,
+    /// Stopped by `sweep cancel`; `sweep retry` queues it again (it resumes).
+    Cancelled,
 }
 
 /// Something that happens to a run.
@@ -50,8 +57,10 @@ pub enum Event {
     Diverge,
     /// Ctrl-C, or its worker was found dead.
     Interrupt,
-    /// Submitted again after failing or diverging.
+    /// Submitted again after failing or diverging, or retried.
     Requeue,
+    /// `sweep cancel` (a running run is interrupted first).
+    Cancel,
 }
 
 /// An event that does not apply to a run in its current status.
@@ -66,20 +75,28 @@ pub struct InvalidTransition {
 
 impl Status {
     /// Every status, in display order.
-    pub const ALL: [Status; 6] =
-        [Status::Queued, Status::Running, Status::Done, Status::Failed, Status::Diverged, Status::Interrupted];
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Running,
+        Status::Done,
+        Status::Failed,
+        Status::Diverged,
+        Status::Interrupted,
+        Status::Cancelled,
+    ];
 
     /// The status after `event`, or why it cannot happen.
     pub fn apply(self, event: Event) -> Result<Status, InvalidTransition> {
-        use Event::{Claim, Diverge, Fail, Finish, Interrupt, Requeue};
-        use Status::{Diverged, Done, Failed, Interrupted, Queued, Running};
+        use Event::{Cancel, Claim, Diverge, Fail, Finish, Interrupt, Requeue};
+        use Status::{Cancelled, Diverged, Done, Failed, Interrupted, Queued, Running};
         match (self, event) {
             (Queued | Interrupted, Claim) => Ok(Running),
             (Running, Finish) => Ok(Done),
             (Running | Queued | Interrupted, Fail) => Ok(Failed),
             (Running, Interrupt) => Ok(Interrupted),
             (Running, Diverge) => Ok(Diverged),
-            (Failed | Diverged, Requeue) => Ok(Queued),
+            (Failed | Diverged | Cancelled, Requeue) => Ok(Queued),
+            (Queued | Interrupted, Cancel) => Ok(Cancelled),
             (from, event) => Err(InvalidTransition { from, event }),
         }
     }
@@ -93,6 +110,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Interrupted => "interrupted",
             Status::Diverged => "diverged",
+            Status::Cancelled => "cancelled",
         }
     }
 }
@@ -124,6 +142,9 @@ mod tests {
         assert_eq!(Running.apply(Interrupt), Ok(Interrupted));
         assert_eq!(Interrupted.apply(Claim), Ok(Running));
         assert_eq!(Failed.apply(Requeue), Ok(Queued));
+        assert_eq!(Queued.apply(Cancel), Ok(Cancelled));
+        assert_eq!(Interrupted.apply(Cancel), Ok(Cancelled));
+        assert_eq!(Cancelled.apply(Requeue), Ok(Queued));
     }
 
     #[test]
@@ -136,6 +157,9 @@ mod tests {
             (Running, Claim),
             (Failed, Claim),
             (Queued, Interrupt),
+            (Cancelled, Claim),
+            (Done, Cancel),
+            (Running, Cancel),
         ] {
             assert_eq!(from.apply(ev), Err(InvalidTransition { from, event: ev }), "{from} {ev:?}");
         }

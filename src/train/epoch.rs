@@ -98,7 +98,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
             let todo = all_batches[(state.step as usize).min(steps)..steps].to_vec();
             let mut loader = loader::Loader::start(scope, &train_pipe, &ds.train, todo, seed, e, threads, 2);
             for b in state.step as usize..steps {
-                if req.stop.load(Ordering::SeqCst) {
+                if req.stop.load(Ordering::SeqCst) || req.cancel.load(Ordering::SeqCst) {
                     bar.finish_and_clear();
                     partial.seconds += start.elapsed().as_secs_f64();
                     state.step = b as u64;
@@ -206,7 +206,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         let latest = record(CheckpointKind::Latest, &saved, &state, Some(metric));
         let best = improved.then(|| record(CheckpointKind::Best, &saved, &state, Some(metric)));
         if req.verbose {
-            eprintln!("{}", epoch_line(req.name, &rec, epochs, improved));
+            eprintln!("{}", rec.summary_line(req.name, epochs, improved));
         }
         // The record sets the stored step to 0: so must the live progress, or a
         // heartbeat between here and the next epoch would write the old count back.
@@ -328,23 +328,6 @@ impl Timing {
             self.checkpoint
         );
     }
-}
-
-/// The line printed after each epoch (`*` marks a new best).
-fn epoch_line(name: &str, rec: &EpochRecord, epochs: u64, improved: bool) -> String {
-    format!(
-        "  {} epoch {}/{epochs}: train loss {:.4} acc {:.1}% | test loss {:.4} acc {:.1}% | lr {:.3e} | {:.0} img/s | {:.1}s{}",
-        crate::text::printable(name),
-        rec.epoch,
-        rec.train_loss,
-        rec.train_acc,
-        rec.test_loss,
-        rec.test_acc,
-        rec.lr,
-        rec.images_per_sec,
-        rec.seconds,
-        if improved { " *" } else { "" }
-    )
 }
 
 fn stop_note(cfg: &RunConfig, epoch: u64) -> String {

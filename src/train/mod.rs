@@ -167,8 +167,11 @@ pub struct TrainRequest<'a> {
     pub resume: Option<&'a CheckpointRecord>,
     /// Where tensors live.
     pub device: &'a Device,
-    /// Set to stop after the current batch.
+    /// Set to stop after the current batch (Ctrl-C, SIGTERM: the worker stops).
     pub stop: &'a AtomicBool,
+    /// Set to stop this run after the current batch (`sweep cancel`: the
+    /// worker goes on with the next run). Both end in a mid-epoch checkpoint.
+    pub cancel: &'a AtomicBool,
     /// Updated after every batch.
     pub progress: &'a Progress,
     /// Draw a progress bar and print a line per epoch on stderr.

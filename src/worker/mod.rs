@@ -8,6 +8,7 @@
 //! worker marks runs whose worker died as `interrupted`; those are claimed first
 //! and resume from their latest checkpoint.
 
+pub mod log;
 pub mod retention;
 
 use crate::text::printable;
@@ -225,11 +226,7 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         tracing::info!(run = run.id, key = &run.key[..10], name = run.name.as_str(), attempt = run.attempts, "claimed");
         let end = execute(store, opts, &worker, &device, &stop, &mut datasets, run).await?;
         if opts.verbose {
-            match (&end.error, end.status) {
-                (Some(e), _) => eprintln!("✗ {} {}: {}", printable(&end.name), end.status, printable(e)),
-                (None, Status::Done) => eprintln!("✓ {} done", printable(&end.name)),
-                (None, status) => eprintln!("… {} {status}", printable(&end.name)),
-            }
+            eprintln!("{}", end_line(&end));
         }
         let was_interrupted = end.status == Status::Interrupted;
         let disk_full = end.disk_full;
@@ -245,6 +242,15 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         }
     }
     Ok(report)
+}
+
+/// The line that says how a run ended in this worker.
+fn end_line(end: &RunEnd) -> String {
+    match (&end.error, end.status) {
+        (Some(e), _) => format!("✗ {} {}: {}", printable(&end.name), end.status, printable(e)),
+        (None, Status::Done) => format!("✓ {} done", printable(&end.name)),
+        (None, status) => format!("… {} {status}", printable(&end.name)),
+    }
 }
 
 /// Removes the files of the run's folder that no record refers to (see [`retention`]).
@@ -327,6 +333,8 @@ async fn execute(
         return Ok(fail(msg, disk_full));
     }
     collect_garbage(store, run.id, &abs_dir).await;
+    let mut log = log::RunLog::open(&abs_dir);
+    let epochs = config.epochs as u64;
 
     let keep = config.keep;
     let resuming = latest.is_some();
@@ -342,25 +350,30 @@ async fn execute(
             }
             Err(e) => {
                 let msg = train::TrainError::from(e).to_string();
-                store.finish(run.id, worker, Status::Failed, Some(&msg)).await?;
-                return Ok(fail(msg, false));
+                let end = fail(msg, false);
+                log.line(&end_line(&end));
+                store.finish(run.id, worker, Status::Failed, end.error.as_deref()).await?;
+                return Ok(end);
             }
         },
     };
     store.set_classes(run.id, worker, &dataset.classes).await?;
+    let how = match &latest {
+        Some(c) if c.step > 0 => format!(", resuming epoch {} at batch {}", c.epoch + 1, c.step),
+        Some(c) => format!(", resuming after epoch {}", c.epoch),
+        None => String::new(),
+    };
+    let start = format!("▶ {} ({}, attempt {}{how})", printable(&run.name), &run.key[..10], run.attempts);
     if opts.verbose {
-        let how = match &latest {
-            Some(c) if c.step > 0 => format!(", resuming epoch {} at batch {}", c.epoch + 1, c.step),
-            Some(c) => format!(", resuming after epoch {}", c.epoch),
-            None => String::new(),
-        };
-        eprintln!("▶ {} ({}, attempt {}{how})", printable(&run.name), &run.key[..10], run.attempts);
+        eprintln!("{start}");
     }
+    log.line(&format!("{start} on {} by worker {worker}", device_label(device)));
 
     let progress = Arc::new(Progress::default());
+    let cancel = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::channel::<Msg>(1);
     let handle = {
-        let (progress, stop, device) = (progress.clone(), stop.clone(), device.clone());
+        let (progress, stop, cancel, device) = (progress.clone(), stop.clone(), cancel.clone(), device.clone());
         let (name, home, rel_dir, verbose) = (run.name.clone(), home.clone(), rel_dir.clone(), opts.verbose);
         std::thread::Builder::new()
             .name(format!("train-{}", run.id))
@@ -375,6 +388,7 @@ async fn execute(
                     resume: latest.as_ref(),
                     device: &device,
                     stop: &stop,
+                    cancel: &cancel,
                     progress: &progress,
                     verbose,
                 };
@@ -389,6 +403,7 @@ async fn execute(
             msg = rx.recv() => match msg {
                 None => break,
                 Some(Msg::Epoch { rec, latest, best, reply }) => {
+                    log.line(&rec.summary_line(&run.name, epochs, best.is_some()));
                     let r = store.record_epoch(run.id, worker, &rec, &latest, best.as_ref()).await;
                     tracing::info!(run = run.id, epoch = rec.epoch, test_acc = rec.test_acc, best = best.is_some(), ok = r.is_ok(), "epoch recorded");
                     if r.is_ok() {
@@ -397,7 +412,11 @@ async fn execute(
                     let _ = reply.send(r.map_err(|e| SinkError::Refused(e.to_string())));
                 }
                 Some(Msg::Interrupted { latest, reply }) => {
-                    let r = store.record_interrupt(run.id, worker, Some(&latest)).await;
+                    let r = if cancel.load(Ordering::SeqCst) {
+                        store.record_cancel(run.id, worker, Some(&latest)).await
+                    } else {
+                        store.record_interrupt(run.id, worker, Some(&latest)).await
+                    };
                     if r.is_ok() {
                         collect_garbage(store, run.id, &abs_dir).await;
                     }
@@ -407,8 +426,16 @@ async fn execute(
             _ = beat.tick() => {
                 let step = progress.step.load(Ordering::Relaxed);
                 let steps = progress.steps_per_epoch.load(Ordering::Relaxed);
-                if let Err(e) = store.heartbeat(run.id, worker, step, steps).await {
-                    tracing::warn!("heartbeat: {e}");
+                match store.heartbeat(run.id, worker, step, steps).await {
+                    Ok(true) if !cancel.swap(true, Ordering::SeqCst) => {
+                        tracing::info!(run = run.id, "cancel requested: stopping after this batch");
+                        log.line("cancel requested (`sweep cancel`): stopping after this batch");
+                        if opts.verbose {
+                            eprintln!("  {}: cancel requested: stopping after this batch", printable(&run.name));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("heartbeat: {e}"),
                 }
             }
         }
@@ -440,20 +467,31 @@ async fn execute(
     }
     let end = match outcome {
         Ok(Outcome::Finished) => {
+            let end =
+                RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false };
+            // The log's last line before the status: `sweep logs -f` stops at the status.
+            log.line(&end_line(&end));
             store.finish(run.id, worker, Status::Done, None).await?;
-            RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false }
+            end
         }
         Ok(Outcome::StoppedEarly { note, .. }) => {
             tracing::info!(run = run.id, "{note}");
             if opts.verbose {
                 eprintln!("  {}: {note}", printable(&run.name));
             }
+            log.line(&format!("  {note}"));
+            let end =
+                RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false };
+            log.line(&end_line(&end));
             store.set_note(run.id, worker, &note).await?;
             store.finish(run.id, worker, Status::Done, None).await?;
-            RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false }
+            end
         }
         Ok(Outcome::Interrupted) => {
-            RunEnd { id: run.id, name: run.name.clone(), status: Status::Interrupted, error: None, disk_full: false }
+            let status = if cancel.load(Ordering::SeqCst) { Status::Cancelled } else { Status::Interrupted };
+            let end = RunEnd { id: run.id, name: run.name.clone(), status, error: None, disk_full: false };
+            log.line(&end_line(&end));
+            end
         }
         Err(e) => {
             let msg = match &e {
@@ -470,12 +508,14 @@ async fn execute(
             };
             let status =
                 if matches!(e, train::TrainError::Diverged { .. }) { Status::Diverged } else { Status::Failed };
-            match store.finish(run.id, worker, status, Some(&msg)).await {
+            let disk_full = matches!(e, train::TrainError::DiskFull { .. });
+            let end = RunEnd { id: run.id, name: run.name.clone(), status, error: Some(msg), disk_full };
+            log.line(&end_line(&end));
+            match store.finish(run.id, worker, status, end.error.as_deref()).await {
                 Ok(()) | Err(StoreError::LostOwnership { .. }) => {}
                 Err(other) => return Err(other.into()),
             }
-            let disk_full = matches!(e, train::TrainError::DiskFull { .. });
-            RunEnd { id: run.id, name: run.name.clone(), status, error: Some(msg), disk_full }
+            end
         }
     };
     Ok(end)

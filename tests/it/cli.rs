@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use sweep::record::{CheckpointKind, EpochRecord};
 use sweep::store::{RunRow, Status, Store};
 
-fn sweep(home: &Path) -> Command {
+pub fn sweep(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sweep"));
     c.arg("--home").arg(home).env_remove("SWEEP_HOME").env("SWEEP_HEARTBEAT_SECS", "0.1").env("RUST_LOG", "warn");
     c
@@ -35,7 +35,7 @@ pub fn block<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
-fn runs(home: &Path) -> Vec<RunRow> {
+pub fn runs(home: &Path) -> Vec<RunRow> {
     block(async {
         let s = Store::open(home).await.unwrap();
         let r = s.runs(None).await.unwrap();
@@ -44,7 +44,7 @@ fn runs(home: &Path) -> Vec<RunRow> {
     })
 }
 
-fn epochs(home: &Path, id: i64) -> Vec<EpochRecord> {
+pub fn epochs(home: &Path, id: i64) -> Vec<EpochRecord> {
     block(async {
         let s = Store::open(home).await.unwrap();
         let e = s.epochs(id).await.unwrap();
@@ -53,11 +53,11 @@ fn epochs(home: &Path, id: i64) -> Vec<EpochRecord> {
     })
 }
 
-fn numbers(e: &[EpochRecord]) -> Vec<[f64; 6]> {
+pub fn numbers(e: &[EpochRecord]) -> Vec<[f64; 6]> {
     e.iter().map(|r| [r.epoch as f64, r.train_loss, r.train_acc, r.test_loss, r.test_acc, r.lr]).collect()
 }
 
-fn wait_until(child: &mut Child, home: &Path, what: &str, cond: impl Fn(&[RunRow]) -> bool) {
+pub fn wait_until(child: &mut Child, home: &Path, what: &str, cond: impl Fn(&[RunRow]) -> bool) {
     let start = Instant::now();
     loop {
         assert!(child.try_wait().unwrap().is_none(), "the worker exited before {what}");
@@ -97,7 +97,7 @@ fn submit_results_report_and_resubmit_end_to_end() {
         let ck = block(async { Store::open(&home).await.unwrap().checkpoints(r.id).await.unwrap() });
         assert!(ck.iter().any(|c| c.kind == CheckpointKind::Latest && c.epoch == 2));
         assert!(ck.iter().any(|c| c.kind == CheckpointKind::Best && Some(c.epoch) == r.best_epoch));
-        let mut expected = vec!["config.json".to_owned()];
+        let mut expected = vec!["config.json".to_owned(), "log.txt".to_owned()];
         for c in &ck {
             for (p, sha) in [(&c.path, &c.sha256), (&c.state_path, &c.state_sha256)] {
                 assert_eq!(&sweep::train::checkpoint::sha256_file(&home.join(p)).unwrap(), sha);
@@ -280,7 +280,7 @@ fn failing_runs_are_recorded_and_the_sweep_goes_on() {
     std::fs::write(data.join("data_batch_1.bin"), &records).unwrap();
     let out = run(&home, &["submit", cifar.to_str().unwrap()]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains("1 requeued after failing"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("1 requeued (failed or cancelled)"), "{}", stdout(&out));
     let c = runs(&home).into_iter().find(|r| r.name == "default").unwrap();
     assert_eq!((c.status, c.epochs_done), (Status::Done, 1));
 }
@@ -394,7 +394,8 @@ fn keep_best_leaves_one_checkpoint_per_finished_run() {
         std::fs::read_dir(&run_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     files.sort();
     let name = |p: &str| Path::new(p).file_name().unwrap().to_string_lossy().into_owned();
-    let mut expected = vec!["config.json".to_owned(), name(&ckpts[0].path), name(&ckpts[0].state_path)];
+    let mut expected =
+        vec!["config.json".to_owned(), "log.txt".to_owned(), name(&ckpts[0].path), name(&ckpts[0].state_path)];
     expected.sort();
     assert_eq!(files, expected);
 

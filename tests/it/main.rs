@@ -14,6 +14,7 @@
 mod cli;
 mod data;
 mod fuzz;
+mod manage;
 mod models;
 mod optim;
 mod report;

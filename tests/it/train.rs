@@ -43,6 +43,7 @@ fn train_once(cfg: &RunConfig, ds: &data::Dataset, run: Run, sink: &mut MemorySi
             resume: run.resume.as_ref(),
             device: &Device::Cpu,
             stop,
+            cancel: &AtomicBool::new(false),
             progress,
             verbose: false,
         };

@@ -29,7 +29,10 @@ use toml::{Spanned, Table, Value};
 mod finite;
 mod grid;
 mod paths;
+mod rerun;
 mod validate;
+
+pub use rerun::next_repeat;
 
 use grid::{expand_grid, expand_run};
 pub use paths::set_path;

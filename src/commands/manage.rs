@@ -1,0 +1,267 @@
+//! Managing the queue: `retry`, `cancel`, `rm`, `prune`.
+
+use super::query::{find_run, open};
+use anyhow::Context;
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::ExitCode;
+use sweep::report::format::bytes;
+use sweep::store::{RunRow, Status, Store, StoreError};
+use sweep::text::printable;
+use sweep::worker::{retention, run_dir};
+
+fn label(r: &RunRow) -> String {
+    format!("{}/{} ({})", printable(&r.sweep), printable(&r.name), &r.key[..10])
+}
+
+/// The runs named on the command line and those of the sweeps named, each once.
+async fn named_runs(store: &Store, which: &[String], sweeps: &[String]) -> anyhow::Result<Vec<RunRow>> {
+    let mut runs = Vec::new();
+    let mut seen = HashSet::new();
+    for w in which {
+        let r = find_run(store, w).await?.0;
+        if seen.insert(r.id) {
+            runs.push(r);
+        }
+    }
+    for name in sweeps {
+        if !store.sweep_exists(name).await? {
+            let known: Vec<String> = store.sweeps().await?.into_iter().map(|s| s.name).collect();
+            anyhow::bail!("no sweep named `{}` (known: {})", printable(name), printable(&known.join(", ")));
+        }
+        runs.extend(store.runs(Some(name)).await?.into_iter().filter(|r| seen.insert(r.id)));
+    }
+    Ok(runs)
+}
+
+/// `sweep retry RUN... | --failed [--from-scratch]`.
+pub async fn retry(home: &Path, which: &[String], failed: bool, from_scratch: bool) -> anyhow::Result<ExitCode> {
+    let store = open(home).await?;
+    let mut runs = named_runs(&store, which, &[]).await?;
+    if failed {
+        let mut seen: HashSet<i64> = runs.iter().map(|r| r.id).collect();
+        for r in store.runs(None).await? {
+            if matches!(r.status, Status::Failed | Status::Diverged) && seen.insert(r.id) {
+                runs.push(r);
+            }
+        }
+    }
+    let mut refused = 0;
+    for r in &runs {
+        let name = label(r);
+        match store.retry(r.id, from_scratch).await {
+            Ok(was) => {
+                let how = if from_scratch { ", from scratch" } else { ", from its latest checkpoint" };
+                println!("{name}: {was} -> queued{how}");
+            }
+            Err(StoreError::NotRetryable { why, status, .. }) => {
+                eprintln!("{name}: not queued: it is {status}: {why}");
+                refused += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if runs.is_empty() {
+        println!("no failed or diverged run");
+    } else if refused < runs.len() {
+        println!("run `sweep worker --home {}` to train", home.display());
+    }
+    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `sweep cancel RUN... | --sweep NAME`.
+pub async fn cancel(home: &Path, which: &[String], sweeps: &[String]) -> anyhow::Result<ExitCode> {
+    let store = open(home).await?;
+    let runs = named_runs(&store, which, sweeps).await?;
+    let mut refused = 0;
+    let (mut cancelled, mut stopping) = (0, 0);
+    for r in &runs {
+        // A sweep's finished runs are not an error to cancel: they are left as they are.
+        if !which.is_empty() || matches!(r.status, Status::Queued | Status::Interrupted | Status::Running) {
+            match store.cancel(r.id).await {
+                Ok(Status::Running) => {
+                    println!("{}: running -> stops after its current batch, checkpointed, as cancelled", label(r));
+                    stopping += 1;
+                }
+                Ok(was) => {
+                    println!("{}: {was} -> cancelled", label(r));
+                    cancelled += 1;
+                }
+                Err(StoreError::NotCancellable { status, why, .. }) => {
+                    eprintln!("{}: not cancelled: it is {status}: {why}", label(r));
+                    refused += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if cancelled + stopping == 0 && refused == 0 {
+        println!("nothing to cancel: no run of {} is queued or running", printable(&sweeps.join(", ")));
+    } else if cancelled + stopping > 0 {
+        println!("`sweep retry RUN` queues a cancelled run again; it resumes from its checkpoint");
+    }
+    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The size of a folder's files (not recursive: a run folder has no subfolder).
+fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map_or(0, |entries| entries.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+}
+
+/// Asks on the terminal; without one, `--yes` is needed.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!("{question}: refusing without a terminal to ask on; pass --yes");
+    }
+    eprint!("{question}? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// One sweep `rm` removes: its name, the runs only it lists (they go), and the
+/// runs other sweeps list too (they stay), with those sweeps.
+type SweepRemoval = (String, Vec<RunRow>, Vec<(RunRow, Vec<String>)>);
+
+/// `sweep rm RUN... | --sweep NAME [--yes]`.
+pub async fn rm(home: &Path, which: &[String], sweeps: &[String], yes: bool) -> anyhow::Result<ExitCode> {
+    let store = open(home).await?;
+    let members = store.memberships().await?;
+    let named = named_runs(&store, which, &[]).await?;
+    if let Some(r) = named.iter().find(|r| r.status == Status::Running) {
+        anyhow::bail!("{} is running: `sweep cancel` it first; nothing was removed", label(r));
+    }
+    // Per sweep: the runs only it lists go; the others stay for the sweeps that use them.
+    let mut plans: Vec<SweepRemoval> = Vec::new();
+    for name in sweeps {
+        let runs = named_runs(&store, &[], std::slice::from_ref(name)).await?;
+        let (mut only, mut shared) = (Vec::new(), Vec::new());
+        for r in runs {
+            let others: Vec<String> =
+                members.get(&r.id).into_iter().flatten().filter(|s| *s != name).cloned().collect();
+            if others.is_empty() {
+                if r.status == Status::Running {
+                    anyhow::bail!(
+                        "{} is running: `sweep cancel --sweep {}` first; nothing was removed",
+                        label(&r),
+                        printable(name)
+                    );
+                }
+                only.push(r);
+            } else {
+                shared.push((r, others));
+            }
+        }
+        plans.push((name.clone(), only, shared));
+    }
+    let doomed: Vec<&RunRow> = named.iter().chain(plans.iter().flat_map(|p| p.1.iter())).collect();
+    let size: u64 = doomed.iter().map(|r| folder_bytes(&home.join(run_dir(&r.key)))).sum();
+    for r in &doomed {
+        println!("remove {} ({}, {} epoch(s) recorded)", label(r), r.status, r.epochs_done);
+    }
+    for (sweep, _, shared) in &plans {
+        for (r, others) in shared {
+            println!(
+                "keep   {} (also in {}); only its membership of `{}` goes",
+                label(r),
+                printable(&others.join(", ")),
+                printable(sweep)
+            );
+        }
+    }
+    let question = format!(
+        "remove {} run(s) and {} of their files{}",
+        doomed.len(),
+        bytes(size),
+        if plans.is_empty() { String::new() } else { format!(" and the sweep(s) {}", printable(&sweeps.join(", "))) }
+    );
+    if !yes && !confirm(&question)? {
+        println!("nothing was removed");
+        return Ok(ExitCode::from(1));
+    }
+    store.remove_runs(&named.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
+    for (name, only, _) in &plans {
+        store.remove_sweep(name, &only.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
+    }
+    // The rows are gone (the commit point); now their files.
+    let mut left = Vec::new();
+    for r in &doomed {
+        let dir = home.join(run_dir(&r.key));
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                left.push(format!("{}: {e}", dir.display()));
+            }
+        }
+    }
+    println!("removed {} run(s), {} freed", doomed.len(), bytes(size));
+    for l in &left {
+        eprintln!("could not remove {l} (`sweep prune` tries again)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sweep prune [--dry-run] [--keep best]`: checkpoint files no record refers
+/// to, folders of runs the database no longer has, and (`--keep best`) the
+/// latest checkpoints of finished runs.
+pub async fn prune(home: &Path, dry_run: bool, keep_best: bool) -> anyhow::Result<ExitCode> {
+    let store = open(home).await?;
+    let runs = store.key_statuses().await?;
+    let by_dir: std::collections::HashMap<String, (i64, Status)> =
+        runs.iter().map(|(key, v)| (run_dir(key), *v)).collect();
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let mut freed = 0u64;
+    let mut count = 0usize;
+    let runs_root = home.join("runs");
+    let mut dirs: Vec<_> = match std::fs::read_dir(&runs_root) {
+        Ok(entries) => entries.filter_map(Result::ok).filter(|e| e.path().is_dir()).map(|e| e.file_name()).collect(),
+        Err(_) => Vec::new(),
+    };
+    dirs.sort();
+    for d in dirs {
+        let rel = format!("runs/{}", d.to_string_lossy());
+        let abs = home.join(&rel);
+        let Some(&(id, status)) = by_dir.get(&rel) else {
+            let size = folder_bytes(&abs);
+            println!("{verb} {rel}/ ({}; no run in the database)", bytes(size));
+            if !dry_run {
+                std::fs::remove_dir_all(&abs).with_context(|| abs.display().to_string())?;
+            }
+            freed += size;
+            count += 1;
+            continue;
+        };
+        // A running run's worker writes here now: its files are the worker's.
+        if status == Status::Running {
+            continue;
+        }
+        let mut records = store.checkpoints(id).await?;
+        if keep_best && status == Status::Done && records.iter().any(|c| c.kind == sweep::record::CheckpointKind::Best)
+        {
+            if !dry_run {
+                store.drop_finished_latest(id).await?;
+            }
+            records.retain(|c| c.kind != sweep::record::CheckpointKind::Latest);
+        }
+        let present = sweep::train::checkpoint::list_files(&abs)?;
+        let removed = retention::unreferenced(&present, &records);
+        for f in &removed {
+            let size = std::fs::metadata(abs.join(f)).map_or(0, |m| m.len());
+            println!("{verb} {rel}/{f} ({})", bytes(size));
+            freed += size;
+            count += 1;
+        }
+        if !dry_run {
+            sweep::train::checkpoint::remove_files(&abs, &removed)?;
+        }
+    }
+    let freed_text = bytes(freed);
+    if count == 0 {
+        println!("nothing to prune");
+    } else if dry_run {
+        println!("{count} file(s) or folder(s), {freed_text} would be freed (without --dry-run)");
+    } else {
+        println!("{count} file(s) or folder(s) removed, {freed_text} freed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
