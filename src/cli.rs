@@ -116,9 +116,10 @@ pub enum Command {
     /// Evaluate weights (a checkpoint or a state_dict) on a dataset's test split:
     /// loss, top-1 and top-5 accuracy.
     Eval {
-        /// The architecture, e.g. resnet18; the head and stem are read from the weights.
+        /// The architecture, e.g. resnet18; the head and stem are read from the
+        /// weights [default: the run's, for a sweep checkpoint].
         #[arg(long)]
-        model: String,
+        model: Option<String>,
         /// A .safetensors file (e.g. a sweep checkpoint) or a torch.save .pth state_dict.
         #[arg(long)]
         weights: PathBuf,
@@ -128,7 +129,9 @@ pub enum Command {
         /// Take the dataset and the augmentation sets from this sweep file.
         #[arg(long)]
         sweep: Option<PathBuf>,
-        /// Test-time augmentation set: none, normalize (CIFAR-10 mean/std), resize224, or a set of --sweep.
+        /// Test-time augmentation set: none, normalize (CIFAR-10 mean/std), resize224, or a set of
+        /// --sweep [default: for a sweep checkpoint, its run's test transforms (the config.json
+        /// beside it), with its dataset; otherwise none].
         #[arg(long)]
         augment: Option<String>,
         /// Where to evaluate: cpu, auto or cuda:N.

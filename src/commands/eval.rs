@@ -34,9 +34,37 @@ fn dataset(data: &str) -> DatasetSpec {
     spec
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The configuration sweep wrote beside a checkpoint (`runs/<key>/config.json`), if any.
+fn run_config_beside(weights: &Path) -> anyhow::Result<Option<(PathBuf, spec::RunConfig)>> {
+    let path = weights.parent().unwrap_or(Path::new(".")).join("config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let config = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a sweep run configuration (pass --augment or --sweep)", path.display()))?;
+    Ok(Some((path, config)))
+}
+
+/// A transform list for a person: `resize(224), normalize` or `none`.
+fn describe(transforms: &[Transform]) -> String {
+    if transforms.is_empty() {
+        return "none".into();
+    }
+    transforms
+        .iter()
+        .map(|t| {
+            let v = serde_json::to_value(t).unwrap_or_default();
+            match v {
+                serde_json::Value::Object(m) => m.keys().next().cloned().unwrap_or_default(),
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[allow(clippy::too_many_arguments, clippy::too_many_lines)]
 pub fn eval(
-    model: &str,
+    model: Option<&str>,
     weights: &Path,
     data: Option<&str>,
     sweep_file: Option<&Path>,
@@ -45,6 +73,33 @@ pub fn eval(
     format: EvalFormat,
 ) -> anyhow::Result<ExitCode> {
     let (mut ds_spec, mut transforms, mut seed) = (None, None, 0);
+    let mut model = model.map(str::to_owned);
+    // Where the transforms came from, said with the result.
+    let mut source = String::new();
+    if sweep_file.is_none() {
+        // A checkpoint sweep wrote: its run's dataset, and its own test
+        // transforms unless --augment says otherwise.
+        if let Some((path, config)) = run_config_beside(weights)? {
+            if model.as_deref().is_some_and(|m| m != config.model) {
+                bail!(
+                    "--model {}: {} says the run trained {} (leave --model out, or pass --augment to evaluate otherwise)",
+                    model.unwrap_or_default(),
+                    path.display(),
+                    config.model
+                );
+            }
+            model = Some(config.model.clone());
+            ds_spec = Some(config.dataset.clone());
+            seed = config.seed;
+            if augment.is_none() {
+                transforms = Some(config.test_transforms.clone());
+                source = format!("the run's test transforms, from {}", path.display());
+            }
+        }
+    }
+    let model =
+        model.context("give --model (the weights are not a sweep checkpoint with a config.json beside them)")?;
+    let model = model.as_str();
     if let Some(file) = sweep_file {
         let s = spec::load(file).map_err(|e| anyhow::anyhow!("{e}"))?;
         let run = match augment {
@@ -55,12 +110,14 @@ pub fn eval(
             ds_spec = Some(run.config.dataset.clone());
             transforms = Some(run.config.test_transforms.clone());
             seed = run.config.seed;
+            source = format!("set `{}` of {}", run.config.augment, file.display());
         } else if let Some(a) = augment {
             bail!("{}: no run uses the augmentation set `{a}`", file.display());
         }
     }
     if transforms.is_none() {
         let name = augment.unwrap_or("none");
+        source = format!("--augment {name}");
         transforms = Some(builtin(name).with_context(|| {
             format!(
                 "--augment {name}: not a built-in set (none, normalize, resize224); give --sweep FILE to use its sets"
@@ -96,12 +153,15 @@ pub fn eval(
                 "images": stats.images,
                 "per_class_acc": train::per_class_accuracy(&stats.confusion),
                 "seconds": secs,
+                "transforms": describe(&transforms),
+                "transforms_from": source,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         EvalFormat::Table => {
             println!("model   {model} ({})", weights.display());
             println!("images  {} (test split, {dev_name}, {secs:.1}s)", stats.images);
+            println!("transforms  {} ({source})", describe(&transforms));
             println!("loss    {:.4}", stats.loss);
             println!("top-1   {:.2}%", stats.top1);
             println!("top-5   {:.2}%", stats.top5);

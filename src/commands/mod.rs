@@ -28,9 +28,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = sweep::spec::Options { limits: sweep::spec::Limits { max_runs }, overrides: set };
             plan::plan(&file, &options, format)
         }
-        Command::Eval { model, weights, data, sweep, augment, device, format } => {
-            eval::eval(&model, &weights, data.as_deref(), sweep.as_deref(), augment.as_deref(), device, format)
-        }
+        Command::Eval { model, weights, data, sweep, augment, device, format } => eval::eval(
+            model.as_deref(),
+            &weights,
+            data.as_deref(),
+            sweep.as_deref(),
+            augment.as_deref(),
+            device,
+            format,
+        ),
         Command::Worker { device } => {
             let store = Store::open(&cli.home).await?;
             let drained = drain(&store, device, verbose).await?;

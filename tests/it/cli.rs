@@ -855,3 +855,36 @@ fn status_shows_the_eta_filters_by_sweep_and_watch_ends_with_the_queue() {
     let out = sweep(&home).args(["status", "--watch"]).output().unwrap();
     assert!(out.status.success() && stdout(&out).starts_with("0 queued, 0 running, 1 done"), "{}", stdout(&out));
 }
+
+/// `sweep eval` on a checkpoint sweep wrote applies that run's test
+/// transforms and dataset (its config.json) and says so: it scores what the
+/// run recorded. Without them (`--augment none`) a normalised run scores otherwise.
+#[test]
+fn eval_of_a_sweep_checkpoint_uses_the_runs_own_test_transforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let text = crate::tiny_sweep("ev", 96, 1, "")
+        .replace("test = []", "test = [{ normalize = { mean = [0.9, 0.9, 0.9], std = [0.05, 0.05, 0.05] } }]")
+        .replace("train = [", "train = [{ normalize = { mean = [0.9, 0.9, 0.9], std = [0.05, 0.05, 0.05] } }, ");
+    let file = crate::write_sweep(dir.path(), "ev.toml", &text);
+    assert!(run(&home, &["-q", "submit", file.to_str().unwrap()]).status.success());
+    let r = &runs(&home)[0];
+    let ck = block(async { Store::open(&home).await.unwrap().checkpoints(r.id).await.unwrap() });
+    let best = home.join(&ck.iter().find(|c| c.kind == CheckpointKind::Best).unwrap().path);
+    let recorded = epochs(&home, r.id)[0].test_acc;
+    let out = run(&home, &["eval", "--device", "cpu", "--format", "json", "--weights", best.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!((v["top1"].as_f64().unwrap() - recorded).abs() < 1e-9, "{v} vs recorded {recorded}");
+    assert_eq!(v["transforms"], "normalize");
+    assert!(v["transforms_from"].as_str().unwrap().contains("config.json"), "{v}");
+    let out = run(&home, &["eval", "--weights", best.to_str().unwrap(), "--model", "resnet18"]);
+    assert!(stderr(&out).contains("says the run trained smallcnn"), "{}", stderr(&out));
+    let other = run(
+        &home,
+        &["eval", "--format", "json", "--weights", best.to_str().unwrap(), "--model", "smallcnn", "--augment", "none"],
+    );
+    let w: serde_json::Value = serde_json::from_str(&stdout(&other)).unwrap();
+    assert_eq!(w["transforms"], "none");
+    assert_ne!(w["loss"], v["loss"], "no normalisation gives other numbers");
+}
