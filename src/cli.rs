@@ -201,6 +201,20 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Write the runs for TensorBoard (event files with the hparams table) or
+    /// MLflow (a file store `mlflow ui` opens).
+    Export {
+        /// The folder to write (created; an earlier export there is refreshed).
+        dir: PathBuf,
+        /// Which format.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Only these sweeps' runs (repeatable).
+        #[arg(long)]
+        sweep: Vec<String>,
+        #[command(flatten)]
+        filter: Filter,
+    },
     /// Export a side-by-side comparison of runs.
     Report {
         /// Only these sweeps' runs (repeatable).
@@ -264,6 +278,15 @@ pub enum StatusFormat {
     Table,
     /// JSON object.
     Json,
+}
+
+/// Formats of `export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One folder per run with an event file: scalars per epoch, hparams.
+    Tensorboard,
+    /// An MLflow file store: experiments, runs, params, metrics, tags, artifacts.
+    Mlflow,
 }
 
 /// What `prune --keep` keeps of a finished run.

@@ -20,12 +20,14 @@
 //! * [`worker`]: claims runs, runs the trainer on its own thread, records epochs.
 //! * [`text`]: user text made safe for a terminal (control characters escaped).
 //! * [`report`]: read-only views of the store rendered as tables and files.
+//! * [`export`]: the same views in other tools' formats (TensorBoard, MLflow).
 //!
 //! The command-line front end (`src/main.rs`, `src/cli.rs`, `src/commands/`) is a
 //! thin layer over these. See ARCHITECTURE.md for the decisions behind them.
 #![warn(missing_docs)]
 
 pub mod env;
+pub mod export;
 pub mod fetch;
 pub mod process;
 pub mod record;

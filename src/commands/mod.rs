@@ -1,6 +1,7 @@
 //! One function per subcommand; `run` dispatches. anyhow lives here and in main.
 
 mod eval;
+mod export;
 mod logs;
 mod manage;
 mod plan;
@@ -63,6 +64,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm { runs, sweep, yes } => manage::rm(&cli.home, &runs, &sweep, yes).await,
         Command::Prune { dry_run, keep } => manage::prune(&cli.home, dry_run, keep.is_some()).await,
         Command::Logs { run, follow } => logs::logs(&cli.home, &run, follow).await,
+        Command::Export { dir, format, sweep, filter } => {
+            let q =
+                sweep::report::query::Query { wheres: filter.wheres, statuses: filter.status, ..Default::default() };
+            export::export(&cli.home, &sweep, &q, format, &dir).await
+        }
         Command::Report { sweep, filter, format, output } => {
             let q =
                 sweep::report::query::Query { wheres: filter.wheres, statuses: filter.status, ..Default::default() };

@@ -16,7 +16,7 @@ pub async fn open(home: &Path) -> anyhow::Result<Store> {
     Ok(Store::open(home).await?)
 }
 
-async fn comparison(store: &Store, sweeps: &[String], q: &Query, with_epochs: bool) -> anyhow::Result<Comparison> {
+pub async fn comparison(store: &Store, sweeps: &[String], q: &Query, with_epochs: bool) -> anyhow::Result<Comparison> {
     for name in sweeps {
         if !store.sweep_exists(name).await? {
             let known: Vec<String> = store.sweeps().await?.into_iter().map(|s| s.name).collect();

@@ -84,6 +84,17 @@ impl Store {
             .collect())
     }
 
+    /// When each of a run's epochs was recorded (Unix seconds), in epoch order.
+    pub async fn epoch_times(&self, run_id: i64) -> Result<Vec<f64>> {
+        sqlx::query_scalar(
+            "SELECT (julianday(recorded_at) - 2440587.5) * 86400.0 FROM epochs WHERE run_id = ?1 ORDER BY epoch",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql())
+    }
+
     /// A run's status now (`None`: no such run, e.g. removed).
     pub async fn run_status(&self, run_id: i64) -> Result<Option<Status>> {
         let s: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")

@@ -13,6 +13,7 @@
 
 mod cli;
 mod data;
+mod export;
 mod fuzz;
 mod manage;
 mod models;
