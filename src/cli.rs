@@ -62,6 +62,14 @@ pub enum Command {
         /// adds an axis over all the file's runs (repeatable; values are TOML).
         #[arg(long = "set", value_name = "KEY=VALUE[,VALUE...]")]
         set: Vec<sweep::spec::Override>,
+        /// Where the estimates are for: cpu, auto or cuda:N [default: the
+        /// sweep file's `device`, else auto].
+        #[arg(long, env = sweep::env::DEVICE.name)]
+        device: Option<DeviceChoice>,
+        /// No time estimates (they come from earlier runs in --home, else from a
+        /// few timed training steps of each kind of run).
+        #[arg(long)]
+        no_estimate: bool,
     },
     /// Train queued and interrupted runs until the queue is empty.
     Worker {

@@ -20,6 +20,7 @@
 //! * [`worker`]: claims runs, runs the trainer on its own thread, records epochs.
 //! * [`text`]: user text made safe for a terminal (control characters escaped).
 //! * [`report`]: read-only views of the store rendered as tables and files.
+//! * [`estimate`]: how long runs will take (history or a timed probe).
 //! * [`export`]: the same views in other tools' formats (TensorBoard, MLflow).
 //!
 //! The command-line front end (`src/main.rs`, `src/cli.rs`, `src/commands/`) is a
@@ -27,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod env;
+pub mod estimate;
 pub mod export;
 pub mod fetch;
 pub mod process;

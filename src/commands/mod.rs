@@ -25,9 +25,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let how = submit::How { queue_only, device, format, rerun, verbose };
             submit::submit(&cli.home, &file, &options, &how).await
         }
-        Command::Plan { file, format, max_runs, set } => {
+        Command::Plan { file, format, max_runs, set, device, no_estimate } => {
             let options = sweep::spec::Options { limits: sweep::spec::Limits { max_runs }, overrides: set };
-            plan::plan(&file, &options, format)
+            plan::plan(&file, &options, format, &cli.home, device, !no_estimate, verbose).await
         }
         Command::Eval { model, weights, data, sweep, augment, device, format } => eval::eval(
             model.as_deref(),

@@ -1,13 +1,123 @@
 //! `sweep plan FILE`: the expanded grid, nothing queued.
 
 use crate::cli::PlanFormat;
+use std::collections::HashMap;
+use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use sweep::estimate as est;
 use sweep::report::{column_names, differing, params::Interner, render::text_table};
-use sweep::spec;
+use sweep::spec::{self, DeviceChoice};
+use sweep::store::Store;
 use sweep::text::printable;
 
-pub fn plan(file: &Path, options: &spec::Options, format: PlanFormat) -> anyhow::Result<ExitCode> {
+/// How long each run would take here: the history in `home`'s database
+/// where runs like it trained, else a timed probe (one per kind of run).
+struct Estimates {
+    /// Seconds per run, in plan order (`None`: unknown).
+    seconds: Vec<Option<f64>>,
+    /// The device the probes ran on.
+    device: String,
+    /// How many runs came from history, how many from probes.
+    from_history: usize,
+    from_probe: usize,
+}
+
+async fn estimate(
+    spec: &spec::SweepSpec,
+    home: &Path,
+    device: DeviceChoice,
+    verbose: bool,
+) -> anyhow::Result<Estimates> {
+    let history = if home.join(sweep::store::DB_FILE).exists() {
+        let store = Store::open(home).await?;
+        let h = est::history(&store.runs(None).await?);
+        store.close().await;
+        h
+    } else {
+        Vec::new()
+    };
+    let (dev, device_name) = sweep::train::device(device)?;
+    let mut probes: HashMap<String, Option<f64>> = HashMap::new();
+    let mut out = Estimates { seconds: Vec::new(), device: device_name, from_history: 0, from_probe: 0 };
+    for r in &spec.runs {
+        let c = &r.config;
+        let per_epoch = if let Some((s, _)) = est::per_epoch_from_history(&history, c) {
+            out.from_history += 1;
+            Some(s)
+        } else if sweep::train::check(c).is_err() {
+            None
+        } else {
+            let sizes = sweep::train::probe::split_sizes(c);
+            let key =
+                serde_json::json!([c.model, c.head, c.stem, c.freeze, c.train_transforms, c.batch_size, c.dataset])
+                    .to_string();
+            let pace = if let Some(p) = probes.get(&key) {
+                *p
+            } else {
+                if verbose {
+                    eprintln!("timing {} (batch {}) on {}…", printable(&c.model), c.batch_size.min(8), out.device);
+                }
+                let p = sweep::train::probe::probe(c, &dev, 8, 2)
+                    .map_err(|e| tracing::warn!("probing {}: {e}", r.name))
+                    .ok()
+                    .and_then(|pace| sizes.map(|(train, test)| est::per_epoch_from_pace(pace, train, test)));
+                probes.insert(key, p);
+                p
+            };
+            if pace.is_some() {
+                out.from_probe += 1;
+            }
+            pace
+        };
+        out.seconds.push(per_epoch.map(|s| s * c.epochs as f64));
+    }
+    Ok(out)
+}
+
+/// The lines under the table: the total, and plainly when it is days.
+fn estimate_lines(e: &Estimates) -> String {
+    let known: Vec<f64> = e.seconds.iter().flatten().copied().collect();
+    if known.is_empty() {
+        return "estimated time: unknown (nothing like these runs trained here, and no probe could run)\n".into();
+    }
+    let total: f64 = known.iter().sum();
+    let unknown = e.seconds.len() - known.len();
+    let mut basis = Vec::new();
+    if e.from_history > 0 {
+        basis.push(format!("{} from earlier runs like them", e.from_history));
+    }
+    if e.from_probe > 0 {
+        basis.push(format!("{} from a timed probe", e.from_probe));
+    }
+    let mut text = format!(
+        "estimated time: {} one after another on {} ({}{})\n",
+        est::human(total),
+        printable(&e.device),
+        basis.join(", "),
+        if unknown > 0 { format!("; {unknown} run(s) unknown, not counted") } else { String::new() }
+    );
+    if total >= 86_400.0 {
+        let _ = writeln!(
+            text,
+            "this plan would take {} on this machine: {:.1} days. Consider a GPU (--device cuda:0), fewer \
+             epochs, or a smaller grid (--set, --max-runs)",
+            est::human(total),
+            total / 86_400.0
+        );
+    }
+    text
+}
+
+pub async fn plan(
+    file: &Path,
+    options: &spec::Options,
+    format: PlanFormat,
+    home: &Path,
+    device: Option<DeviceChoice>,
+    estimates: bool,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
     let spec = match spec::load_with(file, options) {
         Ok(s) => s,
         Err(errors) => {
@@ -15,13 +125,21 @@ pub fn plan(file: &Path, options: &spec::Options, format: PlanFormat) -> anyhow:
             return Ok(ExitCode::from(2));
         }
     };
+    let est = if estimates {
+        Some(estimate(&spec, home, device.or(spec.device).unwrap_or_default(), verbose).await?)
+    } else {
+        None
+    };
+    let seconds = |i: usize| est.as_ref().and_then(|e| e.seconds[i]);
     match format {
         PlanFormat::Json => {
             let runs: Vec<_> = spec
                 .runs
                 .iter()
-                .map(|r| {
+                .enumerate()
+                .map(|(i, r)| {
                     serde_json::json!({
+                        "estimated_seconds": seconds(i),
                         "name": r.name,
                         "key": r.key,
                         "line": r.line,
@@ -43,12 +161,16 @@ pub fn plan(file: &Path, options: &spec::Options, format: PlanFormat) -> anyhow:
             let mut headers = vec!["id".to_owned(), "name".to_owned()];
             headers.extend(column_names(&diff));
             headers.push("trainable here".into());
+            if est.is_some() {
+                headers.push("time (est.)".into());
+            }
             let mut reasons: Vec<String> = Vec::new();
             let rows: Vec<Vec<String>> = spec
                 .runs
                 .iter()
                 .zip(&flat)
-                .map(|(r, f)| {
+                .enumerate()
+                .map(|(i, (r, f))| {
                     let mut row = vec![r.key.short().to_owned(), r.name.clone()];
                     row.extend(diff.iter().map(|p| f.get(p).unwrap_or("-").to_owned()));
                     row.push(match sweep::train::check(&r.config) {
@@ -58,11 +180,17 @@ pub fn plan(file: &Path, options: &spec::Options, format: PlanFormat) -> anyhow:
                             "no (see below)".into()
                         }
                     });
+                    if est.is_some() {
+                        row.push(seconds(i).map_or("?".into(), est::human));
+                    }
                     row
                 })
                 .collect();
             println!("sweep `{}`: {} run(s), best = {}", printable(&spec.name), spec.runs.len(), spec.metric);
             print!("{}", text_table(&headers, &rows));
+            if let Some(e) = &est {
+                print!("{}", estimate_lines(e));
+            }
             if !spec.duplicates.is_empty() {
                 println!("dropped as duplicates of earlier runs: {}", printable(&spec.duplicates.join(", ")));
             }

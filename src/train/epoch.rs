@@ -4,7 +4,7 @@
 //! runs them and hands the records to the [`EpochSink`].
 
 use super::checkpoint::{self, Partial, Saved, TrainerState};
-use super::eval::evaluate_model;
+use super::eval::evaluate_with_progress;
 use super::loss::{batch_stats, cross_entropy};
 use super::rng::{stream, Rng};
 use super::{augment, check, ConfigError, Outcome, TrainError, TrainRequest};
@@ -152,17 +152,34 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         let bs_eval = cfg.batch_size.max(256);
         let val = match &val_pipe {
             None => None,
-            Some(pipe) => Some(evaluate_model(
-                built.model.as_ref(),
-                &ds.train,
-                Some(&val_idx),
-                pipe,
-                bs_eval,
-                cfg.seed,
-                req.device,
-            )?),
+            Some(pipe) => {
+                let bar = eval_bar(req, "validation", e + 1, epochs, val_idx.len());
+                let stats = evaluate_with_progress(
+                    built.model.as_ref(),
+                    &ds.train,
+                    Some(&val_idx),
+                    pipe,
+                    bs_eval,
+                    cfg.seed,
+                    req.device,
+                    &|n| bar.inc(n as u64),
+                )?;
+                bar.finish_and_clear();
+                Some(stats)
+            }
         };
-        let test = evaluate_model(built.model.as_ref(), &ds.test, None, &test_pipe, bs_eval, cfg.seed, req.device)?;
+        let bar = eval_bar(req, "test", e + 1, epochs, ds.test.len());
+        let test = evaluate_with_progress(
+            built.model.as_ref(),
+            &ds.test,
+            None,
+            &test_pipe,
+            bs_eval,
+            cfg.seed,
+            req.device,
+            &|n| bar.inc(n as u64),
+        )?;
+        bar.finish_and_clear();
         peak.sample(req.device);
         let seconds = train_secs + test_start.elapsed().as_secs_f64();
         let rec = EpochRecord {
@@ -219,16 +236,38 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
     Ok(Outcome::Finished)
 }
 
+/// `[2/5] name epoch 3/10`: where the run is in the worker's queue and in its epochs.
+fn bar_prefix(req: &TrainRequest, epoch: u64, epochs: u64) -> String {
+    let at = req.position.map(|(i, n)| format!("[run {i}/{n}] ")).unwrap_or_default();
+    format!("{at}{} epoch {epoch}/{epochs}", crate::text::printable(req.name))
+}
+
 fn progress_bar(req: &TrainRequest, epoch: u64, epochs: u64, steps: usize) -> indicatif::ProgressBar {
     if !req.verbose {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(steps as u64);
-    let style = indicatif::ProgressStyle::with_template("  {prefix} [{bar:25}] {pos}/{len} {msg}")
+    let style = indicatif::ProgressStyle::with_template("  {prefix} [{bar:25}] {pos}/{len} {elapsed}<{eta} {msg}")
         .expect("valid template")
         .progress_chars("=> ");
     bar.set_style(style);
-    bar.set_prefix(format!("{} epoch {epoch}/{epochs}", crate::text::printable(req.name)));
+    bar.set_prefix(bar_prefix(req, epoch, epochs));
+    bar
+}
+
+/// The bar of an evaluation pass over `images` images.
+fn eval_bar(req: &TrainRequest, what: &str, epoch: u64, epochs: u64, images: usize) -> indicatif::ProgressBar {
+    if !req.verbose {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(images as u64);
+    let style =
+        indicatif::ProgressStyle::with_template("  {prefix} {msg} [{bar:25}] {pos}/{len} images {elapsed}<{eta}")
+            .expect("valid template")
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(bar_prefix(req, epoch, epochs));
+    bar.set_message(what.to_owned());
     bar
 }
 

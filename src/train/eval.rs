@@ -44,6 +44,21 @@ pub fn evaluate_model(
     seed: u64,
     device: &Device,
 ) -> Result<EvalStats, TrainError> {
+    evaluate_with_progress(model, split, subset, pipe, batch_size, seed, device, &|_| {})
+}
+
+/// [`evaluate_model`], calling `done(n)` after each batch of `n` images (the test pass's progress bar).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with_progress(
+    model: &dyn models::Classifier,
+    split: &data::Split,
+    subset: Option<&[usize]>,
+    pipe: &loader::Pipeline,
+    batch_size: usize,
+    seed: u64,
+    device: &Device,
+    done: &dyn Fn(usize),
+) -> Result<EvalStats, TrainError> {
     let (mut loss_sum, mut correct, mut top5) = (0.0f64, 0u64, 0u64);
     let mut confusion: Vec<Vec<u64>> = Vec::new();
     let mut rng = Rng::new(0);
@@ -80,6 +95,7 @@ pub fn evaluate_model(
                     *cell += 1;
                 }
             }
+            done(chunk.len());
         }
         Ok(())
     })?;

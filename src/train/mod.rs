@@ -27,13 +27,14 @@ pub mod loader;
 mod loss;
 pub mod models;
 pub mod optim;
+pub mod probe;
 pub mod pth;
 pub mod rng;
 pub mod schedule;
 pub mod weights;
 
 pub use epoch::{train, validation_split};
-pub use eval::{evaluate_model, per_class_accuracy, EvalStats};
+pub use eval::{evaluate_model, evaluate_with_progress, per_class_accuracy, EvalStats};
 pub use loss::cross_entropy;
 
 use crate::record::CheckpointRecord;
@@ -176,6 +177,8 @@ pub struct TrainRequest<'a> {
     pub progress: &'a Progress,
     /// Draw a progress bar and print a line per epoch on stderr.
     pub verbose: bool,
+    /// This run is the i-th of n the worker has in hand (shown in the bar).
+    pub position: Option<(usize, usize)>,
 }
 
 /// Why `config` cannot be trained by this build, checked before anything is queued.

@@ -224,7 +224,8 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         };
         looked_again = false;
         tracing::info!(run = run.id, key = &run.key[..10], name = run.name.as_str(), attempt = run.attempts, "claimed");
-        let end = execute(store, opts, &worker, &device, &stop, &mut datasets, run).await?;
+        let place = place_in_queue(store, &run, report.runs.len()).await?;
+        let end = execute(store, opts, &worker, &device, &stop, &mut datasets, run, &place).await?;
         if opts.verbose {
             eprintln!("{}", end_line(&end));
         }
@@ -242,6 +243,50 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         }
     }
     Ok(report)
+}
+
+/// Where a claimed run stands: the i-th of n this worker has in hand, and
+/// how long the rest of the queue will take from earlier runs' pace.
+struct Place {
+    position: (usize, usize),
+    /// `; 3 more queued: about 4m (from earlier runs like them)`, or empty.
+    queue: String,
+}
+
+async fn place_in_queue(store: &Store, run: &ClaimedRun, handled: usize) -> Result<Place, WorkerError> {
+    let rows = store.runs(None).await?;
+    let history = crate::estimate::history(&rows);
+    let mut seen = std::collections::HashSet::new();
+    let waiting: Vec<_> = rows
+        .iter()
+        .filter(|r| matches!(r.status, Status::Queued | Status::Interrupted) && r.id != run.id && seen.insert(r.id))
+        .collect();
+    let position = (handled + 1, handled + 1 + waiting.len());
+    if waiting.is_empty() {
+        return Ok(Place { position, queue: String::new() });
+    }
+    let (mut total, mut unknown) = (0.0, 0);
+    for r in &waiting {
+        let estimate = serde_json::from_str::<RunConfig>(&r.config_json)
+            .ok()
+            .and_then(|c| crate::estimate::per_epoch_from_history(&history, &c));
+        match estimate {
+            Some((per_epoch, _)) => total += per_epoch * (r.epochs_total - r.epochs_done).max(0) as f64,
+            None => unknown += 1,
+        }
+    }
+    let queue = if unknown == waiting.len() {
+        format!("; {} more queued (no earlier run like them to time them by yet)", waiting.len())
+    } else if unknown > 0 {
+        format!(
+            "; {} more queued: at least {} ({unknown} not like any earlier run)",
+            waiting.len(),
+            crate::estimate::human(total)
+        )
+    } else {
+        format!("; {} more queued: about {} from earlier runs' pace", waiting.len(), crate::estimate::human(total))
+    };
+    Ok(Place { position, queue })
 }
 
 /// The line that says how a run ended in this worker.
@@ -286,7 +331,7 @@ fn load_dataset(spec: &crate::spec::DatasetSpec) -> Result<data::Dataset, data::
     Ok(d)
 }
 
-#[allow(clippy::too_many_lines)]
+#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 async fn execute(
     store: &Store,
     opts: &WorkerOptions,
@@ -295,6 +340,7 @@ async fn execute(
     stop: &Arc<AtomicBool>,
     datasets: &mut HashMap<String, Arc<data::Dataset>>,
     run: ClaimedRun,
+    place: &Place,
 ) -> Result<RunEnd, WorkerError> {
     let fail = |error: String, disk_full: bool| RunEnd {
         id: run.id,
@@ -365,7 +411,8 @@ async fn execute(
     };
     let start = format!("▶ {} ({}, attempt {}{how})", printable(&run.name), &run.key[..10], run.attempts);
     if opts.verbose {
-        eprintln!("{start}");
+        let (i, n) = place.position;
+        eprintln!("{start}: run {i} of {n}{}", place.queue);
     }
     log.line(&format!("{start} on {} by worker {worker}", device_label(device)));
 
@@ -375,6 +422,7 @@ async fn execute(
     let handle = {
         let (progress, stop, cancel, device) = (progress.clone(), stop.clone(), cancel.clone(), device.clone());
         let (name, home, rel_dir, verbose) = (run.name.clone(), home.clone(), rel_dir.clone(), opts.verbose);
+        let position = place.position;
         std::thread::Builder::new()
             .name(format!("train-{}", run.id))
             .stack_size(256 << 20)
@@ -391,6 +439,7 @@ async fn execute(
                     cancel: &cancel,
                     progress: &progress,
                     verbose,
+                    position: Some(position),
                 };
                 train::train(&req, &mut ChannelSink(tx))
             })

@@ -154,3 +154,30 @@ fn rerun_trains_finished_runs_again_as_new_repeats() {
         assert!(rows.iter().all(|r| r.status == Status::Done));
     }
 }
+
+/// `plan` estimates each run's time: from a timed probe on a fresh machine,
+/// from the runs like it once some trained, and says plainly when it is days.
+#[test]
+fn plan_estimates_from_a_probe_then_from_history_and_says_when_it_is_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let file = crate::write_sweep(dir.path(), "p.toml", &crate::tiny_sweep("p", 64, 1, ""));
+    let f = file.to_str().unwrap();
+    let out = run(&home, &["plan", "--device", "cpu", f]);
+    let text = stdout(&out);
+    assert!(text.contains("time (est.)") && text.contains("(1 from a timed probe)"), "{text}");
+    assert!(!text.contains("this plan would take"), "{text}");
+    let json = stdout(&run(&home, &["plan", "--device", "cpu", "--format", "json", f]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["runs"][0]["estimated_seconds"].as_f64().unwrap() > 0.0, "{v}");
+
+    assert!(run(&home, &["-q", "submit", f]).status.success());
+    let text = stdout(&run(&home, &["plan", "--device", "cpu", "--set", "optimizer.lr=0.2", f]));
+    assert!(text.contains("(1 from earlier runs like them)"), "{text}");
+
+    let long = crate::tiny_sweep("p", 64, 1, "").replace("train_size = 64", "train_size = 900000");
+    let long = crate::write_sweep(dir.path(), "long.toml", &long.replace("epochs = 1", "epochs = 20000"));
+    let text = stdout(&run(&home, &["plan", "--device", "cpu", long.to_str().unwrap()]));
+    assert!(text.contains("this plan would take") && text.contains(" days."), "{text}");
+    assert!(!stdout(&run(&home, &["plan", "--no-estimate", f])).contains("time (est.)"));
+}

@@ -46,6 +46,7 @@ fn train_once(cfg: &RunConfig, ds: &data::Dataset, run: Run, sink: &mut MemorySi
             cancel: &AtomicBool::new(false),
             progress,
             verbose: false,
+            position: None,
         };
         let out = train::train(&req, sink);
         stop.store(true, Ordering::SeqCst);

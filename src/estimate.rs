@@ -1,0 +1,140 @@
+//! How long runs will take, before or while they train: from the measured
+//! pace of earlier runs like them (the database's history), else from a
+//! timed probe ([`crate::train::probe`]). Pure: the callers gather the
+//! history and run the probes.
+
+use crate::spec::RunConfig;
+
+/// What an earlier run measured: its configuration and seconds per epoch.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The run's configuration.
+    pub config: RunConfig,
+    /// Seconds per finished epoch (training, testing and checkpoint).
+    pub seconds_per_epoch: f64,
+}
+
+/// Where an estimate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// Earlier runs of the same model, data, input and batch size.
+    SameRuns,
+    /// Earlier runs of the same model, data and input, at another batch size.
+    SameModel,
+    /// A timed probe of the model here.
+    Probe,
+}
+
+impl Basis {
+    /// A few words for a person.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Basis::SameRuns => "earlier runs like it",
+            Basis::SameModel => "earlier runs of the model at another batch size",
+            Basis::Probe => "a timed probe",
+        }
+    }
+}
+
+/// What changes a run's pace, from most to least telling: the model and
+/// what it sees, then the batch size and the rest of the set-up.
+fn model_key(c: &RunConfig) -> String {
+    serde_json::json!([c.model, c.head, c.stem, c.dataset, c.train_transforms, c.test_transforms, c.precision])
+        .to_string()
+}
+
+fn run_key(c: &RunConfig) -> String {
+    serde_json::json!([model_key(c), c.batch_size, c.freeze, c.freeze_bn, c.val_split]).to_string()
+}
+
+/// Seconds per epoch of `config` from the history: the mean of the runs
+/// like it, else of the runs of its model and data at other batch sizes.
+pub fn per_epoch_from_history(history: &[Sample], config: &RunConfig) -> Option<(f64, Basis)> {
+    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let key = run_key(config);
+    let same: Vec<f64> = history.iter().filter(|s| run_key(&s.config) == key).map(|s| s.seconds_per_epoch).collect();
+    if let Some(m) = mean(same) {
+        return Some((m, Basis::SameRuns));
+    }
+    let mk = model_key(config);
+    let close: Vec<f64> = history.iter().filter(|s| model_key(&s.config) == mk).map(|s| s.seconds_per_epoch).collect();
+    mean(close).map(|m| (m, Basis::SameModel))
+}
+
+/// The history in the database's rows: every run with a finished epoch.
+pub fn history(rows: &[crate::store::RunRow]) -> Vec<Sample> {
+    let mut seen = std::collections::HashSet::new();
+    rows.iter()
+        .filter(|r| r.epochs_done > 0 && r.train_seconds > 0.0 && seen.insert(r.id))
+        .filter_map(|r| {
+            let config = serde_json::from_str(&r.config_json).ok()?;
+            Some(Sample { config, seconds_per_epoch: r.train_seconds / r.epochs_done as f64 })
+        })
+        .collect()
+}
+
+/// Seconds per epoch from a probe's pace and the split sizes.
+pub fn per_epoch_from_pace(pace: crate::train::probe::Pace, train_images: usize, test_images: usize) -> f64 {
+    pace.train * train_images as f64 + pace.test * test_images as f64
+}
+
+/// `secs` for a person, with days when it comes to that: `45s`, `12m`, `3h20m`, `2d 4h`.
+pub fn human(secs: f64) -> String {
+    let s = secs.max(0.0);
+    if s < 60.0 {
+        format!("{s:.0}s")
+    } else if s < 3600.0 {
+        format!("{:.0}m", s / 60.0)
+    } else if s < 86_400.0 {
+        format!("{}h{:02}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
+    } else {
+        format!("{}d {}h", (s / 86_400.0) as u64, ((s % 86_400.0) / 3600.0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse;
+    use std::path::Path;
+
+    fn configs() -> Vec<RunConfig> {
+        let text = "name = \"e\"\n[dataset]\nname = \"synthetic\"\n[defaults]\nmodel = \"smallcnn\"\nepochs = 2\n\
+                    augment = \"none\"\noptimizer = { name = \"sgd\", lr = 0.1 }\n[[grid]]\nbatch_size = [16, 32]\n\
+                    [[run]]\nname = \"r18\"\nmodel = \"resnet18\"\nbatch_size = 16\n";
+        parse(Path::new("e.toml"), text).expect("parses").runs.into_iter().map(|r| r.config).collect()
+    }
+
+    #[test]
+    fn the_closest_history_wins() {
+        let c = configs();
+        let (b16, b32, r18) = (&c[0], &c[1], &c[2]);
+        let history = vec![
+            Sample { config: b16.clone(), seconds_per_epoch: 10.0 },
+            Sample { config: b16.clone(), seconds_per_epoch: 12.0 },
+        ];
+        assert_eq!(per_epoch_from_history(&history, b16), Some((11.0, Basis::SameRuns)));
+        assert_eq!(per_epoch_from_history(&history, b32), Some((11.0, Basis::SameModel)));
+        assert_eq!(per_epoch_from_history(&history, r18), None);
+        // The learning rate does not change the pace.
+        let mut other_lr = b16.clone();
+        if let crate::spec::OptimizerSpec::Sgd { lr, .. } = &mut other_lr.optimizer {
+            *lr = 0.5;
+        }
+        assert_eq!(per_epoch_from_history(&history, &other_lr).map(|e| e.1), Some(Basis::SameRuns));
+    }
+
+    #[test]
+    fn durations_read_as_a_person_says_them() {
+        assert_eq!(human(42.0), "42s");
+        assert_eq!(human(125.0), "2m");
+        assert_eq!(human(3.0 * 3600.0 + 20.0 * 60.0), "3h20m");
+        assert_eq!(human(2.0 * 86_400.0 + 4.5 * 3600.0), "2d 4h");
+    }
+
+    #[test]
+    fn a_probe_pace_scales_with_the_splits() {
+        let pace = crate::train::probe::Pace { train: 0.002, test: 0.001 };
+        assert!((per_epoch_from_pace(pace, 50_000, 10_000) - 110.0).abs() < 1e-9);
+    }
+}
