@@ -12,7 +12,7 @@ RUST_LOG=sweep=info ./target/release/sweep --home "$home" -q submit bench/smallc
 ./target/release/sweep --home "$home" report --format json | THREADS=$threads python3 -c '
 import json, os, sys
 for e in json.load(sys.stdin)["runs"][0]["epochs"]:
-    print("sweep threads=%s epoch %d: %.0f img/s" % (os.environ["THREADS"], e["epoch"], e["images_per_sec"]))'
+    print("sweep threads=%s epoch %d: %.0f img/s" % (os.environ["THREADS"], e["epoch"], e["img_per_s"]))'
 if python3 -c "import torch" 2>/dev/null; then
     python3 bench/smallcnn_torch.py "$threads"
 else

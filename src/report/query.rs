@@ -26,6 +26,16 @@ pub enum Cell {
     Num(f64, usize),
     /// Seconds, shown as a duration.
     Secs(f64),
+    /// Epochs done of the total (with the batch of a running epoch in `text`);
+    /// two numbers, `epochs_done` and `epochs_total`, in CSV and JSON.
+    Progress {
+        /// As shown: `3/10` or `3/10 (+40/250)`.
+        text: String,
+        /// Finished epochs.
+        done: i64,
+        /// Epochs of the run.
+        total: i64,
+    },
     /// A mean and standard deviation over a group.
     Stat {
         /// Mean.
@@ -46,6 +56,7 @@ impl Cell {
         match *self {
             Cell::Num(v, _) | Cell::Secs(v) => Some(v),
             Cell::Stat { mean, .. } => Some(mean),
+            Cell::Progress { done, .. } => Some(done as f64),
             Cell::Text(ref s) => s.parse().ok(),
             Cell::Param(ref s) => s.parse().ok(),
             Cell::Missing => None,
@@ -59,6 +70,7 @@ impl Cell {
             Cell::Param(s) => out.push_str(s),
             Cell::Num(v, d) => push_fixed(out, *v, *d),
             Cell::Secs(s) => out.push_str(&duration(*s)),
+            Cell::Progress { text, .. } => out.push_str(text),
             Cell::Stat { mean, std, n, digits: d } if *n > 1 => {
                 let _ = write!(out, "{mean:.d$} ± {std:.d$}");
             }
@@ -81,11 +93,39 @@ impl Cell {
                 Ok(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_) | serde_json::Value::Array(_))) => v,
                 _ => serde_json::json!(&**s),
             },
-            Cell::Num(v, 0) if v.fract() == 0.0 && v.abs() < 9e15 => serde_json::json!(*v as i64),
-            Cell::Num(v, _) | Cell::Secs(v) => serde_json::json!(v),
-            Cell::Stat { mean, std, n, .. } => serde_json::json!({ "mean": mean, "std": std, "n": n }),
+            Cell::Num(v, d) => rounded(*v, *d),
+            // Durations are shown to the second; JSON keeps a tenth.
+            Cell::Secs(v) => rounded(*v, 1),
+            Cell::Progress { done, total, .. } => serde_json::json!({ "done": done, "total": total }),
+            Cell::Stat { mean, std, n, digits } => {
+                serde_json::json!({ "mean": rounded(*mean, digits + 1), "std": rounded(*std, digits + 1), "n": n })
+            }
             Cell::Missing => serde_json::Value::Null,
         }
+    }
+}
+
+/// `v` to `digits` decimals as a JSON number (an integer for 0): the digits a
+/// table shows, without the binary noise of the float (`0.3097`, not
+/// `0.3096546897888184`).
+pub fn rounded(v: f64, digits: usize) -> serde_json::Value {
+    if !v.is_finite() {
+        return serde_json::Value::Null;
+    }
+    if digits == 0 && v.abs() < 9e15 {
+        return serde_json::json!(v.round() as i64);
+    }
+    format!("{v:.digits$}").parse::<f64>().map_or(serde_json::Value::Null, |r| serde_json::json!(r))
+}
+
+/// The name of a result column in CSV and JSON, where names are read by
+/// programs: `time` is `seconds`, `img/s` is `img_per_s` (`epochs` is two
+/// columns, `epochs_done` and `epochs_total`).
+pub fn machine_name(header: &str) -> &str {
+    match header {
+        "time" => "seconds",
+        "img/s" => "img_per_s",
+        other => other,
     }
 }
 
@@ -170,7 +210,7 @@ impl<'a> Resolver<'a> {
             "test_acc" | "final_test_acc" => Some("test_acc"),
             "test_loss" | "final_test_loss" => Some("test_loss"),
             "time" | "train_seconds" | "seconds" => Some("time"),
-            "img/s" | "images_per_sec" => Some("img/s"),
+            "img/s" | "img_per_s" | "images_per_sec" => Some("img/s"),
             n if n == format!("best_{metric}") => Some("best"),
             _ => None,
         };
@@ -216,7 +256,9 @@ impl<'a> Resolver<'a> {
             Field::Result("name") => Cell::Text(row.name.clone()),
             Field::Result("sweep") => Cell::Text(row.sweep.clone()),
             Field::Result("status") => Cell::Text(row.status.to_string()),
-            Field::Result("epochs") => Cell::Text(progress(r)),
+            Field::Result("epochs") => {
+                Cell::Progress { text: progress(r), done: row.epochs_done, total: row.epochs_total }
+            }
             Field::Result("best_epoch") => row.best_epoch.map_or(Cell::Missing, |e| Cell::Num(e as f64, 0)),
             Field::Result("best") => num(row.best_metric, metric_digits(&row.metric)),
             Field::Result("train_acc") => num(row.final_train_acc, 2),

@@ -1,7 +1,7 @@
 //! Renderers: terminal table, CSV, JSON and Markdown (HTML is in `html`).
 
-use super::format::fmt_opt;
-use super::query::{Cell, Table};
+use super::format::{fmt_opt, metric_digits};
+use super::query::{rounded, Cell, Table};
 use super::{Comparison, RunReport};
 use crate::record::EpochRecord;
 use crate::text::printable;
@@ -139,10 +139,12 @@ fn run_json(c: &Comparison, r: &RunReport, with_epochs: bool) -> Value {
         "epochs_total": r.row.epochs_total,
         "metric": r.row.metric,
         "best_epoch": r.row.best_epoch,
-        "best_metric": r.row.best_metric,
-        "final_train_acc": r.row.final_train_acc,
-        "final_test_acc": r.row.final_test_acc,
-        "train_seconds": r.row.train_seconds,
+        format!("best_{}", r.row.metric): r.row.best_metric.map(|v| rounded(v, metric_digits(&r.row.metric))),
+        "train_acc": r.row.final_train_acc.map(|v| rounded(v, 2)),
+        "test_acc": r.row.final_test_acc.map(|v| rounded(v, 2)),
+        "test_loss": r.row.final_test_loss.map(|v| rounded(v, 4)),
+        "seconds": rounded(r.row.train_seconds, 1),
+        "img_per_s": r.row.images_per_sec.map(|v| rounded(v, 0)),
         "device": r.row.device,
         "error": r.row.error,
         "best": r.best,
@@ -151,14 +153,36 @@ fn run_json(c: &Comparison, r: &RunReport, with_epochs: bool) -> Value {
         "config": r.config,
     });
     if with_epochs {
-        v["epochs"] = json!(r.epochs);
+        v["epochs"] = Value::Array(r.epochs.iter().map(epoch_json).collect());
     }
     v
 }
 
-/// The rows of `sweep results --format json`, as a JSON array.
+/// One epoch in report JSON: the names of the CSV, to the digits the
+/// report tables show and two more (accuracies 4 decimals, losses 6).
+fn epoch_json(e: &EpochRecord) -> Value {
+    let opt = |v: Option<f64>, d: usize| v.map_or(Value::Null, |v| rounded(v, d));
+    json!({
+        "epoch": e.epoch,
+        "train_loss": rounded(e.train_loss, 6),
+        "train_acc": rounded(e.train_acc, 4),
+        "test_loss": rounded(e.test_loss, 6),
+        "test_acc": rounded(e.test_acc, 4),
+        "test_top5": opt(e.test_top5, 4),
+        "val_loss": opt(e.val_loss, 6),
+        "val_acc": opt(e.val_acc, 4),
+        "lr": e.lr,
+        "seconds": rounded(e.seconds, 3),
+        "img_per_s": rounded(e.images_per_sec, 1),
+        "peak_memory_bytes": e.peak_memory_bytes,
+    })
+}
+
+/// The rows of `sweep results --format json`, as a JSON array (what
+/// `submit --format json` puts under `results` too: one schema).
 pub fn results_json(c: &Comparison) -> Value {
-    Value::Array(c.runs.iter().map(|r| run_json(c, r, false)).collect())
+    let t = super::query::table(c, &super::query::Query::default()).expect("the default columns exist");
+    serde_json::from_str(&render_table(&t, ResultsFormat::Json)).expect("render_table writes JSON")
 }
 
 /// A results [`Table`] as a terminal table, CSV, or JSON (an array of objects,
@@ -179,17 +203,27 @@ pub fn render_table(t: &Table, format: ResultsFormat) -> String {
             aligned(&t.headers, &cells, t.headers.len())
         }
         ResultsFormat::Csv => {
-            let mut out = csv_line(&t.headers);
+            let mut headers = Vec::new();
+            for (i, h) in t.headers.iter().enumerate() {
+                match t.rows.first().map(|r| &r[i]) {
+                    Some(Cell::Progress { .. }) => {
+                        headers.extend(["epochs_done".to_owned(), "epochs_total".to_owned()])
+                    }
+                    _ => headers.push(super::query::machine_name(h).to_owned()),
+                }
+            }
+            let mut out = csv_line(&headers);
             for r in &t.rows {
-                let cells: Vec<String> = r
-                    .iter()
-                    .map(|c| match c {
-                        Cell::Num(v, _) | Cell::Secs(v) => format!("{v}"),
-                        Cell::Stat { mean, .. } => format!("{mean}"),
-                        Cell::Missing => String::new(),
-                        other => other.text(),
-                    })
-                    .collect();
+                let mut cells: Vec<String> = Vec::with_capacity(headers.len());
+                for c in r {
+                    match c {
+                        Cell::Progress { done, total, .. } => cells.extend([done.to_string(), total.to_string()]),
+                        Cell::Missing => cells.push(String::new()),
+                        Cell::Text(_) | Cell::Param(_) => cells.push(c.text()),
+                        Cell::Stat { .. } => cells.push(c.json()["mean"].to_string()),
+                        Cell::Num(..) | Cell::Secs(_) => cells.push(c.json().to_string()),
+                    }
+                }
                 out += &csv_line(&cells);
             }
             out
@@ -210,8 +244,13 @@ pub fn render_table(t: &Table, format: ResultsFormat) -> String {
                     use serde::ser::SerializeMap;
                     let mut m = s.serialize_map(Some(self.1.len()))?;
                     for (h, c) in self.0 .0.headers.iter().zip(self.1) {
+                        let h = super::query::machine_name(h);
                         match c {
                             Cell::Text(t) => m.serialize_entry(h, t)?,
+                            Cell::Progress { done, total, .. } => {
+                                m.serialize_entry("epochs_done", done)?;
+                                m.serialize_entry("epochs_total", total)?;
+                            }
                             Cell::Param(p) => {
                                 let mut cache = self.0 .1.borrow_mut();
                                 let v = cache.entry(p.as_ptr()).or_insert_with(|| c.json());
@@ -351,8 +390,7 @@ pub fn csv_epochs(c: &Comparison) -> String {
     let mut headers = vec!["id".to_owned(), "sweep".into(), "name".into(), "status".into()];
     headers.extend(c.differing.iter().cloned());
     headers.extend(
-        ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_sec"]
-            .map(str::to_owned),
+        ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "img_per_s"].map(str::to_owned),
     );
     let mut out = csv_line(&headers);
     for r in &c.runs {
@@ -362,13 +400,13 @@ pub fn csv_epochs(c: &Comparison) -> String {
             cells.extend(c.differing.iter().map(|p| r.params.get(p).unwrap_or_default().to_owned()));
             cells.extend([
                 e.epoch.to_string(),
-                format!("{}", e.train_loss),
-                format!("{}", e.train_acc),
-                format!("{}", e.test_loss),
-                format!("{}", e.test_acc),
+                rounded(e.train_loss, 6).to_string(),
+                rounded(e.train_acc, 4).to_string(),
+                rounded(e.test_loss, 6).to_string(),
+                rounded(e.test_acc, 4).to_string(),
                 format!("{}", e.lr),
-                format!("{}", e.seconds),
-                format!("{}", e.images_per_sec),
+                rounded(e.seconds, 3).to_string(),
+                rounded(e.images_per_sec, 1).to_string(),
             ]);
             out += &csv_line(&cells);
         }

@@ -82,7 +82,20 @@ fn results_filter_sort_group_and_show_only_what_differs() {
     assert_eq!(rows(&all).len(), 5);
     // Diff-only: lr, seed and the optimizer differ; the model does not.
     let keys: Vec<&String> = rows(&all)[0].as_object().unwrap().keys().collect();
-    for k in ["id", "name", "lr", "seed", "optimizer", "status", "best_test_acc", "test_acc", "time", "img/s"] {
+    for k in [
+        "id",
+        "name",
+        "lr",
+        "seed",
+        "optimizer",
+        "status",
+        "epochs_done",
+        "epochs_total",
+        "best_test_acc",
+        "test_acc",
+        "seconds",
+        "img_per_s",
+    ] {
         assert!(keys.iter().any(|x| *x == k), "{k} missing from {keys:?}");
     }
     assert!(!keys.iter().any(|x| *x == "model"), "{keys:?}");
@@ -381,4 +394,53 @@ fn markdown_says_where_the_figures_went() {
     let md = dir.path().join("where.md");
     let out = run(home, &["report", "--format", "md", "-o", md.to_str().unwrap()]);
     assert!(stderr(&out).contains("figures written beside it as where-*.svg"), "{}", stderr(&out));
+}
+
+/// One schema: `results --format json|csv`, `report --format json` and
+/// `submit --format json` name a run's numbers alike, as numbers, to the
+/// digits shown, with the run id (never the database row id).
+#[test]
+fn results_report_and_submit_share_one_schema_without_float_noise() {
+    let (_, home) = trained();
+    let results = json(home, &["results", "--format", "json"]);
+    let report = json(home, &["report", "--format", "json"]);
+    let csv = crate::cli::stdout(&crate::cli::run(home, &["results", "--format", "csv"]));
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    for r in rows(&results) {
+        let id = r["id"].as_str().unwrap();
+        assert_eq!(id.len(), 10);
+        let rep = report["runs"].as_array().unwrap().iter().find(|x| x["id"] == id).unwrap();
+        for k in [
+            "name",
+            "status",
+            "epochs_done",
+            "epochs_total",
+            "best_epoch",
+            "best_test_acc",
+            "train_acc",
+            "test_acc",
+            "test_loss",
+            "seconds",
+            "img_per_s",
+        ] {
+            assert_eq!(r[k], rep[k], "{k} of {id}");
+            assert!(header.contains(&k), "csv lacks {k}: {header:?}");
+        }
+        assert!(r["epochs_done"].is_i64() && r["img_per_s"].is_i64(), "{r}");
+        for k in ["test_loss", "test_acc", "seconds"] {
+            let text = r[k].to_string();
+            assert!(text.split('.').nth(1).is_none_or(|d| d.len() <= 4), "{k} = {text}: float noise");
+        }
+        for e in rep["epochs"].as_array().unwrap() {
+            assert!(e["img_per_s"].is_number() && e.get("images_per_sec").is_none(), "{e}");
+        }
+    }
+    // submit --format json carries the same rows under `results`.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("home");
+    let file = crate::write_sweep(dir.path(), "again.toml", &crate::tiny_sweep("again", 32, 1, ""));
+    let out = crate::cli::run(&other, &["-q", "submit", "--format", "json", file.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&crate::cli::stdout(&out)).unwrap();
+    let again = json(&other, &["results", "--format", "json"]);
+    assert_eq!(&v["results"][0], &rows(&again)[0]);
 }
