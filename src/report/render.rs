@@ -207,7 +207,7 @@ pub fn render_table(t: &Table, format: ResultsFormat) -> String {
             for (i, h) in t.headers.iter().enumerate() {
                 match t.rows.first().map(|r| &r[i]) {
                     Some(Cell::Progress { .. }) => {
-                        headers.extend(["epochs_done".to_owned(), "epochs_total".to_owned()])
+                        headers.extend(["epochs_done".to_owned(), "epochs_total".to_owned()]);
                     }
                     _ => headers.push(super::query::machine_name(h).to_owned()),
                 }
