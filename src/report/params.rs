@@ -270,7 +270,10 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
         f.write_str("a JSON value")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let before = self.out.0.len();
+        let (mut keys, mut only_key) = (0usize, None);
         while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            keys += 1;
             if summarised(&k) {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
@@ -282,6 +285,18 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
             self.int.path.push_str(&k);
             map.next_value_seed(Walk { int: &mut *self.int, out: &mut *self.out })?;
             self.int.path.truncate(len);
+            only_key = Some(k);
+        }
+        // A tagged value, `freeze = { through = "layer2" }`, is one parameter
+        // `freeze` = `through layer2`: one column beside runs where it is a
+        // plain word (`freeze = "none"`), not two half-empty ones.
+        if let (1, Some(k)) = (keys, only_key) {
+            let tagged = k != "name" && !self.int.path.is_empty() && self.out.0.len() == before + 1;
+            if tagged {
+                let (_, v) = self.out.0.pop().expect("one value was added");
+                let text = format!("{k} {v}");
+                self.int.push_value(self.out, &text);
+            }
         }
         Ok(())
     }
@@ -383,7 +398,15 @@ pub fn differing(runs: &[&Params]) -> Vec<String> {
     }
     let differs: BTreeSet<&str> =
         states.iter().filter(|(_, s)| s.differs || s.count < runs.len()).map(|(k, _)| *k).collect();
+    let everywhere: std::collections::HashSet<&str> =
+        states.iter().filter(|(_, s)| s.count == runs.len()).map(|(k, _)| *k).collect();
+    // A field every run has is a value of its own even where the name differs
+    // (an SGD run's lr beside an Adam run's): only a variant's own fields
+    // (`momentum`, `betas`) are hidden behind the name.
     let follows_name = |k: &str| {
+        if everywhere.contains(k) {
+            return false;
+        }
         let Some((table, field)) = k.rsplit_once('.') else { return false };
         let name = format!("{table}.name");
         if field == "name" || !differs.contains(name.as_str()) {
@@ -465,6 +488,22 @@ mod tests {
     }
 
     #[test]
+    fn a_tagged_value_is_one_column_and_fields_every_run_has_show_beside_a_differing_name() {
+        let mut int = Interner::default();
+        let a = int.flatten(r#"{"freeze":"none","optimizer":{"name":"sgd","lr":0.01,"momentum":0.9}}"#).unwrap();
+        let b = int
+            .flatten(r#"{"freeze":{"through":"layer2"},"optimizer":{"name":"adam","lr":0.001,"betas":[0.9,0.999]}}"#)
+            .unwrap();
+        assert_eq!(b.get("freeze"), Some("through layer2"));
+        assert_eq!(b.get("freeze.through"), None);
+        // lr is in both: it shows; momentum and betas belong to one optimizer each: hidden.
+        assert_eq!(differing(&[&a, &b]), ["freeze", "optimizer.lr", "optimizer.name"]);
+        // A one-key table named by `name` stays as it is.
+        let c = int.flatten(r#"{"schedule":{"name":"constant"}}"#).unwrap();
+        assert_eq!(c.get("schedule.name"), Some("constant"));
+    }
+
+    #[test]
     fn flatten_all_equals_flattening_each_run_alone() {
         let texts = [
             r#"{"model":"a","optimizer":{"name":"sgd","lr":0.1},"seed":1}"#,
@@ -482,7 +521,8 @@ mod tests {
         let alone: Vec<Params> = texts.iter().map(|t| one.flatten(t).unwrap_or_default()).collect();
         assert_eq!(Interner::default().flatten_all(texts), alone);
         assert_eq!(alone[3].get("optimizer.lr"), Some("0.2"));
-        assert_eq!(alone[4].get("extra.x"), Some("[1,2]"));
+        // A one-key object is a tagged value: one parameter.
+        assert_eq!(alone[4].get("extra"), Some("x [1,2]"));
         assert!(alone[5].is_empty());
         assert_eq!(alone[7].get(""), Some("[1,2]"));
     }
