@@ -21,12 +21,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = !cli.quiet;
     match cli.command {
         Command::Submit { file, queue_only, device, format, max_runs, set, rerun } => {
-            let options = sweep::spec::Options { limits: sweep::spec::Limits { max_runs }, overrides: set };
+            let options = options(max_runs, set);
             let how = submit::How { queue_only, device, format, rerun, verbose };
             submit::submit(&cli.home, &file, &options, &how).await
         }
         Command::Plan { file, format, max_runs, set, device, no_estimate } => {
-            let options = sweep::spec::Options { limits: sweep::spec::Limits { max_runs }, overrides: set };
+            let options = options(max_runs, set);
             plan::plan(&file, &options, format, &cli.home, device, !no_estimate, verbose).await
         }
         Command::Eval { model, weights, data, sweep, augment, device, format } => eval::eval(
@@ -74,6 +74,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sweep::report::query::Query { wheres: filter.wheres, statuses: filter.status, ..Default::default() };
             query::report(&cli.home, &sweep, &q, format, output.as_deref()).await
         }
+    }
+}
+
+/// How `submit` and `plan` read a sweep file.
+fn options(max_runs: usize, overrides: Vec<sweep::spec::Override>) -> sweep::spec::Options {
+    sweep::spec::Options {
+        limits: sweep::spec::Limits { max_runs },
+        overrides,
+        check: Some(|c| sweep::train::check(c).map_err(|e| e.to_string())),
     }
 }
 

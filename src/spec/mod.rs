@@ -107,12 +107,15 @@ impl Source {
 }
 
 /// How a sweep file is expanded beyond what it says itself.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Bounds (the most runs).
     pub limits: Limits,
     /// `--set` overrides, applied to every run.
     pub overrides: Vec<Override>,
+    /// Whether this build can train a run (`train::check`): when the file has
+    /// other errors, the runs it refuses are reported with them, in one pass.
+    pub check: Option<fn(&RunConfig) -> Result<(), String>>,
 }
 
 /// Reads and validates a sweep file and expands it into runs.

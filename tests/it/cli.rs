@@ -888,3 +888,47 @@ fn eval_of_a_sweep_checkpoint_uses_the_runs_own_test_transforms() {
     assert_eq!(w["transforms"], "none");
     assert_ne!(w["loss"], v["loss"], "no normalisation gives other numbers");
 }
+
+/// The README's own example sweep file trains (here on fewer generated
+/// images, one epoch): every run done.
+#[test]
+fn the_readme_example_sweep_trains() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = &readme[readme.find("## The sweep file").unwrap()..];
+    let body = &block[block.find("```toml\n").unwrap() + 8..];
+    let toml = body[..body.find("```").unwrap()]
+        .replace("train_size = 1600, test_size = 500", "train_size = 64, test_size = 32");
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::write_sweep(dir.path(), "lr.toml", &toml);
+    let home = dir.path().join("home");
+    let out = run(&home, &["-q", "submit", "--set", "epochs=1", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = runs(&home);
+    assert_eq!(rows.len(), 12);
+    assert!(
+        rows.iter().all(|r| r.status == Status::Done),
+        "{:?}",
+        rows.iter().map(|r| (&r.name, r.status, &r.error)).collect::<Vec<_>>()
+    );
+}
+
+/// Every error of a sweep file in one pass: an unknown field, a wrong type
+/// and an unknown model, each at its line.
+#[test]
+fn every_error_of_a_sweep_file_is_reported_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "name = \"bad\"\ndataset = \"synthetic\"\nmetric = \"test_acc\"\nlearning_rate = 3\n[defaults]\n\
+                model = \"smallcnn\"\naugment = \"none\"\nepochs = 2\noptimizer = { name = \"sgd\", lr = 0.1 }\n\
+                [[grid]]\nbatch_size = [\"x\", 16]\n[[run]]\nname = \"typo\"\nmodel = \"resnet19\"\nbatch_size = 8\n";
+    let f = crate::write_sweep(dir.path(), "bad.toml", text);
+    let home = dir.path().join("home");
+    for cmd in ["plan", "submit"] {
+        let out = run(&home, &[cmd, f.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert!(err.contains("bad.toml:4:1: unknown field `learning_rate`"), "{err}");
+        assert!(err.contains("bad.toml:11:1: `batch_size`: value \"x\": invalid type"), "{err}");
+        assert!(err.contains("bad.toml:12:1: run `typo`: model `resnet19` is not available"), "{err}");
+    }
+    assert!(!home.join("sweep.db").exists(), "nothing was queued");
+}

@@ -161,7 +161,10 @@ fn duplicate_configs_are_dropped_and_reported() {
 
 #[test]
 fn unknown_top_level_key_names_line_and_column() {
-    let e = one_error("name = \"t\"\ndataset = \"synthetic\"\nlearning_rate = 3\n");
+    // The file has no model either: both are said in one pass.
+    let errs = parse("name = \"t\"\ndataset = \"synthetic\"\nlearning_rate = 3\n").expect_err("refused");
+    assert!(errs.iter().any(|e| e.message.contains("no `model` given")), "{errs:#?}");
+    let e = errs.into_iter().find(|e| e.line == 3).expect("the unknown field");
     assert_eq!((e.line, e.column), (3, 1), "{e}");
     assert!(e.message.contains("unknown field `learning_rate`"), "{e}");
     assert!(e.to_string().starts_with("test.toml:3:1: "), "{e}");
@@ -241,7 +244,7 @@ fn the_readme_example_parses_and_expands_as_documented() {
     assert_eq!(s.duplicates, vec!["model=smallcnn,head=linear".to_owned()]);
     assert_eq!(s.runs[0].name, "lr:lr=0.01,batch_size=32,seed=0");
     assert_eq!(s.runs[10].name, "model=smallcnn,head={hidden=[128],dropout=[0.5]}");
-    assert!(s.runs.iter().all(|r| sweep::train::check(&r.config).is_err()), "pretrained weights are not supported yet");
+    assert!(s.runs.iter().all(|r| sweep::train::check(&r.config).is_ok()), "every run can be trained");
 }
 
 /// `device` is a sweep-level choice, checked at its line, and no part of a

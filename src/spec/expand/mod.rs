@@ -143,7 +143,96 @@ pub(super) struct Ctx<'a> {
     pub(super) overrides: Vec<Override>,
 }
 
+/// The most errors of the file's shape reported in one pass.
+const MAX_SHAPE_ERRORS: usize = 50;
+
+/// Parses the file's shape, reporting every wrong key or value at once: after
+/// each error of one key or value (an unknown field, a wrong type), its lines
+/// are blanked out (offsets and line numbers stay) and the text is parsed
+/// again, while it is still valid TOML. Returns the errors and the text left.
+fn shape_errors(src: &Source) -> (Vec<SpecError>, Source, Vec<String>) {
+    let mut text = src.text.clone().into_bytes();
+    let mut errors = Vec::new();
+    let mut blanked = Vec::new();
+    let as_str = |t: &[u8]| String::from_utf8(t.to_vec()).expect("blanking keeps UTF-8");
+    loop {
+        let current = as_str(&text);
+        let e = match toml::from_str::<SweepFile>(&current).and_then(|_| toml::from_str::<DefaultsOnly>(&current)) {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let span = e.span();
+        errors.push(src.error(span.as_ref().map_or(0, |s| s.start), None, e.message().trim().to_owned()));
+        let Some(span) = span else { break };
+        if errors.len() >= MAX_SHAPE_ERRORS {
+            break;
+        }
+        // Blank the whole lines the error covers.
+        let start = current[..span.start.min(current.len())].rfind('\n').map_or(0, |i| i + 1);
+        let end = current[span.end.min(current.len())..].find('\n').map_or(current.len(), |i| span.end + i);
+        for line in current[start..end].lines() {
+            if let Some((k, _)) = line.split_once('=') {
+                let k = k.trim().trim_matches('"');
+                blanked.push(k.split('.').next().unwrap_or(k).to_owned());
+            }
+        }
+        for b in &mut text[start..end] {
+            *b = b' ';
+        }
+        // What is left must still be TOML, or the next error would only be
+        // the blanking's: stop with the real ones.
+        if as_str(&text).parse::<toml::Table>().is_err() {
+            break;
+        }
+    }
+    (errors, Source { path: src.path.clone(), text: as_str(&text) }, blanked)
+}
+
+/// Whether an error of the blanked text is only about a key that was blanked
+/// out (`no `optimizer` given` after `optimizer = {…}` was): not reported.
+fn about_blanked(e: &SpecError, blanked: &[String]) -> bool {
+    blanked.iter().any(|k| {
+        e.key.as_deref().is_some_and(|ek| ek.split('.').any(|seg| seg == k)) || e.message.contains(&format!("`{k}`"))
+    })
+}
+
 pub(super) fn expand(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors> {
+    let (mut shape, rest, blanked) = shape_errors(src);
+    if shape.is_empty() {
+        return expand_valid(src, options);
+    }
+    // Go on with what is left, for the errors of the rest of the file (an
+    // unknown model, a bad value in a grid) in the same pass.
+    let more = match expand_valid(&rest, options) {
+        Err(SpecErrors(more)) => more,
+        Ok(spec) => untrainable(&rest, &spec.runs, options),
+    };
+    for e in more {
+        if !about_blanked(&e, &blanked) && !shape.iter().any(|s| s.line == e.line && s.message == e.message) {
+            shape.push(e);
+        }
+    }
+    shape.sort_by_key(|e| (e.line, e.column));
+    Err(SpecErrors(shape))
+}
+
+/// The runs [`Options::check`] refuses, as errors at their lines.
+fn untrainable(src: &Source, runs: &[PlannedRun], options: &Options) -> Vec<SpecError> {
+    let Some(check) = options.check else { return Vec::new() };
+    runs.iter()
+        .filter_map(|r| {
+            check(&r.config).err().map(|msg| SpecError {
+                file: src.path.clone(),
+                line: r.line,
+                column: r.column,
+                key: None,
+                message: format!("run `{}`: {msg}", r.name),
+            })
+        })
+        .collect()
+}
+
+fn expand_valid(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors> {
     let limits = options.limits;
     let toml_error = |e: toml::de::Error| {
         let offset = e.span().map_or(0, |s| s.start);
@@ -234,6 +323,9 @@ pub(super) fn expand(src: &Source, options: &Options) -> Result<SweepSpec, SpecE
     }
 
     if !ctx.errors.is_empty() {
+        // The file is refused anyway: say what else is wrong with the runs
+        // that did expand (an unknown model), in the same pass.
+        ctx.errors.extend(untrainable(src, &runs, options));
         return Err(SpecErrors(ctx.errors));
     }
     let mut seen = HashSet::new();
