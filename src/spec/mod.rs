@@ -106,6 +106,9 @@ impl Source {
     }
 }
 
+/// Whether this build can train a run: `Err` says why not.
+pub type RunCheck = fn(&RunConfig) -> Result<(), String>;
+
 /// How a sweep file is expanded beyond what it says itself.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -115,7 +118,7 @@ pub struct Options {
     pub overrides: Vec<Override>,
     /// Whether this build can train a run (`train::check`): when the file has
     /// other errors, the runs it refuses are reported with them, in one pass.
-    pub check: Option<fn(&RunConfig) -> Result<(), String>>,
+    pub check: Option<RunCheck>,
 }
 
 /// Reads and validates a sweep file and expands it into runs.

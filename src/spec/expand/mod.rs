@@ -157,10 +157,8 @@ fn shape_errors(src: &Source) -> (Vec<SpecError>, Source, Vec<String>) {
     let as_str = |t: &[u8]| String::from_utf8(t.to_vec()).expect("blanking keeps UTF-8");
     loop {
         let current = as_str(&text);
-        let e = match toml::from_str::<SweepFile>(&current).and_then(|_| toml::from_str::<DefaultsOnly>(&current)) {
-            Ok(_) => break,
-            Err(e) => e,
-        };
+        let parsed = toml::from_str::<SweepFile>(&current).and_then(|_| toml::from_str::<DefaultsOnly>(&current));
+        let Err(e) = parsed else { break };
         let span = e.span();
         errors.push(src.error(span.as_ref().map_or(0, |s| s.start), None, e.message().trim().to_owned()));
         let Some(span) = span else { break };
