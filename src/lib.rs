@@ -27,6 +27,7 @@
 //! thin layer over these. See ARCHITECTURE.md for the decisions behind them.
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod env;
 pub mod estimate;
 pub mod export;

@@ -67,6 +67,15 @@ pub fn html(c: &Comparison) -> String {
     }
     out.push_str("</ul>");
 
+    let shared = super::shared_settings(c);
+    if !shared.is_empty() {
+        out.push_str("<h2>What every run shares</h2><table class=\"shared\">");
+        for (k, v) in &shared {
+            let _ = write!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+        }
+        out.push_str("</table>");
+    }
+
     out.push_str("<h2>Summary</h2>");
     if !c.differing.is_empty() {
         let _ = write!(

@@ -184,3 +184,72 @@ impl Comparison {
             .collect()
     }
 }
+
+/// What every run of a report shares, as (setting, value) lines: the
+/// dataset with its class count, the model and its set-up, epochs, batch
+/// size, optimizer, schedule and augmentation (each with the fields every
+/// run has alike), the devices, and which sweep made the report, when.
+pub fn shared_settings(c: &Comparison) -> Vec<(String, String)> {
+    const ORDER: [&str; 14] = [
+        "dataset", "model", "pretrained", "freeze", "stem", "head", "epochs", "batch_size", "optimizer", "schedule",
+        "warmup", "augment", "val_split", "precision",
+    ];
+    let params: Vec<&Params> = c.runs.iter().map(|r| &r.params).collect();
+    let mut out = Vec::new();
+    if params.is_empty() {
+        return out;
+    }
+    let keys = params::all_keys(&params);
+    let differs: std::collections::HashSet<&str> = c.differing.iter().map(String::as_str).collect();
+    let same = |path: &str| -> Option<String> {
+        let first = params[0].get(path)?;
+        (!differs.contains(path) && params.iter().all(|p| p.get(path) == Some(first))).then(|| first.to_owned())
+    };
+    let mut tops: Vec<&str> = keys.iter().map(|k| k.split('.').next().unwrap_or(k)).collect();
+    tops.dedup();
+    let rank = |t: &str| ORDER.iter().position(|o| *o == t).unwrap_or(ORDER.len());
+    tops.sort_by_key(|t| (rank(t), *t));
+    tops.dedup();
+    for top in tops {
+        if matches!(top, "metric" | "seed" | "keep") {
+            continue;
+        }
+        let mut parts = Vec::new();
+        if let Some(v) = same(top) {
+            parts.push(v);
+        }
+        let prefix = format!("{top}.");
+        for k in keys.iter().filter(|k| k.starts_with(&prefix)) {
+            if let Some(v) = same(k) {
+                let field = &k[prefix.len()..];
+                if field == "name" {
+                    parts.insert(0, v);
+                } else {
+                    parts.push(format!("{field} {v}"));
+                }
+            }
+        }
+        if parts.is_empty() {
+            continue;
+        }
+        let mut value = parts.join(", ");
+        if top == "dataset" {
+            let classes: Vec<usize> = c.runs.iter().filter_map(|r| r.row.classes.as_ref().map(Vec::len)).collect();
+            if let Some(&n) = classes.first() {
+                if classes.iter().all(|&x| x == n) {
+                    value = format!("{value}; {n} classes");
+                }
+            }
+        }
+        out.push((top.to_owned(), value));
+    }
+    let mut devices: Vec<&str> = c.runs.iter().filter_map(|r| r.row.device.as_deref()).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    if !devices.is_empty() {
+        out.push(("device".into(), devices.join("; ")));
+    }
+    let today = crate::clock::utc_timestamp(std::time::SystemTime::now());
+    out.push(("report".into(), format!("sweep {} on {}", env!("CARGO_PKG_VERSION"), &today[..10])));
+    out
+}

@@ -450,6 +450,15 @@ pub fn markdown(c: &Comparison, figures: &[(String, String)]) -> String {
     let counts: Vec<String> = c.status_counts().iter().map(|(s, n)| format!("{n} {s}")).collect();
     let _ = writeln!(out, "\n{} runs: {}.\n", c.runs.len(), counts.join(", "));
 
+    let shared = super::shared_settings(c);
+    if !shared.is_empty() {
+        let _ = writeln!(out, "## What every run shares\n");
+        for (k, v) in &shared {
+            let _ = writeln!(out, "- **{}**: {}", md(k), md(v));
+        }
+        out.push('\n');
+    }
+
     let _ = writeln!(out, "## Summary\n");
     if !c.differing.is_empty() {
         let _ = writeln!(
