@@ -39,5 +39,4 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_796_169_599);
         assert_eq!(utc_timestamp(t), "2026-12-01T23:59:59.000Z");
     }
-
 }

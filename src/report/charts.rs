@@ -21,7 +21,10 @@ pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
     let with_epochs: Vec<_> = c.runs.iter().filter(|r| !r.epochs.is_empty()).collect();
     let mut out = Vec::new();
     if !with_epochs.is_empty() {
-        let names: Vec<(String, bool)> = with_epochs.iter().map(|r| (r.row.name.clone(), r.best)).collect();
+        // A run's style is its place among all the report's runs: the same in every chart.
+        let style_of = |r: &super::RunReport| c.runs.iter().position(|x| x.row.id == r.row.id).unwrap_or(0);
+        let names: Vec<(String, bool, usize)> =
+            with_epochs.iter().map(|r| (r.row.name.clone(), r.best, style_of(r))).collect();
         out.push(Figure { name: "legend", title: "Runs".into(), svg: svg::legend(&names, standalone) });
         type Pick = fn(&crate::record::EpochRecord) -> f64;
         let curves: [(&'static str, &str, Pick, bool); 5] = [
@@ -38,6 +41,7 @@ pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
                     name: r.row.name.clone(),
                     points: r.epochs.iter().map(|e| (e.epoch as f64, pick(e))).collect(),
                     highlight: r.best,
+                    style: style_of(r),
                 })
                 .collect();
             let lr_flat = log && {
@@ -61,7 +65,14 @@ pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
         out.push(Figure {
             name: "best",
             title: title.clone(),
-            svg: svg::bar_chart(&title, &labels, &values, best, standalone),
+            svg: svg::bar_chart(
+                &title,
+                &labels,
+                &values,
+                best,
+                Some(&(0..c.runs.len()).collect::<Vec<_>>()),
+                standalone,
+            ),
         });
     }
     if let (Some(run), Some(m)) = (c.runs.iter().find(|r| r.best), &c.best_confusion) {
@@ -83,7 +94,7 @@ pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
         out.push(Figure {
             name: "classes",
             title: title.clone(),
-            svg: svg::bar_chart(&title, &classes, &acc, None, standalone),
+            svg: svg::bar_chart(&title, &classes, &acc, None, None, standalone),
         });
         let title = format!("Confusion matrix, {}{epoch}", run.row.name);
         out.push(Figure {

@@ -191,8 +191,20 @@ impl Comparison {
 /// run has alike), the devices, and which sweep made the report, when.
 pub fn shared_settings(c: &Comparison) -> Vec<(String, String)> {
     const ORDER: [&str; 14] = [
-        "dataset", "model", "pretrained", "freeze", "stem", "head", "epochs", "batch_size", "optimizer", "schedule",
-        "warmup", "augment", "val_split", "precision",
+        "dataset",
+        "model",
+        "pretrained",
+        "freeze",
+        "stem",
+        "head",
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "schedule",
+        "warmup",
+        "augment",
+        "val_split",
+        "precision",
     ];
     let params: Vec<&Params> = c.runs.iter().map(|r| &r.params).collect();
     let mut out = Vec::new();

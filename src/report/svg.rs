@@ -31,6 +31,25 @@ pub fn esc(s: &str) -> String {
 pub const PALETTE: [&str; 10] =
     ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
+/// Dash patterns, one per round of the palette: runs 1-10 solid, 11-20
+/// dashed, 21-30 dotted, 31-40 dash-dot, so that more than ten runs stay
+/// apart.
+const DASHES: [&str; 4] = ["", "7 3", "2 2", "8 3 2 3"];
+
+/// The colour and dash pattern of the run at `index` (its place in the
+/// report): the same in every chart and in the legend.
+pub fn run_style(index: usize) -> (&'static str, &'static str) {
+    (PALETTE[index % PALETTE.len()], DASHES[(index / PALETTE.len()) % DASHES.len()])
+}
+
+fn dash_attr(dash: &str) -> String {
+    if dash.is_empty() {
+        String::new()
+    } else {
+        format!(r#" stroke-dasharray="{dash}""#)
+    }
+}
+
 /// One line of a line chart.
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -40,6 +59,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Drawn thicker (the best run).
     pub highlight: bool,
+    /// The run's place in the report ([`run_style`]).
+    pub style: usize,
 }
 
 const W: f64 = 460.0;
@@ -74,6 +95,25 @@ pub fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
         .take_while(|v| *v <= hi + step * 1e-9)
         .map(|v| if v.abs() < step * 1e-9 { 0.0 } else { v })
         .collect()
+}
+
+/// Ticks of a log axis spanning `lo..hi` (log10 units): every decade, and
+/// 2x and 5x within them when fewer than three decades are in range.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let decades: Vec<f64> = (lo.ceil() as i64..=hi.floor() as i64).map(|e| e as f64).collect();
+    if decades.len() >= 3 {
+        return decades;
+    }
+    let mut out = Vec::new();
+    for e in (lo.floor() as i64)..=(hi.ceil() as i64) {
+        for m in [1.0f64, 2.0, 5.0] {
+            let t = e as f64 + m.log10();
+            if (lo..=hi).contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
 }
 
 fn fmt_tick(v: f64) -> String {
@@ -121,8 +161,7 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], log_y: bool, st
     let sy = |y: f64| TOP + ph - (y - y0) / (y1 - y0) * ph;
     // Axes and grid.
     let _ = write!(out, r##"<g stroke="#ddd" stroke-width="1">"##);
-    let yt: Vec<f64> =
-        if log_y { (y0.ceil() as i64..=y1.floor() as i64).map(|e| e as f64).collect() } else { ticks(y0, y1, 5) };
+    let yt: Vec<f64> = if log_y { log_ticks(y0, y1) } else { ticks(y0, y1, 5) };
     for &t in &yt {
         let _ = write!(out, r#"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}"/>"#, W - RIGHT, y = sy(t));
     }
@@ -149,8 +188,9 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], log_y: bool, st
         H - 8.0,
         esc(x_label)
     );
-    for (i, s) in series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
+    for s in series {
+        let (color, dash) = run_style(s.style);
+        let dash = dash_attr(dash);
         let width = if s.highlight { 2.8 } else { 1.5 };
         let path: Vec<String> = s
             .points
@@ -168,7 +208,7 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], log_y: bool, st
         } else if !path.is_empty() {
             let _ = write!(
                 out,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="{width}" points="{}"><title>{}</title></polyline>"#,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="{width}"{dash} points="{}"><title>{}</title></polyline>"#,
                 path.join(" "),
                 esc(&s.name)
             );
@@ -178,8 +218,9 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], log_y: bool, st
     out
 }
 
-/// The legend of `names` (colours as in the charts), as a separate SVG.
-pub fn legend(names: &[(String, bool)], standalone: bool) -> String {
+/// The legend of `names` (name, best, style: colours and dashes as in the
+/// charts), as a separate SVG.
+pub fn legend(names: &[(String, bool, usize)], standalone: bool) -> String {
     let cols = 2usize;
     let rows = names.len().div_ceil(cols).max(1);
     let h = 10.0 + rows as f64 * 18.0;
@@ -190,14 +231,15 @@ pub fn legend(names: &[(String, bool)], standalone: bool) -> String {
         out,
         r#"<svg{ns} viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><title>legend</title>"#
     );
-    for (i, (name, best)) in names.iter().enumerate() {
+    for (i, (name, best, style)) in names.iter().enumerate() {
         let (c, r) = (i % cols, i / cols);
         let (x, y) = (10.0 + c as f64 * W, 14.0 + r as f64 * 18.0);
-        let color = PALETTE[i % PALETTE.len()];
+        let (color, dash) = run_style(*style);
+        let dash = dash_attr(dash);
         let mark = if *best { " ★" } else { "" };
         let _ = write!(
             out,
-            r#"<line x1="{x}" x2="{}" y1="{}" y2="{}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}{mark}</text>"#,
+            r#"<line x1="{x}" x2="{}" y1="{}" y2="{}" stroke="{color}" stroke-width="3"{dash}/><text x="{}" y="{}">{}{mark}</text>"#,
             x + 22.0,
             y - 4.0,
             y - 4.0,
@@ -210,12 +252,14 @@ pub fn legend(names: &[(String, bool)], standalone: bool) -> String {
     out
 }
 
-/// A bar chart; `highlight` is drawn in the accent colour.
+/// A bar chart. With `styles` (one run per bar) each bar has its run's
+/// colour; `highlight` (the best run) is outlined and starred, not recoloured.
 pub fn bar_chart(
     title: &str,
     labels: &[String],
     values: &[Option<f64>],
     highlight: Option<usize>,
+    styles: Option<&[usize]>,
     standalone: bool,
 ) -> String {
     let n = labels.len().max(1);
@@ -244,10 +288,12 @@ pub fn bar_chart(
         if let Some(v) = v {
             let x0 = label_w + (0f64.max(min) - min) / span * pw;
             let len = (v - 0f64.max(min)).abs() / span * pw;
-            let color = if Some(i) == highlight { "#d62728" } else { "#1f77b4" };
+            let color = styles.and_then(|st| st.get(i)).map_or(PALETTE[0], |&k| run_style(k).0);
+            let (outline, star) =
+                if Some(i) == highlight { (r#" stroke="black" stroke-width="2""#, " ★") } else { ("", "") };
             let _ = write!(
                 out,
-                r#"<rect x="{:.1}" y="{y}" width="{:.1}" height="{bar_h}" fill="{color}"/><text x="{:.1}" y="{}">{}</text>"#,
+                r#"<rect x="{:.1}" y="{y}" width="{:.1}" height="{bar_h}" fill="{color}"{outline}/><text x="{:.1}" y="{}">{}{star}</text>"#,
                 x0,
                 len.max(0.5),
                 x0 + len + 4.0,
@@ -260,6 +306,28 @@ pub fn bar_chart(
     }
     out.push_str("</svg>");
     out
+}
+
+/// Matplotlib's viridis at `t` in 0..=1 (linear between nine of its stops).
+pub fn viridis(t: f64) -> String {
+    const STOPS: [(u8, u8, u8); 9] = [
+        (68, 1, 84),
+        (71, 45, 123),
+        (59, 82, 139),
+        (44, 114, 142),
+        (33, 145, 140),
+        (39, 173, 129),
+        (92, 200, 99),
+        (170, 220, 50),
+        (253, 231, 37),
+    ];
+    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
+    let at = t * (STOPS.len() - 1) as f64;
+    let i = (at.floor() as usize).min(STOPS.len() - 2);
+    let f = at - i as f64;
+    let mix = |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * f).round() as u8;
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    format!("#{:02x}{:02x}{:02x}", mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
 /// The confusion matrix as a heat map (rows: true class, columns: predicted),
@@ -276,17 +344,25 @@ pub fn heatmap(title: &str, labels: &[String], m: &[Vec<u64>], standalone: bool)
         let total: u64 = row.iter().sum();
         for (j, &v) in row.iter().enumerate() {
             let share = if total > 0 { v as f64 / total as f64 } else { 0.0 };
-            let shade = (255.0 * (1.0 - share)).round() as u8;
+            // Zeros faint, the rest on viridis (perceptually even, readable in grey).
+            let fill = if v == 0 { "#f4f4f4".to_owned() } else { viridis(share) };
             let _ = write!(
                 out,
-                r#"<rect x="{:.1}" y="{:.1}" width="{cell:.1}" height="{cell:.1}" fill="rgb({shade},{shade},255)"><title>{} → {}: {v}</title></rect>"#,
+                r#"<rect x="{:.1}" y="{:.1}" width="{cell:.1}" height="{cell:.1}" fill="{fill}"><title>{} → {}: {v}</title></rect>"#,
                 label_w + j as f64 * cell,
                 top + i as f64 * cell,
                 esc(labels.get(i).map_or("?", String::as_str)),
                 esc(labels.get(j).map_or("?", String::as_str)),
             );
             if n <= 12 {
-                let color = if share > 0.5 { "white" } else { "black" };
+                // Dark viridis (low shares) takes white text; zeros are grey.
+                let color = if v == 0 {
+                    "#aaa"
+                } else if share < 0.6 {
+                    "white"
+                } else {
+                    "black"
+                };
                 let _ = write!(
                     out,
                     r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="9" fill="{color}">{v}</text>"#,
@@ -337,9 +413,46 @@ mod tests {
     }
 
     #[test]
+    fn runs_keep_one_style_and_more_than_ten_stay_apart() {
+        let styles: Vec<_> = (0..40).map(run_style).collect();
+        for (i, a) in styles.iter().enumerate() {
+            assert!(styles[i + 1..].iter().all(|b| b != a), "run {i} shares its style");
+        }
+        assert_eq!(run_style(0).1, "");
+        assert_eq!(run_style(10).0, run_style(0).0);
+        assert_ne!(run_style(10).1, run_style(0).1);
+        let s = Series { name: "r".into(), points: vec![(1.0, 1.0), (2.0, 2.0)], highlight: false, style: 12 };
+        let svg = line_chart("t", "epoch", &[s], false, true);
+        assert!(
+            svg.contains(&format!("stroke=\"{}\"", PALETTE[2])) && svg.contains("stroke-dasharray=\"7 3\""),
+            "{svg}"
+        );
+        let bars = bar_chart("b", &["a".into(), "b".into()], &[Some(1.0), Some(2.0)], Some(1), Some(&[3, 4]), true);
+        assert!(bars.contains(PALETTE[3]) && bars.contains(PALETTE[4]) && bars.contains("2 ★"), "{bars}");
+    }
+
+    #[test]
+    fn log_axes_are_labelled_at_each_decade() {
+        assert_eq!(log_ticks(-4.2, -0.9), vec![-4.0, -3.0, -2.0, -1.0]);
+        let few: Vec<String> = log_ticks(-2.5, -1.2).iter().map(|t| fmt_tick(10f64.powf(*t))).collect();
+        assert_eq!(few, ["0.005", "0.01", "0.02", "0.05"]);
+    }
+
+    #[test]
+    fn viridis_runs_from_purple_to_yellow() {
+        assert_eq!(viridis(0.0), "#440154");
+        assert_eq!(viridis(1.0), "#fde725");
+        assert_eq!(viridis(f64::NAN), "#440154");
+    }
+
+    #[test]
     fn hostile_names_are_escaped() {
-        let s =
-            Series { name: "<script>alert(1)</script>".into(), points: vec![(1.0, 0.5), (2.0, 0.7)], highlight: true };
+        let s = Series {
+            name: "<script>alert(1)</script>".into(),
+            points: vec![(1.0, 0.5), (2.0, 0.7)],
+            highlight: true,
+            style: 0,
+        };
         let svg = line_chart("a & b", "epoch", &[s], false, false);
         assert!(!svg.contains("<script>") && svg.contains("&lt;script&gt;") && svg.contains("a &amp; b"));
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));

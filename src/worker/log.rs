@@ -4,10 +4,10 @@
 //! `sweep logs RUN [-f]` prints or follows it. Writing it never fails a run:
 //! a write error is reported once in the worker's log and the file is left.
 
+use crate::clock::utc_timestamp;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use crate::clock::utc_timestamp;
 use std::time::SystemTime;
 
 /// The name of a run's log file inside its folder.
