@@ -81,12 +81,69 @@ pub(crate) fn aligned(headers: &[String], cells: &Cells, columns: usize) -> Stri
     aligned_plain(headers, cells, columns)
 }
 
+/// The width tables are fitted to: `$COLUMNS` if set, else the terminal's
+/// when standard output is one; `None` (no limit) for a pipe or a file.
+pub fn terminal_width() -> Option<usize> {
+    static WIDTH: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *WIDTH.get_or_init(|| {
+        if let Some(n) = std::env::var("COLUMNS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+            return (n > 0).then_some(n);
+        }
+        if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            return None;
+        }
+        #[cfg(unix)]
+        {
+            let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+            #[allow(unsafe_code)]
+            // SAFETY: TIOCGWINSZ writes one winsize into the struct we own.
+            let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &raw mut ws) } == 0;
+            if ok && ws.ws_col > 0 {
+                return Some(usize::from(ws.ws_col));
+            }
+        }
+        None
+    })
+}
+
+/// Narrows the widest long columns (names, long parameter values; never
+/// below their header or 12 characters, never the run id, which is what a
+/// person copies) until the table fits `limit`; cells are then cut with `…`.
+fn fit(widths: &mut [usize], headers: &[String], limit: usize) {
+    let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+    let floor: Vec<usize> = (0..widths.len())
+        .map(|i| match headers.get(i).map(String::as_str) {
+            Some("id") => widths[i],
+            h => h.map_or(0, width).max(12).min(widths[i]),
+        })
+        .collect();
+    while total(widths) > limit {
+        let Some(i) = (0..widths.len()).filter(|&i| widths[i] > floor[i]).max_by_key(|&i| widths[i] - floor[i]) else {
+            break;
+        };
+        widths[i] -= 1;
+    }
+}
+
+/// `c` cut to `w` characters, its last one `…`, when it is longer.
+fn cut(c: &str, w: usize) -> std::borrow::Cow<'_, str> {
+    if width(c) <= w {
+        return c.into();
+    }
+    let mut s: String = c.chars().take(w.saturating_sub(1)).collect();
+    s.push('…');
+    s.into()
+}
+
 fn aligned_plain(headers: &[String], cells: &Cells, columns: usize) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| width(h)).collect();
     widths.resize(columns.max(widths.len()), 0);
     for (i, c) in cells.iter().enumerate() {
         let w = &mut widths[i % columns];
         *w = (*w).max(width(c));
+    }
+    if let Some(limit) = terminal_width() {
+        fit(&mut widths, headers, limit);
     }
     let rows = cells.ends.len() / columns.max(1);
     let mut out = String::with_capacity((rows + 2) * (widths.iter().sum::<usize>() + 2 * widths.len() + 1));
@@ -96,8 +153,9 @@ fn aligned_plain(headers: &[String], cells: &Cells, columns: usize) -> String {
             if i > 0 {
                 out.push_str("  ");
             }
-            out.push_str(c);
-            out.extend(std::iter::repeat_n(' ', w.saturating_sub(width(c))));
+            let c = cut(c, *w);
+            out.push_str(&c);
+            out.extend(std::iter::repeat_n(' ', w.saturating_sub(width(&c))));
         }
         let trimmed = out[start..].trim_end().len();
         out.truncate(start + trimmed);

@@ -8,7 +8,12 @@ use sweep::store::{RunRow, Status, Store};
 
 pub fn sweep(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sweep"));
-    c.arg("--home").arg(home).env_remove("SWEEP_HOME").env("SWEEP_HEARTBEAT_SECS", "0.1").env("RUST_LOG", "warn");
+    c.arg("--home")
+        .arg(home)
+        .env_remove("SWEEP_HOME")
+        .env_remove("COLUMNS")
+        .env("SWEEP_HEARTBEAT_SECS", "0.1")
+        .env("RUST_LOG", "warn");
     c
 }
 

@@ -444,3 +444,22 @@ fn results_report_and_submit_share_one_schema_without_float_noise() {
     let again = json(&other, &["results", "--format", "json"]);
     assert_eq!(&v["results"][0], &rows(&again)[0]);
 }
+
+/// Tables fit the terminal: with a narrow `COLUMNS` the long columns (names,
+/// long values) are cut with `…`, the run ids never; a pipe without COLUMNS
+/// gets them whole.
+#[test]
+fn tables_fit_the_terminal_width() {
+    let (_, home) = trained();
+    let args = ["results", "--columns", "id,name,optimizer,test_acc,sweep"];
+    let whole = crate::cli::stdout(&crate::cli::run(home, &args));
+    let widest = whole.lines().map(|l| l.chars().count()).max().unwrap();
+    let limit = widest - 6;
+    let out = crate::cli::sweep(home).env("COLUMNS", limit.to_string()).args(args).output().unwrap();
+    let narrow = String::from_utf8_lossy(&out.stdout);
+    assert!(narrow.lines().all(|l| l.chars().count() <= limit), "{limit}:\n{narrow}\n{whole}");
+    assert!(narrow.contains('…'), "{narrow}");
+    assert_eq!(narrow.lines().count(), whole.lines().count());
+    let ids = |t: &str| t.lines().skip(2).map(|l| l[..10].to_owned()).collect::<Vec<_>>();
+    assert_eq!(ids(&narrow), ids(&whole), "ids are never cut");
+}
