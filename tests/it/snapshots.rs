@@ -200,3 +200,11 @@ fn the_fixed_database_has_one_run_in_each_state() {
     assert_eq!(statuses, [Status::Done, Status::Failed, Status::Interrupted, Status::Queued]);
     assert!(Path::new(&dir.path().join("home/sweep.db")).exists());
 }
+
+/// The term report's plan: its lr column shows although the optimizers'
+/// names differ, and `freeze` is one column.
+#[test]
+fn plan_of_the_term_report() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/report.toml");
+    insta::assert_snapshot!(output(&["plan", "--no-estimate", file.to_str().unwrap()]));
+}
