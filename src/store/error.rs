@@ -61,6 +61,12 @@ pub enum StoreError {
         /// What to do instead.
         why: &'static str,
     },
+    /// A run that is not in the database (removed meanwhile).
+    #[error("run {run_id} is not in the database (removed?)")]
+    NoSuchRun {
+        /// The run.
+        run_id: i64,
+    },
     /// `sweep rm` on a run that is running (or that another sweep took up meanwhile).
     #[error("run {run_id} was not removed: {why}")]
     NotRemovable {

@@ -120,6 +120,20 @@ impl Store {
         })
     }
 
+    /// A run's status inside a transaction (`None`: no such run).
+    async fn status_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        run_id: i64,
+    ) -> Result<Option<Status>> {
+        let s: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
+            .bind(run_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(self.sql())?;
+        s.map(|s| self.parse_status(&s)).transpose()
+    }
+
     /// A write transaction. It starts with BEGIN IMMEDIATE: SQLite's write lock
     /// is taken up front and waited for (busy timeout). A deferred transaction
     /// that reads and then writes gets SQLITE_BUSY at once when another

@@ -238,12 +238,7 @@ impl Store {
     pub async fn cancel(&self, run_id: i64) -> Result<Status> {
         let e = self.sql();
         let mut tx = self.write_tx().await?;
-        let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
-            .bind(run_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(&e)?;
-        let status = self.parse_status(&status)?;
+        let status = self.status_in(&mut tx, run_id).await?.ok_or(StoreError::NoSuchRun { run_id })?;
         let sql = match status {
             Status::Running => "UPDATE runs SET cancel_requested = 1 WHERE id = ?1",
             Status::Queued | Status::Interrupted => {
@@ -278,12 +273,7 @@ impl Store {
     pub async fn retry(&self, run_id: i64, from_scratch: bool) -> Result<Status> {
         let e = self.sql();
         let mut tx = self.write_tx().await?;
-        let status: String = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
-            .bind(run_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(&e)?;
-        let status = self.parse_status(&status)?;
+        let status = self.status_in(&mut tx, run_id).await?.ok_or(StoreError::NoSuchRun { run_id })?;
         let refuse = |why| Err(StoreError::NotRetryable { run_id, status: status.to_string(), why });
         match status {
             Status::Running => return refuse("its worker is training it; stop that worker first (Ctrl-C)"),

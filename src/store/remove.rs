@@ -36,12 +36,7 @@ impl Store {
         let e = self.sql();
         let mut tx = self.write_tx().await?;
         for &id in run_ids {
-            let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(&e)?;
-            if status.as_deref() == Some(Status::Running.as_str()) {
+            if self.status_in(&mut tx, id).await? == Some(Status::Running) {
                 return Err(StoreError::NotRemovable {
                     run_id: id,
                     why: "it is running: `sweep cancel` it first, then remove it",
@@ -82,12 +77,7 @@ impl Store {
                     why: "another sweep lists it now; nothing was removed (run the command again)",
                 });
             }
-            let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(&e)?;
-            if status.as_deref() == Some(Status::Running.as_str()) {
+            if self.status_in(&mut tx, id).await? == Some(Status::Running) {
                 return Err(StoreError::NotRemovable {
                     run_id: id,
                     why: "it is running: `sweep cancel --sweep` first, then remove the sweep",
