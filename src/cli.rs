@@ -149,7 +149,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: EvalFormat,
     },
-    /// Queue failed, diverged or interrupted runs again.
+    /// Queue failed, diverged, cancelled or interrupted runs again.
     ///
     /// They resume from their latest checkpoint; with --from-scratch their
     /// epochs and checkpoints are forgotten first (the way out of a missing or
