@@ -43,7 +43,9 @@ fn model_key(c: &RunConfig) -> String {
         .to_string()
 }
 
-fn run_key(c: &RunConfig) -> String {
+/// What a run's pace depends on, as one string: runs with equal keys train
+/// at the same speed (the key `plan` caches its probes under, too).
+pub fn pace_key(c: &RunConfig) -> String {
     serde_json::json!([model_key(c), c.batch_size, c.freeze, c.freeze_bn, c.val_split]).to_string()
 }
 
@@ -51,8 +53,8 @@ fn run_key(c: &RunConfig) -> String {
 /// like it, else of the runs of its model and data at other batch sizes.
 pub fn per_epoch_from_history(history: &[Sample], config: &RunConfig) -> Option<(f64, Basis)> {
     let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let key = run_key(config);
-    let same: Vec<f64> = history.iter().filter(|s| run_key(&s.config) == key).map(|s| s.seconds_per_epoch).collect();
+    let key = pace_key(config);
+    let same: Vec<f64> = history.iter().filter(|s| pace_key(&s.config) == key).map(|s| s.seconds_per_epoch).collect();
     if let Some(m) = mean(same) {
         return Some((m, Basis::SameRuns));
     }

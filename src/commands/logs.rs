@@ -1,12 +1,11 @@
 //! `sweep logs RUN [-f]`: print a run's log, or follow it until the run ends.
 
-use super::query::{find_run, open};
+use super::query::{find_run, open, run_label};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 use sweep::store::Status;
-use sweep::text::printable;
 use sweep::worker::{log::LOG_FILE, run_dir};
 
 /// Whether a run in `status` will write to its log again without anyone
@@ -36,7 +35,7 @@ pub async fn logs(home: &Path, which: &str, follow: bool) -> anyhow::Result<Exit
     let store = open(home).await?;
     let run = find_run(&store, which).await?.0;
     let path = home.join(run_dir(&run.key)).join(LOG_FILE);
-    let label = format!("{}/{} ({})", printable(&run.sweep), printable(&run.name), &run.key[..10]);
+    let label = run_label(&run);
     if !follow {
         if !path.exists() {
             eprintln!("{label} has no log yet: it is {} (`sweep logs -f` waits for it)", run.status);

@@ -1,6 +1,6 @@
 //! Managing the queue: `retry`, `cancel`, `rm`, `prune`.
 
-use super::query::{find_run, open};
+use super::query::{find_run, open, run_label as label};
 use anyhow::Context;
 use std::collections::HashSet;
 use std::path::Path;
@@ -9,10 +9,6 @@ use sweep::report::format::bytes;
 use sweep::store::{RunRow, Status, Store, StoreError};
 use sweep::text::printable;
 use sweep::worker::{retention, run_dir};
-
-fn label(r: &RunRow) -> String {
-    format!("{}/{} ({})", printable(&r.sweep), printable(&r.name), &r.key[..10])
-}
 
 /// The runs named on the command line and those of the sweeps named, each once.
 async fn named_runs(store: &Store, which: &[String], sweeps: &[String]) -> anyhow::Result<Vec<RunRow>> {

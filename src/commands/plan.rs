@@ -49,9 +49,7 @@ async fn estimate(
             None
         } else {
             let sizes = sweep::train::probe::split_sizes(c);
-            let key =
-                serde_json::json!([c.model, c.head, c.stem, c.freeze, c.train_transforms, c.batch_size, c.dataset])
-                    .to_string();
+            let key = est::pace_key(c);
             let pace = if let Some(p) = probes.get(&key) {
                 *p
             } else {

@@ -200,6 +200,11 @@ pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Resul
 
 /// The run a user names: its id (or a prefix of at least 4 characters),
 /// SWEEP/NAME, or a NAME that is unique; with every (sweep, run) membership.
+/// `SWEEP/NAME (id)`: how commands name a run.
+pub fn run_label(r: &sweep::store::RunRow) -> String {
+    format!("{}/{} ({})", printable(&r.sweep), printable(&r.name), &r.key[..10])
+}
+
 pub async fn find_run(store: &Store, which: &str) -> anyhow::Result<(sweep::store::RunRow, Vec<sweep::store::RunRow>)> {
     // Every (sweep, run) membership, oldest sweep first.
     let mut all = Vec::new();
@@ -237,10 +242,7 @@ pub async fn find_run(store: &Store, which: &str) -> anyhow::Result<(sweep::stor
             "`{}` names {} runs: {}; give SWEEP/NAME or the id",
             printable(which),
             many.len(),
-            many.iter()
-                .map(|r| format!("{}/{} ({})", printable(&r.sweep), printable(&r.name), &r.key[..10]))
-                .collect::<Vec<_>>()
-                .join(", ")
+            many.iter().map(|r| run_label(r)).collect::<Vec<_>>().join(", ")
         ),
     };
     Ok((run, all))

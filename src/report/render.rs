@@ -125,14 +125,10 @@ fn fit(widths: &mut [usize], headers: &[String], limit: usize) {
     }
 }
 
-/// `c` cut to `w` characters, its last one `…`, when it is longer.
-fn cut(c: &str, w: usize) -> std::borrow::Cow<'_, str> {
-    if width(c) <= w {
-        return c.into();
-    }
-    let mut s: String = c.chars().take(w.saturating_sub(1)).collect();
-    s.push('…');
-    s.into()
+/// Appends `c` cut to `w` characters (its last one `…`) when it is longer.
+fn push_cut(out: &mut String, c: &str, w: usize) {
+    out.extend(c.chars().take(w.saturating_sub(1)));
+    out.push('…');
 }
 
 fn aligned_plain(headers: &[String], cells: &Cells, columns: usize) -> String {
@@ -153,9 +149,14 @@ fn aligned_plain(headers: &[String], cells: &Cells, columns: usize) -> String {
             if i > 0 {
                 out.push_str("  ");
             }
-            let c = cut(c, *w);
-            out.push_str(&c);
-            out.extend(std::iter::repeat_n(' ', w.saturating_sub(width(&c))));
+            // One width per cell: this runs for every cell of 10,000-run tables.
+            let cw = width(c);
+            if cw > *w {
+                push_cut(out, c, *w);
+            } else {
+                out.push_str(c);
+                out.extend(std::iter::repeat_n(' ', w - cw));
+            }
         }
         let trimmed = out[start..].trim_end().len();
         out.truncate(start + trimmed);
