@@ -12,6 +12,11 @@ pub struct Cli {
     /// Folder holding the database (sweep.db) and run checkpoints.
     #[arg(long, global = true, env = sweep::env::HOME.name, default_value = ".sweep")]
     pub home: PathBuf,
+    /// The database: a SQLite file (default: sweep.db in --home) or a
+    /// PostgreSQL URL (postgres://USER:PASSWORD@HOST/DB) that workers on many
+    /// machines share.
+    #[arg(long, global = true, env = sweep::env::STORE.name, value_name = "URL")]
+    pub store: Option<sweep::store::Location>,
     /// No progress bars or per-epoch lines.
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -76,6 +81,26 @@ pub enum Command {
         /// Where to train: cpu, auto (GPU if available) or cuda:N.
         #[arg(long, env = sweep::env::DEVICE.name, default_value = "auto")]
         device: DeviceChoice,
+        /// One worker per GPU of this machine, each on its own device: a list
+        /// (0,1,2,3) or `all`. Each worker's lines are prefixed with its device.
+        #[arg(long, value_name = "LIST|all", conflicts_with = "workers")]
+        gpus: Option<GpuList>,
+        /// N workers on this machine (on --device; on the CPU the cores are
+        /// shared out). Each worker's lines are prefixed with its number.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: Option<u16>,
+        /// Stop after this many runs (each worker).
+        #[arg(long, value_name = "N")]
+        max_runs: Option<usize>,
+        /// Exit as soon as nothing can be claimed, instead of waiting for runs
+        /// whose worker has gone silent (batch jobs: Slurm arrays, Kubernetes Jobs).
+        #[arg(long)]
+        exit_when_empty: bool,
+    },
+    /// The database itself: copy one store into another.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Queued, running, done, failed and interrupted runs, with progress.
     Status {
@@ -238,6 +263,55 @@ pub enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+}
+
+/// `sweep store ...`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy every sweep, run, epoch and checkpoint record of one store into
+    /// another (e.g. the SQLite file into PostgreSQL). Runs are matched by
+    /// configuration, sweeps by name: copying again adds only what is new.
+    Copy {
+        /// The store to read (a SQLite file or a postgres:// URL).
+        #[arg(long, value_name = "URL")]
+        from: sweep::store::Location,
+        /// The store to write (created and migrated if needed).
+        #[arg(long, value_name = "URL")]
+        to: sweep::store::Location,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: SubmitFormat,
+    },
+}
+
+/// `--gpus 0,1,3` or `--gpus all`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuList {
+    /// Every GPU this machine has.
+    All,
+    /// These device numbers.
+    Some(Vec<usize>),
+}
+
+impl std::str::FromStr for GpuList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim() == "all" {
+            return Ok(GpuList::All);
+        }
+        let mut ids = Vec::new();
+        for part in s.split(',') {
+            let n: usize = part
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{part}` is not a GPU number: use a list like 0,1,2 or `all`"))?;
+            if ids.contains(&n) {
+                return Err(format!("GPU {n} is listed twice"));
+            }
+            ids.push(n);
+        }
+        Ok(GpuList::Some(ids))
+    }
 }
 
 /// Which runs `results` and `report` include.

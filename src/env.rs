@@ -22,6 +22,11 @@ pub struct Var {
 
 /// The home folder (database and checkpoints); `--home`.
 pub const HOME: Var = Var { name: "SWEEP_HOME", help: "the home folder, as --home (default .sweep)" };
+/// The database; `--store`.
+pub const STORE: Var = Var {
+    name: "SWEEP_STORE",
+    help: "the database, as --store: a SQLite file or postgres://USER:PASSWORD@HOST/DB (default sweep.db in the home)",
+};
 /// The device; `--device`.
 pub const DEVICE: Var = Var { name: "SWEEP_DEVICE", help: "where to train, as --device: cpu, auto or cuda:N" };
 /// Seconds after which a running run with no heartbeat is taken over.
@@ -58,8 +63,8 @@ pub const MAX_WORKER_DEATHS: Var = Var {
 };
 
 /// Every variable the binary reads, in the order `sweep --help` lists them.
-pub const ALL: [Var; 9] =
-    [HOME, DEVICE, STALE_SECS, HEARTBEAT_SECS, MAX_WORKER_DEATHS, CACHE, DATA_URL, WEIGHTS_URL, LOADER_THREADS];
+pub const ALL: [Var; 10] =
+    [HOME, STORE, DEVICE, STALE_SECS, HEARTBEAT_SECS, MAX_WORKER_DEATHS, CACHE, DATA_URL, WEIGHTS_URL, LOADER_THREADS];
 
 impl Var {
     /// Its value, if set and not empty.

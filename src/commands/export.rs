@@ -9,7 +9,7 @@ use sweep::record::CheckpointKind;
 use sweep::report::query::Query;
 
 pub async fn export(
-    home: &Path,
+    home: &super::Home,
     sweeps: &[String],
     q: &Query,
     format: ExportFormat,

@@ -31,7 +31,7 @@ fn copy_new(path: &Path, offset: u64) -> std::io::Result<u64> {
     Ok(from + whole as u64)
 }
 
-pub async fn logs(home: &Path, which: &str, follow: bool) -> anyhow::Result<ExitCode> {
+pub async fn logs(home: &super::Home, which: &str, follow: bool) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
     let run = find_run(&store, which).await?.0;
     let path = home.join(run_dir(&run.key)).join(LOG_FILE);

@@ -31,7 +31,7 @@ async fn named_runs(store: &Store, which: &[String], sweeps: &[String]) -> anyho
 }
 
 /// `sweep retry RUN... | --failed [--from-scratch]`.
-pub async fn retry(home: &Path, which: &[String], failed: bool, from_scratch: bool) -> anyhow::Result<ExitCode> {
+pub async fn retry(home: &super::Home, which: &[String], failed: bool, from_scratch: bool) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
     let mut runs = named_runs(&store, which, &[]).await?;
     if failed {
@@ -66,7 +66,7 @@ pub async fn retry(home: &Path, which: &[String], failed: bool, from_scratch: bo
 }
 
 /// `sweep cancel RUN... | --sweep NAME`.
-pub async fn cancel(home: &Path, which: &[String], sweeps: &[String]) -> anyhow::Result<ExitCode> {
+pub async fn cancel(home: &super::Home, which: &[String], sweeps: &[String]) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
     let runs = named_runs(&store, which, sweeps).await?;
     let mut refused = 0;
@@ -121,7 +121,7 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 type SweepRemoval = (String, Vec<RunRow>, Vec<(RunRow, Vec<String>)>);
 
 /// `sweep rm RUN... | --sweep NAME [--yes]`.
-pub async fn rm(home: &Path, which: &[String], sweeps: &[String], yes: bool) -> anyhow::Result<ExitCode> {
+pub async fn rm(home: &super::Home, which: &[String], sweeps: &[String], yes: bool) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
     let members = store.memberships().await?;
     let named = named_runs(&store, which, &[]).await?;
@@ -200,7 +200,7 @@ pub async fn rm(home: &Path, which: &[String], sweeps: &[String], yes: bool) -> 
 /// `sweep prune [--dry-run] [--keep best]`: checkpoint files no record refers
 /// to, folders of runs the database no longer has, and (`--keep best`) the
 /// latest checkpoints of finished runs.
-pub async fn prune(home: &Path, dry_run: bool, keep_best: bool) -> anyhow::Result<ExitCode> {
+pub async fn prune(home: &super::Home, dry_run: bool, keep_best: bool) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
     let runs = store.key_statuses().await?;
     let by_dir: std::collections::HashMap<String, (i64, Status)> =

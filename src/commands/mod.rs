@@ -7,27 +7,31 @@ mod manage;
 mod plan;
 mod query;
 mod signals;
+mod store;
 mod submit;
+mod workers;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, GpuList, StoreCommand};
 use std::fmt::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use sweep::spec::DeviceChoice;
-use sweep::store::{Status, Store};
+use sweep::store::{Location, Status, Store};
 use sweep::worker::{self, WorkerOptions, WorkerReport};
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = !cli.quiet;
+    let home = Home { store: Location::or_default(cli.store.as_ref(), &cli.home), dir: cli.home };
     match cli.command {
         Command::Submit { file, queue_only, device, format, max_runs, set, rerun } => {
             let options = options(max_runs, set);
             let how = submit::How { queue_only, device, format, rerun, verbose };
-            submit::submit(&cli.home, &file, &options, &how).await
+            submit::submit(&home, &file, &options, &how).await
         }
         Command::Plan { file, format, max_runs, set, device, no_estimate } => {
             let options = options(max_runs, set);
-            plan::plan(&file, &options, format, &cli.home, device, !no_estimate, verbose).await
+            plan::plan(&file, &options, format, &home, device, !no_estimate, verbose).await
         }
         Command::Eval { model, weights, data, sweep, augment, device, format } => eval::eval(
             model.as_deref(),
@@ -38,15 +42,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             device,
             format,
         ),
-        Command::Worker { device } => {
-            let store = Store::open(&cli.home).await?;
-            let drained = drain(&store, device, verbose).await?;
+        Command::Worker { device, gpus, workers, max_runs, exit_when_empty } => {
+            let child = workers::ChildArgs { max_runs, exit_when_empty, verbose };
+            if gpus.is_some() || workers.is_some_and(|n| n > 1) {
+                let ids = match gpus {
+                    None => None,
+                    Some(GpuList::Some(ids)) => Some(ids),
+                    Some(GpuList::All) => {
+                        let n = sweep::train::device::cuda_device_count();
+                        if n == 0 {
+                            anyhow::bail!(
+                                "--gpus all: no GPU found ({}); on the CPU use --workers N",
+                                sweep::train::device::why_cpu()
+                            );
+                        }
+                        Some((0..n).collect())
+                    }
+                };
+                let slots = workers::slots(ids.as_deref(), usize::from(workers.unwrap_or(1)), device);
+                return workers::supervise(&home, slots, &child).await;
+            }
+            let store = home.open().await?;
+            let drained = drain(&store, device, &child).await?;
             if verbose {
                 eprintln!("{}", summary_line(&drained.report));
             }
             Ok(drained.exit_code())
         }
-        Command::Status { sweep, watch, format } => query::status(&cli.home, &sweep, watch, format).await,
+        Command::Store { command: StoreCommand::Copy { from, to, format } } => {
+            store::copy(&home.dir, &from, &to, format).await
+        }
+        Command::Status { sweep, watch, format } => query::status(&home, &sweep, watch, format).await,
         Command::Results { sweep, filter, sort, group_by, columns, all_params, format } => {
             let q = sweep::report::query::Query {
                 wheres: filter.wheres,
@@ -56,23 +82,53 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 columns,
                 all_params,
             };
-            query::results(&cli.home, &sweep, &q, format).await
+            query::results(&home, &sweep, &q, format).await
         }
-        Command::Show { run, format } => query::show(&cli.home, &run, format).await,
-        Command::Retry { runs, failed, from_scratch } => manage::retry(&cli.home, &runs, failed, from_scratch).await,
-        Command::Cancel { runs, sweep } => manage::cancel(&cli.home, &runs, &sweep).await,
-        Command::Rm { runs, sweep, yes } => manage::rm(&cli.home, &runs, &sweep, yes).await,
-        Command::Prune { dry_run, keep } => manage::prune(&cli.home, dry_run, keep.is_some()).await,
-        Command::Logs { run, follow } => logs::logs(&cli.home, &run, follow).await,
+        Command::Show { run, format } => query::show(&home, &run, format).await,
+        Command::Retry { runs, failed, from_scratch } => manage::retry(&home, &runs, failed, from_scratch).await,
+        Command::Cancel { runs, sweep } => manage::cancel(&home, &runs, &sweep).await,
+        Command::Rm { runs, sweep, yes } => manage::rm(&home, &runs, &sweep, yes).await,
+        Command::Prune { dry_run, keep } => manage::prune(&home, dry_run, keep.is_some()).await,
+        Command::Logs { run, follow } => logs::logs(&home, &run, follow).await,
         Command::Export { dir, format, sweep, filter } => {
             let q =
                 sweep::report::query::Query { wheres: filter.wheres, statuses: filter.status, ..Default::default() };
-            export::export(&cli.home, &sweep, &q, format, &dir).await
+            export::export(&home, &sweep, &q, format, &dir).await
         }
         Command::Report { sweep, filter, format, output } => {
             let q =
                 sweep::report::query::Query { wheres: filter.wheres, statuses: filter.status, ..Default::default() };
-            query::report(&cli.home, &sweep, &q, format, output.as_deref()).await
+            query::report(&home, &sweep, &q, format, output.as_deref()).await
+        }
+    }
+}
+
+/// The home folder (run folders, logs) and the database, as the commands open it.
+pub struct Home {
+    /// The folder.
+    pub dir: PathBuf,
+    /// The database (`--store`, else sweep.db in the folder).
+    pub store: Location,
+}
+
+impl std::ops::Deref for Home {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Home {
+    /// Opens the database (creating a SQLite file if needed).
+    pub async fn open(&self) -> anyhow::Result<Store> {
+        Ok(Store::connect(&self.dir, &self.store).await?)
+    }
+
+    /// Whether there is a database to read (a server's is always there).
+    pub fn has_store(&self) -> bool {
+        match &self.store {
+            Location::Sqlite(path) => path.exists(),
+            Location::Postgres(_) => true,
         }
     }
 }
@@ -109,14 +165,16 @@ impl Drained {
 
 /// Runs the worker until the queue is empty, stopping cleanly on Ctrl-C,
 /// SIGTERM, SIGUSR1 or SIGHUP (see [`signals`]).
-pub async fn drain(store: &Store, device: DeviceChoice, verbose: bool) -> anyhow::Result<Drained> {
+pub async fn drain(store: &Store, device: DeviceChoice, how: &workers::ChildArgs) -> anyhow::Result<Drained> {
     let stop = signals::install();
     let opts = WorkerOptions {
         device,
         stale_after: sweep::env::STALE_SECS.seconds(60),
         heartbeat_every: sweep::env::HEARTBEAT_SECS.seconds(2),
         max_worker_deaths: sweep::env::MAX_WORKER_DEATHS.parse().unwrap_or(3),
-        verbose,
+        verbose: how.verbose,
+        max_runs: how.max_runs,
+        exit_when_empty: how.exit_when_empty,
     };
     let report = worker::work(store, &opts, stop.flag.clone()).await?;
     store.close().await;

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use sweep::estimate as est;
 use sweep::report::{column_names, differing, params::Interner, render::text_table};
 use sweep::spec::{self, DeviceChoice};
-use sweep::store::Store;
 use sweep::text::printable;
 
 /// How long each run would take here: the history in `home`'s database
@@ -25,12 +24,12 @@ struct Estimates {
 
 async fn estimate(
     spec: &spec::SweepSpec,
-    home: &Path,
+    home: &super::Home,
     device: DeviceChoice,
     verbose: bool,
 ) -> anyhow::Result<Estimates> {
-    let history = if home.join(sweep::store::DB_FILE).exists() {
-        let store = Store::open(home).await?;
+    let history = if home.has_store() {
+        let store = home.open().await?;
         let h = est::history(&store.runs(None).await?);
         store.close().await;
         h
@@ -111,7 +110,7 @@ pub async fn plan(
     file: &Path,
     options: &spec::Options,
     format: PlanFormat,
-    home: &Path,
+    home: &super::Home,
     device: Option<DeviceChoice>,
     estimates: bool,
     verbose: bool,

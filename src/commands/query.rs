@@ -9,11 +9,11 @@ use sweep::report::{self, format::duration, text_table, Comparison, ResultsForma
 use sweep::store::{Status, Store};
 use sweep::text::printable;
 
-pub async fn open(home: &Path) -> anyhow::Result<Store> {
-    if !home.join(sweep::store::DB_FILE).exists() {
-        anyhow::bail!("no sweep database in {} (submit a sweep first, or pass --home)", home.display());
+pub async fn open(home: &super::Home) -> anyhow::Result<Store> {
+    if !home.has_store() {
+        anyhow::bail!("no sweep database in {} (submit a sweep first, or pass --home or --store)", home.display());
     }
-    Ok(Store::open(home).await?)
+    home.open().await
 }
 
 pub async fn comparison(store: &Store, sweeps: &[String], q: &Query, with_epochs: bool) -> anyhow::Result<Comparison> {
@@ -29,7 +29,12 @@ pub async fn comparison(store: &Store, sweeps: &[String], q: &Query, with_epochs
 }
 
 /// `sweep status [--sweep NAME]... [--watch]`.
-pub async fn status(home: &Path, sweeps: &[String], watch: bool, format: StatusFormat) -> anyhow::Result<ExitCode> {
+pub async fn status(
+    home: &super::Home,
+    sweeps: &[String],
+    watch: bool,
+    format: StatusFormat,
+) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
     for name in sweeps {
         if !store.sweep_exists(name).await? {
@@ -135,7 +140,12 @@ fn status_frame(rows: &[sweep::store::RunRow], format: StatusFormat) -> anyhow::
     Ok(out)
 }
 
-pub async fn results(home: &Path, sweeps: &[String], q: &Query, format: ResultsFormat) -> anyhow::Result<ExitCode> {
+pub async fn results(
+    home: &super::Home,
+    sweeps: &[String],
+    q: &Query,
+    format: ResultsFormat,
+) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
     let cmp = comparison(&store, sweeps, q, false).await?;
     let table = rq::table(&cmp, q)?;
@@ -146,7 +156,7 @@ pub async fn results(home: &Path, sweeps: &[String], q: &Query, format: ResultsF
 }
 
 pub async fn report(
-    home: &Path,
+    home: &super::Home,
     sweeps: &[String],
     q: &Query,
     format: ReportFormat,
@@ -192,7 +202,7 @@ pub async fn report(
 }
 
 /// `sweep show RUN`: one run in full.
-pub async fn show(home: &Path, which: &str, format: EvalFormat) -> anyhow::Result<ExitCode> {
+pub async fn show(home: &super::Home, which: &str, format: EvalFormat) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
     let (run, all) = find_run(&store, which).await?;
     show_run(home, &store, &run, &all, format).await
@@ -249,7 +259,7 @@ pub async fn find_run(store: &Store, which: &str) -> anyhow::Result<(sweep::stor
 }
 
 async fn show_run(
-    home: &Path,
+    home: &super::Home,
     store: &Store,
     run: &sweep::store::RunRow,
     all: &[sweep::store::RunRow],

@@ -88,3 +88,30 @@ impl Signals {
         }
     }
 }
+
+/// For a parent of workers (`sweep worker --workers N` / `--gpus`): every
+/// stop signal is passed on to each child (in its own process group, so a
+/// terminal's Ctrl-C reaches it once, through here). Returns what stopped the
+/// parent, for its exit code.
+pub fn forward_to(children: Vec<u32>) -> Stop {
+    let stop = Stop::default();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let Some(mut signals) = Signals::new() else { return };
+        loop {
+            let sig = signals.next().await;
+            if !s.flag.swap(true, Ordering::SeqCst) {
+                s.signal.store(sig, Ordering::SeqCst);
+                eprintln!("\n{}: each worker stops after its current batch (again to quit at once)…", name(sig));
+            }
+            for &pid in &children {
+                #[allow(unsafe_code)]
+                // SAFETY: kill(2) on a child's pid, which this process has not reaped yet.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, sig);
+                }
+            }
+        }
+    });
+    stop
+}

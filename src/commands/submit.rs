@@ -40,7 +40,7 @@ async fn rerun_finished(store: &Store, spec: &mut spec::SweepSpec) -> anyhow::Re
     Ok(renamed)
 }
 
-pub async fn submit(home: &Path, file: &Path, options: &spec::Options, how: &How) -> anyhow::Result<ExitCode> {
+pub async fn submit(home: &super::Home, file: &Path, options: &spec::Options, how: &How) -> anyhow::Result<ExitCode> {
     let (queue_only, format, verbose) = (how.queue_only, how.format, how.verbose);
     let json = format == SubmitFormat::Json;
     let mut spec = match spec::load_with(file, options) {
@@ -79,7 +79,7 @@ pub async fn submit(home: &Path, file: &Path, options: &spec::Options, how: &How
         );
         return Ok(ExitCode::from(2));
     }
-    let store = Store::open(home).await?;
+    let store = home.open().await?;
     let reruns = if how.rerun { rerun_finished(&store, &mut spec).await? } else { Vec::new() };
     if !json && !reruns.is_empty() {
         println!("{} finished run(s) trained again as new repeats: {}", reruns.len(), reruns.join(", "));
@@ -122,9 +122,11 @@ pub async fn submit(home: &Path, file: &Path, options: &spec::Options, how: &How
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let drained = super::drain(&store, device, verbose).await?;
+    let drained =
+        super::drain(&store, device, &super::workers::ChildArgs { max_runs: None, exit_when_empty: false, verbose })
+            .await?;
     let report = &drained.report;
-    let store = Store::open(home).await?;
+    let store = home.open().await?;
     let cmp = Comparison::load(&store, std::slice::from_ref(&spec.name), false).await?;
     if json {
         let v = serde_json::json!({

@@ -5,20 +5,20 @@ use std::path::PathBuf;
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite said no.
-    #[error("database {path}: {source}{}", io_hint(&.source.to_string()))]
+    /// The database said no.
+    #[error("database {db}: {source}{}", io_hint(&.source.to_string()))]
     Sql {
-        /// The database file.
-        path: PathBuf,
+        /// The database (file, or URL without password).
+        db: String,
         /// The cause.
         #[source]
         source: sqlx::Error,
     },
     /// The schema could not be brought up to date.
-    #[error("database {path}: applying migrations failed: {source}")]
+    #[error("database {db}: applying migrations failed: {source}")]
     Migrate {
-        /// The database file.
-        path: PathBuf,
+        /// The database.
+        db: String,
         /// The cause.
         #[source]
         source: sqlx::migrate::MigrateError,
@@ -32,13 +32,17 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// Another worker holds the run now.
-    #[error("run {run_id} is no longer held by this worker ({worker}); another worker took it over")]
+    /// Another worker (or a later attempt) holds the run now.
+    #[error(
+        "run {run_id} is no longer held by this worker ({worker}, attempt {attempt}); another worker took it over"
+    )]
     LostOwnership {
         /// The run.
         run_id: i64,
         /// This worker.
         worker: String,
+        /// The attempt this worker held.
+        attempt: i64,
     },
     /// The run cannot be retried in its state (it is training, or done
     /// without `from_scratch`).
@@ -76,18 +80,18 @@ pub enum StoreError {
         why: &'static str,
     },
     /// SQLite refused a query or failed while running it.
-    #[error("database {path}: {detail}{}", io_hint(.detail))]
+    #[error("database {db}: {detail}{}", io_hint(.detail))]
     Query {
-        /// The database file.
-        path: PathBuf,
+        /// The database.
+        db: String,
         /// SQLite's message.
         detail: String,
     },
     /// A stored value does not parse.
-    #[error("database {path}: corrupt value in {what}: {detail}")]
+    #[error("database {db}: corrupt value in {what}: {detail}")]
     Corrupt {
-        /// The database file.
-        path: PathBuf,
+        /// The database.
+        db: String,
         /// Which value.
         what: String,
         /// Why it does not parse.

@@ -1,24 +1,36 @@
 //! The queue and the records: the only module that speaks SQL.
 //!
-//! One SQLite file (`sweep.db` in the home folder) in WAL mode, opened through
-//! sqlx; `migrations/` is embedded and applied on every open. Every change that
-//! must be atomic (queueing a sweep; recording an epoch together with its
-//! checkpoints) is one transaction, so a process killed at any moment leaves
-//! either the old or the new state.
+//! Two backends behind one API, through sqlx's `Any` driver: one SQLite file
+//! (`sweep.db` in the home folder, WAL mode; the default) or a PostgreSQL
+//! database (`--store postgres://...`, for many machines). Each has its own
+//! embedded migrations (`migrations/`, `migrations/postgres/`) giving the
+//! same tables and the same documented views; the SQL that differs between
+//! the two (clock, locking, the claim) is in [`dialect`], everything else is
+//! written once. Every change that must be atomic (queueing a sweep;
+//! recording an epoch together with its checkpoints) is one transaction, so a
+//! process killed at any moment leaves either the old or the new state.
 //!
-//! One file per job: [`error`](StoreError), `rows` (what reads return),
-//! `identity` (worker ids), `queue` (submitting, claiming, recovering,
-//! heartbeats), `records` (epoch and checkpoint writes, run ends), `reads`
-//! (everything `status`, `results` and `report` read), `raw` (the bulk read
-//! through SQLite's C API), `remove` (`sweep rm`, and what `prune` and
-//! `submit --rerun` read) and [`status`] (the run status machine).
+//! One file per job: [`error`](StoreError), `location` (which database),
+//! `dialect` (the SQL that differs), `rows` (what reads return), `identity`
+//! (worker ids), `queue` (submitting, claiming, recovering), `lease`
+//! (heartbeats and the fencing of writes about a held run), `records` (epoch
+//! and checkpoint writes, run ends), `reads` (everything `status`, `results`
+//! and `report` read), `raw` (SQLite's bulk read through its C API), `remove`
+//! (`sweep rm`, and what `prune` and `submit --rerun` read), `copy` (`sweep
+//! store copy`) and [`status`] (the run status machine).
 //!
-//! Workers identify themselves as `host:pid`. Writes about a running run check
-//! that the writer still holds it, so a worker that was presumed dead cannot
-//! overwrite the records of the worker that took its run over.
+//! Workers identify themselves as `host:pid`. A claim hands the worker a
+//! [`Lease`] (run, worker, attempt); every write about a running run carries
+//! it and is refused once another worker (or another attempt) holds the run,
+//! so a worker that was presumed dead cannot overwrite the records of the
+//! worker that took its run over.
 
+mod copy;
+mod dialect;
 mod error;
 mod identity;
+mod lease;
+mod location;
 mod queue;
 mod raw;
 mod reads;
@@ -27,13 +39,18 @@ mod remove;
 mod rows;
 pub mod status;
 
+pub use copy::CopyReport;
 pub use error::StoreError;
-pub use identity::worker_id;
+pub use identity::{hostname, worker_id};
+pub use lease::Lease;
+pub use location::{Backend, Location};
 pub use rows::{ClaimedRun, Recovered, RunRow, SubmitOutcome, SweepRow};
 pub use status::{Event, InvalidTransition, Status};
 
+use dialect::Dialect;
+use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{AnyPool, Executor, SqlitePool};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,90 +60,158 @@ pub const DB_FILE: &str = "sweep.db";
 /// Shorthand for results of this module.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A transaction on either backend.
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
 /// The open database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    /// SQLite only: a native pool for the bulk read (`raw`).
+    raw: Option<SqlitePool>,
+    dialect: &'static Dialect,
     home: PathBuf,
-    db_path: PathBuf,
+    /// The database as messages name it (a file, or a URL without its password).
+    name: String,
+    location: Location,
 }
 
-/// SQL for the current time as ISO 8601 text and as Unix seconds.
-const NOW_ISO: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
-const NOW_UNIX: &str = "((julianday('now') - 2440587.5) * 86400.0)";
+/// SQLite's settings on every connection: WAL; NORMAL is durable against
+/// process crashes (kill -9) in WAL mode, only a power cut can lose the last
+/// transactions, never corrupt.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                              PRAGMA busy_timeout = 30000; PRAGMA mmap_size = 268435456;";
 
 impl Store {
-    /// Opens (creating if needed) the database in `home` and applies migrations.
+    /// Opens (creating if needed) the SQLite database in `home` and applies migrations.
     pub async fn open(home: &Path) -> Result<Store> {
-        std::fs::create_dir_all(home).map_err(|source| StoreError::Home { path: home.to_owned(), source })?;
-        let db_path = home.join(DB_FILE);
-        let options = SqliteConnectOptions::new()
-            .filename(&db_path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL is durable against process crashes (kill -9) in WAL mode;
-            // only a power cut can lose the last transactions, never corrupt.
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(30))
-            .pragma("mmap_size", "268435456");
-        // Migrations run on their own connection with foreign keys off: a
-        // migration that rebuilds a table (SQLite's way to change a constraint)
-        // drops the old one, which would otherwise cascade into its children.
-        // Each migration is one transaction; it checks the keys itself.
-        {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect_with(&options.clone().foreign_keys(false))
-                .await
-                .map_err(|source| StoreError::Sql { path: db_path.clone(), source })?;
-            sqlx::migrate!("./migrations")
-                .run(&mut conn)
-                .await
-                .map_err(|source| StoreError::Migrate { path: db_path.clone(), source })?;
-            conn.close().await.map_err(|source| StoreError::Sql { path: db_path.clone(), source })?;
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Sql { path: db_path.clone(), source })?;
-        Ok(Store { pool, home: home.to_owned(), db_path })
+        Store::connect(home, &Location::default_in(home)).await
     }
 
-    /// The home folder.
+    /// Opens the database at `location` (creating a SQLite file if needed),
+    /// applies its migrations, and keeps `home` for run folders and logs.
+    pub async fn connect(home: &Path, location: &Location) -> Result<Store> {
+        std::fs::create_dir_all(home).map_err(|source| StoreError::Home { path: home.to_owned(), source })?;
+        sqlx::any::install_default_drivers();
+        let name = location.display_name();
+        let sql = |source| StoreError::Sql { db: name.clone(), source };
+        match location {
+            Location::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|source| StoreError::Home { path: parent.to_owned(), source })?;
+                }
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(30))
+                    .pragma("mmap_size", "268435456");
+                // Migrations run on their own connection with foreign keys off: a
+                // migration that rebuilds a table (SQLite's way to change a constraint)
+                // drops the old one, which would otherwise cascade into its children.
+                // Each migration is one transaction; it checks the keys itself.
+                {
+                    use sqlx::Connection;
+                    let mut conn = sqlx::SqliteConnection::connect_with(&options.clone().foreign_keys(false))
+                        .await
+                        .map_err(sql)?;
+                    sqlx::migrate!("./migrations")
+                        .run(&mut conn)
+                        .await
+                        .map_err(|source| StoreError::Migrate { db: name.clone(), source })?;
+                    conn.close().await.map_err(sql)?;
+                }
+                let raw = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(sql)?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| Box::pin(async move { conn.execute(SQLITE_PRAGMAS).await.map(|_| ()) }))
+                    .connect(&location.url())
+                    .await
+                    .map_err(sql)?;
+                Ok(Store {
+                    pool,
+                    raw: Some(raw),
+                    dialect: &dialect::SQLITE,
+                    home: home.to_owned(),
+                    name,
+                    location: location.clone(),
+                })
+            }
+            Location::Postgres(url) => {
+                {
+                    use sqlx::Connection;
+                    let mut conn = sqlx::PgConnection::connect(url).await.map_err(sql)?;
+                    // sqlx takes an advisory lock: workers starting together migrate once.
+                    sqlx::migrate!("./migrations/postgres")
+                        .run(&mut conn)
+                        .await
+                        .map_err(|source| StoreError::Migrate { db: name.clone(), source })?;
+                    conn.close().await.map_err(sql)?;
+                }
+                let pool = AnyPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(60))
+                    .connect(url)
+                    .await
+                    .map_err(sql)?;
+                Ok(Store {
+                    pool,
+                    raw: None,
+                    dialect: &dialect::POSTGRES,
+                    home: home.to_owned(),
+                    name,
+                    location: location.clone(),
+                })
+            }
+        }
+    }
+
+    /// The home folder (run folders and logs).
     pub fn home(&self) -> &Path {
         &self.home
     }
 
-    /// The database file.
-    pub fn db_path(&self) -> &Path {
-        &self.db_path
+    /// Where the database is.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
-    /// Closes the pool (checkpoints the WAL).
+    /// Which database engine this is.
+    pub fn backend(&self) -> Backend {
+        self.location.backend()
+    }
+
+    /// The database as messages name it: its file, or its URL without a password.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Closes the pool (checkpoints SQLite's WAL).
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(raw) = &self.raw {
+            raw.close().await;
+        }
     }
 
     fn sql(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
-        move |source| StoreError::Sql { path: self.db_path.clone(), source }
+        move |source| StoreError::Sql { db: self.name.clone(), source }
+    }
+
+    fn corrupt(&self, what: &str, detail: String) -> StoreError {
+        StoreError::Corrupt { db: self.name.clone(), what: what.into(), detail }
     }
 
     fn parse_status(&self, s: &str) -> Result<Status> {
-        s.parse().map_err(|detail| StoreError::Corrupt {
-            path: self.db_path.clone(),
-            what: "runs.status".into(),
-            detail,
-        })
+        s.parse().map_err(|detail| self.corrupt("runs.status", detail))
     }
 
     /// A run's status inside a transaction (`None`: no such run).
-    async fn status_in(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-        run_id: i64,
-    ) -> Result<Option<Status>> {
-        let s: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
+    async fn status_in(&self, tx: &mut Tx, run_id: i64) -> Result<Option<Status>> {
+        let s: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
             .bind(run_id)
             .fetch_optional(&mut **tx)
             .await
@@ -134,28 +219,17 @@ impl Store {
         s.map(|s| self.parse_status(&s)).transpose()
     }
 
-    /// A write transaction. It starts with BEGIN IMMEDIATE: SQLite's write lock
-    /// is taken up front and waited for (busy timeout). A deferred transaction
-    /// that reads and then writes gets SQLITE_BUSY at once when another
-    /// connection holds the lock, e.g. a failed transaction whose rollback the
-    /// pool has not run yet.
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(self.sql())
+    /// A write transaction. On SQLite it starts with BEGIN IMMEDIATE: the
+    /// write lock is taken up front and waited for (busy timeout). A deferred
+    /// transaction that reads and then writes gets SQLITE_BUSY at once when
+    /// another connection holds the lock, e.g. a failed transaction whose
+    /// rollback the pool has not run yet. PostgreSQL locks rows as it goes.
+    async fn write_tx(&self) -> Result<Tx> {
+        self.pool.begin_with(self.dialect.begin_write).await.map_err(self.sql())
     }
 
-    /// A write transaction on a run that `worker` must still hold (running).
-    async fn held_tx(&self, run_id: i64, worker: &str) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        let mut tx = self.write_tx().await?;
-        let held: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM runs WHERE id = ?1 AND worker = ?2 AND status = 'running'")
-                .bind(run_id)
-                .bind(worker)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(self.sql())?;
-        if held.is_none() {
-            return Err(StoreError::LostOwnership { run_id, worker: worker.to_owned() });
-        }
-        Ok(tx)
+    /// Every row of a query, as the `Any` driver decodes it.
+    async fn fetch_rows(&self, sql: &str, param: Option<&str>) -> Result<Vec<AnyRow>> {
+        sqlx::query(sql).bind(param).fetch_all(&self.pool).await.map_err(self.sql())
     }
 }

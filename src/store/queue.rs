@@ -2,9 +2,8 @@
 //! the next run, heartbeats.
 
 use super::identity::worker_is_dead;
-use super::{ClaimedRun, Event, Recovered, Result, Status, Store, StoreError, SubmitOutcome, NOW_ISO, NOW_UNIX};
+use super::{ClaimedRun, Event, Recovered, Result, Status, Store, StoreError, SubmitOutcome, Tx};
 use crate::spec::{PlannedRun, SweepSpec};
-use sqlx::Row;
 use std::time::Duration;
 
 impl Store {
@@ -12,12 +11,13 @@ impl Store {
     /// configurations are not queued again; failed ones are.
     pub async fn submit(&self, spec: &SweepSpec) -> Result<Vec<SubmitOutcome>> {
         let e = self.sql();
+        let now_iso = self.dialect.now_iso;
         let mut tx = self.write_tx().await?;
         let sweep_id: i64 = sqlx::query_scalar(&format!(
             "INSERT INTO sweeps (name, description, source_path, source_toml, metric, goal)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (name) DO UPDATE SET description = ?2, source_path = ?3, source_toml = ?4,
-                 metric = ?5, goal = ?6, updated_at = {NOW_ISO}
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (name) DO UPDATE SET description = $2, source_path = $3, source_toml = $4,
+                 metric = $5, goal = $6, updated_at = {now_iso}
              RETURNING id"
         ))
         .bind(&spec.name)
@@ -38,16 +38,10 @@ impl Store {
         Ok(outcomes)
     }
 
-    async fn submit_run(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        sweep_id: i64,
-        position: i64,
-        run: &PlannedRun,
-    ) -> Result<SubmitOutcome> {
+    async fn submit_run(&self, tx: &mut Tx, sweep_id: i64, position: i64, run: &PlannedRun) -> Result<SubmitOutcome> {
         let e = self.sql();
         let config_json = serde_json::to_string(&run.config).expect("RunConfig serialises");
-        let existing: Option<(i64, String)> = sqlx::query_as("SELECT id, status FROM runs WHERE key = ?1")
+        let existing: Option<(i64, String)> = sqlx::query_as("SELECT id, status FROM runs WHERE key = $1")
             .bind(&run.key.0)
             .fetch_optional(&mut **tx)
             .await
@@ -55,7 +49,7 @@ impl Store {
         let (run_id, outcome) = match existing {
             None => {
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO runs (key, config_json, epochs_total) VALUES (?1, ?2, ?3) RETURNING id",
+                    "INSERT INTO runs (key, config_json, epochs_total) VALUES ($1, $2, $3) RETURNING id",
                 )
                 .bind(&run.key.0)
                 .bind(&config_json)
@@ -72,7 +66,7 @@ impl Store {
                     Status::Queued | Status::Running | Status::Interrupted => SubmitOutcome::AlreadyQueued,
                     Status::Failed | Status::Diverged | Status::Cancelled => {
                         status.apply(Event::Requeue).expect("failed, diverged and cancelled runs can be requeued");
-                        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0, death_epoch = NULL, death_step = NULL, cancel_requested = 0 WHERE id = ?1")
+                        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0, death_epoch = NULL, death_step = NULL, cancel_requested = 0 WHERE id = $1")
                             .bind(id)
                             .execute(&mut **tx)
                             .await
@@ -85,8 +79,8 @@ impl Store {
         };
         let reference = run.reference.as_ref().map(|r| serde_json::to_string(r).expect("Reference serialises"));
         sqlx::query(
-            "INSERT INTO sweep_runs (sweep_id, run_id, name, position, reference_json) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (sweep_id, run_id) DO UPDATE SET name = ?3, position = ?4, reference_json = ?5",
+            "INSERT INTO sweep_runs (sweep_id, run_id, name, position, reference_json) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (sweep_id, run_id) DO UPDATE SET name = $3, position = $4, reference_json = $5",
         )
         .bind(sweep_id)
         .bind(run_id)
@@ -107,9 +101,10 @@ impl Store {
     /// every worker cannot block the queue.
     pub async fn recover_stale(&self, stale_after: Duration, max_deaths: u32) -> Result<Vec<Recovered>> {
         let e = self.sql();
+        let (now_unix, now_iso) = (self.dialect.now_unix, self.dialect.now_iso);
         type Held = (i64, Option<String>, Option<f64>, i64, i64, i64, Option<String>, Option<i64>, Option<i64>);
         let rows: Vec<Held> = sqlx::query_as(&format!(
-            "SELECT id, worker, {NOW_UNIX} - heartbeat, worker_deaths, epochs_done, step,
+            "SELECT id, worker, {now_unix} - heartbeat, worker_deaths, epochs_done, step,
                     (SELECT name FROM sweep_runs WHERE run_id = runs.id ORDER BY sweep_id LIMIT 1),
                     death_epoch, death_step
              FROM runs WHERE status = 'running'"
@@ -142,12 +137,12 @@ impl Store {
             let status = if failed { "failed" } else { "interrupted" };
             // A run that `sweep cancel` asked to stop is cancelled, not resumed.
             let done = sqlx::query(&format!(
-                "UPDATE runs SET status = CASE WHEN ?3 = 'interrupted' AND cancel_requested = 1
-                                              THEN 'cancelled' ELSE ?3 END,
-                     cancel_requested = 0, worker = NULL, worker_deaths = ?4, error = ?5,
+                "UPDATE runs SET status = CASE WHEN $3 = 'interrupted' AND cancel_requested = 1
+                                              THEN 'cancelled' ELSE $3 END,
+                     cancel_requested = 0, worker = NULL, worker_deaths = $4, error = $5,
                      death_epoch = epochs_done, death_step = step,
-                     finished_at = CASE WHEN ?3 = 'failed' THEN {NOW_ISO} ELSE finished_at END
-                 WHERE id = ?1 AND status = 'running' AND worker IS ?2"
+                     finished_at = CASE WHEN $3 = 'failed' THEN {now_iso} ELSE finished_at END
+                 WHERE id = $1 AND status = 'running' AND COALESCE(worker, '') = $2"
             ))
             .bind(id)
             .bind(&worker)
@@ -167,68 +162,50 @@ impl Store {
 
     /// Every running run: (id, worker, seconds since its last heartbeat).
     pub async fn held_runs(&self) -> Result<Vec<(i64, String, f64)>> {
-        let rows: Vec<(i64, Option<String>, Option<f64>)> =
-            sqlx::query_as(&format!("SELECT id, worker, {NOW_UNIX} - heartbeat FROM runs WHERE status = 'running'"))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(self.sql())?;
+        let rows: Vec<(i64, Option<String>, Option<f64>)> = sqlx::query_as(&format!(
+            "SELECT id, worker, {} - heartbeat FROM runs WHERE status = 'running'",
+            self.dialect.now_unix
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql())?;
         Ok(rows.into_iter().map(|(id, w, age)| (id, w.unwrap_or_default(), age.unwrap_or(f64::INFINITY))).collect())
     }
 
     /// Atomically takes the next run: interrupted runs first (they resume),
-    /// then queued ones in submission order.
+    /// then queued ones in submission order. One statement: SQLite's write
+    /// lock serialises claims; on PostgreSQL the inner SELECT locks the row it
+    /// picks and skips rows other claims have locked (`FOR UPDATE SKIP
+    /// LOCKED`), so concurrent workers never take the same run nor wait on
+    /// each other. The status check in the outer WHERE stays as a guard.
     pub async fn claim_next(&self, worker: &str, device: &str) -> Result<Option<ClaimedRun>> {
         let e = self.sql();
-        let row = sqlx::query(&format!(
-            "UPDATE runs SET status = 'running', worker = ?1, device = ?2, heartbeat = {NOW_UNIX},
-                 attempts = attempts + 1, error = NULL, started_at = COALESCE(started_at, {NOW_ISO})
+        let d = self.dialect;
+        let row: Option<(i64, String, String, i64)> = sqlx::query_as(&format!(
+            "UPDATE runs SET status = 'running', worker = $1, device = $2, heartbeat = {now_unix},
+                 attempts = attempts + 1, error = NULL, started_at = COALESCE(started_at, {now_iso})
              WHERE id = (SELECT id FROM runs WHERE status IN ('interrupted', 'queued')
-                         ORDER BY status = 'queued', id LIMIT 1)
+                         ORDER BY status = 'queued', id LIMIT 1{skip_locked})
                AND status IN ('interrupted', 'queued')
-             RETURNING id, key, config_json, attempts"
+             RETURNING id, key, config_json, attempts",
+            now_unix = d.now_unix,
+            now_iso = d.now_iso,
+            skip_locked = d.skip_locked,
         ))
         .bind(worker)
         .bind(device)
         .fetch_optional(&self.pool)
         .await
         .map_err(&e)?;
-        let Some(row) = row else { return Ok(None) };
-        let id: i64 = row.get("id");
+        let Some((id, key, config_json, attempts)) = row else { return Ok(None) };
         let name: String =
-            sqlx::query_scalar("SELECT name FROM sweep_runs WHERE run_id = ?1 ORDER BY sweep_id LIMIT 1")
+            sqlx::query_scalar("SELECT name FROM sweep_runs WHERE run_id = $1 ORDER BY sweep_id LIMIT 1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(&e)?
                 .unwrap_or_else(|| format!("run {id}"));
-        Ok(Some(ClaimedRun {
-            id,
-            key: row.get("key"),
-            config_json: row.get("config_json"),
-            name,
-            attempts: row.get("attempts"),
-        }))
-    }
-
-    /// Refreshes the holder's heartbeat and progress, and says whether `sweep
-    /// cancel` asked for the run to stop. Fails if another worker holds the run.
-    pub async fn heartbeat(&self, run_id: i64, worker: &str, step: i64, steps_per_epoch: i64) -> Result<bool> {
-        let cancel: Option<i64> = sqlx::query_scalar(&format!(
-            "UPDATE runs SET heartbeat = {NOW_UNIX}, step = ?3, steps_per_epoch = ?4
-             WHERE id = ?1 AND worker = ?2 AND status = 'running'
-             RETURNING cancel_requested"
-        ))
-        .bind(run_id)
-        .bind(worker)
-        .bind(step)
-        .bind(steps_per_epoch)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.sql())?;
-        match cancel {
-            None => Err(StoreError::LostOwnership { run_id, worker: worker.to_owned() }),
-            Some(c) => Ok(c != 0),
-        }
+        Ok(Some(ClaimedRun { id, key, config_json, name, attempts, worker: worker.to_owned() }))
     }
 
     /// `sweep cancel`: a queued or interrupted run is cancelled at once; a
@@ -240,10 +217,10 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let status = self.status_in(&mut tx, run_id).await?.ok_or(StoreError::NoSuchRun { run_id })?;
         let sql = match status {
-            Status::Running => "UPDATE runs SET cancel_requested = 1 WHERE id = ?1",
+            Status::Running => "UPDATE runs SET cancel_requested = 1 WHERE id = $1",
             Status::Queued | Status::Interrupted => {
                 status.apply(Event::Cancel).expect("queued and interrupted runs can be cancelled");
-                "UPDATE runs SET status = 'cancelled', worker = NULL WHERE id = ?1"
+                "UPDATE runs SET status = 'cancelled', worker = NULL WHERE id = $1"
             }
             Status::Cancelled => {
                 return Err(StoreError::NotCancellable {
@@ -283,7 +260,7 @@ impl Store {
         }
         if from_scratch {
             for table in ["epochs", "checkpoints"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE run_id = ?1"))
+                sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
                     .bind(run_id)
                     .execute(&mut *tx)
                     .await
@@ -294,14 +271,14 @@ impl Store {
                      best_metric = NULL, best_confusion_json = NULL, train_seconds = 0, images_per_sec = NULL,
                      final_train_acc = NULL, final_test_acc = NULL, final_test_loss = NULL,
                      peak_memory_bytes = NULL, note = NULL, finished_at = NULL
-                 WHERE id = ?1",
+                 WHERE id = $1",
             )
             .bind(run_id)
             .execute(&mut *tx)
             .await
             .map_err(&e)?;
         }
-        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0, death_epoch = NULL, death_step = NULL, cancel_requested = 0 WHERE id = ?1")
+        sqlx::query("UPDATE runs SET status = 'queued', error = NULL, worker = NULL, worker_deaths = 0, death_epoch = NULL, death_step = NULL, cancel_requested = 0 WHERE id = $1")
             .bind(run_id)
             .execute(&mut *tx)
             .await

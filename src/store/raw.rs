@@ -25,32 +25,55 @@ pub struct Row {
     stmt: NonNull<ffi::sqlite3_stmt>,
 }
 
-impl Row {
-    fn kind(&self, i: c_int) -> c_int {
-        // SAFETY: `stmt` is a statement positioned on a row (each_row calls back only after SQLITE_ROW).
-        unsafe { ffi::sqlite3_column_type(self.stmt.as_ptr(), i) }
-    }
-
+/// A row's cells by position, whichever backend read it.
+pub trait Cells {
     /// Column `i` as an integer (NULL: `None`).
-    pub fn int(&self, i: c_int) -> Option<i64> {
-        if self.kind(i) == ffi::SQLITE_NULL {
-            return None;
-        }
-        // SAFETY: as in `kind`.
-        Some(unsafe { ffi::sqlite3_column_int64(self.stmt.as_ptr(), i) })
-    }
-
+    fn int(&self, i: usize) -> Result<Option<i64>, String>;
     /// Column `i` as a float (NULL: `None`).
-    pub fn real(&self, i: c_int) -> Option<f64> {
+    fn real(&self, i: usize) -> Result<Option<f64>, String>;
+    /// Column `i` as text (NULL: `None`).
+    fn text(&self, i: usize) -> Result<Option<&str>, String>;
+}
+
+/// Rows of the `Any` driver (PostgreSQL), decoded by sqlx.
+impl Cells for sqlx::any::AnyRow {
+    fn int(&self, i: usize) -> Result<Option<i64>, String> {
+        sqlx::Row::try_get(self, i).map_err(|e| e.to_string())
+    }
+    fn real(&self, i: usize) -> Result<Option<f64>, String> {
+        sqlx::Row::try_get(self, i).map_err(|e| e.to_string())
+    }
+    fn text(&self, i: usize) -> Result<Option<&str>, String> {
+        sqlx::Row::try_get(self, i).map_err(|e| e.to_string())
+    }
+}
+
+impl Row {
+    fn kind(&self, i: usize) -> c_int {
+        // SAFETY: `stmt` is a statement positioned on a row (each_row calls back only after SQLITE_ROW).
+        unsafe { ffi::sqlite3_column_type(self.stmt.as_ptr(), i as c_int) }
+    }
+}
+
+impl Cells for Row {
+    fn int(&self, i: usize) -> Result<Option<i64>, String> {
         if self.kind(i) == ffi::SQLITE_NULL {
-            return None;
+            return Ok(None);
         }
         // SAFETY: as in `kind`.
-        Some(unsafe { ffi::sqlite3_column_double(self.stmt.as_ptr(), i) })
+        Ok(Some(unsafe { ffi::sqlite3_column_int64(self.stmt.as_ptr(), i as c_int) }))
     }
 
-    /// Column `i` as text (NULL: `None`; text that is not UTF-8: an error).
-    pub fn text(&self, i: c_int) -> Result<Option<&str>, String> {
+    fn real(&self, i: usize) -> Result<Option<f64>, String> {
+        if self.kind(i) == ffi::SQLITE_NULL {
+            return Ok(None);
+        }
+        // SAFETY: as in `kind`.
+        Ok(Some(unsafe { ffi::sqlite3_column_double(self.stmt.as_ptr(), i as c_int) }))
+    }
+
+    fn text(&self, i: usize) -> Result<Option<&str>, String> {
+        let i_c = i as c_int;
         if self.kind(i) == ffi::SQLITE_NULL {
             return Ok(None);
         }
@@ -58,8 +81,8 @@ impl Row {
         // sqlite3_column_bytes (SQLite's documented order), and the bytes stay
         // valid until the next step, which cannot happen while `&self` is borrowed.
         let bytes = unsafe {
-            let p = ffi::sqlite3_column_text(self.stmt.as_ptr(), i);
-            let n = ffi::sqlite3_column_bytes(self.stmt.as_ptr(), i);
+            let p = ffi::sqlite3_column_text(self.stmt.as_ptr(), i_c);
+            let n = ffi::sqlite3_column_bytes(self.stmt.as_ptr(), i_c);
             if p.is_null() {
                 return Ok(Some(""));
             }

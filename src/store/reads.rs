@@ -1,14 +1,15 @@
 //! Reads: sweeps, runs with their summary numbers, epochs, checkpoints.
 
-use super::{raw, Result, RunRow, Status, Store, StoreError, SweepRow, NOW_UNIX};
+use super::{raw, Result, RunRow, Status, Store, StoreError, SweepRow};
 use crate::record::{CheckpointKind, CheckpointRecord, EpochRecord};
+use raw::Cells;
 use sqlx::Row;
 
 impl Store {
     /// The test confusion matrix of a run's best epoch (rows: true class,
     /// columns: predicted), if recorded.
     pub async fn best_confusion(&self, run_id: i64) -> Result<Option<Vec<Vec<u64>>>> {
-        let json: Option<String> = sqlx::query_scalar("SELECT best_confusion_json FROM runs WHERE id = ?1")
+        let json: Option<String> = sqlx::query_scalar("SELECT best_confusion_json FROM runs WHERE id = $1")
             .bind(run_id)
             .fetch_one(&self.pool)
             .await
@@ -19,7 +20,7 @@ impl Store {
     /// A run's checkpoints (latest and/or best).
     pub async fn checkpoints(&self, run_id: i64) -> Result<Vec<CheckpointRecord>> {
         let rows = sqlx::query(
-            "SELECT kind, epoch, step, path, sha256, state_path, state_sha256, metric FROM checkpoints WHERE run_id = ?1 ORDER BY kind",
+            "SELECT kind, epoch, step, path, sha256, state_path, state_sha256, metric FROM checkpoints WHERE run_id = $1 ORDER BY kind",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -31,13 +32,7 @@ impl Store {
                 let kind = match kind.as_str() {
                     "latest" => CheckpointKind::Latest,
                     "best" => CheckpointKind::Best,
-                    other => {
-                        return Err(StoreError::Corrupt {
-                            path: self.db_path.clone(),
-                            what: "checkpoints.kind".into(),
-                            detail: other.to_owned(),
-                        })
-                    }
+                    other => return Err(self.corrupt("checkpoints.kind", other.to_owned())),
                 };
                 Ok(CheckpointRecord {
                     kind,
@@ -58,7 +53,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec, test_top5, peak_memory_bytes,
                     val_loss, val_acc
-             FROM epochs WHERE run_id = ?1 ORDER BY epoch",
+             FROM epochs WHERE run_id = $1 ORDER BY epoch",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -86,9 +81,10 @@ impl Store {
 
     /// When each of a run's epochs was recorded (Unix seconds), in epoch order.
     pub async fn epoch_times(&self, run_id: i64) -> Result<Vec<f64>> {
-        sqlx::query_scalar(
-            "SELECT (julianday(recorded_at) - 2440587.5) * 86400.0 FROM epochs WHERE run_id = ?1 ORDER BY epoch",
-        )
+        sqlx::query_scalar(&format!(
+            "SELECT {} FROM epochs WHERE run_id = $1 ORDER BY epoch",
+            self.dialect.unix_of("recorded_at")
+        ))
         .bind(run_id)
         .fetch_all(&self.pool)
         .await
@@ -97,7 +93,7 @@ impl Store {
 
     /// A run's status now (`None`: no such run, e.g. removed).
     pub async fn run_status(&self, run_id: i64) -> Result<Option<Status>> {
-        let s: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
+        let s: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
             .bind(run_id)
             .fetch_optional(&self.pool)
             .await
@@ -137,10 +133,11 @@ impl Store {
         // One query per case, each walking an index in the order shown (no sort
         // step), stepped on this thread (see `raw`: through sqlx's channel the
         // rows of a 10,000-run sweep took ten times what SQLite took).
+        let now_unix = self.dialect.now_unix;
         let cols = format!(
             "r.config_json, r.id, r.key, s.name, sr.name, r.status, r.epochs_total,
              r.epochs_done, r.step, r.steps_per_epoch, r.attempts, r.worker,
-             {NOW_UNIX} - r.heartbeat, r.device, r.error, s.metric,
+             {now_unix} - r.heartbeat, r.device, r.error, s.metric,
              r.best_epoch, r.best_metric, r.train_seconds, sr.reference_json,
              r.final_train_acc, r.final_test_acc, r.final_test_loss, r.images_per_sec, r.note, r.classes_json,
              r.peak_memory_bytes"
@@ -151,86 +148,108 @@ impl Store {
         let sql = if sweep.is_some() {
             format!(
                 "SELECT {cols} {from}
-                 WHERE sr.sweep_id = (SELECT id FROM sweeps WHERE name = ?1)
+                 WHERE sr.sweep_id = (SELECT id FROM sweeps WHERE name = $1)
                  ORDER BY sr.sweep_id, sr.position"
             )
         } else {
             // Every run once, under the first sweep that asked for it.
             format!(
                 "SELECT {cols} {from}
-                 WHERE ?1 IS NULL AND sr.sweep_id = (SELECT MIN(sweep_id) FROM sweep_runs x WHERE x.run_id = r.id)
+                 WHERE $1 IS NULL AND sr.sweep_id = (SELECT MIN(sweep_id) FROM sweep_runs x WHERE x.run_id = r.id)
                  ORDER BY sr.sweep_id, sr.position"
             )
         };
         // Runs of one dataset share their class names: parsed once per distinct text.
         let mut last_classes: Option<(String, Vec<String>)> = None;
-        let need = |v: Option<&str>, col: &str| v.map(str::to_owned).ok_or_else(|| format!("{col} is NULL"));
-        let need_int = |v: Option<i64>, col: &str| v.ok_or_else(|| format!("{col} is NULL"));
-        raw::each_row(&self.pool, &sql, sweep, |row| {
-            let classes = match row.text(25)? {
-                None => None,
-                Some(text) => {
-                    if last_classes.as_ref().is_none_or(|(t, _)| t != text) {
-                        let parsed: Vec<String> =
-                            serde_json::from_str(text).map_err(|e| format!("runs.classes_json: {e}"))?;
-                        last_classes = Some((text.to_owned(), parsed));
-                    }
-                    last_classes.as_ref().map(|(_, c)| c.clone())
-                }
-            };
-            let reference = match row.text(19)? {
-                None => None,
-                Some(text) => Some(serde_json::from_str(text).map_err(|e| format!("sweep_runs.reference_json: {e}"))?),
-            };
-            let status = row.text(5)?.unwrap_or("");
-            each(RunRow {
-                config_json: need(row.text(0)?, "runs.config_json")?,
-                id: need_int(row.int(1), "runs.id")?,
-                key: need(row.text(2)?, "runs.key")?,
-                sweep: need(row.text(3)?, "sweeps.name")?,
-                name: need(row.text(4)?, "sweep_runs.name")?,
-                status: status.parse().map_err(|e| format!("runs.status: {e}"))?,
-                epochs_total: need_int(row.int(6), "runs.epochs_total")?,
-                epochs_done: need_int(row.int(7), "runs.epochs_done")?,
-                step: need_int(row.int(8), "runs.step")?,
-                steps_per_epoch: row.int(9),
-                attempts: need_int(row.int(10), "runs.attempts")?,
-                worker: row.text(11)?.map(str::to_owned),
-                heartbeat_age: row.real(12),
-                device: row.text(13)?.map(str::to_owned),
-                error: row.text(14)?.map(str::to_owned),
-                metric: need(row.text(15)?, "sweeps.metric")?,
-                best_epoch: row.int(16),
-                best_metric: row.real(17),
-                train_seconds: row.real(18).unwrap_or(0.0),
-                reference,
-                final_train_acc: row.real(20),
-                final_test_acc: row.real(21),
-                final_test_loss: row.real(22),
-                images_per_sec: row.real(23),
-                note: row.text(24)?.map(str::to_owned),
-                classes,
-                peak_memory_bytes: row.int(26),
-            });
+        let Some(pool) = &self.raw else {
+            for row in self.fetch_rows(&sql, sweep).await? {
+                each(run_row(&row, &mut last_classes).map_err(|detail| self.corrupt("a run's row", detail))?);
+            }
+            return Ok(());
+        };
+        raw::each_row(pool, &sql, sweep, |row| {
+            each(run_row(row, &mut last_classes)?);
             Ok(())
         })
         .await
         .map_err(|e| match e {
-            raw::RawError::Sqlx(source) => StoreError::Sql { path: self.db_path.clone(), source },
-            raw::RawError::Sqlite(detail) => StoreError::Query { path: self.db_path.clone(), detail },
-            raw::RawError::Row(detail) => {
-                StoreError::Corrupt { path: self.db_path.clone(), what: "a run's row".into(), detail }
-            }
+            raw::RawError::Sqlx(source) => StoreError::Sql { db: self.name.clone(), source },
+            raw::RawError::Sqlite(detail) => StoreError::Query { db: self.name.clone(), detail },
+            raw::RawError::Row(detail) => self.corrupt("a run's row", detail),
         })
     }
 
     /// Whether a sweep of this name exists.
     pub async fn sweep_exists(&self, name: &str) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM sweeps WHERE name = ?1")
+        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM sweeps WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await
             .map_err(self.sql())?;
         Ok(found.is_some())
+    }
+}
+
+/// One row of [`Store::each_run`]'s query, from either backend.
+fn run_row(row: &dyn Cells, last_classes: &mut Option<(String, Vec<String>)>) -> Result<RunRow, String> {
+    let need = |v: Option<&str>, col: &str| v.map(str::to_owned).ok_or_else(|| format!("{col} is NULL"));
+    let need_int = |v: Option<i64>, col: &str| v.ok_or_else(|| format!("{col} is NULL"));
+    let classes = match row.text(25)? {
+        None => None,
+        Some(text) => {
+            if last_classes.as_ref().is_none_or(|(t, _)| t != text) {
+                let parsed: Vec<String> = serde_json::from_str(text).map_err(|e| format!("runs.classes_json: {e}"))?;
+                *last_classes = Some((text.to_owned(), parsed));
+            }
+            last_classes.as_ref().map(|(_, c)| c.clone())
+        }
+    };
+    let reference = match row.text(19)? {
+        None => None,
+        Some(text) => Some(serde_json::from_str(text).map_err(|e| format!("sweep_runs.reference_json: {e}"))?),
+    };
+    let status = row.text(5)?.unwrap_or("");
+    Ok(RunRow {
+        config_json: need(row.text(0)?, "runs.config_json")?,
+        id: need_int(row.int(1)?, "runs.id")?,
+        key: need(row.text(2)?, "runs.key")?,
+        sweep: need(row.text(3)?, "sweeps.name")?,
+        name: need(row.text(4)?, "sweep_runs.name")?,
+        status: status.parse().map_err(|e| format!("runs.status: {e}"))?,
+        epochs_total: need_int(row.int(6)?, "runs.epochs_total")?,
+        epochs_done: need_int(row.int(7)?, "runs.epochs_done")?,
+        step: need_int(row.int(8)?, "runs.step")?,
+        steps_per_epoch: row.int(9)?,
+        attempts: need_int(row.int(10)?, "runs.attempts")?,
+        worker: row.text(11)?.map(str::to_owned),
+        heartbeat_age: row.real(12)?,
+        device: row.text(13)?.map(str::to_owned),
+        error: row.text(14)?.map(str::to_owned),
+        metric: need(row.text(15)?, "sweeps.metric")?,
+        best_epoch: row.int(16)?,
+        best_metric: row.real(17)?,
+        train_seconds: row.real(18)?.unwrap_or(0.0),
+        reference,
+        final_train_acc: row.real(20)?,
+        final_test_acc: row.real(21)?,
+        final_test_loss: row.real(22)?,
+        images_per_sec: row.real(23)?,
+        note: row.text(24)?.map(str::to_owned),
+        classes,
+        peak_memory_bytes: row.int(26)?,
+    })
+}
+
+impl Store {
+    /// The columns of the documented views (`runs_view`, `epochs_view`), in order: the same on both backends.
+    pub async fn view_columns(&self) -> Result<Vec<(String, String)>> {
+        use sqlx::{Column, Executor, Statement};
+        let mut out = Vec::new();
+        for view in ["runs_view", "epochs_view"] {
+            let sql = format!("SELECT * FROM {view}");
+            let stmt = (&self.pool).prepare(&sql).await.map_err(self.sql())?;
+            out.extend(stmt.columns().iter().map(|c| (view.to_owned(), c.name().to_owned())));
+        }
+        Ok(out)
     }
 }

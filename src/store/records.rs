@@ -1,19 +1,16 @@
 //! Writes about a running run, each checked against the worker that holds it:
 //! epochs with their checkpoints, interruptions, run ends, notes.
 
-use super::{Result, Status, Store, NOW_ISO, NOW_UNIX};
+use super::{Backend, Lease, Result, Status, Store, Tx};
 use crate::record::{CheckpointRecord, EpochRecord};
 
 impl Store {
-    async fn put_checkpoint(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        run_id: i64,
-        c: &CheckpointRecord,
-    ) -> Result<()> {
+    async fn put_checkpoint(&self, tx: &mut Tx, run_id: i64, c: &CheckpointRecord) -> Result<()> {
         sqlx::query(
-            "INSERT OR REPLACE INTO checkpoints (run_id, kind, epoch, step, path, sha256, state_path, state_sha256, metric)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO checkpoints (run_id, kind, epoch, step, path, sha256, state_path, state_sha256, metric)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (run_id, kind) DO UPDATE SET epoch = $3, step = $4, path = $5, sha256 = $6,
+                 state_path = $7, state_sha256 = $8, metric = $9, created_at = excluded.created_at",
         )
         .bind(run_id)
         .bind(c.kind.as_str())
@@ -34,18 +31,18 @@ impl Store {
     /// improved, its best checkpoint, in one transaction.
     pub async fn record_epoch(
         &self,
-        run_id: i64,
-        worker: &str,
+        lease: &Lease,
         rec: &EpochRecord,
         latest: &CheckpointRecord,
         best: Option<&CheckpointRecord>,
     ) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.held_tx(run_id, worker).await?;
+        let run_id = lease.run_id;
+        let mut tx = self.held_tx(lease).await?;
         sqlx::query(
             "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec,
                                  test_top5, val_loss, val_acc, peak_memory_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(run_id)
         .bind(rec.epoch)
@@ -67,7 +64,7 @@ impl Store {
         if let Some(best) = best {
             self.put_checkpoint(&mut tx, run_id, best).await?;
             let confusion = rec.confusion.as_ref().map(|c| serde_json::to_string(c).expect("serialisable"));
-            sqlx::query("UPDATE runs SET best_epoch = ?2, best_metric = ?3, best_confusion_json = ?4 WHERE id = ?1")
+            sqlx::query("UPDATE runs SET best_epoch = $2, best_metric = $3, best_confusion_json = $4 WHERE id = $1")
                 .bind(run_id)
                 .bind(best.epoch)
                 .bind(best.metric)
@@ -77,12 +74,14 @@ impl Store {
                 .map_err(&e)?;
         }
         sqlx::query(&format!(
-            "UPDATE runs SET epochs_done = ?2, step = 0, train_seconds = train_seconds + ?3, heartbeat = {NOW_UNIX},
-                             images_per_sec = (SELECT avg(images_per_sec) FROM epochs e WHERE e.run_id = ?1),
-                             final_train_acc = ?4, final_test_acc = ?5, final_test_loss = ?6,
-                             peak_memory_bytes = CASE WHEN ?7 IS NULL THEN peak_memory_bytes
-                                                      ELSE max(coalesce(peak_memory_bytes, 0), ?7) END
-             WHERE id = ?1"
+            "UPDATE runs SET epochs_done = $2, step = 0, train_seconds = train_seconds + $3, heartbeat = {},
+                             images_per_sec = (SELECT avg(images_per_sec) FROM epochs e WHERE e.run_id = $1),
+                             final_train_acc = $4, final_test_acc = $5, final_test_loss = $6,
+                             peak_memory_bytes = CASE WHEN $7 IS NULL THEN peak_memory_bytes
+                                                      WHEN coalesce(peak_memory_bytes, 0) > $7 THEN peak_memory_bytes
+                                                      ELSE $7 END
+             WHERE id = $1",
+            self.dialect.now_unix
         ))
         .bind(run_id)
         .bind(rec.epoch)
@@ -99,35 +98,30 @@ impl Store {
     }
 
     /// Marks a run interrupted, recording the mid-epoch checkpoint if one was saved.
-    pub async fn record_interrupt(&self, run_id: i64, worker: &str, latest: Option<&CheckpointRecord>) -> Result<()> {
-        self.record_stop(run_id, worker, latest, Status::Interrupted).await
+    pub async fn record_interrupt(&self, lease: &Lease, latest: Option<&CheckpointRecord>) -> Result<()> {
+        self.record_stop(lease, latest, Status::Interrupted).await
     }
 
     /// Marks a run that `sweep cancel` stopped cancelled, recording its
     /// mid-epoch checkpoint (it resumes from it when queued again).
-    pub async fn record_cancel(&self, run_id: i64, worker: &str, latest: Option<&CheckpointRecord>) -> Result<()> {
-        self.record_stop(run_id, worker, latest, Status::Cancelled).await
+    pub async fn record_cancel(&self, lease: &Lease, latest: Option<&CheckpointRecord>) -> Result<()> {
+        self.record_stop(lease, latest, Status::Cancelled).await
     }
 
-    async fn record_stop(
-        &self,
-        run_id: i64,
-        worker: &str,
-        latest: Option<&CheckpointRecord>,
-        status: Status,
-    ) -> Result<()> {
+    async fn record_stop(&self, lease: &Lease, latest: Option<&CheckpointRecord>, status: Status) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.held_tx(run_id, worker).await?;
+        let run_id = lease.run_id;
+        let mut tx = self.held_tx(lease).await?;
         if let Some(latest) = latest {
             self.put_checkpoint(&mut tx, run_id, latest).await?;
-            sqlx::query("UPDATE runs SET step = ?2 WHERE id = ?1")
+            sqlx::query("UPDATE runs SET step = $2 WHERE id = $1")
                 .bind(run_id)
                 .bind(latest.step)
                 .execute(&mut *tx)
                 .await
                 .map_err(&e)?;
         }
-        sqlx::query("UPDATE runs SET status = ?2, worker = NULL, cancel_requested = 0 WHERE id = ?1")
+        sqlx::query("UPDATE runs SET status = $2, worker = NULL, cancel_requested = 0 WHERE id = $1")
             .bind(run_id)
             .bind(status.as_str())
             .execute(&mut *tx)
@@ -138,14 +132,15 @@ impl Store {
     }
 
     /// Ends a run as done or failed.
-    pub async fn finish(&self, run_id: i64, worker: &str, status: Status, error: Option<&str>) -> Result<()> {
+    pub async fn finish(&self, lease: &Lease, status: Status, error: Option<&str>) -> Result<()> {
         debug_assert!(matches!(status, Status::Done | Status::Failed | Status::Diverged));
         let e = self.sql();
-        let mut tx = self.held_tx(run_id, worker).await?;
+        let mut tx = self.held_tx(lease).await?;
         sqlx::query(&format!(
-            "UPDATE runs SET status = ?2, error = ?3, worker = NULL, finished_at = {NOW_ISO} WHERE id = ?1"
+            "UPDATE runs SET status = $2, error = $3, worker = NULL, finished_at = {} WHERE id = $1",
+            self.dialect.now_iso
         ))
-        .bind(run_id)
+        .bind(lease.run_id)
         .bind(status.as_str())
         .bind(error)
         .execute(&mut *tx)
@@ -161,18 +156,21 @@ impl Store {
     /// or deleted `-wal` file then costs at most the records of the runs still
     /// training. A failure is logged, not returned: the records are committed.
     pub async fn checkpoint_wal(&self) {
+        if self.backend() != Backend::Sqlite {
+            return;
+        }
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.pool).await {
-            tracing::warn!("checkpointing the write-ahead log of {}: {e}", self.db_path.display());
+            tracing::warn!("checkpointing the write-ahead log of {}: {e}", self.name);
         }
     }
 
     /// Forgets a run's latest checkpoint (retention `keep = "best"` once the
     /// run is finished); its files are then removed as unreferenced.
-    pub async fn drop_latest(&self, run_id: i64, worker: &str) -> Result<()> {
+    pub async fn drop_latest(&self, lease: &Lease) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.held_tx(run_id, worker).await?;
-        sqlx::query("DELETE FROM checkpoints WHERE run_id = ?1 AND kind = 'latest'")
-            .bind(run_id)
+        let mut tx = self.held_tx(lease).await?;
+        sqlx::query("DELETE FROM checkpoints WHERE run_id = $1 AND kind = 'latest'")
+            .bind(lease.run_id)
             .execute(&mut *tx)
             .await
             .map_err(&e)?;
@@ -181,21 +179,21 @@ impl Store {
     }
 
     /// Records how a run ended (shown with the run), if this worker holds it.
-    pub async fn set_note(&self, run_id: i64, worker: &str, note: &str) -> Result<()> {
-        self.set_held_text(run_id, worker, "UPDATE runs SET note = ?2 WHERE id = ?1", note).await
+    pub async fn set_note(&self, lease: &Lease, note: &str) -> Result<()> {
+        self.set_held_text(lease, "UPDATE runs SET note = $2 WHERE id = $1", note).await
     }
 
     /// Records the class names of the run's dataset (label order).
-    pub async fn set_classes(&self, run_id: i64, worker: &str, classes: &[String]) -> Result<()> {
+    pub async fn set_classes(&self, lease: &Lease, classes: &[String]) -> Result<()> {
         let json = serde_json::to_string(classes).expect("serialisable");
-        self.set_held_text(run_id, worker, "UPDATE runs SET classes_json = ?2 WHERE id = ?1", &json).await
+        self.set_held_text(lease, "UPDATE runs SET classes_json = $2 WHERE id = $1", &json).await
     }
 
     /// Runs `sql` (binding the run id and `value`) if this worker holds the run.
-    async fn set_held_text(&self, run_id: i64, worker: &str, sql: &'static str, value: &str) -> Result<()> {
+    async fn set_held_text(&self, lease: &Lease, sql: &'static str, value: &str) -> Result<()> {
         let e = self.sql();
-        let mut tx = self.held_tx(run_id, worker).await?;
-        sqlx::query(sql).bind(run_id).bind(value).execute(&mut *tx).await.map_err(&e)?;
+        let mut tx = self.held_tx(lease).await?;
+        sqlx::query(sql).bind(lease.run_id).bind(value).execute(&mut *tx).await.map_err(&e)?;
         tx.commit().await.map_err(&e)?;
         Ok(())
     }

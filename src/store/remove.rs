@@ -43,7 +43,7 @@ impl Store {
                 });
             }
             // epochs, checkpoints and sweep_runs go with it (ON DELETE CASCADE).
-            sqlx::query("DELETE FROM runs WHERE id = ?1").bind(id).execute(&mut *tx).await.map_err(&e)?;
+            sqlx::query("DELETE FROM runs WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(&e)?;
         }
         sqlx::query("DELETE FROM sweeps WHERE id NOT IN (SELECT sweep_id FROM sweep_runs)")
             .execute(&mut *tx)
@@ -64,7 +64,7 @@ impl Store {
         for &id in runs_only_here {
             let others: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM sweep_runs sr JOIN sweeps s ON s.id = sr.sweep_id
-                 WHERE sr.run_id = ?1 AND s.name != ?2",
+                 WHERE sr.run_id = $1 AND s.name != $2",
             )
             .bind(id)
             .bind(name)
@@ -83,9 +83,9 @@ impl Store {
                     why: "it is running: `sweep cancel --sweep` first, then remove the sweep",
                 });
             }
-            sqlx::query("DELETE FROM runs WHERE id = ?1").bind(id).execute(&mut *tx).await.map_err(&e)?;
+            sqlx::query("DELETE FROM runs WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(&e)?;
         }
-        sqlx::query("DELETE FROM sweeps WHERE name = ?1").bind(name).execute(&mut *tx).await.map_err(&e)?;
+        sqlx::query("DELETE FROM sweeps WHERE name = $1").bind(name).execute(&mut *tx).await.map_err(&e)?;
         tx.commit().await.map_err(&e)?;
         self.checkpoint_wal().await;
         Ok(())
@@ -95,8 +95,8 @@ impl Store {
     /// --keep best`); its files go unless the best checkpoint shares them.
     pub async fn drop_finished_latest(&self, run_id: i64) -> Result<bool> {
         let done = sqlx::query(
-            "DELETE FROM checkpoints WHERE run_id = ?1 AND kind = 'latest'
-               AND (SELECT status FROM runs WHERE id = ?1) = 'done'",
+            "DELETE FROM checkpoints WHERE run_id = $1 AND kind = 'latest'
+               AND (SELECT status FROM runs WHERE id = $1) = 'done'",
         )
         .bind(run_id)
         .execute(&self.pool)

@@ -45,6 +45,15 @@ pub struct ClaimedRun {
     pub name: String,
     /// How many times it has been claimed, this time included.
     pub attempts: i64,
+    /// The worker that claimed it.
+    pub worker: String,
+}
+
+impl ClaimedRun {
+    /// The lease this claim gave: what every write about the run carries.
+    pub fn lease(&self) -> super::Lease {
+        super::Lease { run_id: self.id, worker: self.worker.clone(), attempt: self.attempts }
+    }
 }
 
 /// A run with its summary numbers, as `status`, `results` and `report` show it.

@@ -70,6 +70,15 @@ fn open_cuda(n: usize) -> candle_core::Result<(Device, String)> {
     Ok((d, text))
 }
 
+/// How many CUDA devices this machine has (`sweep worker --gpus all`); 0
+/// when this build has no CUDA or the driver does not answer.
+pub fn cuda_device_count() -> usize {
+    if !candle_core::utils::cuda_is_available() {
+        return 0;
+    }
+    gpu::device_count()
+}
+
 /// Why `auto` chose the CPU, for the worker's first line.
 pub fn why_cpu() -> &'static str {
     if candle_core::utils::cuda_is_available() {
@@ -231,6 +240,11 @@ mod gpu {
         }
     }
 
+    pub fn device_count() -> usize {
+        // SAFETY: cuInit and cuDeviceGetCount have no preconditions.
+        unsafe { result::init().and_then(|()| result::device::get_count()) }.map_or(0, |n| n.max(0) as usize)
+    }
+
     pub fn used_bytes(device: &Device) -> Option<u64> {
         let Device::Cuda(d) = device else { return None };
         let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
@@ -253,6 +267,10 @@ mod gpu {
 
     pub fn used_bytes(_: &Device) -> Option<u64> {
         None
+    }
+
+    pub fn device_count() -> usize {
+        0
     }
 
     pub fn is_out_of_memory(_: &(dyn std::error::Error + 'static)) -> bool {

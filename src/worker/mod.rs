@@ -38,6 +38,11 @@ pub struct WorkerOptions {
     pub max_worker_deaths: u32,
     /// Progress bars and per-epoch lines on stderr.
     pub verbose: bool,
+    /// Stop after handling this many runs.
+    pub max_runs: Option<usize>,
+    /// Stop as soon as nothing can be claimed, without waiting for runs
+    /// whose worker has gone silent (batch jobs).
+    pub exit_when_empty: bool,
 }
 
 impl Default for WorkerOptions {
@@ -48,6 +53,8 @@ impl Default for WorkerOptions {
             heartbeat_every: Duration::from_secs(2),
             max_worker_deaths: 3,
             verbose: false,
+            max_runs: None,
+            exit_when_empty: false,
         }
     }
 }
@@ -163,6 +170,10 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
     let mut datasets: HashMap<String, Arc<data::Dataset>> = HashMap::new();
     let (mut waiting_for, mut looked_again) = (None, false);
     loop {
+        if opts.max_runs.is_some_and(|n| report.runs.len() >= n) {
+            tracing::info!("handled {} run(s), as --max-runs asked", report.runs.len());
+            break;
+        }
         for r in store.recover_stale(opts.stale_after, opts.max_worker_deaths).await? {
             let Some(error) = r.error else {
                 tracing::warn!(
@@ -189,7 +200,12 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             report.interrupted = true;
             break;
         }
-        let Some(run) = store.claim_next(&worker, &device_name).await? else {
+        let claimed = store.claim_next(&worker, &device_name).await?;
+        if claimed.is_none() && opts.exit_when_empty {
+            tracing::info!("nothing to claim: exiting (--exit-when-empty)");
+            break;
+        }
+        let Some(run) = claimed else {
             // Nothing to claim. A run whose worker has gone silent (a container
             // replaced on another host, a lost node) is work left all the same:
             // wait until it is stale and take it over, rather than end with it.
@@ -342,6 +358,7 @@ async fn execute(
     run: ClaimedRun,
     place: &Place,
 ) -> Result<RunEnd, WorkerError> {
+    let lease = run.lease();
     let fail = |error: String, disk_full: bool| RunEnd {
         id: run.id,
         name: run.name.clone(),
@@ -353,7 +370,7 @@ async fn execute(
         Ok(c) => c,
         Err(e) => {
             let msg = format!("the stored configuration does not parse: {e}");
-            store.finish(run.id, worker, Status::Failed, Some(&msg)).await?;
+            store.finish(&lease, Status::Failed, Some(&msg)).await?;
             return Ok(fail(msg, false));
         }
     };
@@ -375,7 +392,7 @@ async fn execute(
         } else {
             format!("{}: {e}", abs_dir.display())
         };
-        store.finish(run.id, worker, Status::Failed, Some(&msg)).await?;
+        store.finish(&lease, Status::Failed, Some(&msg)).await?;
         return Ok(fail(msg, disk_full));
     }
     collect_garbage(store, run.id, &abs_dir).await;
@@ -398,12 +415,12 @@ async fn execute(
                 let msg = train::TrainError::from(e).to_string();
                 let end = fail(msg, false);
                 log.line(&end_line(&end));
-                store.finish(run.id, worker, Status::Failed, end.error.as_deref()).await?;
+                store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
                 return Ok(end);
             }
         },
     };
-    store.set_classes(run.id, worker, &dataset.classes).await?;
+    store.set_classes(&lease, &dataset.classes).await?;
     let how = match &latest {
         Some(c) if c.step > 0 => format!(", resuming epoch {} at batch {}", c.epoch + 1, c.step),
         Some(c) => format!(", resuming after epoch {}", c.epoch),
@@ -453,7 +470,7 @@ async fn execute(
                 None => break,
                 Some(Msg::Epoch { rec, latest, best, reply }) => {
                     log.line(&rec.summary_line(&run.name, epochs, best.is_some()));
-                    let r = store.record_epoch(run.id, worker, &rec, &latest, best.as_ref()).await;
+                    let r = store.record_epoch(&lease, &rec, &latest, best.as_ref()).await;
                     tracing::info!(run = run.id, epoch = rec.epoch, test_acc = rec.test_acc, best = best.is_some(), ok = r.is_ok(), "epoch recorded");
                     if r.is_ok() {
                         collect_garbage(store, run.id, &abs_dir).await;
@@ -462,9 +479,9 @@ async fn execute(
                 }
                 Some(Msg::Interrupted { latest, reply }) => {
                     let r = if cancel.load(Ordering::SeqCst) {
-                        store.record_cancel(run.id, worker, Some(&latest)).await
+                        store.record_cancel(&lease, Some(&latest)).await
                     } else {
-                        store.record_interrupt(run.id, worker, Some(&latest)).await
+                        store.record_interrupt(&lease, Some(&latest)).await
                     };
                     if r.is_ok() {
                         collect_garbage(store, run.id, &abs_dir).await;
@@ -475,7 +492,7 @@ async fn execute(
             _ = beat.tick() => {
                 let step = progress.step.load(Ordering::Relaxed);
                 let steps = progress.steps_per_epoch.load(Ordering::Relaxed);
-                match store.heartbeat(run.id, worker, step, steps).await {
+                match store.heartbeat(&lease, step, steps).await {
                     Ok(true) if !cancel.swap(true, Ordering::SeqCst) => {
                         tracing::info!(run = run.id, "cancel requested: stopping after this batch");
                         log.line("cancel requested (`sweep cancel`): stopping after this batch");
@@ -509,7 +526,7 @@ async fn execute(
     for action in retention::at_run_end(keep, ended) {
         match action {
             retention::Action::DropLatest => {
-                store.drop_latest(run.id, worker).await?;
+                store.drop_latest(&lease).await?;
                 collect_garbage(store, run.id, &abs_dir).await;
             }
         }
@@ -520,7 +537,7 @@ async fn execute(
                 RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false };
             // The log's last line before the status: `sweep logs -f` stops at the status.
             log.line(&end_line(&end));
-            store.finish(run.id, worker, Status::Done, None).await?;
+            store.finish(&lease, Status::Done, None).await?;
             end
         }
         Ok(Outcome::StoppedEarly { note, .. }) => {
@@ -532,8 +549,8 @@ async fn execute(
             let end =
                 RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false };
             log.line(&end_line(&end));
-            store.set_note(run.id, worker, &note).await?;
-            store.finish(run.id, worker, Status::Done, None).await?;
+            store.set_note(&lease, &note).await?;
+            store.finish(&lease, Status::Done, None).await?;
             end
         }
         Ok(Outcome::Interrupted) => {
@@ -560,7 +577,7 @@ async fn execute(
             let disk_full = matches!(e, train::TrainError::DiskFull { .. });
             let end = RunEnd { id: run.id, name: run.name.clone(), status, error: Some(msg), disk_full };
             log.line(&end_line(&end));
-            match store.finish(run.id, worker, status, end.error.as_deref()).await {
+            match store.finish(&lease, status, end.error.as_deref()).await {
                 Ok(()) | Err(StoreError::LostOwnership { .. }) => {}
                 Err(other) => return Err(other.into()),
             }

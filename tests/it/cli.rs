@@ -842,12 +842,12 @@ fn status_shows_the_eta_filters_by_sweep_and_watch_ends_with_the_queue() {
         state_sha256: "11".into(),
         metric: Some(50.0),
     };
-    let id = block(async {
+    let lease = block(async {
         let s = Store::open(&home).await.unwrap();
         let r = s.claim_next(&me, "cpu").await.unwrap().unwrap();
-        s.record_epoch(r.id, &me, &rec, &ck, None).await.unwrap();
-        s.heartbeat(r.id, &me, 2, 4).await.unwrap();
-        r.id
+        s.record_epoch(&r.lease(), &rec, &ck, None).await.unwrap();
+        s.heartbeat(&r.lease(), 2, 4).await.unwrap();
+        r.lease()
     });
     // 1.5 epochs left at 2 s an epoch.
     let out = run(&home, &["status", "--sweep", "e"]);
@@ -856,7 +856,7 @@ fn status_shows_the_eta_filters_by_sweep_and_watch_ends_with_the_queue() {
     let out = run(&home, &["status", "--sweep", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no sweep named `nope` (known: e)"), "{}", stderr(&out));
-    block(async { Store::open(&home).await.unwrap().finish(id, &me, Status::Done, None).await.unwrap() });
+    block(async { Store::open(&home).await.unwrap().finish(&lease, Status::Done, None).await.unwrap() });
     let out = sweep(&home).args(["status", "--watch"]).output().unwrap();
     assert!(out.status.success() && stdout(&out).starts_with("0 queued, 0 running, 1 done"), "{}", stdout(&out));
 }

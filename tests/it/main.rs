@@ -1,7 +1,7 @@
 //! The one integration-test binary (each extra one links candle and sqlx again).
 //!
 //! * `spec`: sweep files → runs: expansion, hashing, error locations.
-//! * `store`: the SQLite queue and records through the library API.
+//! * `store`: the queue and records through the library API, on SQLite and PostgreSQL (`pg`).
 //! * `train`: the trainer on tiny generated data: determinism, resume, failures.
 //! * `models`: the model zoo against torchvision fixtures; pretrained weights, heads, freezing.
 //! * `fuzz`: the sweep-file parser against thousands of seeded mutations (bounded in time).
@@ -9,6 +9,7 @@
 //! * `optim`: optimizers against torch.optim fixtures.
 //! * `report`: results filters, sorting, grouping, `show`, every report format, the SQL views.
 //! * `cli`: the `sweep` binary end to end, including kill -9 and Ctrl-C.
+//! * `scale`: several workers, PostgreSQL through the binary, preemption, `sweep store copy`.
 //! * `snapshots`: the output of plan, status, results, show and report, as insta snapshots.
 
 mod cli;
@@ -18,7 +19,9 @@ mod fuzz;
 mod manage;
 mod models;
 mod optim;
+mod pg;
 mod report;
+mod scale;
 mod snapshots;
 mod spec;
 mod store;

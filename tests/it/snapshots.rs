@@ -88,34 +88,34 @@ fn fixed() -> &'static (tempfile::TempDir, PathBuf) {
             let classes = ["cat".to_owned(), "dog".to_owned()];
             // lr 0.1: done, best at epoch 2.
             let r = store.claim_next(w, device).await.unwrap().unwrap();
-            store.set_classes(r.id, w, &classes).await.unwrap();
+            store.set_classes(&r.lease(), &classes).await.unwrap();
             for (n, acc, lr) in [(1, 50.0, 0.1), (2, 62.5, 0.1), (3, 59.375, 0.01)] {
                 let best = (n <= 2).then(|| ckpt(CheckpointKind::Best, n, acc));
                 store
-                    .record_epoch(r.id, w, &epoch(n, acc, lr), &ckpt(CheckpointKind::Latest, n, acc), best.as_ref())
+                    .record_epoch(&r.lease(), &epoch(n, acc, lr), &ckpt(CheckpointKind::Latest, n, acc), best.as_ref())
                     .await
                     .unwrap();
             }
-            store.finish(r.id, w, Status::Done, None).await.unwrap();
+            store.finish(&r.lease(), Status::Done, None).await.unwrap();
             // lr 0.05: failed after one epoch.
             let r = store.claim_next(w, device).await.unwrap().unwrap();
-            store.set_classes(r.id, w, &classes).await.unwrap();
+            store.set_classes(&r.lease(), &classes).await.unwrap();
             let latest = ckpt(CheckpointKind::Latest, 1, 40.0);
             store
-                .record_epoch(r.id, w, &epoch(1, 40.0, 0.05), &latest, Some(&ckpt(CheckpointKind::Best, 1, 40.0)))
+                .record_epoch(&r.lease(), &epoch(1, 40.0, 0.05), &latest, Some(&ckpt(CheckpointKind::Best, 1, 40.0)))
                 .await
                 .unwrap();
-            store.finish(r.id, w, Status::Failed, Some("dataset: the archive is corrupt")).await.unwrap();
+            store.finish(&r.lease(), Status::Failed, Some("dataset: the archive is corrupt")).await.unwrap();
             // lr 0.01: interrupted in its second epoch.
             let r = store.claim_next(w, device).await.unwrap().unwrap();
-            store.set_classes(r.id, w, &classes).await.unwrap();
+            store.set_classes(&r.lease(), &classes).await.unwrap();
             store
-                .record_epoch(r.id, w, &epoch(1, 31.25, 0.01), &latest, Some(&ckpt(CheckpointKind::Best, 1, 31.25)))
+                .record_epoch(&r.lease(), &epoch(1, 31.25, 0.01), &latest, Some(&ckpt(CheckpointKind::Best, 1, 31.25)))
                 .await
                 .unwrap();
-            store.heartbeat(r.id, w, 2, 4).await.unwrap();
+            store.heartbeat(&r.lease(), 2, 4).await.unwrap();
             let mid = CheckpointRecord { step: 2, ..ckpt(CheckpointKind::Latest, 1, 31.25) };
-            store.record_interrupt(r.id, w, Some(&mid)).await.unwrap();
+            store.record_interrupt(&r.lease(), Some(&mid)).await.unwrap();
             // adam: still queued.
             store.close().await;
         });

@@ -1,0 +1,145 @@
+//! Scale-out through the binary: several workers sharing one queue (`sweep
+//! worker --workers N`), on the SQLite file and on PostgreSQL (`--store`),
+//! preemption handing a run to another worker, and `sweep store copy`.
+
+use crate::cli::{numbers, run, stderr, stdout, sweep};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use sweep::record::EpochRecord;
+use sweep::store::{Location, RunRow, Status, Store};
+
+fn rows(home: &Path, loc: &Location) -> Vec<RunRow> {
+    crate::cli::block(async {
+        let s = Store::connect(home, loc).await.unwrap();
+        let r = s.runs(None).await.unwrap();
+        s.close().await;
+        r
+    })
+}
+
+fn epochs(home: &Path, loc: &Location, id: i64) -> Vec<EpochRecord> {
+    crate::cli::block(async {
+        let s = Store::connect(home, loc).await.unwrap();
+        let e = s.epochs(id).await.unwrap();
+        s.close().await;
+        e
+    })
+}
+
+/// Every store the test runs on: the SQLite file, and PostgreSQL where there is one.
+fn stores(home: &Path) -> Vec<Location> {
+    let mut out = vec![Location::default_in(home)];
+    out.extend(crate::pg::fresh_blocking());
+    out
+}
+
+#[test]
+fn several_workers_share_one_queue_and_train_every_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::write_sweep(
+        dir.path(),
+        "w.toml",
+        &crate::tiny_sweep("w", 160, 2, "[[grid]]\noptimizer.lr = [0.05, 0.02]\nbatch_size = [16, 32]\n"),
+    );
+    let f = file.to_str().unwrap();
+    // The reference: one worker, the SQLite file.
+    let base = dir.path().join("base");
+    assert!(run(&base, &["-q", "submit", f]).status.success());
+    let reference: Vec<_> = crate::cli::runs(&base).iter().map(|r| numbers(&crate::cli::epochs(&base, r.id))).collect();
+
+    for (i, loc) in stores(&dir.path().join("h0")).into_iter().enumerate() {
+        let home = dir.path().join(format!("h{i}"));
+        let store = loc.as_arg();
+        assert!(run(&home, &["--store", &store, "submit", "--queue-only", f]).status.success());
+        let out = run(&home, &["--store", &store, "worker", "--workers", "2", "--device", "cpu", "--exit-when-empty"]);
+        assert!(out.status.success(), "{loc}: {}", stderr(&out));
+        let err = stderr(&out);
+        let done: Vec<&str> = err.lines().filter(|l| l.contains("✓ ") && l.ends_with(" done")).collect();
+        assert_eq!(done.len(), 4, "{loc}: every run once:\n{err}");
+        assert!(done.iter().all(|l| l.starts_with("[cpu#1] ") || l.starts_with("[cpu#2] ")), "{err}");
+        assert!(err.contains("2 workers: cpu#1, cpu#2"), "{err}");
+        let after = rows(&home, &loc);
+        assert!(after.iter().all(|r| r.status == Status::Done && r.attempts == 1), "{loc}: {after:?}");
+        let got: Vec<_> = after.iter().map(|r| numbers(&epochs(&home, &loc, r.id))).collect();
+        assert_eq!(got, reference, "{loc}: the same numbers as one worker on SQLite");
+        // Everything reads back through the same commands.
+        let out = run(&home, &["--store", &store, "results", "--format", "csv"]);
+        assert_eq!(stdout(&out).lines().count(), 5, "{}", stdout(&out));
+    }
+}
+
+/// SIGUSR1 (Slurm's --signal) and SIGTERM (Kubernetes): the worker finishes
+/// its batch, checkpoints mid-epoch, hands the run back and exits 138 / 143;
+/// another worker resumes it to the numbers of an uninterrupted run.
+#[test]
+#[allow(unsafe_code)] // kill(2) on our own child: see the SAFETY comment
+fn a_preempted_worker_hands_its_run_to_another_that_resumes_it_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::write_sweep(dir.path(), "p.toml", &crate::tiny_sweep("p", 480, 2, ""));
+    let f = file.to_str().unwrap();
+    let base = dir.path().join("base");
+    assert!(run(&base, &["-q", "submit", f]).status.success());
+    let reference = numbers(&crate::cli::epochs(&base, crate::cli::runs(&base)[0].id));
+    let backends = if crate::pg::server().is_some() { 2 } else { 1 };
+    for i in 0..backends {
+        for (signal, code) in [(libc::SIGUSR1, 138), (libc::SIGTERM, 143)] {
+            let home = dir.path().join(format!("h{i}-{signal}"));
+            let loc = if i == 0 { Location::default_in(&home) } else { crate::pg::fresh_blocking().unwrap() };
+            let store = loc.as_arg();
+            assert!(run(&home, &["--store", &store, "submit", "--queue-only", f]).status.success());
+            let mut child =
+                sweep(&home).args(["-q", "--store", &store, "worker"]).stderr(Stdio::piped()).spawn().unwrap();
+            let start = Instant::now();
+            while !rows(&home, &loc).first().is_some_and(|r| r.status == Status::Running && r.step >= 3) {
+                assert!(child.try_wait().unwrap().is_none(), "the worker ended early");
+                assert!(start.elapsed() < Duration::from_secs(300), "timed out");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // SAFETY: sending a signal to our own child process.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(code), "{}", String::from_utf8_lossy(&out.stderr));
+            let handed_back = rows(&home, &loc);
+            assert_eq!(handed_back[0].status, Status::Interrupted, "{loc}");
+            assert!(handed_back[0].step >= 3 || handed_back[0].epochs_done >= 1, "checkpointed mid-epoch");
+            // Another worker (another process) resumes it.
+            let out = run(&home, &["--store", &store, "worker", "--exit-when-empty"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert!(stderr(&out).contains("attempt 2, resuming"), "{}", stderr(&out));
+            let after = rows(&home, &loc);
+            assert_eq!((after[0].status, after[0].attempts), (Status::Done, 2));
+            assert_eq!(numbers(&epochs(&home, &loc, after[0].id)), reference, "{loc}: resumed after signal {signal}");
+        }
+    }
+}
+
+#[test]
+fn store_copy_moves_the_history_and_results_read_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::write_sweep(
+        dir.path(),
+        "c.toml",
+        &crate::tiny_sweep("c", 64, 1, "[[grid]]\noptimizer.lr = [0.05, 0.02]\n"),
+    );
+    let home = dir.path().join("home");
+    assert!(run(&home, &["-q", "submit", file.to_str().unwrap()]).status.success());
+    let before = stdout(&run(&home, &["results", "--format", "csv"]));
+    let db = home.join("sweep.db");
+    let mut targets = vec![Location::Sqlite(dir.path().join("other.db"))];
+    targets.extend(crate::pg::fresh_blocking());
+    for to in targets {
+        let args = ["store", "copy", "--from", db.to_str().unwrap(), "--to", &to.as_arg()];
+        let out = run(&home, &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("runs: 2 added"), "{}", stdout(&out));
+        assert!(stdout(&out).contains("verified: 2 runs with 2 epochs and 4 checkpoint records"), "{}", stdout(&out));
+        let again = run(&home, &args);
+        assert!(stdout(&again).contains("runs: 0 added, 0 updated, 2 already there"), "{}", stdout(&again));
+        let after = stdout(&run(&home, &["--store", &to.as_arg(), "results", "--format", "csv"]));
+        assert_eq!(after, before, "{to}");
+    }
+    let out = run(&home, &["store", "copy", "--from", "nope.db", "--to", "x.db"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--from nope.db: no such database file"), "{}", stderr(&out));
+}
