@@ -6,7 +6,8 @@
 //! starts a throwaway cluster with `scripts/postgres.sh` (initdb and pg_ctl, a
 //! Unix socket in a folder under /tmp, no TCP) that stops itself when this
 //! test process ends. Without PostgreSQL the PostgreSQL half of each test is
-//! skipped and says so on stderr.
+//! skipped and says so on stderr (`.ci/run` sets `SWEEP_TEST_REQUIRE_POSTGRES`,
+//! which makes that a failure instead).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -31,6 +32,11 @@ fn start() -> Option<String> {
         .output()
         .ok()?;
     if !out.status.success() {
+        assert!(
+            std::env::var_os("SWEEP_TEST_REQUIRE_POSTGRES").is_none(),
+            "SWEEP_TEST_REQUIRE_POSTGRES is set but PostgreSQL did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         eprintln!(
             "PostgreSQL: not started ({}); PostgreSQL halves of the store tests SKIPPED (install Debian's \
              postgresql, or set SWEEP_TEST_POSTGRES=URL)",
