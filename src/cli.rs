@@ -17,6 +17,11 @@ pub struct Cli {
     /// machines share.
     #[arg(long, global = true, env = sweep::env::STORE.name, value_name = "URL")]
     pub store: Option<sweep::store::Location>,
+    /// Where checkpoints are kept so that any worker can resume any run: a
+    /// folder (default: the home; on a cluster, a shared filesystem) or
+    /// s3://BUCKET/PREFIX (endpoint and credentials from the AWS_* variables).
+    #[arg(long, global = true, env = sweep::env::ARTIFACTS.name, value_name = "URL")]
+    pub artifacts: Option<sweep::artifacts::ArtifactLocation>,
     /// No progress bars or per-epoch lines.
     #[arg(short, long, global = true)]
     pub quiet: bool,

@@ -27,6 +27,11 @@ pub const STORE: Var = Var {
     name: "SWEEP_STORE",
     help: "the database, as --store: a SQLite file or postgres://USER:PASSWORD@HOST/DB (default sweep.db in the home)",
 };
+/// The artifact store; `--artifacts`.
+pub const ARTIFACTS: Var = Var {
+    name: "SWEEP_ARTIFACTS",
+    help: "where checkpoints are kept, as --artifacts: a folder or s3://BUCKET/PREFIX (default the home)",
+};
 /// The device; `--device`.
 pub const DEVICE: Var = Var { name: "SWEEP_DEVICE", help: "where to train, as --device: cpu, auto or cuda:N" };
 /// Seconds after which a running run with no heartbeat is taken over.
@@ -63,8 +68,19 @@ pub const MAX_WORKER_DEATHS: Var = Var {
 };
 
 /// Every variable the binary reads, in the order `sweep --help` lists them.
-pub const ALL: [Var; 10] =
-    [HOME, STORE, DEVICE, STALE_SECS, HEARTBEAT_SECS, MAX_WORKER_DEATHS, CACHE, DATA_URL, WEIGHTS_URL, LOADER_THREADS];
+pub const ALL: [Var; 11] = [
+    HOME,
+    STORE,
+    ARTIFACTS,
+    DEVICE,
+    STALE_SECS,
+    HEARTBEAT_SECS,
+    MAX_WORKER_DEATHS,
+    CACHE,
+    DATA_URL,
+    WEIGHTS_URL,
+    LOADER_THREADS,
+];
 
 impl Var {
     /// Its value, if set and not empty.

@@ -45,6 +45,11 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     hash_file::<Sha256>(path)
 }
 
+/// The sha256 of bytes in memory, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
 /// The md5 of a file, as lower-case hex.
 pub fn md5_file(path: &Path) -> std::io::Result<String> {
     hash_file::<md5::Md5>(path)

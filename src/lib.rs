@@ -21,12 +21,14 @@
 //! * [`text`]: user text made safe for a terminal (control characters escaped).
 //! * [`report`]: read-only views of the store rendered as tables and files.
 //! * [`estimate`]: how long runs will take (history or a timed probe).
+//! * [`artifacts`]: where checkpoint files are kept (the home, a folder, an S3 bucket).
 //! * [`export`]: the same views in other tools' formats (TensorBoard, MLflow).
 //!
 //! The command-line front end (`src/main.rs`, `src/cli.rs`, `src/commands/`) is a
 //! thin layer over these. See ARCHITECTURE.md for the decisions behind them.
 #![warn(missing_docs)]
 
+pub mod artifacts;
 pub mod clock;
 pub mod env;
 pub mod estimate;

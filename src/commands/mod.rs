@@ -15,6 +15,7 @@ use crate::cli::{Cli, Command, GpuList, StoreCommand};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use sweep::artifacts::ArtifactLocation;
 use sweep::spec::DeviceChoice;
 use sweep::store::{Location, Status, Store};
 use sweep::worker::{self, WorkerOptions, WorkerReport};
@@ -22,7 +23,8 @@ use sweep::worker::{self, WorkerOptions, WorkerReport};
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = !cli.quiet;
-    let home = Home { store: Location::or_default(cli.store.as_ref(), &cli.home), dir: cli.home };
+    let home =
+        Home { store: Location::or_default(cli.store.as_ref(), &cli.home), artifacts: cli.artifacts, dir: cli.home };
     match cli.command {
         Command::Submit { file, queue_only, device, format, max_runs, set, rerun } => {
             let options = options(max_runs, set);
@@ -63,7 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return workers::supervise(&home, slots, &child).await;
             }
             let store = home.open().await?;
-            let drained = drain(&store, device, &child).await?;
+            let drained = drain(&store, home.artifacts.clone(), device, &child).await?;
             if verbose {
                 eprintln!("{}", summary_line(&drained.report));
             }
@@ -109,6 +111,8 @@ pub struct Home {
     pub dir: PathBuf,
     /// The database (`--store`, else sweep.db in the folder).
     pub store: Location,
+    /// Where checkpoints are kept (`--artifacts`; None: the folder).
+    pub artifacts: Option<ArtifactLocation>,
 }
 
 impl std::ops::Deref for Home {
@@ -165,7 +169,12 @@ impl Drained {
 
 /// Runs the worker until the queue is empty, stopping cleanly on Ctrl-C,
 /// SIGTERM, SIGUSR1 or SIGHUP (see [`signals`]).
-pub async fn drain(store: &Store, device: DeviceChoice, how: &workers::ChildArgs) -> anyhow::Result<Drained> {
+pub async fn drain(
+    store: &Store,
+    artifacts: Option<ArtifactLocation>,
+    device: DeviceChoice,
+    how: &workers::ChildArgs,
+) -> anyhow::Result<Drained> {
     let stop = signals::install();
     let opts = WorkerOptions {
         device,
@@ -175,6 +184,7 @@ pub async fn drain(store: &Store, device: DeviceChoice, how: &workers::ChildArgs
         verbose: how.verbose,
         max_runs: how.max_runs,
         exit_when_empty: how.exit_when_empty,
+        artifacts,
     };
     let report = worker::work(store, &opts, stop.flag.clone()).await?;
     store.close().await;

@@ -122,9 +122,13 @@ pub async fn submit(home: &super::Home, file: &Path, options: &spec::Options, ho
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let drained =
-        super::drain(&store, device, &super::workers::ChildArgs { max_runs: None, exit_when_empty: false, verbose })
-            .await?;
+    let drained = super::drain(
+        &store,
+        home.artifacts.clone(),
+        device,
+        &super::workers::ChildArgs { max_runs: None, exit_when_empty: false, verbose },
+    )
+    .await?;
     let report = &drained.report;
     let store = home.open().await?;
     let cmp = Comparison::load(&store, std::slice::from_ref(&spec.name), false).await?;

@@ -67,6 +67,10 @@ pub async fn supervise(home: &Home, slots: Vec<Slot>, args: &ChildArgs) -> anyho
         }
         // The URL travels in the environment, not on a command line `ps` shows.
         cmd.env(sweep::env::STORE.name, home.store.as_arg());
+        match &home.artifacts {
+            Some(a) => cmd.env(sweep::env::ARTIFACTS.name, a.to_string()),
+            None => cmd.env_remove(sweep::env::ARTIFACTS.name),
+        };
         if let Some(t) = slot.threads {
             cmd.env("RAYON_NUM_THREADS", t.to_string());
             cmd.env(sweep::env::LOADER_THREADS.name, t.to_string());

@@ -241,8 +241,7 @@ mod gpu {
     }
 
     pub fn device_count() -> usize {
-        // SAFETY: cuInit and cuDeviceGetCount have no preconditions.
-        unsafe { result::init().and_then(|()| result::device::get_count()) }.map_or(0, |n| n.max(0) as usize)
+        candle_core::cuda_backend::cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
     }
 
     pub fn used_bytes(device: &Device) -> Option<u64> {

@@ -11,6 +11,7 @@
 pub mod log;
 pub mod retention;
 
+use crate::artifacts::{ArtifactError, Artifacts};
 use crate::text::printable;
 
 use crate::record::{CheckpointKind, CheckpointRecord, EpochRecord, EpochSink, SinkError};
@@ -19,7 +20,6 @@ use crate::store::{ClaimedRun, Status, Store, StoreError};
 use crate::train::{self, checkpoint, data, Outcome, Progress, TrainRequest};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,8 @@ pub struct WorkerOptions {
     /// Stop as soon as nothing can be claimed, without waiting for runs
     /// whose worker has gone silent (batch jobs).
     pub exit_when_empty: bool,
+    /// Where checkpoints are kept for good (None: the home).
+    pub artifacts: Option<crate::artifacts::ArtifactLocation>,
 }
 
 impl Default for WorkerOptions {
@@ -55,6 +57,7 @@ impl Default for WorkerOptions {
             verbose: false,
             max_runs: None,
             exit_when_empty: false,
+            artifacts: None,
         }
     }
 }
@@ -99,6 +102,9 @@ pub enum WorkerError {
     /// The device could not be opened.
     #[error(transparent)]
     Device(#[from] train::device::DeviceError),
+    /// The artifact store could not be set up.
+    #[error(transparent)]
+    Artifacts(#[from] ArtifactError),
     /// The trainer thread could not be started.
     #[error("cannot start the training thread: {0}")]
     Thread(std::io::Error),
@@ -157,6 +163,7 @@ pub fn run_dir(key: &str) -> String {
 /// Drains the queue: trains runs until none is left or `stop` is set.
 pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) -> Result<WorkerReport, WorkerError> {
     let (device, device_name) = train::device(opts.device)?;
+    let artifacts = Artifacts::open(store.home(), opts.artifacts.as_ref())?;
     let worker = crate::store::worker_id();
     if opts.verbose {
         let why = match (opts.device, device.is_cpu()) {
@@ -241,7 +248,7 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         looked_again = false;
         tracing::info!(run = run.id, key = &run.key[..10], name = run.name.as_str(), attempt = run.attempts, "claimed");
         let place = place_in_queue(store, &run, report.runs.len()).await?;
-        let end = execute(store, opts, &worker, &device, &stop, &mut datasets, run, &place).await?;
+        let end = execute(store, &artifacts, opts, &worker, &device, &stop, &mut datasets, run, &place).await?;
         if opts.verbose {
             eprintln!("{}", end_line(&end));
         }
@@ -314,22 +321,64 @@ fn end_line(end: &RunEnd) -> String {
     }
 }
 
-/// Removes the files of the run's folder that no record refers to (see [`retention`]).
-async fn collect_garbage(store: &Store, run_id: i64, dir: &Path) {
-    let cleaned = match store.checkpoints(run_id).await {
-        Ok(ckpts) => checkpoint::list_files(dir).and_then(|present| {
-            let removed = retention::unreferenced(&present, &ckpts);
-            checkpoint::remove_files(dir, &removed).map(|()| removed)
-        }),
-        Err(e) => Err(std::io::Error::other(e)),
+/// Removes the files of the run's folder that no record refers to (see
+/// [`retention`]): in the home and, when it is elsewhere, in the artifact store.
+async fn collect_garbage(store: &Store, artifacts: &Artifacts, run_id: i64, rel_dir: &str) {
+    let ckpts = match store.checkpoints(run_id).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("cleaning {rel_dir}: {e}");
+            return;
+        }
     };
-    match cleaned {
+    let dir = store.home().join(rel_dir);
+    let local = checkpoint::list_files(&dir).and_then(|present| {
+        let removed = retention::unreferenced(&present, &ckpts);
+        checkpoint::remove_files(&dir, &removed).map(|()| removed)
+    });
+    match local {
         Ok(removed) if !removed.is_empty() => {
             tracing::debug!(run = run_id, ?removed, "unreferenced checkpoint files removed");
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("cleaning {}: {e}", dir.display()),
     }
+    if artifacts.is_home() {
+        return;
+    }
+    let remote = match artifacts.list(rel_dir).await {
+        Ok(present) => {
+            let removed = retention::unreferenced(&present, &ckpts);
+            artifacts.delete(rel_dir, &removed).await.map(|()| removed)
+        }
+        Err(e) => Err(e),
+    };
+    match remote {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::debug!(
+                run = run_id,
+                ?removed,
+                "unreferenced checkpoint files removed from {}",
+                artifacts.location()
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cleaning {rel_dir} in {}: {e}", artifacts.location()),
+    }
+}
+
+/// Puts a checkpoint's files into the artifact store: before its record.
+async fn put_checkpoints(artifacts: &Artifacts, checkpoints: &[&CheckpointRecord]) -> Result<(), ArtifactError> {
+    let mut done: Vec<&str> = Vec::new();
+    for c in checkpoints {
+        for rel in [c.path.as_str(), c.state_path.as_str()] {
+            if !done.contains(&rel) {
+                artifacts.put(rel).await?;
+                done.push(rel);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads (decodes) a dataset, logging its size and the time it took.
@@ -350,6 +399,7 @@ fn load_dataset(spec: &crate::spec::DatasetSpec) -> Result<data::Dataset, data::
 #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 async fn execute(
     store: &Store,
+    artifacts: &Artifacts,
     opts: &WorkerOptions,
     worker: &str,
     device: &candle_core::Device,
@@ -395,7 +445,24 @@ async fn execute(
         store.finish(&lease, Status::Failed, Some(&msg)).await?;
         return Ok(fail(msg, disk_full));
     }
-    collect_garbage(store, run.id, &abs_dir).await;
+    if let Err(e) = artifacts.put(&format!("{rel_dir}/config.json")).await {
+        tracing::warn!("keeping config.json in {}: {e}", artifacts.location());
+    }
+    // A run resumed on another machine: its latest checkpoint from the artifact store.
+    if let Some(c) = &latest {
+        for (rel, sha) in [(&c.path, &c.sha256), (&c.state_path, &c.state_sha256)] {
+            if let Err(e) = artifacts.fetch(rel, sha).await {
+                let msg = format!(
+                    "fetching the checkpoint to resume from: {e}; `sweep retry {} --from-scratch` trains it again \
+                     from epoch 1",
+                    &run.key[..10]
+                );
+                store.finish(&lease, Status::Failed, Some(&msg)).await?;
+                return Ok(fail(msg, false));
+            }
+        }
+    }
+    collect_garbage(store, artifacts, run.id, &rel_dir).await;
     let mut log = log::RunLog::open(&abs_dir);
     let epochs = config.epochs as u64;
 
@@ -470,23 +537,33 @@ async fn execute(
                 None => break,
                 Some(Msg::Epoch { rec, latest, best, reply }) => {
                     log.line(&rec.summary_line(&run.name, epochs, best.is_some()));
-                    let r = store.record_epoch(&lease, &rec, &latest, best.as_ref()).await;
+                    // The files first, complete in the artifact store; then the row.
+                    let kept: Vec<&CheckpointRecord> = std::iter::once(&latest).chain(best.as_ref()).collect();
+                    let r = match put_checkpoints(artifacts, &kept).await {
+                        Ok(()) => store.record_epoch(&lease, &rec, &latest, best.as_ref()).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("keeping the checkpoint in {}: {e}", artifacts.location())),
+                    };
                     tracing::info!(run = run.id, epoch = rec.epoch, test_acc = rec.test_acc, best = best.is_some(), ok = r.is_ok(), "epoch recorded");
                     if r.is_ok() {
-                        collect_garbage(store, run.id, &abs_dir).await;
+                        collect_garbage(store, artifacts, run.id, &rel_dir).await;
+                        if let Err(e) = artifacts.put(&format!("{rel_dir}/{}", log::LOG_FILE)).await {
+                            tracing::debug!("keeping the run's log in {}: {e}", artifacts.location());
+                        }
                     }
-                    let _ = reply.send(r.map_err(|e| SinkError::Refused(e.to_string())));
+                    let _ = reply.send(r.map_err(SinkError::Refused));
                 }
                 Some(Msg::Interrupted { latest, reply }) => {
-                    let r = if cancel.load(Ordering::SeqCst) {
-                        store.record_cancel(&lease, Some(&latest)).await
-                    } else {
-                        store.record_interrupt(&lease, Some(&latest)).await
+                    let r = match put_checkpoints(artifacts, &[&latest]).await {
+                        Err(e) => Err(format!("keeping the checkpoint in {}: {e}", artifacts.location())),
+                        Ok(()) if cancel.load(Ordering::SeqCst) => {
+                            store.record_cancel(&lease, Some(&latest)).await.map_err(|e| e.to_string())
+                        }
+                        Ok(()) => store.record_interrupt(&lease, Some(&latest)).await.map_err(|e| e.to_string()),
                     };
                     if r.is_ok() {
-                        collect_garbage(store, run.id, &abs_dir).await;
+                        collect_garbage(store, artifacts, run.id, &rel_dir).await;
                     }
-                    let _ = reply.send(r.map_err(|e| SinkError::Refused(e.to_string())));
+                    let _ = reply.send(r.map_err(SinkError::Refused));
                 }
             },
             _ = beat.tick() => {
@@ -527,7 +604,7 @@ async fn execute(
         match action {
             retention::Action::DropLatest => {
                 store.drop_latest(&lease).await?;
-                collect_garbage(store, run.id, &abs_dir).await;
+                collect_garbage(store, artifacts, run.id, &rel_dir).await;
             }
         }
     }
@@ -584,5 +661,9 @@ async fn execute(
             end
         }
     };
+    // The log, as the run ends, beside its checkpoints (best effort: the records are committed).
+    if let Err(e) = artifacts.put(&format!("{rel_dir}/{}", log::LOG_FILE)).await {
+        tracing::debug!("keeping the run's log in {}: {e}", artifacts.location());
+    }
     Ok(end)
 }

@@ -10,6 +10,7 @@
 //! * `report`: results filters, sorting, grouping, `show`, every report format, the SQL views.
 //! * `cli`: the `sweep` binary end to end, including kill -9 and Ctrl-C.
 //! * `scale`: several workers, PostgreSQL through the binary, preemption, `sweep store copy`.
+//! * `s3`: the artifact store on a local S3 server (moto): resume on another machine.
 //! * `snapshots`: the output of plan, status, results, show and report, as insta snapshots.
 
 mod cli;
@@ -21,6 +22,7 @@ mod models;
 mod optim;
 mod pg;
 mod report;
+mod s3;
 mod scale;
 mod snapshots;
 mod spec;
