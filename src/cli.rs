@@ -102,6 +102,41 @@ pub enum Command {
         #[arg(long)]
         exit_when_empty: bool,
     },
+    /// Queue a sweep and write a Slurm job-array script whose tasks are
+    /// workers that pull runs until the queue is empty (--submit: sbatch it).
+    Slurm {
+        /// The sweep file (TOML).
+        file: PathBuf,
+        /// The partition (#SBATCH --partition).
+        #[arg(long)]
+        partition: Option<String>,
+        /// GPUs per task: 0 trains on the CPU, 1 on the task's GPU, more: one
+        /// worker per GPU of the task.
+        #[arg(long, default_value_t = 1)]
+        gpus_per_task: u32,
+        /// CPU cores per task (#SBATCH --cpus-per-task).
+        #[arg(long)]
+        cpus_per_task: Option<u32>,
+        /// Time limit of each task (#SBATCH --time); two minutes before it, Slurm
+        /// signals the worker, which checkpoints and requeues the task.
+        #[arg(long, default_value = "04:00:00")]
+        time: String,
+        /// Array size N, at most K tasks at once [default: one task per queued run].
+        #[arg(long, value_name = "N[%K]")]
+        array: Option<ArraySize>,
+        /// Where to write the script [default: HOME/slurm/SWEEP.sbatch].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Submit it with sbatch and print the job id.
+        #[arg(long)]
+        submit: bool,
+        /// Refuse a sweep file that expands to more runs than this.
+        #[arg(long, default_value_t = sweep::spec::limits::DEFAULT_MAX_RUNS)]
+        max_runs: usize,
+        /// Override a value in every run (as submit's --set).
+        #[arg(long = "set", value_name = "KEY=VALUE[,VALUE...]")]
+        set: Vec<sweep::spec::Override>,
+    },
     /// The database itself: copy one store into another.
     Store {
         #[command(subcommand)]
@@ -287,6 +322,30 @@ pub enum StoreCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: SubmitFormat,
     },
+}
+
+/// `--array N` or `--array N%K`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArraySize {
+    /// Tasks.
+    pub tasks: u32,
+    /// At most this many at once.
+    pub at_once: Option<u32>,
+}
+
+impl std::str::FromStr for ArraySize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (n, k) = match s.split_once('%') {
+            Some((n, k)) => (n, Some(k)),
+            None => (s, None),
+        };
+        let count = |t: &str, what: &str| match t.trim().parse::<u32>() {
+            Ok(v) if (1..=100_000).contains(&v) => Ok(v),
+            _ => Err(format!("`{t}` is not a {what} from 1 to 100000 (--array N or N%K)")),
+        };
+        Ok(ArraySize { tasks: count(n, "task count")?, at_once: k.map(|k| count(k, "limit")).transpose()? })
+    }
 }
 
 /// `--gpus 0,1,3` or `--gpus all`.

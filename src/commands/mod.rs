@@ -7,6 +7,7 @@ mod manage;
 mod plan;
 mod query;
 mod signals;
+mod slurm;
 mod store;
 mod submit;
 mod workers;
@@ -70,6 +71,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("{}", summary_line(&drained.report));
             }
             Ok(drained.exit_code())
+        }
+        Command::Slurm {
+            file,
+            partition,
+            gpus_per_task,
+            cpus_per_task,
+            time,
+            array,
+            output,
+            submit,
+            max_runs,
+            set,
+        } => {
+            let options = options(max_runs, set);
+            let job = slurm::Job { partition, gpus_per_task, cpus_per_task, time, array, output, submit };
+            slurm::slurm(&home, &file, &options, &job, verbose).await
         }
         Command::Store { command: StoreCommand::Copy { from, to, format } } => {
             store::copy(&home.dir, &from, &to, format).await
