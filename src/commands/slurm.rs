@@ -251,7 +251,7 @@ mod tests {
             "\"$SWEEP\" worker --device cuda:0 --exit-when-empty &",
             "scontrol requeue \"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}\"",
         ] {
-            assert!(s.lines().any(|l| l == line), "missing `{line}` in\n{s}");
+            assert!(s.lines().any(|l| l.trim() == line), "missing `{line}` in\n{s}");
         }
         let mut cpu = job();
         (cpu.gpus_per_task, cpu.array, cpu.partition) = (0, None, None);
