@@ -143,3 +143,20 @@ fn store_copy_moves_the_history_and_results_read_the_same() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--from nope.db: no such database file"), "{}", stderr(&out));
 }
+
+#[test]
+fn max_runs_stops_a_worker_after_that_many_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::write_sweep(
+        dir.path(),
+        "m.toml",
+        &crate::tiny_sweep("m", 32, 1, "[[grid]]\noptimizer.lr = [0.05, 0.02]\n"),
+    );
+    let home = dir.path().join("home");
+    assert!(run(&home, &["submit", "--queue-only", file.to_str().unwrap()]).status.success());
+    let out = run(&home, &["worker", "--max-runs", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let statuses: Vec<Status> = crate::cli::runs(&home).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Status::Done, Status::Queued]);
+    assert!(stderr(&out).contains("worker: 1 run(s) handled: 1 done"), "{}", stderr(&out));
+}

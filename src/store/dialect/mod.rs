@@ -1,9 +1,16 @@
-//! The SQL that differs between SQLite and PostgreSQL. Everything else in
-//! the store is written once, with `$N` parameters (which both accept).
+//! The SQL that differs between SQLite and PostgreSQL, one module per
+//! backend (`sqlite`, `postgres`). Everything else in the store is written
+//! once, with `$N` parameters (which both accept).
+
+mod postgres;
+mod sqlite;
+
+pub(super) use postgres::POSTGRES;
+pub(super) use sqlite::SQLITE;
 
 /// One backend's spelling of what the two say differently.
 #[derive(Debug)]
-pub(super) struct Dialect {
+pub(in crate::store) struct Dialect {
     /// The current time as ISO-8601 UTC text (every `*_at` column).
     pub now_iso: &'static str,
     /// The current time in Unix seconds, on the database's clock: leases and
@@ -20,25 +27,6 @@ pub(super) struct Dialect {
     /// An ISO-8601 text column (`{}`) in Unix seconds.
     pub iso_to_unix: &'static str,
 }
-
-pub(super) static SQLITE: Dialect = Dialect {
-    now_iso: "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-    now_unix: "((julianday('now') - 2440587.5) * 86400.0)",
-    // The write lock up front: see `Store::write_tx`.
-    begin_write: "BEGIN IMMEDIATE",
-    skip_locked: "",
-    row_lock: "",
-    iso_to_unix: "((julianday({}) - 2440587.5) * 86400.0)",
-};
-
-pub(super) static POSTGRES: Dialect = Dialect {
-    now_iso: "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
-    now_unix: "date_part('epoch', clock_timestamp())",
-    begin_write: "BEGIN",
-    skip_locked: " FOR UPDATE SKIP LOCKED",
-    row_lock: " FOR UPDATE",
-    iso_to_unix: "date_part('epoch', ({})::timestamptz)",
-};
 
 impl Dialect {
     /// `iso_to_unix` applied to a column.
