@@ -231,6 +231,26 @@ impl Artifacts {
         tokio::task::spawn_blocking(move || write_atomic(&to, &bytes)).await.expect("the write thread")
     }
 
+    /// The store's copy of `rel`, whatever it holds (a run's log; None: not there).
+    pub async fn get(&self, rel: &str) -> Result<Option<Vec<u8>>, ArtifactError> {
+        let read = |path: PathBuf| async move {
+            match tokio::fs::read(&path).await {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(ArtifactError::Io { path, source: e }),
+            }
+        };
+        match &self.kind {
+            Kind::Home => read(self.home.join(rel)).await,
+            Kind::Folder(root) => read(root.join(rel)).await,
+            Kind::S3 { store, prefix } => match store.get(&Self::key(prefix, rel)).await {
+                Ok(got) => Ok(Some(got.bytes().await.map_err(self.store_err(rel))?.to_vec())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.store_err(rel)(e)),
+            },
+        }
+    }
+
     /// The names of the files in the store's folder `dir` (a run's folder).
     pub async fn list(&self, dir: &str) -> Result<Vec<String>, ArtifactError> {
         use futures_util::TryStreamExt;

@@ -37,6 +37,17 @@ pub async fn logs(home: &super::Home, which: &str, follow: bool) -> anyhow::Resu
     let path = home.join(run_dir(&run.key)).join(LOG_FILE);
     let label = run_label(&run);
     if !follow {
+        // Trained on another machine: its log as the artifact store kept it
+        // (updated with each epoch and at the run's end).
+        let artifacts = sweep::artifacts::Artifacts::open(home, home.artifacts.as_ref())?;
+        if !artifacts.is_home() {
+            if let Some(bytes) = artifacts.get(&format!("{}/{LOG_FILE}", run_dir(&run.key))).await? {
+                if !path.exists() || std::fs::metadata(&path).map_or(0, |m| m.len()) < bytes.len() as u64 {
+                    std::io::Write::write_all(&mut std::io::stdout().lock(), &bytes)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
         if !path.exists() {
             eprintln!("{label} has no log yet: it is {} (`sweep logs -f` waits for it)", run.status);
             return Ok(ExitCode::SUCCESS);

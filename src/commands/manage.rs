@@ -180,9 +180,20 @@ pub async fn rm(home: &super::Home, which: &[String], sweeps: &[String], yes: bo
     for (name, only, _) in &plans {
         store.remove_sweep(name, &only.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
     }
-    // The rows are gone (the commit point); now their files.
+    // The rows are gone (the commit point); now their files, in the artifact store too.
     let mut left = Vec::new();
+    let artifacts = sweep::artifacts::Artifacts::open(home, home.artifacts.as_ref())?;
     for r in &doomed {
+        if !artifacts.is_home() {
+            let rel = run_dir(&r.key);
+            let gone = match artifacts.list(&rel).await {
+                Ok(names) => artifacts.delete(&rel, &names).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = gone {
+                left.push(format!("{rel} in {}: {e}", artifacts.location()));
+            }
+        }
         let dir = home.join(run_dir(&r.key));
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {

@@ -463,6 +463,19 @@ async fn execute(
         }
     }
     collect_garbage(store, artifacts, run.id, &rel_dir).await;
+    // Earlier attempts' log lines, written on other machines: this attempt appends to them.
+    let log_rel = format!("{rel_dir}/{}", log::LOG_FILE);
+    if !artifacts.is_home() && !abs_dir.join(log::LOG_FILE).exists() {
+        match artifacts.get(&log_rel).await {
+            Ok(Some(bytes)) => {
+                if let Err(e) = std::fs::write(abs_dir.join(log::LOG_FILE), bytes) {
+                    tracing::debug!("the run's earlier log: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("the run's earlier log in {}: {e}", artifacts.location()),
+        }
+    }
     let mut log = log::RunLog::open(&abs_dir);
     let epochs = config.epochs as u64;
 

@@ -161,6 +161,14 @@ fn another_machine_resumes_from_s3_and_the_bucket_holds_what_the_database_refere
     let held: Vec<String> =
         keys(&endpoint, &bucket, "exp/runs/").into_iter().filter(|k| k.ends_with(".safetensors")).collect();
     assert_eq!(held, referenced);
+    // The log of the run that moved holds both attempts, and a third machine reads it from the bucket.
+    let c = dir.path().join("machine-c");
+    let moved = after.iter().find(|r| r.attempts == 2).expect("the resumed run");
+    let out = with(&c, &["logs", &moved.key[..10]]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(log.contains("attempt 1") && log.contains("attempt 2, resuming"), "{log}");
+    assert!(log.contains("… lr=0.05 interrupted") || log.contains("interrupted"), "{log}");
     // Beside them, each run's config.json and log.txt.
     let all = keys(&endpoint, &bucket, "exp/runs/");
     assert_eq!(all.iter().filter(|k| k.ends_with("/config.json")).count(), 2, "{all:?}");
