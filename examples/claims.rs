@@ -26,13 +26,17 @@ fn main() {
     let home = tempfile::tempdir().expect("a temporary folder");
     let home = home.path().to_owned();
 
-    // One sweep of `runs` runs (a grid over the seed).
-    let seeds: Vec<String> = (0..runs).map(|i| i.to_string()).collect();
+    // One sweep of `runs` runs (a grid over the learning rate).
+    let lrs: Vec<String> = (1..=runs).map(|i| format!("{:e}", i as f64 * 1e-6)).collect();
     let text = format!(
-        "name = \"claims\"\ndataset = \"synthetic\"\n[defaults]\nmodel = \"smallcnn\"\nepochs = 1\n[[grid]]\nseed = [{}]\n",
-        seeds.join(", ")
+        "name = \"claims\"\ndataset = \"synthetic\"\n[defaults]\nmodel = \"smallcnn\"\nepochs = 1\nbatch_size = 8\n\
+         optimizer = {{ name = \"sgd\", lr = 0.1 }}\n[[grid]]\noptimizer.lr = [{}]\n",
+        lrs.join(", ")
     );
-    let spec = sweep::spec::parse(Path::new("claims.toml"), &text).expect("the sweep parses");
+    let spec = match sweep::spec::parse(Path::new("claims.toml"), &text) {
+        Ok(s) => s,
+        Err(e) => panic!("the sweep does not parse: {e}"),
+    };
     let t = Instant::now();
     rt().block_on(async {
         let store = Store::connect(&home, &location).await.expect("the store opens");
