@@ -38,7 +38,7 @@ cleanup() {
     [ -f "$d/slurmd.pid" ] && kill "$(cat "$d/slurmd.pid")" 2>/dev/null || true
     [ -f "$d/slurmctld.pid" ] && kill "$(cat "$d/slurmctld.pid")" 2>/dev/null || true
     [ -f "$d/munged.pid" ] && kill "$(cat "$d/munged.pid")" 2>/dev/null || true
-    pkill -f "$bin" 2>/dev/null || true
+    pkill -f "^$bin worker" 2>/dev/null || true
     scripts/postgres.sh stop "$pg" >/dev/null 2>&1 || true
     sleep 1
     rm -rf "$d"

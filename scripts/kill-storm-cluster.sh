@@ -20,7 +20,7 @@ work=$(mktemp -d /tmp/sweep-storm.XXXXXX)
 pg=/tmp/sweep-storm-pg-$$
 s3=/tmp/sweep-storm-s3-$$
 cleanup() {
-    pkill -9 -f "$bin -q --home $work/machine" 2>/dev/null || true
+    pkill -9 -f "^$bin -q --home $work/machine" 2>/dev/null || true
     scripts/postgres.sh stop "$pg" >/dev/null 2>&1 || true
     scripts/s3.sh stop "$s3" >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -47,24 +47,25 @@ train = [{ random_crop = { size = 32, padding = 2 } }, { hflip = {} }]
 optimizer.lr = [0.05, 0.02]
 head = ["linear", { hidden = [32], dropout = [0.3] }]
 T
-SWEEP_STORE= SWEEP_ARTIFACTS= "$bin" -q --home "$work/ref" submit "$work/ks.toml" >/dev/null 2>&1
+env -u SWEEP_STORE -u SWEEP_ARTIFACTS "$bin" -q --home "$work/ref" submit "$work/ks.toml" >/dev/null 2>&1
 "$bin" -q --home "$work/machine0" submit --queue-only "$work/ks.toml" >/dev/null
 left() { psql -qAt "$url" -c "select count(*) from runs where status != 'done'"; }
-declare -a pids=(0 0 0)
+declare -a pids=("" "" "")
+alive() { [ -n "${pids[$1]}" ] && kill -0 "${pids[$1]}" 2>/dev/null; }
 start() { RAYON_NUM_THREADS=1 "$bin" -q --home "$work/machine$1" worker --device cpu --exit-when-empty >/dev/null 2>&1 & pids[$1]=$!; }
 kills=0
 starts=0
 t0=$(date +%s)
 while [ "$kills" -lt "${1:-30}" ] && [ "$(left)" != 0 ]; do
     for m in 0 1 2; do
-        if ! kill -0 "${pids[$m]}" 2>/dev/null; then start "$m"; starts=$((starts + 1)); fi
+        if ! alive "$m"; then start "$m"; starts=$((starts + 1)); fi
     done
     sleep "$(python3 -c "import random; print(random.uniform(0.3, ${KILL_STORM_MAX_DELAY:-3.0}))")"
     victim=$((RANDOM % 3))
-    if kill -0 "${pids[$victim]}" 2>/dev/null; then kill -9 "${pids[$victim]}"; kills=$((kills + 1)); fi
+    if alive "$victim"; then kill -9 "${pids[$victim]}"; kills=$((kills + 1)); fi
 done
 # The storm is over: the workers drain what is left.
-for m in 0 1 2; do kill -0 "${pids[$m]}" 2>/dev/null || { start "$m"; starts=$((starts + 1)); }; done
+for m in 0 1 2; do alive "$m" || { start "$m"; starts=$((starts + 1)); }; done
 for m in 0 1 2; do wait "${pids[$m]}" 2>/dev/null || true; done
 [ "$(left)" = 0 ] || { start 0; wait "${pids[0]}" || true; }
 seconds=$(( $(date +%s) - t0 ))
