@@ -5,7 +5,7 @@
 //! database (`--store postgres://...`, for many machines). Each has its own
 //! embedded migrations (`migrations/`, `migrations/postgres/`) giving the
 //! same tables and the same documented views; the SQL that differs between
-//! the two (clock, locking, the claim) is in [`dialect`], everything else is
+//! the two (clock, locking, the claim) is in `dialect`, everything else is
 //! written once. Every change that must be atomic (queueing a sweep;
 //! recording an epoch together with its checkpoints) is one transaction, so a
 //! process killed at any moment leaves either the old or the new state.

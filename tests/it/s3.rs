@@ -169,6 +169,19 @@ fn another_machine_resumes_from_s3_and_the_bucket_holds_what_the_database_refere
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(log.contains("attempt 1") && log.contains("attempt 2, resuming"), "{log}");
     assert!(log.contains("… lr=0.05 interrupted") || log.contains("interrupted"), "{log}");
+    // Exported from that third machine: each run's best checkpoint and config.json come from the bucket.
+    let mlflow = dir.path().join("mlflow");
+    let out = with(&c, &["export", "--format", "mlflow", mlflow.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut found = (0, 0);
+    for sweep_dir in std::fs::read_dir(&mlflow).unwrap().flatten().filter(|e| e.path().is_dir()) {
+        for run_dir in std::fs::read_dir(sweep_dir.path()).unwrap().flatten() {
+            let a = run_dir.path().join("artifacts");
+            found.0 += usize::from(a.join("best.safetensors").exists());
+            found.1 += usize::from(a.join("config.json").exists());
+        }
+    }
+    assert_eq!(found, (2, 2), "best checkpoints and configs exported from the bucket");
     // Beside them, each run's config.json and log.txt.
     let all = keys(&endpoint, &bucket, "exp/runs/");
     assert_eq!(all.iter().filter(|k| k.ends_with("/config.json")).count(), 2, "{all:?}");
