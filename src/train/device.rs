@@ -98,7 +98,9 @@ pub fn describe_cpu() -> String {
             })
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    // The threads candle computes with (RAYON_NUM_THREADS, e.g. a share of the cores per worker
+    // under `sweep worker --workers N`), else the cores this process may use.
+    let threads = candle_core::utils::get_num_threads();
     format!("cpu ({model}, {threads} threads)")
 }
 
