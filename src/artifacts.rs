@@ -251,6 +251,18 @@ impl Artifacts {
         }
     }
 
+    /// Copies the store's `rel` into the home unless the home has it already
+    /// (a run's log or config.json written on another machine); says whether it did.
+    pub async fn restore(&self, rel: &str) -> Result<bool, ArtifactError> {
+        let local = self.home.join(rel);
+        if self.is_home() || local.exists() {
+            return Ok(false);
+        }
+        let Some(bytes) = self.get(rel).await? else { return Ok(false) };
+        tokio::task::spawn_blocking(move || write_atomic(&local, &bytes)).await.expect("the write thread")?;
+        Ok(true)
+    }
+
     /// The names of the files in the store's folder `dir` (a run's folder).
     pub async fn list(&self, dir: &str) -> Result<Vec<String>, ArtifactError> {
         use futures_util::TryStreamExt;

@@ -23,20 +23,12 @@ pub async fn export(
     for r in export::exportable(&cmp) {
         let best = store.checkpoints(r.row.id).await?.into_iter().find(|c| c.kind == CheckpointKind::Best);
         let rel_dir = sweep::worker::run_dir(&r.row.key);
-        if !artifacts.is_home() {
-            if let Some(c) = &best {
-                if let Err(e) = artifacts.fetch(&c.path, &c.sha256).await {
-                    eprintln!("warning: {}: the best checkpoint is not exported: {e}", r.row.name);
-                }
-            }
-            let config_rel = format!("{rel_dir}/config.json");
-            if !home.join(&config_rel).exists() {
-                if let Some(bytes) = artifacts.get(&config_rel).await? {
-                    std::fs::create_dir_all(home.join(&rel_dir))?;
-                    std::fs::write(home.join(&config_rel), bytes)?;
-                }
+        if let Some(c) = &best {
+            if let Err(e) = artifacts.fetch(&c.path, &c.sha256).await {
+                eprintln!("warning: {}: the best checkpoint is not exported: {e}", r.row.name);
             }
         }
+        artifacts.restore(&format!("{rel_dir}/config.json")).await?;
         let config = home.join(&rel_dir).join("config.json");
         facts.insert(
             r.row.id,

@@ -18,23 +18,20 @@ pub struct Slot {
     pub label: String,
     /// Its device.
     pub device: DeviceChoice,
-    /// Threads for its CPU work (None: the child decides).
-    pub threads: Option<usize>,
+    /// Threads for its CPU work (its share of the cores).
+    pub threads: usize,
 }
 
 /// The slots for `--gpus` (one per listed device) or `--workers N` (N on `device`).
 pub fn slots(gpus: Option<&[usize]>, workers: usize, device: DeviceChoice) -> Vec<Slot> {
-    if let Some(ids) = gpus {
-        return ids
-            .iter()
-            .map(|&n| Slot { label: format!("cuda:{n}"), device: DeviceChoice::Cuda(n), threads: Some(2) })
-            .collect();
-    }
+    let devices: Vec<(String, DeviceChoice)> = match gpus {
+        Some(ids) => ids.iter().map(|&n| (format!("cuda:{n}"), DeviceChoice::Cuda(n))).collect(),
+        None => (0..workers).map(|i| (format!("{device}#{}", i + 1), device)).collect(),
+    };
+    // Each worker's share of the cores, for its CPU work (training on the CPU, or the loader).
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let cpu = matches!(device, DeviceChoice::Cpu);
-    (0..workers)
-        .map(|i| Slot { label: format!("{device}#{}", i + 1), device, threads: cpu.then(|| (cores / workers).max(1)) })
-        .collect()
+    let threads = (cores / devices.len().max(1)).max(1);
+    devices.into_iter().map(|(label, device)| Slot { label, device, threads }).collect()
 }
 
 /// What every child is told besides its device.
@@ -71,10 +68,8 @@ pub async fn supervise(home: &Home, slots: Vec<Slot>, args: &ChildArgs) -> anyho
             Some(a) => cmd.env(sweep::env::ARTIFACTS.name, a.to_string()),
             None => cmd.env_remove(sweep::env::ARTIFACTS.name),
         };
-        if let Some(t) = slot.threads {
-            cmd.env("RAYON_NUM_THREADS", t.to_string());
-            cmd.env(sweep::env::LOADER_THREADS.name, t.to_string());
-        }
+        cmd.env("RAYON_NUM_THREADS", slot.threads.to_string());
+        cmd.env(sweep::env::LOADER_THREADS.name, slot.threads.to_string());
         // Its own process group: a terminal's Ctrl-C reaches the parent only,
         // which passes it on once (see signals::forward_to).
         cmd.process_group(0).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -159,7 +154,7 @@ mod tests {
     fn cpu_workers_share_the_cores_and_gpus_get_one_each() {
         let s = slots(None, 2, DeviceChoice::Cpu);
         assert_eq!(s.iter().map(|s| s.label.as_str()).collect::<Vec<_>>(), ["cpu#1", "cpu#2"]);
-        assert!(s.iter().all(|s| s.threads >= Some(1)));
+        assert!(s.iter().all(|s| s.threads >= 1));
         let g = slots(Some(&[0, 2]), 0, DeviceChoice::Auto);
         assert_eq!(g.iter().map(|s| s.label.as_str()).collect::<Vec<_>>(), ["cuda:0", "cuda:2"]);
         assert_eq!(g[1].device, DeviceChoice::Cuda(2));

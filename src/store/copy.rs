@@ -319,21 +319,8 @@ impl Store {
         // Verify: every run copied (or already there) has the source's counts.
         let mut verified = (0, 0, 0);
         for (s, t) in expected {
-            let count = |store: &Store, table: &'static str, id: i64| {
-                let pool = store.pool.clone();
-                async move {
-                    sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table} WHERE run_id = $1"))
-                        .bind(id)
-                        .fetch_one(&pool)
-                        .await
-                }
-            };
-            let (se, te) =
-                (count(self, "epochs", s).await.map_err(&src)?, count(target, "epochs", t).await.map_err(&dst)?);
-            let (sc, tc) = (
-                count(self, "checkpoints", s).await.map_err(&src)?,
-                count(target, "checkpoints", t).await.map_err(&dst)?,
-            );
+            let (se, te) = (self.count_of_run("epochs", s).await?, target.count_of_run("epochs", t).await?);
+            let (sc, tc) = (self.count_of_run("checkpoints", s).await?, target.count_of_run("checkpoints", t).await?);
             if se != te || sc != tc {
                 return Err(StoreError::Query {
                     db: target.name.clone(),
@@ -349,6 +336,15 @@ impl Store {
         }
         report.verified = verified;
         Ok(report)
+    }
+
+    /// How many rows of `table` belong to run `id`.
+    async fn count_of_run(&self, table: &str, id: i64) -> Result<i64> {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE run_id = $1"))
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.sql())
     }
 
     async fn copy_children(

@@ -7,8 +7,7 @@ pub fn worker_id() -> String {
     format!("{}:{}", hostname(), std::process::id())
 }
 
-/// This machine's host name (as worker ids and the same-host check use it).
-pub fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .ok()

@@ -41,7 +41,7 @@ pub mod status;
 
 pub use copy::CopyReport;
 pub use error::StoreError;
-pub use identity::{hostname, worker_id};
+pub use identity::worker_id;
 pub use lease::Lease;
 pub use location::{Backend, Location};
 pub use rows::{ClaimedRun, Recovered, RunRow, SubmitOutcome, SweepRow};
@@ -73,7 +73,6 @@ pub struct Store {
     home: PathBuf,
     /// The database as messages name it (a file, or a URL without its password).
     name: String,
-    location: Location,
 }
 
 /// SQLite's settings on every connection: WAL; NORMAL is durable against
@@ -95,7 +94,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         let name = location.display_name();
         let sql = |source| StoreError::Sql { db: name.clone(), source };
-        match location {
+        let (pool, raw, dialect) = match location {
             Location::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)
@@ -131,14 +130,7 @@ impl Store {
                     .connect(&location.url())
                     .await
                     .map_err(sql)?;
-                Ok(Store {
-                    pool,
-                    raw: Some(raw),
-                    dialect: &dialect::SQLITE,
-                    home: home.to_owned(),
-                    name,
-                    location: location.clone(),
-                })
+                (pool, Some(raw), &dialect::SQLITE)
             }
             Location::Postgres(url) => {
                 {
@@ -157,36 +149,15 @@ impl Store {
                     .connect(url)
                     .await
                     .map_err(sql)?;
-                Ok(Store {
-                    pool,
-                    raw: None,
-                    dialect: &dialect::POSTGRES,
-                    home: home.to_owned(),
-                    name,
-                    location: location.clone(),
-                })
+                (pool, None, &dialect::POSTGRES)
             }
-        }
+        };
+        Ok(Store { pool, raw, dialect, home: home.to_owned(), name })
     }
 
     /// The home folder (run folders and logs).
     pub fn home(&self) -> &Path {
         &self.home
-    }
-
-    /// Where the database is.
-    pub fn location(&self) -> &Location {
-        &self.location
-    }
-
-    /// Which database engine this is.
-    pub fn backend(&self) -> Backend {
-        self.location.backend()
-    }
-
-    /// The database as messages name it: its file, or its URL without a password.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Closes the pool (checkpoints SQLite's WAL).

@@ -1,7 +1,7 @@
 //! Writes about a running run, each checked against the worker that holds it:
 //! epochs with their checkpoints, interruptions, run ends, notes.
 
-use super::{Backend, Lease, Result, Status, Store, Tx};
+use super::{Lease, Result, Status, Store, Tx};
 use crate::record::{CheckpointRecord, EpochRecord};
 
 impl Store {
@@ -156,8 +156,8 @@ impl Store {
     /// or deleted `-wal` file then costs at most the records of the runs still
     /// training. A failure is logged, not returned: the records are committed.
     pub async fn checkpoint_wal(&self) {
-        if self.backend() != Backend::Sqlite {
-            return;
+        if self.raw.is_none() {
+            return; // not SQLite: no write-ahead log of ours
         }
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&self.pool).await {
             tracing::warn!("checkpointing the write-ahead log of {}: {e}", self.name);

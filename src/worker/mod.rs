@@ -164,6 +164,7 @@ pub fn run_dir(key: &str) -> String {
 pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) -> Result<WorkerReport, WorkerError> {
     let (device, device_name) = train::device(opts.device)?;
     let artifacts = Artifacts::open(store.home(), opts.artifacts.as_ref())?;
+    let local = Artifacts::open(store.home(), None)?;
     let worker = crate::store::worker_id();
     if opts.verbose {
         let why = match (opts.device, device.is_cpu()) {
@@ -248,7 +249,8 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         looked_again = false;
         tracing::info!(run = run.id, key = &run.key[..10], name = run.name.as_str(), attempt = run.attempts, "claimed");
         let place = place_in_queue(store, &run, report.runs.len()).await?;
-        let end = execute(store, &artifacts, opts, &worker, &device, &stop, &mut datasets, run, &place).await?;
+        let end =
+            execute(store, (&local, &artifacts), opts, &worker, &device, &stop, &mut datasets, run, &place).await?;
         if opts.verbose {
             eprintln!("{}", end_line(&end));
         }
@@ -322,8 +324,9 @@ fn end_line(end: &RunEnd) -> String {
 }
 
 /// Removes the files of the run's folder that no record refers to (see
-/// [`retention`]): in the home and, when it is elsewhere, in the artifact store.
-async fn collect_garbage(store: &Store, artifacts: &Artifacts, run_id: i64, rel_dir: &str) {
+/// [`retention`]): in the home (`local`) and, when it is elsewhere, in the
+/// artifact store.
+async fn collect_garbage(store: &Store, local: &Artifacts, artifacts: &Artifacts, run_id: i64, rel_dir: &str) {
     let ckpts = match store.checkpoints(run_id).await {
         Ok(c) => c,
         Err(e) => {
@@ -331,39 +334,27 @@ async fn collect_garbage(store: &Store, artifacts: &Artifacts, run_id: i64, rel_
             return;
         }
     };
-    let dir = store.home().join(rel_dir);
-    let local = checkpoint::list_files(&dir).and_then(|present| {
-        let removed = retention::unreferenced(&present, &ckpts);
-        checkpoint::remove_files(&dir, &removed).map(|()| removed)
-    });
-    match local {
-        Ok(removed) if !removed.is_empty() => {
-            tracing::debug!(run = run_id, ?removed, "unreferenced checkpoint files removed");
+    let places = if artifacts.is_home() { vec![local] } else { vec![local, artifacts] };
+    for place in places {
+        let cleaned = match place.list(rel_dir).await {
+            Ok(present) => {
+                let removed = retention::unreferenced(&present, &ckpts);
+                place.delete(rel_dir, &removed).await.map(|()| removed)
+            }
+            Err(e) => Err(e),
+        };
+        match cleaned {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::debug!(
+                    run = run_id,
+                    ?removed,
+                    "unreferenced checkpoint files removed from {}",
+                    place.location()
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cleaning {rel_dir} in {}: {e}", place.location()),
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cleaning {}: {e}", dir.display()),
-    }
-    if artifacts.is_home() {
-        return;
-    }
-    let remote = match artifacts.list(rel_dir).await {
-        Ok(present) => {
-            let removed = retention::unreferenced(&present, &ckpts);
-            artifacts.delete(rel_dir, &removed).await.map(|()| removed)
-        }
-        Err(e) => Err(e),
-    };
-    match remote {
-        Ok(removed) if !removed.is_empty() => {
-            tracing::debug!(
-                run = run_id,
-                ?removed,
-                "unreferenced checkpoint files removed from {}",
-                artifacts.location()
-            );
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cleaning {rel_dir} in {}: {e}", artifacts.location()),
     }
 }
 
@@ -399,7 +390,7 @@ fn load_dataset(spec: &crate::spec::DatasetSpec) -> Result<data::Dataset, data::
 #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 async fn execute(
     store: &Store,
-    artifacts: &Artifacts,
+    (local, artifacts): (&Artifacts, &Artifacts),
     opts: &WorkerOptions,
     worker: &str,
     device: &candle_core::Device,
@@ -462,19 +453,11 @@ async fn execute(
             }
         }
     }
-    collect_garbage(store, artifacts, run.id, &rel_dir).await;
+    collect_garbage(store, local, artifacts, run.id, &rel_dir).await;
     // Earlier attempts' log lines, written on other machines: this attempt appends to them.
     let log_rel = format!("{rel_dir}/{}", log::LOG_FILE);
-    if !artifacts.is_home() && !abs_dir.join(log::LOG_FILE).exists() {
-        match artifacts.get(&log_rel).await {
-            Ok(Some(bytes)) => {
-                if let Err(e) = std::fs::write(abs_dir.join(log::LOG_FILE), bytes) {
-                    tracing::debug!("the run's earlier log: {e}");
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::debug!("the run's earlier log in {}: {e}", artifacts.location()),
-        }
+    if let Err(e) = artifacts.restore(&log_rel).await {
+        tracing::debug!("the run's earlier log in {}: {e}", artifacts.location());
     }
     let mut log = log::RunLog::open(&abs_dir);
     let epochs = config.epochs as u64;
@@ -558,8 +541,8 @@ async fn execute(
                     };
                     tracing::info!(run = run.id, epoch = rec.epoch, test_acc = rec.test_acc, best = best.is_some(), ok = r.is_ok(), "epoch recorded");
                     if r.is_ok() {
-                        collect_garbage(store, artifacts, run.id, &rel_dir).await;
-                        if let Err(e) = artifacts.put(&format!("{rel_dir}/{}", log::LOG_FILE)).await {
+                        collect_garbage(store, local, artifacts, run.id, &rel_dir).await;
+                        if let Err(e) = artifacts.put(&log_rel).await {
                             tracing::debug!("keeping the run's log in {}: {e}", artifacts.location());
                         }
                     }
@@ -574,7 +557,7 @@ async fn execute(
                         Ok(()) => store.record_interrupt(&lease, Some(&latest)).await.map_err(|e| e.to_string()),
                     };
                     if r.is_ok() {
-                        collect_garbage(store, artifacts, run.id, &rel_dir).await;
+                        collect_garbage(store, local, artifacts, run.id, &rel_dir).await;
                     }
                     let _ = reply.send(r.map_err(SinkError::Refused));
                 }
@@ -617,7 +600,7 @@ async fn execute(
         match action {
             retention::Action::DropLatest => {
                 store.drop_latest(&lease).await?;
-                collect_garbage(store, artifacts, run.id, &rel_dir).await;
+                collect_garbage(store, local, artifacts, run.id, &rel_dir).await;
             }
         }
     }
@@ -675,7 +658,7 @@ async fn execute(
         }
     };
     // The log, as the run ends, beside its checkpoints (best effort: the records are committed).
-    if let Err(e) = artifacts.put(&format!("{rel_dir}/{}", log::LOG_FILE)).await {
+    if let Err(e) = artifacts.put(&log_rel).await {
         tracing::debug!("keeping the run's log in {}: {e}", artifacts.location());
     }
     Ok(end)
