@@ -36,6 +36,8 @@ pub mod export;
 pub mod fetch;
 pub mod process;
 pub mod record;
+pub mod rng;
+pub mod search;
 pub mod report;
 pub mod spec;
 pub mod store;

@@ -29,7 +29,7 @@ pub mod models;
 pub mod optim;
 pub mod probe;
 pub mod pth;
-pub mod rng;
+pub use crate::rng;
 pub mod schedule;
 pub mod weights;
 

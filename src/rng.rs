@@ -24,6 +24,10 @@ pub mod stream {
     pub const DATA: u64 = 0x5;
     /// Which training images are held out for validation (`val_split`).
     pub const VALIDATION: u64 = 0x6;
+    /// A search's sampled trials (`[[search]]`, random and TPE start-up).
+    pub const SEARCH: u64 = 0x7;
+    /// TPE's candidates for a proposed trial.
+    pub const TPE: u64 = 0x8;
 }
 
 fn mix(mut z: u64) -> u64 {
