@@ -113,11 +113,22 @@ pub enum SinkError {
     Disconnected(&'static str),
 }
 
+/// What the trainer does after an epoch is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Train on.
+    Continue,
+    /// Stop here (ASHA across runs): the run ends with this note; its latest
+    /// checkpoint stays, so that it can resume later.
+    Stop(String),
+}
+
 /// Receives what the trainer produces; implemented by the worker (the
 /// database, through a channel) and by [`MemorySink`]. Each call returns only
 /// once the record is durable.
 pub trait EpochSink {
-    /// An epoch finished; its latest checkpoint (and best, if it improved) is on disk.
+    /// An epoch finished; its latest checkpoint (and best, if it improved) is
+    /// on disk. The answer says whether to train on.
     ///
     /// # Errors
     /// When the record could not be made durable.
@@ -126,7 +137,7 @@ pub trait EpochSink {
         rec: &EpochRecord,
         latest: &CheckpointRecord,
         best: Option<&CheckpointRecord>,
-    ) -> Result<(), SinkError>;
+    ) -> Result<Verdict, SinkError>;
     /// Training stopped on request; `latest` is the mid-epoch checkpoint.
     ///
     /// # Errors
@@ -154,13 +165,13 @@ impl EpochSink for MemorySink {
         rec: &EpochRecord,
         latest: &CheckpointRecord,
         best: Option<&CheckpointRecord>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<Verdict, SinkError> {
         self.epochs.push(rec.clone());
         self.latest = Some(latest.clone());
         if let Some(b) = best {
             self.best = Some(b.clone());
         }
-        Ok(())
+        Ok(Verdict::Continue)
     }
 
     fn interrupted(&mut self, latest: &CheckpointRecord) -> Result<(), SinkError> {

@@ -160,6 +160,7 @@ fn options(max_runs: usize, overrides: Vec<sweep::spec::Override>) -> sweep::spe
         limits: sweep::spec::Limits { max_runs },
         overrides,
         check: Some(|c| sweep::train::check(c).map_err(|e| e.to_string())),
+        trial: None,
     }
 }
 

@@ -53,6 +53,12 @@ pub struct SweepFile {
     /// Explicit single runs.
     #[serde(default)]
     pub run: Vec<Spanned<SpannedTable>>,
+    /// Sampled searches: distributions per key, `method`, `count`.
+    #[serde(default)]
+    pub search: Vec<Spanned<SpannedTable>>,
+    /// ASHA across the sweep's runs.
+    #[serde(default)]
+    pub early_terminate: Option<Spanned<super::expand::EarlyTerminate>>,
 }
 
 /// Just `[defaults]`, typed: toml's errors then point inside it.

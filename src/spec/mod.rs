@@ -22,7 +22,9 @@ pub mod overrides;
 
 pub use config::*;
 pub use device::DeviceChoice;
-pub use expand::{next_repeat, PlannedRun, Reference, SweepSpec};
+pub use expand::{
+    next_repeat, EarlyTerminate, EarlyTerminateMethod, PlannedRun, Reference, Search, SearchMethod, SweepSpec, TrialRef,
+};
 pub use key::{canonical_json, run_key, RunKey};
 pub use limits::Limits;
 pub use overrides::Override;
@@ -119,6 +121,8 @@ pub struct Options {
     /// Whether this build can train a run (`train::check`): when the file has
     /// other errors, the runs it refuses are reported with them, in one pass.
     pub check: Option<RunCheck>,
+    /// Build this trial of a TPE search too ([`SweepSpec::proposed`]).
+    pub trial: Option<TrialRef>,
 }
 
 /// Reads and validates a sweep file and expands it into runs.

@@ -37,6 +37,7 @@ mod reads;
 mod records;
 mod remove;
 mod rows;
+mod search;
 pub mod status;
 
 pub use copy::CopyReport;
@@ -44,6 +45,7 @@ pub use error::StoreError;
 pub use identity::worker_id;
 pub use lease::Lease;
 pub use location::{Backend, Location};
+pub use search::{AshaContext, NewTrial, SearchSweep};
 pub use rows::{ClaimedRun, Recovered, RunRow, SubmitOutcome, SweepRow};
 pub use status::{Event, InvalidTransition, Status};
 

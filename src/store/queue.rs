@@ -14,10 +14,10 @@ impl Store {
         let now_iso = self.dialect.now_iso;
         let mut tx = self.write_tx().await?;
         let sweep_id: i64 = sqlx::query_scalar(&format!(
-            "INSERT INTO sweeps (name, description, source_path, source_toml, metric, goal)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO sweeps (name, description, source_path, source_toml, metric, goal, early_terminate_json)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (name) DO UPDATE SET description = $2, source_path = $3, source_toml = $4,
-                 metric = $5, goal = $6, updated_at = {now_iso}
+                 metric = $5, goal = $6, early_terminate_json = $7, updated_at = {now_iso}
              RETURNING id"
         ))
         .bind(&spec.name)
@@ -26,6 +26,7 @@ impl Store {
         .bind(&spec.text)
         .bind(spec.metric.as_str())
         .bind(spec.metric.goal())
+        .bind(spec.early_terminate.map(|et| serde_json::to_string(&et).expect("EarlyTerminate serialises")))
         .fetch_one(&mut *tx)
         .await
         .map_err(&e)?;
@@ -38,7 +39,13 @@ impl Store {
         Ok(outcomes)
     }
 
-    async fn submit_run(&self, tx: &mut Tx, sweep_id: i64, position: i64, run: &PlannedRun) -> Result<SubmitOutcome> {
+    pub(super) async fn submit_run(
+        &self,
+        tx: &mut Tx,
+        sweep_id: i64,
+        position: i64,
+        run: &PlannedRun,
+    ) -> Result<SubmitOutcome> {
         let e = self.sql();
         let config_json = serde_json::to_string(&run.config).expect("RunConfig serialises");
         let existing: Option<(i64, String)> = sqlx::query_as("SELECT id, status FROM runs WHERE key = $1")
@@ -90,6 +97,10 @@ impl Store {
         .execute(&mut **tx)
         .await
         .map_err(&e)?;
+        if let Some(t) = &run.trial {
+            // A TPE search's start-up trial (random); proposals are recorded by `propose`.
+            self.record_trial(tx, sweep_id, run_id, t, "random", None).await?;
+        }
         Ok(outcome)
     }
 

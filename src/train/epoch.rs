@@ -9,7 +9,7 @@ use super::loss::{batch_stats, cross_entropy};
 use super::rng::{stream, Rng};
 use super::{augment, check, ConfigError, Outcome, TrainError, TrainRequest};
 use super::{device, early_stop, loader, models, optim, pipeline, schedule};
-use crate::record::{CheckpointKind, CheckpointRecord, EpochRecord, EpochSink};
+use crate::record::{CheckpointKind, CheckpointRecord, EpochRecord, EpochSink, Verdict};
 use crate::spec::RunConfig;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -228,7 +228,9 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         // The record sets the stored step to 0: so must the live progress, or a
         // heartbeat between here and the next epoch would write the old count back.
         req.progress.step.store(0, Ordering::Relaxed);
-        sink.epoch_end(&rec, &latest, best.as_ref())?;
+        if let Verdict::Stop(note) = sink.epoch_end(&rec, &latest, best.as_ref())? {
+            return Ok(Outcome::Halted { epoch: state.epoch, note });
+        }
         if state.stopped_early {
             return Ok(Outcome::StoppedEarly { epoch: state.epoch, note: stop_note(cfg, state.epoch) });
         }

@@ -134,6 +134,13 @@ pub enum Outcome {
     Finished,
     /// Stopped on request after a batch; a mid-epoch checkpoint was recorded.
     Interrupted,
+    /// The sink stopped the run after `epoch` epochs (ASHA); it may resume later.
+    Halted {
+        /// Epochs trained.
+        epoch: u64,
+        /// Why, for the run's note.
+        note: String,
+    },
     /// Early stopping ended the run after `epoch` epochs.
     StoppedEarly {
         /// Epochs trained.

@@ -10,11 +10,12 @@
 
 pub mod log;
 pub mod retention;
+mod search;
 
 use crate::artifacts::{ArtifactError, Artifacts};
 use crate::text::printable;
 
-use crate::record::{CheckpointKind, CheckpointRecord, EpochRecord, EpochSink, SinkError};
+use crate::record::{CheckpointKind, CheckpointRecord, EpochRecord, EpochSink, SinkError, Verdict};
 use crate::spec::{DeviceChoice, RunConfig};
 use crate::store::{ClaimedRun, Status, Store, StoreError};
 use crate::train::{self, checkpoint, data, Outcome, Progress, TrainRequest};
@@ -115,7 +116,7 @@ enum Msg {
         rec: Box<EpochRecord>,
         latest: CheckpointRecord,
         best: Option<CheckpointRecord>,
-        reply: oneshot::Sender<Result<(), SinkError>>,
+        reply: oneshot::Sender<Result<Verdict, SinkError>>,
     },
     Interrupted {
         latest: CheckpointRecord,
@@ -126,7 +127,7 @@ enum Msg {
 struct ChannelSink(mpsc::Sender<Msg>);
 
 impl ChannelSink {
-    fn ask(&self, make: impl FnOnce(oneshot::Sender<Result<(), SinkError>>) -> Msg) -> Result<(), SinkError> {
+    fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, SinkError>>) -> Msg) -> Result<T, SinkError> {
         let (tx, rx) = oneshot::channel();
         self.0.blocking_send(make(tx)).map_err(|_| SinkError::Disconnected("the worker stopped listening"))?;
         rx.blocking_recv().map_err(|_| SinkError::Disconnected("the worker dropped the reply"))?
@@ -139,7 +140,7 @@ impl EpochSink for ChannelSink {
         rec: &EpochRecord,
         latest: &CheckpointRecord,
         best: Option<&CheckpointRecord>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<Verdict, SinkError> {
         self.ask(|reply| Msg::Epoch { rec: Box::new(rec.clone()), latest: latest.clone(), best: best.cloned(), reply })
     }
     fn interrupted(&mut self, latest: &CheckpointRecord) -> Result<(), SinkError> {
@@ -208,7 +209,11 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             report.interrupted = true;
             break;
         }
-        let claimed = store.claim_next(&worker, &device_name).await?;
+        let mut claimed = store.claim_next(&worker, &device_name).await?;
+        if claimed.is_none() && search::propose_next(store, opts.verbose).await? {
+            // A TPE search wanted its next trial: it is queued now.
+            claimed = store.claim_next(&worker, &device_name).await?;
+        }
         if claimed.is_none() && opts.exit_when_empty {
             tracing::info!("nothing to claim: exiting (--exit-when-empty)");
             break;
@@ -461,6 +466,20 @@ async fn execute(
     }
     let mut log = log::RunLog::open(&abs_dir);
     let epochs = config.epochs as u64;
+    let asha = store.asha_context(run.id).await?;
+    if let (Some(ctx), Some(c)) = (&asha, &latest) {
+        // Resumed at a rung (its worker died before ending it, or a promotion
+        // was overtaken by better runs): ASHA decides again from the record.
+        if let Some(note) = search::stays_stopped(store, ctx, &lease, c, epochs).await? {
+            log.line(&format!("  {note}"));
+            let end =
+                RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false };
+            log.line(&end_line(&end));
+            store.set_note(&lease, &note).await?;
+            store.finish(&lease, Status::Done, None).await?;
+            return Ok(end);
+        }
+    }
 
     let keep = config.keep;
     let resuming = latest.is_some();
@@ -540,13 +559,17 @@ async fn execute(
                         Err(e) => Err(format!("keeping the checkpoint in {}: {e}", artifacts.location())),
                     };
                     tracing::info!(run = run.id, epoch = rec.epoch, test_acc = rec.test_acc, best = best.is_some(), ok = r.is_ok(), "epoch recorded");
+                    let mut verdict = Verdict::Continue;
                     if r.is_ok() {
                         collect_garbage(store, local, artifacts, run.id, &rel_dir).await;
+                        if let Some(ctx) = &asha {
+                            verdict = search::after_epoch(store, ctx, &lease, rec.epoch as u64, epochs, &mut log, opts.verbose).await;
+                        }
                         if let Err(e) = artifacts.put(&log_rel).await {
                             tracing::debug!("keeping the run's log in {}: {e}", artifacts.location());
                         }
                     }
-                    let _ = reply.send(r.map_err(SinkError::Refused));
+                    let _ = reply.send(r.map(|()| verdict).map_err(SinkError::Refused));
                 }
                 Some(Msg::Interrupted { latest, reply }) => {
                     let r = match put_checkpoints(artifacts, &[&latest]).await {
@@ -594,6 +617,7 @@ async fn execute(
     tracing::info!(run = run.id, outcome = ?outcome.as_ref().map_err(ToString::to_string), "run ended");
     let ended = match outcome {
         Ok(Outcome::Finished | Outcome::StoppedEarly { .. }) => retention::RunEnd::Complete,
+        // Stopped by ASHA: its latest checkpoint stays, for a promotion.
         _ => retention::RunEnd::Resumable,
     };
     for action in retention::at_run_end(keep, ended) {
@@ -613,7 +637,7 @@ async fn execute(
             store.finish(&lease, Status::Done, None).await?;
             end
         }
-        Ok(Outcome::StoppedEarly { note, .. }) => {
+        Ok(Outcome::StoppedEarly { note, .. } | Outcome::Halted { note, .. }) => {
             tracing::info!(run = run.id, "{note}");
             if opts.verbose {
                 eprintln!("  {}: {note}", printable(&run.name));

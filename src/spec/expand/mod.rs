@@ -30,7 +30,10 @@ mod finite;
 mod grid;
 mod paths;
 mod rerun;
+mod search;
 mod validate;
+
+pub use search::{Method as SearchMethod, Search, TrialRef};
 
 pub use rerun::next_repeat;
 
@@ -57,6 +60,56 @@ pub struct SweepSpec {
     pub runs: Vec<PlannedRun>,
     /// Names of runs dropped because an earlier run has the same configuration.
     pub duplicates: Vec<String>,
+    /// The `[[search]]` blocks (their expanded trials are among `runs`).
+    pub searches: Vec<Search>,
+    /// `early_terminate`: ASHA across the sweep's runs.
+    pub early_terminate: Option<EarlyTerminate>,
+    /// The trial [`Options::trial`] asked for (a TPE proposal), built but not among `runs`.
+    pub proposed: Option<PlannedRun>,
+}
+
+/// `early_terminate = { method = "asha", … }`: asynchronous successive halving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyTerminate {
+    /// Only `asha`.
+    pub method: EarlyTerminateMethod,
+    /// The metric compared at each rung (default: the sweep's metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
+    /// The first rung, in epochs (default 1).
+    #[serde(default = "one")]
+    pub min_epochs: u64,
+    /// η (default 3): a third of the runs go on from each rung.
+    #[serde(default = "three")]
+    pub reduction_factor: u64,
+}
+
+/// The early-termination methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EarlyTerminateMethod {
+    /// Asynchronous successive halving (Ray Tune's `ASHAScheduler`, W&B's `hyperband`).
+    Asha,
+}
+
+fn one() -> u64 {
+    1
+}
+fn three() -> u64 {
+    3
+}
+
+impl EarlyTerminate {
+    /// The metric it compares, given the sweep's.
+    pub fn metric_or(&self, sweep: Metric) -> Metric {
+        self.metric.unwrap_or(sweep)
+    }
+
+    /// The pure decision rules.
+    pub fn asha(&self) -> crate::search::asha::Asha {
+        crate::search::asha::Asha { min_epochs: self.min_epochs, reduction_factor: self.reduction_factor }
+    }
 }
 
 /// One run of a sweep, ready to queue.
@@ -74,6 +127,8 @@ pub struct PlannedRun {
     pub line: usize,
     /// Column of that place.
     pub column: usize,
+    /// Its place in a TPE search, if it is one of its trials.
+    pub trial: Option<TrialRef>,
 }
 
 /// Numbers to put beside a run's measured ones in reports (accuracies in percent).
@@ -310,7 +365,33 @@ fn expand_valid(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors
     for (i, run) in file.run.iter().enumerate() {
         expand_run(&mut ctx, i, run, &mut runs);
     }
-    if file.grid.is_empty() && file.run.is_empty() && ctx.plan(0, u64::from(ctx.repeats)) {
+    let mut searches = Vec::new();
+    for (i, block) in file.search.iter().enumerate() {
+        searches.extend(search::expand_search(&mut ctx, i, block, &mut runs));
+    }
+    let early_terminate = file.early_terminate.as_ref().map(|et| {
+        let at = et.span().start;
+        let et = *et.get_ref();
+        if et.min_epochs == 0 {
+            ctx.errors.push(src.error(at, Some("early_terminate.min_epochs"), "must be at least 1"));
+        }
+        if et.reduction_factor < 2 {
+            let msg = format!("must be at least 2 (a share of 1/{} go on from each rung)", et.reduction_factor);
+            ctx.errors.push(src.error(at, Some("early_terminate.reduction_factor"), msg));
+        }
+        if let Some(m) = et.metric {
+            if m.needs_validation() && !runs.iter().all(|r| r.config.val_split > 0.0) {
+                let msg = format!("metric = \"{}\" needs a validation split in every run: set val_split", m.as_str());
+                ctx.errors.push(src.error(at, Some("early_terminate.metric"), msg));
+            }
+        }
+        et
+    });
+    let proposed = options.trial.as_ref().and_then(|t| {
+        let s = searches.iter().find(|s| s.index == t.search)?;
+        search::proposed_run(&mut ctx, s, &file.search[t.search], t.number, &t.params)
+    });
+    if file.grid.is_empty() && file.run.is_empty() && file.search.is_empty() && ctx.plan(0, u64::from(ctx.repeats)) {
         let defaults = ctx.defaults.clone();
         let at = key_offset(&src.text, "[defaults]");
         for r in 0..ctx.repeats {
@@ -350,6 +431,9 @@ fn expand_valid(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors
         device,
         runs: unique,
         duplicates,
+        searches,
+        early_terminate,
+        proposed,
     })
 }
 
@@ -537,7 +621,7 @@ fn push_one(
     match finalize(ctx, merged, ctx.seed + u64::from(repeat)) {
         Ok(config) => {
             let (line, column) = ctx.src.line_col(offset);
-            runs.push(PlannedRun { name, key: run_key(&config), config, reference, line, column });
+            runs.push(PlannedRun { name, key: run_key(&config), config, reference, line, column, trial: None });
         }
         Err((key, msg)) => {
             // Reported once per place: the same problem repeats for every combination.
