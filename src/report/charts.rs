@@ -16,6 +16,34 @@ pub struct Figure {
     pub svg: String,
 }
 
+/// The sweep's metric by epoch, each run that ASHA stopped marked × where it stopped.
+fn asha_figure(
+    c: &Comparison,
+    runs: &[&super::RunReport],
+    style_of: &dyn Fn(&super::RunReport) -> usize,
+    standalone: bool,
+) -> Figure {
+    let metric_name = c.runs[0].row.metric.clone();
+    let metric: crate::spec::Metric =
+        serde_json::from_value(serde_json::Value::String(metric_name.clone())).unwrap_or(crate::spec::Metric::TestAcc);
+    let series: Vec<Series> = runs
+        .iter()
+        .map(|r| Series {
+            name: r.row.name.clone(),
+            points: r.epochs.iter().map(|e| (e.epoch as f64, e.metric(metric))).collect(),
+            highlight: r.best,
+            style: style_of(r),
+            stopped: r.row.note.clone().filter(|n| n.starts_with(crate::search::asha::STOP_NOTE)),
+        })
+        .collect();
+    let mut rungs: Vec<i64> = c.runs.iter().filter_map(|r| r.row.rung).collect();
+    rungs.sort_unstable();
+    rungs.dedup();
+    let rungs: Vec<String> = rungs.iter().map(ToString::to_string).collect();
+    let title = format!("{metric_name} by epoch; × = stopped by ASHA (rungs at epochs {})", rungs.join(", "));
+    Figure { name: "asha", title: title.clone(), svg: svg::line_chart(&title, "epoch", &series, false, standalone) }
+}
+
 /// Every figure of the report; `standalone` adds the XML namespace for files.
 pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
     let with_epochs: Vec<_> = c.runs.iter().filter(|r| !r.epochs.is_empty()).collect();
@@ -42,6 +70,7 @@ pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
                     points: r.epochs.iter().map(|e| (e.epoch as f64, pick(e))).collect(),
                     highlight: r.best,
                     style: style_of(r),
+                    stopped: None,
                 })
                 .collect();
             let lr_flat = log && {
@@ -54,6 +83,9 @@ pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
                 title: title.to_owned(),
                 svg: svg::line_chart(title, "epoch", &series, log && !lr_flat, standalone),
             });
+        }
+        if c.runs.iter().any(|r| r.row.rung.is_some()) {
+            out.push(asha_figure(c, &with_epochs, &style_of, standalone));
         }
     }
     if !c.runs.is_empty() {

@@ -67,7 +67,7 @@ impl Cell {
         use std::fmt::Write;
         match self {
             Cell::Text(s) => out.push_str(s),
-            Cell::Param(s) => out.push_str(s),
+            Cell::Param(s) => out.push_str(&sampled(s)),
             Cell::Num(v, d) => push_fixed(out, *v, *d),
             Cell::Secs(s) => out.push_str(&duration(*s)),
             Cell::Progress { text, .. } => out.push_str(text),
@@ -79,7 +79,7 @@ impl Cell {
         }
     }
 
-    /// The cell as shown in a table.
+    /// The cell as shown in a table (CSV and JSON keep parameters whole).
     pub fn text(&self) -> String {
         let mut s = String::new();
         self.write_text(&mut s);
@@ -170,8 +170,8 @@ pub struct Query {
 pub struct QueryError(pub String);
 
 /// The result columns every run has, in their default order.
-const RESULT_COLUMNS: [&str; 10] =
-    ["status", "epochs", "best_epoch", "best", "train_acc", "test_acc", "test_loss", "time", "img/s", "sweep"];
+const RESULT_COLUMNS: [&str; 11] =
+    ["status", "epochs", "rung", "best_epoch", "best", "train_acc", "test_acc", "test_loss", "time", "img/s", "sweep"];
 
 fn short(path: &str) -> String {
     let mut parts = path.rsplit('.');
@@ -183,6 +183,27 @@ fn short(path: &str) -> String {
 }
 
 /// What a name refers to.
+/// A parameter as a table shows it: a float with more than six significant
+/// digits (a sampled learning rate) to four (`0.003162`); others as written.
+fn sampled(s: &str) -> std::borrow::Cow<'_, str> {
+    let digits = s.trim_start_matches(['-', '0', '.']).chars().take_while(|c| *c != 'e').filter(char::is_ascii_digit).count();
+    match s.parse::<f64>() {
+        Ok(v) if digits > 6 && v.is_finite() && s.contains('.') => {
+            let text = format!("{v:.3e}");
+            let (m, e) = text.split_once('e').unwrap_or((&text, "0"));
+            let e: i32 = e.parse().unwrap_or(0);
+            if (-4..6).contains(&e) {
+                let decimals = (3 - e).max(0) as usize;
+                let fixed = format!("{v:.decimals$}");
+                std::borrow::Cow::Owned(if fixed.contains('.') { fixed.trim_end_matches('0').trim_end_matches('.').to_owned() } else { fixed })
+            } else {
+                std::borrow::Cow::Owned(format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')))
+            }
+        }
+        _ => std::borrow::Cow::Borrowed(s),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Field {
     Result(&'static str),
@@ -214,6 +235,7 @@ impl<'a> Resolver<'a> {
             "status" => Some("status"),
             "epochs" | "epochs_done" => Some("epochs"),
             "best_epoch" => Some("best_epoch"),
+            "rung" => Some("rung"),
             "best" | "best_metric" => Some("best"),
             "train_acc" | "final_train_acc" => Some("train_acc"),
             "test_acc" | "final_test_acc" => Some("test_acc"),
@@ -269,6 +291,7 @@ impl<'a> Resolver<'a> {
                 Cell::Progress { text: progress(r), done: row.epochs_done, total: row.epochs_total }
             }
             Field::Result("best_epoch") => row.best_epoch.map_or(Cell::Missing, |e| Cell::Num(e as f64, 0)),
+            Field::Result("rung") => row.rung.map_or(Cell::Missing, |e| Cell::Num(e as f64, 0)),
             Field::Result("best") => num(row.best_metric, metric_digits(&row.metric)),
             Field::Result("train_acc") => num(row.final_train_acc, 2),
             Field::Result("test_acc") => num(row.final_test_acc, 2),
@@ -443,7 +466,14 @@ pub fn table(c: &Comparison, q: &Query) -> Result<Table, QueryError> {
         let mut f = vec![Field::Result("id"), Field::Result("name")];
         let params = if q.all_params { r.params.clone() } else { c.differing.clone() };
         f.extend(params.into_iter().map(Field::Param));
-        f.extend(RESULT_COLUMNS.iter().filter(|&&n| n != "sweep" || c.sweeps.len() > 1).map(|n| Field::Result(n)));
+        // `sweep` when there are several; `rung` when ASHA ran (the column a sweep with early_terminate needs).
+        let asha = c.runs.iter().any(|r| r.row.rung.is_some());
+        f.extend(
+            RESULT_COLUMNS
+                .iter()
+                .filter(|&&n| (n != "sweep" || c.sweeps.len() > 1) && (n != "rung" || asha))
+                .map(|n| Field::Result(n)),
+        );
         f
     } else {
         q.columns.iter().map(|n| r.resolve(n)).collect::<Result<_, _>>()?

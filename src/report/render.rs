@@ -278,7 +278,8 @@ pub fn render_table(t: &Table, format: ResultsFormat) -> String {
                     match c {
                         Cell::Progress { done, total, .. } => cells.extend([done.to_string(), total.to_string()]),
                         Cell::Missing => cells.push(String::new()),
-                        Cell::Text(_) | Cell::Param(_) => cells.push(c.text()),
+                        Cell::Text(s) => cells.push(s.clone()),
+                        Cell::Param(s) => cells.push(s.to_string()),
                         Cell::Stat { .. } => cells.push(c.json()["mean"].to_string()),
                         Cell::Num(..) | Cell::Secs(_) => cells.push(c.json().to_string()),
                     }

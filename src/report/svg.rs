@@ -61,6 +61,8 @@ pub struct Series {
     pub highlight: bool,
     /// The run's place in the report ([`run_style`]).
     pub style: usize,
+    /// Why the run stopped early across runs (ASHA): its last point is marked ×.
+    pub stopped: Option<String>,
 }
 
 const W: f64 = 460.0;
@@ -211,6 +213,18 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], log_y: bool, st
                 r#"<polyline fill="none" stroke="{color}" stroke-width="{width}"{dash} points="{}"><title>{}</title></polyline>"#,
                 path.join(" "),
                 esc(&s.name)
+            );
+        }
+        if let (Some(why), Some(last)) = (&s.stopped, path.last()) {
+            let (x, y) = last.split_once(',').unwrap_or(("0", "0"));
+            let (x, y): (f64, f64) = (x.parse().unwrap_or(0.0), y.parse().unwrap_or(0.0));
+            let _ = write!(
+                out,
+                r#"<path d="M{:.1},{:.1}l8,8m0,-8l-8,8" stroke="{color}" stroke-width="2.2"><title>{}: {}</title></path>"#,
+                x - 4.0,
+                y - 4.0,
+                esc(&s.name),
+                esc(why)
             );
         }
     }
@@ -421,7 +435,13 @@ mod tests {
         assert_eq!(run_style(0).1, "");
         assert_eq!(run_style(10).0, run_style(0).0);
         assert_ne!(run_style(10).1, run_style(0).1);
-        let s = Series { name: "r".into(), points: vec![(1.0, 1.0), (2.0, 2.0)], highlight: false, style: 12 };
+        let s = Series {
+            name: "r".into(),
+            points: vec![(1.0, 1.0), (2.0, 2.0)],
+            highlight: false,
+            style: 12,
+            stopped: None,
+        };
         let svg = line_chart("t", "epoch", &[s], false, true);
         assert!(
             svg.contains(&format!("stroke=\"{}\"", PALETTE[2])) && svg.contains("stroke-dasharray=\"7 3\""),
@@ -452,8 +472,10 @@ mod tests {
             points: vec![(1.0, 0.5), (2.0, 0.7)],
             highlight: true,
             style: 0,
+            stopped: Some("stopped <by> ASHA".into()),
         };
         let svg = line_chart("a & b", "epoch", &[s], false, false);
+        assert!(svg.contains("stopped &lt;by&gt; ASHA</title></path>"), "the stop is marked: {svg}");
         assert!(!svg.contains("<script>") && svg.contains("&lt;script&gt;") && svg.contains("a &amp; b"));
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
     }

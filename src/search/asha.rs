@@ -119,9 +119,12 @@ impl Asha {
     }
 }
 
+/// How a note of a run ASHA stopped begins.
+pub const STOP_NOTE: &str = "stopped by ASHA";
+
 /// The run's note when ASHA stops it.
 pub fn stop_note(epoch: u64, s: &Standing) -> String {
-    format!("stopped by ASHA after epoch {epoch} (rank {} of {} at this rung)", s.rank, s.of)
+    format!("{STOP_NOTE} after epoch {epoch} (rank {} of {} at this rung)", s.rank, s.of)
 }
 
 /// The run's note when ASHA promotes it.

@@ -140,7 +140,7 @@ impl Store {
              {now_unix} - r.heartbeat, r.device, r.error, s.metric,
              r.best_epoch, r.best_metric, r.train_seconds, sr.reference_json,
              r.final_train_acc, r.final_test_acc, r.final_test_loss, r.images_per_sec, r.note, r.classes_json,
-             r.peak_memory_bytes"
+             r.peak_memory_bytes, r.rung"
         );
         let from = "FROM sweep_runs sr
              JOIN runs r ON r.id = sr.run_id
@@ -237,6 +237,7 @@ fn run_row(row: &dyn Cells, last_classes: &mut Option<(String, Vec<String>)>) ->
         note: row.text(24)?.map(str::to_owned),
         classes,
         peak_memory_bytes: row.int(26)?,
+        rung: row.int(27)?,
     })
 }
 

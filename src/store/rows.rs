@@ -114,6 +114,8 @@ pub struct RunRow {
     pub reference: Option<Reference>,
     /// The most memory the run used, in bytes (GPU memory on a GPU, peak RSS on the CPU).
     pub peak_memory_bytes: Option<i64>,
+    /// The last ASHA rung (an epoch) the run reached, in a sweep with `early_terminate`.
+    pub rung: Option<i64>,
 }
 
 /// A sweep as stored.
