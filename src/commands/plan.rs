@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use sweep::estimate as est;
-use sweep::report::{column_names, differing, params::Interner, render::text_table};
+use sweep::report::{column_names, differing, format::sampled, params::Interner, render::text_table};
 use sweep::spec::{self, DeviceChoice};
 use sweep::text::printable;
 
@@ -145,7 +145,31 @@ pub async fn plan(
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "sweep": spec.name, "runs": runs }))?);
+            let searches: Vec<_> = spec
+                .searches
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "name": s.name,
+                        "method": s.method.as_str(),
+                        "count": s.count,
+                        "expanded": s.startup,
+                        "proposed_online": s.count - s.startup,
+                        "seed": s.seed,
+                        "params": s.params.iter().map(|(p, d)| serde_json::json!({ "key": p, "distribution": d.describe() })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let asha = spec.early_terminate.map(|et| {
+                serde_json::json!({ "method": "asha", "metric": et.metric_or(spec.metric).as_str(), "min_epochs": et.min_epochs,
+                    "reduction_factor": et.reduction_factor })
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "sweep": spec.name, "runs": runs, "searches": searches, "early_terminate": asha
+                }))?
+            );
         }
         PlanFormat::Table => {
             let mut interner = Interner::default();
@@ -169,7 +193,7 @@ pub async fn plan(
                 .enumerate()
                 .map(|(i, (r, f))| {
                     let mut row = vec![r.key.short().to_owned(), r.name.clone()];
-                    row.extend(diff.iter().map(|p| f.get(p).unwrap_or("-").to_owned()));
+                    row.extend(diff.iter().map(|p| sampled(f.get(p).unwrap_or("-")).into_owned()));
                     row.push(match sweep::train::check(&r.config) {
                         Ok(()) => "yes".into(),
                         Err(e) => {
@@ -188,6 +212,9 @@ pub async fn plan(
             if let Some(e) = &est {
                 print!("{}", estimate_lines(e));
             }
+            for line in search_lines(&spec) {
+                println!("{line}");
+            }
             if !spec.duplicates.is_empty() {
                 println!("dropped as duplicates of earlier runs: {}", printable(&spec.duplicates.join(", ")));
             }
@@ -199,4 +226,40 @@ pub async fn plan(
     // Like `submit`, which would refuse the file: a script can tell.
     let trainable = spec.runs.iter().all(|r| sweep::train::check(&r.config).is_ok());
     Ok(if trainable { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// What the file's searches and early termination do beyond the runs listed.
+fn search_lines(spec: &sweep::spec::SweepSpec) -> Vec<String> {
+    use sweep::spec::SearchMethod;
+    let mut out = Vec::new();
+    for s in &spec.searches {
+        let params: Vec<String> = s.params.iter().map(|(p, d)| format!("{p} {}", d.describe())).collect();
+        let head = format!("search `{}` (line {}): {}, {} trial(s), seed {}", printable(&s.name), s.line, s.method.as_str(), s.count, s.seed);
+        out.push(match s.method {
+            SearchMethod::Random => format!("{head}: all listed above"),
+            SearchMethod::Tpe if s.count > s.startup => format!(
+                "{head}: the {} start-up trial(s) above are random; the other {} are proposed by TPE as trials finish \
+                 (when a worker finds nothing queued)",
+                s.startup,
+                s.count - s.startup
+            ),
+            SearchMethod::Tpe => format!("{head}: all {} are start-up (random) trials, listed above", s.startup),
+        });
+        out.push(format!("  samples {}", printable(&params.join("; "))));
+    }
+    if let Some(et) = spec.early_terminate {
+        let asha = et.asha();
+        let max_epochs = spec.runs.iter().map(|r| r.config.epochs as u64).max().unwrap_or(0);
+        let rungs: Vec<String> = asha.rungs(max_epochs).iter().map(ToString::to_string).collect();
+        out.push(format!(
+            "early_terminate: ASHA on {}, rungs at epoch(s) {} (min_epochs {} × {}^k); at each rung a run goes on only \
+             in the top 1/{} of the runs that reached it",
+            et.metric_or(spec.metric),
+            if rungs.is_empty() { "none (the runs are too short)".to_owned() } else { rungs.join(", ") },
+            et.min_epochs,
+            et.reduction_factor,
+            et.reduction_factor
+        ));
+    }
+    out
 }

@@ -270,12 +270,18 @@ async fn show_run(
     let member_of: Vec<String> =
         all.iter().filter(|r| r.id == run.id).map(|r| format!("{}/{}", r.sweep, r.name)).collect();
     let config: serde_json::Value = serde_json::from_str(&run.config_json)?;
+    // A search's trial: how it was sampled, and from which trials a TPE proposal came.
+    let trial = store.trial_of(run.id).await?.map(|(search, number, method, based_on)| {
+        let based_on: Option<serde_json::Value> = based_on.and_then(|b| serde_json::from_str(&b).ok());
+        serde_json::json!({ "search": search, "trial": number + 1, "method": method, "based_on": based_on })
+    });
     if format == EvalFormat::Json {
         let v = serde_json::json!({
             "id": &run.key[..10], "key": run.key, "in": member_of, "status": run.status,
             "epochs_done": run.epochs_done, "epochs_total": run.epochs_total, "attempts": run.attempts,
             "device": run.device, "peak_memory_bytes": run.peak_memory_bytes, "metric": run.metric, "best_epoch": run.best_epoch, "best_metric": run.best_metric,
             "train_seconds": run.train_seconds, "error": run.error, "note": run.note, "reference": run.reference,
+            "rung": run.rung, "trial": trial,
             "classes": run.classes, "config": config, "epochs": epochs, "checkpoints": checkpoints,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -304,6 +310,21 @@ async fn show_run(
     }
     if let Some(note) = &run.note {
         println!("note:        {}", printable(note));
+    }
+    if let Some(rung) = run.rung {
+        println!("ASHA rung:   epoch {rung}");
+    }
+    if let Some(t) = &trial {
+        let list = |k: &str| {
+            t["based_on"][k].as_array().map(|a| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+        };
+        let how = match (t["method"].as_str(), list("below"), list("above")) {
+            (Some("tpe"), Some(below), Some(above)) => {
+                format!("proposed by TPE from the finished trials: good {below}; the rest {above}")
+            }
+            _ => "drawn at random (a start-up trial)".to_owned(),
+        };
+        println!("trial:       {} of search {}: {how}", t["trial"], t["search"].as_i64().unwrap_or(0) + 1);
     }
     println!("\nconfiguration (key {}):", run.key);
     for line in serde_json::to_string_pretty(&config)?.lines() {

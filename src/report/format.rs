@@ -80,9 +80,41 @@ pub fn progress(r: &RunReport) -> String {
     }
 }
 
+/// A parameter as a table shows it: a float with more than six significant
+/// digits (a sampled learning rate) to four (`0.003162`); others as written.
+pub fn sampled(s: &str) -> std::borrow::Cow<'_, str> {
+    let digits = s.trim_start_matches(['-', '0', '.']).chars().take_while(|c| *c != 'e').filter(char::is_ascii_digit).count();
+    match s.parse::<f64>() {
+        Ok(v) if digits > 6 && v.is_finite() && s.contains('.') => {
+            let text = format!("{v:.3e}");
+            let (m, e) = text.split_once('e').unwrap_or((&text, "0"));
+            let e: i32 = e.parse().unwrap_or(0);
+            if (-4..6).contains(&e) {
+                let decimals = (3 - e).max(0) as usize;
+                let fixed = format!("{v:.decimals$}");
+                std::borrow::Cow::Owned(if fixed.contains('.') { fixed.trim_end_matches('0').trim_end_matches('.').to_owned() } else { fixed })
+            } else {
+                std::borrow::Cow::Owned(format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')))
+            }
+        }
+        _ => std::borrow::Cow::Borrowed(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampled_floats_are_shortened_and_others_kept() {
+        assert_eq!(sampled("0.0031622776601683794"), "0.003162");
+        assert_eq!(sampled("0.000019145305734805996"), "1.915e-5");
+        assert_eq!(sampled("0.01"), "0.01");
+        assert_eq!(sampled("123.45678912"), "123.5");
+        assert_eq!(sampled("0.5"), "0.5");
+        assert_eq!(sampled("resnet18"), "resnet18");
+        assert_eq!(sampled("1234567890"), "1234567890");
+    }
 
     #[test]
     fn push_fixed_writes_what_format_writes() {

@@ -67,7 +67,7 @@ impl Cell {
         use std::fmt::Write;
         match self {
             Cell::Text(s) => out.push_str(s),
-            Cell::Param(s) => out.push_str(&sampled(s)),
+            Cell::Param(s) => out.push_str(&super::format::sampled(s)),
             Cell::Num(v, d) => push_fixed(out, *v, *d),
             Cell::Secs(s) => out.push_str(&duration(*s)),
             Cell::Progress { text, .. } => out.push_str(text),
@@ -183,27 +183,6 @@ fn short(path: &str) -> String {
 }
 
 /// What a name refers to.
-/// A parameter as a table shows it: a float with more than six significant
-/// digits (a sampled learning rate) to four (`0.003162`); others as written.
-fn sampled(s: &str) -> std::borrow::Cow<'_, str> {
-    let digits = s.trim_start_matches(['-', '0', '.']).chars().take_while(|c| *c != 'e').filter(char::is_ascii_digit).count();
-    match s.parse::<f64>() {
-        Ok(v) if digits > 6 && v.is_finite() && s.contains('.') => {
-            let text = format!("{v:.3e}");
-            let (m, e) = text.split_once('e').unwrap_or((&text, "0"));
-            let e: i32 = e.parse().unwrap_or(0);
-            if (-4..6).contains(&e) {
-                let decimals = (3 - e).max(0) as usize;
-                let fixed = format!("{v:.decimals$}");
-                std::borrow::Cow::Owned(if fixed.contains('.') { fixed.trim_end_matches('0').trim_end_matches('.').to_owned() } else { fixed })
-            } else {
-                std::borrow::Cow::Owned(format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')))
-            }
-        }
-        _ => std::borrow::Cow::Borrowed(s),
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 enum Field {
     Result(&'static str),
