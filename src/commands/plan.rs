@@ -234,7 +234,14 @@ fn search_lines(spec: &sweep::spec::SweepSpec) -> Vec<String> {
     let mut out = Vec::new();
     for s in &spec.searches {
         let params: Vec<String> = s.params.iter().map(|(p, d)| format!("{p} {}", d.describe())).collect();
-        let head = format!("search `{}` (line {}): {}, {} trial(s), seed {}", printable(&s.name), s.line, s.method.as_str(), s.count, s.seed);
+        let head = format!(
+            "search `{}` (line {}): {}, {} trial(s), seed {}",
+            printable(&s.name),
+            s.line,
+            s.method.as_str(),
+            s.count,
+            s.seed
+        );
         out.push(match s.method {
             SearchMethod::Random => format!("{head}: all listed above"),
             SearchMethod::Tpe if s.count > s.startup => format!(

@@ -83,7 +83,8 @@ pub fn progress(r: &RunReport) -> String {
 /// A parameter as a table shows it: a float with more than six significant
 /// digits (a sampled learning rate) to four (`0.003162`); others as written.
 pub fn sampled(s: &str) -> std::borrow::Cow<'_, str> {
-    let digits = s.trim_start_matches(['-', '0', '.']).chars().take_while(|c| *c != 'e').filter(char::is_ascii_digit).count();
+    let digits =
+        s.trim_start_matches(['-', '0', '.']).chars().take_while(|c| *c != 'e').filter(char::is_ascii_digit).count();
     match s.parse::<f64>() {
         Ok(v) if digits > 6 && v.is_finite() && s.contains('.') => {
             let text = format!("{v:.3e}");
@@ -92,7 +93,11 @@ pub fn sampled(s: &str) -> std::borrow::Cow<'_, str> {
             if (-4..6).contains(&e) {
                 let decimals = (3 - e).max(0) as usize;
                 let fixed = format!("{v:.decimals$}");
-                std::borrow::Cow::Owned(if fixed.contains('.') { fixed.trim_end_matches('0').trim_end_matches('.').to_owned() } else { fixed })
+                std::borrow::Cow::Owned(if fixed.contains('.') {
+                    fixed.trim_end_matches('0').trim_end_matches('.').to_owned()
+                } else {
+                    fixed
+                })
             } else {
                 std::borrow::Cow::Owned(format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')))
             }

@@ -177,7 +177,10 @@ mod tests {
         assert_eq!(go, vec![true, false, false, false, true, false]);
         let s = ASHA.standing(&a, 2).unwrap();
         assert_eq!((s.rank, s.of, s.stopped_on_arrival, s.promotable), (3, 6, true, false));
-        assert_eq!(stop_note(3, &ASHA.standing(&a[..2], 2).unwrap()), "stopped by ASHA after epoch 3 (rank 2 of 2 at this rung)");
+        assert_eq!(
+            stop_note(3, &ASHA.standing(&a[..2], 2).unwrap()),
+            "stopped by ASHA after epoch 3 (rank 2 of 2 at this rung)"
+        );
         assert!(ASHA.promotions(&a, &[2, 3, 4, 6]).is_empty());
     }
 
@@ -206,7 +209,7 @@ mod tests {
             let asha = Asha { min_epochs: 1, reduction_factor: eta };
             for _ in 0..200 {
                 let n = 1 + rng.below(20);
-                let vals: Vec<f64> = (0..n).map(|_| (rng.below(8) as f64)).collect();
+                let vals: Vec<f64> = (0..n).map(|_| rng.below(8) as f64).collect();
                 let a = arrivals(&vals);
                 for k in 1..=n {
                     let s = asha.standing(&a[..k], k as i64).unwrap();
@@ -214,6 +217,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The decision at each arrival (with the arrivals before it).
+    fn on_arrival(asha: Asha, values: &[f64]) -> Vec<bool> {
+        let a = arrivals(values);
+        (1..=a.len()).map(|k| asha.standing(&a[..k], k as i64).unwrap().continues()).collect()
+    }
+
+    /// Ray Tune's own tests of `AsyncHyperBandScheduler` (python/ray/tune/tests/
+    /// test_trial_scheduler.py), as arrivals at one rung.
+    #[test]
+    fn ray_tunes_documented_cases() {
+        let rf2 = Asha { min_epochs: 1, reduction_factor: 2 };
+        // grace 1, max_t 10, η 2: rungs at 1, 2, 4, 8 (Ray's milestones).
+        assert_eq!(rf2.rungs(10), vec![1, 2, 4, 8]);
+        // testAsyncHBUsesPercentile: t1 reports 100·i, t2 450; t3 with 260 stops at
+        // rung 1 (cutoff 275 of [100, 450]) and at rung 2 (325 of [200, 450]).
+        assert_eq!(on_arrival(rf2, &[100.0, 450.0, 260.0]), vec![true, true, false]);
+        assert_eq!(on_arrival(rf2, &[200.0, 450.0, 260.0]), vec![true, true, false]);
+        // testAsyncHBNanPercentile: t2 reports NaN; the cutoff ignores it (450) and 260 stops.
+        assert_eq!(on_arrival(rf2, &[450.0, f64::NAN, 260.0]), vec![true, true, false]);
+        // testAsyncHBSaveRestore: five trials at 10 go on, then 5, 4 and 2 stop.
+        assert_eq!(
+            on_arrival(rf2, &[10.0, 10.0, 10.0, 10.0, 10.0, 5.0, 4.0, 2.0]),
+            vec![true, true, true, true, true, false, false, false]
+        );
+        // testAsyncHBNonStopTrials (max_t 3: rungs 1, 2): at rung 2, 10 goes on, 8, 6 and 4 stop.
+        assert_eq!(rf2.rungs(3), vec![1, 2]);
+        assert_eq!(on_arrival(rf2, &[10.0, 8.0, 6.0, 4.0]), vec![true, false, false, false]);
+        // Ray stops there for good; ASHA's promotion brings 8 back once it is in the
+        // top ⌊4/2⌋ = 2 (the documented difference: stopped runs keep their checkpoint).
+        assert_eq!(
+            rf2.promotions(&arrivals(&[10.0, 8.0, 6.0, 4.0]), &[2, 3, 4]).iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![2]
+        );
+        // testAlternateMetricsMin: a loss is compared negated (the store orients values).
+        assert_eq!(on_arrival(rf2, &[-100.0, -450.0, -260.0]), vec![true, false, true]);
     }
 
     /// Decisions are a function of the arrivals only.

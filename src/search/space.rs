@@ -50,9 +50,10 @@ pub fn is_distribution(v: &Value) -> bool {
 }
 
 fn bounds(v: &Value, kind: &str) -> Result<(f64, f64), String> {
-    let pair = v.as_array().filter(|a| a.len() == 2).ok_or_else(|| {
-        format!("`{kind}` takes two bounds, e.g. {kind} = [0.0, 1.0]; found {v}")
-    })?;
+    let pair = v
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .ok_or_else(|| format!("`{kind}` takes two bounds, e.g. {kind} = [0.0, 1.0]; found {v}"))?;
     let num = |x: &Value| match x {
         Value::Float(f) => Some(*f),
         Value::Integer(i) => Some(*i as f64),

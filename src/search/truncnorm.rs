@@ -141,9 +141,13 @@ mod tests {
         let ys: Vec<f64> = (0..100).map(|_| sample(&mut rng, 0.0, 1.0, 8.0, 9.0)).collect();
         assert!(ys.iter().all(|y| (8.0..=9.0).contains(y)));
         // The density integrates to 1.
-        let n = 10_000;
-        let integral: f64 =
-            (0..n).map(|i| log_pdf(-0.5 + 2.5 * (i as f64 + 0.5) / n as f64, 0.3, 0.7, -0.5, 2.0).exp() * 2.5 / n as f64).sum();
+        let n = 10_000u32;
+        let integral: f64 = (0..n)
+            .map(|i| {
+                log_pdf(-0.5 + 2.5 * (f64::from(i) + 0.5) / f64::from(n), 0.3, 0.7, -0.5, 2.0).exp() * 2.5
+                    / f64::from(n)
+            })
+            .sum();
         assert!((integral - 1.0).abs() < 1e-6, "{integral}");
     }
 }

@@ -80,6 +80,8 @@ const RUN_COLUMNS: &[(&str, Kind)] = &[
     ("death_epoch", Kind::Int),
     ("death_step", Kind::Int),
     ("cancel_requested", Kind::Int),
+    ("rung", Kind::Int),
+    ("stopped_at_rung", Kind::Int),
 ];
 
 const EPOCH_COLUMNS: &[(&str, Kind)] = &[
@@ -119,6 +121,7 @@ const SWEEP_COLUMNS: &[(&str, Kind)] = &[
     ("goal", Kind::Text),
     ("created_at", Kind::Text),
     ("updated_at", Kind::Text),
+    ("early_terminate_json", Kind::Text),
 ];
 
 fn names(cols: &[(&str, Kind)]) -> String {
@@ -309,6 +312,32 @@ impl Store {
             .bind(name)
             .bind(position)
             .bind(reference)
+            .execute(&mut *tx)
+            .await
+            .map_err(&dst)?;
+        }
+        // The trials of TPE searches (their proposals' records), by sweep and number.
+        type TrialRow = (i64, i64, i64, i64, String, String, Option<String>, String);
+        let rows: Vec<TrialRow> = sqlx::query_as(
+            "SELECT sweep_id, search, number, run_id, method, params_json, based_on_json, created_at FROM trials",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(&src)?;
+        for (sweep, search, number, run, method, params, based_on, created_at) in rows {
+            let (Some(&s), Some(&r)) = (sweep_ids.get(&sweep), run_ids.get(&run)) else { continue };
+            sqlx::query(
+                "INSERT INTO trials (sweep_id, search, number, run_id, method, params_json, based_on_json, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sweep_id, search, number) DO NOTHING",
+            )
+            .bind(s)
+            .bind(search)
+            .bind(number)
+            .bind(r)
+            .bind(method)
+            .bind(params)
+            .bind(based_on)
+            .bind(created_at)
             .execute(&mut *tx)
             .await
             .map_err(&dst)?;

@@ -45,8 +45,8 @@ pub use error::StoreError;
 pub use identity::worker_id;
 pub use lease::Lease;
 pub use location::{Backend, Location};
-pub use search::{AshaContext, NewTrial, SearchSweep};
 pub use rows::{ClaimedRun, Recovered, RunRow, SubmitOutcome, SweepRow};
+pub use search::{AshaContext, NewTrial, SearchSweep};
 pub use status::{Event, InvalidTransition, Status};
 
 use dialect::Dialect;

@@ -161,9 +161,13 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(self.sql())?;
-        Ok(rows.into_iter().map(|(id, source_path, source_toml)| SearchSweep { id, source_path, source_toml }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, source_path, source_toml)| SearchSweep { id, source_path, source_toml })
+            .collect())
     }
 
+    #[allow(clippy::type_complexity)] // one row of a join, read once below
     async fn trials_in(&self, tx: &mut Tx, sweep_id: i64, search: usize) -> Result<Vec<tpe::Trial>> {
         let rows: Vec<(i64, String, String, Option<f64>, i64, Option<i64>, String)> = sqlx::query_as(
             "SELECT t.number, t.params_json, r.status, r.best_metric, r.epochs_done, r.stopped_at_rung, s.goal
@@ -225,11 +229,12 @@ impl Store {
             return Ok(None);
         }
         let Some(new) = make(number, &trials) else { return Ok(None) };
-        let position: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), -1) + 1 FROM sweep_runs WHERE sweep_id = $1")
-            .bind(sweep_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(self.sql())?;
+        let position: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(position), -1) + 1 FROM sweep_runs WHERE sweep_id = $1")
+                .bind(sweep_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(self.sql())?;
         let mut run = new.run.clone();
         let trial = run.trial.take().expect("a proposal is a trial");
         let outcome = self.submit_run(&mut tx, sweep_id, position, &run).await?;
@@ -245,10 +250,12 @@ impl Store {
 
     /// A run's trial, if it is one: (search, number, method, based-on JSON).
     pub async fn trial_of(&self, run_id: i64) -> Result<Option<(i64, i64, String, Option<String>)>> {
-        sqlx::query_as("SELECT search, number, method, based_on_json FROM trials WHERE run_id = $1 ORDER BY sweep_id LIMIT 1")
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(self.sql())
+        sqlx::query_as(
+            "SELECT search, number, method, based_on_json FROM trials WHERE run_id = $1 ORDER BY sweep_id LIMIT 1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.sql())
     }
 }

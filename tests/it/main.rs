@@ -24,6 +24,7 @@ mod pg;
 mod report;
 mod s3;
 mod scale;
+mod search;
 mod snapshots;
 mod spec;
 mod store;

@@ -160,3 +160,31 @@ fn max_runs_stops_a_worker_after_that_many_runs() {
     assert_eq!(statuses, [Status::Done, Status::Queued]);
     assert!(stderr(&out).contains("worker: 1 run(s) handled: 1 done"), "{}", stderr(&out));
 }
+
+/// A TPE search with two workers: each proposal is made in one transaction,
+/// so the workers never take the same trial number; every trial runs once.
+#[test]
+fn two_workers_share_a_tpe_search_without_duplicate_trials() {
+    let dir = tempfile::tempdir().unwrap();
+    let search = "[[search]]\nmethod = \"tpe\"\ncount = 8\nstartup = 2\nepochs = 1\n\
+                  \"optimizer.lr\" = { log_uniform = [1e-3, 0.3] }\n";
+    let file = crate::write_sweep(dir.path(), "t.toml", &crate::tiny_sweep("t", 64, 1, search));
+    let f = file.to_str().unwrap();
+    for (i, loc) in stores(&dir.path().join("h0")).into_iter().enumerate() {
+        let home = dir.path().join(format!("h{i}"));
+        let store = loc.as_arg();
+        assert!(run(&home, &["--store", &store, "submit", "--queue-only", f]).status.success());
+        let out = run(&home, &["--store", &store, "worker", "--workers", "2", "--device", "cpu", "--exit-when-empty"]);
+        assert!(out.status.success(), "{loc}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().filter(|l| l.contains("✓ ") && l.ends_with(" done")).count(), 8, "{loc}:\n{err}");
+        assert_eq!(err.lines().filter(|l| l.contains("proposed ")).count(), 6, "{loc}:\n{err}");
+        let after = rows(&home, &loc);
+        assert_eq!(after.len(), 8, "{loc}");
+        assert!(after.iter().all(|r| r.status == Status::Done && r.attempts == 1), "{loc}: {after:?}");
+        let mut names: Vec<&str> = after.iter().map(|r| r.name.split(':').next().unwrap()).collect();
+        names.sort_unstable();
+        let expected: Vec<String> = (1..=8).map(|n| format!("search1-{n:02}")).collect();
+        assert_eq!(names, expected, "{loc}: trials 1-8, each once");
+    }
+}

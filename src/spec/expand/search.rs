@@ -93,8 +93,12 @@ fn collect(ctx: &mut Ctx, offset: usize, path: &str, v: &Value, out: &mut Parsed
                     Distribution::Int { low, high, .. } => vec![Value::Integer(*low), Value::Integer(*high)],
                     Distribution::Choice(items) => items.clone(),
                 };
+                let before = ctx.errors.len();
                 for p in &probes {
                     ctx.check_assignment(offset, path, p);
+                    if ctx.errors.len() > before {
+                        break; // one message per key
+                    }
                 }
                 out.params.push((path.to_owned(), d));
             }
@@ -248,12 +252,7 @@ pub(super) fn expand_search(
 
 /// Trial `number`'s draw: internal values and the merged table; draws again
 /// (from the same stream) while `exclude` refuses it.
-fn draw(
-    search: &Search,
-    base: &Table,
-    excludes: &[Vec<(String, Value)>],
-    number: u64,
-) -> Option<(Vec<f64>, Table)> {
+fn draw(search: &Search, base: &Table, excludes: &[Vec<(String, Value)>], number: u64) -> Option<(Vec<f64>, Table)> {
     let mut rng = Rng::derive(&[stream::SEARCH, search.seed, search.index as u64, number]);
     for _ in 0..MAX_DRAWS {
         let params: Vec<f64> = search.params.iter().map(|(_, d)| d.sample(&mut rng)).collect();
