@@ -5,7 +5,7 @@
 //!
 //! Nothing here touches the database or candle: `spec` parses the distributions
 //! and expands random trials with [`space`]; the worker reads recorded epochs and
-//! trials from the store, asks [`tpe::propose`] or [`asha::standing`], and acts
+//! trials from the store, asks [`tpe::propose`] or [`asha::Asha::standing`], and acts
 //! on the answer. So every decision can be replayed from what was recorded.
 
 pub mod asha;

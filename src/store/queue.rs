@@ -22,7 +22,9 @@ impl Store {
         ))
         .bind(&spec.name)
         .bind(&spec.description)
-        .bind(spec.path.display().to_string())
+        // Absolute: a worker elsewhere expands TPE proposals from this file, and relative
+        // dataset paths in it resolve against its folder.
+        .bind(std::path::absolute(&spec.path).unwrap_or_else(|_| spec.path.clone()).display().to_string())
         .bind(&spec.text)
         .bind(spec.metric.as_str())
         .bind(spec.metric.goal())

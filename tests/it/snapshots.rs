@@ -212,3 +212,30 @@ fn plan_of_the_term_report() {
         insta::assert_snapshot!(text);
     });
 }
+
+/// A search's plan: the random trials it expands to (names and shortened
+/// sampled values), what the search samples, and ASHA's rungs; for TPE the
+/// start-up trials and that the rest are proposed online.
+#[test]
+fn plan_of_searches() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = crate::tiny_sweep(
+        "searches",
+        64,
+        9,
+        "[[search]]\nname = \"rnd\"\nmethod = \"random\"\ncount = 4\nseed = 3\n\
+         \"optimizer.lr\" = { log_uniform = [1e-4, 1e-1] }\nbatch_size = { choice = [16, 32] }\n\
+         [[search]]\nname = \"tpe\"\nmethod = \"tpe\"\ncount = 20\nstartup = 2\nseed = 3\n\
+         \"optimizer.weight_decay\" = { uniform = [0, 1e-3] }\n",
+    );
+    // A sweep-level key: before the first table.
+    let text = text.replacen(
+        "[defaults]",
+        "early_terminate = { method = \"asha\", min_epochs = 1, reduction_factor = 3 }\n[defaults]",
+        1,
+    );
+    let file = crate::write_sweep(dir.path(), "searches.toml", &text);
+    let out = run(dir.path(), &["plan", "--no-estimate", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    insta::assert_snapshot!(stdout(&out));
+}

@@ -224,7 +224,8 @@ pub(super) fn expand_search(
         Method::Random => count,
         Method::Tpe => startup.unwrap_or(10).min(count),
     };
-    if !ctx.plan(header, startup) {
+    // TPE's later trials are runs too: the whole count is bounded.
+    if !ctx.plan(header, count) {
         return None;
     }
     let mut base = ctx.defaults.clone();
