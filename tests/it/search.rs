@@ -242,6 +242,18 @@ fn asha_stops_promotes_and_resumes_exactly() {
                 vec![arrivals[1].run]
             );
             assert_eq!(asha::STOP_NOTE, "stopped by ASHA");
+            // The report: the rung column, and the metric by epoch with the stopped runs marked ×.
+            let c = sweep::report::Comparison::load(&store, &[], true).await.unwrap();
+            let table = sweep::report::render::markdown(&c, &[]);
+            assert!(table.contains("rung"), "{table}");
+            let figs = sweep::report::charts::figures(&c, true);
+            let asha_fig = figs.iter().find(|f| f.name == "asha").expect("an ASHA figure");
+            assert!(asha_fig.title.contains("rungs at epochs 1"), "{}", asha_fig.title);
+            assert_eq!(
+                asha_fig.svg.matches("stopped by ASHA after epoch 1").count(),
+                2,
+                "the two stopped runs are marked"
+            );
             // A copy keeps each run's rung and where ASHA stopped it.
             let copy_home = tempfile::tempdir().unwrap();
             let target = Store::open(copy_home.path()).await.unwrap();
