@@ -36,9 +36,43 @@ impl Store {
         latest: &CheckpointRecord,
         best: Option<&CheckpointRecord>,
     ) -> Result<()> {
+        self.record_epoch_in(lease, rec, latest, best, None).await
+    }
+
+    /// [`Store::record_epoch`] for an epoch that is an ASHA rung of sweep
+    /// `sweep_id`: the sweep's row is locked first (PostgreSQL; SQLite's write
+    /// lock does the same), so the rung's arrivals are recorded, timed and
+    /// committed in one order, the order every decision and replay reads.
+    pub async fn record_rung_epoch(
+        &self,
+        lease: &Lease,
+        rec: &EpochRecord,
+        latest: &CheckpointRecord,
+        best: Option<&CheckpointRecord>,
+        sweep_id: i64,
+    ) -> Result<()> {
+        self.record_epoch_in(lease, rec, latest, best, Some(sweep_id)).await
+    }
+
+    async fn record_epoch_in(
+        &self,
+        lease: &Lease,
+        rec: &EpochRecord,
+        latest: &CheckpointRecord,
+        best: Option<&CheckpointRecord>,
+        serialize_on: Option<i64>,
+    ) -> Result<()> {
         let e = self.sql();
         let run_id = lease.run_id;
         let mut tx = self.held_tx(lease).await?;
+        if let Some(sweep_id) = serialize_on {
+            let _: Option<i64> =
+                sqlx::query_scalar(&format!("SELECT id FROM sweeps WHERE id = $1{}", self.dialect.row_lock))
+                    .bind(sweep_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(&e)?;
+        }
         sqlx::query(
             "INSERT INTO epochs (run_id, epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds, images_per_sec,
                                  test_top5, val_loss, val_acc, peak_memory_bytes)

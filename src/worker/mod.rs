@@ -555,7 +555,11 @@ async fn execute(
                     // The files first, complete in the artifact store; then the row.
                     let kept: Vec<&CheckpointRecord> = std::iter::once(&latest).chain(best.as_ref()).collect();
                     let r = match put_checkpoints(artifacts, &kept).await {
-                        Ok(()) => store.record_epoch(&lease, &rec, &latest, best.as_ref()).await.map_err(|e| e.to_string()),
+                        Ok(()) => match asha.as_ref().filter(|c| c.settings.asha().rungs(epochs).contains(&(rec.epoch as u64))) {
+                            Some(c) => store.record_rung_epoch(&lease, &rec, &latest, best.as_ref(), c.sweep_id).await,
+                            None => store.record_epoch(&lease, &rec, &latest, best.as_ref()).await,
+                        }
+                        .map_err(|e| e.to_string()),
                         Err(e) => Err(format!("keeping the checkpoint in {}: {e}", artifacts.location())),
                     };
                     tracing::info!(run = run.id, epoch = rec.epoch, test_acc = rec.test_acc, best = best.is_some(), ok = r.is_ok(), "epoch recorded");

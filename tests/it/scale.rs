@@ -188,3 +188,56 @@ fn two_workers_share_a_tpe_search_without_duplicate_trials() {
         assert_eq!(names, expected, "{loc}: trials 1-8, each once");
     }
 }
+
+/// ASHA with two workers: rung arrivals are recorded in one order (the
+/// sweep's row is locked for them), every run ends, and the end state is
+/// what a replay of the arrivals says: no stopped run is left in the top
+/// ⌊n/η⌋ of its rung, and every run that trained past a rung went on there or
+/// was promoted.
+#[test]
+fn two_workers_share_an_asha_sweep_and_its_decisions_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra =
+        "[[search]]\nmethod = \"random\"\ncount = 6\nseed = 2\n\"optimizer.lr\" = { log_uniform = [1e-3, 0.3] }\n";
+    let text = crate::tiny_sweep("a", 64, 3, extra).replacen(
+        "[defaults]",
+        "early_terminate = { method = \"asha\", min_epochs = 1, reduction_factor = 2 }\n[defaults]",
+        1,
+    );
+    let file = crate::write_sweep(dir.path(), "a.toml", &text);
+    let f = file.to_str().unwrap();
+    for (i, loc) in stores(&dir.path().join("h0")).into_iter().enumerate() {
+        let home = dir.path().join(format!("h{i}"));
+        let store = loc.as_arg();
+        assert!(run(&home, &["--store", &store, "submit", "--queue-only", f]).status.success());
+        let out = run(&home, &["--store", &store, "worker", "--workers", "2", "--device", "cpu", "--exit-when-empty"]);
+        assert!(out.status.success(), "{loc}: {}", stderr(&out));
+        crate::cli::block(async {
+            let s = Store::connect(&home, &loc).await.unwrap();
+            let rows = s.runs(None).await.unwrap();
+            assert_eq!(rows.len(), 6);
+            assert!(rows.iter().all(|r| r.status == Status::Done), "{loc}: {rows:?}");
+            let ctx = s.asha_context(rows[0].id).await.unwrap().unwrap();
+            let rules = ctx.settings.asha();
+            for rung in rules.rungs(3) {
+                let arrivals = s.rung_arrivals(&ctx, rung).await.unwrap();
+                let stopped = s.stopped_at(&ctx, rung).await.unwrap();
+                assert!(rules.promotions(&arrivals, &stopped).is_empty(), "{loc}: a stopped run left in the top");
+                for r in &rows {
+                    let Some(st) = rules.standing(&arrivals, r.id) else { continue };
+                    if stopped.contains(&r.id) {
+                        assert_eq!(r.epochs_done, rung as i64, "{loc}");
+                        assert!(st.stopped_on_arrival || !st.promotable, "{loc}: {st:?}");
+                    } else if r.epochs_done > rung as i64 {
+                        // Promoted: queued again, so claimed again (its note may since say a later rung stopped it).
+                        let promoted = r.attempts > 1;
+                        let k = arrivals.iter().position(|a| a.run == r.id).unwrap();
+                        let on_arrival = rules.standing(&arrivals[..=k], r.id).unwrap();
+                        assert!(on_arrival.continues() || promoted || st.promotable, "{loc}: run {} {st:?}", r.id);
+                    }
+                }
+            }
+            s.close().await;
+        });
+    }
+}
