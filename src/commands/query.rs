@@ -53,7 +53,10 @@ pub async fn status(
                 rows.extend(store.runs(Some(name)).await?.into_iter().filter(|r| seen.insert(r.id)));
             }
         }
-        let frame = status_frame(&rows, format)?;
+        let mut frame = status_frame(&rows, format)?;
+        if format == StatusFormat::Table {
+            frame.push_str(&search_lines(&store, sweeps).await?);
+        }
         if watch && tty {
             // Home and clear to the end, then the whole frame in one write: no flicker.
             print!("\x1b[H\x1b[J{frame}");
@@ -67,6 +70,39 @@ pub async fn status(
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// A line per TPE search of the sweeps shown: its trials so far and how many
+/// are still to be proposed.
+async fn search_lines(store: &Store, sweeps: &[String]) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for s in store.search_sweeps().await? {
+        if !sweeps.is_empty() && !sweeps.contains(&s.name) {
+            continue;
+        }
+        let Ok(spec) = sweep::spec::parse(Path::new(&s.source_path), &s.source_toml) else { continue };
+        let counts = store.trial_counts(s.id).await?;
+        for search in spec.searches.iter().filter(|x| x.method == sweep::spec::SearchMethod::Tpe) {
+            let have = counts.iter().find(|(i, _)| *i == search.index as i64).map_or(0, |c| c.1) as u64;
+            let left = search.count.saturating_sub(have);
+            let more = if left == 0 {
+                "all proposed".to_owned()
+            } else {
+                format!(
+                    "{left} more to be proposed by TPE as trials finish (a worker proposes one when nothing is queued)"
+                )
+            };
+            let _ = writeln!(
+                out,
+                "search `{}` of `{}` (tpe): {have} of {} trials; {more}",
+                printable(&search.name),
+                printable(&s.name),
+                search.count
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Seconds a running run still needs, from its finished epochs' pace.

@@ -23,6 +23,8 @@ pub struct AshaContext {
 pub struct SearchSweep {
     /// Sweep id.
     pub id: i64,
+    /// Sweep name.
+    pub name: String,
     /// Where the file was.
     pub source_path: String,
     /// Its text.
@@ -154,16 +156,16 @@ impl Store {
 
     /// Sweeps that have trials of a TPE search (the only ones that may want proposals).
     pub async fn search_sweeps(&self) -> Result<Vec<SearchSweep>> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT id, source_path, source_toml FROM sweeps WHERE id IN (SELECT DISTINCT sweep_id FROM trials)
-             ORDER BY id",
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT id, name, source_path, source_toml FROM sweeps
+             WHERE id IN (SELECT DISTINCT sweep_id FROM trials) ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(self.sql())?;
         Ok(rows
             .into_iter()
-            .map(|(id, source_path, source_toml)| SearchSweep { id, source_path, source_toml })
+            .map(|(id, name, source_path, source_toml)| SearchSweep { id, name, source_path, source_toml })
             .collect())
     }
 
@@ -246,6 +248,15 @@ impl Store {
         self.record_trial(&mut tx, sweep_id, run_id, &trial, new.method, new.based_on.as_deref()).await?;
         tx.commit().await.map_err(self.sql())?;
         Ok(Some((new, outcome)))
+    }
+
+    /// How many trials each TPE search of a sweep has so far: (search index, trials).
+    pub async fn trial_counts(&self, sweep_id: i64) -> Result<Vec<(i64, i64)>> {
+        sqlx::query_as("SELECT search, count(*) FROM trials WHERE sweep_id = $1 GROUP BY search ORDER BY search")
+            .bind(sweep_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.sql())
     }
 
     /// A run's trial, if it is one: (search, number, method, based-on JSON).

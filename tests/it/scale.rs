@@ -174,8 +174,12 @@ fn two_workers_share_a_tpe_search_without_duplicate_trials() {
         let home = dir.path().join(format!("h{i}"));
         let store = loc.as_arg();
         assert!(run(&home, &["--store", &store, "submit", "--queue-only", f]).status.success());
+        let status = stdout(&run(&home, &["--store", &store, "status"]));
+        assert!(status.contains("search `search1` of `t` (tpe): 2 of 8 trials; 6 more to be proposed"), "{status}");
         let out = run(&home, &["--store", &store, "worker", "--workers", "2", "--device", "cpu", "--exit-when-empty"]);
         assert!(out.status.success(), "{loc}: {}", stderr(&out));
+        let status = stdout(&run(&home, &["--store", &store, "status"]));
+        assert!(status.contains("search `search1` of `t` (tpe): 8 of 8 trials; all proposed"), "{status}");
         let err = stderr(&out);
         assert_eq!(err.lines().filter(|l| l.contains("✓ ") && l.ends_with(" done")).count(), 8, "{loc}:\n{err}");
         assert_eq!(err.lines().filter(|l| l.contains("proposed ")).count(), 6, "{loc}:\n{err}");
