@@ -24,8 +24,7 @@ fn asha_figure(
     standalone: bool,
 ) -> Figure {
     let metric_name = c.runs[0].row.metric.clone();
-    let metric: crate::spec::Metric =
-        serde_json::from_value(serde_json::Value::String(metric_name.clone())).unwrap_or(crate::spec::Metric::TestAcc);
+    let metric = crate::spec::Metric::from_name(&metric_name).unwrap_or(crate::spec::Metric::TestAcc);
     let series: Vec<Series> = runs
         .iter()
         .map(|r| Series {

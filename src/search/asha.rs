@@ -71,6 +71,11 @@ impl Asha {
         out
     }
 
+    /// Whether epoch `epoch` of a run of `epochs` epochs is a rung.
+    pub fn is_rung(&self, epoch: u64, epochs: u64) -> bool {
+        self.rungs(epochs).contains(&epoch)
+    }
+
     /// The cutoff of Ray Tune's `_Bracket.cutoff`: the `(1 - 1/η)·100`
     /// percentile of the values, NaN ignored; None without a value.
     pub fn cutoff(&self, values: &[f64]) -> Option<f64> {

@@ -42,11 +42,6 @@ pub struct NewTrial {
     pub method: &'static str,
 }
 
-fn metric_column(m: Metric) -> &'static str {
-    // Column names from the enum, never from user text.
-    m.as_str()
-}
-
 impl Store {
     /// The ASHA settings that apply to a run, if any of its sweeps has them.
     pub async fn asha_context(&self, run_id: i64) -> Result<Option<AshaContext>> {
@@ -63,7 +58,7 @@ impl Store {
             tracing::warn!(sweep = sweep_id, "unreadable early_terminate settings: ignored");
             return Ok(None);
         };
-        let sweep_metric = serde_json::from_value(serde_json::Value::String(metric)).unwrap_or(Metric::TestAcc);
+        let sweep_metric = Metric::from_name(&metric).unwrap_or(Metric::TestAcc);
         Ok(Some(AshaContext { sweep_id, settings, metric: settings.metric_or(sweep_metric) }))
     }
 
@@ -73,7 +68,7 @@ impl Store {
         let rows: Vec<(i64, Option<f64>)> = sqlx::query_as(&format!(
             "SELECT e.run_id, e.{col} FROM epochs e JOIN sweep_runs sr ON sr.run_id = e.run_id
              WHERE sr.sweep_id = $1 AND e.epoch = $2 ORDER BY e.recorded_at, e.run_id",
-            col = metric_column(ctx.metric)
+            col = ctx.metric.as_str() // a column name from the enum, never from user text
         ))
         .bind(ctx.sweep_id)
         .bind(epoch as i64)

@@ -555,7 +555,7 @@ async fn execute(
                     // The files first, complete in the artifact store; then the row.
                     let kept: Vec<&CheckpointRecord> = std::iter::once(&latest).chain(best.as_ref()).collect();
                     let r = match put_checkpoints(artifacts, &kept).await {
-                        Ok(()) => match asha.as_ref().filter(|c| c.settings.asha().rungs(epochs).contains(&(rec.epoch as u64))) {
+                        Ok(()) => match asha.as_ref().filter(|c| c.settings.asha().is_rung(rec.epoch as u64, epochs)) {
                             Some(c) => store.record_rung_epoch(&lease, &rec, &latest, best.as_ref(), c.sweep_id).await,
                             None => store.record_epoch(&lease, &rec, &latest, best.as_ref()).await,
                         }

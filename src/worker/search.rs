@@ -26,7 +26,7 @@ pub(super) async fn after_epoch(
     verbose: bool,
 ) -> Verdict {
     let rules = ctx.settings.asha();
-    if !rules.rungs(epochs).contains(&epoch) {
+    if !rules.is_rung(epoch, epochs) {
         return Verdict::Continue;
     }
     let decided = async {
@@ -75,7 +75,7 @@ pub(super) async fn stays_stopped(
     epochs: u64,
 ) -> Result<Option<String>, WorkerError> {
     let epoch = latest.epoch as u64;
-    if latest.step != 0 || !ctx.settings.asha().rungs(epochs).contains(&epoch) {
+    if latest.step != 0 || !ctx.settings.asha().is_rung(epoch, epochs) {
         return Ok(None);
     }
     let arrivals = store.rung_arrivals(ctx, epoch).await?;

@@ -108,6 +108,12 @@ impl Metric {
             Metric::ValLoss => "val_loss",
         }
     }
+    /// The metric a stored name ([`Metric::as_str`]) stands for.
+    pub fn from_name(name: &str) -> Option<Metric> {
+        [Metric::TestAcc, Metric::TestLoss, Metric::TrainAcc, Metric::TrainLoss, Metric::ValAcc, Metric::ValLoss]
+            .into_iter()
+            .find(|m| m.as_str() == name)
+    }
     /// Whether `new` is better than `old` under this metric's goal.
     pub fn improves(self, new: f64, old: Option<f64>) -> bool {
         match old {

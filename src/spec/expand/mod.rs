@@ -389,7 +389,7 @@ fn expand_valid(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors
     });
     let proposed = options.trial.as_ref().and_then(|t| {
         let s = searches.iter().find(|s| s.index == t.search)?;
-        search::proposed_run(&mut ctx, s, &file.search[t.search], t.number, &t.params)
+        search::proposed_run(&mut ctx, s, t.number, &t.params)
     });
     if file.grid.is_empty() && file.run.is_empty() && file.search.is_empty() && ctx.plan(0, u64::from(ctx.repeats)) {
         let defaults = ctx.defaults.clone();

@@ -58,6 +58,12 @@ pub struct Search {
     pub params: Vec<(String, Distribution)>,
     /// 1-based line of the block.
     pub line: usize,
+    /// `[defaults]` with the block's plain values: what every trial starts from.
+    base: Table,
+    /// The block's `exclude` tables, as (path, value) leaves.
+    excludes: Vec<Vec<(String, Value)>>,
+    /// Byte offset of the block's header (its runs' place in the file).
+    at: usize,
 }
 
 /// A trial's place in its search, carried by its run to the store.
@@ -233,9 +239,10 @@ pub(super) fn expand_search(
         set_path(&mut base, path, v.clone());
     }
     let (line, _) = ctx.src.line_col(header);
-    let search = Search { index, name, method, count, startup, seed, params: parsed.params, line };
+    let (params, excludes, at) = (parsed.params, parsed.excludes, header);
+    let search = Search { index, name, method, count, startup, seed, params, line, base, excludes, at };
     for number in 0..startup {
-        let Some((params, merged)) = draw(&search, &base, &parsed.excludes, number) else {
+        let Some((params, merged)) = draw(&search, number) else {
             let msg = "`exclude` refuses 1000 draws in a row for one trial: it removes (nearly) every combination";
             ctx.errors.push(ctx.src.error(exclude_at, Some("exclude"), msg));
             return None;
@@ -253,28 +260,31 @@ pub(super) fn expand_search(
 
 /// Trial `number`'s draw: internal values and the merged table; draws again
 /// (from the same stream) while `exclude` refuses it.
-fn draw(search: &Search, base: &Table, excludes: &[Vec<(String, Value)>], number: u64) -> Option<(Vec<f64>, Table)> {
+fn draw(search: &Search, number: u64) -> Option<(Vec<f64>, Table)> {
     let mut rng = Rng::derive(&[stream::SEARCH, search.seed, search.index as u64, number]);
     for _ in 0..MAX_DRAWS {
         let params: Vec<f64> = search.params.iter().map(|(_, d)| d.sample(&mut rng)).collect();
-        let merged = assign(search, base, &params);
-        if !excluded(excludes, &merged) {
+        if let Some(merged) = search.assign(&params) {
             return Some((params, merged));
         }
     }
     None
 }
 
-fn excluded(excludes: &[Vec<(String, Value)>], merged: &Table) -> bool {
-    excludes.iter().any(|ex| ex.iter().all(|(p, v)| get_path(merged, p).is_some_and(|m| same_value(m, v))))
-}
-
-fn assign(search: &Search, base: &Table, params: &[f64]) -> Table {
-    let mut merged = base.clone();
-    for ((path, d), x) in search.params.iter().zip(params) {
-        set_path(&mut merged, path, d.external(*x));
+impl Search {
+    /// The merged table of a trial with these internal values; None when
+    /// `exclude` refuses it.
+    fn assign(&self, params: &[f64]) -> Option<Table> {
+        let mut merged = self.base.clone();
+        for ((path, d), x) in self.params.iter().zip(params) {
+            set_path(&mut merged, path, d.external(*x));
+        }
+        let excluded = self
+            .excludes
+            .iter()
+            .any(|ex| ex.iter().all(|(p, v)| get_path(&merged, p).is_some_and(|m| same_value(m, v))));
+        (!excluded).then_some(merged)
     }
-    merged
 }
 
 /// `lr-search-03:lr=3.16e-3,batch_size=64` (trials count from 1 in names).
@@ -300,37 +310,10 @@ fn compact(v: &Value) -> String {
 /// Builds the run of a proposed trial (TPE, online): the same merge and
 /// validation as the start-up trials'; None when `exclude` refuses it or it
 /// does not validate.
-pub(super) fn proposed_run(
-    ctx: &mut Ctx,
-    search: &Search,
-    block: &Spanned<SpannedTable>,
-    number: u64,
-    params: &[f64],
-) -> Option<PlannedRun> {
-    let mut base = ctx.defaults.clone();
-    let mut parsed = Parsed { fixed: Vec::new(), params: Vec::new(), excludes: Vec::new() };
-    for (k, v) in block.get_ref() {
-        match k.get_ref().as_str() {
-            "name" | "method" | "count" | "seed" | "startup" => {}
-            "exclude" => {
-                for item in v.get_ref().as_array().into_iter().flatten() {
-                    let mut leaves = Vec::new();
-                    super::paths::flatten("", item, &mut leaves);
-                    parsed.excludes.push(leaves);
-                }
-            }
-            _ => collect(ctx, k.span().start, k.get_ref(), v.get_ref(), &mut parsed),
-        }
-    }
-    for (path, v) in &parsed.fixed {
-        set_path(&mut base, path, v.clone());
-    }
-    let merged = assign(search, &base, params);
-    if excluded(&parsed.excludes, &merged) {
-        return None;
-    }
+pub(super) fn proposed_run(ctx: &mut Ctx, search: &Search, number: u64, params: &[f64]) -> Option<PlannedRun> {
+    let merged = search.assign(params)?;
     let mut out = Vec::new();
-    push_run(ctx, trial_name(search, number, &merged), merged, 0, block.span().start, None, &mut out);
+    push_run(ctx, trial_name(search, number, &merged), merged, 0, search.at, None, &mut out);
     let mut run = out.pop()?;
     run.trial = Some(TrialRef { search: search.index, number, params: params.to_vec() });
     Some(run)
