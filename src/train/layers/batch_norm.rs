@@ -1,4 +1,6 @@
-//! BatchNorm's normalisation on the CPU as one op with a hand-written backward.
+//! BatchNorm's normalisation on the CPU as one op with a hand-written backward,
+//! optionally followed by a ReLU in the same pass each way (every
+//! conv-BN-ReLU of ResNet, DenseNet, VGG and smallcnn).
 
 use super::{cpu_f32, with_cpu_f32};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
@@ -28,11 +30,14 @@ pub fn channel_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
 /// `(x - mean) * invstd * weight + bias` per channel, with a hand-written
 /// backward. With `batch_stats`, mean and invstd are the batch's own (training
 /// BatchNorm: the gradient flows through them too); otherwise they are constants
-/// (running statistics).
+/// (running statistics). With `relu` the output is `max(0, ·)` and the
+/// incoming gradient is kept only where the output is positive (PyTorch's
+/// ReLU backward).
 struct BatchNormOp {
     mean: Vec<f32>,
     invstd: Vec<f32>,
     batch_stats: bool,
+    relu: bool,
 }
 
 impl BatchNormOp {
@@ -68,8 +73,14 @@ impl candle_core::CustomOp3 for BatchNormOp {
             let ch = p % c;
             let scale = self.invstd[ch] * w[ch];
             let shift = b[ch] - self.mean[ch] * scale;
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = x * scale + shift;
+            if self.relu {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = (x * scale + shift).max(0.0);
+                }
+            } else {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    *o = x * scale + shift;
+                }
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -80,13 +91,33 @@ impl candle_core::CustomOp3 for BatchNormOp {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, wd) = x.dims4()?;
         let wv = w.detach().to_vec1::<f32>()?;
         let (x, grad) = (x.detach(), grad.detach());
-        with_cpu_f32(&x, |xs| with_cpu_f32(&grad, |dy| self.backward(xs, dy, &wv, (n, c, h, wd), x.device())))??
+        if !self.relu {
+            return with_cpu_f32(&x, |xs| {
+                with_cpu_f32(&grad, |dy| self.backward(xs, dy, &wv, (n, c, h, wd), x.device()))
+            })??;
+        }
+        // The ReLU's backward first: the gradient where the output is positive.
+        let masked = with_cpu_f32(&res.detach(), |out| {
+            with_cpu_f32(&grad, |dy| {
+                use rayon::prelude::*;
+                let mut g = vec![0f32; dy.len()];
+                g.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14)).zip(out.par_chunks(1 << 14)).for_each(
+                    |((g, dy), out)| {
+                        for ((g, &d), &o) in g.iter_mut().zip(dy).zip(out) {
+                            *g = if o > 0.0 { d } else { 0.0 };
+                        }
+                    },
+                );
+                g
+            })
+        })??;
+        with_cpu_f32(&x, |xs| self.backward(xs, &masked, &wv, (n, c, h, wd), x.device()))?
     }
 }
 
@@ -149,7 +180,9 @@ impl BatchNormOp {
 /// BatchNorm's normalisation on the CPU (f32): `x` (N, C, H, W) normalised with
 /// `mean` and `var` per channel, scaled by `weight` and shifted by `bias`.
 /// `batch_stats` says that mean and var are `x`'s own (training), so that the
-/// gradient includes their dependence on `x`.
+/// gradient includes their dependence on `x`; `relu` applies a ReLU to the
+/// result in the same op.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_cpu(
     x: &Tensor,
     weight: &Tensor,
@@ -158,7 +191,57 @@ pub fn batch_norm_cpu(
     var: &[f32],
     eps: f64,
     batch_stats: bool,
+    relu: bool,
 ) -> Result<Tensor> {
     let invstd = var.iter().map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32).collect();
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, BatchNormOp { mean, invstd, batch_stats })
+    let op = BatchNormOp { mean, invstd, batch_stats, relu };
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The fused BatchNorm + ReLU equals BatchNorm then candle's ReLU: values
+    /// and the gradients of the input, weight and bias, with batch and with
+    /// running statistics.
+    #[test]
+    fn fused_relu_matches_batch_norm_then_relu() {
+        let mut rng = crate::train::rng::Rng::new(9);
+        let xs = crate::train::layers::randn(&mut rng, &[3, 4, 3, 5]);
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        for batch_stats in [true, false] {
+            let mut results = Vec::new();
+            for fused in [true, false] {
+                let x = Var::from_vec(xs.clone(), (3, 4, 3, 5), &Device::Cpu).unwrap();
+                let w = Var::from_vec(vec![1.0f32, 0.5, -1.5, 2.0], 4, &Device::Cpu).unwrap();
+                let b = Var::from_vec(vec![0.1f32, -0.2, 0.3, 0.0], 4, &Device::Cpu).unwrap();
+                let (mean, var) = if batch_stats {
+                    channel_stats(x.as_tensor()).unwrap()
+                } else {
+                    (vec![0.1, -0.1, 0.2, 0.0], vec![1.5, 0.7, 1.0, 2.0])
+                };
+                let y =
+                    batch_norm_cpu(x.as_tensor(), w.as_tensor(), b.as_tensor(), mean, &var, 1e-5, batch_stats, fused)
+                        .unwrap();
+                let y = if fused { y } else { y.relu().unwrap() };
+                let weights = Tensor::arange(0f32, 180., &Device::Cpu).unwrap().reshape((3, 4, 3, 5)).unwrap();
+                let grads = y.mul(&weights.sin().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                results.push([
+                    flat(&y),
+                    flat(grads.get(&x).unwrap()),
+                    flat(grads.get(&w).unwrap()),
+                    flat(grads.get(&b).unwrap()),
+                ]);
+            }
+            assert!(results[0][0].contains(&0.0), "some outputs are clipped");
+            for (what, (a, b)) in
+                ["output", "input grad", "weight grad", "bias grad"].iter().zip(results[0].iter().zip(&results[1]))
+            {
+                assert!(close(a, b), "{what} (batch statistics: {batch_stats}): {a:?} vs {b:?}");
+            }
+        }
+    }
 }

@@ -1,7 +1,20 @@
-//! 2-D convolution on the CPU: whole-batch im2col and one gemm each way.
+//! 2-D convolution on the CPU: im2col in channel-major order and one matrix
+//! product each way, straight from and into NCHW.
+//!
+//! The columns of a chunk of images form a (C·K·K, images·OH·OW) matrix whose
+//! row (c, ky, kx) is one channel plane shifted by the tap, so each row is
+//! filled with contiguous copies, and the kernel in PyTorch's (C_out, C, K, K)
+//! layout is already the (C_out, C·K·K) matrix on its left: no permute of the
+//! input, the kernel or the output, in either pass. A 1x1 stride-1 convolution
+//! of one image multiplies the image itself. The backward pass recomputes the
+//! columns (memory) and skips the input gradient when the input needs none
+//! (the stem) and the weight gradient for a frozen kernel.
 
-use super::cpu_f32;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use super::gemm::{gemm, View};
+use super::{cpu_f32, with_cpu_f32};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Geometry of a 2-D convolution (square kernels, symmetric padding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,12 +27,6 @@ pub struct ConvParams {
 
 struct Conv2dOp(ConvParams);
 
-fn contiguous_f32(storage: &CpuStorage, layout: &Layout) -> Result<Tensor> {
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("conv2d: non-contiguous input") };
-    let data = storage.as_slice::<f32>()?[start..end].to_vec();
-    Tensor::from_vec(data, layout.shape(), &candle_core::Device::Cpu)
-}
-
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
 struct Geom {
@@ -28,160 +35,248 @@ struct Geom {
     h: usize,
     w: usize,
     k: usize,
+    cout: usize,
     oh: usize,
     ow: usize,
     p: ConvParams,
 }
 
 impl Geom {
-    fn new(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Geom> {
+    fn new(x: &Shape, w: &Shape, p: ConvParams) -> Result<Geom> {
         let (n, c, h, wd) = x.dims4()?;
-        let k = w.dim(2)?;
+        let (cout, cin, k, k2) = w.dims4()?;
+        if cin != c || k2 != k {
+            candle_core::bail!("conv2d: kernel {:?} does not fit input {:?}", w.dims(), x.dims());
+        }
         if h + 2 * p.padding < k || wd + 2 * p.padding < k {
             candle_core::bail!("conv2d: input {h}x{wd} with padding {} is smaller than the kernel {k}", p.padding);
         }
         let (oh, ow) = ((h + 2 * p.padding - k) / p.stride + 1, (wd + 2 * p.padding - k) / p.stride + 1);
-        Ok(Geom { n, c, h, w: wd, k, oh, ow, p })
+        Ok(Geom { n, c, h, w: wd, k, cout, oh, ow, p })
     }
-    /// Columns of the im2col matrix: (kh, kw, channel), channel fastest.
-    fn cols(&self) -> usize {
-        self.k * self.k * self.c
+    /// Output pixels per image.
+    fn l(&self) -> usize {
+        self.oh * self.ow
     }
-    /// The input pixel under kernel tap (ky, kx) of output pixel (oy, ox), if any.
-    fn tap(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
-        let y = (oy * self.p.stride + ky).checked_sub(self.p.padding).filter(|&y| y < self.h)?;
-        let x = (ox * self.p.stride + kx).checked_sub(self.p.padding).filter(|&x| x < self.w)?;
-        Some((y, x))
+    /// Rows of the column matrix: (channel, ky, kx), kx fastest.
+    fn rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    /// A 1x1 stride-1 convolution: an image is its own column matrix.
+    fn direct(&self) -> bool {
+        self.k == 1 && self.p.stride == 1 && self.p.padding == 0
+    }
+    /// The outputs `lo..hi` along an axis (of `outs` outputs over `len` inputs)
+    /// whose tap `t` falls inside the input; output `o` reads input `o * stride + t - padding`.
+    fn span(&self, outs: usize, len: usize, t: usize) -> (usize, usize) {
+        let (s, p) = (self.p.stride, self.p.padding);
+        let lo = if t >= p { 0 } else { (p - t).div_ceil(s) };
+        let hi = if len + p > t { ((len - 1 + p - t) / s + 1).min(outs) } else { 0 };
+        (lo.min(hi), hi)
+    }
+    /// Images per column matrix, so that one stays under 16 MiB (it is written
+    /// and read back at once; VGG's first layers at 224x224 would otherwise
+    /// need about 1 GB for a batch of 8).
+    fn images_per_chunk(&self) -> usize {
+        const MAX_FLOATS: usize = 4 << 20;
+        (MAX_FLOATS / (self.l() * self.rows()).max(1)).clamp(1, self.n.max(1))
     }
 }
 
-/// NHWC input -> (N * OH * OW, K * K * C) patches (zeros where padded).
-struct Im2Col(Geom);
+/// Fills `cols` ((C·K·K, nb·L)) with the patches of the `nb` NCHW images in `x`
+/// (zeros where the kernel overhangs the padded border).
+fn im2col(x: &[f32], g: &Geom, nb: usize, cols: &mut [f32]) {
+    let (l, kk, plane) = (g.l(), g.k * g.k, g.h * g.w);
+    let (s, p) = (g.p.stride, g.p.padding);
+    cols.par_chunks_mut(nb * l).enumerate().for_each(|(r, row)| {
+        let (c, ky, kx) = (r / kk, (r % kk) / g.k, r % g.k);
+        let (ylo, yhi) = g.span(g.oh, g.h, ky);
+        let (xlo, xhi) = g.span(g.ow, g.w, kx);
+        for b in 0..nb {
+            let img = &x[(b * g.c + c) * plane..][..plane];
+            for (oy, out) in row[b * l..(b + 1) * l].chunks_exact_mut(g.ow).enumerate() {
+                if oy < ylo || oy >= yhi {
+                    out.fill(0.0);
+                    continue;
+                }
+                let src = &img[(oy * s + ky - p) * g.w..][..g.w];
+                out[..xlo].fill(0.0);
+                out[xhi..].fill(0.0);
+                if s == 1 {
+                    out[xlo..xhi].copy_from_slice(&src[xlo + kx - p..xhi + kx - p]);
+                } else {
+                    for (ox, o) in out.iter_mut().enumerate().take(xhi).skip(xlo) {
+                        *o = src[ox * s + kx - p];
+                    }
+                }
+            }
+        }
+    });
+}
 
-impl candle_core::CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "sweep-im2col"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
-        let g = self.0;
-        let x = cpu_f32(storage, layout, "im2col")?;
-        let (kc, l) = (g.cols(), g.oh * g.ow);
-        let mut out = vec![0f32; g.n * l * kc];
-        out.par_chunks_mut(g.ow * kc).enumerate().for_each(|(row, dst)| {
-            let (b, oy) = (row / g.oh, row % g.oh);
-            let img = &x[b * g.h * g.w * g.c..(b + 1) * g.h * g.w * g.c];
-            for ox in 0..g.ow {
-                let patch = &mut dst[ox * kc..(ox + 1) * kc];
-                for ky in 0..g.k {
-                    for kx in 0..g.k {
-                        if let Some((y, xx)) = g.tap(oy, ox, ky, kx) {
-                            let src = (y * g.w + xx) * g.c;
-                            let at = (ky * g.k + kx) * g.c;
-                            patch[at..at + g.c].copy_from_slice(&img[src..src + g.c]);
+/// The adjoint of [`im2col`]: `dx` (nb NCHW images) = the column gradients
+/// `dcols` summed back onto the pixels each tap read.
+fn col2im(dcols: &[f32], g: &Geom, nb: usize, dx: &mut [f32]) {
+    let (l, plane) = (g.l(), g.h * g.w);
+    let (s, p) = (g.p.stride, g.p.padding);
+    dx.par_chunks_mut(plane).enumerate().for_each(|(i, img)| {
+        let (b, c) = (i / g.c, i % g.c);
+        img.fill(0.0);
+        for ky in 0..g.k {
+            let (ylo, yhi) = g.span(g.oh, g.h, ky);
+            for kx in 0..g.k {
+                let (xlo, xhi) = g.span(g.ow, g.w, kx);
+                let src = &dcols[((c * g.k + ky) * g.k + kx) * nb * l + b * l..][..l];
+                for oy in ylo..yhi {
+                    let dst = &mut img[(oy * s + ky - p) * g.w..][..g.w];
+                    let src = &src[oy * g.ow..][..g.ow];
+                    if s == 1 {
+                        for (d, v) in dst[xlo + kx - p..xhi + kx - p].iter_mut().zip(&src[xlo..xhi]) {
+                            *d += v;
+                        }
+                    } else {
+                        for (ox, v) in src.iter().enumerate().take(xhi).skip(xlo) {
+                            dst[ox * s + kx - p] += v;
                         }
                     }
                 }
             }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((g.n * l, kc))))
+        }
+    });
+}
+
+/// (nb, C, L) -> (C, nb·L).
+fn to_channel_major(src: &[f32], nb: usize, c: usize, l: usize, dst: &mut [f32]) {
+    dst.par_chunks_mut(nb * l).enumerate().for_each(|(ch, row)| {
+        for (b, d) in row.chunks_exact_mut(l).enumerate() {
+            d.copy_from_slice(&src[(b * c + ch) * l..][..l]);
+        }
+    });
+}
+
+/// (C, nb·L) -> (nb, C, L).
+fn from_channel_major(src: &[f32], nb: usize, c: usize, l: usize, dst: &mut [f32]) {
+    dst.par_chunks_mut(l).enumerate().for_each(|(i, d)| {
+        let (b, ch) = (i / c, i % c);
+        d.copy_from_slice(&src[(ch * nb + b) * l..][..l]);
+    });
+}
+
+thread_local! {
+    /// Work buffers reused from op to op (their old contents are always overwritten).
+    static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A work buffer of `len` floats from this thread's pool; back to the pool on drop.
+struct Scratch(Vec<f32>, usize);
+
+impl Scratch {
+    fn take(len: usize) -> Scratch {
+        let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        Scratch(v, len)
     }
 }
 
-/// The adjoint of [`Im2Col`]: (N * OH * OW, K * K * C) -> NHWC, overlapping taps summed.
-struct Col2Im(Geom);
-
-impl candle_core::CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "sweep-col2im"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
-        let g = self.0;
-        let cols = cpu_f32(storage, layout, "col2im")?;
-        let (kc, l) = (g.cols(), g.oh * g.ow);
-        let mut out = vec![0f32; g.n * g.h * g.w * g.c];
-        out.par_chunks_mut(g.h * g.w * g.c).enumerate().for_each(|(b, img)| {
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    let patch = &cols[(b * l + oy * g.ow + ox) * kc..][..kc];
-                    for ky in 0..g.k {
-                        for kx in 0..g.k {
-                            if let Some((y, xx)) = g.tap(oy, ox, ky, kx) {
-                                let dst = &mut img[(y * g.w + xx) * g.c..][..g.c];
-                                let src = &patch[(ky * g.k + kx) * g.c..][..g.c];
-                                for (d, s) in dst.iter_mut().zip(src) {
-                                    *d += s;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.h, g.w, g.c))))
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0[..self.1]
     }
 }
 
-/// The im2col matrix of NCHW `x`.
-fn patches(x: &Tensor, g: Geom) -> Result<Tensor> {
-    let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?;
-    if g.k == 1 && g.p.stride == 1 && g.p.padding == 0 {
-        return nhwc.reshape((g.n * g.h * g.w, g.c));
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0[..self.1]
     }
-    nhwc.apply_op1_no_bwd(&Im2Col(g))
 }
 
-/// The kernel as (C_out, K * K * C_in), matching the columns of [`patches`].
-fn kernel_rows(w: &Tensor) -> Result<Tensor> {
-    let cout = w.dim(0)?;
-    w.permute((0, 2, 3, 1))?.contiguous()?.reshape((cout, ()))
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        POOL.with(|p| p.borrow_mut().push(v));
+    }
 }
 
-/// (N * OH * OW, C) rows back to NCHW.
-fn rows_to_nchw(rows: &Tensor, n: usize, h: usize, w: usize) -> Result<Tensor> {
-    let c = rows.dim(1)?;
-    rows.reshape((n, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
+/// The images `start..start + nb` of an NCHW buffer with `per` floats per image.
+fn images(data: &[f32], per: usize, start: usize, nb: usize) -> &[f32] {
+    &data[start * per..(start + nb) * per]
 }
 
-/// Images per im2col matrix, so that one matrix stays under 64 MiB (VGG's first
-/// layers at 224x224 would otherwise need about 1 GB for a batch of 8).
-fn images_per_chunk(g: &Geom) -> usize {
-    const MAX_FLOATS: usize = 16 << 20;
-    (MAX_FLOATS / (g.oh * g.ow * g.cols()).max(1)).clamp(1, g.n)
+fn images_mut(data: &mut [f32], per: usize, start: usize, nb: usize) -> &mut [f32] {
+    &mut data[start * per..(start + nb) * per]
 }
 
-/// Runs `f` on consecutive chunks of images of `x` (and of `grad`, if given).
-fn by_chunks<T>(
-    x: &Tensor,
-    grad: Option<&Tensor>,
-    g: Geom,
-    mut f: impl FnMut(&Tensor, Option<&Tensor>, Geom) -> Result<T>,
-) -> Result<Vec<T>> {
-    let per = images_per_chunk(&g);
-    let mut out = Vec::new();
-    for start in (0..g.n).step_by(per) {
-        let len = per.min(g.n - start);
-        let (xc, gc) = if len == g.n {
-            (x.clone(), grad.cloned())
+/// The column matrix of `nb` images: the images themselves for one image of a
+/// direct convolution, otherwise filled into `buf`.
+fn columns<'a>(x: &'a [f32], g: &Geom, nb: usize, buf: &'a mut Option<Scratch>) -> &'a [f32] {
+    if g.direct() && nb == 1 {
+        return x;
+    }
+    let cols = buf.insert(Scratch::take(g.rows() * nb * g.l()));
+    im2col(x, g, nb, cols);
+    cols
+}
+
+fn forward(x: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
+    let (l, per_in, per_out) = (g.l(), g.c * g.h * g.w, g.cout * g.l());
+    let mut out = vec![0f32; g.n * per_out];
+    let kernel = View::new(w, g.cout, g.rows());
+    let chunk = g.images_per_chunk();
+    for start in (0..g.n).step_by(chunk) {
+        let nb = chunk.min(g.n - start);
+        let mut buf = None;
+        let cols = View::new(columns(images(x, per_in, start, nb), g, nb, &mut buf), g.rows(), nb * l);
+        let dst = images_mut(&mut out, per_out, start, nb);
+        if nb == 1 {
+            gemm(dst, false, kernel, cols);
         } else {
-            (x.narrow(0, start, len)?, grad.map(|t| t.narrow(0, start, len)).transpose()?)
-        };
-        out.push(f(&xc, gc.as_ref(), Geom { n: len, ..g })?);
+            let mut tmp = Scratch::take(g.cout * nb * l);
+            gemm(&mut tmp, false, kernel, cols);
+            from_channel_major(&tmp, nb, g.cout, l, dst);
+        }
     }
-    Ok(out)
+    out
 }
 
-fn forward(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
-    let g = Geom::new(x, w, p)?;
-    let wt = kernel_rows(w)?.t()?;
-    let parts = by_chunks(x, None, g, |x, _, g| rows_to_nchw(&patches(x, g)?.matmul(&wt)?, g.n, g.oh, g.ow))?;
-    if parts.len() == 1 {
-        return Ok(parts.into_iter().next().expect("one part"));
+/// The input gradient (when `need_dx`) and the kernel gradient (when `need_dw`).
+fn backward(x: &[f32], w: &[f32], dy: &[f32], g: &Geom, need_dx: bool, need_dw: bool) -> (Vec<f32>, Vec<f32>) {
+    let (l, per_in, per_out) = (g.l(), g.c * g.h * g.w, g.cout * g.l());
+    let mut dx = if need_dx { vec![0f32; g.n * per_in] } else { Vec::new() };
+    let mut dw = if need_dw { vec![0f32; g.cout * g.rows()] } else { Vec::new() };
+    let kernel = View::new(w, g.cout, g.rows());
+    let chunk = g.images_per_chunk();
+    for (i, start) in (0..g.n).step_by(chunk).enumerate() {
+        let nb = chunk.min(g.n - start);
+        let dy = images(dy, per_out, start, nb);
+        let mut shuffled = None;
+        let dy = if nb == 1 {
+            dy
+        } else {
+            let buf = shuffled.insert(Scratch::take(g.cout * nb * l));
+            to_channel_major(dy, nb, g.cout, l, buf);
+            buf
+        };
+        let dy = View::new(dy, g.cout, nb * l);
+        if need_dw {
+            let mut buf = None;
+            let cols = View::new(columns(images(x, per_in, start, nb), g, nb, &mut buf), g.rows(), nb * l);
+            gemm(&mut dw, i > 0, dy, cols.t());
+        }
+        if need_dx {
+            let dst = images_mut(&mut dx, per_in, start, nb);
+            if g.direct() && nb == 1 {
+                gemm(dst, false, kernel.t(), dy);
+            } else {
+                let mut dcols = Scratch::take(g.rows() * nb * l);
+                gemm(&mut dcols, false, kernel.t(), dy);
+                col2im(&dcols, g, nb, dst);
+            }
+        }
     }
-    Tensor::cat(&parts, 0)
+    (dx, dw)
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -190,48 +285,33 @@ impl CustomOp2 for Conv2dOp {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = forward(&contiguous_f32(s1, l1)?, &contiguous_f32(s2, l2)?, self.0)?;
-        let shape = y.shape().clone();
-        let (storage, layout) = y.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("conv2d: expected CPU storage") };
-        let (start, end) = layout.contiguous_offsets().expect("fresh conv output is contiguous");
-        Ok((CpuStorage::F32(cpu.as_slice::<f32>()?[start..end].to_vec()), shape))
+        let g = Geom::new(l1.shape(), l2.shape(), self.0)?;
+        let y = forward(cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?, &g);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))))
     }
 
-    /// Both gradients from one im2col of the input (recomputed rather than kept
-    /// from the forward pass, to save memory) and two matrix products.
+    /// Both gradients from one recomputed column matrix per chunk and two
+    /// matrix products; each only when something upstream needs it.
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (x, w, grad) = (x.detach(), w.detach(), grad.detach());
-        let g = Geom::new(&x, &w, self.0)?;
-        let (cout, cin, k) = (w.dim(0)?, w.dim(1)?, g.k);
-        let wr = kernel_rows(&w)?;
-        let parts = by_chunks(&x, Some(&grad), g, |x, grad, g| {
-            let grad = grad.expect("given");
-            let grad_rows = grad.permute((0, 2, 3, 1))?.contiguous()?.reshape((g.n * g.oh * g.ow, cout))?;
-            let dw = grad_rows.t()?.matmul(&patches(x, g)?)?;
-            let dcols = grad_rows.matmul(&wr)?;
-            let dx = if k == 1 && g.p.stride == 1 && g.p.padding == 0 {
-                rows_to_nchw(&dcols, g.n, g.h, g.w)?
-            } else {
-                dcols.apply_op1_no_bwd(&Col2Im(g))?.permute((0, 3, 1, 2))?.contiguous()?
-            };
-            Ok((dx, dw))
-        })?;
-        let (dxs, dws): (Vec<Tensor>, Vec<Tensor>) = parts.into_iter().unzip();
-        let mut dw = dws[0].clone();
-        for d in &dws[1..] {
-            dw = (dw + d)?;
-        }
-        let dw = dw.reshape((cout, k, k, cin))?.permute((0, 3, 1, 2))?.contiguous()?;
-        let dx = if dxs.len() == 1 { dxs.into_iter().next().expect("one part") } else { Tensor::cat(&dxs, 0)? };
-        Ok((Some(dx), Some(dw)))
+        let g = Geom::new(x.shape(), w.shape(), self.0)?;
+        let (need_dx, need_dw) = (x.track_op(), w.track_op());
+        let (dx, dw) = with_cpu_f32(&x.detach(), |xs| {
+            with_cpu_f32(&w.detach(), |ws| {
+                with_cpu_f32(&grad.detach(), |dy| backward(xs, ws, dy, &g, need_dx, need_dw))
+            })
+        })???;
+        let dev = x.device();
+        Ok((
+            need_dx.then(|| Tensor::from_vec(dx, x.shape(), dev)).transpose()?,
+            need_dw.then(|| Tensor::from_vec(dw, w.shape(), dev)).transpose()?,
+        ))
     }
 }
 
 /// 2-D convolution without bias, groups 1, dilation 1.
 ///
-/// On CPU with f32 this is the op with the fast backward described in the module
-/// doc; elsewhere it is candle's conv2d.
+/// On CPU with f32 this is the op described in the module doc; elsewhere it is
+/// candle's conv2d.
 pub fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32 {
         x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp(p))
@@ -247,8 +327,13 @@ mod tests {
     use crate::train::rng::Rng;
     use candle_core::{Device, Var};
 
+    fn diff(a: &Tensor, b: &Tensor) -> f32 {
+        a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
     /// Gradients of our conv equal those of candle's native conv2d (whose
-    /// backward is a direct transcription of the definition).
+    /// backward is a direct transcription of the definition), for one image
+    /// (the direct 1x1 path) and several (the shuffled path).
     #[test]
     fn conv_gradients_match_candles_native_conv() {
         let mut rng = Rng::new(11);
@@ -257,40 +342,65 @@ mod tests {
             (4, 5, 9, 3, 1, 2),
             (4, 5, 10, 3, 1, 2),
             (4, 6, 8, 1, 0, 2),
+            (4, 6, 8, 1, 0, 1),
             (2, 3, 10, 7, 3, 2),
             (2, 3, 11, 7, 3, 2),
             (3, 2, 7, 3, 0, 1),
+            (2, 2, 5, 5, 2, 3),
         ] {
-            let xs = randn(&mut rng, &[2, cin, hw, hw]);
-            let ws = randn(&mut rng, &[cout, cin, k, k]);
-            let x = Var::from_vec(xs.clone(), (2, cin, hw, hw), &Device::Cpu).unwrap();
-            let w = Var::from_vec(ws.clone(), (cout, cin, k, k), &Device::Cpu).unwrap();
-            let x2 = Var::from_vec(xs, (2, cin, hw, hw), &Device::Cpu).unwrap();
-            let w2 = Var::from_vec(ws, (cout, cin, k, k), &Device::Cpu).unwrap();
-            let ours = conv2d(x.as_tensor(), w.as_tensor(), ConvParams { padding, stride }).unwrap();
-            let native = x2.as_tensor().conv2d(w2.as_tensor(), padding, stride, 1, 1).unwrap();
-            let weights = Tensor::from_vec(randn(&mut rng, ours.dims()), ours.dims(), &Device::Cpu).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| -> f32 {
-                a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-            };
-            assert!(diff(&ours, &native) < 1e-4);
-            let g1 = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = native.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let case = format!("cin {cin} cout {cout} hw {hw} k {k} pad {padding} stride {stride}");
-            assert!(diff(g1.get(&x).unwrap(), g2.get(&x2).unwrap()) < 1e-4, "input grad, {case}");
-            assert!(diff(g1.get(&w).unwrap(), g2.get(&w2).unwrap()) < 1e-3, "weight grad, {case}");
+            for n in [1, 2] {
+                let xs = randn(&mut rng, &[n, cin, hw, hw]);
+                let ws = randn(&mut rng, &[cout, cin, k, k]);
+                let x = Var::from_vec(xs.clone(), (n, cin, hw, hw), &Device::Cpu).unwrap();
+                let w = Var::from_vec(ws.clone(), (cout, cin, k, k), &Device::Cpu).unwrap();
+                let x2 = Var::from_vec(xs, (n, cin, hw, hw), &Device::Cpu).unwrap();
+                let w2 = Var::from_vec(ws, (cout, cin, k, k), &Device::Cpu).unwrap();
+                let ours = conv2d(x.as_tensor(), w.as_tensor(), ConvParams { padding, stride }).unwrap();
+                let native = x2.as_tensor().conv2d(w2.as_tensor(), padding, stride, 1, 1).unwrap();
+                let weights = Tensor::from_vec(randn(&mut rng, ours.dims()), ours.dims(), &Device::Cpu).unwrap();
+                let case = format!("n {n} cin {cin} cout {cout} hw {hw} k {k} pad {padding} stride {stride}");
+                assert!(diff(&ours, &native) < 1e-4, "output, {case}");
+                let g1 = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = native.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+                assert!(diff(g1.get(&x).unwrap(), g2.get(&x2).unwrap()) < 1e-4, "input grad, {case}");
+                assert!(diff(g1.get(&w).unwrap(), g2.get(&w2).unwrap()) < 1e-3, "weight grad, {case}");
+            }
         }
     }
 
-    /// A batch whose im2col matrix is split into chunks gives the same output
-    /// and gradients as candle's conv2d.
+    /// An input that needs no gradient (the stem's images) gets none, and a
+    /// frozen kernel none either; the other gradient is unchanged.
+    #[test]
+    fn only_the_gradients_needed_are_computed() {
+        let mut rng = Rng::new(3);
+        let xs = randn(&mut rng, &[2, 3, 6, 6]);
+        let ws = randn(&mut rng, &[4, 3, 3, 3]);
+        let p = ConvParams { padding: 1, stride: 1 };
+        let x = Tensor::from_vec(xs.clone(), (2, 3, 6, 6), &Device::Cpu).unwrap();
+        let w = Var::from_vec(ws.clone(), (4, 3, 3, 3), &Device::Cpu).unwrap();
+        let grads = conv2d(&x, w.as_tensor(), p).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        let x2 = Var::from_vec(xs, (2, 3, 6, 6), &Device::Cpu).unwrap();
+        let w2 = Var::from_vec(ws.clone(), (4, 3, 3, 3), &Device::Cpu).unwrap();
+        let native = x2.as_tensor().conv2d(w2.as_tensor(), 1, 1, 1, 1).unwrap();
+        let g2 = native.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(diff(grads.get(&w).unwrap(), g2.get(&w2).unwrap()) < 1e-3);
+        let frozen = Tensor::from_vec(ws, (4, 3, 3, 3), &Device::Cpu).unwrap();
+        let grads = conv2d(x2.as_tensor(), &frozen, p).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&frozen).is_none());
+        assert!(diff(grads.get(&x2).unwrap(), g2.get(&x2).unwrap()) < 1e-4);
+    }
+
+    /// A batch whose column matrix is split into chunks of several images gives
+    /// the same output and gradients as candle's conv2d.
     #[test]
     fn chunked_conv_matches_candles_native_conv() {
         let mut rng = Rng::new(5);
-        let (n, cin, cout, hw) = (9, 64, 3, 64);
+        let (n, cin, cout, hw) = (9, 64, 3, 32);
         let p = ConvParams { padding: 1, stride: 1 };
-        let g = Geom { n, c: cin, h: hw, w: hw, k: 3, oh: hw, ow: hw, p };
-        assert!(images_per_chunk(&g) < n, "the test must split the batch");
+        let g = Geom { n, c: cin, h: hw, w: hw, k: 3, cout, oh: hw, ow: hw, p };
+        let per = g.images_per_chunk();
+        assert!(per > 1 && per < n && n % per > 1, "the test must split the batch unevenly: {per}");
         let xs = randn(&mut rng, &[n, cin, hw, hw]);
         let ws = randn(&mut rng, &[cout, cin, 3, 3]);
         let x = Var::from_vec(xs.clone(), (n, cin, hw, hw), &Device::Cpu).unwrap();
@@ -299,9 +409,6 @@ mod tests {
         let w2 = Var::from_vec(ws, (cout, cin, 3, 3), &Device::Cpu).unwrap();
         let ours = conv2d(x.as_tensor(), w.as_tensor(), p).unwrap();
         let native = x2.as_tensor().conv2d(w2.as_tensor(), 1, 1, 1, 1).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-        };
         assert!(diff(&ours, &native) < 1e-3);
         let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = native.sqr().unwrap().sum_all().unwrap().backward().unwrap();

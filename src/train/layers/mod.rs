@@ -12,15 +12,21 @@
 //!   #max/k² and exists only for kernel == stride without padding.
 //! * [`avg_pool2d`] (floor mode) and [`adaptive_avg_pool2d`] (VGG's 7x7).
 //! * [`batch_norm_cpu`]: BatchNorm's normalisation as one op with PyTorch's
-//!   closed-form backward, statistics accumulated in f64.
+//!   closed-form backward, statistics accumulated in f64, optionally with the
+//!   ReLU that follows it in the same op.
+//! * [`add_relu`]: a ResNet block's `relu(out + identity)` as one op.
 //!
-//! One op per file: `conv.rs`, `pool.rs`, `batch_norm.rs`; the CPU-storage helpers
+//! One op per file: `conv.rs`, `pool.rs`, `batch_norm.rs`, `add_relu.rs` (and
+//! the matrix product in `gemm.rs`); the CPU-storage helpers
 //! they share are here.
 
+mod add_relu;
 mod batch_norm;
 mod conv;
+mod gemm;
 mod pool;
 
+pub use add_relu::add_relu;
 pub use batch_norm::{batch_norm_cpu, channel_stats};
 pub use conv::{conv2d, ConvParams};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};
@@ -38,7 +44,7 @@ fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("expected a CPU tensor") };
-    Ok(f(cpu_f32(cpu, layout, "batch_norm")?))
+    Ok(f(cpu_f32(cpu, layout, "a CPU op")?))
 }
 
 #[cfg(test)]

@@ -27,37 +27,35 @@ impl PoolParams {
     }
 }
 
+/// The input rows (or columns) `lo..hi` under window `o` of an axis of `len`
+/// inputs (the padding clipped off).
+fn window(o: usize, len: usize, p: PoolParams) -> (usize, usize) {
+    let start = o * p.stride;
+    (start.saturating_sub(p.padding), (start + p.kernel).saturating_sub(p.padding).min(len))
+}
+
 /// The flat input index of the maximum of each window, in PyTorch's scan order
 /// (row-major within the window, the first maximum wins, NaN propagates).
-fn window_argmax(plane: &[f32], h: usize, w: usize, p: PoolParams, oh: usize, ow: usize, out: &mut [usize]) {
-    for oy in 0..oh {
-        let y0 = (oy * p.stride) as isize - p.padding as isize;
-        for ox in 0..ow {
-            let x0 = (ox * p.stride) as isize - p.padding as isize;
-            let mut best = usize::MAX;
-            let mut best_v = f32::NEG_INFINITY;
-            for dy in 0..p.kernel as isize {
-                let y = y0 + dy;
-                if y < 0 || y >= h as isize {
-                    continue;
-                }
-                for dx in 0..p.kernel as isize {
-                    let x = x0 + dx;
-                    if x < 0 || x >= w as isize {
-                        continue;
+fn window_argmax(plane: &[f32], h: usize, w: usize, p: PoolParams, oh: usize, ow: usize, out: &mut [u32]) {
+    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, w, p)).collect();
+    for (oy, out) in out.chunks_exact_mut(ow).enumerate().take(oh) {
+        let (y0, y1) = window(oy, h, p);
+        for (o, &(x0, x1)) in out.iter_mut().zip(&cols) {
+            let mut best = y0 * w + x0;
+            let mut best_v = plane[best];
+            'scan: for y in y0..y1 {
+                let row = &plane[y * w..];
+                for (x, &v) in row.iter().enumerate().take(x1).skip(x0) {
+                    if best_v.is_nan() {
+                        break 'scan;
                     }
-                    let i = y as usize * w + x as usize;
-                    let v = plane[i];
-                    if best == usize::MAX || v > best_v || v.is_nan() {
-                        best = i;
+                    if v > best_v || v.is_nan() {
+                        best = y * w + x;
                         best_v = v;
-                        if v.is_nan() {
-                            break;
-                        }
                     }
                 }
             }
-            out[oy * ow + ox] = best;
+            *o = best as u32;
         }
     }
 }
@@ -76,10 +74,10 @@ impl candle_core::CustomOp1 for MaxPool2dOp {
         let x = cpu_f32(storage, layout, "max_pool2d")?;
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(o, plane)| {
-            let mut idx = vec![0usize; oh * ow];
+            let mut idx = vec![0u32; oh * ow];
             window_argmax(plane, h, w, self.0, oh, ow, &mut idx);
             for (o, &i) in o.iter_mut().zip(&idx) {
-                *o = plane[i];
+                *o = plane[i as usize];
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
@@ -106,10 +104,10 @@ impl CustomOp2 for MaxPool2dBackward {
         let g = cpu_f32(s2, l2, "max_pool2d backward")?;
         let mut out = vec![0f32; n * c * h * w];
         out.par_chunks_mut(h * w).zip(x.par_chunks(h * w)).zip(g.par_chunks(oh * ow)).for_each(|((o, plane), g)| {
-            let mut idx = vec![0usize; oh * ow];
+            let mut idx = vec![0u32; oh * ow];
             window_argmax(plane, h, w, self.0, oh, ow, &mut idx);
             for (&i, &gv) in idx.iter().zip(g) {
-                o[i] += gv;
+                o[i as usize] += gv;
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))

@@ -89,7 +89,7 @@ impl DenseNet {
 
 impl Classifier for DenseNet {
     fn forward(&self, xs: &Tensor, train: bool, rng: &mut Rng) -> Result<Tensor> {
-        let mut xs = self.norm0.forward(&self.conv0.forward(xs)?, train)?.relu()?;
+        let mut xs = self.norm0.forward_relu(&self.conv0.forward(xs)?, train)?;
         if self.max_pool {
             xs = max_pool2d(&xs, PoolParams { kernel: 3, stride: 2, padding: 1 })?;
         }
@@ -98,16 +98,16 @@ impl Classifier for DenseNet {
             for l in layers {
                 // torchvision concatenates every earlier output before each layer.
                 let cat = Tensor::cat(&features, 1)?;
-                let y = l.conv1.forward(&l.norm1.forward(&cat, train)?.relu()?)?;
-                let y = l.conv2.forward(&l.norm2.forward(&y, train)?.relu()?)?;
+                let y = l.conv1.forward(&l.norm1.forward_relu(&cat, train)?)?;
+                let y = l.conv2.forward(&l.norm2.forward_relu(&y, train)?)?;
                 features.push(y);
             }
             xs = Tensor::cat(&features, 1)?;
             if let Some(t) = transition {
-                xs = avg_pool2d(&t.conv.forward(&t.norm.forward(&xs, train)?.relu()?)?, 2)?;
+                xs = avg_pool2d(&t.conv.forward(&t.norm.forward_relu(&xs, train)?)?, 2)?;
             }
         }
-        let xs = self.norm5.forward(&xs, train)?.relu()?;
+        let xs = self.norm5.forward_relu(&xs, train)?;
         let features = adaptive_avg_pool2d(&xs, 1, 1)?.flatten_from(1)?;
         self.head.forward(&features, train, rng)
     }

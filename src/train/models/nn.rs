@@ -220,6 +220,15 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// Applies the layer to `xs` (N, C, H, W).
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.apply(xs, train, false)
+    }
+
+    /// `relu(self.forward(xs, train))`, on the CPU as one op each way.
+    pub fn forward_relu(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.apply(xs, train, true)
+    }
+
+    fn apply(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let (n, c, h, w) = xs.dims4()?;
         let batch_stats = train && !self.fixed_stats;
         let m = n * h * w;
@@ -234,7 +243,7 @@ impl BatchNorm {
             } else {
                 (self.running_mean.as_tensor().to_vec1::<f32>()?, self.running_var.as_tensor().to_vec1::<f32>()?)
             };
-            let y = batch_norm_cpu(xs, &self.weight, &self.bias, mean.clone(), &var, self.eps, batch_stats)?;
+            let y = batch_norm_cpu(xs, &self.weight, &self.bias, mean.clone(), &var, self.eps, batch_stats, relu)?;
             if batch_stats {
                 let dev = xs.device();
                 let unbiased: Vec<f32> = var.iter().map(|&v| v * m as f32 / (m - 1) as f32).collect();
@@ -249,7 +258,8 @@ impl BatchNorm {
         if !batch_stats {
             let inv = (self.running_var.as_tensor().detach() + self.eps)?.sqrt()?.recip()?.reshape(shape)?;
             let mean = self.running_mean.as_tensor().detach().reshape(shape)?;
-            return xs.broadcast_sub(&mean)?.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias);
+            let y = xs.broadcast_sub(&mean)?.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
         let mean = (xs.sum_keepdim((0, 2, 3))? / m as f64)?;
         let centered = xs.broadcast_sub(&mean)?;
@@ -258,7 +268,11 @@ impl BatchNorm {
         let y = centered.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias)?;
         let unbiased = (var.detach().flatten_all()? * (m as f64 / (m - 1) as f64))?;
         self.update_stats(&mean.detach().flatten_all()?, &unbiased)?;
-        Ok(y)
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
     }
 
     /// `running = (1 - momentum) * running + momentum * batch`; counts the batch.

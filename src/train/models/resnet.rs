@@ -6,7 +6,7 @@
 use super::nn::{BatchNorm, Builder, Conv, Init};
 use super::{Classifier, HeadNet};
 use crate::spec::{Head, Stem};
-use crate::train::layers::{adaptive_avg_pool2d, max_pool2d, PoolParams};
+use crate::train::layers::{adaptive_avg_pool2d, add_relu, max_pool2d, PoolParams};
 use crate::train::rng::Rng;
 use candle_core::{Result, Tensor};
 
@@ -20,16 +20,17 @@ impl Block {
         let mut y = xs.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            y = bn.forward(&conv.forward(&y)?, train)?;
-            if i < last {
-                y = y.relu()?;
-            }
+            y = if i < last {
+                bn.forward_relu(&conv.forward(&y)?, train)?
+            } else {
+                bn.forward(&conv.forward(&y)?, train)?
+            };
         }
         let identity = match &self.downsample {
             Some((conv, bn)) => bn.forward(&conv.forward(xs)?, train)?,
             None => xs.clone(),
         };
-        (y + identity)?.relu()
+        add_relu(&y, &identity)
     }
 }
 
@@ -111,7 +112,7 @@ impl ResNet {
 impl Classifier for ResNet {
     fn forward(&self, xs: &Tensor, train: bool, rng: &mut Rng) -> Result<Tensor> {
         let (conv, bn) = &self.stem;
-        let mut xs = bn.forward(&conv.forward(xs)?, train)?.relu()?;
+        let mut xs = bn.forward_relu(&conv.forward(xs)?, train)?;
         if self.max_pool {
             xs = max_pool2d(&xs, PoolParams { kernel: 3, stride: 2, padding: 1 })?;
         }

@@ -38,7 +38,7 @@ impl Classifier for SmallCnn {
         let pool = PoolParams { kernel: 2, stride: 2, padding: 0 };
         let mut xs = xs.clone();
         for (conv, bn) in &self.convs {
-            xs = max_pool2d(&bn.forward(&conv.forward(&xs)?, train)?.relu()?, pool)?;
+            xs = max_pool2d(&bn.forward_relu(&conv.forward(&xs)?, train)?, pool)?;
         }
         let pooled = xs.mean(D::Minus1)?.mean(D::Minus1)?;
         self.head.forward(&pooled, train, rng)

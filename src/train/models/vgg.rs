@@ -105,7 +105,7 @@ impl Classifier for Vgg {
                 Layer::Conv(conv, bn) => {
                     let y = conv.forward(&xs)?;
                     match bn {
-                        Some(bn) => bn.forward(&y, train)?.relu()?,
+                        Some(bn) => bn.forward_relu(&y, train)?,
                         None => y.relu()?,
                     }
                 }
