@@ -15,7 +15,15 @@ import torchvision.models as tm
 model, batch, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 torch.set_num_threads(int(__import__("os").environ.get("THREADS", torch.get_num_threads())))
-m = getattr(tm, model)(num_classes=10).train()
+if model == "smallcnn":
+    # sweep's quickstart model (bench/smallcnn_torch.py has the same).
+    def stage(cin, cout):
+        return [torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False), torch.nn.BatchNorm2d(cout),
+                torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+    m = torch.nn.Sequential(*stage(3, 16), *stage(16, 32), *stage(32, 64), torch.nn.AdaptiveAvgPool2d(1),
+                            torch.nn.Flatten(), torch.nn.Linear(64, 10)).train()
+else:
+    m = getattr(tm, model)(num_classes=10).train()
 opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 after_build = peak()

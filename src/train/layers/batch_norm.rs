@@ -5,8 +5,54 @@
 use super::{cpu_f32, with_cpu_f32};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 
-/// Per-channel mean and biased variance of NCHW `x` (f32 on the CPU),
-/// accumulated in f64.
+/// Floats summed in f32 before the running total (in f64) takes them: short
+/// enough to keep f32's rounding negligible, long enough for eight-wide SIMD.
+const BLOCK: usize = 512;
+
+/// Σ f(x) over `xs`: eight f32 lanes per block of [`BLOCK`], blocks added in f64.
+fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut total = 0f64;
+    for block in xs.chunks(BLOCK) {
+        let mut acc = [0f32; 8];
+        let mut it = block.chunks_exact(8);
+        for c in &mut it {
+            for l in 0..8 {
+                acc[l] += f(c[l]);
+            }
+        }
+        let s = acc.iter().sum::<f32>() + it.remainder().iter().map(|&v| f(v)).sum::<f32>();
+        total += f64::from(s);
+    }
+    total
+}
+
+/// (Σ f(a, b, c).0, Σ f(a, b, c).1) over three slices of one length, as [`sum_map`].
+fn sum_map3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> (f32, f32)) -> (f64, f64) {
+    let mut total = (0f64, 0f64);
+    for ((a, b), c) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).zip(c.chunks(BLOCK)) {
+        let (mut s, mut t) = ([0f32; 8], [0f32; 8]);
+        let (mut ia, mut ib, mut ic) = (a.chunks_exact(8), b.chunks_exact(8), c.chunks_exact(8));
+        for ((a, b), c) in (&mut ia).zip(&mut ib).zip(&mut ic) {
+            for l in 0..8 {
+                let (x, y) = f(a[l], b[l], c[l]);
+                s[l] += x;
+                t[l] += y;
+            }
+        }
+        let (mut s, mut t) = (s.iter().sum::<f32>(), t.iter().sum::<f32>());
+        for ((&a, &b), &c) in ia.remainder().iter().zip(ib.remainder()).zip(ic.remainder()) {
+            let (x, y) = f(a, b, c);
+            s += x;
+            t += y;
+        }
+        total.0 += f64::from(s);
+        total.1 += f64::from(t);
+    }
+    total
+}
+
+/// Per-channel mean and biased variance of NCHW `x` (f32 on the CPU), in two
+/// passes (the variance from the centred values), accumulated as [`sum_map`].
 pub fn channel_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
     use rayon::prelude::*;
     let (n, c, h, w) = x.dims4()?;
@@ -17,10 +63,10 @@ pub fn channel_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
             .into_par_iter()
             .map(|ch| {
                 let planes = || (0..n).map(|b| &data[(b * c + ch) * hw..][..hw]);
-                let mean = planes().map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>()).sum::<f64>() / m;
-                let var =
-                    planes().map(|p| p.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>()).sum::<f64>() / m;
-                (mean as f32, var as f32)
+                let mean = planes().map(|p| sum_map(p, |v| v)).sum::<f64>() / m;
+                let mean32 = mean as f32;
+                let var = planes().map(|p| sum_map(p, |v| (v - mean32) * (v - mean32))).sum::<f64>() / m;
+                (mean32, var as f32)
             })
             .collect()
     })?;
@@ -97,37 +143,24 @@ impl candle_core::CustomOp3 for BatchNormOp {
         let (n, c, h, wd) = x.dims4()?;
         let wv = w.detach().to_vec1::<f32>()?;
         let (x, grad) = (x.detach(), grad.detach());
-        if !self.relu {
-            return with_cpu_f32(&x, |xs| {
-                with_cpu_f32(&grad, |dy| self.backward(xs, dy, &wv, (n, c, h, wd), x.device()))
-            })??;
-        }
-        // The ReLU's backward first: the gradient where the output is positive.
-        let masked = with_cpu_f32(&res.detach(), |out| {
-            with_cpu_f32(&grad, |dy| {
-                use rayon::prelude::*;
-                let mut g = vec![0f32; dy.len()];
-                g.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14)).zip(out.par_chunks(1 << 14)).for_each(
-                    |((g, dy), out)| {
-                        for ((g, &d), &o) in g.iter_mut().zip(dy).zip(out) {
-                            *g = if o > 0.0 { d } else { 0.0 };
-                        }
-                    },
-                );
-                g
-            })
-        })??;
-        with_cpu_f32(&x, |xs| self.backward(xs, &masked, &wv, (n, c, h, wd), x.device()))?
+        let dims = (n, c, h, wd);
+        // Without the ReLU the output is never read (any slice of its length will do).
+        let out = if self.relu { res.detach() } else { grad.clone() };
+        with_cpu_f32(&x, |xs| {
+            with_cpu_f32(&grad, |dy| with_cpu_f32(&out, |out| self.backward(xs, dy, out, &wv, dims, x.device())))
+        })???
     }
 }
 
 impl BatchNormOp {
-    /// Gradients with respect to x, weight and bias, given x and dy (NCHW) and
-    /// the weight.
+    /// Gradients with respect to x, weight and bias, given x, dy and (with the
+    /// ReLU) the output, all NCHW, and the weight. The ReLU's backward (dy where
+    /// the output is positive) is applied as each element is read.
     fn backward(
         &self,
         xs: &[f32],
         dy: &[f32],
+        out: &[f32],
         wv: &[f32],
         (n, c, h, wd): (usize, usize, usize, usize),
         dev: &candle_core::Device,
@@ -135,18 +168,22 @@ impl BatchNormOp {
         use rayon::prelude::*;
         let hw = h * wd;
         // Σ dy and Σ dy * x̂ per channel.
+        let relu = self.relu;
+        let masked = move |d: f32, o: f32| if !relu || o > 0.0 { d } else { 0.0 };
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mut sdy, mut sdyx) = (0f64, 0f64);
-                for bi in 0..n {
-                    let at = (bi * c + ch) * hw;
-                    for (&g, &v) in dy[at..at + hw].iter().zip(&xs[at..at + hw]) {
-                        sdy += f64::from(g);
-                        sdyx += f64::from(g) * f64::from((v - self.mean[ch]) * self.invstd[ch]);
-                    }
-                }
-                (sdy, sdyx)
+                let (mean, inv) = (self.mean[ch], self.invstd[ch]);
+                (0..n)
+                    .map(|bi| {
+                        let at = (bi * c + ch) * hw;
+                        let (dy, xs, out) = (&dy[at..at + hw], &xs[at..at + hw], &out[at..at + hw]);
+                        sum_map3(dy, xs, out, |d, v, o| {
+                            let g = masked(d, o);
+                            (g, g * (v - mean) * inv)
+                        })
+                    })
+                    .fold((0f64, 0f64), |a, b| (a.0 + b.0, a.1 + b.1))
             })
             .collect();
         let m = (n * hw) as f32;
@@ -158,12 +195,14 @@ impl BatchNormOp {
             let k = wv[ch] * inv;
             if self.batch_stats {
                 let (sdy, sdyx) = (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m);
-                for ((d, &g), &v) in d.iter_mut().zip(&dy[at..at + hw]).zip(&xs[at..at + hw]) {
-                    *d = k * (g - sdy - (v - mean) * inv * sdyx);
+                for (((d, &g), &v), &o) in
+                    d.iter_mut().zip(&dy[at..at + hw]).zip(&xs[at..at + hw]).zip(&out[at..at + hw])
+                {
+                    *d = k * (masked(g, o) - sdy - (v - mean) * inv * sdyx);
                 }
             } else {
-                for (d, &g) in d.iter_mut().zip(&dy[at..at + hw]) {
-                    *d = k * g;
+                for ((d, &g), &o) in d.iter_mut().zip(&dy[at..at + hw]).zip(&out[at..at + hw]) {
+                    *d = k * masked(g, o);
                 }
             }
         });

@@ -1,7 +1,7 @@
 //! Max, average and adaptive average pooling.
 
 use super::cpu_f32;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 
 /// Geometry of a 2-D pooling window (square, symmetric padding, floor mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,33 +34,73 @@ fn window(o: usize, len: usize, p: PoolParams) -> (usize, usize) {
     (start.saturating_sub(p.padding), (start + p.kernel).saturating_sub(p.padding).min(len))
 }
 
+/// Of the candidates `(value, index)` in scan order, the first maximum (or the
+/// first NaN).
+#[inline]
+fn first_max(cands: impl IntoIterator<Item = (f32, usize)>) -> usize {
+    let mut it = cands.into_iter();
+    let (mut best_v, mut best) = it.next().expect("a window is never empty");
+    for (v, i) in it {
+        if best_v.is_nan() {
+            break;
+        }
+        if v > best_v || v.is_nan() {
+            best = i;
+            best_v = v;
+        }
+    }
+    best
+}
+
 /// The flat input index of the maximum of each window, in PyTorch's scan order
 /// (row-major within the window, the first maximum wins, NaN propagates).
 fn window_argmax(plane: &[f32], h: usize, w: usize, p: PoolParams, oh: usize, ow: usize, out: &mut [u32]) {
+    if p.kernel == 2 && p.stride == 2 && p.padding == 0 {
+        // VGG's and smallcnn's pools: four candidates, no clipping.
+        for (oy, out) in out.chunks_exact_mut(ow).enumerate().take(oh) {
+            let (top, bottom) = (2 * oy * w, (2 * oy + 1) * w);
+            let (r0, r1) = (&plane[top..top + w], &plane[bottom..bottom + w]);
+            for (ox, o) in out.iter_mut().enumerate() {
+                let i = 2 * ox;
+                let cands =
+                    [(r0[i], top + i), (r0[i + 1], top + i + 1), (r1[i], bottom + i), (r1[i + 1], bottom + i + 1)];
+                *o = first_max(cands) as u32;
+            }
+        }
+        return;
+    }
+    windows_argmax(plane, h, w, p, oh, ow, out);
+}
+
+/// [`window_argmax`] for any window.
+fn windows_argmax(plane: &[f32], h: usize, w: usize, p: PoolParams, oh: usize, ow: usize, out: &mut [u32]) {
     let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, w, p)).collect();
     for (oy, out) in out.chunks_exact_mut(ow).enumerate().take(oh) {
         let (y0, y1) = window(oy, h, p);
         for (o, &(x0, x1)) in out.iter_mut().zip(&cols) {
-            let mut best = y0 * w + x0;
-            let mut best_v = plane[best];
-            'scan: for y in y0..y1 {
-                let row = &plane[y * w..];
-                for (x, &v) in row.iter().enumerate().take(x1).skip(x0) {
-                    if best_v.is_nan() {
-                        break 'scan;
-                    }
-                    if v > best_v || v.is_nan() {
-                        best = y * w + x;
-                        best_v = v;
-                    }
-                }
-            }
-            *o = best as u32;
+            let cands = (y0..y1).flat_map(|y| (y * w + x0..y * w + x1).map(|i| (plane[i], i)));
+            *o = first_max(cands) as u32;
         }
     }
 }
 
-struct MaxPool2dOp(PoolParams);
+/// The max-pool op; the forward pass keeps the index of each window's maximum
+/// for the backward pass, so the windows are scanned once per step.
+struct MaxPool2dOp {
+    p: PoolParams,
+    argmax: std::sync::Mutex<Option<Vec<u32>>>,
+}
+
+/// Each window's maximum's index within its plane, for every plane of NCHW `x`.
+fn argmax_of(x: &[f32], (h, w): (usize, usize), p: PoolParams) -> Result<Vec<u32>> {
+    use rayon::prelude::*;
+    let (oh, ow) = (p.out(h)?, p.out(w)?);
+    let mut idx = vec![0u32; x.len() / (h * w) * oh * ow];
+    idx.par_chunks_mut(oh * ow)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(i, plane)| window_argmax(plane, h, w, p, oh, ow, i));
+    Ok(idx)
+}
 
 impl candle_core::CustomOp1 for MaxPool2dOp {
     fn name(&self) -> &'static str {
@@ -70,47 +110,61 @@ impl candle_core::CustomOp1 for MaxPool2dOp {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let (n, c, h, w) = layout.shape().dims4()?;
-        let (oh, ow) = (self.0.out(h)?, self.0.out(w)?);
+        let (oh, ow) = (self.p.out(h)?, self.p.out(w)?);
         let x = cpu_f32(storage, layout, "max_pool2d")?;
+        let idx = argmax_of(x, (h, w), self.p)?;
         let mut out = vec![0f32; n * c * oh * ow];
-        out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(o, plane)| {
-            let mut idx = vec![0u32; oh * ow];
-            window_argmax(plane, h, w, self.0, oh, ow, &mut idx);
-            for (o, &i) in o.iter_mut().zip(&idx) {
-                *o = plane[i as usize];
-            }
-        });
+        out.par_chunks_mut(oh * ow).zip(idx.par_chunks(oh * ow)).zip(x.par_chunks(h * w)).for_each(
+            |((o, i), plane)| {
+                for (o, &i) in o.iter_mut().zip(i) {
+                    *o = plane[i as usize];
+                }
+            },
+        );
+        *self.argmax.lock().expect("max-pool lock") = Some(idx);
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &MaxPool2dBackward(self.0))?))
+        let (_, _, h, w) = arg.dims4()?;
+        // A second backward pass through the same graph scans the windows again.
+        let idx = match self.argmax.lock().expect("max-pool lock").take() {
+            Some(idx) => idx,
+            None => super::with_cpu_f32(&arg.detach(), |x| argmax_of(x, (h, w), self.p))??,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&MaxPool2dBackward { idx, h, w })?))
     }
 }
 
 /// Routes each output gradient to its window's maximum (summed where windows overlap).
-struct MaxPool2dBackward(PoolParams);
+struct MaxPool2dBackward {
+    idx: Vec<u32>,
+    h: usize,
+    w: usize,
+}
 
-impl CustomOp2 for MaxPool2dBackward {
+impl candle_core::CustomOp1 for MaxPool2dBackward {
     fn name(&self) -> &'static str {
         "sweep-max-pool2d-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let (n, c, h, w) = l1.shape().dims4()?;
-        let (oh, ow) = (self.0.out(h)?, self.0.out(w)?);
-        let x = cpu_f32(s1, l1, "max_pool2d backward")?;
-        let g = cpu_f32(s2, l2, "max_pool2d backward")?;
-        let mut out = vec![0f32; n * c * h * w];
-        out.par_chunks_mut(h * w).zip(x.par_chunks(h * w)).zip(g.par_chunks(oh * ow)).for_each(|((o, plane), g)| {
-            let mut idx = vec![0u32; oh * ow];
-            window_argmax(plane, h, w, self.0, oh, ow, &mut idx);
-            for (&i, &gv) in idx.iter().zip(g) {
-                o[i as usize] += gv;
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+        let (n, c, oh, ow) = layout.shape().dims4()?;
+        let g = cpu_f32(storage, layout, "max_pool2d backward")?;
+        if self.idx.len() != g.len() {
+            candle_core::bail!("max_pool2d backward: {} gradients for {} windows", g.len(), self.idx.len());
+        }
+        let plane = self.h * self.w;
+        let mut out = vec![0f32; n * c * plane];
+        out.par_chunks_mut(plane).zip(self.idx.par_chunks(oh * ow)).zip(g.par_chunks(oh * ow)).for_each(
+            |((o, idx), g)| {
+                for (&i, &gv) in idx.iter().zip(g) {
+                    o[i as usize] += gv;
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((n, c, self.h, self.w))))
     }
 }
 
@@ -121,7 +175,7 @@ impl CustomOp2 for MaxPool2dBackward {
 /// tensor ops and reduced with `max` (correct values; a tie shares the gradient).
 pub fn max_pool2d(xs: &Tensor, p: PoolParams) -> Result<Tensor> {
     if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
-        return xs.contiguous()?.apply_op1(MaxPool2dOp(p));
+        return xs.contiguous()?.apply_op1(MaxPool2dOp { p, argmax: std::sync::Mutex::new(None) });
     }
     let (n, c, h, w) = xs.dims4()?;
     let (oh, ow) = (p.out(h)?, p.out(w)?);
@@ -212,6 +266,25 @@ pub fn adaptive_avg_pool2d(xs: &Tensor, oh: usize, ow: usize) -> Result<Tensor> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The four-candidate path for 2x2/2 windows picks what the general one
+    /// picks: the first maximum on ties, the first NaN.
+    #[test]
+    fn two_by_two_windows_pick_as_the_general_path() {
+        let (h, w) = (6, 8);
+        let mut rng = crate::train::rng::Rng::new(4);
+        let mut plane: Vec<f32> = (0..h * w).map(|_| (rng.next_f64() * 4.0).floor() as f32).collect();
+        plane[9] = f32::NAN;
+        plane[18] = f32::NAN;
+        plane[19] = f32::NAN;
+        let p = PoolParams { kernel: 2, stride: 2, padding: 0 };
+        let (mut fast, mut general) = (vec![0u32; 12], vec![0u32; 12]);
+        window_argmax(&plane, h, w, p, 3, 4, &mut fast);
+        windows_argmax(&plane, h, w, p, 3, 4, &mut general);
+        assert_eq!(fast, general);
+        assert_eq!(fast[0], 9, "the window's NaN");
+        assert_eq!(fast[5], 18, "the first of two NaNs");
+    }
     use crate::train::layers::randn;
     use crate::train::rng::Rng;
     use candle_core::{Device, Var};
