@@ -33,6 +33,9 @@ fn main() -> anyhow::Result<()> {
     let after_build = peak_rss_mib();
     let mut rng = Rng::new(1);
     let mut times = Vec::new();
+    // Seconds of each step in the forward pass (with the loss), the backward
+    // pass, and the optimizer step (with freeing the gradients).
+    let mut split = Vec::new();
     for _ in 0..steps {
         let x: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.normal() as f32).collect();
         let x = Tensor::from_vec(x, (batch, 3, size, size), &device)?;
@@ -40,15 +43,22 @@ fn main() -> anyhow::Result<()> {
         let start = std::time::Instant::now();
         let logits = built.model.forward(&x, true, &mut rng)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        opt.step(&loss.backward()?)?;
+        let forward = start.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        let backward = start.elapsed().as_secs_f64();
+        opt.step(&grads)?;
+        drop(grads);
         loss.to_scalar::<f32>()?;
-        times.push(start.elapsed().as_secs_f64());
+        let total = start.elapsed().as_secs_f64();
+        times.push(total);
+        split.push([forward, backward - forward, total - backward]);
     }
     println!(
         "{}",
         serde_json::json!({
             "impl": "sweep", "model": model, "batch": batch, "size": size,
             "peak_rss_mib": peak_rss_mib(), "rss_after_build_mib": after_build, "step_seconds": times,
+            "forward_backward_optimizer_seconds": split,
         })
     );
     Ok(())

@@ -74,11 +74,19 @@ impl Geom {
         let hi = if len + p > t { ((len - 1 + p - t) / s + 1).min(outs) } else { 0 };
         (lo.min(hi), hi)
     }
-    /// Images per column matrix, so that one stays under 16 MiB (it is written
-    /// and read back at once; VGG's first layers at 224x224 would otherwise
-    /// need about 1 GB for a batch of 8).
+    /// Images per column matrix. One when an image alone has enough output
+    /// pixels and multiply-adds for an efficient product (no shuffle of the output or the
+    /// gradient, and a 1x1 convolution reads the image in place); otherwise as
+    /// many as keep the column matrix under 16 MiB (it is written and read back
+    /// at once; VGG's first layers at 224x224 would otherwise need about 1 GB
+    /// for a batch of 8).
     fn images_per_chunk(&self) -> usize {
         const MAX_FLOATS: usize = 4 << 20;
+        const ENOUGH_PIXELS: usize = 784;
+        const ENOUGH_WORK: usize = 1 << 24;
+        if self.l() >= ENOUGH_PIXELS && self.cout * self.rows() * self.l() >= ENOUGH_WORK {
+            return 1;
+        }
         (MAX_FLOATS / (self.l() * self.rows()).max(1)).clamp(1, self.n.max(1))
     }
 }
@@ -396,7 +404,7 @@ mod tests {
     #[test]
     fn chunked_conv_matches_candles_native_conv() {
         let mut rng = Rng::new(5);
-        let (n, cin, cout, hw) = (9, 64, 3, 32);
+        let (n, cin, cout, hw) = (9, 256, 3, 16);
         let p = ConvParams { padding: 1, stride: 1 };
         let g = Geom { n, c: cin, h: hw, w: hw, k: 3, cout, oh: hw, ow: hw, p };
         let per = g.images_per_chunk();

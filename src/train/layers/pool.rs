@@ -34,22 +34,16 @@ fn window(o: usize, len: usize, p: PoolParams) -> (usize, usize) {
     (start.saturating_sub(p.padding), (start + p.kernel).saturating_sub(p.padding).min(len))
 }
 
-/// Of the candidates `(value, index)` in scan order, the first maximum (or the
-/// first NaN).
+/// One step of the scan for a window's first maximum: `v` (at `i`) replaces
+/// the best so far if it is larger or NaN, unless the best is a NaN already.
+/// Written as selects, not branches: on real activations which candidate wins
+/// is a coin toss, and mispredicted branches cost more than the rest of the scan.
 #[inline]
-fn first_max(cands: impl IntoIterator<Item = (f32, usize)>) -> usize {
-    let mut it = cands.into_iter();
-    let (mut best_v, mut best) = it.next().expect("a window is never empty");
-    for (v, i) in it {
-        if best_v.is_nan() {
-            break;
-        }
-        if v > best_v || v.is_nan() {
-            best = i;
-            best_v = v;
-        }
-    }
-    best
+fn scan(best_v: &mut f32, best: &mut usize, v: f32, i: usize) {
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(v <= best)` is meant: true for a NaN `v`
+    let take = !best_v.is_nan() && !(v <= *best_v);
+    *best_v = if take { v } else { *best_v };
+    *best = if take { i } else { *best };
 }
 
 /// The flat input index of the maximum of each window, in PyTorch's scan order
@@ -62,9 +56,11 @@ fn window_argmax(plane: &[f32], h: usize, w: usize, p: PoolParams, oh: usize, ow
             let (r0, r1) = (&plane[top..top + w], &plane[bottom..bottom + w]);
             for (ox, o) in out.iter_mut().enumerate() {
                 let i = 2 * ox;
-                let cands =
-                    [(r0[i], top + i), (r0[i + 1], top + i + 1), (r1[i], bottom + i), (r1[i + 1], bottom + i + 1)];
-                *o = first_max(cands) as u32;
+                let (mut best_v, mut best) = (r0[i], top + i);
+                scan(&mut best_v, &mut best, r0[i + 1], top + i + 1);
+                scan(&mut best_v, &mut best, r1[i], bottom + i);
+                scan(&mut best_v, &mut best, r1[i + 1], bottom + i + 1);
+                *o = best as u32;
             }
         }
         return;
@@ -78,8 +74,14 @@ fn windows_argmax(plane: &[f32], h: usize, w: usize, p: PoolParams, oh: usize, o
     for (oy, out) in out.chunks_exact_mut(ow).enumerate().take(oh) {
         let (y0, y1) = window(oy, h, p);
         for (o, &(x0, x1)) in out.iter_mut().zip(&cols) {
-            let cands = (y0..y1).flat_map(|y| (y * w + x0..y * w + x1).map(|i| (plane[i], i)));
-            *o = first_max(cands) as u32;
+            let (mut best_v, mut best) = (plane[y0 * w + x0], y0 * w + x0);
+            for y in y0..y1 {
+                let row = &plane[y * w + x0..y * w + x1];
+                for (j, &v) in row.iter().enumerate() {
+                    scan(&mut best_v, &mut best, v, y * w + x0 + j);
+                }
+            }
+            *o = best as u32;
         }
     }
 }
