@@ -130,14 +130,13 @@ fn im2col(x: &[f32], g: &Geom, nb: usize, cols: &mut [f32]) {
     });
 }
 
-/// The adjoint of [`im2col`]: `dx` (nb NCHW images) = the column gradients
-/// `dcols` summed back onto the pixels each tap read.
+/// The adjoint of [`im2col`]: adds onto `dx` (nb NCHW images, zeroed by the
+/// caller) the column gradients `dcols`, each onto the pixel its tap read.
 fn col2im(dcols: &[f32], g: &Geom, nb: usize, dx: &mut [f32]) {
     let (l, plane) = (g.l(), g.h * g.w);
     let (s, p) = (g.p.stride, g.p.padding);
     dx.par_chunks_mut(plane).enumerate().for_each(|(i, img)| {
         let (b, c) = (i / g.c, i % g.c);
-        img.fill(0.0);
         for ky in 0..g.k {
             let (ylo, yhi) = g.span(g.oh, g.h, ky);
             for kx in 0..g.k {

@@ -221,6 +221,80 @@ pub fn max_pool2d(xs: &Tensor, p: PoolParams) -> Result<Tensor> {
     Ok(best.expect("kernel >= 1"))
 }
 
+/// Average pooling with kernel == stride `k`, no padding, floor mode, on the
+/// CPU: one pass each way (candle's mean over the middle axis of a reshaped
+/// view is a strided scalar loop, 15 ms for DenseNet's first transition).
+struct AvgPool2dOp(usize);
+
+impl candle_core::CustomOp1 for AvgPool2dOp {
+    fn name(&self) -> &'static str {
+        "sweep-avg-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let k = self.0;
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let (oh, ow) = (h / k, w / k);
+        let x = cpu_f32(storage, layout, "avg_pool2d")?;
+        let scale = 1.0 / (k * k) as f32;
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(o, plane)| {
+            for (oy, o) in o.chunks_exact_mut(ow).enumerate() {
+                for dy in 0..k {
+                    let row = &plane[(oy * k + dy) * w..][..ow * k];
+                    for (o, win) in o.iter_mut().zip(row.chunks_exact(k)) {
+                        *o += win.iter().sum::<f32>();
+                    }
+                }
+                for o in o.iter_mut() {
+                    *o *= scale;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = arg.dims4()?;
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&AvgPool2dBackward { k: self.0, h, w })?))
+    }
+}
+
+/// Spreads each output gradient over its window, divided by the window's size
+/// (the rows and columns that fit no window get zero).
+struct AvgPool2dBackward {
+    k: usize,
+    h: usize,
+    w: usize,
+}
+
+impl candle_core::CustomOp1 for AvgPool2dBackward {
+    fn name(&self) -> &'static str {
+        "sweep-avg-pool2d-backward"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (k, h, w) = (self.k, self.h, self.w);
+        let (n, c, oh, ow) = layout.shape().dims4()?;
+        let g = cpu_f32(storage, layout, "avg_pool2d backward")?;
+        let scale = 1.0 / (k * k) as f32;
+        let mut out = vec![0f32; n * c * h * w];
+        out.par_chunks_mut(h * w).zip(g.par_chunks(oh * ow)).for_each(|(plane, g)| {
+            for (oy, g) in g.chunks_exact(ow).enumerate() {
+                for dy in 0..k {
+                    let row = &mut plane[(oy * k + dy) * w..][..ow * k];
+                    for (win, &gv) in row.chunks_exact_mut(k).zip(g) {
+                        win.fill(gv * scale);
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+    }
+}
+
 /// 2-D average pooling with `kernel == stride`, no padding, floor mode (the
 /// last rows and columns that do not fill a window are dropped, as in PyTorch).
 pub fn avg_pool2d(xs: &Tensor, k: usize) -> Result<Tensor> {
@@ -228,6 +302,9 @@ pub fn avg_pool2d(xs: &Tensor, k: usize) -> Result<Tensor> {
     let (oh, ow) = (h / k, w / k);
     if oh == 0 || ow == 0 {
         candle_core::bail!("avg_pool2d: input {h}x{w} is smaller than the kernel {k}");
+    }
+    if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+        return xs.contiguous()?.apply_op1(AvgPool2dOp(k));
     }
     let xs = if oh * k != h || ow * k != w { xs.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)? } else { xs.clone() };
     xs.reshape((n, c, oh, k, ow, k))?.mean(5)?.mean(3)
@@ -268,6 +345,27 @@ pub fn adaptive_avg_pool2d(xs: &Tensor, oh: usize, ow: usize) -> Result<Tensor> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPU op gives the values and gradient of the reshape-and-mean path
+    /// (odd sizes: the last row and column fit no window).
+    #[test]
+    fn average_pool_matches_the_generic_path() {
+        use candle_core::{Device, Var};
+        let data: Vec<f32> = (0..2 * 3 * 7 * 9).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+        let x = Var::from_vec(data.clone(), (2, 3, 7, 9), &Device::Cpu).unwrap();
+        let x2 = Var::from_vec(data, (2, 3, 7, 9), &Device::Cpu).unwrap();
+        let ours = avg_pool2d(x.as_tensor(), 2).unwrap();
+        let generic =
+            x2.as_tensor().narrow(2, 0, 6).unwrap().narrow(3, 0, 8).unwrap().reshape((2, 3, 3, 2, 4, 2)).unwrap();
+        let generic = generic.mean(5).unwrap().mean(3).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(ours.dims(), &[2, 3, 3, 4]);
+        assert_eq!(flat(&ours), flat(&generic));
+        let w = Tensor::arange(0f32, 72., &Device::Cpu).unwrap().reshape((2, 3, 3, 4)).unwrap();
+        let g1 = ours.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = generic.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(flat(g1.get(&x).unwrap()), flat(g2.get(&x2).unwrap()));
+    }
 
     /// The four-candidate path for 2x2/2 windows picks what the general one
     /// picks: the first maximum on ties, the first NaN.
