@@ -52,7 +52,7 @@ fn sum_map3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> (f32, 
 }
 
 /// Per-channel mean and biased variance of NCHW `x` (f32 on the CPU), in two
-/// passes (the variance from the centred values), accumulated as [`sum_map`].
+/// passes (the variance from the centred values), in f32 lanes per block, blocks in f64.
 pub fn channel_stats(x: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
     use rayon::prelude::*;
     let (n, c, h, w) = x.dims4()?;
