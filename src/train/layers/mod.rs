@@ -15,19 +15,24 @@
 //!   closed-form backward, statistics accumulated in f64, optionally with the
 //!   ReLU that follows it in the same op.
 //! * [`add_relu`]: a ResNet block's `relu(out + identity)` as one op.
+//! * [`batch_norm_relu_max_pool2_cpu`]: BatchNorm, ReLU and a 2x2/2 max-pool as
+//!   one op (smallcnn's blocks).
 //!
-//! One op per file: `conv.rs`, `pool.rs`, `batch_norm.rs`, `add_relu.rs` (and
+//! One op per file: `conv.rs`, `pool.rs`, `batch_norm.rs`, `add_relu.rs`,
+//! `bn_relu_pool.rs` (and
 //! the matrix product in `gemm.rs`); the CPU-storage helpers
 //! they share are here.
 
 mod add_relu;
 mod batch_norm;
+mod bn_relu_pool;
 mod conv;
 mod gemm;
 mod pool;
 
 pub use add_relu::add_relu;
 pub use batch_norm::{batch_norm_cpu, channel_stats};
+pub use bn_relu_pool::batch_norm_relu_max_pool2_cpu;
 pub use conv::{conv2d, ConvParams};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};
 

@@ -39,7 +39,7 @@ fn window(o: usize, len: usize, p: PoolParams) -> (usize, usize) {
 /// Written as selects, not branches: on real activations which candidate wins
 /// is a coin toss, and mispredicted branches cost more than the rest of the scan.
 #[inline]
-fn scan(best_v: &mut f32, best: &mut usize, v: f32, i: usize) {
+pub(super) fn scan(best_v: &mut f32, best: &mut usize, v: f32, i: usize) {
     #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(v <= best)` is meant: true for a NaN `v`
     let take = !best_v.is_nan() && !(v <= *best_v);
     *best_v = if take { v } else { *best_v };

@@ -8,7 +8,9 @@
 //! same storage when it is frozen, so that no gradient is computed for it (and
 //! autograd never walks into a fully frozen stem).
 
-use super::super::layers::{batch_norm_cpu, channel_stats, conv2d, ConvParams};
+use super::super::layers::{
+    batch_norm_cpu, batch_norm_relu_max_pool2_cpu, channel_stats, conv2d, max_pool2d, ConvParams, PoolParams,
+};
 use super::super::rng::{stream, Rng};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
@@ -220,15 +222,21 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// Applies the layer to `xs` (N, C, H, W).
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.apply(xs, train, false)
+        self.apply(xs, train, false, false)
     }
 
     /// `relu(self.forward(xs, train))`, on the CPU as one op each way.
     pub fn forward_relu(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.apply(xs, train, true)
+        self.apply(xs, train, true, false)
     }
 
-    fn apply(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    /// `max_pool2d(relu(self.forward(xs, train)), 2, 2)`, on the CPU as one op
+    /// each way.
+    pub fn forward_relu_max_pool2(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.apply(xs, train, true, true)
+    }
+
+    fn apply(&self, xs: &Tensor, train: bool, relu: bool, pool: bool) -> Result<Tensor> {
         let (n, c, h, w) = xs.dims4()?;
         let batch_stats = train && !self.fixed_stats;
         let m = n * h * w;
@@ -243,7 +251,11 @@ impl BatchNorm {
             } else {
                 (self.running_mean.as_tensor().to_vec1::<f32>()?, self.running_var.as_tensor().to_vec1::<f32>()?)
             };
-            let y = batch_norm_cpu(xs, &self.weight, &self.bias, mean.clone(), &var, self.eps, batch_stats, relu)?;
+            let y = if pool {
+                batch_norm_relu_max_pool2_cpu(xs, &self.weight, &self.bias, mean.clone(), &var, self.eps, batch_stats)?
+            } else {
+                batch_norm_cpu(xs, &self.weight, &self.bias, mean.clone(), &var, self.eps, batch_stats, relu)?
+            };
             if batch_stats {
                 let dev = xs.device();
                 let unbiased: Vec<f32> = var.iter().map(|&v| v * m as f32 / (m - 1) as f32).collect();
@@ -259,7 +271,7 @@ impl BatchNorm {
             let inv = (self.running_var.as_tensor().detach() + self.eps)?.sqrt()?.recip()?.reshape(shape)?;
             let mean = self.running_mean.as_tensor().detach().reshape(shape)?;
             let y = xs.broadcast_sub(&mean)?.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias)?;
-            return if relu { y.relu() } else { Ok(y) };
+            return Self::after(y, relu, pool);
         }
         let mean = (xs.sum_keepdim((0, 2, 3))? / m as f64)?;
         let centered = xs.broadcast_sub(&mean)?;
@@ -268,8 +280,14 @@ impl BatchNorm {
         let y = centered.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias)?;
         let unbiased = (var.detach().flatten_all()? * (m as f64 / (m - 1) as f64))?;
         self.update_stats(&mean.detach().flatten_all()?, &unbiased)?;
-        if relu {
-            y.relu()
+        Self::after(y, relu, pool)
+    }
+
+    /// The ReLU and the 2x2/2 max-pool that [`Self::apply`] fuses on the CPU.
+    fn after(y: Tensor, relu: bool, pool: bool) -> Result<Tensor> {
+        let y = if relu { y.relu()? } else { y };
+        if pool {
+            max_pool2d(&y, PoolParams { kernel: 2, stride: 2, padding: 0 })
         } else {
             Ok(y)
         }

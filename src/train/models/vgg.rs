@@ -100,11 +100,17 @@ impl Vgg {
 impl Classifier for Vgg {
     fn forward(&self, xs: &Tensor, train: bool, rng: &mut Rng) -> Result<Tensor> {
         let mut xs = xs.clone();
-        for layer in &self.features {
+        let mut layers = self.features.iter().peekable();
+        while let Some(layer) = layers.next() {
             xs = match layer {
                 Layer::Conv(conv, bn) => {
                     let y = conv.forward(&xs)?;
                     match bn {
+                        // BatchNorm, ReLU and the block's pool: one op on the CPU.
+                        Some(bn) if matches!(layers.peek(), Some(Layer::Pool)) => {
+                            layers.next();
+                            bn.forward_relu_max_pool2(&y, train)?
+                        }
                         Some(bn) => bn.forward_relu(&y, train)?,
                         None => y.relu()?,
                     }
