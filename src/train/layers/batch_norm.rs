@@ -216,6 +216,11 @@ impl BatchNormOp {
     }
 }
 
+/// 1 / sqrt(var + eps) per channel, computed in f64.
+pub(super) fn invstd(var: &[f32], eps: f64) -> Vec<f32> {
+    var.iter().map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32).collect()
+}
+
 /// BatchNorm's normalisation on the CPU (f32): `x` (N, C, H, W) normalised with
 /// `mean` and `var` per channel, scaled by `weight` and shifted by `bias`.
 /// `batch_stats` says that mean and var are `x`'s own (training), so that the
@@ -232,55 +237,26 @@ pub fn batch_norm_cpu(
     batch_stats: bool,
     relu: bool,
 ) -> Result<Tensor> {
-    let invstd = var.iter().map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32).collect();
-    let op = BatchNormOp { mean, invstd, batch_stats, relu };
+    let op = BatchNormOp { mean, invstd: invstd(var, eps), batch_stats, relu };
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
 
     /// The fused BatchNorm + ReLU equals BatchNorm then candle's ReLU: values
     /// and the gradients of the input, weight and bias, with batch and with
     /// running statistics.
     #[test]
     fn fused_relu_matches_batch_norm_then_relu() {
-        let mut rng = crate::train::rng::Rng::new(9);
-        let xs = crate::train::layers::randn(&mut rng, &[3, 4, 3, 5]);
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
-        for batch_stats in [true, false] {
-            let mut results = Vec::new();
-            for fused in [true, false] {
-                let x = Var::from_vec(xs.clone(), (3, 4, 3, 5), &Device::Cpu).unwrap();
-                let w = Var::from_vec(vec![1.0f32, 0.5, -1.5, 2.0], 4, &Device::Cpu).unwrap();
-                let b = Var::from_vec(vec![0.1f32, -0.2, 0.3, 0.0], 4, &Device::Cpu).unwrap();
-                let (mean, var) = if batch_stats {
-                    channel_stats(x.as_tensor()).unwrap()
-                } else {
-                    (vec![0.1, -0.1, 0.2, 0.0], vec![1.5, 0.7, 1.0, 2.0])
-                };
-                let y =
-                    batch_norm_cpu(x.as_tensor(), w.as_tensor(), b.as_tensor(), mean, &var, 1e-5, batch_stats, fused)
-                        .unwrap();
-                let y = if fused { y } else { y.relu().unwrap() };
-                let weights = Tensor::arange(0f32, 180., &Device::Cpu).unwrap().reshape((3, 4, 3, 5)).unwrap();
-                let grads = y.mul(&weights.sin().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-                results.push([
-                    flat(&y),
-                    flat(grads.get(&x).unwrap()),
-                    flat(grads.get(&w).unwrap()),
-                    flat(grads.get(&b).unwrap()),
-                ]);
-            }
-            assert!(results[0][0].contains(&0.0), "some outputs are clipped");
-            for (what, (a, b)) in
-                ["output", "input grad", "weight grad", "bias grad"].iter().zip(results[0].iter().zip(&results[1]))
-            {
-                assert!(close(a, b), "{what} (batch statistics: {batch_stats}): {a:?} vs {b:?}");
-            }
-        }
+        crate::train::layers::assert_bn_variants_agree(
+            9,
+            (3, 4, 3, 5),
+            |x, w, b, mean, var, batch_stats| batch_norm_cpu(x, w, b, mean, var, 1e-5, batch_stats, true).unwrap(),
+            |x, w, b, mean, var, batch_stats| {
+                batch_norm_cpu(x, w, b, mean, var, 1e-5, batch_stats, false).unwrap().relu().unwrap()
+            },
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! through the pool, the ReLU and the BatchNorm in turn (three tensors the
 //! size of the input less, and candle's zeroed accumulator for each).
 
+use super::batch_norm::invstd;
 use super::pool::scan;
 use super::{cpu_f32, with_cpu_f32};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
@@ -159,60 +160,30 @@ pub fn batch_norm_relu_max_pool2_cpu(
     eps: f64,
     batch_stats: bool,
 ) -> Result<Tensor> {
-    let invstd = var.iter().map(|&v| (1.0 / (f64::from(v) + eps).sqrt()) as f32).collect();
-    let op = BnReluPoolOp { mean, invstd, batch_stats, argmax: std::sync::Mutex::new(None) };
+    let op = BnReluPoolOp { mean, invstd: invstd(var, eps), batch_stats, argmax: std::sync::Mutex::new(None) };
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::layers::{batch_norm_cpu, channel_stats, max_pool2d, PoolParams};
-    use candle_core::{Device, Var};
+    use crate::train::layers::{batch_norm_cpu, max_pool2d, PoolParams};
 
     /// The fused op equals BatchNorm + ReLU, then max-pool 2x2/2: values and
     /// the gradients of input, weight and bias, with batch and running
     /// statistics, on odd sizes (a last row and column no window covers).
     #[test]
     fn matches_batch_norm_relu_then_max_pool() {
-        let mut rng = crate::train::rng::Rng::new(21);
-        let dims = (3, 4, 7, 9);
-        let xs = crate::train::layers::randn(&mut rng, &[3, 4, 7, 9]);
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
-        for batch_stats in [true, false] {
-            let mut results = Vec::new();
-            for fused in [true, false] {
-                let x = Var::from_vec(xs.clone(), dims, &Device::Cpu).unwrap();
-                let w = Var::from_vec(vec![1.0f32, 0.5, -1.5, 2.0], 4, &Device::Cpu).unwrap();
-                let b = Var::from_vec(vec![0.1f32, -0.2, 0.3, 0.0], 4, &Device::Cpu).unwrap();
-                let (mean, var) = if batch_stats {
-                    channel_stats(x.as_tensor()).unwrap()
-                } else {
-                    (vec![0.1, -0.1, 0.2, 0.0], vec![1.5, 0.7, 1.0, 2.0])
-                };
-                let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
-                let y = if fused {
-                    batch_norm_relu_max_pool2_cpu(xt, wt, bt, mean, &var, 1e-5, batch_stats).unwrap()
-                } else {
-                    let y = batch_norm_cpu(xt, wt, bt, mean, &var, 1e-5, batch_stats, true).unwrap();
-                    max_pool2d(&y, PoolParams { kernel: 2, stride: 2, padding: 0 }).unwrap()
-                };
-                let weights = Tensor::arange(0f32, 144., &Device::Cpu).unwrap().reshape((3, 4, 3, 4)).unwrap();
-                let grads = y.mul(&weights.sin().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-                results.push([
-                    flat(&y),
-                    flat(grads.get(&x).unwrap()),
-                    flat(grads.get(&w).unwrap()),
-                    flat(grads.get(&b).unwrap()),
-                ]);
-            }
-            assert!(results[0][0].contains(&0.0), "some windows are all clipped");
-            for (what, (a, b)) in
-                ["output", "input grad", "weight grad", "bias grad"].iter().zip(results[0].iter().zip(&results[1]))
-            {
-                assert!(close(a, b), "{what} (batch statistics: {batch_stats}): {a:?} vs {b:?}");
-            }
-        }
+        crate::train::layers::assert_bn_variants_agree(
+            21,
+            (3, 4, 7, 9),
+            |x, w, b, mean, var, batch_stats| {
+                batch_norm_relu_max_pool2_cpu(x, w, b, mean, var, 1e-5, batch_stats).unwrap()
+            },
+            |x, w, b, mean, var, batch_stats| {
+                let y = batch_norm_cpu(x, w, b, mean, var, 1e-5, batch_stats, true).unwrap();
+                max_pool2d(&y, PoolParams { kernel: 2, stride: 2, padding: 0 }).unwrap()
+            },
+        );
     }
 }

@@ -56,3 +56,46 @@ fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 fn randn(rng: &mut crate::train::rng::Rng, shape: &[usize]) -> Vec<f32> {
     (0..shape.iter().product::<usize>()).map(|_| rng.normal() as f32).collect()
 }
+
+/// A BatchNorm variant under test: (x, weight, bias, mean, var, batch statistics) -> output.
+#[cfg(test)]
+type BnVariant<'a> = dyn Fn(&Tensor, &Tensor, &Tensor, Vec<f32>, &[f32], bool) -> Tensor + 'a;
+
+/// Asserts that two BatchNorm variants agree (within 1e-5) on a random input
+/// of `dims` (4 channels; fixed weight and bias): output and the gradients of
+/// input, weight and bias, with batch statistics and with fixed running ones;
+/// and that the first clips some outputs to zero.
+#[cfg(test)]
+fn assert_bn_variants_agree(
+    seed: u64,
+    dims: (usize, usize, usize, usize),
+    fused: impl Fn(&Tensor, &Tensor, &Tensor, Vec<f32>, &[f32], bool) -> Tensor,
+    reference: impl Fn(&Tensor, &Tensor, &Tensor, Vec<f32>, &[f32], bool) -> Tensor,
+) {
+    use candle_core::{Device, Var};
+    let xs = randn(&mut crate::train::rng::Rng::new(seed), &[dims.0, dims.1, dims.2, dims.3]);
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+    let run = |op: &BnVariant<'_>, batch_stats: bool| {
+        let x = Var::from_vec(xs.clone(), dims, &Device::Cpu).unwrap();
+        let w = Var::from_vec(vec![1.0f32, 0.5, -1.5, 2.0], 4, &Device::Cpu).unwrap();
+        let b = Var::from_vec(vec![0.1f32, -0.2, 0.3, 0.0], 4, &Device::Cpu).unwrap();
+        let (mean, var) = if batch_stats {
+            channel_stats(x.as_tensor()).unwrap()
+        } else {
+            (vec![0.1, -0.1, 0.2, 0.0], vec![1.5, 0.7, 1.0, 2.0])
+        };
+        let y = op(x.as_tensor(), w.as_tensor(), b.as_tensor(), mean, &var, batch_stats);
+        let n = y.elem_count();
+        let weights = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap().reshape(y.shape()).unwrap();
+        let grads = y.mul(&weights.sin().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+        [flat(&y), flat(grads.get(&x).unwrap()), flat(grads.get(&w).unwrap()), flat(grads.get(&b).unwrap())]
+    };
+    for batch_stats in [true, false] {
+        let (a, b) = (run(&fused, batch_stats), run(&reference, batch_stats));
+        assert!(a[0].contains(&0.0), "some outputs are clipped");
+        for (what, (a, b)) in ["output", "input grad", "weight grad", "bias grad"].iter().zip(a.iter().zip(&b)) {
+            assert!(close(a, b), "{what} (batch statistics: {batch_stats}): {a:?} vs {b:?}");
+        }
+    }
+}
