@@ -1,9 +1,12 @@
 //! One training step of a model on random data, for the memory and speed
 //! benchmarks (bench/memory.sh): prints peak RSS and step times as JSON.
 //!
-//!     cargo run --release --example train_step -- resnet18 8 224 [steps]
+//!     cargo run --release --example train_step -- resnet18 8 224 [steps] [cpu|cuda:N] [f32|tf32|bf16]
+//!
+//! On a GPU each phase ends with a device synchronisation, so the split is
+//! the GPU's time (the kernels `SWEEP_GPU_KERNELS` chooses).
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use sweep::spec::OptimizerSpec;
 use sweep::train::models::ModelSpec;
 use sweep::train::optim::Optimizer;
@@ -25,9 +28,14 @@ fn main() -> anyhow::Result<()> {
     let batch: usize = args.get(2).map_or(Ok(8), |s| s.parse())?;
     let size: usize = args.get(3).map_or(Ok(224), |s| s.parse())?;
     let steps: usize = args.get(4).map_or(Ok(1), |s| s.parse())?;
+    let choice: sweep::spec::DeviceChoice = args.get(5).map_or("cpu", String::as_str).parse()?;
+    let precision = args.get(6).map_or("f32", String::as_str);
     let spec = ModelSpec::plain(model).map_err(anyhow::Error::msg)?;
-    let device = Device::Cpu;
-    let built = spec.build(10, &device, 0).map_err(anyhow::Error::msg)?;
+    let (device, described) = sweep::train::device(choice)?;
+    #[cfg(feature = "cuda")]
+    candle_core::cuda::set_gemm_reduced_precision_f32(precision == "tf32");
+    let compute = if precision == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 };
+    let built = spec.build_with(10, &device, 0, compute).map_err(anyhow::Error::msg)?;
     let opt_spec: OptimizerSpec = serde_json::from_str(r#"{"name": "sgd", "lr": 0.01, "momentum": 0.9}"#)?;
     let mut opt = Optimizer::new(opt_spec, built.trainable.clone());
     let after_build = peak_rss_mib();
@@ -36,6 +44,9 @@ fn main() -> anyhow::Result<()> {
     // Seconds of each step in the forward pass (with the loss), the backward
     // pass, and the optimizer step (with freeing the gradients).
     let mut split = Vec::new();
+    // Seconds the host spent in the backward pass before waiting for the GPU
+    // (near the synchronised time: the GPU waits for the host's launches).
+    let mut enqueue = Vec::new();
     for _ in 0..steps {
         let x: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.normal() as f32).collect();
         let x = Tensor::from_vec(x, (batch, 3, size, size), &device)?;
@@ -43,8 +54,11 @@ fn main() -> anyhow::Result<()> {
         let start = std::time::Instant::now();
         let logits = built.model.forward(&x, true, &mut rng)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        device.synchronize()?;
         let forward = start.elapsed().as_secs_f64();
         let grads = loss.backward()?;
+        enqueue.push(start.elapsed().as_secs_f64() - forward);
+        device.synchronize()?;
         let backward = start.elapsed().as_secs_f64();
         opt.step(&grads)?;
         drop(grads);
@@ -56,9 +70,9 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "sweep", "model": model, "batch": batch, "size": size,
+            "impl": "sweep", "model": model, "batch": batch, "size": size, "device": described, "precision": precision,
             "peak_rss_mib": peak_rss_mib(), "rss_after_build_mib": after_build, "step_seconds": times,
-            "forward_backward_optimizer_seconds": split,
+            "forward_backward_optimizer_seconds": split, "backward_host_seconds": enqueue,
         })
     );
     Ok(())

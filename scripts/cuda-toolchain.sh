@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs a CUDA 13.0 toolchain from PyPI (nvcc, headers, cudart, cuBLAS, cuRAND, NVRTC) into a cache
-# folder, plus a link-time stub of libcuda (the real one comes with the NVIDIA driver on a GPU machine),
+# folder, plus link-time stubs of libcuda and libcudnn (the real one comes with the NVIDIA driver on a GPU machine),
 # so that `cargo build --features cuda` works on a machine without a GPU or a system CUDA toolkit.
 #
 #   eval "$(scripts/cuda-toolchain.sh)"     # installs once, then prints the exports
@@ -29,11 +29,23 @@ if [ ! -f "$link/libcuda.so" ]; then
   { grep -ohE '\bcu[A-Z][A-Za-z0-9_]*' "$cu/include/"*.h; printf '%s\n' cuProfilerInitialize cuProfilerStart cuProfilerStop; } | sort -u | awk '{print "void "$1"(void){}"}' >"$link/stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/stub.c"
 fi
+# cuDNN (`--features cudnn`): a link-time stub of libcudnn.so.9 with every function cudarc's bindings
+# name (the real library, 9.x, comes with PyTorch's nvidia-cudnn-cu13 on the GPU machine; PyPI's wheel
+# is 600 MB, and nothing here runs it).
+if [ ! -f "$link/libcudnn.so" ]; then
+  cargo fetch --locked -q >&2 || true
+  sys=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path '*cudarc-*/src/cudnn/sys/mod.rs' 2>/dev/null | sort | tail -n1)
+  if [ -n "$sys" ]; then
+    grep -ohE 'fn cudnn[A-Za-z0-9_]*' "$sys" | sed 's/^fn //' | sort -u | awk '{print "void "$1"(void){}"}' >"$link/cudnn-stub.c"
+    cc -shared -fPIC -Wl,-soname,libcudnn.so.9 -o "$link/libcudnn.so" "$link/cudnn-stub.c"
+  fi
+fi
 cat <<EOS
 export PATH="$cu/bin:\$PATH"
 export CUDA_ROOT="$cu" CUDA_PATH="$cu" CUDA_HOME="$cu"
 export CUDA_COMPUTE_CAP="\${CUDA_COMPUTE_CAP:-90}" CUDARC_CUDA_VERSION=13000
 export RUSTFLAGS="\${RUSTFLAGS:-} -L $link"
 # at run time on a GPU machine: LD_LIBRARY_PATH must reach libcublas.so.13, libcurand.so.10, libcudart.so.13
+# (and libcudnn.so.9 for --features cudnn)
 # (on the lent machines they are in the system python's site-packages/nvidia/cu13/lib)
 EOS

@@ -67,12 +67,19 @@ pub const MAX_WORKER_DEATHS: Var = Var {
     help: "a run whose worker died this many times (kill -9, abort, OOM killer) is failed, not resumed (default 3)",
 };
 
+/// The kernels of the CUDA path.
+pub const GPU_KERNELS: Var = Var {
+    name: "SWEEP_GPU_KERNELS",
+    help: "kernels on a GPU: cudnn (cuDNN convolutions, BatchNorm, max-pool; the default of a --features cudnn build) or generic (candle's; the only ones without cudnn)",
+};
+
 /// Every variable the binary reads, in the order `sweep --help` lists them.
-pub const ALL: [Var; 11] = [
+pub const ALL: [Var; 12] = [
     HOME,
     STORE,
     ARTIFACTS,
     DEVICE,
+    GPU_KERNELS,
     STALE_SECS,
     HEARTBEAT_SECS,
     MAX_WORKER_DEATHS,

@@ -64,9 +64,11 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, String), DeviceError> {
 
 /// CUDA device `n`, set up (`prepare`) and described.
 fn open_cuda(n: usize) -> candle_core::Result<(Device, String)> {
+    let kernels = crate::train::layers::GpuKernels::from_env().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let d = Device::new_cuda(n)?;
     prepare(&d);
-    let text = describe(&d, &format!("cuda:{n}"));
+    crate::train::layers::set_gpu_kernels(kernels);
+    let text = format!("{}, {} kernels", describe(&d, &format!("cuda:{n}")), kernels.name());
     Ok((d, text))
 }
 
@@ -195,7 +197,7 @@ mod gpu {
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let mut driver = 0;
         // SAFETY: writes one int.
-        let driver = unsafe { sys::cuDriverGetVersion(&mut driver) }.result().ok().map(|()| version(driver));
+        let driver = unsafe { sys::cuDriverGetVersion(&raw mut driver) }.result().ok().map(|()| version(driver));
         let built = option_env!("CUDARC_CUDA_VERSION").and_then(|v| v.parse::<i32>().ok()).map(version);
         let mut parts = vec![name];
         if let Some(b) = built {
@@ -222,7 +224,7 @@ mod gpu {
             result::mem_pool::set_attribute(
                 pool,
                 sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                (&mut threshold as *mut u64).cast(),
+                (&raw mut threshold).cast(),
             )
             .map_err(|e| e.to_string())
         }

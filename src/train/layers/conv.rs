@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Geometry of a 2-D convolution (square kernels, symmetric padding).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvParams {
     /// Zero padding on every side.
     pub padding: usize,
@@ -365,9 +365,17 @@ impl CustomOp2 for Conv2dOp {
 
 /// 2-D convolution without bias, groups 1, dilation 1.
 ///
-/// On CPU with f32 this is the op described in the module doc; elsewhere it is
-/// candle's conv2d.
+/// On CPU with f32 this is the op described in the module doc; on CUDA with
+/// `SWEEP_GPU_KERNELS=cudnn`, cuDNN's three convolutions (`conv_cudnn.rs`);
+/// elsewhere candle's conv2d.
 pub fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
+    #[cfg(feature = "cudnn")]
+    if super::kernels::use_cudnn(x.device())
+        && x.dtype() == w.dtype()
+        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::BF16)
+    {
+        return super::conv_cudnn::conv2d(x, w, p);
+    }
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32 {
         let op = Conv2dOp { p, keep_columns: w.track_op(), kept: std::sync::Mutex::new(None) };
         x.contiguous()?.apply_op2(&w.contiguous()?, op)

@@ -18,22 +18,41 @@
 //! * [`batch_norm_relu_max_pool2_cpu`]: BatchNorm, ReLU and a 2x2/2 max-pool as
 //!   one op (smallcnn's blocks).
 //!
-//! One op per file: `conv.rs`, `pool.rs`, `batch_norm.rs`, `add_relu.rs`,
+//! * On CUDA, [`GpuKernels`] (`SWEEP_GPU_KERNELS`) chooses between candle's
+//!   kernels and cuDNN's convolutions (`conv_cudnn.rs`), BatchNorm training
+//!   pass (`bn_cudnn.rs`) and max-pool (`pool_cudnn.rs`), all with
+//!   `--features cudnn` (their shared handle and descriptors: `cudnn.rs`).
+//!
+//! One op per file: `conv.rs`, `conv_cudnn.rs`, `bn_cudnn.rs`, `pool.rs`, `pool_cudnn.rs`, `batch_norm.rs`, `add_relu.rs`,
 //! `bn_relu_pool.rs` (and
 //! the matrix product in `gemm.rs`); the CPU-storage helpers
 //! they share are here.
 
 mod add_relu;
 mod batch_norm;
+#[cfg(feature = "cudnn")]
+mod bn_cudnn;
 mod bn_relu_pool;
 mod conv;
+#[cfg(feature = "cudnn")]
+mod conv_cudnn;
+#[cfg(feature = "cudnn")]
+mod cudnn;
 mod gemm;
+mod kernels;
 mod pool;
+#[cfg(feature = "cudnn")]
+mod pool_cudnn;
 
 pub use add_relu::add_relu;
 pub use batch_norm::{batch_norm_cpu, channel_stats};
+#[cfg(feature = "cudnn")]
+pub use bn_cudnn::batch_norm_train_cudnn;
 pub use bn_relu_pool::batch_norm_relu_max_pool2_cpu;
 pub use conv::{conv2d, ConvParams};
+#[cfg(feature = "cudnn")]
+pub(crate) use kernels::use_cudnn;
+pub use kernels::{gpu_kernels, set_gpu_kernels, GpuKernels, KernelsError};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};

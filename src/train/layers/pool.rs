@@ -4,7 +4,7 @@ use super::cpu_f32;
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 
 /// Geometry of a 2-D pooling window (square, symmetric padding, floor mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PoolParams {
     /// Window size.
     pub kernel: usize,
@@ -181,6 +181,10 @@ pub fn max_pool2d(xs: &Tensor, p: PoolParams) -> Result<Tensor> {
     }
     let (n, c, h, w) = xs.dims4()?;
     let (oh, ow) = (p.out(h)?, p.out(w)?);
+    #[cfg(feature = "cudnn")]
+    if xs.dtype() == candle_core::DType::F32 && super::kernels::use_cudnn(xs.device()) {
+        return super::pool_cudnn::max_pool2d(xs, p, (oh, ow));
+    }
     // Pad with -inf to (stride * out + kernel) on each axis, then take each
     // window offset as a strided view via narrow + reshape.
     let (ph, pw) = (p.stride * oh + p.kernel, p.stride * ow + p.kernel);

@@ -263,6 +263,12 @@ impl BatchNorm {
             }
             return Ok(y);
         }
+        #[cfg(feature = "cudnn")]
+        if batch_stats && xs.dtype() == DType::F32 && self.eps >= 1e-5 && crate::train::layers::use_cudnn(xs.device()) {
+            let (y, mean, var) = crate::train::layers::batch_norm_train_cudnn(xs, &self.weight, &self.bias, self.eps)?;
+            self.update_stats(&mean, &(var * (m as f64 / (m - 1) as f64))?)?;
+            return Self::after(y, relu, pool);
+        }
         // Other devices: the same computation as tensor ops.
         let shape = (1, c, 1, 1);
         let weight = self.weight.reshape(shape)?;

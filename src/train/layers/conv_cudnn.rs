@@ -1,0 +1,302 @@
+//! 2-D convolution on CUDA through cuDNN: forward, backward data and backward
+//! filter, each a candle custom op (f32 and bf16, NCHW).
+//!
+//! One cuDNN handle per device and thread, bound to candle's stream, so the
+//! calls are ordered with candle's own kernels. Per shape (input, kernel,
+//! padding, stride, dtype, math mode) the descriptors and the three algorithms
+//! (cuDNN's heuristics, asked once) are kept for the process, and one
+//! workspace per device grows to the largest any algorithm asked for: no
+//! allocation or algorithm search per call.
+//!
+//! Math: f32 without TensorFloat-32 unless candle's reduced-precision f32
+//! switch is on (the `tf32` precision), bf16 data with f32 accumulation on
+//! tensor cores.
+
+use super::conv::ConvParams;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::cudarc;
+use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use cudarc::cudnn::sys::{cudnnConvolutionMode_t, cudnnMathType_t, cudnnTensorFormat_t};
+use cudarc::cudnn::{
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType, FilterDescriptor,
+    TensorDescriptor,
+};
+use cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A shape's identity: input and kernel dims, padding, stride, dtype, tf32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    x: [i32; 4],
+    w: [i32; 4],
+    p: ConvParams,
+    dtype: DType,
+    tf32: bool,
+}
+
+impl Key {
+    fn y(&self) -> [i32; 4] {
+        let out = |i: i32| (i + 2 * self.p.padding as i32 - self.w[2]) / self.p.stride as i32 + 1;
+        [self.x[0], self.w[0], out(self.x[2]), out(self.x[3])]
+    }
+}
+
+/// Descriptors and algorithms (with their workspace sizes) of one shape.
+struct Plan<T> {
+    conv: ConvDescriptor<f32>,
+    x: TensorDescriptor<T>,
+    w: FilterDescriptor<T>,
+    y: TensorDescriptor<T>,
+    fwd: Option<(cudarc::cudnn::sys::cudnnConvolutionFwdAlgo_t, usize)>,
+    bwd_data: Option<(cudarc::cudnn::sys::cudnnConvolutionBwdDataAlgo_t, usize)>,
+    bwd_filter: Option<(cudarc::cudnn::sys::cudnnConvolutionBwdFilterAlgo_t, usize)>,
+}
+
+/// One device's cuDNN state on this thread.
+struct State {
+    handle: Arc<Cudnn>,
+    workspace: Option<CudaSlice<u8>>,
+    plans: HashMap<Key, Box<dyn Any>>,
+}
+
+thread_local! {
+    static STATES: RefCell<HashMap<candle_core::cuda::DeviceId, State>> = RefCell::new(HashMap::new());
+}
+
+/// The element types the op takes.
+trait Elem: CudnnDataType + DeviceRepr + WithDType + CudaDType + 'static {}
+impl Elem for f32 {}
+impl Elem for half::bf16 {}
+
+fn dims(s: &Shape) -> Result<[i32; 4]> {
+    let (a, b, c, d) = s.dims4()?;
+    let i =
+        |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("conv2d: dimension {v} too large")));
+    Ok([i(a)?, i(b)?, i(c)?, i(d)?])
+}
+
+fn count(d: [i32; 4]) -> usize {
+    d.iter().map(|&v| v as usize).product()
+}
+
+fn new_plan<T: Elem>(h: &Arc<Cudnn>, key: &Key) -> Result<Plan<T>> {
+    let (p, s) = (key.p.padding as i32, key.p.stride as i32);
+    let mut conv = h.create_conv2d::<f32>([p, p], [s, s], [1, 1], cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION)?;
+    let math = match (key.dtype, key.tf32) {
+        (DType::F32, false) => cudnnMathType_t::CUDNN_FMA_MATH,
+        (DType::F32, true) => cudnnMathType_t::CUDNN_DEFAULT_MATH,
+        _ => cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+    };
+    conv.set_math_type(math)?;
+    let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    Ok(Plan {
+        conv,
+        x: h.create_4d_tensor::<T>(nchw, key.x)?,
+        w: h.create_4d_filter::<T>(nchw, key.w)?,
+        y: h.create_4d_tensor::<T>(nchw, key.y())?,
+        fwd: None,
+        bwd_data: None,
+        bwd_filter: None,
+    })
+}
+
+/// Runs `f` with this device's handle, the plan of `key` and the workspace
+/// (grown by `f`'s request through [`grow`]).
+fn with_plan<T: Elem, R>(
+    dev: &CudaDevice,
+    key: Key,
+    f: impl FnOnce(&mut Plan<T>, &mut Option<CudaSlice<u8>>) -> Result<R>,
+) -> Result<R> {
+    STATES.with(|states| {
+        let mut states = states.borrow_mut();
+        let state = match states.entry(dev.id()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(State { handle: Cudnn::new(dev.cuda_stream())?, workspace: None, plans: HashMap::new() })
+            }
+        };
+        if !state.plans.contains_key(&key) {
+            let plan = new_plan::<T>(&state.handle, &key)?;
+            state.plans.insert(key, Box::new(plan));
+        }
+        let Some(plan) = state.plans.get_mut(&key).and_then(|p| p.downcast_mut::<Plan<T>>()) else {
+            bail!("conv2d: cuDNN plan of another dtype")
+        };
+        f(plan, &mut state.workspace)
+    })
+}
+
+/// The workspace, at least `bytes` long (none when no bytes are needed).
+#[allow(unsafe_code)] // cuDNN calls and uninitialised device buffers: see the SAFETY comments
+fn grow<'a>(
+    dev: &CudaDevice,
+    ws: &'a mut Option<CudaSlice<u8>>,
+    bytes: usize,
+) -> Result<Option<&'a mut CudaSlice<u8>>> {
+    if bytes == 0 {
+        return Ok(None);
+    }
+    if ws.as_ref().is_none_or(|w| w.len() < bytes) {
+        *ws = None;
+        // SAFETY: cuDNN uses the workspace as scratch and never reads what it did not write.
+        *ws = Some(unsafe { dev.alloc::<u8>(bytes) }?);
+    }
+    Ok(ws.as_mut())
+}
+
+fn view<'a, T: Elem>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    let Some((start, end)) = l.contiguous_offsets() else { bail!("{what}: non-contiguous input") };
+    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+fn tf32() -> bool {
+    candle_core::cuda::gemm_reduced_precision_f32()
+}
+
+/// Which of the three cuDNN calls an op makes.
+#[derive(Debug, Clone, Copy)]
+enum Pass {
+    /// (x, w) -> y.
+    Forward,
+    /// (dy, w) -> dx of input dims `x`.
+    BackwardData { x: [i32; 4] },
+    /// (x, dy) -> dw of kernel dims `w`.
+    BackwardFilter { w: [i32; 4] },
+}
+
+#[allow(unsafe_code)] // cuDNN calls and uninitialised device buffers: see the SAFETY comments
+fn run<T: Elem>(
+    pass: Pass,
+    p: ConvParams,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device().clone();
+    let (a, b) = (view::<T>(s1, l1, "conv2d")?, view::<T>(s2, l2, "conv2d")?);
+    let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
+    let key = |x, w| Key { x, w, p, dtype: T::DTYPE, tf32: tf32() };
+    let (out, dims_out) = match pass {
+        Pass::Forward => {
+            let key = key(dims(l1.shape())?, dims(l2.shape())?);
+            let y_dims = key.y();
+            // SAFETY: beta = 0, so cuDNN writes every element of y before anything reads it.
+            let mut y = unsafe { dev.alloc::<T>(count(y_dims)) }?;
+            with_plan::<T, _>(&dev, key, |plan, ws| {
+                let op = ConvForward { conv: &plan.conv, x: &plan.x, w: &plan.w, y: &plan.y };
+                let (algo, bytes) = match plan.fwd {
+                    Some(a) => a,
+                    None => {
+                        let algo = op.pick_algorithm()?;
+                        *plan.fwd.insert((algo, op.get_workspace_size(algo)?))
+                    }
+                };
+                let ws = grow(&dev, ws, bytes)?;
+                // SAFETY: the views and y have the dtype and (contiguous NCHW) dims of the descriptors.
+                unsafe { op.launch(algo, ws, (one, zero), &a, &b, &mut y) }?;
+                Ok(())
+            })?;
+            (y, y_dims)
+        }
+        Pass::BackwardData { x } => {
+            let key = key(x, dims(l2.shape())?);
+            // SAFETY: beta = 0: every element of dx is written.
+            let mut dx = unsafe { dev.alloc::<T>(count(x)) }?;
+            with_plan::<T, _>(&dev, key, |plan, ws| {
+                let op = ConvBackwardData { conv: &plan.conv, dx: &plan.x, w: &plan.w, dy: &plan.y };
+                let (algo, bytes) = match plan.bwd_data {
+                    Some(a) => a,
+                    None => {
+                        let algo = op.pick_algorithm()?;
+                        *plan.bwd_data.insert((algo, op.get_workspace_size(algo)?))
+                    }
+                };
+                let ws = grow(&dev, ws, bytes)?;
+                // SAFETY: as above; a is dy (the y descriptor), b the kernel.
+                unsafe { op.launch(algo, ws, (one, zero), &mut dx, &b, &a) }?;
+                Ok(())
+            })?;
+            (dx, x)
+        }
+        Pass::BackwardFilter { w } => {
+            let key = key(dims(l1.shape())?, w);
+            // SAFETY: beta = 0: every element of dw is written.
+            let mut dw = unsafe { dev.alloc::<T>(count(w)) }?;
+            with_plan::<T, _>(&dev, key, |plan, ws| {
+                let op = ConvBackwardFilter { conv: &plan.conv, x: &plan.x, dw: &plan.w, dy: &plan.y };
+                let (algo, bytes) = match plan.bwd_filter {
+                    Some(a) => a,
+                    None => {
+                        let algo = op.pick_algorithm()?;
+                        *plan.bwd_filter.insert((algo, op.get_workspace_size(algo)?))
+                    }
+                };
+                let ws = grow(&dev, ws, bytes)?;
+                // SAFETY: as above; a is x, b is dy.
+                unsafe { op.launch(algo, ws, (one, zero), &a, &mut dw, &b) }?;
+                Ok(())
+            })?;
+            (dw, w)
+        }
+    };
+    let shape = Shape::from(dims_out.map(|v| v as usize).to_vec());
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+}
+
+/// One of the three passes as a candle op (the backward passes have no
+/// backward of their own: second derivatives are not needed for training).
+struct CudnnConv {
+    pass: Pass,
+    p: ConvParams,
+}
+
+impl CustomOp2 for CudnnConv {
+    fn name(&self) -> &'static str {
+        match self.pass {
+            Pass::Forward => "sweep-cudnn-conv2d",
+            Pass::BackwardData { .. } => "sweep-cudnn-conv2d-backward-data",
+            Pass::BackwardFilter { .. } => "sweep-cudnn-conv2d-backward-filter",
+        }
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: a cuDNN op on the CPU", self.name())
+    }
+
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        match s1.dtype() {
+            DType::F32 => run::<f32>(self.pass, self.p, s1, l1, s2, l2),
+            DType::BF16 => run::<half::bf16>(self.pass, self.p, s1, l1, s2, l2),
+            other => bail!("{}: no cuDNN path for {other:?}", self.name()),
+        }
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let Pass::Forward = self.pass else { bail!("{}: no second derivative", self.name()) };
+        let grad = grad.contiguous()?;
+        let dx = if x.track_op() {
+            let pass = Pass::BackwardData { x: dims(x.shape())? };
+            Some(grad.apply_op2_no_bwd(w, &CudnnConv { pass, p: self.p })?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let pass = Pass::BackwardFilter { w: dims(w.shape())? };
+            Some(x.apply_op2_no_bwd(&grad, &CudnnConv { pass, p: self.p })?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// The cuDNN convolution of contiguous `x` (N, C, H, W) and `w` (C_out, C, K, K),
+/// both f32 or both bf16, on one CUDA device.
+pub(super) fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, CudnnConv { pass: Pass::Forward, p })
+}

@@ -1,0 +1,161 @@
+//! What the raw cuDNN ops share (`bn_cudnn.rs`, `pool_cudnn.rs`): one cuDNN
+//! handle per device and thread on candle's stream, so the calls are ordered
+//! with candle's kernels, and the f32 NCHW tensor and pooling descriptors,
+//! made once per shape and kept for the process.
+
+use super::pool::PoolParams;
+use candle_core::cuda::cudarc;
+use candle_core::cuda::{CudaDevice, CudaStorage};
+use candle_core::{bail, Layout, Result};
+use cudarc::cudnn::result as cr;
+use cudarc::cudnn::sys;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// A raw cuDNN handle, destroyed with its thread.
+struct Handle(sys::cudnnHandle_t);
+
+impl Drop for Handle {
+    #[allow(unsafe_code)] // cuDNN's destructor: see the SAFETY comment
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by `with_cudnn` and is destroyed once.
+        let _ = unsafe { cr::destroy_handle(self.0) };
+    }
+}
+
+/// A 4-D f32 NCHW tensor descriptor.
+pub(super) struct Desc(pub(super) sys::cudnnTensorDescriptor_t);
+
+impl Desc {
+    #[allow(unsafe_code)] // cuDNN's setter: see the SAFETY comment
+    fn new(dims: [i32; 4]) -> Result<Desc> {
+        let d = Desc(cr::create_tensor_descriptor()?);
+        // SAFETY: a freshly created descriptor, set once.
+        unsafe {
+            cr::set_tensor4d_descriptor(
+                d.0,
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                dims,
+            )
+        }?;
+        Ok(d)
+    }
+}
+
+impl Drop for Desc {
+    #[allow(unsafe_code)] // cuDNN's destructor: see the SAFETY comment
+    fn drop(&mut self) {
+        // SAFETY: created by `Desc::new`, destroyed once.
+        let _ = unsafe { cr::destroy_tensor_descriptor(self.0) };
+    }
+}
+
+/// A 2-D max-pooling descriptor (gradient to the maximum, NaN propagated).
+pub(super) struct PoolDesc(pub(super) sys::cudnnPoolingDescriptor_t);
+
+impl PoolDesc {
+    #[allow(unsafe_code)] // cuDNN's setter: see the SAFETY comment
+    fn new(p: PoolParams) -> Result<PoolDesc> {
+        let d = PoolDesc(cr::create_pooling_descriptor()?);
+        let i = |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("max_pool2d: {v} too large")));
+        let (k, pad, s) = (i(p.kernel)?, i(p.padding)?, i(p.stride)?);
+        // SAFETY: a freshly created descriptor, set once, with 2 dims in each array.
+        unsafe {
+            cr::set_pooling_descriptor(
+                d.0,
+                sys::cudnnPoolingMode_t::CUDNN_POOLING_MAX_DETERMINISTIC,
+                sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+                2,
+                &[k, k],
+                &[pad, pad],
+                &[s, s],
+            )
+        }?;
+        Ok(d)
+    }
+}
+
+impl Drop for PoolDesc {
+    #[allow(unsafe_code)] // cuDNN's destructor: see the SAFETY comment
+    fn drop(&mut self) {
+        // SAFETY: created by `PoolDesc::new`, destroyed once.
+        let _ = unsafe { sys::cudnnDestroyPoolingDescriptor(self.0) };
+    }
+}
+
+/// One device's handle and descriptors on this thread.
+pub(super) struct Cudnn {
+    handle: Handle,
+    tensors: HashMap<[i32; 4], Desc>,
+    pools: HashMap<PoolParams, PoolDesc>,
+}
+
+impl Cudnn {
+    /// The raw handle.
+    pub(super) fn handle(&self) -> sys::cudnnHandle_t {
+        self.handle.0
+    }
+
+    /// Makes sure the descriptors of these dims exist (then [`Cudnn::tensor`] finds them).
+    pub(super) fn prepare(&mut self, dims: &[[i32; 4]]) -> Result<()> {
+        for d in dims {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.tensors.entry(*d) {
+                e.insert(Desc::new(*d)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The descriptor of `dims` (made by [`Cudnn::prepare`]).
+    pub(super) fn tensor(&self, dims: [i32; 4]) -> sys::cudnnTensorDescriptor_t {
+        self.tensors[&dims].0
+    }
+
+    /// The max-pooling descriptor of `p`.
+    pub(super) fn pool(&mut self, p: PoolParams) -> Result<sys::cudnnPoolingDescriptor_t> {
+        let d = match self.pools.entry(p) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(PoolDesc::new(p)?),
+        };
+        Ok(d.0)
+    }
+}
+
+thread_local! {
+    static STATES: RefCell<HashMap<candle_core::cuda::DeviceId, Cudnn>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` with this thread's cuDNN state of `dev` (made on first use).
+#[allow(unsafe_code)] // binding the handle to candle's stream: see the SAFETY comment
+pub(super) fn with_cudnn<R>(dev: &CudaDevice, f: impl FnOnce(&mut Cudnn) -> Result<R>) -> Result<R> {
+    STATES.with(|states| {
+        let mut states = states.borrow_mut();
+        let state = match states.entry(dev.id()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let stream = dev.cuda_stream();
+                stream.context().bind_to_thread()?;
+                let handle = Handle(cr::create_handle()?);
+                // SAFETY: the stream outlives the handle (candle's device keeps it for the process).
+                unsafe { cr::set_stream(handle.0, stream.cu_stream().cast()) }?;
+                e.insert(Cudnn { handle, tensors: HashMap::new(), pools: HashMap::new() })
+            }
+        };
+        f(state)
+    })
+}
+
+/// The dims of a 4-D layout as cuDNN's ints.
+pub(super) fn dims4(l: &Layout, what: &str) -> Result<[i32; 4]> {
+    let (a, b, c, d) = l.shape().dims4()?;
+    let i =
+        |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what}: dimension {v} too large")));
+    Ok([i(a)?, i(b)?, i(c)?, i(d)?])
+}
+
+/// The f32 elements of a contiguous CUDA storage.
+pub(super) fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<cudarc::driver::CudaView<'a, f32>> {
+    let Some((start, end)) = l.contiguous_offsets() else { bail!("{what}: non-contiguous input") };
+    Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
+}
