@@ -3,57 +3,113 @@
 # there): build here, carry the binaries, run this there.
 #
 # Here (builds the CUDA binaries into target/cuda, packs them with this script):
-#   bench/gpu.sh pack            -> gpu-pack.tar.xz (sweep, device_check, this script, the torch script)
-# There (in the unpacked folder; writes gpu-results/*):
-#   bash bench/gpu.sh run
+#   bench/gpu.sh pack            -> target/gpu-pack.tar.xz (sweep, device_check, train_step,
+#                                   the quickstart sweep file, this script, the torch script)
+#   (FEATURES=cuda for a build without cuDNN; then run it with KERNELS=generic)
+# There (in the unpacked folder; writes $OUT or gpu-results/: summary.txt, log.txt, nvidia-smi.txt):
+#   bash bench/gpu.sh run        (KERNELS="generic cudnn", CHECKS, IMAGES: see below)
 #
-# What it does there, all on the same GPU:
-#   1. the quickstart sweep on CUDA (`sweep submit` on the embedded default, --device cuda:0);
-#   2. CPU vs CUDA: loss and gradient norm of one batch, f32 and bf16 (device_check);
-#   3. one epoch of ResNet18 at 224x224, batch 50, generated data, in f32, tf32 and bf16
-#      (sweep), next to torchvision's ResNet18 with the same settings (bench/gpu_torch.py).
+# What it does there, all on the same GPU, for each kernel set (SWEEP_GPU_KERNELS):
+#   1. the quickstart sweep on CUDA (`sweep submit experiments/quickstart.toml --device cuda:0`);
+#   2. CPU vs CUDA: the convolution and max-pool at the zoo's shapes (values and gradients), and
+#      one training step of five models, f32 and bf16 (device_check);
+#   3. one training step of ResNet18 at 224, batch 50, f32/tf32/bf16, each phase timed (train_step);
+#   4. ResNet18 at 224x224, batch 50, 2 epochs of generated data, f32/tf32/bf16 (`sweep submit`),
+#      next to torchvision's ResNet18 with the same settings (bench/gpu_torch.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
 pack)
     eval "$(scripts/cuda-toolchain.sh)"
-    CARGO_TARGET_DIR=target/cuda cargo build --release --locked --features cuda --bin sweep --example device_check
+    CARGO_TARGET_DIR=target/cuda cargo build --release --locked --features "${FEATURES:-cudnn}" --bin sweep --example device_check --example train_step
+    rm -rf target/gpu-pack
     mkdir -p target/gpu-pack/bench target/gpu-pack/experiments
-    cp target/cuda/release/sweep target/cuda/release/examples/device_check target/gpu-pack/
+    cp target/cuda/release/sweep target/cuda/release/examples/device_check target/cuda/release/examples/train_step target/gpu-pack/
     cp bench/gpu.sh bench/gpu_torch.py target/gpu-pack/bench/
-    tar -C target/gpu-pack -cJf gpu-pack.tar.xz .
-    ls -la gpu-pack.tar.xz
+    cp experiments/quickstart.toml target/gpu-pack/experiments/
+    tar -C target/gpu-pack -cf - . | xz -6 -T0 >target/gpu-pack.tar.xz
+    ls -la target/gpu-pack.tar.xz
     ;;
 run)
     out=${OUT:-gpu-results}
     mkdir -p "$out"
-    # cuBLAS, cuRAND, cudart and NVRTC 13 from the system python's packages (see ../shared/notes/cuda-build.md).
-    lib=$(python3 -c "import nvidia, os; print(os.path.join(os.path.dirname(nvidia.__path__[0]), 'nvidia', 'cu13', 'lib'))" 2>/dev/null || true)
-    export LD_LIBRARY_PATH="${lib}:${LD_LIBRARY_PATH:-}"
+    # cuBLAS, cuRAND, cudart, NVRTC 13 and cuDNN 9 from the system python's
+    # packages (see ../shared/notes/cuda-build.md): every folder that holds one.
+    libs=$(python3 -c '
+import glob, os, site
+want = ["libcublas.so.13", "libcurand.so.10", "libcudart.so.13", "libnvrtc.so.13", "libcudnn.so.9"]
+dirs = []
+for r in site.getsitepackages() + [site.getusersitepackages()]:
+    for w in want:
+        for f in glob.glob(os.path.join(r, "nvidia", "**", w), recursive=True):
+            if os.path.dirname(f) not in dirs:
+                dirs.append(os.path.dirname(f))
+print(":".join(dirs))' 2>/dev/null || true)
+    export LD_LIBRARY_PATH="${libs}:${LD_LIBRARY_PATH:-}"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >"$out/log.txt"
     bin=./sweep
     [ -x "$bin" ] || bin=target/cuda/release/sweep
     dc=./device_check
     [ -x "$dc" ] || dc=target/cuda/release/examples/device_check
-    nvidia-smi | tee "$out/nvidia-smi.txt" || true
-    echo "== 1. quickstart on CUDA" | tee "$out/summary.txt"
+    ts=./train_step
+    [ -x "$ts" ] || ts=target/cuda/release/examples/train_step
+    # KERNELS: the GPU kernel sets to compare (SWEEP_GPU_KERNELS); a build
+    # without the cudnn feature has only `generic`. CHECKS: device_check's
+    # cases (`ops` or MODEL:SIZE). IMAGES: images per epoch of the ResNet18 runs.
+    kernels=${KERNELS:-generic cudnn}
+    step() { # step TIMEOUT LABEL CMD...: runs CMD, its output into the log and the summary
+        local t=$1 label=$2
+        shift 2
+        echo "== $label" | tee -a "$out/summary.txt" >>"$out/log.txt"
+        local start=$SECONDS
+        if timeout "$t" "$@" >>"$out/log.txt" 2>&1; then
+            echo "   ok in $((SECONDS - start)) s" | tee -a "$out/summary.txt"
+        else
+            echo "   FAILED (exit $?) after $((SECONDS - start)) s" | tee -a "$out/summary.txt"
+        fi
+    }
+    { nvidia-smi; uname -a; } >"$out/nvidia-smi.txt" 2>&1 || true
     home=$(mktemp -d)
-    ( time "$bin" --home "$home" submit --device cuda:0 ) >"$out/quickstart.txt" 2>&1 || echo "quickstart FAILED" | tee -a "$out/summary.txt"
-    "$bin" --home "$home" results --format json >"$out/quickstart.json" || true
-    "$bin" --home "$home" status --format json | python3 -c "import json,sys; r=json.load(sys.stdin)['runs']; print([(x['name'], x['status'], x['device'], x['peak_memory_bytes']) for x in r])" | tee -a "$out/summary.txt" || true
-    echo "== 2. CPU vs CUDA, one batch" | tee -a "$out/summary.txt"
-    "$dc" smallcnn 32 cuda:0 2>&1 | tee -a "$out/summary.txt" || echo "device_check smallcnn FAILED" | tee -a "$out/summary.txt"
-    "$dc" resnet18 64 cuda:0 2>&1 | tee -a "$out/summary.txt" || echo "device_check resnet18 FAILED" | tee -a "$out/summary.txt"
-    echo "== 3. ResNet18 at 224, batch 50, one epoch of generated data" | tee -a "$out/summary.txt"
-    n=${IMAGES:-5000}
-    for precision in f32 tf32 bf16; do
-        cat >"$home/r18-$precision.toml" <<TOML
-name = "r18-$precision"
+    for k in $kernels; do
+        export SWEEP_GPU_KERNELS=$k
+        step 120 "$k: quickstart on CUDA" "$bin" --home "$home/q-$k" submit experiments/quickstart.toml --device cuda:0
+        "$bin" --home "$home/q-$k" results --columns name,status,test_acc,img/s,time --format csv >>"$out/summary.txt" 2>&1 || true
+        "$bin" --home "$home/q-$k" status --format json >>"$out/log.txt" 2>&1 || true
+        for m in ${CHECKS:-ops smallcnn:32 resnet18:64 resnet50:64 densenet121:64 vgg16_bn:64}; do
+            case $m in *:*) args="${m%%:*} ${m##*:}" ;; *) args="$m 0" ;; esac
+            step 120 "$k: device_check $m" bash -c "set -o pipefail; $dc $args cuda:0 | tee -a $out/summary.txt"
+        done
+    done
+    # one training step on random data, each phase synchronised: the model's
+    # GPU time without the data pipeline (median of steps 3..12)
+    for k in $kernels; do
+        for precision in f32 tf32 bf16; do
+            echo "== $k: train_step resnet18 batch 50 at 224 $precision" | tee -a "$out/summary.txt" >>"$out/log.txt"
+            SWEEP_GPU_KERNELS=$k timeout 120 "$ts" resnet18 50 224 12 cuda:0 "$precision" 2>>"$out/log.txt" | tee -a "$out/log.txt" |
+                python3 -c '
+import json, statistics, sys
+r = json.loads(sys.stdin.read())
+s = r["forward_backward_optimizer_seconds"][2:]
+med = lambda i: statistics.median(x[i] for x in s) * 1000
+step = statistics.median(r["step_seconds"][2:])
+rate = r["batch"] / step
+host = statistics.median(r["backward_host_seconds"][2:]) * 1000
+print(f"   step {step * 1000:.1f} ms ({rate:.0f} img/s): forward {med(0):.1f}, backward {med(1):.1f} (host {host:.1f}), optimizer {med(2):.1f} ms")
+' | tee -a "$out/summary.txt" || echo "   FAILED" | tee -a "$out/summary.txt"
+        done
+    done
+    n=${IMAGES:-2500}
+    for k in $kernels; do
+        export SWEEP_GPU_KERNELS=$k
+        for precision in f32 tf32 bf16; do
+            cat >"$home/r18-$k-$precision.toml" <<TOML
+name = "r18-$k-$precision"
 dataset = { name = "synthetic", train_size = $n, test_size = 500 }
 device = "cuda:0"
 [defaults]
 model = "resnet18"
 batch_size = 50
-epochs = 1
+epochs = 2
 precision = "$precision"
 optimizer = { name = "sgd", lr = 0.01, momentum = 0.9 }
 [augment.up]
@@ -62,10 +118,15 @@ test = [{ resize = { size = 224 } }, { normalize = "cifar10" }]
 [[run]]
 augment = "up"
 TOML
-        "$bin" --home "$home" -q submit "$home/r18-$precision.toml" >"$out/r18-$precision.txt" 2>&1 || echo "r18 $precision FAILED" | tee -a "$out/summary.txt"
-        "$bin" --home "$home" results --sweep "r18-$precision" --columns name,img/s,time,test_acc --format csv | tee -a "$out/summary.txt"
+            # a home per run: the same configuration in one home is skipped as done
+            h="$home/r18-$k-$precision"
+            step 150 "$k: resnet18 224 batch 50 $precision, 2 epochs of $n" "$bin" --home "$h" -q submit "$home/r18-$k-$precision.toml"
+            "$bin" --home "$h" results --columns name,img/s,time,test_acc --format csv >>"$out/summary.txt" 2>&1 || true
+            "$bin" --home "$h" show "r18-$k-$precision/run1" --format json >>"$out/log.txt" 2>&1 || true
+        done
     done
-    python3 bench/gpu_torch.py "$n" 2>&1 | tee -a "$out/summary.txt" || echo "torch baseline FAILED" | tee -a "$out/summary.txt"
+    step 200 "torch baseline" bash -c "set -o pipefail; python3 bench/gpu_torch.py $n | tee -a $out/summary.txt"
+    cat "$out/summary.txt"
     ;;
 *)
     echo "usage: bench/gpu.sh pack | run" >&2

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""torchvision's ResNet18 at 224x224, batch 50, SGD momentum 0.9, one epoch of
-random 32x32 uint8 images resized on the GPU, in f32, tf32 and bf16 autocast:
+"""torchvision's ResNet18 at 224x224, batch 50, SGD momentum 0.9, one epoch (after three
+untimed warm-up steps) of random 32x32 uint8 images resized on the GPU, in f32, tf32, bf16 autocast, and
+bf16 autocast with channels-last model and inputs (the fast eager recipe):
 the baseline next to `sweep` in bench/gpu.sh (same GPU, same call).
 
     python3 bench/gpu_torch.py [images]
@@ -19,26 +20,37 @@ data = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).to(
 labels = torch.randint(0, 10, (n,), generator=g).to(dev)
 mean = torch.tensor([0.4914, 0.4824, 0.4467], device=dev).view(1, 3, 1, 1)
 std = torch.tensor([0.2471, 0.2436, 0.2616], device=dev).view(1, 3, 1, 1)
-for precision in ["f32", "tf32", "bf16"]:
+for precision in ["f32", "tf32", "bf16", "bf16-channels-last"]:
+    cl = precision.endswith("channels-last")
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     torch.backends.cudnn.allow_tf32 = precision == "tf32"
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).to(dev)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     order = torch.randperm(n, device=dev)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for i in range(0, n, 50):
-        idx = order[i : i + 50]
+
+    def step(idx):
         x = F.interpolate(data[idx].float() / 255, size=224, mode="bilinear", antialias=True, align_corners=False)
         x = (x - mean) / std
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
             loss = F.cross_entropy(model(x), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return loss
+
+    for i in range(3):  # warm-up (cuDNN's first calls), not timed
+        step(order[i * 50 : (i + 1) * 50])
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for i in range(0, n, 50):
+        loss = step(order[i : i + 50])
     torch.cuda.synchronize()
     secs = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / 2**20
