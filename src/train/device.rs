@@ -158,7 +158,8 @@ fn cpu_peak_bytes() -> Option<u64> {
 }
 
 /// Whether a candle error is the GPU running out of memory: the CUDA driver's
-/// `CUDA_ERROR_OUT_OF_MEMORY` or cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED`, found
+/// `CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED` or (in
+/// the cuDNN ops) cuDNN's device or host allocation failure, found
 /// by type through candle's wrappers (backtrace, context, path). The CPU
 /// backend has no such error (an allocation that fails aborts the process).
 pub fn is_out_of_memory(error: &candle_core::Error) -> bool {
@@ -236,6 +237,17 @@ mod gpu {
         use candle_core::cuda_backend::CudaError;
         let driver_oom = |e: &DriverError| e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY;
         let cublas_oom = |e: &CublasError| e.0 == cublasStatus_t::CUBLAS_STATUS_ALLOC_FAILED;
+        #[cfg(feature = "cudnn")]
+        {
+            use candle_core::cuda_backend::cudarc::cudnn::{sys::cudnnStatus_t as S, CudnnError};
+            if let Some(CudnnError(status)) = cause.downcast_ref::<CudnnError>() {
+                return matches!(
+                    status,
+                    S::CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED
+                        | S::CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED
+                );
+            }
+        }
         match cause.downcast_ref::<CudaError>() {
             Some(CudaError::Cuda(e)) => driver_oom(e),
             Some(CudaError::Cublas(e)) => cublas_oom(e),
@@ -323,6 +335,16 @@ mod tests {
             assert!(is_out_of_memory(&oom.context("conv2d")));
             let other = candle_core::Error::from(CudaError::Cuda(DriverError(CUresult::CUDA_ERROR_INVALID_VALUE)));
             assert!(!is_out_of_memory(&other));
+        }
+        #[cfg(feature = "cudnn")]
+        {
+            use crate::train::layers::OrCuda;
+            use candle_core::cuda_backend::cudarc::cudnn::{sys::cudnnStatus_t as S, CudnnError};
+            let failed = |s: S| -> candle_core::Error { Err::<(), _>(CudnnError(s)).cu().unwrap_err() };
+            assert!(is_out_of_memory(
+                &failed(S::CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED).context("conv2d")
+            ));
+            assert!(!is_out_of_memory(&failed(S::CUDNN_STATUS_BAD_PARAM)));
         }
         let m = out_of_memory_message("CUDA_ERROR_OUT_OF_MEMORY", 128, "cuda:0");
         assert!(

@@ -8,7 +8,7 @@
 //! the output, so the layer updates its running statistics as PyTorch does
 //! (momentum, unbiased variance) with tensor ops on C values.
 
-use super::cudnn::{dims4, f32_view, with_cudnn};
+use super::cudnn::{dims4, f32_view, with_cudnn, OrCuda};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
 use candle_core::cuda::CudaStorage;
@@ -95,7 +95,8 @@ impl CustomOp3 for BnForward {
                     mp as *mut c_void,
                     ip as *mut c_void,
                 )
-                .result()?;
+                .result()
+                .cu()?;
             }
             Ok(())
         })?;
@@ -200,7 +201,8 @@ impl CustomOp3 for BnBackward {
                     mp as *const c_void,
                     ip as *const c_void,
                 )
-                .result()?;
+                .result()
+                .cu()?;
             }
             Ok(())
         })?;
@@ -228,7 +230,7 @@ impl CustomOp1 for SavedStat {
         let Some(pair) = saved.as_ref() else { bail!("{}: no saved statistics", self.name()) };
         let src = if self.which == 0 { &pair.0 } else { &pair.1 };
         let dev = s.device().clone();
-        let copy = dev.cuda_stream().clone_dtod(src)?;
+        let copy = dev.cuda_stream().clone_dtod(src).cu()?;
         Ok((CudaStorage::wrap_cuda_slice(copy, dev), Shape::from(src.len())))
     }
 }

@@ -13,6 +13,7 @@
 //! tensor cores.
 
 use super::conv::ConvParams;
+use super::cudnn::OrCuda;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
@@ -85,19 +86,20 @@ fn count(d: [i32; 4]) -> usize {
 
 fn new_plan<T: Elem>(h: &Arc<Cudnn>, key: &Key) -> Result<Plan<T>> {
     let (p, s) = (key.p.padding as i32, key.p.stride as i32);
-    let mut conv = h.create_conv2d::<f32>([p, p], [s, s], [1, 1], cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION)?;
+    let mut conv =
+        h.create_conv2d::<f32>([p, p], [s, s], [1, 1], cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION).cu()?;
     let math = match (key.dtype, key.tf32) {
         (DType::F32, false) => cudnnMathType_t::CUDNN_FMA_MATH,
         (DType::F32, true) => cudnnMathType_t::CUDNN_DEFAULT_MATH,
         _ => cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
     };
-    conv.set_math_type(math)?;
+    conv.set_math_type(math).cu()?;
     let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
     Ok(Plan {
         conv,
-        x: h.create_4d_tensor::<T>(nchw, key.x)?,
-        w: h.create_4d_filter::<T>(nchw, key.w)?,
-        y: h.create_4d_tensor::<T>(nchw, key.y())?,
+        x: h.create_4d_tensor::<T>(nchw, key.x).cu()?,
+        w: h.create_4d_filter::<T>(nchw, key.w).cu()?,
+        y: h.create_4d_tensor::<T>(nchw, key.y()).cu()?,
         fwd: None,
         bwd_data: None,
         bwd_filter: None,
@@ -116,7 +118,7 @@ fn with_plan<T: Elem, R>(
         let state = match states.entry(dev.id()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(State { handle: Cudnn::new(dev.cuda_stream())?, workspace: None, plans: HashMap::new() })
+                e.insert(State { handle: Cudnn::new(dev.cuda_stream()).cu()?, workspace: None, plans: HashMap::new() })
             }
         };
         if !state.plans.contains_key(&key) {
@@ -192,13 +194,13 @@ fn run<T: Elem>(
                 let (algo, bytes) = match plan.fwd {
                     Some(a) => a,
                     None => {
-                        let algo = op.pick_algorithm()?;
-                        *plan.fwd.insert((algo, op.get_workspace_size(algo)?))
+                        let algo = op.pick_algorithm().cu()?;
+                        *plan.fwd.insert((algo, op.get_workspace_size(algo).cu()?))
                     }
                 };
                 let ws = grow(&dev, ws, bytes)?;
                 // SAFETY: the views and y have the dtype and (contiguous NCHW) dims of the descriptors.
-                unsafe { op.launch(algo, ws, (one, zero), &a, &b, &mut y) }?;
+                unsafe { op.launch(algo, ws, (one, zero), &a, &b, &mut y) }.cu()?;
                 Ok(())
             })?;
             (y, y_dims)
@@ -212,13 +214,13 @@ fn run<T: Elem>(
                 let (algo, bytes) = match plan.bwd_data {
                     Some(a) => a,
                     None => {
-                        let algo = op.pick_algorithm()?;
-                        *plan.bwd_data.insert((algo, op.get_workspace_size(algo)?))
+                        let algo = op.pick_algorithm().cu()?;
+                        *plan.bwd_data.insert((algo, op.get_workspace_size(algo).cu()?))
                     }
                 };
                 let ws = grow(&dev, ws, bytes)?;
                 // SAFETY: as above; a is dy (the y descriptor), b the kernel.
-                unsafe { op.launch(algo, ws, (one, zero), &mut dx, &b, &a) }?;
+                unsafe { op.launch(algo, ws, (one, zero), &mut dx, &b, &a) }.cu()?;
                 Ok(())
             })?;
             (dx, x)
@@ -232,13 +234,13 @@ fn run<T: Elem>(
                 let (algo, bytes) = match plan.bwd_filter {
                     Some(a) => a,
                     None => {
-                        let algo = op.pick_algorithm()?;
-                        *plan.bwd_filter.insert((algo, op.get_workspace_size(algo)?))
+                        let algo = op.pick_algorithm().cu()?;
+                        *plan.bwd_filter.insert((algo, op.get_workspace_size(algo).cu()?))
                     }
                 };
                 let ws = grow(&dev, ws, bytes)?;
                 // SAFETY: as above; a is x, b is dy.
-                unsafe { op.launch(algo, ws, (one, zero), &a, &mut dw, &b) }?;
+                unsafe { op.launch(algo, ws, (one, zero), &a, &mut dw, &b) }.cu()?;
                 Ok(())
             })?;
             (dw, w)

@@ -29,7 +29,7 @@ pub(super) struct Desc(pub(super) sys::cudnnTensorDescriptor_t);
 impl Desc {
     #[allow(unsafe_code)] // cuDNN's setter: see the SAFETY comment
     fn new(dims: [i32; 4]) -> Result<Desc> {
-        let d = Desc(cr::create_tensor_descriptor()?);
+        let d = Desc(cr::create_tensor_descriptor().cu()?);
         // SAFETY: a freshly created descriptor, set once.
         unsafe {
             cr::set_tensor4d_descriptor(
@@ -38,7 +38,8 @@ impl Desc {
                 sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
                 dims,
             )
-        }?;
+        }
+        .cu()?;
         Ok(d)
     }
 }
@@ -57,7 +58,7 @@ pub(super) struct PoolDesc(pub(super) sys::cudnnPoolingDescriptor_t);
 impl PoolDesc {
     #[allow(unsafe_code)] // cuDNN's setter: see the SAFETY comment
     fn new(p: PoolParams) -> Result<PoolDesc> {
-        let d = PoolDesc(cr::create_pooling_descriptor()?);
+        let d = PoolDesc(cr::create_pooling_descriptor().cu()?);
         let i = |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("max_pool2d: {v} too large")));
         let (k, pad, s) = (i(p.kernel)?, i(p.padding)?, i(p.stride)?);
         // SAFETY: a freshly created descriptor, set once, with 2 dims in each array.
@@ -71,7 +72,8 @@ impl PoolDesc {
                 &[pad, pad],
                 &[s, s],
             )
-        }?;
+        }
+        .cu()?;
         Ok(d)
     }
 }
@@ -135,15 +137,35 @@ pub(super) fn with_cudnn<R>(dev: &CudaDevice, f: impl FnOnce(&mut Cudnn) -> Resu
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let stream = dev.cuda_stream();
-                stream.context().bind_to_thread()?;
-                let handle = Handle(cr::create_handle()?);
+                stream.context().bind_to_thread().cu()?;
+                let handle = Handle(cr::create_handle().cu()?);
                 // SAFETY: the stream outlives the handle (candle's device keeps it for the process).
-                unsafe { cr::set_stream(handle.0, stream.cu_stream().cast()) }?;
+                unsafe { cr::set_stream(handle.0, stream.cu_stream().cast()) }.cu()?;
                 e.insert(Cudnn { handle, tensors: HashMap::new(), pools: HashMap::new() })
             }
         };
         f(state)
     })
+}
+
+/// cuDNN's and the CUDA driver's errors as candle's CUDA errors (not
+/// candle's opaque `Wrapped`), so that a failed allocation inside them is
+/// recognised as the GPU running out of memory (`train::device`).
+pub(crate) trait OrCuda<T> {
+    /// The error as `candle_core::Error::Cuda`.
+    fn cu(self) -> Result<T>;
+}
+
+impl<T> OrCuda<T> for std::result::Result<T, cudarc::cudnn::CudnnError> {
+    fn cu(self) -> Result<T> {
+        self.map_err(|e| candle_core::Error::Cuda(Box::new(e)).bt())
+    }
+}
+
+impl<T> OrCuda<T> for std::result::Result<T, cudarc::driver::DriverError> {
+    fn cu(self) -> Result<T> {
+        self.map_err(|e| candle_core::Error::Cuda(Box::new(e)).bt())
+    }
 }
 
 /// The dims of a 4-D layout as cuDNN's ints.

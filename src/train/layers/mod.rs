@@ -50,6 +50,8 @@ pub use batch_norm::{batch_norm_cpu, channel_stats};
 pub use bn_cudnn::batch_norm_train_cudnn;
 pub use bn_relu_pool::batch_norm_relu_max_pool2_cpu;
 pub use conv::{conv2d, ConvParams};
+#[cfg(all(feature = "cudnn", test))]
+pub(crate) use cudnn::OrCuda;
 #[cfg(feature = "cudnn")]
 pub(crate) use kernels::use_cudnn;
 pub use kernels::{gpu_kernels, set_gpu_kernels, GpuKernels, KernelsError};

@@ -8,7 +8,7 @@
 //! in the zoo every max-pool follows a ReLU, where such ties are zeros whose
 //! gradient the ReLU drops anyway.
 
-use super::cudnn::{dims4, f32_view, with_cudnn};
+use super::cudnn::{dims4, f32_view, with_cudnn, OrCuda};
 use super::pool::PoolParams;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
@@ -59,7 +59,8 @@ impl CustomOp1 for MaxPool {
                     cu.tensor(od),
                     yp as *mut c_void,
                 )
-                .result()?;
+                .result()
+                .cu()?;
             }
             Ok(())
         })?;
@@ -135,7 +136,8 @@ impl CustomOp3 for MaxPoolBackward {
                     cu.tensor(d),
                     dxp as *mut c_void,
                 )
-                .result()?;
+                .result()
+                .cu()?;
             }
             Ok(())
         })?;
