@@ -11,6 +11,7 @@
 //! the CPU the process's peak resident set (`VmHWM`, reset when the run starts).
 
 use crate::spec::DeviceChoice;
+use crate::train::layers::GpuKernels;
 use candle_core::Device;
 
 /// Why a device could not be opened.
@@ -19,6 +20,10 @@ pub enum DeviceError {
     /// `cuda:N` was asked of a binary built without the `cuda` feature.
     #[error("device {0}: this binary was built without CUDA (rebuild with `--features cuda`)")]
     NoCuda(DeviceChoice),
+    /// `SWEEP_GPU_KERNELS` names no kernel set this build has (checked
+    /// before a GPU is opened, also for `auto`: a typo never means the CPU).
+    #[error("device {0}: {1}")]
+    Kernels(DeviceChoice, crate::train::layers::KernelsError),
     /// The GPU did not answer or could not be set up.
     #[error("device {choice}: {source}")]
     Open {
@@ -42,7 +47,8 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, String), DeviceError> {
                 tracing::info!("device {}, using the CPU", why_cpu());
                 return Ok((Device::Cpu, describe_cpu()));
             }
-            match open_cuda(0) {
+            let kernels = GpuKernels::from_env().map_err(|e| DeviceError::Kernels(choice, e))?;
+            match open_cuda(0, kernels) {
                 Ok((d, text)) => {
                     tracing::info!("device auto: {text}");
                     Ok((d, text))
@@ -57,14 +63,14 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, String), DeviceError> {
             if !candle_core::utils::cuda_is_available() {
                 return Err(DeviceError::NoCuda(choice));
             }
-            open_cuda(n).map_err(|source| DeviceError::Open { choice, source })
+            let kernels = GpuKernels::from_env().map_err(|e| DeviceError::Kernels(choice, e))?;
+            open_cuda(n, kernels).map_err(|source| DeviceError::Open { choice, source })
         }
     }
 }
 
-/// CUDA device `n`, set up (`prepare`) and described.
-fn open_cuda(n: usize) -> candle_core::Result<(Device, String)> {
-    let kernels = crate::train::layers::GpuKernels::from_env().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+/// CUDA device `n`, set up (`prepare`), its layers given `kernels`, and described.
+fn open_cuda(n: usize, kernels: GpuKernels) -> candle_core::Result<(Device, String)> {
     let d = Device::new_cuda(n)?;
     prepare(&d);
     crate::train::layers::set_gpu_kernels(kernels);
