@@ -13,7 +13,8 @@
 #   1. the quickstart sweep on CUDA (`sweep submit experiments/quickstart.toml --device cuda:0`);
 #   2. CPU vs CUDA: the convolution and max-pool at the zoo's shapes (values and gradients), and
 #      one training step of five models, f32 and bf16 (device_check);
-#   3. one training step of ResNet18 at 224, batch 50, f32/tf32/bf16, each phase timed (train_step);
+#   3. one training step of ResNet18 at 224, batch 50, f32/tf32/bf16, each phase timed (train_step),
+#      and its kernels under Nsight Compute, summed by name (bench/ncu_top.py; PROFILE=0 skips);
 #   4. ResNet18 at 224x224, batch 50, 2 epochs of generated data, f32/tf32/bf16 (`sweep submit`),
 #      next to torchvision's ResNet18 with the same settings (bench/gpu_torch.py).
 set -euo pipefail
@@ -25,7 +26,7 @@ pack)
     rm -rf target/gpu-pack
     mkdir -p target/gpu-pack/bench target/gpu-pack/experiments
     cp target/cuda/release/sweep target/cuda/release/examples/device_check target/cuda/release/examples/train_step target/gpu-pack/
-    cp bench/gpu.sh bench/gpu_torch.py target/gpu-pack/bench/
+    cp bench/gpu.sh bench/gpu_torch.py bench/ncu_top.py target/gpu-pack/bench/
     cp experiments/quickstart.toml target/gpu-pack/experiments/
     tar -C target/gpu-pack -cf - . | xz -6 -T0 >target/gpu-pack.tar.xz
     ls -la target/gpu-pack.tar.xz
@@ -98,6 +99,17 @@ print(f"   step {step * 1000:.1f} ms ({rate:.0f} img/s): forward {med(0):.1f}, b
 ' | tee -a "$out/summary.txt" || echo "   FAILED" | tee -a "$out/summary.txt"
         done
     done
+    # where a step's GPU time goes: every kernel of two steps (the second
+    # warm) under Nsight Compute, summed by name (PROFILE=0 skips it)
+    if [ "${PROFILE:-1}" = 1 ] && command -v ncu >/dev/null 2>&1; then
+        for k in $kernels; do
+            echo "== $k: ncu, train_step resnet18 batch 50 at 224 bf16, 2 steps" | tee -a "$out/summary.txt" >>"$out/log.txt"
+            SWEEP_GPU_KERNELS=$k timeout 240 ncu --clock-control none --csv --metrics gpu__time_duration.sum \
+                --log-file "$out/ncu-$k.csv" "$ts" resnet18 50 224 2 cuda:0 bf16 >>"$out/log.txt" 2>&1 &&
+                python3 bench/ncu_top.py "$out/ncu-$k.csv" 15 | tee -a "$out/summary.txt" ||
+                echo "   FAILED" | tee -a "$out/summary.txt"
+        done
+    fi
     n=${IMAGES:-2500}
     for k in $kernels; do
         export SWEEP_GPU_KERNELS=$k
