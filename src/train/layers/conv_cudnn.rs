@@ -132,6 +132,18 @@ fn with_plan<T: Elem, R>(
     })
 }
 
+/// The algorithm in `slot` with its workspace size, asked of cuDNN's
+/// heuristics by `pick` the first time.
+fn algorithm<A: Copy>(
+    slot: &mut Option<(A, usize)>,
+    pick: impl FnOnce() -> std::result::Result<(A, usize), cudarc::cudnn::CudnnError>,
+) -> Result<(A, usize)> {
+    if let Some(a) = *slot {
+        return Ok(a);
+    }
+    Ok(*slot.insert(pick().cu()?))
+}
+
 /// The workspace, at least `bytes` long (none when no bytes are needed).
 #[allow(unsafe_code)] // cuDNN calls and uninitialised device buffers: see the SAFETY comments
 fn grow<'a>(
@@ -191,13 +203,10 @@ fn run<T: Elem>(
             let mut y = unsafe { dev.alloc::<T>(count(y_dims)) }?;
             with_plan::<T, _>(&dev, key, |plan, ws| {
                 let op = ConvForward { conv: &plan.conv, x: &plan.x, w: &plan.w, y: &plan.y };
-                let (algo, bytes) = match plan.fwd {
-                    Some(a) => a,
-                    None => {
-                        let algo = op.pick_algorithm().cu()?;
-                        *plan.fwd.insert((algo, op.get_workspace_size(algo).cu()?))
-                    }
-                };
+                let (algo, bytes) = algorithm(&mut plan.fwd, || {
+                    let algo = op.pick_algorithm()?;
+                    Ok((algo, op.get_workspace_size(algo)?))
+                })?;
                 let ws = grow(&dev, ws, bytes)?;
                 // SAFETY: the views and y have the dtype and (contiguous NCHW) dims of the descriptors.
                 unsafe { op.launch(algo, ws, (one, zero), &a, &b, &mut y) }.cu()?;
@@ -211,13 +220,10 @@ fn run<T: Elem>(
             let mut dx = unsafe { dev.alloc::<T>(count(x)) }?;
             with_plan::<T, _>(&dev, key, |plan, ws| {
                 let op = ConvBackwardData { conv: &plan.conv, dx: &plan.x, w: &plan.w, dy: &plan.y };
-                let (algo, bytes) = match plan.bwd_data {
-                    Some(a) => a,
-                    None => {
-                        let algo = op.pick_algorithm().cu()?;
-                        *plan.bwd_data.insert((algo, op.get_workspace_size(algo).cu()?))
-                    }
-                };
+                let (algo, bytes) = algorithm(&mut plan.bwd_data, || {
+                    let algo = op.pick_algorithm()?;
+                    Ok((algo, op.get_workspace_size(algo)?))
+                })?;
                 let ws = grow(&dev, ws, bytes)?;
                 // SAFETY: as above; a is dy (the y descriptor), b the kernel.
                 unsafe { op.launch(algo, ws, (one, zero), &mut dx, &b, &a) }.cu()?;
@@ -231,13 +237,10 @@ fn run<T: Elem>(
             let mut dw = unsafe { dev.alloc::<T>(count(w)) }?;
             with_plan::<T, _>(&dev, key, |plan, ws| {
                 let op = ConvBackwardFilter { conv: &plan.conv, x: &plan.x, dw: &plan.w, dy: &plan.y };
-                let (algo, bytes) = match plan.bwd_filter {
-                    Some(a) => a,
-                    None => {
-                        let algo = op.pick_algorithm().cu()?;
-                        *plan.bwd_filter.insert((algo, op.get_workspace_size(algo).cu()?))
-                    }
-                };
+                let (algo, bytes) = algorithm(&mut plan.bwd_filter, || {
+                    let algo = op.pick_algorithm()?;
+                    Ok((algo, op.get_workspace_size(algo)?))
+                })?;
                 let ws = grow(&dev, ws, bytes)?;
                 // SAFETY: as above; a is x, b is dy.
                 unsafe { op.launch(algo, ws, (one, zero), &a, &mut dw, &b) }.cu()?;
