@@ -92,11 +92,14 @@ fn check_ops(gpu: &Device) -> anyhow::Result<bool> {
     let mut ok = true;
     for (name, xd, cout, k, padding, stride) in cases {
         let mut rng = Rng::new(11);
-        // bf16-representable inputs, so the two precisions see the same values
-        let bf = |v: f32| half_round(v);
-        let x: Vec<f32> = (0..xd.0 * xd.1 * xd.2 * xd.3).map(|_| bf(rng.normal() as f32)).collect();
+        // bf16-representable inputs (candle's rounding), so the two precisions see the same values
+        let bf = |v: Vec<f32>| -> anyhow::Result<Vec<f32>> {
+            let n = v.len();
+            Ok(Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.to_vec1()?)
+        };
+        let x = bf((0..xd.0 * xd.1 * xd.2 * xd.3).map(|_| rng.normal() as f32).collect())?;
         let wd = (cout, xd.1, k, k);
-        let w: Vec<f32> = (0..cout * xd.1 * k * k).map(|_| bf(rng.normal() as f32 * 0.1)).collect();
+        let w = bf((0..cout * xd.1 * k * k).map(|_| rng.normal() as f32 * 0.1).collect())?;
         let p = ConvParams { padding, stride };
         let reference = conv_case(&Device::Cpu, DType::F32, (&x, xd), (&w, wd), p)?;
         for (compute, tol) in [(DType::F32, 1e-4f32), (DType::BF16, 2e-2)] {
@@ -149,13 +152,6 @@ fn check_pools(gpu: &Device) -> anyhow::Result<bool> {
         );
     }
     Ok(ok)
-}
-
-/// `v` rounded to the nearest bf16 (ties to even), as f32.
-fn half_round(v: f32) -> f32 {
-    let b = v.to_bits();
-    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
-    f32::from_bits(rounded)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -8,7 +8,7 @@
 //! the output, so the layer updates its running statistics as PyTorch does
 //! (momentum, unbiased variance) with tensor ops on C values.
 
-use super::cudnn::{dims4, f32_view, with_cudnn, OrCuda};
+use super::cudnn::{dims4, view, with_cudnn, OrCuda};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
 use candle_core::cuda::CudaStorage;
@@ -54,9 +54,12 @@ impl CustomOp3 for BnForward {
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
-        let d = dims4(xl, "batch_norm")?;
-        let (x, w, b) =
-            (f32_view(xs, xl, "batch_norm")?, f32_view(ws, wl, "batch_norm")?, f32_view(bs, bl, "batch_norm")?);
+        let d = dims4(xl.shape(), "batch_norm")?;
+        let (x, w, b) = (
+            view::<f32>(xs, xl, "batch_norm")?,
+            view::<f32>(ws, wl, "batch_norm")?,
+            view::<f32>(bs, bl, "batch_norm")?,
+        );
         let c = d[1] as usize;
         // SAFETY: cuDNN writes every element of the three outputs (beta = 0).
         let (mut y, mut mean, mut invstd) =
@@ -157,9 +160,12 @@ impl CustomOp3 for BnBackward {
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
-        let d = dims4(xl, "batch_norm")?;
-        let (x, dy, w) =
-            (f32_view(xs, xl, "batch_norm")?, f32_view(dys, dyl, "batch_norm")?, f32_view(ws, wl, "batch_norm")?);
+        let d = dims4(xl.shape(), "batch_norm")?;
+        let (x, dy, w) = (
+            view::<f32>(xs, xl, "batch_norm")?,
+            view::<f32>(dys, dyl, "batch_norm")?,
+            view::<f32>(ws, wl, "batch_norm")?,
+        );
         let (n, c) = (x.len(), d[1] as usize);
         let saved = self.saved.lock().expect("batch norm lock");
         let Some((mean, invstd)) = saved.as_ref() else { bail!("{}: no saved statistics", self.name()) };

@@ -13,7 +13,7 @@
 //! tensor cores.
 
 use super::conv::ConvParams;
-use super::cudnn::OrCuda;
+use super::cudnn::{dims4, view, OrCuda};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
@@ -23,7 +23,7 @@ use cudarc::cudnn::{
     ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType, FilterDescriptor,
     TensorDescriptor,
 };
-use cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
+use cudarc::driver::{CudaSlice, DeviceRepr};
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -72,13 +72,6 @@ thread_local! {
 trait Elem: CudnnDataType + DeviceRepr + WithDType + CudaDType + 'static {}
 impl Elem for f32 {}
 impl Elem for half::bf16 {}
-
-fn dims(s: &Shape) -> Result<[i32; 4]> {
-    let (a, b, c, d) = s.dims4()?;
-    let i =
-        |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("conv2d: dimension {v} too large")));
-    Ok([i(a)?, i(b)?, i(c)?, i(d)?])
-}
 
 fn count(d: [i32; 4]) -> usize {
     d.iter().map(|&v| v as usize).product()
@@ -162,11 +155,6 @@ fn grow<'a>(
     Ok(ws.as_mut())
 }
 
-fn view<'a, T: Elem>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
-    let Some((start, end)) = l.contiguous_offsets() else { bail!("{what}: non-contiguous input") };
-    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
-}
-
 fn tf32() -> bool {
     candle_core::cuda::gemm_reduced_precision_f32()
 }
@@ -197,7 +185,7 @@ fn run<T: Elem>(
     let key = |x, w| Key { x, w, p, dtype: T::DTYPE, tf32: tf32() };
     let (out, dims_out) = match pass {
         Pass::Forward => {
-            let key = key(dims(l1.shape())?, dims(l2.shape())?);
+            let key = key(dims4(l1.shape(), "conv2d")?, dims4(l2.shape(), "conv2d")?);
             let y_dims = key.y();
             // SAFETY: beta = 0, so cuDNN writes every element of y before anything reads it.
             let mut y = unsafe { dev.alloc::<T>(count(y_dims)) }?;
@@ -215,7 +203,7 @@ fn run<T: Elem>(
             (y, y_dims)
         }
         Pass::BackwardData { x } => {
-            let key = key(x, dims(l2.shape())?);
+            let key = key(x, dims4(l2.shape(), "conv2d")?);
             // SAFETY: beta = 0: every element of dx is written.
             let mut dx = unsafe { dev.alloc::<T>(count(x)) }?;
             with_plan::<T, _>(&dev, key, |plan, ws| {
@@ -232,7 +220,7 @@ fn run<T: Elem>(
             (dx, x)
         }
         Pass::BackwardFilter { w } => {
-            let key = key(dims(l1.shape())?, w);
+            let key = key(dims4(l1.shape(), "conv2d")?, w);
             // SAFETY: beta = 0: every element of dw is written.
             let mut dw = unsafe { dev.alloc::<T>(count(w)) }?;
             with_plan::<T, _>(&dev, key, |plan, ws| {
@@ -285,13 +273,13 @@ impl CustomOp2 for CudnnConv {
         let Pass::Forward = self.pass else { bail!("{}: no second derivative", self.name()) };
         let grad = grad.contiguous()?;
         let dx = if x.track_op() {
-            let pass = Pass::BackwardData { x: dims(x.shape())? };
+            let pass = Pass::BackwardData { x: dims4(x.shape(), "conv2d")? };
             Some(grad.apply_op2_no_bwd(w, &CudnnConv { pass, p: self.p })?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            let pass = Pass::BackwardFilter { w: dims(w.shape())? };
+            let pass = Pass::BackwardFilter { w: dims4(w.shape(), "conv2d")? };
             Some(x.apply_op2_no_bwd(&grad, &CudnnConv { pass, p: self.p })?)
         } else {
             None

@@ -5,10 +5,11 @@
 
 use super::pool::PoolParams;
 use candle_core::cuda::cudarc;
-use candle_core::cuda::{CudaDevice, CudaStorage};
-use candle_core::{bail, Layout, Result};
+use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::{bail, Layout, Result, Shape};
 use cudarc::cudnn::result as cr;
 use cudarc::cudnn::sys;
+use cudarc::driver::CudaView;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -59,8 +60,7 @@ impl PoolDesc {
     #[allow(unsafe_code)] // cuDNN's setter: see the SAFETY comment
     fn new(p: PoolParams) -> Result<PoolDesc> {
         let d = PoolDesc(cr::create_pooling_descriptor().cu()?);
-        let i = |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("max_pool2d: {v} too large")));
-        let (k, pad, s) = (i(p.kernel)?, i(p.padding)?, i(p.stride)?);
+        let (k, pad, s) = (int(p.kernel, "max_pool2d")?, int(p.padding, "max_pool2d")?, int(p.stride, "max_pool2d")?);
         // SAFETY: a freshly created descriptor, set once, with 2 dims in each array.
         unsafe {
             cr::set_pooling_descriptor(
@@ -168,16 +168,19 @@ impl<T> OrCuda<T> for std::result::Result<T, cudarc::driver::DriverError> {
     }
 }
 
-/// The dims of a 4-D layout as cuDNN's ints.
-pub(super) fn dims4(l: &Layout, what: &str) -> Result<[i32; 4]> {
-    let (a, b, c, d) = l.shape().dims4()?;
-    let i =
-        |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what}: dimension {v} too large")));
-    Ok([i(a)?, i(b)?, i(c)?, i(d)?])
+/// A size as cuDNN's int (`what` names the op in the error).
+pub(super) fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what}: dimension {v} too large")))
 }
 
-/// The f32 elements of a contiguous CUDA storage.
-pub(super) fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<cudarc::driver::CudaView<'a, f32>> {
+/// The dims of a 4-D shape as cuDNN's ints.
+pub(super) fn dims4(s: &Shape, what: &str) -> Result<[i32; 4]> {
+    let (a, b, c, d) = s.dims4()?;
+    Ok([int(a, what)?, int(b, what)?, int(c, what)?, int(d, what)?])
+}
+
+/// The elements of a contiguous CUDA storage.
+pub(super) fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
     let Some((start, end)) = l.contiguous_offsets() else { bail!("{what}: non-contiguous input") };
-    Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
+    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
 }

@@ -8,7 +8,7 @@
 //! in the zoo every max-pool follows a ReLU, where such ties are zeros whose
 //! gradient the ReLU drops anyway.
 
-use super::cudnn::{dims4, f32_view, with_cudnn, OrCuda};
+use super::cudnn::{dims4, view, with_cudnn, OrCuda};
 use super::pool::PoolParams;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
@@ -35,9 +35,9 @@ impl CustomOp1 for MaxPool {
     #[allow(unsafe_code)] // a cuDNN call and an uninitialised output: see the SAFETY comments
     fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
-        let d = dims4(xl, "max_pool2d")?;
+        let d = dims4(xl.shape(), "max_pool2d")?;
         let od = [d[0], d[1], self.out.0 as i32, self.out.1 as i32];
-        let x = f32_view(xs, xl, "max_pool2d")?;
+        let x = view::<f32>(xs, xl, "max_pool2d")?;
         // SAFETY: beta = 0: cuDNN writes every element of y.
         let mut y = unsafe { dev.alloc::<f32>(od.iter().map(|&v| v as usize).product()) }?;
         let stream = dev.cuda_stream();
@@ -106,9 +106,12 @@ impl CustomOp3 for MaxPoolBackward {
         dyl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
-        let (d, od) = (dims4(xl, "max_pool2d")?, dims4(yl, "max_pool2d")?);
-        let (x, y, dy) =
-            (f32_view(xs, xl, "max_pool2d")?, f32_view(ys, yl, "max_pool2d")?, f32_view(dys, dyl, "max_pool2d")?);
+        let (d, od) = (dims4(xl.shape(), "max_pool2d")?, dims4(yl.shape(), "max_pool2d")?);
+        let (x, y, dy) = (
+            view::<f32>(xs, xl, "max_pool2d")?,
+            view::<f32>(ys, yl, "max_pool2d")?,
+            view::<f32>(dys, dyl, "max_pool2d")?,
+        );
         // SAFETY: beta = 0: cuDNN writes every element of dx.
         let mut dx = unsafe { dev.alloc::<f32>(x.len()) }?;
         let stream = dev.cuda_stream();
