@@ -1,5 +1,6 @@
 //! The one integration-test binary (each extra one links candle and sqlx again).
 //!
+//! * `backprop`: candle's backward pass as patched in `vendor/candle-core` (shared first gradients, views).
 //! * `spec`: sweep files → runs: expansion, hashing, error locations.
 //! * `store`: the queue and records through the library API, on SQLite and PostgreSQL (`pg`).
 //! * `train`: the trainer on tiny generated data: determinism, resume, failures.
@@ -13,6 +14,7 @@
 //! * `s3`: the artifact store on a local S3 server (moto): resume on another machine.
 //! * `snapshots`: the output of plan, status, results, show and report, as insta snapshots.
 
+mod backprop;
 mod cli;
 mod data;
 mod export;
