@@ -73,13 +73,20 @@ pub const GPU_KERNELS: Var = Var {
     help: "kernels on a GPU: cudnn (cuDNN convolutions, BatchNorm, max-pool; the default of a --features cudnn build) or generic (candle's; the only ones without cudnn)",
 };
 
+/// How the CPU computes 3x3 convolutions with stride 1 and padding 1.
+pub const CPU_CONV: Var = Var {
+    name: "SWEEP_CPU_CONV",
+    help: "3x3 stride-1 convolutions on the CPU: auto (the default: direct where measured faster), direct, or im2col (column matrix and matrix product)",
+};
+
 /// Every variable the binary reads, in the order `sweep --help` lists them.
-pub const ALL: [Var; 12] = [
+pub const ALL: [Var; 13] = [
     HOME,
     STORE,
     ARTIFACTS,
     DEVICE,
     GPU_KERNELS,
+    CPU_CONV,
     STALE_SECS,
     HEARTBEAT_SECS,
     MAX_WORKER_DEATHS,

@@ -74,6 +74,26 @@ impl Geom {
     fn direct(&self) -> bool {
         self.k == 1 && self.p.stride == 1 && self.p.padding == 0
     }
+    /// A 3x3 convolution with stride 1 and padding 1 computed directly
+    /// (`conv3x3.rs`, no column matrix), as `SWEEP_CPU_CONV` says; `auto`
+    /// where that was measured as fast or faster than im2col and the matrix
+    /// product (BENCHMARKS.md): planes of 14x14 and more, and smaller ones
+    /// (down to 6x6) when the kernel is small (DenseNet's 128 → 32 growth
+    /// layers at 7x7). On the smallest planes most of its padded domain is
+    /// border, and a large kernel is read once per image.
+    fn direct3x3(&self) -> bool {
+        if self.k != 3 || self.p.stride != 1 || self.p.padding != 1 {
+            return false;
+        }
+        match cpu_conv() {
+            CpuConv::Direct => true,
+            CpuConv::Im2col => false,
+            CpuConv::Auto => {
+                let hw = self.h * self.w;
+                self.h.min(self.w) >= 6 && (hw >= 196 || self.c * self.cout <= 128 * 128)
+            }
+        }
+    }
     /// The outputs `lo..hi` along an axis (of `outs` outputs over `len` inputs)
     /// whose tap `t` falls inside the input; output `o` reads input `o * stride + t - padding`.
     fn span(&self, outs: usize, len: usize, t: usize) -> (usize, usize) {
@@ -97,6 +117,35 @@ impl Geom {
         }
         (MAX_FLOATS / (self.l() * self.rows()).max(1)).clamp(1, self.n.max(1))
     }
+}
+
+/// The choice `SWEEP_CPU_CONV` makes for 3x3 stride-1 convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CpuConv {
+    /// Direct where measured faster.
+    Auto,
+    /// Always direct.
+    Direct,
+    /// Always im2col and a matrix product.
+    Im2col,
+}
+
+impl std::str::FromStr for CpuConv {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<CpuConv, ()> {
+        match s {
+            "auto" => Ok(CpuConv::Auto),
+            "direct" => Ok(CpuConv::Direct),
+            "im2col" => Ok(CpuConv::Im2col),
+            _ => Err(()),
+        }
+    }
+}
+
+/// `SWEEP_CPU_CONV`, read once (an invalid value is logged and `auto` used).
+fn cpu_conv() -> CpuConv {
+    static CHOICE: std::sync::OnceLock<CpuConv> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| crate::env::CPU_CONV.parse().unwrap_or(CpuConv::Auto))
 }
 
 /// Fills `cols` ((C·K·K, nb·L)) with the patches of the `nb` NCHW images in `x`
@@ -339,6 +388,15 @@ impl CustomOp2 for Conv2dOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.shape(), l2.shape(), self.p)?;
+        if g.direct3x3() {
+            let y = super::conv3x3::forward(
+                cpu_f32(s1, l1, "conv2d")?,
+                cpu_f32(s2, l2, "conv2d")?,
+                (g.n, g.c, g.h, g.w),
+                g.cout,
+            );
+            return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
+        }
         let (y, kept) = forward(cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?, &g, self.keep_columns);
         *self.kept.lock().expect("conv lock") = kept;
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))))
@@ -352,7 +410,13 @@ impl CustomOp2 for Conv2dOp {
         let kept = self.kept.lock().expect("conv lock").take();
         let (dx, dw) = with_cpu_f32(&x.detach(), |xs| {
             with_cpu_f32(&w.detach(), |ws| {
-                with_cpu_f32(&grad.detach(), |dy| backward(xs, ws, dy, &g, (need_dx, need_dw), kept.as_deref()))
+                with_cpu_f32(&grad.detach(), |dy| {
+                    if g.direct3x3() {
+                        super::conv3x3::backward(xs, ws, dy, (g.n, g.c, g.h, g.w), g.cout, (need_dx, need_dw))
+                    } else {
+                        backward(xs, ws, dy, &g, (need_dx, need_dw), kept.as_deref())
+                    }
+                })
             })
         })???;
         let dev = x.device();

@@ -34,6 +34,7 @@ mod batch_norm;
 mod bn_cudnn;
 mod bn_relu_pool;
 mod conv;
+mod conv3x3;
 #[cfg(feature = "cudnn")]
 mod conv_cudnn;
 #[cfg(feature = "cudnn")]
