@@ -4,6 +4,7 @@
 
 use super::{cpu_f32, with_cpu_f32};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
 
 /// Floats summed in f32 before the running total (in f64) takes them: short
 /// enough to keep f32's rounding negligible, long enough for eight-wide SIMD.
@@ -114,21 +115,25 @@ impl candle_core::CustomOp3 for BatchNormOp {
         let (n, c, hw) = self.dims(l1)?;
         let x = cpu_f32(s1, l1, "batch_norm")?;
         let (w, b) = (cpu_f32(s2, l2, "batch_norm")?, cpu_f32(s3, l3, "batch_norm")?);
-        let mut out = vec![0f32; n * c * hw];
-        out.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(p, (o, x))| {
-            let ch = p % c;
-            let scale = self.invstd[ch] * w[ch];
-            let shift = b[ch] - self.mean[ch] * scale;
-            if self.relu {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = (x * scale + shift).max(0.0);
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            out.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(p, (o, x))| {
+                let ch = p % c;
+                let scale = self.invstd[ch] * w[ch];
+                let shift = b[ch] - self.mean[ch] * scale;
+                if self.relu {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        o.write((x * scale + shift).max(0.0));
+                    }
+                } else {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        o.write(x * scale + shift);
+                    }
                 }
-            } else {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    *o = x * scale + shift;
-                }
-            }
-        });
+            });
+        };
+        // SAFETY: `fill` writes every element: each plane of `hw` floats, one per input float.
+        #[allow(unsafe_code)]
+        let out = unsafe { super::written(n * c * hw, fill) };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -187,25 +192,29 @@ impl BatchNormOp {
             })
             .collect();
         let m = (n * hw) as f32;
-        let mut dx = vec![0f32; n * c * hw];
-        dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
-            let ch = p % c;
-            let at = p * hw;
-            let (mean, inv) = (self.mean[ch], self.invstd[ch]);
-            let k = wv[ch] * inv;
-            if self.batch_stats {
-                let (sdy, sdyx) = (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m);
-                for (((d, &g), &v), &o) in
-                    d.iter_mut().zip(&dy[at..at + hw]).zip(&xs[at..at + hw]).zip(&out[at..at + hw])
-                {
-                    *d = k * (masked(g, o) - sdy - (v - mean) * inv * sdyx);
+        let fill = |dx: &mut [MaybeUninit<f32>]| {
+            dx.par_chunks_mut(hw).enumerate().for_each(|(p, d)| {
+                let ch = p % c;
+                let at = p * hw;
+                let (mean, inv) = (self.mean[ch], self.invstd[ch]);
+                let k = wv[ch] * inv;
+                if self.batch_stats {
+                    let (sdy, sdyx) = (sums[ch].0 as f32 / m, sums[ch].1 as f32 / m);
+                    for (((d, &g), &v), &o) in
+                        d.iter_mut().zip(&dy[at..at + hw]).zip(&xs[at..at + hw]).zip(&out[at..at + hw])
+                    {
+                        d.write(k * (masked(g, o) - sdy - (v - mean) * inv * sdyx));
+                    }
+                } else {
+                    for ((d, &g), &o) in d.iter_mut().zip(&dy[at..at + hw]).zip(&out[at..at + hw]) {
+                        d.write(k * masked(g, o));
+                    }
                 }
-            } else {
-                for ((d, &g), &o) in d.iter_mut().zip(&dy[at..at + hw]).zip(&out[at..at + hw]) {
-                    *d = k * masked(g, o);
-                }
-            }
-        });
+            });
+        };
+        // SAFETY: `fill` writes every element: each plane, one per input float.
+        #[allow(unsafe_code)]
+        let dx = unsafe { super::written(n * c * hw, fill) };
         let dw: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
         let db: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
         Ok((

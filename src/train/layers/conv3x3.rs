@@ -24,7 +24,9 @@
 //! The tiles use AVX2 and FMA where the CPU has them (checked once at run
 //! time) and the same arithmetic in plain Rust elsewhere.
 
+use super::{write_all, write_each, written};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Output channels per forward tile (the last tile of a layer may have fewer).
 const OB: usize = 6;
@@ -85,22 +87,28 @@ impl Padded {
 
 /// `c` channels of the NCHW images in `x` into `dst` (`c` planes), zero
 /// everywhere else.
-pub(super) fn pad(x: &[f32], c: usize, l: &Padded, dst: &mut [f32]) {
+pub(super) fn pad(x: &[f32], c: usize, l: &Padded) -> Vec<f32> {
     assert_eq!(x.len(), l.n * c * l.h * l.w);
-    assert_eq!(dst.len(), c * l.plane);
-    dst.par_chunks_mut(l.plane).enumerate().for_each(|(ch, p)| {
-        p[..l.origin].fill(0.0);
-        let mut next = l.origin;
-        for b in 0..l.n {
-            for y in 0..l.h {
-                let at = l.origin + l.pos(b, y);
-                p[next..at].fill(0.0);
-                p[at..at + l.w].copy_from_slice(&x[((b * c + ch) * l.h + y) * l.w..][..l.w]);
-                next = at + l.w;
+    let fill = |dst: &mut [MaybeUninit<f32>]| {
+        dst.par_chunks_mut(l.plane).enumerate().for_each(|(ch, p)| {
+            let mut next = 0;
+            for b in 0..l.n {
+                for y in 0..l.h {
+                    let at = l.origin + l.pos(b, y);
+                    write_each(&mut p[next..at], 0.0);
+                    write_all(&mut p[at..at + l.w], &x[((b * c + ch) * l.h + y) * l.w..][..l.w]);
+                    next = at + l.w;
+                }
             }
-        }
-        p[next..].fill(0.0);
-    });
+            write_each(&mut p[next..], 0.0);
+        });
+    };
+    // SAFETY: `fill` writes each plane from its start to its end, in runs of
+    // zeros and pixels that follow one another.
+    #[allow(unsafe_code)]
+    unsafe {
+        written(c * l.plane, fill)
+    }
 }
 
 /// A kernel `(cout, cin, 3, 3)` as the tiles read it: the tile of outputs
@@ -320,7 +328,7 @@ mod avx2 {
 
 /// `dst` (NCHW, `outs` channels) = the convolution of the padded planes `xp`
 /// (`cin` of them) with the packed kernel `wk`.
-fn conv(xp: &[f32], cin: usize, wk: &[f32], outs: usize, l: &Padded, dst: &mut [f32], fast: bool) {
+fn conv(xp: &[f32], cin: usize, wk: &[f32], outs: usize, l: &Padded, dst: &mut [MaybeUninit<f32>], fast: bool) {
     // Input channels per pass: a tile's weights for them (6 x 9 x 64 floats,
     // 14 KiB) stay in L1 while the tile runs over a span of positions.
     const CHANNELS: usize = 64;
@@ -371,7 +379,7 @@ fn conv(xp: &[f32], cin: usize, wk: &[f32], outs: usize, l: &Padded, dst: &mut [
                 let stop = end.min(y * l.wp + l.w);
                 if x < l.w {
                     for j in 0..width {
-                        out[j * hw + y * l.w + x..][..stop - q].copy_from_slice(&sums[j * SPAN + q - s0..][..stop - q]);
+                        write_all(&mut out[j * hw + y * l.w + x..][..stop - q], &sums[j * SPAN + q - s0..][..stop - q]);
                     }
                 }
                 q = (y + 1) * l.wp;
@@ -441,11 +449,11 @@ fn forward_with(
     fast: bool,
 ) -> Vec<f32> {
     let l = Padded::new(n, h, wd);
-    let mut xp = vec![0f32; cin * l.plane];
-    pad(x, cin, &l, &mut xp);
+    let xp = pad(x, cin, &l);
     let wk = pack(w, cout, cin, false);
-    let mut out = vec![0f32; n * cout * h * wd];
-    conv(&xp, cin, &wk, cout, &l, &mut out, fast);
+    // SAFETY: `conv` writes every pixel of every output plane.
+    #[allow(unsafe_code)]
+    let out = unsafe { written(n * cout * h * wd, |out| conv(&xp, cin, &wk, cout, &l, out, fast)) };
     out
 }
 
@@ -472,19 +480,19 @@ fn backward_with(
     fast: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     let l = Padded::new(n, h, wd);
-    let mut dyp = vec![0f32; cout * l.plane];
-    pad(dy, cout, &l, &mut dyp);
+    let dyp = pad(dy, cout, &l);
     let mut dw = Vec::new();
     if need_dw {
-        let mut xp = vec![0f32; cin * l.plane];
-        pad(x, cin, &l, &mut xp);
+        let xp = pad(x, cin, &l);
         dw = kernel_grad(&xp, cin, &dyp, cout, &l, fast);
     }
     let mut dx = Vec::new();
     if need_dx {
         let wk = pack(w, cout, cin, true);
-        dx = vec![0f32; n * cin * h * wd];
-        conv(&dyp, cout, &wk, cin, &l, &mut dx, fast);
+        // SAFETY: `conv` writes every pixel of every output plane.
+        #[allow(unsafe_code)]
+        let written = unsafe { written(n * cin * h * wd, |dx| conv(&dyp, cout, &wk, cin, &l, dx, fast)) };
+        dx = written;
     }
     (dx, dw)
 }
@@ -530,8 +538,7 @@ mod tests {
         let x: Vec<f32> = (1..=n * c * h * w).map(|v| v as f32).collect();
         let l = Padded::new(n, h, w);
         assert_eq!(l.origin % 8, 0);
-        let mut p = vec![f32::NAN; c * l.plane];
-        pad(&x, c, &l, &mut p);
+        let p = pad(&x, c, &l);
         assert_eq!(p.iter().filter(|v| **v != 0.0).count(), x.len());
         // Pixel (b=1, c=1, y=2, x=4), and its right and lower neighbours (border).
         let at = l.plane + l.origin + l.pos(1, 2) + 4;
