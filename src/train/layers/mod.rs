@@ -6,6 +6,8 @@
 //!   gradient and the input gradient (then col2im) from two more products.
 //!   candle's CPU conv builds a strided im2col tile per 512 pixels and its
 //!   backward uses a direct `conv_transpose2d` loop, both far slower.
+//!   3x3 stride-1 convolutions skip the column matrix where that is faster
+//!   (`conv3x3.rs`: register tiles over a padded copy of the batch).
 //! * [`max_pool2d`]: any kernel, stride and padding (the ResNet/DenseNet stem's
 //!   3x3/2 with padding 1), with the gradient going to the first maximum of each
 //!   window with weight one, as in PyTorch. candle's max-pool backward scales it by
@@ -23,7 +25,7 @@
 //!   pass (`bn_cudnn.rs`) and max-pool (`pool_cudnn.rs`), all with
 //!   `--features cudnn` (their shared handle and descriptors: `cudnn.rs`).
 //!
-//! One op per file: `conv.rs`, `conv_cudnn.rs`, `bn_cudnn.rs`, `pool.rs`, `pool_cudnn.rs`, `batch_norm.rs`, `add_relu.rs`,
+//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs`, `bn_cudnn.rs`, `pool.rs`, `pool_cudnn.rs`, `batch_norm.rs`, `add_relu.rs`,
 //! `bn_relu_pool.rs` (and
 //! the matrix product in `gemm.rs`); the CPU-storage helpers
 //! they share are here.
