@@ -519,14 +519,38 @@ mod tests {
         assert!(diff(grads.get(&x2).unwrap(), g2.get(&x2).unwrap()) < 1e-4);
     }
 
+    /// `SWEEP_CPU_CONV=auto` computes directly the 3x3 stride-1 layers where
+    /// that measured as fast or faster (BENCHMARKS.md), and only those.
+    #[test]
+    fn the_direct_path_takes_the_layers_where_it_was_faster() {
+        let geom = |n, c, hw, cout, padding| {
+            let p = ConvParams { padding, stride: 1 };
+            Geom::new(&Shape::from((n, c, hw, hw)), &Shape::from((cout, c, 3, 3)), p).unwrap()
+        };
+        if std::env::var_os(crate::env::CPU_CONV.name).is_some() {
+            return; // a forced choice
+        }
+        for (n, c, hw, cout) in
+            [(8, 128, 56, 32), (8, 128, 7, 32), (64, 16, 16, 32), (128, 64, 8, 64), (8, 256, 14, 256)]
+        {
+            assert!(geom(n, c, hw, cout, 1).direct3x3(), "{n}x{c}x{hw}x{hw} -> {cout}");
+        }
+        for (n, c, hw, cout) in [(8, 512, 7, 512), (128, 128, 4, 128), (128, 256, 2, 256)] {
+            assert!(!geom(n, c, hw, cout, 1).direct3x3(), "{n}x{c}x{hw}x{hw} -> {cout}");
+        }
+        assert!(!geom(8, 128, 56, 32, 0).direct3x3());
+    }
+
     /// A batch whose column matrix is split into chunks of several images gives
     /// the same output and gradients as candle's conv2d.
     #[test]
     fn chunked_conv_matches_candles_native_conv() {
         let mut rng = Rng::new(5);
-        let (n, cin, cout, hw) = (9, 256, 3, 16);
-        let p = ConvParams { padding: 1, stride: 1 };
-        let g = Geom { n, c: cin, h: hw, w: hw, k: 3, cout, oh: hw, ow: hw, p };
+        // Padding 0: a 3x3 convolution that is never computed directly.
+        let (n, cin, cout, hw) = (9, 256, 3, 18);
+        let p = ConvParams { padding: 0, stride: 1 };
+        let g = Geom { n, c: cin, h: hw, w: hw, k: 3, cout, oh: hw - 2, ow: hw - 2, p };
+        assert!(!g.direct3x3());
         let per = g.images_per_chunk();
         assert!(per > 1 && per < n && n % per > 1, "the test must split the batch unevenly: {per}");
         let xs = randn(&mut rng, &[n, cin, hw, hw]);
@@ -536,7 +560,7 @@ mod tests {
         let x2 = Var::from_vec(xs, (n, cin, hw, hw), &Device::Cpu).unwrap();
         let w2 = Var::from_vec(ws, (cout, cin, 3, 3), &Device::Cpu).unwrap();
         let ours = conv2d(x.as_tensor(), w.as_tensor(), p).unwrap();
-        let native = x2.as_tensor().conv2d(w2.as_tensor(), 1, 1, 1, 1).unwrap();
+        let native = x2.as_tensor().conv2d(w2.as_tensor(), 0, 1, 1, 1).unwrap();
         assert!(diff(&ours, &native) < 1e-3);
         let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = native.sqr().unwrap().sum_all().unwrap().backward().unwrap();
