@@ -139,7 +139,7 @@ pub fn eval(
     let built = spec.build(classes, &dev, 0).map_err(anyhow::Error::msg)?;
     let start = std::time::Instant::now();
     let pipe = train::pipeline(&transforms, &ds.test, &dev)?;
-    let stats = train::evaluate_model(built.model.as_ref(), &ds.test, None, &pipe, 256, seed, &dev)?;
+    let stats = train::evaluate_model(built.inference.as_ref(), &ds.test, None, &pipe, 256, seed, &dev)?;
     let secs = start.elapsed().as_secs_f64();
     match format {
         EvalFormat::Json => {

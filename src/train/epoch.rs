@@ -155,7 +155,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
             Some(pipe) => {
                 let bar = eval_bar(req, "validation", e + 1, epochs, val_idx.len());
                 let stats = evaluate_with_progress(
-                    built.model.as_ref(),
+                    built.inference.as_ref(),
                     &ds.train,
                     Some(&val_idx),
                     pipe,
@@ -170,7 +170,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         };
         let bar = eval_bar(req, "test", e + 1, epochs, ds.test.len());
         let test = evaluate_with_progress(
-            built.model.as_ref(),
+            built.inference.as_ref(),
             &ds.test,
             None,
             &test_pipe,

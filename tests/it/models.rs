@@ -348,3 +348,32 @@ fn freeze_bn_keeps_frozen_statistics_and_bad_weights_are_refused() {
     let err = junk.build(10, &Device::Cpu, 0).err().unwrap().to_string();
     assert!(err.contains("junk.pth") && err.contains("not a torch.save zip archive"), "{err}");
 }
+
+/// Evaluation runs on the inference twin: no autograd graph (so a layer's
+/// output is freed once the next has read it), the same logits as the model
+/// in eval mode, and the weights and statistics of the latest step.
+#[test]
+fn the_inference_twin_records_no_graph_and_follows_every_update() {
+    use sweep::spec::OptimizerSpec;
+    use sweep::train::optim::Optimizer;
+    for name in ["smallcnn", "resnet18", "densenet121"] {
+        let built = ModelSpec::plain(name).unwrap().build_with(10, &Device::Cpu, 3, DType::F32).unwrap();
+        let mut rng = Rng::new(4);
+        let x: Vec<f32> = (0..2 * 3 * 32 * 32).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(x, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let spec: OptimizerSpec = serde_json::from_str(r#"{"name": "sgd", "lr": 0.1, "momentum": 0.9}"#).unwrap();
+        let mut opt = Optimizer::new(spec, built.trainable.clone());
+        let before = values(&built.inference.forward(&x, false, &mut Rng::new(0)).unwrap());
+        for _ in 0..2 {
+            let logits = built.model.forward(&x, true, &mut Rng::new(0)).unwrap();
+            let y = Tensor::from_vec(vec![1u32, 7], 2, &Device::Cpu).unwrap();
+            opt.step(&candle_nn::loss::cross_entropy(&logits, &y).unwrap().backward().unwrap()).unwrap();
+        }
+        let twin = built.inference.forward(&x, false, &mut Rng::new(0)).unwrap();
+        let model = built.model.forward(&x, false, &mut Rng::new(0)).unwrap();
+        assert!(!twin.track_op(), "{name}: the inference twin recorded a graph");
+        assert!(model.track_op(), "{name}: the training model should record one");
+        assert_eq!(values(&twin), values(&model), "{name}: the twin sees other weights or statistics");
+        assert_ne!(values(&twin), before, "{name}: the steps changed nothing");
+    }
+}
