@@ -120,11 +120,14 @@ fn describe(device: &Device, label: &str) -> String {
     }
 }
 
-/// Per-device set-up: the memory pool keeps what it frees.
+/// Per-device set-up: the memory pool keeps what it frees, and buffers are
+/// made without cudarc's cross-stream events (sweep issues all of a device's
+/// work on one stream, where they only cost four driver calls per buffer).
 fn prepare(device: &Device) {
     if let Err(e) = gpu::keep_pool_memory(device) {
         tracing::warn!("could not raise the CUDA memory pool's release threshold: {e}");
     }
+    gpu::single_stream(device);
 }
 
 /// The memory a run has used at most, in bytes, so far.
@@ -153,6 +156,28 @@ impl PeakMemory {
     pub fn bytes(&self) -> Option<u64> {
         (self.0 > 0).then_some(self.0)
     }
+}
+
+/// The CUDA memory pool's figures, in bytes: what candle's tensors hold now
+/// and at most, and what the pool has taken from the GPU now and at most
+/// (the device's own use, the CUDA context and cuBLAS's and cuDNN's
+/// workspaces, are not in them).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PoolStats {
+    /// Bytes in use now.
+    pub used: u64,
+    /// The most bytes in use since the high-water marks were last reset.
+    pub used_high: u64,
+    /// Bytes the pool holds now.
+    pub reserved: u64,
+    /// The most bytes the pool held since the marks were last reset.
+    pub reserved_high: u64,
+}
+
+/// The pool figures of a CUDA device (None on the CPU or where the driver
+/// does not answer); with `reset`, the high-water marks start again from now.
+pub fn gpu_pool_stats(device: &Device, reset: bool) -> Option<PoolStats> {
+    gpu::pool_stats(device, reset)
 }
 
 /// The process's peak resident set (`VmHWM`), in bytes.
@@ -237,6 +262,15 @@ mod gpu {
         }
     }
 
+    pub fn single_stream(device: &Device) {
+        let Device::Cuda(d) = device else { return };
+        // SAFETY: cudarc's events order a buffer's uses across streams; every
+        // kernel, copy, cuBLAS and cuDNN call of sweep goes to the one stream
+        // of candle's device on the thread that trains (the loader threads
+        // only build host memory), so stream order alone orders them.
+        unsafe { d.disable_event_tracking() };
+    }
+
     pub fn is_out_of_memory(cause: &(dyn std::error::Error + 'static)) -> bool {
         use candle_core::cuda_backend::cudarc::cublas::{result::CublasError, sys::cublasStatus_t};
         use candle_core::cuda_backend::cudarc::driver::DriverError;
@@ -271,6 +305,35 @@ mod gpu {
         let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
         Some((total - free) as u64)
     }
+
+    pub fn pool_stats(device: &Device, reset: bool) -> Option<super::PoolStats> {
+        use sys::CUmemPool_attribute as A;
+        let Device::Cuda(d) = device else { return None };
+        let ctx = d.cuda_stream().context().clone();
+        ctx.bind_to_thread().ok()?;
+        // SAFETY: the device handle comes from a live context; each attribute
+        // is a u64 (cuuint64_t), read into or written from one.
+        unsafe {
+            let pool = result::device::get_default_mem_pool(ctx.cu_device()).ok()?;
+            let get = |a: A| {
+                let mut v: u64 = 0;
+                result::mem_pool::get_attribute(pool, a, (&raw mut v).cast()).ok().map(|()| v)
+            };
+            let stats = super::PoolStats {
+                used: get(A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
+                used_high: get(A::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+                reserved: get(A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?,
+                reserved_high: get(A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+            };
+            if reset {
+                for a in [A::CU_MEMPOOL_ATTR_USED_MEM_HIGH, A::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH] {
+                    let mut zero: u64 = 0;
+                    result::mem_pool::set_attribute(pool, a, (&raw mut zero).cast()).ok()?;
+                }
+            }
+            Some(stats)
+        }
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -286,7 +349,13 @@ mod gpu {
         Ok(())
     }
 
+    pub fn single_stream(_: &Device) {}
+
     pub fn used_bytes(_: &Device) -> Option<u64> {
+        None
+    }
+
+    pub fn pool_stats(_: &Device, _: bool) -> Option<super::PoolStats> {
         None
     }
 

@@ -97,6 +97,11 @@ impl Optimizer {
             let p = &var.as_tensor().detach();
             // Rank-1 parameters are biases and BatchNorm weights.
             let decays = decay_bn_bias || var.rank() > 1;
+            #[cfg(feature = "cudnn")]
+            if crate::train::layers::use_cudnn(p.device()) && p.dtype() == candle_core::DType::F32 {
+                Self::fused_step(&self.spec, &mut self.state, (lr, self.steps), name, var, grad, decays)?;
+                continue;
+            }
             match self.spec {
                 OptimizerSpec::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
                     let weight_decay = if decays { weight_decay } else { 0.0 };
@@ -160,6 +165,67 @@ impl Optimizer {
             }
         }
         Ok(())
+    }
+
+    /// [`Optimizer::step`]'s update of one parameter on CUDA with
+    /// `SWEEP_GPU_KERNELS=cudnn`: the same rule as one or two kernels that
+    /// update the weight and the state in place (`layers::cuda_fused`),
+    /// instead of six to twelve candle ops and fresh tensors.
+    #[cfg(feature = "cudnn")]
+    fn fused_step(
+        spec: &OptimizerSpec,
+        states: &mut HashMap<String, Tensor>,
+        (lr, steps): (f64, u64),
+        name: &str,
+        var: &Var,
+        grad: &Tensor,
+        decays: bool,
+    ) -> Result<()> {
+        use crate::train::layers::{adam_update, sgd_update};
+        let w = var.as_tensor();
+        // A state tensor of its own (zeros: `first` makes the kernels ignore it).
+        let mut state = |key: String| -> Result<(Tensor, bool)> {
+            match states.get(&key) {
+                Some(t) => Ok((t.clone(), false)),
+                None => {
+                    let t = w.detach().zeros_like()?;
+                    states.insert(key, t.clone());
+                    Ok((t, true))
+                }
+            }
+        };
+        match *spec {
+            OptimizerSpec::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
+                let weight_decay = if decays { weight_decay } else { 0.0 };
+                let buf = if momentum == 0.0 { None } else { Some(state(format!("momentum_buffer.{name}"))?) };
+                sgd_update(w, grad, buf.as_ref().map(|(b, f)| (b, *f)), lr, weight_decay, momentum, dampening, nesterov)
+            }
+            OptimizerSpec::Adam { betas, eps, weight_decay, amsgrad, .. }
+            | OptimizerSpec::Adamw { betas, eps, weight_decay, amsgrad, .. } => {
+                let weight_decay = if decays { weight_decay } else { 0.0 };
+                let decoupled = matches!(spec, OptimizerSpec::Adamw { .. });
+                let (coupled, keep) = if decoupled { (0.0, 1.0 - lr * weight_decay) } else { (weight_decay, 1.0) };
+                let (m, first) = state(format!("exp_avg.{name}"))?;
+                let (v, _) = state(format!("exp_avg_sq.{name}"))?;
+                let vmax = if amsgrad { Some(state(format!("max_exp_avg_sq.{name}"))?.0) } else { None };
+                let t = steps as i32;
+                let (bc1, bc2) = (1.0 - betas[0].powi(t), 1.0 - betas[1].powi(t));
+                adam_update(
+                    w,
+                    grad,
+                    &m,
+                    &v,
+                    vmax.as_ref(),
+                    first,
+                    (betas[0], betas[1]),
+                    coupled,
+                    keep,
+                    lr / bc1,
+                    bc2.sqrt(),
+                    eps,
+                )
+            }
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `relu(a + b)` as one op each way: the end of every ResNet block.
+//! `relu(a + b)` as one op each way (the end of every ResNet block), and ReLU.
 
 use super::{cpu_f32, with_cpu_f32};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -49,14 +49,34 @@ impl CustomOp2 for AddRelu {
     }
 }
 
-/// `relu(a + b)` for tensors of one shape: on the CPU (f32) one op whose
-/// backward masks the gradient once for both inputs; elsewhere candle's ops.
+/// `relu(a + b)` for tensors of one shape: on the CPU (f32), and on CUDA
+/// with `SWEEP_GPU_KERNELS=cudnn` (f32 or bf16), one op whose backward masks
+/// the gradient once for both inputs; elsewhere candle's ops.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.device().is_cpu() && a.dtype() == candle_core::DType::F32 && b.dtype() == candle_core::DType::F32 {
-        a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
-    } else {
-        (a + b)?.relu()
+        return a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu);
     }
+    #[cfg(feature = "cudnn")]
+    if fused(a) && a.dtype() == b.dtype() && a.shape() == b.shape() {
+        return super::cuda_fused::add_relu(a, b);
+    }
+    (a + b)?.relu()
+}
+
+/// ReLU: on CUDA with `SWEEP_GPU_KERNELS=cudnn` (f32 or bf16) one kernel each
+/// way; elsewhere candle's.
+pub fn relu(xs: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cudnn")]
+    if fused(xs) {
+        return super::cuda_fused::relu(xs);
+    }
+    xs.relu()
+}
+
+/// Whether `t` takes the fused CUDA kernels.
+#[cfg(feature = "cudnn")]
+fn fused(t: &Tensor) -> bool {
+    matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::BF16) && super::kernels::use_cudnn(t.device())
 }
 
 #[cfg(test)]

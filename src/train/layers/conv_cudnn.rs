@@ -4,26 +4,26 @@
 //! One cuDNN handle per device and thread, bound to candle's stream, so the
 //! calls are ordered with candle's own kernels. Per shape (input, kernel,
 //! padding, stride, dtype, math mode) the descriptors and the three algorithms
-//! (cuDNN's heuristics, asked once) are kept for the process, and one
-//! workspace per device grows to the largest any algorithm asked for: no
-//! allocation or algorithm search per call.
+//! (cuDNN's heuristics, asked once; an algorithm that wants more than 256 MiB
+//! of workspace is replaced by an implicit-GEMM one) are kept for the process,
+//! and one workspace per device grows to the largest any algorithm asked for:
+//! no allocation or algorithm search per call.
 //!
 //! Math: f32 without TensorFloat-32 unless candle's reduced-precision f32
 //! switch is on (the `tf32` precision), bf16 data with f32 accumulation on
 //! tensor cores.
 
 use super::conv::ConvParams;
-use super::cudnn::{dims4, view, OrCuda};
+use super::cuda::{dims4, view, Elem, OrCuda};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
-use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::cuda::{CudaDevice, CudaStorage};
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use cudarc::cudnn::sys::{cudnnConvolutionMode_t, cudnnMathType_t, cudnnTensorFormat_t};
 use cudarc::cudnn::{
-    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType, FilterDescriptor,
-    TensorDescriptor,
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor, TensorDescriptor,
 };
-use cudarc::driver::{CudaSlice, DeviceRepr};
+use cudarc::driver::CudaSlice;
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -67,11 +67,6 @@ struct State {
 thread_local! {
     static STATES: RefCell<HashMap<candle_core::cuda::DeviceId, State>> = RefCell::new(HashMap::new());
 }
-
-/// The element types the op takes.
-trait Elem: CudnnDataType + DeviceRepr + WithDType + CudaDType + 'static {}
-impl Elem for f32 {}
-impl Elem for half::bf16 {}
 
 fn count(d: [i32; 4]) -> usize {
     d.iter().map(|&v| v as usize).product()
@@ -125,16 +120,59 @@ fn with_plan<T: Elem, R>(
     })
 }
 
-/// The algorithm in `slot` with its workspace size, asked of cuDNN's
-/// heuristics by `pick` the first time.
-fn algorithm<A: Copy>(
+/// The most workspace one algorithm may take (cuDNN's heuristics sometimes
+/// rank first an FFT or Winograd algorithm that asks for gigabytes; the
+/// workspace is kept for the process).
+const WORKSPACE_CAP: usize = 256 << 20;
+
+/// The algorithm in `slot` with its workspace size: the first time, cuDNN's
+/// heuristics' first choice, or, where that needs more than
+/// [`WORKSPACE_CAP`], the first of `fallbacks` that runs within it.
+fn algorithm<A: Copy + std::fmt::Debug>(
     slot: &mut Option<(A, usize)>,
-    pick: impl FnOnce() -> std::result::Result<(A, usize), cudarc::cudnn::CudnnError>,
+    pick: impl FnOnce() -> std::result::Result<A, cudarc::cudnn::CudnnError>,
+    size: impl Fn(A) -> std::result::Result<usize, cudarc::cudnn::CudnnError>,
+    fallbacks: &[A],
 ) -> Result<(A, usize)> {
     if let Some(a) = *slot {
         return Ok(a);
     }
-    Ok(*slot.insert(pick().cu()?))
+    let first = pick().cu()?;
+    let mut chosen = (first, size(first).cu()?);
+    if chosen.1 > WORKSPACE_CAP {
+        if let Some(a) = fallbacks.iter().find_map(|&a| size(a).ok().filter(|&b| b <= WORKSPACE_CAP).map(|b| (a, b))) {
+            chosen = a;
+        }
+    }
+    Ok(*slot.insert(chosen))
+}
+
+/// The workspace of this thread's cuDNN convolutions on every device, in
+/// bytes, and each plan's algorithms with their workspace sizes (for the
+/// memory figures of `examples/train_step.rs`).
+pub fn workspace_report() -> (usize, Vec<String>) {
+    STATES.with(|states| {
+        let states = states.borrow();
+        let bytes = states.values().filter_map(|s| s.workspace.as_ref().map(CudaSlice::len)).sum();
+        let mut lines = Vec::new();
+        for s in states.values() {
+            for (k, p) in &s.plans {
+                let line = |fwd: &dyn std::fmt::Debug, bd: &dyn std::fmt::Debug, bf: &dyn std::fmt::Debug| {
+                    format!(
+                        "x {:?} w {:?} s{} p{} {:?}: fwd {fwd:?} bwd_data {bd:?} bwd_filter {bf:?}",
+                        k.x, k.w, k.p.stride, k.p.padding, k.dtype
+                    )
+                };
+                if let Some(p) = p.downcast_ref::<Plan<f32>>() {
+                    lines.push(line(&p.fwd, &p.bwd_data, &p.bwd_filter));
+                } else if let Some(p) = p.downcast_ref::<Plan<half::bf16>>() {
+                    lines.push(line(&p.fwd, &p.bwd_data, &p.bwd_filter));
+                }
+            }
+        }
+        lines.sort();
+        (bytes, lines)
+    })
 }
 
 /// The workspace, at least `bytes` long (none when no bytes are needed).
@@ -191,10 +229,13 @@ fn run<T: Elem>(
             let mut y = unsafe { dev.alloc::<T>(count(y_dims)) }?;
             with_plan::<T, _>(&dev, key, |plan, ws| {
                 let op = ConvForward { conv: &plan.conv, x: &plan.x, w: &plan.w, y: &plan.y };
-                let (algo, bytes) = algorithm(&mut plan.fwd, || {
-                    let algo = op.pick_algorithm()?;
-                    Ok((algo, op.get_workspace_size(algo)?))
-                })?;
+                use cudarc::cudnn::sys::cudnnConvolutionFwdAlgo_t as F;
+                let (algo, bytes) = algorithm(
+                    &mut plan.fwd,
+                    || op.pick_algorithm(),
+                    |a| op.get_workspace_size(a),
+                    &[F::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, F::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM],
+                )?;
                 let ws = grow(&dev, ws, bytes)?;
                 // SAFETY: the views and y have the dtype and (contiguous NCHW) dims of the descriptors.
                 unsafe { op.launch(algo, ws, (one, zero), &a, &b, &mut y) }.cu()?;
@@ -208,10 +249,13 @@ fn run<T: Elem>(
             let mut dx = unsafe { dev.alloc::<T>(count(x)) }?;
             with_plan::<T, _>(&dev, key, |plan, ws| {
                 let op = ConvBackwardData { conv: &plan.conv, dx: &plan.x, w: &plan.w, dy: &plan.y };
-                let (algo, bytes) = algorithm(&mut plan.bwd_data, || {
-                    let algo = op.pick_algorithm()?;
-                    Ok((algo, op.get_workspace_size(algo)?))
-                })?;
+                use cudarc::cudnn::sys::cudnnConvolutionBwdDataAlgo_t as D;
+                let (algo, bytes) = algorithm(
+                    &mut plan.bwd_data,
+                    || op.pick_algorithm(),
+                    |a| op.get_workspace_size(a),
+                    &[D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, D::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0],
+                )?;
                 let ws = grow(&dev, ws, bytes)?;
                 // SAFETY: as above; a is dy (the y descriptor), b the kernel.
                 unsafe { op.launch(algo, ws, (one, zero), &mut dx, &b, &a) }.cu()?;
@@ -225,10 +269,13 @@ fn run<T: Elem>(
             let mut dw = unsafe { dev.alloc::<T>(count(w)) }?;
             with_plan::<T, _>(&dev, key, |plan, ws| {
                 let op = ConvBackwardFilter { conv: &plan.conv, x: &plan.x, dw: &plan.w, dy: &plan.y };
-                let (algo, bytes) = algorithm(&mut plan.bwd_filter, || {
-                    let algo = op.pick_algorithm()?;
-                    Ok((algo, op.get_workspace_size(algo)?))
-                })?;
+                use cudarc::cudnn::sys::cudnnConvolutionBwdFilterAlgo_t as W;
+                let (algo, bytes) = algorithm(
+                    &mut plan.bwd_filter,
+                    || op.pick_algorithm(),
+                    |a| op.get_workspace_size(a),
+                    &[W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, W::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0],
+                )?;
                 let ws = grow(&dev, ws, bytes)?;
                 // SAFETY: as above; a is x, b is dy.
                 unsafe { op.launch(algo, ws, (one, zero), &a, &mut dw, &b) }.cu()?;

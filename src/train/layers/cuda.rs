@@ -1,152 +1,113 @@
-//! What the raw cuDNN ops share (`bn_cudnn.rs`, `pool_cudnn.rs`): one cuDNN
-//! handle per device and thread on candle's stream, so the calls are ordered
-//! with candle's kernels, and the f32 NCHW tensor and pooling descriptors,
-//! made once per shape and kept for the process.
+//! What the CUDA ops of the `cudnn` kernel set share: their element types,
+//! views of candle's storage, CUDA and cuDNN errors as candle's, and our own
+//! kernels' compilation: each op file has its CUDA C source, which NVRTC
+//! compiles (after [`PRELUDE`]) when one of its kernels is first used, once
+//! per process; no CUDA headers are needed, so the binary runs where only
+//! the driver and the NVRTC library are installed.
 
-use super::pool::PoolParams;
 use candle_core::cuda::cudarc;
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{bail, Layout, Result, Shape};
-use cudarc::cudnn::result as cr;
-use cudarc::cudnn::sys;
-use cudarc::driver::CudaView;
-use std::cell::RefCell;
+use cudarc::driver::{CudaView, LaunchArgs, LaunchConfig};
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-/// A raw cuDNN handle, destroyed with its thread.
-struct Handle(sys::cudnnHandle_t);
+/// Helpers every kernel source may use: bf16 as its 16 bits (widened to f32
+/// exactly; narrowed with round-to-nearest-even, NaN kept NaN, as
+/// `__float2bfloat16`), typed loads and stores through f32, and `EACH`, a
+/// grid-stride loop over `i < n`.
+pub(super) const PRELUDE: &str = r"
+typedef unsigned short bf16;
+typedef unsigned long long u64;
+typedef unsigned int u32;
 
-impl Drop for Handle {
-    #[allow(unsafe_code)] // cuDNN's destructor: see the SAFETY comment
-    fn drop(&mut self) {
-        // SAFETY: the handle was created by `with_cudnn` and is destroyed once.
-        let _ = unsafe { cr::destroy_handle(self.0) };
-    }
+__device__ __forceinline__ float widen(bf16 v) { return __uint_as_float(((unsigned int)v) << 16); }
+__device__ __forceinline__ bf16 narrow(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16)(u >> 16);
 }
+__device__ __forceinline__ float load(const float* p, u64 i) { return p[i]; }
+__device__ __forceinline__ float load(const bf16* p, u64 i) { return widen(p[i]); }
+__device__ __forceinline__ void store(float* p, u64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void store(bf16* p, u64 i, float v) { p[i] = narrow(v); }
 
-/// A 4-D f32 NCHW tensor descriptor.
-pub(super) struct Desc(pub(super) sys::cudnnTensorDescriptor_t);
+#define EACH for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+";
 
-impl Desc {
-    #[allow(unsafe_code)] // cuDNN's setter: see the SAFETY comment
-    fn new(dims: [i32; 4]) -> Result<Desc> {
-        let d = Desc(cr::create_tensor_descriptor().cu()?);
-        // SAFETY: a freshly created descriptor, set once.
-        unsafe {
-            cr::set_tensor4d_descriptor(
-                d.0,
-                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-                dims,
-            )
+/// Kernel `name` of the module `module` whose source is `source` (compiled
+/// with [`PRELUDE`] the first time any kernel of it is asked for). The
+/// functions are kept per thread and device: a launch looks its kernel up in
+/// a map, without a driver call.
+pub(super) fn function(
+    dev: &CudaDevice,
+    module: &'static str,
+    source: &'static str,
+    name: &str,
+) -> Result<cudarc::driver::CudaFunction> {
+    type Functions =
+        HashMap<(candle_core::cuda::DeviceId, &'static str), HashMap<String, cudarc::driver::CudaFunction>>;
+    thread_local! {
+        static FUNCTIONS: std::cell::RefCell<Functions> = std::cell::RefCell::new(HashMap::new());
+    }
+    if let Some(f) = FUNCTIONS.with(|fs| fs.borrow().get(&(dev.id(), module)).and_then(|m| m.get(name)).cloned()) {
+        return Ok(f);
+    }
+    static PTX: Mutex<Option<HashMap<&'static str, std::result::Result<String, String>>>> = Mutex::new(None);
+    let ptx = {
+        let mut cache = PTX.lock().expect("ptx cache lock");
+        let compiled = cache.get_or_insert_with(HashMap::new).entry(module).or_insert_with(|| {
+            cudarc::nvrtc::compile_ptx(format!("{PRELUDE}{source}"))
+                .map(|p| p.to_src())
+                .map_err(|e| format!("NVRTC: {e:?}"))
+        });
+        match compiled {
+            Ok(p) => p.clone(),
+            Err(e) => bail!("sweep's CUDA kernels `{module}` did not compile: {e}"),
         }
-        .cu()?;
-        Ok(d)
+    };
+    let f = dev.get_or_load_custom_func(name, module, &ptx)?.into_cuda_function();
+    FUNCTIONS.with(|fs| fs.borrow_mut().entry((dev.id(), module)).or_default().insert(name.to_owned(), f.clone()));
+    Ok(f)
+}
+
+/// The launch shape of an elementwise kernel over `n` elements (each thread
+/// takes about four, through `EACH`).
+pub(super) fn elementwise_config(n: usize) -> LaunchConfig {
+    LaunchConfig::for_num_elems(u32::try_from(n.div_ceil(4).max(1)).unwrap_or(u32::MAX))
+}
+
+/// Launches a kernel with the arguments pushed on `b`.
+///
+/// # Safety
+/// The arguments must be those the kernel takes, in its order and types, and
+/// the kernel must touch no element outside the buffers passed.
+#[allow(unsafe_code)]
+pub(super) unsafe fn launch(mut b: LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
+    // SAFETY: the caller's promise.
+    unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)).bt())?;
+    Ok(())
+}
+
+/// The dims of a 4-D shape, each below 2^31 (the kernels index with u32 per
+/// plane and u64 overall).
+pub(super) fn dims4_u32(s: &Shape, what: &str) -> Result<[u32; 4]> {
+    let (a, b, c, d) = s.dims4()?;
+    let v = |x: usize| u32::try_from(x).ok().filter(|&x| x < 1 << 31);
+    match (v(a), v(b), v(c), v(d), v(a * c * d)) {
+        (Some(a), Some(b), Some(c), Some(d), Some(_)) => Ok([a, b, c, d]),
+        _ => bail!("{what}: shape {:?} too large for the CUDA kernels", s.dims()),
     }
 }
 
-impl Drop for Desc {
-    #[allow(unsafe_code)] // cuDNN's destructor: see the SAFETY comment
-    fn drop(&mut self) {
-        // SAFETY: created by `Desc::new`, destroyed once.
-        let _ = unsafe { cr::destroy_tensor_descriptor(self.0) };
-    }
+/// The element types of the CUDA ops' data (their parameters stay f32).
+pub(super) trait Elem:
+    cudarc::cudnn::CudnnDataType + cudarc::driver::DeviceRepr + candle_core::WithDType + CudaDType + 'static
+{
 }
-
-/// A 2-D max-pooling descriptor (gradient to the maximum, NaN propagated).
-pub(super) struct PoolDesc(pub(super) sys::cudnnPoolingDescriptor_t);
-
-impl PoolDesc {
-    #[allow(unsafe_code)] // cuDNN's setter: see the SAFETY comment
-    fn new(p: PoolParams) -> Result<PoolDesc> {
-        let d = PoolDesc(cr::create_pooling_descriptor().cu()?);
-        let (k, pad, s) = (int(p.kernel, "max_pool2d")?, int(p.padding, "max_pool2d")?, int(p.stride, "max_pool2d")?);
-        // SAFETY: a freshly created descriptor, set once, with 2 dims in each array.
-        unsafe {
-            cr::set_pooling_descriptor(
-                d.0,
-                sys::cudnnPoolingMode_t::CUDNN_POOLING_MAX_DETERMINISTIC,
-                sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
-                2,
-                &[k, k],
-                &[pad, pad],
-                &[s, s],
-            )
-        }
-        .cu()?;
-        Ok(d)
-    }
-}
-
-impl Drop for PoolDesc {
-    #[allow(unsafe_code)] // cuDNN's destructor: see the SAFETY comment
-    fn drop(&mut self) {
-        // SAFETY: created by `PoolDesc::new`, destroyed once.
-        let _ = unsafe { sys::cudnnDestroyPoolingDescriptor(self.0) };
-    }
-}
-
-/// One device's handle and descriptors on this thread.
-pub(super) struct Cudnn {
-    handle: Handle,
-    tensors: HashMap<[i32; 4], Desc>,
-    pools: HashMap<PoolParams, PoolDesc>,
-}
-
-impl Cudnn {
-    /// The raw handle.
-    pub(super) fn handle(&self) -> sys::cudnnHandle_t {
-        self.handle.0
-    }
-
-    /// Makes sure the descriptors of these dims exist (then [`Cudnn::tensor`] finds them).
-    pub(super) fn prepare(&mut self, dims: &[[i32; 4]]) -> Result<()> {
-        for d in dims {
-            if let std::collections::hash_map::Entry::Vacant(e) = self.tensors.entry(*d) {
-                e.insert(Desc::new(*d)?);
-            }
-        }
-        Ok(())
-    }
-
-    /// The descriptor of `dims` (made by [`Cudnn::prepare`]).
-    pub(super) fn tensor(&self, dims: [i32; 4]) -> sys::cudnnTensorDescriptor_t {
-        self.tensors[&dims].0
-    }
-
-    /// The max-pooling descriptor of `p`.
-    pub(super) fn pool(&mut self, p: PoolParams) -> Result<sys::cudnnPoolingDescriptor_t> {
-        let d = match self.pools.entry(p) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(PoolDesc::new(p)?),
-        };
-        Ok(d.0)
-    }
-}
-
-thread_local! {
-    static STATES: RefCell<HashMap<candle_core::cuda::DeviceId, Cudnn>> = RefCell::new(HashMap::new());
-}
-
-/// Runs `f` with this thread's cuDNN state of `dev` (made on first use).
-#[allow(unsafe_code)] // binding the handle to candle's stream: see the SAFETY comment
-pub(super) fn with_cudnn<R>(dev: &CudaDevice, f: impl FnOnce(&mut Cudnn) -> Result<R>) -> Result<R> {
-    STATES.with(|states| {
-        let mut states = states.borrow_mut();
-        let state = match states.entry(dev.id()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let stream = dev.cuda_stream();
-                stream.context().bind_to_thread().cu()?;
-                let handle = Handle(cr::create_handle().cu()?);
-                // SAFETY: the stream outlives the handle (candle's device keeps it for the process).
-                unsafe { cr::set_stream(handle.0, stream.cu_stream().cast()) }.cu()?;
-                e.insert(Cudnn { handle, tensors: HashMap::new(), pools: HashMap::new() })
-            }
-        };
-        f(state)
-    })
-}
+impl Elem for f32 {}
+impl Elem for half::bf16 {}
 
 /// cuDNN's and the CUDA driver's errors as candle's CUDA errors (not
 /// candle's opaque `Wrapped`), so that a failed allocation inside them is

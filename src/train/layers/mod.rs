@@ -21,11 +21,13 @@
 //!   one op (smallcnn's blocks).
 //!
 //! * On CUDA, [`GpuKernels`] (`SWEEP_GPU_KERNELS`) chooses between candle's
-//!   kernels and cuDNN's convolutions (`conv_cudnn.rs`), BatchNorm training
-//!   pass (`bn_cudnn.rs`) and max-pool (`pool_cudnn.rs`), all with
-//!   `--features cudnn` (their shared handle and descriptors: `cudnn.rs`).
+//!   kernels and the `cudnn` set: cuDNN's convolutions (`conv_cudnn.rs`) and
+//!   our own kernels, compiled by NVRTC at first use, for BatchNorm
+//!   (`bn_cuda.rs`), max-pool (`pool_cuda.rs`), ReLU, `relu(a + b)`, the
+//!   optimisers and the running statistics (`cuda_fused.rs`), f32 or bf16, all
+//!   with `--features cudnn` (what they share: `cuda.rs`).
 //!
-//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs`, `bn_cudnn.rs`, `pool.rs`, `pool_cudnn.rs`, `batch_norm.rs`, `add_relu.rs`,
+//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs`, `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `cuda_fused.rs`, `batch_norm.rs`, `add_relu.rs`,
 //! `bn_relu_pool.rs` (and
 //! the matrix product in `gemm.rs`); the CPU-storage helpers
 //! they share are here.
@@ -33,28 +35,34 @@
 mod add_relu;
 mod batch_norm;
 #[cfg(feature = "cudnn")]
-mod bn_cudnn;
+mod bn_cuda;
 mod bn_relu_pool;
 mod conv;
 mod conv3x3;
 #[cfg(feature = "cudnn")]
 mod conv_cudnn;
 #[cfg(feature = "cudnn")]
-mod cudnn;
+mod cuda;
+#[cfg(feature = "cudnn")]
+mod cuda_fused;
 mod gemm;
 mod kernels;
 mod pool;
 #[cfg(feature = "cudnn")]
-mod pool_cudnn;
+mod pool_cuda;
 
-pub use add_relu::add_relu;
+pub use add_relu::{add_relu, relu};
 pub use batch_norm::{batch_norm_cpu, channel_stats};
 #[cfg(feature = "cudnn")]
-pub use bn_cudnn::batch_norm_train_cudnn;
+pub use bn_cuda::{batch_norm_eval_cuda, batch_norm_train_cuda};
 pub use bn_relu_pool::batch_norm_relu_max_pool2_cpu;
 pub use conv::{conv2d, ConvParams};
+#[cfg(feature = "cudnn")]
+pub use conv_cudnn::workspace_report;
 #[cfg(all(feature = "cudnn", test))]
-pub(crate) use cudnn::OrCuda;
+pub(crate) use cuda::OrCuda;
+#[cfg(feature = "cudnn")]
+pub use cuda_fused::{adam_update, count_up, sgd_update};
 #[cfg(feature = "cudnn")]
 pub(crate) use kernels::use_cudnn;
 pub use kernels::{gpu_kernels, set_gpu_kernels, GpuKernels, KernelsError};

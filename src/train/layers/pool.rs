@@ -182,8 +182,10 @@ pub fn max_pool2d(xs: &Tensor, p: PoolParams) -> Result<Tensor> {
     let (n, c, h, w) = xs.dims4()?;
     let (oh, ow) = (p.out(h)?, p.out(w)?);
     #[cfg(feature = "cudnn")]
-    if xs.dtype() == candle_core::DType::F32 && super::kernels::use_cudnn(xs.device()) {
-        return super::pool_cudnn::max_pool2d(xs, p, (oh, ow));
+    if matches!(xs.dtype(), candle_core::DType::F32 | candle_core::DType::BF16)
+        && super::kernels::use_cudnn(xs.device())
+    {
+        return super::pool_cuda::max_pool2d(xs, p, (oh, ow));
     }
     // Pad with -inf to (stride * out + kernel) on each axis, then take each
     // window offset as a strided view via narrow + reshape.
@@ -330,8 +332,12 @@ fn adaptive_matrix(n: usize, m: usize) -> Vec<f32> {
 
 /// `torch.nn.AdaptiveAvgPool2d((oh, ow))`: a global mean for 1x1, identity when
 /// the size already matches, otherwise two small matrix products (the bins are
-/// rectangles, so the mean separates by axis).
+/// rectangles, so the mean separates by axis). bf16 activations are averaged
+/// in f32 (the result is f32, as the f32 weights of the head that follows).
 pub fn adaptive_avg_pool2d(xs: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+    if xs.dtype() == candle_core::DType::BF16 {
+        return adaptive_avg_pool2d(&xs.to_dtype(candle_core::DType::F32)?, oh, ow);
+    }
     let (n, c, h, w) = xs.dims4()?;
     if (h, w) == (oh, ow) {
         return Ok(xs.clone());

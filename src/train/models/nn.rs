@@ -107,6 +107,7 @@ impl<'a> Builder<'a> {
             eps: 1e-5,
             momentum: 0.1,
             fixed_stats: frozen && self.freeze_bn,
+            round: (self.compute != DType::F32).then_some(self.compute),
         })
     }
 
@@ -148,11 +149,15 @@ pub fn init_weights(varmap: &VarMap, inits: &[(String, Init)], seed: u64) -> Res
 }
 
 /// `op(x, w)` (a convolution or matmul of an input and an f32 weight) in
-/// `compute`, returning f32. Mixed precision casts both operands at each use,
-/// so the gradient reaches the f32 weight through the cast. candle's CPU
-/// backend has no bfloat16 matmul, so on a CPU it is emulated the way GPU
-/// tensor cores compute it: operands rounded to bf16, products accumulated in
-/// f32 (it checks a bf16 run's numbers; it is not faster).
+/// `compute`. Mixed precision casts the weight at each use (so the gradient
+/// reaches the f32 weight through the cast) and the input where it is not
+/// already in `compute`; on a GPU the result stays in `compute` (bf16
+/// activations between layers, as PyTorch's autocast: the next convolution
+/// takes them as they are, BatchNorm normalises them with f32 statistics).
+/// candle's CPU backend has no bfloat16 matmul, so on a CPU it is emulated the
+/// way the GPU computes it: operands rounded to bf16, products accumulated in
+/// f32, the result rounded to bf16 and kept in f32 (it checks a bf16 run's
+/// numbers; it is not faster).
 fn in_precision(
     compute: DType,
     x: &Tensor,
@@ -162,11 +167,16 @@ fn in_precision(
     if compute == DType::F32 {
         op(x, w)
     } else if x.device().is_cpu() {
-        let rounded = |t: &Tensor| t.to_dtype(compute)?.to_dtype(DType::F32);
-        op(&rounded(x)?, &rounded(w)?)
+        round_to(compute, &op(&round_to(compute, x)?, &round_to(compute, w)?)?)
     } else {
-        op(&x.to_dtype(compute)?, &w.to_dtype(compute)?)?.to_dtype(DType::F32)
+        op(&x.to_dtype(compute)?, &w.to_dtype(compute)?)
     }
+}
+
+/// `t` rounded to `dtype` and back to f32 (with the same rounding of its
+/// gradient on the way back): a bf16 value held in f32 (the CPU's stand-in).
+fn round_to(dtype: DType, t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(dtype)?.to_dtype(DType::F32)
 }
 
 /// A 2-D convolution, optionally with bias.
@@ -182,7 +192,7 @@ impl Conv {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let y = in_precision(self.compute, xs, &self.weight, |x, w| conv2d(x, w, self.params))?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?.to_dtype(y.dtype())?),
             None => Ok(y),
         }
     }
@@ -196,9 +206,12 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `xs @ weightᵀ + bias` for `xs` of shape (N, in).
+    /// `xs @ weightᵀ + bias` for `xs` of shape (N, in), in f32 (the heads'
+    /// activations and the logits stay f32).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        in_precision(self.compute, xs, &self.weight, |x, w| x.matmul(&w.t()?))?.broadcast_add(&self.bias)
+        in_precision(self.compute, xs, &self.weight, |x, w| x.matmul(&w.t()?))?
+            .to_dtype(DType::F32)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -217,6 +230,9 @@ pub struct BatchNorm {
     eps: f64,
     momentum: f64,
     fixed_stats: bool,
+    /// Mixed precision: on a CPU the output is rounded to this dtype (as the
+    /// GPU's bf16 output is).
+    round: Option<DType>,
 }
 
 impl BatchNorm {
@@ -261,15 +277,33 @@ impl BatchNorm {
                 let unbiased: Vec<f32> = var.iter().map(|&v| v * m as f32 / (m - 1) as f32).collect();
                 self.update_stats(&Tensor::from_vec(mean, c, dev)?, &Tensor::from_vec(unbiased, c, dev)?)?;
             }
-            return Ok(y);
+            return match self.round {
+                Some(dtype) => round_to(dtype, &y),
+                None => Ok(y),
+            };
         }
         #[cfg(feature = "cudnn")]
-        if batch_stats && xs.dtype() == DType::F32 && self.eps >= 1e-5 && crate::train::layers::use_cudnn(xs.device()) {
-            let (y, mean, var) = crate::train::layers::batch_norm_train_cudnn(xs, &self.weight, &self.bias, self.eps)?;
-            self.update_stats(&mean, &(var * (m as f64 / (m - 1) as f64))?)?;
+        if batch_stats && matches!(xs.dtype(), DType::F32 | DType::BF16) && crate::train::layers::use_cudnn(xs.device())
+        {
+            let running = (self.running_mean.as_tensor(), self.running_var.as_tensor(), self.momentum);
+            let y = crate::train::layers::batch_norm_train_cuda(xs, &self.weight, &self.bias, self.eps, running)?;
+            crate::train::layers::count_up(self.num_batches_tracked.as_tensor())?;
             return Self::after(y, relu, pool);
         }
-        // Other devices: the same computation as tensor ops.
+        #[cfg(feature = "cudnn")]
+        if !batch_stats
+            && matches!(xs.dtype(), DType::F32 | DType::BF16)
+            && ![xs, &self.weight, &self.bias].iter().any(|t| t.track_op())
+            && crate::train::layers::use_cudnn(xs.device())
+        {
+            let (rm, rv) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+            let y = crate::train::layers::batch_norm_eval_cuda(xs, rm, rv, &self.weight, &self.bias, self.eps)?;
+            return Self::after(y, relu, pool);
+        }
+        // Other devices: the same computation as tensor ops, in f32 (bf16
+        // activations come back in bf16).
+        let dtype = xs.dtype();
+        let xs = &xs.to_dtype(DType::F32)?;
         let shape = (1, c, 1, 1);
         let weight = self.weight.reshape(shape)?;
         let bias = self.bias.reshape(shape)?;
@@ -277,7 +311,7 @@ impl BatchNorm {
             let inv = (self.running_var.as_tensor().detach() + self.eps)?.sqrt()?.recip()?.reshape(shape)?;
             let mean = self.running_mean.as_tensor().detach().reshape(shape)?;
             let y = xs.broadcast_sub(&mean)?.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias)?;
-            return Self::after(y, relu, pool);
+            return Self::after(y.to_dtype(dtype)?, relu, pool);
         }
         let mean = (xs.sum_keepdim((0, 2, 3))? / m as f64)?;
         let centered = xs.broadcast_sub(&mean)?;
@@ -286,12 +320,12 @@ impl BatchNorm {
         let y = centered.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias)?;
         let unbiased = (var.detach().flatten_all()? * (m as f64 / (m - 1) as f64))?;
         self.update_stats(&mean.detach().flatten_all()?, &unbiased)?;
-        Self::after(y, relu, pool)
+        Self::after(y.to_dtype(dtype)?, relu, pool)
     }
 
     /// The ReLU and the 2x2/2 max-pool that [`Self::apply`] fuses on the CPU.
     fn after(y: Tensor, relu: bool, pool: bool) -> Result<Tensor> {
-        let y = if relu { y.relu()? } else { y };
+        let y = if relu { crate::train::layers::relu(&y)? } else { y };
         if pool {
             max_pool2d(&y, PoolParams { kernel: 2, stride: 2, padding: 0 })
         } else {

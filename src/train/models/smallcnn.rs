@@ -5,8 +5,9 @@
 use super::nn::{BatchNorm, Builder, Conv, Init};
 use super::{Classifier, HeadNet};
 use crate::spec::Head;
+use crate::train::layers::adaptive_avg_pool2d;
 use crate::train::rng::Rng;
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 
 pub struct SmallCnn {
     convs: Vec<(Conv, BatchNorm)>,
@@ -39,7 +40,7 @@ impl Classifier for SmallCnn {
             // conv, BatchNorm, ReLU, max-pool 2x2/2 (the last three one op on the CPU).
             xs = bn.forward_relu_max_pool2(&conv.forward(&xs)?, train)?;
         }
-        let pooled = xs.mean(D::Minus1)?.mean(D::Minus1)?;
+        let pooled = adaptive_avg_pool2d(&xs, 1, 1)?.flatten_from(1)?;
         self.head.forward(&pooled, train, rng)
     }
 }

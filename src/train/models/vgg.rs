@@ -112,7 +112,7 @@ impl Classifier for Vgg {
                             bn.forward_relu_max_pool2(&y, train)?
                         }
                         Some(bn) => bn.forward_relu(&y, train)?,
-                        None => y.relu()?,
+                        None => crate::train::layers::relu(&y)?,
                     }
                 }
                 Layer::Pool => max_pool2d(&xs, PoolParams { kernel: 2, stride: 2, padding: 0 })?,
@@ -120,7 +120,7 @@ impl Classifier for Vgg {
         }
         let mut xs = adaptive_avg_pool2d(&xs, 7, 7)?.flatten_from(1)?;
         for lin in &self.classifier {
-            xs = nn::dropout(&lin.forward(&xs)?.relu()?, 0.5, train, rng)?;
+            xs = nn::dropout(&crate::train::layers::relu(&lin.forward(&xs)?)?, 0.5, train, rng)?;
         }
         self.head.forward(&xs, train, rng)
     }
