@@ -96,6 +96,15 @@ step = statistics.median(r["step_seconds"][2:])
 rate = r["batch"] / step
 host = statistics.median(r["backward_host_seconds"][2:]) * 1000
 print(f"   step {step * 1000:.1f} ms ({rate:.0f} img/s): forward {med(0):.1f}, backward {med(1):.1f} (host {host:.1f}), optimizer {med(2):.1f} ms")
+m = r.get("gpu_memory") or {}
+p = m.get("pool_steps_after_first") or {}
+if p:
+    mb = lambda b: b / 2**20
+    last = m.get("pool_last_step") or {}
+    phase = ", ".join(k + " " + str(round(mb(v["used"]))) for k, v in last.items() if v)
+    print("   memory MiB: pool in use at most %.0f (reserved %.0f); in use %s; cuDNN workspace %.0f; device in use after build %.0f, at the end %.0f" % (
+        mb(p["used_high"]), mb(p["reserved_high"]), phase, m.get("cudnn_workspace_mib") or 0,
+        m.get("device_used_after_build_mib") or 0, m.get("device_used_at_end_mib") or 0))
 ' | tee -a "$out/summary.txt" || echo "   FAILED" | tee -a "$out/summary.txt"
         done
     done
@@ -134,7 +143,9 @@ TOML
             h="$home/r18-$k-$precision"
             step 150 "$k: resnet18 224 batch 50 $precision, 2 epochs of $n" "$bin" --home "$h" -q submit "$home/r18-$k-$precision.toml"
             "$bin" --home "$h" results --columns name,img/s,time,test_acc --format csv >>"$out/summary.txt" 2>&1 || true
-            "$bin" --home "$h" show "r18-$k-$precision/run1" --format json >>"$out/log.txt" 2>&1 || true
+            "$bin" --home "$h" show "r18-$k-$precision/run1" --format json 2>&1 | tee -a "$out/log.txt" |
+                python3 -c 'import json, sys; b = json.load(sys.stdin).get("peak_memory_bytes"); print("   peak GPU memory (device in use, sampled after each epoch): %.0f MiB" % (b / 2**20)) if b else None' \
+                    >>"$out/summary.txt" 2>&1 || true
         done
     done
     step 200 "torch baseline" bash -c "set -o pipefail; python3 bench/gpu_torch.py $n | tee -a $out/summary.txt"

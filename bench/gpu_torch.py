@@ -54,4 +54,7 @@ for precision in ["f32", "tf32", "bf16", "bf16-channels-last"]:
     torch.cuda.synchronize()
     secs = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / 2**20
-    print(f"torch resnet18 224 batch 50 {precision}: {n / secs:.0f} img/s, {secs:.1f} s for {n} images, peak {peak:.0f} MiB, loss {loss.item():.4f}")
+    reserved = torch.cuda.max_memory_reserved() / 2**20
+    free, total = torch.cuda.mem_get_info()
+    print(f"torch resnet18 224 batch 50 {precision}: {n / secs:.0f} img/s, {secs:.1f} s for {n} images, peak {peak:.0f} MiB "
+          f"(reserved {reserved:.0f}, device in use {(total - free) / 2**20:.0f}), loss {loss.item():.4f}")

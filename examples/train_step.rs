@@ -4,13 +4,30 @@
 //!     cargo run --release --example train_step -- resnet18 8 224 [steps] [cpu|cuda:N] [f32|tf32|bf16]
 //!
 //! On a GPU each phase ends with a device synchronisation, so the split is
-//! the GPU's time (the kernels `SWEEP_GPU_KERNELS` chooses).
+//! the GPU's time (the kernels `SWEEP_GPU_KERNELS` chooses), and the JSON has
+//! the memory figures: the device's memory in use (all of it, as
+//! `nvidia-smi` counts it) after the model is built and at the end, the CUDA
+//! pool's bytes in use after each phase of the last step and its high-water
+//! marks over the steps after the first (in use: what PyTorch's
+//! `max_memory_allocated` counts; reserved: its `max_memory_reserved`), and
+//! the cuDNN convolution workspace with each shape's algorithms.
 
 use candle_core::Tensor;
 use sweep::spec::OptimizerSpec;
 use sweep::train::models::ModelSpec;
 use sweep::train::optim::Optimizer;
 use sweep::train::rng::Rng;
+
+/// The cuDNN convolution workspace (MiB) and plans (none without the feature).
+fn workspace() -> (f64, Vec<String>) {
+    #[cfg(feature = "cudnn")]
+    {
+        let (bytes, plans) = sweep::train::layers::workspace_report();
+        (bytes as f64 / (1u64 << 20) as f64, plans)
+    }
+    #[cfg(not(feature = "cudnn"))]
+    (0.0, Vec::new())
+}
 
 #[allow(unsafe_code)]
 fn peak_rss_mib() -> f64 {
@@ -39,6 +56,11 @@ fn main() -> anyhow::Result<()> {
     let opt_spec: OptimizerSpec = serde_json::from_str(r#"{"name": "sgd", "lr": 0.01, "momentum": 0.9}"#)?;
     let mut opt = Optimizer::new(opt_spec, built.trainable.clone());
     let after_build = peak_rss_mib();
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let device_mib = || sweep::train::device::PeakMemory::start(&device).bytes().map(mib);
+    let device_after_build = device_mib();
+    let pool = |reset: bool| sweep::train::device::gpu_pool_stats(&device, reset);
+    let mut phases = serde_json::Value::Null;
     let mut rng = Rng::new(1);
     let mut times = Vec::new();
     // Seconds of each step in the forward pass (with the loss), the backward
@@ -47,7 +69,10 @@ fn main() -> anyhow::Result<()> {
     // Seconds the host spent in the backward pass before waiting for the GPU
     // (near the synchronised time: the GPU waits for the host's launches).
     let mut enqueue = Vec::new();
-    for _ in 0..steps {
+    for i in 0..steps {
+        if i == 1 {
+            pool(true);
+        }
         let x: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.normal() as f32).collect();
         let x = Tensor::from_vec(x, (batch, 3, size, size), &device)?;
         let y = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, &device)?;
@@ -56,13 +81,19 @@ fn main() -> anyhow::Result<()> {
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         device.synchronize()?;
         let forward = start.elapsed().as_secs_f64();
+        let after_forward = pool(false);
         let grads = loss.backward()?;
         enqueue.push(start.elapsed().as_secs_f64() - forward);
         device.synchronize()?;
         let backward = start.elapsed().as_secs_f64();
+        let after_backward = pool(false);
         opt.step(&grads)?;
         drop(grads);
         loss.to_scalar::<f32>()?;
+        drop((logits, loss));
+        phases = serde_json::json!({
+            "after_forward": after_forward, "after_backward": after_backward, "after_step": pool(false),
+        });
         let total = start.elapsed().as_secs_f64();
         times.push(total);
         split.push([forward, backward - forward, total - backward]);
@@ -73,6 +104,11 @@ fn main() -> anyhow::Result<()> {
             "impl": "sweep", "model": model, "batch": batch, "size": size, "device": described, "precision": precision,
             "peak_rss_mib": peak_rss_mib(), "rss_after_build_mib": after_build, "step_seconds": times,
             "forward_backward_optimizer_seconds": split, "backward_host_seconds": enqueue,
+            "gpu_memory": {
+                "device_used_after_build_mib": device_after_build, "device_used_at_end_mib": device_mib(),
+                "pool_last_step": phases, "pool_steps_after_first": pool(false),
+                "cudnn_workspace_mib": workspace().0, "cudnn_plans": workspace().1,
+            },
         })
     );
     Ok(())
