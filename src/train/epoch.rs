@@ -5,7 +5,7 @@
 
 use super::checkpoint::{self, Partial, Saved, TrainerState};
 use super::eval::evaluate_with_progress;
-use super::loss::{batch_stats, cross_entropy};
+use super::loss::{batch_stats, batch_stats_on_device, cross_entropy};
 use super::rng::{stream, Rng};
 use super::{augment, check, ConfigError, Outcome, TrainError, TrainRequest};
 use super::{device, early_stop, loader, models, optim, pipeline, schedule};
@@ -97,9 +97,11 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
         let ended = std::thread::scope(|scope| -> Result<Option<Outcome>, TrainError> {
             let todo = all_batches[(state.step as usize).min(steps)..steps].to_vec();
             let mut loader = loader::Loader::start(scope, &train_pipe, &ds.train, todo, seed, e, threads, 2);
+            let mut pending: Vec<Pending> = Vec::new();
             for b in state.step as usize..steps {
                 if req.stop.load(Ordering::SeqCst) || req.cancel.load(Ordering::SeqCst) {
                     bar.finish_and_clear();
+                    flush(&mut pending, &mut partial, e)?;
                     partial.seconds += start.elapsed().as_secs_f64();
                     state.step = b as u64;
                     state.partial = partial;
@@ -120,24 +122,36 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
                 timing.data += t0.elapsed().as_secs_f64();
                 let mut drop_rng = Rng::derive(&[stream::DROPOUT, seed, e, b as u64]);
                 let step = Step { model: built.model.as_ref(), smoothing: cfg.label_smoothing };
-                let (loss_v, correct) = match step.run(&x, &y, &mut drop_rng, &mut opt, &mut timing)? {
-                    StepEnd::Updated { loss, correct } => (loss, correct),
+                match step.run(&x, &y, &mut drop_rng, &mut opt, &mut timing)? {
+                    StepEnd::Updated { loss, correct } => {
+                        partial.loss_sum += f64::from(loss) * n_batch as f64;
+                        partial.correct += correct;
+                        partial.seen += n_batch as u64;
+                    }
+                    StepEnd::Queued { loss, correct } => {
+                        pending.push(Pending { loss, correct, images: n_batch, step: b });
+                        if pending.len() >= READ_EVERY || b + 1 == steps {
+                            let read = Instant::now();
+                            flush(&mut pending, &mut partial, e).inspect_err(|_| bar.finish_and_clear())?;
+                            timing.metrics += read.elapsed().as_secs_f64();
+                        }
+                    }
                     StepEnd::NotFinite(loss) => {
                         bar.finish_and_clear();
                         return Err(TrainError::Diverged { epoch: e + 1, step: b as u64 + 1, loss });
                     }
-                };
-                partial.loss_sum += f64::from(loss_v) * n_batch as f64;
-                partial.correct += correct;
-                partial.seen += n_batch as u64;
+                }
                 req.progress.step.store(b as i64 + 1, Ordering::Relaxed);
                 let secs = partial.seconds + start.elapsed().as_secs_f64();
-                bar.set_message(format!(
-                    "loss {:.4} acc {:.1}% {:.0} img/s",
-                    partial.loss_sum / partial.seen as f64,
-                    100.0 * partial.correct as f64 / partial.seen as f64,
-                    partial.seen as f64 / secs.max(1e-9)
-                ));
+                // (on a GPU the numbers arrive every READ_EVERY steps)
+                if partial.seen > 0 {
+                    bar.set_message(format!(
+                        "loss {:.4} acc {:.1}% {:.0} img/s",
+                        partial.loss_sum / partial.seen as f64,
+                        100.0 * partial.correct as f64 / partial.seen as f64,
+                        partial.seen as f64 / secs.max(1e-9)
+                    ));
+                }
                 bar.inc(1);
             }
             Ok(None)
@@ -320,8 +334,49 @@ struct Step<'a> {
 enum StepEnd {
     /// The weights were updated; the batch's mean loss and correct predictions.
     Updated { loss: f32, correct: u64 },
+    /// The weights were updated; the numbers are still on the device ([`Pending`]).
+    Queued { loss: candle_core::Tensor, correct: candle_core::Tensor },
     /// The loss was NaN or infinite; nothing was updated.
     NotFinite(f32),
+}
+
+/// Steps between reads of the loss and accuracy on a GPU: each read waits
+/// for the device, so the host stops queueing work while it drains (on the
+/// CPU every op is synchronous and each step is read at once).
+const READ_EVERY: usize = 20;
+
+/// A GPU step whose loss and correct count are not read yet.
+struct Pending {
+    loss: candle_core::Tensor,
+    correct: candle_core::Tensor,
+    images: usize,
+    /// The step's index in the epoch.
+    step: usize,
+}
+
+/// Reads the pending steps' numbers at once (one synchronisation) into
+/// `partial`, in step order. A non-finite loss ends the run as diverged at
+/// its step; the steps queued after it updated the weights, but the run
+/// stops here and no checkpoint of them is written (every checkpoint is
+/// preceded by a flush).
+fn flush(pending: &mut Vec<Pending>, partial: &mut Partial, epoch: u64) -> Result<(), TrainError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let losses: Vec<candle_core::Tensor> = pending.iter().map(|p| p.loss.clone()).collect();
+    let corrects: Vec<candle_core::Tensor> = pending.iter().map(|p| p.correct.clone()).collect();
+    let losses = candle_core::Tensor::stack(&losses, 0)?.to_vec1::<f32>()?;
+    let corrects = candle_core::Tensor::stack(&corrects, 0)?.to_vec1::<u32>()?;
+    for ((p, loss), correct) in pending.iter().zip(losses).zip(corrects) {
+        if !loss.is_finite() {
+            return Err(TrainError::Diverged { epoch: epoch + 1, step: p.step as u64 + 1, loss });
+        }
+        partial.loss_sum += f64::from(loss) * p.images as f64;
+        partial.correct += u64::from(correct);
+        partial.seen += p.images as u64;
+    }
+    pending.clear();
+    Ok(())
 }
 
 impl Step<'_> {
@@ -338,6 +393,18 @@ impl Step<'_> {
         let logits = self.model.forward(x, true, dropout)?;
         let loss = cross_entropy(&logits, y, self.smoothing)?;
         let t2 = Instant::now();
+        if !x.device().is_cpu() {
+            let (loss_t, correct) = batch_stats_on_device(&logits, y, &loss)?;
+            let t3 = Instant::now();
+            timing.forward += (t2 - t1).as_secs_f64();
+            timing.metrics += (t3 - t2).as_secs_f64();
+            let grads = loss.backward()?;
+            let t4 = Instant::now();
+            opt.step(&grads)?;
+            timing.backward += (t4 - t3).as_secs_f64();
+            timing.optimizer += t4.elapsed().as_secs_f64();
+            return Ok(StepEnd::Queued { loss: loss_t, correct });
+        }
         let (loss_v, correct) = batch_stats(&logits, y, &loss)?;
         let t3 = Instant::now();
         timing.forward += (t2 - t1).as_secs_f64();

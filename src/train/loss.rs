@@ -14,11 +14,22 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> candle
     (nll * (1.0 - smoothing))? + (uniform * smoothing)?
 }
 
-/// Sum of the batch loss x n and the number of correct top-1 predictions.
+/// The batch's mean loss and number of correct top-1 predictions.
 pub(crate) fn batch_stats(logits: &Tensor, labels: &Tensor, loss: &Tensor) -> candle_core::Result<(f32, u64)> {
-    let loss = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-    let correct = logits.argmax(1)?.eq(labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?;
-    Ok((loss, u64::from(correct)))
+    let (loss, correct) = batch_stats_on_device(logits, labels, loss)?;
+    Ok((loss.to_scalar::<f32>()?, u64::from(correct.to_scalar::<u32>()?)))
+}
+
+/// [`batch_stats`] left on the device (f32 and u32 scalars, detached), to be
+/// read later with other steps' (one synchronisation for many steps on a GPU).
+pub(crate) fn batch_stats_on_device(
+    logits: &Tensor,
+    labels: &Tensor,
+    loss: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let loss = loss.detach().to_dtype(DType::F32)?;
+    let correct = logits.detach().argmax(1)?.eq(labels)?.to_dtype(DType::U32)?.sum_all()?;
+    Ok((loss, correct))
 }
 
 #[cfg(test)]

@@ -82,6 +82,12 @@ impl Optimizer {
             Some(max_norm) => Some(self.clip_factor(grads, max_norm)?),
             None => None,
         };
+        #[cfg(feature = "cudnn")]
+        if self.params.first().is_some_and(|(_, v)| crate::train::layers::use_cudnn(v.device()))
+            && self.params.iter().all(|(_, v)| v.dtype() == candle_core::DType::F32)
+        {
+            return self.fused_step(grads, clip);
+        }
         let decay_bn_bias = self.spec.decay_bn_bias();
         for (name, var) in &self.params {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
@@ -97,11 +103,6 @@ impl Optimizer {
             let p = &var.as_tensor().detach();
             // Rank-1 parameters are biases and BatchNorm weights.
             let decays = decay_bn_bias || var.rank() > 1;
-            #[cfg(feature = "cudnn")]
-            if crate::train::layers::use_cudnn(p.device()) && p.dtype() == candle_core::DType::F32 {
-                Self::fused_step(&self.spec, &mut self.state, (lr, self.steps), name, var, grad, decays)?;
-                continue;
-            }
             match self.spec {
                 OptimizerSpec::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
                     let weight_decay = if decays { weight_decay } else { 0.0 };
@@ -167,63 +168,86 @@ impl Optimizer {
         Ok(())
     }
 
-    /// [`Optimizer::step`]'s update of one parameter on CUDA with
-    /// `SWEEP_GPU_KERNELS=cudnn`: the same rule as one or two kernels that
-    /// update the weight and the state in place (`layers::cuda_fused`),
-    /// instead of six to twelve candle ops and fresh tensors.
+    /// [`Optimizer::step`] on CUDA with `SWEEP_GPU_KERNELS=cudnn`: the same
+    /// rule for every parameter with a gradient in one kernel launch that
+    /// updates the weights and the state in place (`layers::optim_cuda`),
+    /// instead of six to twelve candle ops and fresh tensors per parameter.
     #[cfg(feature = "cudnn")]
-    fn fused_step(
-        spec: &OptimizerSpec,
-        states: &mut HashMap<String, Tensor>,
-        (lr, steps): (f64, u64),
-        name: &str,
-        var: &Var,
-        grad: &Tensor,
-        decays: bool,
-    ) -> Result<()> {
-        use crate::train::layers::{adam_update, sgd_update};
-        let w = var.as_tensor();
-        // A state tensor of its own (zeros: `first` makes the kernels ignore it).
-        let mut state = |key: String| -> Result<(Tensor, bool)> {
+    fn fused_step(&mut self, grads: &GradStore, clip: Option<f64>) -> Result<()> {
+        use crate::train::layers::{adam_step_all, sgd_step_all, AdamParam, SgdParam};
+        let lr = self.lr;
+        let decay_bn_bias = self.spec.decay_bn_bias();
+        // (name, weight, gradient made contiguous, decays)
+        let mut rows: Vec<(&str, &Var, Tensor, bool)> = Vec::new();
+        for (name, var) in &self.params {
+            let Some(grad) = grads.get(var.as_tensor()) else { continue };
+            let grad = match clip {
+                Some(f) => (grad.detach() * f)?,
+                None => grad.detach().contiguous()?,
+            };
+            rows.push((name, var, grad, decay_bn_bias || var.rank() > 1));
+        }
+        let states = &mut self.state;
+        // A state tensor of its own (zeros: `first` makes the kernel ignore it).
+        let mut state = |key: String, like: &Tensor| -> Result<(Tensor, bool)> {
             match states.get(&key) {
                 Some(t) => Ok((t.clone(), false)),
                 None => {
-                    let t = w.detach().zeros_like()?;
+                    let t = like.detach().zeros_like()?;
                     states.insert(key, t.clone());
                     Ok((t, true))
                 }
             }
         };
-        match *spec {
+        match self.spec {
             OptimizerSpec::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
-                let weight_decay = if decays { weight_decay } else { 0.0 };
-                let buf = if momentum == 0.0 { None } else { Some(state(format!("momentum_buffer.{name}"))?) };
-                sgd_update(w, grad, buf.as_ref().map(|(b, f)| (b, *f)), lr, weight_decay, momentum, dampening, nesterov)
+                let mut bufs = Vec::new();
+                for (name, var, _, _) in &rows {
+                    bufs.push(if momentum == 0.0 {
+                        None
+                    } else {
+                        Some(state(format!("momentum_buffer.{name}"), var)?)
+                    });
+                }
+                let params: Vec<SgdParam<'_>> = rows
+                    .iter()
+                    .zip(&bufs)
+                    .map(|((_, var, grad, decays), buf)| SgdParam {
+                        w: var.as_tensor(),
+                        g: grad,
+                        buf: buf.as_ref().map(|(b, _)| b),
+                        weight_decay: if *decays { weight_decay } else { 0.0 },
+                        first: buf.as_ref().is_some_and(|(_, f)| *f),
+                    })
+                    .collect();
+                sgd_step_all(&params, lr, momentum, dampening, nesterov)
             }
             OptimizerSpec::Adam { betas, eps, weight_decay, amsgrad, .. }
             | OptimizerSpec::Adamw { betas, eps, weight_decay, amsgrad, .. } => {
-                let weight_decay = if decays { weight_decay } else { 0.0 };
-                let decoupled = matches!(spec, OptimizerSpec::Adamw { .. });
-                let (coupled, keep) = if decoupled { (0.0, 1.0 - lr * weight_decay) } else { (weight_decay, 1.0) };
-                let (m, first) = state(format!("exp_avg.{name}"))?;
-                let (v, _) = state(format!("exp_avg_sq.{name}"))?;
-                let vmax = if amsgrad { Some(state(format!("max_exp_avg_sq.{name}"))?.0) } else { None };
-                let t = steps as i32;
+                let decoupled = matches!(self.spec, OptimizerSpec::Adamw { .. });
+                let mut moments = Vec::new();
+                for (name, var, _, _) in &rows {
+                    let (m, first) = state(format!("exp_avg.{name}"), var)?;
+                    let (v, _) = state(format!("exp_avg_sq.{name}"), var)?;
+                    let vmax = if amsgrad { Some(state(format!("max_exp_avg_sq.{name}"), var)?.0) } else { None };
+                    moments.push((m, v, vmax, first));
+                }
+                let params: Vec<AdamParam<'_>> = rows
+                    .iter()
+                    .zip(&moments)
+                    .map(|((_, var, grad, decays), (m, v, vmax, first))| AdamParam {
+                        w: var.as_tensor(),
+                        g: grad,
+                        m,
+                        v,
+                        vmax: vmax.as_ref(),
+                        weight_decay: if *decays { weight_decay } else { 0.0 },
+                        first: *first,
+                    })
+                    .collect();
+                let t = self.steps as i32;
                 let (bc1, bc2) = (1.0 - betas[0].powi(t), 1.0 - betas[1].powi(t));
-                adam_update(
-                    w,
-                    grad,
-                    &m,
-                    &v,
-                    vmax.as_ref(),
-                    first,
-                    (betas[0], betas[1]),
-                    coupled,
-                    keep,
-                    lr / bc1,
-                    bc2.sqrt(),
-                    eps,
-                )
+                adam_step_all(&params, (betas[0], betas[1]), lr, lr / bc1, bc2.sqrt(), eps, decoupled, amsgrad)
             }
         }
     }

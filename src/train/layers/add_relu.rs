@@ -58,7 +58,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     #[cfg(feature = "cudnn")]
     if fused(a) && a.dtype() == b.dtype() && a.shape() == b.shape() {
-        return super::cuda_fused::add_relu(a, b);
+        return super::relu_cuda::add_relu(a, b);
     }
     (a + b)?.relu()
 }
@@ -68,7 +68,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn relu(xs: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cudnn")]
     if fused(xs) {
-        return super::cuda_fused::relu(xs);
+        return super::relu_cuda::relu(xs);
     }
     xs.relu()
 }

@@ -16,16 +16,16 @@
 //! formulas are PyTorch's (biased variance for normalising; the backward
 //! `dx = w * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))`).
 //!
-//! The batch mean and inverse standard deviation that the forward pass saves
-//! serve the backward pass and update the layer's running statistics in
-//! place as PyTorch does (momentum, unbiased variance), one small kernel each
-//! (`cuda_fused.rs`).
+//! The forward kernel also updates the layer's running statistics in place
+//! as PyTorch does (momentum, unbiased variance) and counts the batch
+//! (`num_batches_tracked`), as cuDNN's call would: no kernel of their own. The
+//! batch mean and inverse standard deviation it saves serve the backward pass.
 
-use super::cuda::{dims4_u32, function, launch, view, Elem};
+use super::cuda::{address, dims4_u32, function, launch, view, Elem};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
 use candle_core::cuda::{CudaDevice, CudaStorage};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use std::sync::{Arc, Mutex};
 
@@ -61,8 +61,9 @@ template <typename T> __device__ void stats(const T* x, double* part, u32 N, u32
 
 // y = (x - mean) * invstd * w + b, the statistics from the S partials of the channel
 template <typename T> __device__ void forward(const T* x, const double* part, const float* w, const float* bias,
-                                              T* y, float* mean_out, float* invstd_out,
-                                              u32 N, u32 C, u32 HW, u32 S, float eps) {
+                                              T* y, float* mean_out, float* invstd_out, float* rm, float* rv,
+                                              long long* count, float momentum, u32 N, u32 C, u32 HW, u32 S,
+                                              float eps) {
     __shared__ float mean_s, scale_s;
     if (threadIdx.x == 0) {
         u32 c = blockIdx.x / S;
@@ -72,7 +73,15 @@ template <typename T> __device__ void forward(const T* x, const double* part, co
         if (var < 0.0) var = 0.0;
         float invstd = (float)(1.0 / sqrt(var + (double)eps));
         mean_s = (float)mean; scale_s = invstd * w[c];
-        if (blockIdx.x % S == 0) { mean_out[c] = (float)mean; invstd_out[c] = invstd; }
+        if (blockIdx.x % S == 0) {
+            mean_out[c] = (float)mean; invstd_out[c] = invstd;
+            // running = (1 - momentum) * running + momentum * batch (unbiased variance)
+            if (rm) {
+                rm[c] = (1.0f - momentum) * rm[c] + momentum * (float)mean;
+                rv[c] = (1.0f - momentum) * rv[c] + momentum * (float)(var * cnt / (cnt > 1.0 ? cnt - 1.0 : 1.0));
+            }
+            if (count && c == 0) count[0] += 1;
+        }
     }
     __syncthreads();
     float mean = mean_s, scale = scale_s;
@@ -123,8 +132,9 @@ template <typename T> __device__ void eval(const T* x, const float* rm, const fl
 extern "C" __global__ void bn_stats_##SUF(const T* x, double* part, u32 N, u32 C, u32 HW, u32 S) \
     { stats(x, part, N, C, HW, S); } \
 extern "C" __global__ void bn_forward_##SUF(const T* x, const double* part, const float* w, const float* b, T* y, \
-    float* mo, float* io, u32 N, u32 C, u32 HW, u32 S, float eps) \
-    { forward(x, part, w, b, y, mo, io, N, C, HW, S, eps); } \
+    float* mo, float* io, float* rm, float* rv, long long* count, float momentum, u32 N, u32 C, u32 HW, u32 S, \
+    float eps) \
+    { forward(x, part, w, b, y, mo, io, rm, rv, count, momentum, N, C, HW, S, eps); } \
 extern "C" __global__ void bn_back_stats_##SUF(const T* x, const T* dy, const float* mean, double* part, \
     u32 N, u32 C, u32 HW, u32 S) \
     { back_stats(x, dy, mean, part, N, C, HW, S); } \
@@ -174,6 +184,9 @@ type Saved = Arc<Mutex<Option<(CudaSlice<f32>, CudaSlice<f32>)>>>;
 struct BnForward {
     eps: f64,
     saved: Saved,
+    /// Running mean, running variance (f32, C each), `num_batches_tracked`
+    /// (i64) and the momentum: updated by the forward kernel.
+    running: Option<(Tensor, Tensor, Tensor, f64)>,
 }
 
 impl CustomOp3 for BnForward {
@@ -266,14 +279,33 @@ impl BnForward {
         k.arg(&x).arg(&mut part).arg(&n).arg(&c).arg(&hw).arg(&s);
         // SAFETY: (x, part, N, C, HW, S) as bn_stats takes them; x has N*C*HW elements.
         unsafe { launch(k, grid(blocks)) }?;
+        // The running statistics and the counter, updated by the kernel (null: none).
+        let held = match &self.running {
+            Some((rm, rv, count, _)) => {
+                if rm.elem_count() != c as usize || rv.elem_count() != c as usize || count.elem_count() != 1 {
+                    bail!(
+                        "batch_norm: running statistics of {} and {} values for {c} channels",
+                        rm.elem_count(),
+                        rv.elem_count()
+                    );
+                }
+                Some((address::<f32>(rm)?, address::<f32>(rv)?, address::<i64>(count)?))
+            }
+            None => None,
+        };
+        let (rm, rv, count) = held.as_ref().map_or((0, 0, 0), |(a, b, c)| (a.1, b.1, c.1));
+        let momentum = self.running.as_ref().map_or(0.0, |r| r.3) as f32;
         let f = kernel(&dev, "bn_forward", T::DTYPE)?;
         let mut k = stream.launch_builder(&f);
         let eps = self.eps as f32;
         k.arg(&x).arg(&part).arg(&w).arg(&b).arg(&mut y).arg(&mut mean).arg(&mut invstd);
+        k.arg(&rm).arg(&rv).arg(&count).arg(&momentum);
         k.arg(&n).arg(&c).arg(&hw).arg(&s).arg(&eps);
-        // SAFETY: the arguments of bn_forward in its order; w, b, mean, invstd have C
-        // elements, part 2 * C * S, x and y N*C*HW.
+        // SAFETY: the arguments of bn_forward in its order; w, b, mean, invstd and
+        // the running statistics have C elements (or are null), the counter one,
+        // part 2 * C * S, x and y N*C*HW.
         unsafe { launch(k, grid(blocks)) }?;
+        drop(held);
         *self.saved.lock().expect("batch norm lock") = Some((mean, invstd));
         Ok((CudaStorage::wrap_cuda_slice(y, dev), xl.shape().clone()))
     }
@@ -396,53 +428,21 @@ impl CustomOp1 for TakeParams {
     }
 }
 
-/// Updates a running statistic in place from the saved batch statistics
-/// (`var`: the variance, with eps and the values per channel; else the mean).
-struct RunningUpdate {
-    saved: Saved,
-    momentum: f64,
-    var: Option<(f64, usize)>,
-}
-
-impl InplaceOp1 for RunningUpdate {
-    fn name(&self) -> &'static str {
-        "sweep-cuda-batch-norm-running-stats"
-    }
-
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
-        bail!("{}: a CUDA op on the CPU", self.name())
-    }
-
-    fn cuda_fwd(&self, s: &mut CudaStorage, l: &Layout) -> Result<()> {
-        let saved = self.saved.lock().expect("batch norm lock");
-        let Some((mean, invstd)) = saved.as_ref() else { bail!("{}: no saved statistics", self.name()) };
-        let stat = if self.var.is_some() { invstd } else { mean };
-        super::cuda_fused::bn_running(s, l, stat, self.momentum, self.var)
-    }
-}
-
 /// BatchNorm with batch statistics on CUDA, for contiguous-able f32 or bf16
 /// `x` (N, C, H, W) and f32 `weight` and `bias` (C): returns the output (in
-/// x's dtype) and updates the f32 running statistics in place, as PyTorch
-/// (`running = (1 - momentum) * running + momentum * batch`, the variance
-/// unbiased), one kernel each.
+/// x's dtype) and, in the same kernel, updates the f32 running statistics in
+/// place as PyTorch (`running = (1 - momentum) * running + momentum * batch`,
+/// the variance unbiased) and adds one to the i64 `num_batches_tracked`.
 pub fn batch_norm_train_cuda(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
-    (running_mean, running_var, momentum): (&Tensor, &Tensor, f64),
+    (running_mean, running_var, num_batches_tracked, momentum): (&Tensor, &Tensor, &Tensor, f64),
 ) -> Result<Tensor> {
     let saved: Saved = Arc::new(Mutex::new(None));
-    let y = x.contiguous()?.apply_op3(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        BnForward { eps, saved: saved.clone() },
-    )?;
-    let (n, _, h, w) = x.dims4()?;
-    running_mean.inplace_op1(&RunningUpdate { saved: saved.clone(), momentum, var: None })?;
-    running_var.inplace_op1(&RunningUpdate { saved, momentum, var: Some((eps, n * h * w)) })?;
-    Ok(y)
+    let running = Some((running_mean.clone(), running_var.clone(), num_batches_tracked.clone(), momentum));
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, BnForward { eps, saved, running })
 }
 
 /// BatchNorm with fixed statistics (eval mode) as one kernel, for a pass

@@ -7,7 +7,7 @@
 
 use candle_core::cuda::cudarc;
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
-use candle_core::{bail, Layout, Result, Shape};
+use candle_core::{bail, Layout, Result, Shape, Storage, Tensor};
 use cudarc::driver::{CudaView, LaunchArgs, LaunchConfig};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -99,6 +99,28 @@ pub(super) fn dims4_u32(s: &Shape, what: &str) -> Result<[u32; 4]> {
         (Some(a), Some(b), Some(c), Some(d), Some(_)) => Ok([a, b, c, d]),
         _ => bail!("{what}: shape {:?} too large for the CUDA kernels", s.dims()),
     }
+}
+
+/// The device address of the first element of a contiguous CUDA tensor of
+/// `T`, with its storage read-locked while the guard lives: for kernels that
+/// read or update in place a tensor that is not one of a candle op's
+/// operands (a layer's running statistics, the optimiser's state). All of a
+/// device's work goes to one stream, so stream order orders those accesses.
+pub(super) fn address<T: CudaDType>(t: &Tensor) -> Result<(impl Sized + '_, u64)> {
+    use candle_core::backend::BackendStorage;
+    use cudarc::driver::DevicePtr;
+    let (guard, layout) = t.storage_and_layout();
+    let Some((start, _)) = layout.contiguous_offsets() else { bail!("a non-contiguous tensor for a CUDA kernel") };
+    let address = match &*guard {
+        Storage::Cuda(cs) => {
+            let slice = cs.as_cuda_slice::<T>()?;
+            let stream = cs.device().cuda_stream();
+            let (ptr, _sync) = slice.device_ptr(&stream);
+            ptr + (start * std::mem::size_of::<T>()) as u64
+        }
+        _ => bail!("a tensor not on the GPU for a CUDA kernel"),
+    };
+    Ok((guard, address))
 }
 
 /// The element types of the CUDA ops' data (their parameters stay f32).

@@ -23,11 +23,11 @@
 //! * On CUDA, [`GpuKernels`] (`SWEEP_GPU_KERNELS`) chooses between candle's
 //!   kernels and the `cudnn` set: cuDNN's convolutions (`conv_cudnn.rs`) and
 //!   our own kernels, compiled by NVRTC at first use, for BatchNorm
-//!   (`bn_cuda.rs`), max-pool (`pool_cuda.rs`), ReLU, `relu(a + b)`, the
-//!   optimisers and the running statistics (`cuda_fused.rs`), f32 or bf16, all
-//!   with `--features cudnn` (what they share: `cuda.rs`).
+//!   (`bn_cuda.rs`), max-pool (`pool_cuda.rs`), ReLU and `relu(a + b)`
+//!   (`relu_cuda.rs`), f32 or bf16, and the optimisers' step (`optim_cuda.rs`),
+//!   all with `--features cudnn` (what they share: `cuda.rs`).
 //!
-//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs`, `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `cuda_fused.rs`, `batch_norm.rs`, `add_relu.rs`,
+//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs`, `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `relu_cuda.rs`, `optim_cuda.rs`, `batch_norm.rs`, `add_relu.rs`,
 //! `bn_relu_pool.rs` (and
 //! the matrix product in `gemm.rs`); the CPU-storage helpers
 //! they share are here.
@@ -43,13 +43,15 @@ mod conv3x3;
 mod conv_cudnn;
 #[cfg(feature = "cudnn")]
 mod cuda;
-#[cfg(feature = "cudnn")]
-mod cuda_fused;
 mod gemm;
 mod kernels;
+#[cfg(feature = "cudnn")]
+mod optim_cuda;
 mod pool;
 #[cfg(feature = "cudnn")]
 mod pool_cuda;
+#[cfg(feature = "cudnn")]
+mod relu_cuda;
 
 pub use add_relu::{add_relu, relu};
 pub use batch_norm::{batch_norm_cpu, channel_stats};
@@ -62,10 +64,10 @@ pub use conv_cudnn::workspace_report;
 #[cfg(all(feature = "cudnn", test))]
 pub(crate) use cuda::OrCuda;
 #[cfg(feature = "cudnn")]
-pub use cuda_fused::{adam_update, count_up, sgd_update};
-#[cfg(feature = "cudnn")]
 pub(crate) use kernels::use_cudnn;
 pub use kernels::{gpu_kernels, set_gpu_kernels, GpuKernels, KernelsError};
+#[cfg(feature = "cudnn")]
+pub use optim_cuda::{adam_step_all, sgd_step_all, AdamParam, SgdParam};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};

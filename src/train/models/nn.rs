@@ -285,9 +285,13 @@ impl BatchNorm {
         #[cfg(feature = "cudnn")]
         if batch_stats && matches!(xs.dtype(), DType::F32 | DType::BF16) && crate::train::layers::use_cudnn(xs.device())
         {
-            let running = (self.running_mean.as_tensor(), self.running_var.as_tensor(), self.momentum);
+            let running = (
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                self.num_batches_tracked.as_tensor(),
+                self.momentum,
+            );
             let y = crate::train::layers::batch_norm_train_cuda(xs, &self.weight, &self.bias, self.eps, running)?;
-            crate::train::layers::count_up(self.num_batches_tracked.as_tensor())?;
             return Self::after(y, relu, pool);
         }
         #[cfg(feature = "cudnn")]
