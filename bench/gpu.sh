@@ -7,7 +7,7 @@
 #                                   the quickstart sweep file, this script, the torch script)
 #   (FEATURES=cuda for a build without cuDNN; then run it with KERNELS=generic)
 # There (in the unpacked folder; writes $OUT or gpu-results/: summary.txt, log.txt, nvidia-smi.txt):
-#   bash bench/gpu.sh run        (KERNELS="generic cudnn", CHECKS, IMAGES: see below)
+#   bash bench/gpu.sh run        (KERNELS="generic cudnn", CHECKS, IMAGES, PARTS: see below)
 #
 # What it does there, all on the same GPU, for each kernel set (SWEEP_GPU_KERNELS):
 #   1. the quickstart sweep on CUDA (`sweep submit experiments/quickstart.toml --device cuda:0`);
@@ -71,22 +71,32 @@ print(":".join(dirs))' 2>/dev/null || true)
     }
     { nvidia-smi; uname -a; } >"$out/nvidia-smi.txt" 2>&1 || true
     home=$(mktemp -d)
+    # PARTS: what to run (all by default): quickstart checks steps profile trainer torch
+    parts=" ${PARTS:-quickstart checks steps profile trainer torch} "
+    has() { [[ $parts == *" $1 "* ]]; }
     for k in $kernels; do
         export SWEEP_GPU_KERNELS=$k
+        has quickstart || continue
         step 120 "$k: quickstart on CUDA" "$bin" --home "$home/q-$k" submit experiments/quickstart.toml --device cuda:0
         "$bin" --home "$home/q-$k" results --columns name,status,test_acc,img/s,time --format csv >>"$out/summary.txt" 2>&1 || true
         "$bin" --home "$home/q-$k" status --format json >>"$out/log.txt" 2>&1 || true
+    done
+    for k in $kernels; do
+        export SWEEP_GPU_KERNELS=$k
+        has checks || continue
         for m in ${CHECKS:-ops smallcnn:32 resnet18:64 resnet50:64 densenet121:64 vgg16_bn:64}; do
             case $m in *:*) args="${m%%:*} ${m##*:}" ;; *) args="$m 0" ;; esac
             step 120 "$k: device_check $m" bash -c "set -o pipefail; $dc $args cuda:0 | tee -a $out/summary.txt"
         done
     done
     # one training step on random data, each phase synchronised: the model's
-    # GPU time without the data pipeline (median of steps 3..12)
+    # GPU time without the data pipeline (median of steps 3..22), then the same
+    # steps without synchronisations
     for k in $kernels; do
+        has steps || continue
         for precision in f32 tf32 bf16; do
             echo "== $k: train_step resnet18 batch 50 at 224 $precision" | tee -a "$out/summary.txt" >>"$out/log.txt"
-            SWEEP_GPU_KERNELS=$k timeout 120 "$ts" resnet18 50 224 12 cuda:0 "$precision" 2>>"$out/log.txt" | tee -a "$out/log.txt" |
+            SWEEP_GPU_KERNELS=$k timeout 120 "$ts" resnet18 50 224 22 cuda:0 "$precision" 2>>"$out/log.txt" | tee -a "$out/log.txt" |
                 python3 -c '
 import json, statistics, sys
 r = json.loads(sys.stdin.read())
@@ -96,6 +106,9 @@ step = statistics.median(r["step_seconds"][2:])
 rate = r["batch"] / step
 host = statistics.median(r["backward_host_seconds"][2:]) * 1000
 print(f"   step {step * 1000:.1f} ms ({rate:.0f} img/s): forward {med(0):.1f}, backward {med(1):.1f} (host {host:.1f}), optimizer {med(2):.1f} ms")
+pipe = r.get("pipelined_step_seconds")
+if pipe:
+    print("   without synchronisations: %.1f ms per step (%.0f img/s)" % (pipe * 1000, r["batch"] / pipe))
 m = r.get("gpu_memory") or {}
 p = m.get("pool_steps_after_first") or {}
 if p:
@@ -110,7 +123,7 @@ if p:
     done
     # where a step's GPU time goes: every kernel of two steps (the second
     # warm) under Nsight Compute, summed by name (PROFILE=0 skips it)
-    if [ "${PROFILE:-1}" = 1 ] && command -v ncu >/dev/null 2>&1; then
+    if has profile && [ "${PROFILE:-1}" = 1 ] && command -v ncu >/dev/null 2>&1; then
         for k in $kernels; do
             echo "== $k: ncu, train_step resnet18 batch 50 at 224 bf16, 2 steps" | tee -a "$out/summary.txt" >>"$out/log.txt"
             SWEEP_GPU_KERNELS=$k timeout 240 ncu --clock-control none --csv --metrics gpu__time_duration.sum \
@@ -121,6 +134,7 @@ if p:
     fi
     n=${IMAGES:-2500}
     for k in $kernels; do
+        has trainer || continue
         export SWEEP_GPU_KERNELS=$k
         for precision in f32 tf32 bf16; do
             cat >"$home/r18-$k-$precision.toml" <<TOML
@@ -148,7 +162,7 @@ TOML
                     >>"$out/summary.txt" 2>&1 || true
         done
     done
-    step 200 "torch baseline" bash -c "set -o pipefail; python3 bench/gpu_torch.py $n | tee -a $out/summary.txt"
+    has torch && step 200 "torch baseline" bash -c "set -o pipefail; python3 bench/gpu_torch.py $n | tee -a $out/summary.txt"
     cat "$out/summary.txt"
     ;;
 *)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """torchvision's ResNet18 at 224x224, batch 50, SGD momentum 0.9, one epoch (after three
 untimed warm-up steps) of random 32x32 uint8 images resized on the GPU, in f32, tf32, bf16 autocast, and
-bf16 autocast with channels-last model and inputs (the fast eager recipe):
+bf16 autocast with channels-last model and inputs (the fast eager recipe); then, for each, the model
+step alone (22 steps on one batch at 224, no data step, one read at the end):
 the baseline next to `sweep` in bench/gpu.sh (same GPU, same call).
 
     python3 bench/gpu_torch.py [images]
@@ -58,3 +59,26 @@ for precision in ["f32", "tf32", "bf16", "bf16-channels-last"]:
     free, total = torch.cuda.mem_get_info()
     print(f"torch resnet18 224 batch 50 {precision}: {n / secs:.0f} img/s, {secs:.1f} s for {n} images, peak {peak:.0f} MiB "
           f"(reserved {reserved:.0f}, device in use {(total - free) / 2**20:.0f}), loss {loss.item():.4f}")
+    # the model alone, as examples/train_step.rs's line "without synchronisations":
+    # 22 steps on one random batch already at 224, the loss read once at the end
+    xb = torch.randn(50, 3, 224, 224, device=dev)
+    if cl:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    yb = labels[:50]
+
+    def model_step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
+            loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    model_step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(22):
+        loss = model_step()
+    loss.item()
+    per = (time.perf_counter() - t) / 22
+    print(f"torch resnet18 224 batch 50 {precision}, model step without synchronisations: {per * 1000:.1f} ms ({50 / per:.0f} img/s)")

@@ -20,14 +20,18 @@ use sweep::train::layers::{conv2d, max_pool2d, ConvParams, PoolParams};
 use sweep::train::models::ModelSpec;
 use sweep::train::rng::Rng;
 
+/// Each parameter's gradient norm, by name.
+type Norms = Vec<(String, f32)>;
+
 /// Loss and gradient norm of one training step, and the loss in eval mode
-/// after it (which reads the running statistics that step updated).
+/// after it (which reads the running statistics that step updated); with
+/// each parameter's gradient norm.
 fn loss_and_grad_norm(
     spec: &ModelSpec,
     device: &Device,
     compute: DType,
     size: usize,
-) -> anyhow::Result<(f32, f32, f32)> {
+) -> anyhow::Result<(f32, f32, f32, Norms)> {
     let built = spec.build_with(10, device, 0, compute).map_err(anyhow::Error::msg)?;
     let mut rng = Rng::new(7);
     let n = 4;
@@ -38,16 +42,19 @@ fn loss_and_grad_norm(
     let loss = sweep::train::cross_entropy(&logits, &y, 0.0)?;
     let grads = loss.backward()?;
     let mut sq = 0f64;
-    for (_, var) in &built.trainable {
+    let mut norms = Vec::new();
+    for (name, var) in &built.trainable {
         if let Some(g) = grads.get(var.as_tensor()) {
-            sq += f64::from(g.sqr()?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            let s = f64::from(g.sqr()?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            sq += s;
+            norms.push((name.clone(), s.sqrt() as f32));
         }
     }
     // the trainer evaluates through the inference twin (no graph; on CUDA
     // BatchNorm's eval kernel)
     let eval = sweep::train::cross_entropy(&built.inference.forward(&x, false, &mut Rng::new(0))?, &y, 0.0)?;
     let scalar = |t: &Tensor| -> anyhow::Result<f32> { Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()?) };
-    Ok((scalar(&loss)?, sq.sqrt() as f32, scalar(&eval)?))
+    Ok((scalar(&loss)?, sq.sqrt() as f32, scalar(&eval)?, norms))
 }
 
 /// Output, input gradient and kernel gradient of one convolution on `device`
@@ -266,18 +273,19 @@ fn check_batch_norm(gpu: &Device) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-/// The f32 CPU step of [`loss_and_grad_norm`] with every convolution on
-/// im2col (`SWEEP_CPU_CONV` is read once per process, so in a child process).
-fn cpu_step_im2col(model: &str, size: usize) -> anyhow::Result<(f32, f32, f32)> {
+/// The f32 CPU step of [`loss_and_grad_norm`] with the 3x3 convolutions on
+/// the CPU path `mode` (`SWEEP_CPU_CONV` is read once per process, so in a
+/// child process).
+fn cpu_step_with(mode: &str, model: &str, size: usize) -> anyhow::Result<(f32, f32, f32)> {
     let out = std::process::Command::new(std::env::current_exe()?)
         .args(["--cpu-step", model, &size.to_string()])
-        .env("SWEEP_CPU_CONV", "im2col")
+        .env("SWEEP_CPU_CONV", mode)
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let v: Vec<f32> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     match v.as_slice() {
         [l, g, e] => Ok((*l, *g, *e)),
-        _ => anyhow::bail!("the im2col CPU step printed {text:?} ({})", String::from_utf8_lossy(&out.stderr)),
+        _ => anyhow::bail!("the {mode} CPU step printed {text:?} ({})", String::from_utf8_lossy(&out.stderr)),
     }
 }
 
@@ -285,7 +293,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--cpu-step") {
         let spec = ModelSpec::plain(&args[2]).map_err(anyhow::Error::msg)?;
-        let (l, g, e) = loss_and_grad_norm(&spec, &Device::Cpu, DType::F32, args[3].parse()?)?;
+        let (l, g, e, _) = loss_and_grad_norm(&spec, &Device::Cpu, DType::F32, args[3].parse()?)?;
         println!("{l} {g} {e}");
         return Ok(());
     }
@@ -314,19 +322,28 @@ fn main() -> anyhow::Result<()> {
     // another order and keeps ReLU's and the residual sums' inputs in f32,
     // and the difference grows with depth (2-6% on the 50-121-layer models),
     // so 5e-2 there; each op alone is held to 2e-2 (`ops`).
-    // f32: 1e-4, or 4x what the CPU's own two convolution paths (direct and
-    // im2col: the same arithmetic summed in another order) differ by where
-    // the step amplifies rounding more than that (resnet50 at 64x64: its
-    // gradient norm, 98% the stem's, moves by 1.2e-3 between them).
+    // f32: 1e-4, or 4x what the CPU's own convolution paths (auto, direct and
+    // im2col: the same arithmetic summed in other orders) differ by, where
+    // the step amplifies rounding more than that (resnet50 at init: its
+    // gradient norm, 98% the stem's, moves by 1.2e-3 between them on one CPU).
     for (compute, base) in [(DType::F32, 1e-4f32), (DType::BF16, 5e-2)] {
-        let (cl, cg, ce) = loss_and_grad_norm(&spec, &Device::Cpu, compute, size)?;
-        let (gl, gg, ge) = loss_and_grad_norm(&spec, &gpu, compute, size)?;
+        let (cl, cg, ce, cpu_norms) = loss_and_grad_norm(&spec, &Device::Cpu, compute, size)?;
+        let (gl, gg, ge, gpu_norms) = loss_and_grad_norm(&spec, &gpu, compute, size)?;
         let r = |a: f32, b: f32| (a - b).abs() / a.abs();
         let (dl, dg, de) = (r(cl, gl), r(cg, gg), r(ce, ge));
         let (tol, spread) = if compute == DType::F32 {
-            let (al, ag, ae) = cpu_step_im2col(model, size)?;
-            let spread = r(cl, al).max(r(cg, ag)).max(r(ce, ae));
-            (base.max(4.0 * spread), format!("; CPU direct vs im2col {spread:.1e}"))
+            // the CPU's three paths (auto, im2col, direct), every pair
+            let mut runs = vec![(cl, cg, ce)];
+            for mode in ["im2col", "direct"] {
+                runs.push(cpu_step_with(mode, model, size)?);
+            }
+            let mut spread = 0f32;
+            for (i, a) in runs.iter().enumerate() {
+                for b in &runs[i + 1..] {
+                    spread = spread.max(r(a.0, b.0)).max(r(a.1, b.1)).max(r(a.2, b.2));
+                }
+            }
+            (base.max(4.0 * spread), format!("; the CPU's own convolution paths differ by {spread:.1e}"))
         } else {
             (base, String::new())
         };
@@ -336,6 +353,18 @@ fn main() -> anyhow::Result<()> {
             "{model} {size}x{size} {compute:?}: loss cpu {cl:.6} gpu {gl:.6} (rel {dl:.1e}); grad norm cpu {cg:.6} gpu {gg:.6} (rel {dg:.1e}); eval loss after the step cpu {ce:.6} gpu {ge:.6} (rel {de:.1e}){spread}; tolerance {tol:.1e}: {}",
             if pass { "ok" } else { "DIFFERENT" }
         );
+        if !pass {
+            // where it differs: the parameters whose gradient norms differ most
+            let mut worst: Vec<(f32, &str, f32, f32)> = cpu_norms
+                .iter()
+                .zip(&gpu_norms)
+                .map(|((name, c), (_, g))| ((c - g).abs() / c.abs().max(1e-12), name.as_str(), *c, *g))
+                .collect();
+            worst.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for (d, name, c, g) in worst.iter().take(6) {
+                println!("   {name}: gradient norm cpu {c:.6} gpu {g:.6} (rel {d:.1e})");
+            }
+        }
     }
     std::process::exit(i32::from(!ok));
 }
