@@ -8,7 +8,7 @@ import collections
 import csv
 import sys
 
-UNIT = {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}
+UNIT = {"nsecond": 1e-6, "ns": 1e-6, "usecond": 1e-3, "us": 1e-3, "msecond": 1.0, "ms": 1.0, "second": 1e3, "s": 1e3}
 
 path = sys.argv[1]
 top = int(sys.argv[2]) if len(sys.argv) > 2 else 15

@@ -6,11 +6,12 @@
 //!   `conv_transpose2d` kernel for the input gradient; BatchNorm and pooling
 //!   as elementwise and reduction kernels).
 //! * `cudnn` (the default of a build with `--features cudnn`, verified on an
-//!   H200 against the CPU and 16-19x faster than `generic` there, BENCHMARKS.md):
-//!   convolutions forward, backward
-//!   data and backward filter through cuDNN, with descriptors, algorithms and
-//!   one growing workspace kept for the process; BatchNorm's training pass and
-//!   max-pool as cuDNN's one kernel each way.
+//!   H200 against the CPU and faster than PyTorch's eager step there,
+//!   BENCHMARKS.md): convolutions forward, backward data and backward filter
+//!   through cuDNN, with descriptors, algorithms and one growing workspace
+//!   kept for the process; BatchNorm, max-pool, ReLU, `relu(a + b)` and the
+//!   optimiser's step as our own kernels (`bn_cuda.rs`, `pool_cuda.rs`,
+//!   `relu_cuda.rs`, `optim_cuda.rs`).
 //!
 //! The CPU path does not depend on it. The choice is read once, when a CUDA
 //! device is opened ([`crate::train::device`]), and recorded in the device's
