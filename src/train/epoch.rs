@@ -393,31 +393,31 @@ impl Step<'_> {
         let logits = self.model.forward(x, true, dropout)?;
         let loss = cross_entropy(&logits, y, self.smoothing)?;
         let t2 = Instant::now();
-        if !x.device().is_cpu() {
-            let (loss_t, correct) = batch_stats_on_device(&logits, y, &loss)?;
-            let t3 = Instant::now();
-            timing.forward += (t2 - t1).as_secs_f64();
-            timing.metrics += (t3 - t2).as_secs_f64();
-            let grads = loss.backward()?;
-            let t4 = Instant::now();
-            opt.step(&grads)?;
-            timing.backward += (t4 - t3).as_secs_f64();
-            timing.optimizer += t4.elapsed().as_secs_f64();
-            return Ok(StepEnd::Queued { loss: loss_t, correct });
-        }
-        let (loss_v, correct) = batch_stats(&logits, y, &loss)?;
+        // On a GPU the numbers stay on the device (read every READ_EVERY steps);
+        // on the CPU they are read now, and a non-finite loss updates nothing.
+        let end = if x.device().is_cpu() {
+            let (loss, correct) = batch_stats(&logits, y, &loss)?;
+            if loss.is_finite() {
+                StepEnd::Updated { loss, correct }
+            } else {
+                StepEnd::NotFinite(loss)
+            }
+        } else {
+            let (loss, correct) = batch_stats_on_device(&logits, y, &loss)?;
+            StepEnd::Queued { loss, correct }
+        };
         let t3 = Instant::now();
         timing.forward += (t2 - t1).as_secs_f64();
         timing.metrics += (t3 - t2).as_secs_f64();
-        if !loss_v.is_finite() {
-            return Ok(StepEnd::NotFinite(loss_v));
+        if matches!(end, StepEnd::NotFinite(_)) {
+            return Ok(end);
         }
         let grads = loss.backward()?;
         let t4 = Instant::now();
         opt.step(&grads)?;
         timing.backward += (t4 - t3).as_secs_f64();
         timing.optimizer += t4.elapsed().as_secs_f64();
-        Ok(StepEnd::Updated { loss: loss_v, correct })
+        Ok(end)
     }
 }
 

@@ -21,7 +21,7 @@
 //! (`num_batches_tracked`), as cuDNN's call would: no kernel of their own. The
 //! batch mean and inverse standard deviation it saves serve the backward pass.
 
-use super::cuda::{address, dims4_u32, function, launch, view, Elem};
+use super::cuda::{address, dims4_u32, launch, typed_function, view, Elem};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
 use candle_core::cuda::{CudaDevice, CudaStorage};
@@ -165,12 +165,7 @@ fn splits(n: u32, c: u32, hw: u32) -> u32 {
 
 /// Kernel `base` for `dtype`.
 fn kernel(dev: &CudaDevice, base: &str, dtype: DType) -> Result<cudarc::driver::CudaFunction> {
-    let suffix = match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        other => bail!("batch_norm: no CUDA kernel for {other:?}"),
-    };
-    function(dev, MODULE, SOURCE, &format!("{base}_{suffix}"))
+    typed_function(dev, (MODULE, SOURCE), base, dtype)
 }
 
 /// The launch shape of `blocks` blocks of [`THREADS`].

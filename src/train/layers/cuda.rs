@@ -72,6 +72,22 @@ pub(super) fn function(
     Ok(f)
 }
 
+/// Kernel `{base}_f32` or `{base}_bf16` of a module, for data of `dtype`
+/// (the kernel sources instantiate each template for both).
+pub(super) fn typed_function(
+    dev: &CudaDevice,
+    (module, source): (&'static str, &'static str),
+    base: &str,
+    dtype: candle_core::DType,
+) -> Result<cudarc::driver::CudaFunction> {
+    let suffix = match dtype {
+        candle_core::DType::F32 => "f32",
+        candle_core::DType::BF16 => "bf16",
+        other => bail!("{base}: no CUDA kernel for {other:?}"),
+    };
+    function(dev, module, source, &format!("{base}_{suffix}"))
+}
+
 /// The launch shape of an elementwise kernel over `n` elements (each thread
 /// takes about four, through `EACH`).
 pub(super) fn elementwise_config(n: usize) -> LaunchConfig {

@@ -13,7 +13,7 @@
 //! no zero fill. cuDNN's deterministic max-pool backward took 940 µs for
 //! ResNet18's stem at batch 50 on an H200 (9% of a bf16 step).
 
-use super::cuda::{dims4_u32, elementwise_config, function, launch, view, Elem};
+use super::cuda::{dims4_u32, elementwise_config, launch, typed_function, view, Elem};
 use super::pool::PoolParams;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
@@ -86,12 +86,7 @@ const MODULE: &str = "sweep_max_pool";
 
 /// Kernel `base` for `dtype`.
 fn kernel(dev: &CudaDevice, base: &str, dtype: DType) -> Result<cudarc::driver::CudaFunction> {
-    let suffix = match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        other => bail!("max_pool2d: no CUDA kernel for {other:?}"),
-    };
-    function(dev, MODULE, SOURCE, &format!("{base}_{suffix}"))
+    typed_function(dev, (MODULE, SOURCE), base, dtype)
 }
 
 /// Each window's maximum's offset, from the forward pass to the backward.

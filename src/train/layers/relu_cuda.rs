@@ -8,12 +8,12 @@
 //! follows PyTorch: `relu(NaN)` is NaN, and the backward pass passes the
 //! gradient where the output is not `<= 0`.
 
-use super::cuda::{elementwise_config, launch, view};
+use super::cuda::{elementwise_config, launch, typed_function, view, Elem};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
-use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::cuda::CudaStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 /// The kernels' source (see the module doc).
 pub(super) const SOURCE: &str = r#"
@@ -39,27 +39,9 @@ extern "C" __global__ void add_relu_fwd_bf16(const bf16* a, const bf16* b, bf16*
 /// The module name of [`SOURCE`].
 const MODULE: &str = "sweep_relu";
 
-/// Kernel `name` of [`SOURCE`].
-fn function(dev: &CudaDevice, name: &str) -> Result<cudarc::driver::CudaFunction> {
-    super::cuda::function(dev, MODULE, SOURCE, name)
-}
-
-/// The kernel suffix of a dtype.
-fn suffix(dtype: DType, what: &str) -> Result<&'static str> {
-    match dtype {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        other => bail!("{what}: no fused CUDA kernel for {other:?}"),
-    }
-}
-
 /// An elementwise op over `N` same-shaped inputs, output in their dtype.
 #[allow(unsafe_code)] // an uninitialised output: see the SAFETY comment
-fn elementwise<T: CudaDType + DeviceRepr + 'static>(
-    kernel: &str,
-    inputs: &[(&CudaStorage, &Layout)],
-    what: &str,
-) -> Result<(CudaStorage, Shape)> {
+fn elementwise<T: Elem>(base: &str, inputs: &[(&CudaStorage, &Layout)], what: &str) -> Result<(CudaStorage, Shape)> {
     let (s0, l0) = inputs[0];
     let dev = s0.device().clone();
     let views = inputs.iter().map(|(s, l)| view::<T>(s, l, what)).collect::<Result<Vec<_>>>()?;
@@ -69,7 +51,7 @@ fn elementwise<T: CudaDType + DeviceRepr + 'static>(
     }
     // SAFETY: the kernel writes every one of the n elements.
     let mut out: CudaSlice<T> = unsafe { dev.alloc::<T>(n) }?;
-    let func = function(&dev, kernel)?;
+    let func = typed_function(&dev, (MODULE, SOURCE), base, T::DTYPE)?;
     let stream = dev.cuda_stream();
     let mut b = stream.launch_builder(&func);
     for v in &views {
@@ -90,10 +72,10 @@ fn run(base: &str, inputs: &[(&CudaStorage, &Layout)], what: &str) -> Result<(Cu
     if inputs.iter().any(|(s, _)| s.dtype() != dtype) {
         bail!("{what}: inputs of different dtypes");
     }
-    let kernel = format!("{base}_{}", suffix(dtype, what)?);
     match dtype {
-        DType::F32 => elementwise::<f32>(&kernel, inputs, what),
-        _ => elementwise::<half::bf16>(&kernel, inputs, what),
+        DType::F32 => elementwise::<f32>(base, inputs, what),
+        DType::BF16 => elementwise::<half::bf16>(base, inputs, what),
+        other => bail!("{what}: no CUDA kernel for {other:?}"),
     }
 }
 
