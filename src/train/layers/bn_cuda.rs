@@ -20,13 +20,24 @@
 //! as PyTorch does (momentum, unbiased variance) and counts the batch
 //! (`num_batches_tracked`), as cuDNN's call would: no kernel of their own. The
 //! batch mean and inverse standard deviation it saves serve the backward pass.
+//!
+//! The forward and eval kernels can also apply what follows a BatchNorm in
+//! the zoo: the ReLU (conv-BN-ReLU), or a residual added before the ReLU (a
+//! ResNet block's `relu(bn(x) + identity)`, the normalised value rounded to
+//! the output's dtype before the sum, as the unfused ops). The backward
+//! kernels then mask the incoming gradient with the output (PyTorch's ReLU
+//! backward) as they read it and write the residual's gradient beside dx.
+//! candle keeps every op's operands alive for the backward pass, so unfused
+//! the normalised tensor (the ReLU's or the sum's operand) stayed allocated
+//! until then: one activation-sized tensor per BatchNorm of the training
+//! step, and two full passes (the ReLU's) each way.
 
 use super::cuda::{address, dims4_u32, launch, typed_function, view, Elem};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
 use candle_core::cuda::{CudaDevice, CudaStorage};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, LaunchConfig, PushKernelArg};
 use std::sync::{Arc, Mutex};
 
 /// The kernels (after `cuda::PRELUDE`). Each block of 256 threads takes
@@ -38,6 +49,23 @@ pub(super) const SOURCE: &str = r#"
     u32 m = N * HW; \
     for (u32 j = s * THREADS + threadIdx.x; j < m; j += S * THREADS)
 #define AT(j) ((u64)((j) / HW) * C + c) * HW + (j) % HW
+
+__device__ __forceinline__ float relu_of(float v) { return (v > 0.0f || v != v) ? v : 0.0f; }
+// v as an output of T holds it (bf16 rounds): the normalised value before a residual is
+// added to it, as the unfused ops (BatchNorm's output, then the sum) compute it
+__device__ __forceinline__ float as_stored(const float*, float v) { return v; }
+__device__ __forceinline__ float as_stored(const bf16*, float v) { return widen(narrow(v)); }
+// the output at i for the normalised value v: plus the residual (when not null), then the
+// ReLU (when relu is set)
+template <typename T> __device__ __forceinline__ float finish(float v, const T* res, u64 i, int relu) {
+    if (res) v = as_stored(res, v) + load(res, i);
+    return relu ? relu_of(v) : v;
+}
+// the gradient that reaches the normalisation: dy, zero where the fused ReLU's output
+// (when not null) is not positive (PyTorch's ReLU backward; a NaN output passes dy)
+template <typename T> __device__ __forceinline__ float masked(const T* dy, const T* out, u64 i) {
+    return (out && load(out, i) <= 0.0f) ? 0.0f : load(dy, i);
+}
 
 // Sums a pair over the block into thread 0's a, b.
 __device__ void reduce2(double& a, double& b) {
@@ -59,11 +87,11 @@ template <typename T> __device__ void stats(const T* x, double* part, u32 N, u32
     if (threadIdx.x == 0) { part[2 * blockIdx.x] = a; part[2 * blockIdx.x + 1] = b; }
 }
 
-// y = (x - mean) * invstd * w + b, the statistics from the S partials of the channel
+// y = finish((x - mean) * invstd * w + b), the statistics from the S partials of the channel
 template <typename T> __device__ void forward(const T* x, const double* part, const float* w, const float* bias,
-                                              T* y, float* mean_out, float* invstd_out, float* rm, float* rv,
-                                              long long* count, float momentum, u32 N, u32 C, u32 HW, u32 S,
-                                              float eps) {
+                                              const T* res, T* y, float* mean_out, float* invstd_out, float* rm,
+                                              float* rv, long long* count, float momentum, u32 N, u32 C, u32 HW,
+                                              u32 S, float eps, int relu) {
     __shared__ float mean_s, scale_s;
     if (threadIdx.x == 0) {
         u32 c = blockIdx.x / S;
@@ -87,25 +115,25 @@ template <typename T> __device__ void forward(const T* x, const double* part, co
     float mean = mean_s, scale = scale_s;
     u32 c0 = blockIdx.x / S;
     float shift = bias[c0];
-    OVER(c, s) { u64 i = AT(j); store(y, i, (load(x, i) - mean) * scale + shift); }
+    OVER(c, s) { u64 i = AT(j); store(y, i, finish((load(x, i) - mean) * scale + shift, res, i, relu)); }
 }
 
-// part[2 * block] = (sum dy, sum dy * (x - mean)) over the block's share
-template <typename T> __device__ void back_stats(const T* x, const T* dy, const float* mean, double* part,
-                                                 u32 N, u32 C, u32 HW, u32 S) {
+// part[2 * block] = (sum g, sum g * (x - mean)) over the block's share, g = masked(dy)
+template <typename T> __device__ void back_stats(const T* x, const T* dy, const T* out, const float* mean,
+                                                 double* part, u32 N, u32 C, u32 HW, u32 S) {
     double a = 0.0, b = 0.0;
     u32 c0 = blockIdx.x / S;
     float mu = mean[c0];
-    OVER(c, s) { u64 i = AT(j); float g = load(dy, i); a += g; b += (double)g * (load(x, i) - mu); }
+    OVER(c, s) { u64 i = AT(j); float g = masked(dy, out, i); a += g; b += (double)g * (load(x, i) - mu); }
     reduce2(a, b);
     if (threadIdx.x == 0) { part[2 * blockIdx.x] = a; part[2 * blockIdx.x + 1] = b; }
 }
 
-// dx = w * invstd * (dy - sum_dy / m - (x - mean) * invstd^2 * sum_dyxc / m);
-// dwdb[c] = invstd * sum_dyxc, dwdb[C + c] = sum_dy
-template <typename T> __device__ void backward(const T* x, const T* dy, const float* mean, const float* invstd,
-                                               const float* w, const double* part, T* dx, float* dwdb,
-                                               u32 N, u32 C, u32 HW, u32 S) {
+// dx = w * invstd * (g - sum_g / m - (x - mean) * invstd^2 * sum_gxc / m), g = masked(dy);
+// dwdb[c] = invstd * sum_gxc, dwdb[C + c] = sum_g; dres = g (the residual's gradient, when not null)
+template <typename T> __device__ void backward(const T* x, const T* dy, const T* out, const float* mean,
+                                               const float* invstd, const float* w, const double* part, T* dx,
+                                               T* dres, float* dwdb, u32 N, u32 C, u32 HW, u32 S) {
     __shared__ float k_s, mdy_s, proj_s;
     if (threadIdx.x == 0) {
         u32 c = blockIdx.x / S;
@@ -117,33 +145,40 @@ template <typename T> __device__ void backward(const T* x, const T* dy, const fl
     }
     __syncthreads();
     float k = k_s, mdy = mdy_s, proj = proj_s, mu = mean[blockIdx.x / S];
-    OVER(c, s) { u64 i = AT(j); store(dx, i, k * (load(dy, i) - mdy - (load(x, i) - mu) * proj)); }
+    OVER(c, s) {
+        u64 i = AT(j);
+        float g = masked(dy, out, i);
+        store(dx, i, k * (g - mdy - (load(x, i) - mu) * proj));
+        if (dres) store(dres, i, g);
+    }
 }
 
-// eval: y = (x - running_mean) / sqrt(running_var + eps) * w + b
+// eval: y = finish((x - running_mean) / sqrt(running_var + eps) * w + b)
 template <typename T> __device__ void eval(const T* x, const float* rm, const float* rv, const float* w,
-                                           const float* bias, T* y, u32 N, u32 C, u32 HW, u32 S, float eps) {
+                                           const float* bias, const T* res, T* y, u32 N, u32 C, u32 HW, u32 S,
+                                           float eps, int relu) {
     u32 c0 = blockIdx.x / S;
     float scale = w[c0] / sqrtf(rv[c0] + eps), mu = rm[c0], shift = bias[c0];
-    OVER(c, s) { u64 i = AT(j); store(y, i, (load(x, i) - mu) * scale + shift); }
+    OVER(c, s) { u64 i = AT(j); store(y, i, finish((load(x, i) - mu) * scale + shift, res, i, relu)); }
 }
 
 #define BN(T, SUF) \
 extern "C" __global__ void bn_stats_##SUF(const T* x, double* part, u32 N, u32 C, u32 HW, u32 S) \
     { stats(x, part, N, C, HW, S); } \
-extern "C" __global__ void bn_forward_##SUF(const T* x, const double* part, const float* w, const float* b, T* y, \
-    float* mo, float* io, float* rm, float* rv, long long* count, float momentum, u32 N, u32 C, u32 HW, u32 S, \
-    float eps) \
-    { forward(x, part, w, b, y, mo, io, rm, rv, count, momentum, N, C, HW, S, eps); } \
-extern "C" __global__ void bn_back_stats_##SUF(const T* x, const T* dy, const float* mean, double* part, \
-    u32 N, u32 C, u32 HW, u32 S) \
-    { back_stats(x, dy, mean, part, N, C, HW, S); } \
-extern "C" __global__ void bn_backward_##SUF(const T* x, const T* dy, const float* mean, const float* invstd, \
-    const float* w, const double* part, T* dx, float* dwdb, u32 N, u32 C, u32 HW, u32 S) \
-    { backward(x, dy, mean, invstd, w, part, dx, dwdb, N, C, HW, S); } \
+extern "C" __global__ void bn_forward_##SUF(const T* x, const double* part, const float* w, const float* b, \
+    const T* res, T* y, float* mo, float* io, float* rm, float* rv, long long* count, float momentum, u32 N, u32 C, \
+    u32 HW, u32 S, float eps, int relu) \
+    { forward(x, part, w, b, res, y, mo, io, rm, rv, count, momentum, N, C, HW, S, eps, relu); } \
+extern "C" __global__ void bn_back_stats_##SUF(const T* x, const T* dy, const T* out, const float* mean, \
+    double* part, u32 N, u32 C, u32 HW, u32 S) \
+    { back_stats(x, dy, out, mean, part, N, C, HW, S); } \
+extern "C" __global__ void bn_backward_##SUF(const T* x, const T* dy, const T* out, const float* mean, \
+    const float* invstd, const float* w, const double* part, T* dx, T* dres, float* dwdb, u32 N, u32 C, u32 HW, \
+    u32 S) \
+    { backward(x, dy, out, mean, invstd, w, part, dx, dres, dwdb, N, C, HW, S); } \
 extern "C" __global__ void bn_eval_##SUF(const T* x, const float* rm, const float* rv, const float* w, \
-    const float* b, T* y, u32 N, u32 C, u32 HW, u32 S, float eps) \
-    { eval(x, rm, rv, w, b, y, N, C, HW, S, eps); }
+    const float* b, const T* res, T* y, u32 N, u32 C, u32 HW, u32 S, float eps, int relu) \
+    { eval(x, rm, rv, w, b, res, y, N, C, HW, S, eps, relu); }
 BN(float, f32)
 BN(bf16, bf16)
 "#;
@@ -176,12 +211,42 @@ fn grid(blocks: u32) -> LaunchConfig {
 /// The batch mean and inverse standard deviation saved by the forward pass.
 type Saved = Arc<Mutex<Option<(CudaSlice<f32>, CudaSlice<f32>)>>>;
 
+/// A buffer a backward kernel wrote beside its output (the parameter
+/// gradients, the residual's gradient), handed over by [`Take`].
+type Slot = Arc<Mutex<Option<(CudaStorage, Shape)>>>;
+
+/// What the kernels apply after the normalisation, in the same pass: a
+/// residual added (`relu(bn(x) + residual)`, a ResNet block's end) and a
+/// ReLU. With the residual the op's operands are (x, weight and bias as one
+/// tensor of 2C, residual), else (x, weight, bias).
+#[derive(Clone, Copy)]
+struct Then {
+    relu: bool,
+    residual: bool,
+}
+
+/// The device address of an optional buffer (0 for none), with the guard
+/// that must live until the launch.
+fn address_or_null<'a, T>(
+    v: Option<&'a CudaView<'_, T>>,
+    stream: &'a cudarc::driver::CudaStream,
+) -> (u64, Option<impl Sized + 'a>) {
+    match v {
+        Some(v) => {
+            let (ptr, sync) = v.device_ptr(stream);
+            (ptr, Some(sync))
+        }
+        None => (0, None),
+    }
+}
+
 struct BnForward {
     eps: f64,
     saved: Saved,
     /// Running mean, running variance (f32, C each), `num_batches_tracked`
     /// (i64) and the momentum: updated by the forward kernel.
     running: Option<(Tensor, Tensor, Tensor, f64)>,
+    then: Then,
 }
 
 impl CustomOp3 for BnForward {
@@ -205,34 +270,74 @@ impl CustomOp3 for BnForward {
         &self,
         xs: &CudaStorage,
         xl: &Layout,
-        ws: &CudaStorage,
-        wl: &Layout,
-        bs: &CudaStorage,
-        bl: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         match xs.dtype() {
-            DType::F32 => self.forward::<f32>(xs, xl, ws, wl, bs, bl),
-            DType::BF16 => self.forward::<half::bf16>(xs, xl, ws, wl, bs, bl),
+            DType::F32 => self.forward::<f32>(xs, xl, (s2, l2), (s3, l3)),
+            DType::BF16 => self.forward::<half::bf16>(xs, xl, (s2, l2), (s3, l3)),
             other => bail!("{}: no CUDA kernel for {other:?}", self.name()),
         }
     }
 
+    /// The input's, the parameters' and (with a residual) the residual's
+    /// gradients from the two backward kernels, the ReLU's mask read from
+    /// the output `res`.
     fn bwd(
         &self,
         x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
+        a2: &Tensor,
+        a3: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = w.elem_count();
-        let params: Params = Arc::new(Mutex::new(None));
-        let back = BnBackward { saved: self.saved.clone(), params: params.clone() };
-        let dx = x.apply_op3_no_bwd(&grad.contiguous()?, w, &back)?;
-        let both = w.detach().apply_op1_no_bwd(&TakeParams(params))?;
-        let dw = w.track_op().then(|| both.narrow(0, 0, c)).transpose()?;
-        let db = b.track_op().then(|| both.narrow(0, c, c)).transpose()?;
+        let c = x.dim(1)?;
+        let (params, dres): (Slot, Slot) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None)));
+        let back = BnBackward {
+            saved: self.saved.clone(),
+            params: params.clone(),
+            out: self.then.relu.then(|| res.clone()),
+            dres: (self.then.residual && a3.track_op()).then(|| dres.clone()),
+            packed: self.then.residual,
+        };
+        let dx = x.apply_op3_no_bwd(&grad.contiguous()?, a2, &back)?;
+        let both = a2.detach().apply_op1_no_bwd(&Take(params))?;
+        if self.then.residual {
+            let dr = a3.track_op().then(|| a3.detach().apply_op1_no_bwd(&Take(dres))).transpose()?;
+            return Ok((x.track_op().then_some(dx), a2.track_op().then_some(both), dr));
+        }
+        let dw = a2.track_op().then(|| both.narrow(0, 0, c)).transpose()?;
+        let db = a3.track_op().then(|| both.narrow(0, c, c)).transpose()?;
         Ok((x.track_op().then_some(dx), dw, db))
+    }
+}
+
+/// The weight and bias (f32, C each) and the residual (x's type, as many
+/// elements) of a forward op's second and third operands (see [`Then`]).
+#[allow(clippy::type_complexity)]
+fn operands<'a, T: Elem>(
+    then: Then,
+    c: u32,
+    len: usize,
+    (s2, l2): (&'a CudaStorage, &Layout),
+    (s3, l3): (&'a CudaStorage, &Layout),
+) -> Result<(CudaView<'a, f32>, CudaView<'a, f32>, Option<CudaView<'a, T>>)> {
+    let c = c as usize;
+    if then.residual {
+        let wb = view::<f32>(s2, l2, "batch_norm")?;
+        let r = view::<T>(s3, l3, "batch_norm")?;
+        if wb.len() != 2 * c || r.len() != len {
+            bail!("batch_norm: {} parameters for {c} channels, a residual of {} for {len} values", wb.len(), r.len());
+        }
+        Ok((wb.slice(..c), wb.slice(c..), Some(r)))
+    } else {
+        let (w, b) = (view::<f32>(s2, l2, "batch_norm")?, view::<f32>(s3, l3, "batch_norm")?);
+        if w.len() != c || b.len() != c {
+            bail!("batch_norm: {} weights and {} biases for {c} channels", w.len(), b.len());
+        }
+        Ok((w, b, None))
     }
 }
 
@@ -242,19 +347,14 @@ impl BnForward {
         &self,
         xs: &CudaStorage,
         xl: &Layout,
-        ws: &CudaStorage,
-        wl: &Layout,
-        bs: &CudaStorage,
-        bl: &Layout,
+        a2: (&CudaStorage, &Layout),
+        a3: (&CudaStorage, &Layout),
     ) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
         let [n, c, h, w_] = dims4_u32(xl.shape(), "batch_norm")?;
         let hw = h * w_;
-        let (x, w, b) =
-            (view::<T>(xs, xl, "batch_norm")?, view::<f32>(ws, wl, "batch_norm")?, view::<f32>(bs, bl, "batch_norm")?);
-        if w.len() != c as usize || b.len() != c as usize {
-            bail!("batch_norm: {} weights and {} biases for {c} channels", w.len(), b.len());
-        }
+        let x = view::<T>(xs, xl, "batch_norm")?;
+        let (w, b, r) = operands::<T>(self.then, c, x.len(), a2, a3)?;
         let s = splits(n, c, hw);
         let blocks = c * s;
         // SAFETY: the stats kernel writes every partial (one pair per block), the
@@ -290,15 +390,17 @@ impl BnForward {
         };
         let (rm, rv, count) = held.as_ref().map_or((0, 0, 0), |(a, b, c)| (a.1, b.1, c.1));
         let momentum = self.running.as_ref().map_or(0.0, |r| r.3) as f32;
+        let (res, _res_guard) = address_or_null(r.as_ref(), &stream);
+        let relu = i32::from(self.then.relu);
         let f = kernel(&dev, "bn_forward", T::DTYPE)?;
         let mut k = stream.launch_builder(&f);
         let eps = self.eps as f32;
-        k.arg(&x).arg(&part).arg(&w).arg(&b).arg(&mut y).arg(&mut mean).arg(&mut invstd);
+        k.arg(&x).arg(&part).arg(&w).arg(&b).arg(&res).arg(&mut y).arg(&mut mean).arg(&mut invstd);
         k.arg(&rm).arg(&rv).arg(&count).arg(&momentum);
-        k.arg(&n).arg(&c).arg(&hw).arg(&s).arg(&eps);
+        k.arg(&n).arg(&c).arg(&hw).arg(&s).arg(&eps).arg(&relu);
         // SAFETY: the arguments of bn_forward in its order; w, b, mean, invstd and
         // the running statistics have C elements (or are null), the counter one,
-        // part 2 * C * S, x and y N*C*HW.
+        // part 2 * C * S, x, y and the residual (or null) N*C*HW.
         unsafe { launch(k, grid(blocks)) }?;
         drop(held);
         *self.saved.lock().expect("batch norm lock") = Some((mean, invstd));
@@ -306,15 +408,16 @@ impl BnForward {
     }
 }
 
-/// The weight and bias gradients (f32, weight then bias) computed by a
-/// backward pass beside the input gradient.
-type Params = Arc<Mutex<Option<CudaSlice<f32>>>>;
-
 /// (x, dy, weight) -> dx (in x's dtype); the weight and bias gradients go to
-/// `params`.
+/// `params`, the residual's (when asked for) to `dres`.
 struct BnBackward {
     saved: Saved,
-    params: Params,
+    params: Slot,
+    /// The forward op's output, when it applied a ReLU (its mask).
+    out: Option<Tensor>,
+    dres: Option<Slot>,
+    /// The weight operand is the weight and bias in one tensor (2C).
+    packed: bool,
 }
 
 impl CustomOp3 for BnBackward {
@@ -367,7 +470,8 @@ impl BnBackward {
         let hw = h * w_;
         let (x, dy, w) =
             (view::<T>(xs, xl, "batch_norm")?, view::<T>(dys, dyl, "batch_norm")?, view::<f32>(ws, wl, "batch_norm")?);
-        if dy.len() != x.len() || w.len() != c as usize {
+        let want = if self.packed { 2 * c as usize } else { c as usize };
+        if dy.len() != x.len() || w.len() != want {
             bail!(
                 "batch_norm backward: {} gradients for {} inputs, {} weights for {c} channels",
                 dy.len(),
@@ -375,51 +479,75 @@ impl BnBackward {
                 w.len()
             );
         }
+        let out = self.out.as_ref().map(address::<T>).transpose()?;
+        if self.out.as_ref().is_some_and(|o| o.elem_count() != x.len()) {
+            bail!("batch_norm backward: an output of another size than the input");
+        }
         let saved = self.saved.lock().expect("batch norm lock");
         let Some((mean, invstd)) = saved.as_ref() else { bail!("sweep-cuda-batch-norm-backward: no saved statistics") };
         let s = splits(n, c, hw);
         let blocks = c * s;
-        // SAFETY: as in the forward pass: every partial, every element of dx and the
-        // 2C parameter gradients are written before they are read.
-        let (mut part, mut dx, mut params) = unsafe {
-            (dev.alloc::<f64>(2 * blocks as usize)?, dev.alloc::<T>(x.len())?, dev.alloc::<f32>(2 * c as usize)?)
+        // SAFETY: as in the forward pass: every partial, every element of dx (and
+        // of the residual's gradient) and the 2C parameter gradients are written
+        // before they are read.
+        let (mut part, mut dx, mut params, mut dres) = unsafe {
+            (
+                dev.alloc::<f64>(2 * blocks as usize)?,
+                dev.alloc::<T>(x.len())?,
+                dev.alloc::<f32>(2 * c as usize)?,
+                self.dres.as_ref().map(|_| dev.alloc::<T>(x.len())).transpose()?,
+            )
         };
         let stream = dev.cuda_stream();
+        let out_ptr = out.as_ref().map_or(0, |o| o.1);
         let f = kernel(&dev, "bn_back_stats", T::DTYPE)?;
         let mut k = stream.launch_builder(&f);
-        k.arg(&x).arg(&dy).arg(mean).arg(&mut part).arg(&n).arg(&c).arg(&hw).arg(&s);
-        // SAFETY: the arguments of bn_back_stats in its order, of the sizes the forward pass had.
+        k.arg(&x).arg(&dy).arg(&out_ptr).arg(mean).arg(&mut part).arg(&n).arg(&c).arg(&hw).arg(&s);
+        // SAFETY: the arguments of bn_back_stats in its order, of the sizes the
+        // forward pass had; the output (or null) has N*C*HW elements.
         unsafe { launch(k, grid(blocks)) }?;
+        let dres_ptr = {
+            use cudarc::driver::DevicePtrMut;
+            dres.as_mut().map(|d| d.device_ptr_mut(&stream))
+        };
+        let dres_addr = dres_ptr.as_ref().map_or(0, |p| p.0);
         let f = kernel(&dev, "bn_backward", T::DTYPE)?;
         let mut k = stream.launch_builder(&f);
-        k.arg(&x).arg(&dy).arg(mean).arg(invstd).arg(&w).arg(&part).arg(&mut dx).arg(&mut params);
-        k.arg(&n).arg(&c).arg(&hw).arg(&s);
-        // SAFETY: the arguments of bn_backward in its order; params has 2C elements.
+        k.arg(&x).arg(&dy).arg(&out_ptr).arg(mean).arg(invstd).arg(&w).arg(&part).arg(&mut dx);
+        k.arg(&dres_addr).arg(&mut params).arg(&n).arg(&c).arg(&hw).arg(&s);
+        // SAFETY: the arguments of bn_backward in its order; params has 2C elements,
+        // the weight at least C, the residual's gradient (or null) N*C*HW.
         unsafe { launch(k, grid(blocks)) }?;
-        *self.params.lock().expect("batch norm lock") = Some(params);
+        drop(dres_ptr);
+        drop(out);
+        *self.params.lock().expect("batch norm lock") =
+            Some((CudaStorage::wrap_cuda_slice(params, dev.clone()), Shape::from(2 * c as usize)));
+        if let (Some(slot), Some(d)) = (&self.dres, dres) {
+            *slot.lock().expect("batch norm lock") =
+                Some((CudaStorage::wrap_cuda_slice(d, dev.clone()), xl.shape().clone()));
+        }
         Ok((CudaStorage::wrap_cuda_slice(dx, dev), xl.shape().clone()))
     }
 }
 
-/// Hands over the parameter gradients a [`BnBackward`] left (2C floats), as
-/// a tensor, without a copy.
-struct TakeParams(Params);
+/// Hands over what a [`BnBackward`] left in a [`Slot`], as a tensor, without
+/// a copy (the operand only names the device).
+struct Take(Slot);
 
-impl CustomOp1 for TakeParams {
+impl CustomOp1 for Take {
     fn name(&self) -> &'static str {
-        "sweep-cuda-batch-norm-param-grads"
+        "sweep-cuda-batch-norm-grads"
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         bail!("{}: a CUDA op on the CPU", self.name())
     }
 
-    fn cuda_fwd(&self, s: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        let Some(params) = self.0.lock().expect("batch norm lock").take() else {
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        let Some(taken) = self.0.lock().expect("batch norm lock").take() else {
             bail!("{}: the backward pass left nothing", self.name())
         };
-        let len = params.len();
-        Ok((CudaStorage::wrap_cuda_slice(params, s.device().clone()), Shape::from(len)))
+        Ok(taken)
     }
 }
 
@@ -428,16 +556,30 @@ impl CustomOp1 for TakeParams {
 /// x's dtype) and, in the same kernel, updates the f32 running statistics in
 /// place as PyTorch (`running = (1 - momentum) * running + momentum * batch`,
 /// the variance unbiased) and adds one to the i64 `num_batches_tracked`.
+/// With `residual` (x's shape and dtype) the output is `bn(x) + residual`,
+/// with `relu` passed through a ReLU, in the same kernel (and both gradients
+/// from BatchNorm's backward kernels): no tensor of the normalised values is
+/// kept for the backward pass.
 pub fn batch_norm_train_cuda(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
     (running_mean, running_var, num_batches_tracked, momentum): (&Tensor, &Tensor, &Tensor, f64),
+    relu: bool,
+    residual: Option<&Tensor>,
 ) -> Result<Tensor> {
     let saved: Saved = Arc::new(Mutex::new(None));
     let running = Some((running_mean.clone(), running_var.clone(), num_batches_tracked.clone(), momentum));
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, BnForward { eps, saved, running })
+    let then = Then { relu, residual: residual.is_some() };
+    let op = BnForward { eps, saved, running, then };
+    match residual {
+        Some(r) => {
+            let wb = Tensor::cat(&[weight, bias], 0)?;
+            x.contiguous()?.apply_op3(&wb, &r.contiguous()?, op)
+        }
+        None => x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op),
+    }
 }
 
 /// BatchNorm with fixed statistics (eval mode) as one kernel, for a pass
@@ -446,6 +588,9 @@ struct BnEval {
     /// Running mean, running variance, weight, bias (f32, C each).
     params: [Tensor; 4],
     eps: f64,
+    relu: bool,
+    /// Added before the ReLU (x's shape and dtype).
+    residual: Option<Tensor>,
 }
 
 impl CustomOp1 for BnEval {
@@ -483,6 +628,12 @@ impl BnEval {
             }
             params.push(v);
         }
+        let residual = self.residual.as_ref().map(address::<T>).transpose()?;
+        if self.residual.as_ref().is_some_and(|r| r.elem_count() != x.len()) {
+            bail!("batch_norm: a residual of another size than the input");
+        }
+        let res = residual.as_ref().map_or(0, |r| r.1);
+        let relu = i32::from(self.relu);
         let s = splits(n, c, hw);
         // SAFETY: bn_eval writes every element of y.
         let mut y = unsafe { dev.alloc::<T>(x.len()) }?;
@@ -490,17 +641,21 @@ impl BnEval {
         let f = kernel(&dev, "bn_eval", T::DTYPE)?;
         let mut k = stream.launch_builder(&f);
         let eps = self.eps as f32;
-        k.arg(&x).arg(&params[0]).arg(&params[1]).arg(&params[2]).arg(&params[3]).arg(&mut y);
-        k.arg(&n).arg(&c).arg(&hw).arg(&s).arg(&eps);
+        k.arg(&x).arg(&params[0]).arg(&params[1]).arg(&params[2]).arg(&params[3]).arg(&res).arg(&mut y);
+        k.arg(&n).arg(&c).arg(&hw).arg(&s).arg(&eps).arg(&relu);
         // SAFETY: the arguments of bn_eval in its order; the four parameters have C
-        // elements, x and y N*C*HW.
+        // elements, x, y and the residual (or null) N*C*HW.
         unsafe { launch(k, grid(c * s)) }?;
+        drop(residual);
         Ok((CudaStorage::wrap_cuda_slice(y, dev), xl.shape().clone()))
     }
 }
 
 /// BatchNorm with the running statistics on CUDA, for f32 or bf16 `x` that
-/// needs no gradient (f32 statistics and parameters, C each): one kernel.
+/// needs no gradient (f32 statistics and parameters, C each): one kernel,
+/// which also adds `residual` and applies the ReLU when asked (as
+/// [`batch_norm_train_cuda`]).
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_eval_cuda(
     x: &Tensor,
     running_mean: &Tensor,
@@ -508,10 +663,13 @@ pub fn batch_norm_eval_cuda(
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
+    relu: bool,
+    residual: Option<&Tensor>,
 ) -> Result<Tensor> {
     let params = [running_mean, running_var, weight, bias].map(|t| t.detach().contiguous());
     let [a, b, c, d] = params;
-    x.contiguous()?.apply_op1_no_bwd(&BnEval { params: [a?, b?, c?, d?], eps })
+    let residual = residual.map(|r| r.detach().contiguous()).transpose()?;
+    x.contiguous()?.apply_op1_no_bwd(&BnEval { params: [a?, b?, c?, d?], eps, relu, residual })
 }
 
 #[cfg(test)]

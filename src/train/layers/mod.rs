@@ -23,7 +23,8 @@
 //! * On CUDA, [`GpuKernels`] (`SWEEP_GPU_KERNELS`) chooses between candle's
 //!   kernels and the `cudnn` set: cuDNN's convolutions (`conv_cudnn.rs`) and
 //!   our own kernels, compiled by NVRTC at first use, for BatchNorm
-//!   (`bn_cuda.rs`), max-pool (`pool_cuda.rs`), ReLU and `relu(a + b)`
+//!   (`bn_cuda.rs`, with the ReLU or a ResNet block's residual and ReLU in
+//!   the same kernels), max-pool (`pool_cuda.rs`), ReLU and `relu(a + b)`
 //!   (`relu_cuda.rs`), f32 or bf16, and the optimisers' step (`optim_cuda.rs`),
 //!   all with `--features cudnn` (what they share: `cuda.rs`).
 //!

@@ -9,7 +9,7 @@
 //! autograd never walks into a fully frozen stem).
 
 use super::super::layers::{
-    batch_norm_cpu, batch_norm_relu_max_pool2_cpu, channel_stats, conv2d, max_pool2d, ConvParams, PoolParams,
+    add_relu, batch_norm_cpu, batch_norm_relu_max_pool2_cpu, channel_stats, conv2d, max_pool2d, ConvParams, PoolParams,
 };
 use super::super::rng::{stream, Rng};
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -238,21 +238,29 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// Applies the layer to `xs` (N, C, H, W).
     pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.apply(xs, train, false, false)
+        self.apply(xs, train, Then::default())
     }
 
-    /// `relu(self.forward(xs, train))`, on the CPU as one op each way.
+    /// `relu(self.forward(xs, train))`, on the CPU and (with the cudnn
+    /// kernels) on CUDA as one op each way.
     pub fn forward_relu(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.apply(xs, train, true, false)
+        self.apply(xs, train, Then { relu: true, ..Then::default() })
     }
 
     /// `max_pool2d(relu(self.forward(xs, train)), 2, 2)`, on the CPU as one op
     /// each way.
     pub fn forward_relu_max_pool2(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.apply(xs, train, true, true)
+        self.apply(xs, train, Then { relu: true, pool: true, residual: None })
     }
 
-    fn apply(&self, xs: &Tensor, train: bool, relu: bool, pool: bool) -> Result<Tensor> {
+    /// `relu(self.forward(xs, train) + residual)` (a ResNet block's end): on
+    /// CUDA with the cudnn kernels one op each way, so that no tensor of
+    /// the normalised values is kept for the backward pass.
+    pub fn forward_add_relu(&self, xs: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+        self.apply(xs, train, Then { relu: true, pool: false, residual: Some(residual) })
+    }
+
+    fn apply(&self, xs: &Tensor, train: bool, then: Then<'_>) -> Result<Tensor> {
         let (n, c, h, w) = xs.dims4()?;
         let batch_stats = train && !self.fixed_stats;
         let m = n * h * w;
@@ -267,9 +275,10 @@ impl BatchNorm {
             } else {
                 (self.running_mean.as_tensor().to_vec1::<f32>()?, self.running_var.as_tensor().to_vec1::<f32>()?)
             };
-            let y = if pool {
+            let y = if then.pool {
                 batch_norm_relu_max_pool2_cpu(xs, &self.weight, &self.bias, mean.clone(), &var, self.eps, batch_stats)?
             } else {
+                let relu = then.relu && then.residual.is_none();
                 batch_norm_cpu(xs, &self.weight, &self.bias, mean.clone(), &var, self.eps, batch_stats, relu)?
             };
             if batch_stats {
@@ -277,11 +286,21 @@ impl BatchNorm {
                 let unbiased: Vec<f32> = var.iter().map(|&v| v * m as f32 / (m - 1) as f32).collect();
                 self.update_stats(&Tensor::from_vec(mean, c, dev)?, &Tensor::from_vec(unbiased, c, dev)?)?;
             }
-            return match self.round {
-                Some(dtype) => round_to(dtype, &y),
+            let y = match self.round {
+                Some(dtype) => round_to(dtype, &y)?,
+                None => y,
+            };
+            return match then.residual {
+                Some(r) => add_relu(&y, r),
                 None => Ok(y),
             };
         }
+        // The residual joins the CUDA kernels when it is like x (else it is added after).
+        #[cfg(feature = "cudnn")]
+        let fused = then.residual.filter(|r| r.dtype() == xs.dtype() && r.shape() == xs.shape());
+        // The kernels' ReLU comes after the residual: not theirs when the residual is added after.
+        #[cfg(feature = "cudnn")]
+        let relu = then.relu && (then.residual.is_none() || fused.is_some());
         #[cfg(feature = "cudnn")]
         if batch_stats && matches!(xs.dtype(), DType::F32 | DType::BF16) && crate::train::layers::use_cudnn(xs.device())
         {
@@ -291,18 +310,36 @@ impl BatchNorm {
                 self.num_batches_tracked.as_tensor(),
                 self.momentum,
             );
-            let y = crate::train::layers::batch_norm_train_cuda(xs, &self.weight, &self.bias, self.eps, running)?;
-            return Self::after(y, relu, pool);
+            let y = crate::train::layers::batch_norm_train_cuda(
+                xs,
+                &self.weight,
+                &self.bias,
+                self.eps,
+                running,
+                relu,
+                fused,
+            )?;
+            return Self::after(y, Then { relu: false, pool: then.pool, residual: then.residual.xor(fused) });
         }
         #[cfg(feature = "cudnn")]
         if !batch_stats
             && matches!(xs.dtype(), DType::F32 | DType::BF16)
             && ![xs, &self.weight, &self.bias].iter().any(|t| t.track_op())
+            && !fused.is_some_and(Tensor::track_op)
             && crate::train::layers::use_cudnn(xs.device())
         {
             let (rm, rv) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
-            let y = crate::train::layers::batch_norm_eval_cuda(xs, rm, rv, &self.weight, &self.bias, self.eps)?;
-            return Self::after(y, relu, pool);
+            let y = crate::train::layers::batch_norm_eval_cuda(
+                xs,
+                rm,
+                rv,
+                &self.weight,
+                &self.bias,
+                self.eps,
+                relu,
+                fused,
+            )?;
+            return Self::after(y, Then { relu: false, pool: then.pool, residual: then.residual.xor(fused) });
         }
         // Other devices: the same computation as tensor ops, in f32 (bf16
         // activations come back in bf16).
@@ -315,7 +352,7 @@ impl BatchNorm {
             let inv = (self.running_var.as_tensor().detach() + self.eps)?.sqrt()?.recip()?.reshape(shape)?;
             let mean = self.running_mean.as_tensor().detach().reshape(shape)?;
             let y = xs.broadcast_sub(&mean)?.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias)?;
-            return Self::after(y.to_dtype(dtype)?, relu, pool);
+            return Self::after(y.to_dtype(dtype)?, then);
         }
         let mean = (xs.sum_keepdim((0, 2, 3))? / m as f64)?;
         let centered = xs.broadcast_sub(&mean)?;
@@ -324,13 +361,18 @@ impl BatchNorm {
         let y = centered.broadcast_mul(&inv.broadcast_mul(&weight)?)?.broadcast_add(&bias)?;
         let unbiased = (var.detach().flatten_all()? * (m as f64 / (m - 1) as f64))?;
         self.update_stats(&mean.detach().flatten_all()?, &unbiased)?;
-        Self::after(y.to_dtype(dtype)?, relu, pool)
+        Self::after(y.to_dtype(dtype)?, then)
     }
 
-    /// The ReLU and the 2x2/2 max-pool that [`Self::apply`] fuses on the CPU.
-    fn after(y: Tensor, relu: bool, pool: bool) -> Result<Tensor> {
-        let y = if relu { crate::train::layers::relu(&y)? } else { y };
-        if pool {
+    /// What `then` asks for that the normalisation's op did not do: the
+    /// residual and the ReLU, or the ReLU, then the 2x2/2 max-pool.
+    fn after(y: Tensor, then: Then<'_>) -> Result<Tensor> {
+        let y = match (then.residual, then.relu) {
+            (Some(r), _) => add_relu(&y, r)?,
+            (None, true) => crate::train::layers::relu(&y)?,
+            (None, false) => y,
+        };
+        if then.pool {
             max_pool2d(&y, PoolParams { kernel: 2, stride: 2, padding: 0 })
         } else {
             Ok(y)
@@ -344,6 +386,16 @@ impl BatchNorm {
         self.running_var.set(&((self.running_var.as_tensor() * (1.0 - mom))? + (unbiased_var * mom)?)?)?;
         self.num_batches_tracked.set(&(self.num_batches_tracked.as_tensor().detach() + 1.0)?)
     }
+}
+
+/// What follows a BatchNorm in the same op where a backend can fuse it: a
+/// residual added, a ReLU, a 2x2/2 max-pool (a residual implies the ReLU:
+/// `relu(bn(x) + residual)`).
+#[derive(Clone, Copy, Default)]
+struct Then<'a> {
+    relu: bool,
+    pool: bool,
+    residual: Option<&'a Tensor>,
 }
 
 /// Inverted dropout with a mask from `rng` (identity when not training or p = 0).

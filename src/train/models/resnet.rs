@@ -6,7 +6,7 @@
 use super::nn::{BatchNorm, Builder, Conv, Init};
 use super::{Classifier, HeadNet};
 use crate::spec::{Head, Stem};
-use crate::train::layers::{adaptive_avg_pool2d, add_relu, max_pool2d, PoolParams};
+use crate::train::layers::{adaptive_avg_pool2d, max_pool2d, PoolParams};
 use crate::train::rng::Rng;
 use candle_core::{Result, Tensor};
 
@@ -16,21 +16,20 @@ struct Block {
 }
 
 impl Block {
+    /// `relu(convs(xs) + identity)`, the last BatchNorm, the sum and the
+    /// ReLU as one op where the backend fuses them.
     fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = xs.clone();
-        let last = self.convs.len() - 1;
-        for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            y = if i < last {
-                bn.forward_relu(&conv.forward(&y)?, train)?
-            } else {
-                bn.forward(&conv.forward(&y)?, train)?
-            };
+        let (last, rest) = self.convs.split_last().expect("a block has convolutions");
+        for (conv, bn) in rest {
+            y = bn.forward_relu(&conv.forward(&y)?, train)?;
         }
+        let y = last.0.forward(&y)?;
         let identity = match &self.downsample {
             Some((conv, bn)) => bn.forward(&conv.forward(xs)?, train)?,
             None => xs.clone(),
         };
-        add_relu(&y, &identity)
+        last.1.forward_add_relu(&y, &identity, train)
     }
 }
 
