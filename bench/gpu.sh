@@ -16,7 +16,8 @@
 #   3. one training step of ResNet18 at 224, batch 50, f32/tf32/bf16, each phase timed (train_step),
 #      and its kernels under Nsight Compute, summed by name (bench/ncu_top.py; PROFILE=0 skips);
 #   4. ResNet18 at 224x224, batch 50, 2 epochs of generated data, f32/tf32/bf16 (`sweep submit`),
-#      next to torchvision's ResNet18 with the same settings (bench/gpu_torch.py).
+#      next to torchvision's ResNet18 with the same settings (bench/gpu_torch.py);
+#   5. (PARTS=term only) the term report's whole ResNet18 run on generated data of CIFAR-10's size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -71,7 +72,8 @@ print(":".join(dirs))' 2>/dev/null || true)
     }
     { nvidia-smi; uname -a; } >"$out/nvidia-smi.txt" 2>&1 || true
     home=$(mktemp -d)
-    # PARTS: what to run (all by default): quickstart checks steps profile trainer torch
+    # PARTS: what to run (all by default): quickstart checks steps profile trainer torch;
+    # `term` (the term report's 20-epoch ResNet18 run, about 4 minutes) only when named
     parts=" ${PARTS:-quickstart checks steps profile trainer torch} "
     has() { [[ $parts == *" $1 "* ]]; }
     for k in $kernels; do
@@ -162,6 +164,44 @@ TOML
                     >>"$out/summary.txt" 2>&1 || true
         done
     done
+    # The term report's ResNet18 run (experiments/report.toml's resnet18-finetune: 20 epochs of
+    # 50,000 images resized to 224, batch 50, SGD momentum 0.9, lr 0.01 x0.5 at epoch 5 and x0.1 at
+    # 10, a test pass of 10,000 after each epoch, a checkpoint per epoch) on generated images of
+    # CIFAR-10's size and count, bf16, the first kernel set: the issue's "under 3 minutes" goal.
+    # Only when PARTS names it (about 4 minutes); TERM_EPOCHS shortens it.
+    if has term; then
+        k=${kernels##* }
+        e=${TERM_EPOCHS:-20}
+        cat >"$home/term.toml" <<TOML
+name = "term-r18"
+dataset = { name = "synthetic", train_size = 50000, test_size = 10000 }
+device = "cuda:0"
+[defaults]
+model = "resnet18"
+batch_size = 50
+epochs = $e
+precision = "bf16"
+optimizer = { name = "sgd", lr = 0.01, momentum = 0.9 }
+schedule = { name = "multistep", milestones = [5, 10], factors = [0.5, 0.1] }
+[augment.resize224]
+train = [{ resize = { size = 224 } }, { normalize = "cifar10" }]
+test = [{ resize = { size = 224 } }, { normalize = "cifar10" }]
+[[run]]
+augment = "resize224"
+TOML
+        SWEEP_GPU_KERNELS=$k step 330 "$k: the term report's resnet18 run, $e epochs of 50000 + 10000 test, bf16" \
+            "$bin" --home "$home/term" -q submit "$home/term.toml"
+        "$bin" --home "$home/term" results --columns name,status,epochs,img/s,time,test_acc --format csv >>"$out/summary.txt" 2>&1 || true
+        "$bin" --home "$home/term" show "term-r18/run1" --format json 2>&1 | tee -a "$out/log.txt" |
+            python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+ep = r.get("epochs") or []
+tot = sum(x["seconds"] for x in ep)
+print("   %d epochs in %.1f s (%.2f min; epochs: %s s); peak GPU memory %.0f MiB" % (
+    len(ep), tot, tot / 60, ", ".join("%.1f" % x["seconds"] for x in ep), (r.get("peak_memory_bytes") or 0) / 2**20))
+' >>"$out/summary.txt" 2>&1 || true
+    fi
     has torch && step 200 "torch baseline" bash -c "set -o pipefail; python3 bench/gpu_torch.py $n | tee -a $out/summary.txt"
     cat "$out/summary.txt"
     ;;
