@@ -59,6 +59,22 @@ for precision in ["f32", "tf32", "bf16", "bf16-channels-last"]:
     free, total = torch.cuda.mem_get_info()
     print(f"torch resnet18 224 batch 50 {precision}: {n / secs:.0f} img/s, {secs:.1f} s for {n} images, peak {peak:.0f} MiB "
           f"(reserved {reserved:.0f}, device in use {(total - free) / 2**20:.0f}), loss {loss.item():.4f}")
+    # the test pass sweep's trainer makes after each epoch (500 images at batch 256, eval mode,
+    # no gradients): the same work for the peak-memory comparison (not in the timing above)
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
+        for i in range(0, 500, 256):
+            idx = order[i : min(i + 256, 500)]
+            x = F.interpolate(data[idx].float() / 255, size=224, mode="bilinear", antialias=True, align_corners=False)
+            x = (x - mean) / std
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            model(x).float().argmax(1)
+    torch.cuda.synchronize()
+    model.train()
+    free, total = torch.cuda.mem_get_info()
+    print(f"torch resnet18 224 batch 50 {precision}, with a test pass of 500 at batch 256: peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB "
+          f"(reserved {torch.cuda.max_memory_reserved() / 2**20:.0f}, device in use {(total - free) / 2**20:.0f})")
     # the model alone, as examples/train_step.rs's line "without synchronisations":
     # 22 steps on one random batch already at 224, the loss read once at the end
     xb = torch.randn(50, 3, 224, 224, device=dev)
