@@ -16,8 +16,10 @@
 //! image's crop window and flip and turns them into a row map and a column
 //! map (source row and column of every output pixel, or the fill value); on
 //! the device one `index_select` picks the batch and two `gather`s apply the
-//! maps, followed by the tail. Same random draws, same pixels (tested against
-//! the host path on the CPU device).
+//! maps, followed by the tail (without crops and flips, no maps: the picked
+//! images go straight to the tail). Same random draws, same pixels (tested
+//! against the host path on the CPU device). The tail's constants (the
+//! resize's matrices, the normalisation's mean and std) are uploaded once.
 //!
 //! [`Loader`] assembles the batches of one epoch on `threads` scoped threads:
 //! thread `k` builds batches `k`, `k + threads`, … and hands them over through
@@ -44,9 +46,11 @@ pub enum Pixels {
     Indexed {
         /// The images, by index in the split.
         images: Vec<u32>,
-        /// Per image, the source row of each output row (the image height: fill).
+        /// Per image, the source row of each output row (the image height: fill);
+        /// empty when the pipeline neither crops nor flips.
         rows: Vec<u32>,
-        /// Per image, the source column of each output column (the width: fill).
+        /// Per image, the source column of each output column (the width: fill);
+        /// empty when the pipeline neither crops nor flips.
         cols: Vec<u32>,
     },
 }
@@ -71,6 +75,10 @@ pub struct Pipeline {
     tail: Vec<Transform>,
     host_u8: bool,
     resident: Option<Resident>,
+    /// The tail's constant tensors (the resize's interpolation matrices, the
+    /// normalisation's mean and std), uploaded once per device and size
+    /// instead of once per batch.
+    consts: std::sync::Arc<std::sync::Mutex<Vec<(String, Tensor)>>>,
 }
 
 /// A split uploaded to the device, for [`Pipeline::resident`].
@@ -164,7 +172,13 @@ impl Pipeline {
 
     fn with_tail(transforms: &[Transform], tail: usize) -> Pipeline {
         let (host, tail) = transforms.split_at(transforms.len() - tail);
-        Pipeline { host: host.to_vec(), tail: tail.to_vec(), host_u8: host.iter().all(exact_on_bytes), resident: None }
+        Pipeline {
+            host: host.to_vec(),
+            tail: tail.to_vec(),
+            host_u8: host.iter().all(exact_on_bytes),
+            resident: None,
+            consts: std::sync::Arc::default(),
+        }
     }
 
     /// The row and column maps of the host part for image `i` (see [`Pixels::Indexed`]).
@@ -225,7 +239,12 @@ impl Pipeline {
             let (mut h, mut w) = (0, 0);
             for &i in indices {
                 labels.push(split.labels[i]);
-                (h, w) = self.index_maps(split, i, seed, epoch, &mut rows, &mut cols);
+                // Without crops and flips the maps are the identity: none are drawn.
+                (h, w) = if self.host.is_empty() {
+                    split.size(i)
+                } else {
+                    self.index_maps(split, i, seed, epoch, &mut rows, &mut cols)
+                };
             }
             let images = indices.iter().map(|&i| i as u32).collect();
             return Batch { pixels: Pixels::Indexed { images, rows, cols }, labels, h, w };
@@ -268,15 +287,12 @@ impl Pipeline {
                 let (h, w) = (batch.h, batch.w);
                 let picked = r.images.index_select(&Tensor::from_slice(images, n, device)?, 0)?;
                 let x = (picked.to_dtype(DType::F32)? / 255.0)?;
-                // One more row and column holding the fill value: index h0 (w0) in the maps.
-                let fill = f64::from(r.fill) / 255.0;
-                let x = Tensor::cat(&[x, (Tensor::ones((n, 3, 1, w0), DType::F32, device)? * fill)?], 2)?;
-                let x = Tensor::cat(&[x, (Tensor::ones((n, 3, h0 + 1, 1), DType::F32, device)? * fill)?], 3)?;
-                let ri =
-                    Tensor::from_slice(rows, (n, 1, h, 1), device)?.broadcast_as((n, 3, h, w0 + 1))?.contiguous()?;
-                let x = x.contiguous()?.gather(&ri, 2)?;
-                let ci = Tensor::from_slice(cols, (n, 1, 1, w), device)?.broadcast_as((n, 3, h, w))?.contiguous()?;
-                x.contiguous()?.gather(&ci, 3)?
+                if self.host.is_empty() {
+                    // No crop or flip: the images as they are (no maps were drawn).
+                    x
+                } else {
+                    Self::mapped(&x, (rows, cols), (h0, w0), (h, w), r.fill, device)?
+                }
             }
         };
         for t in &self.tail {
@@ -284,11 +300,26 @@ impl Pipeline {
                 Transform::Resize { size } => {
                     let (_, _, h, w) = x.dims4()?;
                     let (oh, ow) = geometry::resized_size(*size, h, w);
-                    resize_tensor(&x, oh, ow)?
+                    if (oh, ow) == (h, w) {
+                        x
+                    } else {
+                        let rx = self.constant(device, &format!("resize {w} {ow}"), || {
+                            Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(w, ow), w), (ow, w), device)?.t()
+                        })?;
+                        let ry = self.constant(device, &format!("resize {h} {oh}"), || {
+                            Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(h, oh), h), (oh, h), device)?.t()
+                        })?;
+                        resize_with(&x, &rx, &ry)?
+                    }
                 }
                 Transform::Normalize(nz) => {
-                    let mean = Tensor::from_slice(&nz.mean.map(|v| v as f32), (1, 3, 1, 1), device)?;
-                    let std = Tensor::from_slice(&nz.std.map(|v| v as f32), (1, 3, 1, 1), device)?;
+                    let key = format!("normalize {:?} {:?}", nz.mean, nz.std);
+                    let mean = self.constant(device, &format!("{key} mean"), || {
+                        Tensor::from_slice(&nz.mean.map(|v| v as f32), (1, 3, 1, 1), device)
+                    })?;
+                    let std = self.constant(device, &format!("{key} std"), || {
+                        Tensor::from_slice(&nz.std.map(|v| v as f32), (1, 3, 1, 1), device)
+                    })?;
                     x.broadcast_sub(&mean)?.broadcast_div(&std)?
                 }
                 _ => unreachable!("only resize and normalize run as tensor ops"),
@@ -297,22 +328,68 @@ impl Pipeline {
         let y = Tensor::from_slice(&batch.labels, n, device)?;
         Ok((x, y))
     }
+
+    /// The tail's constant `name` on `device`, made by `make` the first time.
+    fn constant(
+        &self,
+        device: &Device,
+        name: &str,
+        make: impl FnOnce() -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let key = format!("{:?} {name}", device.location());
+        let mut consts = self.consts.lock().expect("pipeline constants lock");
+        if let Some((_, t)) = consts.iter().find(|(k, _)| *k == key) {
+            return Ok(t.clone());
+        }
+        let t = make()?;
+        consts.push((key, t.clone()));
+        Ok(t)
+    }
+
+    /// `x` (N, 3, h0, w0) through each image's row and column maps (see
+    /// [`Pixels::Indexed`]) into (N, 3, h, w).
+    fn mapped(
+        x: &Tensor,
+        (rows, cols): (&[u32], &[u32]),
+        (h0, w0): (usize, usize),
+        (h, w): (usize, usize),
+        fill: u8,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let n = x.dim(0)?;
+        // One more row and column holding the fill value: index h0 (w0) in the maps.
+        let fill = f64::from(fill) / 255.0;
+        let x = Tensor::cat(&[x.clone(), (Tensor::ones((n, 3, 1, w0), DType::F32, device)? * fill)?], 2)?;
+        let x = Tensor::cat(&[x, (Tensor::ones((n, 3, h0 + 1, 1), DType::F32, device)? * fill)?], 3)?;
+        let ri = Tensor::from_slice(rows, (n, 1, h, 1), device)?.broadcast_as((n, 3, h, w0 + 1))?.contiguous()?;
+        let x = x.contiguous()?.gather(&ri, 2)?;
+        let ci = Tensor::from_slice(cols, (n, 1, 1, w), device)?.broadcast_as((n, 3, h, w))?.contiguous()?;
+        x.contiguous()?.gather(&ci, 3)
+    }
 }
 
 /// The antialiased bilinear resize of a (N, C, H, W) tensor as two matmuls
 /// with the interpolation matrices (exactly the host resize's weights).
 pub fn resize_tensor(x: &Tensor, oh: usize, ow: usize) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
+    let (_, _, h, w) = x.dims4()?;
     if (oh, ow) == (h, w) {
         return Ok(x.clone());
     }
     let dev = x.device();
     let rx = Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(w, ow), w), (ow, w), dev)?;
     let ry = Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(h, oh), h), (oh, h), dev)?;
+    resize_with(x, &rx.t()?, &ry.t()?)
+}
+
+/// [`resize_tensor`] with the transposed interpolation matrices given: `rx_t`
+/// (W, OW) and `ry_t` (H, OH).
+fn resize_with(x: &Tensor, rx_t: &Tensor, ry_t: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (ow, oh) = (rx_t.dim(1)?, ry_t.dim(1)?);
     // Rows: (N C H, W) x (W, OW); then columns: (N C OW, H) x (H, OH).
-    let x = x.contiguous()?.reshape((n * c * h, w))?.matmul(&rx.t()?)?;
+    let x = x.contiguous()?.reshape((n * c * h, w))?.matmul(rx_t)?;
     let x = x.reshape((n * c, h, ow))?.transpose(1, 2)?.contiguous()?.reshape((n * c * ow, h))?;
-    let x = x.matmul(&ry.t()?)?.reshape((n * c, ow, oh))?.transpose(1, 2)?.contiguous()?;
+    let x = x.matmul(ry_t)?.reshape((n * c, ow, oh))?.transpose(1, 2)?.contiguous()?;
     x.reshape((n, c, oh, ow))
 }
 

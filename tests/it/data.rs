@@ -197,6 +197,8 @@ fn a_resident_split_cropped_and_flipped_by_indexing_equals_the_host_pipeline() {
         r"t = [{ hflip = {} }, { random_crop = { size = 30, padding = 5, fill = 128 } }, { center_crop = { size = 26 } }]",
         r#"t = [{ center_crop = { size = 36 } }, { normalize = "imagenet" }]"#,
         r#"t = [{ normalize = "cifar10" }]"#,
+        // The term report's ResNet18 recipe: no crop or flip (no maps), then the resize.
+        r#"t = [{ resize = { size = 64 } }, { normalize = "cifar10" }]"#,
     ];
     let split = uniform_split(23, 32, 32);
     let order: Vec<usize> = (0..23).rev().collect();
