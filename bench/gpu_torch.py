@@ -33,11 +33,13 @@ for precision in ["f32", "tf32", "bf16", "bf16-channels-last"]:
     model.train()
     order = torch.randperm(n, device=dev)
 
-    def step(idx):
+    def images(idx):
         x = F.interpolate(data[idx].float() / 255, size=224, mode="bilinear", antialias=True, align_corners=False)
         x = (x - mean) / std
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=torch.channels_last) if cl else x
+
+    def step(idx):
+        x = images(idx)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
             loss = F.cross_entropy(model(x), labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -64,12 +66,7 @@ for precision in ["f32", "tf32", "bf16", "bf16-channels-last"]:
     model.eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision.startswith("bf16")):
         for i in range(0, 500, 256):
-            idx = order[i : min(i + 256, 500)]
-            x = F.interpolate(data[idx].float() / 255, size=224, mode="bilinear", antialias=True, align_corners=False)
-            x = (x - mean) / std
-            if cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            model(x).float().argmax(1)
+            model(images(order[i : min(i + 256, 500)])).float().argmax(1)
     torch.cuda.synchronize()
     model.train()
     free, total = torch.cuda.mem_get_info()

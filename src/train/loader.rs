@@ -303,12 +303,8 @@ impl Pipeline {
                     if (oh, ow) == (h, w) {
                         x
                     } else {
-                        let rx = self.constant(device, &format!("resize {w} {ow}"), || {
-                            Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(w, ow), w), (ow, w), device)?.t()
-                        })?;
-                        let ry = self.constant(device, &format!("resize {h} {oh}"), || {
-                            Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(h, oh), h), (oh, h), device)?.t()
-                        })?;
+                        let rx = self.constant(device, &format!("resize {w} {ow}"), || taps_t(w, ow, device))?;
+                        let ry = self.constant(device, &format!("resize {h} {oh}"), || taps_t(h, oh, device))?;
                         resize_with(&x, &rx, &ry)?
                     }
                 }
@@ -375,10 +371,13 @@ pub fn resize_tensor(x: &Tensor, oh: usize, ow: usize) -> candle_core::Result<Te
     if (oh, ow) == (h, w) {
         return Ok(x.clone());
     }
-    let dev = x.device();
-    let rx = Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(w, ow), w), (ow, w), dev)?;
-    let ry = Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(h, oh), h), (oh, h), dev)?;
-    resize_with(x, &rx.t()?, &ry.t()?)
+    resize_with(x, &taps_t(w, ow, x.device())?, &taps_t(h, oh, x.device())?)
+}
+
+/// The (inp, out) matrix whose columns are the antialiased bilinear weights
+/// of each output position (the transposed interpolation matrix).
+fn taps_t(inp: usize, out: usize, device: &Device) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(geometry::taps_matrix(&geometry::aa_taps(inp, out), inp), (out, inp), device)?.t()
 }
 
 /// [`resize_tensor`] with the transposed interpolation matrices given: `rx_t`

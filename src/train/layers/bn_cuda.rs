@@ -227,8 +227,8 @@ struct Then {
 
 /// The device address of an optional buffer (0 for none), with the guard
 /// that must live until the launch.
-fn address_or_null<'a, T>(
-    v: Option<&'a CudaView<'_, T>>,
+fn address_or_null<'a, T, P: DevicePtr<T>>(
+    v: Option<&'a P>,
     stream: &'a cudarc::driver::CudaStream,
 ) -> (u64, Option<impl Sized + 'a>) {
     match v {
@@ -490,7 +490,7 @@ impl BnBackward {
         // SAFETY: as in the forward pass: every partial, every element of dx (and
         // of the residual's gradient) and the 2C parameter gradients are written
         // before they are read.
-        let (mut part, mut dx, mut params, mut dres) = unsafe {
+        let (mut part, mut dx, mut params, dres) = unsafe {
             (
                 dev.alloc::<f64>(2 * blocks as usize)?,
                 dev.alloc::<T>(x.len())?,
@@ -506,11 +506,7 @@ impl BnBackward {
         // SAFETY: the arguments of bn_back_stats in its order, of the sizes the
         // forward pass had; the output (or null) has N*C*HW elements.
         unsafe { launch(k, grid(blocks)) }?;
-        let dres_ptr = {
-            use cudarc::driver::DevicePtrMut;
-            dres.as_mut().map(|d| d.device_ptr_mut(&stream))
-        };
-        let dres_addr = dres_ptr.as_ref().map_or(0, |p| p.0);
+        let (dres_addr, dres_guard) = address_or_null(dres.as_ref(), &stream);
         let f = kernel(&dev, "bn_backward", T::DTYPE)?;
         let mut k = stream.launch_builder(&f);
         k.arg(&x).arg(&dy).arg(&out_ptr).arg(mean).arg(invstd).arg(&w).arg(&part).arg(&mut dx);
@@ -518,7 +514,7 @@ impl BnBackward {
         // SAFETY: the arguments of bn_backward in its order; params has 2C elements,
         // the weight at least C, the residual's gradient (or null) N*C*HW.
         unsafe { launch(k, grid(blocks)) }?;
-        drop(dres_ptr);
+        drop(dres_guard);
         drop(out);
         *self.params.lock().expect("batch norm lock") =
             Some((CudaStorage::wrap_cuda_slice(params, dev.clone()), Shape::from(2 * c as usize)));

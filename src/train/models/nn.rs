@@ -290,10 +290,7 @@ impl BatchNorm {
                 Some(dtype) => round_to(dtype, &y)?,
                 None => y,
             };
-            return match then.residual {
-                Some(r) => add_relu(&y, r),
-                None => Ok(y),
-            };
+            return Self::after(y, Then { relu: false, pool: false, residual: then.residual });
         }
         // The residual joins the CUDA kernels when it is like x (else it is added after).
         #[cfg(feature = "cudnn")]
@@ -301,6 +298,9 @@ impl BatchNorm {
         // The kernels' ReLU comes after the residual: not theirs when the residual is added after.
         #[cfg(feature = "cudnn")]
         let relu = then.relu && (then.residual.is_none() || fused.is_some());
+        // What is left after the kernels: the unfused residual (with its ReLU), the pool.
+        #[cfg(feature = "cudnn")]
+        let rest = Then { relu: false, pool: then.pool, residual: then.residual.xor(fused) };
         #[cfg(feature = "cudnn")]
         if batch_stats && matches!(xs.dtype(), DType::F32 | DType::BF16) && crate::train::layers::use_cudnn(xs.device())
         {
@@ -319,7 +319,7 @@ impl BatchNorm {
                 relu,
                 fused,
             )?;
-            return Self::after(y, Then { relu: false, pool: then.pool, residual: then.residual.xor(fused) });
+            return Self::after(y, rest);
         }
         #[cfg(feature = "cudnn")]
         if !batch_stats
@@ -339,7 +339,7 @@ impl BatchNorm {
                 relu,
                 fused,
             )?;
-            return Self::after(y, Then { relu: false, pool: then.pool, residual: then.residual.xor(fused) });
+            return Self::after(y, rest);
         }
         // Other devices: the same computation as tensor ops, in f32 (bf16
         // activations come back in bf16).
