@@ -1,7 +1,9 @@
 //! candle's backward pass as sweep builds it (`vendor/candle-core/SWEEP.md`):
 //! an op input's first gradient is stored as it is, so one tensor can be the
-//! gradient of several inputs, and a view's gradient is copied once. A second
-//! gradient for one input must never change the others'.
+//! gradient of several inputs, and an intermediate's view gradient is kept as
+//! a view (channels-last activations) until an op other than a permutation
+//! needs it, then made contiguous once. A second gradient for one input must
+//! never change the others'.
 
 use candle_core::{Device, Tensor, Var};
 
@@ -38,4 +40,83 @@ fn gradients_through_views_are_summed_into_their_own_tensor() {
     assert_eq!(gx.dims(), [2, 3]);
     assert_eq!(values(gx), [11., 22., 33., 44., 55., 66.]);
     assert_eq!(values(&w), [1., 2., 3., 10., 20., 30., 4., 5., 6., 40., 50., 60.]);
+}
+
+/// The identity, with a backward pass that can record whether the gradient
+/// reaching it is contiguous, or hand its input a channels-last view of it.
+struct Identity {
+    seen: Option<std::sync::Arc<std::sync::Mutex<Option<bool>>>>,
+    channels_last_grad: bool,
+}
+
+impl candle_core::CustomOp1 for Identity {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (a, b) = l.contiguous_offsets().expect("contiguous");
+        Ok((candle_core::CpuStorage::F32(s.as_slice::<f32>()?[a..b].to_vec()), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if let Some(seen) = &self.seen {
+            *seen.lock().unwrap() = Some(grad.is_contiguous());
+        }
+        if self.channels_last_grad {
+            // The same values, stored (N, H, W, C) and seen as (N, C, H, W).
+            return Ok(Some(grad.permute((0, 2, 3, 1))?.contiguous()?.permute((0, 3, 1, 2))?));
+        }
+        Ok(Some(grad.clone()))
+    }
+}
+
+#[test]
+fn gradients_through_channels_last_views_are_right_and_reach_ops_contiguous() {
+    let dev = Device::Cpu;
+    let x = Var::new((0..24).map(|i| i as f32).collect::<Vec<_>>().as_slice(), &dev).unwrap();
+    // An op's output stored channels-last, (N, H, W, C) = (1, 2, 3, 4), seen as NCHW by v
+    // (as the CUDA channels-last ops return it).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let nhwc = x.as_tensor().reshape((1, 2, 3, 4)).unwrap();
+    let r = nhwc.apply_op1(Identity { seen: Some(seen.clone()), channels_last_grad: false }).unwrap();
+    let v = r.permute((0, 3, 1, 2)).unwrap();
+    assert!(!v.is_contiguous());
+    // Two consumers take v channels-last again (a contiguous view each): v gets two
+    // gradients, permuted views, kept as they are and summed in that layout; r's op
+    // gets their sum viewed back, contiguous.
+    let a = v.permute((0, 2, 3, 1)).unwrap().apply_op1(Identity { seen: None, channels_last_grad: false }).unwrap();
+    let b = v.permute((0, 2, 3, 1)).unwrap().apply_op1(Identity { seen: None, channels_last_grad: false }).unwrap();
+    // and a third reads v as NCHW through an op with a backward of its own (a sum over
+    // channels), so a view and a contiguous gradient meet in one sum
+    let c = v.sum_keepdim(1).unwrap();
+    let w1 = Tensor::arange(0f32, 24., &dev).unwrap().reshape((1, 2, 3, 4)).unwrap();
+    let w2 = (&w1 * 10.0).unwrap();
+    let loss = ((a * &w1).unwrap().sum_all().unwrap() + (b * &w2).unwrap().sum_all().unwrap()).unwrap();
+    let loss = (loss + c.sum_all().unwrap()).unwrap();
+    let grads = loss.backward().unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some(true), "the op's gradient is contiguous");
+    // The variable's own gradient is contiguous, and right: 11 w1 + 1.
+    let gx = grads.get(x.as_tensor()).unwrap();
+    assert!(gx.is_contiguous());
+    assert_eq!(values(gx), (0..24).map(|i| 11.0 * i as f32 + 1.0).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_view_gradient_reaching_an_op_that_needs_it_contiguous_is_made_so() {
+    // A gather's output read through a transpose: its gradient is kept as a
+    // transposed view, and must reach the gather's backward (a scatter_add,
+    // contiguous only) contiguous.
+    let dev = Device::Cpu;
+    let x = Var::new(&[[1f32, 2., 3.], [4., 5., 6.]], &dev).unwrap();
+    let idx = Tensor::new(&[[0u32, 2], [1, 1]], &dev).unwrap();
+    let g = x.as_tensor().gather(&idx, 1).unwrap();
+    let w = Tensor::new(&[[1f32, 10.], [100., 1000.]], &dev).unwrap();
+    let grads = (g.t().unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    // g.t() * w: dg = w.t() = [[1, 100], [10, 1000]]; row 0 picks columns 0 and 2, row 1 column 1 twice
+    assert_eq!(values(grads.get(x.as_tensor()).unwrap()), [1., 0., 100., 0., 1010., 0.]);
 }

@@ -180,6 +180,14 @@ impl Tensor {
             // derivatives but these are out of scope at the moment.
             let do_not_detach = CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
             let grad = if do_not_detach { grad } else { grad.detach() };
+            // sweep: a stored gradient may be a view (`GradStore::accumulate`); a
+            // permutation's backward only re-views it, every other op's gets it
+            // contiguous, as upstream's store always held it.
+            let grad = match node.op() {
+                Some(Op::Permute(..) | Op::Transpose(..)) => grad,
+                _ if grad.is_contiguous() => grad,
+                _ => grad.contiguous()?,
+            };
             if let Some(op) = node.op() {
                 match op {
                     Op::Binary(lhs, rhs, BinaryOp::Add) => {
@@ -689,6 +697,27 @@ impl Tensor {
     }
 }
 
+/// `a + b`; when both are the same permutation of a contiguous layout (e.g.
+/// channels-last activations viewed as NCHW), added in that layout, so the
+/// sum keeps it (candle's strided add would return a contiguous NCHW tensor,
+/// which the next channels-last op would have to transpose back).
+fn add_in_layout(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.is_contiguous() || a.dims() != b.dims() || a.stride() != b.stride() {
+        return a.add(b);
+    }
+    let mut order: Vec<usize> = (0..a.rank()).collect();
+    order.sort_by(|&i, &j| a.stride()[j].cmp(&a.stride()[i]));
+    let (pa, pb) = (a.permute(order.clone())?, b.permute(order.clone())?);
+    if !pa.is_contiguous() || !pb.is_contiguous() {
+        return a.add(b);
+    }
+    let mut inverse = vec![0; order.len()];
+    for (i, &d) in order.iter().enumerate() {
+        inverse[d] = i;
+    }
+    pa.add(&pb)?.permute(inverse)
+}
+
 /// A store for gradients, associating a tensor id to the corresponding gradient tensor, used for back propagation.
 #[derive(Default, Debug)]
 pub struct GradStore(HashMap<TensorId, Tensor>);
@@ -733,7 +762,7 @@ impl GradStore {
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
-                let sum = entry.get().add(grad)?;
+                let sum = add_in_layout(entry.get(), grad)?;
                 *entry.get_mut() = sum;
             }
             Entry::Vacant(entry) => {
@@ -748,7 +777,11 @@ impl GradStore {
                 if grad.dtype() != tensor.dtype() {
                     Err(Error::DTypeMismatchBinaryOp { lhs: tensor.dtype(), rhs: grad.dtype(), op: "add" }.bt())?
                 }
-                entry.insert(grad.contiguous()?);
+                // A variable's gradient is made contiguous (optimisers read it as
+                // one buffer); an intermediate tensor's keeps the layout its op
+                // gave it (a permuted view, e.g. channels-last activations seen as
+                // NCHW), for the ops that consume it to read as it is.
+                entry.insert(if tensor.is_variable() { grad.contiguous()? } else { grad.clone() });
             }
         }
         Ok(())
@@ -756,9 +789,19 @@ impl GradStore {
 
     /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
     /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
+    ///
+    /// sweep: an intermediate's stored gradient may be a view ([`Self::accumulate`]);
+    /// the callers update it with ops that need it contiguous (`scatter_add`,
+    /// `index_add`, `slice_scatter`), so it is made so here.
     fn or_insert(&mut self, tensor: &Tensor) -> Result<&mut Tensor> {
         let grad = match self.0.entry(tensor.id()) {
-            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Occupied(mut entry) => {
+                if !entry.get().is_contiguous() {
+                    let c = entry.get().contiguous()?;
+                    *entry.get_mut() = c;
+                }
+                entry.into_mut()
+            }
             Entry::Vacant(entry) => {
                 let grad = tensor.zeros_like()?;
                 entry.insert(grad)
