@@ -13,10 +13,15 @@
 //! then max-pooling, BatchNorm (training and eval), and three steps of each
 //! optimiser (1e-5).
 //!
+//! With `SWEEP_GPU_KERNELS=cudnn-nhwc` the GPU side runs channels-last: the
+//! convolutions turn their inputs channels-last themselves; max-pool and
+//! BatchNorm are fed channels-last inputs (as a convolution would give them),
+//! and every GPU output is checked to have kept that layout.
+//!
 //!     cargo run --release --features cuda --example device_check -- [model|ops] [size] [cuda:N]
 
 use candle_core::{DType, Device, Tensor, Var};
-use sweep::train::layers::{conv2d, max_pool2d, ConvParams, PoolParams};
+use sweep::train::layers::{as_activation, conv2d, is_channels_last, max_pool2d, ConvParams, PoolParams};
 use sweep::train::models::ModelSpec;
 use sweep::train::rng::Rng;
 
@@ -69,6 +74,7 @@ fn conv_case(
     let xv = Var::from_vec(x.to_vec(), xd, device)?;
     let wv = Var::from_vec(w.to_vec(), wd, device)?;
     let y = conv2d(&xv.to_dtype(compute)?, &wv.to_dtype(compute)?, p)?;
+    layout_kept(device, &y, "conv2d");
     let mut rng = Rng::new(3);
     let r: Vec<f32> = (0..y.elem_count()).map(|_| rng.normal() as f32).collect();
     let r = Tensor::from_vec(r, y.shape(), device)?.to_dtype(compute)?.to_dtype(DType::F32)?;
@@ -81,8 +87,24 @@ fn conv_case(
     Ok([flat(&y)?, flat(dx)?, flat(dw)?])
 }
 
+/// Under `SWEEP_GPU_KERNELS=cudnn-nhwc`, says so when a GPU op's output is
+/// not channels-last (a silent fall-back to NCHW would pass the value checks).
+fn layout_kept(device: &Device, y: &Tensor, what: &str) {
+    let nhwc = sweep::train::layers::gpu_kernels() == sweep::train::layers::GpuKernels::CudnnNhwc;
+    if nhwc && device.is_cuda() && !is_channels_last(y) {
+        println!("   {what}: output NOT channels-last (dims {:?}, strides {:?})", y.dims(), y.stride());
+        NOT_KEPT.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Set when an output lost the channels-last layout (fails the check).
+static NOT_KEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Largest difference relative to the reference's largest magnitude.
 fn rel(a: &[f32], reference: &[f32]) -> f32 {
+    if a.len() != reference.len() {
+        return f32::INFINITY;
+    }
     let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
     a.iter().zip(reference).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
@@ -145,7 +167,8 @@ fn check_pools(gpu: &Device) -> anyhow::Result<bool> {
         let x: Vec<f32> = (0..xd.0 * xd.1 * xd.2 * xd.3).map(|_| rng.normal() as f32).collect();
         let run = |device: &Device| -> anyhow::Result<[Vec<f32>; 2]> {
             let xv = Var::from_vec(x.clone(), xd, device)?;
-            let y = max_pool2d(xv.as_tensor(), p)?;
+            let y = max_pool2d(&as_activation(xv.as_tensor())?, p)?;
+            layout_kept(device, &y, "max_pool2d");
             let mut rng = Rng::new(9);
             let r: Vec<f32> = (0..y.elem_count()).map(|_| rng.normal() as f32).collect();
             let r = Tensor::from_vec(r, y.shape(), device)?;
@@ -248,16 +271,20 @@ fn check_batch_norm(gpu: &Device) -> anyhow::Result<bool> {
                 "add_relu" => bn.forward_add_relu(x, res, train),
                 _ => bn.forward(x, train),
             };
-            let y = apply(&bn, &xv.as_tensor().to_dtype(dtype)?, &rv.as_tensor().to_dtype(dtype)?, true)?
-                .to_dtype(DType::F32)?;
+            let (xa, ra) =
+                (as_activation(&xv.as_tensor().to_dtype(dtype)?)?, as_activation(&rv.as_tensor().to_dtype(dtype)?)?);
+            let y = apply(&bn, &xa, &ra, true)?;
+            layout_kept(device, &y, "batch_norm");
+            let y = y.to_dtype(DType::F32)?;
             let rt = Tensor::from_vec(r.clone(), dims, device)?;
             let grads = (&y * &rt)?.sum_all()?.backward()?;
             let flat = |t: &Tensor| -> anyhow::Result<Vec<f32>> {
                 Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
             };
             let g = |v: &Var| grads.get(v.as_tensor()).ok_or_else(|| anyhow::anyhow!("no gradient"));
-            let plain = |v: &Vec<f32>| Tensor::from_vec(v.clone(), dims, device)?.to_dtype(dtype);
+            let plain = |v: &Vec<f32>| as_activation(&Tensor::from_vec(v.clone(), dims, device)?.to_dtype(dtype)?);
             let eval = apply(&frozen, &plain(&x)?, &plain(&residual)?, false)?;
+            layout_kept(device, &eval, "batch_norm eval");
             Ok(vec![
                 flat(&y)?,
                 flat(g(&xv)?)?,
@@ -344,7 +371,11 @@ fn main() -> anyhow::Result<()> {
     };
     if model == "ops" {
         let ok = check_ops(&gpu)? & check_pools(&gpu)? & check_batch_norm(&gpu)? & check_optimizers(&gpu)?;
-        std::process::exit(i32::from(!ok));
+        let kept = !NOT_KEPT.load(std::sync::atomic::Ordering::Relaxed);
+        if !kept {
+            println!("channels-last: some GPU outputs lost the layout: DIFFERENT");
+        }
+        std::process::exit(i32::from(!(ok && kept)));
     }
     let spec = ModelSpec::plain(model).map_err(anyhow::Error::msg)?;
     let mut ok = true;

@@ -32,7 +32,7 @@
 //! until then: one activation-sized tensor per BatchNorm of the training
 //! step, and two full passes (the ReLU's) each way.
 
-use super::cuda::{address, dims4_u32, launch, typed_function, view, Elem};
+use super::cuda::{address, dims4_u32, function, launch, typed_function, view, Elem};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc;
 use candle_core::cuda::{CudaDevice, CudaStorage};
@@ -162,6 +162,116 @@ template <typename T> __device__ void eval(const T* x, const float* rm, const fl
     OVER(c, s) { u64 i = AT(j); store(y, i, finish((load(x, i) - mu) * scale + shift, res, i, relu)); }
 }
 
+// ---- Channels-last (NHWC): M = N * H * W rows of C channels. Blocks of 32 x 8 threads:
+// channel blockIdx.y * 32 + threadIdx.x (a warp reads 32 neighbouring channels of a row),
+// rows blockIdx.x * 8 + threadIdx.y, stepping by gridDim.x * 8. The statistics are
+// partials per (row share, channel), summed per channel by one block (`cl_sums`, a fixed
+// order: deterministic), then applied elementwise.
+#define CL_ROWS(c) \
+    u32 c = blockIdx.y * 32 + threadIdx.x; \
+    for (u32 r = blockIdx.x * 8 + threadIdx.y; c < C && r < M; r += gridDim.x * 8)
+#define CL_AT(r, c) ((u64)(r) * C + (c))
+
+// Sums a pair over the block's 8 row lanes into part[2 * (blockIdx.x * C + c)].
+__device__ void cl_reduce_store(double a, double b, double* part, u32 C) {
+    __shared__ double sa[8][32], sb[8][32];
+    sa[threadIdx.y][threadIdx.x] = a; sb[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0) {
+        u32 c = blockIdx.y * 32 + threadIdx.x;
+        for (u32 k = 1; k < 8; k++) { a += sa[k][threadIdx.x]; b += sb[k][threadIdx.x]; }
+        if (c < C) { u64 o = 2 * ((u64)blockIdx.x * C + c); part[o] = a; part[o + 1] = b; }
+    }
+}
+
+// Channel c's sums over the S row shares, into thread 0's a, b (a block of THREADS per channel).
+__device__ void cl_sums(const double* part, u32 S, u32 C, u32 c, double& a, double& b) {
+    a = 0.0; b = 0.0;
+    for (u32 k = threadIdx.x; k < S; k += THREADS) { u64 o = 2 * ((u64)k * C + c); a += part[o]; b += part[o + 1]; }
+    reduce2(a, b);
+}
+
+template <typename T> __device__ void cl_stats(const T* x, double* part, u32 M, u32 C) {
+    double a = 0.0, b = 0.0;
+    CL_ROWS(c) { double v = load(x, CL_AT(r, c)); a += v; b += v * v; }
+    cl_reduce_store(a, b, part, C);
+}
+
+// One block per channel: the batch mean and inverse standard deviation, the running
+// statistics and the counter (as `forward` does from a channel's first block).
+__device__ void cl_finalize(const double* part, u32 S, float* mean_out, float* invstd_out, float* rm, float* rv,
+                            long long* count, float momentum, u32 M, u32 C, float eps) {
+    u32 c = blockIdx.x;
+    double a, b;
+    cl_sums(part, S, C, c, a, b);
+    if (threadIdx.x == 0) {
+        double cnt = (double)M, mean = a / cnt, var = b / cnt - mean * mean;
+        if (var < 0.0) var = 0.0;
+        float invstd = (float)(1.0 / sqrt(var + (double)eps));
+        mean_out[c] = (float)mean; invstd_out[c] = invstd;
+        if (rm) {
+            rm[c] = (1.0f - momentum) * rm[c] + momentum * (float)mean;
+            rv[c] = (1.0f - momentum) * rv[c] + momentum * (float)(var * cnt / (cnt > 1.0 ? cnt - 1.0 : 1.0));
+        }
+        if (count && c == 0) count[0] += 1;
+    }
+}
+
+// y = finish((x - mean) * invstd * w + b); the eval pass passes the running mean and
+// 1 / sqrt(running_var + eps) (eval = 1) instead of the batch's.
+template <typename T> __device__ void cl_normalize(const T* x, const float* mean, const float* invstd, const float* w,
+                                                   const float* bias, const T* res, T* y, u32 M, u32 C, float eps,
+                                                   int relu, int eval) {
+    u32 c0 = blockIdx.y * 32 + threadIdx.x;
+    if (c0 >= C) return;
+    // as `forward` and `eval` compute them
+    float scale = eval ? w[c0] / sqrtf(invstd[c0] + eps) : invstd[c0] * w[c0], mu = mean[c0], shift = bias[c0];
+    CL_ROWS(c) { u64 i = CL_AT(r, c); store(y, i, finish((load(x, i) - mu) * scale + shift, res, i, relu)); }
+}
+
+template <typename T> __device__ void cl_back_stats(const T* x, const T* dy, const T* out, const float* mean,
+                                                    double* part, u32 M, u32 C) {
+    double a = 0.0, b = 0.0;
+    u32 c0 = blockIdx.y * 32 + threadIdx.x;
+    float mu = c0 < C ? mean[c0] : 0.0f;
+    CL_ROWS(c) { u64 i = CL_AT(r, c); float g = masked(dy, out, i); a += g; b += (double)g * (load(x, i) - mu); }
+    cl_reduce_store(a, b, part, C);
+}
+
+// One block per channel: coef[3c..3c+3] = (w * invstd, mean(g), invstd^2 * mean(g * (x - mean))),
+// the weight and bias gradients.
+__device__ void cl_back_finalize(const double* part, u32 S, const float* invstd, const float* w, float* coef,
+                                 float* dwdb, u32 M, u32 C) {
+    u32 c = blockIdx.x;
+    double a, b;
+    cl_sums(part, S, C, c, a, b);
+    if (threadIdx.x == 0) {
+        double cnt = (double)M, is = invstd[c];
+        coef[3 * c] = (float)(w[c] * is); coef[3 * c + 1] = (float)(a / cnt); coef[3 * c + 2] = (float)(b * is * is / cnt);
+        dwdb[c] = (float)(b * is); dwdb[C + c] = (float)a;
+    }
+}
+
+template <typename T> __device__ void cl_backward(const T* x, const T* dy, const T* out, const float* mean,
+                                                  const float* coef, T* dx, T* dres, u32 M, u32 C) {
+    u32 c0 = blockIdx.y * 32 + threadIdx.x;
+    if (c0 >= C) return;
+    float k = coef[3 * c0], mdy = coef[3 * c0 + 1], proj = coef[3 * c0 + 2], mu = mean[c0];
+    CL_ROWS(c) {
+        u64 i = CL_AT(r, c);
+        float g = masked(dy, out, i);
+        store(dx, i, k * (g - mdy - (load(x, i) - mu) * proj));
+        if (dres) store(dres, i, g);
+    }
+}
+
+extern "C" __global__ void bn_cl_finalize(const double* part, u32 S, float* mo, float* io, float* rm, float* rv,
+    long long* count, float momentum, u32 M, u32 C, float eps)
+    { cl_finalize(part, S, mo, io, rm, rv, count, momentum, M, C, eps); }
+extern "C" __global__ void bn_cl_back_finalize(const double* part, u32 S, const float* invstd, const float* w,
+    float* coef, float* dwdb, u32 M, u32 C)
+    { cl_back_finalize(part, S, invstd, w, coef, dwdb, M, C); }
+
 #define BN(T, SUF) \
 extern "C" __global__ void bn_stats_##SUF(const T* x, double* part, u32 N, u32 C, u32 HW, u32 S) \
     { stats(x, part, N, C, HW, S); } \
@@ -178,7 +288,17 @@ extern "C" __global__ void bn_backward_##SUF(const T* x, const T* dy, const T* o
     { backward(x, dy, out, mean, invstd, w, part, dx, dres, dwdb, N, C, HW, S); } \
 extern "C" __global__ void bn_eval_##SUF(const T* x, const float* rm, const float* rv, const float* w, \
     const float* b, const T* res, T* y, u32 N, u32 C, u32 HW, u32 S, float eps, int relu) \
-    { eval(x, rm, rv, w, b, res, y, N, C, HW, S, eps, relu); }
+    { eval(x, rm, rv, w, b, res, y, N, C, HW, S, eps, relu); } \
+extern "C" __global__ void bn_cl_stats_##SUF(const T* x, double* part, u32 M, u32 C) { cl_stats(x, part, M, C); } \
+extern "C" __global__ void bn_cl_normalize_##SUF(const T* x, const float* mean, const float* invstd, \
+    const float* w, const float* b, const T* res, T* y, u32 M, u32 C, float eps, int relu, int eval) \
+    { cl_normalize(x, mean, invstd, w, b, res, y, M, C, eps, relu, eval); } \
+extern "C" __global__ void bn_cl_back_stats_##SUF(const T* x, const T* dy, const T* out, const float* mean, \
+    double* part, u32 M, u32 C) \
+    { cl_back_stats(x, dy, out, mean, part, M, C); } \
+extern "C" __global__ void bn_cl_backward_##SUF(const T* x, const T* dy, const T* out, const float* mean, \
+    const float* coef, T* dx, T* dres, u32 M, u32 C) \
+    { cl_backward(x, dy, out, mean, coef, dx, dres, M, C); }
 BN(float, f32)
 BN(bf16, bf16)
 "#;
@@ -203,9 +323,47 @@ fn kernel(dev: &CudaDevice, base: &str, dtype: DType) -> Result<cudarc::driver::
     typed_function(dev, (MODULE, SOURCE), base, dtype)
 }
 
+/// Kernel `name` (one for every dtype: the statistics are f64 and f32).
+fn untyped(dev: &CudaDevice, name: &str) -> Result<cudarc::driver::CudaFunction> {
+    function(dev, MODULE, SOURCE, name)
+}
+
 /// The launch shape of `blocks` blocks of [`THREADS`].
 fn grid(blocks: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// (N, C, H * W) of an input: NCHW, or channels-last ((N, H, W, C) storage;
+/// its N * H * W rows must index in 31 bits).
+fn geometry(shape: &Shape, nhwc: bool) -> Result<(u32, u32, u32)> {
+    let [a, b, c, d] = dims4_u32(shape, "batch_norm")?;
+    if !nhwc {
+        return Ok((a, b, c * d));
+    }
+    match b.checked_mul(c).and_then(|hw| hw.checked_mul(a).map(|m| (hw, m))) {
+        Some((hw, m)) if m < 1 << 31 => Ok((a, d, hw)),
+        _ => bail!("batch_norm: shape {:?} too large for the CUDA kernels", shape.dims()),
+    }
+}
+
+/// Row shares of the channels-last statistics: about 1,024 blocks in all,
+/// each row lane with at least a few rows.
+fn cl_splits(m: u32, c: u32) -> u32 {
+    let by_gpu = 1024u32.div_ceil(c.div_ceil(32).max(1));
+    let by_work = m.div_ceil(8 * 4).max(1);
+    by_gpu.min(by_work).max(1)
+}
+
+/// Row shares of the channels-last elementwise passes: about four rows per
+/// row lane.
+fn cl_elementwise_splits(m: u32) -> u32 {
+    m.div_ceil(8 * 4).clamp(1, 1 << 20)
+}
+
+/// The launch shape of the channels-last kernels: `s` row shares by
+/// channel groups of 32, blocks of 32 x 8 threads.
+fn cl_grid(s: u32, c: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (s, c.div_ceil(32), 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
 }
 
 /// The batch mean and inverse standard deviation saved by the forward pass.
@@ -247,6 +405,8 @@ struct BnForward {
     /// (i64) and the momentum: updated by the forward kernel.
     running: Option<(Tensor, Tensor, Tensor, f64)>,
     then: Then,
+    /// The input (and output) is channels-last: (N, H, W, C) storage.
+    nhwc: bool,
 }
 
 impl CustomOp3 for BnForward {
@@ -293,7 +453,7 @@ impl CustomOp3 for BnForward {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = x.dim(1)?;
+        let c = x.dim(if self.nhwc { 3 } else { 1 })?;
         let (params, dres): (Slot, Slot) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None)));
         let back = BnBackward {
             saved: self.saved.clone(),
@@ -301,6 +461,7 @@ impl CustomOp3 for BnForward {
             out: self.then.relu.then(|| res.clone()),
             dres: (self.then.residual && a3.track_op()).then(|| dres.clone()),
             packed: self.then.residual,
+            nhwc: self.nhwc,
         };
         let dx = x.apply_op3_no_bwd(&grad.contiguous()?, a2, &back)?;
         let both = a2.detach().apply_op1_no_bwd(&Take(params))?;
@@ -351,11 +512,10 @@ impl BnForward {
         a3: (&CudaStorage, &Layout),
     ) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
-        let [n, c, h, w_] = dims4_u32(xl.shape(), "batch_norm")?;
-        let hw = h * w_;
+        let (n, c, hw) = geometry(xl.shape(), self.nhwc)?;
         let x = view::<T>(xs, xl, "batch_norm")?;
         let (w, b, r) = operands::<T>(self.then, c, x.len(), a2, a3)?;
-        let s = splits(n, c, hw);
+        let s = if self.nhwc { cl_splits(n * hw, c) } else { splits(n, c, hw) };
         let blocks = c * s;
         // SAFETY: the stats kernel writes every partial (one pair per block), the
         // forward kernel every element of y and, from each channel's first block,
@@ -369,11 +529,21 @@ impl BnForward {
             )
         };
         let stream = dev.cuda_stream();
-        let f = kernel(&dev, "bn_stats", T::DTYPE)?;
-        let mut k = stream.launch_builder(&f);
-        k.arg(&x).arg(&mut part).arg(&n).arg(&c).arg(&hw).arg(&s);
-        // SAFETY: (x, part, N, C, HW, S) as bn_stats takes them; x has N*C*HW elements.
-        unsafe { launch(k, grid(blocks)) }?;
+        let m = n * hw;
+        if self.nhwc {
+            let f = kernel(&dev, "bn_cl_stats", T::DTYPE)?;
+            let mut k = stream.launch_builder(&f);
+            k.arg(&x).arg(&mut part).arg(&m).arg(&c);
+            // SAFETY: (x, part, M, C) as bn_cl_stats takes them; x has M*C elements,
+            // part 2 * S * C (S row shares, the grid's x).
+            unsafe { launch(k, cl_grid(s, c)) }?;
+        } else {
+            let f = kernel(&dev, "bn_stats", T::DTYPE)?;
+            let mut k = stream.launch_builder(&f);
+            k.arg(&x).arg(&mut part).arg(&n).arg(&c).arg(&hw).arg(&s);
+            // SAFETY: (x, part, N, C, HW, S) as bn_stats takes them; x has N*C*HW elements.
+            unsafe { launch(k, grid(blocks)) }?;
+        }
         // The running statistics and the counter, updated by the kernel (null: none).
         let held = match &self.running {
             Some((rm, rv, count, _)) => {
@@ -392,9 +562,30 @@ impl BnForward {
         let momentum = self.running.as_ref().map_or(0.0, |r| r.3) as f32;
         let (res, _res_guard) = address_or_null(r.as_ref(), &stream);
         let relu = i32::from(self.then.relu);
+        let eps = self.eps as f32;
+        if self.nhwc {
+            let f = untyped(&dev, "bn_cl_finalize")?;
+            let mut k = stream.launch_builder(&f);
+            k.arg(&part).arg(&s).arg(&mut mean).arg(&mut invstd).arg(&rm).arg(&rv).arg(&count).arg(&momentum);
+            k.arg(&m).arg(&c).arg(&eps);
+            // SAFETY: the arguments of bn_cl_finalize in its order; one block per
+            // channel; mean, invstd and the running statistics (or null) have C
+            // elements, the counter one, part 2 * S * C.
+            unsafe { launch(k, grid(c)) }?;
+            let f = kernel(&dev, "bn_cl_normalize", T::DTYPE)?;
+            let mut k = stream.launch_builder(&f);
+            let eval = 0i32;
+            k.arg(&x).arg(&mean).arg(&invstd).arg(&w).arg(&b).arg(&res).arg(&mut y);
+            k.arg(&m).arg(&c).arg(&eps).arg(&relu).arg(&eval);
+            // SAFETY: the arguments of bn_cl_normalize in its order; x, y and the
+            // residual (or null) have M*C elements, the others C.
+            unsafe { launch(k, cl_grid(cl_elementwise_splits(m), c)) }?;
+            drop(held);
+            *self.saved.lock().expect("batch norm lock") = Some((mean, invstd));
+            return Ok((CudaStorage::wrap_cuda_slice(y, dev), xl.shape().clone()));
+        }
         let f = kernel(&dev, "bn_forward", T::DTYPE)?;
         let mut k = stream.launch_builder(&f);
-        let eps = self.eps as f32;
         k.arg(&x).arg(&part).arg(&w).arg(&b).arg(&res).arg(&mut y).arg(&mut mean).arg(&mut invstd);
         k.arg(&rm).arg(&rv).arg(&count).arg(&momentum);
         k.arg(&n).arg(&c).arg(&hw).arg(&s).arg(&eps).arg(&relu);
@@ -418,6 +609,8 @@ struct BnBackward {
     dres: Option<Slot>,
     /// The weight operand is the weight and bias in one tensor (2C).
     packed: bool,
+    /// Channels-last input and gradient ((N, H, W, C) storage).
+    nhwc: bool,
 }
 
 impl CustomOp3 for BnBackward {
@@ -466,8 +659,7 @@ impl BnBackward {
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
-        let [n, c, h, w_] = dims4_u32(xl.shape(), "batch_norm")?;
-        let hw = h * w_;
+        let (n, c, hw) = geometry(xl.shape(), self.nhwc)?;
         let (x, dy, w) =
             (view::<T>(xs, xl, "batch_norm")?, view::<T>(dys, dyl, "batch_norm")?, view::<f32>(ws, wl, "batch_norm")?);
         let want = if self.packed { 2 * c as usize } else { c as usize };
@@ -485,7 +677,7 @@ impl BnBackward {
         }
         let saved = self.saved.lock().expect("batch norm lock");
         let Some((mean, invstd)) = saved.as_ref() else { bail!("sweep-cuda-batch-norm-backward: no saved statistics") };
-        let s = splits(n, c, hw);
+        let s = if self.nhwc { cl_splits(n * hw, c) } else { splits(n, c, hw) };
         let blocks = c * s;
         // SAFETY: as in the forward pass: every partial, every element of dx (and
         // of the residual's gradient) and the 2C parameter gradients are written
@@ -500,6 +692,32 @@ impl BnBackward {
         };
         let stream = dev.cuda_stream();
         let out_ptr = out.as_ref().map_or(0, |o| o.1);
+        if self.nhwc {
+            let m = n * hw;
+            let f = kernel(&dev, "bn_cl_back_stats", T::DTYPE)?;
+            let mut k = stream.launch_builder(&f);
+            k.arg(&x).arg(&dy).arg(&out_ptr).arg(mean).arg(&mut part).arg(&m).arg(&c);
+            // SAFETY: the arguments of bn_cl_back_stats in its order; x, dy and the
+            // output (or null) have M*C elements, mean C, part 2 * S * C.
+            unsafe { launch(k, cl_grid(s, c)) }?;
+            // SAFETY: bn_cl_back_finalize writes all 3C coefficients before bn_cl_backward reads them.
+            let mut coef = unsafe { dev.alloc::<f32>(3 * c as usize) }?;
+            let f = untyped(&dev, "bn_cl_back_finalize")?;
+            let mut k = stream.launch_builder(&f);
+            k.arg(&part).arg(&s).arg(invstd).arg(&w).arg(&mut coef).arg(&mut params).arg(&m).arg(&c);
+            // SAFETY: the arguments of bn_cl_back_finalize in its order; one block per
+            // channel; invstd and the weight have (at least) C elements, coef 3C, params 2C.
+            unsafe { launch(k, grid(c)) }?;
+            let (dres_addr, dres_guard) = address_or_null(dres.as_ref(), &stream);
+            let f = kernel(&dev, "bn_cl_backward", T::DTYPE)?;
+            let mut k = stream.launch_builder(&f);
+            k.arg(&x).arg(&dy).arg(&out_ptr).arg(mean).arg(&coef).arg(&mut dx).arg(&dres_addr).arg(&m).arg(&c);
+            // SAFETY: the arguments of bn_cl_backward in its order; x, dy, dx, the
+            // output and the residual's gradient (or null) have M*C elements.
+            unsafe { launch(k, cl_grid(cl_elementwise_splits(m), c)) }?;
+            drop(dres_guard);
+            return Ok(self.hand_over(dev, params, dres, dx, out, xl, c));
+        }
         let f = kernel(&dev, "bn_back_stats", T::DTYPE)?;
         let mut k = stream.launch_builder(&f);
         k.arg(&x).arg(&dy).arg(&out_ptr).arg(mean).arg(&mut part).arg(&n).arg(&c).arg(&hw).arg(&s);
@@ -515,6 +733,21 @@ impl BnBackward {
         // the weight at least C, the residual's gradient (or null) N*C*HW.
         unsafe { launch(k, grid(blocks)) }?;
         drop(dres_guard);
+        Ok(self.hand_over(dev, params, dres, dx, out, xl, c))
+    }
+
+    /// Leaves the parameter and residual gradients in their slots and returns dx.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_over<T: Elem, G>(
+        &self,
+        dev: CudaDevice,
+        params: CudaSlice<f32>,
+        dres: Option<CudaSlice<T>>,
+        dx: CudaSlice<T>,
+        out: G,
+        xl: &Layout,
+        c: u32,
+    ) -> (CudaStorage, Shape) {
         drop(out);
         *self.params.lock().expect("batch norm lock") =
             Some((CudaStorage::wrap_cuda_slice(params, dev.clone()), Shape::from(2 * c as usize)));
@@ -522,7 +755,7 @@ impl BnBackward {
             *slot.lock().expect("batch norm lock") =
                 Some((CudaStorage::wrap_cuda_slice(d, dev.clone()), xl.shape().clone()));
         }
-        Ok((CudaStorage::wrap_cuda_slice(dx, dev), xl.shape().clone()))
+        (CudaStorage::wrap_cuda_slice(dx, dev), xl.shape().clone())
     }
 }
 
@@ -568,13 +801,45 @@ pub fn batch_norm_train_cuda(
     let saved: Saved = Arc::new(Mutex::new(None));
     let running = Some((running_mean.clone(), running_var.clone(), num_batches_tracked.clone(), momentum));
     let then = Then { relu, residual: residual.is_some() };
-    let op = BnForward { eps, saved, running, then };
-    match residual {
+    // Channels-last input: the kernels take its (N, H, W, C) view and the
+    // residual in the same layout; the output is seen as NCHW again.
+    let (x, nhwc) = input(x)?;
+    let op = BnForward { eps, saved, running, then, nhwc };
+    let y = match residual {
         Some(r) => {
             let wb = Tensor::cat(&[weight, bias], 0)?;
-            x.contiguous()?.apply_op3(&wb, &r.contiguous()?, op)
+            x.apply_op3(&wb, &like(r, nhwc)?, op)
         }
-        None => x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op),
+        None => x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op),
+    }?;
+    output(y, nhwc)
+}
+
+/// The tensor the kernels take for input `x`, and whether it is
+/// channels-last: the (N, H, W, C) view of a channels-last input under the
+/// `cudnn-nhwc` kernel set, else x made contiguous NCHW.
+fn input(x: &Tensor) -> Result<(Tensor, bool)> {
+    match super::layout::nhwc_input(x)? {
+        Some(v) => Ok((v, true)),
+        None => Ok((x.contiguous()?, false)),
+    }
+}
+
+/// A residual laid out as the kernels' input (see [`input`]).
+fn like(r: &Tensor, nhwc: bool) -> Result<Tensor> {
+    if nhwc {
+        super::layout::to_nhwc(r)
+    } else {
+        r.contiguous()
+    }
+}
+
+/// A kernel's output seen as NCHW again.
+fn output(y: Tensor, nhwc: bool) -> Result<Tensor> {
+    if nhwc {
+        super::layout::from_nhwc(&y)
+    } else {
+        Ok(y)
     }
 }
 
@@ -585,8 +850,10 @@ struct BnEval {
     params: [Tensor; 4],
     eps: f64,
     relu: bool,
-    /// Added before the ReLU (x's shape and dtype).
+    /// Added before the ReLU (x's shape, dtype and layout).
     residual: Option<Tensor>,
+    /// Channels-last input ((N, H, W, C) storage).
+    nhwc: bool,
 }
 
 impl CustomOp1 for BnEval {
@@ -611,8 +878,7 @@ impl BnEval {
     #[allow(unsafe_code)] // a kernel launch and an uninitialised output: see the SAFETY comments
     fn eval<T: Elem>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
-        let [n, c, h, w_] = dims4_u32(xl.shape(), "batch_norm")?;
-        let hw = h * w_;
+        let (n, c, hw) = geometry(xl.shape(), self.nhwc)?;
         let x = view::<T>(xs, xl, "batch_norm")?;
         let guards: Vec<_> = self.params.iter().map(Tensor::storage_and_layout).collect();
         let mut params = Vec::new();
@@ -634,9 +900,23 @@ impl BnEval {
         // SAFETY: bn_eval writes every element of y.
         let mut y = unsafe { dev.alloc::<T>(x.len()) }?;
         let stream = dev.cuda_stream();
+        let eps = self.eps as f32;
+        if self.nhwc {
+            let (m, eval) = (n * hw, 1i32);
+            let f = kernel(&dev, "bn_cl_normalize", T::DTYPE)?;
+            let mut k = stream.launch_builder(&f);
+            k.arg(&x).arg(&params[0]).arg(&params[1]).arg(&params[2]).arg(&params[3]).arg(&res).arg(&mut y);
+            k.arg(&m).arg(&c).arg(&eps).arg(&relu).arg(&eval);
+            // SAFETY: the arguments of bn_cl_normalize in its order (eval: the running
+            // mean and variance in place of the batch's mean and inverse standard
+            // deviation); the four parameters have C elements, x, y and the residual
+            // (or null) M*C.
+            unsafe { launch(k, cl_grid(cl_elementwise_splits(m), c)) }?;
+            drop(residual);
+            return Ok((CudaStorage::wrap_cuda_slice(y, dev), xl.shape().clone()));
+        }
         let f = kernel(&dev, "bn_eval", T::DTYPE)?;
         let mut k = stream.launch_builder(&f);
-        let eps = self.eps as f32;
         k.arg(&x).arg(&params[0]).arg(&params[1]).arg(&params[2]).arg(&params[3]).arg(&res).arg(&mut y);
         k.arg(&n).arg(&c).arg(&hw).arg(&s).arg(&eps).arg(&relu);
         // SAFETY: the arguments of bn_eval in its order; the four parameters have C
@@ -664,8 +944,10 @@ pub fn batch_norm_eval_cuda(
 ) -> Result<Tensor> {
     let params = [running_mean, running_var, weight, bias].map(|t| t.detach().contiguous());
     let [a, b, c, d] = params;
-    let residual = residual.map(|r| r.detach().contiguous()).transpose()?;
-    x.contiguous()?.apply_op1_no_bwd(&BnEval { params: [a?, b?, c?, d?], eps, relu, residual })
+    let (x, nhwc) = input(x)?;
+    let residual = residual.map(|r| like(&r.detach(), nhwc)).transpose()?;
+    let y = x.apply_op1_no_bwd(&BnEval { params: [a?, b?, c?, d?], eps, relu, residual, nhwc })?;
+    output(y, nhwc)
 }
 
 #[cfg(test)]
@@ -677,7 +959,19 @@ mod tests {
     #[test]
     fn the_kernels_compile() {
         let ptx = cudarc::nvrtc::compile_ptx(format!("{PRELUDE}{}", super::SOURCE)).unwrap_or_else(|e| panic!("{e:?}"));
-        for k in ["bn_stats_f32", "bn_forward_bf16", "bn_back_stats_f32", "bn_backward_bf16", "bn_eval_bf16"] {
+        for k in [
+            "bn_stats_f32",
+            "bn_forward_bf16",
+            "bn_back_stats_f32",
+            "bn_backward_bf16",
+            "bn_eval_bf16",
+            "bn_cl_stats_bf16",
+            "bn_cl_finalize",
+            "bn_cl_normalize_f32",
+            "bn_cl_back_stats_bf16",
+            "bn_cl_back_finalize",
+            "bn_cl_backward_bf16",
+        ] {
             assert!(ptx.to_src().contains(k), "{k} missing");
         }
     }
@@ -690,5 +984,24 @@ mod tests {
         assert_eq!(super::splits(50, 512, 49), 2);
         // tiny: one block
         assert_eq!(super::splits(2, 8, 4), 1);
+    }
+
+    #[test]
+    fn channels_last_grids_cover_every_channel_and_row() {
+        // the stem channels-last: 627,200 rows of 64 channels, 2 channel groups
+        let m = 50 * 112 * 112;
+        assert_eq!(super::cl_splits(m, 64), 512);
+        let g = super::cl_grid(super::cl_elementwise_splits(m), 64);
+        assert_eq!((g.grid_dim.1, g.block_dim), (2, (32, 8, 1)));
+        assert!(g.grid_dim.0 * 8 * 4 >= m);
+        // 2048 channels (ResNet50's last stage), 98 rows: 4 shares of about 4 rows per lane, 64 groups
+        assert_eq!(super::cl_splits(98, 2048), 4);
+        assert_eq!(super::cl_grid(1, 2048).grid_dim.1, 64);
+        // 100 channels: the last group is partial (the kernels check c < C)
+        assert_eq!(super::cl_grid(1, 100).grid_dim.1, 4);
+        // (N, H, W, C) storage: the geometry is (N, C, H * W)
+        let s = candle_core::Shape::from((2, 5, 7, 3));
+        assert_eq!(super::geometry(&s, true).unwrap(), (2, 3, 35));
+        assert_eq!(super::geometry(&s, false).unwrap(), (2, 5, 21));
     }
 }

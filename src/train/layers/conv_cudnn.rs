@@ -1,5 +1,7 @@
 //! 2-D convolution on CUDA through cuDNN: forward, backward data and backward
-//! filter, each a candle custom op (f32 and bf16, NCHW).
+//! filter, each a candle custom op (f32 and bf16; NCHW, or with the
+//! `cudnn-nhwc` kernel set channels-last: NHWC activations and KRSC filters,
+//! `layout.rs`).
 //!
 //! One cuDNN handle per device and thread, bound to candle's stream, so the
 //! calls are ordered with candle's own kernels. Per shape (input, kernel,
@@ -29,7 +31,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A shape's identity: input and kernel dims, padding, stride, dtype, tf32.
+/// A shape's identity: input and kernel dims (logical: NCHW and KCRS),
+/// padding, stride, dtype, tf32, layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     x: [i32; 4],
@@ -37,6 +40,28 @@ struct Key {
     p: ConvParams,
     dtype: DType,
     tf32: bool,
+    nhwc: bool,
+}
+
+/// The logical (N, C, H, W) dims of a tensor of `physical` dims: the same,
+/// or, channels-last, (N, H, W, C) reordered.
+fn logical(physical: [i32; 4], nhwc: bool) -> [i32; 4] {
+    let [a, b, c, d] = physical;
+    if nhwc {
+        [a, d, b, c]
+    } else {
+        physical
+    }
+}
+
+/// The physical dims of logical (N, C, H, W) dims (see [`logical`]).
+fn physical(logical: [i32; 4], nhwc: bool) -> [i32; 4] {
+    let [a, b, c, d] = logical;
+    if nhwc {
+        [a, c, d, b]
+    } else {
+        logical
+    }
 }
 
 impl Key {
@@ -82,12 +107,13 @@ fn new_plan<T: Elem>(h: &Arc<Cudnn>, key: &Key) -> Result<Plan<T>> {
         _ => cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
     };
     conv.set_math_type(math).cu()?;
-    let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    // The format names the memory order of the logical NCHW / KCRS dims.
+    let format = if key.nhwc { cudnnTensorFormat_t::CUDNN_TENSOR_NHWC } else { cudnnTensorFormat_t::CUDNN_TENSOR_NCHW };
     Ok(Plan {
         conv,
-        x: h.create_4d_tensor::<T>(nchw, key.x).cu()?,
-        w: h.create_4d_filter::<T>(nchw, key.w).cu()?,
-        y: h.create_4d_tensor::<T>(nchw, key.y()).cu()?,
+        x: h.create_4d_tensor::<T>(format, key.x).cu()?,
+        w: h.create_4d_filter::<T>(format, key.w).cu()?,
+        y: h.create_4d_tensor::<T>(format, key.y()).cu()?,
         fwd: None,
         bwd_data: None,
         bwd_filter: None,
@@ -159,8 +185,13 @@ pub fn workspace_report() -> (usize, Vec<String>) {
             for (k, p) in &s.plans {
                 let line = |fwd: &dyn std::fmt::Debug, bd: &dyn std::fmt::Debug, bf: &dyn std::fmt::Debug| {
                     format!(
-                        "x {:?} w {:?} s{} p{} {:?}: fwd {fwd:?} bwd_data {bd:?} bwd_filter {bf:?}",
-                        k.x, k.w, k.p.stride, k.p.padding, k.dtype
+                        "x {:?} w {:?} s{} p{} {:?}{}: fwd {fwd:?} bwd_data {bd:?} bwd_filter {bf:?}",
+                        k.x,
+                        k.w,
+                        k.p.stride,
+                        k.p.padding,
+                        k.dtype,
+                        if k.nhwc { " NHWC" } else { "" }
                     )
                 };
                 if let Some(p) = p.downcast_ref::<Plan<f32>>() {
@@ -197,7 +228,7 @@ fn tf32() -> bool {
     candle_core::cuda::gemm_reduced_precision_f32()
 }
 
-/// Which of the three cuDNN calls an op makes.
+/// Which of the three cuDNN calls an op makes (dims logical, NCHW / KCRS).
 #[derive(Debug, Clone, Copy)]
 enum Pass {
     /// (x, w) -> y.
@@ -212,6 +243,7 @@ enum Pass {
 fn run<T: Elem>(
     pass: Pass,
     p: ConvParams,
+    nhwc: bool,
     s1: &CudaStorage,
     l1: &Layout,
     s2: &CudaStorage,
@@ -220,10 +252,12 @@ fn run<T: Elem>(
     let dev = s1.device().clone();
     let (a, b) = (view::<T>(s1, l1, "conv2d")?, view::<T>(s2, l2, "conv2d")?);
     let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
-    let key = |x, w| Key { x, w, p, dtype: T::DTYPE, tf32: tf32() };
+    let key = |x, w| Key { x, w, p, dtype: T::DTYPE, tf32: tf32(), nhwc };
+    // The operands' logical dims (the ops take and return physical tensors).
+    let dims = |l: &Layout| -> Result<[i32; 4]> { Ok(logical(dims4(l.shape(), "conv2d")?, nhwc)) };
     let (out, dims_out) = match pass {
         Pass::Forward => {
-            let key = key(dims4(l1.shape(), "conv2d")?, dims4(l2.shape(), "conv2d")?);
+            let key = key(dims(l1)?, dims(l2)?);
             let y_dims = key.y();
             // SAFETY: beta = 0, so cuDNN writes every element of y before anything reads it.
             let mut y = unsafe { dev.alloc::<T>(count(y_dims)) }?;
@@ -237,14 +271,14 @@ fn run<T: Elem>(
                     &[F::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, F::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM],
                 )?;
                 let ws = grow(&dev, ws, bytes)?;
-                // SAFETY: the views and y have the dtype and (contiguous NCHW) dims of the descriptors.
+                // SAFETY: the views and y have the dtype, dims and layout of the descriptors.
                 unsafe { op.launch(algo, ws, (one, zero), &a, &b, &mut y) }.cu()?;
                 Ok(())
             })?;
             (y, y_dims)
         }
         Pass::BackwardData { x } => {
-            let key = key(x, dims4(l2.shape(), "conv2d")?);
+            let key = key(x, dims(l2)?);
             // SAFETY: beta = 0: every element of dx is written.
             let mut dx = unsafe { dev.alloc::<T>(count(x)) }?;
             with_plan::<T, _>(&dev, key, |plan, ws| {
@@ -264,7 +298,7 @@ fn run<T: Elem>(
             (dx, x)
         }
         Pass::BackwardFilter { w } => {
-            let key = key(dims4(l1.shape(), "conv2d")?, w);
+            let key = key(dims(l1)?, w);
             // SAFETY: beta = 0: every element of dw is written.
             let mut dw = unsafe { dev.alloc::<T>(count(w)) }?;
             with_plan::<T, _>(&dev, key, |plan, ws| {
@@ -284,7 +318,7 @@ fn run<T: Elem>(
             (dw, w)
         }
     };
-    let shape = Shape::from(dims_out.map(|v| v as usize).to_vec());
+    let shape = Shape::from(physical(dims_out, nhwc).map(|v| v as usize).to_vec());
     Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
 }
 
@@ -293,6 +327,8 @@ fn run<T: Elem>(
 struct CudnnConv {
     pass: Pass,
     p: ConvParams,
+    /// The operands and the result are channels-last: (N, H, W, C) and (K, R, S, C).
+    nhwc: bool,
 }
 
 impl CustomOp2 for CudnnConv {
@@ -310,8 +346,8 @@ impl CustomOp2 for CudnnConv {
 
     fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
         match s1.dtype() {
-            DType::F32 => run::<f32>(self.pass, self.p, s1, l1, s2, l2),
-            DType::BF16 => run::<half::bf16>(self.pass, self.p, s1, l1, s2, l2),
+            DType::F32 => run::<f32>(self.pass, self.p, self.nhwc, s1, l1, s2, l2),
+            DType::BF16 => run::<half::bf16>(self.pass, self.p, self.nhwc, s1, l1, s2, l2),
             other => bail!("{}: no cuDNN path for {other:?}", self.name()),
         }
     }
@@ -319,15 +355,16 @@ impl CustomOp2 for CudnnConv {
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let Pass::Forward = self.pass else { bail!("{}: no second derivative", self.name()) };
         let grad = grad.contiguous()?;
+        let (p, nhwc) = (self.p, self.nhwc);
         let dx = if x.track_op() {
-            let pass = Pass::BackwardData { x: dims4(x.shape(), "conv2d")? };
-            Some(grad.apply_op2_no_bwd(w, &CudnnConv { pass, p: self.p })?)
+            let pass = Pass::BackwardData { x: logical(dims4(x.shape(), "conv2d")?, nhwc) };
+            Some(grad.apply_op2_no_bwd(w, &CudnnConv { pass, p, nhwc })?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            let pass = Pass::BackwardFilter { w: dims4(w.shape(), "conv2d")? };
-            Some(x.apply_op2_no_bwd(&grad, &CudnnConv { pass, p: self.p })?)
+            let pass = Pass::BackwardFilter { w: logical(dims4(w.shape(), "conv2d")?, nhwc) };
+            Some(x.apply_op2_no_bwd(&grad, &CudnnConv { pass, p, nhwc })?)
         } else {
             None
         };
@@ -335,8 +372,43 @@ impl CustomOp2 for CudnnConv {
     }
 }
 
-/// The cuDNN convolution of contiguous `x` (N, C, H, W) and `w` (C_out, C, K, K),
-/// both f32 or both bf16, on one CUDA device.
+/// The cuDNN convolution of `x` (N, C, H, W) and `w` (C_out, C, K, K), both
+/// f32 or both bf16, on one CUDA device. With the `cudnn-nhwc` kernel set the
+/// input is taken channels-last (a view when it is stored so, else one copy),
+/// the weight as KRSC (one copy), and the result is an NCHW view of
+/// channels-last storage (`layout.rs`).
 pub(super) fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, CudnnConv { pass: Pass::Forward, p })
+    if super::kernels::channels_last(x.device()) {
+        let (x, w) = (super::layout::to_nhwc(x)?, super::layout::to_nhwc(w)?);
+        let y = x.apply_op2(&w, CudnnConv { pass: Pass::Forward, p, nhwc: true })?;
+        return super::layout::from_nhwc(&y);
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, CudnnConv { pass: Pass::Forward, p, nhwc: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_last_dims_map_both_ways_and_give_the_output_shape() {
+        // x (N, C, H, W) = (2, 3, 10, 12) stored (N, H, W, C)
+        assert_eq!(logical([2, 10, 12, 3], true), [2, 3, 10, 12]);
+        assert_eq!(physical([2, 3, 10, 12], true), [2, 10, 12, 3]);
+        assert_eq!(logical([2, 3, 10, 12], false), [2, 3, 10, 12]);
+        for d in [[1, 2, 3, 4], [50, 64, 56, 56]] {
+            assert_eq!(physical(logical(d, true), true), d);
+        }
+        // A KRSC filter (64, 7, 7, 3) is the KCRS (64, 3, 7, 7) of the descriptor.
+        assert_eq!(logical([64, 7, 7, 3], true), [64, 3, 7, 7]);
+        let key = Key {
+            x: [50, 3, 224, 224],
+            w: [64, 3, 7, 7],
+            p: ConvParams { padding: 3, stride: 2 },
+            dtype: DType::BF16,
+            tf32: false,
+            nhwc: true,
+        };
+        assert_eq!(physical(key.y(), true), [50, 112, 112, 64]);
+    }
 }

@@ -12,6 +12,13 @@
 //!   kept for the process; BatchNorm, max-pool, ReLU, `relu(a + b)` and the
 //!   optimiser's step as our own kernels (`bn_cuda.rs`, `pool_cuda.rs`,
 //!   `relu_cuda.rs`, `optim_cuda.rs`).
+//! * `cudnn-nhwc`: the `cudnn` set with channels-last activations: every
+//!   convolution takes and returns (N, H, W, C) storage (seen by the model as
+//!   an NCHW view with those strides), so that cuDNN's bf16 tensor-core
+//!   kernels need no NCHW<->NHWC transposes around each call (22.6% of a
+//!   bf16 ResNet18 step's GPU time on an H200); BatchNorm, max-pool, ReLU
+//!   and the residual sums follow the layout of their input. Opt-in until
+//!   `bench/gpu.sh` has checked it on a GPU (`layout.rs`).
 //!
 //! The CPU path does not depend on it. The choice is read once, when a CUDA
 //! device is opened ([`crate::train::device`]), and recorded in the device's
@@ -26,6 +33,8 @@ pub enum GpuKernels {
     Generic,
     /// cuDNN's convolutions (needs a build with the `cudnn` feature).
     Cudnn,
+    /// [`GpuKernels::Cudnn`] with channels-last activations.
+    CudnnNhwc,
 }
 
 /// The environment variable that chooses [`GpuKernels`].
@@ -35,12 +44,12 @@ pub const ENV: &str = crate::env::GPU_KERNELS.name;
 /// this build lacks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelsError {
-    /// Neither `generic` nor `cudnn`.
-    #[error("{ENV}={0:?}: expected `generic` or `cudnn`")]
+    /// Not one of `generic`, `cudnn`, `cudnn-nhwc`.
+    #[error("{ENV}={0:?}: expected `generic`, `cudnn` or `cudnn-nhwc`")]
     Unknown(String),
-    /// `cudnn` asked of a build without the `cudnn` feature.
-    #[error("{ENV}=cudnn: this binary was built without cuDNN (rebuild with `--features cudnn`)")]
-    NotBuilt,
+    /// `cudnn` or `cudnn-nhwc` asked of a build without the `cudnn` feature.
+    #[error("{ENV}={0}: this binary was built without cuDNN (rebuild with `--features cudnn`)")]
+    NotBuilt(&'static str),
 }
 
 impl GpuKernels {
@@ -50,6 +59,7 @@ impl GpuKernels {
         match self {
             GpuKernels::Generic => "generic",
             GpuKernels::Cudnn => "cudnn",
+            GpuKernels::CudnnNhwc => "cudnn-nhwc",
         }
     }
 
@@ -62,8 +72,10 @@ impl GpuKernels {
     pub fn parse(value: &str, with_cudnn: bool) -> Result<GpuKernels, KernelsError> {
         match value.trim() {
             "" | "cudnn" if with_cudnn => Ok(GpuKernels::Cudnn),
+            "cudnn-nhwc" if with_cudnn => Ok(GpuKernels::CudnnNhwc),
             "" | "generic" => Ok(GpuKernels::Generic),
-            "cudnn" => Err(KernelsError::NotBuilt),
+            "cudnn" => Err(KernelsError::NotBuilt("cudnn")),
+            "cudnn-nhwc" => Err(KernelsError::NotBuilt("cudnn-nhwc")),
             other => Err(KernelsError::Unknown(other.to_string())),
         }
     }
@@ -81,23 +93,34 @@ static CURRENT: AtomicU8 = AtomicU8::new(0);
 
 /// Makes `k` the kernel set of every CUDA layer from now on.
 pub fn set_gpu_kernels(k: GpuKernels) {
-    CURRENT.store(u8::from(k == GpuKernels::Cudnn), Ordering::Relaxed);
+    let v = match k {
+        GpuKernels::Generic => 0,
+        GpuKernels::Cudnn => 1,
+        GpuKernels::CudnnNhwc => 2,
+    };
+    CURRENT.store(v, Ordering::Relaxed);
 }
 
 /// The kernel set the CUDA layers use now.
 #[must_use]
 pub fn gpu_kernels() -> GpuKernels {
-    if CURRENT.load(Ordering::Relaxed) == 1 {
-        GpuKernels::Cudnn
-    } else {
-        GpuKernels::Generic
+    match CURRENT.load(Ordering::Relaxed) {
+        1 => GpuKernels::Cudnn,
+        2 => GpuKernels::CudnnNhwc,
+        _ => GpuKernels::Generic,
     }
 }
 
 /// Whether a layer on `device` takes the cuDNN path.
 #[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
 pub(crate) fn use_cudnn(device: &candle_core::Device) -> bool {
-    cfg!(feature = "cudnn") && device.is_cuda() && gpu_kernels() == GpuKernels::Cudnn
+    cfg!(feature = "cudnn") && device.is_cuda() && gpu_kernels() != GpuKernels::Generic
+}
+
+/// Whether convolutions on `device` turn their input channels-last.
+#[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
+pub(crate) fn channels_last(device: &candle_core::Device) -> bool {
+    cfg!(feature = "cudnn") && device.is_cuda() && gpu_kernels() == GpuKernels::CudnnNhwc
 }
 
 #[cfg(test)]
@@ -110,14 +133,20 @@ mod tests {
         assert_eq!(GpuKernels::parse("", true), Ok(GpuKernels::Cudnn));
         assert_eq!(GpuKernels::parse("generic", true), Ok(GpuKernels::Generic));
         assert_eq!(GpuKernels::parse(" cudnn ", true), Ok(GpuKernels::Cudnn));
-        assert_eq!(GpuKernels::parse("cudnn", false), Err(KernelsError::NotBuilt));
+        assert_eq!(GpuKernels::parse("cudnn-nhwc", true), Ok(GpuKernels::CudnnNhwc));
+        assert_eq!(GpuKernels::parse("cudnn", false), Err(KernelsError::NotBuilt("cudnn")));
+        assert_eq!(GpuKernels::parse("cudnn-nhwc", false), Err(KernelsError::NotBuilt("cudnn-nhwc")));
         let e = GpuKernels::parse("cuDNN9", true).unwrap_err();
-        assert_eq!(e.to_string(), "SWEEP_GPU_KERNELS=\"cuDNN9\": expected `generic` or `cudnn`");
-        assert!(KernelsError::NotBuilt.to_string().contains("--features cudnn"));
+        assert_eq!(e.to_string(), "SWEEP_GPU_KERNELS=\"cuDNN9\": expected `generic`, `cudnn` or `cudnn-nhwc`");
+        assert!(KernelsError::NotBuilt("cudnn").to_string().contains("--features cudnn"));
+        for k in [GpuKernels::Generic, GpuKernels::Cudnn, GpuKernels::CudnnNhwc] {
+            assert_eq!(GpuKernels::parse(k.name(), true), Ok(k));
+        }
     }
 
     #[test]
     fn the_cpu_never_takes_the_cudnn_path() {
         assert!(!use_cudnn(&candle_core::Device::Cpu));
+        assert!(!channels_last(&candle_core::Device::Cpu));
     }
 }

@@ -26,7 +26,8 @@
 //!   (`bn_cuda.rs`, with the ReLU or a ResNet block's residual and ReLU in
 //!   the same kernels), max-pool (`pool_cuda.rs`), ReLU and `relu(a + b)`
 //!   (`relu_cuda.rs`), f32 or bf16, and the optimisers' step (`optim_cuda.rs`),
-//!   all with `--features cudnn` (what they share: `cuda.rs`).
+//!   all with `--features cudnn` (what they share: `cuda.rs`); with
+//!   `cudnn-nhwc` the same with channels-last activations (`layout.rs`).
 //!
 //! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs`, `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `relu_cuda.rs`, `optim_cuda.rs`, `batch_norm.rs`, `add_relu.rs`,
 //! `bn_relu_pool.rs` (and
@@ -46,6 +47,7 @@ mod conv_cudnn;
 mod cuda;
 mod gemm;
 mod kernels;
+mod layout;
 #[cfg(feature = "cudnn")]
 mod optim_cuda;
 mod pool;
@@ -67,6 +69,7 @@ pub(crate) use cuda::OrCuda;
 #[cfg(feature = "cudnn")]
 pub(crate) use kernels::use_cudnn;
 pub use kernels::{gpu_kernels, set_gpu_kernels, GpuKernels, KernelsError};
+pub use layout::{as_activation, is_channels_last};
 #[cfg(feature = "cudnn")]
 pub use optim_cuda::{adam_step_all, sgd_step_all, AdamParam, SgdParam};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};

@@ -1,4 +1,5 @@
-//! Max-pooling on CUDA with our own kernels (f32 or bf16, NCHW), with
+//! Max-pooling on CUDA with our own kernels (f32 or bf16; NCHW, or
+//! channels-last: (N, H, W, C) storage, `layout.rs`), with
 //! PyTorch's semantics: padding never wins, the first maximum of a window
 //! in row-major order takes the gradient, a NaN wins its window.
 //!
@@ -72,11 +73,65 @@ template <typename T> __device__ void backward(const T* dy, const unsigned char*
     }
 }
 
+// Channels-last: the same, with the channel innermost (i = ((b * OH + oh) * OW + ow) * C + c).
+template <typename T> __device__ void forward_cl(const T* x, T* y, unsigned char* arg, u32 N, u32 C, u32 H, u32 W,
+                                                 u32 OH, u32 OW, u32 K, u32 S, u32 P) {
+    u64 n = (u64)N * OH * OW * C;
+    EACH {
+        u32 k = (u32)i, c = k % C, t = k / C, ow = t % OW;
+        t /= OW;
+        u32 oh = t % OH, b = t / OH;
+        int h0 = (int)(oh * S) - (int)P, w0 = (int)(ow * S) - (int)P;
+        const T* src = x + (u64)b * H * W * C + c;
+        float best = __int_as_float(0xff800000);
+        int at = -1;
+        for (u32 ky = 0; ky < K; ky++) {
+            int ih = h0 + (int)ky;
+            if (ih < 0 || ih >= (int)H) continue;
+            for (u32 kx = 0; kx < K; kx++) {
+                int iw = w0 + (int)kx;
+                if (iw < 0 || iw >= (int)W) continue;
+                float v = load(src, ((u64)ih * W + iw) * C);
+                if (at < 0 || v > best || v != v) { best = v; at = ky * K + kx; }
+            }
+        }
+        store(y, i, best);
+        arg[i] = (unsigned char)(at < 0 ? 0 : at);
+    }
+}
+
+template <typename T> __device__ void backward_cl(const T* dy, const unsigned char* arg, T* dx, u32 N, u32 C, u32 H,
+                                                  u32 W, u32 OH, u32 OW, u32 K, u32 S, u32 P) {
+    u64 n = (u64)N * H * W * C;
+    EACH {
+        u32 k = (u32)i, c = k % C, t = k / C, iw = t % W;
+        t /= W;
+        u32 ih = t % H, b = t / H;
+        u32 oh0 = ih + P < K ? 0 : (ih + P - K) / S + 1, oh1 = (ih + P) / S;
+        u32 ow0 = iw + P < K ? 0 : (iw + P - K) / S + 1, ow1 = (iw + P) / S;
+        if (oh1 >= OH) oh1 = OH - 1;
+        if (ow1 >= OW) ow1 = OW - 1;
+        float g = 0.0f;
+        for (u32 oh = oh0; oh <= oh1 && oh < OH; oh++) {
+            for (u32 ow = ow0; ow <= ow1 && ow < OW; ow++) {
+                u64 o = (((u64)b * OH + oh) * OW + ow) * C + c;
+                u32 at = arg[o];
+                if (oh * S + at / K == ih + P && ow * S + at % K == iw + P) g += load(dy, o);
+            }
+        }
+        store(dx, i, g);
+    }
+}
+
 #define POOL(T, SUF) \
 extern "C" __global__ void max_pool_forward_##SUF(const T* x, T* y, unsigned char* arg, u32 NC, u32 H, u32 W, \
     u32 OH, u32 OW, u32 K, u32 S, u32 P) { forward(x, y, arg, NC, H, W, OH, OW, K, S, P); } \
 extern "C" __global__ void max_pool_backward_##SUF(const T* dy, const unsigned char* arg, T* dx, u32 NC, u32 H, \
-    u32 W, u32 OH, u32 OW, u32 K, u32 S, u32 P) { backward(dy, arg, dx, NC, H, W, OH, OW, K, S, P); }
+    u32 W, u32 OH, u32 OW, u32 K, u32 S, u32 P) { backward(dy, arg, dx, NC, H, W, OH, OW, K, S, P); } \
+extern "C" __global__ void max_pool_cl_forward_##SUF(const T* x, T* y, unsigned char* arg, u32 N, u32 C, u32 H, \
+    u32 W, u32 OH, u32 OW, u32 K, u32 S, u32 P) { forward_cl(x, y, arg, N, C, H, W, OH, OW, K, S, P); } \
+extern "C" __global__ void max_pool_cl_backward_##SUF(const T* dy, const unsigned char* arg, T* dx, u32 N, u32 C, \
+    u32 H, u32 W, u32 OH, u32 OW, u32 K, u32 S, u32 P) { backward_cl(dy, arg, dx, N, C, H, W, OH, OW, K, S, P); }
 POOL(float, f32)
 POOL(bf16, bf16)
 "#;
@@ -104,6 +159,14 @@ struct MaxPool {
     p: PoolParams,
     out: (usize, usize),
     argmax: Argmax,
+    /// Channels-last input and output ((N, H, W, C) storage).
+    nhwc: bool,
+}
+
+/// (N, C, H, W) of an input stored NCHW or, `nhwc`, (N, H, W, C).
+fn nchw(shape: &Shape, nhwc: bool) -> Result<[u32; 4]> {
+    let [a, b, c, d] = dims4_u32(shape, "max_pool2d")?;
+    Ok(if nhwc { [a, d, b, c] } else { [a, b, c, d] })
 }
 
 impl CustomOp1 for MaxPool {
@@ -124,7 +187,7 @@ impl CustomOp1 for MaxPool {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let back = MaxPoolBackward { p: self.p, argmax: self.argmax.clone() };
+        let back = MaxPoolBackward { p: self.p, argmax: self.argmax.clone(), nhwc: self.nhwc };
         Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &back)?))
     }
 }
@@ -133,7 +196,7 @@ impl MaxPool {
     #[allow(unsafe_code)] // a kernel launch and uninitialised outputs: see the SAFETY comments
     fn forward<T: Elem>(&self, xs: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
-        let [n, c, h, w] = dims4_u32(xl.shape(), "max_pool2d")?;
+        let [n, c, h, w] = nchw(xl.shape(), self.nhwc)?;
         let (oh, ow) = (self.out.0 as u32, self.out.1 as u32);
         let [k, s, p] = geometry(self.p)?;
         let x = view::<T>(xs, xl, "max_pool2d")?;
@@ -145,14 +208,25 @@ impl MaxPool {
         // SAFETY: the kernel writes every output and every offset.
         let (mut y, mut arg) = unsafe { (dev.alloc::<T>(outs)?, dev.alloc::<u8>(outs)?) };
         let stream = dev.cuda_stream();
-        let f = kernel(&dev, "max_pool_forward", T::DTYPE)?;
-        let mut b = stream.launch_builder(&f);
-        b.arg(&x).arg(&mut y).arg(&mut arg).arg(&nc).arg(&h).arg(&w).arg(&oh).arg(&ow).arg(&k).arg(&s).arg(&p);
-        // SAFETY: the arguments of max_pool_forward in its order; x has NC*H*W
-        // elements, y and arg NC*OH*OW; the window stays within each plane.
-        unsafe { launch(b, elementwise_config(outs)) }?;
+        if self.nhwc {
+            let f = kernel(&dev, "max_pool_cl_forward", T::DTYPE)?;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x).arg(&mut y).arg(&mut arg).arg(&n).arg(&c).arg(&h).arg(&w).arg(&oh).arg(&ow);
+            b.arg(&k).arg(&s).arg(&p);
+            // SAFETY: the arguments of max_pool_cl_forward in its order; x has
+            // N*H*W*C elements, y and arg N*OH*OW*C; the window stays within each image.
+            unsafe { launch(b, elementwise_config(outs)) }?;
+        } else {
+            let f = kernel(&dev, "max_pool_forward", T::DTYPE)?;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x).arg(&mut y).arg(&mut arg).arg(&nc).arg(&h).arg(&w).arg(&oh).arg(&ow).arg(&k).arg(&s).arg(&p);
+            // SAFETY: the arguments of max_pool_forward in its order; x has NC*H*W
+            // elements, y and arg NC*OH*OW; the window stays within each plane.
+            unsafe { launch(b, elementwise_config(outs)) }?;
+        }
         *self.argmax.lock().expect("max-pool lock") = Some(arg);
-        let shape = Shape::from(vec![n as usize, c as usize, oh as usize, ow as usize]);
+        let (n, c, oh, ow) = (n as usize, c as usize, oh as usize, ow as usize);
+        let shape = Shape::from(if self.nhwc { vec![n, oh, ow, c] } else { vec![n, c, oh, ow] });
         Ok((CudaStorage::wrap_cuda_slice(y, dev), shape))
     }
 }
@@ -161,6 +235,7 @@ impl MaxPool {
 struct MaxPoolBackward {
     p: PoolParams,
     argmax: Argmax,
+    nhwc: bool,
 }
 
 impl CustomOp2 for MaxPoolBackward {
@@ -191,8 +266,8 @@ impl MaxPoolBackward {
         dyl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = xs.device().clone();
-        let [n, c, h, w] = dims4_u32(xl.shape(), "max_pool2d")?;
-        let [_, _, oh, ow] = dims4_u32(dyl.shape(), "max_pool2d")?;
+        let [n, c, h, w] = nchw(xl.shape(), self.nhwc)?;
+        let [_, _, oh, ow] = nchw(dyl.shape(), self.nhwc)?;
         let [k, s, p] = geometry(self.p)?;
         let dy = view::<T>(dys, dyl, "max_pool2d")?;
         let argmax = self.argmax.lock().expect("max-pool lock");
@@ -208,6 +283,16 @@ impl MaxPoolBackward {
         // SAFETY: the kernel writes every element of dx.
         let mut dx = unsafe { dev.alloc::<T>(ins) }?;
         let stream = dev.cuda_stream();
+        if self.nhwc {
+            let f = kernel(&dev, "max_pool_cl_backward", T::DTYPE)?;
+            let mut b = stream.launch_builder(&f);
+            b.arg(&dy).arg(arg).arg(&mut dx).arg(&n).arg(&c).arg(&h).arg(&w).arg(&oh).arg(&ow);
+            b.arg(&k).arg(&s).arg(&p);
+            // SAFETY: the arguments of max_pool_cl_backward in its order; dy and arg
+            // have N*OH*OW*C elements, dx N*H*W*C.
+            unsafe { launch(b, elementwise_config(ins)) }?;
+            return Ok((CudaStorage::wrap_cuda_slice(dx, dev), xl.shape().clone()));
+        }
         let f = kernel(&dev, "max_pool_backward", T::DTYPE)?;
         let mut b = stream.launch_builder(&f);
         b.arg(&dy).arg(arg).arg(&mut dx).arg(&nc).arg(&h).arg(&w).arg(&oh).arg(&ow).arg(&k).arg(&s).arg(&p);
@@ -218,9 +303,15 @@ impl MaxPoolBackward {
     }
 }
 
-/// Max-pool of contiguous-able f32 or bf16 `xs` (N, C, H, W) on CUDA to (N, C, `out`).
+/// Max-pool of f32 or bf16 `xs` (N, C, H, W) on CUDA to (N, C, `out`); a
+/// channels-last input under the `cudnn-nhwc` kernel set gives a
+/// channels-last output.
 pub(super) fn max_pool2d(xs: &Tensor, p: PoolParams, out: (usize, usize)) -> Result<Tensor> {
-    xs.contiguous()?.apply_op1(MaxPool { p, out, argmax: Arc::new(Mutex::new(None)) })
+    let argmax = Arc::new(Mutex::new(None));
+    match super::layout::nhwc_input(xs)? {
+        Some(v) => super::layout::from_nhwc(&v.apply_op1(MaxPool { p, out, argmax, nhwc: true })?),
+        None => xs.contiguous()?.apply_op1(MaxPool { p, out, argmax, nhwc: false }),
+    }
 }
 
 #[cfg(test)]
@@ -232,7 +323,14 @@ mod tests {
     #[test]
     fn the_kernels_compile() {
         let ptx = cudarc::nvrtc::compile_ptx(format!("{PRELUDE}{}", super::SOURCE)).unwrap_or_else(|e| panic!("{e:?}"));
-        for k in ["max_pool_forward_f32", "max_pool_forward_bf16", "max_pool_backward_f32", "max_pool_backward_bf16"] {
+        for k in [
+            "max_pool_forward_f32",
+            "max_pool_forward_bf16",
+            "max_pool_backward_f32",
+            "max_pool_backward_bf16",
+            "max_pool_cl_forward_bf16",
+            "max_pool_cl_backward_f32",
+        ] {
             assert!(ptx.to_src().contains(k), "{k} missing");
         }
     }

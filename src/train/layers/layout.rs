@@ -1,0 +1,107 @@
+//! Channels-last activations on CUDA (`SWEEP_GPU_KERNELS=cudnn-nhwc`).
+//!
+//! The models keep seeing (N, C, H, W) tensors; channels-last ones are views
+//! of (N, H, W, C) storage with the strides that implies (`permute(0, 3, 1,
+//! 2)` of a contiguous tensor: no copy). A convolution turns its input
+//! channels-last (a view when it already is, else one copy) and returns such
+//! a view; BatchNorm, max-pool, ReLU and `relu(a + b)` run their
+//! channels-last kernels on an input stored that way and return the same
+//! layout, so the layout, once taken at the first convolution, flows through
+//! a ResNet or a VGG; anything else (a concatenation, the head) reads the
+//! strided views as candle reads any view. candle's backward pass keeps an
+//! intermediate gradient in the layout its op produced (sweep's change to
+//! `vendor/candle-core`), so the gradients flow back channels-last too.
+
+use candle_core::{Result, Tensor};
+
+/// The (N, H, W, C) contiguous view of `x` (N, C, H, W) when x is stored
+/// channels-last (also when both layouts coincide: H = W = 1 or C = 1).
+pub(crate) fn stored_nhwc(x: &Tensor) -> Result<Option<Tensor>> {
+    if x.rank() != 4 {
+        return Ok(None);
+    }
+    let v = x.permute((0, 2, 3, 1))?;
+    Ok(v.is_contiguous().then_some(v))
+}
+
+/// `x` (N, C, H, W) as contiguous (N, H, W, C): a view when it is stored
+/// channels-last, else one copy (for a (K, C, R, S) convolution weight: the
+/// KRSC filter layout cuDNN takes with NHWC activations).
+pub(crate) fn to_nhwc(x: &Tensor) -> Result<Tensor> {
+    match stored_nhwc(x)? {
+        Some(v) => Ok(v),
+        None => x.permute((0, 2, 3, 1))?.contiguous(),
+    }
+}
+
+/// The (N, C, H, W) view of (N, H, W, C) storage.
+pub(crate) fn from_nhwc(y: &Tensor) -> Result<Tensor> {
+    y.permute((0, 3, 1, 2))
+}
+
+/// The channels-last view of `x` when the channels-last kernels should take
+/// it: the `cudnn-nhwc` kernel set on x's CUDA device and x stored that way.
+#[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
+pub(crate) fn nhwc_input(x: &Tensor) -> Result<Option<Tensor>> {
+    if !super::kernels::channels_last(x.device()) {
+        return Ok(None);
+    }
+    stored_nhwc(x)
+}
+
+/// `x` laid out as a convolution would return it on x's device: stored
+/// channels-last (one copy) under the `cudnn-nhwc` kernel set on CUDA, else
+/// x itself. For checks that feed a layer what it sees inside a model.
+///
+/// # Errors
+/// candle's, from the copy.
+pub fn as_activation(x: &Tensor) -> Result<Tensor> {
+    if super::kernels::channels_last(x.device()) && x.rank() == 4 {
+        from_nhwc(&to_nhwc(x)?)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// Whether `x` (N, C, H, W) is stored channels-last and not NCHW (a layer
+/// that kept the layout of its input).
+#[must_use]
+pub fn is_channels_last(x: &Tensor) -> bool {
+    !x.is_contiguous() && stored_nhwc(x).is_ok_and(|v| v.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn channels_last_storage_is_recognised_and_viewed_without_a_copy() {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 24., &dev).unwrap().reshape((1, 2, 3, 4)).unwrap();
+        // NCHW contiguous: not channels-last; to_nhwc copies.
+        assert!(stored_nhwc(&x).unwrap().is_none());
+        let n = to_nhwc(&x).unwrap();
+        assert_eq!(n.dims(), [1, 3, 4, 2]);
+        assert!(n.is_contiguous());
+        // Its NCHW view is channels-last, has x's values, and turns back without a copy.
+        let v = from_nhwc(&n).unwrap();
+        assert_eq!(v.dims(), x.dims());
+        assert!(!v.is_contiguous());
+        let back = stored_nhwc(&v).unwrap().expect("channels-last");
+        assert_eq!(back.stride(), n.stride());
+        assert_eq!(
+            v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        // 1x1 spatial: both layouts are the same memory.
+        let p = Tensor::zeros((2, 5, 1, 1), candle_core::DType::F32, &dev).unwrap();
+        assert!(stored_nhwc(&p).unwrap().is_some());
+        // Not 4-D, and the CPU never takes the channels-last kernels.
+        assert!(stored_nhwc(&Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap()).unwrap().is_none());
+        assert!(nhwc_input(&v).unwrap().is_none());
+        assert!(is_channels_last(&v) && !is_channels_last(&x));
+        // On the CPU an activation stays as it is.
+        assert!(as_activation(&x).unwrap().is_contiguous());
+    }
+}
