@@ -70,6 +70,31 @@ pub fn is_channels_last(x: &Tensor) -> bool {
     !x.is_contiguous() && stored_nhwc(x).is_ok_and(|v| v.is_some())
 }
 
+/// `y + bias` for `y` (N, C, H, W) and `bias` (C) (cast to y's dtype),
+/// added in y's layout: channels-last stays channels-last.
+pub(crate) fn add_channel_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let c = bias.dim(0)?;
+    let bias = bias.to_dtype(y.dtype())?;
+    if is_channels_last(y) {
+        return from_nhwc(&to_nhwc(y)?.broadcast_add(&bias.reshape((1, 1, 1, c))?)?);
+    }
+    y.broadcast_add(&bias.reshape((1, c, 1, 1))?)
+}
+
+/// The concatenation of (N, C_i, H, W) tensors along the channels: of their
+/// channels-last views along the last axis when all are channels-last (the
+/// result stays so), else candle's.
+///
+/// # Errors
+/// candle's (shapes that do not concatenate).
+pub fn cat_channels(xs: &[&Tensor]) -> Result<Tensor> {
+    if !xs.is_empty() && xs.iter().all(|x| is_channels_last(x)) {
+        let views = xs.iter().map(|x| to_nhwc(x)).collect::<Result<Vec<_>>>()?;
+        return from_nhwc(&Tensor::cat(&views, 3)?);
+    }
+    Tensor::cat(xs, 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +126,35 @@ mod tests {
         assert!(stored_nhwc(&Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap()).unwrap().is_none());
         assert!(nhwc_input(&v).unwrap().is_none());
         assert!(is_channels_last(&v) && !is_channels_last(&x));
+        // A bias is added in the layout of its input.
+        let b = Tensor::new(&[100f32, 200.], &dev).unwrap();
+        let yb = add_channel_bias(&v, &b).unwrap();
+        assert!(is_channels_last(&yb));
+        let want = add_channel_bias(&x, &b).unwrap();
+        assert!(want.is_contiguous());
+        assert_eq!(
+            yb.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        // Concatenated along the channels in the layout of the inputs.
+        let both = cat_channels(&[&v, &v]).unwrap();
+        assert!(is_channels_last(&both));
+        assert_eq!(
+            both.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            Tensor::cat(&[&x, &x], 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        assert!(cat_channels(&[&x, &v]).unwrap().is_contiguous());
+        // Average pooling keeps the layout and the values.
+        let big = Tensor::arange(0f32, 64., &dev).unwrap().reshape((1, 4, 4, 4)).unwrap();
+        // (f64: the CPU's f32 pooling op takes its input contiguous)
+        let big64 = big.to_dtype(candle_core::DType::F64).unwrap();
+        let pooled = crate::train::layers::avg_pool2d(&from_nhwc(&to_nhwc(&big64).unwrap()).unwrap(), 2).unwrap();
+        assert!(is_channels_last(&pooled));
+        let want = crate::train::layers::avg_pool2d(&big, 2).unwrap();
+        assert_eq!(
+            pooled.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
         // On the CPU an activation stays as it is.
         assert!(as_activation(&x).unwrap().is_contiguous());
     }

@@ -69,10 +69,13 @@ pub(crate) use cuda::OrCuda;
 #[cfg(feature = "cudnn")]
 pub(crate) use kernels::use_cudnn;
 pub use kernels::{gpu_kernels, set_gpu_kernels, GpuKernels, KernelsError};
-pub use layout::{as_activation, is_channels_last};
+pub(crate) use layout::add_channel_bias;
+pub use layout::{as_activation, cat_channels, is_channels_last};
 #[cfg(feature = "cudnn")]
 pub use optim_cuda::{adam_step_all, sgd_step_all, AdamParam, SgdParam};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};
+#[cfg(feature = "cudnn")]
+pub(crate) use {conv_cudnn::conv2d_channels_last, kernels::channels_last};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 use std::mem::MaybeUninit;

@@ -313,6 +313,11 @@ pub fn avg_pool2d(xs: &Tensor, k: usize) -> Result<Tensor> {
         return xs.contiguous()?.apply_op1(AvgPool2dOp(k));
     }
     let xs = if oh * k != h || ow * k != w { xs.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)? } else { xs.clone() };
+    if super::is_channels_last(&xs) {
+        // (N, H, W, C) storage: the windows are a view of it, the result stays channels-last
+        let v = super::layout::to_nhwc(&xs)?.reshape((n, oh, k, ow, k, c))?;
+        return super::layout::from_nhwc(&v.mean(4)?.mean(2)?);
+    }
     xs.reshape((n, c, oh, k, ow, k))?.mean(5)?.mean(3)
 }
 

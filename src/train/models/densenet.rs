@@ -7,7 +7,7 @@
 use super::nn::{BatchNorm, Builder, Conv, Init};
 use super::{Classifier, HeadNet};
 use crate::spec::{Head, Stem};
-use crate::train::layers::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};
+use crate::train::layers::{adaptive_avg_pool2d, avg_pool2d, cat_channels, max_pool2d, PoolParams};
 use crate::train::rng::Rng;
 use candle_core::{Result, Tensor};
 
@@ -97,12 +97,12 @@ impl Classifier for DenseNet {
             let mut features = vec![xs];
             for l in layers {
                 // torchvision concatenates every earlier output before each layer.
-                let cat = Tensor::cat(&features, 1)?;
+                let cat = cat_channels(&features.iter().collect::<Vec<_>>())?;
                 let y = l.conv1.forward(&l.norm1.forward_relu(&cat, train)?)?;
                 let y = l.conv2.forward(&l.norm2.forward_relu(&y, train)?)?;
                 features.push(y);
             }
-            xs = Tensor::cat(&features, 1)?;
+            xs = cat_channels(&features.iter().collect::<Vec<_>>())?;
             if let Some(t) = transition {
                 xs = avg_pool2d(&t.conv.forward(&t.norm.forward_relu(&xs, train)?)?, 2)?;
             }
