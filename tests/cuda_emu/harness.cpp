@@ -1,0 +1,270 @@
+// The checks of tests/cuda_emu/run.py (appended after the shim and the kernel sources).
+#include <cstdio>
+#include <cstdint>
+#include <random>
+#include <string>
+
+static int failures = 0;
+static std::mt19937_64 rng(7);
+static float normal() { static std::normal_distribution<float> d(0.0f, 1.0f); return d(rng); }
+
+static uint3_ dim(unsigned x, unsigned y = 1, unsigned z = 1) { return {x, y, z}; }
+static unsigned cdiv(unsigned a, unsigned b) { return (a + b - 1) / b; }
+// The launch shapes of the Rust side (bn_cuda.rs, cuda.rs, cudarc's for_num_elems).
+static unsigned splits(unsigned n, unsigned c, unsigned hw) {
+    unsigned by_gpu = cdiv(1024, c ? c : 1), by_work = std::max(cdiv(n * hw, 256 * 4), 1u);
+    return std::max(std::min(by_gpu, by_work), 1u);
+}
+static unsigned cl_splits(unsigned m, unsigned c) {
+    unsigned by_gpu = cdiv(1024, std::max(cdiv(c, 32), 1u)), by_work = std::max(cdiv(m, 32), 1u);
+    return std::max(std::min(by_gpu, by_work), 1u);
+}
+static unsigned cl_elementwise_splits(unsigned m) { return std::min(std::max(cdiv(m, 32), 1u), 1u << 20); }
+static void each(unsigned long long n, auto f) {
+    unsigned t = (unsigned)std::max((n + 3) / 4, 1ull);
+    launch(dim(cdiv(t, 1024)), dim(1024), f);
+}
+
+template <typename T> static std::vector<T> of(const std::vector<float>& v) {
+    std::vector<T> out(v.size());
+    for (size_t i = 0; i < v.size(); i++) store(out.data(), i, v[i]);
+    return out;
+}
+template <typename T> static std::vector<float> as_f32(const std::vector<T>& v) {
+    std::vector<float> out(v.size());
+    for (size_t i = 0; i < v.size(); i++) out[i] = load(v.data(), i);
+    return out;
+}
+// (N, C, H*W) <-> (N, H*W, C)
+static std::vector<float> to_nhwc(const std::vector<float>& x, unsigned n, unsigned c, unsigned hw) {
+    std::vector<float> y(x.size());
+    for (unsigned a = 0; a < n; a++) for (unsigned k = 0; k < c; k++) for (unsigned p = 0; p < hw; p++)
+        y[((size_t)a * hw + p) * c + k] = x[((size_t)a * c + k) * hw + p];
+    return y;
+}
+static std::vector<float> from_nhwc(const std::vector<float>& y, unsigned n, unsigned c, unsigned hw) {
+    std::vector<float> x(y.size());
+    for (unsigned a = 0; a < n; a++) for (unsigned k = 0; k < c; k++) for (unsigned p = 0; p < hw; p++)
+        x[((size_t)a * c + k) * hw + p] = y[((size_t)a * hw + p) * c + k];
+    return x;
+}
+static void expect(const std::string& what, const std::vector<float>& got, const std::vector<float>& want, float tol) {
+    float scale = 1e-12f, err = 0.0f;
+    for (float v : want) scale = std::max(scale, std::fabs(v));
+    bool size_ok = got.size() == want.size();
+    for (size_t i = 0; size_ok && i < got.size(); i++) {
+        float d = std::fabs(got[i] - want[i]);
+        if (std::isnan(got[i]) != std::isnan(want[i])) d = INFINITY;
+        if (!(std::isnan(got[i]) && std::isnan(want[i]))) err = std::max(err, d);
+    }
+    bool ok = size_ok && err / scale <= tol;
+    if (!ok) failures++;
+    std::printf("%-72s %s (%.1e, tolerance %.0e)\n", what.c_str(), ok ? "ok" : "DIFFERENT", size_ok ? err / scale : INFINITY, tol);
+}
+
+// BatchNorm: the channels-last kernels against the NCHW ones on the same data.
+template <typename T> static void batch_norm(unsigned n, unsigned c, unsigned h, unsigned w, bool relu, bool residual, const char* tname, float tol) {
+    unsigned hw = h * w, m = n * hw;
+    size_t len = (size_t)m * c;
+    std::vector<float> xf(len), rf(len), dyf(len), gamma(c), beta(c), rm0(c), rv0(c);
+    for (auto& v : xf) v = normal() * 2.0f + 0.5f;
+    for (auto& v : rf) v = normal() * 0.5f;
+    for (auto& v : dyf) v = normal();
+    for (unsigned k = 0; k < c; k++) { gamma[k] = 1.0f + 0.2f * normal(); beta[k] = 0.1f * normal(); rm0[k] = 0.1f * normal(); rv0[k] = 1.0f + 0.1f * std::fabs(normal()); }
+    // bf16 data: the same values on both sides
+    xf = as_f32(of<T>(xf)); rf = as_f32(of<T>(rf)); dyf = as_f32(of<T>(dyf));
+    float eps = 1e-5f, momentum = 0.1f;
+    std::string tag = std::string(tname) + " " + std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w) + (relu ? " relu" : "") + (residual ? " +residual" : "");
+
+    // NCHW reference
+    auto x1 = of<T>(xf), r1 = of<T>(rf), dy1 = of<T>(dyf);
+    std::vector<T> y1(len), dx1(len), dres1(len);
+    unsigned s1 = splits(n, c, hw);
+    std::vector<double> part1(2 * (size_t)c * s1);
+    std::vector<float> mean1(c), inv1(c), rm1 = rm0, rv1 = rv0, dwdb1(2 * c);
+    long long count1 = 0;
+    const T* res1 = residual ? r1.data() : nullptr;
+    int relu_i = relu;
+    launch(dim(c * s1), dim(256), [&] {
+        if constexpr (sizeof(T) == 4) bn::bn_stats_f32((const float*)x1.data(), part1.data(), n, c, hw, s1);
+        else bn::bn_stats_bf16((const bf16*)x1.data(), part1.data(), n, c, hw, s1);
+    });
+    launch(dim(c * s1), dim(256), [&] {
+        if constexpr (sizeof(T) == 4) bn::bn_forward_f32((const float*)x1.data(), part1.data(), gamma.data(), beta.data(), (const float*)res1, (float*)y1.data(), mean1.data(), inv1.data(), rm1.data(), rv1.data(), &count1, momentum, n, c, hw, s1, eps, relu_i);
+        else bn::bn_forward_bf16((const bf16*)x1.data(), part1.data(), gamma.data(), beta.data(), (const bf16*)res1, (bf16*)y1.data(), mean1.data(), inv1.data(), rm1.data(), rv1.data(), &count1, momentum, n, c, hw, s1, eps, relu_i);
+    });
+    const T* out1 = relu ? y1.data() : nullptr;
+    T* dres1p = residual ? dres1.data() : nullptr;
+    launch(dim(c * s1), dim(256), [&] {
+        if constexpr (sizeof(T) == 4) bn::bn_back_stats_f32((const float*)x1.data(), (const float*)dy1.data(), (const float*)out1, mean1.data(), part1.data(), n, c, hw, s1);
+        else bn::bn_back_stats_bf16((const bf16*)x1.data(), (const bf16*)dy1.data(), (const bf16*)out1, mean1.data(), part1.data(), n, c, hw, s1);
+    });
+    launch(dim(c * s1), dim(256), [&] {
+        if constexpr (sizeof(T) == 4) bn::bn_backward_f32((const float*)x1.data(), (const float*)dy1.data(), (const float*)out1, mean1.data(), inv1.data(), gamma.data(), part1.data(), (float*)dx1.data(), (float*)dres1p, dwdb1.data(), n, c, hw, s1);
+        else bn::bn_backward_bf16((const bf16*)x1.data(), (const bf16*)dy1.data(), (const bf16*)out1, mean1.data(), inv1.data(), gamma.data(), part1.data(), (bf16*)dx1.data(), (bf16*)dres1p, dwdb1.data(), n, c, hw, s1);
+    });
+    std::vector<T> e1(len);
+    launch(dim(c * s1), dim(256), [&] {
+        if constexpr (sizeof(T) == 4) bn::bn_eval_f32((const float*)x1.data(), rm1.data(), rv1.data(), gamma.data(), beta.data(), (const float*)res1, (float*)e1.data(), n, c, hw, s1, eps, relu_i);
+        else bn::bn_eval_bf16((const bf16*)x1.data(), rm1.data(), rv1.data(), gamma.data(), beta.data(), (const bf16*)res1, (bf16*)e1.data(), n, c, hw, s1, eps, relu_i);
+    });
+
+    // channels-last
+    auto x2 = of<T>(to_nhwc(xf, n, c, hw)), r2 = of<T>(to_nhwc(rf, n, c, hw)), dy2 = of<T>(to_nhwc(dyf, n, c, hw));
+    std::vector<T> y2(len), dx2(len), dres2(len), e2(len);
+    unsigned s2 = cl_splits(m, c), se = cl_elementwise_splits(m), cy = cdiv(c, 32);
+    std::vector<double> part2(2 * (size_t)c * s2);
+    std::vector<float> mean2(c), inv2(c), rm2 = rm0, rv2 = rv0, dwdb2(2 * c), coef(3 * c);
+    long long count2 = 0;
+    const T* res2 = residual ? r2.data() : nullptr;
+    int zero = 0, one = 1;
+    launch(dim(s2, cy), dim(32, 8), [&] {
+        if constexpr (sizeof(T) == 4) bn::bn_cl_stats_f32((const float*)x2.data(), part2.data(), m, c);
+        else bn::bn_cl_stats_bf16((const bf16*)x2.data(), part2.data(), m, c);
+    });
+    launch(dim(c), dim(256), [&] { bn::bn_cl_finalize(part2.data(), s2, mean2.data(), inv2.data(), rm2.data(), rv2.data(), &count2, momentum, m, c, eps); });
+    launch(dim(se, cy), dim(32, 8), [&] {
+        if constexpr (sizeof(T) == 4) bn::bn_cl_normalize_f32((const float*)x2.data(), mean2.data(), inv2.data(), gamma.data(), beta.data(), (const float*)res2, (float*)y2.data(), m, c, eps, relu_i, zero);
+        else bn::bn_cl_normalize_bf16((const bf16*)x2.data(), mean2.data(), inv2.data(), gamma.data(), beta.data(), (const bf16*)res2, (bf16*)y2.data(), m, c, eps, relu_i, zero);
+    });
+    const T* out2 = relu ? y2.data() : nullptr;
+    T* dres2p = residual ? dres2.data() : nullptr;
+    launch(dim(s2, cy), dim(32, 8), [&] {
+        if constexpr (sizeof(T) == 4) bn::bn_cl_back_stats_f32((const float*)x2.data(), (const float*)dy2.data(), (const float*)out2, mean2.data(), part2.data(), m, c);
+        else bn::bn_cl_back_stats_bf16((const bf16*)x2.data(), (const bf16*)dy2.data(), (const bf16*)out2, mean2.data(), part2.data(), m, c);
+    });
+    launch(dim(c), dim(256), [&] { bn::bn_cl_back_finalize(part2.data(), s2, inv2.data(), gamma.data(), coef.data(), dwdb2.data(), m, c); });
+    launch(dim(se, cy), dim(32, 8), [&] {
+        if constexpr (sizeof(T) == 4) bn::bn_cl_backward_f32((const float*)x2.data(), (const float*)dy2.data(), (const float*)out2, mean2.data(), coef.data(), (float*)dx2.data(), (float*)dres2p, m, c);
+        else bn::bn_cl_backward_bf16((const bf16*)x2.data(), (const bf16*)dy2.data(), (const bf16*)out2, mean2.data(), coef.data(), (bf16*)dx2.data(), (bf16*)dres2p, m, c);
+    });
+    launch(dim(se, cy), dim(32, 8), [&] {
+        if constexpr (sizeof(T) == 4) bn::bn_cl_normalize_f32((const float*)x2.data(), rm2.data(), rv2.data(), gamma.data(), beta.data(), (const float*)res2, (float*)e2.data(), m, c, eps, relu_i, one);
+        else bn::bn_cl_normalize_bf16((const bf16*)x2.data(), rm2.data(), rv2.data(), gamma.data(), beta.data(), (const bf16*)res2, (bf16*)e2.data(), m, c, eps, relu_i, one);
+    });
+
+    if constexpr (sizeof(T) == 4) {
+        // The NCHW kernels (ReLU and residual fused since they last ran on a GPU) against
+        // PyTorch's formulas in double; the ReLU's mask is read from the kernel's output, as
+        // the kernels define it (a value within rounding of zero may fall either side).
+        std::vector<float> ry(len), rdx(len), rdres(len), rdwdb(2 * c), reval(len), rrm(c), rrv(c);
+        for (unsigned k = 0; k < c; k++) {
+            double sum = 0, sq = 0, M = m;
+            for (unsigned a = 0; a < n; a++) for (unsigned p = 0; p < hw; p++) sum += xf[((size_t)a * c + k) * hw + p];
+            double mu = sum / M;
+            for (unsigned a = 0; a < n; a++) for (unsigned p = 0; p < hw; p++) { double d = xf[((size_t)a * c + k) * hw + p] - mu; sq += d * d; }
+            double var = sq / M, is = 1.0 / std::sqrt(var + eps), sg = 0, sgx = 0;
+            rrm[k] = 0.9 * rm0[k] + 0.1 * mu;
+            rrv[k] = 0.9 * rv0[k] + 0.1 * var * M / (M - 1);
+            for (unsigned a = 0; a < n; a++) for (unsigned p = 0; p < hw; p++) {
+                size_t i = ((size_t)a * c + k) * hw + p;
+                double v = (xf[i] - mu) * is * gamma[k] + beta[k] + (residual ? rf[i] : 0.0);
+                ry[i] = relu ? std::max(v, 0.0) : v;
+                double g = (relu && load(y1.data(), i) <= 0.0f) ? 0.0 : dyf[i];
+                sg += g; sgx += g * (xf[i] - mu);
+                double e = (xf[i] - rm1[k]) / std::sqrt((double)rv1[k] + eps) * gamma[k] + beta[k] + (residual ? rf[i] : 0.0);
+                reval[i] = relu ? std::max(e, 0.0) : e;
+            }
+            rdwdb[k] = sgx * is; rdwdb[c + k] = sg;
+            for (unsigned a = 0; a < n; a++) for (unsigned p = 0; p < hw; p++) {
+                size_t i = ((size_t)a * c + k) * hw + p;
+                double g = (relu && load(y1.data(), i) <= 0.0f) ? 0.0 : dyf[i];
+                rdx[i] = gamma[k] * is * (g - sg / M - (xf[i] - mu) * is * is * sgx / M);
+                rdres[i] = g;
+            }
+        }
+        expect("batch_norm " + tag + " NCHW vs PyTorch's formulas: y", as_f32(y1), ry, 1e-5f);
+        expect("batch_norm " + tag + " NCHW vs PyTorch's formulas: dx", as_f32(dx1), rdx, 1e-5f);
+        expect("batch_norm " + tag + " NCHW vs PyTorch's formulas: dw, db", dwdb1, rdwdb, 1e-5f);
+        expect("batch_norm " + tag + " NCHW vs PyTorch's formulas: running mean, var", [&] { auto v = rm1; v.insert(v.end(), rv1.begin(), rv1.end()); return v; }(),
+               [&] { auto v = rrm; v.insert(v.end(), rrv.begin(), rrv.end()); return v; }(), 1e-5f);
+        expect("batch_norm " + tag + " NCHW vs PyTorch's formulas: eval", as_f32(e1), reval, 1e-5f);
+        if (residual) expect("batch_norm " + tag + " NCHW vs PyTorch's formulas: dresidual", as_f32(dres1), rdres, 0.0f);
+    }
+
+    auto back = [&](const std::vector<T>& v) { return from_nhwc(as_f32(v), n, c, hw); };
+    expect("batch_norm " + tag + ": y", back(y2), as_f32(y1), tol);
+    expect("batch_norm " + tag + ": batch mean, inverse std", [&] { auto v = mean2; v.insert(v.end(), inv2.begin(), inv2.end()); return v; }(),
+           [&] { auto v = mean1; v.insert(v.end(), inv1.begin(), inv1.end()); return v; }(), 1e-5f);
+    expect("batch_norm " + tag + ": running mean, var, count", [&] { auto v = rm2; v.insert(v.end(), rv2.begin(), rv2.end()); v.push_back(count2); return v; }(),
+           [&] { auto v = rm1; v.insert(v.end(), rv1.begin(), rv1.end()); v.push_back(count1); return v; }(), 1e-5f);
+    expect("batch_norm " + tag + ": dx", back(dx2), as_f32(dx1), tol);
+    expect("batch_norm " + tag + ": dw, db", dwdb2, dwdb1, 1e-5f);
+    if (residual) expect("batch_norm " + tag + ": dresidual", back(dres2), as_f32(dres1), 0.0f);
+    expect("batch_norm " + tag + ": eval", back(e2), as_f32(e1), tol);
+}
+
+// Max-pool: channels-last against NCHW.
+template <typename T> static void max_pool(unsigned n, unsigned c, unsigned h, unsigned w, unsigned k, unsigned s, unsigned p, const char* tname) {
+    unsigned oh = (h + 2 * p - k) / s + 1, ow = (w + 2 * p - k) / s + 1, nc = n * c;
+    size_t ins = (size_t)nc * h * w, outs = (size_t)nc * oh * ow;
+    std::vector<float> xf(ins), dyf(outs);
+    for (auto& v : xf) v = normal();
+    for (auto& v : dyf) v = normal();
+    xf = as_f32(of<T>(xf)); dyf = as_f32(of<T>(dyf));
+    auto x1 = of<T>(xf), dy1 = of<T>(dyf);
+    std::vector<T> y1(outs), dx1(ins);
+    std::vector<unsigned char> a1(outs), a2(outs);
+    each(outs, [&] {
+        if constexpr (sizeof(T) == 4) pool::max_pool_forward_f32((const float*)x1.data(), (float*)y1.data(), a1.data(), nc, h, w, oh, ow, k, s, p);
+        else pool::max_pool_forward_bf16((const bf16*)x1.data(), (bf16*)y1.data(), a1.data(), nc, h, w, oh, ow, k, s, p);
+    });
+    each(ins, [&] {
+        if constexpr (sizeof(T) == 4) pool::max_pool_backward_f32((const float*)dy1.data(), a1.data(), (float*)dx1.data(), nc, h, w, oh, ow, k, s, p);
+        else pool::max_pool_backward_bf16((const bf16*)dy1.data(), a1.data(), (bf16*)dx1.data(), nc, h, w, oh, ow, k, s, p);
+    });
+    auto x2 = of<T>(to_nhwc(xf, n, c, h * w)), dy2 = of<T>(to_nhwc(dyf, n, c, oh * ow));
+    std::vector<T> y2(outs), dx2(ins);
+    each(outs, [&] {
+        if constexpr (sizeof(T) == 4) pool::max_pool_cl_forward_f32((const float*)x2.data(), (float*)y2.data(), a2.data(), n, c, h, w, oh, ow, k, s, p);
+        else pool::max_pool_cl_forward_bf16((const bf16*)x2.data(), (bf16*)y2.data(), a2.data(), n, c, h, w, oh, ow, k, s, p);
+    });
+    each(ins, [&] {
+        if constexpr (sizeof(T) == 4) pool::max_pool_cl_backward_f32((const float*)dy2.data(), a2.data(), (float*)dx2.data(), n, c, h, w, oh, ow, k, s, p);
+        else pool::max_pool_cl_backward_bf16((const bf16*)dy2.data(), a2.data(), (bf16*)dx2.data(), n, c, h, w, oh, ow, k, s, p);
+    });
+    std::string tag = std::string(tname) + " " + std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w) + " k" + std::to_string(k) + " s" + std::to_string(s) + " p" + std::to_string(p);
+    expect("max_pool " + tag + ": y", from_nhwc(as_f32(y2), n, c, oh * ow), as_f32(y1), 0.0f);
+    expect("max_pool " + tag + ": dx", from_nhwc(as_f32(dx2), n, c, h * w), as_f32(dx1), 0.0f);
+}
+
+// The weight's KRSC filter and its gradient back, against the index definition.
+static void krsc(unsigned k, unsigned c, unsigned r, unsigned s) {
+    unsigned rs = r * s;
+    size_t len = (size_t)k * c * rs;
+    std::vector<float> w(len), want(len), f32out(len);
+    for (auto& v : w) v = normal();
+    for (unsigned a = 0; a < k; a++) for (unsigned b = 0; b < c; b++) for (unsigned q = 0; q < rs; q++)
+        want[((size_t)a * rs + q) * c + b] = w[((size_t)a * c + b) * rs + q];
+    std::vector<bf16> bout(len);
+    each(len, [&] { conv::to_krsc_f32(w.data(), f32out.data(), k, c, rs); });
+    each(len, [&] { conv::to_krsc_bf16(w.data(), bout.data(), k, c, rs); });
+    std::string tag = std::to_string(k) + "x" + std::to_string(c) + "x" + std::to_string(r) + "x" + std::to_string(s);
+    expect("to_krsc " + tag + " f32", f32out, want, 0.0f);
+    expect("to_krsc " + tag + " bf16", as_f32(bout), as_f32(of<bf16>(want)), 0.0f);
+    std::vector<float> back(len), back_b(len);
+    each(len, [&] { conv::from_krsc_f32(f32out.data(), back.data(), k, c, rs); });
+    each(len, [&] { conv::from_krsc_bf16(bout.data(), back_b.data(), k, c, rs); });
+    expect("from_krsc " + tag + " f32", back, w, 0.0f);
+    expect("from_krsc " + tag + " bf16", back_b, as_f32(of<bf16>(w)), 0.0f);
+}
+
+int main() {
+    // channel counts below, at and across the kernels' groups of 32; row counts that leave
+    // partial row shares; several row shares (M = 1024)
+    for (auto [n, c, h, w] : std::vector<std::array<unsigned, 4>>{{3, 5, 3, 7}, {2, 40, 5, 7}, {4, 64, 16, 16}}) {
+        for (int mode = 0; mode < 3; mode++) {
+            bool relu = mode > 0, residual = mode == 2;
+            batch_norm<float>(n, c, h, w, relu, residual, "f32", 1e-5f);
+            batch_norm<bf16>(n, c, h, w, relu, residual, "bf16", 1e-2f);
+        }
+    }
+    max_pool<float>(2, 5, 9, 11, 3, 2, 1, "f32");
+    max_pool<bf16>(2, 40, 12, 12, 3, 2, 1, "bf16");
+    max_pool<float>(1, 33, 15, 15, 2, 2, 0, "f32");
+    krsc(64, 3, 7, 7);
+    krsc(5, 40, 3, 3);
+    krsc(7, 9, 1, 1);
+    std::printf(failures ? "cuda_emu: %d DIFFERENT\n" : "cuda_emu: all kernels agree\n", failures);
+    return failures ? 1 : 0;
+}
