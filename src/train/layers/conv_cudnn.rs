@@ -516,7 +516,12 @@ const KRSC_MODULE: &str = "sweep_conv_layout";
 /// one kernel (its gradient back to f32 KCRS by one more), the result an
 /// NCHW view of channels-last storage.
 pub(crate) fn conv2d_channels_last(x: &Tensor, w: &Tensor, p: ConvParams, compute: DType) -> Result<Tensor> {
-    let x = super::layout::to_nhwc(&x.to_dtype(compute)?)?;
+    // An NCHW input (the images) is cast and laid out channels-last by one strided cast.
+    let x = match super::layout::stored_nhwc(x)? {
+        Some(v) => v.to_dtype(compute)?,
+        None if x.dtype() != compute => x.permute((0, 2, 3, 1))?.to_dtype(compute)?,
+        None => super::layout::to_nhwc(x)?,
+    };
     let w = w.to_dtype(DType::F32)?.contiguous()?.apply_op1(ToKrsc { dtype: compute })?;
     let y = x.apply_op2(&w, CudnnConv { pass: Pass::Forward, p, nhwc: true })?;
     super::layout::from_nhwc(&y)
