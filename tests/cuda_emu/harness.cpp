@@ -224,6 +224,23 @@ template <typename T> static void max_pool(unsigned n, unsigned c, unsigned h, u
         else pool::max_pool_cl_backward_bf16((const bf16*)dy2.data(), a2.data(), (bf16*)dx2.data(), n, c, h, w, oh, ow, k, s, p);
     });
     std::string tag = std::string(tname) + " " + std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w) + " k" + std::to_string(k) + " s" + std::to_string(s) + " p" + std::to_string(p);
+    // PyTorch's max_pool2d, directly: padding never wins, the first maximum in row-major
+    // order takes the gradient (NaN-free data here)
+    std::vector<float> ry(outs), rdx(ins, 0.0f);
+    for (unsigned pl = 0; pl < nc; pl++) for (unsigned oy = 0; oy < oh; oy++) for (unsigned ox = 0; ox < ow; ox++) {
+        float best = -INFINITY; long at = -1;
+        for (unsigned ky = 0; ky < k; ky++) for (unsigned kx = 0; kx < k; kx++) {
+            long iy = (long)(oy * s + ky) - p, ix = (long)(ox * s + kx) - p;
+            if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+            float v = xf[((size_t)pl * h + iy) * w + ix];
+            if (at < 0 || v > best) { best = v; at = ((size_t)pl * h + iy) * w + ix; }
+        }
+        size_t o = ((size_t)pl * oh + oy) * ow + ox;
+        ry[o] = best;
+        rdx[at] += dyf[o];
+    }
+    expect("max_pool " + tag + " NCHW vs PyTorch's definition: y", as_f32(y1), ry, 0.0f);
+    expect("max_pool " + tag + " NCHW vs PyTorch's definition: dx", as_f32(dx1), as_f32(of<T>(rdx)), 1e-6f);
     expect("max_pool " + tag + ": y", from_nhwc(as_f32(y2), n, c, oh * ow), as_f32(y1), 0.0f);
     expect("max_pool " + tag + ": dx", from_nhwc(as_f32(dx2), n, c, h * w), as_f32(dx1), 0.0f);
 }

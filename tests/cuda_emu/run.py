@@ -67,7 +67,7 @@ template <class F> void launch(uint3_ grid, uint3_ block, F f) {
 '''
 
 parts = [SHIM, raw("cuda.rs", "PRELUDE")]
-for ns, path in [("bn", "bn_cuda.rs"), ("pool", "pool_cuda.rs"), ("relu", "relu_cuda.rs"), ("conv", "conv_cudnn.rs")]:
+for ns, path in [("bn", "bn_cuda.rs"), ("pool", "pool_cuda.rs"), ("relu", "relu_cuda.rs"), ("conv", "krsc_cuda.rs")]:
     parts.append(f"namespace {ns} {{\n{raw(path, 'SOURCE')}\n}}\n")
 parts.append((here / "harness.cpp").read_text())
 

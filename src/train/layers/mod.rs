@@ -29,7 +29,7 @@
 //!   all with `--features cudnn` (what they share: `cuda.rs`); with
 //!   `cudnn-nhwc` the same with channels-last activations (`layout.rs`).
 //!
-//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs`, `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `relu_cuda.rs`, `optim_cuda.rs`, `batch_norm.rs`, `add_relu.rs`,
+//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs` (and the channels-last filter, `krsc_cuda.rs`), `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `relu_cuda.rs`, `optim_cuda.rs`, `batch_norm.rs`, `add_relu.rs`,
 //! `bn_relu_pool.rs` (and
 //! the matrix product in `gemm.rs`); the CPU-storage helpers
 //! they share are here.
@@ -47,6 +47,8 @@ mod conv_cudnn;
 mod cuda;
 mod gemm;
 mod kernels;
+#[cfg(feature = "cudnn")]
+mod krsc_cuda;
 mod layout;
 #[cfg(feature = "cudnn")]
 mod optim_cuda;

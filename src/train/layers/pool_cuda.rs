@@ -25,28 +25,57 @@ use std::sync::{Arc, Mutex};
 
 /// The kernels (after `cuda::PRELUDE`).
 pub(super) const SOURCE: &str = r#"
+// Output (oh, ow) of a plane whose element (h, w) is src[(h * W + w) * step] (step 1: NCHW,
+// C: channels-last): the window's maximum into `best` and its offset in the window (ky * K + kx)
+// into the returned value (padding never wins; the first maximum in row-major order, a NaN wins).
+template <typename T> __device__ int window_max(const T* src, u32 step, u32 H, u32 W, u32 oh, u32 ow, u32 K, u32 S,
+                                                u32 P, float& best) {
+    int h0 = (int)(oh * S) - (int)P, w0 = (int)(ow * S) - (int)P;
+    best = __int_as_float(0xff800000);
+    int at = -1;
+    for (u32 ky = 0; ky < K; ky++) {
+        int ih = h0 + (int)ky;
+        if (ih < 0 || ih >= (int)H) continue;
+        for (u32 kx = 0; kx < K; kx++) {
+            int iw = w0 + (int)kx;
+            if (iw < 0 || iw >= (int)W) continue;
+            float v = load(src, ((u64)ih * W + iw) * step);
+            if (at < 0 || v > best || v != v) { best = v; at = ky * K + kx; }
+        }
+    }
+    return at < 0 ? 0 : at;
+}
+
+// The gradient of input (ih, iw): the sum over the outputs whose window holds it
+// (o * S - P <= i <= o * S - P + K - 1) and whose maximum it was, in a fixed order; dy and arg
+// of output (oh, ow) at o0 + (oh * OW + ow) * step.
+template <typename T> __device__ float window_grad(const T* dy, const unsigned char* arg, u64 o0, u32 step, u32 ih,
+                                                   u32 iw, u32 OH, u32 OW, u32 K, u32 S, u32 P) {
+    u32 oh0 = ih + P < K ? 0 : (ih + P - K) / S + 1, oh1 = (ih + P) / S;
+    u32 ow0 = iw + P < K ? 0 : (iw + P - K) / S + 1, ow1 = (iw + P) / S;
+    if (oh1 >= OH) oh1 = OH - 1;
+    if (ow1 >= OW) ow1 = OW - 1;
+    float g = 0.0f;
+    for (u32 oh = oh0; oh <= oh1 && oh < OH; oh++) {
+        for (u32 ow = ow0; ow <= ow1 && ow < OW; ow++) {
+            u64 o = o0 + ((u64)oh * OW + ow) * step;
+            u32 at = arg[o];
+            if (oh * S + at / K == ih + P && ow * S + at % K == iw + P) g += load(dy, o);
+        }
+    }
+    return g;
+}
+
+// NCHW: one thread per output (i = (plane * OH + oh) * OW + ow), then one per input.
 template <typename T> __device__ void forward(const T* x, T* y, unsigned char* arg, u32 NC, u32 H, u32 W,
                                               u32 OH, u32 OW, u32 K, u32 S, u32 P) {
     u64 n = (u64)NC * OH * OW;
     EACH {
         u32 k = (u32)i, ow = k % OW, t = k / OW, oh = t % OH;
         u64 plane = t / OH;
-        int h0 = (int)(oh * S) - (int)P, w0 = (int)(ow * S) - (int)P;
-        const T* src = x + plane * H * W;
-        float best = __int_as_float(0xff800000);
-        int at = -1;
-        for (u32 ky = 0; ky < K; ky++) {
-            int ih = h0 + (int)ky;
-            if (ih < 0 || ih >= (int)H) continue;
-            for (u32 kx = 0; kx < K; kx++) {
-                int iw = w0 + (int)kx;
-                if (iw < 0 || iw >= (int)W) continue;
-                float v = load(src, (u64)ih * W + iw);
-                if (at < 0 || v > best || v != v) { best = v; at = ky * K + kx; }
-            }
-        }
+        float best;
+        arg[i] = (unsigned char)window_max(x + plane * H * W, 1, H, W, oh, ow, K, S, P, best);
         store(y, i, best);
-        arg[i] = (unsigned char)(at < 0 ? 0 : at);
     }
 }
 
@@ -56,24 +85,11 @@ template <typename T> __device__ void backward(const T* dy, const unsigned char*
     EACH {
         u32 k = (u32)i, iw = k % W, t = k / W, ih = t % H;
         u64 plane = t / H;
-        // the outputs whose window holds (ih, iw): o * S - P <= i <= o * S - P + K - 1
-        u32 oh0 = ih + P < K ? 0 : (ih + P - K) / S + 1, oh1 = (ih + P) / S;
-        u32 ow0 = iw + P < K ? 0 : (iw + P - K) / S + 1, ow1 = (iw + P) / S;
-        if (oh1 >= OH) oh1 = OH - 1;
-        if (ow1 >= OW) ow1 = OW - 1;
-        float g = 0.0f;
-        for (u32 oh = oh0; oh <= oh1 && oh < OH; oh++) {
-            for (u32 ow = ow0; ow <= ow1 && ow < OW; ow++) {
-                u64 o = (plane * OH + oh) * OW + ow;
-                u32 at = arg[o];
-                if (oh * S + at / K == ih + P && ow * S + at % K == iw + P) g += load(dy, o);
-            }
-        }
-        store(dx, i, g);
+        store(dx, i, window_grad(dy, arg, plane * OH * OW, 1, ih, iw, OH, OW, K, S, P));
     }
 }
 
-// Channels-last: the same, with the channel innermost (i = ((b * OH + oh) * OW + ow) * C + c).
+// Channels-last: the channel innermost (i = ((b * OH + oh) * OW + ow) * C + c).
 template <typename T> __device__ void forward_cl(const T* x, T* y, unsigned char* arg, u32 N, u32 C, u32 H, u32 W,
                                                  u32 OH, u32 OW, u32 K, u32 S, u32 P) {
     u64 n = (u64)N * OH * OW * C;
@@ -81,22 +97,9 @@ template <typename T> __device__ void forward_cl(const T* x, T* y, unsigned char
         u32 k = (u32)i, c = k % C, t = k / C, ow = t % OW;
         t /= OW;
         u32 oh = t % OH, b = t / OH;
-        int h0 = (int)(oh * S) - (int)P, w0 = (int)(ow * S) - (int)P;
-        const T* src = x + (u64)b * H * W * C + c;
-        float best = __int_as_float(0xff800000);
-        int at = -1;
-        for (u32 ky = 0; ky < K; ky++) {
-            int ih = h0 + (int)ky;
-            if (ih < 0 || ih >= (int)H) continue;
-            for (u32 kx = 0; kx < K; kx++) {
-                int iw = w0 + (int)kx;
-                if (iw < 0 || iw >= (int)W) continue;
-                float v = load(src, ((u64)ih * W + iw) * C);
-                if (at < 0 || v > best || v != v) { best = v; at = ky * K + kx; }
-            }
-        }
+        float best;
+        arg[i] = (unsigned char)window_max(x + (u64)b * H * W * C + c, C, H, W, oh, ow, K, S, P, best);
         store(y, i, best);
-        arg[i] = (unsigned char)(at < 0 ? 0 : at);
     }
 }
 
@@ -107,19 +110,7 @@ template <typename T> __device__ void backward_cl(const T* dy, const unsigned ch
         u32 k = (u32)i, c = k % C, t = k / C, iw = t % W;
         t /= W;
         u32 ih = t % H, b = t / H;
-        u32 oh0 = ih + P < K ? 0 : (ih + P - K) / S + 1, oh1 = (ih + P) / S;
-        u32 ow0 = iw + P < K ? 0 : (iw + P - K) / S + 1, ow1 = (iw + P) / S;
-        if (oh1 >= OH) oh1 = OH - 1;
-        if (ow1 >= OW) ow1 = OW - 1;
-        float g = 0.0f;
-        for (u32 oh = oh0; oh <= oh1 && oh < OH; oh++) {
-            for (u32 ow = ow0; ow <= ow1 && ow < OW; ow++) {
-                u64 o = (((u64)b * OH + oh) * OW + ow) * C + c;
-                u32 at = arg[o];
-                if (oh * S + at / K == ih + P && ow * S + at % K == iw + P) g += load(dy, o);
-            }
-        }
-        store(dx, i, g);
+        store(dx, i, window_grad(dy, arg, (u64)b * OH * OW * C + c, C, ih, iw, OH, OW, K, S, P));
     }
 }
 
