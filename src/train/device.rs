@@ -74,6 +74,10 @@ fn open_cuda(n: usize, kernels: GpuKernels) -> candle_core::Result<(Device, Stri
     let d = Device::new_cuda(n)?;
     prepare(&d);
     crate::train::layers::set_gpu_kernels(kernels);
+    #[cfg(feature = "cudnn")]
+    if kernels != GpuKernels::Generic {
+        crate::train::layers::prewarm(&d);
+    }
     let text = format!("{}, {} kernels", describe(&d, &format!("cuda:{n}")), kernels.name());
     Ok((d, text))
 }

@@ -304,7 +304,7 @@ BN(bf16, bf16)
 "#;
 
 /// The module name of [`SOURCE`].
-const MODULE: &str = "sweep_batch_norm";
+pub(super) const MODULE: &str = "sweep_batch_norm";
 
 /// Threads per block (`THREADS` in the source).
 const THREADS: u32 = 256;

@@ -2,7 +2,8 @@
 //! views of candle's storage, CUDA and cuDNN errors as candle's, and our own
 //! kernels' compilation: each op file has its CUDA C source, which NVRTC
 //! compiles (after [`PRELUDE`]) when one of its kernels is first used, once
-//! per process; no CUDA headers are needed, so the binary runs where only
+//! per process (a thread started when the device is opened does it for all,
+//! [`prewarm`]); no CUDA headers are needed, so the binary runs where only
 //! the driver and the NVRTC library are installed.
 
 use candle_core::cuda::cudarc;
@@ -70,6 +71,35 @@ pub(super) fn function(
     let f = dev.get_or_load_custom_func(name, module, &ptx)?.into_cuda_function();
     FUNCTIONS.with(|fs| fs.borrow_mut().entry((dev.id(), module)).or_default().insert(name.to_owned(), f.clone()));
     Ok(f)
+}
+
+/// Every module of our kernels, with one kernel of each.
+pub(super) const MODULES: [(&str, &str, &str); 5] = [
+    (super::bn_cuda::MODULE, super::bn_cuda::SOURCE, "bn_stats_bf16"),
+    (super::pool_cuda::MODULE, super::pool_cuda::SOURCE, "max_pool_forward_bf16"),
+    (super::relu_cuda::MODULE, super::relu_cuda::SOURCE, "relu_fwd_bf16"),
+    (super::optim_cuda::MODULE, super::optim_cuda::SOURCE, "sgd_all"),
+    (super::krsc_cuda::MODULE, super::krsc_cuda::SOURCE, "to_krsc_bf16"),
+];
+
+/// Compiles (NVRTC) and loads onto `device` every module of our kernels on a
+/// thread of its own, so that the first training step does not wait for
+/// them (about half a second of NVRTC on a laptop-class core, plus the
+/// driver's PTX compilation): started when the device is opened, while the
+/// data and the model are prepared. A module that fails here fails again,
+/// with its error, where it is first used.
+pub(crate) fn prewarm(device: &candle_core::Device) {
+    let Ok(dev) = device.as_cuda_device().cloned() else { return };
+    let spawned = std::thread::Builder::new().name("sweep-kernels".into()).spawn(move || {
+        for (module, source, kernel) in MODULES {
+            if let Err(e) = function(&dev, module, source, kernel) {
+                tracing::debug!("prewarming the CUDA kernels `{module}`: {e}");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::debug!("prewarming the CUDA kernels: {e}");
+    }
 }
 
 /// Kernel `{base}_f32` or `{base}_bf16` of a module, for data of `dtype`
@@ -182,4 +212,17 @@ pub(super) fn dims4(s: &Shape, what: &str) -> Result<[i32; 4]> {
 pub(super) fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
     let Some((start, end)) = l.contiguous_offsets() else { bail!("{what}: non-contiguous input") };
     Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Each module the prewarm thread compiles has the kernel it names (NVRTC, no GPU).
+    #[test]
+    fn every_module_compiles_with_the_kernel_named() {
+        for (module, source, kernel) in super::MODULES {
+            let ptx = candle_core::cuda::cudarc::nvrtc::compile_ptx(format!("{}{source}", super::PRELUDE))
+                .unwrap_or_else(|e| panic!("{module}: {e:?}"));
+            assert!(ptx.to_src().contains(kernel), "{module}: no {kernel}");
+        }
+    }
 }

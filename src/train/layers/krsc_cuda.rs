@@ -129,7 +129,7 @@ impl candle_core::CustomOp1 for FromKrsc {
 }
 
 /// The module name of [`SOURCE`].
-const MODULE: &str = "sweep_conv_layout";
+pub(super) const MODULE: &str = "sweep_conv_layout";
 
 /// The (K, R, S, C) filter in `dtype` of an f32 (K, C, R, S) weight, with
 /// the gradient back to the weight.

@@ -77,7 +77,7 @@ pub use layout::{as_activation, cat_channels, is_channels_last};
 pub use optim_cuda::{adam_step_all, sgd_step_all, AdamParam, SgdParam};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};
 #[cfg(feature = "cudnn")]
-pub(crate) use {conv_cudnn::conv2d_channels_last, kernels::channels_last};
+pub(crate) use {conv_cudnn::conv2d_channels_last, cuda::prewarm, kernels::channels_last};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 use std::mem::MaybeUninit;

@@ -77,7 +77,7 @@ extern "C" __global__ void adam_all(const u64* table, u32 T, float b1, float b2,
 "#;
 
 /// The module name of [`SOURCE`].
-const MODULE: &str = "sweep_optim";
+pub(super) const MODULE: &str = "sweep_optim";
 
 /// One parameter of an SGD step.
 pub struct SgdParam<'a> {

@@ -128,7 +128,7 @@ POOL(bf16, bf16)
 "#;
 
 /// The module name of [`SOURCE`].
-const MODULE: &str = "sweep_max_pool";
+pub(super) const MODULE: &str = "sweep_max_pool";
 
 /// Kernel `base` for `dtype`.
 fn kernel(dev: &CudaDevice, base: &str, dtype: DType) -> Result<cudarc::driver::CudaFunction> {

@@ -37,7 +37,7 @@ extern "C" __global__ void add_relu_fwd_bf16(const bf16* a, const bf16* b, bf16*
 "#;
 
 /// The module name of [`SOURCE`].
-const MODULE: &str = "sweep_relu";
+pub(super) const MODULE: &str = "sweep_relu";
 
 /// An elementwise op over `N` same-shaped inputs, output in their dtype.
 #[allow(unsafe_code)] // an uninitialised output: see the SAFETY comment
