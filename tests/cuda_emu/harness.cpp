@@ -266,7 +266,116 @@ static void krsc(unsigned k, unsigned c, unsigned r, unsigned s) {
     expect("from_krsc " + tag + " bf16", back_b, as_f32(of<bf16>(w)), 0.0f);
 }
 
+// ReLU, its backward (from the output), relu(a + b): PyTorch's (relu(NaN) = NaN; the gradient
+// passes where the output is not <= 0).
+static void relus() {
+    size_t n = 1000;
+    std::vector<float> a(n), b(n), dy(n);
+    for (auto& v : a) v = normal();
+    for (auto& v : b) v = normal();
+    for (auto& v : dy) v = normal();
+    a[3] = NAN; a[4] = 0.0f;
+    std::vector<float> y(n), dx(n), s(n), ry(n), rdx(n), rs(n);
+    for (size_t i = 0; i < n; i++) {
+        ry[i] = std::isnan(a[i]) ? a[i] : std::max(a[i], 0.0f);
+        rdx[i] = ry[i] <= 0.0f ? 0.0f : dy[i];
+        float t = a[i] + b[i];
+        rs[i] = std::isnan(t) ? t : std::max(t, 0.0f);
+    }
+    unsigned long long nn = n;
+    each(n, [&] { relu::relu_fwd_f32(a.data(), y.data(), nn); });
+    each(n, [&] { relu::relu_bwd_f32(y.data(), dy.data(), dx.data(), nn); });
+    each(n, [&] { relu::add_relu_fwd_f32(a.data(), b.data(), s.data(), nn); });
+    expect("relu f32: y", y, ry, 0.0f);
+    expect("relu f32: dx", dx, rdx, 0.0f);
+    expect("relu(a + b) f32", s, rs, 0.0f);
+    auto ab = of<bf16>(a), bb = of<bf16>(b), dyb = of<bf16>(dy);
+    std::vector<bf16> yb(n), dxb(n), sb(n);
+    each(n, [&] { relu::relu_fwd_bf16(ab.data(), yb.data(), nn); });
+    each(n, [&] { relu::relu_bwd_bf16(yb.data(), dyb.data(), dxb.data(), nn); });
+    each(n, [&] { relu::add_relu_fwd_bf16(ab.data(), bb.data(), sb.data(), nn); });
+    std::vector<float> ryb(n), rdxb(n), rsb(n);
+    auto af = as_f32(ab), bf = as_f32(bb), dyf = as_f32(dyb);
+    for (size_t i = 0; i < n; i++) {
+        ryb[i] = std::isnan(af[i]) ? af[i] : std::max(af[i], 0.0f);
+        rdxb[i] = ryb[i] <= 0.0f ? 0.0f : dyf[i];
+        float t = af[i] + bf[i];
+        rsb[i] = std::isnan(t) ? t : std::max(t, 0.0f);
+    }
+    expect("relu bf16: y", as_f32(yb), ryb, 0.0f);
+    expect("relu bf16: dx", as_f32(dxb), rdxb, 0.0f);
+    expect("relu(a + b) bf16", as_f32(sb), as_f32(of<bf16>(rsb)), 0.0f);
+}
+
+// The optimisers' one-launch steps over two parameters of different lengths, three steps,
+// against torch.optim's update rules (the table's layout as optim_cuda.rs builds it).
+static void optimizers() {
+    std::vector<unsigned> lens = {3000, 77};
+    for (int kind = 0; kind < 5; kind++) {
+        // 0 sgd momentum + wd, 1 nesterov, 2 plain sgd, 3 adam + wd, 4 adamw + amsgrad
+        bool adam = kind >= 3;
+        float lr = adam ? 1e-3f : 0.1f, momentum = kind == 2 ? 0.0f : 0.9f, dampening = 0.0f, wd = kind == 2 ? 0.0f : (kind == 4 ? 1e-2f : 5e-4f);
+        float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+        std::vector<std::vector<float>> w(2), rw(2), st1(2), st2(2), st3(2), r1(2), r2(2), r3(2);
+        for (int p = 0; p < 2; p++) {
+            w[p].resize(lens[p]); for (auto& v : w[p]) v = normal();
+            rw[p] = w[p];
+            st1[p].assign(lens[p], 0.0f); st2[p].assign(lens[p], 0.0f); st3[p].assign(lens[p], 0.0f);
+            r1[p] = st1[p]; r2[p] = st2[p]; r3[p] = st3[p];
+        }
+        for (int step = 1; step <= 3; step++) {
+            std::vector<std::vector<float>> g(2);
+            for (int p = 0; p < 2; p++) { g[p].resize(lens[p]); for (auto& v : g[p]) v = normal(); }
+            unsigned T = 2, first = step == 1;
+            unsigned long long longest = 3000;
+            unsigned blocks = std::min(std::max((unsigned)((longest + 256 * 8 - 1) / (256 * 8)), 1u), 256u);
+            unsigned wdbits; std::memcpy(&wdbits, &wd, 4);
+            if (!adam) {
+                std::vector<u64> table(6 * T);
+                for (unsigned p = 0; p < T; p++) {
+                    table[p] = (u64)w[p].data(); table[T + p] = (u64)g[p].data(); table[2 * T + p] = (u64)st1[p].data();
+                    table[3 * T + p] = lens[p]; table[4 * T + p] = wdbits; table[5 * T + p] = first;
+                }
+                int nesterov = kind == 1, use_buf = momentum != 0.0f;
+                launch(dim(blocks, T), dim(256), [&] { optim::sgd_all(table.data(), T, lr, momentum, dampening, nesterov, use_buf); });
+                for (unsigned p = 0; p < T; p++) for (unsigned i = 0; i < lens[p]; i++) {
+                    float d = g[p][i] + wd * rw[p][i], s = d;
+                    if (use_buf) { r1[p][i] = first ? d : momentum * r1[p][i] + (1 - dampening) * d; s = nesterov ? d + momentum * r1[p][i] : r1[p][i]; }
+                    rw[p][i] = rw[p][i] - lr * s;
+                }
+            } else {
+                bool decoupled = kind == 4; int amsgrad = kind == 4;
+                double bc1 = 1.0 - std::pow((double)b1, step), bc2 = 1.0 - std::pow((double)b2, step);
+                float step_size = lr / bc1, bc2_sqrt = std::sqrt(bc2);
+                std::vector<u64> table(8 * T);
+                for (unsigned p = 0; p < T; p++) {
+                    table[p] = (u64)w[p].data(); table[T + p] = (u64)g[p].data(); table[2 * T + p] = (u64)st1[p].data();
+                    table[3 * T + p] = (u64)st2[p].data(); table[4 * T + p] = (u64)st3[p].data(); table[5 * T + p] = lens[p];
+                    table[6 * T + p] = wdbits; table[7 * T + p] = first;
+                }
+                int dec = decoupled;
+                launch(dim(blocks, T), dim(256), [&] { optim::adam_all(table.data(), T, b1, b2, lr, step_size, bc2_sqrt, eps, dec, amsgrad); });
+                for (unsigned p = 0; p < T; p++) for (unsigned i = 0; i < lens[p]; i++) {
+                    double x = rw[p][i], d = decoupled ? g[p][i] : g[p][i] + wd * x;
+                    if (decoupled) x *= 1.0 - lr * wd;
+                    r1[p][i] = b1 * r1[p][i] + (1 - b1) * d;
+                    r2[p][i] = b2 * r2[p][i] + (1 - b2) * d * d;
+                    double second = r2[p][i];
+                    if (amsgrad) { r3[p][i] = std::max((double)r3[p][i], second); second = r3[p][i]; }
+                    rw[p][i] = x - lr / bc1 * r1[p][i] / (std::sqrt(second) / std::sqrt(bc2) + eps);
+                }
+            }
+        }
+        const char* names[] = {"sgd momentum wd", "sgd nesterov", "sgd plain", "adam wd", "adamw amsgrad"};
+        std::vector<float> got, want;
+        for (int p = 0; p < 2; p++) { got.insert(got.end(), w[p].begin(), w[p].end()); want.insert(want.end(), rw[p].begin(), rw[p].end()); }
+        expect(std::string("optimizer ") + names[kind] + ": 3 steps, 2 parameters", got, want, 1e-5f);
+    }
+}
+
 int main() {
+    relus();
+    optimizers();
     // channel counts below, at and across the kernels' groups of 32; row counts that leave
     // partial row shares; several row shares (M = 1024)
     for (auto [n, c, h, w] : std::vector<std::array<unsigned, 4>>{{3, 5, 3, 7}, {2, 40, 5, 7}, {4, 64, 16, 16}}) {

@@ -5,8 +5,10 @@ g++ under a small shim (one OS thread per CUDA thread of a block, a barrier for
 __syncthreads, blocks one after another) and checked by harness.cpp.
 
 The channels-last kernels are checked against the NCHW ones (run on the same
-data transposed), which ran on an H200 against the CPU (BENCHMARKS.md); the
-weight layout kernels against their index definition. No GPU needed.
+data transposed), which ran on an H200 against the CPU (BENCHMARKS.md); the NCHW
+BatchNorm and max-pool, ReLU, `relu(a + b)` and the optimisers' kernels against
+PyTorch's definitions; the weight layout kernels against their index
+definition. Blocks run last first. No GPU needed.
 
     python3 tests/cuda_emu/run.py
 """
@@ -56,7 +58,8 @@ template <class F> void launch(uint3_ grid, uint3_ block, F f) {
     for (unsigned tz = 0; tz < block.z; tz++) for (unsigned ty = 0; ty < block.y; ty++) for (unsigned tx = 0; tx < block.x; tx++)
         ts.emplace_back([=, &bar] {
             threadIdx = {tx, ty, tz};
-            for (unsigned bz = 0; bz < grid.z; bz++) for (unsigned by = 0; by < grid.y; by++) for (unsigned bx = 0; bx < grid.x; bx++) {
+            // the last block first: a kernel may not depend on the order of its blocks
+            for (unsigned bz = grid.z; bz-- > 0;) for (unsigned by = grid.y; by-- > 0;) for (unsigned bx = grid.x; bx-- > 0;) {
                 blockIdx = {bx, by, bz};
                 f();
                 bar.arrive_and_wait();
@@ -67,7 +70,7 @@ template <class F> void launch(uint3_ grid, uint3_ block, F f) {
 '''
 
 parts = [SHIM, raw("cuda.rs", "PRELUDE")]
-for ns, path in [("bn", "bn_cuda.rs"), ("pool", "pool_cuda.rs"), ("relu", "relu_cuda.rs"), ("conv", "krsc_cuda.rs")]:
+for ns, path in [("bn", "bn_cuda.rs"), ("pool", "pool_cuda.rs"), ("relu", "relu_cuda.rs"), ("conv", "krsc_cuda.rs"), ("optim", "optim_cuda.rs")]:
     parts.append(f"namespace {ns} {{\n{raw(path, 'SOURCE')}\n}}\n")
 parts.append((here / "harness.cpp").read_text())
 
