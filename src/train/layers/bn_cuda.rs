@@ -802,45 +802,17 @@ pub fn batch_norm_train_cuda(
     let running = Some((running_mean.clone(), running_var.clone(), num_batches_tracked.clone(), momentum));
     let then = Then { relu, residual: residual.is_some() };
     // Channels-last input: the kernels take its (N, H, W, C) view and the
-    // residual in the same layout; the output is seen as NCHW again.
-    let (x, nhwc) = input(x)?;
-    let op = BnForward { eps, saved, running, then, nhwc };
-    let y = match residual {
-        Some(r) => {
-            let wb = Tensor::cat(&[weight, bias], 0)?;
-            x.apply_op3(&wb, &like(r, nhwc)?, op)
+    // residual in the same layout.
+    super::layout::apply_in_layout(x, |x, nhwc| {
+        let op = BnForward { eps, saved, running, then, nhwc };
+        match residual {
+            Some(r) => {
+                let wb = Tensor::cat(&[weight, bias], 0)?;
+                x.apply_op3(&wb, &super::layout::as_input(r, nhwc)?, op)
+            }
+            None => x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op),
         }
-        None => x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op),
-    }?;
-    output(y, nhwc)
-}
-
-/// The tensor the kernels take for input `x`, and whether it is
-/// channels-last: the (N, H, W, C) view of a channels-last input under the
-/// `cudnn-nhwc` kernel set, else x made contiguous NCHW.
-fn input(x: &Tensor) -> Result<(Tensor, bool)> {
-    match super::layout::nhwc_input(x)? {
-        Some(v) => Ok((v, true)),
-        None => Ok((x.contiguous()?, false)),
-    }
-}
-
-/// A residual laid out as the kernels' input (see [`input`]).
-fn like(r: &Tensor, nhwc: bool) -> Result<Tensor> {
-    if nhwc {
-        super::layout::to_nhwc(r)
-    } else {
-        r.contiguous()
-    }
-}
-
-/// A kernel's output seen as NCHW again.
-fn output(y: Tensor, nhwc: bool) -> Result<Tensor> {
-    if nhwc {
-        super::layout::from_nhwc(&y)
-    } else {
-        Ok(y)
-    }
+    })
 }
 
 /// BatchNorm with fixed statistics (eval mode) as one kernel, for a pass
@@ -944,10 +916,11 @@ pub fn batch_norm_eval_cuda(
 ) -> Result<Tensor> {
     let params = [running_mean, running_var, weight, bias].map(|t| t.detach().contiguous());
     let [a, b, c, d] = params;
-    let (x, nhwc) = input(x)?;
-    let residual = residual.map(|r| like(&r.detach(), nhwc)).transpose()?;
-    let y = x.apply_op1_no_bwd(&BnEval { params: [a?, b?, c?, d?], eps, relu, residual, nhwc })?;
-    output(y, nhwc)
+    let params = [a?, b?, c?, d?];
+    super::layout::apply_in_layout(x, |x, nhwc| {
+        let residual = residual.map(|r| super::layout::as_input(&r.detach(), nhwc)).transpose()?;
+        x.apply_op1_no_bwd(&BnEval { params, eps, relu, residual, nhwc })
+    })
 }
 
 #[cfg(test)]

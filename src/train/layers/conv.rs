@@ -448,6 +448,29 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
     }
 }
 
+/// A convolution layer's pass with its f32 weight `w`, computed in
+/// `compute`, when the `cudnn-nhwc` kernels take it (the weight's cast and
+/// KRSC layout in one kernel, `krsc_cuda.rs`); `None` elsewhere, where the
+/// caller casts and calls [`conv2d`].
+///
+/// # Errors
+/// cuDNN's or candle's.
+#[cfg_attr(not(feature = "cudnn"), allow(unused_variables, clippy::unnecessary_wraps))]
+pub(crate) fn conv2d_layer(
+    x: &Tensor,
+    w: &Tensor,
+    p: ConvParams,
+    compute: candle_core::DType,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cudnn")]
+    if super::kernels::channels_last(x.device())
+        && matches!(compute, candle_core::DType::F32 | candle_core::DType::BF16)
+    {
+        return super::conv_cudnn::conv2d_channels_last(x, w, p, compute).map(Some);
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

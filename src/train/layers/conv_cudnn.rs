@@ -391,7 +391,7 @@ pub(super) fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
 /// channels-last, the f32 weight turned into the KRSC filter in `compute` by
 /// one kernel (its gradient back to f32 KCRS by one more), the result an
 /// NCHW view of channels-last storage.
-pub(crate) fn conv2d_channels_last(x: &Tensor, w: &Tensor, p: ConvParams, compute: DType) -> Result<Tensor> {
+pub(super) fn conv2d_channels_last(x: &Tensor, w: &Tensor, p: ConvParams, compute: DType) -> Result<Tensor> {
     // An NCHW input (the images) is cast and laid out channels-last by one strided cast.
     let x = match super::layout::stored_nhwc(x)? {
         Some(v) => v.to_dtype(compute)?,

@@ -49,6 +49,29 @@ pub(crate) fn nhwc_input(x: &Tensor) -> Result<Option<Tensor>> {
     stored_nhwc(x)
 }
 
+/// Runs an op whose kernels take either layout in the layout of `x`:
+/// `op(input, nhwc)` gets x's (N, H, W, C) view (`nhwc` true) when the
+/// channels-last kernels take x ([`nhwc_input`]), else x contiguous NCHW;
+/// its output, in the layout of its input, is seen as NCHW again.
+#[cfg(feature = "cudnn")]
+pub(crate) fn apply_in_layout(x: &Tensor, op: impl FnOnce(&Tensor, bool) -> Result<Tensor>) -> Result<Tensor> {
+    match nhwc_input(x)? {
+        Some(v) => from_nhwc(&op(&v, true)?),
+        None => op(&x.contiguous()?, false),
+    }
+}
+
+/// `t` (N, C, H, W) laid out as the input `op` of [`apply_in_layout`] got:
+/// (N, H, W, C) when `nhwc`, else contiguous NCHW.
+#[cfg(feature = "cudnn")]
+pub(crate) fn as_input(t: &Tensor, nhwc: bool) -> Result<Tensor> {
+    if nhwc {
+        to_nhwc(t)
+    } else {
+        t.contiguous()
+    }
+}
+
 /// `x` laid out as a convolution would return it on x's device: stored
 /// channels-last (one copy) under the `cudnn-nhwc` kernel set on CUDA, else
 /// x itself. For checks that feed a layer what it sees inside a model.

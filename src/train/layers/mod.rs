@@ -63,9 +63,12 @@ pub use batch_norm::{batch_norm_cpu, channel_stats};
 #[cfg(feature = "cudnn")]
 pub use bn_cuda::{batch_norm_eval_cuda, batch_norm_train_cuda};
 pub use bn_relu_pool::batch_norm_relu_max_pool2_cpu;
+pub(crate) use conv::conv2d_layer;
 pub use conv::{conv2d, ConvParams};
 #[cfg(feature = "cudnn")]
 pub use conv_cudnn::workspace_report;
+#[cfg(feature = "cudnn")]
+pub(crate) use cuda::prewarm;
 #[cfg(all(feature = "cudnn", test))]
 pub(crate) use cuda::OrCuda;
 #[cfg(feature = "cudnn")]
@@ -76,8 +79,6 @@ pub use layout::{as_activation, cat_channels, is_channels_last};
 #[cfg(feature = "cudnn")]
 pub use optim_cuda::{adam_step_all, sgd_step_all, AdamParam, SgdParam};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};
-#[cfg(feature = "cudnn")]
-pub(crate) use {conv_cudnn::conv2d_channels_last, cuda::prewarm, kernels::channels_last};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 use std::mem::MaybeUninit;

@@ -299,10 +299,7 @@ impl MaxPoolBackward {
 /// channels-last output.
 pub(super) fn max_pool2d(xs: &Tensor, p: PoolParams, out: (usize, usize)) -> Result<Tensor> {
     let argmax = Arc::new(Mutex::new(None));
-    match super::layout::nhwc_input(xs)? {
-        Some(v) => super::layout::from_nhwc(&v.apply_op1(MaxPool { p, out, argmax, nhwc: true })?),
-        None => xs.contiguous()?.apply_op1(MaxPool { p, out, argmax, nhwc: false }),
-    }
+    super::layout::apply_in_layout(xs, |x, nhwc| x.apply_op1(MaxPool { p, out, argmax, nhwc }))
 }
 
 #[cfg(test)]

@@ -143,19 +143,13 @@ impl CustomOp2 for AddRelu {
 /// channels-last input under the `cudnn-nhwc` kernel set stays so: the
 /// kernels are elementwise over its storage).
 pub(super) fn relu(xs: &Tensor) -> Result<Tensor> {
-    match super::layout::nhwc_input(xs)? {
-        Some(v) => super::layout::from_nhwc(&v.apply_op1(Relu)?),
-        None => xs.contiguous()?.apply_op1(Relu),
-    }
+    super::layout::apply_in_layout(xs, |x, _| x.apply_op1(Relu))
 }
 
 /// `relu(a + b)` of same-shaped f32 or bf16 CUDA tensors as one kernel each
 /// way (in a's layout when a is channels-last, see [`relu`]).
 pub(super) fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    match super::layout::nhwc_input(a)? {
-        Some(v) => super::layout::from_nhwc(&v.apply_op2(&super::layout::to_nhwc(b)?, AddRelu)?),
-        None => a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu),
-    }
+    super::layout::apply_in_layout(a, |a, nhwc| a.apply_op2(&super::layout::as_input(b, nhwc)?, AddRelu))
 }
 
 #[cfg(test)]

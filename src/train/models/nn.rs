@@ -9,8 +9,8 @@
 //! autograd never walks into a fully frozen stem).
 
 use super::super::layers::{
-    add_channel_bias, add_relu, batch_norm_cpu, batch_norm_relu_max_pool2_cpu, channel_stats, conv2d, max_pool2d,
-    ConvParams, PoolParams,
+    add_channel_bias, add_relu, batch_norm_cpu, batch_norm_relu_max_pool2_cpu, channel_stats, conv2d, conv2d_layer,
+    max_pool2d, ConvParams, PoolParams,
 };
 use super::super::rng::{stream, Rng};
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -191,16 +191,10 @@ pub struct Conv {
 impl Conv {
     /// Applies the convolution.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        // Channels-last on CUDA: the weight's cast and KRSC layout in one kernel.
-        #[cfg(feature = "cudnn")]
-        let y = if crate::train::layers::channels_last(xs.device()) && matches!(self.compute, DType::F32 | DType::BF16)
-        {
-            crate::train::layers::conv2d_channels_last(xs, &self.weight, self.params, self.compute)?
-        } else {
-            in_precision(self.compute, xs, &self.weight, |x, w| conv2d(x, w, self.params))?
+        let y = match conv2d_layer(xs, &self.weight, self.params, self.compute)? {
+            Some(y) => y,
+            None => in_precision(self.compute, xs, &self.weight, |x, w| conv2d(x, w, self.params))?,
         };
-        #[cfg(not(feature = "cudnn"))]
-        let y = in_precision(self.compute, xs, &self.weight, |x, w| conv2d(x, w, self.params))?;
         match &self.bias {
             Some(b) => add_channel_bias(&y, b),
             None => Ok(y),
