@@ -10,8 +10,10 @@
 //! 3x3 over a concatenation, VGG's 224x224 layers): output, input gradient
 //! and kernel gradient, CPU against the GPU with the kernels that
 //! `SWEEP_GPU_KERNELS` chooses (f32: 1e-4, bf16: 2e-2, of the largest value);
-//! then max-pooling, BatchNorm (training and eval), and three steps of each
-//! optimiser (1e-5).
+//! then max-pooling, BatchNorm (training and eval), three steps of each
+//! optimiser (1e-5), the cross-entropy with its gradient and a test
+//! batch's numbers (1e-5; counts and predictions equal), and a resident
+//! split's batches (1e-5).
 //!
 //! With `SWEEP_GPU_KERNELS=cudnn-nhwc` the GPU side runs channels-last: the
 //! convolutions turn their inputs channels-last themselves; max-pool and
@@ -233,6 +235,101 @@ fn check_optimizers(gpu: &Device) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// The training loss (with and without label smoothing) and its logits'
+/// gradient, and a test batch's numbers (loss sum, top-1 and top-5 hits,
+/// each prediction), CPU (candle's ops) against the GPU (with the `cudnn`
+/// sets one kernel each: `ce_cuda.rs`), at the trainer's and the test pass's
+/// batch sizes, 10 and 1000 classes, with a tie for the first maximum.
+fn check_cross_entropy(gpu: &Device) -> anyhow::Result<bool> {
+    let mut ok = true;
+    for (n, c, smoothing) in [(50, 10, 0.0), (50, 10, 0.1), (256, 10, 0.0), (256, 1000, 0.1), (300, 7, 0.0)] {
+        let mut rng = Rng::new(5);
+        let mut x: Vec<f32> = (0..n * c).map(|_| 3.0 * rng.normal() as f32).collect();
+        (x[2], x[3]) = (40.0, 40.0);
+        let y: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % c) as u32).collect();
+        let run = |device: &Device| -> anyhow::Result<(f32, Vec<f32>, sweep::train::BatchNumbers)> {
+            let logits = Var::from_vec(x.clone(), (n, c), device)?;
+            let labels = Tensor::from_vec(y.clone(), n, device)?;
+            let loss = sweep::train::cross_entropy(logits.as_tensor(), &labels, smoothing)?;
+            let grads = loss.backward()?;
+            let dx = grads.get(logits.as_tensor()).expect("a gradient").flatten_all()?.to_vec1::<f32>()?;
+            let numbers = sweep::train::batch_numbers(logits.as_tensor(), &labels)?;
+            let numbers = sweep::train::read_numbers(vec![numbers])?.remove(0);
+            Ok((loss.to_scalar::<f32>()?, dx, numbers))
+        };
+        let ((cl, cdx, cn), (gl, gdx, gn)) = (run(&Device::Cpu)?, run(gpu)?);
+        let (el, edx, es) = (rel(&[gl], &[cl]), rel(&gdx, &cdx), rel(&[gn.loss_sum as f32], &[cn.loss_sum as f32]));
+        let counts = (gn.correct, gn.top5) == (cn.correct, cn.top5) && gn.predicted == cn.predicted;
+        let pass = el < 1e-5 && edx < 1e-5 && es < 1e-5 && counts;
+        ok &= pass;
+        println!(
+            "cross_entropy ({n}, {c}) smoothing {smoothing}: loss {el:.1e} dx {edx:.1e}; test numbers: loss sum {es:.1e}, top-1 {} / {}, top-5 {} / {}, predictions {} (tolerance 1e-5): {}",
+            gn.correct,
+            cn.correct,
+            gn.top5,
+            cn.top5,
+            if gn.predicted == cn.predicted { "equal" } else { "differ" },
+            if pass { "ok" } else { "DIFFERENT" }
+        );
+    }
+    Ok(ok)
+}
+
+/// A resident split's batches (`Pipeline::resident`: the split uploaded once,
+/// crops and flips as index maps, the resize and normalisation on the
+/// device), the CPU's tensor ops against the GPU's (with the `cudnn` sets
+/// one kernel per batch, `pixels_cuda.rs`): images within 1e-5, labels equal;
+/// the report's chains, the term report's 32 -> 224 among them.
+fn check_resident_batches(gpu: &Device) -> anyhow::Result<bool> {
+    use sweep::spec::Transform;
+    use sweep::train::data::Split;
+    use sweep::train::loader::Pipeline;
+    #[derive(serde::Deserialize)]
+    struct T {
+        t: Vec<Transform>,
+    }
+    let chains = [
+        r#"t = [{ random_crop = { size = 32, padding = 4 } }, { hflip = {} }, { resize = { size = 224 } }, { normalize = "cifar10" }]"#,
+        r#"t = [{ resize = { size = 224 } }, { normalize = "cifar10" }]"#,
+        r#"t = [{ random_crop = { size = 28, padding = 3, padding_mode = "reflect" } }, { hflip = { p = 0.7 } }]"#,
+        r"t = [{ hflip = {} }, { random_crop = { size = 30, padding = 5, fill = 128 } }, { center_crop = { size = 26 } }]",
+        r#"t = [{ center_crop = { size = 36 } }, { resize = { size = 20 } }, { normalize = "imagenet" }]"#,
+    ];
+    let n = 23;
+    let bytes: Vec<u8> = (0..n * 3 * 32 * 32).map(|i| (i * 31 % 256) as u8).collect();
+    let split = Split::uniform(bytes, (0..n as u32).map(|i| i % 10).collect(), 32, 32);
+    let order: Vec<usize> = (0..n).rev().collect();
+    let mut ok = true;
+    for text in chains {
+        let t = toml::from_str::<T>(text)?.t;
+        let run = |device: &Device| -> anyhow::Result<Vec<(Vec<f32>, Vec<u32>)>> {
+            let pipe =
+                Pipeline::resident(&t, &split, device)?.ok_or_else(|| anyhow::anyhow!("not resident: {text}"))?;
+            let mut out = Vec::new();
+            for idx in order.chunks(8) {
+                let (x, y) = pipe.to_tensors(&pipe.host_batch(&split, idx, 7, 3), device)?;
+                out.push((x.flatten_all()?.to_vec1::<f32>()?, y.to_vec1::<u32>()?));
+            }
+            Ok(out)
+        };
+        let (want, got) = (run(&Device::Cpu)?, run(gpu)?);
+        let mut e = 0f32;
+        let mut labels = want.len() == got.len();
+        for ((wx, wy), (gx, gy)) in want.iter().zip(&got) {
+            e = e.max(rel(gx, wx));
+            labels &= wy == gy;
+        }
+        let pass = e < 1e-5 && labels;
+        ok &= pass;
+        println!(
+            "resident batches {text}: images {e:.1e}, labels {} (tolerance 1e-5): {}",
+            if labels { "equal" } else { "differ" },
+            if pass { "ok" } else { "DIFFERENT" }
+        );
+    }
+    Ok(ok)
+}
+
 /// BatchNorm in training (batch statistics: output, the three gradients,
 /// the running statistics after the step) and in eval mode without
 /// gradients, CPU against the GPU, f32 and bf16 activations, at the stem's
@@ -370,7 +467,12 @@ fn main() -> anyhow::Result<()> {
         }
     };
     if model == "ops" {
-        let ok = check_ops(&gpu)? & check_pools(&gpu)? & check_batch_norm(&gpu)? & check_optimizers(&gpu)?;
+        let ok = check_ops(&gpu)?
+            & check_pools(&gpu)?
+            & check_batch_norm(&gpu)?
+            & check_optimizers(&gpu)?
+            & check_cross_entropy(&gpu)?
+            & check_resident_batches(&gpu)?;
         let kept = !NOT_KEPT.load(std::sync::atomic::Ordering::Relaxed);
         if !kept {
             println!("channels-last: some GPU outputs lost the layout: DIFFERENT");

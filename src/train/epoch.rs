@@ -366,13 +366,14 @@ fn flush(pending: &mut Vec<Pending>, partial: &mut Partial, epoch: u64) -> Resul
     let losses: Vec<candle_core::Tensor> = pending.iter().map(|p| p.loss.clone()).collect();
     let corrects: Vec<candle_core::Tensor> = pending.iter().map(|p| p.correct.clone()).collect();
     let losses = candle_core::Tensor::stack(&losses, 0)?.to_vec1::<f32>()?;
-    let corrects = candle_core::Tensor::stack(&corrects, 0)?.to_vec1::<u32>()?;
+    // u32 counts (candle's ops) or f32 ones (the CUDA stats kernel), exact either way
+    let corrects = candle_core::Tensor::stack(&corrects, 0)?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
     for ((p, loss), correct) in pending.iter().zip(losses).zip(corrects) {
         if !loss.is_finite() {
             return Err(TrainError::Diverged { epoch: epoch + 1, step: p.step as u64 + 1, loss });
         }
         partial.loss_sum += f64::from(loss) * p.images as f64;
-        partial.correct += u64::from(correct);
+        partial.correct += correct as u64;
         partial.seen += p.images as u64;
     }
     pending.clear();

@@ -283,6 +283,23 @@ impl Pipeline {
             Pixels::F32(f) => Tensor::from_slice(f, shape, device)?,
             Pixels::Indexed { images, rows, cols } => {
                 let r = self.resident.as_ref().expect("indexed batches come from a resident pipeline");
+                #[cfg(feature = "cudnn")]
+                if crate::train::layers::use_cudnn(device) {
+                    if let Some(tail) = self.kernel_tail(batch.h, batch.w, device)? {
+                        // one upload: the picks, the maps, the labels
+                        let mut plan = Vec::with_capacity(images.len() + rows.len() + cols.len() + n);
+                        for part in [images, rows, cols, &batch.labels] {
+                            plan.extend_from_slice(part);
+                        }
+                        let plan = Tensor::from_vec(plan, n + rows.len() + cols.len() + n, device)?;
+                        let maps = !self.host.is_empty();
+                        let hw = (batch.h, batch.w);
+                        let x =
+                            crate::train::layers::resident_batch(&r.images, &plan, images, hw, maps, r.fill, &tail)?;
+                        let y = plan.narrow(0, n + rows.len() + cols.len(), n)?;
+                        return Ok((x, y));
+                    }
+                }
                 let (_, _, h0, w0) = r.images.dims4()?;
                 let (h, w) = (batch.h, batch.w);
                 let picked = r.images.index_select(&Tensor::from_slice(images, n, device)?, 0)?;
@@ -323,6 +340,45 @@ impl Pipeline {
         }
         let y = Tensor::from_slice(&batch.labels, n, device)?;
         Ok((x, y))
+    }
+
+    /// The tail as the resident batch kernel does it (`layers/pixels_cuda.rs`),
+    /// for batches of `h` x `w` after the maps: a resize and a normalisation,
+    /// each at most once and in that order; `None` for any other tail.
+    #[cfg(feature = "cudnn")]
+    fn kernel_tail(
+        &self,
+        h: usize,
+        w: usize,
+        device: &Device,
+    ) -> candle_core::Result<Option<crate::train::layers::Tail>> {
+        let mut tail = crate::train::layers::Tail { resize: None, normalize: None };
+        let mut resized = false;
+        for t in &self.tail {
+            match t {
+                Transform::Resize { size } if !resized && tail.normalize.is_none() => {
+                    resized = true;
+                    let (oh, ow) = geometry::resized_size(*size, h, w);
+                    if (oh, ow) != (h, w) {
+                        let taps = |inp: usize, out: usize| -> candle_core::Result<crate::train::layers::AxisTaps> {
+                            let start = self.constant(device, &format!("taps start {inp} {out}"), || {
+                                Ok(crate::train::layers::axis_taps(inp, out, device)?.start)
+                            })?;
+                            let weights = self.constant(device, &format!("taps weights {inp} {out}"), || {
+                                Ok(crate::train::layers::axis_taps(inp, out, device)?.weights)
+                            })?;
+                            Ok(crate::train::layers::AxisTaps { start, weights })
+                        };
+                        tail.resize = Some((taps(h, oh)?, taps(w, ow)?));
+                    }
+                }
+                Transform::Normalize(nz) if tail.normalize.is_none() => {
+                    tail.normalize = Some((nz.mean.map(|v| v as f32), nz.std.map(|v| v as f32)));
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(tail))
     }
 
     /// The tail's constant `name` on `device`, made by `make` the first time.

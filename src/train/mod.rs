@@ -35,7 +35,7 @@ pub mod weights;
 
 pub use epoch::{train, validation_split};
 pub use eval::{evaluate_model, evaluate_with_progress, per_class_accuracy, EvalStats};
-pub use loss::cross_entropy;
+pub use loss::{batch_numbers, cross_entropy, read_numbers, BatchNumbers, QueuedNumbers};
 
 use crate::record::CheckpointRecord;
 pub use crate::record::{EpochSink, SinkError};

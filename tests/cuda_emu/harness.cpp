@@ -373,7 +373,140 @@ static void optimizers() {
     }
 }
 
+// The cross-entropy's loss, gradient and per-batch numbers (ce_cuda.rs) against PyTorch's
+// definitions in double: F.cross_entropy(x, y, label_smoothing=eps) (the mean), its gradient
+// scaled by the incoming g, argmax (the first maximum) and "fewer than 5 logits larger".
+static void cross_entropies() {
+    for (auto [n, c] : std::vector<std::array<unsigned, 2>>{{50, 10}, {300, 7}, {4, 1000}, {1, 3}}) {
+        for (float eps : {0.0f, 0.1f}) {
+            std::vector<float> x((size_t)n * c);
+            std::vector<u32> y(n);
+            for (auto& v : x) v = normal() * 3.0f;
+            for (unsigned i = 0; i < n; i++) y[i] = (unsigned)(rng() % c);
+            // ties: a row whose maximum appears twice (argmax takes the first)
+            if (c > 3) { x[2] = x[3] = 40.0f; }
+            double loss = 0.0, hits = 0.0, top = 0.0;
+            std::vector<float> rdx(x.size()), rpred(n);
+            float g = 0.5f;
+            for (unsigned i = 0; i < n; i++) {
+                const float* row = &x[(size_t)i * c];
+                double m = row[0]; unsigned arg = 0;
+                for (unsigned k = 1; k < c; k++) if (row[k] > m) { m = row[k]; arg = k; }
+                double s = 0.0;
+                for (unsigned k = 0; k < c; k++) s += std::exp((double)row[k] - m);
+                double lse = m + std::log(s), nll = lse - row[y[i]], uniform = 0.0;
+                for (unsigned k = 0; k < c; k++) uniform += (lse - row[k]) / c;
+                loss += (1.0 - eps) * nll + eps * uniform;
+                hits += arg == y[i];
+                unsigned above = 0;
+                for (unsigned k = 0; k < c; k++) above += row[k] > row[y[i]];
+                top += above < 5;
+                rpred[i] = (float)arg;
+                for (unsigned k = 0; k < c; k++)
+                    rdx[(size_t)i * c + k] = (float)((double)g / n * (std::exp(row[k] - lse) - (eps / c + (k == y[i] ? 1.0 - eps : 0.0))));
+            }
+            std::string tag = "cross-entropy " + std::to_string(n) + "x" + std::to_string(c) + " smoothing " + std::to_string(eps).substr(0, 3);
+            std::vector<float> out(1), dx(x.size()), stats(3 + n);
+            launch(dim(1), dim(256), [&] { ce::ce_loss(x.data(), y.data(), out.data(), n, c, eps); });
+            launch(dim(cdiv(n, 256)), dim(256), [&] { ce::ce_backward(x.data(), y.data(), &g, dx.data(), n, c, eps); });
+            launch(dim(1), dim(256), [&] { ce::ce_stats(x.data(), y.data(), stats.data(), n, c, eps); });
+            expect(tag + ": loss", out, {(float)(loss / n)}, 1e-6f);
+            expect(tag + ": dx", dx, rdx, 1e-6f);
+            expect(tag + ": loss sum, top-1, top-5", {stats[0], stats[1], stats[2]}, {(float)loss, (float)hits, (float)top}, 1e-6f);
+            expect(tag + ": predictions", std::vector<float>(stats.begin() + 3, stats.end()), rpred, 0.0f);
+        }
+    }
+    // a label out of range: a NaN loss, and no read outside the row
+    std::vector<float> x = {1.0f, 2.0f, 3.0f, 0.5f, 0.5f, 0.5f}, out(1);
+    std::vector<u32> y = {1, 3};
+    launch(dim(1), dim(256), [&] { ce::ce_loss(x.data(), y.data(), out.data(), 2, 3, 0.0f); });
+    bool nan = std::isnan(out[0]);
+    if (!nan) failures++;
+    std::printf("%-72s %s\n", "cross-entropy: a label out of range gives a NaN loss", nan ? "ok" : "DIFFERENT");
+}
+
+// geometry::aa_taps (torchvision's antialiased bilinear weights), zero-padded to k per output.
+static void aa_taps(unsigned inp, unsigned out, std::vector<u32>& start, std::vector<float>& weights, unsigned& k) {
+    double scale = (double)inp / out, support = scale >= 1.0 ? scale : 1.0, invscale = scale >= 1.0 ? 1.0 / scale : 1.0;
+    std::vector<std::vector<float>> all;
+    start.clear();
+    k = 1;
+    for (unsigned i = 0; i < out; i++) {
+        double center = scale * (i + 0.5);
+        long long xmin = std::max((long long)(center - support + 0.5), 0ll), xmax = std::min((long long)(center + support + 0.5), (long long)inp);
+        std::vector<double> w;
+        double total = 0.0;
+        for (long long j = xmin; j < xmax; j++) { double x = ((double)(j - xmin) + xmin - center + 0.5) * invscale; w.push_back(std::max(1.0 - std::fabs(x), 0.0)); total += w.back(); }
+        std::vector<float> wf;
+        for (double v : w) wf.push_back((float)(total != 0.0 ? v / total : v));
+        start.push_back((u32)xmin);
+        k = std::max(k, (unsigned)wf.size());
+        all.push_back(wf);
+    }
+    weights.assign((size_t)out * k, 0.0f);
+    for (unsigned i = 0; i < out; i++) for (size_t t = 0; t < all[i].size(); t++) weights[(size_t)i * k + t] = all[i][t];
+}
+
+// A resident split's batch (pixels_cuda.rs): picks, row and column maps (crops with the fill,
+// flips), the resize's taps and the normalisation, against the definition in double.
+static void resident_batch(unsigned count, unsigned h0, unsigned w0, std::vector<u32> picks, bool maps, unsigned h, unsigned w,
+                           unsigned oh, unsigned ow, bool normalize, const char* what) {
+    std::vector<unsigned char> images((size_t)count * 3 * h0 * w0);
+    for (auto& v : images) v = (unsigned char)(rng() % 256);
+    unsigned batch = picks.size(), fill_byte = 37;
+    std::vector<u32> plan = picks;
+    if (maps) {
+        for (unsigned b = 0; b < batch; b++) for (unsigned r = 0; r < h; r++) {
+            long long src = (long long)r - 2 + b;  // a crop shifted per image: rows above and below are the fill
+            plan.push_back(src < 0 || src >= h0 ? h0 : (u32)src);
+        }
+        for (unsigned b = 0; b < batch; b++) for (unsigned c = 0; c < w; c++) {
+            long long src = b % 2 ? (long long)w - 1 - c - 1 : (long long)c - 1;  // every other image flipped
+            plan.push_back(src < 0 || src >= w0 ? w0 : (u32)src);
+        }
+    }
+    plan.push_back(9); plan.push_back(9);  // labels after the maps: ignored
+    bool resize = (oh != h || ow != w);
+    std::vector<u32> ys, xs;
+    std::vector<float> yw, xw;
+    unsigned ky = 0, kx = 0;
+    if (resize) { aa_taps(h, oh, ys, yw, ky); aa_taps(w, ow, xs, xw, kx); }
+    float mean[3] = {0.4914f, 0.4822f, 0.4465f}, sd[3] = {0.2470f, 0.2435f, 0.2616f};
+    auto pix = [&](unsigned b, unsigned ch, unsigned r, unsigned c) -> double {
+        unsigned sr = maps ? plan[batch + b * h + r] : r, sc = maps ? plan[batch + batch * h + b * w + c] : c;
+        if (sr >= h0 || sc >= w0) return fill_byte / 255.0;
+        return images[(((size_t)picks[b] * 3 + ch) * h0 + sr) * w0 + sc] / 255.0;
+    };
+    std::vector<float> want((size_t)batch * 3 * oh * ow), got(want.size());
+    for (unsigned b = 0; b < batch; b++) for (unsigned ch = 0; ch < 3; ch++) for (unsigned y = 0; y < oh; y++) for (unsigned x = 0; x < ow; x++) {
+        double v = 0.0;
+        if (resize) {
+            for (unsigned ty = 0; ty < ky; ty++) for (unsigned tx = 0; tx < kx; tx++) {
+                double wgt = (double)yw[(size_t)y * ky + ty] * xw[(size_t)x * kx + tx];
+                if (wgt != 0.0) v += wgt * pix(b, ch, ys[y] + ty, xs[x] + tx);
+            }
+        } else {
+            v = pix(b, ch, y, x);
+        }
+        if (normalize) v = (v - mean[ch]) / sd[ch];
+        want[(((size_t)b * 3 + ch) * oh + y) * ow + x] = (float)v;
+    }
+    unsigned long long n = want.size();
+    int imaps = maps, iresize = resize, inorm = normalize;
+    float fill = fill_byte / 255.0f;
+    each(n, [&] {
+        pixels::resident_batch((u64)images.data(), h0, w0, plan.data(), batch, h, w, imaps, fill, iresize, (u64)ys.data(), (u64)yw.data(), ky,
+                               (u64)xs.data(), (u64)xw.data(), kx, oh, ow, inorm, mean[0], mean[1], mean[2], sd[0], sd[1], sd[2], got.data(), n);
+    });
+    expect(std::string("resident batch: ") + what, got, want, 1e-6f);
+}
+
 int main() {
+    resident_batch(5, 6, 7, {4, 0, 2}, true, 8, 9, 13, 17, true, "crops, fill, flips, resize up, normalize");
+    resident_batch(5, 6, 7, {1, 1, 3}, true, 8, 9, 8, 9, false, "crops, fill, flips only");
+    resident_batch(4, 12, 10, {3, 0}, false, 12, 10, 5, 4, true, "resize down, normalize");
+    resident_batch(3, 32, 32, {2}, false, 32, 32, 224, 224, true, "32 -> 224, normalize (the term report's)");
+    cross_entropies();
     relus();
     optimizers();
     // channel counts below, at and across the kernels' groups of 32; row counts that leave

@@ -6,8 +6,9 @@ __syncthreads, blocks one after another) and checked by harness.cpp.
 
 The channels-last kernels are checked against the NCHW ones (run on the same
 data transposed), which ran on an H200 against the CPU (BENCHMARKS.md); the NCHW
-BatchNorm and max-pool, ReLU, `relu(a + b)` and the optimisers' kernels against
-PyTorch's definitions; the weight layout kernels against their index
+BatchNorm and max-pool, ReLU, `relu(a + b)`, the optimisers' and the cross-entropy's kernels
+against PyTorch's definitions, a resident split's batch kernel against the
+host pipeline's arithmetic; the weight layout kernels against their index
 definition. Blocks run last first. No GPU needed.
 
     python3 tests/cuda_emu/run.py
@@ -70,7 +71,7 @@ template <class F> void launch(uint3_ grid, uint3_ block, F f) {
 '''
 
 parts = [SHIM, raw("cuda.rs", "PRELUDE")]
-for ns, path in [("bn", "bn_cuda.rs"), ("pool", "pool_cuda.rs"), ("relu", "relu_cuda.rs"), ("conv", "krsc_cuda.rs"), ("optim", "optim_cuda.rs")]:
+for ns, path in [("bn", "bn_cuda.rs"), ("pool", "pool_cuda.rs"), ("relu", "relu_cuda.rs"), ("conv", "krsc_cuda.rs"), ("optim", "optim_cuda.rs"), ("ce", "ce_cuda.rs"), ("pixels", "pixels_cuda.rs")]:
     parts.append(f"namespace {ns} {{\n{raw(path, 'SOURCE')}\n}}\n")
 parts.append((here / "harness.cpp").read_text())
 

@@ -74,12 +74,14 @@ pub(super) fn function(
 }
 
 /// Every module of our kernels, with one kernel of each.
-pub(super) const MODULES: [(&str, &str, &str); 5] = [
+pub(super) const MODULES: [(&str, &str, &str); 7] = [
     (super::bn_cuda::MODULE, super::bn_cuda::SOURCE, "bn_stats_bf16"),
     (super::pool_cuda::MODULE, super::pool_cuda::SOURCE, "max_pool_forward_bf16"),
     (super::relu_cuda::MODULE, super::relu_cuda::SOURCE, "relu_fwd_bf16"),
     (super::optim_cuda::MODULE, super::optim_cuda::SOURCE, "sgd_all"),
     (super::krsc_cuda::MODULE, super::krsc_cuda::SOURCE, "to_krsc_bf16"),
+    (super::ce_cuda::MODULE, super::ce_cuda::SOURCE, "ce_loss"),
+    (super::pixels_cuda::MODULE, super::pixels_cuda::SOURCE, "resident_batch"),
 ];
 
 /// Compiles (NVRTC) and loads onto `device` every module of our kernels on a
@@ -212,6 +214,18 @@ pub(super) fn dims4(s: &Shape, what: &str) -> Result<[i32; 4]> {
 pub(super) fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
     let Some((start, end)) = l.contiguous_offsets() else { bail!("{what}: non-contiguous input") };
     Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// Asserts that NVRTC compiles `source` after [`PRELUDE`] and that each of
+/// `kernels` is in the PTX (no GPU needed, only the library, which the CUDA
+/// build links): each kernel file's test.
+#[cfg(test)]
+pub(super) fn assert_compiles(source: &str, kernels: &[&str]) {
+    let ptx = cudarc::nvrtc::compile_ptx(format!("{PRELUDE}{source}")).unwrap_or_else(|e| panic!("NVRTC: {e:?}"));
+    let src = ptx.to_src();
+    for k in kernels {
+        assert!(src.contains(k), "{k} missing from the PTX");
+    }
 }
 
 #[cfg(test)]

@@ -25,8 +25,9 @@
 //!   our own kernels, compiled by NVRTC at first use, for BatchNorm
 //!   (`bn_cuda.rs`, with the ReLU or a ResNet block's residual and ReLU in
 //!   the same kernels), max-pool (`pool_cuda.rs`), ReLU and `relu(a + b)`
-//!   (`relu_cuda.rs`), f32 or bf16, and the optimisers' step (`optim_cuda.rs`),
-//!   all with `--features cudnn` (what they share: `cuda.rs`); with
+//!   (`relu_cuda.rs`), f32 or bf16, the optimisers' step (`optim_cuda.rs`),
+//!   the cross-entropy with the test pass's numbers (`ce_cuda.rs`) and a
+//!   resident split's batches (`pixels_cuda.rs`), all with `--features cudnn` (what they share: `cuda.rs`); with
 //!   `cudnn-nhwc` the same with channels-last activations (`layout.rs`).
 //!
 //! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs` (and the channels-last filter, `krsc_cuda.rs`), `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `relu_cuda.rs`, `optim_cuda.rs`, `batch_norm.rs`, `add_relu.rs`,
@@ -39,6 +40,8 @@ mod batch_norm;
 #[cfg(feature = "cudnn")]
 mod bn_cuda;
 mod bn_relu_pool;
+#[cfg(feature = "cudnn")]
+mod ce_cuda;
 mod conv;
 mod conv3x3;
 #[cfg(feature = "cudnn")]
@@ -52,6 +55,8 @@ mod krsc_cuda;
 mod layout;
 #[cfg(feature = "cudnn")]
 mod optim_cuda;
+#[cfg(feature = "cudnn")]
+mod pixels_cuda;
 mod pool;
 #[cfg(feature = "cudnn")]
 mod pool_cuda;
@@ -63,6 +68,8 @@ pub use batch_norm::{batch_norm_cpu, channel_stats};
 #[cfg(feature = "cudnn")]
 pub use bn_cuda::{batch_norm_eval_cuda, batch_norm_train_cuda};
 pub use bn_relu_pool::batch_norm_relu_max_pool2_cpu;
+#[cfg(feature = "cudnn")]
+pub(crate) use ce_cuda::{classifier_stats, cross_entropy as cross_entropy_cuda};
 pub(crate) use conv::conv2d_layer;
 pub use conv::{conv2d, ConvParams};
 #[cfg(feature = "cudnn")]
@@ -78,6 +85,8 @@ pub(crate) use layout::add_channel_bias;
 pub use layout::{as_activation, cat_channels, is_channels_last};
 #[cfg(feature = "cudnn")]
 pub use optim_cuda::{adam_step_all, sgd_step_all, AdamParam, SgdParam};
+#[cfg(feature = "cudnn")]
+pub(crate) use pixels_cuda::{axis_taps, resident_batch, AxisTaps, Tail};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
