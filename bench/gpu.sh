@@ -76,6 +76,19 @@ print(":".join(dirs))' 2>/dev/null || true)
             echo "   FAILED (exit $?) after $((SECONDS - start)) s" | tee -a "$out/summary.txt"
         fi
     }
+    # phases EPOCHS: the trainer's own split of its last EPOCHS epochs (host time in data,
+    # forward, backward, optimizer; metrics includes waiting for the GPU every 20 steps; test;
+    # checkpoint), from its log lines at info level, summed
+    phases() {
+        grep "time: data" "$out/log.txt" | tail -n "$1" | python3 -c '
+import re, sys
+tot = {}
+for line in sys.stdin:
+    for k, v in re.findall(r"(\w+) ([0-9.]+)s", line):
+        tot[k] = tot.get(k, 0.0) + float(v)
+print("   trainer time (s, host): " + ", ".join("%s %.2f" % kv for kv in tot.items()))
+' | tee -a "$out/summary.txt" || true
+    }
     { nvidia-smi; uname -a; } >"$out/nvidia-smi.txt" 2>&1 || true
     home=$(mktemp -d)
     # PARTS: what to run (all by default): quickstart checks steps profile trainer torch;
@@ -113,7 +126,8 @@ med = lambda i: statistics.median(x[i] for x in s) * 1000
 step = statistics.median(r["step_seconds"][2:])
 rate = r["batch"] / step
 host = statistics.median(r["backward_host_seconds"][2:]) * 1000
-print(f"   step {step * 1000:.1f} ms ({rate:.0f} img/s): forward {med(0):.1f}, backward {med(1):.1f} (host {host:.1f}), optimizer {med(2):.1f} ms")
+fhost = statistics.median(r.get("forward_host_seconds", [0, 0, 0])[2:] or [0]) * 1000
+print(f"   step {step * 1000:.1f} ms ({rate:.0f} img/s): forward {med(0):.1f} (host {fhost:.1f}), backward {med(1):.1f} (host {host:.1f}), optimizer {med(2):.1f} ms")
 pipe = r.get("pipelined_step_seconds")
 if pipe:
     print("   without synchronisations: %.1f ms per step (%.0f img/s)" % (pipe * 1000, r["batch"] / pipe))
@@ -140,6 +154,18 @@ if p:
                 echo "   FAILED" | tee -a "$out/summary.txt"
         done
     fi
+    # the host side of such steps (the CUDA API: launches, copies, allocations, waits) under
+    # Nsight Systems where it is installed: whether the host or the GPU sets the pace
+    if has profile && [ "${PROFILE:-1}" = 1 ] && command -v nsys >/dev/null 2>&1; then
+        for k in $kernels; do
+            echo "== $k: nsys, train_step resnet18 batch 50 at 224 bf16, 12 + 12 steps, CUDA API calls" | tee -a "$out/summary.txt" >>"$out/log.txt"
+            SWEEP_GPU_KERNELS=$k timeout 180 nsys profile --trace=cuda --sample=none --cpuctxsw=none --force-overwrite=true \
+                -o "$home/nsys-$k" "$ts" resnet18 50 224 12 cuda:0 bf16 >>"$out/log.txt" 2>&1 &&
+                nsys stats --report cuda_api_sum --format csv --output - "$home/nsys-$k.nsys-rep" 2>>"$out/log.txt" |
+                head -n 25 | tee -a "$out/summary.txt" ||
+                echo "   FAILED" | tee -a "$out/summary.txt"
+        done
+    fi
     n=${IMAGES:-2500}
     for k in $kernels; do
         has trainer || continue
@@ -163,7 +189,9 @@ augment = "up"
 TOML
             # a home per run: the same configuration in one home is skipped as done
             h="$home/r18-$k-$precision"
-            step 150 "$k: resnet18 224 batch 50 $precision, 2 epochs of $n" "$bin" --home "$h" -q submit "$home/r18-$k-$precision.toml"
+            RUST_LOG=sweep::train::epoch=info step 150 "$k: resnet18 224 batch 50 $precision, 2 epochs of $n" \
+                "$bin" --home "$h" -q submit "$home/r18-$k-$precision.toml"
+            phases 2
             "$bin" --home "$h" results --columns name,img/s,time,test_acc --format csv >>"$out/summary.txt" 2>&1 || true
             "$bin" --home "$h" show "r18-$k-$precision/run1" --format json 2>&1 | tee -a "$out/log.txt" |
                 python3 -c 'import json, sys; b = json.load(sys.stdin).get("peak_memory_bytes"); print("   peak GPU memory (device in use, sampled after each epoch): %.0f MiB" % (b / 2**20)) if b else None' \
@@ -195,8 +223,10 @@ test = [{ resize = { size = 224 } }, { normalize = "cifar10" }]
 [[run]]
 augment = "resize224"
 TOML
-        SWEEP_GPU_KERNELS=$k step 330 "$k: the term report's resnet18 run, $e epochs of 50000 + 10000 test, bf16" \
+        SWEEP_GPU_KERNELS=$k RUST_LOG=sweep::train::epoch=info step 330 \
+            "$k: the term report's resnet18 run, $e epochs of 50000 + 10000 test, bf16" \
             "$bin" --home "$home/term" -q submit "$home/term.toml"
+        phases "$e"
         "$bin" --home "$home/term" results --columns name,status,epochs,img/s,time,test_acc --format csv >>"$out/summary.txt" 2>&1 || true
         "$bin" --home "$home/term" show "term-r18/run1" --format json 2>&1 | tee -a "$out/log.txt" |
             python3 -c '
