@@ -70,7 +70,7 @@ pub const MAX_WORKER_DEATHS: Var = Var {
 /// The kernels of the CUDA path.
 pub const GPU_KERNELS: Var = Var {
     name: "SWEEP_GPU_KERNELS",
-    help: "kernels on a GPU: cudnn (cuDNN convolutions and sweep's BatchNorm, max-pool, ReLU and optimiser kernels; the default of a --features cudnn build), cudnn-nhwc (the same with channels-last activations; not yet checked on a GPU) or generic (candle's; the only ones without cudnn)",
+    help: "kernels on a GPU: cudnn (cuDNN convolutions and sweep's BatchNorm, max-pool, ReLU, optimiser, cross-entropy and data kernels; the default of a --features cudnn build), cudnn-nhwc (the same with channels-last activations; not yet checked on a GPU) or generic (candle's; the only ones without cudnn)",
 };
 
 /// How the CPU computes 3x3 convolutions with stride 1 and padding 1.

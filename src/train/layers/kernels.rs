@@ -9,9 +9,11 @@
 //!   H200 against the CPU and faster than PyTorch's eager step there,
 //!   BENCHMARKS.md): convolutions forward, backward data and backward filter
 //!   through cuDNN, with descriptors, algorithms and one growing workspace
-//!   kept for the process; BatchNorm, max-pool, ReLU, `relu(a + b)` and the
-//!   optimiser's step as our own kernels (`bn_cuda.rs`, `pool_cuda.rs`,
-//!   `relu_cuda.rs`, `optim_cuda.rs`).
+//!   kept for the process; BatchNorm, max-pool, ReLU, `relu(a + b)`, the
+//!   optimiser's step, the cross-entropy with the numbers read back from it,
+//!   and a resident split's batches as our own kernels (`bn_cuda.rs`,
+//!   `pool_cuda.rs`, `relu_cuda.rs`, `optim_cuda.rs`, `ce_cuda.rs`,
+//!   `pixels_cuda.rs`).
 //! * `cudnn-nhwc`: the `cudnn` set with channels-last activations: every
 //!   convolution takes and returns (N, H, W, C) storage (seen by the model as
 //!   an NCHW view with those strides), so that cuDNN's bf16 tensor-core
