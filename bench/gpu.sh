@@ -159,7 +159,7 @@ if p:
     if has profile && [ "${PROFILE:-1}" = 1 ] && command -v nsys >/dev/null 2>&1; then
         for k in $kernels; do
             echo "== $k: nsys, train_step resnet18 batch 50 at 224 bf16, 12 + 12 steps, CUDA API calls" | tee -a "$out/summary.txt" >>"$out/log.txt"
-            SWEEP_GPU_KERNELS=$k timeout 180 nsys profile --trace=cuda --sample=none --cpuctxsw=none --force-overwrite=true \
+            SWEEP_GPU_KERNELS=$k timeout 120 nsys profile --trace=cuda --sample=none --cpuctxsw=none --force-overwrite=true \
                 -o "$home/nsys-$k" "$ts" resnet18 50 224 12 cuda:0 bf16 >>"$out/log.txt" 2>&1 &&
                 nsys stats --report cuda_api_sum --format csv --output - "$home/nsys-$k.nsys-rep" 2>>"$out/log.txt" |
                 head -n 25 | tee -a "$out/summary.txt" ||
