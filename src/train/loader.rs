@@ -510,3 +510,38 @@ impl Loader {
 pub fn batches(order: &[usize], batch_size: usize, drop_last: bool) -> Vec<&[usize]> {
     order.chunks(batch_size.max(1)).filter(|c| !drop_last || c.len() == batch_size).collect()
 }
+
+#[cfg(all(test, feature = "cudnn"))]
+mod tests {
+    use super::*;
+
+    /// Which tails the resident batch kernel takes (a resize, then a
+    /// normalisation, each at most once) and what it is given for them.
+    #[test]
+    fn the_batch_kernel_takes_one_resize_then_one_normalisation() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            t: Vec<Transform>,
+        }
+        let split = Split::uniform(vec![7; 4 * 3 * 32 * 32], vec![0, 1, 2, 3], 32, 32);
+        let tail_of = |text: &str| {
+            let t = toml::from_str::<T>(text).unwrap().t;
+            let p = Pipeline::resident(&t, &split, &Device::Cpu).unwrap().expect(text);
+            p.kernel_tail(32, 32, &Device::Cpu).unwrap()
+        };
+        let t = tail_of(r#"t = [{ hflip = {} }, { resize = { size = 224 } }, { normalize = "cifar10" }]"#).unwrap();
+        let (ry, rx) = t.resize.expect("a resize");
+        assert_eq!((ry.weights.dims2().unwrap().0, rx.start.dims1().unwrap()), (224, 224));
+        let (mean, std) = t.normalize.expect("a normalisation");
+        assert!((mean[0] - 0.4914).abs() < 1e-6 && (std[2] - 0.2616).abs() < 1e-6, "{mean:?} {std:?}");
+        // a resize to the batch's own size is none; a normalisation alone
+        let t = tail_of(r#"t = [{ resize = { size = 32 } }, { normalize = "imagenet" }]"#).unwrap();
+        assert!(t.resize.is_none() && t.normalize.is_some());
+        let t = tail_of(r"t = [{ hflip = {} }]").unwrap();
+        assert!(t.resize.is_none() && t.normalize.is_none());
+        // other orders and repeats keep candle's tensor ops
+        assert!(tail_of(r#"t = [{ normalize = "cifar10" }, { resize = { size = 64 } }]"#).is_none());
+        assert!(tail_of(r"t = [{ resize = { size = 64 } }, { resize = { size = 48 } }]").is_none());
+        assert!(tail_of(r#"t = [{ normalize = "cifar10" }, { normalize = "cifar10" }]"#).is_none());
+    }
+}
