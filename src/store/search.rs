@@ -67,8 +67,9 @@ impl Store {
     pub async fn rung_arrivals(&self, ctx: &AshaContext, epoch: u64) -> Result<Vec<Arrival>> {
         let rows: Vec<(i64, Option<f64>)> = sqlx::query_as(&format!(
             "SELECT e.run_id, e.{col} FROM epochs e JOIN sweep_runs sr ON sr.run_id = e.run_id
-             WHERE sr.sweep_id = $1 AND e.epoch = $2 ORDER BY e.recorded_at, e.run_id",
-            col = ctx.metric.as_str() // a column name from the enum, never from user text
+             WHERE sr.sweep_id = $1 AND e.epoch = $2 ORDER BY e.recorded_at, {tie}",
+            col = ctx.metric.as_str(), // a column name from the enum, never from user text
+            tie = self.dialect.same_millisecond,
         ))
         .bind(ctx.sweep_id)
         .bind(epoch as i64)

@@ -26,6 +26,11 @@ pub(in crate::store) struct Dialect {
     pub row_lock: &'static str,
     /// An ISO-8601 text column (`{}`) in Unix seconds.
     pub iso_to_unix: &'static str,
+    /// Orders epochs (`e`) recorded in the same millisecond (`recorded_at`
+    /// ties): SQLite's rowid follows the order of its serialised writes, so
+    /// of their commits, which ASHA's decisions followed; PostgreSQL has no
+    /// such column, and falls back to the run id.
+    pub same_millisecond: &'static str,
 }
 
 impl Dialect {

@@ -10,4 +10,5 @@ pub(in crate::store) static SQLITE: Dialect = Dialect {
     skip_locked: "",
     row_lock: "",
     iso_to_unix: "((julianday({}) - 2440587.5) * 86400.0)",
+    same_millisecond: "e.rowid",
 };
