@@ -242,28 +242,36 @@ fn asha_stops_promotes_and_resumes_exactly() {
                 vec![arrivals[1].run]
             );
             assert_eq!(asha::STOP_NOTE, "stopped by ASHA");
-            if matches!(loc, Location::Sqlite(_)) {
-                // Epochs recorded in one millisecond keep the order of their
-                // (serialised) writes, as the decisions saw them, not their run
-                // ids: one time for all the rung's arrivals, and the first
-                // arrival's row written again (now the last write).
+            // Epochs recorded in one millisecond keep the order of their
+            // (serialised) writes, as the decisions saw them, not their run
+            // ids: one time for all the rung's arrivals, and the first
+            // arrival's row written again (now the last write). SQLite's
+            // rowid and PostgreSQL's `written` both follow the inserts.
+            {
                 use sqlx::Connection;
-                let url = format!("sqlite://{}", home.join(sweep::store::DB_FILE).display());
-                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                let url = match &loc {
+                    Location::Sqlite(path) => format!("sqlite://{}", path.display()),
+                    Location::Postgres(url) => url.clone(),
+                };
+                let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
                 let first = arrivals[0].run;
-                for q in [
+                let mut moves = vec![
                     "UPDATE epochs SET recorded_at = '2026-01-01T00:00:00.000Z' WHERE epoch = 1".to_string(),
                     format!("CREATE TEMP TABLE moved AS SELECT * FROM epochs WHERE run_id = {first} AND epoch = 1"),
-                    format!("DELETE FROM epochs WHERE run_id = {first} AND epoch = 1"),
-                    "INSERT INTO epochs SELECT * FROM moved".to_string(),
-                ] {
+                ];
+                if matches!(loc, Location::Postgres(_)) {
+                    moves.push("ALTER TABLE moved DROP COLUMN written".into()); // drawn again on insert
+                }
+                moves.push(format!("DELETE FROM epochs WHERE run_id = {first} AND epoch = 1"));
+                moves.push("INSERT INTO epochs SELECT * FROM moved".into());
+                for q in moves {
                     sqlx::query(&q).execute(&mut conn).await.unwrap();
                 }
                 conn.close().await.unwrap();
                 let tied = store.rung_arrivals(&ctx, 1).await.unwrap();
                 let mut written = arrivals.iter().map(|a| a.run).collect::<Vec<_>>();
                 written.rotate_left(1);
-                assert_eq!(tied.iter().map(|a| a.run).collect::<Vec<_>>(), written);
+                assert_eq!(tied.iter().map(|a| a.run).collect::<Vec<_>>(), written, "{loc:?}");
             }
             // The report: the rung column, and the metric by epoch with the stopped runs marked ×.
             let c = sweep::report::Comparison::load(&store, &[], true).await.unwrap();

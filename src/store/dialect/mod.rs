@@ -28,8 +28,9 @@ pub(in crate::store) struct Dialect {
     pub iso_to_unix: &'static str,
     /// Orders epochs (`e`) recorded in the same millisecond (`recorded_at`
     /// ties): SQLite's rowid follows the order of its serialised writes, so
-    /// of their commits, which ASHA's decisions followed; PostgreSQL has no
-    /// such column, and falls back to the run id.
+    /// of their commits, which ASHA's decisions followed; PostgreSQL's
+    /// `written` (migrations/postgres/0003) is drawn at each insert, after
+    /// the sweep's row lock, so in the same order.
     pub same_millisecond: &'static str,
 }
 

@@ -9,5 +9,5 @@ pub(in crate::store) static POSTGRES: Dialect = Dialect {
     skip_locked: " FOR UPDATE SKIP LOCKED",
     row_lock: " FOR UPDATE",
     iso_to_unix: "date_part('epoch', ({})::timestamptz)",
-    same_millisecond: "e.run_id",
+    same_millisecond: "e.written",
 };
