@@ -102,6 +102,32 @@ impl Geom {
         let hi = if len + p > t { ((len - 1 + p - t) / s + 1).min(outs) } else { 0 };
         (lo.min(hi), hi)
     }
+    /// The taps `t0..t0 + len` along an axis that some output reads inside
+    /// the input (the others read only padding).
+    fn live_taps(&self, outs: usize, len: usize) -> (usize, usize) {
+        let live: Vec<usize> = (0..self.k).filter(|&t| self.span(outs, len, t).0 < self.span(outs, len, t).1).collect();
+        match (live.first(), live.last()) {
+            (Some(&a), Some(&b)) => (a, b - a + 1),
+            _ => (0, self.k),
+        }
+    }
+    /// When the kernel's outer taps read only padding for every output (a 3x3
+    /// convolution on a 1x1 plane reads its centre alone, one with stride 2 on
+    /// a 2x2 plane its lower right 2x2), the same convolution with the kernel
+    /// cut to the taps that read the input (the `t0`-th on, along both axes)
+    /// and the padding before it reduced by `t0`: the same outputs (the cut
+    /// taps added zeros) for the multiply-adds of the taps kept: a ninth of
+    /// ResNet's layer4 at 32x32 inputs. `None` when every tap counts, or the two
+    /// axes would cut differently.
+    fn trimmed(&self) -> Option<(Geom, usize)> {
+        let (ty, ky) = self.live_taps(self.oh, self.h);
+        let (tx, kx) = self.live_taps(self.ow, self.w);
+        if (ty, ky) != (tx, kx) || ky == self.k || ty > self.p.padding {
+            return None;
+        }
+        let p = ConvParams { padding: self.p.padding - ty, stride: self.p.stride };
+        Some((Geom { k: ky, p, ..*self }, ty))
+    }
     /// Images per column matrix. One when an image alone has enough output
     /// pixels and multiply-adds for an efficient product (no shuffle of the output or the
     /// gradient, and a 1x1 convolution reads the image in place); otherwise as
@@ -216,6 +242,28 @@ fn to_channel_major(src: &[f32], nb: usize, c: usize, l: usize, dst: &mut [f32])
             d.copy_from_slice(&src[(b * c + ch) * l..][..l]);
         }
     });
+}
+
+/// The taps `t0..t0 + k` of both axes of an OIHW kernel of `g.k`, contiguous.
+fn crop(w: &[f32], g: &Geom, k: usize, t0: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(g.cout * g.c * k * k);
+    for plane in w.chunks_exact(g.k * g.k) {
+        for row in plane.chunks_exact(g.k).skip(t0).take(k) {
+            out.extend_from_slice(&row[t0..t0 + k]);
+        }
+    }
+    out
+}
+
+/// The gradient of a [`crop`]ped kernel as the whole kernel's (zero at the cut taps).
+fn uncrop(dw: &[f32], g: &Geom, k: usize, t0: usize) -> Vec<f32> {
+    let mut out = vec![0f32; g.cout * g.c * g.k * g.k];
+    for (plane, cut) in out.chunks_exact_mut(g.k * g.k).zip(dw.chunks_exact(k * k)) {
+        for (row, src) in plane.chunks_exact_mut(g.k).skip(t0).zip(cut.chunks_exact(k)) {
+            row[t0..t0 + k].copy_from_slice(src);
+        }
+    }
+    out
 }
 
 /// `src` (rows, cols) -> `dst` (cols, rows), in blocks of 16 x 16 so that
@@ -415,7 +463,11 @@ impl CustomOp2 for Conv2dOp {
             );
             return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
         }
-        let (y, kept) = forward(cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?, &g, self.keep_columns);
+        let (x, w) = (cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?);
+        let (y, kept) = match g.trimmed() {
+            Some((cut, t0)) => forward(x, &crop(w, &g, cut.k, t0), &cut, self.keep_columns),
+            None => forward(x, w, &g, self.keep_columns),
+        };
         *self.kept.lock().expect("conv lock") = kept;
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))))
     }
@@ -431,6 +483,10 @@ impl CustomOp2 for Conv2dOp {
                 with_cpu_f32(&grad.detach(), |dy| {
                     if g.direct3x3() {
                         super::conv3x3::backward(xs, ws, dy, (g.n, g.c, g.h, g.w), g.cout, (need_dx, need_dw))
+                    } else if let Some((cut, t0)) = g.trimmed() {
+                        let (dx, dw) =
+                            backward(xs, &crop(ws, &g, cut.k, t0), dy, &cut, (need_dx, need_dw), kept.as_deref());
+                        (dx, if need_dw { uncrop(&dw, &g, cut.k, t0) } else { dw })
                     } else {
                         backward(xs, ws, dy, &g, (need_dx, need_dw), kept.as_deref())
                     }
@@ -530,6 +586,12 @@ mod tests {
             (2, 3, 11, 7, 3, 2),
             (3, 2, 7, 3, 0, 1),
             (2, 2, 5, 5, 2, 3),
+            // Kernels cut to the taps that read the input (`Geom::trimmed`).
+            (4, 5, 1, 3, 1, 1),
+            (4, 5, 2, 3, 1, 2),
+            (3, 4, 2, 7, 3, 2),
+            (2, 3, 1, 7, 3, 1),
+            (2, 3, 2, 3, 1, 1),
         ] {
             for n in [1, 2] {
                 let xs = randn(&mut rng, &[n, cin, hw, hw]);
@@ -548,6 +610,33 @@ mod tests {
                 assert!(diff(g1.get(&x).unwrap(), g2.get(&x2).unwrap()) < 1e-4, "input grad, {case}");
                 assert!(diff(g1.get(&w).unwrap(), g2.get(&w2).unwrap()) < 1e-3, "weight grad, {case}");
             }
+        }
+    }
+
+    /// Which kernels are cut, to what, and with what padding.
+    #[test]
+    fn kernels_are_cut_to_the_taps_that_read_the_input() {
+        let cut = |hw: usize, k: usize, padding: usize, stride: usize| {
+            let g = Geom::new(&Shape::from((2, 4, hw, hw)), &Shape::from((8, 4, k, k)), ConvParams { padding, stride })
+                .unwrap();
+            g.trimmed().map(|(c, t0)| (c.k, t0, c.p.padding, (c.oh, c.ow) == (g.oh, g.ow)))
+        };
+        assert_eq!(cut(1, 3, 1, 1), Some((1, 1, 0, true)), "ResNet's layer4 at 32x32: the centre");
+        assert_eq!(cut(2, 3, 1, 2), Some((2, 1, 0, true)), "its first block: the lower right 2x2");
+        assert_eq!(cut(2, 7, 3, 2), Some((2, 3, 0, true)));
+        assert_eq!(cut(1, 1, 0, 1), None, "a 1x1 kernel has nothing to cut");
+        assert_eq!(cut(2, 3, 1, 1), None, "every tap reads the input for some output");
+        assert_eq!(cut(4, 3, 1, 2), None);
+        assert_eq!(cut(56, 3, 1, 1), None);
+        let w: Vec<f32> = (0..8 * 4 * 9).map(|i| i as f32).collect();
+        let g = Geom::new(&Shape::from((2, 4, 2, 2)), &Shape::from((8, 4, 3, 3)), ConvParams { padding: 1, stride: 2 })
+            .unwrap();
+        let c = crop(&w, &g, 2, 1);
+        assert_eq!(&c[..8], &[4.0, 5.0, 7.0, 8.0, 13.0, 14.0, 16.0, 17.0]);
+        let back = uncrop(&c, &g, 2, 1);
+        for (i, (b, v)) in back.iter().zip(&w).enumerate() {
+            let (ky, kx) = ((i % 9) / 3, i % 3);
+            assert_eq!(*b, if ky >= 1 && kx >= 1 { *v } else { 0.0 }, "at {i}");
         }
     }
 
