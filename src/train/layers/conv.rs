@@ -102,31 +102,15 @@ impl Geom {
         let hi = if len + p > t { ((len - 1 + p - t) / s + 1).min(outs) } else { 0 };
         (lo.min(hi), hi)
     }
-    /// The taps `t0..t0 + len` along an axis that some output reads inside
-    /// the input (the others read only padding).
-    fn live_taps(&self, outs: usize, len: usize) -> (usize, usize) {
-        let live: Vec<usize> = (0..self.k).filter(|&t| self.span(outs, len, t).0 < self.span(outs, len, t).1).collect();
-        match (live.first(), live.last()) {
-            (Some(&a), Some(&b)) => (a, b - a + 1),
-            _ => (0, self.k),
-        }
-    }
-    /// When the kernel's outer taps read only padding for every output (a 3x3
-    /// convolution on a 1x1 plane reads its centre alone, one with stride 2 on
-    /// a 2x2 plane its lower right 2x2), the same convolution with the kernel
-    /// cut to the taps that read the input (the `t0`-th on, along both axes)
-    /// and the padding before it reduced by `t0`: the same outputs (the cut
-    /// taps added zeros) for the multiply-adds of the taps kept: a ninth of
-    /// ResNet's layer4 at 32x32 inputs. `None` when every tap counts, or the two
-    /// axes would cut differently.
-    fn trimmed(&self) -> Option<(Geom, usize)> {
-        let (ty, ky) = self.live_taps(self.oh, self.h);
-        let (tx, kx) = self.live_taps(self.ow, self.w);
-        if (ty, ky) != (tx, kx) || ky == self.k || ty > self.p.padding {
-            return None;
-        }
-        let p = ConvParams { padding: self.p.padding - ty, stride: self.p.stride };
-        Some((Geom { k: ky, p, ..*self }, ty))
+    /// The smallest planes (at most as many input pixels as kernel taps: 2x2
+    /// and 1x1 under a 3x3 kernel) as one dense linear map, see [`dense`].
+    /// Its matrix has every pair of input and output pixel, so it does no more
+    /// multiply-adds than im2col, which on such planes mostly multiplies the
+    /// padding (a 3x3 convolution of a 2x2 plane reads 4 of its 9 taps).
+    fn dense(&self) -> bool {
+        const MAX_FLOATS: usize = 4 << 20;
+        let (p, q) = (self.h * self.w, self.l());
+        p <= self.k * self.k && self.cout * q * self.c * p <= MAX_FLOATS
     }
     /// Images per column matrix. One when an image alone has enough output
     /// pixels and multiply-adds for an efficient product (no shuffle of the output or the
@@ -244,26 +228,99 @@ fn to_channel_major(src: &[f32], nb: usize, c: usize, l: usize, dst: &mut [f32])
     });
 }
 
-/// The taps `t0..t0 + k` of both axes of an OIHW kernel of `g.k`, contiguous.
-fn crop(w: &[f32], g: &Geom, k: usize, t0: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(g.cout * g.c * k * k);
-    for plane in w.chunks_exact(g.k * g.k) {
-        for row in plane.chunks_exact(g.k).skip(t0).take(k) {
-            out.extend_from_slice(&row[t0..t0 + k]);
-        }
-    }
-    out
-}
+/// A convolution of tiny planes as the dense linear map it is: with `P` input
+/// and `Q` output pixels per channel, the matrix `M` of (C_out·Q) x (C·P)
+/// whose block (q, p) is the kernel's tap that output pixel q reads input
+/// pixel p with (zero when none). NCHW images are rows of (C·P) and outputs
+/// rows of (C_out·Q) already, so `y = x · Mᵀ`, `dx = dy · M` and
+/// `dM = dyᵀ · x` are three plain matrix products without im2col or any
+/// reordering, and the kernel's gradient is the sum of `dM`'s blocks per tap.
+mod dense {
+    use super::{gemm, Geom, View};
+    use rayon::prelude::*;
 
-/// The gradient of a [`crop`]ped kernel as the whole kernel's (zero at the cut taps).
-fn uncrop(dw: &[f32], g: &Geom, k: usize, t0: usize) -> Vec<f32> {
-    let mut out = vec![0f32; g.cout * g.c * g.k * g.k];
-    for (plane, cut) in out.chunks_exact_mut(g.k * g.k).zip(dw.chunks_exact(k * k)) {
-        for (row, src) in plane.chunks_exact_mut(g.k).skip(t0).zip(cut.chunks_exact(k)) {
-            row[t0..t0 + k].copy_from_slice(src);
+    /// For each output pixel q and input pixel p, the tap (`ky * k + kx`) q reads p with.
+    fn taps(g: &Geom) -> Vec<Option<usize>> {
+        let (s, pad) = (g.p.stride as isize, g.p.padding as isize);
+        let mut t = Vec::with_capacity(g.l() * g.h * g.w);
+        for (oy, ox) in (0..g.oh).flat_map(|oy| (0..g.ow).map(move |ox| (oy as isize, ox as isize))) {
+            for (iy, ix) in (0..g.h).flat_map(|iy| (0..g.w).map(move |ix| (iy as isize, ix as isize))) {
+                let (ky, kx) = (iy - oy * s + pad, ix - ox * s + pad);
+                let k = g.k as isize;
+                t.push(
+                    (0..k)
+                        .contains(&ky)
+                        .then_some(())
+                        .filter(|()| (0..k).contains(&kx))
+                        .map(|()| (ky * k + kx) as usize),
+                );
+            }
         }
+        t
     }
-    out
+
+    /// `M` from the (C_out, C, K, K) kernel.
+    fn matrix(w: &[f32], g: &Geom, taps: &[Option<usize>]) -> Vec<f32> {
+        let (p, q, kk) = (g.h * g.w, g.l(), g.k * g.k);
+        let mut m = vec![0f32; g.cout * q * g.c * p];
+        m.par_chunks_mut(g.c * p).enumerate().for_each(|(row, out)| {
+            let (o, qi) = (row / q, row % q);
+            let taps = &taps[qi * p..][..p];
+            for (c, dst) in out.chunks_exact_mut(p).enumerate() {
+                let kernel = &w[(o * g.c + c) * kk..][..kk];
+                for (d, t) in dst.iter_mut().zip(taps) {
+                    *d = t.map_or(0.0, |t| kernel[t]);
+                }
+            }
+        });
+        m
+    }
+
+    pub(super) fn forward(x: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
+        let (p, q) = (g.h * g.w, g.l());
+        let m = matrix(w, g, &taps(g));
+        let mut y = vec![0f32; g.n * g.cout * q];
+        gemm(&mut y, false, View::new(x, g.n, g.c * p), View::new(&m, g.cout * q, g.c * p).t());
+        y
+    }
+
+    pub(super) fn backward(
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        g: &Geom,
+        (need_dx, need_dw): (bool, bool),
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (p, q, kk) = (g.h * g.w, g.l(), g.k * g.k);
+        let taps = taps(g);
+        let dy_rows = View::new(dy, g.n, g.cout * q);
+        let mut dx = Vec::new();
+        if need_dx {
+            let m = matrix(w, g, &taps);
+            dx = vec![0f32; g.n * g.c * p];
+            gemm(&mut dx, false, dy_rows, View::new(&m, g.cout * q, g.c * p));
+        }
+        let mut dw = Vec::new();
+        if need_dw {
+            let mut dm = vec![0f32; g.cout * q * g.c * p];
+            gemm(&mut dm, false, dy_rows.t(), View::new(x, g.n, g.c * p));
+            dw = vec![0f32; g.cout * g.c * kk];
+            dw.par_chunks_mut(g.c * kk).enumerate().for_each(|(o, out)| {
+                for qi in 0..q {
+                    let row = &dm[(o * q + qi) * g.c * p..][..g.c * p];
+                    let taps = &taps[qi * p..][..p];
+                    for (kernel, src) in out.chunks_exact_mut(kk).zip(row.chunks_exact(p)) {
+                        for (v, t) in src.iter().zip(taps) {
+                            if let Some(t) = t {
+                                kernel[*t] += v;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        (dx, dw)
+    }
 }
 
 /// `src` (rows, cols) -> `dst` (cols, rows), in blocks of 16 x 16 so that
@@ -464,10 +521,11 @@ impl CustomOp2 for Conv2dOp {
             return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
         }
         let (x, w) = (cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?);
-        let (y, kept) = match g.trimmed() {
-            Some((cut, t0)) => forward(x, &crop(w, &g, cut.k, t0), &cut, self.keep_columns),
-            None => forward(x, w, &g, self.keep_columns),
-        };
+        if g.dense() {
+            let y = dense::forward(x, w, &g);
+            return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
+        }
+        let (y, kept) = forward(x, w, &g, self.keep_columns);
         *self.kept.lock().expect("conv lock") = kept;
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))))
     }
@@ -483,10 +541,8 @@ impl CustomOp2 for Conv2dOp {
                 with_cpu_f32(&grad.detach(), |dy| {
                     if g.direct3x3() {
                         super::conv3x3::backward(xs, ws, dy, (g.n, g.c, g.h, g.w), g.cout, (need_dx, need_dw))
-                    } else if let Some((cut, t0)) = g.trimmed() {
-                        let (dx, dw) =
-                            backward(xs, &crop(ws, &g, cut.k, t0), dy, &cut, (need_dx, need_dw), kept.as_deref());
-                        (dx, if need_dw { uncrop(&dw, &g, cut.k, t0) } else { dw })
+                    } else if g.dense() {
+                        dense::backward(xs, ws, dy, &g, (need_dx, need_dw))
                     } else {
                         backward(xs, ws, dy, &g, (need_dx, need_dw), kept.as_deref())
                     }
@@ -586,12 +642,15 @@ mod tests {
             (2, 3, 11, 7, 3, 2),
             (3, 2, 7, 3, 0, 1),
             (2, 2, 5, 5, 2, 3),
-            // Kernels cut to the taps that read the input (`Geom::trimmed`).
+            // Dense linear maps (`Geom::dense`).
             (4, 5, 1, 3, 1, 1),
             (4, 5, 2, 3, 1, 2),
             (3, 4, 2, 7, 3, 2),
             (2, 3, 1, 7, 3, 1),
             (2, 3, 2, 3, 1, 1),
+            (3, 2, 3, 3, 1, 3),
+            (3, 2, 3, 3, 0, 1),
+            (2, 3, 2, 1, 0, 1),
         ] {
             for n in [1, 2] {
                 let xs = randn(&mut rng, &[n, cin, hw, hw]);
@@ -613,31 +672,24 @@ mod tests {
         }
     }
 
-    /// Which kernels are cut, to what, and with what padding.
+    /// Which convolutions run as one dense linear map.
     #[test]
-    fn kernels_are_cut_to_the_taps_that_read_the_input() {
-        let cut = |hw: usize, k: usize, padding: usize, stride: usize| {
-            let g = Geom::new(&Shape::from((2, 4, hw, hw)), &Shape::from((8, 4, k, k)), ConvParams { padding, stride })
-                .unwrap();
-            g.trimmed().map(|(c, t0)| (c.k, t0, c.p.padding, (c.oh, c.ow) == (g.oh, g.ow)))
+    fn the_smallest_planes_are_dense_maps() {
+        let dense = |hw: usize, k: usize, padding: usize, stride: usize| {
+            Geom::new(&Shape::from((2, 4, hw, hw)), &Shape::from((8, 4, k, k)), ConvParams { padding, stride })
+                .unwrap()
+                .dense()
         };
-        assert_eq!(cut(1, 3, 1, 1), Some((1, 1, 0, true)), "ResNet's layer4 at 32x32: the centre");
-        assert_eq!(cut(2, 3, 1, 2), Some((2, 1, 0, true)), "its first block: the lower right 2x2");
-        assert_eq!(cut(2, 7, 3, 2), Some((2, 3, 0, true)));
-        assert_eq!(cut(1, 1, 0, 1), None, "a 1x1 kernel has nothing to cut");
-        assert_eq!(cut(2, 3, 1, 1), None, "every tap reads the input for some output");
-        assert_eq!(cut(4, 3, 1, 2), None);
-        assert_eq!(cut(56, 3, 1, 1), None);
-        let w: Vec<f32> = (0..8 * 4 * 9).map(|i| i as f32).collect();
-        let g = Geom::new(&Shape::from((2, 4, 2, 2)), &Shape::from((8, 4, 3, 3)), ConvParams { padding: 1, stride: 2 })
-            .unwrap();
-        let c = crop(&w, &g, 2, 1);
-        assert_eq!(&c[..8], &[4.0, 5.0, 7.0, 8.0, 13.0, 14.0, 16.0, 17.0]);
-        let back = uncrop(&c, &g, 2, 1);
-        for (i, (b, v)) in back.iter().zip(&w).enumerate() {
-            let (ky, kx) = ((i % 9) / 3, i % 3);
-            assert_eq!(*b, if ky >= 1 && kx >= 1 { *v } else { 0.0 }, "at {i}");
-        }
+        assert!(dense(1, 3, 1, 1), "ResNet's layer4 at 32x32");
+        assert!(dense(2, 3, 1, 1) && dense(2, 3, 1, 2), "its layer3, and layer4's first block");
+        assert!(dense(2, 7, 3, 2) && dense(3, 3, 1, 3));
+        assert!(!dense(4, 3, 1, 1) && !dense(4, 3, 1, 2) && !dense(3, 1, 0, 1) && !dense(8, 7, 3, 2));
+        let huge = Geom::new(
+            &Shape::from((2, 4096, 1, 1)),
+            &Shape::from((4096, 4096, 3, 3)),
+            ConvParams { padding: 1, stride: 1 },
+        );
+        assert!(!huge.unwrap().dense(), "a matrix over 16 MiB goes through im2col");
     }
 
     /// An input that needs no gradient (the stem's images) gets none, and a
