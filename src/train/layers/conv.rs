@@ -9,6 +9,11 @@
 //! of one image multiplies the image itself. The backward pass recomputes the
 //! columns (memory) and skips the input gradient when the input needs none
 //! (the stem) and the weight gradient for a frozen kernel.
+//!
+//! The smallest planes (no more pixels than kernel taps: 2x2 and 1x1 under a
+//! 3x3 kernel, ResNet's layers 3 and 4 at 32x32) skip im2col: the
+//! convolution is one dense linear map from an image's C·H·W values to its
+//! C_out·OH·OW outputs (see `dense`), three matrix products straight on NCHW.
 
 use super::gemm::{gemm, View};
 use super::{cpu_f32, with_cpu_f32};
