@@ -166,6 +166,9 @@ fn cpu_conv() -> CpuConv {
 /// Fills `cols` ((C·K·K, nb·L)) with the patches of the `nb` NCHW images in `x`
 /// (zeros where the kernel overhangs the padded border).
 fn im2col(x: &[f32], g: &Geom, nb: usize, cols: &mut [f32]) {
+    if g.ow < NARROW {
+        return im2col_narrow(x, g, nb, cols);
+    }
     let (l, kk, plane) = (g.l(), g.k * g.k, g.h * g.w);
     let (s, p) = (g.p.stride, g.p.padding);
     cols.par_chunks_mut(nb * l).enumerate().for_each(|(r, row)| {
@@ -197,6 +200,9 @@ fn im2col(x: &[f32], g: &Geom, nb: usize, cols: &mut [f32]) {
 /// The adjoint of [`im2col`]: adds onto `dx` (nb NCHW images, zeroed by the
 /// caller) the column gradients `dcols`, each onto the pixel its tap read.
 fn col2im(dcols: &[f32], g: &Geom, nb: usize, dx: &mut [f32]) {
+    if g.ow < NARROW {
+        return col2im_narrow(dcols, g, nb, dx);
+    }
     let (l, plane) = (g.l(), g.h * g.w);
     let (s, p) = (g.p.stride, g.p.padding);
     dx.par_chunks_mut(plane).enumerate().for_each(|(i, img)| {
@@ -218,6 +224,62 @@ fn col2im(dcols: &[f32], g: &Geom, nb: usize, dx: &mut [f32]) {
                             dst[ox * s + kx - p] += v;
                         }
                     }
+                }
+            }
+        }
+    });
+}
+
+/// Output rows narrower than this go through [`tap_sources`]: with rows of
+/// a few pixels, the row-by-row copies of [`im2col`] and [`col2im`] spent
+/// more on their bounds and slices than on moving floats (a 4x4 plane's
+/// column matrix was a few thousand copies of at most 4 floats per row).
+const NARROW: usize = 8;
+
+/// For each tap (ky·K + kx) and output pixel, the input pixel it reads
+/// (`u32::MAX` on the padding).
+fn tap_sources(g: &Geom) -> Vec<u32> {
+    let (s, p) = (g.p.stride, g.p.padding);
+    let mut t = Vec::with_capacity(g.k * g.k * g.l());
+    for ky in 0..g.k {
+        for kx in 0..g.k {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let (iy, ix) = ((oy * s + ky).wrapping_sub(p), (ox * s + kx).wrapping_sub(p));
+                    t.push(if iy < g.h && ix < g.w { (iy * g.w + ix) as u32 } else { u32::MAX });
+                }
+            }
+        }
+    }
+    t
+}
+
+/// [`im2col`] by [`tap_sources`].
+fn im2col_narrow(x: &[f32], g: &Geom, nb: usize, cols: &mut [f32]) {
+    let (l, kk, plane) = (g.l(), g.k * g.k, g.h * g.w);
+    let sources = tap_sources(g);
+    cols.par_chunks_mut(nb * l).enumerate().for_each(|(r, row)| {
+        let (c, from) = (r / kk, &sources[(r % kk) * l..][..l]);
+        for (b, out) in row.chunks_exact_mut(l).enumerate() {
+            let img = &x[(b * g.c + c) * plane..][..plane];
+            for (o, &i) in out.iter_mut().zip(from) {
+                *o = if i == u32::MAX { 0.0 } else { img[i as usize] };
+            }
+        }
+    });
+}
+
+/// [`col2im`] by [`tap_sources`].
+fn col2im_narrow(dcols: &[f32], g: &Geom, nb: usize, dx: &mut [f32]) {
+    let (l, kk, plane) = (g.l(), g.k * g.k, g.h * g.w);
+    let sources = tap_sources(g);
+    dx.par_chunks_mut(plane).enumerate().for_each(|(i, img)| {
+        let (b, c) = (i / g.c, i % g.c);
+        for (t, from) in sources.chunks_exact(l).enumerate() {
+            let src = &dcols[(c * kk + t) * nb * l + b * l..][..l];
+            for (&j, v) in from.iter().zip(src) {
+                if j != u32::MAX {
+                    img[j as usize] += v;
                 }
             }
         }
