@@ -294,9 +294,16 @@ fn asha_stops_promotes_and_resumes_exactly() {
                 copied.iter().map(|r| r.rung).collect::<Vec<_>>(),
                 rows.iter().map(|r| r.rung).collect::<Vec<_>>()
             );
-            let stopped =
-                target.stopped_at(&target.asha_context(copied[0].id).await.unwrap().unwrap(), 1).await.unwrap();
+            let target_ctx = target.asha_context(copied[0].id).await.unwrap().unwrap();
+            let stopped = target.stopped_at(&target_ctx, 1).await.unwrap();
             assert_eq!(stopped.len(), 2, "the two worst are still stopped at the rung");
+            // ... and the rung's arrivals in the source's order, its same-millisecond ties included.
+            let key_of = |runs: &[sweep::store::RunRow], id: i64| runs.iter().find(|r| r.id == id).unwrap().key.clone();
+            let source_order: Vec<String> =
+                store.rung_arrivals(&ctx, 1).await.unwrap().iter().map(|a| key_of(&rows, a.run)).collect();
+            let target_order: Vec<String> =
+                target.rung_arrivals(&target_ctx, 1).await.unwrap().iter().map(|a| key_of(&copied, a.run)).collect();
+            assert_eq!(target_order, source_order, "{loc:?}");
             target.close().await;
             store.close().await;
         }
