@@ -223,8 +223,8 @@ impl Store {
             .map_err(&src)?;
         let mut run_ids = std::collections::HashMap::new();
         let mut expected = Vec::new();
-        // The runs whose epochs are copied (source id -> target id).
-        let mut epochs_of = std::collections::HashMap::new();
+        // The runs whose epochs and checkpoint records are copied (source id -> target id).
+        let mut children_of = std::collections::HashMap::new();
         for row in &rows {
             let id: i64 = row.try_get(0).map_err(&src)?;
             let mut values = read(row, 1, RUN_COLUMNS).map_err(&src)?;
@@ -292,15 +292,17 @@ impl Store {
             };
             run_ids.insert(id, target_id);
             expected.push((id, target_id));
-            epochs_of.insert(id, target_id);
-            report.checkpoints_copied +=
-                self.copy_children(&mut tx, target, "checkpoints", CHECKPOINT_COLUMNS, id, target_id).await?;
+            children_of.insert(id, target_id);
         }
 
         // Their epochs, all runs together in the order the source wrote them
         // (`recorded_at`, its ties by the dialect's write order), so that the
         // target's own write order keeps ASHA's rung arrivals as they were.
-        report.epochs_copied += self.copy_epochs(&mut tx, target, &epochs_of).await?;
+        let written = format!("e.recorded_at, {}", self.dialect.same_millisecond);
+        report.epochs_copied +=
+            self.copy_children(&mut tx, target, "epochs", EPOCH_COLUMNS, &written, &children_of).await?;
+        report.checkpoints_copied +=
+            self.copy_children(&mut tx, target, "checkpoints", CHECKPOINT_COLUMNS, "e.run_id", &children_of).await?;
 
         // Memberships.
         let rows: Vec<(i64, i64, String, i64, Option<String>)> =
@@ -383,55 +385,30 @@ impl Store {
             .map_err(self.sql())
     }
 
-    async fn copy_epochs(
-        &self,
-        tx: &mut Tx,
-        target: &Store,
-        runs: &std::collections::HashMap<i64, i64>,
-    ) -> Result<usize> {
-        let rows = sqlx::query(&format!(
-            "SELECT e.run_id, {} FROM epochs e ORDER BY e.recorded_at, {}",
-            names(EPOCH_COLUMNS),
-            self.dialect.same_millisecond
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.sql())?;
-        let sql = format!(
-            "INSERT INTO epochs (run_id, {}) VALUES ($1, {})",
-            names(EPOCH_COLUMNS),
-            placeholders(2, EPOCH_COLUMNS.len())
-        );
-        let mut copied = 0;
-        for row in &rows {
-            let from: i64 = row.try_get(0).map_err(self.sql())?;
-            let Some(&to) = runs.get(&from) else { continue };
-            let values = read(row, 1, EPOCH_COLUMNS).map_err(self.sql())?;
-            bind_all(sqlx::query(&sql).bind(to), &values).execute(&mut **tx).await.map_err(target.sql())?;
-            copied += 1;
-        }
-        Ok(copied)
-    }
-
+    /// The rows of `table` that belong to the runs in `runs` (source id ->
+    /// target id), in the order `order_by` (over the alias `e`) gives.
     async fn copy_children(
         &self,
         tx: &mut Tx,
         target: &Store,
         table: &str,
         cols: &[(&str, Kind)],
-        from: i64,
-        to: i64,
+        order_by: &str,
+        runs: &std::collections::HashMap<i64, i64>,
     ) -> Result<usize> {
-        let rows = sqlx::query(&format!("SELECT {} FROM {table} WHERE run_id = $1", names(cols)))
-            .bind(from)
+        let rows = sqlx::query(&format!("SELECT e.run_id, {} FROM {table} e ORDER BY {order_by}", names(cols)))
             .fetch_all(&self.pool)
             .await
             .map_err(self.sql())?;
         let sql = format!("INSERT INTO {table} (run_id, {}) VALUES ($1, {})", names(cols), placeholders(2, cols.len()));
+        let mut copied = 0;
         for row in &rows {
-            let values = read(row, 0, cols).map_err(self.sql())?;
+            let from: i64 = row.try_get(0).map_err(self.sql())?;
+            let Some(&to) = runs.get(&from) else { continue };
+            let values = read(row, 1, cols).map_err(self.sql())?;
             bind_all(sqlx::query(&sql).bind(to), &values).execute(&mut **tx).await.map_err(target.sql())?;
+            copied += 1;
         }
-        Ok(rows.len())
+        Ok(copied)
     }
 }

@@ -303,24 +303,17 @@ fn to_channel_major(src: &[f32], nb: usize, c: usize, l: usize, dst: &mut [f32])
 /// `dM = dyᵀ · x` are three plain matrix products without im2col or any
 /// reordering, and the kernel's gradient is the sum of `dM`'s blocks per tap.
 mod dense {
-    use super::{gemm, Geom, View};
+    use super::{gemm, tap_sources, Geom, View};
     use rayon::prelude::*;
 
-    /// For each output pixel q and input pixel p, the tap (`ky * k + kx`) q reads p with.
+    /// For each output pixel q and input pixel p, the tap (`ky * k + kx`) q
+    /// reads p with: [`tap_sources`] turned around.
     fn taps(g: &Geom) -> Vec<Option<usize>> {
-        let (s, pad) = (g.p.stride as isize, g.p.padding as isize);
-        let mut t = Vec::with_capacity(g.l() * g.h * g.w);
-        for (oy, ox) in (0..g.oh).flat_map(|oy| (0..g.ow).map(move |ox| (oy as isize, ox as isize))) {
-            for (iy, ix) in (0..g.h).flat_map(|iy| (0..g.w).map(move |ix| (iy as isize, ix as isize))) {
-                let (ky, kx) = (iy - oy * s + pad, ix - ox * s + pad);
-                let k = g.k as isize;
-                t.push(
-                    (0..k)
-                        .contains(&ky)
-                        .then_some(())
-                        .filter(|()| (0..k).contains(&kx))
-                        .map(|()| (ky * k + kx) as usize),
-                );
+        let (p, q) = (g.h * g.w, g.l());
+        let mut t = vec![None; q * p];
+        for (tap, from) in tap_sources(g).chunks_exact(q).enumerate() {
+            for (qi, &pi) in from.iter().enumerate().filter(|(_, &pi)| pi != u32::MAX) {
+                t[qi * p + pi as usize] = Some(tap);
             }
         }
         t
@@ -566,7 +559,7 @@ fn backward(
     let mut dw = Vec::new();
     if need_dw {
         dw = vec![0f32; g.cout * g.rows()];
-        transpose(&dwt[..g.rows() * g.cout], g.rows(), g.cout, &mut dw);
+        transpose(&dwt, g.rows(), g.cout, &mut dw);
     }
     (dx, dw)
 }
