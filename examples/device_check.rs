@@ -496,9 +496,9 @@ fn main() -> anyhow::Result<()> {
         let r = |a: f32, b: f32| (a - b).abs() / a.abs();
         let (dl, dg, de) = (r(cl, gl), r(cg, gg), r(ce, ge));
         let (tol, spread) = if compute == DType::F32 {
-            // the CPU's three paths (auto, im2col, direct), every pair
+            // the CPU's four paths (auto, im2col, direct, winograd), every pair
             let mut runs = vec![(cl, cg, ce)];
-            for mode in ["im2col", "direct"] {
+            for mode in ["im2col", "direct", "winograd"] {
                 runs.push(cpu_step_with(mode, model, size)?);
             }
             let mut spread = 0f32;

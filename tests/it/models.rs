@@ -359,10 +359,12 @@ fn the_inference_twin_records_no_graph_and_follows_every_update() {
     for name in ["smallcnn", "resnet18", "densenet121"] {
         let built = ModelSpec::plain(name).unwrap().build_with(10, &Device::Cpu, 3, DType::F32).unwrap();
         let mut rng = Rng::new(4);
-        let x: Vec<f32> = (0..2 * 3 * 32 * 32).map(|_| rng.normal() as f32).collect();
-        let x = Tensor::from_vec(x, (2, 3, 32, 32), &Device::Cpu).unwrap();
-        // A small step: two images per batch give BatchNorm running variances near zero at
-        // DenseNet's 1x1 planes, and larger steps blow the eval-mode logits up to inf and NaN.
+        let x: Vec<f32> = (0..2 * 3 * 64 * 64).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(x, (2, 3, 64, 64), &Device::Cpu).unwrap();
+        // 64x64 and a small step: at 32x32 DenseNet's last planes are 1x1, two
+        // images per batch leave BatchNorm two values per channel to normalise,
+        // and the gradients through those (1 / sqrt(eps) where the two nearly
+        // agree) blew the weights up to inf and NaN on some convolution paths.
         let spec: OptimizerSpec = serde_json::from_str(r#"{"name": "sgd", "lr": 0.001, "momentum": 0.9}"#).unwrap();
         let mut opt = Optimizer::new(spec, built.trainable.clone());
         let before = values(&built.inference.forward(&x, false, &mut Rng::new(0)).unwrap());

@@ -14,6 +14,11 @@
 //! 3x3 kernel, ResNet's layers 3 and 4 at 32x32) skip im2col: the
 //! convolution is one dense linear map from an image's C·H·W values to its
 //! C_out·OH·OW outputs (see `dense`), three matrix products straight on NCHW.
+//!
+//! 3x3 stride-1 convolutions take one of two other paths where each measured
+//! faster: Winograd's F(2x2, 3x3) on the larger planes (`winograd.rs`, 2.25
+//! times fewer multiply-adds) and the direct convolution (`conv3x3.rs`, no
+//! column matrix) on the others it suits; `SWEEP_CPU_CONV` forces one.
 
 use super::gemm::{gemm, View};
 use super::{cpu_f32, with_cpu_f32};
@@ -92,12 +97,35 @@ impl Geom {
         }
         match cpu_conv() {
             CpuConv::Direct => true,
-            CpuConv::Im2col => false,
+            CpuConv::Im2col | CpuConv::Winograd => false,
             CpuConv::Auto => {
                 let hw = self.h * self.w;
                 self.h.min(self.w) >= 6 && (hw >= 196 || self.c * self.cout <= 128 * 128)
             }
         }
+    }
+    /// A 3x3 convolution with stride 1 and padding 1 by Winograd's F(2x2,
+    /// 3x3) (`winograd.rs`), as `SWEEP_CPU_CONV` says; `auto` where that was
+    /// measured faster than the direct path and im2col (BENCHMARKS.md):
+    /// planes of 14x14 and more with at least 2^25 multiply-adds per tap
+    /// (ResNet's and VGG's 3x3 layers at 224, DenseNet's at 56x56). On
+    /// smaller planes the tiles' transforms cost more than the products they
+    /// save (and a 7x7 plane is computed as 8x8).
+    fn winograd(&self) -> bool {
+        if self.k != 3 || self.p.stride != 1 || self.p.padding != 1 {
+            return false;
+        }
+        match cpu_conv() {
+            CpuConv::Winograd => true,
+            CpuConv::Direct | CpuConv::Im2col => false,
+            CpuConv::Auto => {
+                let hw = self.h * self.w;
+                hw >= 196 && self.n * hw * self.c * self.cout >= 1 << 25
+            }
+        }
+    }
+    fn tiles(&self) -> super::winograd::Tiles {
+        super::winograd::Tiles::new((self.n, self.c, self.h, self.w), self.cout)
     }
     /// The outputs `lo..hi` along an axis (of `outs` outputs over `len` inputs)
     /// whose tap `t` falls inside the input; output `o` reads input `o * stride + t - padding`.
@@ -141,6 +169,8 @@ enum CpuConv {
     Auto,
     /// Always direct.
     Direct,
+    /// Always Winograd's F(2x2, 3x3) (`winograd.rs`).
+    Winograd,
     /// Always im2col and a matrix product.
     Im2col,
 }
@@ -151,6 +181,7 @@ impl std::str::FromStr for CpuConv {
         match s {
             "auto" => Ok(CpuConv::Auto),
             "direct" => Ok(CpuConv::Direct),
+            "winograd" => Ok(CpuConv::Winograd),
             "im2col" => Ok(CpuConv::Im2col),
             _ => Err(()),
         }
@@ -419,10 +450,10 @@ thread_local! {
 }
 
 /// A work buffer of `len` floats from this thread's pool; back to the pool on drop.
-struct Scratch(Vec<f32>, usize);
+pub(super) struct Scratch(Vec<f32>, usize);
 
 impl Scratch {
-    fn take(len: usize) -> Scratch {
+    pub(super) fn take(len: usize) -> Scratch {
         let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
         if v.len() < len {
             v.resize(len, 0.0);
@@ -571,6 +602,10 @@ impl CustomOp2 for Conv2dOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.shape(), l2.shape(), self.p)?;
+        if g.winograd() {
+            let y = super::winograd::forward(cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?, &g.tiles());
+            return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
+        }
         if g.direct3x3() {
             let y = super::conv3x3::forward(
                 cpu_f32(s1, l1, "conv2d")?,
@@ -599,7 +634,9 @@ impl CustomOp2 for Conv2dOp {
         let (dx, dw) = with_cpu_f32(&x.detach(), |xs| {
             with_cpu_f32(&w.detach(), |ws| {
                 with_cpu_f32(&grad.detach(), |dy| {
-                    if g.direct3x3() {
+                    if g.winograd() {
+                        super::winograd::backward(xs, ws, dy, &g.tiles(), (need_dx, need_dw))
+                    } else if g.direct3x3() {
                         super::conv3x3::backward(xs, ws, dy, (g.n, g.c, g.h, g.w), g.cout, (need_dx, need_dw))
                     } else if g.dense() {
                         dense::backward(xs, ws, dy, &g, (need_dx, need_dw))
@@ -780,7 +817,7 @@ mod tests {
     /// `SWEEP_CPU_CONV=auto` computes directly the 3x3 stride-1 layers where
     /// that measured as fast or faster (BENCHMARKS.md), and only those.
     #[test]
-    fn the_direct_path_takes_the_layers_where_it_was_faster() {
+    fn the_direct_and_winograd_paths_take_the_layers_where_they_were_faster() {
         let geom = |n, c, hw, cout, padding| {
             let p = ConvParams { padding, stride: 1 };
             Geom::new(&Shape::from((n, c, hw, hw)), &Shape::from((cout, c, 3, 3)), p).unwrap()
@@ -797,6 +834,16 @@ mod tests {
             assert!(!geom(n, c, hw, cout, 1).direct3x3(), "{n}x{c}x{hw}x{hw} -> {cout}");
         }
         assert!(!geom(8, 128, 56, 32, 0).direct3x3());
+        // Winograd, which goes first, where it measured faster than both.
+        for (n, c, hw, cout) in
+            [(8, 64, 56, 64), (8, 128, 28, 128), (8, 256, 14, 256), (8, 128, 56, 32), (2, 64, 224, 64)]
+        {
+            assert!(geom(n, c, hw, cout, 1).winograd(), "{n}x{c}x{hw}x{hw} -> {cout}");
+        }
+        for (n, c, hw, cout) in [(8, 128, 14, 32), (8, 512, 7, 512), (128, 64, 8, 64), (128, 128, 4, 128)] {
+            assert!(!geom(n, c, hw, cout, 1).winograd(), "{n}x{c}x{hw}x{hw} -> {cout}");
+        }
+        assert!(!geom(8, 128, 56, 32, 0).winograd());
     }
 
     /// A batch whose column matrix is split into chunks of several images gives

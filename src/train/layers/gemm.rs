@@ -18,6 +18,11 @@ impl<'a> View<'a> {
         View { data, rows, cols, rs: cols, cs: 1 }
     }
 
+    /// `data` as a `rows` x `cols` matrix whose rows start `row_stride` floats apart.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> View<'a> {
+        View { data, rows, cols, rs: row_stride, cs: 1 }
+    }
+
     /// The transpose (no copy).
     #[must_use]
     pub fn t(self) -> View<'a> {
@@ -35,8 +40,18 @@ impl<'a> View<'a> {
 /// `dst = a · b` (or `dst += a · b` with `accumulate`), `dst` row-major.
 ///
 /// Runs on rayon's threads when there are several.
-#[allow(unsafe_code)] // the gemm crate's raw-pointer interface: see the SAFETY comment
 pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: View) {
+    product(dst, accumulate, a, b, true);
+}
+
+/// [`gemm`] on the calling thread only: for many independent products run
+/// side by side on rayon's threads.
+pub fn gemm_serial(dst: &mut [f32], accumulate: bool, a: View, b: View) {
+    product(dst, accumulate, a, b, false);
+}
+
+#[allow(unsafe_code)] // the gemm crate's raw-pointer interface: see the SAFETY comment
+fn product(dst: &mut [f32], accumulate: bool, a: View, b: View, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
     assert_eq!(dst.len(), m * n, "gemm: destination is not {m}x{n}");
@@ -51,7 +66,7 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: View) {
         }
         return;
     }
-    let threads = rayon::current_num_threads();
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
     let parallelism = if threads > 1 { ::gemm::Parallelism::Rayon(threads) } else { ::gemm::Parallelism::None };
     // SAFETY: every index the product touches was bounds-checked above (each
     // operand's last element lies inside its slice, `dst` is exactly m x n

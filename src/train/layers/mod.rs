@@ -62,6 +62,7 @@ mod pool;
 mod pool_cuda;
 #[cfg(feature = "cudnn")]
 mod relu_cuda;
+mod winograd;
 
 pub use add_relu::{add_relu, relu};
 pub use batch_norm::{batch_norm_cpu, channel_stats};
