@@ -38,10 +38,13 @@ pub struct ConvParams {
 /// The convolution op. When the whole batch is one column matrix and the
 /// kernel will want a gradient, the forward pass keeps that matrix for the
 /// backward pass instead of building it again (at most 16 MiB; the small
-/// layers, where building it is a large share of the work).
+/// layers, where building it is a large share of the work). On the Winograd
+/// path, when the input will want a gradient, it keeps the transformed
+/// kernels instead (which that gradient multiplies by).
 struct Conv2dOp {
     p: ConvParams,
     keep_columns: bool,
+    keep_kernels: bool,
     kept: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
@@ -106,11 +109,12 @@ impl Geom {
     }
     /// A 3x3 convolution with stride 1 and padding 1 by Winograd's F(2x2,
     /// 3x3) (`winograd.rs`), as `SWEEP_CPU_CONV` says; `auto` where that was
-    /// measured faster than the direct path and im2col (BENCHMARKS.md):
-    /// planes of 14x14 and more with at least 2^25 multiply-adds per tap
-    /// (ResNet's and VGG's 3x3 layers at 224, DenseNet's at 56x56). On
-    /// smaller planes the tiles' transforms cost more than the products they
-    /// save (and a 7x7 plane is computed as 8x8).
+    /// measured faster than the direct path and im2col (BENCHMARKS.md): at
+    /// least 2^25 multiply-adds per tap on planes of 14x14 and more (ResNet's
+    /// and VGG's 3x3 layers at 224, DenseNet's at 56x56) or of 7x7 with
+    /// 512 x 512 channels (ResNet's last stage). On smaller planes and
+    /// kernels the tiles' transforms cost more than the products they save
+    /// (and a 7x7 plane is computed as 8x8).
     fn winograd(&self) -> bool {
         if self.k != 3 || self.p.stride != 1 || self.p.padding != 1 {
             return false;
@@ -120,7 +124,8 @@ impl Geom {
             CpuConv::Direct | CpuConv::Im2col => false,
             CpuConv::Auto => {
                 let hw = self.h * self.w;
-                hw >= 196 && self.n * hw * self.c * self.cout >= 1 << 25
+                let enough_work = self.n * hw * self.c * self.cout >= 1 << 25;
+                enough_work && (hw >= 196 || self.h.min(self.w) >= 7 && self.c * self.cout >= 1 << 18)
             }
         }
     }
@@ -603,7 +608,9 @@ impl CustomOp2 for Conv2dOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.shape(), l2.shape(), self.p)?;
         if g.winograd() {
-            let y = super::winograd::forward(cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?, &g.tiles());
+            let (x, w) = (cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?);
+            let (y, kept) = super::winograd::forward(x, w, &g.tiles(), self.keep_kernels);
+            *self.kept.lock().expect("conv lock") = kept;
             return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
         }
         if g.direct3x3() {
@@ -635,7 +642,7 @@ impl CustomOp2 for Conv2dOp {
             with_cpu_f32(&w.detach(), |ws| {
                 with_cpu_f32(&grad.detach(), |dy| {
                     if g.winograd() {
-                        super::winograd::backward(xs, ws, dy, &g.tiles(), (need_dx, need_dw))
+                        super::winograd::backward(xs, ws, dy, &g.tiles(), (need_dx, need_dw), kept.as_deref())
                     } else if g.direct3x3() {
                         super::conv3x3::backward(xs, ws, dy, (g.n, g.c, g.h, g.w), g.cout, (need_dx, need_dw))
                     } else if g.dense() {
@@ -668,7 +675,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
         return super::conv_cudnn::conv2d(x, w, p);
     }
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32 {
-        let op = Conv2dOp { p, keep_columns: w.track_op(), kept: std::sync::Mutex::new(None) };
+        let op =
+            Conv2dOp { p, keep_columns: w.track_op(), keep_kernels: x.track_op(), kept: std::sync::Mutex::new(None) };
         x.contiguous()?.apply_op2(&w.contiguous()?, op)
     } else {
         x.conv2d(w, p.padding, p.stride, 1, 1)
@@ -835,12 +843,19 @@ mod tests {
         }
         assert!(!geom(8, 128, 56, 32, 0).direct3x3());
         // Winograd, which goes first, where it measured faster than both.
-        for (n, c, hw, cout) in
-            [(8, 64, 56, 64), (8, 128, 28, 128), (8, 256, 14, 256), (8, 128, 56, 32), (2, 64, 224, 64)]
-        {
+        for (n, c, hw, cout) in [
+            (8, 64, 56, 64),
+            (8, 128, 28, 128),
+            (8, 256, 14, 256),
+            (8, 128, 56, 32),
+            (2, 64, 224, 64),
+            (8, 512, 7, 512),
+        ] {
             assert!(geom(n, c, hw, cout, 1).winograd(), "{n}x{c}x{hw}x{hw} -> {cout}");
         }
-        for (n, c, hw, cout) in [(8, 128, 14, 32), (8, 512, 7, 512), (128, 64, 8, 64), (128, 128, 4, 128)] {
+        for (n, c, hw, cout) in
+            [(8, 128, 14, 32), (2, 512, 7, 512), (128, 64, 8, 64), (128, 128, 4, 128), (128, 256, 2, 256)]
+        {
             assert!(!geom(n, c, hw, cout, 1).winograd(), "{n}x{c}x{hw}x{hw} -> {cout}");
         }
         assert!(!geom(8, 128, 56, 32, 0).winograd());

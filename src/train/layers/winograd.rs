@@ -17,9 +17,11 @@
 //! by `B dV Bᵀ` onto the (overlapping) patches, and the kernel gradient is 16
 //! products `dM · Vᵀ` summed over tiles and carried back by `Gᵀ dU G`.
 //!
-//! The tiles are processed in chunks whose transformed patches stay in the
-//! cache (a few MiB), the 16 products of a chunk side by side on rayon's
-//! threads. Planes with an odd side are padded to whole tiles (ResNet's 7x7
+//! The tiles are processed in chunks of a few MiB of transformed patches
+//! and products, the 16 products of a chunk side by side on rayon's threads
+//! (larger chunks pack the kernels fewer times, smaller ones stay in the
+//! cache: 8 MiB measured best). The kernels are transformed along the input
+//! channels, and the forward pass can keep them for the input gradient. Planes with an odd side are padded to whole tiles (ResNet's 7x7
 //! planes compute 8x8, still 1.7x fewer multiply-adds).
 //!
 //! Layouts: `U` (C_out, 16, C); patches `V` and output-gradient transforms
@@ -33,7 +35,7 @@ use rayon::prelude::*;
 const XI: usize = 16;
 
 /// Floats of transformed patches and products a chunk of tiles may hold.
-const CHUNK_FLOATS: usize = 1 << 20;
+const CHUNK_FLOATS: usize = 1 << 21;
 
 /// Sizes of one convolution and its tiles.
 #[derive(Debug, Clone, Copy)]
@@ -150,26 +152,85 @@ fn gt(r: [f32; 4]) -> [f32; 3] {
     [r[0] + 0.5 * (r[1] + r[2]), 0.5 * (r[1] - r[2]), 0.5 * (r[1] + r[2]) + r[3]]
 }
 
-/// A separable 2-D transform: `f` down the columns, then along the rows.
-#[inline]
-fn both_axes<const I: usize, const O: usize>(d: [[f32; I]; I], f: impl Fn([f32; I]) -> [f32; O]) -> [[f32; O]; O] {
-    let cols: [[f32; O]; I] = std::array::from_fn(|x| f(std::array::from_fn(|y| d[y][x])));
-    std::array::from_fn(|y| f(std::array::from_fn(|x| cols[x][y])))
-}
-
-/// `U`, (C_out, 16, C): every kernel in the transform domain.
+/// `U`, (C_out, 16, C): every kernel in the transform domain, `G g Gᵀ`
+/// computed along the input channels (long unit-stride loops).
 fn kernels(w: &[f32], s: &Tiles) -> Vec<f32> {
-    let mut u = vec![0f32; s.cout * XI * s.c];
-    u.par_chunks_mut(XI * s.c).enumerate().for_each(|(co, u)| {
-        for ci in 0..s.c {
-            let k = &w[(co * s.c + ci) * 9..][..9];
-            let t = both_axes(std::array::from_fn(|y| std::array::from_fn(|x| k[y * 3 + x])), g);
-            for (xi, v) in t.iter().flatten().enumerate() {
-                u[xi * s.c + ci] = *v;
+    let c = s.c;
+    let mut u = vec![0f32; s.cout * XI * c];
+    u.par_chunks_mut(XI * c).enumerate().for_each(|(co, u)| {
+        // The kernel tap-major, (9, C); then G down its columns, (4, 3, C).
+        let mut taps = vec![0f32; 9 * c];
+        for (ci, k) in w[co * c * 9..][..c * 9].chunks_exact(9).enumerate() {
+            for (t, v) in k.iter().enumerate() {
+                taps[t * c + ci] = *v;
+            }
+        }
+        let mut rows = vec![0f32; 12 * c];
+        for kx in 0..3 {
+            let src: [&[f32]; 3] = std::array::from_fn(|ky| &taps[(ky * 3 + kx) * c..][..c]);
+            let mut dst = four_strided(&mut rows, kx * c, 3 * c, c);
+            for i in 0..c {
+                let t = g([src[0][i], src[1][i], src[2][i]]);
+                for (d, v) in dst.iter_mut().zip(t) {
+                    d[i] = v;
+                }
+            }
+        }
+        // G along the rows: point (y, x) = u[(4y + x)·C..].
+        for (y, u) in u.chunks_exact_mut(4 * c).enumerate() {
+            let src: [&[f32]; 3] = std::array::from_fn(|kx| &rows[(y * 3 + kx) * c..][..c]);
+            let mut dst = four(u);
+            for i in 0..c {
+                let t = g([src[0][i], src[1][i], src[2][i]]);
+                for (d, v) in dst.iter_mut().zip(t) {
+                    d[i] = v;
+                }
             }
         }
     });
     u
+}
+
+/// Four `len`-float rows of `buf` starting at `start`, `stride` apart.
+fn four_strided(buf: &mut [f32], start: usize, stride: usize, len: usize) -> [&mut [f32]; 4] {
+    let mut rows = buf[start..].chunks_mut(stride).map(|r| &mut r[..len]);
+    std::array::from_fn(|_| rows.next().expect("four rows"))
+}
+
+/// The kernel gradient (C_out, C, 3, 3) from `dU` (16, C_out, C): `Gᵀ dU G`,
+/// along the input channels.
+fn kernel_gradients(du: &[f32], s: &Tiles) -> Vec<f32> {
+    let c = s.c;
+    let mut dw = vec![0f32; s.cout * c * 9];
+    dw.par_chunks_mut(c * 9).enumerate().for_each(|(co, dw)| {
+        let point = |xi: usize| &du[(xi * s.cout + co) * c..][..c];
+        // Gᵀ along the rows: (4, 3, C); then down the columns: (3, 3, C).
+        let mut rows = vec![0f32; 12 * c];
+        for (y, dst) in rows.chunks_exact_mut(3 * c).enumerate() {
+            let src: [&[f32]; 4] = std::array::from_fn(|x| point(4 * y + x));
+            let (d0, rest) = dst.split_at_mut(c);
+            let (d1, d2) = rest.split_at_mut(c);
+            for i in 0..c {
+                [d0[i], d1[i], d2[i]] = gt([src[0][i], src[1][i], src[2][i], src[3][i]]);
+            }
+        }
+        let mut taps = vec![0f32; 9 * c];
+        for kx in 0..3 {
+            let src: [&[f32]; 4] = std::array::from_fn(|y| &rows[(y * 3 + kx) * c..][..c]);
+            for i in 0..c {
+                let t = gt([src[0][i], src[1][i], src[2][i], src[3][i]]);
+                for (ky, v) in t.into_iter().enumerate() {
+                    taps[(ky * 3 + kx) * c + i] = v;
+                }
+            }
+        }
+        for (ci, k) in dw.chunks_exact_mut(9).enumerate() {
+            for (t, v) in k.iter_mut().enumerate() {
+                *v = taps[t * c + ci];
+            }
+        }
+    });
+    dw
 }
 
 /// One plane row split by column parity, as the patches of a tile row read
@@ -258,12 +319,13 @@ fn point(data: &[f32], rows: usize, cols: usize, xi: usize) -> View<'_> {
     View::strided(&data[xi * cols..], rows, cols, XI * cols)
 }
 
-/// The output of a 3x3 convolution with stride 1 and padding 1 (NCHW).
-pub(super) fn forward(x: &[f32], w: &[f32], s: &Tiles) -> Vec<f32> {
+/// The output of a 3x3 convolution with stride 1 and padding 1 (NCHW) and,
+/// with `keep`, the transformed kernels for [`backward`].
+pub(super) fn forward(x: &[f32], w: &[f32], s: &Tiles, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let plane = s.h * s.w;
     let mut y = vec![0f32; s.n * s.cout * plane];
     if y.is_empty() || s.c == 0 {
-        return y;
+        return (y, None);
     }
     let u = kernels(w, s);
     let chunk = s.chunk();
@@ -311,7 +373,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], s: &Tiles) -> Vec<f32> {
             }
         });
     }
-    y
+    (y, keep.then_some(u))
 }
 
 /// `dM` (C_out, 16, nt) of the chunk's tiles: each 2x2 block of the output
@@ -364,13 +426,15 @@ fn output_gradients(dy: &[f32], s: &Tiles, t0: usize, nt: usize, dm: &mut [f32])
 }
 
 /// The input gradient (when `need_dx`) and the kernel gradient (when
-/// `need_dw`) of [`forward`], from the output gradient `dy`.
+/// `need_dw`) of [`forward`], from the output gradient `dy`; `kept` is the
+/// forward pass's transformed kernels, if it kept them.
 pub(super) fn backward(
     x: &[f32],
     w: &[f32],
     dy: &[f32],
     s: &Tiles,
     (need_dx, need_dw): (bool, bool),
+    kept: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
     let plane = s.h * s.w;
     let mut dx = if need_dx { vec![0f32; s.n * s.c * plane] } else { Vec::new() };
@@ -378,7 +442,15 @@ pub(super) fn backward(
     if s.total() == 0 || s.c == 0 || s.cout == 0 || !(need_dx || need_dw) {
         return (dx, dw);
     }
-    let u = if need_dx { kernels(w, s) } else { Vec::new() };
+    let computed;
+    let u = match kept {
+        Some(u) if u.len() == s.cout * XI * s.c => u,
+        _ if need_dx => {
+            computed = kernels(w, s);
+            &computed[..]
+        }
+        _ => &[],
+    };
     let chunk = s.chunk();
     let mut dm = Scratch::take(s.cout * XI * chunk);
     let mut v = Scratch::take(if need_dw { s.c * XI * chunk } else { 0 });
@@ -396,7 +468,7 @@ pub(super) fn backward(
         }
         if need_dx {
             let dv = &mut dv[..XI * s.c * nt];
-            products(dv, false, |xi| point(&u, s.cout, s.c, xi).t(), |xi| point(dm, s.cout, nt, xi));
+            products(dv, false, |xi| point(u, s.cout, s.c, xi).t(), |xi| point(dm, s.cout, nt, xi));
             let dv = &*dv;
             let imgs = s.images(t0, nt);
             let dst = &mut dx[imgs.start * s.c * plane..imgs.end * s.c * plane];
@@ -447,14 +519,7 @@ pub(super) fn backward(
         }
     }
     if need_dw {
-        let du = &*du;
-        dw.par_chunks_mut(s.c * 9).enumerate().for_each(|(co, dw)| {
-            for ci in 0..s.c {
-                let at_ = |xi: usize| du[(xi * s.cout + co) * s.c + ci];
-                let k = both_axes(std::array::from_fn(|y| std::array::from_fn(|x| at_(y * 4 + x))), gt);
-                dw[ci * 9..][..9].copy_from_slice(k.as_flattened());
-            }
-        });
+        dw = kernel_gradients(&du, s);
     }
     (dx, dw)
 }
@@ -520,12 +585,15 @@ mod tests {
             let dy = Tensor::from_vec(dys.clone(), y.dims(), &Device::Cpu).unwrap();
             let grads = y.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            close(&forward(&xs, &ws, &s), &flat(&y), 1e-5, &format!("output, {case}"));
-            let (dx, dw) = backward(&xs, &ws, &dys, &s, (true, true));
-            close(&dx, &flat(grads.get(&x).unwrap()), 1e-5, &format!("input gradient, {case}"));
-            close(&dw, &flat(grads.get(&k).unwrap()), 1e-5, &format!("kernel gradient, {case}"));
-            assert_eq!(backward(&xs, &ws, &dys, &s, (true, false)), (dx, Vec::new()), "{case}");
-            assert_eq!(backward(&xs, &ws, &dys, &s, (false, true)), (Vec::new(), dw), "{case}");
+            let (out, kept) = forward(&xs, &ws, &s, true);
+            close(&out, &flat(&y), 1e-6, &format!("output, {case}"));
+            assert_eq!(forward(&xs, &ws, &s, false), (out, None), "{case}");
+            let (dx, dw) = backward(&xs, &ws, &dys, &s, (true, true), None);
+            assert_eq!(backward(&xs, &ws, &dys, &s, (true, true), kept.as_deref()), (dx.clone(), dw.clone()), "{case}");
+            close(&dx, &flat(grads.get(&x).unwrap()), 1e-6, &format!("input gradient, {case}"));
+            close(&dw, &flat(grads.get(&k).unwrap()), 1e-6, &format!("kernel gradient, {case}"));
+            assert_eq!(backward(&xs, &ws, &dys, &s, (true, false), None), (dx, Vec::new()), "{case}");
+            assert_eq!(backward(&xs, &ws, &dys, &s, (false, true), None), (Vec::new(), dw), "{case}");
         }
     }
 
