@@ -87,6 +87,11 @@ impl Geom {
     fn direct(&self) -> bool {
         self.k == 1 && self.p.stride == 1 && self.p.padding == 0
     }
+    /// A 3x3 kernel with stride 1 and padding 1 (the output plane is the
+    /// input's): the convolutions `SWEEP_CPU_CONV` chooses a path for.
+    fn same_3x3(&self) -> bool {
+        self.k == 3 && self.p.stride == 1 && self.p.padding == 1
+    }
     /// A 3x3 convolution with stride 1 and padding 1 computed directly
     /// (`conv3x3.rs`, no column matrix), as `SWEEP_CPU_CONV` says; `auto`
     /// where that was measured as fast or faster than im2col and the matrix
@@ -95,7 +100,7 @@ impl Geom {
     /// layers at 7x7). On the smallest planes most of its padded domain is
     /// border, and a large kernel is read once per image.
     fn direct3x3(&self) -> bool {
-        if self.k != 3 || self.p.stride != 1 || self.p.padding != 1 {
+        if !self.same_3x3() {
             return false;
         }
         match cpu_conv() {
@@ -116,7 +121,7 @@ impl Geom {
     /// kernels the tiles' transforms cost more than the products they save
     /// (and a 7x7 plane is computed as 8x8).
     fn winograd(&self) -> bool {
-        if self.k != 3 || self.p.stride != 1 || self.p.padding != 1 {
+        if !self.same_3x3() {
             return false;
         }
         match cpu_conv() {

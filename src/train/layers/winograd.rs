@@ -337,11 +337,20 @@ pub(super) fn forward(x: &[f32], w: &[f32], s: &Tiles, keep: bool) -> (Vec<f32>,
         let v = &*v;
         products(m, false, |xi| point(&u, s.cout, s.c, xi), |xi| point(v, s.c, nt, xi));
         let m = &*m;
-        let imgs = s.images(t0, nt);
-        let out = &mut y[imgs.start * s.cout * plane..imgs.end * s.cout * plane];
-        out.par_chunks_mut(plane).enumerate().for_each(|(k, out)| {
+        outputs(m, s, t0, nt, &mut y);
+    }
+    (y, keep.then_some(u))
+}
+
+/// Writes the chunk's tiles of the output `y` (NCHW) from the products `M`
+/// (16, C_out, nt): `Aᵀ M A` per tile, a tile row at a time.
+fn outputs(m: &[f32], s: &Tiles, t0: usize, nt: usize, y: &mut [f32]) {
+    let (plane, imgs) = (s.h * s.w, s.images(t0, nt));
+    let out = &mut y[imgs.start * s.cout * plane..imgs.end * s.cout * plane];
+    out.par_chunks_mut(plane).enumerate().for_each_init(
+        || vec![0f32; 8 * s.tw],
+        |cols, (k, out)| {
             let (b, co) = (imgs.start + k / s.cout, k % s.cout);
-            let mut cols = vec![0f32; 8 * s.tw];
             for r in s.runs_of(b, t0, nt) {
                 let n = r.j1 - r.j0;
                 let m = |xi: usize| &m[(xi * s.cout + co) * nt + r.tb..][..n];
@@ -371,9 +380,8 @@ pub(super) fn forward(x: &[f32], w: &[f32], s: &Tiles, keep: bool) -> (Vec<f32>,
                     }
                 }
             }
-        });
-    }
-    (y, keep.then_some(u))
+        },
+    );
 }
 
 /// `dM` (C_out, 16, nt) of the chunk's tiles: each 2x2 block of the output
@@ -425,6 +433,58 @@ fn output_gradients(dy: &[f32], s: &Tiles, t0: usize, nt: usize, dm: &mut [f32])
     });
 }
 
+/// Adds onto the input gradient `dx` (NCHW) the chunk's patch gradients
+/// `B dV Bᵀ`, from `dV` (16, C, nt).
+fn input_gradients(dv: &[f32], s: &Tiles, t0: usize, nt: usize, dx: &mut [f32]) {
+    let (plane, half, imgs) = (s.h * s.w, s.tw + 1, s.images(t0, nt));
+    let dst = &mut dx[imgs.start * s.c * plane..imgs.end * s.c * plane];
+    dst.par_chunks_mut(plane).enumerate().for_each_init(
+        || vec![0f32; 8 * half],
+        |acc, (k, dst)| {
+            let (b, ci) = (imgs.start + k / s.c, k % s.c);
+            for r in s.runs_of(b, t0, nt) {
+                let n = r.j1 - r.j0;
+                let dv = |xi: usize| &dv[(xi * s.c + ci) * nt + r.tb..][..n];
+                acc.fill(0.0);
+                // B along the rows: each patch row onto the parity-split columns.
+                let (ev, od) = acc.split_at_mut(4 * half);
+                for (y, (e, o)) in ev.chunks_exact_mut(half).zip(od.chunks_exact_mut(half)).enumerate() {
+                    let (r0, r1, r2, r3) = (dv(4 * y), dv(4 * y + 1), dv(4 * y + 2), dv(4 * y + 3));
+                    for j in 0..n {
+                        let [c0, c1, c2, c3] = self::b([r0[j], r1[j], r2[j], r3[j]]);
+                        e[r.j0 + j] += c0;
+                        o[r.j0 + j] += c1;
+                        e[r.j0 + j + 1] += c2;
+                        o[r.j0 + j + 1] += c3;
+                    }
+                }
+                // B down the columns, then onto rows 2i - 1 .. 2i + 2.
+                for rows in [&mut *ev, &mut *od] {
+                    let [d0, d1, d2, d3] = four(rows);
+                    for (((a, b), c), d) in d0.iter_mut().zip(d1.iter_mut()).zip(d2.iter_mut()).zip(d3.iter_mut()) {
+                        [*a, *b, *c, *d] = self::b([*a, *b, *c, *d]);
+                    }
+                }
+                for (y, (e, o)) in ev.chunks_exact(half).zip(od.chunks_exact(half)).enumerate() {
+                    let yy = (2 * r.i + y).wrapping_sub(1);
+                    if yy >= s.h {
+                        continue;
+                    }
+                    let row = &mut dst[yy * s.w..][..s.w];
+                    let pairs = s.w / 2;
+                    for (m, p) in row.chunks_exact_mut(2).enumerate() {
+                        p[0] += o[m];
+                        p[1] += e[m + 1];
+                    }
+                    if s.w % 2 == 1 {
+                        row[s.w - 1] += o[pairs];
+                    }
+                }
+            }
+        },
+    );
+}
+
 /// The input gradient (when `need_dx`) and the kernel gradient (when
 /// `need_dw`) of [`forward`], from the output gradient `dy`; `kept` is the
 /// forward pass's transformed kernels, if it kept them.
@@ -438,9 +498,8 @@ pub(super) fn backward(
 ) -> (Vec<f32>, Vec<f32>) {
     let plane = s.h * s.w;
     let mut dx = if need_dx { vec![0f32; s.n * s.c * plane] } else { Vec::new() };
-    let mut dw = if need_dw { vec![0f32; s.cout * s.c * 9] } else { Vec::new() };
     if s.total() == 0 || s.c == 0 || s.cout == 0 || !(need_dx || need_dw) {
-        return (dx, dw);
+        return (dx, if need_dw { vec![0f32; s.cout * s.c * 9] } else { Vec::new() });
     }
     let computed;
     let u = match kept {
@@ -469,58 +528,10 @@ pub(super) fn backward(
         if need_dx {
             let dv = &mut dv[..XI * s.c * nt];
             products(dv, false, |xi| point(u, s.cout, s.c, xi).t(), |xi| point(dm, s.cout, nt, xi));
-            let dv = &*dv;
-            let imgs = s.images(t0, nt);
-            let dst = &mut dx[imgs.start * s.c * plane..imgs.end * s.c * plane];
-            dst.par_chunks_mut(plane).enumerate().for_each(|(k, dst)| {
-                let (b, ci) = (imgs.start + k / s.c, k % s.c);
-                let half = s.tw + 1;
-                let mut acc = vec![0f32; 8 * half];
-                for r in s.runs_of(b, t0, nt) {
-                    let n = r.j1 - r.j0;
-                    let dv = |xi: usize| &dv[(xi * s.c + ci) * nt + r.tb..][..n];
-                    acc.fill(0.0);
-                    // B along the rows: each patch row onto the parity-split columns.
-                    let (ev, od) = acc.split_at_mut(4 * half);
-                    for (y, (e, o)) in ev.chunks_exact_mut(half).zip(od.chunks_exact_mut(half)).enumerate() {
-                        let (r0, r1, r2, r3) = (dv(4 * y), dv(4 * y + 1), dv(4 * y + 2), dv(4 * y + 3));
-                        for j in 0..n {
-                            let [c0, c1, c2, c3] = self::b([r0[j], r1[j], r2[j], r3[j]]);
-                            e[r.j0 + j] += c0;
-                            o[r.j0 + j] += c1;
-                            e[r.j0 + j + 1] += c2;
-                            o[r.j0 + j + 1] += c3;
-                        }
-                    }
-                    // B down the columns, then onto rows 2i - 1 .. 2i + 2.
-                    for rows in [&mut *ev, &mut *od] {
-                        let [d0, d1, d2, d3] = four(rows);
-                        for (((a, b), c), d) in d0.iter_mut().zip(d1.iter_mut()).zip(d2.iter_mut()).zip(d3.iter_mut()) {
-                            [*a, *b, *c, *d] = self::b([*a, *b, *c, *d]);
-                        }
-                    }
-                    for (y, (e, o)) in ev.chunks_exact(half).zip(od.chunks_exact(half)).enumerate() {
-                        let yy = (2 * r.i + y).wrapping_sub(1);
-                        if yy >= s.h {
-                            continue;
-                        }
-                        let row = &mut dst[yy * s.w..][..s.w];
-                        let pairs = s.w / 2;
-                        for (m, p) in row.chunks_exact_mut(2).enumerate() {
-                            p[0] += o[m];
-                            p[1] += e[m + 1];
-                        }
-                        if s.w % 2 == 1 {
-                            row[s.w - 1] += o[pairs];
-                        }
-                    }
-                }
-            });
+            input_gradients(dv, s, t0, nt, &mut dx);
         }
     }
-    if need_dw {
-        dw = kernel_gradients(&du, s);
-    }
+    let dw = if need_dw { kernel_gradients(&du, s) } else { Vec::new() };
     (dx, dw)
 }
 
