@@ -76,18 +76,29 @@ impl Optimizer {
 
     /// One update from `grads` (after clipping them, if configured).
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let fused = self.params.first().is_some_and(|(_, v)| crate::train::layers::fused_step_on(v.device()))
+            && self.params.iter().all(|(_, v)| v.dtype() == candle_core::DType::F32);
+        self.step_by(grads, fused)
+    }
+
+    /// [`Optimizer::step`] by the fused step or by candle's ops.
+    fn step_by(&mut self, grads: &GradStore, fused: bool) -> Result<()> {
         self.steps += 1;
-        let lr = self.lr;
         let clip = match self.spec.clip_grad_norm() {
             Some(max_norm) => Some(self.clip_factor(grads, max_norm)?),
             None => None,
         };
-        #[cfg(feature = "cudnn")]
-        if self.params.first().is_some_and(|(_, v)| crate::train::layers::use_cudnn(v.device()))
-            && self.params.iter().all(|(_, v)| v.dtype() == candle_core::DType::F32)
-        {
-            return self.fused_step(grads, clip);
+        if fused {
+            self.fused_step(grads, clip)
+        } else {
+            self.candle_step(grads, clip)
         }
+    }
+
+    /// [`Optimizer::step`] by candle's ops (CUDA with `SWEEP_GPU_KERNELS=generic`,
+    /// parameters that are not f32): fresh tensors for the new weight and state.
+    fn candle_step(&mut self, grads: &GradStore, clip: Option<f64>) -> Result<()> {
+        let lr = self.lr;
         let decay_bn_bias = self.spec.decay_bn_bias();
         for (name, var) in &self.params {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
@@ -168,11 +179,12 @@ impl Optimizer {
         Ok(())
     }
 
-    /// [`Optimizer::step`] on CUDA with `SWEEP_GPU_KERNELS=cudnn`: the same
-    /// rule for every parameter with a gradient in one kernel launch that
-    /// updates the weights and the state in place (`layers::optim_cuda`),
-    /// instead of six to twelve candle ops and fresh tensors per parameter.
-    #[cfg(feature = "cudnn")]
+    /// [`Optimizer::step`] on the CPU, and on CUDA with `SWEEP_GPU_KERNELS=cudnn`:
+    /// the same rule for every parameter with a gradient, the weights and the
+    /// state updated in place (`layers::optim_step`: one pass per buffer on
+    /// the CPU, to the bit what [`Optimizer::candle_step`] computes; one kernel
+    /// launch on CUDA), instead of six to twelve candle ops and fresh tensors
+    /// per parameter.
     fn fused_step(&mut self, grads: &GradStore, clip: Option<f64>) -> Result<()> {
         use crate::train::layers::{adam_step_all, sgd_step_all, AdamParam, SgdParam};
         let lr = self.lr;
@@ -343,6 +355,85 @@ mod tests {
             w = [w[0] * 0.999 - 0.01, w[1] * 0.999 + 0.01];
         }
         close(&run(spec, 2), &[w[0] as f32, w[1] as f32]);
+    }
+
+    #[test]
+    fn the_fused_cpu_step_is_candles_to_the_bit() {
+        // Every rule and option, three steps (the state's first and later
+        // ones), on a matrix long enough for the passes' parallel chunks and a
+        // rank-1 parameter (no decay with decay_bn_bias = false).
+        let sgd = |momentum: f64,
+                   dampening: f64,
+                   nesterov: bool,
+                   weight_decay: f64,
+                   decay_bn_bias: bool,
+                   clip: Option<f64>| {
+            OptimizerSpec::Sgd {
+                lr: 0.05,
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+                decay_bn_bias,
+                clip_grad_norm: clip,
+            }
+        };
+        let adam = |adamw: bool, weight_decay: f64, amsgrad: bool, decay_bn_bias: bool| {
+            let (lr, betas, eps, clip_grad_norm) = (3e-3, [0.85, 0.995], 1e-7, None);
+            if adamw {
+                OptimizerSpec::Adamw { lr, betas, eps, weight_decay, amsgrad, decay_bn_bias, clip_grad_norm }
+            } else {
+                OptimizerSpec::Adam { lr, betas, eps, weight_decay, amsgrad, decay_bn_bias, clip_grad_norm }
+            }
+        };
+        let specs = [
+            sgd(0.9, 0.0, false, 5e-4, true, None),
+            sgd(0.9, 0.1, true, 1e-2, false, None),
+            sgd(0.0, 0.0, false, 1e-3, true, None),
+            sgd(0.8, 0.0, false, 0.0, true, Some(0.5)),
+            adam(false, 0.0, false, true),
+            adam(false, 1e-2, true, false),
+            adam(true, 5e-2, false, true),
+            adam(true, 1e-2, true, false),
+        ];
+        let mut rng = crate::train::rng::Rng::new(7);
+        let mut randn = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+        let (w0, b0) = (randn(3 * 20_000), randn(64));
+        let pushes: Vec<(Vec<f32>, Vec<f32>)> = (0..3).map(|_| (randn(3 * 20_000), randn(64))).collect();
+        for spec in specs {
+            let run = |fused: bool| {
+                let w = Var::from_vec(w0.clone(), (3, 20_000), &Device::Cpu).unwrap();
+                let b = Var::from_vec(b0.clone(), 64, &Device::Cpu).unwrap();
+                let mut opt = Optimizer::new(spec.clone(), vec![("w".into(), w.clone()), ("b".into(), b.clone())]);
+                for (cw, cb) in &pushes {
+                    // Gradients cw + 2 w and cb + 2 b: they depend on the weights.
+                    let cw = Tensor::from_vec(cw.clone(), (3, 20_000), &Device::Cpu).unwrap();
+                    let cb = Tensor::from_vec(cb.clone(), 64, &Device::Cpu).unwrap();
+                    let loss = (w.as_tensor().mul(&cw).unwrap().sum_all().unwrap()
+                        + w.as_tensor().sqr().unwrap().sum_all().unwrap()
+                        + b.as_tensor().mul(&cb).unwrap().sum_all().unwrap()
+                        + b.as_tensor().sqr().unwrap().sum_all().unwrap())
+                    .unwrap();
+                    opt.step_by(&loss.backward().unwrap(), fused).unwrap();
+                }
+                let bits = |t: &Tensor| {
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+                };
+                let mut all: Vec<(String, Vec<u32>)> = opt.state().iter().map(|(k, t)| (k.clone(), bits(t))).collect();
+                all.sort();
+                all.push(("w".into(), bits(w.as_tensor())));
+                all.push(("b".into(), bits(b.as_tensor())));
+                all
+            };
+            let (fused, candle) = (run(true), run(false));
+            let names = |a: &[(String, Vec<u32>)]| a.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+            assert_eq!(names(&fused), names(&candle), "{spec:?}");
+            for ((name, f), (_, c)) in fused.iter().zip(&candle) {
+                let differ = f.iter().zip(c).filter(|(a, b)| a != b).count();
+                assert_eq!(differ, 0, "{spec:?}: {name} differs in {differ} of {} values", f.len());
+            }
+            assert_ne!(fused.last().unwrap().1, b0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{spec:?}");
+        }
     }
 
     #[test]

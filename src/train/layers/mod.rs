@@ -30,7 +30,7 @@
 //!   resident split's batches (`pixels_cuda.rs`), all with `--features cudnn` (what they share: `cuda.rs`); with
 //!   `cudnn-nhwc` the same with channels-last activations (`layout.rs`).
 //!
-//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs` (and the channels-last filter, `krsc_cuda.rs`), `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `relu_cuda.rs`, `optim_cuda.rs`, `batch_norm.rs`, `add_relu.rs`,
+//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs` (and the channels-last filter, `krsc_cuda.rs`), `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `relu_cuda.rs`, `optim_step.rs` (`optim_cpu.rs`, `optim_cuda.rs`), `batch_norm.rs`, `add_relu.rs`,
 //! `bn_relu_pool.rs` (and
 //! the matrix product in `gemm.rs`); the CPU-storage helpers
 //! they share are here.
@@ -53,8 +53,10 @@ mod kernels;
 #[cfg(feature = "cudnn")]
 mod krsc_cuda;
 mod layout;
+mod optim_cpu;
 #[cfg(feature = "cudnn")]
 mod optim_cuda;
+mod optim_step;
 #[cfg(feature = "cudnn")]
 mod pixels_cuda;
 mod pool;
@@ -84,8 +86,7 @@ pub(crate) use kernels::use_cudnn;
 pub use kernels::{gpu_kernels, set_gpu_kernels, GpuKernels, KernelsError};
 pub(crate) use layout::add_channel_bias;
 pub use layout::{as_activation, cat_channels, is_channels_last};
-#[cfg(feature = "cudnn")]
-pub use optim_cuda::{adam_step_all, sgd_step_all, AdamParam, SgdParam};
+pub use optim_step::{adam_step_all, fused_step_on, sgd_step_all, AdamParam, SgdParam};
 #[cfg(feature = "cudnn")]
 pub(crate) use pixels_cuda::{axis_taps, resident_batch, AxisTaps, Tail};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, PoolParams};

@@ -15,6 +15,7 @@
 //! `w -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)`.
 
 use super::cuda::{address, function, launch};
+use super::optim_step::{length, AdamParam, SgdParam};
 use candle_core::cuda::cudarc;
 use candle_core::{bail, Device, Result, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -79,38 +80,6 @@ extern "C" __global__ void adam_all(const u64* table, u32 T, float b1, float b2,
 /// The module name of [`SOURCE`].
 pub(super) const MODULE: &str = "sweep_optim";
 
-/// One parameter of an SGD step.
-pub struct SgdParam<'a> {
-    /// The weight (updated in place).
-    pub w: &'a Tensor,
-    /// Its gradient.
-    pub g: &'a Tensor,
-    /// The momentum buffer (updated in place), when momentum is not zero.
-    pub buf: Option<&'a Tensor>,
-    /// Weight decay for this parameter.
-    pub weight_decay: f64,
-    /// The buffer's first step (its values are ignored).
-    pub first: bool,
-}
-
-/// One parameter of an Adam or AdamW step.
-pub struct AdamParam<'a> {
-    /// The weight (updated in place).
-    pub w: &'a Tensor,
-    /// Its gradient.
-    pub g: &'a Tensor,
-    /// First moment (updated in place).
-    pub m: &'a Tensor,
-    /// Second moment (updated in place).
-    pub v: &'a Tensor,
-    /// AMSGrad's running maximum of `v` (updated in place).
-    pub vmax: Option<&'a Tensor>,
-    /// Weight decay for this parameter.
-    pub weight_decay: f64,
-    /// The state's first step (its values are ignored).
-    pub first: bool,
-}
-
 /// Device addresses of contiguous f32 CUDA tensors, their storages read-locked
 /// while `f` runs (the kernels write some of them in place: each is a
 /// parameter or the optimiser's own state, which nothing else reads or
@@ -166,15 +135,6 @@ fn run(
 
 fn bits(x: f64) -> u64 {
     u64::from((x as f32).to_bits())
-}
-
-/// The length of `w`, checked against the other buffers of its row.
-fn length(w: &Tensor, others: &[Option<&Tensor>]) -> Result<usize> {
-    let n = w.elem_count();
-    if others.iter().flatten().any(|t| t.elem_count() != n) {
-        bail!("optimiser: a gradient or state of another size than its parameter {:?}", w.dims());
-    }
-    Ok(n)
 }
 
 /// `torch.optim.SGD`'s step of every parameter in `params` (f32, on one
