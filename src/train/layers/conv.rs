@@ -210,6 +210,9 @@ fn im2col(x: &[f32], g: &Geom, nb: usize, cols: &mut [f32]) {
     if g.ow < NARROW {
         return im2col_narrow(x, g, nb, cols);
     }
+    if g.p.stride > 1 {
+        return im2col_strided(x, g, nb, cols);
+    }
     let (l, kk, plane) = (g.l(), g.k * g.k, g.h * g.w);
     let (s, p) = (g.p.stride, g.p.padding);
     cols.par_chunks_mut(nb * l).enumerate().for_each(|(r, row)| {
@@ -236,6 +239,60 @@ fn im2col(x: &[f32], g: &Geom, nb: usize, cols: &mut [f32]) {
             }
         }
     });
+}
+
+/// [`im2col`] for strides above one: each source row is split once into its
+/// `stride` phases (phase q holds columns q, q + stride, ...), from which
+/// every tap of the kernel's row copies a contiguous run. Gathering every
+/// stride-th value per tap took 20% of the ResNet stem's (7x7/2 on 224x224)
+/// forward and backward time.
+fn im2col_strided(x: &[f32], g: &Geom, nb: usize, cols: &mut [f32]) {
+    let (l, k, plane, s, p) = (g.l(), g.k, g.h * g.w, g.p.stride, g.p.padding);
+    let phase_len = g.w.div_ceil(s);
+    // (phase, first index in it) of each kx's tap, and its valid outputs.
+    let taps: Vec<(usize, usize, usize, usize)> = (0..k)
+        .map(|kx| {
+            let (lo, hi) = g.span(g.ow, g.w, kx);
+            if lo == hi {
+                return (0, 0, lo, hi);
+            }
+            // Output `lo` reads input lo·s + kx - p (inside the row).
+            let first = lo * s + kx - p;
+            (first % s, first / s, lo, hi)
+        })
+        .collect();
+    let group = k * nb * l;
+    cols.par_chunks_mut(group).enumerate().for_each_init(
+        || vec![0f32; s * phase_len],
+        |phases, (r, rows)| {
+            let (c, ky) = (r / k, r % k);
+            let (ylo, yhi) = g.span(g.oh, g.h, ky);
+            for b in 0..nb {
+                let img = &x[(b * g.c + c) * plane..][..plane];
+                for oy in 0..g.oh {
+                    let at = b * l + oy * g.ow;
+                    if oy < ylo || oy >= yhi {
+                        for tap in rows.chunks_exact_mut(nb * l) {
+                            tap[at..at + g.ow].fill(0.0);
+                        }
+                        continue;
+                    }
+                    let src = &img[(oy * s + ky - p) * g.w..][..g.w];
+                    for (q, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+                        for (d, v) in phase.iter_mut().zip(src.iter().skip(q).step_by(s)) {
+                            *d = *v;
+                        }
+                    }
+                    for (tap, &(q, first, lo, hi)) in rows.chunks_exact_mut(nb * l).zip(&taps) {
+                        let out = &mut tap[at..at + g.ow];
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
+                        out[lo..hi].copy_from_slice(&phases[q * phase_len + first..][..hi - lo]);
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// The adjoint of [`im2col`]: adds onto `dx` (nb NCHW images, zeroed by the
@@ -752,6 +809,15 @@ mod tests {
             (2, 3, 11, 7, 3, 2),
             (3, 2, 7, 3, 0, 1),
             (2, 2, 5, 5, 2, 3),
+            // Strided rows of 8 and more outputs (`im2col_strided`): the stem's
+            // 7x7/2 on even and odd widths, 3x3/2 with and without padding,
+            // 1x1/2, stride 3.
+            (2, 3, 20, 7, 3, 2),
+            (2, 3, 23, 7, 3, 2),
+            (3, 4, 17, 3, 1, 2),
+            (3, 4, 19, 3, 0, 2),
+            (4, 6, 17, 1, 0, 2),
+            (2, 2, 26, 5, 2, 3),
             // Dense linear maps (`Geom::dense`).
             (4, 5, 1, 3, 1, 1),
             (4, 5, 2, 3, 1, 2),
