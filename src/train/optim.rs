@@ -68,7 +68,11 @@ impl Optimizer {
         let mut sum = 0f64;
         for (_, var) in &self.params {
             if let Some(g) = grads.get(var.as_tensor()) {
-                sum += g.detach().to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                sum += if g.device().is_cpu() && g.dtype() == candle_core::DType::F32 {
+                    crate::train::layers::sum_of_squares(g)?
+                } else {
+                    g.detach().to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
+                };
             }
         }
         Ok((max_norm / (sum.sqrt() + 1e-6)).min(1.0))
@@ -434,6 +438,21 @@ mod tests {
             }
             assert_ne!(fused.last().unwrap().1, b0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{spec:?}");
         }
+    }
+
+    #[test]
+    fn the_squared_norm_on_the_cpu_is_candles_in_f64() {
+        // A gradient of many values with a wide range (where summing in f32 would drift).
+        let mut rng = crate::train::rng::Rng::new(3);
+        let v: Vec<f32> = (0..300_003).map(|i| rng.normal() as f32 * if i % 7 == 0 { 1e3 } else { 1e-2 }).collect();
+        let t = Tensor::from_vec(v, (3, 100_001), &Device::Cpu).unwrap();
+        let ours = crate::train::layers::sum_of_squares(&t).unwrap();
+        let f64s = t.to_dtype(candle_core::DType::F64).unwrap().sqr().unwrap().sum_all().unwrap();
+        let exact = f64s.to_scalar::<f64>().unwrap();
+        assert!((ours - exact).abs() <= 1e-6 * exact, "{ours} against {exact}");
+        // A strided view is read as its values.
+        let view = t.t().unwrap();
+        assert!((crate::train::layers::sum_of_squares(&view).unwrap() - exact).abs() <= 1e-6 * exact);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 const BLOCK: usize = 512;
 
 /// Σ f(x) over `xs`: eight f32 lanes per block of [`BLOCK`], blocks added in f64.
-fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+pub(super) fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut total = 0f64;
     for block in xs.chunks(BLOCK) {
         let mut acc = [0f32; 8];

@@ -54,6 +54,7 @@ mod kernels;
 mod krsc_cuda;
 mod layout;
 mod optim_cpu;
+pub use optim_cpu::sum_of_squares;
 #[cfg(feature = "cudnn")]
 mod optim_cuda;
 mod optim_step;

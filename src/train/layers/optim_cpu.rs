@@ -7,7 +7,7 @@
 //! twelve (Adam) fresh tensors per parameter per step.
 
 use super::optim_step::{length, AdamParam, SgdParam};
-use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
+use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
 
 /// Elements per rayon task (and the size below which a pass stays on the
@@ -90,6 +90,13 @@ impl<F: Fn(f32, f32) -> f32 + Sync + Copy> InplaceOp2 for Map2<F> {
         let f = self.f;
         Map3 { name: self.name, f: move |d, a, _| f(d, a) }.cpu_fwd(d, dl, a, al, a, al)
     }
+}
+
+/// Σ x² over an f32 tensor on the CPU, for `clip_grad_norm_`: in f32 lanes
+/// per block of 512 values, the blocks in f64 (candle's way, a copy in f64
+/// and its square, allocated twice the gradient's size per parameter).
+pub fn sum_of_squares(t: &Tensor) -> Result<f64> {
+    super::with_cpu_f32(t, |v| v.par_chunks(1 << 16).map(|c| super::batch_norm::sum_map(c, |x| x * x)).sum())
 }
 
 /// `torch.optim.SGD`'s step (see `optim_step::sgd_step_all`): the momentum
