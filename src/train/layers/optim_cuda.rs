@@ -138,15 +138,16 @@ fn bits(x: f64) -> u64 {
 }
 
 /// `torch.optim.SGD`'s step of every parameter in `params` (f32, on one
-/// CUDA device, contiguous), in one kernel launch.
-pub fn sgd_step_all(params: &[SgdParam<'_>], lr: f64, momentum: f64, dampening: f64, nesterov: bool) -> Result<()> {
-    if params.is_empty() {
-        return Ok(());
-    }
+/// CUDA device, contiguous, at least one; all with a momentum buffer or none,
+/// as `optim_step::sgd_step_all` checked), in one kernel launch.
+pub(super) fn sgd_step_all(
+    params: &[SgdParam<'_>],
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    nesterov: bool,
+) -> Result<()> {
     let use_buf = params.iter().all(|p| p.buf.is_some());
-    if !use_buf && params.iter().any(|p| p.buf.is_some()) {
-        bail!("optimiser: momentum buffers for some parameters only");
-    }
     let mut tensors: Vec<&Tensor> = Vec::new();
     let mut lens = Vec::new();
     for p in params {
@@ -172,10 +173,11 @@ pub fn sgd_step_all(params: &[SgdParam<'_>], lr: f64, momentum: f64, dampening: 
 }
 
 /// Adam's (`decoupled`: AdamW's) step of every parameter in `params` (f32,
-/// on one CUDA device, contiguous), in one kernel launch; `step_size` is
-/// `lr / (1 - b1^t)`, `bc2_sqrt` `sqrt(1 - b2^t)`.
+/// on one CUDA device, contiguous, at least one; AMSGrad's maximum for all or
+/// none, as `optim_step::adam_step_all` checked), in one kernel launch;
+/// `step_size` is `lr / (1 - b1^t)`, `bc2_sqrt` `sqrt(1 - b2^t)`.
 #[allow(clippy::too_many_arguments)]
-pub fn adam_step_all(
+pub(super) fn adam_step_all(
     params: &[AdamParam<'_>],
     betas: (f64, f64),
     lr: f64,
@@ -185,12 +187,6 @@ pub fn adam_step_all(
     decoupled: bool,
     amsgrad: bool,
 ) -> Result<()> {
-    if params.is_empty() {
-        return Ok(());
-    }
-    if params.iter().any(|p| p.vmax.is_some() != amsgrad) {
-        bail!("optimiser: AMSGrad's maximum missing for some parameters");
-    }
     let mut tensors: Vec<&Tensor> = Vec::new();
     let mut lens = Vec::new();
     for p in params {
