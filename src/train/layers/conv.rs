@@ -517,34 +517,51 @@ thread_local! {
 }
 
 /// A work buffer of `len` floats from this thread's pool; back to the pool on drop.
-pub(super) struct Scratch(Vec<f32>, usize);
+///
+/// It must be dropped on the thread that took it: dropped elsewhere it would
+/// join that other thread's pool, and the thread that took it would take a
+/// new one next time (memory growing every training step); debug builds
+/// check this.
+pub(super) struct Scratch {
+    buf: Vec<f32>,
+    len: usize,
+    #[cfg(debug_assertions)]
+    taken_on: std::thread::ThreadId,
+}
 
 impl Scratch {
     pub(super) fn take(len: usize) -> Scratch {
-        let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-        if v.len() < len {
-            v.resize(len, 0.0);
+        let mut buf = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
         }
-        Scratch(v, len)
+        Scratch {
+            buf,
+            len,
+            #[cfg(debug_assertions)]
+            taken_on: std::thread::current().id(),
+        }
     }
 }
 
 impl std::ops::Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.0[..self.1]
+        &self.buf[..self.len]
     }
 }
 
 impl std::ops::DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.0[..self.1]
+        &mut self.buf[..self.len]
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(self.taken_on, std::thread::current().id(), "a Scratch buffer dropped on another thread");
+        let v = std::mem::take(&mut self.buf);
         POOL.with(|p| p.borrow_mut().push(v));
     }
 }
@@ -577,6 +594,9 @@ fn one_built_matrix(g: &Geom) -> bool {
 
 /// The output; with `keep`, the column matrix when [`one_built_matrix`].
 fn forward(x: &[f32], w: &[f32], g: &Geom, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+    if let Some(groups) = image_groups(g) {
+        return (per_image::forward(x, w, g, groups), None);
+    }
     let (l, per_in, per_out) = (g.l(), g.c * g.h * g.w, g.cout * g.l());
     let mut out = vec![0f32; g.n * per_out];
     let kernel = View::new(w, g.cout, g.rows());
@@ -615,6 +635,9 @@ fn backward(
     (need_dx, need_dw): (bool, bool),
     kept: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
+    if let Some(groups) = image_groups(g) {
+        return per_image::backward(x, w, dy, g, (need_dx, need_dw), groups);
+    }
     let (l, per_in, per_out) = (g.l(), g.c * g.h * g.w, g.cout * g.l());
     let mut dx = if need_dx { vec![0f32; g.n * per_in] } else { Vec::new() };
     // The kernel gradient is accumulated transposed, (C·K·K, C_out) = cols ·
@@ -660,6 +683,116 @@ fn backward(
         transpose(&dwt, g.rows(), g.cout, &mut dw);
     }
     (dx, dw)
+}
+
+/// Into how many groups of images the batch is split, one per rayon thread,
+/// when each image is its own column matrix (`images_per_chunk` is one) and
+/// there are at least as many images as threads; `None` otherwise.
+///
+/// Each thread then runs its images' products serially (`per_image`)
+/// instead of all threads sharing each image's product: with these products'
+/// shapes (an image's few hundred to few thousand pixels by one or two hundred
+/// output channels) the shared products waited on each other (DenseNet121's
+/// 1x1 layers at 28x28 and 56x56 took 20-30% longer, BENCHMARKS.md).
+fn image_groups(g: &Geom) -> Option<usize> {
+    let threads = rayon::current_num_threads();
+    // Each group adds up its own kernel gradient: bound those copies.
+    const MAX_PARTIAL_FLOATS: usize = 8 << 20;
+    (threads > 1 && g.n >= threads && g.images_per_chunk() == 1 && g.rows() * g.cout * threads <= MAX_PARTIAL_FLOATS)
+        .then_some(threads)
+}
+
+/// The products of [`forward`] and [`backward`] image by image, the images
+/// split into `groups` runs of consecutive images, one per rayon task.
+mod per_image {
+    use super::super::gemm::{gemm_serial, View};
+    use super::{col2im, columns, images, transpose, Geom, Scratch};
+    use rayon::prelude::*;
+    use std::ops::Range;
+
+    /// Group `gi`'s images and its part of `data` (`per` floats an image;
+    /// empty parts when `data` is empty).
+    fn split(data: &mut [f32], per: usize, n: usize, groups: usize) -> Vec<(Range<usize>, &mut [f32])> {
+        let per = if data.is_empty() { 0 } else { per };
+        let mut rest = data;
+        (0..groups)
+            .map(|gi| {
+                let range = gi * n / groups..(gi + 1) * n / groups;
+                let (part, tail) = std::mem::take(&mut rest).split_at_mut(range.len() * per);
+                rest = tail;
+                (range, part)
+            })
+            .collect()
+    }
+
+    pub(super) fn forward(x: &[f32], w: &[f32], g: &Geom, groups: usize) -> Vec<f32> {
+        let (l, per_in, per_out) = (g.l(), g.c * g.h * g.w, g.cout * g.l());
+        let mut out = vec![0f32; g.n * per_out];
+        let kernel = View::new(w, g.cout, g.rows());
+        split(&mut out, per_out, g.n, groups).into_par_iter().for_each(|(range, dst)| {
+            for (img, dst) in range.zip(dst.chunks_exact_mut(per_out)) {
+                let mut buf = None;
+                let cols = columns(images(x, per_in, img, 1), g, 1, &mut buf);
+                gemm_serial(dst, false, kernel, View::new(cols, g.rows(), l));
+            }
+        });
+        out
+    }
+
+    pub(super) fn backward(
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        g: &Geom,
+        (need_dx, need_dw): (bool, bool),
+        groups: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (l, per_in, per_out) = (g.l(), g.c * g.h * g.w, g.cout * g.l());
+        let mut dx = if need_dx { vec![0f32; g.n * per_in] } else { Vec::new() };
+        let kernel = View::new(w, g.cout, g.rows());
+        // Each group's kernel gradient, transposed as in `backward`: plain
+        // vectors, not `Scratch`, which would return to this thread's pool
+        // and not to the pool of the thread that took it (which would take
+        // a new one every step).
+        let mut partials: Vec<Vec<f32>> = split(&mut dx, per_in, g.n, groups)
+            .into_par_iter()
+            .map(|(range, dx)| {
+                let mut dwt = vec![0f32; if need_dw { g.rows() * g.cout } else { 0 }];
+                for (j, img) in range.enumerate() {
+                    let dy = View::new(images(dy, per_out, img, 1), g.cout, l);
+                    if need_dw {
+                        let mut buf = None;
+                        let cols = columns(images(x, per_in, img, 1), g, 1, &mut buf);
+                        gemm_serial(&mut dwt, j > 0, View::new(cols, g.rows(), l), dy.t());
+                    }
+                    if need_dx {
+                        let dst = &mut dx[j * per_in..][..per_in];
+                        if g.direct() {
+                            gemm_serial(dst, false, kernel.t(), dy);
+                        } else {
+                            let mut dcols = Scratch::take(g.rows() * l);
+                            gemm_serial(&mut dcols, false, kernel.t(), dy);
+                            col2im(&dcols, g, 1, dst);
+                        }
+                    }
+                }
+                dwt
+            })
+            .collect();
+        let mut dw = Vec::new();
+        if need_dw {
+            let (sum, rest) = partials.split_first_mut().expect("at least one group");
+            let rest = &*rest;
+            sum.par_chunks_mut(1 << 14).enumerate().for_each(|(i, out)| {
+                for p in rest {
+                    out.iter_mut().zip(&p[i << 14..]).for_each(|(a, b)| *a += b);
+                }
+            });
+            dw = vec![0f32; g.cout * g.rows()];
+            transpose(sum, g.rows(), g.cout, &mut dw);
+        }
+        (dx, dw)
+    }
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -934,6 +1067,40 @@ mod tests {
 
     /// A batch whose column matrix is split into chunks of several images gives
     /// the same output and gradients as candle's conv2d.
+    #[test]
+    fn images_split_among_threads_match_candles_native_conv() {
+        // Three images on two threads (groups of one and two), each image
+        // its own column matrix: a 1x1 convolution (the image multiplied in
+        // place) and a padded 3x3/2 one (im2col and col2im per image).
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            let mut rng = Rng::new(11);
+            for (cin, cout, hw, k, p) in [
+                (192, 128, 28, 1, ConvParams { padding: 0, stride: 1 }),
+                (48, 64, 58, 3, ConvParams { padding: 1, stride: 2 }),
+            ] {
+                let n = 3;
+                let x = Tensor::from_vec(randn(&mut rng, &[n, cin, hw, hw]), (n, cin, hw, hw), &Device::Cpu).unwrap();
+                let w = Tensor::from_vec(randn(&mut rng, &[cout, cin, k, k]), (cout, cin, k, k), &Device::Cpu).unwrap();
+                let g = Geom::new(x.shape(), w.shape(), p).unwrap();
+                assert_eq!(image_groups(&g), Some(2), "{cin}->{cout} at {hw}x{hw} must take the per-image path");
+                let (x, w) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+                let (x2, w2) = (Var::from_tensor(x.as_tensor()).unwrap(), Var::from_tensor(w.as_tensor()).unwrap());
+                let ours = conv2d(x.as_tensor(), w.as_tensor(), p).unwrap();
+                let native = x2.as_tensor().conv2d(w2.as_tensor(), p.padding, p.stride, 1, 1).unwrap();
+                assert!(diff(&ours, &native) < 1e-3);
+                let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = native.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                let scaled = |a: &Tensor, b: &Tensor| {
+                    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                    diff(a, b) / scale
+                };
+                assert!(scaled(g1.get(&x).unwrap(), g2.get(&x2).unwrap()) < 1e-4);
+                assert!(scaled(g1.get(&w).unwrap(), g2.get(&w2).unwrap()) < 1e-4);
+            }
+        });
+    }
+
     #[test]
     fn chunked_conv_matches_candles_native_conv() {
         let mut rng = Rng::new(5);
