@@ -213,8 +213,8 @@ fn im2col(x: &[f32], g: &Geom, nb: usize, cols: &mut [f32]) {
     if g.p.stride > 1 {
         return im2col_strided(x, g, nb, cols);
     }
-    let (l, kk, plane) = (g.l(), g.k * g.k, g.h * g.w);
-    let (s, p) = (g.p.stride, g.p.padding);
+    // Stride 1 from here: each tap's valid run is a contiguous copy.
+    let (l, kk, plane, p) = (g.l(), g.k * g.k, g.h * g.w, g.p.padding);
     cols.par_chunks_mut(nb * l).enumerate().for_each(|(r, row)| {
         let (c, ky, kx) = (r / kk, (r % kk) / g.k, r % g.k);
         let (ylo, yhi) = g.span(g.oh, g.h, ky);
@@ -226,16 +226,10 @@ fn im2col(x: &[f32], g: &Geom, nb: usize, cols: &mut [f32]) {
                     out.fill(0.0);
                     continue;
                 }
-                let src = &img[(oy * s + ky - p) * g.w..][..g.w];
+                let src = &img[(oy + ky - p) * g.w..][..g.w];
                 out[..xlo].fill(0.0);
                 out[xhi..].fill(0.0);
-                if s == 1 {
-                    out[xlo..xhi].copy_from_slice(&src[xlo + kx - p..xhi + kx - p]);
-                } else {
-                    for (ox, o) in out.iter_mut().enumerate().take(xhi).skip(xlo) {
-                        *o = src[ox * s + kx - p];
-                    }
-                }
+                out[xlo..xhi].copy_from_slice(&src[xlo + kx - p..xhi + kx - p]);
             }
         }
     });

@@ -60,7 +60,7 @@ pub fn fused_step_on(device: &Device) -> bool {
 /// device, contiguous), in place.
 pub fn sgd_step_all(params: &[SgdParam<'_>], lr: f64, momentum: f64, dampening: f64, nesterov: bool) -> Result<()> {
     let Some(first) = params.first() else { return Ok(()) };
-    if params.iter().any(|p| p.buf.is_some() != params[0].buf.is_some()) {
+    if params.iter().any(|p| p.buf.is_some() != first.buf.is_some()) {
         bail!("optimiser: momentum buffers for some parameters only");
     }
     match first.w.device() {
