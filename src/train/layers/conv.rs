@@ -105,7 +105,7 @@ impl Geom {
         }
         match cpu_conv() {
             CpuConv::Direct => true,
-            CpuConv::Im2col | CpuConv::Winograd => false,
+            CpuConv::Im2col | CpuConv::Winograd | CpuConv::Lanes => false,
             CpuConv::Auto => {
                 let hw = self.h * self.w;
                 self.h.min(self.w) >= 6 && (hw >= 196 || self.c * self.cout <= 128 * 128)
@@ -126,12 +126,29 @@ impl Geom {
         }
         match cpu_conv() {
             CpuConv::Winograd => true,
-            CpuConv::Direct | CpuConv::Im2col => false,
+            CpuConv::Direct | CpuConv::Im2col | CpuConv::Lanes => false,
             CpuConv::Auto => {
                 let hw = self.h * self.w;
                 let enough_work = self.n * hw * self.c * self.cout >= 1 << 25;
                 enough_work && (hw >= 196 || self.h.min(self.w) >= 7 && self.c * self.cout >= 1 << 18)
             }
+        }
+    }
+    /// A 3x3 convolution with stride 1 and padding 1 with the batch across
+    /// the SIMD lanes (`conv3x3_lanes.rs`), as `SWEEP_CPU_CONV` says; `auto`
+    /// where that was measured faster than the direct path, Winograd and
+    /// im2col (BENCHMARKS.md): planes of 8x8 and less with at least 16 images
+    /// (a block of lanes), except the smallest planes, which [`Geom::dense`]
+    /// multiplies as one matrix, and the 7x7 planes Winograd takes (as fast). It skips the taps that read the padding,
+    /// 16% of an 8x8 plane's and 31% of a 4x4 plane's.
+    fn lanes3x3(&self) -> bool {
+        if !self.same_3x3() {
+            return false;
+        }
+        match cpu_conv() {
+            CpuConv::Lanes => true,
+            CpuConv::Direct | CpuConv::Im2col | CpuConv::Winograd => false,
+            CpuConv::Auto => self.h * self.w <= 64 && self.n >= 16 && !self.dense() && !self.winograd(),
         }
     }
     fn tiles(&self) -> super::winograd::Tiles {
@@ -183,6 +200,8 @@ enum CpuConv {
     Winograd,
     /// Always im2col and a matrix product.
     Im2col,
+    /// Always the batch across the SIMD lanes (`conv3x3_lanes.rs`).
+    Lanes,
 }
 
 impl std::str::FromStr for CpuConv {
@@ -193,6 +212,7 @@ impl std::str::FromStr for CpuConv {
             "direct" => Ok(CpuConv::Direct),
             "winograd" => Ok(CpuConv::Winograd),
             "im2col" => Ok(CpuConv::Im2col),
+            "lanes" => Ok(CpuConv::Lanes),
             _ => Err(()),
         }
     }
@@ -802,6 +822,15 @@ impl CustomOp2 for Conv2dOp {
             *self.kept.lock().expect("conv lock") = kept;
             return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
         }
+        if g.lanes3x3() {
+            let y = super::conv3x3_lanes::forward(
+                cpu_f32(s1, l1, "conv2d")?,
+                cpu_f32(s2, l2, "conv2d")?,
+                (g.n, g.c, g.h, g.w),
+                g.cout,
+            );
+            return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
+        }
         if g.direct3x3() {
             let y = super::conv3x3::forward(
                 cpu_f32(s1, l1, "conv2d")?,
@@ -832,6 +861,8 @@ impl CustomOp2 for Conv2dOp {
                 with_cpu_f32(&grad.detach(), |dy| {
                     if g.winograd() {
                         super::winograd::backward(xs, ws, dy, &g.tiles(), (need_dx, need_dw), kept.as_deref())
+                    } else if g.lanes3x3() {
+                        super::conv3x3_lanes::backward(xs, ws, dy, (g.n, g.c, g.h, g.w), g.cout, (need_dx, need_dw))
                     } else if g.direct3x3() {
                         super::conv3x3::backward(xs, ws, dy, (g.n, g.c, g.h, g.w), g.cout, (need_dx, need_dw))
                     } else if g.dense() {
@@ -1020,8 +1051,9 @@ mod tests {
         assert!(diff(grads.get(&x2).unwrap(), g2.get(&x2).unwrap()) < 1e-4);
     }
 
-    /// `SWEEP_CPU_CONV=auto` computes directly the 3x3 stride-1 layers where
-    /// that measured as fast or faster (BENCHMARKS.md), and only those.
+    /// `SWEEP_CPU_CONV=auto` computes directly (or across the lanes) the 3x3
+    /// stride-1 layers where that measured as fast or faster (BENCHMARKS.md),
+    /// and only those.
     #[test]
     fn the_direct_and_winograd_paths_take_the_layers_where_they_were_faster() {
         let geom = |n, c, hw, cout, padding| {
@@ -1040,6 +1072,15 @@ mod tests {
             assert!(!geom(n, c, hw, cout, 1).direct3x3(), "{n}x{c}x{hw}x{hw} -> {cout}");
         }
         assert!(!geom(8, 128, 56, 32, 0).direct3x3());
+        // The batch across the lanes, which goes before the direct path, on
+        // small planes with a block of images.
+        for (n, c, hw, cout) in [(128, 64, 8, 64), (128, 128, 4, 128), (16, 128, 7, 32), (64, 32, 8, 64)] {
+            assert!(geom(n, c, hw, cout, 1).lanes3x3(), "{n}x{c}x{hw}x{hw} -> {cout}");
+        }
+        for (n, c, hw, cout) in [(8, 64, 8, 64), (128, 64, 16, 64), (128, 256, 2, 256), (32, 512, 7, 512)] {
+            assert!(!geom(n, c, hw, cout, 1).lanes3x3(), "{n}x{c}x{hw}x{hw} -> {cout}");
+        }
+        assert!(!geom(128, 64, 8, 64, 0).lanes3x3());
         // Winograd, which goes first, where it measured faster than both.
         for (n, c, hw, cout) in [
             (8, 64, 56, 64),
@@ -1093,6 +1134,30 @@ mod tests {
                 assert!(scaled(g1.get(&w).unwrap(), g2.get(&w2).unwrap()) < 1e-4);
             }
         });
+    }
+
+    /// The op takes the lanes path for a small plane and a batch of more
+    /// than one block (the last one ragged), forward and both gradients.
+    #[test]
+    fn lanes_path_matches_candles_native_conv() {
+        if std::env::var_os(crate::env::CPU_CONV.name).is_some() {
+            return; // a forced choice
+        }
+        let mut rng = Rng::new(13);
+        let (n, cin, cout, hw) = (19, 5, 7, 4);
+        let p = ConvParams { padding: 1, stride: 1 };
+        let x = Tensor::from_vec(randn(&mut rng, &[n, cin, hw, hw]), (n, cin, hw, hw), &Device::Cpu).unwrap();
+        let w = Tensor::from_vec(randn(&mut rng, &[cout, cin, 3, 3]), (cout, cin, 3, 3), &Device::Cpu).unwrap();
+        assert!(Geom::new(x.shape(), w.shape(), p).unwrap().lanes3x3());
+        let (x, w) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+        let (x2, w2) = (Var::from_tensor(x.as_tensor()).unwrap(), Var::from_tensor(w.as_tensor()).unwrap());
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), p).unwrap();
+        let native = x2.as_tensor().conv2d(w2.as_tensor(), 1, 1, 1, 1).unwrap();
+        assert!(diff(&ours, &native) < 1e-4);
+        let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = native.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(diff(g1.get(&x).unwrap(), g2.get(&x2).unwrap()) < 1e-3);
+        assert!(diff(g1.get(&w).unwrap(), g2.get(&w2).unwrap()) < 1e-3);
     }
 
     #[test]

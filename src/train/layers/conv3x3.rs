@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Output channels per forward tile (the last tile of a layer may have fewer).
-const OB: usize = 6;
+pub(super) const OB: usize = 6;
 /// Positions per forward tile (two 8-float vectors): 6 x 2 accumulators, two
 /// input vectors and one broadcast weight fill the 16 AVX registers.
 const QB: usize = 16;
@@ -38,7 +38,7 @@ const DB: usize = 3;
 
 /// The tiles of `outs` output channels: (first, count), `count` = `width`
 /// except for the last.
-fn groups(outs: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(super) fn groups(outs: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..outs).step_by(width).map(move |o| (o, width.min(outs - o)))
 }
 
@@ -115,7 +115,7 @@ pub(super) fn pad(x: &[f32], c: usize, l: &Padded) -> Vec<f32> {
 /// `o0..o0 + width` from `o0 · cin · 9` on, as `[c][tap][o - o0]`; `flip`
 /// packs the input gradient's kernel instead (`cout` and `cin` swapped, taps
 /// reversed).
-fn pack(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
+pub(super) fn pack(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
     assert_eq!(w.len(), cout * cin * 9);
     let (outs, ins) = if flip { (cin, cout) } else { (cout, cin) };
     let mut packed = vec![0f32; outs * ins * 9];
@@ -135,7 +135,7 @@ fn pack(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
 }
 
 /// Whether the AVX2 + FMA tiles can run here (checked once).
-fn simd() -> bool {
+pub(super) fn simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -227,7 +227,7 @@ fn tile_dw<const R: usize>(dyp: &[f32], xrow: &[f32], plane: usize, len: usize, 
 }
 
 /// The eight lanes summed in the order the SIMD version sums them.
-fn hsum(l: &[f32; 8]) -> f32 {
+pub(super) fn hsum(l: &[f32; 8]) -> f32 {
     let q = [l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]];
     let h = [q[0] + q[2], q[1] + q[3]];
     h[0] + h[1]
@@ -235,7 +235,7 @@ fn hsum(l: &[f32; 8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-mod avx2 {
+pub(super) mod avx2 {
     use super::Padded;
     use std::arch::x86_64::{
         __m256, _mm256_broadcast_ss, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
@@ -319,7 +319,7 @@ mod avx2 {
 
     /// The lanes summed as [`super::hsum`] sums them.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(in super::super) unsafe fn hsum(v: __m256) -> f32 {
         let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let h = _mm_add_ps(q, _mm_movehl_ps(q, q));
         _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
@@ -425,14 +425,21 @@ fn kernel_grad(xp: &[f32], cin: usize, dyp: &[f32], cout: usize, l: &Padded, fas
         .collect();
     let mut dw = vec![0f32; cout * cin * 9];
     for (&(o0, rows, c0), acc) in tasks.iter().zip(&parts) {
-        for (i, taps) in acc.chunks_exact(rows * 3).enumerate() {
-            let (c, ky) = (c0 + i / 3, i % 3);
-            for j in 0..rows {
-                dw[((o0 + j) * cin + c) * 9 + ky * 3..][..3].copy_from_slice(&taps[j * 3..j * 3 + 3]);
-            }
-        }
+        put_dw(&mut dw, acc, (o0, rows), c0, cin);
     }
     dw
+}
+
+/// A kernel-gradient tile's sums, `[channel][ky][row][kx]` for the output
+/// channels `o0..o0 + rows` and the input channels from `c0` on, into `dw`
+/// (`cout`, `cin`, 3, 3).
+pub(super) fn put_dw(dw: &mut [f32], acc: &[f32], (o0, rows): (usize, usize), c0: usize, cin: usize) {
+    for (i, taps) in acc.chunks_exact(rows * 3).enumerate() {
+        let (c, ky) = (c0 + i / 3, i % 3);
+        for j in 0..rows {
+            dw[((o0 + j) * cin + c) * 9 + ky * 3..][..3].copy_from_slice(&taps[j * 3..j * 3 + 3]);
+        }
+    }
 }
 
 /// A 3x3, stride 1, padding 1 convolution of NCHW `x` (`n` x `cin` x `h` x `w`)

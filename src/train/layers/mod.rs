@@ -44,6 +44,7 @@ mod bn_relu_pool;
 mod ce_cuda;
 mod conv;
 mod conv3x3;
+mod conv3x3_lanes;
 #[cfg(feature = "cudnn")]
 mod conv_cudnn;
 #[cfg(feature = "cudnn")]
