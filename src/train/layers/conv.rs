@@ -134,22 +134,37 @@ impl Geom {
             }
         }
     }
-    /// A 3x3 convolution with stride 1 and padding 1 with the batch across
-    /// the SIMD lanes (`conv3x3_lanes.rs`), as `SWEEP_CPU_CONV` says; `auto`
-    /// where that was measured faster than the direct path, Winograd and
-    /// im2col (BENCHMARKS.md): planes of 8x8 and less with at least 16 images
-    /// (a block of lanes), except the smallest planes, which [`Geom::dense`]
-    /// multiplies as one matrix, and the 7x7 planes Winograd takes (as fast). It skips the taps that read the padding,
-    /// 16% of an 8x8 plane's and 31% of a 4x4 plane's.
-    fn lanes3x3(&self) -> bool {
-        if !self.same_3x3() {
+    /// A convolution with the batch across the SIMD lanes
+    /// (`conv_lanes.rs`: 3x3 kernels and 7x7 ones), as `SWEEP_CPU_CONV` says;
+    /// `auto` where that was measured faster than the other paths
+    /// (BENCHMARKS.md), with at least 16 images (a block of lanes): 3x3
+    /// stride-1 layers on planes of 8x8 and less, except the smallest
+    /// planes, which [`Geom::dense`] multiplies as one matrix, and the 7x7
+    /// planes Winograd takes (as fast); and ResNet's 7x7/2 stem on inputs of
+    /// 32x32 and less. It skips the taps that read the padding, 16% of an
+    /// 8x8 plane's 3x3 taps and 31% of a 4x4 plane's. (The 3x3/2 layers were
+    /// as fast as im2col: the forward pass faster, the backward slower.)
+    fn lanes(&self) -> bool {
+        if !super::conv_lanes::supports(self.k) {
             return false;
         }
         match cpu_conv() {
             CpuConv::Lanes => true,
             CpuConv::Direct | CpuConv::Im2col | CpuConv::Winograd => false,
-            CpuConv::Auto => self.h * self.w <= 64 && self.n >= 16 && !self.dense() && !self.winograd(),
+            CpuConv::Auto => {
+                let stem = self.k == 7 && self.p.stride == 2 && self.p.padding == 3 && self.h * self.w <= 1024;
+                let small = self.same_3x3() && self.h * self.w <= 64 && !self.dense() && !self.winograd();
+                self.n >= 16 && (small || stem)
+            }
         }
+    }
+    fn lanes_geom(&self) -> super::conv_lanes::Lanes {
+        super::conv_lanes::Lanes::new(
+            self.n,
+            (self.h, self.w),
+            (self.k, self.p.stride, self.p.padding),
+            (self.oh, self.ow),
+        )
     }
     fn tiles(&self) -> super::winograd::Tiles {
         super::winograd::Tiles::new((self.n, self.c, self.h, self.w), self.cout)
@@ -200,7 +215,8 @@ enum CpuConv {
     Winograd,
     /// Always im2col and a matrix product.
     Im2col,
-    /// Always the batch across the SIMD lanes (`conv3x3_lanes.rs`).
+    /// Always the batch across the SIMD lanes where `conv_lanes.rs` takes
+    /// the kernel (3x3, 7x7).
     Lanes,
 }
 
@@ -822,11 +838,12 @@ impl CustomOp2 for Conv2dOp {
             *self.kept.lock().expect("conv lock") = kept;
             return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
         }
-        if g.lanes3x3() {
-            let y = super::conv3x3_lanes::forward(
+        if g.lanes() {
+            let y = super::conv_lanes::forward(
                 cpu_f32(s1, l1, "conv2d")?,
                 cpu_f32(s2, l2, "conv2d")?,
-                (g.n, g.c, g.h, g.w),
+                &g.lanes_geom(),
+                g.c,
                 g.cout,
             );
             return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
@@ -861,8 +878,8 @@ impl CustomOp2 for Conv2dOp {
                 with_cpu_f32(&grad.detach(), |dy| {
                     if g.winograd() {
                         super::winograd::backward(xs, ws, dy, &g.tiles(), (need_dx, need_dw), kept.as_deref())
-                    } else if g.lanes3x3() {
-                        super::conv3x3_lanes::backward(xs, ws, dy, (g.n, g.c, g.h, g.w), g.cout, (need_dx, need_dw))
+                    } else if g.lanes() {
+                        super::conv_lanes::backward(xs, ws, dy, &g.lanes_geom(), g.c, g.cout, (need_dx, need_dw))
                     } else if g.direct3x3() {
                         super::conv3x3::backward(xs, ws, dy, (g.n, g.c, g.h, g.w), g.cout, (need_dx, need_dw))
                     } else if g.dense() {
@@ -935,6 +952,27 @@ mod tests {
 
     fn diff(a: &Tensor, b: &Tensor) -> f32 {
         a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// sweep's conv2d against candle's on `x` and `w`: the output's largest
+    /// difference and both gradients' (of the sum of squares), relative to
+    /// the largest gradient.
+    fn against_native(x: &Tensor, w: &Tensor, p: ConvParams) -> (f32, f32, f32) {
+        let (x, w) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+        let (x2, w2) = (Var::from_tensor(x.as_tensor()).unwrap(), Var::from_tensor(w.as_tensor()).unwrap());
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), p).unwrap();
+        let native = x2.as_tensor().conv2d(w2.as_tensor(), p.padding, p.stride, 1, 1).unwrap();
+        let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = native.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let scaled = |a: &Tensor, b: &Tensor| {
+            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            diff(a, b) / scale
+        };
+        (
+            diff(&ours, &native),
+            scaled(g1.get(&x).unwrap(), g2.get(&x2).unwrap()),
+            scaled(g1.get(&w).unwrap(), g2.get(&w2).unwrap()),
+        )
     }
 
     #[test]
@@ -1075,12 +1113,22 @@ mod tests {
         // The batch across the lanes, which goes before the direct path, on
         // small planes with a block of images.
         for (n, c, hw, cout) in [(128, 64, 8, 64), (128, 128, 4, 128), (16, 128, 7, 32), (64, 32, 8, 64)] {
-            assert!(geom(n, c, hw, cout, 1).lanes3x3(), "{n}x{c}x{hw}x{hw} -> {cout}");
+            assert!(geom(n, c, hw, cout, 1).lanes(), "{n}x{c}x{hw}x{hw} -> {cout}");
         }
         for (n, c, hw, cout) in [(8, 64, 8, 64), (128, 64, 16, 64), (128, 256, 2, 256), (32, 512, 7, 512)] {
-            assert!(!geom(n, c, hw, cout, 1).lanes3x3(), "{n}x{c}x{hw}x{hw} -> {cout}");
+            assert!(!geom(n, c, hw, cout, 1).lanes(), "{n}x{c}x{hw}x{hw} -> {cout}");
         }
-        assert!(!geom(128, 64, 8, 64, 0).lanes3x3());
+        assert!(!geom(128, 64, 8, 64, 0).lanes());
+        // ResNet's stem on CIFAR-10's 32x32, not at 224 or with few images;
+        // never the 3x3/2 layers.
+        let strided = |n, c, hw, cout, k, stride, padding| {
+            let p = ConvParams { padding, stride };
+            Geom::new(&Shape::from((n, c, hw, hw)), &Shape::from((cout, c, k, k)), p).unwrap()
+        };
+        assert!(strided(128, 3, 32, 64, 7, 2, 3).lanes());
+        assert!(!strided(128, 3, 224, 64, 7, 2, 3).lanes());
+        assert!(!strided(8, 3, 32, 64, 7, 2, 3).lanes());
+        assert!(!strided(128, 64, 8, 128, 3, 2, 1).lanes());
         // Winograd, which goes first, where it measured faster than both.
         for (n, c, hw, cout) in [
             (8, 64, 56, 64),
@@ -1119,45 +1167,31 @@ mod tests {
                 let w = Tensor::from_vec(randn(&mut rng, &[cout, cin, k, k]), (cout, cin, k, k), &Device::Cpu).unwrap();
                 let g = Geom::new(x.shape(), w.shape(), p).unwrap();
                 assert_eq!(image_groups(&g), Some(2), "{cin}->{cout} at {hw}x{hw} must take the per-image path");
-                let (x, w) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
-                let (x2, w2) = (Var::from_tensor(x.as_tensor()).unwrap(), Var::from_tensor(w.as_tensor()).unwrap());
-                let ours = conv2d(x.as_tensor(), w.as_tensor(), p).unwrap();
-                let native = x2.as_tensor().conv2d(w2.as_tensor(), p.padding, p.stride, 1, 1).unwrap();
-                assert!(diff(&ours, &native) < 1e-3);
-                let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-                let g2 = native.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-                let scaled = |a: &Tensor, b: &Tensor| {
-                    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-                    diff(a, b) / scale
-                };
-                assert!(scaled(g1.get(&x).unwrap(), g2.get(&x2).unwrap()) < 1e-4);
-                assert!(scaled(g1.get(&w).unwrap(), g2.get(&w2).unwrap()) < 1e-4);
+                let (y, dx, dw) = against_native(&x, &w, p);
+                assert!(y < 1e-3 && dx < 1e-4 && dw < 1e-4);
             }
         });
     }
 
-    /// The op takes the lanes path for a small plane and a batch of more
-    /// than one block (the last one ragged), forward and both gradients.
+    /// The op takes the lanes path for a small plane and for a stem, with a
+    /// batch of more than one block (the last one ragged), forward and both
+    /// gradients.
     #[test]
     fn lanes_path_matches_candles_native_conv() {
         if std::env::var_os(crate::env::CPU_CONV.name).is_some() {
             return; // a forced choice
         }
         let mut rng = Rng::new(13);
-        let (n, cin, cout, hw) = (19, 5, 7, 4);
-        let p = ConvParams { padding: 1, stride: 1 };
-        let x = Tensor::from_vec(randn(&mut rng, &[n, cin, hw, hw]), (n, cin, hw, hw), &Device::Cpu).unwrap();
-        let w = Tensor::from_vec(randn(&mut rng, &[cout, cin, 3, 3]), (cout, cin, 3, 3), &Device::Cpu).unwrap();
-        assert!(Geom::new(x.shape(), w.shape(), p).unwrap().lanes3x3());
-        let (x, w) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
-        let (x2, w2) = (Var::from_tensor(x.as_tensor()).unwrap(), Var::from_tensor(w.as_tensor()).unwrap());
-        let ours = conv2d(x.as_tensor(), w.as_tensor(), p).unwrap();
-        let native = x2.as_tensor().conv2d(w2.as_tensor(), 1, 1, 1, 1).unwrap();
-        assert!(diff(&ours, &native) < 1e-4);
-        let g1 = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = native.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(diff(g1.get(&x).unwrap(), g2.get(&x2).unwrap()) < 1e-3);
-        assert!(diff(g1.get(&w).unwrap(), g2.get(&w2).unwrap()) < 1e-3);
+        for (n, cin, cout, hw, k, p) in [
+            (19, 5, 7, 4, 3, ConvParams { padding: 1, stride: 1 }),
+            (17, 3, 8, 14, 7, ConvParams { padding: 3, stride: 2 }),
+        ] {
+            let x = Tensor::from_vec(randn(&mut rng, &[n, cin, hw, hw]), (n, cin, hw, hw), &Device::Cpu).unwrap();
+            let w = Tensor::from_vec(randn(&mut rng, &[cout, cin, k, k]), (cout, cin, k, k), &Device::Cpu).unwrap();
+            assert!(Geom::new(x.shape(), w.shape(), p).unwrap().lanes());
+            let (y, dx, dw) = against_native(&x, &w, p);
+            assert!(y < 1e-3 && dx < 1e-5 && dw < 1e-5, "{k}x{k} at {hw}x{hw}: {y} {dx} {dw}");
+        }
     }
 
     #[test]

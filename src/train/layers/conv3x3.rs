@@ -115,7 +115,7 @@ pub(super) fn pad(x: &[f32], c: usize, l: &Padded) -> Vec<f32> {
 /// `o0..o0 + width` from `o0 · cin · 9` on, as `[c][tap][o - o0]`; `flip`
 /// packs the input gradient's kernel instead (`cout` and `cin` swapped, taps
 /// reversed).
-pub(super) fn pack(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
+fn pack(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
     assert_eq!(w.len(), cout * cin * 9);
     let (outs, ins) = if flip { (cin, cout) } else { (cout, cin) };
     let mut packed = vec![0f32; outs * ins * 9];

@@ -44,9 +44,9 @@ mod bn_relu_pool;
 mod ce_cuda;
 mod conv;
 mod conv3x3;
-mod conv3x3_lanes;
 #[cfg(feature = "cudnn")]
 mod conv_cudnn;
+mod conv_lanes;
 #[cfg(feature = "cudnn")]
 mod cuda;
 mod gemm;

@@ -1,0 +1,717 @@
+//! Convolutions of small planes on the CPU with the batch in the SIMD lanes:
+//! 3x3 and 7x7 kernels, any stride and padding (`conv.rs` takes it for the
+//! 3x3 stride-1 layers on planes of 8x8 and less and ResNet's 7x7/2 stem on
+//! 32x32 inputs).
+//!
+//! On an 8x8 plane a fifth of the direct path's domain (`conv3x3.rs`) is
+//! border, and every output pixel multiplies all nine taps, zeros included;
+//! im2col multiplies the zeros too (16% of an 8x8 plane's 3x3 taps, 31% of a
+//! 4x4 plane's). Here the images go across the lanes instead: blocks of [`L`]
+//! images stored as `[block][channel][y][x][lane]` ([`Lanes`]), so that all
+//! lanes of a tile share one pixel and with it one set of live taps.
+//!
+//! * Forward: a tile of 6 output channels x 16 lanes at one output pixel sums
+//!   its live taps (each a (tap, position) pair of [`Plan`]) over the input
+//!   channels, read from the input with a zero border of `padding` pixels.
+//! * Input gradient: the same tile at one input pixel, summing the output
+//!   gradient at the output pixels whose taps read it (the transposed
+//!   convolution as a gather; no border).
+//! * Kernel gradient: `dw[o][c][ky][kx] = Σ_{b,y,x,lane} dy[o][y][x] · x[c][y·s + ky][x·s + kx]`
+//!   (padded coordinates), tiles of 3 output channels x a 3-tap kernel row
+//!   or one x a 7-tap row,
+//!   over the output rows whose tap row reads a pixel row (the border's
+//!   columns are zeros), summed in a fixed order whatever the threads.
+//!
+//! The tiles use AVX2 and FMA where the CPU has them and the same arithmetic
+//! in plain Rust elsewhere. Lanes past the batch are zeros.
+
+use super::conv3x3::{groups, simd, OB};
+use rayon::prelude::*;
+
+/// Images per block: the lanes of two 8-float vectors.
+const L: usize = 16;
+
+/// The geometry of a convolution on blocks of [`L`] images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Lanes {
+    n: usize,
+    blocks: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Lanes {
+    /// `n` images of `h` x `w`, a `k` x `k` kernel with stride `s` and
+    /// padding `p` (`oh` x `ow` outputs).
+    pub(super) fn new(
+        n: usize,
+        (h, w): (usize, usize),
+        (k, s, p): (usize, usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> Lanes {
+        Lanes { n, blocks: n.div_ceil(L), h, w, k, s, p, oh, ow }
+    }
+    /// Floats per input channel plane of a block, with its border.
+    fn plane_in(&self) -> usize {
+        (self.h + 2 * self.p) * (self.w + 2 * self.p) * L
+    }
+    /// Floats per output channel plane of a block (no border).
+    fn plane_out(&self) -> usize {
+        self.oh * self.ow * L
+    }
+    /// Index in a padded input plane of padded pixel (y, x).
+    fn at_in(&self, y: usize, x: usize) -> usize {
+        (y * (self.w + 2 * self.p) + x) * L
+    }
+    /// Index in an output plane of pixel (y, x).
+    fn at_out(&self, y: usize, x: usize) -> usize {
+        (y * self.ow + x) * L
+    }
+    /// The taps (ky or kx) along one axis with which output `o` reads a
+    /// pixel of an axis of `len` pixels, not the padding.
+    fn live(&self, o: usize, len: usize) -> std::ops::Range<usize> {
+        let first = o * self.s;
+        // Padded input first + t is pixel first + t - p: inside when p <= first + t < p + len.
+        let lo = self.p.saturating_sub(first);
+        let hi = (self.p + len).saturating_sub(first).min(self.k);
+        lo.min(hi)..hi
+    }
+}
+
+/// For each pixel of the planes a tile runs over, its live (tap, offset)
+/// pairs: `taps[starts[i]..starts[i + 1]]` for pixel i.
+struct Plan {
+    starts: Vec<usize>,
+    taps: Vec<(usize, usize)>,
+}
+
+impl Plan {
+    /// The forward pass: for each output pixel, its taps that read a pixel,
+    /// each with its position in the padded input plane.
+    fn forward(l: &Lanes) -> Plan {
+        let mut plan = Plan { starts: vec![0], taps: Vec::new() };
+        for y in 0..l.oh {
+            for x in 0..l.ow {
+                for ky in l.live(y, l.h) {
+                    for kx in l.live(x, l.w) {
+                        plan.taps.push((ky * l.k + kx, l.at_in(y * l.s + ky, x * l.s + kx)));
+                    }
+                }
+                plan.starts.push(plan.taps.len());
+            }
+        }
+        plan
+    }
+    /// The input gradient: for each input pixel, the (tap, output pixel)
+    /// pairs that read it, with the output pixel's position in an output plane.
+    fn input_grad(l: &Lanes) -> Plan {
+        let mut plan = Plan { starts: vec![0], taps: Vec::new() };
+        for iy in 0..l.h {
+            for ix in 0..l.w {
+                for ky in 0..l.k {
+                    for kx in 0..l.k {
+                        // Output (oy, ox) reads input (oy·s + ky - p, ox·s + kx - p).
+                        let (ty, tx) = (iy + l.p, ix + l.p);
+                        if ty < ky || tx < kx || (ty - ky) % l.s != 0 || (tx - kx) % l.s != 0 {
+                            continue;
+                        }
+                        let (oy, ox) = ((ty - ky) / l.s, (tx - kx) / l.s);
+                        if oy < l.oh && ox < l.ow {
+                            plan.taps.push((ky * l.k + kx, l.at_out(oy, ox)));
+                        }
+                    }
+                }
+                plan.starts.push(plan.taps.len());
+            }
+        }
+        plan
+    }
+    fn pixel(&self, i: usize) -> &[(usize, usize)] {
+        &self.taps[self.starts[i]..self.starts[i + 1]]
+    }
+}
+
+/// `c` channels of the NCHW images `x` (`h` x `w`) in blocks with a zero
+/// border of `p` pixels (zeros also in lanes past the batch).
+fn to_lanes(x: &[f32], c: usize, n: usize, (h, w): (usize, usize), p: usize) -> Vec<f32> {
+    let (hw, wp) = (h * w, w + 2 * p);
+    let plane = (h + 2 * p) * wp * L;
+    assert_eq!(x.len(), n * c * hw);
+    let mut out = vec![0f32; n.div_ceil(L) * c * plane];
+    out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+        let (b, ch) = (i / c, i % c);
+        let lanes = L.min(n - b * L);
+        // Row by row, so that the row's lanes (w·L floats) stay in L1 while
+        // each image writes its lane (image by image over the whole plane,
+        // every write was a miss).
+        for y in 0..h {
+            let row = &mut dst[((y + p) * wp + p) * L..][..w * L];
+            for lane in 0..lanes {
+                let src = &x[((b * L + lane) * c + ch) * hw + y * w..][..w];
+                for (d, v) in row.chunks_exact_mut(L).zip(src) {
+                    d[lane] = *v;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// A kernel `(cout, cin, k, k)` as the tiles read it: the tile of `outs`
+/// `o0..o0 + width` from `o0 · ins · kk` on, as `[in][tap][o - o0]`. With
+/// `transposed` the input gradient's (`outs` the kernel's input channels,
+/// `ins` its output channels; taps as they are).
+fn pack(w: &[f32], (cout, cin, kk): (usize, usize, usize), transposed: bool) -> Vec<f32> {
+    assert_eq!(w.len(), cout * cin * kk);
+    let (outs, ins) = if transposed { (cin, cout) } else { (cout, cin) };
+    let mut packed = vec![0f32; outs * ins * kk];
+    for (o0, width) in groups(outs, OB) {
+        let tile = &mut packed[o0 * ins * kk..][..width * ins * kk];
+        for j in 0..width {
+            let o = o0 + j;
+            for c in 0..ins {
+                for t in 0..kk {
+                    let v = if transposed { w[(c * cin + o) * kk + t] } else { w[(o * cin + c) * kk + t] };
+                    tile[(c * kk + t) * width + j] = v;
+                }
+            }
+        }
+    }
+    packed
+}
+
+/// One tile of `W` output channels at one pixel of one block:
+/// `out[j·L + i] (+)= Σ_c Σ_(t, off) wk[c][t][j] · src[c·plane + off + i]`
+/// (added to `out` with `add`).
+#[allow(clippy::too_many_arguments)]
+fn tile<const W: usize>(
+    src: &[f32],
+    plane: usize,
+    taps: &[(usize, usize)],
+    (cin, kk): (usize, usize),
+    wk: &[f32],
+    out: &mut [f32],
+    add: bool,
+    fast: bool,
+) {
+    // Every read lies inside `src` and every weight inside `wk`: checked here
+    // once for the tile, so the SIMD version may read unchecked.
+    assert!(src.len() >= cin * plane && wk.len() == cin * kk * W && out.len() >= W * L);
+    assert!(taps.iter().all(|&(t, off)| t < kk && off + L <= plane));
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` is only set when `simd()` found AVX2 and FMA; the
+        // bounds were asserted above.
+        #[allow(unsafe_code)]
+        unsafe {
+            return avx2::tile::<W>(src, plane, taps, (cin, kk), wk, out, add);
+        }
+    }
+    let _ = fast;
+    let mut acc = [[0f32; L]; W];
+    if add {
+        for (j, a) in acc.iter_mut().enumerate() {
+            a.copy_from_slice(&out[j * L..][..L]);
+        }
+    }
+    for c in 0..cin {
+        for &(t, off) in taps {
+            let xs = &src[c * plane + off..][..L];
+            for (j, a) in acc.iter_mut().enumerate() {
+                let wv = wk[(c * kk + t) * W + j];
+                for (a, x) in a.iter_mut().zip(xs) {
+                    *a = wv.mul_add(*x, *a);
+                }
+            }
+        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        out[j * L..][..L].copy_from_slice(a);
+    }
+}
+
+/// One kernel-gradient tile of `R` output channels and the `K` taps of
+/// kernel row `ky`, over the output rows `rows` of one block:
+/// `acc[j·K + kx] += Σ_{y, x, lane} dy[j·plane_out + at_out(y, x) + lane] · xb[at_in(y·s + ky, x·s + kx) + lane]`.
+fn tile_dw<const R: usize, const K: usize>(
+    dy: &[f32],
+    xb: &[f32],
+    l: &Lanes,
+    ky: usize,
+    rows: std::ops::Range<usize>,
+    acc: &mut [f32],
+    fast: bool,
+) {
+    assert!(K == l.k && ky < K && acc.len() == R * K && rows.end <= l.oh);
+    assert!(R * l.plane_out() <= dy.len() && l.plane_in() <= xb.len());
+    // The last row's last read stays inside the padded plane.
+    assert!(rows.is_empty() || l.at_in((rows.end - 1) * l.s + ky, (l.ow - 1) * l.s + K - 1) + L <= l.plane_in());
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: as in `tile`: AVX2 and FMA present, bounds asserted above.
+        #[allow(unsafe_code)]
+        unsafe {
+            return avx2::tile_dw::<R, K>(dy, xb, l, ky, rows, acc);
+        }
+    }
+    let _ = fast;
+    // Eight partial sums per tap, as the SIMD version keeps them.
+    let mut lanes = [[[0f32; 8]; K]; R];
+    for y in rows {
+        for x in 0..l.ow {
+            for half in 0..L / 8 {
+                let xs = &xb[l.at_in(y * l.s + ky, x * l.s) + half * 8..];
+                for (j, lanes) in lanes.iter_mut().enumerate() {
+                    let d = &dy[j * l.plane_out() + l.at_out(y, x) + half * 8..][..8];
+                    for (kx, lanes) in lanes.iter_mut().enumerate() {
+                        for (i, lane) in lanes.iter_mut().enumerate() {
+                            *lane = d[i].mul_add(xs[kx * L + i], *lane);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (j, lanes) in lanes.iter().enumerate() {
+        for (kx, lanes) in lanes.iter().enumerate() {
+            acc[j * K + kx] += super::conv3x3::hsum(lanes);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    use super::{Lanes, L};
+    use std::arch::x86_64::{
+        _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+
+    /// [`super::tile`] with `2 W` vector accumulators.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be present; the bounds `super::tile` asserts must hold.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const W: usize>(
+        src: &[f32],
+        plane: usize,
+        taps: &[(usize, usize)],
+        (cin, kk): (usize, usize),
+        wk: &[f32],
+        out: &mut [f32],
+        add: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; W];
+        if add {
+            for (j, a) in acc.iter_mut().enumerate() {
+                for (v, a) in a.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(out.as_ptr().add(j * L + v * 8));
+                }
+            }
+        }
+        let mut x = src.as_ptr();
+        let mut w = wk.as_ptr();
+        for _ in 0..cin {
+            for &(t, off) in taps {
+                let p = x.add(off);
+                let xs = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_broadcast_ss(&*w.add(t * W + j));
+                    for (a, xv) in a.iter_mut().zip(xs) {
+                        *a = _mm256_fmadd_ps(wv, xv, *a);
+                    }
+                }
+            }
+            x = x.add(plane);
+            w = w.add(kk * W);
+        }
+        let o = out.as_mut_ptr();
+        for (j, a) in acc.iter().enumerate() {
+            for (v, a) in a.iter().enumerate() {
+                _mm256_storeu_ps(o.add(j * L + v * 8), *a);
+            }
+        }
+    }
+
+    /// [`super::tile_dw`] with `R K` vector accumulators.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be present; the bounds `super::tile_dw` asserts must hold.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_dw<const R: usize, const K: usize>(
+        dy: &[f32],
+        xb: &[f32],
+        l: &Lanes,
+        ky: usize,
+        rows: std::ops::Range<usize>,
+        acc: &mut [f32],
+    ) {
+        let mut a = [[_mm256_setzero_ps(); K]; R];
+        let (d, xp, plane) = (dy.as_ptr(), xb.as_ptr(), l.plane_out());
+        let step = l.s * L;
+        for y in rows {
+            // Pointers stepped along the row (the index arithmetic per
+            // position cost a quarter of the tile).
+            let mut p = xp.add(l.at_in(y * l.s + ky, 0));
+            let mut q = d.add(l.at_out(y, 0));
+            for _ in 0..l.ow {
+                for half in 0..L / 8 {
+                    let mut xs = [_mm256_setzero_ps(); K];
+                    for (kx, v) in xs.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(p.add(kx * L + half * 8));
+                    }
+                    for (j, a) in a.iter_mut().enumerate() {
+                        let dv = _mm256_loadu_ps(q.add(j * plane + half * 8));
+                        for (a, xv) in a.iter_mut().zip(xs) {
+                            *a = _mm256_fmadd_ps(dv, xv, *a);
+                        }
+                    }
+                }
+                p = p.add(step);
+                q = q.add(L);
+            }
+        }
+        for (j, a) in a.iter().enumerate() {
+            for (kx, v) in a.iter().enumerate() {
+                acc[j * K + kx] += super::super::conv3x3::avx2::hsum(*v);
+            }
+        }
+    }
+}
+
+/// Runs [`tile`] for every pixel of `plan` over the blocks of `src` (`ins`
+/// channels, `plane` floats each): `outs` NCHW channels of `pixels` pixels.
+#[allow(clippy::too_many_arguments)]
+fn gather(
+    src: &[f32],
+    (ins, plane): (usize, usize),
+    plan: &Plan,
+    wk: &[f32],
+    (outs, kk): (usize, usize),
+    n: usize,
+    pixels: usize,
+    fast: bool,
+) -> Vec<f32> {
+    // Input channels per pass: their planes of a block stay in L2 and a
+    // tile's weights for them in L1 (6 x 9 x 64 floats for a 3x3 kernel).
+    let channels = (576 / kk).max(1);
+    let mut out = vec![0f32; n * outs * pixels];
+    // One task per block and tile of output channels, which owns those
+    // channels of the block's images.
+    let mut tasks = Vec::new();
+    for (b, block) in out.chunks_mut(L * outs * pixels).enumerate() {
+        let mut images: Vec<&mut [f32]> = block.chunks_exact_mut(outs * pixels).collect();
+        for (o0, width) in groups(outs, OB) {
+            let parts: Vec<&mut [f32]> = images
+                .iter_mut()
+                .map(|img| {
+                    let (part, rest) = std::mem::take(img).split_at_mut(width * pixels);
+                    *img = rest;
+                    part
+                })
+                .collect();
+            tasks.push((b, o0, width, parts));
+        }
+    }
+    tasks.into_par_iter().for_each(|(b, o0, width, mut parts)| {
+        // Each pixel's tile, [pixel][j][lane], summed over the passes.
+        let mut sums = vec![0f32; pixels * OB * L];
+        for c0 in (0..ins).step_by(channels) {
+            let cs = channels.min(ins - c0);
+            let src = &src[(b * ins + c0) * plane..][..cs * plane];
+            let wk = &wk[(o0 * ins + c0 * width) * kk..][..width * cs * kk];
+            let add = c0 > 0;
+            for (i, sums) in sums.chunks_exact_mut(OB * L).enumerate() {
+                let (taps, dims) = (plan.pixel(i), (cs, kk));
+                match width {
+                    6 => tile::<6>(src, plane, taps, dims, wk, sums, add, fast),
+                    5 => tile::<5>(src, plane, taps, dims, wk, sums, add, fast),
+                    4 => tile::<4>(src, plane, taps, dims, wk, sums, add, fast),
+                    3 => tile::<3>(src, plane, taps, dims, wk, sums, add, fast),
+                    2 => tile::<2>(src, plane, taps, dims, wk, sums, add, fast),
+                    _ => tile::<1>(src, plane, taps, dims, wk, sums, add, fast),
+                }
+            }
+        }
+        // Into the images a line (16 pixels) at a time: one pixel at a time,
+        // the 6 x 16 lines written at once are 4 KiB apart in big planes
+        // (one L1 set) and evicted each other.
+        for i0 in (0..pixels).step_by(16) {
+            let m = 16.min(pixels - i0);
+            for (lane, img) in parts.iter_mut().enumerate() {
+                for j in 0..width {
+                    for (t, d) in img[j * pixels + i0..][..m].iter_mut().enumerate() {
+                        *d = sums[((i0 + t) * OB + j) * L + lane];
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Output channels per kernel-gradient tile for a kernel of `k` taps a row:
+/// `R K` sums, the `K` inputs and a gradient in the 16 vector registers (two
+/// rows of a 7x7 kernel spilled the sums to the stack, 2x slower).
+fn dw_rows(k: usize) -> usize {
+    if k <= 3 {
+        3
+    } else {
+        1
+    }
+}
+
+/// The kernel gradient `(cout, cin, k, k)` from the input (padded blocks)
+/// and the output gradient (blocks).
+fn kernel_grad(xb: &[f32], cin: usize, dyb: &[f32], cout: usize, l: &Lanes, fast: bool) -> Vec<f32> {
+    kernel_grad_within(xb, (cin, cout), dyb, l, fast, 4 << 20)
+}
+
+/// [`kernel_grad`] holding at most about `max_floats` partial sums at a time.
+fn kernel_grad_within(
+    xb: &[f32],
+    (cin, cout): (usize, usize),
+    dyb: &[f32],
+    l: &Lanes,
+    fast: bool,
+    max_floats: usize,
+) -> Vec<f32> {
+    /// Input channels per task: their planes of a block stay in L2 while
+    /// every tile of output channels goes over them.
+    const CHANNELS: usize = 16;
+    let (k, kk, db) = (l.k, l.k * l.k, dw_rows(l.k));
+    let runs: Vec<usize> = (0..cin).step_by(CHANNELS).collect();
+    // For each kernel row, the output rows whose tap row reads a pixel row.
+    let live_rows: Vec<std::ops::Range<usize>> = (0..k)
+        .map(|ky| {
+            let ys = (0..l.oh).filter(|&y| l.live(y, l.h).contains(&ky));
+            ys.clone().min().unwrap_or(0)..ys.max().map_or(0, |y| y + 1)
+        })
+        .collect();
+    // One task's sums: for each tile of output channels (o0, rows), from
+    // o0 · cs · kk on, [channel][ky][row][kx].
+    let task = |b: usize, c0: usize| {
+        let cs = CHANNELS.min(cin - c0);
+        let mut acc = vec![0f32; cout * cs * kk];
+        for (o0, rows) in groups(cout, db) {
+            let dy = &dyb[(b * cout + o0) * l.plane_out()..][..rows * l.plane_out()];
+            let acc = &mut acc[o0 * cs * kk..][..rows * cs * kk];
+            for (ci, acc) in acc.chunks_exact_mut(k * rows * k).enumerate() {
+                let x = &xb[(b * cin + c0 + ci) * l.plane_in()..][..l.plane_in()];
+                for (ky, acc) in acc.chunks_exact_mut(rows * k).enumerate() {
+                    let ys = live_rows[ky].clone();
+                    match (rows, k) {
+                        (3, 3) => tile_dw::<3, 3>(dy, x, l, ky, ys, acc, fast),
+                        (2, 3) => tile_dw::<2, 3>(dy, x, l, ky, ys, acc, fast),
+                        (1, 3) => tile_dw::<1, 3>(dy, x, l, ky, ys, acc, fast),
+                        (1, 7) => tile_dw::<1, 7>(dy, x, l, ky, ys, acc, fast),
+                        _ => unreachable!("kernel {k}: not a lanes convolution"),
+                    }
+                }
+            }
+        }
+        acc
+    };
+    // One task per block and run of input channels, consecutive tasks on the
+    // same block (whose output gradient then stays in L2), as many blocks at
+    // a time as keep their sums under 16 MiB (128 images of 512 channels
+    // would hold 75 MB); each run's sums added up in block order, so the
+    // result is the same for any number of threads or blocks at a time.
+    let per_block = cout * cin * kk;
+    let at_once = (max_floats / per_block.max(1)).clamp(1, l.blocks);
+    let mut sums: Vec<Vec<f32>> = Vec::new();
+    for first in (0..l.blocks).step_by(at_once) {
+        let blocks = first..(first + at_once).min(l.blocks);
+        let tasks: Vec<(usize, usize)> = blocks.flat_map(|b| runs.iter().map(move |&c0| (b, c0))).collect();
+        let parts: Vec<Vec<f32>> = tasks.par_iter().map(|&(b, c0)| task(b, c0)).collect();
+        for (i, part) in parts.into_iter().enumerate() {
+            let r = i % runs.len();
+            match sums.get_mut(r) {
+                Some(sum) => sum.iter_mut().zip(&part).for_each(|(s, v)| *s += v),
+                None => sums.push(part),
+            }
+        }
+    }
+    // Into (cout, cin, k, k).
+    let mut dw = vec![0f32; cout * cin * kk];
+    for (&c0, sum) in runs.iter().zip(&sums) {
+        let cs = CHANNELS.min(cin - c0);
+        for (o0, rows) in groups(cout, db) {
+            let acc = &sum[o0 * cs * kk..][..rows * cs * kk];
+            for (i, taps) in acc.chunks_exact(rows * k).enumerate() {
+                let (c, ky) = (c0 + i / k, i % k);
+                for j in 0..rows {
+                    dw[((o0 + j) * cin + c) * kk + ky * k..][..k].copy_from_slice(&taps[j * k..][..k]);
+                }
+            }
+        }
+    }
+    dw
+}
+
+/// Whether these kernels take a `k` x `k` kernel (3x3, and 7x7 as the stem's).
+pub(super) fn supports(k: usize) -> bool {
+    k == 3 || k == 7
+}
+
+/// The convolution of NCHW `x` (`n` x `cin` x `h` x `w`) with `w` (`cout` x
+/// `cin` x `k` x `k`), as `l` says.
+pub(super) fn forward(x: &[f32], w: &[f32], l: &Lanes, cin: usize, cout: usize) -> Vec<f32> {
+    forward_with(x, w, l, (cin, cout), simd())
+}
+
+fn forward_with(x: &[f32], w: &[f32], l: &Lanes, (cin, cout): (usize, usize), fast: bool) -> Vec<f32> {
+    assert!(supports(l.k));
+    let kk = l.k * l.k;
+    let xb = to_lanes(x, cin, l.n, (l.h, l.w), l.p);
+    let wk = pack(w, (cout, cin, kk), false);
+    gather(&xb, (cin, l.plane_in()), &Plan::forward(l), &wk, (cout, kk), l.n, l.oh * l.ow, fast)
+}
+
+/// The input gradient (when `need_dx`, else empty) and the kernel gradient
+/// (when `need_dw`, else empty) of [`forward`].
+pub(super) fn backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    l: &Lanes,
+    cin: usize,
+    cout: usize,
+    need: (bool, bool),
+) -> (Vec<f32>, Vec<f32>) {
+    backward_with(x, w, dy, l, (cin, cout), need, simd())
+}
+
+fn backward_with(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    l: &Lanes,
+    (cin, cout): (usize, usize),
+    (need_dx, need_dw): (bool, bool),
+    fast: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(supports(l.k));
+    let kk = l.k * l.k;
+    let dyb = to_lanes(dy, cout, l.n, (l.oh, l.ow), 0);
+    let mut dw = Vec::new();
+    if need_dw {
+        dw = kernel_grad(&to_lanes(x, cin, l.n, (l.h, l.w), l.p), cin, &dyb, cout, l, fast);
+    }
+    let mut dx = Vec::new();
+    if need_dx {
+        let wk = pack(w, (cout, cin, kk), true);
+        dx = gather(&dyb, (cout, l.plane_out()), &Plan::input_grad(l), &wk, (cin, kk), l.n, l.h * l.w, fast);
+    }
+    (dx, dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::layers::randn;
+    use crate::train::rng::Rng;
+
+    /// The definition in double: the output, and for an output gradient
+    /// `dy` the input and kernel gradients, one product at a time.
+    fn naive(x: &[f32], w: &[f32], dy: &[f32], l: &Lanes, (cin, cout): (usize, usize)) -> [Vec<f64>; 3] {
+        let (k, s, p) = (l.k, l.s, l.p);
+        let mut y = vec![0f64; l.n * cout * l.oh * l.ow];
+        let mut dx = vec![0f64; x.len()];
+        let mut dw = vec![0f64; w.len()];
+        for b in 0..l.n {
+            for o in 0..cout {
+                for oy in 0..l.oh {
+                    for ox in 0..l.ow {
+                        let yi = ((b * cout + o) * l.oh + oy) * l.ow + ox;
+                        for c in 0..cin {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) = ((oy * s + ky).wrapping_sub(p), (ox * s + kx).wrapping_sub(p));
+                                    if iy < l.h && ix < l.w {
+                                        let xi = ((b * cin + c) * l.h + iy) * l.w + ix;
+                                        let wi = ((o * cin + c) * k + ky) * k + kx;
+                                        y[yi] += f64::from(x[xi]) * f64::from(w[wi]);
+                                        dx[xi] += f64::from(dy[yi]) * f64::from(w[wi]);
+                                        dw[wi] += f64::from(dy[yi]) * f64::from(x[xi]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        [y, dx, dw]
+    }
+
+    /// The layout puts each pixel in its image's lane, inside a zero border.
+    #[test]
+    fn the_lanes_layout_puts_the_batch_across_the_lanes() {
+        let (n, c, h, w) = (18, 2, 3, 5);
+        let x: Vec<f32> = (1..=n * c * h * w).map(|v| v as f32).collect();
+        let l = Lanes::new(n, (h, w), (3, 1, 1), (h, w));
+        assert_eq!(l.blocks, 2);
+        let xb = to_lanes(&x, c, n, (h, w), 1);
+        assert_eq!(xb.iter().filter(|v| **v != 0.0).count(), x.len());
+        // Image 17 (block 1, lane 1), channel 1, pixel (2, 4).
+        let at = (c + 1) * l.plane_in() + l.at_in(3, 5) + 1;
+        assert_eq!(xb[at], x[((17 * c + 1) * h + 2) * w + 4]);
+        // Its right neighbour is border.
+        assert_eq!(xb[at + L], 0.0);
+    }
+
+    /// Output and both gradients against the definition, with the SIMD
+    /// tiles and the plain ones, for 3x3 kernels with stride 1 and 2 and
+    /// 7x7/2 ones, batches that fill no whole block, ragged channel counts,
+    /// planes from 1x1 to 12x12 and more input channels than a pass.
+    #[test]
+    fn lanes_convolution_and_its_gradients_match_the_definition() {
+        let mut rng = Rng::new(11);
+        for (n, cin, cout, (h, w), (k, s, p)) in [
+            (1, 3, 4, (8, 8), (3, 1, 1)),
+            (17, 5, 7, (4, 4), (3, 1, 1)),
+            (16, 2, 6, (1, 1), (3, 1, 1)),
+            (20, 4, 3, (3, 5), (3, 1, 1)),
+            (2, 70, 5, (1, 3), (3, 1, 1)),
+            (17, 5, 7, (8, 8), (3, 2, 1)),
+            (3, 4, 13, (5, 7), (3, 2, 1)),
+            (18, 3, 8, (12, 12), (7, 2, 3)),
+            (2, 2, 3, (9, 6), (7, 2, 3)),
+        ] {
+            let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+            let l = Lanes::new(n, (h, w), (k, s, p), (oh, ow));
+            let x = randn(&mut rng, &[n, cin, h, w]);
+            let wt = randn(&mut rng, &[cout, cin, k, k]);
+            let dy = randn(&mut rng, &[n, cout, oh, ow]);
+            let want = naive(&x, &wt, &dy, &l, (cin, cout));
+            let run = |fast| {
+                let y = forward_with(&x, &wt, &l, (cin, cout), fast);
+                let (dx, dw) = backward_with(&x, &wt, &dy, &l, (cin, cout), (true, true), fast);
+                [y, dx, dw]
+            };
+            let plain = run(false);
+            for fast in [false, simd()] {
+                let got = run(fast);
+                // The SIMD tiles do the plain tiles' arithmetic in the same order.
+                assert!(got == plain, "{l:?}: SIMD and plain tiles differ");
+                for (what, (got, want)) in ["forward", "dx", "dw"].iter().zip(got.iter().zip(&want)) {
+                    assert_eq!(got.len(), want.len());
+                    for (a, b) in got.iter().zip(want) {
+                        assert!((f64::from(*a) - b).abs() <= 1e-4 * (1.0 + b.abs()), "{what} {l:?}: {a} vs {b}");
+                    }
+                }
+                let (none, only_dw) = backward_with(&x, &wt, &dy, &l, (cin, cout), (false, true), fast);
+                assert!(none.is_empty() && only_dw == got[2]);
+                // The blocks one at a time (sums bounded) add up the same.
+                let (xb, dyb) = (to_lanes(&x, cin, n, (h, w), p), to_lanes(&dy, cout, n, (oh, ow), 0));
+                assert!(kernel_grad_within(&xb, (cin, cout), &dyb, &l, fast, 1) == got[2]);
+            }
+        }
+    }
+}
