@@ -238,17 +238,20 @@ fn tile<const W: usize>(
 /// One kernel-gradient tile of `R` output channels and the `K` taps of
 /// kernel row `ky`, over the output rows `rows` of one block:
 /// `acc[j·K + kx] += Σ_{y, x, lane} dy[j·plane_out + at_out(y, x) + lane] · xb[at_in(y·s + ky, x·s + kx) + lane]`.
+#[allow(clippy::too_many_arguments)]
 fn tile_dw<const R: usize, const K: usize>(
     dy: &[f32],
     xb: &[f32],
+    (blocks, dy_next, x_next): (usize, usize, usize),
     l: &Lanes,
     ky: usize,
     rows: std::ops::Range<usize>,
     acc: &mut [f32],
     fast: bool,
 ) {
-    assert!(K == l.k && ky < K && acc.len() == R * K && rows.end <= l.oh);
-    assert!(R * l.plane_out() <= dy.len() && l.plane_in() <= xb.len());
+    assert!(K == l.k && ky < K && acc.len() == R * K && rows.end <= l.oh && blocks > 0);
+    assert!((blocks - 1) * dy_next + R * l.plane_out() <= dy.len());
+    assert!((blocks - 1) * x_next + l.plane_in() <= xb.len());
     // The last row's last read stays inside the padded plane.
     assert!(rows.is_empty() || l.at_in((rows.end - 1) * l.s + ky, (l.ow - 1) * l.s + K - 1) + L <= l.plane_in());
     #[cfg(target_arch = "x86_64")]
@@ -256,21 +259,24 @@ fn tile_dw<const R: usize, const K: usize>(
         // SAFETY: as in `tile`: AVX2 and FMA present, bounds asserted above.
         #[allow(unsafe_code)]
         unsafe {
-            return avx2::tile_dw::<R, K>(dy, xb, l, ky, rows, acc);
+            return avx2::tile_dw::<R, K>(dy, xb, (blocks, dy_next, x_next), l, ky, rows, acc);
         }
     }
     let _ = fast;
     // Eight partial sums per tap, as the SIMD version keeps them.
     let mut lanes = [[[0f32; 8]; K]; R];
-    for y in rows {
-        for x in 0..l.ow {
-            for half in 0..L / 8 {
-                let xs = &xb[l.at_in(y * l.s + ky, x * l.s) + half * 8..];
-                for (j, lanes) in lanes.iter_mut().enumerate() {
-                    let d = &dy[j * l.plane_out() + l.at_out(y, x) + half * 8..][..8];
-                    for (kx, lanes) in lanes.iter_mut().enumerate() {
-                        for (i, lane) in lanes.iter_mut().enumerate() {
-                            *lane = d[i].mul_add(xs[kx * L + i], *lane);
+    for b in 0..blocks {
+        let (xb, dy) = (&xb[b * x_next..], &dy[b * dy_next..]);
+        for y in rows.clone() {
+            for x in 0..l.ow {
+                for half in 0..L / 8 {
+                    let xs = &xb[l.at_in(y * l.s + ky, x * l.s) + half * 8..];
+                    for (j, lanes) in lanes.iter_mut().enumerate() {
+                        let d = &dy[j * l.plane_out() + l.at_out(y, x) + half * 8..][..8];
+                        for (kx, lanes) in lanes.iter_mut().enumerate() {
+                            for (i, lane) in lanes.iter_mut().enumerate() {
+                                *lane = d[i].mul_add(xs[kx * L + i], *lane);
+                            }
                         }
                     }
                 }
@@ -346,6 +352,7 @@ mod avx2 {
     pub(super) unsafe fn tile_dw<const R: usize, const K: usize>(
         dy: &[f32],
         xb: &[f32],
+        (blocks, dy_next, x_next): (usize, usize, usize),
         l: &Lanes,
         ky: usize,
         rows: std::ops::Range<usize>,
@@ -354,26 +361,28 @@ mod avx2 {
         let mut a = [[_mm256_setzero_ps(); K]; R];
         let (d, xp, plane) = (dy.as_ptr(), xb.as_ptr(), l.plane_out());
         let step = l.s * L;
-        for y in rows {
-            // Pointers stepped along the row (the index arithmetic per
-            // position cost a quarter of the tile).
-            let mut p = xp.add(l.at_in(y * l.s + ky, 0));
-            let mut q = d.add(l.at_out(y, 0));
-            for _ in 0..l.ow {
-                for half in 0..L / 8 {
-                    let mut xs = [_mm256_setzero_ps(); K];
-                    for (kx, v) in xs.iter_mut().enumerate() {
-                        *v = _mm256_loadu_ps(p.add(kx * L + half * 8));
-                    }
-                    for (j, a) in a.iter_mut().enumerate() {
-                        let dv = _mm256_loadu_ps(q.add(j * plane + half * 8));
-                        for (a, xv) in a.iter_mut().zip(xs) {
-                            *a = _mm256_fmadd_ps(dv, xv, *a);
+        for b in 0..blocks {
+            for y in rows.clone() {
+                // Pointers stepped along the row (the index arithmetic per
+                // position cost a quarter of the tile).
+                let mut p = xp.add(b * x_next + l.at_in(y * l.s + ky, 0));
+                let mut q = d.add(b * dy_next + l.at_out(y, 0));
+                for _ in 0..l.ow {
+                    for half in 0..L / 8 {
+                        let mut xs = [_mm256_setzero_ps(); K];
+                        for (kx, v) in xs.iter_mut().enumerate() {
+                            *v = _mm256_loadu_ps(p.add(kx * L + half * 8));
+                        }
+                        for (j, a) in a.iter_mut().enumerate() {
+                            let dv = _mm256_loadu_ps(q.add(j * plane + half * 8));
+                            for (a, xv) in a.iter_mut().zip(xs) {
+                                *a = _mm256_fmadd_ps(dv, xv, *a);
+                            }
                         }
                     }
+                    p = p.add(step);
+                    q = q.add(L);
                 }
-                p = p.add(step);
-                q = q.add(L);
             }
         }
         for (j, a) in a.iter().enumerate() {
@@ -484,7 +493,11 @@ fn kernel_grad_within(
     /// Input channels per task: their planes of a block stay in L2 while
     /// every tile of output channels goes over them.
     const CHANNELS: usize = 16;
+    /// Blocks per task, which each tile runs through before adding up its
+    /// lanes (a 4x4 plane's tile has 32 pixel-lanes a block).
+    const GROUP: usize = 4;
     let (k, kk, db) = (l.k, l.k * l.k, dw_rows(l.k));
+    let groups_of_blocks = l.blocks.div_ceil(GROUP);
     let runs: Vec<usize> = (0..cin).step_by(CHANNELS).collect();
     // For each kernel row, the output rows whose tap row reads a pixel row.
     let live_rows: Vec<std::ops::Range<usize>> = (0..k)
@@ -493,23 +506,25 @@ fn kernel_grad_within(
             ys.clone().min().unwrap_or(0)..ys.max().map_or(0, |y| y + 1)
         })
         .collect();
-    // One task's sums: for each tile of output channels (o0, rows), from
-    // o0 · cs · kk on, [channel][ky][row][kx].
-    let task = |b: usize, c0: usize| {
+    // One task's sums (blocks GROUP·g.. of it): for each tile of output
+    // channels (o0, rows), from o0 · cs · kk on, [channel][ky][row][kx].
+    let (dy_next, x_next) = (cout * l.plane_out(), cin * l.plane_in());
+    let task = |g: usize, c0: usize| {
+        let (b, nb) = (g * GROUP, GROUP.min(l.blocks - g * GROUP));
         let cs = CHANNELS.min(cin - c0);
         let mut acc = vec![0f32; cout * cs * kk];
         for (o0, rows) in groups(cout, db) {
-            let dy = &dyb[(b * cout + o0) * l.plane_out()..][..rows * l.plane_out()];
+            let dy = &dyb[(b * cout + o0) * l.plane_out()..][..(nb - 1) * dy_next + rows * l.plane_out()];
             let acc = &mut acc[o0 * cs * kk..][..rows * cs * kk];
             for (ci, acc) in acc.chunks_exact_mut(k * rows * k).enumerate() {
-                let x = &xb[(b * cin + c0 + ci) * l.plane_in()..][..l.plane_in()];
+                let x = &xb[(b * cin + c0 + ci) * l.plane_in()..][..(nb - 1) * x_next + l.plane_in()];
                 for (ky, acc) in acc.chunks_exact_mut(rows * k).enumerate() {
-                    let ys = live_rows[ky].clone();
+                    let (ys, span) = (live_rows[ky].clone(), (nb, dy_next, x_next));
                     match (rows, k) {
-                        (3, 3) => tile_dw::<3, 3>(dy, x, l, ky, ys, acc, fast),
-                        (2, 3) => tile_dw::<2, 3>(dy, x, l, ky, ys, acc, fast),
-                        (1, 3) => tile_dw::<1, 3>(dy, x, l, ky, ys, acc, fast),
-                        (1, 7) => tile_dw::<1, 7>(dy, x, l, ky, ys, acc, fast),
+                        (3, 3) => tile_dw::<3, 3>(dy, x, span, l, ky, ys, acc, fast),
+                        (2, 3) => tile_dw::<2, 3>(dy, x, span, l, ky, ys, acc, fast),
+                        (1, 3) => tile_dw::<1, 3>(dy, x, span, l, ky, ys, acc, fast),
+                        (1, 7) => tile_dw::<1, 7>(dy, x, span, l, ky, ys, acc, fast),
                         _ => unreachable!("kernel {k}: not a lanes convolution"),
                     }
                 }
@@ -517,18 +532,19 @@ fn kernel_grad_within(
         }
         acc
     };
-    // One task per block and run of input channels, consecutive tasks on the
-    // same block (whose output gradient then stays in L2), as many blocks at
-    // a time as keep their sums under 16 MiB (128 images of 512 channels
-    // would hold 75 MB); each run's sums added up in block order, so the
-    // result is the same for any number of threads or blocks at a time.
-    let per_block = cout * cin * kk;
-    let at_once = (max_floats / per_block.max(1)).clamp(1, l.blocks);
+    // One task per group of blocks and run of input channels, consecutive
+    // tasks on the same blocks (whose output gradient then stays in L2), as
+    // many groups at a time as keep their sums under `max_floats` (128 images
+    // of 512 channels one task a block would hold 75 MB); each run's sums
+    // added up in group order, so the result is the same for any number of
+    // threads or groups at a time.
+    let per_group = cout * cin * kk;
+    let at_once = (max_floats / per_group.max(1)).clamp(1, groups_of_blocks);
     let mut sums: Vec<Vec<f32>> = Vec::new();
-    for first in (0..l.blocks).step_by(at_once) {
-        let blocks = first..(first + at_once).min(l.blocks);
-        let tasks: Vec<(usize, usize)> = blocks.flat_map(|b| runs.iter().map(move |&c0| (b, c0))).collect();
-        let parts: Vec<Vec<f32>> = tasks.par_iter().map(|&(b, c0)| task(b, c0)).collect();
+    for first in (0..groups_of_blocks).step_by(at_once) {
+        let group = first..(first + at_once).min(groups_of_blocks);
+        let tasks: Vec<(usize, usize)> = group.flat_map(|g| runs.iter().map(move |&c0| (g, c0))).collect();
+        let parts: Vec<Vec<f32>> = tasks.par_iter().map(|&(g, c0)| task(g, c0)).collect();
         for (i, part) in parts.into_iter().enumerate() {
             let r = i % runs.len();
             match sums.get_mut(r) {
@@ -668,8 +684,9 @@ mod tests {
 
     /// Output and both gradients against the definition, with the SIMD
     /// tiles and the plain ones, for 3x3 kernels with stride 1 and 2 and
-    /// 7x7/2 ones, batches that fill no whole block, ragged channel counts,
-    /// planes from 1x1 to 12x12 and more input channels than a pass.
+    /// 7x7/2 ones, batches that fill no whole block and more than one group
+    /// of blocks, ragged channel counts, planes from 1x1 to 12x12 and more
+    /// input channels than a pass.
     #[test]
     fn lanes_convolution_and_its_gradients_match_the_definition() {
         let mut rng = Rng::new(11);
@@ -683,6 +700,7 @@ mod tests {
             (3, 4, 13, (5, 7), (3, 2, 1)),
             (18, 3, 8, (12, 12), (7, 2, 3)),
             (2, 2, 3, (9, 6), (7, 2, 3)),
+            (70, 3, 4, (4, 4), (3, 1, 1)),
         ] {
             let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
             let l = Lanes::new(n, (h, w), (k, s, p), (oh, ow));
@@ -708,7 +726,8 @@ mod tests {
                 }
                 let (none, only_dw) = backward_with(&x, &wt, &dy, &l, (cin, cout), (false, true), fast);
                 assert!(none.is_empty() && only_dw == got[2]);
-                // The blocks one at a time (sums bounded) add up the same.
+                // The groups of blocks one at a time (sums bounded) add up
+                // the same (five blocks: two groups).
                 let (xb, dyb) = (to_lanes(&x, cin, n, (h, w), p), to_lanes(&dy, cout, n, (oh, ow), 0));
                 assert!(kernel_grad_within(&xb, (cin, cout), &dyb, &l, fast, 1) == got[2]);
             }
