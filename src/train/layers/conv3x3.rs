@@ -425,19 +425,19 @@ fn kernel_grad(xp: &[f32], cin: usize, dyp: &[f32], cout: usize, l: &Padded, fas
         .collect();
     let mut dw = vec![0f32; cout * cin * 9];
     for (&(o0, rows, c0), acc) in tasks.iter().zip(&parts) {
-        put_dw(&mut dw, acc, (o0, rows), c0, cin);
+        put_dw(&mut dw, acc, (o0, rows), c0, (cin, 3));
     }
     dw
 }
 
 /// A kernel-gradient tile's sums, `[channel][ky][row][kx]` for the output
 /// channels `o0..o0 + rows` and the input channels from `c0` on, into `dw`
-/// (`cout`, `cin`, 3, 3).
-pub(super) fn put_dw(dw: &mut [f32], acc: &[f32], (o0, rows): (usize, usize), c0: usize, cin: usize) {
-    for (i, taps) in acc.chunks_exact(rows * 3).enumerate() {
-        let (c, ky) = (c0 + i / 3, i % 3);
+/// (`cout`, `cin`, `k`, `k`).
+pub(super) fn put_dw(dw: &mut [f32], acc: &[f32], (o0, rows): (usize, usize), c0: usize, (cin, k): (usize, usize)) {
+    for (i, taps) in acc.chunks_exact(rows * k).enumerate() {
+        let (c, ky) = (c0 + i / k, i % k);
         for j in 0..rows {
-            dw[((o0 + j) * cin + c) * 9 + ky * 3..][..3].copy_from_slice(&taps[j * 3..j * 3 + 3]);
+            dw[((o0 + j) * cin + c) * k * k + ky * k..][..k].copy_from_slice(&taps[j * k..][..k]);
         }
     }
 }

@@ -25,7 +25,7 @@
 //! The tiles use AVX2 and FMA where the CPU has them and the same arithmetic
 //! in plain Rust elsewhere. Lanes past the batch are zeros.
 
-use super::conv3x3::{groups, simd, OB};
+use super::conv3x3::{groups, put_dw, simd, OB};
 use rayon::prelude::*;
 
 /// Images per block: the lanes of two 8-float vectors.
@@ -558,13 +558,7 @@ fn kernel_grad_within(
     for (&c0, sum) in runs.iter().zip(&sums) {
         let cs = CHANNELS.min(cin - c0);
         for (o0, rows) in groups(cout, db) {
-            let acc = &sum[o0 * cs * kk..][..rows * cs * kk];
-            for (i, taps) in acc.chunks_exact(rows * k).enumerate() {
-                let (c, ky) = (c0 + i / k, i % k);
-                for j in 0..rows {
-                    dw[((o0 + j) * cin + c) * kk + ky * k..][..k].copy_from_slice(&taps[j * k..][..k]);
-                }
-            }
+            put_dw(&mut dw, &sum[o0 * cs * kk..][..rows * cs * kk], (o0, rows), c0, (cin, k));
         }
     }
     dw
