@@ -506,16 +506,17 @@ fn kernel_grad_within(
             ys.clone().min().unwrap_or(0)..ys.max().map_or(0, |y| y + 1)
         })
         .collect();
-    // One task's sums (blocks GROUP·g.. of it): for each tile of output
-    // channels (o0, rows), from o0 · cs · kk on, [channel][ky][row][kx].
+    // One task's sums (blocks GROUP·g.. of it) for the tiles of output
+    // channels (o0, rows) `tiles`, from the first tile's o0 · cs · kk on,
+    // [channel][ky][row][kx].
     let (dy_next, x_next) = (cout * l.plane_out(), cin * l.plane_in());
-    let task = |g: usize, c0: usize| {
+    let task = |g: usize, c0: usize, tiles: &[(usize, usize)], acc: &mut [f32]| {
         let (b, nb) = (g * GROUP, GROUP.min(l.blocks - g * GROUP));
         let cs = CHANNELS.min(cin - c0);
-        let mut acc = vec![0f32; cout * cs * kk];
-        for (o0, rows) in groups(cout, db) {
+        let first = tiles.first().map_or(0, |t| t.0);
+        for &(o0, rows) in tiles {
             let dy = &dyb[(b * cout + o0) * l.plane_out()..][..(nb - 1) * dy_next + rows * l.plane_out()];
-            let acc = &mut acc[o0 * cs * kk..][..rows * cs * kk];
+            let acc = &mut acc[(o0 - first) * cs * kk..][..rows * cs * kk];
             for (ci, acc) in acc.chunks_exact_mut(k * rows * k).enumerate() {
                 let x = &xb[(b * cin + c0 + ci) * l.plane_in()..][..(nb - 1) * x_next + l.plane_in()];
                 for (ky, acc) in acc.chunks_exact_mut(rows * k).enumerate() {
@@ -530,21 +531,42 @@ fn kernel_grad_within(
                 }
             }
         }
-        acc
     };
+    let tiles: Vec<(usize, usize)> = groups(cout, db).collect();
     // One task per group of blocks and run of input channels, consecutive
     // tasks on the same blocks (whose output gradient then stays in L2), as
     // many groups at a time as keep their sums under `max_floats` (128 images
     // of 512 channels one task a block would hold 75 MB); each run's sums
     // added up in group order, so the result is the same for any number of
-    // threads or groups at a time.
+    // threads or groups at a time. Where that makes fewer than two tasks a
+    // thread (ResNet's stem, three input channels, for 64 images: one task),
+    // each task's tiles of output channels are split among more (each sum
+    // still computed by one of them, in the same order).
     let per_group = cout * cin * kk;
     let at_once = (max_floats / per_group.max(1)).clamp(1, groups_of_blocks);
     let mut sums: Vec<Vec<f32>> = Vec::new();
     for first in (0..groups_of_blocks).step_by(at_once) {
         let group = first..(first + at_once).min(groups_of_blocks);
         let tasks: Vec<(usize, usize)> = group.flat_map(|g| runs.iter().map(move |&c0| (g, c0))).collect();
-        let parts: Vec<Vec<f32>> = tasks.par_iter().map(|&(g, c0)| task(g, c0)).collect();
+        let split = (2 * rayon::current_num_threads()).div_ceil(tasks.len()).clamp(1, tiles.len());
+        let per_part = tiles.len().div_ceil(split);
+        let parts: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(g, c0)| {
+                let cs = CHANNELS.min(cin - c0);
+                let mut acc = vec![0f32; cout * cs * kk];
+                let mut pieces = Vec::new();
+                let mut rest = acc.as_mut_slice();
+                for part in tiles.chunks(per_part) {
+                    let len = part.iter().map(|t| t.1).sum::<usize>() * cs * kk;
+                    let (piece, tail) = std::mem::take(&mut rest).split_at_mut(len);
+                    rest = tail;
+                    pieces.push((part, piece));
+                }
+                pieces.into_par_iter().for_each(|(part, piece)| task(g, c0, part, piece));
+                acc
+            })
+            .collect();
         for (i, part) in parts.into_iter().enumerate() {
             let r = i % runs.len();
             match sums.get_mut(r) {
@@ -557,7 +579,7 @@ fn kernel_grad_within(
     let mut dw = vec![0f32; cout * cin * kk];
     for (&c0, sum) in runs.iter().zip(&sums) {
         let cs = CHANNELS.min(cin - c0);
-        for (o0, rows) in groups(cout, db) {
+        for &(o0, rows) in &tiles {
             put_dw(&mut dw, &sum[o0 * cs * kk..][..rows * cs * kk], (o0, rows), c0, (cin, k));
         }
     }
@@ -724,6 +746,12 @@ mod tests {
                 // the same (five blocks: two groups).
                 let (xb, dyb) = (to_lanes(&x, cin, n, (h, w), p), to_lanes(&dy, cout, n, (oh, ow), 0));
                 assert!(kernel_grad_within(&xb, (cin, cout), &dyb, &l, fast, 1) == got[2]);
+                // So do the tiles of output channels split among more tasks
+                // (more for more threads).
+                for threads in [1, 5] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    assert!(pool.install(|| kernel_grad_within(&xb, (cin, cout), &dyb, &l, fast, 4 << 20)) == got[2]);
+                }
             }
         }
     }
