@@ -2,11 +2,20 @@
 //! benchmark examples, so that they measure what the binary does), before any
 //! thread is spawned. Library code never calls it.
 
+/// candle's setting of how long its elementwise pool's idle workers spin.
+const BARRIER_SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
 /// Settings that make candle fast on the CPU, for the commands that train.
 ///
 /// * candle asks for its thread count on every op and, unless `RAYON_NUM_THREADS`
 ///   is set, parses `/proc/cpuinfo` each time (2% of a training step): set it
 ///   once from the cores this process may use.
+/// * candle 0.11 runs its large elementwise ops (the gradients' sums among them)
+///   on a second pool of threads beside rayon's, whose idle workers spin 25,000
+///   `pause`s (about 0.6 ms on the 2-core reference machine) before they sleep,
+///   taking a core from rayon's workers after every such op (5% of DenseNet121's
+///   CPU samples at 32x32): unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set, they
+///   spin 1,000 (about 25 µs, enough for a run of such ops) and then sleep.
 /// * glibc returns freed blocks above 128 KiB to the OS at once, so every tensor
 ///   of a training step is page-faulted in again (a third of the step's time on
 ///   the 2-core reference machine, measured with perf): serve blocks up to 32 MiB
@@ -19,6 +28,10 @@ pub fn tune_for_training() {
         let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         // SAFETY: called at start-up, before this process starts other threads.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+    if std::env::var_os(BARRIER_SPIN).is_none() {
+        // SAFETY: as above; candle reads it when its pool starts, at the first op.
+        unsafe { std::env::set_var(BARRIER_SPIN, "1000") };
     }
     keep_freed_memory();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
