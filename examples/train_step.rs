@@ -41,6 +41,15 @@ fn peak_rss_mib() -> f64 {
 fn main() -> anyhow::Result<()> {
     sweep::process::tune_for_training();
     let args: Vec<String> = std::env::args().collect();
+    // On the CPU from a thread of its own pool, as the trainer runs.
+    if args.get(5).is_none_or(|d| d == "cpu") {
+        sweep::train::threads::on_own_pool(|| measure(&args))
+    } else {
+        measure(&args)
+    }
+}
+
+fn measure(args: &[String]) -> anyhow::Result<()> {
     let model = args.get(1).map_or("resnet18", String::as_str);
     let batch: usize = args.get(2).map_or(Ok(8), |s| s.parse())?;
     let size: usize = args.get(3).map_or(Ok(224), |s| s.parse())?;

@@ -126,7 +126,7 @@ pub enum Verdict {
 /// Receives what the trainer produces; implemented by the worker (the
 /// database, through a channel) and by [`MemorySink`]. Each call returns only
 /// once the record is durable.
-pub trait EpochSink {
+pub trait EpochSink: Send {
     /// An epoch finished; its latest checkpoint (and best, if it improved) is
     /// on disk. The answer says whether to train on.
     ///

@@ -31,6 +31,7 @@ pub mod probe;
 pub mod pth;
 pub use crate::rng;
 pub mod schedule;
+pub mod threads;
 pub mod weights;
 
 pub use epoch::{train, validation_split};

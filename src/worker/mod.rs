@@ -524,7 +524,7 @@ async fn execute(
         let position = place.position;
         std::thread::Builder::new()
             .name(format!("train-{}", run.id))
-            .stack_size(256 << 20)
+            .stack_size(train::threads::STACK_BYTES)
             .spawn(move || {
                 let req = TrainRequest {
                     config: &config,
