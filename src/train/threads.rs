@@ -8,7 +8,8 @@
 //! Run from a thread of the pool, the trainer's serial work takes one of its
 //! threads and only the others wait. On the 2-core reference machine
 //! (BENCHMARKS.md, 2026-12-05, "the trainer on a pool thread"): DenseNet121
-//! steps at 32x32 about 12% faster, ResNet18 at 32x32 about 10%.
+//! steps at 32x32 about 12% faster, ResNet18's and smallcnn's 0-10% (within
+//! the machine's noise on real data, where the loader's threads share the cores).
 
 /// Stack of each thread a run trains on: candle's backward pass and the
 /// models' recursion are deep for the largest networks (the worker's training
