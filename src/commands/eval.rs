@@ -139,10 +139,11 @@ pub fn eval(
     let built = spec.build(classes, &dev, 0).map_err(anyhow::Error::msg)?;
     let start = std::time::Instant::now();
     let pipe = train::pipeline(&transforms, &ds.test, &dev)?;
-    let (model_net, test, pipe_ref, dev_ref) = (built.inference, &ds.test, &pipe, &dev);
-    let evaluate = move || train::evaluate_model(model_net.as_ref(), test, None, pipe_ref, 256, seed, dev_ref);
-    // On the CPU from a pool of its own, as the trainer runs (train::threads).
-    let stats = if dev.is_cpu() { train::threads::on_own_pool(evaluate) } else { evaluate() }?;
+    // From the threads the trainer runs on (train::threads); the model moves there.
+    let (net, test, pipe_ref, dev_ref) = (built.inference, &ds.test, &pipe, &dev);
+    let stats = train::threads::for_device(&dev, move || {
+        train::evaluate_model(net.as_ref(), test, None, pipe_ref, 256, seed, dev_ref)
+    })?;
     let secs = start.elapsed().as_secs_f64();
     match format {
         EvalFormat::Json => {

@@ -30,11 +30,7 @@ fn record(kind: CheckpointKind, saved: &Saved, state: &TrainerState, metric: Opt
 /// Trains (or resumes) one run to its last epoch, or until `stop` is set.
 /// On the CPU it trains from a thread of its own pool ([`super::threads`]).
 pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, TrainError> {
-    if req.device.is_cpu() {
-        super::threads::on_own_pool(|| train_here(req, sink))
-    } else {
-        train_here(req, sink)
-    }
+    super::threads::for_device(req.device, || train_here(req, sink))
 }
 
 fn train_here(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, TrainError> {

@@ -39,12 +39,8 @@ pub fn split_sizes(cfg: &RunConfig) -> Option<(usize, usize)> {
 /// # Errors
 /// The model cannot be built, or a step fails (e.g. out of memory).
 pub fn probe(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) -> Result<Pace, TrainError> {
-    // From a pool of its own on the CPU, as the trainer runs ([`super::threads`]).
-    if device.is_cpu() {
-        super::threads::on_own_pool(|| probe_here(cfg, device, max_batch, steps))
-    } else {
-        probe_here(cfg, device, max_batch, steps)
-    }
+    // From the threads the trainer runs on ([`super::threads`]).
+    super::threads::for_device(device, || probe_here(cfg, device, max_batch, steps))
 }
 
 fn probe_here(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) -> Result<Pace, TrainError> {

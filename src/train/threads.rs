@@ -32,6 +32,17 @@ pub fn on_own_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Runs `f` as a run's training, probe or evaluation runs on `device`: on
+/// the CPU from a thread of its own pool ([`on_own_pool`]), on a GPU from
+/// this thread (which only queues the device's work).
+pub fn for_device<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu() {
+        on_own_pool(f)
+    } else {
+        f()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

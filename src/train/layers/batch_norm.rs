@@ -64,7 +64,7 @@ const SMALL_PLANE: usize = 8;
 /// Channel ranges for the tasks of the image-by-image passes: about four a thread.
 fn channel_groups(c: usize) -> Vec<std::ops::Range<usize>> {
     let per = c.div_ceil(4 * rayon::current_num_threads()).max(1);
-    (0..c).step_by(per).map(|c0| c0..(c0 + per).min(c)).collect()
+    super::conv3x3::groups(c, per).map(|(c0, k)| c0..c0 + k).collect()
 }
 
 /// Per-channel mean and biased variance of NCHW `x` (f32 on the CPU), in two
@@ -175,16 +175,14 @@ impl candle_core::CustomOp3 for BatchNormOp {
             }
         };
         // Small planes an image at a time (see SMALL_PLANE), others a plane at a time.
-        let per_task = if hw < self.by_image_below { c * hw } else { hw };
+        let planes_per_task = if hw < self.by_image_below { c } else { 1 };
+        let (len, hw1) = ((planes_per_task * hw).max(1), hw.max(1));
         let fill = |out: &mut [MaybeUninit<f32>]| {
-            out.par_chunks_mut(per_task.max(1)).zip(x.par_chunks(per_task.max(1))).enumerate().for_each(
-                |(t, (o, x))| {
-                    let first = t * (per_task / hw.max(1));
-                    for (i, (o, x)) in o.chunks_mut(hw.max(1)).zip(x.chunks(hw.max(1))).enumerate() {
-                        plane(first + i, o, x);
-                    }
-                },
-            );
+            out.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate().for_each(|(t, (o, x))| {
+                for (i, (o, x)) in o.chunks_mut(hw1).zip(x.chunks(hw1)).enumerate() {
+                    plane(t * planes_per_task + i, o, x);
+                }
+            });
         };
         // SAFETY: `fill` writes every element: each plane of `hw` floats, one per input float.
         #[allow(unsafe_code)]

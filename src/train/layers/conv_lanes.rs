@@ -555,15 +555,10 @@ fn kernel_grad_within(
             .map(|&(g, c0)| {
                 let cs = CHANNELS.min(cin - c0);
                 let mut acc = vec![0f32; cout * cs * kk];
-                let mut pieces = Vec::new();
-                let mut rest = acc.as_mut_slice();
-                for part in tiles.chunks(per_part) {
-                    let len = part.iter().map(|t| t.1).sum::<usize>() * cs * kk;
-                    let (piece, tail) = std::mem::take(&mut rest).split_at_mut(len);
-                    rest = tail;
-                    pieces.push((part, piece));
-                }
-                pieces.into_par_iter().for_each(|(part, piece)| task(g, c0, part, piece));
+                // Every tile but the last has `db` output channels.
+                acc.par_chunks_mut(per_part * db * cs * kk)
+                    .zip(tiles.par_chunks(per_part))
+                    .for_each(|(piece, part)| task(g, c0, part, piece));
                 acc
             })
             .collect();
