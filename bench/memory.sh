@@ -9,9 +9,18 @@
 # Needs python3 with torch and torchvision.
 #   bench/memory.sh                          # the five workloads of issue 19
 #   bench/memory.sh resnet152:8:224 vgg16    # model[:batch[:size[:steps]]] (default 8, 224, $STEPS or 4)
+#   bench/memory.sh term                     # the five runs of experiments/report.toml
+# A model may be FILE#RUN: run RUN of a sweep file, with its head, frozen layers
+# and optimiser (from random weights), built alike on both sides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 default=(smallcnn:64:32:40 resnet18:128:32:6 resnet18:8:224:6 resnet50:8:224:4 densenet121:8:224:4)
+# The term report's runs at their batch sizes and resolutions, but VGG16's at
+# batch 16 (its 128 at 224x224 takes 15 s a step here).
+r=experiments/report.toml
+term=("$r#resnet18-finetune:50:224:3" "$r#resnet50-layer3-4+mlp:128:32:4" "$r#resnet152-layer3-4+mlp:128:32:3"
+  "$r#densenet169:128:32:3" "$r#vgg16-deep-head:16:224:3")
+if [ "${1:-}" = term ]; then set -- "${term[@]}"; fi
 workloads=("${@:-${default[@]}}")
 steps=${STEPS:-4}
 cargo build --release --example train_step >&2

@@ -3,6 +3,12 @@
 //!
 //!     cargo run --release --example train_step -- resnet18 8 224 [steps] [cpu|cuda:N] [f32|tf32|bf16]
 //!
+//! In place of a model's name, `FILE#RUN` trains run RUN of sweep file FILE
+//! as it is configured there (head, frozen layers, optimiser), from random
+//! weights, e.g. `experiments/report.toml#resnet50-layer3-4+mlp 128 32`;
+//! otherwise the model is torchvision's, nothing frozen, under SGD with
+//! momentum 0.9.
+//!
 //! On a GPU each phase ends with a device synchronisation, so the split is
 //! the GPU's time (the kernels `SWEEP_GPU_KERNELS` chooses), and the JSON has
 //! the memory figures: the device's memory in use (all of it, as
@@ -13,7 +19,6 @@
 //! the cuDNN convolution workspace with each shape's algorithms.
 
 use candle_core::Tensor;
-use sweep::spec::OptimizerSpec;
 use sweep::train::models::ModelSpec;
 use sweep::train::optim::Optimizer;
 use sweep::train::rng::Rng;
@@ -56,13 +61,27 @@ fn measure(args: &[String]) -> anyhow::Result<()> {
     let steps: usize = args.get(4).map_or(Ok(1), |s| s.parse())?;
     let choice: sweep::spec::DeviceChoice = args.get(5).map_or("cpu", String::as_str).parse()?;
     let precision = args.get(6).map_or("f32", String::as_str);
-    let spec = ModelSpec::plain(model).map_err(anyhow::Error::msg)?;
+    let (model, spec, opt_spec) = match model.split_once('#') {
+        Some((file, run)) => {
+            let sweep = sweep::spec::load(std::path::Path::new(file))?;
+            let Some(planned) = sweep.runs.into_iter().find(|r| r.name == run) else {
+                anyhow::bail!("{file} has no run named `{run}`");
+            };
+            // Random weights: the speed is the same and nothing is downloaded.
+            let config = sweep::spec::RunConfig { pretrained: None, ..planned.config };
+            (run, ModelSpec::of(&config).map_err(anyhow::Error::msg)?, config.optimizer)
+        }
+        None => (
+            model,
+            ModelSpec::plain(model).map_err(anyhow::Error::msg)?,
+            serde_json::from_str(r#"{"name": "sgd", "lr": 0.01, "momentum": 0.9}"#)?,
+        ),
+    };
     let (device, described) = sweep::train::device(choice)?;
     #[cfg(feature = "cuda")]
     candle_core::cuda::set_gemm_reduced_precision_f32(precision == "tf32");
     let compute = if precision == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 };
     let built = spec.build_with(10, &device, 0, compute).map_err(anyhow::Error::msg)?;
-    let opt_spec: OptimizerSpec = serde_json::from_str(r#"{"name": "sgd", "lr": 0.01, "momentum": 0.9}"#)?;
     let mut opt = Optimizer::new(opt_spec, built.trainable.clone());
     let after_build = peak_rss_mib();
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
@@ -137,6 +156,7 @@ fn measure(args: &[String]) -> anyhow::Result<()> {
         serde_json::json!({
             "pipelined_step_seconds": pipelined,
             "impl": "sweep", "model": model, "batch": batch, "size": size, "device": described, "precision": precision,
+            "trainable_parameters": built.trainable.iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
             "peak_rss_mib": peak_rss_mib(), "rss_after_build_mib": after_build, "step_seconds": times,
             "forward_backward_optimizer_seconds": split, "backward_host_seconds": enqueue,
             "forward_host_seconds": forward_host,
