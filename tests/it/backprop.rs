@@ -120,3 +120,28 @@ fn a_view_gradient_reaching_an_op_that_needs_it_contiguous_is_made_so() {
     // g.t() * w: dg = w.t() = [[1, 100], [10, 1000]]; row 0 picks columns 0 and 2, row 1 column 1 twice
     assert_eq!(values(grads.get(x.as_tensor()).unwrap()), [1., 0., 100., 0., 1010., 0.]);
 }
+
+#[test]
+fn a_matmul_gives_gradients_only_to_operands_that_track_one() {
+    // A Linear layer over a frozen backbone's features: x tracks nothing, the
+    // weight is read transposed (`x · wᵀ`, as `Linear::forward` does).
+    let dev = Device::Cpu;
+    let x = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &dev).unwrap();
+    let w = Var::new(&[[1f32, 0., -1.], [2., 1., 0.]], &dev).unwrap();
+    let y = x.matmul(&w.as_tensor().t().unwrap()).unwrap();
+    let dy = Tensor::new(&[[1f32, 10.], [100., 1000.]], &dev).unwrap();
+    let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_none(), "no gradient for an input that tracks none");
+    // dL/dw = dyᵀ · x = [[1 + 400, 2 + 500, 3 + 600], [10 + 4000, 20 + 5000, 30 + 6000]]
+    let gw = grads.get(w.as_tensor()).unwrap();
+    assert!(gw.is_contiguous());
+    assert_eq!(values(gw), [401., 502., 603., 4010., 5020., 6030.]);
+
+    // Both operands variables, neither transposed: both gradients, as upstream.
+    let a = Var::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap();
+    let b = Var::new(&[[5f32, 6.], [7., 8.]], &dev).unwrap();
+    let grads = a.as_tensor().matmul(b.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    // dL/da = 1 · bᵀ (row sums of b), dL/db = aᵀ · 1 (column sums of a)
+    assert_eq!(values(grads.get(a.as_tensor()).unwrap()), [11., 15., 11., 15.]);
+    assert_eq!(values(grads.get(b.as_tensor()).unwrap()), [4., 4., 6., 6.]);
+}

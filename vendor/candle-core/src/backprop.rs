@@ -450,11 +450,27 @@ impl Tensor {
                         // Skipping checks, the op went ok, we can skip
                         // the matmul size checks for now.
 
-                        let lhs_grad = grad.matmul(&rhs.t()?)?;
-                        grads.accumulate(lhs, &lhs_grad)?;
+                        // sweep: an operand that tracks no gradient (a frozen
+                        // backbone's features, a detached weight) gets none: its
+                        // product was computed and stored for nothing.
+                        if lhs.track_op() {
+                            let lhs_grad = grad.matmul(&rhs.t()?)?;
+                            grads.accumulate(lhs, &lhs_grad)?;
+                        }
 
-                        let rhs_grad = lhs.t()?.matmul(&grad)?;
-                        grads.accumulate(rhs, &rhs_grad)?;
+                        if rhs.track_op() {
+                            // sweep: a transposed operand (a Linear's `weight.t()`)
+                            // gets its gradient as the transpose of a contiguous
+                            // product, so that the transpose's own backward hands
+                            // the weight a contiguous gradient instead of a strided
+                            // view to copy.
+                            let rhs_grad = if !rhs.is_contiguous() && rhs.t()?.is_contiguous() {
+                                grad.t()?.matmul(lhs)?.t()?
+                            } else {
+                                lhs.t()?.matmul(&grad)?
+                            };
+                            grads.accumulate(rhs, &rhs_grad)?;
+                        }
                     }
                     Op::Cat(args, dim) => {
                         let mut start_idx = 0;
