@@ -16,7 +16,8 @@
 //! * [`batch_norm_cpu`]: BatchNorm's normalisation as one op with PyTorch's
 //!   closed-form backward, statistics accumulated in f64, optionally with the
 //!   ReLU that follows it in the same op.
-//! * [`add_relu`]: a ResNet block's `relu(out + identity)` as one op.
+//! * [`add_relu`]: a ResNet block's `relu(out + identity)` as one op, and
+//!   `bias_relu`: a VGG convolution's `relu(out + bias)`.
 //! * [`batch_norm_relu_max_pool2_cpu`]: BatchNorm, ReLU and a 2x2/2 max-pool as
 //!   one op (smallcnn's blocks).
 //!
@@ -30,13 +31,14 @@
 //!   resident split's batches (`pixels_cuda.rs`), all with `--features cudnn` (what they share: `cuda.rs`); with
 //!   `cudnn-nhwc` the same with channels-last activations (`layout.rs`).
 //!
-//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs` (and the channels-last filter, `krsc_cuda.rs`), `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `relu_cuda.rs`, `optim_step.rs` (`optim_cpu.rs`, `optim_cuda.rs`), `batch_norm.rs`, `add_relu.rs`,
+//! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs` (and the channels-last filter, `krsc_cuda.rs`), `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `relu_cuda.rs`, `optim_step.rs` (`optim_cpu.rs`, `optim_cuda.rs`), `batch_norm.rs`, `add_relu.rs`, `bias_relu.rs`,
 //! `bn_relu_pool.rs` (and
 //! the matrix product in `gemm.rs`); the CPU-storage helpers
 //! they share are here.
 
 mod add_relu;
 mod batch_norm;
+mod bias_relu;
 #[cfg(feature = "cudnn")]
 mod bn_cuda;
 mod bn_relu_pool;
@@ -70,6 +72,7 @@ mod winograd;
 
 pub use add_relu::{add_relu, relu};
 pub use batch_norm::{batch_norm_cpu, channel_stats};
+pub(crate) use bias_relu::bias_relu;
 #[cfg(feature = "cudnn")]
 pub use bn_cuda::{batch_norm_eval_cuda, batch_norm_train_cuda};
 pub use bn_relu_pool::batch_norm_relu_max_pool2_cpu;

@@ -200,6 +200,19 @@ impl Conv {
             None => Ok(y),
         }
     }
+
+    /// `relu(self.forward(xs))`, the bias and the ReLU one op on the CPU
+    /// (in place where no gradient is tracked).
+    pub fn forward_relu(&self, xs: &Tensor) -> Result<Tensor> {
+        let y = match conv2d_layer(xs, &self.weight, self.params, self.compute)? {
+            Some(y) => y,
+            None => in_precision(self.compute, xs, &self.weight, |x, w| conv2d(x, w, self.params))?,
+        };
+        match &self.bias {
+            Some(b) => crate::train::layers::bias_relu(y, b),
+            None => crate::train::layers::relu(&y),
+        }
+    }
 }
 
 /// A fully connected layer.

@@ -103,16 +103,16 @@ impl Classifier for Vgg {
         let mut layers = self.features.iter().peekable();
         while let Some(layer) = layers.next() {
             xs = match layer {
-                Layer::Conv(conv, bn) => {
+                // The bias and the ReLU: one op on the CPU.
+                Layer::Conv(conv, None) => conv.forward_relu(&xs)?,
+                Layer::Conv(conv, Some(bn)) => {
                     let y = conv.forward(&xs)?;
-                    match bn {
-                        // BatchNorm, ReLU and the block's pool: one op on the CPU.
-                        Some(bn) if matches!(layers.peek(), Some(Layer::Pool)) => {
-                            layers.next();
-                            bn.forward_relu_max_pool2(&y, train)?
-                        }
-                        Some(bn) => bn.forward_relu(&y, train)?,
-                        None => crate::train::layers::relu(&y)?,
+                    // BatchNorm, ReLU and the block's pool: one op on the CPU.
+                    if matches!(layers.peek(), Some(Layer::Pool)) {
+                        layers.next();
+                        bn.forward_relu_max_pool2(&y, train)?
+                    } else {
+                        bn.forward_relu(&y, train)?
                     }
                 }
                 Layer::Pool => max_pool2d(&xs, PoolParams { kernel: 2, stride: 2, padding: 0 })?,
