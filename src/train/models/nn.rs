@@ -191,10 +191,7 @@ pub struct Conv {
 impl Conv {
     /// Applies the convolution.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let y = match conv2d_layer(xs, &self.weight, self.params, self.compute)? {
-            Some(y) => y,
-            None => in_precision(self.compute, xs, &self.weight, |x, w| conv2d(x, w, self.params))?,
-        };
+        let y = self.convolve(xs)?;
         match &self.bias {
             Some(b) => add_channel_bias(&y, b),
             None => Ok(y),
@@ -204,13 +201,18 @@ impl Conv {
     /// `relu(self.forward(xs))`, the bias and the ReLU one op on the CPU
     /// (in place where no gradient is tracked).
     pub fn forward_relu(&self, xs: &Tensor) -> Result<Tensor> {
-        let y = match conv2d_layer(xs, &self.weight, self.params, self.compute)? {
-            Some(y) => y,
-            None => in_precision(self.compute, xs, &self.weight, |x, w| conv2d(x, w, self.params))?,
-        };
+        let y = self.convolve(xs)?;
         match &self.bias {
             Some(b) => crate::train::layers::bias_relu(y, b),
             None => crate::train::layers::relu(&y),
+        }
+    }
+
+    /// The convolution without the bias.
+    fn convolve(&self, xs: &Tensor) -> Result<Tensor> {
+        match conv2d_layer(xs, &self.weight, self.params, self.compute)? {
+            Some(y) => Ok(y),
+            None => in_precision(self.compute, xs, &self.weight, |x, w| conv2d(x, w, self.params)),
         }
     }
 }
