@@ -467,4 +467,34 @@ mod tests {
         let e = bn.forward(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!((e[0] - (1.0 - 0.3) / (rv + 1e-5).sqrt()).abs() < 1e-6);
     }
+
+    /// VGG's convolutions end in `bias_relu`, in place where nothing tracks a
+    /// gradient: the detached network (the evaluation's) gives the same bits
+    /// as the tracked one, twice, and leaves its input and weights as they were.
+    #[test]
+    fn a_vgg_evaluated_in_place_equals_the_tracked_network() {
+        use crate::train::models::{Arch, ModelSpec};
+        // A small VGG: two blocks of 8 and 16 channels, a classifier 32 wide.
+        let mut spec = ModelSpec::plain("vgg11").unwrap();
+        spec.arch = Arch::Vgg { features: vec![8, 0, 16, 16, 0], batch_norm: false, hidden: 32 };
+        let built = spec.build_with(10, &Device::Cpu, 3, DType::F32).unwrap();
+        let mut rng = Rng::new(9);
+        // Biases start at zero: give them values.
+        for (name, var) in built.varmap.data().lock().unwrap().iter() {
+            if name.ends_with(".bias") {
+                let b: Vec<f32> = (0..var.elem_count()).map(|_| rng.normal() as f32 * 0.1).collect();
+                var.set(&Tensor::from_vec(b, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            }
+        }
+        let x: Vec<f32> = (0..2 * 3 * 32 * 32).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(x, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let before = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let tracked = flat(built.model.forward(&x, false, &mut rng).unwrap());
+        let first = flat(built.inference.forward(&x, false, &mut rng).unwrap());
+        let second = flat(built.inference.forward(&x, false, &mut rng).unwrap());
+        assert_eq!(first, tracked);
+        assert_eq!(second, tracked);
+        assert_eq!(flat(x), before);
+    }
 }
