@@ -46,20 +46,17 @@ fn peak_rss_mib() -> f64 {
 fn main() -> anyhow::Result<()> {
     sweep::process::tune_for_training();
     let args: Vec<String> = std::env::args().collect();
+    let choice: sweep::spec::DeviceChoice = args.get(5).map_or("cpu", String::as_str).parse()?;
+    let (device, described) = sweep::train::device(choice)?;
     // On the CPU from a thread of its own pool, as the trainer runs.
-    if args.get(5).is_none_or(|d| d == "cpu") {
-        sweep::train::threads::on_own_pool(|| measure(&args))
-    } else {
-        measure(&args)
-    }
+    sweep::train::threads::for_device(&device, || measure(&args, &device, &described))
 }
 
-fn measure(args: &[String]) -> anyhow::Result<()> {
+fn measure(args: &[String], device: &candle_core::Device, described: &str) -> anyhow::Result<()> {
     let model = args.get(1).map_or("resnet18", String::as_str);
     let batch: usize = args.get(2).map_or(Ok(8), |s| s.parse())?;
     let size: usize = args.get(3).map_or(Ok(224), |s| s.parse())?;
     let steps: usize = args.get(4).map_or(Ok(1), |s| s.parse())?;
-    let choice: sweep::spec::DeviceChoice = args.get(5).map_or("cpu", String::as_str).parse()?;
     let precision = args.get(6).map_or("f32", String::as_str);
     let (model, spec, opt_spec) = match model.split_once('#') {
         Some((file, run)) => {
@@ -77,17 +74,16 @@ fn measure(args: &[String]) -> anyhow::Result<()> {
             serde_json::from_str(r#"{"name": "sgd", "lr": 0.01, "momentum": 0.9}"#)?,
         ),
     };
-    let (device, described) = sweep::train::device(choice)?;
     #[cfg(feature = "cuda")]
     candle_core::cuda::set_gemm_reduced_precision_f32(precision == "tf32");
     let compute = if precision == "bf16" { candle_core::DType::BF16 } else { candle_core::DType::F32 };
-    let built = spec.build_with(10, &device, 0, compute).map_err(anyhow::Error::msg)?;
+    let built = spec.build_with(10, device, 0, compute).map_err(anyhow::Error::msg)?;
     let mut opt = Optimizer::new(opt_spec, built.trainable.clone());
     let after_build = peak_rss_mib();
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    let device_mib = || sweep::train::device::PeakMemory::start(&device).bytes().map(mib);
+    let device_mib = || sweep::train::device::PeakMemory::start(device).bytes().map(mib);
     let device_after_build = device_mib();
-    let pool = |reset: bool| sweep::train::device::gpu_pool_stats(&device, reset);
+    let pool = |reset: bool| sweep::train::device::gpu_pool_stats(device, reset);
     let mut phases = serde_json::Value::Null;
     let mut rng = Rng::new(1);
     let mut times = Vec::new();
@@ -104,8 +100,8 @@ fn measure(args: &[String]) -> anyhow::Result<()> {
             pool(true);
         }
         let x: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.normal() as f32).collect();
-        let x = Tensor::from_vec(x, (batch, 3, size, size), &device)?;
-        let y = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, &device)?;
+        let x = Tensor::from_vec(x, (batch, 3, size, size), device)?;
+        let y = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, device)?;
         let start = std::time::Instant::now();
         let logits = built.model.forward(&x, true, &mut rng)?;
         let loss = sweep::train::cross_entropy(&logits, &y, 0.0)?;
@@ -135,8 +131,8 @@ fn measure(args: &[String]) -> anyhow::Result<()> {
     let mut pipelined = None;
     if !device.is_cpu() && steps > 2 {
         let x: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.normal() as f32).collect();
-        let x = Tensor::from_vec(x, (batch, 3, size, size), &device)?;
-        let y = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, &device)?;
+        let x = Tensor::from_vec(x, (batch, 3, size, size), device)?;
+        let y = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, device)?;
         device.synchronize()?;
         let start = std::time::Instant::now();
         let mut last = None;

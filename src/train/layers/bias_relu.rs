@@ -4,7 +4,7 @@
 //! in place when no gradient is tracked (frozen layers, evaluation).
 
 use super::{cpu_f32, with_cpu_f32};
-use candle_core::{CpuStorage, CustomOp2, DType, InplaceOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, InplaceOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel task at least.
@@ -126,8 +126,7 @@ pub(crate) fn bias_relu(y: Tensor, bias: &Tensor) -> Result<Tensor> {
         && y.dtype() == DType::F32
         && bias.dtype() == DType::F32
         && y.rank() >= 2
-        && bias.dims() == [y.dim(1)?]
-        && !super::layout::is_channels_last(&y);
+        && bias.dims() == [y.dim(1)?];
     if !fused {
         return super::relu(&super::layout::add_channel_bias(&y, bias)?);
     }
@@ -136,7 +135,6 @@ pub(crate) fn bias_relu(y: Tensor, bias: &Tensor) -> Result<Tensor> {
     if y.track_op() || bias.track_op() {
         return y.apply_op2(&bias, BiasRelu);
     }
-    debug_assert!(matches!(&*y.storage_and_layout().0, Storage::Cpu(_)));
     y.inplace_op2(&bias, &BiasRelu)?;
     Ok(y)
 }
