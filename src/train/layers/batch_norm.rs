@@ -28,6 +28,7 @@ pub(super) fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 }
 
 /// (Σ f(a, b, c).0, Σ f(a, b, c).1) over three slices of one length, as [`sum_map`].
+#[inline(never)]
 fn sum_map3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> (f32, f32)) -> (f64, f64) {
     let mut total = (0f64, 0f64);
     for ((a, b), c) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).zip(c.chunks(BLOCK)) {
@@ -52,13 +53,44 @@ fn sum_map3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> (f32, 
     total
 }
 
+/// [`sum_map`] of a plane, the same bits, without its block and lane set-up
+/// for a plane shorter than a lane group: such a plane is all remainder,
+/// summed in order from zero, which is what the fold here does (a total of
+/// `-0.0` cannot come out of either: both start from `+0.0`).
+#[inline]
+fn plane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    if xs.len() < 8 {
+        f64::from(xs.iter().fold(0f32, |a, &v| a + f(v)))
+    } else {
+        sum_map(xs, f)
+    }
+}
+
+/// [`sum_map3`] of a plane as [`plane_sum`] is [`sum_map`]'s: the same bits.
+#[inline]
+fn plane_sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> (f32, f32)) -> (f64, f64) {
+    if a.len() < 8 {
+        let (s, t) = a.iter().zip(b).zip(c).fold((0f32, 0f32), |(s, t), ((&a, &b), &c)| {
+            let (x, y) = f(a, b, c);
+            (s + x, t + y)
+        });
+        (f64::from(s), f64::from(t))
+    } else {
+        sum_map3(a, b, c, f)
+    }
+}
+
 /// Planes of fewer pixels than this (DenseNet's and ResNet's last stages at
 /// 32x32: 2x2 and 1x1) are gone through image by image, every channel of an
 /// image in one contiguous run, instead of channel by channel, where each of
 /// a channel's `n` pixels, `c` floats apart, was a plane slice of its own (and
 /// the forward pass a task per plane). Each plane's sum is the same
-/// [`sum_map`] of the same values, added in the same order: the same bits
-/// either way. (DenseNet121 64x32 steps about 3% faster, BENCHMARKS.md.)
+/// [`sum_map`] of the same values ([`plane_sum`]), added in the same order:
+/// the same bits either way. (DenseNet121 64x32 steps about 3% faster,
+/// BENCHMARKS.md.) Below this size a plane's length is also a constant of
+/// the loops ([`by_plane_size`]): with its loops over a plane of one to seven
+/// floats known, DenseNet169's BatchNorms at 2x2 and 1x1 take a third to a
+/// tenth of the time.
 const SMALL_PLANE: usize = 8;
 
 /// Channel ranges for the tasks of the image-by-image passes: about four a thread.
@@ -83,22 +115,7 @@ fn stats_of(data: &[f32], (n, c, hw): (usize, usize, usize), by_image: bool) -> 
     if by_image {
         return channel_groups(c)
             .into_par_iter()
-            .flat_map_iter(|r| {
-                let mut sums = vec![0f64; r.len()];
-                for b in 0..n {
-                    for (s, ch) in sums.iter_mut().zip(r.clone()) {
-                        *s += sum_map(plane(b, ch), |v| v);
-                    }
-                }
-                let means: Vec<f32> = sums.iter().map(|s| (s / m) as f32).collect();
-                let mut vars = vec![0f64; r.len()];
-                for b in 0..n {
-                    for ((s, ch), &mean) in vars.iter_mut().zip(r.clone()).zip(&means) {
-                        *s += sum_map(plane(b, ch), |v| (v - mean) * (v - mean));
-                    }
-                }
-                means.into_iter().zip(vars).map(|(mean, var)| (mean, (var / m) as f32)).collect::<Vec<_>>()
-            })
+            .flat_map_iter(|r| by_plane_size!(hw, group_stats(data, (n, c, hw), r)))
             .collect();
     }
     (0..c)
@@ -111,6 +128,172 @@ fn stats_of(data: &[f32], (n, c, hw): (usize, usize, usize), by_image: bool) -> 
             (mean32, var as f32)
         })
         .collect()
+}
+
+/// `$f::<HW>(args)` with `HW` the plane size `$hw` where it is under
+/// [`SMALL_PLANE`], so that the loops over a plane have a constant length
+/// (they unroll, and the loops over channels around them vectorise), and
+/// `HW` = 0 (the length `hw` at run time) otherwise.
+macro_rules! by_plane_size {
+    ($hw:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $hw {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<0>($($arg),*),
+        }
+    };
+}
+use by_plane_size;
+
+/// The plane size: `HW` where it is a constant, else `hw` (at least 1, for
+/// `chunks_exact`; a plane of none has no floats to go through).
+fn plane_len<const HW: usize>(hw: usize) -> usize {
+    if HW == 0 {
+        hw.max(1)
+    } else {
+        HW
+    }
+}
+
+/// [`channel_stats`] of the channels `r` of `data`, image by image: for each
+/// image the group's planes, one after another.
+fn group_stats<const HW: usize>(
+    data: &[f32],
+    (n, c, hw): (usize, usize, usize),
+    r: std::ops::Range<usize>,
+) -> Vec<(f32, f32)> {
+    let m = (n * hw) as f64;
+    let planes = |b: usize| data[(b * c + r.start) * hw..][..r.len() * hw].chunks_exact(plane_len::<HW>(hw));
+    let mut sums = vec![0f64; r.len()];
+    for b in 0..n {
+        for (s, p) in sums.iter_mut().zip(planes(b)) {
+            *s += plane_sum(p, |v| v);
+        }
+    }
+    let means: Vec<f32> = sums.iter().map(|s| (s / m) as f32).collect();
+    let mut vars = vec![0f64; r.len()];
+    for b in 0..n {
+        for ((s, p), &mean) in vars.iter_mut().zip(planes(b)).zip(&means) {
+            *s += plane_sum(p, |v| (v - mean) * (v - mean));
+        }
+    }
+    means.into_iter().zip(vars).map(|(mean, var)| (mean, (var / m) as f32)).collect()
+}
+
+/// Consecutive planes of `x` normalised into `o`, each with its channel's
+/// (scale, shift), then (`relu`) clamped at zero.
+fn normalize_planes<const HW: usize>(
+    o: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    scales: &[(f32, f32)],
+    hw: usize,
+    relu: bool,
+) {
+    let len = plane_len::<HW>(hw);
+    let planes = o.chunks_exact_mut(len).zip(x.chunks_exact(len)).zip(scales);
+    if relu {
+        for ((o, x), &(scale, shift)) in planes {
+            for (o, &x) in o.iter_mut().zip(x) {
+                o.write((x * scale + shift).max(0.0));
+            }
+        }
+    } else {
+        for ((o, x), &(scale, shift)) in planes {
+            for (o, &x) in o.iter_mut().zip(x) {
+                o.write(x * scale + shift);
+            }
+        }
+    }
+}
+
+/// The ReLU's part of the backward pass: the incoming gradient where the
+/// output is positive (everywhere without the ReLU).
+#[derive(Clone, Copy)]
+struct Mask {
+    relu: bool,
+}
+
+impl Mask {
+    fn apply(self, d: f32, o: f32) -> f32 {
+        if !self.relu || o > 0.0 {
+            d
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Σ dy and Σ dy * x̂ over one plane (dy masked by the ReLU) of a channel
+/// with this mean and invstd.
+#[inline]
+fn plane_grad_sums(dy: &[f32], xs: &[f32], out: &[f32], (mean, inv): (f32, f32), mask: Mask) -> (f64, f64) {
+    plane_sum3(dy, xs, out, |d, v, o| {
+        let g = mask.apply(d, o);
+        (g, g * (v - mean) * inv)
+    })
+}
+
+/// (Σ dy, Σ dy * x̂) of the channels `r`, image by image: for each image the
+/// group's planes one after another, each plane's sums added to its
+/// channel's in image order.
+#[allow(clippy::too_many_arguments)]
+fn group_grad_sums<const HW: usize>(
+    dy: &[f32],
+    xs: &[f32],
+    out: &[f32],
+    (n, c, hw): (usize, usize, usize),
+    r: std::ops::Range<usize>,
+    stats: &[(f32, f32)],
+    mask: Mask,
+) -> Vec<(f64, f64)> {
+    let mut t = vec![(0f64, 0f64); r.len()];
+    for bi in 0..n {
+        let planes = |s| planes_at(s, (bi * c + r.start) * hw, r.len() * hw, plane_len::<HW>(hw));
+        let each = t.iter_mut().zip(&stats[r.clone()]).zip(planes(dy)).zip(planes(xs)).zip(planes(out));
+        for ((((t, &st), dy), xs), out) in each {
+            let s = plane_grad_sums(dy, xs, out, st, mask);
+            *t = (t.0 + s.0, t.1 + s.1);
+        }
+    }
+    t
+}
+
+/// What a plane of dx needs of its channel: mean, invstd, weight * invstd
+/// and Σ dy / m, Σ dy * x̂ / m.
+type DxCoefficients = (f32, f32, f32, f32, f32);
+
+/// Consecutive planes of dx, each with its channel's coefficients: with
+/// `batch_stats` through the batch's mean and variance too, else only the
+/// scale.
+#[allow(clippy::too_many_arguments)]
+fn planes_dx<const HW: usize>(
+    d: &mut [MaybeUninit<f32>],
+    dy: &[f32],
+    xs: &[f32],
+    out: &[f32],
+    coefficients: &[DxCoefficients],
+    hw: usize,
+    mask: Mask,
+    batch_stats: bool,
+) {
+    let len = plane_len::<HW>(hw);
+    let planes = d.chunks_exact_mut(len).zip(dy.chunks_exact(len)).zip(xs.chunks_exact(len)).zip(out.chunks_exact(len));
+    for ((((d, dy), xs), out), &(mean, inv, k, sdy, sdyx)) in planes.zip(coefficients) {
+        if batch_stats {
+            for (((d, &g), &v), &o) in d.iter_mut().zip(dy).zip(xs).zip(out) {
+                d.write(k * (mask.apply(g, o) - sdy - (v - mean) * inv * sdyx));
+            }
+        } else {
+            for ((d, &g), &o) in d.iter_mut().zip(dy).zip(out) {
+                d.write(k * mask.apply(g, o));
+            }
+        }
+    }
 }
 
 /// `(x - mean) * invstd * weight + bias` per channel, with a hand-written
@@ -162,26 +345,15 @@ impl candle_core::CustomOp3 for BatchNormOp {
                 (scale, b[ch] - self.mean[ch] * scale)
             })
             .collect();
-        let plane = |p: usize, o: &mut [MaybeUninit<f32>], x: &[f32]| {
-            let (scale, shift) = scales[p % c];
-            if self.relu {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    o.write((x * scale + shift).max(0.0));
-                }
-            } else {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    o.write(x * scale + shift);
-                }
-            }
-        };
         // Small planes an image at a time (see SMALL_PLANE), others a plane at a time.
         let planes_per_task = if hw < self.by_image_below { c } else { 1 };
-        let (len, hw1) = ((planes_per_task * hw).max(1), hw.max(1));
+        let len = (planes_per_task * hw).max(1);
         let fill = |out: &mut [MaybeUninit<f32>]| {
             out.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate().for_each(|(t, (o, x))| {
-                for (i, (o, x)) in o.chunks_mut(hw1).zip(x.chunks(hw1)).enumerate() {
-                    plane(t * planes_per_task + i, o, x);
-                }
+                // The task's planes start at channel `first` and go on in order.
+                let first = t * planes_per_task % c.max(1);
+                let scales = &scales[first..][..planes_per_task];
+                by_plane_size!(hw, normalize_planes(o, x, scales, hw, self.relu));
             });
         };
         // SAFETY: `fill` writes every element: each plane of `hw` floats, one per input float.
@@ -225,40 +397,13 @@ impl BatchNormOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         use rayon::prelude::*;
         let hw = h * wd;
-        let relu = self.relu;
-        let masked = move |d: f32, o: f32| if !relu || o > 0.0 { d } else { 0.0 };
+        let hw1 = hw.max(1);
+        let mask = Mask { relu: self.relu };
         let m = (n * hw) as f32;
-        // One channel at a time, both passes: Σ dy and Σ dy * x̂ over its n
-        // planes, then its planes of dx while dy, x and the output are still
-        // in cache (one pass over all channels' sums, then another over all of
-        // dx, read the three from memory twice: DenseNet's BatchNorms on the
-        // concatenated features were a tenth of its step).
-        let at = |bi: usize, ch: usize| (bi * c + ch) * hw;
-        // Σ dy and Σ dy * x̂ over one plane.
-        let plane_sums = |bi: usize, ch: usize| {
-            let (mean, inv, i) = (self.mean[ch], self.invstd[ch], at(bi, ch));
-            sum_map3(&dy[i..][..hw], &xs[i..][..hw], &out[i..][..hw], |d, v, o| {
-                let g = masked(d, o);
-                (g, g * (v - mean) * inv)
-            })
+        let stats: Vec<(f32, f32)> = self.mean.iter().copied().zip(self.invstd.iter().copied()).collect();
+        let coefficients = |ch: usize, sum: (f64, f64)| {
+            (self.mean[ch], self.invstd[ch], wv[ch] * self.invstd[ch], sum.0 as f32 / m, sum.1 as f32 / m)
         };
-        // One plane of dx, given its channel's sums.
-        let plane_dx = |bi: usize, ch: usize, sum: (f64, f64), d: &mut [MaybeUninit<f32>]| {
-            let (mean, inv, i) = (self.mean[ch], self.invstd[ch], at(bi, ch));
-            let (dy, xs, out) = (&dy[i..][..hw], &xs[i..][..hw], &out[i..][..hw]);
-            let k = wv[ch] * inv;
-            if self.batch_stats {
-                let (sdy, sdyx) = (sum.0 as f32 / m, sum.1 as f32 / m);
-                for (((d, &g), &v), &o) in d.iter_mut().zip(dy).zip(xs).zip(out) {
-                    d.write(k * (masked(g, o) - sdy - (v - mean) * inv * sdyx));
-                }
-            } else {
-                for ((d, &g), &o) in d.iter_mut().zip(dy).zip(out) {
-                    d.write(k * masked(g, o));
-                }
-            }
-        };
-        let add = |a: (f64, f64), b: (f64, f64)| (a.0 + b.0, a.1 + b.1);
         let mut sums: Vec<(f64, f64)> = Vec::new();
         let fill = |dx: &mut [MaybeUninit<f32>]| {
             if hw < self.by_image_below {
@@ -266,35 +411,41 @@ impl BatchNormOp {
                 // groups, then dx an image at a time.
                 sums = channel_groups(c)
                     .into_par_iter()
-                    .flat_map_iter(|r| {
-                        let mut t = vec![(0f64, 0f64); r.len()];
-                        for bi in 0..n {
-                            for (t, ch) in t.iter_mut().zip(r.clone()) {
-                                *t = add(*t, plane_sums(bi, ch));
-                            }
-                        }
-                        t
-                    })
+                    .flat_map_iter(|r| by_plane_size!(hw, group_grad_sums(dy, xs, out, (n, c, hw), r, &stats, mask)))
                     .collect();
-                dx.par_chunks_mut((c * hw).max(1)).enumerate().for_each(|(bi, image)| {
-                    for (ch, d) in image.chunks_mut(hw.max(1)).enumerate() {
-                        plane_dx(bi, ch, sums[ch], d);
-                    }
+                let coefficients: Vec<_> = sums.iter().enumerate().map(|(ch, &s)| coefficients(ch, s)).collect();
+                let image = c * hw;
+                dx.par_chunks_mut(image.max(1)).enumerate().for_each(|(bi, d)| {
+                    let (dy, xs, out) =
+                        (&dy[bi * image..][..image], &xs[bi * image..][..image], &out[bi * image..][..image]);
+                    by_plane_size!(hw, planes_dx(d, dy, xs, out, &coefficients, hw, mask, self.batch_stats));
                 });
                 return;
             }
-            // One channel at a time, both passes.
+            // One channel at a time, both passes: Σ dy and Σ dy * x̂ over its n
+            // planes, then its planes of dx while dy, x and the output are still
+            // in cache (one pass over all channels' sums, then another over all of
+            // dx, read the three from memory twice: DenseNet's BatchNorms on the
+            // concatenated features were a tenth of its step).
             let mut by_channel: Vec<Vec<&mut [MaybeUninit<f32>]>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
-            for (p, plane) in dx.chunks_mut(hw.max(1)).enumerate() {
+            for (p, plane) in dx.chunks_mut(hw1).enumerate() {
                 by_channel[p % c].push(plane);
             }
+            let plane = |bi: usize, ch: usize| (bi * c + ch) * hw..(bi * c + ch + 1) * hw;
             sums = by_channel
                 .into_par_iter()
                 .enumerate()
                 .map(|(ch, planes)| {
-                    let sum = (0..n).map(|bi| plane_sums(bi, ch)).fold((0f64, 0f64), add);
+                    let sum = (0..n)
+                        .map(|bi| {
+                            let at = plane(bi, ch);
+                            plane_grad_sums(&dy[at.clone()], &xs[at.clone()], &out[at], stats[ch], mask)
+                        })
+                        .fold((0f64, 0f64), |a, b| (a.0 + b.0, a.1 + b.1));
+                    let k = [coefficients(ch, sum)];
                     for (bi, d) in planes.into_iter().enumerate() {
-                        plane_dx(bi, ch, sum, d);
+                        let at = plane(bi, ch);
+                        planes_dx::<0>(d, &dy[at.clone()], &xs[at.clone()], &out[at], &k, hw, mask, self.batch_stats);
                     }
                     sum
                 })
@@ -312,6 +463,11 @@ impl BatchNormOp {
             Some(Tensor::from_vec(db, c, dev)?),
         ))
     }
+}
+
+/// The `len` floats of `s` from `i` on, as planes of `hw1` floats.
+fn planes_at(s: &[f32], i: usize, len: usize, hw1: usize) -> std::slice::ChunksExact<'_, f32> {
+    s[i..][..len].chunks_exact(hw1)
 }
 
 /// 1 / sqrt(var + eps) per channel, computed in f64.
@@ -349,7 +505,16 @@ mod tests {
     fn small_planes_image_by_image_give_the_same_bits() {
         use candle_core::{Device, Var};
         let mut rng = crate::train::rng::Rng::new(4);
-        for dims in [(5, 6, 1, 1), (3, 40, 2, 3), (4, 3, 4, 4), (2, 5, 1, 7)] {
+        for dims in [
+            (5, 6, 1, 1),
+            (4, 9, 1, 2),
+            (3, 5, 1, 3),
+            (4, 9, 2, 2),
+            (2, 7, 1, 5),
+            (3, 40, 2, 3),
+            (4, 3, 4, 4),
+            (2, 5, 1, 7),
+        ] {
             let (n, c, h, w) = dims;
             let xs = crate::train::layers::randn(&mut rng, &[n, c, h, w]);
             let stats = stats_of(&xs, (n, c, h * w), false);
@@ -372,6 +537,67 @@ mod tests {
                 let (planes, images) = (run(0, batch_stats), run(usize::MAX, batch_stats));
                 assert!(planes == images, "{dims:?}, batch statistics {batch_stats}");
                 assert!(planes[0].contains(&0.0) && planes[1].iter().any(|v| *v != 0.0));
+            }
+        }
+    }
+
+    /// Training BatchNorm (with and without the ReLU) on planes of every
+    /// size below SMALL_PLANE, each of which takes its own constant-length
+    /// loops, and one above: the output and the three gradients of
+    /// candle's autograd through the same formula in its own ops, within
+    /// 1e-4.
+    #[test]
+    fn every_small_plane_size_matches_candle_ops() {
+        use candle_core::{Device, Var, D};
+        let dev = Device::Cpu;
+        let mut rng = crate::train::rng::Rng::new(11);
+        for (hw, (h, w)) in [(1, 1), (1, 2), (1, 3), (2, 2), (1, 5), (2, 3), (1, 7), (3, 3)].into_iter().enumerate() {
+            let dims = (3 + hw, 5, h, w);
+            let xs = crate::train::layers::randn(&mut rng, &[dims.0, dims.1, h, w]);
+            let (wv, bv) = (crate::train::layers::randn(&mut rng, &[5]), crate::train::layers::randn(&mut rng, &[5]));
+            let k = Tensor::arange(0f32, xs.len() as f32, &dev).unwrap().reshape(dims).unwrap().cos().unwrap();
+            for relu in [false, true] {
+                let run = |ours: bool| {
+                    let x = Var::from_vec(xs.clone(), dims, &dev).unwrap();
+                    let wt = Var::from_vec(wv.clone(), 5, &dev).unwrap();
+                    let b = Var::from_vec(bv.clone(), 5, &dev).unwrap();
+                    let y = if ours {
+                        let (mean, var) = channel_stats(x.as_tensor()).unwrap();
+                        batch_norm_cpu(x.as_tensor(), wt.as_tensor(), b.as_tensor(), mean, &var, 1e-5, true, relu)
+                            .unwrap()
+                    } else {
+                        // (x - mean) / sqrt(var + eps) * w + b, the statistics over (N, H, W).
+                        let per_channel = |t: &Tensor| t.transpose(0, 1).unwrap().flatten_from(1).unwrap();
+                        let mean = per_channel(x.as_tensor()).mean_keepdim(D::Minus1).unwrap();
+                        let centred = per_channel(x.as_tensor()).broadcast_sub(&mean).unwrap();
+                        let var = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                        let normed = centred.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+                        let y = normed
+                            .broadcast_mul(&wt.as_tensor().unsqueeze(1).unwrap())
+                            .unwrap()
+                            .broadcast_add(&b.as_tensor().unsqueeze(1).unwrap())
+                            .unwrap()
+                            .reshape((dims.1, dims.0, h, w))
+                            .unwrap()
+                            .transpose(0, 1)
+                            .unwrap();
+                        if relu {
+                            y.relu().unwrap()
+                        } else {
+                            y
+                        }
+                    };
+                    let g = y.mul(&k).unwrap().sum_all().unwrap().backward().unwrap();
+                    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    [flat(&y), flat(g.get(&x).unwrap()), flat(g.get(&wt).unwrap()), flat(g.get(&b).unwrap())]
+                };
+                let (ours, theirs) = (run(true), run(false));
+                for (what, (a, b)) in
+                    ["output", "input grad", "weight grad", "bias grad"].iter().zip(ours.iter().zip(&theirs))
+                {
+                    let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(a.len() == b.len() && worst < 1e-4, "{h}x{w}, relu {relu}: {what} differs by {worst}");
+                }
             }
         }
     }
