@@ -80,18 +80,18 @@ fn plane_sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> (f32
     }
 }
 
-/// Planes of fewer pixels than this (DenseNet's and ResNet's last stages at
-/// 32x32: 2x2 and 1x1) are gone through image by image, every channel of an
-/// image in one contiguous run, instead of channel by channel, where each of
-/// a channel's `n` pixels, `c` floats apart, was a plane slice of its own (and
-/// the forward pass a task per plane). Each plane's sum is the same
+/// Planes of fewer pixels than this (the last stages at 32x32: ResNet's and
+/// DenseNet's 8x8, 4x4, 2x2 and 1x1) are gone through image by image, every
+/// channel of an image in one contiguous run, instead of channel by channel,
+/// where each of a channel's `n` planes, `c` planes apart, was a slice of its
+/// own (and the forward pass a task per plane). Each plane's sum is the same
 /// [`sum_map`] of the same values ([`plane_sum`]), added in the same order:
 /// the same bits either way. (DenseNet121 64x32 steps about 3% faster,
-/// BENCHMARKS.md.) Below this size a plane's length is also a constant of
-/// the loops ([`by_plane_size`]): with its loops over a plane of one to seven
-/// floats known, DenseNet169's BatchNorms at 2x2 and 1x1 take a third to a
-/// tenth of the time.
-const SMALL_PLANE: usize = 8;
+/// BENCHMARKS.md.) The plane sizes of those stages are also constants of the
+/// loops ([`by_plane_size`]): DenseNet169's BatchNorms at 32x32 take a
+/// tenth (1x1) to a half (8x8) of the time they took through the channel
+/// by channel loops (BENCHMARKS.md, "small planes").
+const SMALL_PLANE: usize = 65;
 
 /// Channel ranges for the tasks of the image-by-image passes: about four a thread.
 fn channel_groups(c: usize) -> Vec<std::ops::Range<usize>> {
@@ -130,8 +130,8 @@ fn stats_of(data: &[f32], (n, c, hw): (usize, usize, usize), by_image: bool) -> 
         .collect()
 }
 
-/// `$f::<HW>(args)` with `HW` the plane size `$hw` where it is under
-/// [`SMALL_PLANE`], so that the loops over a plane have a constant length
+/// `$f::<HW>(args)` with `HW` the plane size `$hw` where it is 1 to 7, 16
+/// (4x4) or 64 (8x8), so that the loops over a plane have a constant length
 /// (they unroll, and the loops over channels around them vectorise), and
 /// `HW` = 0 (the length `hw` at run time) otherwise.
 macro_rules! by_plane_size {
@@ -144,6 +144,8 @@ macro_rules! by_plane_size {
             5 => $f::<5>($($arg),*),
             6 => $f::<6>($($arg),*),
             7 => $f::<7>($($arg),*),
+            16 => $f::<16>($($arg),*),
+            64 => $f::<64>($($arg),*),
             _ => $f::<0>($($arg),*),
         }
     };
@@ -514,6 +516,8 @@ mod tests {
             (3, 40, 2, 3),
             (4, 3, 4, 4),
             (2, 5, 1, 7),
+            (3, 4, 8, 8),
+            (2, 3, 5, 9),
         ] {
             let (n, c, h, w) = dims;
             let xs = crate::train::layers::randn(&mut rng, &[n, c, h, w]);
@@ -542,8 +546,8 @@ mod tests {
     }
 
     /// Training BatchNorm (with and without the ReLU) on planes of every
-    /// size below SMALL_PLANE, each of which takes its own constant-length
-    /// loops, and one above: the output and the three gradients of
+    /// size with constant-length loops of its own (1-7, 4x4, 8x8), of one
+    /// without (3x3) and of one channel by channel (9x9): the output and the three gradients of
     /// candle's autograd through the same formula in its own ops, within
     /// 1e-4.
     #[test]
@@ -551,7 +555,10 @@ mod tests {
         use candle_core::{Device, Var, D};
         let dev = Device::Cpu;
         let mut rng = crate::train::rng::Rng::new(11);
-        for (hw, (h, w)) in [(1, 1), (1, 2), (1, 3), (2, 2), (1, 5), (2, 3), (1, 7), (3, 3)].into_iter().enumerate() {
+        for (hw, (h, w)) in [(1, 1), (1, 2), (1, 3), (2, 2), (1, 5), (2, 3), (1, 7), (3, 3), (4, 4), (8, 8), (9, 9)]
+            .into_iter()
+            .enumerate()
+        {
             let dims = (3 + hw, 5, h, w);
             let xs = crate::train::layers::randn(&mut rng, &[dims.0, dims.1, h, w]);
             let (wv, bv) = (crate::train::layers::randn(&mut rng, &[5]), crate::train::layers::randn(&mut rng, &[5]));
