@@ -18,8 +18,8 @@ default=(smallcnn:64:32:40 resnet18:128:32:6 resnet18:8:224:6 resnet50:8:224:4 d
 # The term report's runs at their batch sizes and resolutions, but VGG16's at
 # batch 16 (its 128 at 224x224 takes 15 s a step here).
 r=experiments/report.toml
-term=("$r#resnet18-finetune:50:224:3" "$r#resnet50-layer3-4+mlp:128:32:4" "$r#resnet152-layer3-4+mlp:128:32:3"
-  "$r#densenet169:128:32:3" "$r#vgg16-deep-head:16:224:3")
+term=("$r#resnet18-finetune:50:224:3" "$r#resnet50-layer3-4+mlp:128:32:6" "$r#resnet152-layer3-4+mlp:128:32:5"
+  "$r#densenet169:128:32:6" "$r#vgg16-deep-head:16:224:3")
 if [ "${1:-}" = term ]; then set -- "${term[@]}"; fi
 workloads=("${@:-${default[@]}}")
 steps=${STEPS:-4}
