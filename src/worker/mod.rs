@@ -409,7 +409,9 @@ async fn execute(
         id: run.id,
         name: run.name.clone(),
         status: Status::Failed,
-        error: Some(error),
+        // A decoder's or the OS's message may end in a newline, which the one-line report would
+        // show escaped.
+        error: Some(error.trim_end().to_owned()),
         disk_full,
     };
     let config: RunConfig = match serde_json::from_str(&run.config_json) {
@@ -673,6 +675,9 @@ async fn execute(
                 ),
                 other => other.to_string(),
             };
+            // A decoder's or the OS's message may end in a newline, which the one-line report
+            // would show escaped.
+            let msg = msg.trim_end().to_owned();
             let status =
                 if matches!(e, train::TrainError::Diverged { .. }) { Status::Diverged } else { Status::Failed };
             let disk_full = matches!(e, train::TrainError::DiskFull { .. });

@@ -480,6 +480,48 @@ augment = ["heavy", "raw"]
     assert!(err.contains("pics.tar.gz/pics/t") && err.contains("20x20") && err.contains("24x24"), "{err}");
 }
 
+/// An image that does not decode fails the run with the file's path and the decoder's words on
+/// one line (the decoder's message ends in a newline, which is not kept), and the run after it in
+/// the queue still trains.
+#[test]
+fn an_image_that_does_not_decode_fails_its_run_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let (bad, good) = (dir.path().join("bad"), dir.path().join("good"));
+    for root in [&bad, &good] {
+        for split in ["train", "test"] {
+            for (c, class) in ["a", "b"].iter().enumerate() {
+                let d = root.join(format!("pics/{split}/{class}"));
+                std::fs::create_dir_all(&d).unwrap();
+                for i in 0..4u8 {
+                    std::fs::write(d.join(format!("{i}.png")), crate::data::png(8, 8, c as u8 * 40 + i)).unwrap();
+                }
+            }
+        }
+    }
+    std::fs::write(bad.join("pics/train/b/9.jpg"), b"\xff\xd8\xff\xe0 cut short").unwrap();
+    let sweep_file = |name: &str, root: &Path| {
+        let text = format!(
+            "name = \"{name}\"\ndataset = {{ folder = \"{}\" }}\n\n[defaults]\nmodel = \"smallcnn\"\n\
+             batch_size = 4\nepochs = 1\noptimizer = {{ name = \"sgd\", lr = 0.01 }}\n",
+            root.join("pics").display()
+        );
+        crate::write_sweep(dir.path(), &format!("{name}.toml"), &text)
+    };
+    let (bad_file, good_file) = (sweep_file("bad", &bad), sweep_file("good", &good));
+    assert!(run(&home, &["submit", "--queue-only", bad_file.to_str().unwrap()]).status.success());
+    assert!(run(&home, &["submit", "--queue-only", good_file.to_str().unwrap()]).status.success());
+    let out = run(&home, &["worker", "--exit-when-empty"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let rows = runs(&home);
+    let failed = rows.iter().find(|r| r.status == Status::Failed).unwrap();
+    let err = failed.error.as_deref().unwrap();
+    assert!(err.contains("9.jpg") && err.contains("cannot decode the image"), "{err}");
+    assert_eq!(err, err.trim_end(), "{err:?}");
+    assert!(!stderr(&out).contains("\\n"), "{}", stderr(&out));
+    assert_eq!(rows.iter().filter(|r| r.status == Status::Done).count(), 1, "{rows:?}");
+}
+
 /// A file that asks for a GPU this build cannot use is refused before anything
 /// is queued; `--device cpu` overrides the file and the run records its CPU.
 #[cfg(not(feature = "cuda"))]
