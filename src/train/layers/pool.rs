@@ -86,6 +86,90 @@ fn windows_argmax(plane: &[f32], h: usize, w: usize, p: PoolParams, oh: usize, o
     }
 }
 
+/// [`scan`] without the index: the maximum so far takes `v` if `v` is larger or NaN, unless it
+/// is a NaN already.
+#[inline]
+fn scan_value(best: f32, v: f32) -> f32 {
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(v <= best)` is meant: true for a NaN `v`
+    let take = !best.is_nan() && !(v <= best);
+    if take {
+        v
+    } else {
+        best
+    }
+}
+
+/// Each window's maximum of one plane, without its index (a pass that no gradient goes through:
+/// evaluation, frozen layers): the maximum of each row's window first (`rows`, `h` x `ow`),
+/// then of those rows' maxima, a pass that runs along whole output rows. The value is the
+/// element [`window_argmax`] picks, bit for bit: the first row that holds a window's first
+/// maximum holds it first in its own window too (ties, `0.0` and `-0.0` among them, keep the
+/// earlier element in both orders, and a NaN wins in both).
+/// `cols` holds each output column's window, [`window`]`(ox, w, p)`.
+fn window_max(
+    plane: &[f32],
+    (h, w): (usize, usize),
+    p: PoolParams,
+    (oh, cols): (usize, &[(usize, usize)]),
+    rows: &mut [f32],
+    out: &mut [f32],
+) {
+    let ow = cols.len();
+    let stem = p == PoolParams { kernel: 3, stride: 2, padding: 1 } && w >= 2;
+    for (y, r) in rows.chunks_exact_mut(ow).enumerate().take(h) {
+        let line = &plane[y * w..(y + 1) * w];
+        if stem {
+            // Window ox covers columns 2ox-1, 2ox and 2ox+1: the odd column of pair ox-1, then
+            // both of pair ox (a loop over pairs, which the compiler turns into lanes).
+            let pairs = line.chunks_exact(2);
+            r[0] = scan_value(line[0], line[1]);
+            for (r, (prev, pair)) in r[1..].iter_mut().zip(pairs.clone().zip(pairs.skip(1))) {
+                *r = scan_value(scan_value(prev[1], pair[0]), pair[1]);
+            }
+            if w % 2 == 1 && ow > 1 {
+                // The last window is clipped to columns w-2 and w-1.
+                r[ow - 1] = scan_value(line[w - 2], line[w - 1]);
+            }
+            continue;
+        }
+        for (r, &(x0, x1)) in r.iter_mut().zip(cols) {
+            *r = line[x0 + 1..x1].iter().fold(line[x0], |b, &v| scan_value(b, v));
+        }
+    }
+    for (oy, o) in out.chunks_exact_mut(ow).enumerate().take(oh) {
+        let (y0, y1) = window(oy, h, p);
+        o.copy_from_slice(&rows[y0 * ow..(y0 + 1) * ow]);
+        for y in y0 + 1..y1 {
+            for (o, &v) in o.iter_mut().zip(&rows[y * ow..(y + 1) * ow]) {
+                *o = scan_value(*o, v);
+            }
+        }
+    }
+}
+
+/// Max pooling that keeps no indices, for input that tracks no gradient.
+struct MaxPool2dValues(PoolParams);
+
+impl candle_core::CustomOp1 for MaxPool2dValues {
+    fn name(&self) -> &'static str {
+        "sweep-max-pool2d-values"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let (oh, ow) = (self.0.out(h)?, self.0.out(w)?);
+        let x = cpu_f32(storage, layout, "max_pool2d")?;
+        let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, w, self.0)).collect();
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each_init(
+            || vec![0f32; h * ow],
+            |rows, (o, plane)| window_max(plane, (h, w), self.0, (oh, &cols), rows, o),
+        );
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
 /// The max-pool op; the forward pass keeps the index of each window's maximum
 /// for the backward pass, so the windows are scanned once per step.
 struct MaxPool2dOp {
@@ -177,6 +261,9 @@ impl candle_core::CustomOp1 for MaxPool2dBackward {
 /// tensor ops and reduced with `max` (correct values; a tie shares the gradient).
 pub fn max_pool2d(xs: &Tensor, p: PoolParams) -> Result<Tensor> {
     if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
+        if !xs.track_op() {
+            return xs.contiguous()?.apply_op1_no_bwd(&MaxPool2dValues(p));
+        }
         return xs.contiguous()?.apply_op1(MaxPool2dOp { p, argmax: std::sync::Mutex::new(None) });
     }
     let (n, c, h, w) = xs.dims4()?;
@@ -400,6 +487,43 @@ mod tests {
         assert_eq!(fast[0], 9, "the window's NaN");
         assert_eq!(fast[5], 18, "the first of two NaNs");
     }
+
+    /// Without a gradient to route, the pool takes each window's maximum without its index: the
+    /// same bits as the indexed op's, for the stem's 3x3/2 pad 1 windows, VGG's 2x2/2, 3x3/1
+    /// pad 1 and 3x3/3, on planes with ties, both zeros and NaNs.
+    #[test]
+    fn the_pool_without_indices_gives_the_indexed_ops_bits() {
+        let mut rng = Rng::new(6);
+        for (k, s, pad) in [(3, 2, 1), (2, 2, 0), (3, 1, 1), (3, 3, 0), (1, 1, 0)] {
+            let p = PoolParams { kernel: k, stride: s, padding: pad };
+            for (h, w) in [(1, 1), (5, 5), (6, 7), (8, 8), (9, 4)] {
+                if h + 2 * pad < k || w + 2 * pad < k {
+                    continue;
+                }
+                let n = 2 * 3 * h * w;
+                let mut v: Vec<f32> = (0..n).map(|_| ((rng.next_f64() * 6.0).floor() - 3.0) as f32).collect();
+                for x in &mut v {
+                    match (rng.next_f64() * 20.0) as u32 {
+                        0 => *x = f32::NAN,
+                        1 => *x = -0.0,
+                        2 => *x = 0.0,
+                        _ => {}
+                    }
+                }
+                let tracked = Var::from_vec(v.clone(), (2, 3, h, w), &Device::Cpu).unwrap();
+                let plain = Tensor::from_vec(v, (2, 3, h, w), &Device::Cpu).unwrap();
+                let a = max_pool2d(tracked.as_tensor(), p).unwrap();
+                let b = max_pool2d(&plain, p).unwrap();
+                assert!(a.track_op() && !b.track_op());
+                assert_eq!(a.dims(), b.dims());
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+                };
+                assert_eq!(bits(&a), bits(&b), "{p:?} on {h}x{w}");
+            }
+        }
+    }
+
     use crate::train::layers::randn;
     use crate::train::rng::Rng;
     use candle_core::{Device, Var};
