@@ -10,6 +10,8 @@
 #   bench/memory.sh                          # the five workloads of issue 19
 #   bench/memory.sh resnet152:8:224 vgg16    # model[:batch[:size[:steps]]] (default 8, 224, $STEPS or 4)
 #   bench/memory.sh term                     # the five runs of experiments/report.toml
+#   EVAL_STEPS=10 bench/memory.sh term       # also a test pass's speed: forward passes in eval
+#                                            # mode without gradients, after the training steps
 # A model may be FILE#RUN: run RUN of a sweep file, with its head, frozen layers
 # and optimiser (from random weights), built alike on both sides.
 set -euo pipefail
@@ -45,6 +47,7 @@ for line in open(sys.argv[1]):
     r = rows.setdefault((d["model"], d["batch"], d["size"]), {}).setdefault(
         "sweep" if d["impl"] == "sweep" else "torch", {"steps": [], "rss": 0})
     r["steps"] += d["step_seconds"][1:] or d["step_seconds"]
+    r.setdefault("eval", []).extend(d.get("eval_step_seconds", [])[1:])
     r["rss"] = max(r["rss"], d["peak_rss_mib"])
 print(f"\n{sys.argv[2]} threads; images/s = batch / step time, median and best step of all rounds\n")
 print("| model | batch | size | sweep img/s median / best | PyTorch img/s median / best | sweep / PyTorch median / best | sweep peak RSS | PyTorch peak RSS |")
@@ -55,4 +58,14 @@ for (model, batch, size), r in rows.items():
         best = {k: batch / min(v["steps"]) for k, v in r.items()}
         print(f"| {model} | {batch} | {size} | {med['sweep']:.1f} / {best['sweep']:.1f} | {med['torch']:.1f} / {best['torch']:.1f} "
               f"| **{med['sweep'] / med['torch']:.2f}x / {best['sweep'] / best['torch']:.2f}x** | {r['sweep']['rss']:.0f} MiB | {r['torch']['rss']:.0f} MiB |")
+evals = {k: r for k, r in rows.items() if all(r.get(i, {}).get("eval") for i in ("sweep", "torch"))}
+if evals:
+    print("\nTest passes (EVAL_STEPS): forward passes in eval mode without gradients, images/s of the median and best pass\n")
+    print("| model | batch | size | sweep img/s median / best | PyTorch img/s median / best | sweep / PyTorch median / best |")
+    print("|---|---|---|---|---|---|")
+    for (model, batch, size), r in evals.items():
+        med = {k: batch / statistics.median(v["eval"]) for k, v in r.items()}
+        best = {k: batch / min(v["eval"]) for k, v in r.items()}
+        print(f"| {model} | {batch} | {size} | {med['sweep']:.1f} / {best['sweep']:.1f} | {med['torch']:.1f} / {best['torch']:.1f} "
+              f"| **{med['sweep'] / med['torch']:.2f}x / {best['sweep'] / best['torch']:.2f}x** |")
 PY

@@ -102,7 +102,16 @@ for _ in range(steps):
     opt.step()
     loss.item()
     times.append(time.perf_counter() - t)
+# EVAL_STEPS: forward passes in eval mode without autograd, as a test pass runs them.
+eval_times = []
+m.eval()
+with torch.no_grad():
+    for _ in range(int(__import__("os").environ.get("EVAL_STEPS", "0"))):
+        x = torch.randn(batch, 3, size, size)
+        t = time.perf_counter()
+        m(x).argmax(1).tolist()
+        eval_times.append(time.perf_counter() - t)
 trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
 print(json.dumps({"impl": "pytorch " + torch.__version__, "model": model, "batch": batch, "size": size,
-                  "trainable_parameters": trainable,
+                  "trainable_parameters": trainable, "eval_step_seconds": eval_times,
                   "peak_rss_mib": peak(), "rss_after_build_mib": after_build, "step_seconds": times}))

@@ -147,9 +147,22 @@ fn measure(args: &[String], device: &candle_core::Device, described: &str) -> an
         }
         pipelined = Some(start.elapsed().as_secs_f64() / steps as f64);
     }
+    // EVAL_STEPS: forward passes in eval mode (running statistics, no gradient: the detached
+    // network) on one batch of random images each, as a test pass runs them.
+    let eval_steps: usize = std::env::var("EVAL_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut eval_times = Vec::new();
+    for _ in 0..eval_steps {
+        let x: Vec<f32> = (0..batch * 3 * size * size).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(x, (batch, 3, size, size), device)?;
+        let start = std::time::Instant::now();
+        let logits = built.inference.forward(&x, false, &mut rng)?;
+        logits.argmax(1)?.to_vec1::<u32>()?;
+        eval_times.push(start.elapsed().as_secs_f64());
+    }
     println!(
         "{}",
         serde_json::json!({
+            "eval_step_seconds": eval_times,
             "pipelined_step_seconds": pipelined,
             "impl": "sweep", "model": model, "batch": batch, "size": size, "device": described, "precision": precision,
             "trainable_parameters": built.trainable.iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
