@@ -147,6 +147,71 @@ fn window_max(
     }
 }
 
+/// [`window_max`] that also keeps the index of each window's maximum within its plane, the one
+/// [`window_argmax`] gives (the training pass of the windows that [`window_argmax`] has no
+/// shortcut for). `rows` and `rows_at` hold each row's window maxima and their indices.
+#[allow(clippy::cast_possible_truncation)] // a plane's index fits u32: `argmax_of` stores them so
+fn window_max_at(
+    plane: &[f32],
+    (h, w): (usize, usize),
+    p: PoolParams,
+    (oh, cols): (usize, &[(usize, usize)]),
+    (rows, rows_at): (&mut [f32], &mut [u32]),
+    (out, at): (&mut [f32], &mut [u32]),
+) {
+    let ow = cols.len();
+    let stem = p == PoolParams { kernel: 3, stride: 2, padding: 1 } && w >= 2;
+    for (y, (r, ra)) in rows.chunks_exact_mut(ow).zip(rows_at.chunks_exact_mut(ow)).enumerate().take(h) {
+        let line = &plane[y * w..(y + 1) * w];
+        // Windows 1..=done go as lanes (the stem's unclipped windows), the rest one by one.
+        let mut done = 0;
+        if stem {
+            // Window ox covers columns 2ox-1, 2ox and 2ox+1: the odd column of pair ox-1, then
+            // both of pair ox.
+            let pairs = line.chunks_exact(2);
+            let inner = r[1..].iter_mut().zip(ra[1..].iter_mut()).zip(pairs.clone().zip(pairs.skip(1)));
+            for (base, ((r, ra), (prev, pair))) in (0u32..).step_by(2).zip(inner) {
+                let (mut best_v, mut best) = (prev[1], base + 1);
+                for (v, i) in [(pair[0], base + 2), (pair[1], base + 3)] {
+                    #[allow(clippy::neg_cmp_op_on_partial_ord)] // as in `scan`
+                    let take = !best_v.is_nan() && !(v <= best_v);
+                    best_v = if take { v } else { best_v };
+                    best = if take { i } else { best };
+                }
+                *r = best_v;
+                *ra = (y * w) as u32 + best;
+            }
+            done = (ow - 1).min(w / 2 - 1);
+        }
+        for (ox, &(x0, x1)) in cols.iter().enumerate() {
+            if (1..=done).contains(&ox) {
+                continue;
+            }
+            let (mut best_v, mut best) = (line[x0], x0);
+            for (x, &v) in line.iter().enumerate().take(x1).skip(x0 + 1) {
+                scan(&mut best_v, &mut best, v, x);
+            }
+            r[ox] = best_v;
+            ra[ox] = (y * w + best) as u32;
+        }
+    }
+    for (oy, (o, a)) in out.chunks_exact_mut(ow).zip(at.chunks_exact_mut(ow)).enumerate().take(oh) {
+        let (y0, y1) = window(oy, h, p);
+        o.copy_from_slice(&rows[y0 * ow..(y0 + 1) * ow]);
+        a.copy_from_slice(&rows_at[y0 * ow..(y0 + 1) * ow]);
+        for y in y0 + 1..y1 {
+            let (rv, ri) = (&rows[y * ow..(y + 1) * ow], &rows_at[y * ow..(y + 1) * ow]);
+            for (((o, a), &v), &i) in o.iter_mut().zip(a.iter_mut()).zip(rv).zip(ri) {
+                // `scan` on the row maxima: a later row wins only with a larger value or a NaN.
+                #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(v <= o)` is meant: true for a NaN `v`
+                let take = !o.is_nan() && !(v <= *o);
+                *o = if take { v } else { *o };
+                *a = if take { i } else { *a };
+            }
+        }
+    }
+}
+
 /// Max pooling that keeps no indices, for input that tracks no gradient.
 struct MaxPool2dValues(PoolParams);
 
@@ -198,6 +263,19 @@ impl candle_core::CustomOp1 for MaxPool2dOp {
         let (n, c, h, w) = layout.shape().dims4()?;
         let (oh, ow) = (self.p.out(h)?, self.p.out(w)?);
         let x = cpu_f32(storage, layout, "max_pool2d")?;
+        if self.p != (PoolParams { kernel: 2, stride: 2, padding: 0 }) {
+            // Rows, then columns: the values and their indices in one pass.
+            let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, w, self.p)).collect();
+            let (mut out, mut idx) = (vec![0f32; n * c * oh * ow], vec![0u32; n * c * oh * ow]);
+            out.par_chunks_mut(oh * ow).zip(idx.par_chunks_mut(oh * ow)).zip(x.par_chunks(h * w)).for_each_init(
+                || (vec![0f32; h * ow], vec![0u32; h * ow]),
+                |(rows, rows_at), ((o, i), plane)| {
+                    window_max_at(plane, (h, w), self.p, (oh, &cols), (rows, rows_at), (o, i));
+                },
+            );
+            *self.argmax.lock().expect("max-pool lock") = Some(idx);
+            return Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))));
+        }
         let idx = argmax_of(x, (h, w), self.p)?;
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow).zip(idx.par_chunks(oh * ow)).zip(x.par_chunks(h * w)).for_each(
@@ -490,13 +568,14 @@ mod tests {
 
     /// Without a gradient to route, the pool takes each window's maximum without its index: the
     /// same bits as the indexed op's, for the stem's 3x3/2 pad 1 windows, VGG's 2x2/2, 3x3/1
-    /// pad 1 and 3x3/3, on planes with ties, both zeros and NaNs.
+    /// pad 1 and 3x3/3, on planes with ties, both zeros and NaNs; and the rows-then-columns
+    /// scan with indices picks the general scan's indices.
     #[test]
     fn the_pool_without_indices_gives_the_indexed_ops_bits() {
         let mut rng = Rng::new(6);
         for (k, s, pad) in [(3, 2, 1), (2, 2, 0), (3, 1, 1), (3, 3, 0), (1, 1, 0)] {
             let p = PoolParams { kernel: k, stride: s, padding: pad };
-            for (h, w) in [(1, 1), (5, 5), (6, 7), (8, 8), (9, 4)] {
+            for (h, w) in [(1, 1), (2, 3), (3, 2), (5, 5), (6, 7), (8, 8), (9, 4)] {
                 if h + 2 * pad < k || w + 2 * pad < k {
                     continue;
                 }
@@ -520,6 +599,20 @@ mod tests {
                     t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
                 };
                 assert_eq!(bits(&a), bits(&b), "{p:?} on {h}x{w}");
+                // Rows then columns with indices: the general scan's indices and values.
+                let (oh, ow) = (p.out(h).unwrap(), p.out(w).unwrap());
+                let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, w, p)).collect();
+                let flat = plain.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for plane in flat.chunks(h * w) {
+                    let mut want = vec![0u32; oh * ow];
+                    windows_argmax(plane, h, w, p, oh, ow, &mut want);
+                    let (mut rows, mut rows_at) = (vec![0f32; h * ow], vec![0u32; h * ow]);
+                    let (mut got_v, mut got) = (vec![0f32; oh * ow], vec![0u32; oh * ow]);
+                    window_max_at(plane, (h, w), p, (oh, &cols), (&mut rows, &mut rows_at), (&mut got_v, &mut got));
+                    assert_eq!(got, want, "{p:?} on {h}x{w}");
+                    let picked: Vec<u32> = want.iter().map(|&i| plane[i as usize].to_bits()).collect();
+                    assert_eq!(got_v.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), picked);
+                }
             }
         }
     }
