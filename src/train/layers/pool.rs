@@ -335,8 +335,10 @@ impl candle_core::CustomOp1 for MaxPool2dBackward {
 /// 2-D max pooling as `torch.nn.functional.max_pool2d(x, kernel, stride, padding)`.
 ///
 /// On CPU (f32) a custom op whose gradient goes to the first maximum of each
-/// window with weight one, as PyTorch's. Elsewhere the windows are gathered with
-/// tensor ops and reduced with `max` (correct values; a tie shares the gradient).
+/// window with weight one, as PyTorch's; for input that tracks no gradient (a test
+/// pass, a frozen stem) the same maxima without their indices. Elsewhere the windows
+/// are gathered with tensor ops and reduced with `max` (correct values; a tie shares
+/// the gradient).
 pub fn max_pool2d(xs: &Tensor, p: PoolParams) -> Result<Tensor> {
     if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 {
         if !xs.track_op() {
