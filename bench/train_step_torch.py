@@ -32,6 +32,14 @@ def from_sweep_file(path, run):
     cfg = {**doc.get("defaults", {}), **runs[0]}
     arch = cfg["model"]
     m = getattr(tm, arch)(num_classes=10)
+    if cfg.get("stem", "imagenet") == "cifar":
+        # sweep's stem = "cifar": a 3x3/1 convolution and no max-pool.
+        if arch.startswith("resnet"):
+            m.conv1 = torch.nn.Conv2d(3, m.conv1.out_channels, 3, 1, 1, bias=False)
+            m.maxpool = torch.nn.Identity()
+        elif arch.startswith("densenet"):
+            m.features.conv0 = torch.nn.Conv2d(3, m.features.conv0.out_channels, 3, 1, 1, bias=False)
+            m.features.pool0 = torch.nn.Identity()
     head, slot = cfg.get("head", "linear"), None
     if arch.startswith("resnet"):
         slot, stages = "fc", [["conv1.", "bn1."]] + [[f"layer{i}."] for i in range(1, 5)]
