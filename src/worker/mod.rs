@@ -418,8 +418,9 @@ async fn execute(
         Ok(c) => c,
         Err(e) => {
             let msg = format!("the stored configuration does not parse: {e}");
-            store.finish(&lease, Status::Failed, Some(&msg)).await?;
-            return Ok(fail(msg, false));
+            let end = fail(msg, false);
+            store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
+            return Ok(end);
         }
     };
     let rel_dir = run_dir(&run.key);
@@ -440,8 +441,9 @@ async fn execute(
         } else {
             format!("{}: {e}", abs_dir.display())
         };
-        store.finish(&lease, Status::Failed, Some(&msg)).await?;
-        return Ok(fail(msg, disk_full));
+        let end = fail(msg, disk_full);
+        store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
+        return Ok(end);
     }
     if let Err(e) = artifacts.put(&format!("{rel_dir}/config.json")).await {
         tracing::warn!("keeping config.json in {}: {e}", artifacts.location());
@@ -455,8 +457,9 @@ async fn execute(
                      from epoch 1",
                     &run.key[..10]
                 );
-                store.finish(&lease, Status::Failed, Some(&msg)).await?;
-                return Ok(fail(msg, false));
+                let end = fail(msg, false);
+                store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
+                return Ok(end);
             }
         }
     }

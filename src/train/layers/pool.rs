@@ -38,8 +38,9 @@ fn window(o: usize, len: usize, p: PoolParams) -> (usize, usize) {
 /// the best so far if it is larger or NaN, unless the best is a NaN already.
 /// Written as selects, not branches: on real activations which candidate wins
 /// is a coin toss, and mispredicted branches cost more than the rest of the scan.
+/// The index may be of any type (`()` where only the value is wanted).
 #[inline]
-pub(super) fn scan(best_v: &mut f32, best: &mut usize, v: f32, i: usize) {
+pub(super) fn scan<I: Copy>(best_v: &mut f32, best: &mut I, v: f32, i: I) {
     #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(v <= best)` is meant: true for a NaN `v`
     let take = !best_v.is_nan() && !(v <= *best_v);
     *best_v = if take { v } else { *best_v };
@@ -89,14 +90,9 @@ fn windows_argmax(plane: &[f32], h: usize, w: usize, p: PoolParams, oh: usize, o
 /// [`scan`] without the index: the maximum so far takes `v` if `v` is larger or NaN, unless it
 /// is a NaN already.
 #[inline]
-fn scan_value(best: f32, v: f32) -> f32 {
-    #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(v <= best)` is meant: true for a NaN `v`
-    let take = !best.is_nan() && !(v <= best);
-    if take {
-        v
-    } else {
-        best
-    }
+fn scan_value(mut best: f32, v: f32) -> f32 {
+    scan(&mut best, &mut (), v, ());
+    best
 }
 
 /// Each window's maximum of one plane, without its index (a pass that no gradient goes through:
@@ -172,12 +168,8 @@ fn window_max_at(
             let inner = r[1..].iter_mut().zip(ra[1..].iter_mut()).zip(pairs.clone().zip(pairs.skip(1)));
             for (base, ((r, ra), (prev, pair))) in (0u32..).step_by(2).zip(inner) {
                 let (mut best_v, mut best) = (prev[1], base + 1);
-                for (v, i) in [(pair[0], base + 2), (pair[1], base + 3)] {
-                    #[allow(clippy::neg_cmp_op_on_partial_ord)] // as in `scan`
-                    let take = !best_v.is_nan() && !(v <= best_v);
-                    best_v = if take { v } else { best_v };
-                    best = if take { i } else { best };
-                }
+                scan(&mut best_v, &mut best, pair[0], base + 2);
+                scan(&mut best_v, &mut best, pair[1], base + 3);
                 *r = best_v;
                 *ra = (y * w) as u32 + best;
             }
@@ -201,12 +193,9 @@ fn window_max_at(
         a.copy_from_slice(&rows_at[y0 * ow..(y0 + 1) * ow]);
         for y in y0 + 1..y1 {
             let (rv, ri) = (&rows[y * ow..(y + 1) * ow], &rows_at[y * ow..(y + 1) * ow]);
+            // A later row wins only with a larger value or a NaN.
             for (((o, a), &v), &i) in o.iter_mut().zip(a.iter_mut()).zip(rv).zip(ri) {
-                // `scan` on the row maxima: a later row wins only with a larger value or a NaN.
-                #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(v <= o)` is meant: true for a NaN `v`
-                let take = !o.is_nan() && !(v <= *o);
-                *o = if take { v } else { *o };
-                *a = if take { i } else { *a };
+                scan(o, a, v, i);
             }
         }
     }
