@@ -18,6 +18,12 @@
 #   4. ResNet18 at 224x224, batch 50, 2 epochs of generated data, f32/tf32/bf16 (`sweep submit`),
 #      next to torchvision's ResNet18 with the same settings (bench/gpu_torch.py);
 #   5. (PARTS=term only) the term report's whole ResNet18 run on generated data of CIFAR-10's size.
+#
+# A dry run on a machine without a GPU checks this script itself (its parts, and that the
+# figures it reads from each program's output are there) before a lent GPU's minutes go on it:
+#   cargo build --release --bin sweep --example device_check --example train_step
+#   BINS=target/release DEVICE=cpu KERNELS=cudnn PRECISIONS=f32 CHECKS=ops STEP="smallcnn 8 32" \
+#     IMAGES=50 TERM_EPOCHS=1 TERM_IMAGES="100 50" PROFILE=0 OUT=/tmp/gpu-dry bash bench/gpu.sh run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -49,12 +55,21 @@ for r in site.getsitepackages() + [site.getusersitepackages()]:
 print(":".join(dirs))' 2>/dev/null || true)
     export LD_LIBRARY_PATH="${libs}:${LD_LIBRARY_PATH:-}"
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" >"$out/log.txt"
-    bin=./sweep
+    # BINS: the folder of the CUDA binaries (the unpacked pack's own, else target/cuda/release).
+    # DEVICE: where everything runs (cuda:0; `cpu` for a dry run of this script). STEP: the
+    # train_step parts' model, batch and size. TERM_IMAGES: the term run's train and test images.
+    bins=${BINS:-.}
+    bin=$bins/sweep
     [ -x "$bin" ] || bin=target/cuda/release/sweep
-    dc=./device_check
+    dc=$bins/device_check
+    [ -x "$dc" ] || dc=$bins/examples/device_check
     [ -x "$dc" ] || dc=target/cuda/release/examples/device_check
-    ts=./train_step
+    ts=$bins/train_step
+    [ -x "$ts" ] || ts=$bins/examples/train_step
     [ -x "$ts" ] || ts=target/cuda/release/examples/train_step
+    dev=${DEVICE:-cuda:0}
+    stepargs=${STEP:-resnet18 50 224}
+    read -r term_train term_test <<<"${TERM_IMAGES:-50000 10000}"
     # KERNELS: the GPU kernel sets to compare (SWEEP_GPU_KERNELS); a build
     # without the cudnn feature has only `generic`. CHECKS: device_check's
     # cases (`ops` or MODEL:SIZE; resnet50 at 128, where the CPU's own two convolution paths agree
@@ -98,7 +113,7 @@ print("   trainer time (s, host): " + ", ".join("%s %.2f" % kv for kv in tot.ite
     for k in $kernels; do
         export SWEEP_GPU_KERNELS=$k
         has quickstart || continue
-        step 120 "$k: quickstart on CUDA" "$bin" --home "$home/q-$k" submit experiments/quickstart.toml --device cuda:0
+        step 120 "$k: quickstart on CUDA" "$bin" --home "$home/q-$k" submit experiments/quickstart.toml --device "$dev"
         "$bin" --home "$home/q-$k" results --columns name,status,test_acc,img/s,time --format csv >>"$out/summary.txt" 2>&1 || true
         "$bin" --home "$home/q-$k" status --format json >>"$out/log.txt" 2>&1 || true
     done
@@ -107,7 +122,7 @@ print("   trainer time (s, host): " + ", ".join("%s %.2f" % kv for kv in tot.ite
         has checks || continue
         for m in ${CHECKS:-ops smallcnn:32 resnet18:64 resnet50:128 densenet121:64 vgg16_bn:64}; do
             case $m in *:*) args="${m%%:*} ${m##*:}" ;; *) args="$m 0" ;; esac
-            step 120 "$k: device_check $m" bash -c "set -o pipefail; $dc $args cuda:0 | tee -a $out/summary.txt"
+            step 120 "$k: device_check $m" bash -c "set -o pipefail; $dc $args $dev | tee -a $out/summary.txt"
         done
     done
     # one training step on random data, each phase synchronised: the model's
@@ -116,8 +131,9 @@ print("   trainer time (s, host): " + ", ".join("%s %.2f" % kv for kv in tot.ite
     for k in $kernels; do
         has steps || continue
         for precision in $precisions; do
-            echo "== $k: train_step resnet18 batch 50 at 224 $precision" | tee -a "$out/summary.txt" >>"$out/log.txt"
-            SWEEP_GPU_KERNELS=$k timeout 120 "$ts" resnet18 50 224 22 cuda:0 "$precision" 2>>"$out/log.txt" | tee -a "$out/log.txt" |
+            echo "== $k: train_step $stepargs (model, batch, size) $precision" | tee -a "$out/summary.txt" >>"$out/log.txt"
+            # shellcheck disable=SC2086 # STEP is three words
+            SWEEP_GPU_KERNELS=$k timeout 120 "$ts" $stepargs 22 "$dev" "$precision" 2>>"$out/log.txt" | tee -a "$out/log.txt" |
                 python3 -c '
 import json, statistics, sys
 r = json.loads(sys.stdin.read())
@@ -174,7 +190,7 @@ if p:
             cat >"$home/r18-$k-$precision.toml" <<TOML
 name = "r18-$k-$precision"
 dataset = { name = "synthetic", train_size = $n, test_size = 500 }
-device = "cuda:0"
+device = "$dev"
 [defaults]
 model = "resnet18"
 batch_size = 50
@@ -208,8 +224,8 @@ TOML
         e=${TERM_EPOCHS:-20}
         cat >"$home/term.toml" <<TOML
 name = "term-r18"
-dataset = { name = "synthetic", train_size = 50000, test_size = 10000 }
-device = "cuda:0"
+dataset = { name = "synthetic", train_size = $term_train, test_size = $term_test }
+device = "$dev"
 [defaults]
 model = "resnet18"
 batch_size = 50
@@ -224,7 +240,7 @@ test = [{ resize = { size = 224 } }, { normalize = "cifar10" }]
 augment = "resize224"
 TOML
         SWEEP_GPU_KERNELS=$k RUST_LOG=sweep::train::epoch=info step 330 \
-            "$k: the term report's resnet18 run, $e epochs of 50000 + 10000 test, bf16" \
+            "$k: the term report's resnet18 run, $e epochs of $term_train + $term_test test, bf16" \
             "$bin" --home "$home/term" -q submit "$home/term.toml"
         phases "$e"
         "$bin" --home "$home/term" results --columns name,status,epochs,img/s,time,test_acc --format csv >>"$out/summary.txt" 2>&1 || true
