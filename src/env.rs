@@ -76,7 +76,7 @@ pub const GPU_KERNELS: Var = Var {
 /// How the CPU computes 3x3 convolutions with stride 1 and padding 1.
 pub const CPU_CONV: Var = Var {
     name: "SWEEP_CPU_CONV",
-    help: "3x3 stride-1 convolutions on the CPU: auto (the default: Winograd, direct or lanes where measured faster), winograd (F(2x2,3x3)), direct, lanes (the batch across the SIMD lanes, also for 3x3/2 and 7x7 kernels), or im2col (column matrix and matrix product)",
+    help: "3x3 stride-1 convolutions on the CPU: auto (the default: Winograd, direct or lanes where measured faster), winograd4 (F(4x4,3x3)), winograd (F(2x2,3x3)), direct, lanes (the batch across the SIMD lanes, also for 3x3/2 and 7x7 kernels), or im2col (column matrix and matrix product)",
 };
 
 /// Every variable the binary reads, in the order `sweep --help` lists them.

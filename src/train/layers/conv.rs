@@ -15,10 +15,12 @@
 //! convolution is one dense linear map from an image's C·H·W values to its
 //! C_out·OH·OW outputs (see `dense`), three matrix products straight on NCHW.
 //!
-//! 3x3 stride-1 convolutions take one of two other paths where each measured
-//! faster: Winograd's F(2x2, 3x3) on the larger planes (`winograd.rs`, 2.25
-//! times fewer multiply-adds) and the direct convolution (`conv3x3.rs`, no
-//! column matrix) on the others it suits; `SWEEP_CPU_CONV` forces one.
+//! 3x3 stride-1 convolutions take one of the other paths where each measured
+//! faster: Winograd's F(4x4, 3x3) (`winograd4.rs`, 4 times fewer
+//! multiply-adds) on the larger planes with enough channels, F(2x2, 3x3)
+//! (`winograd.rs`, 2.25 times fewer) on others, the batch across the SIMD
+//! lanes (`conv_lanes.rs`) and the direct convolution (`conv3x3.rs`, no
+//! column matrix) on the others they suit; `SWEEP_CPU_CONV` forces one.
 
 use super::gemm::{gemm, View};
 use super::{cpu_f32, with_cpu_f32};
@@ -105,7 +107,7 @@ impl Geom {
         }
         match cpu_conv() {
             CpuConv::Direct => true,
-            CpuConv::Im2col | CpuConv::Winograd | CpuConv::Lanes => false,
+            CpuConv::Im2col | CpuConv::Winograd | CpuConv::Winograd4 | CpuConv::Lanes => false,
             CpuConv::Auto => {
                 let hw = self.h * self.w;
                 self.h.min(self.w) >= 6 && (hw >= 196 || self.c * self.cout <= 128 * 128)
@@ -126,7 +128,7 @@ impl Geom {
         }
         match cpu_conv() {
             CpuConv::Winograd => true,
-            CpuConv::Direct | CpuConv::Im2col | CpuConv::Lanes => false,
+            CpuConv::Direct | CpuConv::Im2col | CpuConv::Lanes | CpuConv::Winograd4 => false,
             CpuConv::Auto => {
                 let hw = self.h * self.w;
                 let enough_work = self.n * hw * self.c * self.cout >= 1 << 25;
@@ -150,7 +152,7 @@ impl Geom {
         }
         match cpu_conv() {
             CpuConv::Lanes => true,
-            CpuConv::Direct | CpuConv::Im2col | CpuConv::Winograd => false,
+            CpuConv::Direct | CpuConv::Im2col | CpuConv::Winograd | CpuConv::Winograd4 => false,
             CpuConv::Auto => {
                 let stem = self.k == 7 && self.p.stride == 2 && self.p.padding == 3 && self.h * self.w <= 1024;
                 let small = self.same_3x3() && self.h * self.w <= 64 && !self.dense() && !self.winograd();
@@ -168,6 +170,33 @@ impl Geom {
     }
     fn tiles(&self) -> super::winograd::Tiles {
         super::winograd::Tiles::new((self.n, self.c, self.h, self.w), self.cout)
+    }
+    /// A 3x3 convolution with stride 1 and padding 1 by Winograd's F(4x4,
+    /// 3x3) (`winograd4.rs`), as `SWEEP_CPU_CONV` says; `auto` where that was
+    /// measured faster than every other path (BENCHMARKS.md): at least 2^25
+    /// multiply-adds per tap, and kernels large against their transforms
+    /// (C·C_out / (C + C_out), a tile's multiply-adds per transformed value):
+    /// at least 32 on planes of 14x14 and more (ResNet's and VGG's 3x3 layers
+    /// at 224, not DenseNet's 128 → 32), at least 128 on planes down to 4x4
+    /// (ResNet's last stages with the CIFAR stem). It goes before F(2x2,
+    /// 3x3), which keeps the rest of its layers.
+    fn winograd4(&self) -> bool {
+        if !self.same_3x3() {
+            return false;
+        }
+        match cpu_conv() {
+            CpuConv::Winograd4 => true,
+            CpuConv::Direct | CpuConv::Im2col | CpuConv::Lanes | CpuConv::Winograd => false,
+            CpuConv::Auto => {
+                let (hw, cc) = (self.h * self.w, self.c * self.cout);
+                let ratio = cc / (self.c + self.cout).max(1);
+                let enough_work = self.n * hw * cc >= 1 << 25;
+                enough_work && (hw >= 196 && ratio >= 32 || self.h.min(self.w) >= 4 && ratio >= 128)
+            }
+        }
+    }
+    fn tiles4(&self) -> super::winograd::Tiles {
+        super::winograd::Tiles::sized((self.n, self.c, self.h, self.w), self.cout, 4)
     }
     /// The outputs `lo..hi` along an axis (of `outs` outputs over `len` inputs)
     /// whose tap `t` falls inside the input; output `o` reads input `o * stride + t - padding`.
@@ -213,6 +242,8 @@ enum CpuConv {
     Direct,
     /// Always Winograd's F(2x2, 3x3) (`winograd.rs`).
     Winograd,
+    /// Always Winograd's F(4x4, 3x3) (`winograd4.rs`).
+    Winograd4,
     /// Always im2col and a matrix product.
     Im2col,
     /// Always the batch across the SIMD lanes where `conv_lanes.rs` takes
@@ -227,6 +258,7 @@ impl std::str::FromStr for CpuConv {
             "auto" => Ok(CpuConv::Auto),
             "direct" => Ok(CpuConv::Direct),
             "winograd" => Ok(CpuConv::Winograd),
+            "winograd4" => Ok(CpuConv::Winograd4),
             "im2col" => Ok(CpuConv::Im2col),
             "lanes" => Ok(CpuConv::Lanes),
             _ => Err(()),
@@ -832,6 +864,12 @@ impl CustomOp2 for Conv2dOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.shape(), l2.shape(), self.p)?;
+        if g.winograd4() {
+            let (x, w) = (cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?);
+            let (y, kept) = super::winograd4::forward(x, w, &g.tiles4(), self.keep_kernels);
+            *self.kept.lock().expect("conv lock") = kept;
+            return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
+        }
         if g.winograd() {
             let (x, w) = (cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?);
             let (y, kept) = super::winograd::forward(x, w, &g.tiles(), self.keep_kernels);
@@ -876,7 +914,9 @@ impl CustomOp2 for Conv2dOp {
         let (dx, dw) = with_cpu_f32(&x.detach(), |xs| {
             with_cpu_f32(&w.detach(), |ws| {
                 with_cpu_f32(&grad.detach(), |dy| {
-                    if g.winograd() {
+                    if g.winograd4() {
+                        super::winograd4::backward(xs, ws, dy, &g.tiles4(), (need_dx, need_dw), kept.as_deref())
+                    } else if g.winograd() {
                         super::winograd::backward(xs, ws, dy, &g.tiles(), (need_dx, need_dw), kept.as_deref())
                     } else if g.lanes() {
                         super::conv_lanes::backward(xs, ws, dy, &g.lanes_geom(), g.c, g.cout, (need_dx, need_dw))
@@ -1146,6 +1186,31 @@ mod tests {
             assert!(!geom(n, c, hw, cout, 1).winograd(), "{n}x{c}x{hw}x{hw} -> {cout}");
         }
         assert!(!geom(8, 128, 56, 32, 0).winograd());
+        // F(4x4, 3x3), which goes before them all, where it measured faster
+        // still: ResNet's and VGG's layers at 224, the CIFAR stem's.
+        for (n, c, hw, cout) in [
+            (8, 64, 56, 64),
+            (8, 128, 28, 128),
+            (8, 256, 14, 256),
+            (2, 64, 224, 64),
+            (8, 512, 7, 512),
+            (128, 64, 32, 64),
+            (128, 256, 8, 256),
+            (128, 512, 4, 512),
+        ] {
+            assert!(geom(n, c, hw, cout, 1).winograd4(), "{n}x{c}x{hw}x{hw} -> {cout}");
+        }
+        for (n, c, hw, cout) in [
+            (8, 128, 56, 32),
+            (8, 128, 14, 32),
+            (2, 512, 7, 512),
+            (128, 64, 8, 64),
+            (128, 128, 4, 128),
+            (128, 256, 2, 256),
+        ] {
+            assert!(!geom(n, c, hw, cout, 1).winograd4(), "{n}x{c}x{hw}x{hw} -> {cout}");
+        }
+        assert!(!geom(8, 64, 56, 64, 0).winograd4());
     }
 
     /// A batch whose column matrix is split into chunks of several images gives

@@ -69,6 +69,7 @@ mod pool_cuda;
 #[cfg(feature = "cudnn")]
 mod relu_cuda;
 mod winograd;
+mod winograd4;
 
 pub use add_relu::{add_relu, relu};
 pub use batch_norm::{batch_norm_cpu, channel_stats};

@@ -40,26 +40,36 @@ const CHUNK_FLOATS: usize = 1 << 21;
 /// Sizes of one convolution and its tiles.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tiles {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    th: usize,
-    tw: usize,
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) cout: usize,
+    /// Output pixels along a tile's side: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3).
+    pub(super) m: usize,
+    pub(super) th: usize,
+    pub(super) tw: usize,
     /// Floats of transformed patches and products a chunk may hold.
-    budget: usize,
+    pub(super) budget: usize,
 }
 
 impl Tiles {
     /// Tiles of an N x C x H x W input convolved into C_out channels.
-    pub(super) fn new((n, c, h, w): (usize, usize, usize, usize), cout: usize) -> Tiles {
-        Tiles { n, c, h, w, cout, th: h.div_ceil(2), tw: w.div_ceil(2), budget: CHUNK_FLOATS }
+    pub(super) fn new(dims: (usize, usize, usize, usize), cout: usize) -> Tiles {
+        Tiles::sized(dims, cout, 2)
+    }
+    /// The same with tiles of `m` x `m` output pixels.
+    pub(super) fn sized((n, c, h, w): (usize, usize, usize, usize), cout: usize, m: usize) -> Tiles {
+        Tiles { n, c, h, w, cout, m, th: h.div_ceil(m), tw: w.div_ceil(m), budget: CHUNK_FLOATS }
+    }
+    /// Points of the transform domain: (m + 2)².
+    pub(super) fn points(&self) -> usize {
+        (self.m + 2) * (self.m + 2)
     }
     fn per_image(&self) -> usize {
         self.th * self.tw
     }
-    fn total(&self) -> usize {
+    pub(super) fn total(&self) -> usize {
         self.n * self.per_image()
     }
     /// Image, tile row and tile column of tile `t`.
@@ -68,16 +78,16 @@ impl Tiles {
         (b, r / self.tw, r % self.tw)
     }
     /// Tiles per chunk.
-    fn chunk(&self) -> usize {
-        (self.budget / (XI * (self.c + self.cout))).max(1).min(self.total().max(1))
+    pub(super) fn chunk(&self) -> usize {
+        (self.budget / (self.points() * (self.c + self.cout))).max(1).min(self.total().max(1))
     }
     /// The chunks: first tile and number of tiles.
-    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> {
+    pub(super) fn chunks(&self) -> impl Iterator<Item = (usize, usize)> {
         let (total, chunk) = (self.total(), self.chunk());
         (0..total).step_by(chunk).map(move |t0| (t0, chunk.min(total - t0)))
     }
     /// The chunk's tiles as runs along tile rows.
-    fn runs(&self, t0: usize, nt: usize) -> impl Iterator<Item = Run> + '_ {
+    pub(super) fn runs(&self, t0: usize, nt: usize) -> impl Iterator<Item = Run> + '_ {
         self.runs_within(t0, t0..t0 + nt)
     }
     /// The runs of the chunk starting at tile `t0` over its tiles `range`.
@@ -95,12 +105,12 @@ impl Tiles {
         })
     }
     /// The runs of image `b` inside the chunk `t0..t0 + nt`.
-    fn runs_of(&self, b: usize, t0: usize, nt: usize) -> impl Iterator<Item = Run> + '_ {
+    pub(super) fn runs_of(&self, b: usize, t0: usize, nt: usize) -> impl Iterator<Item = Run> + '_ {
         let per = self.per_image();
         self.runs_within(t0, (b * per).max(t0)..((b + 1) * per).min(t0 + nt))
     }
     /// The images a chunk touches.
-    fn images(&self, t0: usize, nt: usize) -> std::ops::Range<usize> {
+    pub(super) fn images(&self, t0: usize, nt: usize) -> std::ops::Range<usize> {
         t0 / self.per_image()..(t0 + nt - 1) / self.per_image() + 1
     }
 }
@@ -108,12 +118,12 @@ impl Tiles {
 /// Tiles (b, i, j) for j in `j0..j1`, one tile row of one image, at
 /// positions `tb..` of their chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Run {
-    b: usize,
-    i: usize,
-    j0: usize,
-    j1: usize,
-    tb: usize,
+pub(super) struct Run {
+    pub(super) b: usize,
+    pub(super) i: usize,
+    pub(super) j0: usize,
+    pub(super) j1: usize,
+    pub(super) tb: usize,
 }
 
 /// `Bᵀ r` along one axis of a patch: the input transform.
@@ -303,20 +313,21 @@ fn patches(x: &[f32], s: &Tiles, t0: usize, nt: usize, v: &mut [f32]) {
     });
 }
 
-/// The 16 products of a chunk, `dst[ξ] = lhs(ξ) · rhs(ξ)` (or `+=`), side by side.
-fn products<'a>(
+/// The `points` products of a chunk, `dst[ξ] = lhs(ξ) · rhs(ξ)` (or `+=`), side by side.
+pub(super) fn products<'a>(
     dst: &mut [f32],
+    points: usize,
     accumulate: bool,
     lhs: impl Fn(usize) -> View<'a> + Sync,
     rhs: impl Fn(usize) -> View<'a> + Sync,
 ) {
-    let per = dst.len() / XI;
+    let per = dst.len() / points;
     dst.par_chunks_mut(per).enumerate().for_each(|(xi, d)| gemm_serial(d, accumulate, lhs(xi), rhs(xi)));
 }
 
-/// Point `ξ` of a (rows, 16, cols) layout as a rows x cols matrix.
-fn point(data: &[f32], rows: usize, cols: usize, xi: usize) -> View<'_> {
-    View::strided(&data[xi * cols..], rows, cols, XI * cols)
+/// Point `ξ` of a (rows, points, cols) layout as a rows x cols matrix.
+pub(super) fn point(data: &[f32], points: usize, rows: usize, cols: usize, xi: usize) -> View<'_> {
+    View::strided(&data[xi * cols..], rows, cols, points * cols)
 }
 
 /// The output of a 3x3 convolution with stride 1 and padding 1 (NCHW) and,
@@ -335,7 +346,7 @@ pub(super) fn forward(x: &[f32], w: &[f32], s: &Tiles, keep: bool) -> (Vec<f32>,
         let (v, m) = (&mut v[..s.c * XI * nt], &mut m[..XI * s.cout * nt]);
         patches(x, s, t0, nt, v);
         let v = &*v;
-        products(m, false, |xi| point(&u, s.cout, s.c, xi), |xi| point(v, s.c, nt, xi));
+        products(m, XI, false, |xi| point(&u, XI, s.cout, s.c, xi), |xi| point(v, XI, s.c, nt, xi));
         let m = &*m;
         outputs(m, s, t0, nt, &mut y);
     }
@@ -523,11 +534,11 @@ pub(super) fn backward(
             let v = &mut v[..s.c * XI * nt];
             patches(x, s, t0, nt, v);
             let v = &*v;
-            products(&mut du, k > 0, |xi| point(dm, s.cout, nt, xi), |xi| point(v, s.c, nt, xi).t());
+            products(&mut du, XI, k > 0, |xi| point(dm, XI, s.cout, nt, xi), |xi| point(v, XI, s.c, nt, xi).t());
         }
         if need_dx {
             let dv = &mut dv[..XI * s.c * nt];
-            products(dv, false, |xi| point(u, s.cout, s.c, xi).t(), |xi| point(dm, s.cout, nt, xi));
+            products(dv, XI, false, |xi| point(u, XI, s.cout, s.c, xi).t(), |xi| point(dm, XI, s.cout, nt, xi));
             input_gradients(dv, s, t0, nt, &mut dx);
         }
     }
