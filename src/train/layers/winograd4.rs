@@ -335,8 +335,15 @@ fn output_gradients(dy: &[f32], s: &Tiles, t0: usize, nt: usize, dm: &mut [f32])
                 ph.fill(0.0);
                 let yy = 4 * r.i + y;
                 if yy < s.h {
-                    for (k, v) in src[yy * s.w..][..s.w].iter().enumerate() {
-                        ph[(k % 4) * q + k / 4] = *v;
+                    let row = &src[yy * s.w..][..s.w];
+                    let mut quads = row.chunks_exact(4);
+                    for (t, v) in quads.by_ref().enumerate() {
+                        for (p, v) in v.iter().enumerate() {
+                            ph[p * q + t] = *v;
+                        }
+                    }
+                    for (p, v) in quads.remainder().iter().enumerate() {
+                        ph[p * q + s.w / 4] = *v;
                     }
                 }
             }
@@ -394,8 +401,18 @@ fn input_gradients(dv: &[f32], s: &Tiles, t0: usize, nt: usize, dx: &mut [f32]) 
                     if yy >= s.h {
                         continue;
                     }
-                    for (k, o) in dst[yy * s.w..][..s.w].iter_mut().enumerate() {
-                        *o += ph[((k + 1) % 4) * q + (k + 1) / 4];
+                    // Input column k is padded column k + 1: phases 1, 2, 3 at t, then 0 at t + 1.
+                    let row = &mut dst[yy * s.w..][..s.w];
+                    let mut quads = row.chunks_exact_mut(4);
+                    for (t, o) in quads.by_ref().enumerate() {
+                        o[0] += ph[q + t];
+                        o[1] += ph[2 * q + t];
+                        o[2] += ph[3 * q + t];
+                        o[3] += ph[t + 1];
+                    }
+                    let t = s.w / 4;
+                    for (p, o) in quads.into_remainder().iter_mut().enumerate() {
+                        *o += ph[(p + 1) * q + t];
                     }
                 }
             }
