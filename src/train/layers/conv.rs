@@ -168,9 +168,6 @@ impl Geom {
             (self.oh, self.ow),
         )
     }
-    fn tiles(&self) -> super::winograd::Tiles {
-        super::winograd::Tiles::new((self.n, self.c, self.h, self.w), self.cout)
-    }
     /// A 3x3 convolution with stride 1 and padding 1 by Winograd's F(4x4,
     /// 3x3) (`winograd4.rs`), as `SWEEP_CPU_CONV` says; `auto` where that was
     /// measured faster than every other path (BENCHMARKS.md): at least 2^25
@@ -195,8 +192,18 @@ impl Geom {
             }
         }
     }
-    fn tiles4(&self) -> super::winograd::Tiles {
-        super::winograd::Tiles::sized((self.n, self.c, self.h, self.w), self.cout, 4)
+    /// Winograd's tiles where this convolution takes that path: of 4x4
+    /// pixels where [`Geom::winograd4`] says, else of 2x2 where
+    /// [`Geom::winograd`] does.
+    fn winograd_tiles(&self) -> Option<super::winograd::Tiles> {
+        let m = if self.winograd4() {
+            4
+        } else if self.winograd() {
+            2
+        } else {
+            return None;
+        };
+        Some(super::winograd::Tiles::new((self.n, self.c, self.h, self.w), self.cout, m))
     }
     /// The outputs `lo..hi` along an axis (of `outs` outputs over `len` inputs)
     /// whose tap `t` falls inside the input; output `o` reads input `o * stride + t - padding`.
@@ -864,15 +871,9 @@ impl CustomOp2 for Conv2dOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.shape(), l2.shape(), self.p)?;
-        if g.winograd4() {
+        if let Some(tiles) = g.winograd_tiles() {
             let (x, w) = (cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?);
-            let (y, kept) = super::winograd4::forward(x, w, &g.tiles4(), self.keep_kernels);
-            *self.kept.lock().expect("conv lock") = kept;
-            return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
-        }
-        if g.winograd() {
-            let (x, w) = (cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?);
-            let (y, kept) = super::winograd::forward(x, w, &g.tiles(), self.keep_kernels);
+            let (y, kept) = super::winograd::forward(x, w, &tiles, self.keep_kernels);
             *self.kept.lock().expect("conv lock") = kept;
             return Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.oh, g.ow))));
         }
@@ -914,10 +915,8 @@ impl CustomOp2 for Conv2dOp {
         let (dx, dw) = with_cpu_f32(&x.detach(), |xs| {
             with_cpu_f32(&w.detach(), |ws| {
                 with_cpu_f32(&grad.detach(), |dy| {
-                    if g.winograd4() {
-                        super::winograd4::backward(xs, ws, dy, &g.tiles4(), (need_dx, need_dw), kept.as_deref())
-                    } else if g.winograd() {
-                        super::winograd::backward(xs, ws, dy, &g.tiles(), (need_dx, need_dw), kept.as_deref())
+                    if let Some(tiles) = g.winograd_tiles() {
+                        super::winograd::backward(xs, ws, dy, &tiles, (need_dx, need_dw), kept.as_deref())
                     } else if g.lanes() {
                         super::conv_lanes::backward(xs, ws, dy, &g.lanes_geom(), g.c, g.cout, (need_dx, need_dw))
                     } else if g.direct3x3() {

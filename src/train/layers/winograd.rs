@@ -54,12 +54,9 @@ pub(super) struct Tiles {
 }
 
 impl Tiles {
-    /// Tiles of an N x C x H x W input convolved into C_out channels.
-    pub(super) fn new(dims: (usize, usize, usize, usize), cout: usize) -> Tiles {
-        Tiles::sized(dims, cout, 2)
-    }
-    /// The same with tiles of `m` x `m` output pixels.
-    pub(super) fn sized((n, c, h, w): (usize, usize, usize, usize), cout: usize, m: usize) -> Tiles {
+    /// Tiles of `m` x `m` output pixels of an N x C x H x W input convolved
+    /// into C_out channels.
+    pub(super) fn new((n, c, h, w): (usize, usize, usize, usize), cout: usize, m: usize) -> Tiles {
         Tiles { n, c, h, w, cout, m, th: h.div_ceil(m), tw: w.div_ceil(m), budget: CHUNK_FLOATS }
     }
     /// Points of the transform domain: (m + 2)².
@@ -330,29 +327,6 @@ pub(super) fn point(data: &[f32], points: usize, rows: usize, cols: usize, xi: u
     View::strided(&data[xi * cols..], rows, cols, points * cols)
 }
 
-/// The output of a 3x3 convolution with stride 1 and padding 1 (NCHW) and,
-/// with `keep`, the transformed kernels for [`backward`].
-pub(super) fn forward(x: &[f32], w: &[f32], s: &Tiles, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
-    let plane = s.h * s.w;
-    let mut y = vec![0f32; s.n * s.cout * plane];
-    if y.is_empty() || s.c == 0 {
-        return (y, None);
-    }
-    let u = kernels(w, s);
-    let chunk = s.chunk();
-    let mut v = Scratch::take(s.c * XI * chunk);
-    let mut m = Scratch::take(XI * s.cout * chunk);
-    for (t0, nt) in s.chunks() {
-        let (v, m) = (&mut v[..s.c * XI * nt], &mut m[..XI * s.cout * nt]);
-        patches(x, s, t0, nt, v);
-        let v = &*v;
-        products(m, XI, false, |xi| point(&u, XI, s.cout, s.c, xi), |xi| point(v, XI, s.c, nt, xi));
-        let m = &*m;
-        outputs(m, s, t0, nt, &mut y);
-    }
-    (y, keep.then_some(u))
-}
-
 /// Writes the chunk's tiles of the output `y` (NCHW) from the products `M`
 /// (16, C_out, nt): `Aᵀ M A` per tile, a tile row at a time.
 fn outputs(m: &[f32], s: &Tiles, t0: usize, nt: usize, y: &mut [f32]) {
@@ -496,6 +470,77 @@ fn input_gradients(dv: &[f32], s: &Tiles, t0: usize, nt: usize, dx: &mut [f32]) 
     );
 }
 
+/// One tile size of minimal filtering: the transforms that [`forward`] and
+/// [`backward`] drive between their matrix products.
+pub(super) trait Minimal {
+    /// `U` (C_out, points, C): the kernels in the transform domain.
+    fn kernels(w: &[f32], s: &Tiles) -> Vec<f32>;
+    /// The kernel gradient (C_out, C, 3, 3) from `dU` (points, C_out, C).
+    fn kernel_gradients(du: &[f32], s: &Tiles) -> Vec<f32>;
+    /// `V` (C, points, nt): the chunk's patches in the transform domain.
+    fn patches(x: &[f32], s: &Tiles, t0: usize, nt: usize, v: &mut [f32]);
+    /// Writes the chunk's output tiles from the products `M` (points, C_out, nt).
+    fn outputs(m: &[f32], s: &Tiles, t0: usize, nt: usize, y: &mut [f32]);
+    /// `dM` (C_out, points, nt): the chunk's output gradient in the transform domain.
+    fn output_gradients(dy: &[f32], s: &Tiles, t0: usize, nt: usize, dm: &mut [f32]);
+    /// Adds the chunk's patch gradients from `dV` (points, C, nt) onto `dx`.
+    fn input_gradients(dv: &[f32], s: &Tiles, t0: usize, nt: usize, dx: &mut [f32]);
+}
+
+/// F(2x2, 3x3): this module's transforms.
+struct F2;
+
+impl Minimal for F2 {
+    fn kernels(w: &[f32], s: &Tiles) -> Vec<f32> {
+        kernels(w, s)
+    }
+    fn kernel_gradients(du: &[f32], s: &Tiles) -> Vec<f32> {
+        kernel_gradients(du, s)
+    }
+    fn patches(x: &[f32], s: &Tiles, t0: usize, nt: usize, v: &mut [f32]) {
+        patches(x, s, t0, nt, v);
+    }
+    fn outputs(m: &[f32], s: &Tiles, t0: usize, nt: usize, y: &mut [f32]) {
+        outputs(m, s, t0, nt, y);
+    }
+    fn output_gradients(dy: &[f32], s: &Tiles, t0: usize, nt: usize, dm: &mut [f32]) {
+        output_gradients(dy, s, t0, nt, dm);
+    }
+    fn input_gradients(dv: &[f32], s: &Tiles, t0: usize, nt: usize, dx: &mut [f32]) {
+        input_gradients(dv, s, t0, nt, dx);
+    }
+}
+
+/// The output of a 3x3 convolution with stride 1 and padding 1 (NCHW) and,
+/// with `keep`, the transformed kernels for [`backward`]: by F(2x2, 3x3) or
+/// F(4x4, 3x3) (`winograd4.rs`), as `s.m` says.
+pub(super) fn forward(x: &[f32], w: &[f32], s: &Tiles, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+    match s.m {
+        4 => forward_by::<super::winograd4::F4>(x, w, s, keep),
+        _ => forward_by::<F2>(x, w, s, keep),
+    }
+}
+
+fn forward_by<T: Minimal>(x: &[f32], w: &[f32], s: &Tiles, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (plane, xi) = (s.h * s.w, s.points());
+    let mut y = vec![0f32; s.n * s.cout * plane];
+    if y.is_empty() || s.c == 0 {
+        return (y, None);
+    }
+    let u = T::kernels(w, s);
+    let chunk = s.chunk();
+    let mut v = Scratch::take(s.c * xi * chunk);
+    let mut m = Scratch::take(xi * s.cout * chunk);
+    for (t0, nt) in s.chunks() {
+        let (v, m) = (&mut v[..s.c * xi * nt], &mut m[..xi * s.cout * nt]);
+        T::patches(x, s, t0, nt, v);
+        let v = &*v;
+        products(m, xi, false, |p| point(&u, xi, s.cout, s.c, p), |p| point(v, xi, s.c, nt, p));
+        T::outputs(m, s, t0, nt, &mut y);
+    }
+    (y, keep.then_some(u))
+}
+
 /// The input gradient (when `need_dx`) and the kernel gradient (when
 /// `need_dw`) of [`forward`], from the output gradient `dy`; `kept` is the
 /// forward pass's transformed kernels, if it kept them.
@@ -504,46 +549,103 @@ pub(super) fn backward(
     w: &[f32],
     dy: &[f32],
     s: &Tiles,
+    need: (bool, bool),
+    kept: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    match s.m {
+        4 => backward_by::<super::winograd4::F4>(x, w, dy, s, need, kept),
+        _ => backward_by::<F2>(x, w, dy, s, need, kept),
+    }
+}
+
+fn backward_by<T: Minimal>(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    s: &Tiles,
     (need_dx, need_dw): (bool, bool),
     kept: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let plane = s.h * s.w;
+    let (plane, xi) = (s.h * s.w, s.points());
     let mut dx = if need_dx { vec![0f32; s.n * s.c * plane] } else { Vec::new() };
     if s.total() == 0 || s.c == 0 || s.cout == 0 || !(need_dx || need_dw) {
         return (dx, if need_dw { vec![0f32; s.cout * s.c * 9] } else { Vec::new() });
     }
     let computed;
     let u = match kept {
-        Some(u) if u.len() == s.cout * XI * s.c => u,
+        Some(u) if u.len() == s.cout * xi * s.c => u,
         _ if need_dx => {
-            computed = kernels(w, s);
+            computed = T::kernels(w, s);
             &computed[..]
         }
         _ => &[],
     };
     let chunk = s.chunk();
-    let mut dm = Scratch::take(s.cout * XI * chunk);
-    let mut v = Scratch::take(if need_dw { s.c * XI * chunk } else { 0 });
-    let mut dv = Scratch::take(if need_dx { XI * s.c * chunk } else { 0 });
-    let mut du = Scratch::take(if need_dw { XI * s.cout * s.c } else { 0 });
+    let mut dm = Scratch::take(s.cout * xi * chunk);
+    let mut v = Scratch::take(if need_dw { s.c * xi * chunk } else { 0 });
+    let mut dv = Scratch::take(if need_dx { xi * s.c * chunk } else { 0 });
+    let mut du = Scratch::take(if need_dw { xi * s.cout * s.c } else { 0 });
     for (k, (t0, nt)) in s.chunks().enumerate() {
-        let dm = &mut dm[..s.cout * XI * nt];
-        output_gradients(dy, s, t0, nt, dm);
+        let dm = &mut dm[..s.cout * xi * nt];
+        T::output_gradients(dy, s, t0, nt, dm);
         let dm = &*dm;
         if need_dw {
-            let v = &mut v[..s.c * XI * nt];
-            patches(x, s, t0, nt, v);
+            let v = &mut v[..s.c * xi * nt];
+            T::patches(x, s, t0, nt, v);
             let v = &*v;
-            products(&mut du, XI, k > 0, |xi| point(dm, XI, s.cout, nt, xi), |xi| point(v, XI, s.c, nt, xi).t());
+            products(&mut du, xi, k > 0, |p| point(dm, xi, s.cout, nt, p), |p| point(v, xi, s.c, nt, p).t());
         }
         if need_dx {
-            let dv = &mut dv[..XI * s.c * nt];
-            products(dv, XI, false, |xi| point(u, XI, s.cout, s.c, xi).t(), |xi| point(dm, XI, s.cout, nt, xi));
-            input_gradients(dv, s, t0, nt, &mut dx);
+            let dv = &mut dv[..xi * s.c * nt];
+            products(dv, xi, false, |p| point(u, xi, s.cout, s.c, p).t(), |p| point(dm, xi, s.cout, nt, p));
+            T::input_gradients(dv, s, t0, nt, &mut dx);
         }
     }
-    let dw = if need_dw { kernel_gradients(&du, s) } else { Vec::new() };
+    let dw = if need_dw { T::kernel_gradients(&du, s) } else { Vec::new() };
     (dx, dw)
+}
+
+/// Checks [`forward`] and [`backward`] on each (N, C, H, W, C_out, chunk
+/// budget) case with tiles of `m` against candle's own convolution, within
+/// `tol` of the largest value: the output and both gradients, with and
+/// without the kept kernels, and each gradient also alone.
+#[cfg(test)]
+pub(super) fn check_against_candle(
+    m: usize,
+    tol: f32,
+    seed: u64,
+    cases: &[(usize, usize, usize, usize, usize, usize)],
+) {
+    use crate::train::layers::randn;
+    use crate::train::rng::Rng;
+    use candle_core::{Device, Tensor, Var};
+    let mut rng = Rng::new(seed);
+    let close = |a: &[f32], b: &[f32], tol: f32, what: &str| {
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(a.len() == b.len() && worst <= tol * scale, "{what}: off by {worst} (scale {scale})");
+    };
+    for &(n, c, h, w, cout, budget) in cases {
+        let case = format!("{n}x{c}x{h}x{w} -> {cout}, budget {budget}");
+        let s = Tiles { budget, ..Tiles::new((n, c, h, w), cout, m) };
+        let (xs, ws) = (randn(&mut rng, &[n, c, h, w]), randn(&mut rng, &[cout, c, 3, 3]));
+        let dys = randn(&mut rng, &[n, cout, h, w]);
+        let x = Var::from_vec(xs.clone(), (n, c, h, w), &Device::Cpu).unwrap();
+        let k = Var::from_vec(ws.clone(), (cout, c, 3, 3), &Device::Cpu).unwrap();
+        let y = x.as_tensor().conv2d(k.as_tensor(), 1, 1, 1, 1).unwrap();
+        let dy = Tensor::from_vec(dys.clone(), y.dims(), &Device::Cpu).unwrap();
+        let grads = y.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (out, kept) = forward(&xs, &ws, &s, true);
+        close(&out, &flat(&y), tol, &format!("output, {case}"));
+        assert_eq!(forward(&xs, &ws, &s, false), (out, None), "{case}");
+        let (dx, dw) = backward(&xs, &ws, &dys, &s, (true, true), None);
+        assert_eq!(backward(&xs, &ws, &dys, &s, (true, true), kept.as_deref()), (dx.clone(), dw.clone()), "{case}");
+        close(&dx, &flat(grads.get(&x).unwrap()), tol, &format!("input gradient, {case}"));
+        close(&dw, &flat(grads.get(&k).unwrap()), tol, &format!("kernel gradient, {case}"));
+        assert_eq!(backward(&xs, &ws, &dys, &s, (true, false), None), (dx, Vec::new()), "{case}");
+        assert_eq!(backward(&xs, &ws, &dys, &s, (false, true), None), (Vec::new(), dw), "{case}");
+    }
 }
 
 #[cfg(test)]
@@ -580,48 +682,24 @@ mod tests {
     /// one tile), each gradient also alone.
     #[test]
     fn matches_candles_convolution_forward_and_backward() {
-        use crate::train::layers::randn;
-        use crate::train::rng::Rng;
-        use candle_core::{Device, Tensor, Var};
-        let mut rng = Rng::new(5);
-        let close = |a: &[f32], b: &[f32], tol: f32, what: &str| {
-            let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(a.len() == b.len() && worst <= tol * scale, "{what}: off by {worst} (scale {scale})");
-        };
-        for (n, c, h, w, cout, budget) in [
-            (1, 1, 1, 1, 1, CHUNK_FLOATS),
-            (2, 3, 8, 8, 4, CHUNK_FLOATS),
-            (2, 3, 7, 5, 4, 16 * 7 * 5),
-            (3, 5, 4, 4, 6, 16 * 11),
-            (2, 4, 3, 6, 3, 1),
-            (1, 2, 9, 2, 2, 16 * 4 * 3),
-        ] {
-            let case = format!("{n}x{c}x{h}x{w} -> {cout}, budget {budget}");
-            let s = Tiles { budget, ..Tiles::new((n, c, h, w), cout) };
-            let (xs, ws) = (randn(&mut rng, &[n, c, h, w]), randn(&mut rng, &[cout, c, 3, 3]));
-            let dys = randn(&mut rng, &[n, cout, h, w]);
-            let x = Var::from_vec(xs.clone(), (n, c, h, w), &Device::Cpu).unwrap();
-            let k = Var::from_vec(ws.clone(), (cout, c, 3, 3), &Device::Cpu).unwrap();
-            let y = x.as_tensor().conv2d(k.as_tensor(), 1, 1, 1, 1).unwrap();
-            let dy = Tensor::from_vec(dys.clone(), y.dims(), &Device::Cpu).unwrap();
-            let grads = y.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let (out, kept) = forward(&xs, &ws, &s, true);
-            close(&out, &flat(&y), 1e-6, &format!("output, {case}"));
-            assert_eq!(forward(&xs, &ws, &s, false), (out, None), "{case}");
-            let (dx, dw) = backward(&xs, &ws, &dys, &s, (true, true), None);
-            assert_eq!(backward(&xs, &ws, &dys, &s, (true, true), kept.as_deref()), (dx.clone(), dw.clone()), "{case}");
-            close(&dx, &flat(grads.get(&x).unwrap()), 1e-6, &format!("input gradient, {case}"));
-            close(&dw, &flat(grads.get(&k).unwrap()), 1e-6, &format!("kernel gradient, {case}"));
-            assert_eq!(backward(&xs, &ws, &dys, &s, (true, false), None), (dx, Vec::new()), "{case}");
-            assert_eq!(backward(&xs, &ws, &dys, &s, (false, true), None), (Vec::new(), dw), "{case}");
-        }
+        check_against_candle(
+            2,
+            1e-6,
+            5,
+            &[
+                (1, 1, 1, 1, 1, CHUNK_FLOATS),
+                (2, 3, 8, 8, 4, CHUNK_FLOATS),
+                (2, 3, 7, 5, 4, 16 * 7 * 5),
+                (3, 5, 4, 4, 6, 16 * 11),
+                (2, 4, 3, 6, 3, 1),
+                (1, 2, 9, 2, 2, 16 * 4 * 3),
+            ],
+        );
     }
 
     #[test]
     fn tiles_chunks_and_images() {
-        let s = Tiles::new((3, 2048, 7, 7), 2048);
+        let s = Tiles::new((3, 2048, 7, 7), 2048, 2);
         assert_eq!((s.th, s.tw, s.per_image(), s.total()), (4, 4, 16, 48));
         assert_eq!(s.at(21), (1, 1, 1));
         let chunks: Vec<_> = s.chunks().collect();

@@ -24,8 +24,7 @@
 //! (memmove was 13% of a convolution's profile), hence `inline(always)`.
 #![allow(clippy::inline_always)]
 
-use super::conv::Scratch;
-use super::winograd::{point, products, Tiles};
+use super::winograd::{Minimal, Tiles};
 use rayon::prelude::*;
 use std::ops::{Add, Mul, Neg, Sub};
 
@@ -420,78 +419,28 @@ fn input_gradients(dv: &[f32], s: &Tiles, t0: usize, nt: usize, dx: &mut [f32]) 
     );
 }
 
-/// The output of a 3x3 convolution with stride 1 and padding 1 (NCHW) and,
-/// with `keep`, the transformed kernels for [`backward`]. `s` has tiles of 4.
-pub(super) fn forward(x: &[f32], w: &[f32], s: &Tiles, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
-    debug_assert_eq!(s.m, 4);
-    let plane = s.h * s.w;
-    let mut y = vec![0f32; s.n * s.cout * plane];
-    if y.is_empty() || s.c == 0 {
-        return (y, None);
-    }
-    let u = kernels(w, s);
-    let chunk = s.chunk();
-    let mut v = Scratch::take(s.c * XI * chunk);
-    let mut m = Scratch::take(XI * s.cout * chunk);
-    for (t0, nt) in s.chunks() {
-        let (v, m) = (&mut v[..s.c * XI * nt], &mut m[..XI * s.cout * nt]);
-        patches(x, s, t0, nt, v);
-        let v = &*v;
-        products(m, XI, false, |xi| point(&u, XI, s.cout, s.c, xi), |xi| point(v, XI, s.c, nt, xi));
-        outputs(m, s, t0, nt, &mut y);
-    }
-    (y, keep.then_some(u))
-}
+/// F(4x4, 3x3): this module's transforms, for `winograd.rs`'s driver.
+pub(super) struct F4;
 
-/// The input gradient (when `need_dx`) and the kernel gradient (when
-/// `need_dw`) of [`forward`], from the output gradient `dy`; `kept` is the
-/// forward pass's transformed kernels, if it kept them.
-pub(super) fn backward(
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    s: &Tiles,
-    (need_dx, need_dw): (bool, bool),
-    kept: Option<&[f32]>,
-) -> (Vec<f32>, Vec<f32>) {
-    debug_assert_eq!(s.m, 4);
-    let plane = s.h * s.w;
-    let mut dx = if need_dx { vec![0f32; s.n * s.c * plane] } else { Vec::new() };
-    if s.total() == 0 || s.c == 0 || s.cout == 0 || !(need_dx || need_dw) {
-        return (dx, if need_dw { vec![0f32; s.cout * s.c * 9] } else { Vec::new() });
+impl Minimal for F4 {
+    fn kernels(w: &[f32], s: &Tiles) -> Vec<f32> {
+        kernels(w, s)
     }
-    let computed;
-    let u = match kept {
-        Some(u) if u.len() == s.cout * XI * s.c => u,
-        _ if need_dx => {
-            computed = kernels(w, s);
-            &computed[..]
-        }
-        _ => &[],
-    };
-    let chunk = s.chunk();
-    let mut dm = Scratch::take(s.cout * XI * chunk);
-    let mut v = Scratch::take(if need_dw { s.c * XI * chunk } else { 0 });
-    let mut dv = Scratch::take(if need_dx { XI * s.c * chunk } else { 0 });
-    let mut du = Scratch::take(if need_dw { XI * s.cout * s.c } else { 0 });
-    for (k, (t0, nt)) in s.chunks().enumerate() {
-        let dm = &mut dm[..s.cout * XI * nt];
+    fn kernel_gradients(du: &[f32], s: &Tiles) -> Vec<f32> {
+        kernel_gradients(du, s)
+    }
+    fn patches(x: &[f32], s: &Tiles, t0: usize, nt: usize, v: &mut [f32]) {
+        patches(x, s, t0, nt, v);
+    }
+    fn outputs(m: &[f32], s: &Tiles, t0: usize, nt: usize, y: &mut [f32]) {
+        outputs(m, s, t0, nt, y);
+    }
+    fn output_gradients(dy: &[f32], s: &Tiles, t0: usize, nt: usize, dm: &mut [f32]) {
         output_gradients(dy, s, t0, nt, dm);
-        let dm = &*dm;
-        if need_dw {
-            let v = &mut v[..s.c * XI * nt];
-            patches(x, s, t0, nt, v);
-            let v = &*v;
-            products(&mut du, XI, k > 0, |xi| point(dm, XI, s.cout, nt, xi), |xi| point(v, XI, s.c, nt, xi).t());
-        }
-        if need_dx {
-            let dv = &mut dv[..XI * s.c * nt];
-            products(dv, XI, false, |xi| point(u, XI, s.cout, s.c, xi).t(), |xi| point(dm, XI, s.cout, nt, xi));
-            input_gradients(dv, s, t0, nt, &mut dx);
-        }
     }
-    let dw = if need_dw { kernel_gradients(&du, s) } else { Vec::new() };
-    (dx, dw)
+    fn input_gradients(dv: &[f32], s: &Tiles, t0: usize, nt: usize, dx: &mut [f32]) {
+        input_gradients(dv, s, t0, nt, dx);
+    }
 }
 
 #[cfg(test)]
@@ -550,44 +499,20 @@ mod tests {
     /// that split images (and a chunk of one tile), each gradient also alone.
     #[test]
     fn matches_candles_convolution_forward_and_backward() {
-        use crate::train::layers::randn;
-        use crate::train::rng::Rng;
-        use candle_core::{Device, Tensor, Var};
-        let mut rng = Rng::new(7);
-        let close = |a: &[f32], b: &[f32], tol: f32, what: &str| {
-            let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(a.len() == b.len() && worst <= tol * scale, "{what}: off by {worst} (scale {scale})");
-        };
-        for (n, c, h, w, cout, budget) in [
-            (1, 1, 1, 1, 1, 1 << 21),
-            (2, 3, 8, 8, 4, 1 << 21),
-            (2, 3, 7, 5, 4, 36 * 7 * 3),
-            (3, 11, 6, 6, 6, 36 * 17 * 3),
-            (2, 4, 3, 6, 3, 1),
-            (1, 2, 9, 2, 2, 36 * 4 * 3),
-            (2, 9, 10, 37, 10, 36 * 19 * 5),
-            (1, 16, 14, 14, 17, 1 << 21),
-        ] {
-            let case = format!("{n}x{c}x{h}x{w} -> {cout}, budget {budget}");
-            let s = Tiles { budget, ..Tiles::sized((n, c, h, w), cout, 4) };
-            let (xs, ws) = (randn(&mut rng, &[n, c, h, w]), randn(&mut rng, &[cout, c, 3, 3]));
-            let dys = randn(&mut rng, &[n, cout, h, w]);
-            let x = Var::from_vec(xs.clone(), (n, c, h, w), &Device::Cpu).unwrap();
-            let k = Var::from_vec(ws.clone(), (cout, c, 3, 3), &Device::Cpu).unwrap();
-            let y = x.as_tensor().conv2d(k.as_tensor(), 1, 1, 1, 1).unwrap();
-            let dy = Tensor::from_vec(dys.clone(), y.dims(), &Device::Cpu).unwrap();
-            let grads = Tensor::mul(&y, &dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let (out, kept) = forward(&xs, &ws, &s, true);
-            close(&out, &flat(&y), 1e-5, &format!("output, {case}"));
-            assert_eq!(forward(&xs, &ws, &s, false), (out, None), "{case}");
-            let (dx, dw) = backward(&xs, &ws, &dys, &s, (true, true), None);
-            assert_eq!(backward(&xs, &ws, &dys, &s, (true, true), kept.as_deref()), (dx.clone(), dw.clone()), "{case}");
-            close(&dx, &flat(grads.get(&x).unwrap()), 1e-5, &format!("input gradient, {case}"));
-            close(&dw, &flat(grads.get(&k).unwrap()), 1e-5, &format!("kernel gradient, {case}"));
-            assert_eq!(backward(&xs, &ws, &dys, &s, (true, false), None), (dx, Vec::new()), "{case}");
-            assert_eq!(backward(&xs, &ws, &dys, &s, (false, true), None), (Vec::new(), dw), "{case}");
-        }
+        crate::train::layers::winograd::check_against_candle(
+            4,
+            1e-5,
+            7,
+            &[
+                (1, 1, 1, 1, 1, 1 << 21),
+                (2, 3, 8, 8, 4, 1 << 21),
+                (2, 3, 7, 5, 4, 36 * 7 * 3),
+                (3, 11, 6, 6, 6, 36 * 17 * 3),
+                (2, 4, 3, 6, 3, 1),
+                (1, 2, 9, 2, 2, 36 * 4 * 3),
+                (2, 9, 10, 37, 10, 36 * 19 * 5),
+                (1, 16, 14, 14, 17, 1 << 21),
+            ],
+        );
     }
 }
