@@ -20,14 +20,17 @@ pub type SpannedTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweepFile {
-    /// Sweep name: the handle for `results --sweep` and `report --sweep`.
-    pub name: Spanned<String>,
+    /// Sweep name: the handle for `results --sweep` and `report --sweep`
+    /// (required: optional here so that its absence is one error among the
+    /// file's others, not the end of the check).
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
     /// Free text shown in reports.
     #[serde(default)]
     pub description: Option<String>,
-    /// The dataset every run trains on.
-    #[serde(deserialize_with = "deserialize_dataset")]
-    pub dataset: DatasetSpec,
+    /// The dataset every run trains on (required, as `name`).
+    #[serde(default, deserialize_with = "some_dataset")]
+    pub dataset: Option<DatasetSpec>,
     /// The metric that defines the best epoch (default `test_acc`).
     #[serde(default)]
     pub metric: Option<Metric>,
@@ -48,17 +51,63 @@ pub struct SweepFile {
     #[serde(default)]
     pub augment: BTreeMap<String, AugmentSet>,
     /// Grids: each key a list of values, crossed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "grid_blocks")]
     pub grid: Vec<Spanned<SpannedTable>>,
     /// Explicit single runs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "run_blocks")]
     pub run: Vec<Spanned<SpannedTable>>,
     /// Sampled searches: distributions per key, `method`, `count`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "search_blocks")]
     pub search: Vec<Spanned<SpannedTable>>,
     /// ASHA across the sweep's runs.
     #[serde(default)]
     pub early_terminate: Option<Spanned<super::expand::EarlyTerminate>>,
+}
+
+/// A given `dataset`.
+fn some_dataset<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DatasetSpec>, D::Error> {
+    deserialize_dataset(d).map(Some)
+}
+
+/// The `[[grid]]` blocks; `[grid]` (one bracket, one table) is refused with the fix.
+fn grid_blocks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Spanned<SpannedTable>>, D::Error> {
+    d.deserialize_any(Blocks("grid"))
+}
+
+/// The `[[run]]` blocks (see [`grid_blocks`]).
+fn run_blocks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Spanned<SpannedTable>>, D::Error> {
+    d.deserialize_any(Blocks("run"))
+}
+
+/// The `[[search]]` blocks (see [`grid_blocks`]).
+fn search_blocks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Spanned<SpannedTable>>, D::Error> {
+    d.deserialize_any(Blocks("search"))
+}
+
+/// The message for `[NAME]` written where `[[NAME]]` blocks belong.
+pub(crate) fn one_table_message(name: &str) -> String {
+    format!("`[{name}]` is a single table; a sweep file lists {name} blocks: write `[[{name}]]` (two brackets)")
+}
+
+/// Visits an array of tables, or says how to write one where a single table
+/// was given (TOML's `[grid]` against `[[grid]]`: otherwise serde's "invalid
+/// type: map, expected a sequence").
+struct Blocks(&'static str);
+
+impl<'de> serde::de::Visitor<'de> for Blocks {
+    type Value = Vec<Spanned<SpannedTable>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "[[{}]] blocks", self.0)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(serde::de::Error::custom(one_table_message(self.0)))
+    }
 }
 
 /// Just `[defaults]`, typed: toml's errors then point inside it.

@@ -220,6 +220,71 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn a_single_bracket_grid_run_or_search_says_to_write_two_and_nothing_cascades() {
+    // `[grid]` for `[[grid]]`: one error per block, at its header, and the
+    // block's keys are not then read as `[defaults]`'s.
+    let errs = parse(&with(
+        "[grid]\nhead = [\"linear\", { hidden = [8] }]\n[run]\nname = \"a\"\nbatch_size = [1]\n[search]\nmethod = \"random\"\n",
+    ))
+    .unwrap_err();
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    for (e, (name, line)) in errs.iter().zip([("grid", 9), ("run", 11), ("search", 14)]) {
+        assert_eq!(e.line, line, "{e}");
+        assert!(e.message.contains(&format!("write `[[{name}]]` (two brackets)")), "{e}");
+    }
+}
+
+#[test]
+fn errors_after_a_multi_line_value_keep_their_line() {
+    // The first error (a file shape error: the typed `[defaults]`) is a value
+    // over three lines; the next, in a grid, is on line 12.
+    let text = BASE.replace("batch_size = 32", "batch_size = [\n 1,\n 2]") + "[[grid]]\nepochs = [1, \"x\"]\n";
+    let errs = parse(&text).unwrap_err();
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_eq!((errs[0].line, errs[1].line), (6, 12), "{errs:#?}");
+    assert_eq!(errs[1].key.as_deref(), Some("epochs"), "{errs:#?}");
+}
+
+#[test]
+fn near_misses_say_what_was_meant() {
+    // A dataset's or model's name in another case or spelling.
+    let e = one_error(&BASE.replace("dataset = \"synthetic\"", "dataset = \"CIFAR-10\""));
+    assert_eq!((e.line, e.message.as_str()), (3, "unknown dataset `CIFAR-10`; did you mean `cifar10`?"), "{e}");
+    let s = parse(&BASE.replace("\"smallcnn\"", "\"ResNet18\"")).unwrap();
+    let e = sweep::train::check(&s.runs[0].config).unwrap_err().to_string();
+    assert!(e.starts_with("model `ResNet18` is not available; did you mean `resnet18`? (available: "), "{e}");
+    let s = parse(&BASE.replace("\"smallcnn\"", "\"resnet19\"")).unwrap();
+    let e = sweep::train::check(&s.runs[0].config).unwrap_err().to_string();
+    assert!(e.starts_with("model `resnet19` is not available (available: "), "{e}");
+    // The optimizer's and the schedule's fields at the run's level.
+    let e = one_error(&BASE.replace("epochs = 2", "epochs = 2\nlr = 0.1"));
+    assert!(e.message.starts_with("unknown field `lr`, expected one of"), "{e}");
+    assert!(e.message.ends_with("(`lr` belongs to a table: write `optimizer.lr`)"), "{e}");
+    let errs = parse(&with("[[grid]]\nmomentum = [0.9]\nmilestones = [[1]]\n")).unwrap_err();
+    let hints: Vec<_> = errs.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        hints,
+        [
+            "unknown key `momentum`: it belongs to a table, write `optimizer.momentum`",
+            "unknown key `milestones`: it belongs to a table, write `schedule.milestones`"
+        ]
+    );
+}
+
+#[test]
+fn a_missing_name_or_dataset_is_one_error_among_the_others() {
+    let text =
+        with("[[grid]]\nbatch_size = [\"x\"]\n").replace("name = \"t\"\n", "").replace("dataset = \"synthetic\"\n", "");
+    let errs = parse(&text).unwrap_err();
+    let got: Vec<_> = errs.iter().map(|e| (e.line, e.message.split(':').next().unwrap_or_default())).collect();
+    assert_eq!(got, [(1, "missing field `name`"), (1, "missing field `dataset`"), (8, "value \"x\"")], "{errs:#?}");
+    // A bad dataset value is one error, not also "missing field".
+    let errs = parse(&BASE.replace("dataset = \"synthetic\"", "dataset = 3")).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].line, 3, "{errs:#?}");
+}
+
+#[test]
 fn the_repository_sweep_files_parse() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let qs = spec::load(&root.join("experiments/quickstart.toml")).unwrap();
@@ -423,10 +488,14 @@ fn overrides_replace_values_or_add_an_axis_over_every_run() {
     let written = parse(&BASE.replace("batch_size = 32", "batch_size = 64")).unwrap();
     assert_eq!(with_overrides(BASE, &["batch_size=64"]).unwrap().runs[0].key, written.runs[0].key);
     // Errors name the override.
-    let e = with_overrides(BASE, &["learning_rate=0.1"]).unwrap_err().remove(0);
-    assert!(e.to_string().starts_with("--set learning_rate=0.1: `learning_rate`: unknown key"), "{e}");
-    let e = with_overrides(BASE, &["batch_size=big"]).unwrap_err().remove(0);
-    assert!(e.to_string().starts_with("--set batch_size=big: `batch_size`: value \"big\""), "{e}");
+    // Once each: a bad override is not applied to the runs, which would repeat it.
+    let errs = with_overrides(BASE, &["learning_rate=0.1"]).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].to_string().starts_with("--set learning_rate=0.1: `learning_rate`: unknown key"), "{}", errs[0]);
+    assert!(errs[0].message.contains("write `optimizer.lr`"), "{}", errs[0]);
+    let errs = with_overrides(BASE, &["batch_size=big,8"]).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].to_string().starts_with("--set batch_size=big,8: `batch_size`: value \"big\""), "{}", errs[0]);
     let e = with_overrides(BASE, &["optimizer.lr=-1"]).unwrap_err().remove(0);
     assert!(e.to_string().starts_with("--set optimizer.lr=-1: `optimizer.lr`: run `default`:"), "{e}");
     // The run count includes the overrides' axes.

@@ -103,7 +103,15 @@ pub(crate) fn deserialize_dataset<'de, D: Deserializer<'de>>(d: D) -> Result<Dat
             )
         }
         fn visit_str<E: de::Error>(self, s: &str) -> Result<DatasetSpec, E> {
-            let name = DatasetName::deserialize(de::value::StrDeserializer::<E>::new(s))?;
+            let name = DatasetName::deserialize(de::value::StrDeserializer::<E>::new(s)).map_err(|e| {
+                // `CIFAR10`, `cifar-10`: say which name was meant.
+                let plain =
+                    |v: &str| v.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_lowercase();
+                match ["synthetic", "cifar10", "cifar100"].into_iter().find(|n| *n == plain(s)) {
+                    Some(n) => E::custom(format!("unknown dataset `{s}`; did you mean `{n}`?")),
+                    None => e,
+                }
+            })?;
             Ok(DatasetSpec::named(name))
         }
         fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DatasetSpec, A::Error> {

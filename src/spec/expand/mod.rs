@@ -215,22 +215,39 @@ fn shape_errors(src: &Source) -> (Vec<SpecError>, Source, Vec<String>) {
         let parsed = toml::from_str::<SweepFile>(&current).and_then(|_| toml::from_str::<DefaultsOnly>(&current));
         let Err(e) = parsed else { break };
         let span = e.span();
-        errors.push(src.error(span.as_ref().map_or(0, |s| s.start), None, e.message().trim().to_owned()));
+        let missing = e.message().trim().strip_prefix("missing field `").and_then(|m| m.strip_suffix('`'));
+        if missing.is_some_and(|k| blanked.iter().any(|b| b == k)) {
+            // Only the blanking's doing (`dataset = "CIFAR10"` blanked): the
+            // real error is already reported.
+            break;
+        }
+        errors.push(src.error(span.as_ref().map_or(0, |s| s.start), None, with_belongs_hint(e.message().trim())));
         let Some(span) = span else { break };
         if errors.len() >= MAX_SHAPE_ERRORS {
             break;
         }
         // Blank the whole lines the error covers.
         let start = current[..span.start.min(current.len())].rfind('\n').map_or(0, |i| i + 1);
-        let end = current[span.end.min(current.len())..].find('\n').map_or(current.len(), |i| span.end + i);
+        let mut end = current[span.end.min(current.len())..].find('\n').map_or(current.len(), |i| span.end + i);
+        if ["grid", "run", "search"].iter().any(|n| e.message().trim() == crate::spec::file::one_table_message(n)) {
+            // `[grid]` for `[[grid]]`: its keys go with it, or the next parse
+            // would read them as the table above's.
+            end = table_end(&current, end);
+        }
         for line in current[start..end].lines() {
             if let Some((k, _)) = line.split_once('=') {
                 let k = k.trim().trim_matches('"');
                 blanked.push(k.split('.').next().unwrap_or(k).to_owned());
             }
         }
-        for b in &mut text[start..end] {
+        let before = text.clone();
+        for b in text[start..end].iter_mut().filter(|b| **b != b'\n') {
             *b = b' ';
+        }
+        if text == before {
+            // Nothing left to blank there (a missing sweep-level key is about
+            // the file's first line): the next parse would say the same.
+            break;
         }
         // What is left must still be TOML, or the next error would only be
         // the blanking's: stop with the real ones.
@@ -239,6 +256,19 @@ fn shape_errors(src: &Source) -> (Vec<SpecError>, Source, Vec<String>) {
         }
     }
     (errors, Source { path: src.path.clone(), text: as_str(&text) }, blanked)
+}
+
+/// Where the table whose header line ends at `from` ends: the start of the
+/// next header line (`[...]` at the start of a line), else the end of the text.
+fn table_end(text: &str, from: usize) -> usize {
+    let mut at = from;
+    for line in text[from..].split_inclusive('\n') {
+        if at > from && line.trim_start().starts_with('[') {
+            return at.saturating_sub(1);
+        }
+        at += line.len();
+    }
+    text.len()
 }
 
 /// Whether an error of the blanked text is only about a key that was blanked
@@ -305,11 +335,26 @@ fn expand_valid(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors
             }
         },
     };
-    let name = file.name.get_ref().trim().to_owned();
-    if name.is_empty() {
-        errors.push(src.error(file.name.span().start, Some("name"), "the sweep name is empty"));
-    }
-    let dataset = validate::resolve_dataset(src, file.dataset, &mut errors);
+    let name = match &file.name {
+        Some(n) => {
+            let name = n.get_ref().trim().to_owned();
+            if name.is_empty() {
+                errors.push(src.error(n.span().start, Some("name"), "the sweep name is empty"));
+            }
+            name
+        }
+        None => {
+            errors.push(src.error(0, None, "missing field `name`: the sweep's name, e.g. name = \"lr-study\" (the handle for --sweep NAME), before the first [table]"));
+            String::new()
+        }
+    };
+    let dataset = match file.dataset {
+        Some(d) => validate::resolve_dataset(src, d, &mut errors),
+        None => {
+            errors.push(src.error(0, None, "missing field `dataset`: what the runs train on, e.g. dataset = \"cifar10\" or \"synthetic\" or { folder = \"PATH\" }, before the first [table]"));
+            DatasetSpec::named(DatasetName::Synthetic)
+        }
+    };
     let repeats = match &file.repeats {
         Some(r) if *r.get_ref() == 0 => {
             errors.push(src.error(r.span().start, Some("repeats"), "repeats must be at least 1"));
@@ -476,6 +521,37 @@ fn key_in_block(text: &str, header: usize, key: &str) -> Option<usize> {
     None
 }
 
+/// The dotted key a run-level key belongs under, for the optimizer's and the
+/// schedule's fields written at the run's level (`lr = 0.1`: `optimizer.lr`).
+fn belongs_under(key: &str) -> Option<String> {
+    let table = match key {
+        "lr" | "learning_rate" | "momentum" | "weight_decay" | "nesterov" | "dampening" | "betas" | "eps"
+        | "amsgrad" | "clip_grad_norm" | "decay_bn_bias" => "optimizer",
+        "milestones" | "gamma" | "factors" | "step_size" | "t_max" | "eta_min" | "max_lr" => "schedule",
+        _ => return None,
+    };
+    let field = if key == "learning_rate" { "lr" } else { key };
+    Some(format!("{table}.{field}"))
+}
+
+/// An unknown run-level key, with where it belongs when that is known.
+fn unknown_key(root: &str) -> String {
+    match belongs_under(root) {
+        Some(path) => format!("unknown key `{root}`: it belongs to a table, write `{path}`"),
+        None => format!("unknown key `{root}`; a run can set: {}", RUN_KEYS.join(", ")),
+    }
+}
+
+/// toml's "unknown field `lr`, expected one of …" of a typed table, with
+/// where the field belongs when that is known.
+fn with_belongs_hint(message: &str) -> String {
+    let field = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+    match field.and_then(belongs_under) {
+        Some(path) => format!("{message} (`{}` belongs to a table: write `{path}`)", field.unwrap_or_default()),
+        None => message.to_owned(),
+    }
+}
+
 pub(super) fn unknown_augment(name: &str, sets: &BTreeMap<String, AugmentSet>) -> String {
     let known: Vec<_> = sets.keys().map(|k| format!("`{k}`")).collect();
     format!("no augmentation set named `{name}`; defined: {} (add an [augment.{name}] table)", known.join(", "))
@@ -486,8 +562,7 @@ impl Ctx<'_> {
     pub(super) fn check_assignment(&mut self, offset: usize, path: &str, value: &Value) {
         let root = path.split('.').next().unwrap_or_default();
         if !RUN_KEYS.contains(&root) {
-            let msg = format!("unknown key `{root}`; a run can set: {}", RUN_KEYS.join(", "));
-            self.errors.push(self.src.error(offset, Some(path), msg));
+            self.errors.push(self.src.error(offset, Some(path), unknown_key(root)));
             return;
         }
         let mut merged = self.defaults.clone();
@@ -525,14 +600,17 @@ impl Ctx<'_> {
     }
 
     /// Each override's key is one a run can set and each value is well typed
-    /// on top of the defaults, as a grid axis value is.
+    /// on top of the defaults, as a grid axis value is. An override with an
+    /// error is then left out, so that its error is not repeated by every run
+    /// it would have been applied to.
     fn check_overrides(&mut self) {
         let mut errors = Vec::new();
-        for o in &self.overrides {
+        let mut bad = Vec::new();
+        for (i, o) in self.overrides.iter().enumerate() {
             let root = o.path.split('.').next().unwrap_or_default();
             if !RUN_KEYS.contains(&root) {
-                let msg = format!("unknown key `{root}`; a run can set: {}", RUN_KEYS.join(", "));
-                errors.push(override_error(o, &msg));
+                errors.push(override_error(o, &unknown_key(root)));
+                bad.push(i);
                 continue;
             }
             for value in &o.values {
@@ -540,8 +618,14 @@ impl Ctx<'_> {
                 set_path(&mut merged, &o.path, value.clone());
                 if let Err(e) = RunFields::deserialize(Value::Table(merged)) {
                     errors.push(override_error(o, &format!("value {value}: {}", e.message().trim())));
+                    if bad.last() != Some(&i) {
+                        bad.push(i);
+                    }
                 }
             }
+        }
+        for i in bad.into_iter().rev() {
+            self.overrides.remove(i);
         }
         self.errors.extend(errors);
     }

@@ -450,10 +450,13 @@ impl ModelSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// No such architecture.
-    #[error("model `{name}` is not available (available: {available})")]
+    #[error("model `{name}` is not available{hint} (available: {available})")]
     Unknown {
         /// The name asked for.
         name: String,
+        /// `; did you mean `resnet18`?` where a name differs from it only
+        /// in case and punctuation (`ResNet18`, `resnet-18`), else empty.
+        hint: String,
         /// The names there are.
         available: String,
     },
@@ -476,7 +479,11 @@ pub enum ModelError {
 
 impl ModelError {
     fn unknown(name: &str) -> ModelError {
-        ModelError::Unknown { name: name.to_owned(), available: MODELS.join(", ") }
+        let plain =
+            |s: &str| s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect::<String>();
+        let hint =
+            MODELS.iter().find(|m| plain(m) == plain(name)).map_or(String::new(), |m| format!("; did you mean `{m}`?"));
+        ModelError::Unknown { name: name.to_owned(), hint, available: MODELS.join(", ") }
     }
 }
 
