@@ -295,9 +295,10 @@ pub enum Command {
         sweep: Vec<String>,
         #[command(flatten)]
         filter: Filter,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "md")]
-        format: ReportFormat,
+        /// Output format (default: from the -o file's extension, .md, .html,
+        /// .csv or .json; else md).
+        #[arg(long, value_enum)]
+        format: Option<ReportFormat>,
         /// Write to this file instead of standard output (Markdown: the figures
         /// are written beside it as SVG files).
         #[arg(short, long)]
@@ -440,6 +441,29 @@ pub enum ExportFormat {
 pub enum PruneKeep {
     /// Only the best checkpoint.
     Best,
+}
+
+impl ReportFormat {
+    /// The format `--format` gives, else the one the output file's extension
+    /// names (`report.html`), else Markdown; an extension that names none is
+    /// an error rather than a Markdown file called `report.pdf`.
+    pub fn resolve(given: Option<ReportFormat>, output: Option<&std::path::Path>) -> Result<ReportFormat, String> {
+        if let Some(f) = given {
+            return Ok(f);
+        }
+        let Some(ext) = output.and_then(|p| p.extension()) else { return Ok(ReportFormat::Md) };
+        match ext.to_string_lossy().to_ascii_lowercase().as_str() {
+            "md" | "markdown" | "txt" => Ok(ReportFormat::Md),
+            "html" | "htm" => Ok(ReportFormat::Html),
+            "csv" => Ok(ReportFormat::Csv),
+            "json" => Ok(ReportFormat::Json),
+            other => Err(format!(
+                "-o {}: no report format for `.{other}`: name the file .md, .html, .csv or .json, or give --format{}",
+                output.map(|p| p.display().to_string()).unwrap_or_default(),
+                if other == "pdf" { " (for a PDF, print the HTML report from a browser)" } else { "" }
+            )),
+        }
+    }
 }
 
 /// Formats of `report`.

@@ -72,6 +72,10 @@ pub fn eval(
     device: DeviceChoice,
     format: EvalFormat,
 ) -> anyhow::Result<ExitCode> {
+    if !weights.is_file() {
+        let why = if weights.exists() { "not a file" } else { "no such file" };
+        bail!("--weights {}: {why}", weights.display());
+    }
     let (mut ds_spec, mut transforms, mut seed) = (None, None, 0);
     let mut model = model.map(str::to_owned);
     // Where the transforms came from, said with the result.

@@ -117,6 +117,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report { sweep, filter, format, output } => {
             let q =
                 sweep::report::query::Query { wheres: filter.wheres, statuses: filter.status, ..Default::default() };
+            let format =
+                crate::cli::ReportFormat::resolve(format, output.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
             query::report(&home, &sweep, &q, format, output.as_deref()).await
         }
     }

@@ -934,6 +934,11 @@ fn eval_of_a_sweep_checkpoint_uses_the_runs_own_test_transforms() {
     let w: serde_json::Value = serde_json::from_str(&stdout(&other)).unwrap();
     assert_eq!(w["transforms"], "none");
     assert_ne!(w["loss"], v["loss"], "no normalisation gives other numbers");
+    // A mistyped path says so (not "give --model").
+    let missing = dir.path().join("nope.pth");
+    let out = run(&home, &["eval", "--model", "smallcnn", "--weights", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains(&format!("--weights {}: no such file", missing.display())), "{}", stderr(&out));
 }
 
 /// The README's own example sweep file trains (here on fewer generated

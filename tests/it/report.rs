@@ -385,6 +385,34 @@ fn plan_exits_non_zero_when_a_run_cannot_be_trained() {
     assert!(crate::cli::stdout(&out).contains("cannot be trained by this build"), "{}", crate::cli::stdout(&out));
 }
 
+/// Without --format the -o file's extension names the format; one that names
+/// none is refused before anything is written.
+#[test]
+fn the_output_file_names_the_report_format() {
+    let (dir, home) = trained();
+    let at = |name: &str| dir.path().join(name);
+    assert!(run(home, &["report", "-o", at("ext.HTML").to_str().unwrap()]).status.success());
+    assert_well_formed_and_offline(&std::fs::read_to_string(at("ext.HTML")).unwrap());
+    assert!(run(home, &["report", "-o", at("ext.json").to_str().unwrap()]).status.success());
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(at("ext.json")).unwrap()).unwrap();
+    assert_eq!(j["runs"].as_array().unwrap().len(), 5);
+    assert!(run(home, &["report", "-o", at("ext.csv").to_str().unwrap()]).status.success());
+    assert!(std::fs::read_to_string(at("ext.csv")).unwrap().starts_with("id,sweep,name,"));
+    assert!(run(home, &["report", "-o", at("ext.md").to_str().unwrap()]).status.success());
+    assert!(std::fs::read_to_string(at("ext.md")).unwrap().starts_with('#'));
+    // --format wins over the extension.
+    assert!(run(home, &["report", "--format", "md", "-o", at("md.html").to_str().unwrap()]).status.success());
+    assert!(std::fs::read_to_string(at("md.html")).unwrap().starts_with('#'));
+    let out = run(home, &["report", "-o", at("r.pdf").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no report format for `.pdf`: name the file .md, .html, .csv or .json"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!at("r.pdf").exists());
+}
+
 /// Markdown says where its figures went, or how to get them.
 #[test]
 fn markdown_says_where_the_figures_went() {
