@@ -72,11 +72,21 @@ pub async fn status(
     }
 }
 
-/// A line per TPE search of the sweeps shown: its trials so far and how many
-/// are still to be proposed.
-async fn search_lines(store: &Store, sweeps: &[String]) -> anyhow::Result<String> {
-    use std::fmt::Write;
-    let mut out = String::new();
+/// A TPE search of a stored sweep and its trials so far.
+pub(super) struct TpeSearch {
+    /// The sweep's name.
+    pub sweep: String,
+    /// The search's name.
+    pub name: String,
+    /// Trials made so far (queued, running or finished).
+    pub have: u64,
+    /// Trials the search asks for.
+    pub count: u64,
+}
+
+/// The TPE searches of the stored sweeps (of `sweeps` only, when given).
+pub(super) async fn tpe_searches(store: &Store, sweeps: &[String]) -> anyhow::Result<Vec<TpeSearch>> {
+    let mut out = Vec::new();
     for s in store.search_sweeps().await? {
         if !sweeps.is_empty() && !sweeps.contains(&s.name) {
             continue;
@@ -85,22 +95,32 @@ async fn search_lines(store: &Store, sweeps: &[String]) -> anyhow::Result<String
         let counts = store.trial_counts(s.id).await?;
         for search in spec.searches.iter().filter(|x| x.method == sweep::spec::SearchMethod::Tpe) {
             let have = counts.iter().find(|(i, _)| *i == search.index as i64).map_or(0, |c| c.1) as u64;
-            let left = search.count.saturating_sub(have);
-            let more = if left == 0 {
-                "all proposed".to_owned()
-            } else {
-                format!(
-                    "{left} more to be proposed by TPE as trials finish (a worker proposes one when nothing is queued)"
-                )
-            };
-            let _ = writeln!(
-                out,
-                "search `{}` of `{}` (tpe): {have} of {} trials; {more}",
-                printable(&search.name),
-                printable(&s.name),
-                search.count
-            );
+            out.push(TpeSearch { sweep: s.name.clone(), name: search.name.clone(), have, count: search.count });
         }
+    }
+    Ok(out)
+}
+
+/// A line per TPE search of the sweeps shown: its trials so far and how many
+/// are still to be proposed.
+async fn search_lines(store: &Store, sweeps: &[String]) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for t in tpe_searches(store, sweeps).await? {
+        let left = t.count.saturating_sub(t.have);
+        let more = if left == 0 {
+            "all proposed".to_owned()
+        } else {
+            format!("{left} more to be proposed by TPE as trials finish (a worker proposes one when nothing is queued)")
+        };
+        let _ = writeln!(
+            out,
+            "search `{}` of `{}` (tpe): {} of {} trials; {more}",
+            printable(&t.name),
+            printable(&t.sweep),
+            t.have,
+            t.count
+        );
     }
     Ok(out)
 }

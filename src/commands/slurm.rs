@@ -88,7 +88,7 @@ pub fn script(
     let _ = write!(
         s,
         r"
-# Written by `sweep slurm` for the sweep `{sweep_name}` ({runs} run(s) queued). Each array task is a
+# Written by `sweep slurm` for the sweep `{sweep_name}` ({runs} run(s) to train). Each array task is a
 # sweep worker: it claims runs from the queue one after another and exits when nothing is left.
 # Edit freely (partition, time, modules); the queue is in the store, not in this script.
 #
@@ -162,6 +162,25 @@ pub async fn slurm(
         return Ok(code);
     }
     let spec = sweep::spec::load_with(file, options).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // One task per run still to train: queued or interrupted (a finished run
+    // the file lists is skipped), and per TPE trial still to be proposed.
+    let store = super::query::open(home).await?;
+    let waiting = store
+        .runs(Some(&spec.name))
+        .await?
+        .iter()
+        .filter(|r| matches!(r.status, sweep::store::Status::Queued | sweep::store::Status::Interrupted))
+        .count();
+    let proposals: u64 = super::query::tpe_searches(&store, std::slice::from_ref(&spec.name))
+        .await?
+        .iter()
+        .map(|t| t.count.saturating_sub(t.have))
+        .sum();
+    let to_train = waiting + usize::try_from(proposals).unwrap_or(usize::MAX);
+    if to_train == 0 {
+        println!("nothing to train: every run of `{}` is finished (sweep results); no script written", spec.name);
+        return Ok(ExitCode::SUCCESS);
+    }
     let exe = std::env::current_exe()?;
     let home_dir = std::path::absolute(&home.dir)?;
     let store = match &home.store {
@@ -174,7 +193,7 @@ pub async fn slurm(
         }
         other @ sweep::artifacts::ArtifactLocation::S3 { .. } => other.to_string(),
     });
-    let text = script(&spec.name, spec.runs.len(), job, &exe, &home_dir, &store, artifacts.as_deref());
+    let text = script(&spec.name, to_train, job, &exe, &home_dir, &store, artifacts.as_deref());
     let path = match &job.output {
         Some(p) => p.clone(),
         None => home_dir.join("slurm").join(format!("{}.sbatch", spec.name.replace(['/', ' '], "_"))),

@@ -176,10 +176,22 @@ fn two_workers_share_a_tpe_search_without_duplicate_trials() {
         assert!(run(&home, &["--store", &store, "submit", "--queue-only", f]).status.success());
         let status = stdout(&run(&home, &["--store", &store, "status"]));
         assert!(status.contains("search `search1` of `t` (tpe): 2 of 8 trials; 6 more to be proposed"), "{status}");
+        // `sweep slurm`: one array task per run to train, the trials TPE is
+        // still to propose included.
+        let job = dir.path().join(format!("job{i}.sh"));
+        let out = run(&home, &["--store", &store, "slurm", f, "-o", job.to_str().unwrap()]);
+        assert!(out.status.success(), "{loc}: {}", stderr(&out));
+        let script = std::fs::read_to_string(&job).unwrap();
+        assert!(script.contains("#SBATCH --array=0-7\n") && script.contains("(8 run(s) to train)"), "{script}");
+        std::fs::remove_file(&job).unwrap();
         let out = run(&home, &["--store", &store, "worker", "--workers", "2", "--device", "cpu", "--exit-when-empty"]);
         assert!(out.status.success(), "{loc}: {}", stderr(&out));
         let status = stdout(&run(&home, &["--store", &store, "status"]));
         assert!(status.contains("search `search1` of `t` (tpe): 8 of 8 trials; all proposed"), "{status}");
+        let again = run(&home, &["--store", &store, "slurm", f, "-o", job.to_str().unwrap()]);
+        assert!(again.status.success(), "{loc}: {}", stderr(&again));
+        assert!(stdout(&again).contains("nothing to train: every run of `t` is finished"), "{}", stdout(&again));
+        assert!(!job.exists(), "no script for a finished sweep");
         let err = stderr(&out);
         assert_eq!(err.lines().filter(|l| l.contains("✓ ") && l.ends_with(" done")).count(), 8, "{loc}:\n{err}");
         assert_eq!(err.lines().filter(|l| l.contains("proposed ")).count(), 6, "{loc}:\n{err}");
