@@ -171,6 +171,12 @@ impl Interner {
         let mut part = Params::default();
         self.path.clear();
         self.path.push_str(key);
+        if key == "head" && raw.trim_start().starts_with('{') {
+            // A hidden-layer head is a table without a name: `head` says
+            // `mlp` (beside `head.hidden` and `head.dropout`), so that it reads,
+            // filters and groups as the linear head's `linear` does.
+            self.push_value(&mut part, MLP_HEAD);
+        }
         let mut de = serde_json::Deserializer::from_str(raw);
         Walk { int: self, out: &mut part }.deserialize(&mut de)?;
         out.0.extend(part.0.iter().cloned());
@@ -194,6 +200,9 @@ impl Interner {
         self.number = buf;
     }
 }
+
+/// The `head` parameter of a head with hidden layers.
+pub const MLP_HEAD: &str = "mlp";
 
 /// The transform lists, left out: the augmentation set's name stands for them.
 fn summarised(key: &str) -> bool {
@@ -448,6 +457,9 @@ mod tests {
         fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
             match v {
                 Value::Object(map) => {
+                    if prefix == "head" {
+                        out.insert(prefix.to_owned(), MLP_HEAD.to_owned());
+                    }
                     for (k, v) in map {
                         if k == "train_transforms" || k == "test_transforms" {
                             continue;
@@ -473,7 +485,7 @@ mod tests {
     fn flatten_equals_the_straightforward_definition_and_shares_strings() {
         let text = r#"{"model":"resnet18","optimizer":{"name":"adam","lr":0.001,"betas":[0.9,0.999],"eps":1e-8,
             "amsgrad":false},"seed":3,"big":18446744073709551615,"neg":-2,"x":null,"train_transforms":[{"hflip":{}}],
-            "dataset":{"name":"synthetic","train_size":100,"s":"a\"b"}}"#;
+            "dataset":{"name":"synthetic","train_size":100,"s":"a\"b"},"head":{"hidden":[512],"dropout":[0.5]}}"#;
         let v: Value = serde_json::from_str(text).unwrap();
         let mut int = Interner::default();
         let flat = int.flatten(text).unwrap();
@@ -482,6 +494,7 @@ mod tests {
         assert_eq!(flat.get("optimizer.eps"), Some("1e-8"));
         assert_eq!(flat.get("dataset.s"), Some("a\"b"));
         assert_eq!(flat.get("optimizer.betas"), Some("[0.9,0.999]"));
+        assert_eq!((flat.get("head"), flat.get("head.hidden")), (Some("mlp"), Some("[512]")));
         let again = int.flatten(text).unwrap();
         assert!(again.0.iter().zip(&flat.0).all(|(a, b)| Arc::ptr_eq(&a.0, &b.0) && Arc::ptr_eq(&a.1, &b.1)));
         assert!(int.flatten("{\"a\": 1} x").is_err());
