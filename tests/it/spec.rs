@@ -260,6 +260,9 @@ fn near_misses_say_what_was_meant() {
     let e = one_error(&BASE.replace("epochs = 2", "epochs = 2\nlr = 0.1"));
     assert!(e.message.starts_with("unknown field `lr`, expected one of"), "{e}");
     assert!(e.message.ends_with("(`lr` belongs to a table: write `optimizer.lr`)"), "{e}");
+    // Not inside the optimizer's own table: Adam has no `momentum`.
+    let e = one_error(&BASE.replace("name = \"sgd\", lr = 0.1, momentum = 0.9", "name = \"adam\", momentum = 0.9"));
+    assert!(e.message.starts_with("unknown field `momentum`") && !e.message.contains("belongs"), "{e}");
     let errs = parse(&with("[[grid]]\nmomentum = [0.9]\nmilestones = [[1]]\n")).unwrap_err();
     let hints: Vec<_> = errs.iter().map(|e| e.message.as_str()).collect();
     assert_eq!(

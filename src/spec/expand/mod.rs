@@ -545,7 +545,10 @@ fn unknown_key(root: &str) -> String {
 /// toml's "unknown field `lr`, expected one of …" of a typed table, with
 /// where the field belongs when that is known.
 fn with_belongs_hint(message: &str) -> String {
-    let field = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+    // Only in a run's own table (`[defaults]`: its keys are the ones
+    // expected), not inside the optimizer's (Adam's `momentum`).
+    let run_level = message.contains("`optimizer`, `schedule`");
+    let field = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()).filter(|_| run_level);
     match field.and_then(belongs_under) {
         Some(path) => format!("{message} (`{}` belongs to a table: write `{path}`)", field.unwrap_or_default()),
         None => message.to_owned(),
