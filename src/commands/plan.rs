@@ -122,11 +122,17 @@ pub async fn plan(
             return Ok(ExitCode::from(2));
         }
     };
-    let est = if estimates {
-        Some(estimate(&spec, home, device.or(spec.device).unwrap_or_default(), verbose).await?)
-    } else {
-        None
-    };
+    // A GPU this build cannot use: what `submit` would say (also without
+    // estimates, which open the device; the plan's "trainable here" needs it).
+    let choice = device.or(spec.device).unwrap_or_default();
+    if choice.is_cuda() && !candle_core::utils::cuda_is_available() {
+        eprintln!(
+            "error: device {choice}: this binary was built without CUDA (rebuild with `--features cuda`, \
+             or pass --device cpu)"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let est = if estimates { Some(estimate(&spec, home, choice, verbose).await?) } else { None };
     let seconds = |i: usize| est.as_ref().and_then(|e| e.seconds[i]);
     match format {
         PlanFormat::Json => {

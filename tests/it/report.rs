@@ -383,6 +383,14 @@ fn plan_exits_non_zero_when_a_run_cannot_be_trained() {
     let out = crate::cli::run(dir.path(), &["plan", f.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(crate::cli::stdout(&out).contains("cannot be trained by this build"), "{}", crate::cli::stdout(&out));
+    // A GPU this build cannot use, as `submit` refuses it, also without estimates.
+    if !candle_core::utils::cuda_is_available() {
+        let qs = crate::write_sweep(dir.path(), "q.toml", &crate::tiny_sweep("q", 32, 1, ""));
+        let out = crate::cli::run(dir.path(), &["plan", qs.to_str().unwrap(), "--device", "cuda:0", "--no-estimate"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = crate::cli::stderr(&out);
+        assert!(err.contains("device cuda:0: this binary was built without CUDA"), "{err}");
+    }
 }
 
 /// Without --format the -o file's extension names the format; one that names
