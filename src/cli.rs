@@ -229,6 +229,9 @@ pub enum Command {
         /// Train from epoch 1: drop the run's epochs and checkpoints.
         #[arg(long)]
         from_scratch: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ManageFormat,
     },
     /// Cancel queued runs; a running one stops after its current batch,
     /// checkpointed (`sweep retry` queues it again and it resumes).
@@ -239,6 +242,9 @@ pub enum Command {
         /// Every queued, interrupted or running run of this sweep (repeatable).
         #[arg(long)]
         sweep: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ManageFormat,
     },
     /// Delete runs (their epochs, checkpoints and files), or whole sweeps.
     ///
@@ -254,6 +260,9 @@ pub enum Command {
         /// Do not ask for confirmation (needed without a terminal).
         #[arg(short, long)]
         yes: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ManageFormat,
     },
     /// Remove checkpoint files no record refers to and folders of removed
     /// runs, and report the space freed.
@@ -265,6 +274,9 @@ pub enum Command {
         /// (as `keep = "best"` would have).
         #[arg(long, value_enum)]
         keep: Option<PruneKeep>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ManageFormat,
     },
     /// Print a run's log (runs/<key>/log.txt): what the worker said about it.
     Logs {
@@ -424,6 +436,15 @@ pub enum StatusFormat {
     /// Aligned columns.
     Table,
     /// JSON object.
+    Json,
+}
+
+/// Formats of `retry`, `cancel`, `rm` and `prune`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ManageFormat {
+    /// A line per run or file.
+    Table,
+    /// One JSON object: each run or file with what was done to it.
     Json,
 }
 

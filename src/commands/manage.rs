@@ -1,7 +1,9 @@
 //! Managing the queue: `retry`, `cancel`, `rm`, `prune`.
 
 use super::query::{find_run, open, run_label as label};
+use crate::cli::ManageFormat;
 use anyhow::Context;
+use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,6 +11,64 @@ use sweep::report::format::bytes;
 use sweep::store::{RunRow, Status, Store, StoreError};
 use sweep::text::printable;
 use sweep::worker::{retention, run_dir};
+
+/// What a command did: a line per run or file for a person, or, with
+/// `--format json`, one object gathered from the same events (printed by
+/// [`Out::finish`]). Refusals go to stderr either way.
+struct Out {
+    json: bool,
+    items: Vec<Value>,
+}
+
+impl Out {
+    fn new(format: ManageFormat) -> Out {
+        Out { json: format == ManageFormat::Json, items: Vec::new() }
+    }
+
+    /// One thing done (or refused: `refused` lines go to stderr).
+    fn item(&mut self, line: &str, refused: bool, item: Value) {
+        if refused {
+            eprintln!("{line}");
+        } else if !self.json {
+            println!("{line}");
+        }
+        if self.json {
+            self.items.push(item);
+        }
+    }
+
+    /// A line for a person only.
+    fn say(&self, line: &str) {
+        if !self.json {
+            println!("{line}");
+        }
+    }
+
+    /// The JSON object: `key` holds the items, `more` the rest.
+    fn finish(self, key: &str, more: Value) -> anyhow::Result<()> {
+        if self.json {
+            let mut v = json!({ key: self.items });
+            if let (Some(o), Value::Object(m)) = (v.as_object_mut(), more) {
+                o.extend(m);
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Ok(())
+    }
+}
+
+/// A run as the JSON output names it.
+fn run_json(r: &RunRow) -> Value {
+    json!({ "id": &r.key[..10.min(r.key.len())], "key": r.key, "sweep": r.sweep, "name": r.name })
+}
+
+/// `run_json` with more fields.
+fn with(mut v: Value, more: Value) -> Value {
+    if let (Some(o), Value::Object(m)) = (v.as_object_mut(), more) {
+        o.extend(m);
+    }
+    v
+}
 
 /// The runs named on the command line and those of the sweeps named, each once.
 async fn named_runs(store: &Store, which: &[String], sweeps: &[String]) -> anyhow::Result<Vec<RunRow>> {
@@ -31,7 +91,14 @@ async fn named_runs(store: &Store, which: &[String], sweeps: &[String]) -> anyho
 }
 
 /// `sweep retry RUN... | --failed [--from-scratch]`.
-pub async fn retry(home: &super::Home, which: &[String], failed: bool, from_scratch: bool) -> anyhow::Result<ExitCode> {
+pub async fn retry(
+    home: &super::Home,
+    which: &[String],
+    failed: bool,
+    from_scratch: bool,
+    format: ManageFormat,
+) -> anyhow::Result<ExitCode> {
+    let mut out = Out::new(format);
     let store = open(home).await?;
     let mut runs = named_runs(&store, which, &[]).await?;
     if failed {
@@ -48,25 +115,34 @@ pub async fn retry(home: &super::Home, which: &[String], failed: bool, from_scra
         match store.retry(r.id, from_scratch).await {
             Ok(was) => {
                 let how = if from_scratch { ", from scratch" } else { ", from its latest checkpoint" };
-                println!("{name}: {was} -> queued{how}");
+                let item = json!({ "was": was.as_str(), "now": "queued", "from_scratch": from_scratch });
+                out.item(&format!("{name}: {was} -> queued{how}"), false, with(run_json(r), item));
             }
             Err(StoreError::NotRetryable { why, status, .. }) => {
-                eprintln!("{name}: not queued: it is {status}: {why}");
+                let item = json!({ "was": status.as_str(), "now": "refused", "why": why });
+                out.item(&format!("{name}: not queued: it is {status}: {why}"), true, with(run_json(r), item));
                 refused += 1;
             }
             Err(e) => return Err(e.into()),
         }
     }
     if runs.is_empty() {
-        println!("no failed or diverged run");
+        out.say("no failed or diverged run");
     } else if refused < runs.len() {
-        println!("run `sweep worker --home {}` to train", home.display());
+        out.say(&format!("run `sweep worker --home {}` to train", home.display()));
     }
+    out.finish("runs", json!({}))?;
     Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// `sweep cancel RUN... | --sweep NAME`.
-pub async fn cancel(home: &super::Home, which: &[String], sweeps: &[String]) -> anyhow::Result<ExitCode> {
+pub async fn cancel(
+    home: &super::Home,
+    which: &[String],
+    sweeps: &[String],
+    format: ManageFormat,
+) -> anyhow::Result<ExitCode> {
+    let mut out = Out::new(format);
     let store = open(home).await?;
     let runs = named_runs(&store, which, sweeps).await?;
     let mut refused = 0;
@@ -76,15 +152,23 @@ pub async fn cancel(home: &super::Home, which: &[String], sweeps: &[String]) -> 
         if !which.is_empty() || matches!(r.status, Status::Queued | Status::Interrupted | Status::Running) {
             match store.cancel(r.id).await {
                 Ok(Status::Running) => {
-                    println!("{}: running -> stops after its current batch, checkpointed, as cancelled", label(r));
+                    let line =
+                        format!("{}: running -> stops after its current batch, checkpointed, as cancelled", label(r));
+                    out.item(&line, false, with(run_json(r), json!({ "was": "running", "now": "stopping" })));
                     stopping += 1;
                 }
                 Ok(was) => {
-                    println!("{}: {was} -> cancelled", label(r));
+                    let item = json!({ "was": was.as_str(), "now": "cancelled" });
+                    out.item(&format!("{}: {was} -> cancelled", label(r)), false, with(run_json(r), item));
                     cancelled += 1;
                 }
                 Err(StoreError::NotCancellable { status, why, .. }) => {
-                    eprintln!("{}: not cancelled: it is {status}: {why}", label(r));
+                    let item = json!({ "was": status.as_str(), "now": "refused", "why": why });
+                    out.item(
+                        &format!("{}: not cancelled: it is {status}: {why}", label(r)),
+                        true,
+                        with(run_json(r), item),
+                    );
                     refused += 1;
                 }
                 Err(e) => return Err(e.into()),
@@ -92,10 +176,11 @@ pub async fn cancel(home: &super::Home, which: &[String], sweeps: &[String]) -> 
         }
     }
     if cancelled + stopping == 0 && refused == 0 {
-        println!("nothing to cancel: no run of {} is queued or running", printable(&sweeps.join(", ")));
+        out.say(&format!("nothing to cancel: no run of {} is queued or running", printable(&sweeps.join(", "))));
     } else if cancelled + stopping > 0 {
-        println!("`sweep retry RUN` queues a cancelled run again; it resumes from its checkpoint");
+        out.say("`sweep retry RUN` queues a cancelled run again; it resumes from its checkpoint");
     }
+    out.finish("runs", json!({}))?;
     Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
@@ -121,7 +206,14 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 type SweepRemoval = (String, Vec<RunRow>, Vec<(RunRow, Vec<String>)>);
 
 /// `sweep rm RUN... | --sweep NAME [--yes]`.
-pub async fn rm(home: &super::Home, which: &[String], sweeps: &[String], yes: bool) -> anyhow::Result<ExitCode> {
+pub async fn rm(
+    home: &super::Home,
+    which: &[String],
+    sweeps: &[String],
+    yes: bool,
+    format: ManageFormat,
+) -> anyhow::Result<ExitCode> {
+    let mut out = Out::new(format);
     let store = open(home).await?;
     let members = store.memberships().await?;
     let named = named_runs(&store, which, &[]).await?;
@@ -153,17 +245,24 @@ pub async fn rm(home: &super::Home, which: &[String], sweeps: &[String], yes: bo
     }
     let doomed: Vec<&RunRow> = named.iter().chain(plans.iter().flat_map(|p| p.1.iter())).collect();
     let size: u64 = doomed.iter().map(|r| folder_bytes(&home.join(run_dir(&r.key)))).sum();
+    let mut kept = Vec::new();
     for r in &doomed {
-        println!("remove {} ({}, {} epoch(s) recorded)", label(r), r.status, r.epochs_done);
+        let item = json!({ "status": r.status.as_str(), "epochs_done": r.epochs_done, "bytes": folder_bytes(&home.join(run_dir(&r.key))) });
+        out.item(
+            &format!("remove {} ({}, {} epoch(s) recorded)", label(r), r.status, r.epochs_done),
+            false,
+            with(run_json(r), item),
+        );
     }
     for (sweep, _, shared) in &plans {
         for (r, others) in shared {
-            println!(
+            out.say(&format!(
                 "keep   {} (also in {}); only its membership of `{}` goes",
                 label(r),
                 printable(&others.join(", ")),
                 printable(sweep)
-            );
+            ));
+            kept.push(with(run_json(r), json!({ "also_in": others, "leaves": sweep })));
         }
     }
     let question = format!(
@@ -173,7 +272,8 @@ pub async fn rm(home: &super::Home, which: &[String], sweeps: &[String], yes: bo
         if plans.is_empty() { String::new() } else { format!(" and the sweep(s) {}", printable(&sweeps.join(", "))) }
     );
     if !yes && !confirm(&question)? {
-        println!("nothing was removed");
+        out.say("nothing was removed");
+        out.finish("removed", json!({ "done": false, "kept": kept, "sweeps": sweeps, "freed_bytes": 0 }))?;
         return Ok(ExitCode::from(1));
     }
     store.remove_runs(&named.iter().map(|r| r.id).collect::<Vec<_>>()).await?;
@@ -201,17 +301,27 @@ pub async fn rm(home: &super::Home, which: &[String], sweeps: &[String], yes: bo
             }
         }
     }
-    println!("removed {} run(s), {} freed", doomed.len(), bytes(size));
+    out.say(&format!("removed {} run(s), {} freed", doomed.len(), bytes(size)));
     for l in &left {
         eprintln!("could not remove {l} (`sweep prune` tries again)");
     }
+    out.finish(
+        "removed",
+        json!({ "done": true, "kept": kept, "sweeps": sweeps, "freed_bytes": size, "not_removed": left }),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `sweep prune [--dry-run] [--keep best]`: checkpoint files no record refers
 /// to, folders of runs the database no longer has, and (`--keep best`) the
 /// latest checkpoints of finished runs.
-pub async fn prune(home: &super::Home, dry_run: bool, keep_best: bool) -> anyhow::Result<ExitCode> {
+pub async fn prune(
+    home: &super::Home,
+    dry_run: bool,
+    keep_best: bool,
+    format: ManageFormat,
+) -> anyhow::Result<ExitCode> {
+    let mut out = Out::new(format);
     let store = open(home).await?;
     let runs = store.key_statuses().await?;
     let by_dir: std::collections::HashMap<String, (i64, Status)> =
@@ -230,7 +340,8 @@ pub async fn prune(home: &super::Home, dry_run: bool, keep_best: bool) -> anyhow
         let abs = home.join(&rel);
         let Some(&(id, status)) = by_dir.get(&rel) else {
             let size = folder_bytes(&abs);
-            println!("{verb} {rel}/ ({}; no run in the database)", bytes(size));
+            let item = json!({ "path": format!("{rel}/"), "bytes": size, "why": "no run in the database" });
+            out.item(&format!("{verb} {rel}/ ({}; no run in the database)", bytes(size)), false, item);
             if !dry_run {
                 std::fs::remove_dir_all(&abs).with_context(|| abs.display().to_string())?;
             }
@@ -254,7 +365,8 @@ pub async fn prune(home: &super::Home, dry_run: bool, keep_best: bool) -> anyhow
         let removed = retention::unreferenced(&present, &records);
         for f in &removed {
             let size = std::fs::metadata(abs.join(f)).map_or(0, |m| m.len());
-            println!("{verb} {rel}/{f} ({})", bytes(size));
+            let item = json!({ "path": format!("{rel}/{f}"), "bytes": size, "why": "no record refers to it" });
+            out.item(&format!("{verb} {rel}/{f} ({})", bytes(size)), false, item);
             freed += size;
             count += 1;
         }
@@ -264,11 +376,12 @@ pub async fn prune(home: &super::Home, dry_run: bool, keep_best: bool) -> anyhow
     }
     let freed_text = bytes(freed);
     if count == 0 {
-        println!("nothing to prune");
+        out.say("nothing to prune");
     } else if dry_run {
-        println!("{count} file(s) or folder(s), {freed_text} would be freed (without --dry-run)");
+        out.say(&format!("{count} file(s) or folder(s), {freed_text} would be freed (without --dry-run)"));
     } else {
-        println!("{count} file(s) or folder(s) removed, {freed_text} freed");
+        out.say(&format!("{count} file(s) or folder(s) removed, {freed_text} freed"));
     }
+    out.finish("files", json!({ "dry_run": dry_run, "freed_bytes": freed }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -104,10 +104,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             query::results(&home, &sweep, &q, format).await
         }
         Command::Show { run, format } => query::show(&home, &run, format).await,
-        Command::Retry { runs, failed, from_scratch } => manage::retry(&home, &runs, failed, from_scratch).await,
-        Command::Cancel { runs, sweep } => manage::cancel(&home, &runs, &sweep).await,
-        Command::Rm { runs, sweep, yes } => manage::rm(&home, &runs, &sweep, yes).await,
-        Command::Prune { dry_run, keep } => manage::prune(&home, dry_run, keep.is_some()).await,
+        Command::Retry { runs, failed, from_scratch, format } => {
+            manage::retry(&home, &runs, failed, from_scratch, format).await
+        }
+        Command::Cancel { runs, sweep, format } => manage::cancel(&home, &runs, &sweep, format).await,
+        Command::Rm { runs, sweep, yes, format } => manage::rm(&home, &runs, &sweep, yes, format).await,
+        Command::Prune { dry_run, keep, format } => manage::prune(&home, dry_run, keep.is_some(), format).await,
         Command::Logs { run, follow } => logs::logs(&home, &run, follow).await,
         Command::Export { dir, format, sweep, filter } => {
             let q =

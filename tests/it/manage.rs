@@ -181,3 +181,52 @@ fn plan_estimates_from_a_probe_then_from_history_and_says_when_it_is_days() {
     assert!(text.contains("this plan would take") && text.contains(" days."), "{text}");
     assert!(!stdout(&run(&home, &["plan", "--no-estimate", f])).contains("time (est.)"));
 }
+
+/// `retry`, `cancel`, `prune` and `rm` answer in one JSON object with
+/// `--format json`: each run or file and what was done to it.
+#[test]
+fn retry_cancel_prune_and_rm_answer_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let file = crate::write_sweep(
+        dir.path(),
+        "j.toml",
+        &crate::tiny_sweep("j", 32, 1, "[[grid]]\noptimizer.lr = [0.05, 0.1]\n"),
+    );
+    assert!(run(&home, &["-q", "submit", file.to_str().unwrap()]).status.success());
+    let json = |args: &[&str], code: i32| -> serde_json::Value {
+        let out = run(&home, args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&out)))
+    };
+    let key = by_name(&runs(&home), "lr=0.05").key.clone();
+
+    let v = json(&["retry", "j/lr=0.05", "--format", "json"], 1);
+    let r = &v["runs"][0];
+    assert_eq!((r["id"].as_str(), r["key"].as_str()), (Some(&key[..10]), Some(key.as_str())), "{v}");
+    assert_eq!((r["sweep"].as_str(), r["name"].as_str()), (Some("j"), Some("lr=0.05")), "{v}");
+    assert_eq!((r["was"].as_str(), r["now"].as_str()), (Some("done"), Some("refused")), "{v}");
+    assert!(r["why"].as_str().unwrap().contains("--from-scratch"), "{v}");
+
+    let v = json(&["retry", "j/lr=0.05", "--from-scratch", "--format", "json"], 0);
+    assert_eq!((v["runs"][0]["now"].as_str(), v["runs"][0]["from_scratch"].as_bool()), (Some("queued"), Some(true)));
+    let v = json(&["cancel", "--sweep", "j", "--format", "json"], 0);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!((v["runs"][0]["was"].as_str(), v["runs"][0]["now"].as_str()), (Some("queued"), Some("cancelled")));
+
+    // Starting again from scratch dropped the run's records: its files are
+    // the ones prune would remove.
+    let v = json(&["prune", "--dry-run", "--format", "json"], 0);
+    let files = v["files"].as_array().unwrap();
+    assert!(!files.is_empty(), "{v}");
+    let run_dir = sweep::worker::run_dir(&key);
+    assert!(files.iter().all(|f| f["path"].as_str().unwrap().starts_with(&run_dir)), "{v}");
+    let sum: u64 = files.iter().map(|f| f["bytes"].as_u64().unwrap()).sum();
+    assert_eq!((v["dry_run"].as_bool(), v["freed_bytes"].as_u64()), (Some(true), Some(sum)), "{v}");
+
+    let v = json(&["rm", "--yes", "j/lr=0.1", "--format", "json"], 0);
+    assert_eq!((v["removed"][0]["name"].as_str(), v["done"].as_bool()), (Some("lr=0.1"), Some(true)), "{v}");
+    assert_eq!(v["removed"][0]["bytes"], v["freed_bytes"], "{v}");
+    assert!(v["freed_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(runs(&home).len(), 1);
+}
