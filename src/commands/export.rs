@@ -54,7 +54,10 @@ pub async fn export(
     );
     match format {
         ExportFormat::Tensorboard => println!("view: tensorboard --logdir {}", dir.display()),
-        ExportFormat::Mlflow => println!("view: mlflow ui --backend-store-uri {}", dir.display()),
+        // MLflow 3 refuses a file store unless it is allowed by this variable (2.x ignores it).
+        ExportFormat::Mlflow => {
+            println!("view: MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {}", dir.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

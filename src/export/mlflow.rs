@@ -10,7 +10,7 @@
 //! DIR/<sweep id>/<run id>/artifacts/       best.safetensors (the best checkpoint), config.json
 //! ```
 //! Run ids are the first 32 hex digits of the run key, so exporting again
-//! rewrites the same runs. `mlflow ui --backend-store-uri DIR` opens it.
+//! rewrites the same runs. `MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri DIR` opens it.
 
 use super::{epoch_metrics, io, start_time, Facts, Result, RunFacts, Written};
 use crate::report::{Comparison, RunReport};

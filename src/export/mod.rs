@@ -5,7 +5,7 @@
 //!   (TFRecord framing, `Event`/`Summary` protocol buffers written by hand):
 //!   every epoch's scalars, and the hparams plugin's session records, so
 //!   TensorBoard's HPARAMS tab lists the runs with their parameters.
-//! - [`mlflow`]: an MLflow file store (`mlflow ui --backend-store-uri DIR`):
+//! - [`mlflow`]: an MLflow file store (`MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri DIR`):
 //!   an experiment per sweep, a run per run with its parameters, per-epoch
 //!   metrics, tags, and the best checkpoint as an artifact.
 //!
