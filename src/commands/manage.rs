@@ -47,11 +47,7 @@ impl Out {
     /// The JSON object: `key` holds the items, `more` the rest.
     fn finish(self, key: &str, more: Value) -> anyhow::Result<()> {
         if self.json {
-            let mut v = json!({ key: self.items });
-            if let (Some(o), Value::Object(m)) = (v.as_object_mut(), more) {
-                o.extend(m);
-            }
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!("{}", serde_json::to_string_pretty(&with(json!({ key: self.items }), more))?);
         }
         Ok(())
     }
@@ -62,7 +58,7 @@ fn run_json(r: &RunRow) -> Value {
     json!({ "id": &r.key[..10.min(r.key.len())], "key": r.key, "sweep": r.sweep, "name": r.name })
 }
 
-/// `run_json` with more fields.
+/// `v` (an object) with the fields of `more` (an object) added.
 fn with(mut v: Value, more: Value) -> Value {
     if let (Some(o), Value::Object(m)) = (v.as_object_mut(), more) {
         o.extend(m);
@@ -244,10 +240,11 @@ pub async fn rm(
         plans.push((name.clone(), only, shared));
     }
     let doomed: Vec<&RunRow> = named.iter().chain(plans.iter().flat_map(|p| p.1.iter())).collect();
-    let size: u64 = doomed.iter().map(|r| folder_bytes(&home.join(run_dir(&r.key)))).sum();
+    let sizes: Vec<u64> = doomed.iter().map(|r| folder_bytes(&home.join(run_dir(&r.key)))).collect();
+    let size: u64 = sizes.iter().sum();
     let mut kept = Vec::new();
-    for r in &doomed {
-        let item = json!({ "status": r.status.as_str(), "epochs_done": r.epochs_done, "bytes": folder_bytes(&home.join(run_dir(&r.key))) });
+    for (r, held) in doomed.iter().zip(&sizes) {
+        let item = json!({ "status": r.status.as_str(), "epochs_done": r.epochs_done, "bytes": held });
         out.item(
             &format!("remove {} ({}, {} epoch(s) recorded)", label(r), r.status, r.epochs_done),
             false,

@@ -126,6 +126,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What `submit` and `plan` say of a GPU this build cannot use, or `None`.
+fn cuda_missing(device: sweep::spec::DeviceChoice) -> Option<String> {
+    (device.is_cuda() && !candle_core::utils::cuda_is_available()).then(|| {
+        format!(
+            "error: device {device}: this binary was built without CUDA (rebuild with `--features cuda`, or pass \
+             --device cpu)"
+        )
+    })
+}
+
 /// The home folder (run folders, logs) and the database, as the commands open it.
 pub struct Home {
     /// The folder.

@@ -125,11 +125,8 @@ pub async fn plan(
     // A GPU this build cannot use: what `submit` would say (also without
     // estimates, which open the device; the plan's "trainable here" needs it).
     let choice = device.or(spec.device).unwrap_or_default();
-    if choice.is_cuda() && !candle_core::utils::cuda_is_available() {
-        eprintln!(
-            "error: device {choice}: this binary was built without CUDA (rebuild with `--features cuda`, \
-             or pass --device cpu)"
-        );
+    if let Some(why) = super::cuda_missing(choice) {
+        eprintln!("{why}");
         return Ok(ExitCode::from(2));
     }
     let est = if estimates { Some(estimate(&spec, home, choice, verbose).await?) } else { None };

@@ -164,14 +164,14 @@ pub async fn slurm(
     let spec = sweep::spec::load_with(file, options).map_err(|e| anyhow::anyhow!("{e}"))?;
     // One task per run still to train: queued or interrupted (a finished run
     // the file lists is skipped), and per TPE trial still to be proposed.
-    let store = super::query::open(home).await?;
-    let waiting = store
+    let db = super::query::open(home).await?;
+    let waiting = db
         .runs(Some(&spec.name))
         .await?
         .iter()
         .filter(|r| matches!(r.status, sweep::store::Status::Queued | sweep::store::Status::Interrupted))
         .count();
-    let proposals: u64 = super::query::tpe_searches(&store, std::slice::from_ref(&spec.name))
+    let proposals: u64 = super::query::tpe_searches(&db, std::slice::from_ref(&spec.name))
         .await?
         .iter()
         .map(|t| t.count.saturating_sub(t.have))

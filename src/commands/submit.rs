@@ -72,11 +72,8 @@ pub async fn submit(home: &super::Home, file: &Path, options: &spec::Options, ho
     // --device (or SWEEP_DEVICE) over the file's `device`, else auto; a GPU
     // this build cannot use is refused before anything is queued.
     let device = how.device.or(spec.device).unwrap_or_default();
-    if device.is_cuda() && !candle_core::utils::cuda_is_available() && !queue_only {
-        eprintln!(
-            "error: device {device}: this binary was built without CUDA (rebuild with `--features cuda`, \
-             or pass --device cpu)\nnothing was queued"
-        );
+    if let Some(why) = super::cuda_missing(device).filter(|_| !queue_only) {
+        eprintln!("{why}\nnothing was queued");
         return Ok(ExitCode::from(2));
     }
     let store = home.open().await?;

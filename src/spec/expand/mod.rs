@@ -240,14 +240,13 @@ fn shape_errors(src: &Source) -> (Vec<SpecError>, Source, Vec<String>) {
                 blanked.push(k.split('.').next().unwrap_or(k).to_owned());
             }
         }
-        let before = text.clone();
-        for b in text[start..end].iter_mut().filter(|b| **b != b'\n') {
-            *b = b' ';
-        }
-        if text == before {
+        if text[start..end].iter().all(|b| matches!(b, b' ' | b'\n')) {
             // Nothing left to blank there (a missing sweep-level key is about
             // the file's first line): the next parse would say the same.
             break;
+        }
+        for b in text[start..end].iter_mut().filter(|b| **b != b'\n') {
+            *b = b' ';
         }
         // What is left must still be TOML, or the next error would only be
         // the blanking's: stop with the real ones.
