@@ -83,6 +83,31 @@ pub struct Store {
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
                               PRAGMA busy_timeout = 30000; PRAGMA mmap_size = 268435456;";
 
+/// The migrating connection to a SQLite file. A new file's first connections
+/// switch it to WAL, which takes an exclusive lock that SQLite's busy timeout
+/// does not wait for: a process that loses that race gets "database is
+/// locked" at once. It tries again for as long as the busy timeout would
+/// have waited.
+async fn connect_new_sqlite(
+    options: &SqliteConnectOptions,
+) -> std::result::Result<sqlx::SqliteConnection, sqlx::Error> {
+    use sqlx::Connection;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match sqlx::SqliteConnection::connect_with(options).await {
+            Err(sqlx::Error::Database(e))
+                if std::time::Instant::now() < deadline
+                    && e.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| c & 0xff == 5) =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            result => return result,
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the SQLite database in `home` and applies migrations.
     pub async fn open(home: &Path) -> Result<Store> {
@@ -114,15 +139,21 @@ impl Store {
                 // migration that rebuilds a table (SQLite's way to change a constraint)
                 // drops the old one, which would otherwise cascade into its children.
                 // Each migration is one transaction; it checks the keys itself.
+                // sqlx takes no lock on SQLite, so processes opening a new file
+                // together would each apply migration 1 and all but one fail on
+                // "table already exists". The whole run is one IMMEDIATE
+                // transaction (each migration a savepoint in it): it holds the
+                // write lock from the start, so the others wait (busy_timeout),
+                // then find every migration applied.
                 {
                     use sqlx::Connection;
-                    let mut conn = sqlx::SqliteConnection::connect_with(&options.clone().foreign_keys(false))
-                        .await
-                        .map_err(sql)?;
+                    let mut conn = connect_new_sqlite(&options.clone().foreign_keys(false)).await.map_err(sql)?;
+                    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(sql)?;
                     sqlx::migrate!("./migrations")
-                        .run(&mut conn)
+                        .run(&mut *tx)
                         .await
                         .map_err(|source| StoreError::Migrate { db: name.clone(), source })?;
+                    tx.commit().await.map_err(sql)?;
                     conn.close().await.map_err(sql)?;
                 }
                 let raw = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.map_err(sql)?;

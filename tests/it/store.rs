@@ -70,6 +70,34 @@ fn migrations_apply_to_a_new_and_to_an_empty_file_and_are_idempotent() {
     });
 }
 
+/// Workers started together on a new home (`sweep worker & sweep worker`)
+/// each open the database: one applies the migrations, the others wait for
+/// it and find them applied, instead of failing on "table already exists".
+#[test]
+fn workers_opening_a_new_database_together_migrate_it_once() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (home, barrier) = (dir.path().to_owned(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    rt().block_on(async {
+                        let store = Store::open(&home).await.map_err(|e| e.to_string())?;
+                        let sweeps = store.sweeps().await.map_err(|e| e.to_string())?.len();
+                        store.close().await;
+                        Ok::<_, String>(sweeps)
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), Ok(0), "round {round}");
+        }
+    }
+}
+
 #[test]
 fn a_file_that_is_not_a_database_is_a_clear_error() {
     rt().block_on(async {
