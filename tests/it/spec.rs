@@ -268,10 +268,32 @@ fn near_misses_say_what_was_meant() {
     assert_eq!(
         hints,
         [
-            "unknown key `momentum`: it belongs to a table, write `optimizer.momentum`",
-            "unknown key `milestones`: it belongs to a table, write `schedule.milestones`"
+            "unknown key `momentum`; it belongs to a table: write `optimizer.momentum`",
+            "unknown key `milestones`; it belongs to a table: write `schedule.milestones`"
         ]
     );
+    // W&B's `seed` parameter, the dataset's sizes and the file's settings
+    // written where a run's keys go.
+    let errs = parse(&with("[[grid]]\nseed = [1, 2]\ntrain_size = [100]\nmetric = [\"test_loss\"]\n")).unwrap_err();
+    let hints: Vec<_> = errs.iter().map(|e| (e.line, e.message.as_str())).collect();
+    assert_eq!(hints.len(), 3, "{errs:#?}");
+    assert!(hints[0].1.starts_with("unknown key `seed`; it is not a run setting: `repeats = N`"), "{errs:#?}");
+    assert!(
+        hints[0].1.ends_with("seeds seed, seed+1, ..., seed+N-1; the top-level `seed` sets the first"),
+        "{errs:#?}"
+    );
+    let dataset =
+        "unknown key `train_size`; it belongs to the dataset: `dataset = { name = \"...\", train_size = ... }`";
+    assert!(hints[1].1.starts_with(dataset), "{errs:#?}");
+    assert!(hints[2].1.starts_with("unknown key `metric`; it is the file's own setting"), "{errs:#?}");
+    // In [defaults], where toml names the fields it expected.
+    let e = one_error(&BASE.replace("epochs = 2", "epochs = 2\nrepeats = 3"));
+    assert!(
+        e.message.ends_with("(`repeats` is set at the top of the file or in a grid or run, not in [defaults])"),
+        "{e}"
+    );
+    let e = one_error(&BASE.replace("epochs = 2", "epochs = 2\ntest_size = 50"));
+    assert!(e.message.ends_with("(`test_size` belongs to the dataset: `dataset = { name = \"...\", test_size = ... }` at the top of the file)"), "{e}");
 }
 
 #[test]

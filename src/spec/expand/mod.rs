@@ -520,23 +520,40 @@ fn key_in_block(text: &str, header: usize, key: &str) -> Option<usize> {
     None
 }
 
-/// The dotted key a run-level key belongs under, for the optimizer's and the
-/// schedule's fields written at the run's level (`lr = 0.1`: `optimizer.lr`).
-fn belongs_under(key: &str) -> Option<String> {
-    let table = match key {
-        "lr" | "learning_rate" | "momentum" | "weight_decay" | "nesterov" | "dampening" | "betas" | "eps"
-        | "amsgrad" | "clip_grad_norm" | "decay_bn_bias" => "optimizer",
-        "milestones" | "gamma" | "factors" | "step_size" | "t_max" | "eta_min" | "max_lr" => "schedule",
-        _ => return None,
-    };
+/// Where a key written at a run's level belongs, when that is known: the
+/// optimizer's and the schedule's fields (`lr = 0.1`: `optimizer.lr`), the
+/// dataset's sizes, the file's own settings, and seeds (W&B sweeps a `seed`
+/// parameter; here `repeats` gives each run its seeds). A phrase that follows
+/// the key's name.
+fn misplaced(key: &str) -> Option<String> {
+    let table =
+        match key {
+            "lr" | "learning_rate" | "momentum" | "weight_decay" | "nesterov" | "dampening" | "betas" | "eps"
+            | "amsgrad" | "clip_grad_norm" | "decay_bn_bias" => "optimizer",
+            "milestones" | "gamma" | "factors" | "step_size" | "t_max" | "eta_min" | "max_lr" => "schedule",
+            "seed" | "seeds" => return Some(
+                "is not a run setting: `repeats = N` (at the top of the file, or in a grid or run) trains each run \
+                 N times, with seeds seed, seed+1, ..., seed+N-1; the top-level `seed` sets the first"
+                    .to_owned(),
+            ),
+            "train_size" | "test_size" | "data_seed" | "test_split" => {
+                return Some(format!(
+                    "belongs to the dataset: `dataset = {{ name = \"...\", {key} = ... }}` at the top of the file"
+                ))
+            }
+            "metric" | "device" | "description" => {
+                return Some("is the file's own setting: write it at the top of the file, before any table".to_owned())
+            }
+            _ => return None,
+        };
     let field = if key == "learning_rate" { "lr" } else { key };
-    Some(format!("{table}.{field}"))
+    Some(format!("belongs to a table: write `{table}.{field}`"))
 }
 
 /// An unknown run-level key, with where it belongs when that is known.
 fn unknown_key(root: &str) -> String {
-    match belongs_under(root) {
-        Some(path) => format!("unknown key `{root}`: it belongs to a table, write `{path}`"),
+    match misplaced(root) {
+        Some(advice) => format!("unknown key `{root}`; it {advice}"),
         None => format!("unknown key `{root}`; a run can set: {}", RUN_KEYS.join(", ")),
     }
 }
@@ -548,8 +565,17 @@ fn with_belongs_hint(message: &str) -> String {
     // expected), not inside the optimizer's (Adam's `momentum`).
     let run_level = message.contains("`optimizer`, `schedule`");
     let field = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()).filter(|_| run_level);
-    match field.and_then(belongs_under) {
-        Some(path) => format!("{message} (`{}` belongs to a table: write `{path}`)", field.unwrap_or_default()),
+    let advice = field.and_then(|f| {
+        // `repeats` is a grid's or a run's (and the file's), not [defaults]'.
+        let repeats = "is set at the top of the file or in a grid or run, not in [defaults]";
+        if f == "repeats" {
+            Some(repeats.to_owned())
+        } else {
+            misplaced(f)
+        }
+    });
+    match advice {
+        Some(advice) => format!("{message} (`{}` {advice})", field.unwrap_or_default()),
         None => message.to_owned(),
     }
 }
@@ -564,7 +590,11 @@ impl Ctx<'_> {
     pub(super) fn check_assignment(&mut self, offset: usize, path: &str, value: &Value) {
         let root = path.split('.').next().unwrap_or_default();
         if !RUN_KEYS.contains(&root) {
-            self.errors.push(self.src.error(offset, Some(path), unknown_key(root)));
+            // Once per key, not once per value of its axis.
+            let e = self.src.error(offset, Some(path), unknown_key(root));
+            if !self.errors.contains(&e) {
+                self.errors.push(e);
+            }
             return;
         }
         let mut merged = self.defaults.clone();
