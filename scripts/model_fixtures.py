@@ -9,6 +9,7 @@ statistics after one train-mode forward, and the gradients of a fixed loss).
     python3 scripts/model_fixtures.py tests/fixtures/models          # small, committed
     python3 scripts/model_fixtures.py /tmp/parity --full             # every named model, not committed
     SWEEP_PARITY_DIR=/tmp/parity cargo test --release parity -- --nocapture
+    python3 scripts/model_fixtures.py tests/fixtures/models --pth    # pth_*.pth: checkpoint wrappers, committed
 
 Gradients of a fixed loss are compared for the small models only (see full()).
 Small fixtures use torchvision's own classes (BasicBlock, Bottleneck, _make_layer,
@@ -189,10 +190,33 @@ def full(out, size):
                   getattr(tm, tag)(num_classes=10), "linear", "imagenet", size, 10, dropout=True)
 
 
+def pth_wrappers(out):
+    """One tiny state_dict as torch.save writes it in the ways users save checkpoints."""
+    torch.manual_seed(7)
+    g = torch.Generator().manual_seed(7)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    sd = model.state_dict()
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 3, generator=g)).sum().backward()
+    opt.step()
+    save = lambda obj, name: torch.save(obj, os.path.join(out, name + ".pth"))
+    save(sd, "pth_plain")
+    save({"epoch": 3, "model_state_dict": sd, "optimizer_state_dict": opt.state_dict()}, "pth_checkpoint")
+    save({"epoch": 3, "weights": sd, "best_acc": 0.5}, "pth_one_entry")
+    save({"module." + k: v for k, v in sd.items()}, "pth_ddp")
+    save({"_orig_mod." + k: v for k, v in sd.items()}, "pth_compiled")
+    save(model, "pth_whole_model")
+    save({"generator": sd, "discriminator": other}, "pth_two_models")
+    save({"epoch": 3, "best_acc": 0.5}, "pth_no_tensors")
+
+
 if __name__ == "__main__":
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    if "--full" in sys.argv:
+    if "--pth" in sys.argv:
+        pth_wrappers(out)
+    elif "--full" in sys.argv:
         full(out, int(os.environ.get("SIZE", "64")))
     else:
         small(out)

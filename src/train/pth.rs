@@ -6,7 +6,7 @@
 //! archives written by torch 2.x ("Invalid Central Directory header"); the
 //! pickle itself is decoded by candle's `pickle::Stack`.
 
-use candle_core::pickle::{Object, Stack};
+use candle_core::pickle::{Object, Stack, TensorInfo};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -103,43 +103,124 @@ fn entries(b: &[u8]) -> Result<HashMap<String, Entry>, String> {
     Ok(out)
 }
 
-/// Every tensor of the state_dict in `path` (or of its `key` entry), on the CPU.
-pub fn read(path: &Path, key: Option<&str>) -> Result<Vec<(String, Tensor)>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let entries = entries(&bytes)?;
-    let pkl = entries.keys().find(|k| k.ends_with("data.pkl")).ok_or("the archive has no data.pkl")?.clone();
+/// Why a `.pth` file gave no tensors.
+#[derive(Debug)]
+pub enum PthError {
+    /// Not a torch.save zip archive, or its pickle does not decode.
+    Format(String),
+    /// A readable archive that holds no state_dict (a whole model object, a
+    /// dict of other things), or a tensor that cannot be read.
+    Content(String),
+}
+
+/// The entries of a checkpoint dict that hold the model's state_dict, in the
+/// order they are looked for: `torch.save({"epoch": e, "state_dict": ...})`
+/// (timm, Lightning), PyTorch's tutorial's `model_state_dict`, torchvision's
+/// reference scripts' `model`, and `net`.
+pub const STATE_DICT_ENTRIES: &[&str] = &["state_dict", "model_state_dict", "model", "net"];
+
+/// Every tensor of the state_dict in `path`, on the CPU: the pickle's dict
+/// itself when it holds tensors, else its entry named in
+/// [`STATE_DICT_ENTRIES`], else its one entry that is a dict of tensors.
+pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, PthError> {
+    let format = PthError::Format;
+    let bytes = std::fs::read(path).map_err(|e| format(e.to_string()))?;
+    let entries = entries(&bytes).map_err(format)?;
+    let pkl =
+        entries.keys().find(|k| k.ends_with("data.pkl")).ok_or(format("the archive has no data.pkl".into()))?.clone();
     let dir = pkl.strip_suffix(".pkl").expect("ends with .pkl").to_owned();
     let e = &entries[&pkl];
     let mut stack = Stack::empty();
-    stack.read_loop(&mut &bytes[e.data_start..e.data_start + e.size]).map_err(|e| format!("data.pkl: {e}"))?;
-    let mut obj = stack.finalize().map_err(|e| format!("data.pkl: {e}"))?;
-    if let Some(key) = key {
-        let Object::Dict(kv) = obj else { return Ok(vec![]) };
-        match kv.into_iter().find(|(k, _)| *k == Object::Unicode(key.to_owned())) {
-            Some((_, v)) => obj = v,
-            None => return Ok(vec![]),
-        }
+    stack.read_loop(&mut &bytes[e.data_start..e.data_start + e.size]).map_err(|e| format(format!("data.pkl: {e}")))?;
+    let obj = stack.finalize().map_err(|e| format(format!("data.pkl: {e}")))?;
+    let Object::Dict(kv) = obj else {
+        let what = class_of(&obj).map_or("not a dict".to_owned(), |c| format!("a whole `{c}` object"));
+        return Err(PthError::Content(format!(
+            "the file holds {what}, not a state_dict: save the weights with `torch.save(model.state_dict(), PATH)`"
+        )));
+    };
+    let mut infos = tensor_infos(&kv, &dir);
+    if infos.is_empty() {
+        let named: Vec<(String, Vec<TensorInfo>)> = kv
+            .iter()
+            .filter_map(|(k, v)| match (k, v) {
+                (Object::Unicode(k), Object::Dict(inner)) => Some((k.clone(), tensor_infos(inner, &dir))),
+                _ => None,
+            })
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        let preferred = STATE_DICT_ENTRIES.iter().find_map(|p| named.iter().position(|(k, _)| k == p));
+        infos = match (preferred, named.len()) {
+            (Some(i), _) => named.into_iter().nth(i).map(|(_, t)| t).unwrap_or_default(),
+            (None, 1) => named.into_iter().next().map(|(_, t)| t).unwrap_or_default(),
+            (None, 0) => {
+                let keys: Vec<String> = kv.iter().take(8).map(|(k, _)| key_text(k)).collect();
+                let more = if kv.len() > 8 { format!(", ... {} more", kv.len() - 8) } else { String::new() };
+                return Err(PthError::Content(format!(
+                    "no tensors found: the file holds a dict with the keys {}{more}, none of them a state_dict",
+                    keys.join(", ")
+                )));
+            }
+            (None, _) => {
+                let keys: Vec<String> = named.iter().map(|(k, _)| format!("`{k}`")).collect();
+                return Err(PthError::Content(format!(
+                    "the file holds several state_dicts ({}) and none is named {}: save the one to load on its own",
+                    keys.join(", "),
+                    STATE_DICT_ENTRIES.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        };
     }
-    let Object::Dict(kv) = obj else { return Err("the pickle is not a dict (a state_dict)".into()) };
+    let content = PthError::Content;
     let mut out = Vec::new();
-    for (name, value) in kv {
-        let Ok(Some(info)) = value.into_tensor_info(name, Path::new(&dir)) else { continue };
+    for info in infos {
         let entry_name = info.path.clone();
-        let entry = entries.get(&entry_name).ok_or_else(|| format!("`{}`: no storage `{entry_name}`", info.name))?;
+        let entry =
+            entries.get(&entry_name).ok_or_else(|| content(format!("`{}`: no storage `{entry_name}`", info.name)))?;
         let layout = &info.layout;
         if !layout.is_contiguous() {
-            return Err(format!("`{}`: non-contiguous tensors are not supported", info.name));
+            return Err(content(format!("`{}`: non-contiguous tensors are not supported", info.name)));
         }
         let size = info.dtype.size_in_bytes();
         let start = entry.data_start + layout.start_offset() * size;
         let n = layout.shape().elem_count() * size;
         if layout.start_offset() * size + n > entry.size {
-            return Err(format!("`{}`: its storage is truncated", info.name));
+            return Err(content(format!("`{}`: its storage is truncated", info.name)));
         }
         let t = Tensor::from_raw_buffer(&bytes[start..start + n], info.dtype, layout.dims(), &Device::Cpu)
-            .map_err(|e| format!("`{}`: {e}", info.name))?;
-        let t = if info.dtype == DType::F64 { t.to_dtype(DType::F32).map_err(|e| e.to_string())? } else { t };
+            .map_err(|e| content(format!("`{}`: {e}", info.name)))?;
+        let t = if info.dtype == DType::F64 { t.to_dtype(DType::F32).map_err(|e| content(e.to_string()))? } else { t };
         out.push((info.name, t));
     }
     Ok(out)
+}
+
+/// The tensors among a dict's values.
+fn tensor_infos(kv: &[(Object, Object)], dir: &str) -> Vec<TensorInfo> {
+    kv.iter().filter_map(|(k, v)| v.clone().into_tensor_info(k.clone(), Path::new(dir)).ok().flatten()).collect()
+}
+
+/// A dict key as the user wrote it: `epoch`, or its debug form.
+fn key_text(k: &Object) -> String {
+    match k {
+        Object::Unicode(s) => format!("`{s}`"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The class a pickled object is an instance of (`torch.save(model)`:
+/// `torchvision.models.resnet.ResNet`), skipping pickle's own helpers.
+fn class_of(obj: &Object) -> Option<String> {
+    match obj {
+        Object::Class { module_name, class_name } => {
+            let helper = ["copyreg", "copy_reg", "builtins", "__builtin__", "collections", "torch._utils"]
+                .contains(&module_name.as_str());
+            (!helper).then(|| format!("{module_name}.{class_name}"))
+        }
+        Object::Reduce { callable, args } | Object::Build { callable, args } => {
+            class_of(callable).or_else(|| class_of(args))
+        }
+        Object::Tuple(items) | Object::List(items) => items.iter().find_map(class_of),
+        _ => None,
+    }
 }

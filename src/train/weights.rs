@@ -153,8 +153,9 @@ fn rename(key: &str) -> String {
 }
 
 /// Reads every tensor of a safetensors file or a torch zip `.pth` file (a
-/// state_dict, or a dict with a `state_dict` / `model` entry), on the CPU. The
-/// format is recognised by the file's first bytes.
+/// state_dict, or a checkpoint dict holding one: see [`super::pth::read`]), on
+/// the CPU. The format is recognised by the file's first bytes. Keys saved
+/// under DDP's `module.` or torch.compile's `_orig_mod.` lose that prefix.
 pub fn read(path: &Path) -> Result<HashMap<String, Tensor>, WeightsError> {
     let bad = |detail: String| WeightsError::Read { path: path.to_owned(), detail };
     if !path.exists() {
@@ -168,24 +169,25 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>, WeightsError> {
     let tensors: Vec<(String, Tensor)> = if is_safetensors {
         candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(e.to_string()))?.into_iter().collect()
     } else {
-        let mut found = None;
-        for key in [None, Some("state_dict"), Some("model")] {
-            match super::pth::read(path, key) {
-                Ok(t) if !t.is_empty() => {
-                    found = Some(t);
-                    break;
-                }
-                Err(e) if key.is_none() => {
-                    return Err(bad(format!(
-                        "not a torch.save zip archive nor a safetensors file ({e}); legacy (pre-1.6) .pth files are not supported: re-save with torch.save"
-                    )))
-                }
-                // Empty, or no such entry: try the next key.
-                Ok(_) | Err(_) => {}
-            }
-        }
-        found.ok_or_else(|| bad("no tensors found (expected a state_dict)".into()))?
+        super::pth::read(path).map_err(|e| match e {
+            super::pth::PthError::Format(e) => bad(format!(
+                "not a torch.save zip archive nor a safetensors file ({e}); legacy (pre-1.6) .pth files are not supported: re-save with torch.save"
+            )),
+            super::pth::PthError::Content(e) => bad(e),
+        })?
     };
+    if tensors.is_empty() {
+        return Err(bad("no tensors found (expected a state_dict)".into()));
+    }
+    // A state_dict saved from a DistributedDataParallel / DataParallel
+    // wrapper (`module.`) or a torch.compile'd model (`_orig_mod.`) has its
+    // model's keys under that prefix.
+    let mut tensors = tensors;
+    for prefix in ["module.", "_orig_mod."] {
+        if tensors.iter().all(|(k, _)| k.starts_with(prefix)) {
+            tensors = tensors.into_iter().map(|(k, t)| (k[prefix.len()..].to_owned(), t)).collect();
+        }
+    }
     Ok(tensors.into_iter().map(|(k, t)| (rename(&k), t)).collect())
 }
 

@@ -382,3 +382,51 @@ fn the_inference_twin_records_no_graph_and_follows_every_update() {
         assert_ne!(values(&twin), before, "{name}: the steps changed nothing");
     }
 }
+
+/// `.pth` files as users save them (`scripts/model_fixtures.py --pth`): a
+/// checkpoint dict holding the state_dict, DDP's and torch.compile's key
+/// prefixes load as the plain state_dict; a whole pickled model, several
+/// state_dicts or none are each an error that says what the file holds.
+#[test]
+fn pth_checkpoints_as_users_save_them_load_or_say_what_they_hold() {
+    use sweep::train::weights::read;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let plain = read(&dir.join("pth_plain.pth")).unwrap();
+    let mut keys: Vec<&String> = plain.keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["0.bias", "0.weight", "1.bias", "1.num_batches_tracked", "1.running_mean", "1.running_var", "1.weight"]
+    );
+    for name in ["pth_checkpoint", "pth_one_entry", "pth_ddp", "pth_compiled"] {
+        let got = read(&dir.join(format!("{name}.pth"))).unwrap();
+        assert_eq!(got.len(), plain.len(), "{name}");
+        for (k, t) in &plain {
+            let g = got.get(k).unwrap_or_else(|| panic!("{name}: no `{k}`"));
+            assert_eq!(g.dims(), t.dims(), "{name}: {k}");
+            let diff = (g.to_dtype(DType::F64).unwrap() - t.to_dtype(DType::F64).unwrap()).unwrap();
+            assert_eq!(diff.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap(), 0.0);
+        }
+    }
+    let err = |name: &str| read(&dir.join(format!("{name}.pth"))).unwrap_err().to_string();
+    assert!(
+        err("pth_whole_model").ends_with(
+            "pth_whole_model.pth: the file holds a whole `torch.nn.modules.container.Sequential` object, not a \
+             state_dict: save the weights with `torch.save(model.state_dict(), PATH)`"
+        ),
+        "{}",
+        err("pth_whole_model")
+    );
+    assert!(
+        err("pth_two_models").contains("several state_dicts (`discriminator`, `generator`)"),
+        "{}",
+        err("pth_two_models")
+    );
+    assert!(
+        err("pth_no_tensors").ends_with(
+            "no tensors found: the file holds a dict with the keys `best_acc`, `epoch`, none of them a state_dict"
+        ),
+        "{}",
+        err("pth_no_tensors")
+    );
+}
