@@ -196,7 +196,8 @@ pub enum Command {
         /// A .safetensors file (e.g. a sweep checkpoint) or a torch.save .pth state_dict.
         #[arg(long)]
         weights: PathBuf,
-        /// `synthetic`, or a folder with the CIFAR-10 binary release (data_batch_1.bin … test_batch.bin).
+        /// The test split of: `synthetic`, `cifar10` or `cifar100` (found or downloaded as for a sweep),
+        /// an image folder or archive (`test/<class>/…`), or a folder holding a CIFAR-10 release.
         #[arg(long)]
         data: Option<String>,
         /// Take the dataset and the augmentation sets from this sweep file.

@@ -131,7 +131,9 @@ pub fn eval(
     if let Some(d) = data {
         ds_spec = Some(dataset(d));
     }
-    let ds_spec = ds_spec.context("give --data (synthetic, or a cifar-10-batches-bin folder) or --sweep FILE")?;
+    let ds_spec = ds_spec.context(
+        "give --data (synthetic, cifar10, cifar100, an image folder or a CIFAR-10 release folder) or --sweep FILE",
+    )?;
     let transforms = transforms.expect("set above");
 
     let (spec, classes) = ModelSpec::for_weights(model, weights).map_err(anyhow::Error::msg)?;
