@@ -53,7 +53,7 @@ pub async fn status(
                 rows.extend(store.runs(Some(name)).await?.into_iter().filter(|r| seen.insert(r.id)));
             }
         }
-        let mut frame = status_frame(&rows, format)?;
+        let mut frame = status_frame(&rows, format, sweep::env::STALE_SECS.seconds(60).as_secs_f64())?;
         if format == StatusFormat::Table {
             frame.push_str(&search_lines(&store, sweeps).await?);
         }
@@ -138,16 +138,26 @@ fn eta(r: &sweep::store::RunRow) -> Option<f64> {
     Some((r.epochs_total as f64 - r.epochs_done as f64 - into).max(0.0) * per_epoch)
 }
 
-fn status_frame(rows: &[sweep::store::RunRow], format: StatusFormat) -> anyhow::Result<String> {
+/// A running run whose worker has sent no heartbeat for longer than
+/// `stale` seconds (`SWEEP_STALE_SECS`): its worker may be gone, and the next
+/// worker to look for work takes the run over.
+fn silent(r: &sweep::store::RunRow, stale: f64) -> bool {
+    r.status == Status::Running && r.heartbeat_age.is_some_and(|age| age > stale)
+}
+
+fn status_frame(rows: &[sweep::store::RunRow], format: StatusFormat, stale: f64) -> anyhow::Result<String> {
     use std::fmt::Write;
     let counts: Vec<(Status, usize)> =
         Status::ALL.iter().map(|s| (*s, rows.iter().filter(|r| r.status == *s).count())).collect();
+    let silent_runs: Vec<&sweep::store::RunRow> = rows.iter().filter(|r| silent(r, stale)).collect();
     let mut out = String::new();
     match format {
         StatusFormat::Json => {
             let v = serde_json::json!({
                 "counts": counts.iter().map(|(s, n)| (s.to_string(), serde_json::json!(*n))).collect::<serde_json::Map<_, _>>(),
                 "runs": rows,
+                "stale_after_secs": stale,
+                "silent": silent_runs.iter().map(|r| &r.key).collect::<Vec<_>>(),
             });
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         }
@@ -169,6 +179,9 @@ fn status_frame(rows: &[sweep::store::RunRow], format: StatusFormat) -> anyhow::
                         _ => "-".into(),
                     };
                     let beat = match (r.status, r.heartbeat_age) {
+                        (Status::Running, Some(age)) if silent(r, stale) => {
+                            format!("{} ago, silent", duration(age.max(0.0)))
+                        }
                         (Status::Running, Some(age)) => format!("{} ago", duration(age.max(0.0))),
                         _ => "-".into(),
                     };
@@ -191,6 +204,16 @@ fn status_frame(rows: &[sweep::store::RunRow], format: StatusFormat) -> anyhow::
                 })
                 .collect();
             out.push_str(&text_table(&headers, &table));
+            if !silent_runs.is_empty() {
+                writeln!(
+                    out,
+                    "{} running run(s) silent: no heartbeat for over {} (SWEEP_STALE_SECS); their worker may be \
+                     gone. The next worker to look for work (`sweep worker`) takes them over and resumes them \
+                     from their latest checkpoint",
+                    silent_runs.len(),
+                    duration(stale)
+                )?;
+            }
         }
     }
     Ok(out)

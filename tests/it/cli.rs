@@ -895,6 +895,15 @@ fn status_shows_the_eta_filters_by_sweep_and_watch_ends_with_the_queue() {
     let out = run(&home, &["status", "--sweep", "e"]);
     let line = stdout(&out).lines().find(|l| l.contains(" running ")).unwrap_or_default().to_owned();
     assert!(line.contains("2/4") && line.trim_end().ends_with(" 3.0s"), "{}", stdout(&out));
+    // A worker silent for longer than SWEEP_STALE_SECS may be gone: said.
+    let out = sweep(&home).args(["status"]).env("SWEEP_STALE_SECS", "0").output().unwrap();
+    let line = stdout(&out).lines().find(|l| l.contains(" running ")).unwrap_or_default().to_owned();
+    assert!(line.contains(" ago, silent "), "{}", stdout(&out));
+    assert!(stdout(&out).contains("1 running run(s) silent: no heartbeat for over 0.0s"), "{}", stdout(&out));
+    let out = sweep(&home).args(["status", "--format", "json"]).env("SWEEP_STALE_SECS", "0").output().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["silent"].as_array().map(Vec::len), Some(1), "{v}");
+    assert!(!stdout(&run(&home, &["status"])).contains("silent"));
     let out = run(&home, &["status", "--sweep", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no sweep named `nope` (known: e)"), "{}", stderr(&out));
