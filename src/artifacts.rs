@@ -117,6 +117,22 @@ pub enum ArtifactError {
     },
 }
 
+impl ArtifactError {
+    /// Whether the store itself failed (unreachable, refused the request,
+    /// misconfigured, a shared folder that cannot be written) rather than one
+    /// object being missing or not what was recorded. Such a failure is not
+    /// the run's doing: the worker stops, and the run resumes once the store
+    /// works again.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ArtifactError::Store { source: object_store::Error::NotFound { .. }, .. }
+            | ArtifactError::Mismatch { .. } => false,
+            ArtifactError::Io { source, .. } => source.kind() != std::io::ErrorKind::NotFound,
+            ArtifactError::Store { .. } | ArtifactError::Setup { .. } => true,
+        }
+    }
+}
+
 enum Kind {
     Home,
     Folder(PathBuf),
@@ -147,10 +163,21 @@ impl Artifacts {
             Some(ArtifactLocation::Folder(p)) if same_as_home(p) => (Kind::Home, home.display().to_string()),
             Some(ArtifactLocation::Folder(p)) => (Kind::Folder(p.clone()), p.display().to_string()),
             Some(l @ ArtifactLocation::S3 { bucket, prefix }) => {
-                let store = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|source| ArtifactError::Setup { location: l.to_string(), source })?;
+                use object_store::aws::AmazonS3ConfigKey as Key;
+                let builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // object_store refuses plain HTTP unless allowed, with only
+                // "HTTP error: builder error" on the first request.
+                let endpoint = builder.get_config_value(&Key::Endpoint).unwrap_or_default();
+                let allow_http = builder.get_config_value(&Key::Client(object_store::ClientConfigKey::AllowHttp));
+                if endpoint.starts_with("http://") && !allow_http.is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+                    let detail = format!("the endpoint {endpoint} is plain HTTP: set AWS_ALLOW_HTTP=true to use it");
+                    return Err(ArtifactError::Setup {
+                        location: l.to_string(),
+                        source: object_store::Error::Generic { store: "S3", source: detail.into() },
+                    });
+                }
+                let store =
+                    builder.build().map_err(|source| ArtifactError::Setup { location: l.to_string(), source })?;
                 (Kind::S3 { store: Arc::new(store), prefix: prefix.clone() }, l.to_string())
             }
         };
@@ -181,6 +208,34 @@ impl Artifacts {
 
     fn store_err<'a>(&'a self, rel: &'a str) -> impl FnOnce(object_store::Error) -> ArtifactError + 'a {
         move |source| ArtifactError::Store { location: self.location.clone(), key: rel.to_owned(), source }
+    }
+
+    /// Checks that the store takes a write: a small object written and
+    /// deleted (`.sweep-check/NAME`), so that a worker finds a missing bucket,
+    /// wrong credentials or an unreachable endpoint before it trains anything.
+    pub async fn check_writable(&self, name: &str) -> Result<(), ArtifactError> {
+        let name: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let rel = format!(".sweep-check/{name}");
+        match &self.kind {
+            Kind::Home => Ok(()),
+            Kind::Folder(root) => {
+                let (dir, to) = (root.join(".sweep-check"), root.join(&rel));
+                tokio::task::spawn_blocking(move || {
+                    write_atomic(&to, b"sweep")?;
+                    std::fs::remove_file(&to).map_err(Artifacts::io(&to))?;
+                    let _ = std::fs::remove_dir(&dir);
+                    Ok(())
+                })
+                .await
+                .expect("the check thread")
+            }
+            Kind::S3 { store, prefix } => {
+                let key = Self::key(prefix, &rel);
+                store.put(&key, b"sweep".to_vec().into()).await.map_err(self.store_err(&rel))?;
+                store.delete(&key).await.map_err(self.store_err(&rel))?;
+                Ok(())
+            }
+        }
     }
 
     /// Makes the home's file `rel` durable in the store (complete before this returns).

@@ -108,6 +108,11 @@ pub enum SinkError {
     /// The record was refused (a database error, or another worker holds the run now).
     #[error("{0}")]
     Refused(String),
+    /// A service the record needs (the artifact store) failed: not the run's
+    /// doing. The worker stops; the run resumes from its last recorded
+    /// checkpoint once the service works again.
+    #[error("{0}")]
+    Unavailable(String),
     /// Nobody is listening any more (the worker stopped).
     #[error("the record's receiver is gone: {0}")]
     Disconnected(&'static str),

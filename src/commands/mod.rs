@@ -187,11 +187,15 @@ pub struct Drained {
 
 impl Drained {
     /// 128 + the signal if a signal stopped it (130 for Ctrl-C, 143 for
-    /// SIGTERM), 1 if a run failed or diverged, else 0.
+    /// SIGTERM), 1 if a run failed or diverged or the worker stopped with the
+    /// queue left (a full disk, an artifact store that cannot be written),
+    /// else 0.
     pub fn exit_code(&self) -> ExitCode {
         if self.report.interrupted {
             ExitCode::from(self.stop.exit_code())
-        } else if self.report.runs.iter().any(|r| matches!(r.status, Status::Failed | Status::Diverged)) {
+        } else if self.report.stopped.is_some()
+            || self.report.runs.iter().any(|r| matches!(r.status, Status::Failed | Status::Diverged))
+        {
             ExitCode::from(1)
         } else {
             ExitCode::SUCCESS
@@ -239,7 +243,7 @@ pub fn summary_line(report: &WorkerReport) -> String {
         let _ = write!(line, "; {} abandoned run(s) recovered", report.recovered);
     }
     if let Some(why) = &report.stopped {
-        let _ = write!(line, "; stopped: {why}: free space, then `sweep worker` goes on with the queue");
+        let _ = write!(line, "; stopped: {why}");
     }
     if report.interrupted {
         line += "; interrupted: `sweep worker` resumes where it stopped";

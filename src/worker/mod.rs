@@ -74,9 +74,11 @@ pub struct RunEnd {
     pub status: Status,
     /// The error of a failed run.
     pub error: Option<String>,
-    /// The run failed because the disk is full: the worker stops, the queue stays.
+    /// Why the worker stops after this run, with the rest of the queue left
+    /// as it is: every next run would fail the same way (a full disk, an
+    /// artifact store that cannot be written). What to do is part of it.
     #[serde(skip)]
-    pub disk_full: bool,
+    pub stops_worker: Option<String>,
 }
 
 /// What a worker did.
@@ -89,7 +91,8 @@ pub struct WorkerReport {
     pub recovered: usize,
     /// Whether it stopped because it was asked to.
     pub interrupted: bool,
-    /// Why it stopped with runs left in the queue (a full disk), if it did.
+    /// Why it stopped with runs left in the queue (a full disk, an artifact
+    /// store that cannot be written), and what to do, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
 }
@@ -106,6 +109,18 @@ pub enum WorkerError {
     /// The artifact store could not be set up.
     #[error(transparent)]
     Artifacts(#[from] ArtifactError),
+    /// The artifact store does not take a write: nothing was claimed.
+    #[error(
+        "the artifact store {location} cannot be written ({source}); nothing was claimed: check the bucket, the \
+         credentials and the endpoint (AWS_*), or the folder, and start the worker again"
+    )]
+    ArtifactsUnwritable {
+        /// The store.
+        location: String,
+        /// What went wrong.
+        #[source]
+        source: ArtifactError,
+    },
     /// The trainer thread could not be started.
     #[error("cannot start the training thread: {0}")]
     Thread(std::io::Error),
@@ -167,6 +182,12 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
     let artifacts = Artifacts::open(store.home(), opts.artifacts.as_ref())?;
     let local = Artifacts::open(store.home(), None)?;
     let worker = crate::store::worker_id();
+    // A missing bucket, wrong credentials or an unreachable endpoint, found
+    // before anything is claimed or trained, not after a run's first epoch.
+    artifacts
+        .check_writable(&worker)
+        .await
+        .map_err(|source| WorkerError::ArtifactsUnwritable { location: artifacts.location().to_owned(), source })?;
     if opts.verbose {
         let why = match (opts.device, device.is_cpu()) {
             (DeviceChoice::Auto, true) => train::device::why_cpu(),
@@ -202,7 +223,7 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
                 name: r.name,
                 status: Status::Failed,
                 error: Some(error),
-                disk_full: false,
+                stops_worker: None,
             });
         }
         if stop.load(Ordering::SeqCst) {
@@ -260,15 +281,15 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             eprintln!("{}", end_line(&end));
         }
         let was_interrupted = end.status == Status::Interrupted;
-        let disk_full = end.disk_full;
+        let stops_worker = end.stops_worker.clone();
         report.runs.push(end);
-        if was_interrupted {
-            report.interrupted = true;
+        if let Some(why) = stops_worker {
+            // Every next run would fail the same way: stop with the queue intact.
+            report.stopped = Some(why);
             break;
         }
-        if disk_full {
-            // Every next run would fail the same way: stop with the queue intact.
-            report.stopped = Some(format!("the disk holding {} is full", store.home().display()));
+        if was_interrupted {
+            report.interrupted = true;
             break;
         }
     }
@@ -363,6 +384,51 @@ async fn collect_garbage(store: &Store, local: &Artifacts, artifacts: &Artifacts
     }
 }
 
+/// Why a checkpoint could not be kept in the artifact store, as the trainer
+/// is told: the store itself failing is [`SinkError::Unavailable`].
+fn not_kept(artifacts: &Artifacts, e: &ArtifactError) -> SinkError {
+    let msg = format!("keeping the checkpoint in {}: {e}", artifacts.location());
+    if e.is_unavailable() {
+        SinkError::Unavailable(msg)
+    } else {
+        SinkError::Refused(msg)
+    }
+}
+
+/// The artifact store failed under a run: not the run's doing, and every
+/// next run would fail the same way. The run goes back to `interrupted` (it
+/// resumes from its last recorded checkpoint, which the store holds) and the
+/// worker stops with the queue as it is.
+async fn stop_for_artifacts(
+    store: &Store,
+    lease: &crate::store::Lease,
+    run: &ClaimedRun,
+    artifacts: &Artifacts,
+    why: String,
+    log: &mut log::RunLog,
+) -> Result<RunEnd, WorkerError> {
+    tracing::warn!(run = run.id, "{why}");
+    log.line(&format!("  the artifact store failed: {why}"));
+    match store.record_interrupt(lease, None).await {
+        Ok(()) | Err(StoreError::LostOwnership { .. }) => {}
+        Err(other) => return Err(other.into()),
+    }
+    let end = RunEnd {
+        id: run.id,
+        name: run.name.clone(),
+        status: Status::Interrupted,
+        error: None,
+        stops_worker: Some(format!(
+            "the artifact store {} failed ({why}); once it can be written again, `sweep worker` resumes `{}` \
+             from its last recorded checkpoint and goes on with the queue",
+            artifacts.location(),
+            printable(&run.name)
+        )),
+    };
+    log.line(&end_line(&end));
+    Ok(end)
+}
+
 /// Puts a checkpoint's files into the artifact store: before its record.
 async fn put_checkpoints(artifacts: &Artifacts, checkpoints: &[&CheckpointRecord]) -> Result<(), ArtifactError> {
     let mut done: Vec<&str> = Vec::new();
@@ -405,26 +471,34 @@ async fn execute(
     place: &Place,
 ) -> Result<RunEnd, WorkerError> {
     let lease = run.lease();
-    let fail = |error: String, disk_full: bool| RunEnd {
+    let home = store.home().to_path_buf();
+    let disk_full = |full: bool| {
+        full.then(|| {
+            format!(
+                "the disk holding {} is full: free space, then `sweep worker` goes on with the queue",
+                home.display()
+            )
+        })
+    };
+    let fail = |error: String, stops_worker: Option<String>| RunEnd {
         id: run.id,
         name: run.name.clone(),
         status: Status::Failed,
         // A decoder's or the OS's message may end in a newline, which the one-line report would
         // show escaped.
         error: Some(error.trim_end().to_owned()),
-        disk_full,
+        stops_worker,
     };
     let config: RunConfig = match serde_json::from_str(&run.config_json) {
         Ok(c) => c,
         Err(e) => {
             let msg = format!("the stored configuration does not parse: {e}");
-            let end = fail(msg, false);
+            let end = fail(msg, None);
             store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
             return Ok(end);
         }
     };
     let rel_dir = run_dir(&run.key);
-    let home = store.home().to_path_buf();
     let abs_dir = home.join(&rel_dir);
     let ckpts = store.checkpoints(run.id).await?;
     let latest = ckpts.iter().find(|c| c.kind == CheckpointKind::Latest).cloned();
@@ -435,13 +509,13 @@ async fn execute(
         )
     });
     if let Err(e) = setup {
-        let disk_full = checkpoint::is_disk_full(&e);
-        let msg = if disk_full {
+        let full = checkpoint::is_disk_full(&e);
+        let msg = if full {
             train::TrainError::DiskFull { path: abs_dir.join("config.json") }.to_string()
         } else {
             format!("{}: {e}", abs_dir.display())
         };
-        let end = fail(msg, disk_full);
+        let end = fail(msg, disk_full(full));
         store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
         return Ok(end);
     }
@@ -452,12 +526,17 @@ async fn execute(
     if let Some(c) = &latest {
         for (rel, sha) in [(&c.path, &c.sha256), (&c.state_path, &c.state_sha256)] {
             if let Err(e) = artifacts.fetch(rel, sha).await {
+                if e.is_unavailable() {
+                    let why = format!("fetching the checkpoint to resume from: {e}");
+                    return stop_for_artifacts(store, &lease, &run, artifacts, why, &mut log::RunLog::open(&abs_dir))
+                        .await;
+                }
                 let msg = format!(
                     "fetching the checkpoint to resume from: {e}; `sweep retry {} --from-scratch` trains it again \
                      from epoch 1",
                     &run.key[..10]
                 );
-                let end = fail(msg, false);
+                let end = fail(msg, None);
                 store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
                 return Ok(end);
             }
@@ -478,7 +557,7 @@ async fn execute(
         if let Some(note) = search::stays_stopped(store, ctx, &lease, c, epochs).await? {
             log.line(&format!("  {note}"));
             let end =
-                RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false };
+                RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, stops_worker: None };
             log.line(&end_line(&end));
             store.set_note(&lease, &note).await?;
             store.finish(&lease, Status::Done, None).await?;
@@ -500,7 +579,7 @@ async fn execute(
             }
             Err(e) => {
                 let msg = train::TrainError::from(e).to_string();
-                let end = fail(msg, false);
+                let end = fail(msg, None);
                 log.line(&end_line(&end));
                 store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
                 return Ok(end);
@@ -564,8 +643,8 @@ async fn execute(
                             Some(c) => store.record_rung_epoch(&lease, &rec, &latest, best.as_ref(), c.sweep_id).await,
                             None => store.record_epoch(&lease, &rec, &latest, best.as_ref()).await,
                         }
-                        .map_err(|e| e.to_string()),
-                        Err(e) => Err(format!("keeping the checkpoint in {}: {e}", artifacts.location())),
+                        .map_err(|e| SinkError::Refused(e.to_string())),
+                        Err(e) => Err(not_kept(artifacts, &e)),
                     };
                     tracing::info!(run = run.id, epoch = rec.epoch, test_acc = rec.test_acc, best = best.is_some(), ok = r.is_ok(), "epoch recorded");
                     let mut verdict = Verdict::Continue;
@@ -578,20 +657,21 @@ async fn execute(
                             tracing::debug!("keeping the run's log in {}: {e}", artifacts.location());
                         }
                     }
-                    let _ = reply.send(r.map(|()| verdict).map_err(SinkError::Refused));
+                    let _ = reply.send(r.map(|()| verdict));
                 }
                 Some(Msg::Interrupted { latest, reply }) => {
+                    let refused = |e: StoreError| SinkError::Refused(e.to_string());
                     let r = match put_checkpoints(artifacts, &[&latest]).await {
-                        Err(e) => Err(format!("keeping the checkpoint in {}: {e}", artifacts.location())),
+                        Err(e) => Err(not_kept(artifacts, &e)),
                         Ok(()) if cancel.load(Ordering::SeqCst) => {
-                            store.record_cancel(&lease, Some(&latest)).await.map_err(|e| e.to_string())
+                            store.record_cancel(&lease, Some(&latest)).await.map_err(refused)
                         }
-                        Ok(()) => store.record_interrupt(&lease, Some(&latest)).await.map_err(|e| e.to_string()),
+                        Ok(()) => store.record_interrupt(&lease, Some(&latest)).await.map_err(refused),
                     };
                     if r.is_ok() {
                         collect_garbage(store, local, artifacts, run.id, &rel_dir).await;
                     }
-                    let _ = reply.send(r.map_err(SinkError::Refused));
+                    let _ = reply.send(r);
                 }
             },
             _ = beat.tick() => {
@@ -640,7 +720,7 @@ async fn execute(
     let end = match outcome {
         Ok(Outcome::Finished) => {
             let end =
-                RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false };
+                RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, stops_worker: None };
             // The log's last line before the status: `sweep logs -f` stops at the status.
             log.line(&end_line(&end));
             store.finish(&lease, Status::Done, None).await?;
@@ -653,7 +733,7 @@ async fn execute(
             }
             log.line(&format!("  {note}"));
             let end =
-                RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, disk_full: false };
+                RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, stops_worker: None };
             log.line(&end_line(&end));
             store.set_note(&lease, &note).await?;
             store.finish(&lease, Status::Done, None).await?;
@@ -661,9 +741,12 @@ async fn execute(
         }
         Ok(Outcome::Interrupted) => {
             let status = if cancel.load(Ordering::SeqCst) { Status::Cancelled } else { Status::Interrupted };
-            let end = RunEnd { id: run.id, name: run.name.clone(), status, error: None, disk_full: false };
+            let end = RunEnd { id: run.id, name: run.name.clone(), status, error: None, stops_worker: None };
             log.line(&end_line(&end));
             end
+        }
+        Err(train::TrainError::Sink(SinkError::Unavailable(why))) => {
+            return stop_for_artifacts(store, &lease, &run, artifacts, why, &mut log).await;
         }
         Err(e) => {
             let msg = match &e {
@@ -683,8 +766,8 @@ async fn execute(
             let msg = msg.trim_end().to_owned();
             let status =
                 if matches!(e, train::TrainError::Diverged { .. }) { Status::Diverged } else { Status::Failed };
-            let disk_full = matches!(e, train::TrainError::DiskFull { .. });
-            let end = RunEnd { id: run.id, name: run.name.clone(), status, error: Some(msg), disk_full };
+            let stops_worker = disk_full(matches!(e, train::TrainError::DiskFull { .. }));
+            let end = RunEnd { id: run.id, name: run.name.clone(), status, error: Some(msg), stops_worker };
             log.line(&end_line(&end));
             match store.finish(&lease, status, end.error.as_deref()).await {
                 Ok(()) | Err(StoreError::LostOwnership { .. }) => {}

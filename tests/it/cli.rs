@@ -785,6 +785,55 @@ fn a_full_disk_fails_one_run_and_stops_the_worker_with_the_queue_intact() {
     assert!(!text.contains(".tmp\n"), "a temporary file was left behind:\n{text}");
 }
 
+/// An artifact store that fails under a run (here a shared folder whose
+/// `runs` is a file: the worker's check at the store's root passes, the
+/// checkpoint cannot be written) is not the run's doing: the run goes back to
+/// `interrupted`, the worker stops with the rest of the queue as it is, and
+/// once the store is fixed the next worker trains both. A plain-HTTP S3
+/// endpoint without AWS_ALLOW_HTTP is refused up front, saying so.
+#[test]
+fn a_failing_artifact_store_interrupts_the_run_and_stops_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("runs"), b"not a folder").unwrap();
+    let f = crate::write_sweep(
+        dir.path(),
+        "a.toml",
+        &crate::tiny_sweep("a", 32, 2, "[[grid]]\noptimizer.lr = [0.1, 0.05]\n"),
+    );
+    let artifacts = ["--artifacts", shared.to_str().unwrap()];
+    let out = sweep(&home).args(artifacts).args(["-q", "submit", f.to_str().unwrap()]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("stopped: the artifact store {} failed (keeping the checkpoint in", shared.display())),
+        "{err}"
+    );
+    assert!(err.contains("resumes `lr=0.1` from its last recorded checkpoint and goes on with the queue"), "{err}");
+    let rows = runs(&home);
+    let status: Vec<_> = rows.iter().map(|r| r.status).collect();
+    assert_eq!(status, [Status::Interrupted, Status::Queued], "{rows:?}");
+    assert!(epochs(&home, rows[0].id).is_empty(), "an epoch recorded without its checkpoint kept");
+    let log = std::fs::read_to_string(home.join(sweep::worker::run_dir(&rows[0].key)).join("log.txt")).unwrap();
+    assert!(log.contains("the artifact store failed: keeping the checkpoint in"), "{log}");
+    // Fixed: the interrupted run and the queued one are trained.
+    std::fs::remove_file(shared.join("runs")).unwrap();
+    let out = sweep(&home).args(artifacts).args(["-q", "worker"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(runs(&home).iter().all(|r| r.status == Status::Done));
+
+    let out = sweep(&home)
+        .args(["--artifacts", "s3://b/p", "worker"])
+        .env("AWS_ENDPOINT", "http://127.0.0.1:9")
+        .env_remove("AWS_ALLOW_HTTP")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is plain HTTP: set AWS_ALLOW_HTTP=true"), "{}", stderr(&out));
+}
+
 /// A database error is said once, in one line.
 #[test]
 fn a_database_error_is_printed_once() {

@@ -188,10 +188,10 @@ fn another_machine_resumes_from_s3_and_the_bucket_holds_what_the_database_refere
     assert_eq!(all.iter().filter(|k| k.ends_with("/log.txt")).count(), 2, "{all:?}");
 }
 
-/// A bucket that does not exist fails the run with a message naming it, and
-/// nothing is recorded that the store does not hold.
+/// A bucket that does not exist stops the worker before it claims anything:
+/// the error names the store, the run stays queued, nothing is recorded.
 #[test]
-fn a_missing_bucket_fails_the_run_and_records_nothing() {
+fn a_missing_bucket_stops_the_worker_before_it_claims_a_run() {
     let Some((endpoint, _)) = fresh_bucket() else { return };
     let dir = tempfile::tempdir().unwrap();
     let file = crate::write_sweep(dir.path(), "m.toml", &crate::tiny_sweep("m", 64, 1, ""));
@@ -200,10 +200,11 @@ fn a_missing_bucket_fails_the_run_and_records_nothing() {
     c.args(["--artifacts", "s3://no-such-bucket/x", "-q", "submit", file.to_str().unwrap()]);
     aws_env(&mut c, &endpoint);
     let out = c.output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the artifact store s3://no-such-bucket/x cannot be written ("), "{err}");
+    assert!(err.contains("nothing was claimed"), "{err}");
     let r = &crate::cli::runs(&home)[0];
-    assert_eq!(r.status, Status::Failed);
-    let error = r.error.clone().unwrap_or_default();
-    assert!(error.contains("s3://no-such-bucket/x"), "{error}");
-    assert!(crate::cli::epochs(&home, r.id).is_empty(), "no epoch recorded without its checkpoint");
+    assert_eq!((r.status, r.attempts), (Status::Queued, 0));
+    assert!(crate::cli::epochs(&home, r.id).is_empty());
 }
