@@ -173,6 +173,9 @@ pub enum Command {
         /// List every parameter, not only those that differ between the runs shown.
         #[arg(long)]
         all_params: bool,
+        /// Only the first N rows, after sorting (`--sort -test_acc --limit 1`: the best run).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: ResultsFormat,

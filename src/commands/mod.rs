@@ -92,7 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store::copy(&home.dir, &from, &to, format).await
         }
         Command::Status { sweep, watch, format } => query::status(&home, &sweep, watch, format).await,
-        Command::Results { sweep, filter, sort, group_by, columns, all_params, format } => {
+        Command::Results { sweep, filter, sort, group_by, columns, all_params, limit, format } => {
             let q = sweep::report::query::Query {
                 wheres: filter.wheres,
                 statuses: filter.status,
@@ -100,6 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 group_by,
                 columns,
                 all_params,
+                limit,
             };
             query::results(&home, &sweep, &q, format).await
         }

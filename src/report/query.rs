@@ -162,6 +162,8 @@ pub struct Query {
     pub columns: Vec<String>,
     /// List every parameter, not only those that differ.
     pub all_params: bool,
+    /// Only the first N rows (runs, or groups), after sorting: `--sort -test_acc --limit 1` is the best run.
+    pub limit: Option<usize>,
 }
 
 /// A name or condition that does not apply.
@@ -439,7 +441,14 @@ pub fn table(c: &Comparison, q: &Query) -> Result<Table, QueryError> {
         });
     }
     if !q.group_by.is_empty() {
-        return group(&r, &runs, q);
+        let mut t = group(&r, &runs, q)?;
+        if let Some(n) = q.limit {
+            t.rows.truncate(n);
+        }
+        return Ok(t);
+    }
+    if let Some(n) = q.limit {
+        runs.truncate(n);
     }
     let fields: Vec<Field> = if q.columns.is_empty() {
         let mut f = vec![Field::Result("id"), Field::Result("name")];

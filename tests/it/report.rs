@@ -141,6 +141,12 @@ fn results_filter_sort_group_and_show_only_what_differs() {
     let order: Vec<(f64, i64)> =
         rows(&by_lr).iter().map(|r| (r["lr"].as_f64().unwrap(), r["seed"].as_i64().unwrap())).collect();
     assert_eq!(order, vec![(0.001, 1), (0.02, 2), (0.02, 1), (0.05, 2), (0.05, 1)]);
+    // --limit keeps the first rows after sorting: the best run, the first groups.
+    let top = json(home, &["results", "--sort", "-best,name", "--limit", "2", "--format", "json"]);
+    assert_eq!(rows(&top), &rows(&sorted)[..2]);
+    let groups = json(home, &["results", "--group-by", "lr", "--sort", "lr", "--limit", "1", "--format", "json"]);
+    assert_eq!(rows(&groups).len(), 1);
+    assert_eq!(rows(&groups)[0]["lr"], 0.001);
 
     // Grouping: mean, std and count over the seeds.
     let g = json(home, &["results", "--group-by", "lr", "--sort", "lr", "--format", "json"]);
