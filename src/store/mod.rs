@@ -31,6 +31,7 @@ mod error;
 mod identity;
 mod lease;
 mod location;
+mod network_fs;
 mod queue;
 mod raw;
 mod reads;
@@ -75,6 +76,8 @@ pub struct Store {
     home: PathBuf,
     /// The database as messages name it (a file, or a URL without its password).
     name: String,
+    /// SQLite only: the network filesystem type its file is on (`nfs4`).
+    network_fs: Option<String>,
 }
 
 /// SQLite's settings on every connection: WAL; NORMAL is durable against
@@ -121,8 +124,10 @@ impl Store {
         sqlx::any::install_default_drivers();
         let name = location.display_name();
         let sql = |source| StoreError::Sql { db: name.clone(), source };
+        let mut network_fs = None;
         let (pool, raw, dialect) = match location {
             Location::Sqlite(path) => {
+                network_fs = network_fs::network_filesystem(path);
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)
                         .map_err(|source| StoreError::Home { path: parent.to_owned(), source })?;
@@ -185,7 +190,19 @@ impl Store {
                 (pool, None, &dialect::POSTGRES)
             }
         };
-        Ok(Store { pool, raw, dialect, home: home.to_owned(), name })
+        Ok(Store { pool, raw, dialect, home: home.to_owned(), name, network_fs })
+    }
+
+    /// The database as messages name it (a file, or a URL without its password).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A SQLite file on a network filesystem: its type (`nfs4`). SQLite's
+    /// write-ahead log works only for processes on one machine, so workers on
+    /// several machines need PostgreSQL.
+    pub fn sqlite_on_network_fs(&self) -> Option<&str> {
+        self.network_fs.as_deref()
     }
 
     /// The home folder (run folders and logs).

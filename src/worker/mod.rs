@@ -182,6 +182,13 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
     let artifacts = Artifacts::open(store.home(), opts.artifacts.as_ref())?;
     let local = Artifacts::open(store.home(), None)?;
     let worker = crate::store::worker_id();
+    if let Some(fs) = store.sqlite_on_network_fs() {
+        tracing::warn!(
+            "the database {} is on a network filesystem ({fs}): SQLite works only for workers on one machine \
+             (its write-ahead log is shared memory); workers on several machines need --store postgres://...",
+            store.name()
+        );
+    }
     // A missing bucket, wrong credentials or an unreachable endpoint, found
     // before anything is claimed or trained, not after a run's first epoch.
     artifacts
