@@ -369,6 +369,8 @@ fn hostile_values_are_refused_at_their_line() {
             "optimizer.weight_decay",
             "nan is not a finite number",
         ),
+        // Said once: not again by the learning rate's range check.
+        ("[[run]]\noptimizer = { name = \"sgd\", lr = nan }\n", 10, "optimizer.lr", "nan is not a finite number"),
         (
             "[[run]]\nschedule = { name = \"step\", step_size = 2, gamma = inf }\n",
             10,

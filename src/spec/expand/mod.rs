@@ -324,6 +324,8 @@ fn expand_valid(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors
     let _: DefaultsOnly = toml::from_str(&src.text).map_err(toml_error)?;
 
     let mut errors = finite::non_finite(src);
+    // A `nan` is said once, by its own check, not again by a range check of its key.
+    let non_finite: Vec<(usize, Option<String>)> = errors.iter().map(|e| (e.line, e.key.clone())).collect();
     let device = match &file.device {
         None => None,
         Some(d) => match d.get_ref().parse::<DeviceChoice>() {
@@ -449,6 +451,12 @@ fn expand_valid(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors
         // The file is refused anyway: say what else is wrong with the runs
         // that did expand (an unknown model), in the same pass.
         ctx.errors.extend(untrainable(src, &runs, options));
+        let n = non_finite.len();
+        let mut i = 0;
+        ctx.errors.retain(|e| {
+            i += 1;
+            i <= n || !non_finite.iter().any(|(line, key)| *line == e.line && *key == e.key)
+        });
         return Err(SpecErrors(ctx.errors));
     }
     let mut seen = HashSet::new();
