@@ -33,6 +33,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Expand a sweep file, queue its runs and train them (skipping finished ones).
+    ///
+    /// While a worker of this machine is training on the same device, the runs
+    /// are queued for it instead of starting a second one beside it (`sweep
+    /// worker` starts one anyway).
     Submit {
         /// The sweep file (TOML).
         file: PathBuf,

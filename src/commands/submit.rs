@@ -119,6 +119,25 @@ pub async fn submit(home: &super::Home, file: &Path, options: &spec::Options, ho
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // A worker of this machine already training on the same device takes
+    // these runs after its own: a second one would share the device (on a
+    // GPU, its memory) for no gain. `sweep worker` starts one anyway.
+    let (_, device_name) = sweep::train::device(device)?;
+    let busy = store.local_workers_training(sweep::env::STALE_SECS.seconds(60)).await?;
+    if let Some((worker, _)) = busy.iter().find(|(_, d)| *d == device_name) {
+        let pid = worker.rsplit_once(':').map_or(worker.as_str(), |(_, p)| p);
+        if json {
+            let v = serde_json::json!({ "sweep": spec.name, "submitted": queued, "handed_to": worker });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!(
+                "queued for the worker already training on this machine (pid {pid}, on {device_name}): it trains \
+                 them after its current runs. `sweep status` follows them; `sweep worker` starts a second worker \
+                 beside it (two runs at once on one device)"
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let drained = super::drain(
         &store,
         home.artifacts.clone(),

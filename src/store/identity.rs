@@ -16,6 +16,15 @@ pub(super) fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// Whether the worker `host:pid` is another process of this machine that is
+/// alive (by the process table).
+pub(super) fn worker_is_local_and_alive(worker: &str) -> bool {
+    let Some((host, pid)) = worker.rsplit_once(':') else { return false };
+    host == hostname()
+        && Path::new("/proc/self").exists()
+        && pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Whether the worker `host:pid` is known to be dead (same host, no such process).
 pub(super) fn worker_is_dead(worker: &str) -> bool {
     let Some((host, pid)) = worker.rsplit_once(':') else { return false };

@@ -185,6 +185,25 @@ impl Store {
         Ok(rows.into_iter().map(|(id, w, age)| (id, w.unwrap_or_default(), age.unwrap_or(f64::INFINITY))).collect())
     }
 
+    /// The other workers of this machine training now: (worker id, device)
+    /// of each running run whose worker process is alive and whose heartbeat
+    /// is younger than `fresh`.
+    pub async fn local_workers_training(&self, fresh: std::time::Duration) -> Result<Vec<(String, String)>> {
+        let rows: Vec<(Option<String>, Option<String>, Option<f64>)> = sqlx::query_as(&format!(
+            "SELECT worker, device, {} - heartbeat FROM runs WHERE status = 'running' ORDER BY id",
+            self.dialect.now_unix
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.sql())?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, _, age)| age.is_some_and(|a| a < fresh.as_secs_f64()))
+            .filter_map(|(w, d, _)| Some((w?, d.unwrap_or_default())))
+            .filter(|(w, _)| super::identity::worker_is_local_and_alive(w))
+            .collect())
+    }
+
     /// Atomically takes the next run: interrupted runs first (they resume),
     /// then queued ones in submission order. One statement: SQLite's write
     /// lock serialises claims; on PostgreSQL the inner SELECT locks the row it

@@ -785,6 +785,35 @@ fn a_full_disk_fails_one_run_and_stops_the_worker_with_the_queue_intact() {
     assert!(!text.contains(".tmp\n"), "a temporary file was left behind:\n{text}");
 }
 
+/// `submit` while a worker of this machine trains on the same device queues
+/// the runs for that worker instead of starting a second one beside it; the
+/// worker trains them after its own.
+#[test]
+fn submit_hands_its_runs_to_the_worker_already_training_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let slow = crate::write_sweep(dir.path(), "slow.toml", &crate::tiny_sweep("slow", 512, 4, ""));
+    let quick = crate::write_sweep(dir.path(), "quick.toml", &crate::tiny_sweep("quick", 32, 1, ""));
+    assert!(run(&home, &["-q", "submit", "--queue-only", slow.to_str().unwrap()]).status.success());
+    let mut child = sweep(&home).args(["-q", "worker", "--device", "cpu"]).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until(&mut child, &home, "the slow run to start", |r| r[0].status == Status::Running);
+    let out = run(&home, &["submit", "--device", "cpu", quick.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("queued for the worker already training on this machine (pid {}", child.id())),
+        "{text}"
+    );
+    let out = run(&home, &["submit", "--device", "cpu", "--format", "json", quick.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(v["handed_to"].as_str().unwrap().ends_with(&format!(":{}", child.id())), "{v}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = runs(&home);
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.status == Status::Done && r.attempts == 1), "{rows:?}");
+}
+
 /// An artifact store that fails under a run (here a shared folder whose
 /// `runs` is a file: the worker's check at the store's root passes, the
 /// checkpoint cannot be written) is not the run's doing: the run goes back to
