@@ -180,6 +180,10 @@ pub enum Command {
         /// Only the first N rows, after sorting (`--sort -test_acc --limit 1`: the best run).
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Which parameters matter instead of the runs: each differing parameter's main
+        /// effect on the best metric and its rank correlation with it (as in `sweep report`).
+        #[arg(long, conflicts_with_all = ["group_by", "columns", "sort", "limit", "all_params"])]
+        importance: bool,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: ResultsFormat,

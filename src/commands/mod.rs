@@ -92,7 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store::copy(&home.dir, &from, &to, format).await
         }
         Command::Status { sweep, watch, format } => query::status(&home, &sweep, watch, format).await,
-        Command::Results { sweep, filter, sort, group_by, columns, all_params, limit, format } => {
+        Command::Results { sweep, filter, sort, group_by, columns, all_params, limit, importance, format } => {
             let q = sweep::report::query::Query {
                 wheres: filter.wheres,
                 statuses: filter.status,
@@ -102,7 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 all_params,
                 limit,
             };
-            query::results(&home, &sweep, &q, format).await
+            query::results(&home, &sweep, &q, importance, format).await
         }
         Command::Show { run, format } => query::show(&home, &run, format).await,
         Command::Retry { runs, failed, from_scratch, format } => {

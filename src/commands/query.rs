@@ -219,14 +219,46 @@ fn status_frame(rows: &[sweep::store::RunRow], format: StatusFormat, stale: f64)
     Ok(out)
 }
 
+/// `sweep results --importance`: which parameters matter, over the runs the
+/// filters kept in `cmp`.
+fn importance(cmp: &Comparison, format: ResultsFormat) -> anyhow::Result<ExitCode> {
+    use sweep::report::importance;
+    let Some(imp) = importance::importances(cmp) else {
+        anyhow::bail!(
+            "no importance to show: it needs at least 3 runs with a best metric and a parameter that differs \
+             between them ({} run(s) shown)",
+            cmp.runs.len()
+        );
+    };
+    match format {
+        ResultsFormat::Json => println!("{}", serde_json::to_string_pretty(&imp)?),
+        ResultsFormat::Csv => {
+            let (headers, rows) = importance::table(&imp);
+            print!("{}", report::render::csv(&headers, &rows));
+        }
+        ResultsFormat::Table => {
+            let (headers, rows) = importance::table(&imp);
+            print!("{}", text_table(&headers, &rows));
+            println!("{}", importance::caption(&imp));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sweep results`: the runs as `q` asks, or with `importance` which
+/// parameters matter.
 pub async fn results(
     home: &super::Home,
     sweeps: &[String],
     q: &Query,
+    importance: bool,
     format: ResultsFormat,
 ) -> anyhow::Result<ExitCode> {
     let store = open(home).await?;
     let cmp = comparison(&store, sweeps, q, false).await?;
+    if importance {
+        return self::importance(&cmp, format);
+    }
     let table = rq::table(&cmp, q)?;
     print!("{}", report::render_table(&table, format));
     // The process ends here: freeing 10,000 runs' maps one by one took a sixth of the time.

@@ -96,6 +96,13 @@ pub fn html(c: &Comparison) -> String {
         let numeric: Vec<bool> = headers.iter().map(|h| h != "run" && h != "status" && h != "source").collect();
         table(&mut out, &headers, &rows, &numeric, None);
     }
+    if let Some(imp) = super::importance::importances(c) {
+        out.push_str("<h2>Which parameters matter</h2>");
+        let (headers, rows) = super::importance::table(&imp);
+        let numeric: Vec<bool> = (0..headers.len()).map(|j| j > 0).collect();
+        table(&mut out, &headers, &rows, &numeric, None);
+        let _ = write!(out, "<p>{}</p>", esc(&super::importance::caption(&imp)));
+    }
 
     let figs = charts::figures(c, false);
     let section = |out: &mut String, title: &str, names: &[&str]| {

@@ -11,6 +11,7 @@
 pub mod charts;
 pub mod format;
 pub mod html;
+pub mod importance;
 pub mod params;
 pub mod query;
 pub mod render;

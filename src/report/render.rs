@@ -181,6 +181,15 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// A CSV text: the header row, then the rows (RFC 4180 quoting).
+pub fn csv(headers: &[String], rows: &[Vec<String>]) -> String {
+    let mut out = csv_line(headers);
+    for r in rows {
+        out += &csv_line(r);
+    }
+    out
+}
+
 fn csv_line(cells: &[String]) -> String {
     cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",") + "\n"
 }
@@ -440,6 +449,7 @@ pub fn json(c: &Comparison) -> String {
         "generator": format!("sweep {}", env!("CARGO_PKG_VERSION")),
         "sweeps": c.sweeps,
         "differing": c.differing,
+        "importance": super::importance::importances(c),
         "runs": c.runs.iter().map(|r| run_json(c, r, true)).collect::<Vec<_>>(),
     });
     serde_json::to_string_pretty(&v).expect("JSON serialises") + "\n"
@@ -535,6 +545,12 @@ pub fn markdown(c: &Comparison, figures: &[(String, String)]) -> String {
     if let Some((headers, rows)) = references(c) {
         let _ = writeln!(out, "\n## Measured against reference\n");
         out += &md_table(&headers, &rows);
+    }
+    if let Some(imp) = super::importance::importances(c) {
+        let _ = writeln!(out, "\n## Which parameters matter\n");
+        let (headers, rows) = super::importance::table(&imp);
+        out += &md_table(&headers, &rows);
+        let _ = writeln!(out, "\n{}", md(&super::importance::caption(&imp)));
     }
     if !figures.is_empty() {
         let _ = writeln!(out, "\n## Figures\n");

@@ -266,6 +266,41 @@ fn every_report_format_exports_and_escapes() {
     let j: Value = serde_json::from_str(&stdout(&run(home, &["report", "--format", "json"]))).unwrap();
     assert_eq!(j["runs"].as_array().unwrap().len(), 5);
     assert_eq!(j["runs"][0]["epochs"].as_array().unwrap().len(), 2);
+
+    // Which parameters matter: the learning rate's main effect is the share of
+    // the best metric's variance that its per-value means explain, computed
+    // here again from `results` (whose two decimals are exact: 40 test images).
+    assert!(html.contains("<h2>Which parameters matter</h2>") && md.contains("## Which parameters matter"));
+    let imp = &j["importance"];
+    assert_eq!((imp["metric"].as_str(), imp["runs"].as_u64()), (Some("test_acc"), Some(5)), "{imp}");
+    let effects: Vec<f64> =
+        imp["params"].as_array().unwrap().iter().map(|p| p["main_effect"].as_f64().unwrap()).collect();
+    assert!(effects.windows(2).all(|w| w[0] >= w[1]) && effects.iter().all(|e| (0.0..=1.0).contains(e)), "{imp}");
+    let lr = imp["params"].as_array().unwrap().iter().find(|p| p["param"] == "optimizer.lr").unwrap();
+    let rows = json(home, &["results", "--format", "json"]);
+    let runs: Vec<(f64, f64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["lr"].as_f64().unwrap(), r["best_test_acc"].as_f64().unwrap()))
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let all: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let total: f64 = all.iter().map(|y| (y - mean(&all)).powi(2)).sum();
+    let mut between = 0.0;
+    for value in [0.001, 0.02, 0.05] {
+        let group: Vec<f64> = runs.iter().filter(|r| r.0 == value).map(|r| r.1).collect();
+        between += group.len() as f64 * (mean(&group) - mean(&all)).powi(2);
+    }
+    let expected = if total > 0.0 { between / total } else { 0.0 };
+    assert!((lr["main_effect"].as_f64().unwrap() - expected).abs() < 1e-9, "{lr} vs {expected}");
+    assert_eq!(lr["groups"], 3);
+    // The same from `results --importance`, which takes the filters.
+    assert_eq!(&json(home, &["results", "--importance", "--format", "json"]), imp);
+    let sgd = json(home, &["results", "--importance", "--where", "optimizer=sgd", "--format", "json"]);
+    assert_eq!(sgd["runs"], 4);
+    let out = run(home, &["results", "--importance", "--where", "lr=0.001"]);
+    assert!(!out.status.success() && stderr(&out).contains("needs at least 3 runs"), "{}", stderr(&out));
 }
 
 #[test]
