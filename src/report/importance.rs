@@ -6,10 +6,11 @@
 //! * **main effect**: the share of the metric's variance that the parameter's
 //!   values explain alone, the variance of the per-value mean metrics over
 //!   the variance of the runs (η² of a one-way analysis of variance). On a
-//!   full grid this is fANOVA's first-order importance (Hutter, Hoos and
-//!   Leyton-Brown 2014) computed on the measured table itself instead of a
-//!   random forest fitted to it, which is what Optuna's default evaluator
-//!   does. A number with more than [`BINS`] distinct values (a random or TPE
+//!   full grid with one run per combination this is fANOVA's first-order
+//!   importance (Hutter, Hoos and Leyton-Brown 2014) computed on the measured
+//!   table itself instead of a random forest fitted to it, which is what
+//!   Optuna's default evaluator does; with repeats the seeds' noise is part
+//!   of the variance. A number with more than [`BINS`] distinct values (a random or TPE
 //!   search) is cut into [`BINS`] groups of about equal counts first: with one
 //!   run per value, every parameter would explain everything;
 //! * **ρ**: Spearman's rank correlation of a numeric parameter with the
