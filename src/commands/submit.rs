@@ -122,8 +122,9 @@ pub async fn submit(home: &super::Home, file: &Path, options: &spec::Options, ho
     // A worker of this machine already training on the same device takes
     // these runs after its own: a second one would share the device (on a
     // GPU, its memory) for no gain. `sweep worker` starts one anyway.
-    let (_, device_name) = sweep::train::device(device)?;
     let busy = store.local_workers_training(sweep::env::STALE_SECS.seconds(60)).await?;
+    // The device is opened for its name only when there is a worker to compare with.
+    let device_name = if busy.is_empty() { String::new() } else { sweep::train::device(device)?.1 };
     if let Some((worker, _)) = busy.iter().find(|(_, d)| *d == device_name) {
         let pid = worker.rsplit_once(':').map_or(worker.as_str(), |(_, p)| p);
         if json {
