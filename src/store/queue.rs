@@ -187,7 +187,8 @@ impl Store {
 
     /// The other workers of this machine training now: (worker id, device)
     /// of each running run whose worker process is alive and whose heartbeat
-    /// is younger than `fresh`.
+    /// is younger than `fresh`, less those started with `--max-runs` (they
+    /// may stop before they get to runs queued now).
     pub async fn local_workers_training(&self, fresh: std::time::Duration) -> Result<Vec<(String, String)>> {
         let rows: Vec<(Option<String>, Option<String>, Option<f64>)> = sqlx::query_as(&format!(
             "SELECT worker, device, {} - heartbeat FROM runs WHERE status = 'running' ORDER BY id",
@@ -201,6 +202,7 @@ impl Store {
             .filter(|(_, _, age)| age.is_some_and(|a| a < fresh.as_secs_f64()))
             .filter_map(|(w, d, _)| Some((w?, d.unwrap_or_default())))
             .filter(|(w, _)| super::identity::worker_is_local_and_alive(w))
+            .filter(|(w, _)| !super::identity::worker_has_max_runs(w))
             .collect())
     }
 
