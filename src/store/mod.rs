@@ -76,8 +76,8 @@ pub struct Store {
     home: PathBuf,
     /// The database as messages name it (a file, or a URL without its password).
     name: String,
-    /// SQLite only: the network filesystem type its file is on (`nfs4`).
-    network_fs: Option<String>,
+    /// SQLite only: its file.
+    sqlite_path: Option<PathBuf>,
 }
 
 /// SQLite's settings on every connection: WAL; NORMAL is durable against
@@ -124,10 +124,10 @@ impl Store {
         sqlx::any::install_default_drivers();
         let name = location.display_name();
         let sql = |source| StoreError::Sql { db: name.clone(), source };
-        let mut network_fs = None;
+        let mut sqlite_path = None;
         let (pool, raw, dialect) = match location {
             Location::Sqlite(path) => {
-                network_fs = network_fs::network_filesystem(path);
+                sqlite_path = Some(path.clone());
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)
                         .map_err(|source| StoreError::Home { path: parent.to_owned(), source })?;
@@ -190,7 +190,7 @@ impl Store {
                 (pool, None, &dialect::POSTGRES)
             }
         };
-        Ok(Store { pool, raw, dialect, home: home.to_owned(), name, network_fs })
+        Ok(Store { pool, raw, dialect, home: home.to_owned(), name, sqlite_path })
     }
 
     /// The database as messages name it (a file, or a URL without its password).
@@ -201,8 +201,8 @@ impl Store {
     /// A SQLite file on a network filesystem: its type (`nfs4`). SQLite's
     /// write-ahead log works only for processes on one machine, so workers on
     /// several machines need PostgreSQL.
-    pub fn sqlite_on_network_fs(&self) -> Option<&str> {
-        self.network_fs.as_deref()
+    pub fn sqlite_on_network_fs(&self) -> Option<String> {
+        network_fs::network_filesystem(self.sqlite_path.as_deref()?)
     }
 
     /// The home folder (run folders and logs).

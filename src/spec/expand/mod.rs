@@ -324,8 +324,8 @@ fn expand_valid(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors
     let _: DefaultsOnly = toml::from_str(&src.text).map_err(toml_error)?;
 
     let mut errors = finite::non_finite(src);
-    // A `nan` is said once, by its own check, not again by a range check of its key.
-    let non_finite: Vec<(usize, Option<String>)> = errors.iter().map(|e| (e.line, e.key.clone())).collect();
+    // The first errors: a `nan` is said once, by its own check, not again by a range check of its key.
+    let n_non_finite = errors.len();
     let device = match &file.device {
         None => None,
         Some(d) => match d.get_ref().parse::<DeviceChoice>() {
@@ -451,12 +451,10 @@ fn expand_valid(src: &Source, options: &Options) -> Result<SweepSpec, SpecErrors
         // The file is refused anyway: say what else is wrong with the runs
         // that did expand (an unknown model), in the same pass.
         ctx.errors.extend(untrainable(src, &runs, options));
-        let n = non_finite.len();
-        let mut i = 0;
-        ctx.errors.retain(|e| {
-            i += 1;
-            i <= n || !non_finite.iter().any(|(line, key)| *line == e.line && *key == e.key)
-        });
+        let rest = ctx.errors.split_off(n_non_finite);
+        let said = |e: &SpecError| ctx.errors.iter().any(|f| f.line == e.line && f.key == e.key);
+        let rest: Vec<SpecError> = rest.into_iter().filter(|e| !said(e)).collect();
+        ctx.errors.extend(rest);
         return Err(SpecErrors(ctx.errors));
     }
     let mut seen = HashSet::new();
@@ -534,28 +532,25 @@ fn key_in_block(text: &str, header: usize, key: &str) -> Option<usize> {
 /// parameter; here `repeats` gives each run its seeds). A phrase that follows
 /// the key's name.
 fn misplaced(key: &str) -> Option<String> {
-    let table =
-        match key {
-            "lr" | "learning_rate" | "momentum" | "weight_decay" | "nesterov" | "dampening" | "betas" | "eps"
-            | "amsgrad" | "clip_grad_norm" | "decay_bn_bias" => "optimizer",
-            "milestones" | "gamma" | "factors" | "step_size" | "t_max" | "eta_min" | "max_lr" => "schedule",
-            "seed" | "seeds" => return Some(
-                "is not a run setting: `repeats = N` (at the top of the file, or in a grid or run) trains each run \
-                 N times, with seeds seed, seed+1, ..., seed+N-1; the top-level `seed` sets the first"
-                    .to_owned(),
-            ),
-            "train_size" | "test_size" | "data_seed" | "test_split" => {
-                return Some(format!(
-                    "belongs to the dataset: `dataset = {{ name = \"...\", {key} = ... }}` at the top of the file"
-                ))
-            }
-            "metric" | "device" | "description" => {
-                return Some("is the file's own setting: write it at the top of the file, before any table".to_owned())
-            }
-            _ => return None,
-        };
-    let field = if key == "learning_rate" { "lr" } else { key };
-    Some(format!("belongs to a table: write `{table}.{field}`"))
+    const SEEDS: &str = "is not a run setting: `repeats = N` (at the top of the file, or in a grid or run) trains \
+                         each run N times, with seeds seed, seed+1, ..., seed+N-1; the top-level `seed` sets the first";
+    let table = |table: &str| {
+        let field = if key == "learning_rate" { "lr" } else { key };
+        format!("belongs to a table: write `{table}.{field}`")
+    };
+    Some(match key {
+        "lr" | "learning_rate" | "momentum" | "weight_decay" | "nesterov" | "dampening" | "betas" | "eps"
+        | "amsgrad" | "clip_grad_norm" | "decay_bn_bias" => table("optimizer"),
+        "milestones" | "gamma" | "factors" | "step_size" | "t_max" | "eta_min" | "max_lr" => table("schedule"),
+        "seed" | "seeds" => SEEDS.to_owned(),
+        "train_size" | "test_size" | "data_seed" | "test_split" => {
+            format!("belongs to the dataset: `dataset = {{ name = \"...\", {key} = ... }}` at the top of the file")
+        }
+        "metric" | "device" | "description" => {
+            "is the file's own setting: write it at the top of the file, before any table".to_owned()
+        }
+        _ => return None,
+    })
 }
 
 /// An unknown run-level key, with where it belongs when that is known.
