@@ -5,6 +5,8 @@
 #
 #   scripts/postgres.sh start DIR [OWNER_PID]   prints the URL of the `postgres` database
 #   scripts/postgres.sh stop DIR                stops the server and removes DIR
+#   scripts/postgres.sh down DIR                stops the server, keeping its data (an outage)
+#   scripts/postgres.sh up DIR                  starts it again after `down`
 #
 # With OWNER_PID the server stops itself (and DIR is removed) once that process is gone,
 # and in any case after SWEEP_PG_MAX_SECS (default 3 hours): a test run that is killed
@@ -13,7 +15,7 @@
 set -euo pipefail
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR [OWNER_PID]" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|down|up DIR [OWNER_PID]" >&2; exit 2; }
 
 bindir=""
 if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
@@ -34,6 +36,13 @@ as_owner() {
     fi
 }
 
+server_up() {
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-c listen_addresses='' -c unix_socket_directories='$dir' -c fsync=off -c synchronous_commit=off \
+            -c full_page_writes=off -c max_connections=300" start >"$dir/pg_ctl.log" 2>&1 \
+        || { cat "$dir/pg_ctl.log" "$dir/server.log" >&2; exit 1; }
+}
+
 case "$cmd" in
 start)
     owner=${3:-}
@@ -46,10 +55,7 @@ start)
     fi
     as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; exit 1; }
-    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-        -o "-c listen_addresses='' -c unix_socket_directories='$dir' -c fsync=off -c synchronous_commit=off \
-            -c full_page_writes=off -c max_connections=300" start >"$dir/pg_ctl.log" 2>&1 \
-        || { cat "$dir/pg_ctl.log" "$dir/server.log" >&2; exit 1; }
+    server_up
     max=${SWEEP_PG_MAX_SECS:-10800}
     # The watchdog: stop the server when the owner is gone or the time is up.
     (
@@ -73,6 +79,13 @@ stop)
     fi
     rm -rf "$dir"
     ;;
+down)
+    # The clients' connections are closed as in a restart (fast shutdown).
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    ;;
+up)
+    server_up
+    ;;
 *)
-    echo "usage: $0 start|stop DIR [OWNER_PID]" >&2; exit 2 ;;
+    echo "usage: $0 start|stop|down|up DIR [OWNER_PID]" >&2; exit 2 ;;
 esac

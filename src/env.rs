@@ -39,6 +39,11 @@ pub const STALE_SECS: Var = Var {
     name: "SWEEP_STALE_SECS",
     help: "seconds without a heartbeat after which another worker takes a run over (default 60)",
 };
+/// How long a worker waits for a database that does not answer.
+pub const STORE_WAIT_SECS: Var = Var {
+    name: "SWEEP_STORE_WAIT_SECS",
+    help: "seconds a worker retries a database that does not answer (a server restarting or failing over, a lost connection, a lock held by another process) before it stops (default 600)",
+};
 /// Seconds between heartbeats.
 pub const HEARTBEAT_SECS: Var =
     Var { name: "SWEEP_HEARTBEAT_SECS", help: "seconds between a worker's heartbeats (default 2)" };
@@ -80,7 +85,7 @@ pub const CPU_CONV: Var = Var {
 };
 
 /// Every variable the binary reads, in the order `sweep --help` lists them.
-pub const ALL: [Var; 13] = [
+pub const ALL: [Var; 14] = [
     HOME,
     STORE,
     ARTIFACTS,
@@ -89,6 +94,7 @@ pub const ALL: [Var; 13] = [
     CPU_CONV,
     STALE_SECS,
     HEARTBEAT_SECS,
+    STORE_WAIT_SECS,
     MAX_WORKER_DEATHS,
     CACHE,
     DATA_URL,

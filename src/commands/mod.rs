@@ -222,6 +222,7 @@ pub async fn drain(
         max_runs: how.max_runs,
         exit_when_empty: how.exit_when_empty,
         artifacts,
+        store_wait: sweep::env::STORE_WAIT_SECS.seconds(600),
     };
     let report = worker::work(store, &opts, stop.flag.clone()).await?;
     store.close().await;

@@ -87,6 +87,21 @@ pub enum StoreError {
         /// SQLite's message.
         detail: String,
     },
+    /// The database stayed unreachable (connection refused or lost, server
+    /// restarting, a write lock held by another process) for as long as a
+    /// worker waits for it (`SWEEP_STORE_WAIT_SECS`).
+    #[error(
+        "database {db}: unreachable for {waited_secs:.0}s ({detail}); this worker stops and leaves the queue as it \
+         is: start `sweep worker` again once the database answers"
+    )]
+    Unreachable {
+        /// The database.
+        db: String,
+        /// How long the worker tried.
+        waited_secs: f64,
+        /// The last error.
+        detail: String,
+    },
     /// A stored value does not parse.
     #[error("database {db}: corrupt value in {what}: {detail}")]
     Corrupt {
@@ -99,6 +114,52 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the database itself failed to answer, not the query: a lost or
+    /// refused connection, a server shutting down or starting up, too many
+    /// connections, a serialization failure or deadlock (PostgreSQL), or a
+    /// write lock that another process held past the busy timeout (SQLite).
+    /// The same query may succeed once the database is back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Sql { source, .. } => sqlx_unavailable(source),
+            StoreError::Query { detail, .. } => detail.contains("database is locked"),
+            StoreError::Unreachable { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// What went wrong, without the database's name.
+    pub fn detail(&self) -> String {
+        match self {
+            StoreError::Sql { source, .. } => source.to_string(),
+            StoreError::Query { detail, .. } | StoreError::Unreachable { detail, .. } => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| unavailable_code(&c)),
+        _ => false,
+    }
+}
+
+/// A database error code that says the database, not the query, failed:
+/// PostgreSQL's five-character SQLSTATEs, SQLite's (extended) result codes.
+pub(crate) fn unavailable_code(code: &str) -> bool {
+    if code.len() == 5 {
+        // 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
+        // cannot connect now (starting up); 53300: too many connections; 40001
+        // and 40P01: serialization failure and deadlock (rolled back).
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01");
+    }
+    // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes (at most 4 digits).
+    code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
 /// What SQLite's bare "disk I/O error" most often means for sweep's database.
 fn io_hint(detail: &str) -> &'static str {
     if detail.contains("disk I/O error") {
@@ -108,5 +169,30 @@ fn io_hint(detail: &str) -> &'static str {
         " (the disk is full: free space, then run `sweep worker` to go on)"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unavailable_code;
+
+    #[test]
+    fn the_database_failing_is_told_from_the_query_failing() {
+        // PostgreSQL: connection lost, server shutting down or starting, too many clients, rolled back
+        for code in ["08006", "08001", "57P01", "57P02", "57P03", "53300", "40001", "40P01"] {
+            assert!(unavailable_code(code), "{code}");
+        }
+        // unique violation, syntax error, undefined table, check violation, disk full
+        for code in ["23505", "42601", "42P01", "23514", "53100"] {
+            assert!(!unavailable_code(code), "{code}");
+        }
+        // SQLite: BUSY, BUSY_RECOVERY, BUSY_SNAPSHOT, BUSY_TIMEOUT, LOCKED, LOCKED_SHAREDCACHE
+        for code in ["5", "261", "517", "773", "6", "262"] {
+            assert!(unavailable_code(code), "{code}");
+        }
+        // CONSTRAINT_UNIQUE, CORRUPT, FULL, IOERR, READONLY
+        for code in ["2067", "11", "13", "10", "8"] {
+            assert!(!unavailable_code(code), "{code}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Leases: what a claim hands a worker, renewed by its heartbeat, and the
-//! fence every write about a running run passes.
+//! fence every write about a running run passes; and the questions a write
+//! retried after a lost connection asks first (was it applied already?).
 //!
 //! A claim increments the run's `attempts` and records the worker
 //! (`host:pid`). The pair (worker, attempt) is the run's fencing token: a
@@ -74,5 +75,49 @@ impl Store {
             None => Err(lease.lost()),
             Some(c) => Ok(c != 0),
         }
+    }
+
+    /// Whether epoch `epoch` of the leased run is recorded: a write whose
+    /// commit was sent but whose answer was lost with the connection may have
+    /// been applied, and a retry must not record it twice.
+    pub async fn epoch_recorded(&self, lease: &Lease, epoch: i64) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM epochs WHERE run_id = $1 AND epoch = $2")
+            .bind(lease.run_id)
+            .bind(epoch)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.sql())?;
+        Ok(n > 0)
+    }
+
+    /// Whether the leased run already ended as `status` in this attempt (the
+    /// same question for a run end whose answer was lost).
+    pub async fn ended_as(&self, lease: &Lease, status: super::Status) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE id = $1 AND status = $2 AND attempts = $3 AND worker IS NULL",
+        )
+        .bind(lease.run_id)
+        .bind(status.as_str())
+        .bind(lease.attempt)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.sql())?;
+        Ok(n > 0)
+    }
+
+    /// The run `worker` holds, if any (the same question for a claim): a
+    /// worker holds one run at a time.
+    pub async fn held_by(&self, worker: &str) -> Result<Option<super::ClaimedRun>> {
+        let row: Option<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT id, key, config_json, attempts FROM runs WHERE status = 'running' AND worker = $1
+             ORDER BY id LIMIT 1",
+        )
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.sql())?;
+        let Some((id, key, config_json, attempts)) = row else { return Ok(None) };
+        let name = self.run_name(id).await?;
+        Ok(Some(super::ClaimedRun { id, key, config_json, name, attempts, worker: worker.to_owned() }))
     }
 }

@@ -232,14 +232,19 @@ impl Store {
         .await
         .map_err(&e)?;
         let Some((id, key, config_json, attempts)) = row else { return Ok(None) };
-        let name: String =
+        let name = self.run_name(id).await?;
+        Ok(Some(ClaimedRun { id, key, config_json, name, attempts, worker: worker.to_owned() }))
+    }
+
+    /// A run's display name (from the first sweep that asked for it).
+    pub(super) async fn run_name(&self, id: i64) -> Result<String> {
+        let name: Option<String> =
             sqlx::query_scalar("SELECT name FROM sweep_runs WHERE run_id = $1 ORDER BY sweep_id LIMIT 1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(&e)?
-                .unwrap_or_else(|| format!("run {id}"));
-        Ok(Some(ClaimedRun { id, key, config_json, name, attempts, worker: worker.to_owned() }))
+                .map_err(self.sql())?;
+        Ok(name.unwrap_or_else(|| format!("run {id}")))
     }
 
     /// `sweep cancel`: a queued or interrupted run is cancelled at once; a

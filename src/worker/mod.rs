@@ -6,9 +6,11 @@
 //! record and its checkpoint files and waits until the worker has committed them;
 //! meanwhile the worker refreshes the run's heartbeat. Before claiming work the
 //! worker marks runs whose worker died as `interrupted`; those are claimed first
-//! and resume from their latest checkpoint.
+//! and resume from their latest checkpoint. A database that does not answer
+//! for a while (a server restarting) is waited for (`patience`; `SWEEP_STORE_WAIT_SECS`).
 
 pub mod log;
+mod patience;
 pub mod retention;
 mod search;
 
@@ -19,6 +21,7 @@ use crate::record::{CheckpointKind, CheckpointRecord, EpochRecord, EpochSink, Si
 use crate::spec::{DeviceChoice, RunConfig};
 use crate::store::{ClaimedRun, Status, Store, StoreError};
 use crate::train::{self, checkpoint, data, Outcome, Progress, TrainRequest};
+use patience::Patience;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +49,9 @@ pub struct WorkerOptions {
     pub exit_when_empty: bool,
     /// Where checkpoints are kept for good (None: the home).
     pub artifacts: Option<crate::artifacts::ArtifactLocation>,
+    /// How long a call to a database that does not answer is tried again
+    /// before the worker stops.
+    pub store_wait: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -59,6 +65,7 @@ impl Default for WorkerOptions {
             max_runs: None,
             exit_when_empty: false,
             artifacts: None,
+            store_wait: Duration::from_secs(600),
         }
     }
 }
@@ -120,6 +127,18 @@ pub enum WorkerError {
         /// What went wrong.
         #[source]
         source: ArtifactError,
+    },
+    /// The database stayed unreachable while this worker held a run.
+    #[error(
+        "{source}; the run `{run}` stays running: once its heartbeat is SWEEP_STALE_SECS old (on this machine: \
+         once this worker has exited), the next worker resumes it from its last recorded checkpoint"
+    )]
+    UnreachableUnderRun {
+        /// The run.
+        run: String,
+        /// What the database said.
+        #[source]
+        source: StoreError,
     },
     /// The trainer thread could not be started.
     #[error("cannot start the training thread: {0}")]
@@ -203,6 +222,7 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         };
         eprintln!("device: {device_name} (--device {}; {why})", opts.device);
     }
+    let patience = Patience::new(store, opts.store_wait, stop.clone());
     let mut report = WorkerReport::default();
     let mut datasets: HashMap<String, Arc<data::Dataset>> = HashMap::new();
     let (mut waiting_for, mut looked_again) = (None, false);
@@ -211,7 +231,12 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             tracing::info!("handled {} run(s), as --max-runs asked", report.runs.len());
             break;
         }
-        for r in store.recover_stale(opts.stale_after, opts.max_worker_deaths).await? {
+        let recovered = patience
+            .call("looking for runs whose worker is gone", || {
+                store.recover_stale(patience.stale_after(opts.stale_after), opts.max_worker_deaths)
+            })
+            .await?;
+        for r in recovered {
             let Some(error) = r.error else {
                 tracing::warn!(
                     run = r.id,
@@ -237,10 +262,12 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             report.interrupted = true;
             break;
         }
-        let mut claimed = store.claim_next(&worker, &device_name).await?;
-        if claimed.is_none() && search::propose_next(store, opts.verbose).await? {
+        let mut claimed = patience.claim(&worker, &device_name).await?;
+        if claimed.is_none()
+            && patience.call("proposing a search's next trial", || search::propose_next(store, opts.verbose)).await?
+        {
             // A TPE search wanted its next trial: it is queued now.
-            claimed = store.claim_next(&worker, &device_name).await?;
+            claimed = patience.claim(&worker, &device_name).await?;
         }
         if claimed.is_none() && opts.exit_when_empty {
             tracing::info!("nothing to claim: exiting (--exit-when-empty)");
@@ -254,7 +281,7 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
             // is older than three of those, once looked at again after that
             // long, has a worker that is gone.
             let silent_for = (opts.heartbeat_every * 3).max(Duration::from_millis(300));
-            let held = store.held_runs().await?;
+            let held = patience.call("reading the running runs", || store.held_runs()).await?;
             let silent = held.iter().find(|(_, _, age)| *age > silent_for.as_secs_f64()).cloned();
             if silent.is_none() && !held.is_empty() && !looked_again {
                 looked_again = true;
@@ -281,9 +308,17 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         };
         looked_again = false;
         tracing::info!(run = run.id, key = &run.key[..10], name = run.name.as_str(), attempt = run.attempts, "claimed");
-        let place = place_in_queue(store, &run, report.runs.len()).await?;
+        let place = place_in_queue(&patience, store, &run, report.runs.len()).await?;
+        let name = printable(&run.name).into_owned();
         let end =
-            execute(store, (&local, &artifacts), opts, &worker, &device, &stop, &mut datasets, run, &place).await?;
+            execute(store, &patience, (&local, &artifacts), opts, &worker, &device, &stop, &mut datasets, run, &place)
+                .await
+                .map_err(|e| match e {
+                    WorkerError::Store(source @ StoreError::Unreachable { .. }) => {
+                        WorkerError::UnreachableUnderRun { run: name, source }
+                    }
+                    other => other,
+                })?;
         if opts.verbose {
             eprintln!("{}", end_line(&end));
         }
@@ -311,8 +346,13 @@ struct Place {
     queue: String,
 }
 
-async fn place_in_queue(store: &Store, run: &ClaimedRun, handled: usize) -> Result<Place, WorkerError> {
-    let rows = store.runs(None).await?;
+async fn place_in_queue(
+    patience: &Patience<'_>,
+    store: &Store,
+    run: &ClaimedRun,
+    handled: usize,
+) -> Result<Place, WorkerError> {
+    let rows = patience.call("reading the queue", || store.runs(None)).await?;
     let history = crate::estimate::history(&rows);
     let mut seen = std::collections::HashSet::new();
     let waiting: Vec<_> = rows
@@ -391,6 +431,18 @@ async fn collect_garbage(store: &Store, local: &Artifacts, artifacts: &Artifacts
     }
 }
 
+/// A write about the run that the store refused, as the trainer is told; a
+/// database that stayed unreachable is kept in `lost` (the worker stops).
+fn refused_by_store(e: StoreError, lost: &mut Option<StoreError>) -> SinkError {
+    let msg = e.to_string();
+    if matches!(e, StoreError::Unreachable { .. }) {
+        *lost = Some(e);
+        SinkError::Unavailable(msg)
+    } else {
+        SinkError::Refused(msg)
+    }
+}
+
 /// Why a checkpoint could not be kept in the artifact store, as the trainer
 /// is told: the store itself failing is [`SinkError::Unavailable`].
 fn not_kept(artifacts: &Artifacts, e: &ArtifactError) -> SinkError {
@@ -407,7 +459,7 @@ fn not_kept(artifacts: &Artifacts, e: &ArtifactError) -> SinkError {
 /// resumes from its last recorded checkpoint, which the store holds) and the
 /// worker stops with the queue as it is.
 async fn stop_for_artifacts(
-    store: &Store,
+    patience: &Patience<'_>,
     lease: &crate::store::Lease,
     run: &ClaimedRun,
     artifacts: &Artifacts,
@@ -416,7 +468,7 @@ async fn stop_for_artifacts(
 ) -> Result<RunEnd, WorkerError> {
     tracing::warn!(run = run.id, "{why}");
     log.line(&format!("  the artifact store failed: {why}"));
-    match store.record_interrupt(lease, None).await {
+    match patience.record_stop(lease, None, Status::Interrupted).await {
         Ok(()) | Err(StoreError::LostOwnership { .. }) => {}
         Err(other) => return Err(other.into()),
     }
@@ -468,6 +520,7 @@ fn load_dataset(spec: &crate::spec::DatasetSpec) -> Result<data::Dataset, data::
 #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 async fn execute(
     store: &Store,
+    patience: &Patience<'_>,
     (local, artifacts): (&Artifacts, &Artifacts),
     opts: &WorkerOptions,
     worker: &str,
@@ -501,13 +554,13 @@ async fn execute(
         Err(e) => {
             let msg = format!("the stored configuration does not parse: {e}");
             let end = fail(msg, None);
-            store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
+            patience.finish(&lease, Status::Failed, end.error.as_deref()).await?;
             return Ok(end);
         }
     };
     let rel_dir = run_dir(&run.key);
     let abs_dir = home.join(&rel_dir);
-    let ckpts = store.checkpoints(run.id).await?;
+    let ckpts = patience.call("reading the run's checkpoints", || store.checkpoints(run.id)).await?;
     let latest = ckpts.iter().find(|c| c.kind == CheckpointKind::Latest).cloned();
     let setup = std::fs::create_dir_all(&abs_dir).and_then(|()| {
         checkpoint::write_text_atomic(
@@ -523,7 +576,7 @@ async fn execute(
             format!("{}: {e}", abs_dir.display())
         };
         let end = fail(msg, disk_full(full));
-        store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
+        patience.finish(&lease, Status::Failed, end.error.as_deref()).await?;
         return Ok(end);
     }
     if let Err(e) = artifacts.put(&format!("{rel_dir}/config.json")).await {
@@ -535,8 +588,15 @@ async fn execute(
             if let Err(e) = artifacts.fetch(rel, sha).await {
                 if e.is_unavailable() {
                     let why = format!("fetching the checkpoint to resume from: {e}");
-                    return stop_for_artifacts(store, &lease, &run, artifacts, why, &mut log::RunLog::open(&abs_dir))
-                        .await;
+                    return stop_for_artifacts(
+                        patience,
+                        &lease,
+                        &run,
+                        artifacts,
+                        why,
+                        &mut log::RunLog::open(&abs_dir),
+                    )
+                    .await;
                 }
                 let msg = format!(
                     "fetching the checkpoint to resume from: {e}; `sweep retry {} --from-scratch` trains it again \
@@ -544,7 +604,7 @@ async fn execute(
                     &run.key[..10]
                 );
                 let end = fail(msg, None);
-                store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
+                patience.finish(&lease, Status::Failed, end.error.as_deref()).await?;
                 return Ok(end);
             }
         }
@@ -557,17 +617,20 @@ async fn execute(
     }
     let mut log = log::RunLog::open(&abs_dir);
     let epochs = config.epochs as u64;
-    let asha = store.asha_context(run.id).await?;
+    let asha = patience.call("reading the run's search", || store.asha_context(run.id)).await?;
     if let (Some(ctx), Some(c)) = (&asha, &latest) {
         // Resumed at a rung (its worker died before ending it, or a promotion
         // was overtaken by better runs): ASHA decides again from the record.
-        if let Some(note) = search::stays_stopped(store, ctx, &lease, c, epochs).await? {
+        let stays = patience
+            .call("asking ASHA whether the run stays stopped", || search::stays_stopped(store, ctx, &lease, c, epochs))
+            .await?;
+        if let Some(note) = stays {
             log.line(&format!("  {note}"));
             let end =
                 RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, stops_worker: None };
             log.line(&end_line(&end));
-            store.set_note(&lease, &note).await?;
-            store.finish(&lease, Status::Done, None).await?;
+            patience.call("recording the run's note", || store.set_note(&lease, &note)).await?;
+            patience.finish(&lease, Status::Done, None).await?;
             return Ok(end);
         }
     }
@@ -588,12 +651,12 @@ async fn execute(
                 let msg = train::TrainError::from(e).to_string();
                 let end = fail(msg, None);
                 log.line(&end_line(&end));
-                store.finish(&lease, Status::Failed, end.error.as_deref()).await?;
+                patience.finish(&lease, Status::Failed, end.error.as_deref()).await?;
                 return Ok(end);
             }
         },
     };
-    store.set_classes(&lease, &dataset.classes).await?;
+    patience.call("recording the dataset's classes", || store.set_classes(&lease, &dataset.classes)).await?;
     let how = match &latest {
         Some(c) if c.step > 0 => format!(", resuming epoch {} at batch {}", c.epoch + 1, c.step),
         Some(c) => format!(", resuming after epoch {}", c.epoch),
@@ -637,6 +700,10 @@ async fn execute(
     };
 
     let mut beat = tokio::time::interval(opts.heartbeat_every);
+    // The database stayed unreachable under a write: the worker stops once the
+    // trainer has (the run stays `running`; the next worker resumes it).
+    let mut store_lost: Option<StoreError> = None;
+    let mut beat_failing = false;
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
@@ -646,11 +713,16 @@ async fn execute(
                     // The files first, complete in the artifact store; then the row.
                     let kept: Vec<&CheckpointRecord> = std::iter::once(&latest).chain(best.as_ref()).collect();
                     let r = match put_checkpoints(artifacts, &kept).await {
-                        Ok(()) => match asha.as_ref().filter(|c| c.settings.asha().is_rung(rec.epoch as u64, epochs)) {
-                            Some(c) => store.record_rung_epoch(&lease, &rec, &latest, best.as_ref(), c.sweep_id).await,
-                            None => store.record_epoch(&lease, &rec, &latest, best.as_ref()).await,
+                        Ok(()) => {
+                            let rung_of = asha
+                                .as_ref()
+                                .filter(|c| c.settings.asha().is_rung(rec.epoch as u64, epochs))
+                                .map(|c| c.sweep_id);
+                            patience
+                                .record_epoch(&lease, &rec, &latest, best.as_ref(), rung_of)
+                                .await
+                                .map_err(|e| refused_by_store(e, &mut store_lost))
                         }
-                        .map_err(|e| SinkError::Refused(e.to_string())),
                         Err(e) => Err(not_kept(artifacts, &e)),
                     };
                     tracing::info!(run = run.id, epoch = rec.epoch, test_acc = rec.test_acc, best = best.is_some(), ok = r.is_ok(), "epoch recorded");
@@ -667,13 +739,16 @@ async fn execute(
                     let _ = reply.send(r.map(|()| verdict));
                 }
                 Some(Msg::Interrupted { latest, reply }) => {
-                    let refused = |e: StoreError| SinkError::Refused(e.to_string());
                     let r = match put_checkpoints(artifacts, &[&latest]).await {
                         Err(e) => Err(not_kept(artifacts, &e)),
-                        Ok(()) if cancel.load(Ordering::SeqCst) => {
-                            store.record_cancel(&lease, Some(&latest)).await.map_err(refused)
+                        Ok(()) => {
+                            let status =
+                                if cancel.load(Ordering::SeqCst) { Status::Cancelled } else { Status::Interrupted };
+                            patience
+                                .record_stop(&lease, Some(&latest), status)
+                                .await
+                                .map_err(|e| refused_by_store(e, &mut store_lost))
                         }
-                        Ok(()) => store.record_interrupt(&lease, Some(&latest)).await.map_err(refused),
                     };
                     if r.is_ok() {
                         collect_garbage(store, local, artifacts, run.id, &rel_dir).await;
@@ -684,7 +759,12 @@ async fn execute(
             _ = beat.tick() => {
                 let step = progress.step.load(Ordering::Relaxed);
                 let steps = progress.steps_per_epoch.load(Ordering::Relaxed);
-                match store.heartbeat(&lease, step, steps).await {
+                let beat_result = store.heartbeat(&lease, step, steps).await;
+                if beat_failing && beat_result.is_ok() {
+                    beat_failing = false;
+                    tracing::warn!("heartbeat: the database answers again");
+                }
+                match beat_result {
                     Ok(true) if !cancel.swap(true, Ordering::SeqCst) => {
                         tracing::info!(run = run.id, "cancel requested: stopping after this batch");
                         log.line("cancel requested (`sweep cancel`): stopping after this batch");
@@ -692,8 +772,16 @@ async fn execute(
                             eprintln!("  {}: cancel requested: stopping after this batch", printable(&run.name));
                         }
                     }
-                    Ok(_) => {}
+                    Err(e) if e.is_unavailable() => {
+                        patience.saw_failure();
+                        // Said once per outage: the writes that wait for the database say more.
+                        if !beat_failing {
+                            beat_failing = true;
+                            tracing::warn!("heartbeat: {e}");
+                        }
+                    }
                     Err(e) => tracing::warn!("heartbeat: {e}"),
+                    Ok(_) => {}
                 }
             }
         }
@@ -711,6 +799,11 @@ async fn execute(
         Err(e) => Err(train::TrainError::Panicked(format!("the trainer thread was lost: {e}"))),
     };
     tracing::info!(run = run.id, outcome = ?outcome.as_ref().map_err(ToString::to_string), "run ended");
+    if let Some(lost) = store_lost {
+        let stopped = WorkerError::UnreachableUnderRun { run: printable(&run.name).into_owned(), source: lost };
+        log.line(&format!("  {stopped}"));
+        return Err(stopped);
+    }
     let ended = match outcome {
         Ok(Outcome::Finished | Outcome::StoppedEarly { .. }) => retention::RunEnd::Complete,
         // Stopped by ASHA: its latest checkpoint stays, for a promotion.
@@ -719,7 +812,7 @@ async fn execute(
     for action in retention::at_run_end(keep, ended) {
         match action {
             retention::Action::DropLatest => {
-                store.drop_latest(&lease).await?;
+                patience.call("forgetting the latest checkpoint", || store.drop_latest(&lease)).await?;
                 collect_garbage(store, local, artifacts, run.id, &rel_dir).await;
             }
         }
@@ -730,7 +823,7 @@ async fn execute(
                 RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, stops_worker: None };
             // The log's last line before the status: `sweep logs -f` stops at the status.
             log.line(&end_line(&end));
-            store.finish(&lease, Status::Done, None).await?;
+            patience.finish(&lease, Status::Done, None).await?;
             end
         }
         Ok(Outcome::StoppedEarly { note, .. } | Outcome::Halted { note, .. }) => {
@@ -742,8 +835,8 @@ async fn execute(
             let end =
                 RunEnd { id: run.id, name: run.name.clone(), status: Status::Done, error: None, stops_worker: None };
             log.line(&end_line(&end));
-            store.set_note(&lease, &note).await?;
-            store.finish(&lease, Status::Done, None).await?;
+            patience.call("recording the run's note", || store.set_note(&lease, &note)).await?;
+            patience.finish(&lease, Status::Done, None).await?;
             end
         }
         Ok(Outcome::Interrupted) => {
@@ -753,7 +846,7 @@ async fn execute(
             end
         }
         Err(train::TrainError::Sink(SinkError::Unavailable(why))) => {
-            return stop_for_artifacts(store, &lease, &run, artifacts, why, &mut log).await;
+            return stop_for_artifacts(patience, &lease, &run, artifacts, why, &mut log).await;
         }
         Err(e) => {
             let msg = match &e {
@@ -776,7 +869,7 @@ async fn execute(
             let stops_worker = disk_full(matches!(e, train::TrainError::DiskFull { .. }));
             let end = RunEnd { id: run.id, name: run.name.clone(), status, error: Some(msg), stops_worker };
             log.line(&end_line(&end));
-            match store.finish(&lease, status, end.error.as_deref()).await {
+            match patience.finish(&lease, status, end.error.as_deref()).await {
                 Ok(()) | Err(StoreError::LostOwnership { .. }) => {}
                 Err(other) => return Err(other.into()),
             }

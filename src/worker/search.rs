@@ -4,12 +4,11 @@
 //! is queued, a TPE search that wants its next trial gets it proposed.
 
 use super::log::RunLog;
-use super::WorkerError;
 use crate::record::{CheckpointRecord, Verdict};
 use crate::rng::{stream, Rng};
 use crate::search::{asha, tpe, Distribution};
 use crate::spec::{self, SearchMethod, TrialRef};
-use crate::store::{AshaContext, Lease, NewTrial, Store};
+use crate::store::{AshaContext, Lease, NewTrial, Store, StoreError};
 use crate::text::printable;
 use std::path::PathBuf;
 
@@ -32,7 +31,7 @@ pub(super) async fn after_epoch(
     let decided = async {
         let arrivals = store.rung_arrivals(ctx, epoch).await?;
         let Some(standing) = rules.standing(&arrivals, lease.run_id) else {
-            return Ok::<_, crate::store::StoreError>(Verdict::Continue);
+            return Ok::<_, StoreError>(Verdict::Continue);
         };
         let stop = !standing.continues();
         store.set_rung(lease, epoch, stop).await?;
@@ -73,7 +72,7 @@ pub(super) async fn stays_stopped(
     lease: &Lease,
     latest: &CheckpointRecord,
     epochs: u64,
-) -> Result<Option<String>, WorkerError> {
+) -> Result<Option<String>, StoreError> {
     let epoch = latest.epoch as u64;
     if latest.step != 0 || !ctx.settings.asha().is_rung(epoch, epochs) {
         return Ok(None);
@@ -89,7 +88,7 @@ pub(super) async fn stays_stopped(
 
 /// Proposes the next trial of the first TPE search that wants one. True when
 /// a run was queued.
-pub(super) async fn propose_next(store: &Store, verbose: bool) -> Result<bool, WorkerError> {
+pub(super) async fn propose_next(store: &Store, verbose: bool) -> Result<bool, StoreError> {
     for sweep in store.search_sweeps().await? {
         let path = PathBuf::from(&sweep.source_path);
         let spec = match spec::parse(&path, &sweep.source_toml) {

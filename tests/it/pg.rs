@@ -92,6 +92,54 @@ pub async fn locations(dir: &std::path::Path) -> Vec<Location> {
     out
 }
 
+/// A cluster of the test's own, which the test may take down and bring up
+/// again (an outage); stopped and removed when dropped. None: no PostgreSQL
+/// here (or `SWEEP_TEST_POSTGRES` names a server, which a test must not stop).
+pub struct Cluster {
+    dir: String,
+    /// The URL of its `postgres` database.
+    pub url: String,
+}
+
+impl Cluster {
+    pub fn start(tag: &str) -> Option<Cluster> {
+        server()?;
+        if std::env::var_os("SWEEP_TEST_POSTGRES").is_some() {
+            eprintln!(
+                "PostgreSQL: SWEEP_TEST_POSTGRES names a server; the outage test needs a cluster of its own: skipped"
+            );
+            return None;
+        }
+        let dir = format!("/tmp/sweep-test-pg-{}-{tag}", std::process::id());
+        let out = Self::script(&["start", &dir, &std::process::id().to_string()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Some(Cluster { url: String::from_utf8_lossy(&out.stdout).trim().to_owned(), dir })
+    }
+
+    /// Stops the server (a fast shutdown: clients lose their connections), keeping its data.
+    pub fn down(&self) {
+        let out = Self::script(&["down", &self.dir]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts it again.
+    pub fn up(&self) {
+        let out = Self::script(&["up", &self.dir]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn script(args: &[&str]) -> std::process::Output {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh");
+        std::process::Command::new("bash").arg(script).args(args).output().unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Self::script(&["stop", &self.dir]);
+    }
+}
+
 #[test]
 fn database_names_are_replaced_in_any_url_shape() {
     assert_eq!(

@@ -257,3 +257,82 @@ fn two_workers_share_an_asha_sweep_and_its_decisions_replay() {
         });
     }
 }
+
+/// PostgreSQL restarting under a worker: the worker waits for it and goes on,
+/// nothing recorded twice or lost. An outage longer than
+/// `SWEEP_STORE_WAIT_SECS` stops the worker with its run still `running`; the
+/// next worker resumes that run to the numbers of an uninterrupted one.
+#[test]
+fn a_database_outage_is_waited_out_and_a_long_one_stops_the_worker_with_nothing_lost() {
+    let Some(pg) = crate::pg::Cluster::start("outage") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::write_sweep(
+        dir.path(),
+        "o.toml",
+        &crate::tiny_sweep("o", 320, 6, "[[grid]]\noptimizer.lr = [0.05, 0.02]\n"),
+    );
+    let f = file.to_str().unwrap();
+    let base = dir.path().join("base");
+    assert!(run(&base, &["-q", "submit", f]).status.success());
+    let reference: Vec<_> = crate::cli::runs(&base).iter().map(|r| numbers(&crate::cli::epochs(&base, r.id))).collect();
+
+    let loc = Location::Postgres(pg.url.clone());
+    let store = loc.as_arg();
+    for (wait, home) in [("60", dir.path().join("short")), ("1", dir.path().join("long"))] {
+        assert!(run(&home, &["--store", &store, "submit", "--queue-only", f]).status.success());
+        let mut child = sweep(&home)
+            .args(["--store", &store, "worker", "--exit-when-empty"])
+            .env("SWEEP_STORE_WAIT_SECS", wait)
+            .env("RUST_LOG", "sweep=warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while rows(&home, &loc).first().is_none_or(|r| r.epochs_done < 1) {
+            assert!(child.try_wait().unwrap().is_none(), "the worker ended early");
+            assert!(start.elapsed() < Duration::from_secs(300), "timed out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        pg.down();
+        std::thread::sleep(Duration::from_secs(3));
+        pg.up();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("SWEEP_STORE_WAIT_SECS={wait}:\n{err}");
+        let after = rows(&home, &loc);
+        if wait == "60" {
+            // Waited out: every epoch recorded once, by the first attempt.
+            assert!(out.status.success(), "{err}");
+            assert!(err.contains("does not answer") && err.contains("answers again, after"), "{err}");
+            assert!(after.iter().all(|r| r.status == Status::Done && r.attempts == 1), "{after:?}");
+        } else {
+            // Given up: the worker stops, the run stays running, nothing else changed.
+            assert_eq!(out.status.code(), Some(2), "{err}");
+            assert!(err.contains("unreachable for") && err.contains("this worker stops"), "{err}");
+            assert!(err.contains("the run `lr=0.05` stays running"), "{err}");
+            assert_eq!(
+                after.iter().map(|r| r.status).collect::<Vec<_>>(),
+                [Status::Running, Status::Queued],
+                "{after:?}"
+            );
+            let log = std::fs::read_to_string(home.join(sweep::worker::run_dir(&after[0].key)).join("log.txt"))
+                .unwrap_or_default();
+            assert!(log.contains("stays running: once its heartbeat is SWEEP_STALE_SECS old"), "{log}");
+            // The next worker (its predecessor's process is gone) resumes it.
+            let out = run(&home, &["--store", &store, "worker", "--exit-when-empty"]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let after = rows(&home, &loc);
+            assert!(after.iter().all(|r| r.status == Status::Done), "{after:?}");
+            assert_eq!(after[0].attempts, 2, "{after:?}");
+        }
+        let got: Vec<_> = after.iter().map(|r| numbers(&epochs(&home, &loc, r.id))).collect();
+        assert_eq!(got, reference, "SWEEP_STORE_WAIT_SECS={wait}: the numbers of an uninterrupted worker");
+        // The second home starts from an empty database.
+        crate::cli::block(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+            sqlx::query("DROP SCHEMA public CASCADE").execute(&mut c).await.unwrap();
+            sqlx::query("CREATE SCHEMA public").execute(&mut c).await.unwrap();
+        });
+    }
+}

@@ -174,6 +174,45 @@ fn submit_claim_finish_and_resubmit_follow_the_status_machine() {
     });
 }
 
+/// What a write retried after a lost connection asks first: was the epoch,
+/// the run's end, the claim applied already (by this lease)?
+#[test]
+fn a_retried_write_can_tell_whether_its_first_try_was_applied() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        for loc in crate::pg::locations(dir.path()).await {
+            let store = Store::connect(dir.path(), &loc).await.unwrap();
+            store.submit(&sweep_spec("a", "[0.1, 0.2]")).await.unwrap();
+            assert!(store.held_by("w:1").await.unwrap().is_none());
+            let a = store.claim_next("w:1", "cpu").await.unwrap().unwrap();
+            let held = store.held_by("w:1").await.unwrap().unwrap();
+            assert_eq!((held.id, held.attempts, held.name.as_str()), (a.id, 1, "lr=0.1"));
+            assert_eq!(held.lease(), a.lease());
+            assert!(store.held_by("w:2").await.unwrap().is_none());
+
+            assert!(!store.epoch_recorded(&a.lease(), 1).await.unwrap());
+            store.record_epoch(&a.lease(), &epoch(1), &ckpt(CheckpointKind::Latest, 1), None).await.unwrap();
+            assert!(store.epoch_recorded(&a.lease(), 1).await.unwrap());
+            assert!(!store.epoch_recorded(&a.lease(), 2).await.unwrap());
+
+            assert!(!store.ended_as(&a.lease(), Status::Done).await.unwrap());
+            store.finish(&a.lease(), Status::Done, None).await.unwrap();
+            assert!(store.ended_as(&a.lease(), Status::Done).await.unwrap());
+            assert!(!store.ended_as(&a.lease(), Status::Failed).await.unwrap());
+            assert!(store.held_by("w:1").await.unwrap().is_none());
+
+            // An interruption by this lease, not one by a later attempt.
+            let b = store.claim_next("w:1", "cpu").await.unwrap().unwrap();
+            store.record_interrupt(&b.lease(), None).await.unwrap();
+            assert!(store.ended_as(&b.lease(), Status::Interrupted).await.unwrap());
+            let b2 = store.claim_next("w:2", "cpu").await.unwrap().unwrap();
+            store.record_interrupt(&b2.lease(), None).await.unwrap();
+            assert!(!store.ended_as(&b.lease(), Status::Interrupted).await.unwrap());
+            store.close().await;
+        }
+    });
+}
+
 #[test]
 fn interrupted_runs_are_claimed_before_queued_ones() {
     rt().block_on(async {
