@@ -153,8 +153,10 @@ pub(crate) fn unavailable_code(code: &str) -> bool {
     if code.len() == 5 {
         // 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
         // cannot connect now (starting up); 53300: too many connections; 40001
-        // and 40P01: serialization failure and deadlock (rolled back).
-        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01");
+        // and 40P01: serialization failure and deadlock (rolled back); 25006: a
+        // read-only transaction (a standby not yet promoted, during a failover).
+        return code.starts_with("08")
+            || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "25006");
     }
     // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes (at most 4 digits).
     code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
@@ -178,8 +180,9 @@ mod tests {
 
     #[test]
     fn the_database_failing_is_told_from_the_query_failing() {
-        // PostgreSQL: connection lost, server shutting down or starting, too many clients, rolled back
-        for code in ["08006", "08001", "57P01", "57P02", "57P03", "53300", "40001", "40P01"] {
+        // PostgreSQL: connection lost, server shutting down or starting, too many clients, rolled back,
+        // a standby during a failover
+        for code in ["08006", "08001", "57P01", "57P02", "57P03", "53300", "40001", "40P01", "25006"] {
             assert!(unavailable_code(code), "{code}");
         }
         // unique violation, syntax error, undefined table, check violation, disk full

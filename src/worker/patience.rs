@@ -4,7 +4,7 @@
 //!
 //! A worker's calls to the store go through [`Patience`]: a call that fails
 //! because the database did not answer ([`StoreError::is_unavailable`]) is
-//! tried again, after pauses that double from 0.25 s to 10 s, for up to
+//! tried again, after pauses that double from 0.25 s to 5 s, for up to
 //! `SWEEP_STORE_WAIT_SECS` (default 10 minutes). The trainer waits meanwhile
 //! (it hands over each epoch and waits for the commit), so nothing is lost.
 //! If the database is still silent after that, or the worker is asked to stop,
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 /// The first pause after a call the database did not answer.
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 /// The longest pause between two tries.
-const LONGEST_PAUSE: Duration = Duration::from_secs(10);
+const LONGEST_PAUSE: Duration = Duration::from_secs(5);
 
 /// How long a worker waits for its database, and what ends the wait early.
 pub(super) struct Patience<'a> {
