@@ -82,6 +82,7 @@ const RUN_COLUMNS: &[(&str, Kind)] = &[
     ("cancel_requested", Kind::Int),
     ("rung", Kind::Int),
     ("stopped_at_rung", Kind::Int),
+    ("data_sha256", Kind::Text),
 ];
 
 const EPOCH_COLUMNS: &[(&str, Kind)] = &[

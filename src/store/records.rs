@@ -217,10 +217,38 @@ impl Store {
         self.set_held_text(lease, "UPDATE runs SET note = $2 WHERE id = $1", note).await
     }
 
-    /// Records the class names of the run's dataset (label order).
-    pub async fn set_classes(&self, lease: &Lease, classes: &[String]) -> Result<()> {
+    /// Records the class names of the run's dataset (label order) and its
+    /// fingerprint ([`crate::train::data::Dataset::fingerprint`]). A run that
+    /// `resumes` from a checkpoint and has another fingerprint recorded keeps
+    /// it, and that fingerprint is returned: its epochs so far were trained on
+    /// other data.
+    pub async fn set_data(
+        &self,
+        lease: &Lease,
+        classes: &[String],
+        sha256: &str,
+        resumes: bool,
+    ) -> Result<Option<String>> {
+        let e = self.sql();
         let json = serde_json::to_string(classes).expect("serialisable");
-        self.set_held_text(lease, "UPDATE runs SET classes_json = $2 WHERE id = $1", &json).await
+        let mut tx = self.held_tx(lease).await?;
+        let before: Option<String> = sqlx::query_scalar("SELECT data_sha256 FROM runs WHERE id = $1")
+            .bind(lease.run_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(&e)?;
+        if resumes && before.as_deref().is_some_and(|b| b != sha256) {
+            return Ok(before);
+        }
+        sqlx::query("UPDATE runs SET classes_json = $2, data_sha256 = $3 WHERE id = $1")
+            .bind(lease.run_id)
+            .bind(json)
+            .bind(sha256)
+            .execute(&mut *tx)
+            .await
+            .map_err(&e)?;
+        tx.commit().await.map_err(&e)?;
+        Ok(None)
     }
 
     /// Runs `sql` (binding the run id and `value`) if this worker holds the run.

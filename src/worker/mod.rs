@@ -224,7 +224,7 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
     }
     let patience = Patience::new(store, opts.store_wait, stop.clone());
     let mut report = WorkerReport::default();
-    let mut datasets: HashMap<String, Arc<data::Dataset>> = HashMap::new();
+    let mut datasets: HashMap<String, Loaded> = HashMap::new();
     let (mut waiting_for, mut looked_again) = (None, false);
     loop {
         if opts.max_runs.is_some_and(|n| report.runs.len() >= n) {
@@ -502,19 +502,30 @@ async fn put_checkpoints(artifacts: &Artifacts, checkpoints: &[&CheckpointRecord
     Ok(())
 }
 
-/// Loads (decodes) a dataset, logging its size and the time it took.
-fn load_dataset(spec: &crate::spec::DatasetSpec) -> Result<data::Dataset, data::DataError> {
+/// A dataset as the worker keeps it for its runs.
+#[derive(Clone)]
+struct Loaded {
+    data: Arc<data::Dataset>,
+    /// [`data::Dataset::fingerprint`], recorded with each run.
+    fingerprint: String,
+}
+
+/// Loads (decodes) a dataset and takes its fingerprint, logging its size and
+/// the time it took.
+fn load_dataset(spec: &crate::spec::DatasetSpec) -> Result<Loaded, data::DataError> {
     let t = std::time::Instant::now();
     let d = data::load(spec)?;
+    let fingerprint = d.fingerprint();
     let name = spec.path.clone().unwrap_or_else(|| format!("{:?}", spec.name).to_lowercase());
     tracing::info!(
-        "dataset {name}: {} training and {} test images, {} classes, decoded in {:.1}s",
+        "dataset {name}: {} training and {} test images, {} classes, decoded in {:.1}s, fingerprint {}",
         d.train.len(),
         d.test.len(),
         d.classes.len(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        &fingerprint[..12]
     );
-    Ok(d)
+    Ok(Loaded { data: Arc::new(d), fingerprint })
 }
 
 #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
@@ -526,7 +537,7 @@ async fn execute(
     worker: &str,
     device: &candle_core::Device,
     stop: &Arc<AtomicBool>,
-    datasets: &mut HashMap<String, Arc<data::Dataset>>,
+    datasets: &mut HashMap<String, Loaded>,
     run: ClaimedRun,
     place: &Place,
 ) -> Result<RunEnd, WorkerError> {
@@ -639,11 +650,10 @@ async fn execute(
     let resuming = latest.is_some();
     let batch_size = config.batch_size;
     let ds_key = serde_json::to_string(&config.dataset).unwrap_or_default();
-    let dataset = match datasets.get(&ds_key) {
+    let Loaded { data: dataset, fingerprint } = match datasets.get(&ds_key) {
         Some(d) => d.clone(),
         None => match load_dataset(&config.dataset) {
             Ok(d) => {
-                let d = Arc::new(d);
                 datasets.insert(ds_key, d.clone());
                 d
             }
@@ -656,7 +666,27 @@ async fn execute(
             }
         },
     };
-    patience.call("recording the dataset's classes", || store.set_classes(&lease, &dataset.classes)).await?;
+    let recorded = patience
+        .call("recording the dataset", || store.set_data(&lease, &dataset.classes, &fingerprint, resuming))
+        .await?;
+    if let Some(before) = recorded {
+        // Its epochs so far saw other data: going on would mix two datasets in one run.
+        let end = fail(
+            format!(
+                "the dataset changed since this run started: its first epochs were trained on data with \
+                 fingerprint {}, the data is now {} (images added, removed, edited or moved to another class); \
+                 resuming would mix the two in one run: restore the data, or `sweep retry {} --from-scratch` \
+                 trains it again on the data as it is now",
+                &before[..before.len().min(12)],
+                &fingerprint[..12],
+                &run.key[..10]
+            ),
+            None,
+        );
+        log.line(&end_line(&end));
+        patience.finish(&lease, Status::Failed, end.error.as_deref()).await?;
+        return Ok(end);
+    }
     let how = match &latest {
         Some(c) if c.step > 0 => format!(", resuming epoch {} at batch {}", c.epoch + 1, c.step),
         Some(c) => format!(", resuming after epoch {}", c.epoch),

@@ -1071,3 +1071,72 @@ fn every_error_of_a_sweep_file_is_reported_in_one_pass() {
     }
     assert!(!home.join("sweep.db").exists(), "nothing was queued");
 }
+
+/// An image folder edited while one of its runs was interrupted: resuming
+/// would train the run's later epochs on other data, so the run fails saying
+/// so (and how to start it over) instead; retried from scratch it trains.
+#[test]
+#[allow(unsafe_code)] // kill(2) on our own child: see the SAFETY comment
+fn a_run_resumed_after_its_dataset_changed_fails_instead_of_mixing_two_datasets() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let root = dir.path().join("pics");
+    for split in ["train", "test"] {
+        for (c, class) in ["a", "b"].iter().enumerate() {
+            let d = root.join(format!("{split}/{class}"));
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..40u8 {
+                std::fs::write(d.join(format!("{i}.png")), crate::data::png(32, 32, c as u8 * 90 + i)).unwrap();
+            }
+        }
+    }
+    let text = format!(
+        "name = \"edit\"\ndataset = {{ folder = \"{}\" }}\n\n[defaults]\nmodel = \"smallcnn\"\n\
+         batch_size = 4\nepochs = 30\noptimizer = {{ name = \"sgd\", lr = 0.01 }}\n",
+        root.display()
+    );
+    let f = crate::write_sweep(dir.path(), "edit.toml", &text);
+    assert!(run(&home, &["submit", "--queue-only", f.to_str().unwrap()]).status.success());
+    let mut child = sweep(&home).args(["-q", "worker"]).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until(&mut child, &home, "epoch 1", |r| r[0].epochs_done >= 1);
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = runs(&home)[0].clone();
+    assert_eq!(before.status, Status::Interrupted);
+
+    // Touched but not changed: the same data, so the run resumes.
+    let img = root.join("train/b/7.png");
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::write(&img, &bytes).unwrap();
+    let mut child = sweep(&home).args(["-q", "worker"]).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until(&mut child, &home, "the resumed run's next epoch", |r| r[0].epochs_done > before.epochs_done);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    let resumed = runs(&home)[0].clone();
+    assert_eq!((resumed.status, resumed.attempts), (Status::Interrupted, 2));
+
+    // One image edited: the run is failed, its epochs kept as they were.
+    std::fs::write(&img, crate::data::png(32, 32, 200)).unwrap();
+    let out = run(&home, &["worker"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let failed = runs(&home)[0].clone();
+    let err = failed.error.as_deref().unwrap_or_default();
+    assert_eq!(failed.status, Status::Failed, "{failed:?}");
+    assert!(err.contains("the dataset changed since this run started"), "{err}");
+    assert!(err.contains(&format!("`sweep retry {} --from-scratch`", &failed.key[..10])), "{err}");
+    assert_eq!(failed.epochs_done, resumed.epochs_done, "nothing trained on the new data");
+    assert!(stderr(&out).contains("the dataset changed"), "{}", stderr(&out));
+
+    // Started over, it trains on the data as it is now.
+    let out = run(&home, &["retry", &failed.key[..10], "--from-scratch"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut child = sweep(&home).args(["-q", "worker"]).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until(&mut child, &home, "epoch 1 on the new data", |r| r[0].epochs_done >= 1 && r[0].attempts == 4);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert_eq!(runs(&home)[0].status, Status::Interrupted);
+}

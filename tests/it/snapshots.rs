@@ -88,7 +88,7 @@ fn fixed() -> &'static (tempfile::TempDir, PathBuf) {
             let classes = ["cat".to_owned(), "dog".to_owned()];
             // lr 0.1: done, best at epoch 2.
             let r = store.claim_next(w, device).await.unwrap().unwrap();
-            store.set_classes(&r.lease(), &classes).await.unwrap();
+            store.set_data(&r.lease(), &classes, "0f", false).await.unwrap();
             for (n, acc, lr) in [(1, 50.0, 0.1), (2, 62.5, 0.1), (3, 59.375, 0.01)] {
                 let best = (n <= 2).then(|| ckpt(CheckpointKind::Best, n, acc));
                 store
@@ -99,7 +99,7 @@ fn fixed() -> &'static (tempfile::TempDir, PathBuf) {
             store.finish(&r.lease(), Status::Done, None).await.unwrap();
             // lr 0.05: failed after one epoch.
             let r = store.claim_next(w, device).await.unwrap().unwrap();
-            store.set_classes(&r.lease(), &classes).await.unwrap();
+            store.set_data(&r.lease(), &classes, "0f", false).await.unwrap();
             let latest = ckpt(CheckpointKind::Latest, 1, 40.0);
             store
                 .record_epoch(&r.lease(), &epoch(1, 40.0, 0.05), &latest, Some(&ckpt(CheckpointKind::Best, 1, 40.0)))
@@ -108,7 +108,7 @@ fn fixed() -> &'static (tempfile::TempDir, PathBuf) {
             store.finish(&r.lease(), Status::Failed, Some("dataset: the archive is corrupt")).await.unwrap();
             // lr 0.01: interrupted in its second epoch.
             let r = store.claim_next(w, device).await.unwrap().unwrap();
-            store.set_classes(&r.lease(), &classes).await.unwrap();
+            store.set_data(&r.lease(), &classes, "0f", false).await.unwrap();
             store
                 .record_epoch(&r.lease(), &epoch(1, 31.25, 0.01), &latest, Some(&ckpt(CheckpointKind::Best, 1, 31.25)))
                 .await

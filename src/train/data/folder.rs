@@ -13,6 +13,7 @@
 use super::{DataError, Dataset, Split};
 use crate::train::rng::{stream, Rng};
 use rayon::prelude::*;
+use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -269,7 +270,7 @@ fn build(
     // Decode everything in parallel, in the sorted order of the paths.
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by(|&a, &b| entries[a].parts.cmp(&entries[b].parts));
-    type Decoded = Result<(Vec<u8>, usize, usize), DataError>;
+    type Decoded = Result<(Vec<u8>, usize, usize, [u8; 32]), DataError>;
     let decoded: Vec<Decoded> = order
         .par_iter()
         .map(|&i| {
@@ -280,15 +281,17 @@ fn build(
                     std::fs::read(p).map_err(|err| DataError::new(p, format!("cannot read: {err}")))?,
                 ),
             };
-            decode(&bytes).map_err(|d| DataError::new(display(e), d))
+            let digest: [u8; 32] = sha2::Sha256::digest(&*bytes).into();
+            let (chw, h, w) = decode(&bytes).map_err(|d| DataError::new(display(e), d))?;
+            Ok((chw, h, w, digest))
         })
         .collect();
     let mut splits = [Split::default(), Split::default(), Split::default()];
     for (&i, d) in order.iter().zip(decoded) {
-        let (chw, h, w) = d?;
+        let (chw, h, w, digest) = d?;
         let (s, class) = &keys[i];
         let label = class_of[class.as_str()];
-        splits[*s as usize].push(&chw, h, w, label, Some(display(&entries[i])));
+        splits[*s as usize].push(&chw, h, w, label, Some((display(&entries[i]), digest)));
     }
     let [train, test, tree] = splits;
     let (train, test) = if split_layout {

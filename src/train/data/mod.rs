@@ -12,9 +12,11 @@
 //!
 //! Every image is decoded once, when the dataset is loaded; the worker keeps
 //! loaded datasets for the whole sweep, so no epoch decodes anything. Errors
-//! name the file at fault.
+//! name the file at fault. [`Dataset::fingerprint`] says whether two loads
+//! gave the same data (a run resumed after its folder changed is not).
 
 pub mod cifar;
+mod fingerprint;
 pub mod folder;
 pub mod pickle;
 mod synthetic;
@@ -55,12 +57,17 @@ pub struct Split {
     pub sizes: Vec<(u32, u32, usize)>,
     /// Where each image came from (folders and archives; empty otherwise).
     pub files: Vec<String>,
+    /// The SHA-256 of each image's file (folders and archives; empty
+    /// otherwise, where the pixels are the source): what the dataset's
+    /// fingerprint is made of, since a decoder need not give the same pixels
+    /// on every CPU.
+    pub digests: Vec<[u8; 32]>,
 }
 
 impl Split {
     /// A split of images that all have the same size.
     pub fn uniform(images: Vec<u8>, labels: Vec<u32>, height: usize, width: usize) -> Split {
-        Split { images, labels, height, width, sizes: Vec::new(), files: Vec::new() }
+        Split { images, labels, height, width, sizes: Vec::new(), files: Vec::new(), digests: Vec::new() }
     }
     /// Number of images.
     pub fn len(&self) -> usize {
@@ -120,6 +127,7 @@ impl Split {
         self.labels.truncate(n);
         self.sizes.truncate(n);
         self.files.truncate(n);
+        self.digests.truncate(n);
     }
     /// The images `indices`, in that order.
     #[must_use]
@@ -135,11 +143,14 @@ impl Split {
             if let Some(f) = self.files.get(i) {
                 out.files.push(f.clone());
             }
+            if let Some(d) = self.digests.get(i) {
+                out.digests.push(*d);
+            }
         }
         out
     }
-    /// Appends one image.
-    pub fn push(&mut self, chw: &[u8], h: usize, w: usize, label: u32, file: Option<String>) {
+    /// Appends one image, with its file and that file's SHA-256 if it has one.
+    pub fn push(&mut self, chw: &[u8], h: usize, w: usize, label: u32, file: Option<(String, [u8; 32])>) {
         if self.is_empty() && self.sizes.is_empty() {
             (self.height, self.width) = (h, w);
         }
@@ -154,8 +165,9 @@ impl Split {
         }
         self.images.extend_from_slice(chw);
         self.labels.push(label);
-        if let Some(f) = file {
+        if let Some((f, digest)) = file {
             self.files.push(f);
+            self.digests.push(digest);
         }
     }
 }
@@ -217,10 +229,10 @@ mod tests {
     #[test]
     fn mixed_sizes_switch_to_per_image_offsets() {
         let mut s = Split::default();
-        s.push(&[1; 12], 2, 2, 0, Some("a.png".into()));
-        s.push(&[2; 12], 2, 2, 1, Some("b.png".into()));
+        s.push(&[1; 12], 2, 2, 0, Some(("a.png".into(), [1; 32])));
+        s.push(&[2; 12], 2, 2, 1, Some(("b.png".into(), [2; 32])));
         assert!(s.is_uniform());
-        s.push(&[3; 18], 2, 3, 2, Some("c.png".into()));
+        s.push(&[3; 18], 2, 3, 2, Some(("c.png".into(), [3; 32])));
         assert!(!s.is_uniform());
         assert_eq!((s.size(1), s.size(2)), ((2, 2), (2, 3)));
         assert_eq!(s.image(1), &[2; 12]);
