@@ -149,7 +149,7 @@ fn sqlx_unavailable(e: &sqlx::Error) -> bool {
 
 /// A database error code that says the database, not the query, failed:
 /// PostgreSQL's five-character SQLSTATEs, SQLite's (extended) result codes.
-pub(crate) fn unavailable_code(code: &str) -> bool {
+fn unavailable_code(code: &str) -> bool {
     if code.len() == 5 {
         // 08: connection exception; 57P01-57P03: admin shutdown, crash shutdown,
         // cannot connect now (starting up); 53300: too many connections; 40001

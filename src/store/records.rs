@@ -142,7 +142,10 @@ impl Store {
         self.record_stop(lease, latest, Status::Cancelled).await
     }
 
-    async fn record_stop(&self, lease: &Lease, latest: Option<&CheckpointRecord>, status: Status) -> Result<()> {
+    /// Marks a run `status` (interrupted or cancelled), recording its
+    /// mid-epoch checkpoint if one was saved.
+    pub async fn record_stop(&self, lease: &Lease, latest: Option<&CheckpointRecord>, status: Status) -> Result<()> {
+        debug_assert!(matches!(status, Status::Interrupted | Status::Cancelled));
         let e = self.sql();
         let run_id = lease.run_id;
         let mut tx = self.held_tx(lease).await?;

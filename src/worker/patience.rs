@@ -197,7 +197,7 @@ impl<'a> Patience<'a> {
         .await
     }
 
-    /// [`Store::record_interrupt`] or [`Store::record_cancel`], likewise.
+    /// [`Store::record_stop`], likewise.
     pub(super) async fn record_stop(
         &self,
         lease: &Lease,
@@ -207,13 +207,7 @@ impl<'a> Patience<'a> {
         let s = self.store;
         self.write(
             "recording where the run stopped",
-            || async move {
-                if status == Status::Cancelled {
-                    s.record_cancel(lease, latest).await
-                } else {
-                    s.record_interrupt(lease, latest).await
-                }
-            },
+            || s.record_stop(lease, latest, status),
             || async move { Ok(s.ended_as(lease, status).await?.then_some(())) },
         )
         .await
