@@ -138,6 +138,13 @@ pub fn eval(
 
     let (spec, classes) = ModelSpec::for_weights(model, weights).map_err(anyhow::Error::msg)?;
     let ds = data::load(&ds_spec)?;
+    if !ds.skipped.is_empty() {
+        eprintln!(
+            "note: {} unreadable image(s) left out (`skip_unreadable`): {}",
+            ds.skipped.len(),
+            data::folder::name_some(&ds.skipped)
+        );
+    }
     if ds.classes.len() != classes {
         bail!("{}: the head has {classes} classes, the dataset {}", weights.display(), ds.classes.len());
     }

@@ -525,6 +525,13 @@ fn load_dataset(spec: &crate::spec::DatasetSpec) -> Result<Loaded, data::DataErr
         t.elapsed().as_secs_f64(),
         &fingerprint[..12]
     );
+    if !d.skipped.is_empty() {
+        tracing::warn!(
+            "dataset {name}: {} unreadable image(s) left out (`skip_unreadable`): {}",
+            d.skipped.len(),
+            data::folder::name_some(&d.skipped)
+        );
+    }
     Ok(Loaded { data: Arc::new(d), fingerprint })
 }
 
@@ -698,6 +705,16 @@ async fn execute(
         eprintln!("{start}: run {i} of {n}{}", place.queue);
     }
     log.line(&format!("{start} on {} by worker {worker}", device_label(device)));
+    if !dataset.skipped.is_empty() {
+        // Every one of them, so that the log says exactly what the run did not see.
+        log.line(&format!(
+            "  {} unreadable image(s) left out of the dataset (`skip_unreadable`):",
+            dataset.skipped.len()
+        ));
+        for s in &dataset.skipped {
+            log.line(&format!("    {s}"));
+        }
+    }
 
     let progress = Arc::new(Progress::default());
     let cancel = Arc::new(AtomicBool::new(false));

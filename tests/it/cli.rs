@@ -520,6 +520,16 @@ fn an_image_that_does_not_decode_fails_its_run_naming_the_file() {
     assert_eq!(err, err.trim_end(), "{err:?}");
     assert!(!stderr(&out).contains("\\n"), "{}", stderr(&out));
     assert_eq!(rows.iter().filter(|r| r.status == Status::Done).count(), 1, "{rows:?}");
+
+    // `skip_unreadable`: the run trains without it, and its log names it.
+    let text = std::fs::read_to_string(&bad_file).unwrap().replace("\" }", "\", skip_unreadable = true }");
+    std::fs::write(&bad_file, text).unwrap();
+    let out = run(&home, &["-q", "submit", bad_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = runs(&home);
+    let skipped = rows.iter().find(|r| r.status == Status::Done && r.config_json.contains("skip_unreadable")).unwrap();
+    let log = stdout(&run(&home, &["logs", &skipped.key]));
+    assert!(log.contains("1 unreadable image(s) left out") && log.contains("train/b/9.jpg: cannot decode"), "{log}");
 }
 
 /// A file that asks for a GPU this build cannot use is refused before anything

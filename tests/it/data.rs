@@ -378,9 +378,9 @@ fn image_folders_read_from_a_folder_a_tar_and_a_tar_gz_alike() {
     }
     std::fs::write(dir.path().join("imgs.tar"), targz(&files, false)).unwrap();
     std::fs::write(dir.path().join("imgs.tar.gz"), targz(&files, true)).unwrap();
-    let a = folder::load(&dir.path().join("tree/imgs"), None, 0).unwrap();
-    let b = folder::load(&dir.path().join("imgs.tar"), None, 0).unwrap();
-    let c = folder::load(&dir.path().join("imgs.tar.gz"), None, 0).unwrap();
+    let a = folder::load(&dir.path().join("tree/imgs"), None, 0, false).unwrap();
+    let b = folder::load(&dir.path().join("imgs.tar"), None, 0, false).unwrap();
+    let c = folder::load(&dir.path().join("imgs.tar.gz"), None, 0, false).unwrap();
     // Classes sorted as torchvision assigns them.
     assert_eq!(a.classes, vec!["apple", "mango", "zebra"]);
     assert_eq!((a.train.len(), a.test.len()), (9, 6));
@@ -400,6 +400,91 @@ fn image_folders_read_from_a_folder_a_tar_and_a_tar_gz_alike() {
     assert!(a.train.image(j)[64..128].iter().all(|&v| v.abs_diff(128) <= 3));
 }
 
+/// Every lossless format of torchvision's `IMG_EXTENSIONS` besides PNG (BMP in RGB and with a
+/// palette, PPM, PGM, TIFF plain, LZW-compressed, grey and with alpha, WebP lossless with and
+/// without alpha) decodes to the pixels torchvision's loader gives (`PIL.Image.convert("RGB")`,
+/// `scripts/image_fixtures.py`), extensions in any case.
+#[test]
+fn every_torchvision_image_format_decodes_to_pils_pixels() {
+    #[derive(Deserialize)]
+    struct Want {
+        height: usize,
+        width: usize,
+        hwc: String,
+    }
+    let root = fixtures().join("data/formats");
+    let want: HashMap<String, Want> =
+        serde_json::from_str(&std::fs::read_to_string(root.join("expected.json")).unwrap()).unwrap();
+    let d = folder::load(&root, None, 0, false).unwrap();
+    assert_eq!(d.classes, vec!["cat", "dog"]);
+    assert_eq!((d.train.len(), d.test.len()), (6, 4));
+    let mut seen = 0;
+    for split in [&d.train, &d.test] {
+        for i in 0..split.len() {
+            let file = split.source(i);
+            let rel = file.strip_prefix(&format!("{}/", root.display())).unwrap();
+            let w = &want[rel];
+            assert_eq!(split.size(i), (w.height, w.width), "{rel}");
+            let plane = w.height * w.width;
+            let img = split.image(i);
+            let hwc: Vec<u8> = (0..plane).flat_map(|p| (0..3).map(move |c| img[c * plane + p])).collect();
+            let want: Vec<u8> =
+                (0..w.hwc.len()).step_by(2).map(|k| u8::from_str_radix(&w.hwc[k..k + 2], 16).unwrap()).collect();
+            assert_eq!(hwc, want, "{rel}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, want.len());
+}
+
+/// Unreadable images are named all at once (so one pass fixes them), and `skip_unreadable`
+/// leaves them out, listed in `Dataset::skipped`; a class left without any image is an error
+/// even then.
+#[test]
+fn unreadable_images_are_named_together_or_left_out_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pics");
+    for split in ["train", "test"] {
+        for (c, class) in ["cat", "dog"].iter().enumerate() {
+            std::fs::create_dir_all(root.join(split).join(class)).unwrap();
+            for i in 0..3u8 {
+                std::fs::write(root.join(format!("{split}/{class}/{i}.png")), png(6, 6, c as u8 * 10 + i)).unwrap();
+            }
+        }
+    }
+    let good = folder::load(&root, None, 0, false).unwrap();
+    std::fs::write(root.join("train/cat/empty.jpg"), b"").unwrap();
+    std::fs::write(root.join("test/dog/cut.png"), &png(6, 6, 1)[..40]).unwrap();
+    std::fs::write(root.join("train/dog/x.webp"), b"RIFF\x10\0\0\0WEBPVP8 broken").unwrap();
+    let err = folder::load(&root, None, 0, false).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.path, root, "{msg}");
+    for part in ["3 of its 15 images cannot be read", "test/dog/cut.png", "train/cat/empty.jpg", "train/dog/x.webp"] {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+    assert!(msg.contains("skip_unreadable = true") && !msg.contains('\n'), "{msg}");
+
+    let d = folder::load(&root, None, 0, true).unwrap();
+    assert_eq!(d.skipped.len(), 3, "{:?}", d.skipped);
+    assert!(d.skipped[0].starts_with("test/dog/cut.png: "), "{:?}", d.skipped);
+    assert_eq!((&d.train.images, &d.test.images), (&good.train.images, &good.test.images));
+    assert_eq!(d.fingerprint(), good.fingerprint(), "the images left out are not part of the data");
+
+    // One image: its own path, and the way out.
+    for f in ["train/cat/empty.jpg", "train/dog/x.webp"] {
+        std::fs::remove_file(root.join(f)).unwrap();
+    }
+    let err = folder::load(&root, None, 0, false).unwrap_err();
+    assert!(err.path.ends_with("test/dog/cut.png") && err.to_string().contains("skip_unreadable"), "{err}");
+
+    // A class folder whose every image is unreadable.
+    for i in 0..3 {
+        std::fs::write(root.join(format!("test/cat/{i}.png")), b"nope").unwrap();
+    }
+    let err = folder::load(&root, None, 0, true).unwrap_err();
+    assert!(err.path.ends_with("test/cat") && err.to_string().contains("can be read"), "{err}");
+}
+
 #[test]
 fn a_single_tree_is_split_by_seed_and_bad_folders_are_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -410,14 +495,14 @@ fn a_single_tree_is_split_by_seed_and_bad_folders_are_named() {
             std::fs::write(root.join(class).join(format!("{i}.png")), png(6 + i % 2, 6, c as u8)).unwrap();
         }
     }
-    let err = folder::load(&root, None, 0).unwrap_err().to_string();
+    let err = folder::load(&root, None, 0, false).unwrap_err().to_string();
     assert!(err.contains("test_split"), "{err}");
-    let a = folder::load(&root, Some(0.2), 0).unwrap();
+    let a = folder::load(&root, Some(0.2), 0, false).unwrap();
     assert_eq!((a.train.len(), a.test.len()), (16, 4));
     assert_eq!(a.test.labels.iter().filter(|&&l| l == 0).count(), 2, "stratified");
-    let b = folder::load(&root, Some(0.2), 1).unwrap();
+    let b = folder::load(&root, Some(0.2), 1, false).unwrap();
     assert_ne!(a.test.files, b.test.files, "another data_seed holds out other images");
-    assert_eq!(folder::load(&root, Some(0.2), 0).unwrap().test.files, a.test.files);
+    assert_eq!(folder::load(&root, Some(0.2), 0, false).unwrap().test.files, a.test.files);
     // Mixed sizes without a resize: named.
     assert!(!a.train.is_uniform());
     let err = augment::split_output_size(&[], &a.train).unwrap_err();
@@ -427,15 +512,15 @@ fn a_single_tree_is_split_by_seed_and_bad_folders_are_named() {
 
     // An unreadable image.
     std::fs::write(root.join("dog/broken.png"), b"\x89PNG not really").unwrap();
-    let err = folder::load(&root, Some(0.2), 0).unwrap_err();
+    let err = folder::load(&root, Some(0.2), 0, false).unwrap_err();
     assert!(err.path.ends_with("dog/broken.png"), "{err}");
     std::fs::remove_file(root.join("dog/broken.png")).unwrap();
     // An empty class folder.
     std::fs::create_dir_all(root.join("emu")).unwrap();
-    let err = folder::load(&root, Some(0.2), 0).unwrap_err();
+    let err = folder::load(&root, Some(0.2), 0, false).unwrap_err();
     assert!(err.path.ends_with("emu") && err.to_string().contains("empty class folder"), "{err}");
     // Nothing at all.
-    let err = folder::load(&dir.path().join("missing.tar.gz"), None, 0).unwrap_err();
+    let err = folder::load(&dir.path().join("missing.tar.gz"), None, 0, false).unwrap_err();
     assert!(err.to_string().contains("no such"), "{err}");
 }
 
@@ -490,7 +575,7 @@ fn an_archive_member_larger_than_the_archive_is_an_error() {
     let mut bytes = header.as_bytes().to_vec();
     bytes.extend_from_slice(&[0u8; 1024]);
     std::fs::write(&path, &bytes).unwrap();
-    let err = folder::load(&path, None, 0).unwrap_err();
+    let err = folder::load(&path, None, 0, false).unwrap_err();
     assert!(err.path.ends_with("hostile.tar"), "{err}");
     let text = err.to_string();
     assert!(text.contains("train/cat/a.png") && text.contains("35184372088832 bytes"), "{text}");

@@ -28,12 +28,24 @@ pub struct DatasetSpec {
     /// folder with a single `<class>/` tree: the share of each class held out as test.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_split: Option<f64>,
+    /// folder: leave out the images that cannot be read or decoded (each
+    /// named in the run's log) instead of failing the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_unreadable: bool,
 }
 
 impl Eq for DatasetSpec {}
 impl std::hash::Hash for DatasetSpec {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        (self.name, &self.path, self.train_size, self.test_size, self.data_seed, self.test_split.map(f64::to_bits))
+        (
+            self.name,
+            &self.path,
+            self.train_size,
+            self.test_size,
+            self.data_seed,
+            self.test_split.map(f64::to_bits),
+            self.skip_unreadable,
+        )
             .hash(h);
     }
 }
@@ -55,7 +67,15 @@ pub enum DatasetName {
 impl DatasetSpec {
     /// A dataset given by name only, with every other field at its default.
     pub fn named(name: DatasetName) -> Self {
-        DatasetSpec { name, path: None, train_size: None, test_size: None, data_seed: None, test_split: None }
+        DatasetSpec {
+            name,
+            path: None,
+            train_size: None,
+            test_size: None,
+            data_seed: None,
+            test_split: None,
+            skip_unreadable: false,
+        }
     }
 }
 
@@ -71,6 +91,7 @@ impl<'de> Deserialize<'de> for DatasetSpec {
             test_size: Option<usize>,
             data_seed: Option<u64>,
             test_split: Option<f64>,
+            skip_unreadable: Option<bool>,
         }
         let r = Repr::deserialize(d)?;
         let (name, path) = match (r.name, r.folder, r.path) {
@@ -88,6 +109,7 @@ impl<'de> Deserialize<'de> for DatasetSpec {
             test_size: r.test_size,
             data_seed: r.data_seed,
             test_split: r.test_split,
+            skip_unreadable: r.skip_unreadable.unwrap_or(false),
         })
     }
 }

@@ -543,7 +543,7 @@ fn misplaced(key: &str) -> Option<String> {
         | "amsgrad" | "clip_grad_norm" | "decay_bn_bias" => table("optimizer"),
         "milestones" | "gamma" | "factors" | "step_size" | "t_max" | "eta_min" | "max_lr" => table("schedule"),
         "seed" | "seeds" => SEEDS.to_owned(),
-        "train_size" | "test_size" | "data_seed" | "test_split" => {
+        "train_size" | "test_size" | "data_seed" | "test_split" | "skip_unreadable" => {
             format!("belongs to the dataset: `dataset = {{ name = \"...\", {key} = ... }}` at the top of the file")
         }
         "metric" | "device" | "description" => {

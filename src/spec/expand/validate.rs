@@ -301,6 +301,9 @@ pub(super) fn resolve_dataset(src: &Source, mut ds: DatasetSpec, errors: &mut Ve
     if ds.name != DatasetName::Folder && ds.test_split.is_some() {
         bad("test_split", "`test_split` is only for an image folder with a single <class>/ tree");
     }
+    if ds.name != DatasetName::Folder && ds.skip_unreadable {
+        bad("skip_unreadable", "`skip_unreadable` is only for an image folder: `dataset = { folder = \"PATH\", ... }`");
+    }
     if let Some(t) = ds.test_split {
         if !(t > 0.0 && t < 1.0) {
             bad("test_split", &format!("must be in (0, 1), found {t}"));

@@ -56,7 +56,7 @@ mod tests {
         train.push(&[2; 12], 2, 2, 1, Some(("b/0.png".into(), [2; 32])));
         let mut test = Split::default();
         test.push(&[3; 12], 2, 2, 1, Some(("b/1.png".into(), [3; 32])));
-        Dataset { train, test, classes: vec!["a".into(), "b".into()] }
+        Dataset { train, test, classes: vec!["a".into(), "b".into()], skipped: Vec::new() }
     }
 
     #[test]

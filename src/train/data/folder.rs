@@ -5,10 +5,13 @@
 //! each class held out as test (seeded by `data_seed`). Class labels are the
 //! class folder names in sorted order, as torchvision assigns them. `root` may
 //! be a folder, a `.tar`, or a `.tar.gz`/`.tgz` of that layout (one enclosing
-//! folder, as archives usually have, is skipped). JPEG and PNG files are
-//! decoded (in parallel) to RGB once, at load; other files and hidden files
-//! are ignored, as are folders nested below the class folder's images
-//! (they count towards their class, as `ImageFolder` walks them too).
+//! folder, as archives usually have, is skipped). The files of torchvision's
+//! `IMG_EXTENSIONS` (JPEG, PNG, PPM, PGM, BMP, TIFF, WebP) are decoded (in
+//! parallel) to RGB once, at load; other files and hidden files are ignored;
+//! folders nested below a class folder count towards their class, as
+//! `ImageFolder` walks them too. An image that cannot be read or decoded fails
+//! the load, naming every such file at once, unless `skip_unreadable` leaves
+//! them out (each named in [`Dataset::skipped`]).
 
 use super::{DataError, Dataset, Split};
 use crate::train::rng::{stream, Rng};
@@ -18,8 +21,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// The image extensions read (lower case).
-pub const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+/// The image extensions read (lower case): torchvision's `IMG_EXTENSIONS`.
+pub const EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp"];
+
+/// How [`EXTENSIONS`] reads in a message.
+const KINDS: &str = ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff or .webp";
+
+/// How many unreadable images a message names before it says how many more.
+const NAMED: usize = 10;
 
 enum Bytes {
     File(PathBuf),
@@ -42,8 +51,10 @@ fn is_archive(path: &Path) -> bool {
     n.ends_with(".tar") || n.ends_with(".tar.gz") || n.ends_with(".tgz")
 }
 
-/// Loads an image folder (or archive) at `root`.
-pub fn load(root: &Path, test_split: Option<f64>, seed: u64) -> Result<Dataset, DataError> {
+/// Loads an image folder (or archive) at `root`. With `skip_unreadable`, the
+/// images that cannot be read or decoded are left out (and listed in
+/// [`Dataset::skipped`]) instead of failing the load.
+pub fn load(root: &Path, test_split: Option<f64>, seed: u64, skip_unreadable: bool) -> Result<Dataset, DataError> {
     let (entries, dirs) = if root.is_file() && is_archive(root) {
         read_archive(root)?
     } else if root.is_dir() {
@@ -53,7 +64,7 @@ pub fn load(root: &Path, test_split: Option<f64>, seed: u64) -> Result<Dataset, 
     } else {
         return Err(DataError::new(root, "no such folder or archive"));
     };
-    build(root, &entries, &dirs, test_split, seed)
+    build(root, &entries, &dirs, test_split, seed, skip_unreadable)
 }
 
 fn walk(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
@@ -145,7 +156,7 @@ fn read_archive(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), Data
     Ok((entries, dirs))
 }
 
-/// Decodes JPEG or PNG bytes into RGB CHW.
+/// Decodes an image file's bytes (any of [`EXTENSIONS`]) into RGB CHW.
 pub fn decode(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
     let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode the image: {e}"))?.to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -167,11 +178,12 @@ fn build(
     dirs: &BTreeSet<Vec<String>>,
     test_split: Option<f64>,
     seed: u64,
+    skip_unreadable: bool,
 ) -> Result<Dataset, DataError> {
     if entries.is_empty() {
         return Err(DataError::new(
             root,
-            "holds no .jpg/.jpeg/.png images; expected train/<class>/*.jpg and test/<class>/*.jpg, or <class>/*.jpg",
+            format!("holds no images ({KINDS}); expected train/<class>/*.jpg and test/<class>/*.jpg, or <class>/*.jpg"),
         ));
     }
     // Skip the folders every image shares (an archive's enclosing folder).
@@ -230,19 +242,24 @@ fn build(
     let classes: Vec<String> = train_classes.iter().cloned().collect();
     let checks: &[(u8, &BTreeSet<String>)] =
         if split_layout { &[(0, &train_classes), (1, &test_classes)] } else { &[(2, &train_classes)] };
-    for &(split, names) in checks {
-        for name in names {
-            if !keys.iter().any(|(s, c)| *s == split && c == name) {
-                let mut p = root.join(prefix.join("/"));
-                if split == 0 {
-                    p = p.join("train");
-                } else if split == 1 {
-                    p = p.join("test");
+    // A class folder without an image, among the entries `kept`.
+    let empty_class = |kept: &dyn Fn(usize) -> bool, why: &str| -> Result<(), DataError> {
+        for &(split, names) in checks {
+            for name in names {
+                if !keys.iter().enumerate().any(|(i, (s, c))| *s == split && c == name && kept(i)) {
+                    let mut p = root.join(prefix.join("/"));
+                    if split == 0 {
+                        p = p.join("train");
+                    } else if split == 1 {
+                        p = p.join("test");
+                    }
+                    return Err(DataError::new(p.join(name), why));
                 }
-                return Err(DataError::new(p.join(name), "empty class folder: it holds no .jpg/.jpeg/.png image"));
             }
         }
-    }
+        Ok(())
+    };
+    empty_class(&|_| true, &format!("empty class folder: it holds no image ({KINDS})"))?;
     if split_layout {
         if let Some(c) = test_classes.iter().find(|c| !train_classes.contains(*c)) {
             return Err(DataError::new(
@@ -270,25 +287,52 @@ fn build(
     // Decode everything in parallel, in the sorted order of the paths.
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by(|&a, &b| entries[a].parts.cmp(&entries[b].parts));
-    type Decoded = Result<(Vec<u8>, usize, usize, [u8; 32]), DataError>;
+    type Decoded = Result<(Vec<u8>, usize, usize, [u8; 32]), String>;
     let decoded: Vec<Decoded> = order
         .par_iter()
         .map(|&i| {
             let e = &entries[i];
             let bytes = match &e.bytes {
                 Bytes::Inline(b) => std::borrow::Cow::Borrowed(b),
-                Bytes::File(p) => std::borrow::Cow::Owned(
-                    std::fs::read(p).map_err(|err| DataError::new(p, format!("cannot read: {err}")))?,
-                ),
+                Bytes::File(p) => {
+                    std::borrow::Cow::Owned(std::fs::read(p).map_err(|err| format!("cannot read: {err}"))?)
+                }
             };
             let digest: [u8; 32] = sha2::Sha256::digest(&*bytes).into();
-            let (chw, h, w) = decode(&bytes).map_err(|d| DataError::new(display(e), d))?;
+            let (chw, h, w) = decode(&bytes)?;
             Ok((chw, h, w, digest))
         })
         .collect();
+    let unreadable: Vec<(usize, String)> = order
+        .iter()
+        .zip(&decoded)
+        .filter_map(|(&i, d)| d.as_ref().err().map(|why| (i, why.trim_end().to_owned())))
+        .collect();
+    let skipped: Vec<String> =
+        unreadable.iter().map(|(i, why)| format!("{}: {why}", entries[*i].parts[skip..].join("/"))).collect();
+    if !unreadable.is_empty() {
+        const FIX: &str = "remove or replace them, or set `skip_unreadable = true` in the dataset to leave out the \
+                           images that cannot be read";
+        if !skip_unreadable {
+            return Err(match &unreadable[..] {
+                [(i, why)] => DataError::new(display(&entries[*i]), format!("{why}; {}", FIX.replace("them", "it"))),
+                _ => DataError::new(
+                    root,
+                    format!(
+                        "{} of its {} images cannot be read: {}; {FIX}",
+                        unreadable.len(),
+                        entries.len(),
+                        name_some(&skipped)
+                    ),
+                ),
+            });
+        }
+        let bad: BTreeSet<usize> = unreadable.iter().map(|(i, _)| *i).collect();
+        empty_class(&|i| !bad.contains(&i), "no image of this class folder can be read (`skip_unreadable`)")?;
+    }
     let mut splits = [Split::default(), Split::default(), Split::default()];
     for (&i, d) in order.iter().zip(decoded) {
-        let (chw, h, w, digest) = d?;
+        let Ok((chw, h, w, digest)) = d else { continue };
         let (s, class) = &keys[i];
         let label = class_of[class.as_str()];
         splits[*s as usize].push(&chw, h, w, label, Some((display(&entries[i]), digest)));
@@ -314,5 +358,14 @@ fn build(
         test_idx.sort_unstable();
         (tree.select(&train_idx), tree.select(&test_idx))
     };
-    Ok(Dataset { train, test, classes })
+    Ok(Dataset { train, test, classes, skipped })
+}
+
+/// The first ten of `items`, `; `-separated, and how many more there are.
+pub fn name_some(items: &[String]) -> String {
+    let mut out = items.iter().take(NAMED).cloned().collect::<Vec<_>>().join("; ");
+    if items.len() > NAMED {
+        out = format!("{out} and {} more", items.len() - NAMED);
+    }
+    out
 }

@@ -8,7 +8,8 @@
 //!   checked against the published md5.
 //! * [`folder`]: torchvision's `ImageFolder` layout (`train/<class>/*.jpg`,
 //!   `test/<class>/*.png`, or one tree and a seeded test share), from a folder,
-//!   a `.tar` or a `.tar.gz`; JPEG and PNG of any size.
+//!   a `.tar` or a `.tar.gz`; JPEG, PNG, PPM, PGM, BMP, TIFF and WebP of any size
+//!   (torchvision's extensions).
 //!
 //! Every image is decoded once, when the dataset is loaded; the worker keeps
 //! loaded datasets for the whole sweep, so no epoch decodes anything. Errors
@@ -181,6 +182,9 @@ pub struct Dataset {
     pub test: Split,
     /// Class names, indexed by label.
     pub classes: Vec<String>,
+    /// The images left out because they cannot be read or decoded, as
+    /// `path: why` relative to the folder (`skip_unreadable`; else empty).
+    pub skipped: Vec<String>,
 }
 
 /// Loads (or generates) a dataset.
@@ -198,7 +202,12 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
         }
         DatasetName::Folder => {
             let path = spec.path.as_deref().unwrap_or_default();
-            folder::load(std::path::Path::new(path), spec.test_split, spec.data_seed.unwrap_or(0))?
+            folder::load(
+                std::path::Path::new(path),
+                spec.test_split,
+                spec.data_seed.unwrap_or(0),
+                spec.skip_unreadable,
+            )?
         }
     };
     // CIFAR's files are in random order, so their first N images are a fair

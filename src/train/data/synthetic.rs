@@ -29,6 +29,7 @@ pub fn synthetic(train: usize, test: usize, seed: u64) -> Dataset {
         train: split(train, 0),
         test: split(test, 1),
         classes: SYNTHETIC_CLASSES.iter().map(std::string::ToString::to_string).collect(),
+        skipped: Vec::new(),
     }
 }
 

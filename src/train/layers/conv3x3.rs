@@ -203,7 +203,7 @@ fn tile_fwd<const W: usize>(
 /// where `dyp` starts at position `q0` of the first channel's plane and `xrow`
 /// at tap (ky, 0) of position `q0`'s centre in one input plane.
 fn tile_dw<const R: usize>(dyp: &[f32], xrow: &[f32], plane: usize, len: usize, acc: &mut [f32], fast: bool) {
-    assert!(len % 8 == 0 && (R - 1) * plane + len <= dyp.len() && len + 2 <= xrow.len() && acc.len() == R * 3);
+    assert!(len.is_multiple_of(8) && (R - 1) * plane + len <= dyp.len() && len + 2 <= xrow.len() && acc.len() == R * 3);
     #[cfg(target_arch = "x86_64")]
     if fast {
         // SAFETY: as in `tile_fwd`: AVX2 and FMA present, bounds asserted above.
