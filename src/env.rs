@@ -72,6 +72,12 @@ pub const MAX_WORKER_DEATHS: Var = Var {
     help: "a run whose worker died this many times (kill -9, abort, OOM killer) is failed, not resumed (default 3)",
 };
 
+/// The most memory a decoded image folder may take.
+pub const DATA_MEMORY: Var = Var {
+    name: "SWEEP_DATA_MEMORY",
+    help: "the most memory an image folder's decoded images may take, e.g. 8G (default 3/4 of what the process may still use: MemAvailable, or its cgroup's limit)",
+};
+
 /// The kernels of the CUDA path.
 pub const GPU_KERNELS: Var = Var {
     name: "SWEEP_GPU_KERNELS",
@@ -85,7 +91,7 @@ pub const CPU_CONV: Var = Var {
 };
 
 /// Every variable the binary reads, in the order `sweep --help` lists them.
-pub const ALL: [Var; 14] = [
+pub const ALL: [Var; 15] = [
     HOME,
     STORE,
     ARTIFACTS,
@@ -100,6 +106,7 @@ pub const ALL: [Var; 14] = [
     DATA_URL,
     WEIGHTS_URL,
     LOADER_THREADS,
+    DATA_MEMORY,
 ];
 
 impl Var {

@@ -23,6 +23,7 @@
 //! * [`estimate`]: how long runs will take (history or a timed probe).
 //! * [`artifacts`]: where checkpoint files are kept (the home, a folder, an S3 bucket).
 //! * [`export`]: the same views in other tools' formats (TensorBoard, MLflow).
+//! * [`memory`]: how much memory the process may still take (`MemAvailable`, cgroup limits).
 //!
 //! The command-line front end (`src/main.rs`, `src/cli.rs`, `src/commands/`) is a
 //! thin layer over these. See ARCHITECTURE.md for the decisions behind them.
@@ -34,6 +35,7 @@ pub mod env;
 pub mod estimate;
 pub mod export;
 pub mod fetch;
+pub mod memory;
 pub mod process;
 pub mod record;
 pub mod report;

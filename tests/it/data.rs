@@ -485,6 +485,56 @@ fn unreadable_images_are_named_together_or_left_out_when_asked() {
     assert!(err.path.ends_with("test/cat") && err.to_string().contains("can be read"), "{err}");
 }
 
+/// The images a single tree holds out as test, for data seed 0: what every earlier version
+/// chose (a run resumed across versions must see the same split), from the per-class seeded
+/// shuffle alone.
+#[test]
+fn a_single_trees_split_is_the_one_earlier_versions_chose() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    for (c, class) in ["cat", "dog", "emu"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..(7 + c as u32) {
+            std::fs::write(root.join(class).join(format!("{i}.png")), png(4, 4, c as u8)).unwrap();
+        }
+    }
+    let d = folder::load(&root, Some(0.3), 0, false).unwrap();
+    let names = |s: &Split| -> Vec<String> {
+        (0..s.len()).map(|i| s.source(i).rsplit('/').take(2).collect::<Vec<_>>().join("<")).collect()
+    };
+    let want = ["0.png<cat", "6.png<cat", "2.png<dog", "3.png<dog", "3.png<emu", "5.png<emu", "7.png<emu"];
+    assert_eq!(names(&d.test), want);
+    assert_eq!((d.train.len(), d.test.len()), (17, 7));
+    assert_eq!(d.train.labels.iter().filter(|&&l| l == 2).count(), 6);
+}
+
+/// A folder whose decoded images pass the memory budget stops decoding and fails naming what
+/// all of it would take, instead of being killed for memory; within the budget it loads.
+#[test]
+fn a_folder_too_big_for_the_memory_budget_is_refused_with_what_it_would_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pics");
+    for split in ["train", "test"] {
+        for class in ["a", "b"] {
+            std::fs::create_dir_all(root.join(split).join(class)).unwrap();
+            for i in 0..50u8 {
+                std::fs::write(root.join(format!("{split}/{class}/{i}.png")), png(32, 32, i)).unwrap();
+            }
+        }
+    }
+    // 200 images of 3 KiB each: 600 KiB decoded.
+    let all = folder::load_within(&root, None, 0, false, Some(600 << 10)).unwrap();
+    assert_eq!(all.train.len() + all.test.len(), 200);
+    let err = folder::load_within(&root, None, 0, false, Some(100 << 10)).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.path, root);
+    for part in ["do not fit in memory", "of the 100.0 KiB it may use", "about 600.0 KiB for all", "SWEEP_DATA_MEMORY"]
+    {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+    assert!(folder::load_within(&root, None, 0, true, Some(100 << 10)).is_err(), "not an unreadable image");
+}
+
 #[test]
 fn a_single_tree_is_split_by_seed_and_bad_folders_are_named() {
     let dir = tempfile::tempdir().unwrap();

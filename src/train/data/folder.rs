@@ -54,7 +54,36 @@ fn is_archive(path: &Path) -> bool {
 /// Loads an image folder (or archive) at `root`. With `skip_unreadable`, the
 /// images that cannot be read or decoded are left out (and listed in
 /// [`Dataset::skipped`]) instead of failing the load.
+///
+/// The decoded images may take [`memory_budget`]: past it the load stops with
+/// an error that says how much the whole folder would need.
 pub fn load(root: &Path, test_split: Option<f64>, seed: u64, skip_unreadable: bool) -> Result<Dataset, DataError> {
+    load_within(root, test_split, seed, skip_unreadable, memory_budget())
+}
+
+/// The most memory a folder's decoded images may take: `SWEEP_DATA_MEMORY`,
+/// else 3/4 of what this process may still use ([`crate::memory::available`]),
+/// else no limit.
+pub fn memory_budget() -> Option<u64> {
+    if let Some(text) = crate::env::DATA_MEMORY.get() {
+        match crate::memory::parse_size(&text) {
+            Some(b) => return Some(b),
+            None => {
+                tracing::warn!("{}={text:?} is not a size (e.g. 8G); using the default", crate::env::DATA_MEMORY.name);
+            }
+        }
+    }
+    crate::memory::available().map(|b| b / 4 * 3)
+}
+
+/// [`load`] with the memory budget given (`None`: no limit).
+pub fn load_within(
+    root: &Path,
+    test_split: Option<f64>,
+    seed: u64,
+    skip_unreadable: bool,
+    budget: Option<u64>,
+) -> Result<Dataset, DataError> {
     let (entries, dirs) = if root.is_file() && is_archive(root) {
         read_archive(root)?
     } else if root.is_dir() {
@@ -64,7 +93,7 @@ pub fn load(root: &Path, test_split: Option<f64>, seed: u64, skip_unreadable: bo
     } else {
         return Err(DataError::new(root, "no such folder or archive"));
     };
-    build(root, &entries, &dirs, test_split, seed, skip_unreadable)
+    build(root, &entries, &dirs, (test_split, seed), skip_unreadable, budget)
 }
 
 fn walk(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
@@ -176,9 +205,9 @@ fn build(
     root: &Path,
     entries: &[Entry],
     dirs: &BTreeSet<Vec<String>>,
-    test_split: Option<f64>,
-    seed: u64,
+    (test_split, seed): (Option<f64>, u64),
     skip_unreadable: bool,
+    budget: Option<u64>,
 ) -> Result<Dataset, DataError> {
     if entries.is_empty() {
         return Err(DataError::new(
@@ -284,29 +313,66 @@ fn build(
     }
     let class_of: BTreeMap<&str, u32> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
 
-    // Decode everything in parallel, in the sorted order of the paths.
+    let share = test_split.unwrap_or(0.0);
+    let share_ok = share > 0.0 && share < 1.0;
+    if !split_layout && !share_ok {
+        return Err(DataError::new(root, format!("test_split must be in (0, 1), found {share}")));
+    }
+
+    // Decode everything in parallel, in the sorted order of the paths, while the
+    // decoded images fit in `budget` (with an archive's bytes, already read).
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by(|&a, &b| entries[a].parts.cmp(&entries[b].parts));
-    type Decoded = Result<(Vec<u8>, usize, usize, [u8; 32]), String>;
+    let inline: u64 = entries.iter().map(|e| if let Bytes::Inline(b) = &e.bytes { b.len() as u64 } else { 0 }).sum();
+    let used = std::sync::atomic::AtomicU64::new(inline);
+    let over = |used: u64| budget.is_some_and(|b| used > b);
     let decoded: Vec<Decoded> = order
         .par_iter()
         .map(|&i| {
+            if over(used.load(std::sync::atomic::Ordering::Relaxed)) {
+                return Err(Unread::OverBudget);
+            }
             let e = &entries[i];
             let bytes = match &e.bytes {
                 Bytes::Inline(b) => std::borrow::Cow::Borrowed(b),
-                Bytes::File(p) => {
-                    std::borrow::Cow::Owned(std::fs::read(p).map_err(|err| format!("cannot read: {err}"))?)
-                }
+                Bytes::File(p) => std::borrow::Cow::Owned(
+                    std::fs::read(p).map_err(|err| Unread::Unreadable(format!("cannot read: {err}")))?,
+                ),
             };
             let digest: [u8; 32] = sha2::Sha256::digest(&*bytes).into();
-            let (chw, h, w) = decode(&bytes)?;
+            let (chw, h, w) = decode(&bytes).map_err(Unread::Unreadable)?;
+            used.fetch_add(chw.len() as u64, std::sync::atomic::Ordering::Relaxed);
             Ok((chw, h, w, digest))
         })
         .collect();
+    let used = used.into_inner();
+    if let Some(budget) = budget.filter(|_| over(used)) {
+        let done = decoded.iter().filter(|d| d.is_ok()).count().max(1);
+        let whole = (used - inline) as f64 * entries.len() as f64 / done as f64 + inline as f64;
+        return Err(DataError::new(
+            root,
+            format!(
+                "the decoded images do not fit in memory: sweep keeps a dataset decoded (3 bytes a pixel), and \
+                 {done} of its {} images already took {} of the {} it may use (about {} for all of them); \
+                 shrink the images beforehand (e.g. to 256 pixels on the shorter side, where the augmentation \
+                 resizes them anyway) or use fewer, or raise {} (now {}; the default is 3/4 of the memory this \
+                 process may still use: MemAvailable, or its cgroup's limit)",
+                entries.len(),
+                crate::memory::describe(used),
+                crate::memory::describe(budget),
+                crate::memory::describe(whole as u64),
+                crate::env::DATA_MEMORY.name,
+                crate::env::DATA_MEMORY.get().unwrap_or_else(|| "unset".to_owned()),
+            ),
+        ));
+    }
     let unreadable: Vec<(usize, String)> = order
         .iter()
         .zip(&decoded)
-        .filter_map(|(&i, d)| d.as_ref().err().map(|why| (i, why.trim_end().to_owned())))
+        .filter_map(|(&i, d)| match d {
+            Err(Unread::Unreadable(why)) => Some((i, why.trim_end().to_owned())),
+            _ => None,
+        })
         .collect();
     let skipped: Vec<String> =
         unreadable.iter().map(|(i, why)| format!("{}: {why}", entries[*i].parts[skip..].join("/"))).collect();
@@ -330,36 +396,50 @@ fn build(
         let bad: BTreeSet<usize> = unreadable.iter().map(|(i, _)| *i).collect();
         empty_class(&|i| !bad.contains(&i), "no image of this class folder can be read (`skip_unreadable`)")?;
     }
-    let mut splits = [Split::default(), Split::default(), Split::default()];
-    for (&i, d) in order.iter().zip(decoded) {
-        let Ok((chw, h, w, digest)) = d else { continue };
-        let (s, class) = &keys[i];
-        let label = class_of[class.as_str()];
-        splits[*s as usize].push(&chw, h, w, label, Some((display(&entries[i]), digest)));
-    }
-    let [train, test, tree] = splits;
-    let (train, test) = if split_layout {
-        (train, test)
+
+    // Each image's split: its folder's, or for one tree a seeded share of each class (from the
+    // labels alone, so that no image is copied twice).
+    let kept: Vec<usize> = order.iter().zip(&decoded).filter(|(_, d)| d.is_ok()).map(|(&i, _)| i).collect();
+    let labels: Vec<u32> = kept.iter().map(|&i| class_of[keys[i].1.as_str()]).collect();
+    let split_of: Vec<usize> = if split_layout {
+        kept.iter().map(|&i| usize::from(keys[i].0)).collect()
     } else {
-        let share = test_split.unwrap_or(0.0);
-        if !(share > 0.0 && share < 1.0) {
-            return Err(DataError::new(root, format!("test_split must be in (0, 1), found {share}")));
-        }
-        let mut train_idx = Vec::new();
-        let mut test_idx = Vec::new();
+        let mut to = vec![0; kept.len()];
         for c in 0..classes.len() as u32 {
-            let mut idx: Vec<usize> = (0..tree.len()).filter(|&i| tree.labels[i] == c).collect();
+            let mut idx: Vec<usize> = (0..kept.len()).filter(|&k| labels[k] == c).collect();
             Rng::derive(&[stream::DATA, seed, 0x7e57, u64::from(c)]).shuffle(&mut idx);
             let n_test = ((idx.len() as f64 * share).round() as usize).clamp(1, idx.len().saturating_sub(1).max(1));
-            test_idx.extend_from_slice(&idx[..n_test.min(idx.len())]);
-            train_idx.extend_from_slice(&idx[n_test.min(idx.len())..]);
+            for &k in &idx[..n_test.min(idx.len())] {
+                to[k] = 1;
+            }
         }
-        train_idx.sort_unstable();
-        test_idx.sort_unstable();
-        (tree.select(&train_idx), tree.select(&test_idx))
+        to
     };
+    let mut splits = [Split::default(), Split::default()];
+    let mut sizes = [0usize; 2];
+    for (d, &s) in decoded.iter().filter_map(|d| d.as_ref().ok()).zip(&split_of) {
+        sizes[s] += d.0.len();
+    }
+    for (split, size) in splits.iter_mut().zip(sizes) {
+        split.images.reserve_exact(size);
+    }
+    let ok = decoded.into_iter().filter_map(Result::ok);
+    for (((chw, h, w, digest), &i), (&s, &label)) in ok.zip(&kept).zip(split_of.iter().zip(&labels)) {
+        splits[s].push(&chw, h, w, label, Some((display(&entries[i]), digest)));
+    }
+    let [train, test] = splits;
     Ok(Dataset { train, test, classes, skipped })
 }
+
+/// Why an image is not in the decoded dataset.
+enum Unread {
+    /// It cannot be read or decoded (the reason).
+    Unreadable(String),
+    /// The images decoded before it already filled the memory budget.
+    OverBudget,
+}
+
+type Decoded = Result<(Vec<u8>, usize, usize, [u8; 32]), Unread>;
 
 /// The first ten of `items`, `; `-separated, and how many more there are.
 pub fn name_some(items: &[String]) -> String {
