@@ -535,6 +535,56 @@ fn a_folder_too_big_for_the_memory_budget_is_refused_with_what_it_would_need() {
     assert!(folder::load_within(&root, None, 0, true, Some(100 << 10)).is_err(), "not an unreadable image");
 }
 
+/// Split folders are found by Hugging Face's split keywords in any case: a validation folder is
+/// the test split where there is no test folder, and beside one it is not read at all.
+#[test]
+fn a_val_folder_is_the_test_split_where_there_is_no_test_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = |root: &Path, splits: &[&str]| {
+        for (k, split) in splits.iter().enumerate() {
+            for (c, class) in ["a", "b"].iter().enumerate() {
+                std::fs::create_dir_all(root.join(split).join(class)).unwrap();
+                for i in 0..2u8 {
+                    let seed = (k as u8).min(1) * 100 + c as u8 * 10 + i;
+                    std::fs::write(root.join(format!("{split}/{class}/{i}.png")), png(4, 4, seed)).unwrap();
+                }
+            }
+        }
+    };
+    let reference = dir.path().join("reference");
+    make(&reference, &["train", "test"]);
+    let want = folder::load(&reference, None, 0, false).unwrap();
+    for (name, splits) in
+        [("val", &["train", "val"][..]), ("caps", &["Training", "Validation"]), ("dev", &["train", "dev"])]
+    {
+        let root = dir.path().join(name);
+        make(&root, splits);
+        let d = folder::load(&root, None, 0, false).unwrap();
+        assert_eq!(
+            (&d.train.images, &d.test.images, &d.test.labels),
+            (&want.train.images, &want.test.images, &want.test.labels),
+            "{name}"
+        );
+        assert!(d.test.source(0).contains(&format!("/{}/a/", splits[1])), "{name}");
+    }
+    // Beside a test folder, val/ is not read (an undecodable file there does no harm).
+    let root = dir.path().join("three");
+    make(&root, &["train", "test", "val"]);
+    std::fs::write(root.join("val/a/broken.png"), b"nope").unwrap();
+    let d = folder::load(&root, None, 0, false).unwrap();
+    assert_eq!((&d.train.images, &d.test.images), (&want.train.images, &want.test.images));
+    // Two folders for one split: which one is meant is not guessed.
+    let root = dir.path().join("two");
+    make(&root, &["train", "training", "test"]);
+    let err = folder::load(&root, None, 0, false).unwrap_err().to_string();
+    assert!(err.contains("train/ and training/"), "{err}");
+    // No train folder.
+    let root = dir.path().join("none");
+    make(&root, &["val", "test"]);
+    let err = folder::load(&root, None, 0, false).unwrap_err().to_string();
+    assert!(err.contains("has no train/ images"), "{err}");
+}
+
 #[test]
 fn a_single_tree_is_split_by_seed_and_bad_folders_are_named() {
     let dir = tempfile::tempdir().unwrap();

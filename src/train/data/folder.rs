@@ -1,7 +1,10 @@
 //! torchvision's `ImageFolder` layout, from a folder or an archive.
 //!
 //! `root/train/<class>/*.jpg` and `root/test/<class>/*.png` give the two
-//! splits; a single tree `root/<class>/*` needs `test_split`, the share of
+//! splits (split folders are named as Hugging Face's `imagefolder` names them,
+//! in any case: `train` or `training`; `test`, `testing`, `eval` or
+//! `evaluation`, else one of `val`, `valid`, `validation` and `dev` is the test
+//! split, and is not used beside a test folder); a single tree `root/<class>/*` needs `test_split`, the share of
 //! each class held out as test (seeded by `data_seed`). Class labels are the
 //! class folder names in sorted order, as torchvision assigns them. `root` may
 //! be a folder, a `.tar`, or a `.tar.gz`/`.tgz` of that layout (one enclosing
@@ -220,7 +223,7 @@ fn build(
     let first = &entries[0].parts;
     'outer: while skip + 1 < first.len() {
         let name = &first[skip];
-        if name == "train" || name == "test" {
+        if split_role(name).is_some() {
             break;
         }
         for e in entries {
@@ -230,20 +233,60 @@ fn build(
         }
         skip += 1;
     }
-    let split_layout = entries.iter().any(|e| e.parts.get(skip).is_some_and(|p| p == "train" || p == "test"));
+    let prefix = &first[..skip];
     let display = |e: &Entry| format!("{}/{}", root.display(), e.parts.join("/"));
-    // (split, class) of every entry; split 0 = train, 1 = test, 2 = the one tree.
+    // The split folders: train/ and test/, or a validation folder (val/, valid/, validation/,
+    // dev/) as the test split where there is no test folder: Hugging Face's split keywords.
+    let mut found: BTreeMap<Role, BTreeSet<&str>> = BTreeMap::new();
+    for e in entries {
+        if let Some(role) = e.parts.get(skip).filter(|_| e.parts.len() > skip + 1).and_then(|p| split_role(p)) {
+            found.entry(role).or_default().insert(e.parts[skip].as_str());
+        }
+    }
+    let split_layout = !found.is_empty();
+    let at = |name: &str| root.join(prefix.join("/")).join(name);
+    let one = |role: Role| -> Result<Option<&str>, DataError> {
+        match found.get(&role).map(|n| n.iter().copied().collect::<Vec<_>>()).as_deref() {
+            None | Some([]) => Ok(None),
+            Some([name]) => Ok(Some(*name)),
+            Some(names) => Err(DataError::new(
+                root.join(prefix.join("/")),
+                format!("has {} folders: which is the split? keep one", names.join("/ and ") + "/"),
+            )),
+        }
+    };
+    let (train_dir, test_dir, unused) = if split_layout {
+        let train = one(Role::Train)?;
+        let (test, unused) = match one(Role::Test)? {
+            Some(t) => (Some(t), found.get(&Role::Val).map(|v| v.iter().copied().collect()).unwrap_or_default()),
+            None => (one(Role::Val)?, Vec::new()),
+        };
+        let Some(train) = train else {
+            return Err(DataError::new(root, "has no train/ images (train/<class>/*.jpg)"));
+        };
+        let Some(test) = test else {
+            return Err(DataError::new(root, "has no test/ images (test/<class>/*.jpg, or a val/ folder to test on)"));
+        };
+        (train, test, unused)
+    } else {
+        ("", "", Vec::new())
+    };
+    for v in &unused {
+        tracing::warn!("{}: {v}/ is not used: sweep evaluates on {test_dir}/", at(v).display());
+    }
+    // (split, class) of every entry; split 0 = train, 1 = test, 2 = the one tree, 3 = not used.
     let mut keys = Vec::with_capacity(entries.len());
     for e in entries {
         let rel = &e.parts[skip..];
         let key = if split_layout {
             match (rel.first().map(String::as_str), rel.len()) {
-                (Some("train"), 3..) => (0u8, rel[1].clone()),
-                (Some("test"), 3..) => (1u8, rel[1].clone()),
+                (Some(d), 3..) if d == train_dir => (0u8, rel[1].clone()),
+                (Some(d), 3..) if d == test_dir => (1u8, rel[1].clone()),
+                (Some(d), 3..) if unused.contains(&d) => (3u8, rel[1].clone()),
                 _ => {
                     return Err(DataError::new(
                         display(e),
-                        "outside the train/<class>/ and test/<class>/ folders of this layout",
+                        format!("outside the {train_dir}/<class>/ and {test_dir}/<class>/ folders of this layout"),
                     ))
                 }
             }
@@ -254,7 +297,6 @@ fn build(
         };
         keys.push(key);
     }
-    let prefix = &first[..skip];
     let class_dirs = |split: Option<&str>| -> BTreeSet<String> {
         let mut base = prefix.to_vec();
         base.extend(split.map(str::to_owned));
@@ -264,7 +306,7 @@ fn build(
             .collect()
     };
     let (train_classes, test_classes) = if split_layout {
-        (class_dirs(Some("train")), class_dirs(Some("test")))
+        (class_dirs(Some(train_dir)), class_dirs(Some(test_dir)))
     } else {
         (class_dirs(None), BTreeSet::new())
     };
@@ -276,13 +318,12 @@ fn build(
         for &(split, names) in checks {
             for name in names {
                 if !keys.iter().enumerate().any(|(i, (s, c))| *s == split && c == name && kept(i)) {
-                    let mut p = root.join(prefix.join("/"));
-                    if split == 0 {
-                        p = p.join("train");
-                    } else if split == 1 {
-                        p = p.join("test");
-                    }
-                    return Err(DataError::new(p.join(name), why));
+                    let dir = match split {
+                        0 => at(train_dir),
+                        1 => at(test_dir),
+                        _ => at(""),
+                    };
+                    return Err(DataError::new(dir.join(name), why));
                 }
             }
         }
@@ -292,17 +333,15 @@ fn build(
     if split_layout {
         if let Some(c) = test_classes.iter().find(|c| !train_classes.contains(*c)) {
             return Err(DataError::new(
-                root.join(prefix.join("/")).join("test").join(c),
-                "a test class with no train folder of the same name",
+                at(test_dir).join(c),
+                format!("a {test_dir} class with no {train_dir} folder of the same name"),
             ));
         }
-        for (s, name) in [(0u8, "train"), (1, "test")] {
-            if !keys.iter().any(|(k, _)| *k == s) {
-                return Err(DataError::new(root, format!("has no {name}/ images")));
-            }
-        }
         if test_split.is_some() {
-            return Err(DataError::new(root, "has train/ and test/ folders; `test_split` is only for a single tree"));
+            return Err(DataError::new(
+                root,
+                format!("has {train_dir}/ and {test_dir}/ folders; `test_split` is only for a single tree"),
+            ));
         }
     } else if test_split.is_none() {
         return Err(DataError::new(
@@ -321,9 +360,10 @@ fn build(
 
     // Decode everything in parallel, in the sorted order of the paths, while the
     // decoded images fit in `budget` (with an archive's bytes, already read).
-    let mut order: Vec<usize> = (0..entries.len()).collect();
+    let mut order: Vec<usize> = (0..entries.len()).filter(|&i| keys[i].0 != 3).collect();
     order.sort_by(|&a, &b| entries[a].parts.cmp(&entries[b].parts));
     let inline: u64 = entries.iter().map(|e| if let Bytes::Inline(b) = &e.bytes { b.len() as u64 } else { 0 }).sum();
+    let images = order.len();
     let used = std::sync::atomic::AtomicU64::new(inline);
     let over = |used: u64| budget.is_some_and(|b| used > b);
     let decoded: Vec<Decoded> = order
@@ -348,7 +388,7 @@ fn build(
     let used = used.into_inner();
     if let Some(budget) = budget.filter(|_| over(used)) {
         let done = decoded.iter().filter(|d| d.is_ok()).count().max(1);
-        let whole = (used - inline) as f64 * entries.len() as f64 / done as f64 + inline as f64;
+        let whole = (used - inline) as f64 * images as f64 / done as f64 + inline as f64;
         return Err(DataError::new(
             root,
             format!(
@@ -357,7 +397,7 @@ fn build(
                  shrink the images beforehand (e.g. to 256 pixels on the shorter side, where the augmentation \
                  resizes them anyway) or use fewer, or raise {} (now {}; the default is 3/4 of the memory this \
                  process may still use: MemAvailable, or its cgroup's limit)",
-                entries.len(),
+                images,
                 crate::memory::describe(used),
                 crate::memory::describe(budget),
                 crate::memory::describe(whole as u64),
@@ -387,7 +427,7 @@ fn build(
                     format!(
                         "{} of its {} images cannot be read: {}; {FIX}",
                         unreadable.len(),
-                        entries.len(),
+                        images,
                         name_some(&skipped)
                     ),
                 ),
@@ -429,6 +469,25 @@ fn build(
     }
     let [train, test] = splits;
     Ok(Dataset { train, test, classes, skipped })
+}
+
+/// What a folder below the root holds: a split's images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    Train,
+    Test,
+    Val,
+}
+
+/// The split a top-level folder holds, by its name (any case): Hugging Face
+/// `datasets`' split keywords.
+fn split_role(name: &str) -> Option<Role> {
+    match name.to_ascii_lowercase().as_str() {
+        "train" | "training" => Some(Role::Train),
+        "test" | "testing" | "eval" | "evaluation" => Some(Role::Test),
+        "val" | "valid" | "validation" | "dev" => Some(Role::Val),
+        _ => None,
+    }
 }
 
 /// Why an image is not in the decoded dataset.
