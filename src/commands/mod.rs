@@ -137,6 +137,17 @@ fn cuda_missing(device: sweep::spec::DeviceChoice) -> Option<String> {
     })
 }
 
+/// The file's image folder when it does not exist on this machine: `submit`
+/// refuses the file (this machine would train it), `--queue-only` and `slurm`
+/// only warn (the workers may see a path this machine does not, a node's
+/// scratch copy), and `plan` says so.
+fn dataset_missing(spec: &sweep::spec::SweepSpec) -> Option<sweep::spec::SpecError> {
+    let ds = &spec.runs.first()?.config.dataset;
+    let path = ds.path.as_deref().filter(|_| ds.name == sweep::spec::DatasetName::Folder)?;
+    (!Path::new(path).exists())
+        .then(|| spec.dataset_error(format!("`{path}`: no such folder or archive on this machine")))
+}
+
 /// The home folder (run folders, logs) and the database, as the commands open it.
 pub struct Home {
     /// The folder.

@@ -129,6 +129,12 @@ pub async fn plan(
         eprintln!("{why}");
         return Ok(ExitCode::from(2));
     }
+    let missing = super::dataset_missing(&spec);
+    if let Some(e) = &missing {
+        eprintln!(
+            "warning: {e}; `submit` would refuse the file (`submit --queue-only` queues it for workers that see it)"
+        );
+    }
     let est = if estimates { Some(estimate(&spec, home, choice, verbose).await?) } else { None };
     let seconds = |i: usize| est.as_ref().and_then(|e| e.seconds[i]);
     match format {
@@ -227,7 +233,7 @@ pub async fn plan(
         }
     }
     // Like `submit`, which would refuse the file: a script can tell.
-    let trainable = spec.runs.iter().all(|r| sweep::train::check(&r.config).is_ok());
+    let trainable = missing.is_none() && spec.runs.iter().all(|r| sweep::train::check(&r.config).is_ok());
     Ok(if trainable { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 

@@ -69,6 +69,14 @@ pub async fn submit(home: &super::Home, file: &Path, options: &spec::Options, ho
         return Ok(ExitCode::from(2));
     }
 
+    if let Some(missing) = super::dataset_missing(&spec) {
+        if !queue_only {
+            eprintln!("{}\nnothing was queued", SpecErrors(vec![missing]));
+            return Ok(ExitCode::from(2));
+        }
+        eprintln!("warning: {missing}; queued anyway (--queue-only): the workers that train it must see it");
+    }
+
     // --device (or SWEEP_DEVICE) over the file's `device`, else auto; a GPU
     // this build cannot use is refused before anything is queued.
     let device = how.device.or(spec.device).unwrap_or_default();

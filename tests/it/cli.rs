@@ -532,6 +532,31 @@ fn an_image_that_does_not_decode_fails_its_run_naming_the_file() {
     assert!(log.contains("1 unreadable image(s) left out") && log.contains("train/b/9.jpg: cannot decode"), "{log}");
 }
 
+/// An image folder that does not exist here: `submit` (which would train it here) refuses the
+/// file at the `dataset` line, `plan` warns and exits 1, and `--queue-only` queues it with a
+/// warning, for workers that see the path (a node's scratch copy).
+#[test]
+fn a_dataset_folder_missing_here_is_refused_unless_only_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let text = "name = \"gone\"\n\ndataset = { folder = \"pics\" }\n\n[defaults]\nmodel = \"smallcnn\"\n\
+                batch_size = 4\nepochs = 1\noptimizer = { name = \"sgd\", lr = 0.01 }\n";
+    let f = crate::write_sweep(dir.path(), "gone.toml", text);
+    let missing = format!("`{}`: no such folder or archive on this machine", dir.path().join("pics").display());
+    let out = run(&home, &["submit", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("gone.toml:3:1") && stderr(&out).contains(&missing), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nothing was queued"));
+    assert!(!home.join(sweep::store::DB_FILE).exists());
+    let out = run(&home, &["plan", "--no-estimate", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(&missing) && stderr(&out).contains("would refuse"), "{}", stderr(&out));
+    let out = run(&home, &["submit", "--queue-only", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning:") && stderr(&out).contains(&missing), "{}", stderr(&out));
+    assert_eq!(runs(&home).iter().map(|r| r.status).collect::<Vec<_>>(), [Status::Queued]);
+}
+
 /// A file that asks for a GPU this build cannot use is refused before anything
 /// is queued; `--device cpu` overrides the file and the run records its CPU.
 #[cfg(not(feature = "cuda"))]

@@ -68,6 +68,14 @@ pub struct SweepSpec {
     pub proposed: Option<PlannedRun>,
 }
 
+impl SweepSpec {
+    /// An error about the file's `dataset`, at the line that sets it.
+    pub fn dataset_error(&self, message: impl Into<String>) -> SpecError {
+        let src = Source { path: self.path.clone(), text: self.text.clone() };
+        src.error(key_offset(&self.text, "dataset"), Some("dataset"), message)
+    }
+}
+
 /// `early_terminate = { method = "asha", … }`: asynchronous successive halving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
