@@ -208,7 +208,8 @@ pub enum Command {
         #[arg(long)]
         weights: PathBuf,
         /// The test split of: `synthetic`, `cifar10` or `cifar100` (found or downloaded as for a sweep),
-        /// an image folder or archive (`test/<class>/…`), or a folder holding a CIFAR-10 release.
+        /// an image folder or archive (`test/<class>/…` or `val/<class>/…`), or a folder holding a CIFAR-10
+        /// release.
         #[arg(long)]
         data: Option<String>,
         /// Take the dataset and the augmentation sets from this sweep file.

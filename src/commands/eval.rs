@@ -19,7 +19,8 @@ fn builtin(name: &str) -> Option<Vec<Transform>> {
 }
 
 /// `--data`: `synthetic`, `cifar10`, `cifar100` (cache or download), an image
-/// folder or archive (`train/<class>/…`), or a folder holding a CIFAR-10 release.
+/// folder or archive (`train/<class>/…`, `val/<class>/…`), or a folder holding a
+/// CIFAR-10 release.
 fn dataset(data: &str) -> DatasetSpec {
     match data {
         "synthetic" => return DatasetSpec::named(DatasetName::Synthetic),
@@ -28,7 +29,7 @@ fn dataset(data: &str) -> DatasetSpec {
         _ => {}
     }
     let abs = std::path::absolute(data).unwrap_or_else(|_| PathBuf::from(data));
-    let folder = abs.is_file() || abs.join("train").is_dir();
+    let folder = abs.is_file() || data::folder::has_split_folders(&abs);
     let mut spec = DatasetSpec::named(if folder { DatasetName::Folder } else { DatasetName::Cifar10 });
     spec.path = Some(abs.display().to_string());
     spec

@@ -566,6 +566,7 @@ fn a_val_folder_is_the_test_split_where_there_is_no_test_folder() {
             "{name}"
         );
         assert!(d.test.source(0).contains(&format!("/{}/a/", splits[1])), "{name}");
+        assert!(folder::has_split_folders(&root) && !folder::has_split_folders(&root.join(splits[0])), "{name}");
     }
     // Beside a test folder, val/ is not read (an undecodable file there does no harm).
     let root = dir.path().join("three");

@@ -490,6 +490,14 @@ fn split_role(name: &str) -> Option<Role> {
     }
 }
 
+/// Whether `dir` holds split folders (`train/`, `Validation/`, ...): an image
+/// folder rather than, say, a folder holding a CIFAR release.
+pub fn has_split_folders(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| e.path().is_dir() && split_role(&e.file_name().to_string_lossy()).is_some())
+    })
+}
+
 /// Why an image is not in the decoded dataset.
 enum Unread {
     /// It cannot be read or decoded (the reason).
