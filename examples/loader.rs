@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
     let bs = 128;
 
     let t = Instant::now();
-    let ds = folder::load(std::path::Path::new(path), None, 0, false)?;
+    let ds = folder::load(std::path::Path::new(path), &folder::FolderOptions::default())?;
     let secs = t.elapsed().as_secs_f64();
     let n = ds.train.len() + ds.test.len();
     println!(r#"{{"what": "decode", "images": {n}, "seconds": {secs:.2}, "images_per_sec": {:.0}}}"#, n as f64 / secs);

@@ -17,6 +17,11 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// A single tree's options: `test_split = share`, `data_seed = seed`.
+fn tree(share: f64, seed: u64) -> folder::FolderOptions {
+    folder::FolderOptions { test_split: Some(share), seed, ..Default::default() }
+}
+
 #[derive(Deserialize)]
 struct Case {
     name: String,
@@ -378,9 +383,9 @@ fn image_folders_read_from_a_folder_a_tar_and_a_tar_gz_alike() {
     }
     std::fs::write(dir.path().join("imgs.tar"), targz(&files, false)).unwrap();
     std::fs::write(dir.path().join("imgs.tar.gz"), targz(&files, true)).unwrap();
-    let a = folder::load(&dir.path().join("tree/imgs"), None, 0, false).unwrap();
-    let b = folder::load(&dir.path().join("imgs.tar"), None, 0, false).unwrap();
-    let c = folder::load(&dir.path().join("imgs.tar.gz"), None, 0, false).unwrap();
+    let a = folder::load(&dir.path().join("tree/imgs"), &folder::FolderOptions::default()).unwrap();
+    let b = folder::load(&dir.path().join("imgs.tar"), &folder::FolderOptions::default()).unwrap();
+    let c = folder::load(&dir.path().join("imgs.tar.gz"), &folder::FolderOptions::default()).unwrap();
     // Classes sorted as torchvision assigns them.
     assert_eq!(a.classes, vec!["apple", "mango", "zebra"]);
     assert_eq!((a.train.len(), a.test.len()), (9, 6));
@@ -415,7 +420,7 @@ fn every_torchvision_image_format_decodes_to_pils_pixels() {
     let root = fixtures().join("data/formats");
     let want: HashMap<String, Want> =
         serde_json::from_str(&std::fs::read_to_string(root.join("expected.json")).unwrap()).unwrap();
-    let d = folder::load(&root, None, 0, false).unwrap();
+    let d = folder::load(&root, &folder::FolderOptions::default()).unwrap();
     assert_eq!(d.classes, vec!["cat", "dog"]);
     assert_eq!((d.train.len(), d.test.len()), (6, 4));
     let mut seen = 0;
@@ -452,11 +457,12 @@ fn unreadable_images_are_named_together_or_left_out_when_asked() {
             }
         }
     }
-    let good = folder::load(&root, None, 0, false).unwrap();
+    let good = folder::load(&root, &folder::FolderOptions::default()).unwrap();
+    let skip = folder::FolderOptions { skip_unreadable: true, ..Default::default() };
     std::fs::write(root.join("train/cat/empty.jpg"), b"").unwrap();
     std::fs::write(root.join("test/dog/cut.png"), &png(6, 6, 1)[..40]).unwrap();
     std::fs::write(root.join("train/dog/x.webp"), b"RIFF\x10\0\0\0WEBPVP8 broken").unwrap();
-    let err = folder::load(&root, None, 0, false).unwrap_err();
+    let err = folder::load(&root, &folder::FolderOptions::default()).unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.path, root, "{msg}");
     for part in ["3 of its 15 images cannot be read", "test/dog/cut.png", "train/cat/empty.jpg", "train/dog/x.webp"] {
@@ -464,7 +470,7 @@ fn unreadable_images_are_named_together_or_left_out_when_asked() {
     }
     assert!(msg.contains("skip_unreadable = true") && !msg.contains('\n'), "{msg}");
 
-    let d = folder::load(&root, None, 0, true).unwrap();
+    let d = folder::load(&root, &skip).unwrap();
     assert_eq!(d.skipped.len(), 3, "{:?}", d.skipped);
     assert!(d.skipped[0].starts_with("test/dog/cut.png: "), "{:?}", d.skipped);
     assert_eq!((&d.train.images, &d.test.images), (&good.train.images, &good.test.images));
@@ -474,14 +480,14 @@ fn unreadable_images_are_named_together_or_left_out_when_asked() {
     for f in ["train/cat/empty.jpg", "train/dog/x.webp"] {
         std::fs::remove_file(root.join(f)).unwrap();
     }
-    let err = folder::load(&root, None, 0, false).unwrap_err();
+    let err = folder::load(&root, &folder::FolderOptions::default()).unwrap_err();
     assert!(err.path.ends_with("test/dog/cut.png") && err.to_string().contains("skip_unreadable"), "{err}");
 
     // A class folder whose every image is unreadable.
     for i in 0..3 {
         std::fs::write(root.join(format!("test/cat/{i}.png")), b"nope").unwrap();
     }
-    let err = folder::load(&root, None, 0, true).unwrap_err();
+    let err = folder::load(&root, &skip).unwrap_err();
     assert!(err.path.ends_with("test/cat") && err.to_string().contains("can be read"), "{err}");
 }
 
@@ -498,7 +504,7 @@ fn a_single_trees_split_is_the_one_earlier_versions_chose() {
             std::fs::write(root.join(class).join(format!("{i}.png")), png(4, 4, c as u8)).unwrap();
         }
     }
-    let d = folder::load(&root, Some(0.3), 0, false).unwrap();
+    let d = folder::load(&root, &tree(0.3, 0)).unwrap();
     let names = |s: &Split| -> Vec<String> {
         (0..s.len()).map(|i| s.source(i).rsplit('/').take(2).collect::<Vec<_>>().join("<")).collect()
     };
@@ -523,16 +529,51 @@ fn a_folder_too_big_for_the_memory_budget_is_refused_with_what_it_would_need() {
         }
     }
     // 200 images of 3 KiB each: 600 KiB decoded.
-    let all = folder::load_within(&root, None, 0, false, Some(600 << 10)).unwrap();
+    let skip = folder::FolderOptions { skip_unreadable: true, ..Default::default() };
+    let all = folder::load_within(&root, &folder::FolderOptions::default(), Some(600 << 10)).unwrap();
     assert_eq!(all.train.len() + all.test.len(), 200);
-    let err = folder::load_within(&root, None, 0, false, Some(100 << 10)).unwrap_err();
+    let err = folder::load_within(&root, &folder::FolderOptions::default(), Some(100 << 10)).unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.path, root);
     for part in ["do not fit in memory", "of the 100.0 KiB it may use", "about 600.0 KiB for all", "SWEEP_DATA_MEMORY"]
     {
         assert!(msg.contains(part), "{part}: {msg}");
     }
-    assert!(folder::load_within(&root, None, 0, true, Some(100 << 10)).is_err(), "not an unreadable image");
+    assert!(folder::load_within(&root, &skip, Some(100 << 10)).is_err(), "not an unreadable image");
+}
+
+/// `resize` at load: each image's shorter side becomes N as it is decoded (the augmentation's own
+/// antialiased resize, rounded to bytes as a PIL image is), so the folder takes the memory of
+/// the smaller images; the fingerprint tells the two loads apart.
+#[test]
+fn a_folder_resized_at_load_holds_the_smaller_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pics");
+    for split in ["train", "test"] {
+        for class in ["a", "b"] {
+            std::fs::create_dir_all(root.join(split).join(class)).unwrap();
+            std::fs::write(root.join(format!("{split}/{class}/wide.png")), png(30, 40, 7)).unwrap();
+            std::fs::write(root.join(format!("{split}/{class}/tall.png")), png(36, 12, 9)).unwrap();
+        }
+    }
+    let full = folder::load(&root, &folder::FolderOptions::default()).unwrap();
+    let small = folder::load(&root, &folder::FolderOptions { resize: Some(12), ..Default::default() }).unwrap();
+    assert_eq!(small.train.len(), full.train.len());
+    for i in 0..full.train.len() {
+        let (h, w) = full.train.size(i);
+        let (oh, ow) = geometry::resized_size(12, h, w);
+        assert_eq!(small.train.size(i), (oh, ow));
+        let want: Vec<u8> = geometry::resize(&Image::from_u8(full.train.image(i), h, w), oh, ow)
+            .data
+            .iter()
+            .map(|&v| (v * 255.0).round() as u8)
+            .collect();
+        assert_eq!(small.train.image(i), &want[..], "{}", full.train.source(i));
+    }
+    // tall.png (36x12) sorts first and keeps its size; wide.png (30x40) becomes 12x16.
+    assert_eq!((small.train.size(0), small.train.size(1)), ((36, 12), (12, 16)));
+    assert!(small.train.images.len() * 2 < full.train.images.len());
+    assert_ne!(small.fingerprint(), full.fingerprint());
 }
 
 /// Split folders are found by Hugging Face's split keywords in any case: a validation folder is
@@ -553,13 +594,13 @@ fn a_val_folder_is_the_test_split_where_there_is_no_test_folder() {
     };
     let reference = dir.path().join("reference");
     make(&reference, &["train", "test"]);
-    let want = folder::load(&reference, None, 0, false).unwrap();
+    let want = folder::load(&reference, &folder::FolderOptions::default()).unwrap();
     for (name, splits) in
         [("val", &["train", "val"][..]), ("caps", &["Training", "Validation"]), ("dev", &["train", "dev"])]
     {
         let root = dir.path().join(name);
         make(&root, splits);
-        let d = folder::load(&root, None, 0, false).unwrap();
+        let d = folder::load(&root, &folder::FolderOptions::default()).unwrap();
         assert_eq!(
             (&d.train.images, &d.test.images, &d.test.labels),
             (&want.train.images, &want.test.images, &want.test.labels),
@@ -572,17 +613,17 @@ fn a_val_folder_is_the_test_split_where_there_is_no_test_folder() {
     let root = dir.path().join("three");
     make(&root, &["train", "test", "val"]);
     std::fs::write(root.join("val/a/broken.png"), b"nope").unwrap();
-    let d = folder::load(&root, None, 0, false).unwrap();
+    let d = folder::load(&root, &folder::FolderOptions::default()).unwrap();
     assert_eq!((&d.train.images, &d.test.images), (&want.train.images, &want.test.images));
     // Two folders for one split: which one is meant is not guessed.
     let root = dir.path().join("two");
     make(&root, &["train", "training", "test"]);
-    let err = folder::load(&root, None, 0, false).unwrap_err().to_string();
+    let err = folder::load(&root, &folder::FolderOptions::default()).unwrap_err().to_string();
     assert!(err.contains("train/ and training/"), "{err}");
     // No train folder.
     let root = dir.path().join("none");
     make(&root, &["val", "test"]);
-    let err = folder::load(&root, None, 0, false).unwrap_err().to_string();
+    let err = folder::load(&root, &folder::FolderOptions::default()).unwrap_err().to_string();
     assert!(err.contains("has no train/ images"), "{err}");
 }
 
@@ -596,14 +637,14 @@ fn a_single_tree_is_split_by_seed_and_bad_folders_are_named() {
             std::fs::write(root.join(class).join(format!("{i}.png")), png(6 + i % 2, 6, c as u8)).unwrap();
         }
     }
-    let err = folder::load(&root, None, 0, false).unwrap_err().to_string();
+    let err = folder::load(&root, &folder::FolderOptions::default()).unwrap_err().to_string();
     assert!(err.contains("test_split"), "{err}");
-    let a = folder::load(&root, Some(0.2), 0, false).unwrap();
+    let a = folder::load(&root, &tree(0.2, 0)).unwrap();
     assert_eq!((a.train.len(), a.test.len()), (16, 4));
     assert_eq!(a.test.labels.iter().filter(|&&l| l == 0).count(), 2, "stratified");
-    let b = folder::load(&root, Some(0.2), 1, false).unwrap();
+    let b = folder::load(&root, &tree(0.2, 1)).unwrap();
     assert_ne!(a.test.files, b.test.files, "another data_seed holds out other images");
-    assert_eq!(folder::load(&root, Some(0.2), 0, false).unwrap().test.files, a.test.files);
+    assert_eq!(folder::load(&root, &tree(0.2, 0)).unwrap().test.files, a.test.files);
     // Mixed sizes without a resize: named.
     assert!(!a.train.is_uniform());
     let err = augment::split_output_size(&[], &a.train).unwrap_err();
@@ -613,15 +654,15 @@ fn a_single_tree_is_split_by_seed_and_bad_folders_are_named() {
 
     // An unreadable image.
     std::fs::write(root.join("dog/broken.png"), b"\x89PNG not really").unwrap();
-    let err = folder::load(&root, Some(0.2), 0, false).unwrap_err();
+    let err = folder::load(&root, &tree(0.2, 0)).unwrap_err();
     assert!(err.path.ends_with("dog/broken.png"), "{err}");
     std::fs::remove_file(root.join("dog/broken.png")).unwrap();
     // An empty class folder.
     std::fs::create_dir_all(root.join("emu")).unwrap();
-    let err = folder::load(&root, Some(0.2), 0, false).unwrap_err();
+    let err = folder::load(&root, &tree(0.2, 0)).unwrap_err();
     assert!(err.path.ends_with("emu") && err.to_string().contains("empty class folder"), "{err}");
     // Nothing at all.
-    let err = folder::load(&dir.path().join("missing.tar.gz"), None, 0, false).unwrap_err();
+    let err = folder::load(&dir.path().join("missing.tar.gz"), &folder::FolderOptions::default()).unwrap_err();
     assert!(err.to_string().contains("no such"), "{err}");
 }
 
@@ -676,7 +717,7 @@ fn an_archive_member_larger_than_the_archive_is_an_error() {
     let mut bytes = header.as_bytes().to_vec();
     bytes.extend_from_slice(&[0u8; 1024]);
     std::fs::write(&path, &bytes).unwrap();
-    let err = folder::load(&path, None, 0, false).unwrap_err();
+    let err = folder::load(&path, &folder::FolderOptions::default()).unwrap_err();
     assert!(err.path.ends_with("hostile.tar"), "{err}");
     let text = err.to_string();
     assert!(text.contains("train/cat/a.png") && text.contains("35184372088832 bytes"), "{text}");

@@ -212,6 +212,11 @@ fn semantic_errors_point_at_the_run() {
     let e = one_error("name = \"t\"\ndataset = { name = \"synthetic\", skip_unreadable = true }\n[defaults]\nmodel = \"smallcnn\"\nbatch_size = 1\nepochs = 1\noptimizer = { name = \"sgd\", lr = 0.1 }\n");
     assert!(e.message.contains("`skip_unreadable` is only for an image folder"), "{e}");
     assert_eq!((e.line, e.key.as_deref()), (2, Some("dataset.skip_unreadable")), "{e}");
+    let e = one_error("name = \"t\"\ndataset = { name = \"cifar10\", resize = 64 }\n[defaults]\nmodel = \"smallcnn\"\nbatch_size = 1\nepochs = 1\noptimizer = { name = \"sgd\", lr = 0.1 }\n");
+    assert!(e.message.contains("only for an image folder"), "{e}");
+    assert_eq!(e.key.as_deref(), Some("dataset.resize"), "{e}");
+    let e = one_error("name = \"t\"\ndataset = { folder = \"x\", resize = 0 }\n[defaults]\nmodel = \"smallcnn\"\nbatch_size = 1\nepochs = 1\noptimizer = { name = \"sgd\", lr = 0.1 }\n");
+    assert!(e.message.contains("must be between 1 and"), "{e}");
     let e = one_error(&BASE.replace("epochs = 2\n", ""));
     assert!(e.message.contains("no `epochs` given"), "{e}");
 }

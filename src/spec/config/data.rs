@@ -32,6 +32,10 @@ pub struct DatasetSpec {
     /// named in the run's log) instead of failing the run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_unreadable: bool,
+    /// folder: resize every image once, at load, so that its shorter side is
+    /// this many pixels (torchvision's `Resize(N)` on a PIL image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<usize>,
 }
 
 impl Eq for DatasetSpec {}
@@ -45,6 +49,7 @@ impl std::hash::Hash for DatasetSpec {
             self.data_seed,
             self.test_split.map(f64::to_bits),
             self.skip_unreadable,
+            self.resize,
         )
             .hash(h);
     }
@@ -75,6 +80,7 @@ impl DatasetSpec {
             data_seed: None,
             test_split: None,
             skip_unreadable: false,
+            resize: None,
         }
     }
 }
@@ -92,6 +98,7 @@ impl<'de> Deserialize<'de> for DatasetSpec {
             data_seed: Option<u64>,
             test_split: Option<f64>,
             skip_unreadable: Option<bool>,
+            resize: Option<usize>,
         }
         let r = Repr::deserialize(d)?;
         let (name, path) = match (r.name, r.folder, r.path) {
@@ -110,6 +117,7 @@ impl<'de> Deserialize<'de> for DatasetSpec {
             data_seed: r.data_seed,
             test_split: r.test_split,
             skip_unreadable: r.skip_unreadable.unwrap_or(false),
+            resize: r.resize,
         })
     }
 }

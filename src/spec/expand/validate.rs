@@ -304,6 +304,14 @@ pub(super) fn resolve_dataset(src: &Source, mut ds: DatasetSpec, errors: &mut Ve
     if ds.name != DatasetName::Folder && ds.skip_unreadable {
         bad("skip_unreadable", "`skip_unreadable` is only for an image folder: `dataset = { folder = \"PATH\", ... }`");
     }
+    if ds.name != DatasetName::Folder && ds.resize.is_some() {
+        bad("resize", "`resize` (at load) is only for an image folder; resize in the augmentation set instead");
+    }
+    if let Some(side) = ds.resize {
+        if side == 0 || side > MAX_IMAGE_SIDE {
+            bad("resize", &format!("must be between 1 and {MAX_IMAGE_SIDE} pixels, found {side}"));
+        }
+    }
     if let Some(t) = ds.test_split {
         if !(t > 0.0 && t < 1.0) {
             bad("test_split", &format!("must be in (0, 1), found {t}"));

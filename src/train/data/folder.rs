@@ -14,7 +14,9 @@
 //! folders nested below a class folder count towards their class, as
 //! `ImageFolder` walks them too. An image that cannot be read or decoded fails
 //! the load, naming every such file at once, unless `skip_unreadable` leaves
-//! them out (each named in [`Dataset::skipped`]).
+//! them out (each named in [`Dataset::skipped`]). With `resize`, each image is
+//! resized as it is decoded, so that a folder of large photos takes the memory
+//! of the size it is trained at.
 
 use super::{DataError, Dataset, Split};
 use crate::train::rng::{stream, Rng};
@@ -54,14 +56,28 @@ fn is_archive(path: &Path) -> bool {
     n.ends_with(".tar") || n.ends_with(".tar.gz") || n.ends_with(".tgz")
 }
 
-/// Loads an image folder (or archive) at `root`. With `skip_unreadable`, the
-/// images that cannot be read or decoded are left out (and listed in
-/// [`Dataset::skipped`]) instead of failing the load.
+/// How a folder is read: the dataset's settings for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FolderOptions {
+    /// A single tree: the share of each class held out as test.
+    pub test_split: Option<f64>,
+    /// The seed of that share (`data_seed`).
+    pub seed: u64,
+    /// Leave out the images that cannot be read or decoded (listed in
+    /// [`Dataset::skipped`]) instead of failing the load.
+    pub skip_unreadable: bool,
+    /// Resize every image once, as it is decoded, so that its shorter side is
+    /// this many pixels (torchvision's `Resize(N)` on a PIL image: antialiased,
+    /// rounded to bytes).
+    pub resize: Option<usize>,
+}
+
+/// Loads an image folder (or archive) at `root`.
 ///
 /// The decoded images may take [`memory_budget`]: past it the load stops with
 /// an error that says how much the whole folder would need.
-pub fn load(root: &Path, test_split: Option<f64>, seed: u64, skip_unreadable: bool) -> Result<Dataset, DataError> {
-    load_within(root, test_split, seed, skip_unreadable, memory_budget())
+pub fn load(root: &Path, options: &FolderOptions) -> Result<Dataset, DataError> {
+    load_within(root, options, memory_budget())
 }
 
 /// The most memory a folder's decoded images may take: `SWEEP_DATA_MEMORY`,
@@ -80,13 +96,7 @@ pub fn memory_budget() -> Option<u64> {
 }
 
 /// [`load`] with the memory budget given (`None`: no limit).
-pub fn load_within(
-    root: &Path,
-    test_split: Option<f64>,
-    seed: u64,
-    skip_unreadable: bool,
-    budget: Option<u64>,
-) -> Result<Dataset, DataError> {
+pub fn load_within(root: &Path, options: &FolderOptions, budget: Option<u64>) -> Result<Dataset, DataError> {
     let (entries, dirs) = if root.is_file() && is_archive(root) {
         read_archive(root)?
     } else if root.is_dir() {
@@ -96,7 +106,7 @@ pub fn load_within(
     } else {
         return Err(DataError::new(root, "no such folder or archive"));
     };
-    build(root, &entries, &dirs, (test_split, seed), skip_unreadable, budget)
+    build(root, &entries, &dirs, options, budget)
 }
 
 fn walk(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
@@ -208,10 +218,10 @@ fn build(
     root: &Path,
     entries: &[Entry],
     dirs: &BTreeSet<Vec<String>>,
-    (test_split, seed): (Option<f64>, u64),
-    skip_unreadable: bool,
+    options: &FolderOptions,
     budget: Option<u64>,
 ) -> Result<Dataset, DataError> {
+    let FolderOptions { test_split, seed, skip_unreadable, resize } = *options;
     if entries.is_empty() {
         return Err(DataError::new(
             root,
@@ -380,7 +390,10 @@ fn build(
                 ),
             };
             let digest: [u8; 32] = sha2::Sha256::digest(&*bytes).into();
-            let (chw, h, w) = decode(&bytes).map_err(Unread::Unreadable)?;
+            let (mut chw, mut h, mut w) = decode(&bytes).map_err(Unread::Unreadable)?;
+            if let Some(side) = resize {
+                (chw, h, w) = resize_bytes(&chw, h, w, side);
+            }
             used.fetch_add(chw.len() as u64, std::sync::atomic::Ordering::Relaxed);
             Ok((chw, h, w, digest))
         })
@@ -394,9 +407,10 @@ fn build(
             format!(
                 "the decoded images do not fit in memory: sweep keeps a dataset decoded (3 bytes a pixel), and \
                  {done} of its {} images already took {} of the {} it may use (about {} for all of them); \
-                 shrink the images beforehand (e.g. to 256 pixels on the shorter side, where the augmentation \
-                 resizes them anyway) or use fewer, or raise {} (now {}; the default is 3/4 of the memory this \
-                 process may still use: MemAvailable, or its cgroup's limit)",
+                 set `resize = 256` in the dataset (each image resized as it is decoded, as torchvision's \
+                 Resize(256), where the augmentation makes them smaller anyway), or use fewer images, or raise {} \
+                 (now {}; the default is 3/4 of the memory this process may still use: MemAvailable, or its \
+                 cgroup's limit)",
                 images,
                 crate::memory::describe(used),
                 crate::memory::describe(budget),
@@ -469,6 +483,18 @@ fn build(
     }
     let [train, test] = splits;
     Ok(Dataset { train, test, classes, skipped })
+}
+
+/// torchvision's `Resize(side)` of a PIL image, on CHW bytes: the shorter side
+/// becomes `side` (antialiased bilinear), the values rounded back to bytes.
+fn resize_bytes(chw: &[u8], h: usize, w: usize, side: usize) -> (Vec<u8>, usize, usize) {
+    use crate::train::augment::{geometry, Image};
+    let (oh, ow) = geometry::resized_size(side, h, w);
+    if (oh, ow) == (h, w) {
+        return (chw.to_vec(), h, w);
+    }
+    let out = geometry::resize(&Image::from_u8(chw, h, w), oh, ow);
+    (out.data.iter().map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect(), oh, ow)
 }
 
 /// What a folder below the root holds: a split's images.

@@ -202,12 +202,13 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
         }
         DatasetName::Folder => {
             let path = spec.path.as_deref().unwrap_or_default();
-            folder::load(
-                std::path::Path::new(path),
-                spec.test_split,
-                spec.data_seed.unwrap_or(0),
-                spec.skip_unreadable,
-            )?
+            let options = folder::FolderOptions {
+                test_split: spec.test_split,
+                seed: spec.data_seed.unwrap_or(0),
+                skip_unreadable: spec.skip_unreadable,
+                resize: spec.resize,
+            };
+            folder::load(std::path::Path::new(path), &options)?
         }
     };
     // CIFAR's files are in random order, so their first N images are a fair
