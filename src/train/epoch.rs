@@ -62,7 +62,32 @@ fn train_here(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, T
         tracing::info!(run = req.name, epoch = state.epoch, step = state.step, "resuming from {}", ck.path);
     }
 
-    let (train_idx, val_idx) = validation_split(ds.train.len(), cfg.val_split, cfg.seed);
+    // The validation images: a folder's own (val/ beside test/), or a seeded share of the
+    // training set (`val_split`); not both.
+    let (train_idx, val_idx, val_set) = match &ds.val {
+        Some(_) if cfg.val_split > 0.0 => {
+            return Err(TrainError::Unsupported(format!(
+                "the dataset has a validation folder of its own and the run sets val_split = {}: leave out \
+                 val_split to validate on the folder, or remove the folder to hold out a share of the training set",
+                cfg.val_split
+            )))
+        }
+        Some(val) => ((0..ds.train.len()).collect(), (0..val.len()).collect(), val),
+        None => {
+            let (t, v) = validation_split(ds.train.len(), cfg.val_split, cfg.seed);
+            (t, v, &ds.train)
+        }
+    };
+    if val_idx.is_empty()
+        && (cfg.metric.needs_validation()
+            || cfg.early_stop.as_ref().and_then(|e| e.metric).is_some_and(crate::spec::Metric::needs_validation))
+    {
+        return Err(TrainError::Unsupported(
+            "the run's metric needs a validation split: set val_split (e.g. 0.1), or give the image folder a val/ \
+             folder beside its test/"
+                .into(),
+        ));
+    }
     let n_train = train_idx.len();
     let bs = cfg.batch_size;
     let steps = if cfg.drop_last { n_train / bs } else { n_train.div_ceil(bs) };
@@ -75,7 +100,7 @@ fn train_here(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, T
     let train_pipe = pipeline(&cfg.train_transforms, &ds.train, req.device)?;
     // Built (on a GPU: uploaded) once per run, not per evaluation.
     let test_pipe = pipeline(&cfg.test_transforms, &ds.test, req.device)?;
-    let val_pipe = if val_idx.is_empty() { None } else { Some(pipeline(&cfg.test_transforms, &ds.train, req.device)?) };
+    let val_pipe = if val_idx.is_empty() { None } else { Some(pipeline(&cfg.test_transforms, val_set, req.device)?) };
     tracing::debug!(resident = train_pipe.is_resident(), "training data pipeline");
     let threads = loader::default_threads();
     req.progress.steps_per_epoch.store(steps as i64, Ordering::Relaxed);
@@ -175,7 +200,7 @@ fn train_here(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, T
                 let bar = eval_bar(req, "validation", e + 1, epochs, val_idx.len());
                 let stats = evaluate_with_progress(
                     built.inference.as_ref(),
-                    &ds.train,
+                    val_set,
                     Some(&val_idx),
                     pipe,
                     bs_eval,

@@ -532,6 +532,51 @@ fn an_image_that_does_not_decode_fails_its_run_naming_the_file() {
     assert!(log.contains("1 unreadable image(s) left out") && log.contains("train/b/9.jpg: cannot decode"), "{log}");
 }
 
+/// An image folder with train/, val/ and test/: a run validates on val/ (metric `val_acc`, no
+/// `val_split`), a run that also sets `val_split` is refused rather than silently preferring one,
+/// and without a val/ folder the same file fails its runs saying what is missing.
+#[test]
+fn an_image_folders_val_folder_is_the_validation_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let root = dir.path().join("pics");
+    for (k, split) in ["train", "val", "test"].iter().enumerate() {
+        for (c, class) in ["a", "b"].iter().enumerate() {
+            let d = root.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..(6 - 2 * k.min(1)) as u8 {
+                std::fs::write(d.join(format!("{i}.png")), crate::data::png(8, 8, c as u8 * 100 + i)).unwrap();
+            }
+        }
+    }
+    let text = format!(
+        "name = \"v\"\nmetric = \"val_acc\"\ndataset = {{ folder = \"{}\" }}\n\n[defaults]\nmodel = \"smallcnn\"\n\
+         batch_size = 4\nepochs = 2\noptimizer = {{ name = \"sgd\", lr = 0.01 }}\n\n[[run]]\nname = \"own\"\n\n\
+         [[run]]\nname = \"both\"\nval_split = 0.25\n",
+        root.display()
+    );
+    let f = crate::write_sweep(dir.path(), "v.toml", &text);
+    let out = run(&home, &["-q", "submit", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let rows = runs(&home);
+    let own = rows.iter().find(|r| r.name == "own").unwrap();
+    assert_eq!(own.status, Status::Done, "{:?}", own.error);
+    let e = epochs(&home, own.id);
+    assert_eq!(e.len(), 2);
+    // 8 validation images: accuracy in steps of 12.5%.
+    assert!(e.iter().all(|r| r.val_acc.is_some_and(|a| (a / 12.5).fract() == 0.0) && r.val_loss.is_some()), "{e:?}");
+    let both = rows.iter().find(|r| r.name == "both").unwrap();
+    assert_eq!(both.status, Status::Failed);
+    assert!(both.error.as_deref().unwrap().contains("validation folder of its own"), "{:?}", both.error);
+
+    std::fs::remove_dir_all(root.join("val")).unwrap();
+    let home = dir.path().join("home2");
+    let out = run(&home, &["-q", "submit", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let own = runs(&home).into_iter().find(|r| r.name == "own").unwrap();
+    assert!(own.error.as_deref().unwrap().contains("needs a validation split"), "{:?}", own.error);
+}
+
 /// An image folder that does not exist here: `submit` (which would train it here) refuses the
 /// file at the `dataset` line, `plan` warns and exits 1, and `--queue-only` queues it with a
 /// warning, for workers that see the path (a node's scratch copy).

@@ -577,9 +577,9 @@ fn a_folder_resized_at_load_holds_the_smaller_images() {
 }
 
 /// Split folders are found by Hugging Face's split keywords in any case: a validation folder is
-/// the test split where there is no test folder, and beside one it is not read at all.
+/// the test split where there is no test folder, and beside one the validation split.
 #[test]
-fn a_val_folder_is_the_test_split_where_there_is_no_test_folder() {
+fn a_val_folder_is_the_test_split_without_a_test_folder_and_the_validation_split_beside_one() {
     let dir = tempfile::tempdir().unwrap();
     let make = |root: &Path, splits: &[&str]| {
         for (k, split) in splits.iter().enumerate() {
@@ -609,12 +609,20 @@ fn a_val_folder_is_the_test_split_where_there_is_no_test_folder() {
         assert!(d.test.source(0).contains(&format!("/{}/a/", splits[1])), "{name}");
         assert!(folder::has_split_folders(&root) && !folder::has_split_folders(&root.join(splits[0])), "{name}");
     }
-    // Beside a test folder, val/ is not read (an undecodable file there does no harm).
+    // Beside a test folder, val/ is the validation split; without one, there is none.
+    assert!(want.val.is_none());
     let root = dir.path().join("three");
     make(&root, &["train", "test", "val"]);
-    std::fs::write(root.join("val/a/broken.png"), b"nope").unwrap();
     let d = folder::load(&root, &folder::FolderOptions::default()).unwrap();
     assert_eq!((&d.train.images, &d.test.images), (&want.train.images, &want.test.images));
+    let val = d.val.as_ref().unwrap();
+    assert_eq!((val.len(), &val.labels[..]), (4, &[0, 0, 1, 1][..]));
+    assert!(val.source(0).contains("/val/a/"));
+    assert_ne!(d.fingerprint(), want.fingerprint());
+    std::fs::create_dir_all(root.join("val/zebra")).unwrap();
+    std::fs::write(root.join("val/zebra/0.png"), png(4, 4, 0)).unwrap();
+    let err = folder::load(&root, &folder::FolderOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("val/zebra") && err.contains("no train folder"), "{err}");
     // Two folders for one split: which one is meant is not guessed.
     let root = dir.path().join("two");
     make(&root, &["train", "training", "test"]);

@@ -53,7 +53,9 @@ pub(super) fn finalize(ctx: &Ctx, merged: Table, seed: u64) -> Result<RunConfig,
     if !(0.0..1.0).contains(&val_split) {
         return bad("val_split", format!("must be in [0, 1), found {val_split}"));
     }
-    if val_split == 0.0 {
+    // An image folder may have a validation folder of its own (val/ beside test/): the trainer
+    // says so when it has none.
+    if val_split == 0.0 && ctx.dataset.name != DatasetName::Folder {
         if ctx.metric.needs_validation() {
             return bad(
                 "val_split",

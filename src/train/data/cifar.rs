@@ -260,7 +260,7 @@ pub fn load_release(r: &Release, path: Option<&Path>, cache: &Cache, download: b
     let (train, train_counts) = read(&files)?;
     let (test, test_counts) = read(std::slice::from_ref(&test_file))?;
     check_counts(&r, &files, &train_counts, &test_file, test_counts[0])?;
-    Ok(Dataset { train, test, classes, skipped: Vec::new() })
+    Ok(Dataset { train, test, val: None, classes, skipped: Vec::new() })
 }
 
 /// A file cut on a record boundary reads without error: compare the record

@@ -22,6 +22,11 @@ impl Dataset {
             h.update(tag);
             split_into(&mut h, split);
         }
+        // Only where there is one, so that the fingerprints of data without it stay as they were.
+        if let Some(val) = &self.val {
+            h.update(b"val\0\0");
+            split_into(&mut h, val);
+        }
         h.update((self.classes.len() as u64).to_le_bytes());
         for c in &self.classes {
             h.update((c.len() as u64).to_le_bytes());
@@ -56,7 +61,7 @@ mod tests {
         train.push(&[2; 12], 2, 2, 1, Some(("b/0.png".into(), [2; 32])));
         let mut test = Split::default();
         test.push(&[3; 12], 2, 2, 1, Some(("b/1.png".into(), [3; 32])));
-        Dataset { train, test, classes: vec!["a".into(), "b".into()], skipped: Vec::new() }
+        Dataset { train, test, val: None, classes: vec!["a".into(), "b".into()], skipped: Vec::new() }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! `root/train/<class>/*.jpg` and `root/test/<class>/*.png` give the two
 //! splits (split folders are named as Hugging Face's `imagefolder` names them,
 //! in any case: `train` or `training`; `test`, `testing`, `eval` or
-//! `evaluation`, else one of `val`, `valid`, `validation` and `dev` is the test
-//! split, and is not used beside a test folder); a single tree `root/<class>/*` needs `test_split`, the share of
+//! `evaluation`; `val`, `valid`, `validation` or `dev`: beside a test folder the
+//! validation split ([`Dataset::val`]), else the test split); a single tree `root/<class>/*` needs `test_split`, the share of
 //! each class held out as test (seeded by `data_seed`). Class labels are the
 //! class folder names in sorted order, as torchvision assigns them. `root` may
 //! be a folder, a `.tar`, or a `.tar.gz`/`.tgz` of that layout (one enclosing
@@ -245,8 +245,8 @@ fn build(
     }
     let prefix = &first[..skip];
     let display = |e: &Entry| format!("{}/{}", root.display(), e.parts.join("/"));
-    // The split folders: train/ and test/, or a validation folder (val/, valid/, validation/,
-    // dev/) as the test split where there is no test folder: Hugging Face's split keywords.
+    // The split folders, by Hugging Face's split keywords: train/ and test/, and a validation
+    // folder (val/, valid/, validation/, dev/), which is the test split where there is no test/.
     let mut found: BTreeMap<Role, BTreeSet<&str>> = BTreeMap::new();
     for e in entries {
         if let Some(role) = e.parts.get(skip).filter(|_| e.parts.len() > skip + 1).and_then(|p| split_role(p)) {
@@ -265,11 +265,12 @@ fn build(
             )),
         }
     };
-    let (train_dir, test_dir, unused) = if split_layout {
+    let (train_dir, test_dir, val_dir) = if split_layout {
         let train = one(Role::Train)?;
-        let (test, unused) = match one(Role::Test)? {
-            Some(t) => (Some(t), found.get(&Role::Val).map(|v| v.iter().copied().collect()).unwrap_or_default()),
-            None => (one(Role::Val)?, Vec::new()),
+        // Without a test folder, the validation folder is the test split.
+        let (test, val) = match one(Role::Test)? {
+            Some(t) => (Some(t), one(Role::Val)?),
+            None => (one(Role::Val)?, None),
         };
         let Some(train) = train else {
             return Err(DataError::new(root, "has no train/ images (train/<class>/*.jpg)"));
@@ -277,14 +278,11 @@ fn build(
         let Some(test) = test else {
             return Err(DataError::new(root, "has no test/ images (test/<class>/*.jpg, or a val/ folder to test on)"));
         };
-        (train, test, unused)
+        (train, test, val)
     } else {
-        ("", "", Vec::new())
+        ("", "", None)
     };
-    for v in &unused {
-        tracing::warn!("{}: {v}/ is not used: sweep evaluates on {test_dir}/", at(v).display());
-    }
-    // (split, class) of every entry; split 0 = train, 1 = test, 2 = the one tree, 3 = not used.
+    // (split, class) of every entry; split 0 = train, 1 = test, 2 = the one tree, 3 = validation.
     let mut keys = Vec::with_capacity(entries.len());
     for e in entries {
         let rel = &e.parts[skip..];
@@ -292,7 +290,7 @@ fn build(
             match (rel.first().map(String::as_str), rel.len()) {
                 (Some(d), 3..) if d == train_dir => (0u8, rel[1].clone()),
                 (Some(d), 3..) if d == test_dir => (1u8, rel[1].clone()),
-                (Some(d), 3..) if unused.contains(&d) => (3u8, rel[1].clone()),
+                (Some(d), 3..) if Some(d) == val_dir => (3u8, rel[1].clone()),
                 _ => {
                     return Err(DataError::new(
                         display(e),
@@ -320,9 +318,13 @@ fn build(
     } else {
         (class_dirs(None), BTreeSet::new())
     };
+    let val_classes = val_dir.map(|v| class_dirs(Some(v))).unwrap_or_default();
     let classes: Vec<String> = train_classes.iter().cloned().collect();
-    let checks: &[(u8, &BTreeSet<String>)] =
-        if split_layout { &[(0, &train_classes), (1, &test_classes)] } else { &[(2, &train_classes)] };
+    let checks: &[(u8, &BTreeSet<String>)] = if split_layout {
+        &[(0, &train_classes), (1, &test_classes), (3, &val_classes)]
+    } else {
+        &[(2, &train_classes)]
+    };
     // A class folder without an image, among the entries `kept`.
     let empty_class = |kept: &dyn Fn(usize) -> bool, why: &str| -> Result<(), DataError> {
         for &(split, names) in checks {
@@ -331,6 +333,7 @@ fn build(
                     let dir = match split {
                         0 => at(train_dir),
                         1 => at(test_dir),
+                        3 => at(val_dir.unwrap_or_default()),
                         _ => at(""),
                     };
                     return Err(DataError::new(dir.join(name), why));
@@ -341,11 +344,13 @@ fn build(
     };
     empty_class(&|_| true, &format!("empty class folder: it holds no image ({KINDS})"))?;
     if split_layout {
-        if let Some(c) = test_classes.iter().find(|c| !train_classes.contains(*c)) {
-            return Err(DataError::new(
-                at(test_dir).join(c),
-                format!("a {test_dir} class with no {train_dir} folder of the same name"),
-            ));
+        for (dir, names) in [(test_dir, &test_classes), (val_dir.unwrap_or_default(), &val_classes)] {
+            if let Some(c) = names.iter().find(|c| !train_classes.contains(*c)) {
+                return Err(DataError::new(
+                    at(dir).join(c),
+                    format!("a {dir} class with no {train_dir} folder of the same name"),
+                ));
+            }
         }
         if test_split.is_some() {
             return Err(DataError::new(
@@ -370,7 +375,7 @@ fn build(
 
     // Decode everything in parallel, in the sorted order of the paths, while the
     // decoded images fit in `budget` (with an archive's bytes, already read).
-    let mut order: Vec<usize> = (0..entries.len()).filter(|&i| keys[i].0 != 3).collect();
+    let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by(|&a, &b| entries[a].parts.cmp(&entries[b].parts));
     let inline: u64 = entries.iter().map(|e| if let Bytes::Inline(b) = &e.bytes { b.len() as u64 } else { 0 }).sum();
     let images = order.len();
@@ -456,7 +461,7 @@ fn build(
     let kept: Vec<usize> = order.iter().zip(&decoded).filter(|(_, d)| d.is_ok()).map(|(&i, _)| i).collect();
     let labels: Vec<u32> = kept.iter().map(|&i| class_of[keys[i].1.as_str()]).collect();
     let split_of: Vec<usize> = if split_layout {
-        kept.iter().map(|&i| usize::from(keys[i].0)).collect()
+        kept.iter().map(|&i| if keys[i].0 == 3 { 2 } else { usize::from(keys[i].0) }).collect()
     } else {
         let mut to = vec![0; kept.len()];
         for c in 0..classes.len() as u32 {
@@ -469,8 +474,8 @@ fn build(
         }
         to
     };
-    let mut splits = [Split::default(), Split::default()];
-    let mut sizes = [0usize; 2];
+    let mut splits = [Split::default(), Split::default(), Split::default()];
+    let mut sizes = [0usize; 3];
     for (d, &s) in decoded.iter().filter_map(|d| d.as_ref().ok()).zip(&split_of) {
         sizes[s] += d.0.len();
     }
@@ -481,8 +486,8 @@ fn build(
     for (((chw, h, w, digest), &i), (&s, &label)) in ok.zip(&kept).zip(split_of.iter().zip(&labels)) {
         splits[s].push(&chw, h, w, label, Some((display(&entries[i]), digest)));
     }
-    let [train, test] = splits;
-    Ok(Dataset { train, test, classes, skipped })
+    let [train, test, val] = splits;
+    Ok(Dataset { train, test, val: val_dir.map(|_| val), classes, skipped })
 }
 
 /// torchvision's `Resize(side)` of a PIL image, on CHW bytes: the shorter side

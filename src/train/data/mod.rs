@@ -180,6 +180,9 @@ pub struct Dataset {
     pub train: Split,
     /// Test split.
     pub test: Split,
+    /// A validation split of its own (an image folder's `val/` beside its
+    /// `test/`); else a run's `val_split` holds out a share of `train`.
+    pub val: Option<Split>,
     /// Class names, indexed by label.
     pub classes: Vec<String>,
     /// The images left out because they cannot be read or decoded, as

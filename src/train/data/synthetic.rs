@@ -28,6 +28,7 @@ pub fn synthetic(train: usize, test: usize, seed: u64) -> Dataset {
     Dataset {
         train: split(train, 0),
         test: split(test, 1),
+        val: None,
         classes: SYNTHETIC_CLASSES.iter().map(std::string::ToString::to_string).collect(),
         skipped: Vec::new(),
     }
