@@ -137,15 +137,46 @@ fn cuda_missing(device: sweep::spec::DeviceChoice) -> Option<String> {
     })
 }
 
-/// The file's image folder when it does not exist on this machine: `submit`
-/// refuses the file (this machine would train it), `--queue-only` and `slurm`
-/// only warn (the workers may see a path this machine does not, a node's
-/// scratch copy), and `plan` says so.
-fn dataset_missing(spec: &sweep::spec::SweepSpec) -> Option<sweep::spec::SpecError> {
-    let ds = &spec.runs.first()?.config.dataset;
-    let path = ds.path.as_deref().filter(|_| ds.name == sweep::spec::DatasetName::Folder)?;
-    (!Path::new(path).exists())
-        .then(|| spec.dataset_error(format!("`{path}`: no such folder or archive on this machine")))
+/// The file's image folder as this machine sees it: its layout (counted
+/// without reading an image), or what is wrong at the file's `dataset` line: it
+/// does not exist here, its layout is bad (split or class folders, an empty
+/// class), or its validation folder does not fit the runs' metric and
+/// `val_split`. `submit` refuses the file (this machine would train it);
+/// `--queue-only` and `slurm` only warn (workers may see a path this machine
+/// does not, a node's scratch copy); `plan` says so. `Ok(None)`: not a folder,
+/// or an archive (read whole only when a run loads it).
+fn dataset_check(
+    spec: &sweep::spec::SweepSpec,
+) -> Result<Option<sweep::train::data::folder::Layout>, sweep::spec::SpecError> {
+    use sweep::train::data::{folder, folder_options};
+    let Some(ds) = spec.runs.first().map(|r| &r.config.dataset) else { return Ok(None) };
+    let Some(path) = ds.path.as_deref().filter(|_| ds.name == sweep::spec::DatasetName::Folder) else {
+        return Ok(None);
+    };
+    if !Path::new(path).exists() {
+        return Err(spec.dataset_error(format!("`{path}`: no such folder or archive on this machine")));
+    }
+    let layout = folder::scan(Path::new(path), &folder_options(ds)).map_err(|e| spec.dataset_error(e.to_string()))?;
+    if let Some(l) = &layout {
+        for r in &spec.runs {
+            let c = &r.config;
+            let needs = c.metric.needs_validation()
+                || c.early_stop.as_ref().and_then(|e| e.metric).is_some_and(sweep::spec::Metric::needs_validation);
+            let why = match (l.val.is_some(), c.val_split > 0.0) {
+                (true, true) => {
+                    "has a validation folder of its own and the run sets val_split: leave out val_split \
+                                 to validate on the folder"
+                }
+                (false, false) if needs => {
+                    "has no validation folder beside its test folder, and the run's metric \
+                                           needs a validation split: set val_split (e.g. 0.1)"
+                }
+                _ => continue,
+            };
+            return Err(spec.dataset_error(format!("`{path}` {why} (run `{}`)", r.name)));
+        }
+    }
+    Ok(layout)
 }
 
 /// The home folder (run folders, logs) and the database, as the commands open it.

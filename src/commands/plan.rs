@@ -129,12 +129,13 @@ pub async fn plan(
         eprintln!("{why}");
         return Ok(ExitCode::from(2));
     }
-    let missing = super::dataset_missing(&spec);
-    if let Some(e) = &missing {
+    let data = super::dataset_check(&spec);
+    if let Err(e) = &data {
         eprintln!(
             "warning: {e}; `submit` would refuse the file (`submit --queue-only` queues it for workers that see it)"
         );
     }
+    let layout = data.as_ref().ok().cloned().flatten();
     let est = if estimates { Some(estimate(&spec, home, choice, verbose).await?) } else { None };
     let seconds = |i: usize| est.as_ref().and_then(|e| e.seconds[i]);
     match format {
@@ -176,7 +177,11 @@ pub async fn plan(
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
-                    "sweep": spec.name, "runs": runs, "searches": searches, "early_terminate": asha
+                    "sweep": spec.name, "runs": runs, "searches": searches, "early_terminate": asha,
+                    "dataset": layout.as_ref().map(|l| serde_json::json!({
+                        "train": l.train, "test": l.test, "val": l.val, "classes": l.classes,
+                        "folders": l.folders.as_ref().map(|(t, e, v)| serde_json::json!({ "train": t, "test": e, "val": v })),
+                    })),
                 }))?
             );
         }
@@ -217,6 +222,9 @@ pub async fn plan(
                 })
                 .collect();
             println!("sweep `{}`: {} run(s), best = {}", printable(&spec.name), spec.runs.len(), spec.metric);
+            if let Some(l) = &layout {
+                println!("{}", layout_line(l));
+            }
             print!("{}", text_table(&headers, &rows));
             if let Some(e) = &est {
                 print!("{}", estimate_lines(e));
@@ -233,8 +241,25 @@ pub async fn plan(
         }
     }
     // Like `submit`, which would refuse the file: a script can tell.
-    let trainable = missing.is_none() && spec.runs.iter().all(|r| sweep::train::check(&r.config).is_ok());
+    let trainable = data.is_ok() && spec.runs.iter().all(|r| sweep::train::check(&r.config).is_ok());
     Ok(if trainable { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `dataset: 40 training, 8 test and 8 validation images (train/, test/, val/), 2 classes: a, b`.
+fn layout_line(l: &sweep::train::data::folder::Layout) -> String {
+    let images = match l.val {
+        Some(v) => format!("{} training, {} test and {v} validation images", l.train, l.test),
+        None => format!("{} training and {} test images", l.train, l.test),
+    };
+    let folders = match &l.folders {
+        Some((t, e, Some(v))) => format!(" ({t}/, {e}/, {v}/)"),
+        Some((t, e, None)) => format!(" ({t}/, {e}/)"),
+        None => " (one tree, test_split)".to_owned(),
+    };
+    let shown: Vec<&str> = l.classes.iter().take(10).map(String::as_str).collect();
+    let more = if l.classes.len() > 10 { format!(", and {} more", l.classes.len() - 10) } else { String::new() };
+    printable(&format!("dataset: {images}{folders}, {} classes: {}{more}", l.classes.len(), shown.join(", ")))
+        .into_owned()
 }
 
 /// What the file's searches and early termination do beyond the runs listed.

@@ -69,12 +69,14 @@ pub async fn submit(home: &super::Home, file: &Path, options: &spec::Options, ho
         return Ok(ExitCode::from(2));
     }
 
-    if let Some(missing) = super::dataset_missing(&spec) {
+    if let Err(bad) = super::dataset_check(&spec) {
         if !queue_only {
-            eprintln!("{}\nnothing was queued", SpecErrors(vec![missing]));
+            eprintln!("{}\nnothing was queued", SpecErrors(vec![bad]));
             return Ok(ExitCode::from(2));
         }
-        eprintln!("warning: {missing}; queued anyway (--queue-only): the workers that train it must see it");
+        eprintln!(
+            "warning: {bad}; queued anyway (--queue-only): the workers that train it must see it as it should be"
+        );
     }
 
     // --device (or SWEEP_DEVICE) over the file's `device`, else auto; a GPU

@@ -533,8 +533,9 @@ fn an_image_that_does_not_decode_fails_its_run_naming_the_file() {
 }
 
 /// An image folder with train/, val/ and test/: a run validates on val/ (metric `val_acc`, no
-/// `val_split`), a run that also sets `val_split` is refused rather than silently preferring one,
-/// and without a val/ folder the same file fails its runs saying what is missing.
+/// `val_split`). A run that also sets `val_split`, or a val metric without a val/ folder, is
+/// refused by `submit` at the dataset line (nothing queued; `plan` counts the images first);
+/// queued anyway (`--queue-only`), the trainer fails such a run saying the same.
 #[test]
 fn an_image_folders_val_folder_is_the_validation_split() {
     let dir = tempfile::tempdir().unwrap();
@@ -556,25 +557,71 @@ fn an_image_folders_val_folder_is_the_validation_split() {
         root.display()
     );
     let f = crate::write_sweep(dir.path(), "v.toml", &text);
+    let out = run(&home, &["plan", "--no-estimate", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("would refuse"), "{}", stderr(&out));
+    let out = run(&home, &["submit", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("v.toml:3:1") && err.contains("validation folder of its own") && err.contains("run `both`"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was queued"), "{err}");
+
+    let f = crate::write_sweep(dir.path(), "v.toml", &text.replace("val_split = 0.25\n", ""));
+    let out = run(&home, &["plan", "--no-estimate", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = "dataset: 12 training, 8 test and 8 validation images (train/, test/, val/), 2 classes: a, b";
+    assert!(stdout(&out).contains(line), "{}", stdout(&out));
     let out = run(&home, &["-q", "submit", f.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let rows = runs(&home);
-    let own = rows.iter().find(|r| r.name == "own").unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let own = runs(&home).into_iter().find(|r| r.name == "own").unwrap();
     assert_eq!(own.status, Status::Done, "{:?}", own.error);
     let e = epochs(&home, own.id);
     assert_eq!(e.len(), 2);
     // 8 validation images: accuracy in steps of 12.5%.
     assert!(e.iter().all(|r| r.val_acc.is_some_and(|a| (a / 12.5).fract() == 0.0) && r.val_loss.is_some()), "{e:?}");
-    let both = rows.iter().find(|r| r.name == "both").unwrap();
-    assert_eq!(both.status, Status::Failed);
-    assert!(both.error.as_deref().unwrap().contains("validation folder of its own"), "{:?}", both.error);
 
+    // Without val/: refused; queued anyway, its runs fail saying what is missing.
     std::fs::remove_dir_all(root.join("val")).unwrap();
     let home = dir.path().join("home2");
-    let out = run(&home, &["-q", "submit", f.to_str().unwrap()]);
+    let out = run(&home, &["submit", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("has no validation folder"), "{}", stderr(&out));
+    let out = run(&home, &["-q", "submit", "--queue-only", f.to_str().unwrap()]);
+    assert!(out.status.success() && stderr(&out).contains("warning:"), "{}", stderr(&out));
+    let out = run(&home, &["-q", "worker", "--exit-when-empty"]);
     assert_eq!(out.status.code(), Some(1));
     let own = runs(&home).into_iter().find(|r| r.name == "own").unwrap();
     assert!(own.error.as_deref().unwrap().contains("needs a validation split"), "{:?}", own.error);
+}
+
+/// A folder whose layout is wrong (here an empty class folder) is refused by `submit` at the
+/// dataset line, before anything is queued or decoded.
+#[test]
+fn a_bad_folder_layout_is_refused_at_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let root = dir.path().join("pics");
+    for split in ["train", "test"] {
+        for class in ["a", "b"] {
+            std::fs::create_dir_all(root.join(split).join(class)).unwrap();
+            std::fs::write(root.join(format!("{split}/{class}/0.png")), crate::data::png(8, 8, 1)).unwrap();
+        }
+    }
+    std::fs::create_dir_all(root.join("test/c")).unwrap();
+    let text = format!(
+        "name = \"l\"\ndataset = {{ folder = \"{}\" }}\n[defaults]\nmodel = \"smallcnn\"\nbatch_size = 4\n\
+         epochs = 1\noptimizer = {{ name = \"sgd\", lr = 0.01 }}\n",
+        root.display()
+    );
+    let f = crate::write_sweep(dir.path(), "l.toml", &text);
+    let out = run(&home, &["submit", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("l.toml:2:1") && err.contains("test/c: empty class folder"), "{err}");
+    assert!(!home.join(sweep::store::DB_FILE).exists());
 }
 
 /// An image folder that does not exist here: `submit` (which would train it here) refuses the

@@ -511,6 +511,9 @@ fn a_single_trees_split_is_the_one_earlier_versions_chose() {
     let want = ["0.png<cat", "6.png<cat", "2.png<dog", "3.png<dog", "3.png<emu", "5.png<emu", "7.png<emu"];
     assert_eq!(names(&d.test), want);
     assert_eq!((d.train.len(), d.test.len()), (17, 7));
+    // The layout, counted without reading an image, says the same.
+    let l = folder::scan(&root, &tree(0.3, 0)).unwrap().unwrap();
+    assert_eq!((l.train, l.test, l.val, &l.classes[..], &l.folders), (17, 7, None, &d.classes[..], &None));
     assert_eq!(d.train.labels.iter().filter(|&&l| l == 2).count(), 6);
 }
 
@@ -617,6 +620,10 @@ fn a_val_folder_is_the_test_split_without_a_test_folder_and_the_validation_split
     assert_eq!((&d.train.images, &d.test.images), (&want.train.images, &want.test.images));
     let val = d.val.as_ref().unwrap();
     assert_eq!((val.len(), &val.labels[..]), (4, &[0, 0, 1, 1][..]));
+    let l = folder::scan(&root, &folder::FolderOptions::default()).unwrap().unwrap();
+    assert_eq!((l.train, l.test, l.val), (4, 4, Some(4)));
+    assert_eq!(l.folders, Some(("train".into(), "test".into(), Some("val".into()))));
+    assert_eq!(folder::scan(&dir.path().join("three.tar"), &folder::FolderOptions::default()).unwrap(), None);
     assert!(val.source(0).contains("/val/a/"));
     assert_ne!(d.fingerprint(), want.fingerprint());
     std::fs::create_dir_all(root.join("val/zebra")).unwrap();

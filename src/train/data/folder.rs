@@ -106,7 +106,10 @@ pub fn load_within(root: &Path, options: &FolderOptions, budget: Option<u64>) ->
     } else {
         return Err(DataError::new(root, "no such folder or archive"));
     };
-    build(root, &entries, &dirs, options, budget)
+    match build(root, &entries, &dirs, options, Want::Data { budget })? {
+        Built::Data(d) => Ok(*d),
+        Built::Layout(_) => unreachable!("asked for the data"),
+    }
 }
 
 fn walk(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
@@ -219,8 +222,8 @@ fn build(
     entries: &[Entry],
     dirs: &BTreeSet<Vec<String>>,
     options: &FolderOptions,
-    budget: Option<u64>,
-) -> Result<Dataset, DataError> {
+    want: Want,
+) -> Result<Built, DataError> {
     let FolderOptions { test_split, seed, skip_unreadable, resize } = *options;
     if entries.is_empty() {
         return Err(DataError::new(
@@ -372,6 +375,32 @@ fn build(
     if !split_layout && !share_ok {
         return Err(DataError::new(root, format!("test_split must be in (0, 1), found {share}")));
     }
+    let budget = match want {
+        Want::Data { budget } => budget,
+        Want::Layout => {
+            let count = |k: u8| keys.iter().filter(|(s, _)| *s == k).count();
+            let (train, test) = if split_layout {
+                (count(0), count(1))
+            } else {
+                let n_test: usize = class_of
+                    .values()
+                    .map(|&c| {
+                        let n = keys.iter().filter(|(_, name)| class_of[name.as_str()] == c).count();
+                        ((n as f64 * share).round() as usize).clamp(1, n.saturating_sub(1).max(1)).min(n)
+                    })
+                    .sum();
+                (count(2) - n_test, n_test)
+            };
+            let dir = |d: &str| (!d.is_empty()).then(|| d.to_owned());
+            return Ok(Built::Layout(Layout {
+                train,
+                test,
+                val: val_dir.map(|_| count(3)),
+                classes,
+                folders: split_layout.then(|| (train_dir.to_owned(), test_dir.to_owned(), val_dir.and_then(dir))),
+            }));
+        }
+    };
 
     // Decode everything in parallel, in the sorted order of the paths, while the
     // decoded images fit in `budget` (with an archive's bytes, already read).
@@ -487,7 +516,54 @@ fn build(
         splits[s].push(&chw, h, w, label, Some((display(&entries[i]), digest)));
     }
     let [train, test, val] = splits;
-    Ok(Dataset { train, test, val: val_dir.map(|_| val), classes, skipped })
+    Ok(Built::Data(Box::new(Dataset { train, test, val: val_dir.map(|_| val), classes, skipped })))
+}
+
+/// What [`build`] is asked for.
+#[derive(Clone, Copy)]
+enum Want {
+    /// The decoded images, within a memory budget.
+    Data { budget: Option<u64> },
+    /// The layout alone: nothing is read or decoded.
+    Layout,
+}
+
+/// What [`build`] gives.
+enum Built {
+    Data(Box<Dataset>),
+    Layout(Layout),
+}
+
+/// An image folder's layout, found without reading an image: what [`scan`]
+/// says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Training images.
+    pub train: usize,
+    /// Test images (for a single tree, the share `test_split` holds out).
+    pub test: usize,
+    /// Validation images, where a validation folder sits beside the test folder.
+    pub val: Option<usize>,
+    /// The class names, in label order.
+    pub classes: Vec<String>,
+    /// The split folders' names (train, test, validation), or `None` for a single tree.
+    pub folders: Option<(String, String, Option<String>)>,
+}
+
+/// The layout of the image folder at `root` (not an archive, which would have
+/// to be read whole): the same checks as [`load`] makes before it decodes
+/// (split and class folders, empty classes, `test_split`), so a bad layout is
+/// found when a sweep is submitted rather than when its runs start. `Ok(None)`
+/// for an archive.
+pub fn scan(root: &Path, options: &FolderOptions) -> Result<Option<Layout>, DataError> {
+    if !root.is_dir() {
+        return Ok(None);
+    }
+    let (entries, dirs) = walk(root)?;
+    match build(root, &entries, &dirs, options, Want::Layout)? {
+        Built::Layout(l) => Ok(Some(l)),
+        Built::Data(_) => unreachable!("asked for the layout"),
+    }
 }
 
 /// torchvision's `Resize(side)` of a PIL image, on CHW bytes: the shorter side

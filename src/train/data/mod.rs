@@ -190,6 +190,16 @@ pub struct Dataset {
     pub skipped: Vec<String>,
 }
 
+/// How a folder dataset's settings read it.
+pub fn folder_options(spec: &DatasetSpec) -> folder::FolderOptions {
+    folder::FolderOptions {
+        test_split: spec.test_split,
+        seed: spec.data_seed.unwrap_or(0),
+        skip_unreadable: spec.skip_unreadable,
+        resize: spec.resize,
+    }
+}
+
 /// Loads (or generates) a dataset.
 pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
     let mut ds = match spec.name {
@@ -205,13 +215,7 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
         }
         DatasetName::Folder => {
             let path = spec.path.as_deref().unwrap_or_default();
-            let options = folder::FolderOptions {
-                test_split: spec.test_split,
-                seed: spec.data_seed.unwrap_or(0),
-                skip_unreadable: spec.skip_unreadable,
-                resize: spec.resize,
-            };
-            folder::load(std::path::Path::new(path), &options)?
+            folder::load(std::path::Path::new(path), &folder_options(spec))?
         }
     };
     // CIFAR's files are in random order, so their first N images are a fair
