@@ -52,9 +52,9 @@ pub const CACHE: Var = Var {
     name: "SWEEP_CACHE",
     help: "cache of downloaded datasets and weights (default $XDG_CACHE_HOME/sweep or ~/.cache/sweep)",
 };
-/// Base URL of the CIFAR archives.
+/// Base URL of the dataset downloads (CIFAR's archives, MNIST's files).
 pub const DATA_URL: Var =
-    Var { name: "SWEEP_DATA_URL", help: "base URL of the CIFAR archives (default the publisher's site)" };
+    Var { name: "SWEEP_DATA_URL", help: "base URL of the dataset downloads: the CIFAR archives, the MNIST and Fashion-MNIST files (default each publisher's site or torchvision's mirror)" };
 /// Base URL of the pretrained weights.
 pub const WEIGHTS_URL: Var = Var {
     name: "SWEEP_WEIGHTS_URL",

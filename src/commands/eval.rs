@@ -18,7 +18,8 @@ fn builtin(name: &str) -> Option<Vec<Transform>> {
     }
 }
 
-/// `--data`: `synthetic`, `cifar10`, `cifar100` (cache or download), an image
+/// `--data`: `synthetic`, `cifar10`, `cifar100`, `mnist`, `fashion-mnist` (cache
+/// or download), an image
 /// folder or archive (`train/<class>/…`, `val/<class>/…`), or a folder holding a
 /// CIFAR-10 release.
 fn dataset(data: &str) -> DatasetSpec {
@@ -26,6 +27,8 @@ fn dataset(data: &str) -> DatasetSpec {
         "synthetic" => return DatasetSpec::named(DatasetName::Synthetic),
         "cifar10" => return DatasetSpec::named(DatasetName::Cifar10),
         "cifar100" => return DatasetSpec::named(DatasetName::Cifar100),
+        "mnist" => return DatasetSpec::named(DatasetName::Mnist),
+        "fashion-mnist" | "fashion_mnist" => return DatasetSpec::named(DatasetName::FashionMnist),
         _ => {}
     }
     let abs = std::path::absolute(data).unwrap_or_else(|_| PathBuf::from(data));

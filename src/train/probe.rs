@@ -27,6 +27,7 @@ pub fn split_sizes(cfg: &RunConfig) -> Option<(usize, usize)> {
     let (train, test) = match d.name {
         DatasetName::Synthetic => (super::data::SYNTHETIC_TRAIN, super::data::SYNTHETIC_TEST),
         DatasetName::Cifar10 | DatasetName::Cifar100 => (50_000, 10_000),
+        DatasetName::Mnist | DatasetName::FashionMnist => (60_000, 10_000),
         DatasetName::Folder => (d.train_size?, d.test_size?),
     };
     Some((d.train_size.unwrap_or(train), d.test_size.unwrap_or(test)))
@@ -34,7 +35,7 @@ pub fn split_sizes(cfg: &RunConfig) -> Option<(usize, usize)> {
 
 /// Times `steps` optimiser steps of `cfg`'s model (after one untimed warm-up)
 /// on a batch of at most `max_batch` random images at the run's input size
-/// (the CIFAR/synthetic 32x32 through its train transforms).
+/// (CIFAR's and the synthetic 32x32, MNIST's 28x28, through its train transforms).
 ///
 /// # Errors
 /// The model cannot be built, or a step fails (e.g. out of memory).
@@ -50,7 +51,8 @@ fn probe_here(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) 
         DatasetName::Cifar100 => 100,
         _ => 10,
     };
-    let (h, w) = augment::output_size(&cfg.train_transforms, 32, 32).map_err(|detail| ConfigError::Augment {
+    let side = if matches!(cfg.dataset.name, DatasetName::Mnist | DatasetName::FashionMnist) { 28 } else { 32 };
+    let (h, w) = augment::output_size(&cfg.train_transforms, side, side).map_err(|detail| ConfigError::Augment {
         set: cfg.augment.clone(),
         which: "train",
         detail,

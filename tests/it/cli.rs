@@ -597,6 +597,54 @@ fn an_image_folders_val_folder_is_the_validation_split() {
     assert!(own.error.as_deref().unwrap().contains("needs a validation split"), "{:?}", own.error);
 }
 
+/// MNIST from torchvision's `root` (`MNIST/raw`, the files gzipped as downloaded) trains through
+/// `submit` like CIFAR, its grey images as RGB at 28x28, with MNIST's class names in the report.
+#[test]
+fn mnist_trains_from_torchvisions_root_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let raw = dir.path().join("data/MNIST/raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    // Digit k: a bright k-th column on a dark image (the label is in the pixels).
+    let images = |labels: &[u8]| {
+        let mut px = vec![0u8; labels.len() * 784];
+        for (i, &l) in labels.iter().enumerate() {
+            for y in 0..28 {
+                px[i * 784 + y * 28 + 2 + 2 * usize::from(l)] = 255;
+            }
+        }
+        px
+    };
+    let train: Vec<u8> = (0..40).map(|i| i % 10).collect();
+    let test: Vec<u8> = (0..10).collect();
+    let n = |v: &[u8]| v.len() as u32;
+    for (name, bytes) in [
+        ("train-images-idx3-ubyte.gz", crate::data::idx_gz(&[n(&train), 28, 28], &images(&train))),
+        ("train-labels-idx1-ubyte.gz", crate::data::idx_gz(&[n(&train)], &train)),
+        ("t10k-images-idx3-ubyte.gz", crate::data::idx_gz(&[n(&test), 28, 28], &images(&test))),
+        ("t10k-labels-idx1-ubyte.gz", crate::data::idx_gz(&[n(&test)], &test)),
+    ] {
+        std::fs::write(raw.join(name), bytes).unwrap();
+    }
+    let text = "name = \"digits\"\ndataset = { name = \"mnist\", path = \"data\" }\n\n[defaults]\n\
+                model = \"smallcnn\"\nbatch_size = 8\nepochs = 1\naugment = \"n\"\n\
+                optimizer = { name = \"sgd\", lr = 0.01 }\n\n[augment.n]\n\
+                train = [{ normalize = \"mnist\" }]\ntest = [{ normalize = \"mnist\" }]\n\n[[run]]\nname = \"one\"\n";
+    let f = crate::write_sweep(dir.path(), "digits.toml", text);
+    let out = run(&home, &["-q", "submit", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let one = runs(&home).into_iter().find(|r| r.name == "one").unwrap();
+    assert_eq!(one.status, Status::Done, "{:?}", one.error);
+    let e = epochs(&home, one.id);
+    // 10 test images: accuracy in steps of 10%.
+    assert!(e.len() == 1 && (e[0].test_acc / 10.0).fract() == 0.0, "{e:?}");
+    // The per-class figure names MNIST's classes.
+    let report = dir.path().join("report.html");
+    let out = run(&home, &["report", "-o", report.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&report).unwrap().contains("7 - seven"));
+}
+
 /// A folder whose layout is wrong (here an empty class folder) is refused by `submit` at the
 /// dataset line, before anything is queued or decoded.
 #[test]

@@ -337,6 +337,63 @@ fn cifar_is_downloaded_once_checked_and_unpacked_into_the_cache() {
     assert!(!other.dir.join("cifar-10-batches-py").exists());
 }
 
+/// An IDX file of bytes with these dimensions, gzipped as MNIST's mirror serves it.
+pub fn idx_gz(dims: &[u32], body: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        b.extend_from_slice(&d.to_be_bytes());
+    }
+    b.extend_from_slice(body);
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&b).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn mnist_is_downloaded_file_by_file_checked_and_kept_in_the_cache() {
+    use md5::Digest;
+    use std::sync::atomic::Ordering::SeqCst;
+    let pixels: Vec<u8> = (0..4 * 28 * 28).map(|i| (i % 256) as u8).collect();
+    let bodies = [
+        idx_gz(&[4, 28, 28], &pixels),
+        idx_gz(&[4], &[5, 0, 4, 1]),
+        idx_gz(&[2, 28, 28], &pixels[..2 * 784]),
+        idx_gz(&[2], &[9, 2]),
+    ];
+    let names = data::mnist::MNIST.files.map(|(f, _)| f);
+    let files = names.iter().zip(&bodies).map(|(n, b)| (format!("{n}.gz"), b.clone())).collect();
+    let server = crate::models::serve(files);
+    let md5 = |b: &[u8]| &*Box::leak(format!("{:x}", md5::Md5::digest(b)).into_boxed_str());
+    let release =
+        data::mnist::IdxRelease { files: [0, 1, 2, 3].map(|i| (names[i], md5(&bodies[i]))), ..data::mnist::MNIST };
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cifar::Cache { dir: dir.path().join("cache"), base_url: server.url.clone() };
+    let raw = cache.dir.join("MNIST/raw");
+
+    // One file that is not what was published: refused by its md5, and not kept.
+    let wrong = data::mnist::IdxRelease {
+        files: [0, 1, 2, 3]
+            .map(|i| (names[i], if i == 2 { "0123456789abcdef0123456789abcdef" } else { release.files[i].1 })),
+        ..release
+    };
+    let err = data::mnist::load(&wrong, None, &cache, true).unwrap_err().to_string();
+    assert!(err.contains("t10k-images-idx3-ubyte.gz") && err.contains("0123456789abcdef"), "{err}");
+    assert!(!raw.join("t10k-images-idx3-ubyte.gz").exists());
+    // The two files before it were complete and checked: they stay.
+    assert!(raw.join("train-labels-idx1-ubyte.gz").is_file());
+
+    let hits = server.hits.load(SeqCst);
+    let d = data::mnist::load(&release, Some(&dir.path().join("elsewhere")), &cache, true).unwrap();
+    assert_eq!((d.train.labels.clone(), d.test.labels.clone()), (vec![5, 0, 4, 1], vec![9, 2]));
+    assert_eq!((d.train.height, d.train.width, d.classes[4].as_str()), (28, 28, "4 - four"));
+    assert_eq!(d.test.image(1), [&pixels[784..1568], &pixels[784..1568], &pixels[784..1568]].concat().as_slice());
+    // Only the two missing files were fetched; a second load reads the cache.
+    assert_eq!(server.hits.load(SeqCst), hits + 2);
+    data::mnist::load(&release, None, &cache, true).unwrap();
+    assert_eq!(server.hits.load(SeqCst), hits + 2);
+    assert!(std::fs::read_dir(&raw).unwrap().all(|e| e.unwrap().file_name().to_string_lossy().ends_with(".gz")));
+}
+
 pub fn png(h: u32, w: u32, seed: u8) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         image::Rgb([seed.wrapping_mul(40), (x * 20) as u8, (y * 20) as u8 ^ seed])

@@ -1,7 +1,7 @@
 //! Sweep files → expanded runs.
 
 use std::path::Path;
-use sweep::spec::{self, Freeze, Head, OptimizerSpec, ScheduleSpec, SpecError};
+use sweep::spec::{self, DatasetName, Freeze, Head, OptimizerSpec, ScheduleSpec, SpecError};
 
 fn parse(text: &str) -> Result<spec::SweepSpec, Vec<SpecError>> {
     spec::parse(Path::new("test.toml"), text).map_err(|e| e.0)
@@ -258,6 +258,13 @@ fn near_misses_say_what_was_meant() {
     // A dataset's or model's name in another case or spelling.
     let e = one_error(&BASE.replace("dataset = \"synthetic\"", "dataset = \"CIFAR-10\""));
     assert_eq!((e.line, e.message.as_str()), (3, "unknown dataset `CIFAR-10`; did you mean `cifar10`?"), "{e}");
+    let e = one_error(&BASE.replace("dataset = \"synthetic\"", "dataset = \"FashionMNIST\""));
+    assert_eq!(e.message, "unknown dataset `FashionMNIST`; did you mean `fashion-mnist`?", "{e}");
+    // torchvision's and Hugging Face's spellings of the one name both read.
+    for name in ["fashion-mnist", "fashion_mnist"] {
+        let s = parse(&BASE.replace("dataset = \"synthetic\"", &format!("dataset = \"{name}\""))).unwrap();
+        assert_eq!(s.runs[0].config.dataset.name, DatasetName::FashionMnist);
+    }
     let s = parse(&BASE.replace("\"smallcnn\"", "\"ResNet18\"")).unwrap();
     let e = sweep::train::check(&s.runs[0].config).unwrap_err().to_string();
     assert!(e.starts_with("model `ResNet18` is not available; did you mean `resnet18`? (available: "), "{e}");

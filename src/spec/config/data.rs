@@ -5,13 +5,14 @@ use super::{de, fmt, Deserialize, Deserializer, MapAccess, Serialize, Visitor};
 /// Where the images come from.
 ///
 /// `dataset = "synthetic"`, `dataset = "cifar10"` (found in the cache or
-/// downloaded), `dataset = { name = "cifar100", path = "data" }`, or an image
+/// downloaded; also `cifar100`, `mnist`, `fashion-mnist`),
+/// `dataset = { name = "cifar100", path = "data" }`, or an image
 /// folder `dataset = { folder = "images.tar.gz" }`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DatasetSpec {
-    /// `synthetic`, `cifar10`, `cifar100` or `folder`.
+    /// `synthetic`, `cifar10`, `cifar100`, `mnist`, `fashion-mnist` or `folder`.
     pub name: DatasetName,
-    /// cifar: the release folder or a folder holding it; folder: the image
+    /// cifar, mnist: the release folder or a folder holding it; folder: the image
     /// tree, `.tar` or `.tar.gz`. Relative paths are relative to the sweep file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -65,6 +66,11 @@ pub enum DatasetName {
     Cifar10,
     /// CIFAR-100 (fine labels), either official release.
     Cifar100,
+    /// MNIST's handwritten digits, 28x28 grey, from its IDX files.
+    Mnist,
+    /// Fashion-MNIST (Zalando Research), 28x28 grey, from its IDX files.
+    #[serde(rename = "fashion-mnist", alias = "fashion_mnist")]
+    FashionMnist,
     /// An image folder or archive in torchvision's `ImageFolder` layout.
     Folder,
 }
@@ -129,7 +135,8 @@ pub(crate) fn deserialize_dataset<'de, D: Deserializer<'de>>(d: D) -> Result<Dat
         type Value = DatasetSpec;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str(
-                "a dataset name (\"synthetic\", \"cifar10\", \"cifar100\") or a table { name = …, path = … } or { folder = … }",
+                "a dataset name (\"synthetic\", \"cifar10\", \"cifar100\", \"mnist\", \"fashion-mnist\") or a table \
+                 { name = …, path = … } or { folder = … }",
             )
         }
         fn visit_str<E: de::Error>(self, s: &str) -> Result<DatasetSpec, E> {
@@ -137,7 +144,10 @@ pub(crate) fn deserialize_dataset<'de, D: Deserializer<'de>>(d: D) -> Result<Dat
                 // `CIFAR10`, `cifar-10`: say which name was meant.
                 let plain =
                     |v: &str| v.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_lowercase();
-                match ["synthetic", "cifar10", "cifar100"].into_iter().find(|n| *n == plain(s)) {
+                match ["synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist"]
+                    .into_iter()
+                    .find(|n| plain(n) == plain(s))
+                {
                     Some(n) => E::custom(format!("unknown dataset `{s}`; did you mean `{n}`?")),
                     None => e,
                 }

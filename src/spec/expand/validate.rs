@@ -297,7 +297,7 @@ pub(super) fn resolve_dataset(src: &Source, mut ds: DatasetSpec, errors: &mut Ve
     if ds.name == DatasetName::Synthetic && ds.path.is_some() {
         bad("path", "the synthetic dataset is generated and takes no `path`");
     }
-    if matches!(ds.name, DatasetName::Cifar10 | DatasetName::Cifar100) && ds.data_seed.is_some() {
+    if !matches!(ds.name, DatasetName::Synthetic | DatasetName::Folder) && ds.data_seed.is_some() {
         bad("data_seed", "`data_seed` is for the synthetic dataset and a folder's `test_split`");
     }
     if ds.name != DatasetName::Folder && ds.test_split.is_some() {

@@ -206,8 +206,13 @@ impl Cache {
     /// `$SWEEP_CACHE/datasets` (else `$XDG_CACHE_HOME/sweep/datasets`, else
     /// `~/.cache/sweep/datasets`) and `$SWEEP_DATA_URL`.
     pub fn from_env() -> Cache {
+        Cache::with_default("https://www.cs.toronto.edu/~kriz")
+    }
+    /// The cache folder of [`Cache::from_env`], and `$SWEEP_DATA_URL` or else
+    /// `default_url` (another dataset's mirror).
+    pub fn with_default(default_url: &str) -> Cache {
         let dir = crate::env::cache_dir("datasets");
-        let base_url = crate::env::DATA_URL.get().unwrap_or_else(|| "https://www.cs.toronto.edu/~kriz".to_owned());
+        let base_url = crate::env::DATA_URL.get().unwrap_or_else(|| default_url.to_owned());
         Cache { dir, base_url: base_url.trim_end_matches('/').to_owned() }
     }
 }

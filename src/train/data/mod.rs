@@ -6,6 +6,9 @@
 //! * [`cifar`]: CIFAR-10 and CIFAR-100, from either official release (binary or
 //!   python) found in the given folder or the cache, else downloaded once and
 //!   checked against the published md5.
+//! * [`mnist`]: MNIST and Fashion-MNIST from their IDX files (plain or
+//!   gzipped, torchvision's `MNIST/raw`), found or downloaded as CIFAR is, the
+//!   grey images as RGB.
 //! * [`folder`]: torchvision's `ImageFolder` layout (`train/<class>/*.jpg`,
 //!   `test/<class>/*.png`, or one tree and a seeded test share), from a folder,
 //!   a `.tar` or a `.tar.gz`; JPEG, PNG, PPM, PGM, BMP, TIFF and WebP of any size
@@ -19,6 +22,7 @@
 pub mod cifar;
 mod fingerprint;
 pub mod folder;
+pub mod mnist;
 pub mod pickle;
 mod synthetic;
 
@@ -213,12 +217,17 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
         DatasetName::Cifar10 | DatasetName::Cifar100 => {
             cifar::load(spec.name, spec.path.as_deref().map(std::path::Path::new), &cifar::Cache::from_env(), true)?
         }
+        DatasetName::Mnist | DatasetName::FashionMnist => {
+            let r = if spec.name == DatasetName::Mnist { mnist::MNIST } else { mnist::FASHION_MNIST };
+            let path = spec.path.as_deref().map(std::path::Path::new);
+            mnist::load(&r, path, &cifar::Cache::with_default(r.url), true)?
+        }
         DatasetName::Folder => {
             let path = spec.path.as_deref().unwrap_or_default();
             folder::load(std::path::Path::new(path), &folder_options(spec))?
         }
     };
-    // CIFAR's files are in random order, so their first N images are a fair
+    // CIFAR's and MNIST's files are in random order, so their first N images are a fair
     // sample; an image folder is sorted by class, so it gets a seeded random one.
     let folder = spec.name == DatasetName::Folder;
     let seed = spec.data_seed.unwrap_or(0);
