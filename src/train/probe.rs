@@ -28,6 +28,7 @@ pub fn split_sizes(cfg: &RunConfig) -> Option<(usize, usize)> {
         DatasetName::Synthetic => (super::data::SYNTHETIC_TRAIN, super::data::SYNTHETIC_TEST),
         DatasetName::Cifar10 | DatasetName::Cifar100 => (50_000, 10_000),
         DatasetName::Mnist | DatasetName::FashionMnist => (60_000, 10_000),
+        DatasetName::Svhn => (73_257, 26_032),
         DatasetName::Folder => (d.train_size?, d.test_size?),
     };
     Some((d.train_size.unwrap_or(train), d.test_size.unwrap_or(test)))

@@ -394,6 +394,168 @@ fn mnist_is_downloaded_file_by_file_checked_and_kept_in_the_cache() {
     assert!(std::fs::read_dir(&raw).unwrap().all(|e| e.unwrap().file_name().to_string_lossy().ends_with(".gz")));
 }
 
+/// MAT-files MATLAB wrote (SciPy's test data): every variable read as SciPy reads it.
+#[test]
+fn mat_files_written_by_matlab_read_as_scipy_reads_them() {
+    let read = |f: &str| {
+        let bytes = std::fs::read(fixtures().join("data/mat").join(f)).unwrap();
+        data::mat::read(bytes.as_slice()).unwrap()
+    };
+    let one_to_24: Vec<f64> = (1..=24).map(f64::from).collect();
+    for f in ["test3dmatrix_6.1_SOL2.mat", "test3dmatrix_7.4_GLNX86.mat"] {
+        let v = read(f);
+        assert_eq!(
+            (v.len(), v[0].name.as_str(), v[0].class, v[0].dims.clone()),
+            (1, "test3dmatrix", "double", vec![2, 3, 4]),
+            "{f}"
+        );
+        assert_eq!(v[0].to_f64().unwrap(), one_to_24, "{f}");
+    }
+    let v = read("testmulti_7.4_GLNX86.mat");
+    let names: Vec<_> = v.iter().map(|a| (a.name.as_str(), a.dims.clone())).collect();
+    assert_eq!(names, vec![("a", vec![3, 5]), ("theta", vec![1, 9])]);
+    let theta = v[1].to_f64().unwrap();
+    assert!(
+        theta.iter().enumerate().all(|(k, t)| (t - std::f64::consts::FRAC_PI_4 * k as f64).abs() < 1e-15),
+        "{theta:?}"
+    );
+    // A double array of small integers, stored as bytes: column by column.
+    assert!(v[0].as_u8().is_some() && v[1].as_u8().is_none());
+    let a = [1., 2., 3., 2., 0., 0., 3., 0., 0., 4., 0., 0., 5., 0., 0.];
+    assert_eq!(v[0].to_f64().unwrap(), a);
+    for f in ["big_endian.mat", "little_endian.mat"] {
+        let v = read(f);
+        let floats = v.iter().find(|a| a.name == "floats").unwrap();
+        assert_eq!((floats.class, floats.to_f64().unwrap()), ("single", vec![2., 3., 3., 4.]), "{f}");
+        let strings = v.iter().find(|a| a.name == "strings").unwrap();
+        assert!(strings.class == "cell" && !strings.is_numeric() && strings.to_f64().is_none(), "{f}");
+    }
+    assert_eq!(read("testminus_7.4_GLNX86.mat")[0].to_f64().unwrap(), vec![-1.0]);
+    assert_eq!(read("testcell_7.4_GLNX86.mat")[0].class, "cell");
+    assert_eq!(read("teststring_7.4_GLNX86.mat")[0].class, "char");
+    // A file cut short: the byte where it ends is named.
+    let bytes = std::fs::read(fixtures().join("data/mat/test3dmatrix_6.1_SOL2.mat")).unwrap();
+    let err = data::mat::read(&bytes[..200]).unwrap_err();
+    assert!(err.contains("truncated") && err.contains("byte 128"), "{err}");
+    let err = data::mat::read(&read_compressed_cut()[..]).unwrap_err();
+    assert!(err.contains("does not decompress"), "{err}");
+}
+
+fn read_compressed_cut() -> Vec<u8> {
+    let bytes = std::fs::read(fixtures().join("data/mat/test3dmatrix_7.4_GLNX86.mat")).unwrap();
+    let mut cut = bytes.clone();
+    // The compressed stream's bytes changed, its length kept.
+    for b in &mut cut[150..170] {
+        *b ^= 0x5a;
+    }
+    cut
+}
+
+/// A variable of [`mat_file`]: name, class id, MATLAB dims, mi type, data.
+pub type MatVar<'a> = (&'a str, u32, &'a [u32], u32, Vec<u8>);
+
+/// A level 5 MAT-file of `vars` (name, class id, MATLAB dims, mi type, data), each
+/// compressed or not, as MATLAB's `save -v7` / `-v6` write them.
+pub fn mat_file(vars: &[MatVar], compress: bool) -> Vec<u8> {
+    let pad = |v: &mut Vec<u8>| v.resize(v.len().next_multiple_of(8), 0);
+    let mut out = b"MATLAB 5.0 MAT-file, written by sweep's tests".to_vec();
+    out.resize(124, b' ');
+    out.extend_from_slice(&[0, 1, b'I', b'M']);
+    for (name, class, dims, mi, data) in vars {
+        let mut m = Vec::new();
+        let sub = |m: &mut Vec<u8>, mi: u32, bytes: &[u8]| {
+            m.extend_from_slice(&mi.to_le_bytes());
+            m.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            m.extend_from_slice(bytes);
+            pad(m);
+        };
+        sub(&mut m, 6, &[*class as u8, 0, 0, 0, 0, 0, 0, 0]);
+        sub(&mut m, 5, &dims.iter().flat_map(|d| (*d as i32).to_le_bytes()).collect::<Vec<_>>());
+        sub(&mut m, 1, name.as_bytes());
+        sub(&mut m, *mi, data);
+        let mut el = 14u32.to_le_bytes().to_vec();
+        el.extend_from_slice(&(m.len() as u32).to_le_bytes());
+        el.extend_from_slice(&m);
+        if compress {
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(&el).unwrap();
+            let z = z.finish().unwrap();
+            out.extend_from_slice(&15u32.to_le_bytes());
+            out.extend_from_slice(&(z.len() as u32).to_le_bytes());
+            out.extend_from_slice(&z);
+        } else {
+            out.extend_from_slice(&el);
+        }
+    }
+    out
+}
+
+/// An SVHN file of `n` images of 4x5: X(row, col, channel, image) = row + 10 col + 60 channel + image,
+/// and the labels `y` (as doubles, 10 for the digit 0).
+pub fn svhn_file(y: &[f64], compress: bool) -> Vec<u8> {
+    let n = y.len();
+    let mut x = Vec::new();
+    for image in 0..n {
+        for channel in 0..3 {
+            for col in 0..5 {
+                for row in 0..4 {
+                    x.push((row + 10 * col + 60 * channel + image) as u8);
+                }
+            }
+        }
+    }
+    let y: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+    mat_file(&[("X", 9, &[4, 5, 3, n as u32], 2, x), ("y", 6, &[n as u32, 1], 9, y)], compress)
+}
+
+#[test]
+fn svhn_reads_matlabs_column_major_images_and_its_label_ten_as_zero() {
+    use md5::Digest;
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("train_32x32.mat"), svhn_file(&[10., 3., 1.], true)).unwrap();
+    std::fs::write(root.join("test_32x32.mat"), svhn_file(&[9.], false)).unwrap();
+    let d = data::svhn::load(Some(&root), &offline(dir.path()), &data::svhn::FILES, false).unwrap();
+    assert_eq!((d.train.labels.clone(), d.test.labels.clone()), (vec![0, 3, 1], vec![9]));
+    assert_eq!((d.train.height, d.train.width, d.classes.len()), (4, 5, 10));
+    // CHW: pixel (row, col) of channel c of image 2.
+    let img = d.train.image(2);
+    for (c, row, col) in [(0, 0, 0), (0, 3, 1), (1, 2, 4), (2, 3, 4)] {
+        assert_eq!(img[c * 20 + row * 5 + col], (row + 10 * col + 60 * c + 2) as u8, "{c} {row} {col}");
+    }
+
+    // Labels outside 1-10, and a file that is not SVHN's, are named.
+    std::fs::write(root.join("test_32x32.mat"), svhn_file(&[11.], false)).unwrap();
+    let err = data::svhn::load(Some(&root), &offline(dir.path()), &data::svhn::FILES, false).unwrap_err();
+    assert!(err.path.ends_with("test_32x32.mat") && err.to_string().contains("label 0 is 11"), "{err}");
+    let other = mat_file(&[("images", 9, &[1, 1], 2, vec![0])], false);
+    std::fs::write(root.join("test_32x32.mat"), other).unwrap();
+    let err = data::svhn::load(Some(&root), &offline(dir.path()), &data::svhn::FILES, false).unwrap_err();
+    assert!(err.to_string().contains("no variable `X` (it holds `images`)"), "{err}");
+
+    // Downloaded into the cache, each file checked against its md5.
+    let (train, test) = (svhn_file(&[1., 2.], true), svhn_file(&[4.], true));
+    let server = crate::models::serve(HashMap::from([
+        ("train_32x32.mat".to_owned(), train.clone()),
+        ("test_32x32.mat".to_owned(), test.clone()),
+    ]));
+    let md5 = |b: &[u8]| &*Box::leak(format!("{:x}", md5::Md5::digest(b)).into_boxed_str());
+    let cache = cifar::Cache { dir: dir.path().join("cache"), base_url: server.url.clone() };
+    let wrong = [("train_32x32.mat", md5(&train)), ("test_32x32.mat", "0123456789abcdef0123456789abcdef")];
+    let err = data::svhn::load(None, &cache, &wrong, true).unwrap_err().to_string();
+    assert!(err.contains("test_32x32.mat") && err.contains("0123456789abcdef"), "{err}");
+    assert!(!cache.dir.join("svhn/test_32x32.mat").exists());
+    let files = [("train_32x32.mat", md5(&train)), ("test_32x32.mat", md5(&test))];
+    let hits = server.hits.load(SeqCst);
+    let d = data::svhn::load(Some(&dir.path().join("elsewhere")), &cache, &files, true).unwrap();
+    assert_eq!((d.train.labels.clone(), d.test.labels.clone()), (vec![1, 2], vec![4]));
+    assert_eq!(server.hits.load(SeqCst), hits + 1, "only the missing file is fetched");
+    data::svhn::load(None, &cache, &files, true).unwrap();
+    assert_eq!(server.hits.load(SeqCst), hits + 1);
+}
+
 pub fn png(h: u32, w: u32, seed: u8) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         image::Rgb([seed.wrapping_mul(40), (x * 20) as u8, (y * 20) as u8 ^ seed])

@@ -260,6 +260,8 @@ fn near_misses_say_what_was_meant() {
     assert_eq!((e.line, e.message.as_str()), (3, "unknown dataset `CIFAR-10`; did you mean `cifar10`?"), "{e}");
     let e = one_error(&BASE.replace("dataset = \"synthetic\"", "dataset = \"FashionMNIST\""));
     assert_eq!(e.message, "unknown dataset `FashionMNIST`; did you mean `fashion-mnist`?", "{e}");
+    let e = one_error(&BASE.replace("dataset = \"synthetic\"", "dataset = \"SVHN\""));
+    assert_eq!(e.message, "unknown dataset `SVHN`; did you mean `svhn`?", "{e}");
     // torchvision's and Hugging Face's spellings of the one name both read.
     for name in ["fashion-mnist", "fashion_mnist"] {
         let s = parse(&BASE.replace("dataset = \"synthetic\"", &format!("dataset = \"{name}\""))).unwrap();

@@ -240,22 +240,9 @@ fn fetch(r: &IdxRelease, path: Option<&Path>, cache: &Cache) -> Result<PathBuf, 
         if present(&raw, name).is_some() {
             continue;
         }
-        let gz = raw.join(format!("{name}.gz"));
         let url = format!("{}/{name}.gz", cache.base_url);
         tracing::info!("{} not found locally: downloading {url}", r.name);
-        let verify = |d: &crate::fetch::Digests| {
-            if d.md5 == md5 {
-                Ok(())
-            } else {
-                Err(format!("its md5 is {}, not the published {md5}", d.md5))
-            }
-        };
-        crate::fetch::download(&url, &gz, &verify, true).map_err(|e| match e {
-            crate::fetch::FetchError::Unreachable { detail, .. } => {
-                not_found(r, path, cache, &format!("downloading {url} failed ({detail})"))
-            }
-            other => DataError::new(&gz, other.to_string()),
-        })?;
+        super::download_md5(&url, &raw.join(format!("{name}.gz")), md5, |why| not_found(r, path, cache, why))?;
     }
     Ok(raw)
 }

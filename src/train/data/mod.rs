@@ -9,6 +9,7 @@
 //! * [`mnist`]: MNIST and Fashion-MNIST from their IDX files (plain or
 //!   gzipped, torchvision's `MNIST/raw`), found or downloaded as CIFAR is, the
 //!   grey images as RGB.
+//! * [`svhn`]: SVHN's cropped digits from its MATLAB files (read by [`mat`]).
 //! * [`folder`]: torchvision's `ImageFolder` layout (`train/<class>/*.jpg`,
 //!   `test/<class>/*.png`, or one tree and a seeded test share), from a folder,
 //!   a `.tar` or a `.tar.gz`; JPEG, PNG, PPM, PGM, BMP, TIFF and WebP of any size
@@ -22,8 +23,10 @@
 pub mod cifar;
 mod fingerprint;
 pub mod folder;
+pub mod mat;
 pub mod mnist;
 pub mod pickle;
+pub mod svhn;
 mod synthetic;
 
 pub use synthetic::{synthetic, SYNTHETIC_CLASSES, SYNTHETIC_TEST, SYNTHETIC_TRAIN};
@@ -194,6 +197,30 @@ pub struct Dataset {
     pub skipped: Vec<String>,
 }
 
+/// Downloads `url` to `dest` (unless it is there), checked against its
+/// published `md5` before it is renamed into place; `offline(why)` is the
+/// error when the server cannot be reached.
+pub(crate) fn download_md5(
+    url: &str,
+    dest: &std::path::Path,
+    md5: &str,
+    offline: impl FnOnce(&str) -> DataError,
+) -> Result<(), DataError> {
+    let verify = |d: &crate::fetch::Digests| {
+        if d.md5 == md5 {
+            Ok(())
+        } else {
+            Err(format!("its md5 is {}, not the published {md5}", d.md5))
+        }
+    };
+    crate::fetch::download(url, dest, &verify, true).map_err(|e| match e {
+        crate::fetch::FetchError::Unreachable { detail, .. } => {
+            offline(&format!("downloading {url} failed ({detail})"))
+        }
+        other => DataError::new(dest, other.to_string()),
+    })
+}
+
 /// How a folder dataset's settings read it.
 pub fn folder_options(spec: &DatasetSpec) -> folder::FolderOptions {
     folder::FolderOptions {
@@ -222,12 +249,16 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
             let path = spec.path.as_deref().map(std::path::Path::new);
             mnist::load(&r, path, &cifar::Cache::with_default(r.url), true)?
         }
+        DatasetName::Svhn => {
+            let path = spec.path.as_deref().map(std::path::Path::new);
+            svhn::load(path, &cifar::Cache::with_default(svhn::URL), &svhn::FILES, true)?
+        }
         DatasetName::Folder => {
             let path = spec.path.as_deref().unwrap_or_default();
             folder::load(std::path::Path::new(path), &folder_options(spec))?
         }
     };
-    // CIFAR's and MNIST's files are in random order, so their first N images are a fair
+    // CIFAR's, MNIST's and SVHN's files are in random order, so their first N images are a fair
     // sample; an image folder is sorted by class, so it gets a seeded random one.
     let folder = spec.name == DatasetName::Folder;
     let seed = spec.data_seed.unwrap_or(0);
