@@ -54,7 +54,7 @@ pub const CACHE: Var = Var {
 };
 /// Base URL of the dataset downloads (CIFAR's archives, MNIST's files).
 pub const DATA_URL: Var =
-    Var { name: "SWEEP_DATA_URL", help: "base URL of the dataset downloads: the CIFAR archives, the MNIST, Fashion-MNIST and SVHN files (default each publisher's site or torchvision's mirror)" };
+    Var { name: "SWEEP_DATA_URL", help: "base URL of the dataset downloads: the CIFAR archives, the MNIST, Fashion-MNIST, SVHN and STL-10 files (default each publisher's site or torchvision's mirror)" };
 /// Base URL of the pretrained weights.
 pub const WEIGHTS_URL: Var = Var {
     name: "SWEEP_WEIGHTS_URL",

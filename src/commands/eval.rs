@@ -18,7 +18,7 @@ fn builtin(name: &str) -> Option<Vec<Transform>> {
     }
 }
 
-/// `--data`: `synthetic`, `cifar10`, `cifar100`, `mnist`, `fashion-mnist`, `svhn` (cache
+/// `--data`: `synthetic`, `cifar10`, `cifar100`, `mnist`, `fashion-mnist`, `svhn`, `stl10` (cache
 /// or download), an image
 /// folder or archive (`train/<class>/…`, `val/<class>/…`), or a folder holding a
 /// CIFAR-10 release.
@@ -30,6 +30,7 @@ fn dataset(data: &str) -> DatasetSpec {
         "mnist" => return DatasetSpec::named(DatasetName::Mnist),
         "fashion-mnist" | "fashion_mnist" => return DatasetSpec::named(DatasetName::FashionMnist),
         "svhn" => return DatasetSpec::named(DatasetName::Svhn),
+        "stl10" => return DatasetSpec::named(DatasetName::Stl10),
         _ => {}
     }
     let abs = std::path::absolute(data).unwrap_or_else(|_| PathBuf::from(data));

@@ -29,6 +29,7 @@ pub fn split_sizes(cfg: &RunConfig) -> Option<(usize, usize)> {
         DatasetName::Cifar10 | DatasetName::Cifar100 => (50_000, 10_000),
         DatasetName::Mnist | DatasetName::FashionMnist => (60_000, 10_000),
         DatasetName::Svhn => (73_257, 26_032),
+        DatasetName::Stl10 => (5_000, 8_000),
         DatasetName::Folder => (d.train_size?, d.test_size?),
     };
     Some((d.train_size.unwrap_or(train), d.test_size.unwrap_or(test)))
@@ -36,7 +37,8 @@ pub fn split_sizes(cfg: &RunConfig) -> Option<(usize, usize)> {
 
 /// Times `steps` optimiser steps of `cfg`'s model (after one untimed warm-up)
 /// on a batch of at most `max_batch` random images at the run's input size
-/// (CIFAR's and the synthetic 32x32, MNIST's 28x28, through its train transforms).
+/// (CIFAR's, SVHN's and the synthetic 32x32, MNIST's 28x28, STL-10's 96x96,
+/// through its train transforms).
 ///
 /// # Errors
 /// The model cannot be built, or a step fails (e.g. out of memory).
@@ -52,7 +54,11 @@ fn probe_here(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) 
         DatasetName::Cifar100 => 100,
         _ => 10,
     };
-    let side = if matches!(cfg.dataset.name, DatasetName::Mnist | DatasetName::FashionMnist) { 28 } else { 32 };
+    let side = match cfg.dataset.name {
+        DatasetName::Mnist | DatasetName::FashionMnist => 28,
+        DatasetName::Stl10 => 96,
+        _ => 32,
+    };
     let (h, w) = augment::output_size(&cfg.train_transforms, side, side).map_err(|detail| ConfigError::Augment {
         set: cfg.augment.clone(),
         which: "train",

@@ -556,6 +556,78 @@ fn svhn_reads_matlabs_column_major_images_and_its_label_ten_as_zero() {
     assert_eq!(server.hits.load(SeqCst), hits + 1);
 }
 
+/// STL-10's images of `labels` as its binary release stores them: pixel (row, col) of channel c of
+/// image i at i*27648 + c*9216 + col*96 + row, valued (row + 3 col + 50 c + i) mod 256.
+fn stl10_x(n: usize) -> Vec<u8> {
+    let mut x = vec![0u8; n * 3 * 96 * 96];
+    for i in 0..n {
+        for c in 0..3 {
+            for col in 0..96 {
+                for row in 0..96 {
+                    x[i * 27648 + c * 9216 + col * 96 + row] = ((row + 3 * col + 50 * c + i) % 256) as u8;
+                }
+            }
+        }
+    }
+    x
+}
+
+#[test]
+fn stl10_is_read_with_its_planes_transposed_and_only_its_labelled_files_unpacked() {
+    use md5::Digest;
+    let entries: Vec<(String, Vec<u8>)> = vec![
+        (
+            "stl10_binary/class_names.txt".into(),
+            b"airplane\nbird\ncar\ncat\ndeer\ndog\nhorse\nmonkey\nship\ntruck\n".to_vec(),
+        ),
+        ("stl10_binary/train_X.bin".into(), stl10_x(3)),
+        ("stl10_binary/train_y.bin".into(), vec![1, 10, 4]),
+        ("stl10_binary/test_X.bin".into(), stl10_x(1)),
+        ("stl10_binary/test_y.bin".into(), vec![8]),
+        ("stl10_binary/unlabeled_X.bin".into(), stl10_x(2)),
+        ("stl10_binary/fold_indices.txt".into(), b"0 1\n".to_vec()),
+    ];
+    let archive = targz(&entries, true);
+    let server = crate::models::serve(HashMap::from([("stl10_binary.tar.gz".to_owned(), archive.clone())]));
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cifar::Cache { dir: dir.path().join("cache"), base_url: server.url.clone() };
+
+    let err = data::stl10::load(None, &cache, ("stl10_binary.tar.gz", "0123456789abcdef0123456789abcdef"), true);
+    let err = err.unwrap_err().to_string();
+    assert!(err.contains("md5") && err.contains("0123456789abcdef"), "{err}");
+    assert!(!cache.dir.join("stl10_binary.tar.gz").exists());
+
+    let md5 = Box::leak(format!("{:x}", md5::Md5::digest(&archive)).into_boxed_str());
+    let d = data::stl10::load(Some(&dir.path().join("elsewhere")), &cache, ("stl10_binary.tar.gz", md5), true).unwrap();
+    assert_eq!((d.train.labels.clone(), d.test.labels.clone()), (vec![0, 9, 3], vec![7]));
+    assert_eq!((d.train.height, d.classes[7].as_str()), (96, "monkey"));
+    let img = d.train.image(2);
+    for (c, row, col) in [(0, 0, 1), (0, 1, 0), (1, 95, 2), (2, 7, 90)] {
+        assert_eq!(img[c * 9216 + row * 96 + col], ((row + 3 * col + 50 * c + 2) % 256) as u8, "{c} {row} {col}");
+    }
+    let mut unpacked: Vec<String> = std::fs::read_dir(cache.dir.join("stl10_binary"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    unpacked.sort();
+    assert_eq!(unpacked, ["class_names.txt", "test_X.bin", "test_y.bin", "train_X.bin", "train_y.bin"]);
+
+    // From torchvision's root, with a label out of range named.
+    let root = dir.path().join("root/stl10_binary");
+    std::fs::create_dir_all(&root).unwrap();
+    for (name, bytes) in &entries[1..5] {
+        std::fs::write(root.join(name.trim_start_matches("stl10_binary/")), bytes).unwrap();
+    }
+    std::fs::write(root.join("test_y.bin"), [11]).unwrap();
+    let offline = offline(dir.path());
+    let err = data::stl10::load(Some(&dir.path().join("root")), &offline, data::stl10::ARCHIVE, false).unwrap_err();
+    assert!(err.path.ends_with("test_y.bin") && err.to_string().contains("label 0 is 11"), "{err}");
+    std::fs::write(root.join("test_y.bin"), [2]).unwrap();
+    std::fs::write(root.join("train_X.bin"), &stl10_x(3)[..1000]).unwrap();
+    let err = data::stl10::load(Some(&dir.path().join("root")), &offline, data::stl10::ARCHIVE, false).unwrap_err();
+    assert!(err.path.ends_with("train_X.bin") && err.to_string().contains("truncated"), "{err}");
+}
+
 pub fn png(h: u32, w: u32, seed: u8) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         image::Rgb([seed.wrapping_mul(40), (x * 20) as u8, (y * 20) as u8 ^ seed])

@@ -262,6 +262,8 @@ fn near_misses_say_what_was_meant() {
     assert_eq!(e.message, "unknown dataset `FashionMNIST`; did you mean `fashion-mnist`?", "{e}");
     let e = one_error(&BASE.replace("dataset = \"synthetic\"", "dataset = \"SVHN\""));
     assert_eq!(e.message, "unknown dataset `SVHN`; did you mean `svhn`?", "{e}");
+    let e = one_error(&BASE.replace("dataset = \"synthetic\"", "dataset = \"STL-10\""));
+    assert_eq!(e.message, "unknown dataset `STL-10`; did you mean `stl10`?", "{e}");
     // torchvision's and Hugging Face's spellings of the one name both read.
     for name in ["fashion-mnist", "fashion_mnist"] {
         let s = parse(&BASE.replace("dataset = \"synthetic\"", &format!("dataset = \"{name}\""))).unwrap();

@@ -5,14 +5,14 @@ use super::{de, fmt, Deserialize, Deserializer, MapAccess, Serialize, Visitor};
 /// Where the images come from.
 ///
 /// `dataset = "synthetic"`, `dataset = "cifar10"` (found in the cache or
-/// downloaded; also `cifar100`, `mnist`, `fashion-mnist`, `svhn`),
+/// downloaded; also `cifar100`, `mnist`, `fashion-mnist`, `svhn`, `stl10`),
 /// `dataset = { name = "cifar100", path = "data" }`, or an image
 /// folder `dataset = { folder = "images.tar.gz" }`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DatasetSpec {
-    /// `synthetic`, `cifar10`, `cifar100`, `mnist`, `fashion-mnist`, `svhn` or `folder`.
+    /// `synthetic`, `cifar10`, `cifar100`, `mnist`, `fashion-mnist`, `svhn`, `stl10` or `folder`.
     pub name: DatasetName,
-    /// cifar, mnist, svhn: the release folder or a folder holding it; folder: the image
+    /// cifar, mnist, svhn, stl10: the release folder or a folder holding it; folder: the image
     /// tree, `.tar` or `.tar.gz`. Relative paths are relative to the sweep file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -73,6 +73,8 @@ pub enum DatasetName {
     FashionMnist,
     /// SVHN's cropped digits, 32x32, from its MATLAB files.
     Svhn,
+    /// STL-10's labelled images, 96x96, from its binary release.
+    Stl10,
     /// An image folder or archive in torchvision's `ImageFolder` layout.
     Folder,
 }
@@ -137,7 +139,7 @@ pub(crate) fn deserialize_dataset<'de, D: Deserializer<'de>>(d: D) -> Result<Dat
         type Value = DatasetSpec;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str(
-                "a dataset name (\"synthetic\", \"cifar10\", \"cifar100\", \"mnist\", \"fashion-mnist\", \"svhn\") or a table \
+                "a dataset name (\"synthetic\", \"cifar10\", \"cifar100\", \"mnist\", \"fashion-mnist\", \"svhn\", \"stl10\") or a table \
                  { name = …, path = … } or { folder = … }",
             )
         }
@@ -146,7 +148,7 @@ pub(crate) fn deserialize_dataset<'de, D: Deserializer<'de>>(d: D) -> Result<Dat
                 // `CIFAR10`, `cifar-10`: say which name was meant.
                 let plain =
                     |v: &str| v.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_lowercase();
-                match ["synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn"]
+                match ["synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "stl10"]
                     .into_iter()
                     .find(|n| plain(n) == plain(s))
                 {

@@ -86,7 +86,7 @@ pub enum Transform {
     },
     /// Per-channel `(x - mean) / std`: `{ normalize = { mean = [...], std = [...] } }`
     /// or a dataset's standard values by name, `{ normalize = "cifar10" }`
-    /// (also `cifar100`, `mnist`, `fashion-mnist`, `svhn`, `imagenet`).
+    /// (also `cifar100`, `mnist`, `fashion-mnist`, `svhn`, `stl10`, `imagenet`).
     Normalize(Normalize),
     /// Cutout (DeVries & Taylor, 2017): a `size` x `size` square at a random
     /// centre (clipped at the border) set to 0, with probability `p`.
@@ -125,13 +125,14 @@ pub struct Normalize {
 }
 
 /// The standard per-channel statistics of the datasets `normalize` knows by name.
-pub const NORMALIZE_STATS: [(&str, [f64; 3], [f64; 3]); 6] = [
+pub const NORMALIZE_STATS: [(&str, [f64; 3], [f64; 3]); 7] = [
     ("cifar10", [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
     ("cifar100", [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
     // The grey sets' one channel, in each of the three (the images are grey in RGB).
     ("mnist", [0.1307; 3], [0.3081; 3]),
     ("fashion-mnist", [0.2860; 3], [0.3530; 3]),
     ("svhn", [0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
+    ("stl10", [0.4467, 0.4398, 0.4066], [0.2603, 0.2566, 0.2713]),
     ("imagenet", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
 ];
 
@@ -149,7 +150,7 @@ impl<'de> Deserialize<'de> for Normalize {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str(
                     "{ mean = [r, g, b], std = [r, g, b] } or a dataset name (cifar10, cifar100, mnist, fashion-mnist, \
-                     svhn, imagenet)",
+                     svhn, stl10, imagenet)",
                 )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Normalize, E> {

@@ -345,20 +345,29 @@ fn fetch(r: &Release, path: Option<&Path>, cache: &Cache) -> Result<Found, DataE
         }
         other => DataError::new(&archive, other.to_string()),
     })?;
-    unpack(&archive, &cache.dir)?;
+    unpack(&archive, &cache.dir, |_| true)?;
     find(r, &cache.dir)
         .ok_or_else(|| DataError::new(&archive, format!("the archive does not hold {}/{}", r.py_dir, r.py_train[0])))
 }
 
-/// Unpacks a `.tar.gz` into `dir` through a temporary folder renamed into place.
-fn unpack(archive: &Path, dir: &Path) -> Result<(), DataError> {
+/// Unpacks a `.tar.gz` into `dir` through a temporary folder renamed into
+/// place: the members `wanted` says (by their path in the archive); each
+/// top-level file or folder is moved into `dir` unless it is there already.
+pub(crate) fn unpack(archive: &Path, dir: &Path, wanted: impl Fn(&Path) -> bool) -> Result<(), DataError> {
     let err = |e: std::io::Error| DataError::new(archive, format!("cannot unpack: {e}"));
     let tmp = dir.join(format!(".unpack-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(err)?;
     let result = (|| {
         let file = std::fs::File::open(archive)?;
-        tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file))).unpack(&tmp)?;
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+        for entry in tar.entries()? {
+            let mut entry = entry?;
+            if wanted(&entry.path()?) {
+                // Within `tmp` only: a member named `../x` or `/x` is skipped.
+                entry.unpack_in(&tmp)?;
+            }
+        }
         for entry in std::fs::read_dir(&tmp)? {
             let entry = entry?;
             let dest = dir.join(entry.file_name());

@@ -10,6 +10,7 @@
 //!   gzipped, torchvision's `MNIST/raw`), found or downloaded as CIFAR is, the
 //!   grey images as RGB.
 //! * [`svhn`]: SVHN's cropped digits from its MATLAB files (read by [`mat`]).
+//! * [`stl10`]: STL-10's labelled 96x96 images from its binary release.
 //! * [`folder`]: torchvision's `ImageFolder` layout (`train/<class>/*.jpg`,
 //!   `test/<class>/*.png`, or one tree and a seeded test share), from a folder,
 //!   a `.tar` or a `.tar.gz`; JPEG, PNG, PPM, PGM, BMP, TIFF and WebP of any size
@@ -26,6 +27,7 @@ pub mod folder;
 pub mod mat;
 pub mod mnist;
 pub mod pickle;
+pub mod stl10;
 pub mod svhn;
 mod synthetic;
 
@@ -253,12 +255,16 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
             let path = spec.path.as_deref().map(std::path::Path::new);
             svhn::load(path, &cifar::Cache::with_default(svhn::URL), &svhn::FILES, true)?
         }
+        DatasetName::Stl10 => {
+            let path = spec.path.as_deref().map(std::path::Path::new);
+            stl10::load(path, &cifar::Cache::with_default(stl10::URL), stl10::ARCHIVE, true)?
+        }
         DatasetName::Folder => {
             let path = spec.path.as_deref().unwrap_or_default();
             folder::load(std::path::Path::new(path), &folder_options(spec))?
         }
     };
-    // CIFAR's, MNIST's and SVHN's files are in random order, so their first N images are a fair
+    // CIFAR's, MNIST's, SVHN's and STL-10's files are in random order, so their first N images are a fair
     // sample; an image folder is sorted by class, so it gets a seeded random one.
     let folder = spec.name == DatasetName::Folder;
     let seed = spec.data_seed.unwrap_or(0);
