@@ -9,6 +9,7 @@ use sweep::estimate as est;
 use sweep::report::{column_names, differing, format::sampled, params::Interner, render::text_table};
 use sweep::spec::{self, DeviceChoice};
 use sweep::text::printable;
+use sweep::train::data::Whereabouts;
 
 /// How long each run would take here: the history in `home`'s database
 /// where runs like it trained, else a timed probe (one per kind of run).
@@ -136,6 +137,12 @@ pub async fn plan(
         );
     }
     let layout = data.as_ref().ok().cloned().flatten();
+    // A dataset sweep downloads: here already, or what its first run fetches.
+    let named = spec.runs.first().and_then(|r| {
+        let ds = &r.config.dataset;
+        let name = serde_json::to_value(ds.name).ok()?.as_str()?.to_owned();
+        Some((name, sweep::train::data::whereabouts(ds)?))
+    });
     let est = if estimates { Some(estimate(&spec, home, choice, verbose).await?) } else { None };
     let seconds = |i: usize| est.as_ref().and_then(|e| e.seconds[i]);
     match format {
@@ -181,6 +188,10 @@ pub async fn plan(
                     "dataset": layout.as_ref().map(|l| serde_json::json!({
                         "train": l.train, "test": l.test, "val": l.val, "classes": l.classes,
                         "folders": l.folders.as_ref().map(|(t, e, v)| serde_json::json!({ "train": t, "test": e, "val": v })),
+                    })).or_else(|| named.as_ref().map(|(name, w)| match w {
+                        Whereabouts::Found(dir) => serde_json::json!({ "name": name, "found": dir }),
+                        Whereabouts::Download { url, size, into } => serde_json::json!({
+                            "name": name, "found": null, "download": { "url": url, "about": size, "into": into } }),
                     })),
                 }))?
             );
@@ -224,6 +235,19 @@ pub async fn plan(
             println!("sweep `{}`: {} run(s), best = {}", printable(&spec.name), spec.runs.len(), spec.metric);
             if let Some(l) = &layout {
                 println!("{}", layout_line(l));
+            }
+            match &named {
+                Some((name, Whereabouts::Found(dir))) => {
+                    println!("{}", printable(&format!("dataset: {name}, read from {}", dir.display())));
+                }
+                Some((name, Whereabouts::Download { url, size, into })) => println!(
+                    "{}",
+                    printable(&format!(
+                        "dataset: {name} is not on this machine: its first run downloads {url} (about {size}) into {}",
+                        into.display()
+                    ))
+                ),
+                None => {}
             }
             print!("{}", text_table(&headers, &rows));
             if let Some(e) = &est {

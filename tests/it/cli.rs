@@ -638,6 +638,28 @@ fn mnist_trains_from_torchvisions_root_folder() {
     let e = epochs(&home, one.id);
     // 10 test images: accuracy in steps of 10%.
     assert!(e.len() == 1 && (e[0].test_acc / 10.0).fract() == 0.0, "{e:?}");
+    // `plan` says where the data is read from, or what a first run would download.
+    let out = run(&home, &["plan", "--no-estimate", f.to_str().unwrap()]);
+    let line = format!("dataset: mnist, read from {}", raw.display());
+    assert!(stdout(&out).contains(&line), "{}", stdout(&out));
+    let stl = crate::write_sweep(
+        dir.path(),
+        "stl.toml",
+        &text.replace("name = \"mnist\", path = \"data\"", "name = \"stl10\""),
+    );
+    let cache = dir.path().join("cache");
+    let out = sweep(&home)
+        .args(["plan", "--no-estimate", "--format", "json", stl.to_str().unwrap()])
+        .env("SWEEP_CACHE", &cache)
+        .env("SWEEP_DATA_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let download = &plan["dataset"]["download"];
+    assert_eq!((plan["dataset"]["name"].as_str(), plan["dataset"]["found"].is_null()), (Some("stl10"), true), "{plan}");
+    assert_eq!(download["url"], "http://127.0.0.1:9/stl10_binary.tar.gz", "{plan}");
+    assert_eq!(download["into"], cache.join("datasets").display().to_string(), "{plan}");
+
     // The per-class figure names MNIST's classes.
     let report = dir.path().join("report.html");
     let out = run(&home, &["report", "-o", report.to_str().unwrap()]);

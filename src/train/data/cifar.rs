@@ -222,6 +222,16 @@ enum Found {
     Py(PathBuf),
 }
 
+fn locate_found(r: &Release, path: Option<&Path>, cache: &Cache) -> Option<Found> {
+    path.and_then(|p| find(r, p)).or_else(|| find(r, &cache.dir))
+}
+
+/// The folder of either release: in `path` (the release folder or one
+/// holding it), else in the cache.
+pub fn locate(r: &Release, path: Option<&Path>, cache: &Cache) -> Option<PathBuf> {
+    locate_found(r, path, cache).map(|(Found::Bin(d) | Found::Py(d))| d)
+}
+
 fn find(r: &Release, dir: &Path) -> Option<Found> {
     for d in [dir.to_owned(), dir.join(r.bin_dir), dir.join(r.py_dir)] {
         if d.join(r.bin_train[0]).is_file() {
@@ -243,8 +253,7 @@ pub fn load(name: DatasetName, path: Option<&Path>, cache: &Cache, download: boo
 /// [`load`] for a given release description (tests serve their own archive).
 pub fn load_release(r: &Release, path: Option<&Path>, cache: &Cache, download: bool) -> Result<Dataset, DataError> {
     let r = *r;
-    let found = path.and_then(|p| find(&r, p)).or_else(|| find(&r, &cache.dir));
-    let found = match found {
+    let found = match locate_found(&r, path, cache) {
         Some(f) => f,
         None if download => fetch(&r, path, cache)?,
         None => return Err(not_found(&r, path, cache, "downloading is off")),

@@ -90,7 +90,7 @@ const MAX_SIDE: usize = crate::spec::limits::MAX_IMAGE_SIDE;
 /// with the training images (plain or `.gz`; a missing file is then an
 /// error), else the cache's if it has all four (a download cut short is
 /// completed).
-fn find(r: &IdxRelease, path: Option<&Path>, cache: &Cache) -> Option<PathBuf> {
+pub fn locate(r: &IdxRelease, path: Option<&Path>, cache: &Cache) -> Option<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(p) = path {
         candidates.extend([p.to_owned(), p.join("raw"), p.join(r.folder).join("raw"), p.join(r.folder)]);
@@ -113,7 +113,7 @@ fn present(dir: &Path, name: &str) -> Option<PathBuf> {
 /// Loads MNIST or Fashion-MNIST from `path`, the cache, or (when `download`)
 /// `cache`'s mirror ([`Cache::with_default`] of the release's `url`).
 pub fn load(r: &IdxRelease, path: Option<&Path>, cache: &Cache, download: bool) -> Result<Dataset, DataError> {
-    let dir = match find(r, path, cache) {
+    let dir = match locate(r, path, cache) {
         Some(d) => d,
         None if download => fetch(r, path, cache)?,
         None => return Err(not_found(r, path, cache, "downloading is off")),

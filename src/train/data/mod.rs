@@ -223,6 +223,55 @@ pub(crate) fn download_md5(
     })
 }
 
+/// Where a dataset that sweep downloads is on this machine, or what its
+/// first run would download (`sweep plan` says, so that a node without
+/// network access is found out before a sweep is queued).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Whereabouts {
+    /// The folder it is read from.
+    Found(PathBuf),
+    /// Not here: the first run downloads `url` (about `size`) into `into`.
+    Download {
+        /// What is fetched first (the archive, or the first of the files).
+        url: String,
+        /// Roughly how much is fetched in all.
+        size: &'static str,
+        /// The cache folder it goes to.
+        into: PathBuf,
+    },
+}
+
+/// [`Whereabouts`] of `spec`'s dataset; `None` for the generated one and image folders.
+pub fn whereabouts(spec: &DatasetSpec) -> Option<Whereabouts> {
+    let path = spec.path.as_deref().map(std::path::Path::new);
+    let (found, cache, file, size) = match spec.name {
+        DatasetName::Synthetic | DatasetName::Folder => return None,
+        DatasetName::Cifar10 | DatasetName::Cifar100 => {
+            let r = if spec.name == DatasetName::Cifar100 { cifar::CIFAR100 } else { cifar::CIFAR10 };
+            let cache = cifar::Cache::from_env();
+            (cifar::locate(&r, path, &cache), cache, r.archive.to_owned(), "170 MB")
+        }
+        DatasetName::Mnist | DatasetName::FashionMnist => {
+            let (r, size) =
+                if spec.name == DatasetName::Mnist { (mnist::MNIST, "12 MB") } else { (mnist::FASHION_MNIST, "30 MB") };
+            let cache = cifar::Cache::with_default(r.url);
+            (mnist::locate(&r, path, &cache), cache, format!("{}.gz", r.files[0].0), size)
+        }
+        DatasetName::Svhn => {
+            let cache = cifar::Cache::with_default(svhn::URL);
+            (svhn::locate(path, &cache, &svhn::FILES), cache, svhn::FILES[0].0.to_owned(), "250 MB")
+        }
+        DatasetName::Stl10 => {
+            let cache = cifar::Cache::with_default(stl10::URL);
+            (stl10::locate(path, &cache), cache, stl10::ARCHIVE.0.to_owned(), "2.6 GB")
+        }
+    };
+    Some(match found {
+        Some(dir) => Whereabouts::Found(dir),
+        None => Whereabouts::Download { url: format!("{}/{file}", cache.base_url), size, into: cache.dir },
+    })
+}
+
 /// How a folder dataset's settings read it.
 pub fn folder_options(spec: &DatasetSpec) -> folder::FolderOptions {
     folder::FolderOptions {

@@ -35,10 +35,7 @@ const SIDE: usize = 96;
 /// mirror; `archive` is the archive's name and md5 ([`ARCHIVE`]; tests serve
 /// their own).
 pub fn load(path: Option<&Path>, cache: &Cache, archive: (&str, &str), download: bool) -> Result<Dataset, DataError> {
-    let has = |d: &Path| d.join(FILES[0]).is_file();
-    let found =
-        path.into_iter().flat_map(|p| [p.to_owned(), p.join(FOLDER)]).chain([cache.dir.join(FOLDER)]).find(|d| has(d));
-    let dir = match found {
+    let dir = match locate(path, cache) {
         Some(d) => d,
         None if download => fetch(path, cache, archive)?,
         None => return Err(not_found(path, cache, archive, "downloading is off")),
@@ -65,6 +62,12 @@ pub fn load(path: Option<&Path>, cache: &Cache, archive: (&str, &str), download:
     let train = split(&file(FILES[0])?, &file(FILES[1])?)?;
     let test = split(&file(FILES[2])?, &file(FILES[3])?)?;
     Ok(Dataset { train, test, val: None, classes, skipped: Vec::new() })
+}
+
+/// The `stl10_binary` folder: `path` itself or its `stl10_binary`, else the cache's.
+pub fn locate(path: Option<&Path>, cache: &Cache) -> Option<PathBuf> {
+    let has = |d: &Path| d.join(FILES[0]).is_file();
+    path.into_iter().flat_map(|p| [p.to_owned(), p.join(FOLDER)]).chain([cache.dir.join(FOLDER)]).find(|d| has(d))
 }
 
 /// One split: images (CHW, each plane transposed from the file's column

@@ -31,11 +31,8 @@ pub fn load(
     files: &[(&str, &str); 2],
     download: bool,
 ) -> Result<Dataset, DataError> {
-    let cached = cache.dir.join(CACHE_FOLDER);
-    let given = path.filter(|p| p.join(files[0].0).is_file());
-    let dir = match given {
-        Some(p) => p.to_owned(),
-        None if files.iter().all(|(f, _)| cached.join(f).is_file()) => cached,
+    let dir = match locate(path, cache, files) {
+        Some(d) => d,
         None if download => fetch(path, cache, files)?,
         None => return Err(not_found(path, cache, files, "downloading is off")),
     };
@@ -51,6 +48,16 @@ pub fn load(
     let test = split(&file(1)?)?;
     let classes = (0..10).map(|d| d.to_string()).collect();
     Ok(Dataset { train, test, val: None, classes, skipped: Vec::new() })
+}
+
+/// The folder holding the files: `path` if it has the training file (a
+/// missing test file is then an error), else the cache if it has both.
+pub fn locate(path: Option<&Path>, cache: &Cache, files: &[(&str, &str); 2]) -> Option<PathBuf> {
+    let cached = cache.dir.join(CACHE_FOLDER);
+    match path.filter(|p| p.join(files[0].0).is_file()) {
+        Some(p) => Some(p.to_owned()),
+        None => files.iter().all(|(f, _)| cached.join(f).is_file()).then_some(cached),
+    }
 }
 
 /// One file's images (CHW, RGB) and labels (the digits 0-9).
