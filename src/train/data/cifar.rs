@@ -331,29 +331,7 @@ fn not_found(r: &Release, path: Option<&Path>, cache: &Cache, why: &str) -> Data
 fn fetch(r: &Release, path: Option<&Path>, cache: &Cache) -> Result<Found, DataError> {
     let archive = cache.dir.join(r.archive);
     let url = format!("{}/{}", cache.base_url, r.archive);
-    let verify = |d: &crate::fetch::Digests| {
-        if d.md5 == r.md5 {
-            Ok(())
-        } else {
-            Err(format!("its md5 is {}, not the published {}", d.md5, r.md5))
-        }
-    };
-    if archive.exists() {
-        // Put there by hand (or by an earlier run that was killed while unpacking).
-        let md5 =
-            crate::fetch::md5_file(&archive).map_err(|e| DataError::new(&archive, format!("cannot read: {e}")))?;
-        verify(&crate::fetch::Digests { sha256: String::new(), md5 }).map_err(|detail| {
-            DataError::new(&archive, format!("{detail}: not the official {} archive; delete it", r.name))
-        })?;
-    } else {
-        tracing::info!("{} not found locally: downloading {url}", r.name);
-    }
-    crate::fetch::download(&url, &archive, &verify, true).map_err(|e| match e {
-        crate::fetch::FetchError::Unreachable { detail, .. } => {
-            not_found(r, path, cache, &format!("downloading {url} failed ({detail})"))
-        }
-        other => DataError::new(&archive, other.to_string()),
-    })?;
+    super::archive_md5(&url, &archive, r.md5, r.name, |why| not_found(r, path, cache, why))?;
     unpack(&archive, &cache.dir, |_| true)?;
     find(r, &cache.dir)
         .ok_or_else(|| DataError::new(&archive, format!("the archive does not hold {}/{}", r.py_dir, r.py_train[0])))

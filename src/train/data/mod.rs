@@ -272,6 +272,29 @@ pub fn whereabouts(spec: &DatasetSpec) -> Option<Whereabouts> {
     })
 }
 
+/// The archive `dest` of dataset `name`: checked against its published `md5`
+/// when it is there already (put by hand, or kept from an earlier run killed
+/// while unpacking), else downloaded from `url` by [`download_md5`].
+pub(crate) fn archive_md5(
+    url: &str,
+    dest: &std::path::Path,
+    md5: &str,
+    name: &str,
+    offline: impl FnOnce(&str) -> DataError,
+) -> Result<(), DataError> {
+    if dest.exists() {
+        let actual = crate::fetch::md5_file(dest).map_err(|e| DataError::new(dest, format!("cannot read: {e}")))?;
+        if actual != md5 {
+            let why =
+                format!("its md5 is {actual}, not the published {md5}: not the official {name} archive; delete it");
+            return Err(DataError::new(dest, why));
+        }
+        return Ok(());
+    }
+    tracing::info!("{name} not found locally: downloading {url}");
+    download_md5(url, dest, md5, offline)
+}
+
 /// How a folder dataset's settings read it.
 pub fn folder_options(spec: &DatasetSpec) -> folder::FolderOptions {
     folder::FolderOptions {

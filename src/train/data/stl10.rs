@@ -120,20 +120,8 @@ fn not_found(path: Option<&Path>, cache: &Cache, archive: (&str, &str), why: &st
 /// and unpacks its labelled files into the cache.
 fn fetch(path: Option<&Path>, cache: &Cache, archive: (&str, &str)) -> Result<PathBuf, DataError> {
     let dest = cache.dir.join(archive.0);
-    if dest.exists() {
-        let md5 = crate::fetch::md5_file(&dest).map_err(|e| DataError::new(&dest, format!("cannot read: {e}")))?;
-        if md5 != archive.1 {
-            let why = format!(
-                "its md5 is {md5}, not the published {}: not the official STL-10 archive; delete it",
-                archive.1
-            );
-            return Err(DataError::new(&dest, why));
-        }
-    } else {
-        let url = format!("{}/{}", cache.base_url, archive.0);
-        tracing::info!("stl10 not found locally: downloading {url}");
-        super::download_md5(&url, &dest, archive.1, |why| not_found(path, cache, archive, why))?;
-    }
+    let url = format!("{}/{}", cache.base_url, archive.0);
+    super::archive_md5(&url, &dest, archive.1, "stl10", |why| not_found(path, cache, archive, why))?;
     // The labelled files only (not the 2.7 GB of unlabelled images).
     let wanted = |m: &Path| {
         m.parent().is_some_and(|p| p.ends_with(FOLDER)) && m.file_name().is_some_and(|f| FILES.iter().any(|w| f == *w))
