@@ -1,6 +1,7 @@
 //! The report's figures, built from a [`Comparison`]: learning curves for
-//! every run (train/test loss and accuracy, learning rate), the best metric
-//! per run, and for the best run its per-class accuracy and confusion matrix.
+//! every run (train/test loss and accuracy, learning rate), the parameters
+//! against the metric ([`super::param_charts`]), the best metric per run, and
+//! for the best run its per-class accuracy and confusion matrix.
 
 use super::svg::{self, Series};
 use super::Comparison;
@@ -86,6 +87,11 @@ pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
         if c.runs.iter().any(|r| r.row.rung.is_some()) {
             out.push(asha_figure(c, &with_epochs, &style_of, standalone));
         }
+    }
+    if let Some(rel) = super::param_charts::Relation::of(c) {
+        use super::param_charts::{parallel, parallel_title, slices, slices_title};
+        out.push(Figure { name: "parallel", title: parallel_title(&rel), svg: parallel(&rel, standalone) });
+        out.push(Figure { name: "slices", title: slices_title(&rel), svg: slices(&rel, standalone) });
     }
     if !c.runs.is_empty() {
         let metric = c.runs[0].row.metric.clone();

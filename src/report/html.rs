@@ -116,6 +116,15 @@ pub fn html(c: &Comparison) -> String {
         }
         out.push_str("</div>");
     };
+    if let Some(rel) = super::param_charts::Relation::of(c) {
+        section(&mut out, &format!("Parameters and {}", rel.metric), &["parallel", "slices"]);
+        let _ = write!(
+            out,
+            "<p>{}. {}.</p>",
+            esc(&super::param_charts::parallel_title(&rel)),
+            esc(&super::param_charts::slices_title(&rel))
+        );
+    }
     section(&mut out, "Learning curves", &["legend", "train-loss", "test-loss", "train-acc", "test-acc", "lr"]);
     section(&mut out, "Best metric per run", &["best"]);
     if let Some(best) = c.runs.iter().find(|r| r.best) {

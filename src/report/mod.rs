@@ -12,6 +12,7 @@ pub mod charts;
 pub mod format;
 pub mod html;
 pub mod importance;
+pub mod param_charts;
 pub mod params;
 pub mod query;
 pub mod render;

@@ -72,7 +72,7 @@ const RIGHT: f64 = 12.0;
 const TOP: f64 = 28.0;
 const BOTTOM: f64 = 40.0;
 
-fn open(out: &mut String, standalone: bool, w: f64, h: f64, title: &str) {
+pub(super) fn open(out: &mut String, standalone: bool, w: f64, h: f64, title: &str) {
     let ns = if standalone { r#" xmlns="http://www.w3.org/2000/svg""# } else { "" };
     let _ = write!(
         out,
@@ -118,7 +118,7 @@ pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     out
 }
 
-fn fmt_tick(v: f64) -> String {
+pub(super) fn fmt_tick(v: f64) -> String {
     if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) {
         format!("{v:.0e}")
     } else {

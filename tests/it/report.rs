@@ -253,11 +253,43 @@ fn every_report_format_exports_and_escapes() {
     let md = std::fs::read_to_string(&md_path).unwrap();
     assert!(md.contains("![Test accuracy (%)](r-test-acc.svg)"), "{md}");
     assert!(md.contains("&lt;script&gt;"), "{md}");
-    for f in ["legend", "train-loss", "test-loss", "train-acc", "test-acc", "lr", "best", "classes", "confusion"] {
+    for f in [
+        "legend",
+        "train-loss",
+        "test-loss",
+        "train-acc",
+        "test-acc",
+        "lr",
+        "parallel",
+        "slices",
+        "best",
+        "classes",
+        "confusion",
+    ] {
         let svg = std::fs::read_to_string(out.join(format!("r-{f}.svg"))).unwrap();
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\"") && svg.ends_with("</svg>"), "{f}");
         assert!(!svg.contains("<script"), "{f}");
     }
+
+    // The parameters against the metric: a line per run through an axis per
+    // differing parameter (lr, optimizer, seed, ...) and the metric's; a dot
+    // per run in each parameter's panel.
+    assert!(html.contains("<h2>Parameters and test_acc</h2>"), "the section of the two figures");
+    assert!(md.contains("](r-parallel.svg)") && md.contains("](r-slices.svg)"), "{md}");
+    let parallel = std::fs::read_to_string(out.join("r-parallel.svg")).unwrap();
+    assert_eq!(parallel.matches("<polyline").count(), 5, "{parallel}");
+    assert!(parallel.contains("&lt;script&gt;alert(1)&lt;/script&gt;: test_acc = "), "{parallel}");
+    for axis in [">lr<", ">optimizer<", ">seed<", ">test_acc<", ">adam<", ">sgd<", ">0.02<"] {
+        assert!(parallel.contains(axis), "{axis} missing from the parallel coordinates");
+    }
+    // adam's betas and sgd's momentum split the runs as the optimizer's name
+    // does: no axis of their own
+    for field in [">momentum<", ">betas<", ">amsgrad<"] {
+        assert!(!parallel.contains(field), "{field} repeats the optimizer axis");
+    }
+    let slices = std::fs::read_to_string(out.join("r-slices.svg")).unwrap();
+    assert_eq!(slices.matches("<circle").count() % 5, 0, "{slices}");
+    assert!(slices.matches("<circle").count() >= 15, "five runs in at least three panels: {slices}");
 
     let csv = parse_csv(&stdout(&run(home, &["report", "--format", "csv", "--where", "lr=0.05"])));
     assert_eq!(csv.len(), 1 + 2 * 2, "two runs x two epochs: {csv:?}");
