@@ -1,6 +1,7 @@
 //! The report's figures, built from a [`Comparison`]: learning curves for
-//! every run (train/test loss and accuracy, learning rate), the parameters
-//! against the metric ([`super::param_charts`]), the best metric per run, and
+//! every run (train/test loss and accuracy, learning rate), a search's
+//! history ([`super::history`]), the parameters against the metric
+//! ([`super::param_charts`]), the best metric per run, and
 //! for the best run its per-class accuracy and confusion matrix.
 
 use super::svg::{self, Series};
@@ -87,6 +88,13 @@ pub fn figures(c: &Comparison, standalone: bool) -> Vec<Figure> {
         if c.runs.iter().any(|r| r.row.rung.is_some()) {
             out.push(asha_figure(c, &with_epochs, &style_of, standalone));
         }
+    }
+    if let Some(h) = super::history::History::of(c) {
+        out.push(Figure {
+            name: "history",
+            title: super::history::title(&h),
+            svg: super::history::chart(&h, standalone),
+        });
     }
     if let Some(rel) = super::param_charts::Relation::of(c) {
         use super::param_charts::{parallel, parallel_title, slices, slices_title};

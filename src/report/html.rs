@@ -116,6 +116,10 @@ pub fn html(c: &Comparison) -> String {
         }
         out.push_str("</div>");
     };
+    if let Some(h) = super::history::History::of(c) {
+        section(&mut out, "Search history", &["history"]);
+        let _ = write!(out, "<p>{}.</p>", esc(&super::history::title(&h)));
+    }
     if let Some(rel) = super::param_charts::Relation::of(c) {
         section(&mut out, &format!("Parameters and {}", rel.metric), &["parallel", "slices"]);
         let _ = write!(

@@ -56,10 +56,7 @@ pub struct Importances {
 /// their sweep's metric; None with fewer than 3 such runs or nothing that
 /// differs between them.
 pub fn importances(c: &Comparison) -> Option<Importances> {
-    let mut metrics: Vec<&str> =
-        c.runs.iter().filter(|r| r.row.best_metric.is_some()).map(|r| r.row.metric.as_str()).collect();
-    metrics.sort_unstable();
-    let metric = metrics.chunk_by(|a, b| a == b).max_by_key(|g| g.len()).and_then(|g| g.first().copied())?.to_owned();
+    let metric = super::main_metric(&c.runs)?;
     let runs: Vec<(&super::Params, f64)> = c
         .runs
         .iter()

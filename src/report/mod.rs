@@ -10,6 +10,7 @@
 
 pub mod charts;
 pub mod format;
+pub mod history;
 pub mod html;
 pub mod importance;
 pub mod param_charts;
@@ -53,6 +54,28 @@ pub struct RunReport {
     pub epochs: Vec<EpochRecord>,
     /// Whether it has the best metric among the runs shown.
     pub best: bool,
+    /// The trial it is of a `[[search]]`, when it is one (loaded with the epochs).
+    pub trial: Option<Trial>,
+}
+
+/// The metric that most of `runs` with a best value are ranked by (their
+/// sweeps' `metric`); None when none has a best value.
+pub(crate) fn main_metric<'a>(runs: impl IntoIterator<Item = &'a RunReport>) -> Option<String> {
+    let mut metrics: Vec<&str> =
+        runs.into_iter().filter(|r| r.row.best_metric.is_some()).map(|r| r.row.metric.as_str()).collect();
+    metrics.sort_unstable();
+    metrics.chunk_by(|a, b| a == b).max_by_key(|g| g.len()).and_then(|g| g.first().copied()).map(str::to_owned)
+}
+
+/// A run's place in a `[[search]]` (the `trials` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trial {
+    /// The search block's 0-based index in its sweep file.
+    pub search: i64,
+    /// The 0-based trial number.
+    pub number: i64,
+    /// `random` (a random search's trials, TPE's start-up ones) or `tpe` (proposed).
+    pub method: String,
 }
 
 /// Short column names for config paths: the last segment, or more where two collide.
@@ -125,12 +148,14 @@ impl Comparison {
         let mut runs = Vec::with_capacity(rows.len());
         for (row, params) in rows {
             // The parsed configuration is kept for reports only (their JSON shows it).
-            let (config, epochs) = if with_epochs {
-                (serde_json::from_str(&row.config_json).unwrap_or(Value::Null), store.epochs(row.id).await?)
+            let (config, epochs, trial) = if with_epochs {
+                let trial =
+                    store.trial_of(row.id).await?.map(|(search, number, method, _)| Trial { search, number, method });
+                (serde_json::from_str(&row.config_json).unwrap_or(Value::Null), store.epochs(row.id).await?, trial)
             } else {
-                (Value::Null, Vec::new())
+                (Value::Null, Vec::new(), None)
             };
-            runs.push(RunReport { params, config, epochs, row, best: false });
+            runs.push(RunReport { params, config, epochs, row, best: false, trial });
         }
         let mut cmp = Comparison { sweeps: all, runs, differing: Vec::new(), best_confusion: None };
         cmp.refresh();

@@ -195,11 +195,7 @@ impl Relation {
     /// fewer than two such runs or no such parameter.
     #[must_use]
     pub fn of(c: &Comparison) -> Option<Relation> {
-        let mut metrics: Vec<&str> =
-            c.runs.iter().filter(|r| r.row.best_metric.is_some()).map(|r| r.row.metric.as_str()).collect();
-        metrics.sort_unstable();
-        let metric =
-            metrics.chunk_by(|a, b| a == b).max_by_key(|g| g.len()).and_then(|g| g.first().copied())?.to_owned();
+        let metric = super::main_metric(&c.runs)?;
         let runs: Vec<(&super::RunReport, f64)> = c
             .runs
             .iter()

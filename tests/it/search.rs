@@ -356,6 +356,24 @@ fn tpe_proposes_online_and_its_proposals_replay() {
             let based: serde_json::Value = serde_json::from_str(&based_on.unwrap()).unwrap();
             assert_eq!(based["below"].as_array().unwrap().len(), 1, "γ(3) = 1");
             assert_eq!(based["above"].as_array().unwrap().len(), 2);
+            // The report's search history: six trials, the three start-up ones
+            // hollow, the proposals filled, the best so far a step line.
+            let c = sweep::report::Comparison::load(&store, &[], true).await.unwrap();
+            let trials: Vec<_> = c.runs.iter().map(|r| r.trial.clone().unwrap()).collect();
+            assert_eq!(trials.iter().map(|t| t.number).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+            let h = sweep::report::history::History::of(&c).unwrap();
+            assert_eq!(h.searches.len(), 1);
+            assert_eq!(h.searches[0].label, format!("{} / search1", c.runs[0].row.sweep));
+            let proposed: Vec<bool> = h.searches[0].points.iter().map(|p| p.proposed).collect();
+            assert_eq!(proposed, [false, false, false, true, true, true]);
+            let best = h.best_so_far(&h.searches[0]);
+            let top = rows.iter().map(|r| r.best_metric.unwrap()).fold(f64::MIN, f64::max);
+            assert_eq!(best.last(), Some(&top));
+            assert!(best.windows(2).all(|w| w[1] >= w[0]), "{best:?}");
+            let figs = sweep::report::charts::figures(&c, true);
+            let fig = figs.iter().find(|f| f.name == "history").expect("a search history figure");
+            assert_eq!(fig.svg.matches("<circle").count(), 6);
+            assert_eq!(fig.svg.matches("drawn at random): ").count(), 3);
             // Submitting again: the start-up trials are done, nothing more is proposed.
             let again = store.submit(&s).await.unwrap();
             assert!(again.iter().all(|o| *o == sweep::store::SubmitOutcome::AlreadyDone));
