@@ -433,7 +433,7 @@ async fn show_run(
             (Some("tpe"), Some(below), Some(above)) => {
                 format!("proposed by TPE from the finished trials: good {below}; the rest {above}")
             }
-            _ => "drawn at random (a start-up trial)".to_owned(),
+            _ => "drawn at random".to_owned(),
         };
         println!("trial:       {} of search {}: {how}", t["trial"], t["search"].as_i64().unwrap_or(0) + 1);
     }

@@ -222,6 +222,10 @@ fn run_json(c: &Comparison, r: &RunReport, with_epochs: bool) -> Value {
     });
     if with_epochs {
         v["epochs"] = Value::Array(r.epochs.iter().map(epoch_json).collect());
+        if let Some(t) = &r.trial {
+            // as `sweep show --format json` gives it: the trial numbered from 1, as its name
+            v["trial"] = json!({ "search": t.search, "trial": t.number + 1, "method": t.method });
+        }
     }
     v
 }

@@ -100,7 +100,8 @@ impl Store {
         .await
         .map_err(&e)?;
         if let Some(t) = &run.trial {
-            // A TPE search's start-up trial (random); proposals are recorded by `propose`.
+            // A random search's trial or a TPE search's start-up one (both drawn at
+            // random); TPE's proposals are recorded by `propose`.
             self.record_trial(tx, sweep_id, run_id, t, "random", None).await?;
         }
         Ok(outcome)

@@ -150,7 +150,7 @@ impl Store {
         Ok(())
     }
 
-    /// Sweeps that have trials of a TPE search (the only ones that may want proposals).
+    /// Sweeps that have trials of a search (those of a TPE search may want proposals).
     pub async fn search_sweeps(&self) -> Result<Vec<SearchSweep>> {
         let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
             "SELECT id, name, source_path, source_toml FROM sweeps

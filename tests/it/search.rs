@@ -58,6 +58,41 @@ fn random_search_is_deterministic_from_its_seed() {
     assert_eq!(a.searches[0].count, 12);
 }
 
+/// A random search's trials are recorded as TPE's are (`trials`, method
+/// `random`), so that `show` says how each was sampled and the report plots
+/// the search's history; submitting the file again records nothing twice.
+#[test]
+fn a_random_searchs_trials_are_recorded_and_plotted() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{HEAD}\n[[search]]\nname = \"rnd\"\nmethod = \"random\"\ncount = 3\nepochs = 1\n\
+             \"optimizer.lr\" = {{ log_uniform = [1e-3, 0.3] }}\n"
+        );
+        let store = Store::open(dir.path()).await.unwrap();
+        let s = parse(&text).unwrap();
+        store.submit(&s).await.unwrap();
+        assert_eq!(drain(&store).await.runs.len(), 3);
+        store.submit(&s).await.unwrap();
+        let rows = store.runs(None).await.unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            let (search, number, method, based_on) = store.trial_of(r.id).await.unwrap().unwrap();
+            assert_eq!((search, number, method.as_str(), based_on), (0, i as i64, "random", None), "{}", r.name);
+        }
+        let c = sweep::report::Comparison::load(&store, &[], true).await.unwrap();
+        let h = sweep::report::history::History::of(&c).unwrap();
+        assert_eq!(h.searches.len(), 1);
+        assert_eq!(h.searches[0].label, "s / rnd");
+        assert_eq!(
+            h.searches[0].points.iter().map(|p| (p.number, p.proposed)).collect::<Vec<_>>(),
+            [(1, false), (2, false), (3, false)]
+        );
+        let fig = sweep::report::charts::figures(&c, true).into_iter().find(|f| f.name == "history").unwrap();
+        assert_eq!(fig.svg.matches("drawn at random): ").count(), 3);
+        store.close().await;
+    });
+}
+
 #[test]
 fn exclude_applies_to_sampled_trials() {
     let text = format!(
@@ -370,6 +405,10 @@ fn tpe_proposes_online_and_its_proposals_replay() {
             let top = rows.iter().map(|r| r.best_metric.unwrap()).fold(f64::MIN, f64::max);
             assert_eq!(best.last(), Some(&top));
             assert!(best.windows(2).all(|w| w[1] >= w[0]), "{best:?}");
+            // `report --format json`: each run's trial, numbered from 1 as `show` and the names
+            let j: serde_json::Value = serde_json::from_str(&sweep::report::json(&c)).unwrap();
+            assert_eq!(j["runs"][3]["trial"], serde_json::json!({ "search": 0, "trial": 4, "method": "tpe" }));
+            assert_eq!(j["runs"][0]["trial"]["method"], "random");
             let figs = sweep::report::charts::figures(&c, true);
             let fig = figs.iter().find(|f| f.name == "history").expect("a search history figure");
             assert_eq!(fig.svg.matches("<circle").count(), 6);

@@ -135,7 +135,7 @@ pub struct PlannedRun {
     pub line: usize,
     /// Column of that place.
     pub column: usize,
-    /// Its place in a TPE search, if it is one of its trials.
+    /// Its place in a search (random or TPE), if it is one of its trials.
     pub trial: Option<TrialRef>,
 }
 

@@ -249,10 +249,9 @@ pub(super) fn expand_search(
         };
         let before = runs.len();
         push_run(ctx, trial_name(&search, number, &merged), merged, 0, header, None, runs);
-        if method == Method::Tpe {
-            for r in &mut runs[before..] {
-                r.trial = Some(TrialRef { search: index, number, params: params.clone() });
-            }
+        // every trial is recorded (the `trials` table): TPE proposes from them, reports plot them
+        for r in &mut runs[before..] {
+            r.trial = Some(TrialRef { search: index, number, params: params.clone() });
         }
     }
     Some(search)
