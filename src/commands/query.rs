@@ -88,7 +88,7 @@ pub(super) struct TpeSearch {
 pub(super) async fn tpe_searches(store: &Store, sweeps: &[String]) -> anyhow::Result<Vec<TpeSearch>> {
     let mut out = Vec::new();
     for s in store.search_sweeps().await? {
-        if !sweeps.is_empty() && !sweeps.contains(&s.name) {
+        if (!sweeps.is_empty() && !sweeps.contains(&s.name)) || !sweep::spec::has_tpe_search(&s.source_toml) {
             continue;
         }
         let Ok(spec) = sweep::spec::parse(Path::new(&s.source_path), &s.source_toml) else { continue };

@@ -155,6 +155,23 @@ pub fn parse(path: &Path, text: &str) -> Result<SweepSpec, SpecErrors> {
     parse_with(path, text, &Options::default())
 }
 
+/// Whether a sweep file has a TPE `[[search]]` (one whose later trials are
+/// proposed as trials finish), read from its TOML without expanding it: a
+/// worker asks this of every sweep with trials each time it finds nothing
+/// queued, and a random search's thousands of trials are not worth expanding
+/// for the answer. A file that is not TOML answers true, so that the full
+/// parse reports it.
+#[must_use]
+pub fn has_tpe_search(text: &str) -> bool {
+    match text.parse::<toml::Table>() {
+        Ok(t) => t
+            .get("search")
+            .and_then(toml::Value::as_array)
+            .is_some_and(|blocks| blocks.iter().any(|b| b.get("method").and_then(toml::Value::as_str) == Some("tpe"))),
+        Err(_) => true,
+    }
+}
+
 /// [`parse`] with [`Options`].
 pub fn parse_with(path: &Path, text: &str, options: &Options) -> Result<SweepSpec, SpecErrors> {
     let src = Source { path: path.to_owned(), text: text.to_owned() };

@@ -90,6 +90,9 @@ pub(super) async fn stays_stopped(
 /// a run was queued.
 pub(super) async fn propose_next(store: &Store, verbose: bool) -> Result<bool, StoreError> {
     for sweep in store.search_sweeps().await? {
+        if !spec::has_tpe_search(&sweep.source_toml) {
+            continue; // random searches only: nothing to propose
+        }
         let path = PathBuf::from(&sweep.source_path);
         let spec = match spec::parse(&path, &sweep.source_toml) {
             Ok(s) => s,

@@ -93,6 +93,20 @@ fn a_random_searchs_trials_are_recorded_and_plotted() {
     });
 }
 
+/// Which stored sweeps a worker reads for TPE proposals: those with a TPE
+/// search however TOML writes its method, not those with random ones only.
+#[test]
+fn a_tpe_search_is_found_without_expanding_the_file() {
+    let with = |method: &str| format!("{HEAD}\n[[search]]\nmethod = {method}\ncount = 3\n");
+    assert!(spec::has_tpe_search(&with("\"tpe\"")));
+    assert!(spec::has_tpe_search(&with("'tpe'")));
+    assert!(spec::has_tpe_search(&with("\"\\u0074pe\"")));
+    assert!(spec::has_tpe_search(&format!("{}\n[[search]]\nmethod = \"tpe\"\n", with("\"random\""))));
+    assert!(!spec::has_tpe_search(&with("\"random\"")));
+    assert!(!spec::has_tpe_search(HEAD));
+    assert!(spec::has_tpe_search("not = [toml"), "the full parse reports a broken file");
+}
+
 #[test]
 fn exclude_applies_to_sampled_trials() {
     let text = format!(
