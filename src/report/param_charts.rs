@@ -14,10 +14,10 @@
 //! ranked by (as [`super::importance`]); the parameters are ordered by their
 //! main effect when there are enough runs to measure it, at most
 //! [`MAX_AXES`] of them. Numbers are placed on a linear axis, or a log one
-//! when they are all positive, span [`LOG_SPAN`] or more and are spread
-//! evenly in their logarithm rather than themselves (a learning rate's
-//! decades); anything else (`adam`, `sgd`, a head) gets evenly spaced
-//! places in sorted order.
+//! when they are all positive and the log scale keeps their closest two
+//! values [`LOG_GAIN`] times as far apart (a learning rate's decades, batch
+//! sizes in powers of two; not a momentum drawn from 0 to 0.95); anything
+//! else (`adam`, `sgd`, a head) gets evenly spaced places in sorted order.
 
 use super::svg::{esc, fmt_tick, log_ticks, open, ticks, viridis};
 use super::Comparison;
@@ -28,9 +28,9 @@ use std::fmt::Write;
 /// most.
 pub const MAX_AXES: usize = 8;
 
-/// Positive numbers whose largest is this many times their smallest or more
-/// go on a log axis.
-pub const LOG_SPAN: f64 = 20.0;
+/// Positive numbers go on a log axis when their closest two values are this
+/// many times as far apart there (as shares of the axis) as on a linear one.
+pub const LOG_GAIN: f64 = 1.5;
 
 /// Numeric axes with at most this many distinct values label each value;
 /// more (a random search's draws) get round ticks.
@@ -81,7 +81,7 @@ impl Scale {
                     by_value.sort_by(|a, b| a.0.total_cmp(&b.0));
                     by_value.into_iter().map(|(_, s)| s.to_owned()).collect()
                 });
-                Scale::Numeric { lo, hi, log: lo > 0.0 && hi / lo >= LOG_SPAN && spread_on_log(&x), each }
+                Scale::Numeric { lo, hi, log: lo > 0.0 && spread_on_log(&x), each }
             }
             None => Scale::Categories(distinct.iter().map(|s| (*s).to_owned()).collect()),
         })
@@ -131,18 +131,18 @@ impl Scale {
     }
 }
 
-/// Whether positive numbers are spread on a log scale rather than a linear
-/// one: their median is nearer their geometric mean than their arithmetic
-/// mean (a learning rate's decades, batch sizes 8 to 512; not a momentum drawn
-/// uniformly from 0 to 0.95, whose smallest draws are far below the rest).
+/// Whether distinct positive numbers are spread more evenly on a log scale
+/// than on a linear one: their closest two are [`LOG_GAIN`] times as far
+/// apart there, as shares of the axis (so that their labels do not run into
+/// each other: 0.001 and 0.01 beside 0.2 on a linear axis).
 fn spread_on_log(x: &[f64]) -> bool {
-    let mut x = x.to_vec();
-    x.sort_by(f64::total_cmp);
-    let n = x.len();
-    let median = if n % 2 == 1 { x[n / 2] } else { f64::midpoint(x[n / 2 - 1], x[n / 2]) };
-    let mean = x.iter().sum::<f64>() / n as f64;
-    let geometric = (x.iter().map(|v| v.ln()).sum::<f64>() / n as f64).exp();
-    (median.ln() - geometric.ln()).abs() < (median.ln() - mean.ln()).abs()
+    let smallest_gap = |v: Vec<f64>| -> f64 {
+        let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |a, &b| (a.0.min(b), a.1.max(b)));
+        let mut v = v;
+        v.sort_by(f64::total_cmp);
+        v.windows(2).map(|w| (w[1] - w[0]) / (hi - lo)).fold(f64::MAX, f64::min)
+    };
+    smallest_gap(x.iter().map(|v| v.ln()).collect()) > LOG_GAIN * smallest_gap(x.to_vec())
 }
 
 /// One parameter's axis: its path, short name, scale and each run's place.
@@ -386,10 +386,15 @@ pub fn parallel(rel: &Relation, standalone: bool) -> String {
         let _ = write!(out, r##"<line x1="{x:.1}" x2="{x:.1}" y1="{TOP}" y2="{:.1}" stroke="#444"/>"##, TOP + ph);
         label(&mut out, x, TOP - 10.0, "middle", &cut(&a.label, 18), &a.path);
         let width = if a.scale.is_categorical() { 12 } else { 9 };
+        // a label closer than a line of text to the one below it is left out (its tick stays)
+        let mut last: Option<f64> = None;
         for (pos, text) in a.scale.ticks() {
             let y = y_of(pos);
             let _ = write!(out, r##"<line x1="{:.1}" x2="{x:.1}" y1="{y:.1}" y2="{y:.1}" stroke="#444"/>"##, x - 4.0);
-            label(&mut out, x - 6.0, y + 3.5, "end", &cut(&text, width), &text);
+            if last.is_none_or(|l| l - y >= 11.0) {
+                label(&mut out, x - 6.0, y + 3.5, "end", &cut(&text, width), &text);
+                last = Some(y);
+            }
         }
     }
     // The metric's axis is also the colour scale.
@@ -470,8 +475,15 @@ pub fn slices(rel: &Relation, standalone: bool) -> String {
         }
         let ticks = a.scale.ticks();
         let width = ((x1 - x0) / ticks.len().max(1) as f64 / 5.5).max(3.0) as usize;
+        // a label that would run into the one to its left is left out
+        let mut right_of_last = f64::MIN;
         for (pos, text) in &ticks {
-            label(&mut out, x_of(*pos), y1 + 13.0, "middle", &cut(text, width), text);
+            let shown = cut(text, width);
+            let half = 2.8 * shown.chars().count() as f64;
+            if x_of(*pos) - half >= right_of_last + 3.0 {
+                label(&mut out, x_of(*pos), y1 + 13.0, "middle", &shown, text);
+                right_of_last = x_of(*pos) + half;
+            }
         }
         // categories: the runs of one value spread a little, so that repeats do not hide each other
         let spread = if a.scale.is_categorical() { 0.04 } else { 0.0 };
@@ -529,7 +541,14 @@ mod tests {
         assert!(log.ticks().iter().all(|t| (0.0..=1.0).contains(&t.0)));
         // a grid over decades, batch sizes in powers of two: log; a momentum drawn uniformly: linear
         assert!(matches!(Scale::of(&["0.001", "0.01", "0.1"]).unwrap(), Scale::Numeric { log: true, .. }));
+        assert!(matches!(
+            Scale::of(&["0.001", "0.01", "0.05", "0.1", "0.2"]).unwrap(),
+            Scale::Numeric { log: true, .. }
+        ));
+        assert!(matches!(Scale::of(&["16", "32", "64", "128", "256"]).unwrap(), Scale::Numeric { log: true, .. }));
         assert!(matches!(Scale::of(&["8", "32", "128", "512"]).unwrap(), Scale::Numeric { log: true, .. }));
+        assert!(matches!(Scale::of(&["1", "2", "3"]).unwrap(), Scale::Numeric { log: false, .. }));
+        assert!(matches!(Scale::of(&["32", "64"]).unwrap(), Scale::Numeric { log: false, .. }));
         let momentum = ["0.0188", "0.156", "0.274", "0.373", "0.459", "0.512", "0.607", "0.664", "0.82", "0.893"];
         assert!(matches!(Scale::of(&momentum).unwrap(), Scale::Numeric { log: false, .. }));
         // zero or negative: never log
@@ -635,6 +654,29 @@ mod tests {
         );
         // the panels' width: two side by side
         assert!(svg.contains(r#"viewBox="0 0 460 216""#), "{}", &svg[..120]);
+    }
+
+    #[test]
+    fn labels_that_would_overlap_are_left_out_their_ticks_kept() {
+        let mut rel = relation(true);
+        let scale = Scale::of(&["100", "101", "200"]).unwrap();
+        assert!(matches!(scale, Scale::Numeric { log: false, .. }));
+        rel.axes[0] = Axis {
+            path: "epochs".into(),
+            label: "epochs".into(),
+            at: ["100", "101", "200"].iter().map(|v| scale.position(v)).collect(),
+            values: vec!["100".into(), "101".into(), "200".into()],
+            scale,
+        };
+        for svg in [parallel(&rel, false), slices(&rel, false)] {
+            assert!(svg.contains(">100<") && svg.contains(">200<"), "{svg}");
+            assert!(!svg.contains(">101<"), "{svg}");
+        }
+        assert_eq!(
+            parallel(&rel, false).matches(r##"stroke="#444"/>"##).count(),
+            2 + 3 + 2 + 3, // two axis lines, 3 + 2 ticks of the parameters (101's too), 40, 60, 80 of the metric
+            "every tick drawn"
+        );
     }
 
     #[test]
