@@ -145,12 +145,13 @@ impl Comparison {
         } else {
             all.retain(|s| sweeps.contains(&s.name));
         }
+        let trials = if with_epochs { store.trials_by_run().await? } else { std::collections::HashMap::new() };
         let mut runs = Vec::with_capacity(rows.len());
         for (row, params) in rows {
             // The parsed configuration is kept for reports only (their JSON shows it).
             let (config, epochs, trial) = if with_epochs {
                 let trial =
-                    store.trial_of(row.id).await?.map(|(search, number, method, _)| Trial { search, number, method });
+                    trials.get(&row.id).cloned().map(|(search, number, method)| Trial { search, number, method });
                 (serde_json::from_str(&row.config_json).unwrap_or(Value::Null), store.epochs(row.id).await?, trial)
             } else {
                 (Value::Null, Vec::new(), None)

@@ -97,7 +97,7 @@ impl Scale {
                 ((v - lo) / (hi - lo)).clamp(0.0, 1.0)
             }
             Scale::Categories(c) => {
-                let i = c.iter().position(|x| x == value).unwrap_or(0);
+                let i = c.binary_search_by(|x| x.as_str().cmp(value)).unwrap_or(0);
                 if c.len() < 2 {
                     0.5
                 } else {
@@ -231,14 +231,12 @@ impl Relation {
         // nothing more (`head.hidden` and `head.dropout` beside `head = mlp`,
         // `optimizer.momentum` beside `optimizer.name = adam`).
         let split = |a: &Axis| -> Vec<usize> {
-            let mut seen: Vec<&str> = Vec::new();
+            let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
             a.values
                 .iter()
                 .map(|v| {
-                    seen.iter().position(|s| s == v).unwrap_or_else(|| {
-                        seen.push(v);
-                        seen.len() - 1
-                    })
+                    let next = seen.len();
+                    *seen.entry(v.as_str()).or_insert(next)
                 })
                 .collect()
         };
@@ -280,16 +278,21 @@ impl Relation {
         }
     }
 
-    /// How good run `i`'s metric is among the runs: 0 the worst, 1 the best.
+    /// How good each run's metric is among the runs: 0 the worst, 1 the best.
     #[must_use]
-    pub fn goodness(&self, i: usize) -> f64 {
+    pub fn goodness(&self) -> Vec<f64> {
         let (lo, hi) = self.metric_range();
-        let t = ((self.runs[i].metric - lo) / (hi - lo)).clamp(0.0, 1.0);
-        if self.maximize {
-            t
-        } else {
-            1.0 - t
-        }
+        self.runs
+            .iter()
+            .map(|p| {
+                let t = ((p.metric - lo) / (hi - lo)).clamp(0.0, 1.0);
+                if self.maximize {
+                    t
+                } else {
+                    1.0 - t
+                }
+            })
+            .collect()
     }
 
     /// What the figures' captions add: how many parameters were left out.
@@ -353,12 +356,9 @@ pub fn parallel(rel: &Relation, standalone: bool) -> String {
     // The lines, the worst first so that the best are on top.
     let (lo, hi) = rel.metric_range();
     let metric_pos = |v: f64| ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
+    let good = rel.goodness();
     let mut order: Vec<usize> = (0..rel.runs.len()).collect();
-    order.sort_by(|&a, &b| {
-        (rel.runs[a].best, rel.goodness(a))
-            .partial_cmp(&(rel.runs[b].best, rel.goodness(b)))
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    order.sort_by(|&a, &b| rel.runs[a].best.cmp(&rel.runs[b].best).then(good[a].total_cmp(&good[b])));
     for &i in &order {
         let p = &rel.runs[i];
         let points: Vec<String> = rel
@@ -371,7 +371,7 @@ pub fn parallel(rel: &Relation, standalone: bool) -> String {
         let _ = write!(
             out,
             r#"<polyline fill="none" stroke="{}" stroke-width="{}" stroke-opacity="0.85" points="{}"><title>{}: {} = {}</title></polyline>"#,
-            metric_colour(rel.goodness(i)),
+            metric_colour(good[i]),
             if p.best { 3.2 } else { 1.4 },
             points.join(" "),
             esc(&p.name),
@@ -599,9 +599,9 @@ mod tests {
     fn the_best_run_is_brightest_for_either_goal() {
         for maximize in [true, false] {
             let rel = relation(maximize);
-            assert_eq!(rel.goodness(1), 1.0);
-            assert_eq!(rel.goodness(2), 0.0);
-            assert!((rel.goodness(0) - if maximize { 0.5 } else { 1.0 / 1.8 }).abs() < 1e-12);
+            let good = rel.goodness();
+            assert_eq!((good[1], good[2]), (1.0, 0.0));
+            assert!((good[0] - if maximize { 0.5 } else { 1.0 / 1.8 }).abs() < 1e-12);
         }
     }
 

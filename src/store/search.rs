@@ -255,6 +255,19 @@ impl Store {
             .map_err(self.sql())
     }
 
+    /// Every run's trial, by run id: (search, number, method); a run that is
+    /// a trial of two sweeps gets its first sweep's, as [`Store::trial_of`].
+    /// One query for a report, however many runs it shows.
+    pub async fn trials_by_run(&self) -> Result<std::collections::HashMap<i64, (i64, i64, String)>> {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as("SELECT run_id, search, number, method FROM trials ORDER BY sweep_id DESC")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.sql())?;
+        // the first sweep's row last, so that it stays
+        Ok(rows.into_iter().map(|(run, search, number, method)| (run, (search, number, method))).collect())
+    }
+
     /// A run's trial, if it is one: (search, number, method, based-on JSON).
     pub async fn trial_of(&self, run_id: i64) -> Result<Option<(i64, i64, String, Option<String>)>> {
         sqlx::query_as(
