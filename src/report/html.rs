@@ -116,19 +116,18 @@ pub fn html(c: &Comparison) -> String {
         }
         out.push_str("</div>");
     };
-    if let Some(h) = super::history::History::of(c) {
-        section(&mut out, "Search history", &["history"]);
-        let _ = write!(out, "<p>{}.</p>", esc(&super::history::title(&h)));
-    }
-    if let Some(rel) = super::param_charts::Relation::of(c) {
-        section(&mut out, &format!("Parameters and {}", rel.metric), &["parallel", "slices"]);
-        let _ = write!(
-            out,
-            "<p>{}. {}.</p>",
-            esc(&super::param_charts::parallel_title(&rel)),
-            esc(&super::param_charts::slices_title(&rel))
-        );
-    }
+    // The search figures' captions come with them, from the figures already built.
+    let captions = |out: &mut String, names: &[&str]| {
+        let titles: Vec<String> = figs.iter().filter(|f| names.contains(&f.name)).map(|f| esc(&f.title)).collect();
+        if !titles.is_empty() {
+            let _ = write!(out, "<p>{}.</p>", titles.join(". "));
+        }
+    };
+    section(&mut out, "Search history", &["history"]);
+    captions(&mut out, &["history"]);
+    let metric = super::main_metric(&c.runs).unwrap_or_default();
+    section(&mut out, &format!("Parameters and {metric}"), &["parallel", "slices"]);
+    captions(&mut out, &["parallel", "slices"]);
     section(&mut out, "Learning curves", &["legend", "train-loss", "test-loss", "train-acc", "test-acc", "lr"]);
     section(&mut out, "Best metric per run", &["best"]);
     if let Some(best) = c.runs.iter().find(|r| r.best) {

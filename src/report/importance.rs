@@ -56,13 +56,7 @@ pub struct Importances {
 /// their sweep's metric; None with fewer than 3 such runs or nothing that
 /// differs between them.
 pub fn importances(c: &Comparison) -> Option<Importances> {
-    let metric = super::main_metric(&c.runs)?;
-    let runs: Vec<(&super::Params, f64)> = c
-        .runs
-        .iter()
-        .filter(|r| r.row.metric == metric)
-        .filter_map(|r| r.row.best_metric.filter(|v| v.is_finite()).map(|v| (&r.params, v)))
-        .collect();
+    let (metric, runs) = super::ranked_runs(c)?;
     if runs.len() < 3 {
         return None;
     }
@@ -71,7 +65,7 @@ pub fn importances(c: &Comparison) -> Option<Importances> {
         .differing
         .iter()
         .filter_map(|path| {
-            let values: Vec<&str> = runs.iter().map(|(p, _)| p.get(path).unwrap_or("-")).collect();
+            let values: Vec<&str> = runs.iter().map(|(r, _)| r.params.get(path).unwrap_or("-")).collect();
             one(path, &values, &y)
         })
         .collect();

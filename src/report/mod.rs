@@ -67,6 +67,19 @@ pub(crate) fn main_metric<'a>(runs: impl IntoIterator<Item = &'a RunReport>) -> 
     metrics.chunk_by(|a, b| a == b).max_by_key(|g| g.len()).and_then(|g| g.first().copied()).map(str::to_owned)
 }
 
+/// The metric most of `c`'s runs are ranked by ([`main_metric`]) and the
+/// runs ranked by it that have a finite best value of it, with that value.
+pub(crate) fn ranked_runs(c: &Comparison) -> Option<(String, Vec<(&RunReport, f64)>)> {
+    let metric = main_metric(&c.runs)?;
+    let runs = c
+        .runs
+        .iter()
+        .filter(|r| r.row.metric == metric)
+        .filter_map(|r| r.row.best_metric.filter(|v| v.is_finite()).map(|v| (r, v)))
+        .collect();
+    Some((metric, runs))
+}
+
 /// A run's place in a `[[search]]` (the `trials` table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trial {

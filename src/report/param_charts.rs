@@ -169,8 +169,6 @@ pub struct Point {
     pub metric: f64,
     /// Whether it is the report's best run.
     pub best: bool,
-    /// Its place in the queue among the runs shown (0 = first).
-    pub order: usize,
 }
 
 /// What both figures show: the runs with a value of the metric and the
@@ -181,7 +179,7 @@ pub struct Relation {
     pub metric: String,
     /// Whether higher values of it are better.
     pub maximize: bool,
-    /// The runs, in the order they were queued.
+    /// The runs, in the order they were queued (a run's index is its place).
     pub runs: Vec<Point>,
     /// The parameters, those that matter most first.
     pub axes: Vec<Axis>,
@@ -195,13 +193,7 @@ impl Relation {
     /// fewer than two such runs or no such parameter.
     #[must_use]
     pub fn of(c: &Comparison) -> Option<Relation> {
-        let metric = super::main_metric(&c.runs)?;
-        let runs: Vec<(&super::RunReport, f64)> = c
-            .runs
-            .iter()
-            .filter(|r| r.row.metric == metric)
-            .filter_map(|r| r.row.best_metric.filter(|v| v.is_finite()).map(|v| (r, v)))
-            .collect();
+        let (metric, runs) = super::ranked_runs(c)?;
         if runs.len() < 2 {
             return None;
         }
@@ -259,11 +251,7 @@ impl Relation {
         let left_out = axes.len().saturating_sub(MAX_AXES);
         axes.truncate(MAX_AXES);
         let maximize = Metric::from_name(&metric).is_none_or(Metric::maximize);
-        let runs = runs
-            .iter()
-            .enumerate()
-            .map(|(order, (r, v))| Point { name: r.row.name.clone(), metric: *v, best: r.best, order })
-            .collect();
+        let runs = runs.iter().map(|(r, v)| Point { name: r.row.name.clone(), metric: *v, best: r.best }).collect();
         Some(Relation { metric, maximize, runs, axes, left_out })
     }
 
@@ -500,7 +488,7 @@ pub fn slices(rel: &Relation, standalone: bool) -> String {
                 r#"<circle cx="{x:.1}" cy="{y:.1}" r="{}" fill="{colour}" fill-opacity="0.85"{ring}><title>{} (queued {}): {} = {}, {} = {}</title></circle>"#,
                 if p.best { 4.5 } else { 3.5 },
                 esc(&p.name),
-                p.order + 1,
+                i + 1,
                 esc(&a.label),
                 esc(&a.values[i]),
                 esc(&rel.metric),
@@ -584,9 +572,7 @@ mod tests {
         Relation {
             metric: if maximize { "test_acc" } else { "test_loss" }.into(),
             maximize,
-            runs: (0..3)
-                .map(|i| Point { name: format!("run<{i}>"), metric: metrics[i], best: i == 1, order: i })
-                .collect(),
+            runs: (0..3).map(|i| Point { name: format!("run<{i}>"), metric: metrics[i], best: i == 1 }).collect(),
             axes: vec![
                 axis("optimizer.lr", "lr", lr, ["0.1", "0.01", "0.001"]),
                 axis("optimizer.name", "optimizer", opt, ["sgd", "adam", "sgd"]),
