@@ -131,6 +131,39 @@ pub enum Object {
 type OResult<T> = std::result::Result<T, Object>;
 
 impl Object {
+    /// The size of a copy of this object, counting each object as one and each
+    /// byte of its text as one, or `limit` when it is at least that.
+    fn count_up_to(&self, limit: usize) -> usize {
+        let mut n = 0;
+        let mut todo = vec![self];
+        while let Some(o) = todo.pop() {
+            n += 1;
+            match o {
+                Self::Class {
+                    module_name,
+                    class_name,
+                } => n += module_name.len() + class_name.len(),
+                Self::Unicode(s) => n += s.len(),
+                Self::Tuple(v) | Self::List(v) => todo.extend(v),
+                Self::Dict(kv) => todo.extend(kv.iter().flat_map(|(k, v)| [k, v])),
+                Self::Reduce { callable, args } | Self::Build { callable, args } => {
+                    todo.extend([&**callable, &**args])
+                }
+                Self::PersistentLoad(o) => todo.push(o),
+                Self::Int(_)
+                | Self::Long(_)
+                | Self::Float(_)
+                | Self::Bool(_)
+                | Self::None
+                | Self::Mark => {}
+            }
+            if n >= limit {
+                return limit;
+            }
+        }
+        n
+    }
+
     pub fn unicode(self) -> OResult<String> {
         match self {
             Self::Unicode(t) => Ok(t),
@@ -224,6 +257,9 @@ impl Object {
                 class_name,
             } if module_name == "torch._tensor" && class_name == "_rebuild_from_type_v2" => {
                 let mut args = args.tuple()?;
+                if args.len() < 3 {
+                    crate::bail!("_rebuild_from_type_v2: {} arguments, not 3 or more", args.len())
+                }
                 let callable = args.remove(0);
                 let args = args.remove(1);
                 (callable, args)
@@ -233,6 +269,9 @@ impl Object {
                 class_name,
             } if module_name == "torch._utils" && class_name == "_rebuild_parameter" => {
                 let mut args = args.tuple()?;
+                if args.is_empty() {
+                    crate::bail!("_rebuild_parameter: no arguments")
+                }
                 args.remove(0).reduce()?
             }
             _ => (callable, args),
@@ -296,13 +335,20 @@ impl<T: TryFrom<Object, Error = Object>> TryFrom<Object> for Vec<T> {
 pub struct Stack {
     stack: Vec<Object>,
     memo: HashMap<u32, Object>,
+    /// Objects and bytes of text copied into and out of the memo so far.
+    copied: usize,
 }
+
+/// The most objects and bytes of text a pickle's memo may copy in all (a
+/// state_dict copies about 200 per tensor: ResNet-152's 1,000 tensors 200,000).
+const MAX_COPIED: usize = 1 << 22;
 
 impl Stack {
     pub fn empty() -> Self {
         Self {
             stack: Vec::with_capacity(512),
             memo: HashMap::new(),
+            copied: 0,
         }
     }
 
@@ -387,18 +433,34 @@ impl Stack {
         }
     }
 
-    fn memo_get(&self, id: u32) -> Result<Object> {
+    fn memo_get(&mut self, id: u32) -> Result<Object> {
         match self.memo.get(&id) {
             None => crate::bail!("missing object in memo {id}"),
             Some(obj) => {
                 // Maybe we should use refcounting rather than doing potential large clones here.
-                Ok(obj.clone())
+                // Each copy is counted: a few hundred bytes of memo gets that nest lists in
+                // lists would otherwise copy an exponential number of objects.
+                let obj = obj.clone();
+                self.count_copy(&obj)?;
+                Ok(obj)
             }
         }
     }
 
+    /// Counts a copy out of or into the memo against [`MAX_COPIED`].
+    fn count_copy(&mut self, obj: &Object) -> Result<()> {
+        let left = MAX_COPIED - self.copied;
+        let n = obj.count_up_to(left);
+        if n >= left {
+            crate::bail!("the pickle's memo copies more than {MAX_COPIED} objects and bytes of text")
+        }
+        self.copied += n;
+        Ok(())
+    }
+
     fn memo_put(&mut self, id: u32) -> Result<()> {
         let obj = self.last()?.clone();
+        self.count_copy(&obj)?;
         self.memo.insert(id, obj);
         Ok(())
     }
@@ -481,8 +543,12 @@ impl Stack {
             }
             OpCode::BinUnicode => {
                 let len = r.read_u32::<LittleEndian>()?;
-                let mut data = vec![0u8; len as usize];
-                r.read_exact(&mut data)?;
+                // What the file holds, not a buffer of the length it claims.
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::Read::take(r.by_ref(), u64::from(len)), &mut data)?;
+                if data.len() != len as usize {
+                    crate::bail!("a string of {len} bytes runs past the end")
+                }
                 let data = String::from_utf8(data).map_err(E::wrap)?;
                 self.push(Object::Unicode(data))
             }
@@ -603,6 +669,9 @@ impl Stack {
             }
             OpCode::Long1 => {
                 let n_bytes = r.read_u8()?;
+                if n_bytes > 8 {
+                    crate::bail!("a LONG1 of {n_bytes} bytes does not fit in 64 bits")
+                }
                 let mut v = 0;
                 // Decode the next n bytes in little endian
                 for i in 0..n_bytes {
@@ -625,12 +694,20 @@ impl From<Object> for E {
 // Arguments: storage, storage_offset, size, stride, requires_grad, backward_hooks
 fn rebuild_args(args: Object) -> Result<(Layout, DType, String, usize)> {
     let mut args = args.tuple()?;
+    if args.len() < 4 {
+        crate::bail!("_rebuild_tensor_v2: {} arguments, not 4 or more", args.len())
+    }
     let stride = Vec::<usize>::try_from(args.remove(3))?;
     let size = Vec::<usize>::try_from(args.remove(2))?;
-    let offset = args.remove(1).int_or_long()? as usize;
+    let offset = usize::try_from(args.remove(1).int_or_long()?)
+        .map_err(|_| crate::Error::Msg("a negative storage offset".into()))?;
     let storage = args.remove(0).persistent_load()?;
     let mut storage = storage.tuple()?;
-    let storage_size = storage.remove(4).int_or_long()? as usize;
+    if storage.len() < 5 {
+        crate::bail!("a storage of {} fields, not 5", storage.len())
+    }
+    let storage_size = usize::try_from(storage.remove(4).int_or_long()?)
+        .map_err(|_| crate::Error::Msg("a negative storage size".into()))?;
     let path = storage.remove(2).unicode()?;
     let (_module_name, class_name) = storage.remove(1).class()?;
     let dtype = match class_name.as_str() {
@@ -644,11 +721,20 @@ fn rebuild_args(args: Object) -> Result<(Layout, DType, String, usize)> {
             crate::bail!("unsupported storage type {other}")
         }
     };
-    let layout = Layout::new(
-        crate::Shape::from(size),
-        stride,
-        offset * dtype.size_in_bytes(),
-    );
+    // A tensor's elements, its offset and its storage in bytes must all be
+    // addressable (a corrupt or hostile file may say anything).
+    if stride.len() != size.len() {
+        crate::bail!("{} strides for {} dimensions", stride.len(), size.len())
+    }
+    let bytes = |n: Option<usize>| n.and_then(|n| n.checked_mul(dtype.size_in_bytes()));
+    let elems = size.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if bytes(elems).is_none() || bytes(Some(storage_size)).is_none() {
+        crate::bail!("a tensor of {size:?} elements, or a storage of {storage_size}, is too large")
+    }
+    let Some(offset_bytes) = bytes(Some(offset)) else {
+        crate::bail!("a storage offset of {offset} is too large")
+    };
+    let layout = Layout::new(crate::Shape::from(size), stride, offset_bytes);
     Ok((layout, dtype, path, storage_size))
 }
 
