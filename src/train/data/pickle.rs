@@ -41,6 +41,32 @@ pub enum Value {
 }
 
 impl Value {
+    /// The size of a copy: one per value and one per byte of text or bytes, or
+    /// `limit` when it is at least that.
+    fn size_up_to(&self, limit: usize) -> usize {
+        let mut n = 0usize;
+        let mut todo = vec![self];
+        while let Some(v) = todo.pop() {
+            n += 1;
+            match v {
+                Value::Str(s) => n += s.len(),
+                Value::Bytes(b) => n += b.len(),
+                Value::Global(m, name) => n += m.len() + name.len(),
+                Value::List(v) | Value::Tuple(v) => todo.extend(v),
+                Value::Dict(kv) => todo.extend(kv.iter().flat_map(|(k, v)| [k, v])),
+                Value::Reduce { func, args, state } => {
+                    todo.extend([&**func, &**args]);
+                    todo.extend(state.as_deref());
+                }
+                Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) => {}
+            }
+            if n >= limit {
+                return limit;
+            }
+        }
+        n
+    }
+
     /// The value of `key` in a dict whose keys are strings or bytes.
     pub fn get(&self, key: &str) -> Option<&Value> {
         let Value::Dict(items) = self else { return None };
@@ -148,8 +174,20 @@ pub fn load(b: &[u8]) -> Result<Value, String> {
     let mut marks: Vec<usize> = Vec::new();
     let mut memo: HashMap<u64, Value> = HashMap::new();
     let mut p = 0usize;
+    // Copies into and out of the memo (and DUP's) are counted in values and bytes: a few
+    // bytes of gets that nest lists in lists would otherwise copy an exponential number of
+    // values. A real file copies each value at most about once (CIFAR's memoises its data).
+    let mut budget = (1usize << 22).saturating_add(b.len().saturating_mul(2));
+    let mut copy = |v: &Value, at: usize| -> Result<Value, String> {
+        let n = v.size_up_to(budget);
+        if n >= budget {
+            return Err(format!("the pickle's memo copies too much at byte {at}"));
+        }
+        budget -= n;
+        Ok(v.clone())
+    };
     let take = |p: &mut usize, n: usize| -> Result<&[u8], String> {
-        let s = b.get(*p..*p + n).ok_or_else(|| format!("truncated at byte {}", *p))?;
+        let s = p.checked_add(n).and_then(|end| b.get(*p..end)).ok_or_else(|| format!("truncated at byte {}", *p))?;
         *p += n;
         Ok(s)
     };
@@ -217,21 +255,19 @@ pub fn load(b: &[u8]) -> Result<Value, String> {
                 };
                 stack.push(Value::Bytes(take(&mut p, n)?.to_vec()));
             }
-            b'q' => {
-                let k = u64::from(take(&mut p, 1)?[0]);
-                memo.insert(k, stack.last().cloned().ok_or("memo of an empty stack")?);
-            }
-            b'r' => {
-                let k = le(take(&mut p, 4)?);
-                memo.insert(k, stack.last().cloned().ok_or("memo of an empty stack")?);
-            }
-            0x94 => {
-                let k = memo.len() as u64;
-                memo.insert(k, stack.last().cloned().ok_or("memo of an empty stack")?);
+            b'q' | b'r' | 0x94 => {
+                let k = match op {
+                    b'q' => u64::from(take(&mut p, 1)?[0]),
+                    b'r' => le(take(&mut p, 4)?),
+                    _ => memo.len() as u64,
+                };
+                let v = copy(stack.last().ok_or("memo of an empty stack")?, at)?;
+                memo.insert(k, v);
             }
             b'h' | b'j' => {
                 let k = if op == b'h' { u64::from(take(&mut p, 1)?[0]) } else { le(take(&mut p, 4)?) };
-                stack.push(memo.get(&k).cloned().ok_or_else(|| format!("unknown memo {k} at byte {at}"))?);
+                let v = memo.get(&k).ok_or_else(|| format!("unknown memo {k} at byte {at}"))?;
+                stack.push(copy(v, at)?);
             }
             b'c' => {
                 let rest = &b[p..];
@@ -331,7 +367,7 @@ pub fn load(b: &[u8]) -> Result<Value, String> {
                 pop(&mut stack, at)?;
             }
             b'2' => {
-                let v = stack.last().cloned().ok_or("DUP of an empty stack")?;
+                let v = copy(stack.last().ok_or("DUP of an empty stack")?, at)?;
                 stack.push(v);
             }
             _ => return Err(format!("unsupported pickle opcode 0x{op:02x} at byte {at}")),
@@ -368,5 +404,27 @@ mod tests {
         let (shape, dtype, data) = v.get("data").unwrap().as_array().unwrap();
         assert_eq!((shape, dtype.as_str(), data), (vec![1, 3], "u1", vec![1, 2, 255]));
         assert!(load(&p[..p.len() - 5]).unwrap_err().contains("truncated"));
+    }
+
+    #[test]
+    fn hostile_pickles_are_errors_at_once() {
+        // Memo gets, or DUPs, that double a list 60 times (about 1e18 values).
+        let start = std::time::Instant::now();
+        let mut gets = vec![0x80, 2, b']', b'q', 0];
+        let mut dups = vec![0x80, 2, b']'];
+        for _ in 0..60 {
+            gets.extend([b'(', b'h', 0, b'h', 0, b'l', b'q', 0]);
+            dups.extend([b'2', 0x86]);
+        }
+        for bomb in [gets, dups] {
+            assert!(load(&bomb).unwrap_err().contains("memo copies too much"));
+        }
+        assert!(start.elapsed().as_secs() < 10);
+        // Lengths at the end of their integers.
+        for op in [0x8d, 0x8e, 0x96] {
+            let mut p = vec![0x80, 4, op];
+            p.extend(u64::MAX.to_le_bytes());
+            assert!(load(&p).unwrap_err().contains("truncated"), "{op}");
+        }
     }
 }
