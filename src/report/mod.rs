@@ -39,6 +39,10 @@ pub struct Comparison {
     pub differing: Vec<String>,
     /// The test confusion matrix of the best run's best epoch, when recorded.
     pub best_confusion: Option<Vec<Vec<u64>>>,
+    /// The config paths the sweeps' `[[search]]` blocks sample from a numeric
+    /// distribution, with whether on a log scale ([`crate::spec::sampled_scales`];
+    /// loaded with the epochs): the report's axes follow them.
+    pub sampled_scales: std::collections::BTreeMap<String, bool>,
 }
 
 /// One run in a report.
@@ -171,7 +175,21 @@ impl Comparison {
             };
             runs.push(RunReport { params, config, epochs, row, best: false, trial });
         }
-        let mut cmp = Comparison { sweeps: all, runs, differing: Vec::new(), best_confusion: None };
+        let mut sampled_scales = std::collections::BTreeMap::new();
+        if with_epochs {
+            let mut conflicting = Vec::new();
+            for s in store.search_sweeps().await?.iter().filter(|s| all.iter().any(|a| a.id == s.id)) {
+                for (path, log) in crate::spec::sampled_scales(&s.source_toml) {
+                    if *sampled_scales.entry(path.clone()).or_insert(log) != log {
+                        conflicting.push(path);
+                    }
+                }
+            }
+            for path in conflicting {
+                sampled_scales.remove(&path);
+            }
+        }
+        let mut cmp = Comparison { sweeps: all, runs, differing: Vec::new(), best_confusion: None, sampled_scales };
         cmp.refresh();
         if with_epochs {
             if let Some(best) = cmp.runs.iter().find(|r| r.best) {

@@ -13,11 +13,13 @@
 //! The runs are those with a best value of the metric most of them are
 //! ranked by (as [`super::importance`]); the parameters are ordered by their
 //! main effect when there are enough runs to measure it, at most
-//! [`MAX_AXES`] of them. Numbers are placed on a linear axis, or a log one
-//! when they are all positive and the log scale keeps their closest two
-//! values [`LOG_GAIN`] times as far apart (a learning rate's decades, batch
-//! sizes in powers of two; not a momentum drawn from 0 to 0.95); anything
-//! else (`adam`, `sgd`, a head) gets evenly spaced places in sorted order.
+//! [`MAX_AXES`] of them. Numbers a search samples are placed as its
+//! distribution says (log for `log_uniform` and `log = true`, as Optuna's
+//! plots do); other numbers on a linear axis, or a log one when they are all
+//! positive and the log scale keeps their closest two values [`LOG_GAIN`]
+//! times as far apart (a grid's learning rates over decades, batch sizes in
+//! powers of two; not momentums from 0 to 0.95); anything else (`adam`,
+//! `sgd`, a head) gets evenly spaced places in sorted order.
 
 use super::svg::{esc, fmt_tick, log_ticks, open, ticks, viridis};
 use super::Comparison;
@@ -58,9 +60,11 @@ pub enum Scale {
 
 impl Scale {
     /// The scale of `values` (one per run, as text); None when they do not
-    /// differ.
+    /// differ. Numbers go on a log axis when `declared_log` says so (a
+    /// search's distribution: `log_uniform` or `log = true`) and they are all
+    /// positive, or, where nothing is declared, when that spreads them out.
     #[must_use]
-    pub fn of(values: &[&str]) -> Option<Scale> {
+    pub fn of(values: &[&str], declared_log: Option<bool>) -> Option<Scale> {
         let mut distinct: Vec<&str> = values.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
@@ -81,7 +85,7 @@ impl Scale {
                     by_value.sort_by(|a, b| a.0.total_cmp(&b.0));
                     by_value.into_iter().map(|(_, s)| s.to_owned()).collect()
                 });
-                Scale::Numeric { lo, hi, log: lo > 0.0 && spread_on_log(&x), each }
+                Scale::Numeric { lo, hi, log: lo > 0.0 && declared_log.unwrap_or_else(|| spread_on_log(&x)), each }
             }
             None => Scale::Categories(distinct.iter().map(|s| (*s).to_owned()).collect()),
         })
@@ -213,7 +217,7 @@ impl Relation {
             .zip(labels)
             .filter_map(|(path, label)| {
                 let values: Vec<&str> = runs.iter().map(|(r, _)| r.params.get(path).unwrap_or("-")).collect();
-                let scale = Scale::of(&values)?;
+                let scale = Scale::of(&values, c.sampled_scales.get(path).copied())?;
                 let at = values.iter().map(|v| scale.position(v)).collect();
                 let values = values.into_iter().map(str::to_owned).collect();
                 Some(Axis { path: path.clone(), label, scale, values, at })
@@ -511,7 +515,7 @@ mod tests {
     #[test]
     fn numbers_get_a_linear_or_log_axis_and_anything_else_categories() {
         // a grid's learning rates: linear (10x apart), each value labelled, in numeric order
-        let grid = Scale::of(&["0.1", "0.01", "0.05", "0.1"]).unwrap();
+        let grid = Scale::of(&["0.1", "0.01", "0.05", "0.1"], None).unwrap();
         assert_eq!(grid, numeric(0.01, 0.1, false, Some(&["0.01", "0.05", "0.1"])));
         assert!((grid.position("0.05") - 4.0 / 9.0).abs() < 1e-12);
         let labels: Vec<String> = grid.ticks().into_iter().map(|t| t.1).collect();
@@ -519,7 +523,7 @@ mod tests {
         // a random search's draws over three decades: log, round ticks
         let draws: Vec<String> = (0..10).map(|i| format!("{}", 10f64.powf(-4.0 + 0.3 * f64::from(i)))).collect();
         let refs: Vec<&str> = draws.iter().map(String::as_str).collect();
-        let log = Scale::of(&refs).unwrap();
+        let log = Scale::of(&refs, None).unwrap();
         assert!(matches!(log, Scale::Numeric { log: true, each: None, .. }), "{log:?}");
         assert!((log.position("0.001") - 1.0 / 2.7).abs() < 1e-9);
         assert_eq!(log.position(&draws[0]), 0.0);
@@ -528,39 +532,50 @@ mod tests {
         assert_eq!(ticks, ["1e-4", "0.001", "0.01"]);
         assert!(log.ticks().iter().all(|t| (0.0..=1.0).contains(&t.0)));
         // a grid over decades, batch sizes in powers of two: log; a momentum drawn uniformly: linear
-        assert!(matches!(Scale::of(&["0.001", "0.01", "0.1"]).unwrap(), Scale::Numeric { log: true, .. }));
+        assert!(matches!(Scale::of(&["0.001", "0.01", "0.1"], None).unwrap(), Scale::Numeric { log: true, .. }));
         assert!(matches!(
-            Scale::of(&["0.001", "0.01", "0.05", "0.1", "0.2"]).unwrap(),
+            Scale::of(&["0.001", "0.01", "0.05", "0.1", "0.2"], None).unwrap(),
             Scale::Numeric { log: true, .. }
         ));
-        assert!(matches!(Scale::of(&["16", "32", "64", "128", "256"]).unwrap(), Scale::Numeric { log: true, .. }));
-        assert!(matches!(Scale::of(&["8", "32", "128", "512"]).unwrap(), Scale::Numeric { log: true, .. }));
-        assert!(matches!(Scale::of(&["1", "2", "3"]).unwrap(), Scale::Numeric { log: false, .. }));
-        assert!(matches!(Scale::of(&["32", "64"]).unwrap(), Scale::Numeric { log: false, .. }));
+        assert!(matches!(
+            Scale::of(&["16", "32", "64", "128", "256"], None).unwrap(),
+            Scale::Numeric { log: true, .. }
+        ));
+        assert!(matches!(Scale::of(&["8", "32", "128", "512"], None).unwrap(), Scale::Numeric { log: true, .. }));
+        assert!(matches!(Scale::of(&["1", "2", "3"], None).unwrap(), Scale::Numeric { log: false, .. }));
+        assert!(matches!(Scale::of(&["32", "64"], None).unwrap(), Scale::Numeric { log: false, .. }));
         let momentum = ["0.0188", "0.156", "0.274", "0.373", "0.459", "0.512", "0.607", "0.664", "0.82", "0.893"];
-        assert!(matches!(Scale::of(&momentum).unwrap(), Scale::Numeric { log: false, .. }));
+        assert!(matches!(Scale::of(&momentum, None).unwrap(), Scale::Numeric { log: false, .. }));
         // zero or negative: never log
-        assert!(matches!(Scale::of(&["0", "100"]).unwrap(), Scale::Numeric { log: false, .. }));
+        assert!(matches!(Scale::of(&["0", "100"], None).unwrap(), Scale::Numeric { log: false, .. }));
+        // a search's declared scale wins over the spread: a log_uniform's draws that happen to
+        // sit in one decade, a uniform's over three; zero is never on a log axis
+        let one_decade = ["0.011", "0.02", "0.035", "0.05", "0.08"];
+        assert!(matches!(Scale::of(&one_decade, None).unwrap(), Scale::Numeric { log: false, .. }));
+        assert!(matches!(Scale::of(&one_decade, Some(true)).unwrap(), Scale::Numeric { log: true, .. }));
+        let decades = ["0.001", "0.01", "0.1"];
+        assert!(matches!(Scale::of(&decades, Some(false)).unwrap(), Scale::Numeric { log: false, .. }));
+        assert!(matches!(Scale::of(&["0", "1", "2"], Some(true)).unwrap(), Scale::Numeric { log: false, .. }));
         // many values on a linear axis: round ticks inside it
         let wd: Vec<String> = (0..9).map(|i| format!("{}", f64::from(i) * 1.1e-4)).collect();
         let refs: Vec<&str> = wd.iter().map(String::as_str).collect();
-        let lin = Scale::of(&refs).unwrap();
+        let lin = Scale::of(&refs, None).unwrap();
         assert!(matches!(lin, Scale::Numeric { log: false, each: None, .. }));
         assert!(lin.ticks().len() >= 3 && lin.ticks().iter().all(|t| (0.0..=1.0 + 1e-9).contains(&t.0)));
         // text, or numbers with a missing value: sorted categories, evenly spaced
-        let opt = Scale::of(&["sgd", "adam", "sgd", "adamw"]).unwrap();
+        let opt = Scale::of(&["sgd", "adam", "sgd", "adamw"], None).unwrap();
         assert_eq!(opt, Scale::Categories(vec!["adam".into(), "adamw".into(), "sgd".into()]));
         assert_eq!([opt.position("adam"), opt.position("adamw"), opt.position("sgd")], [0.0, 0.5, 1.0]);
-        assert!(Scale::of(&["0.5", "-"]).unwrap().is_categorical());
+        assert!(Scale::of(&["0.5", "-"], None).unwrap().is_categorical());
         // nothing differs
-        assert_eq!(Scale::of(&["sgd", "sgd"]), None);
-        assert_eq!(Scale::of(&["0.1", "0.10"]), None);
+        assert_eq!(Scale::of(&["sgd", "sgd"], None), None);
+        assert_eq!(Scale::of(&["0.1", "0.10"], None), None);
     }
 
     /// Three runs over a learning rate and an optimiser, the second the best.
     fn relation(maximize: bool) -> Relation {
-        let lr = Scale::of(&["0.1", "0.01", "0.001"]).unwrap();
-        let opt = Scale::of(&["sgd", "adam", "sgd"]).unwrap();
+        let lr = Scale::of(&["0.1", "0.01", "0.001"], None).unwrap();
+        let opt = Scale::of(&["sgd", "adam", "sgd"], None).unwrap();
         let axis = |path: &str, label: &str, scale: Scale, values: [&str; 3]| Axis {
             path: path.into(),
             label: label.into(),
@@ -645,7 +660,7 @@ mod tests {
     #[test]
     fn labels_that_would_overlap_are_left_out_their_ticks_kept() {
         let mut rel = relation(true);
-        let scale = Scale::of(&["100", "101", "200"]).unwrap();
+        let scale = Scale::of(&["100", "101", "200"], None).unwrap();
         assert!(matches!(scale, Scale::Numeric { log: false, .. }));
         rel.axes[0] = Axis {
             path: "epochs".into(),

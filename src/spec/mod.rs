@@ -172,6 +172,47 @@ pub fn has_tpe_search(text: &str) -> bool {
     }
 }
 
+/// The config paths that a sweep file's `[[search]]` blocks sample from a
+/// numeric distribution, each with whether it is sampled on a log scale
+/// (`log_uniform`, or `uniform`/`int` with `log = true`); read from the TOML
+/// without expanding it, for the report's axes. A path that two searches
+/// sample on different scales, and `choice`s, are left out; so is everything
+/// of a file that is not TOML.
+#[must_use]
+pub fn sampled_scales(text: &str) -> std::collections::BTreeMap<String, bool> {
+    use crate::search::space::Distribution;
+    fn walk(path: &str, v: &toml::Value, out: &mut Vec<(String, bool)>) {
+        if crate::search::space::is_distribution(v) {
+            match Distribution::parse(v) {
+                Ok(Distribution::LogUniform { .. }) => out.push((path.to_owned(), true)),
+                Ok(Distribution::Uniform { .. }) => out.push((path.to_owned(), false)),
+                Ok(Distribution::Int { log, .. }) => out.push((path.to_owned(), log)),
+                _ => {}
+            }
+        } else if let Some(t) = v.as_table() {
+            for (k, x) in t {
+                walk(&if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, x, out);
+            }
+        }
+    }
+    let Ok(t) = text.parse::<toml::Table>() else { return std::collections::BTreeMap::new() };
+    let mut found = Vec::new();
+    for block in t.get("search").and_then(toml::Value::as_array).into_iter().flatten() {
+        walk("", block, &mut found);
+    }
+    let mut out = std::collections::BTreeMap::new();
+    let mut mixed = Vec::new();
+    for (path, log) in found {
+        if *out.entry(path.clone()).or_insert(log) != log {
+            mixed.push(path);
+        }
+    }
+    for path in mixed {
+        out.remove(&path);
+    }
+    out
+}
+
 /// [`parse`] with [`Options`].
 pub fn parse_with(path: &Path, text: &str, options: &Options) -> Result<SweepSpec, SpecErrors> {
     let src = Source { path: path.to_owned(), text: text.to_owned() };

@@ -89,6 +89,11 @@ fn a_random_searchs_trials_are_recorded_and_plotted() {
         );
         let fig = sweep::report::charts::figures(&c, true).into_iter().find(|f| f.name == "history").unwrap();
         assert_eq!(fig.svg.matches("drawn at random): ").count(), 3);
+        // The learning rate's axis is a log one because the search draws it so.
+        assert_eq!(c.sampled_scales, [("optimizer.lr".to_owned(), true)].into());
+        let rel = sweep::report::param_charts::Relation::of(&c).unwrap();
+        let lr = rel.axes.iter().find(|a| a.path == "optimizer.lr").unwrap();
+        assert!(matches!(lr.scale, sweep::report::param_charts::Scale::Numeric { log: true, .. }), "{:?}", lr.scale);
         store.close().await;
     });
 }
@@ -105,6 +110,39 @@ fn a_tpe_search_is_found_without_expanding_the_file() {
     assert!(!spec::has_tpe_search(&with("\"random\"")));
     assert!(!spec::has_tpe_search(HEAD));
     assert!(spec::has_tpe_search("not = [toml"), "the full parse reports a broken file");
+}
+
+/// The scales a report's axes take from the searches: log where a search
+/// draws on a log scale, linear where it draws uniformly, nothing for a
+/// choice, a grid or a path two searches draw differently.
+#[test]
+fn the_searches_declare_their_parameters_scales() {
+    let text = format!(
+        r#"{HEAD}
+[[search]]
+method = "random"
+count = 2
+"optimizer.lr" = {{ log_uniform = [1e-3, 0.3] }}
+optimizer.momentum = {{ uniform = [0.8, 0.99] }}
+batch_size = {{ int = [8, 64], log = true }}
+epochs = {{ choice = [1, 2] }}
+[[search]]
+method = "tpe"
+count = 2
+optimizer = {{ weight_decay = {{ uniform = [1e-5, 1e-2], log = true }} }}
+batch_size = {{ int = [8, 64] }}
+"#
+    );
+    let got = spec::sampled_scales(&text);
+    let want: std::collections::BTreeMap<String, bool> =
+        [("optimizer.lr", true), ("optimizer.momentum", false), ("optimizer.weight_decay", true)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    assert_eq!(got, want);
+    assert!(parse(&text).is_ok(), "{:?}", parse(&text).err());
+    assert!(spec::sampled_scales(HEAD).is_empty());
+    assert!(spec::sampled_scales("not = [toml").is_empty());
 }
 
 #[test]
