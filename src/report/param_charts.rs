@@ -35,7 +35,7 @@ pub const MAX_AXES: usize = 8;
 pub const LOG_GAIN: f64 = 1.5;
 
 /// Numeric axes with at most this many distinct values label each value;
-/// more (a random search's draws) get round ticks.
+/// more, or a search's draws however few, get round ticks.
 pub const LABEL_EACH: usize = 6;
 
 /// How a parameter's values are placed along an axis (0 = bottom or left,
@@ -51,7 +51,7 @@ pub enum Scale {
         /// Log scale.
         log: bool,
         /// The distinct values as the configuration writes them, when few
-        /// enough to label each ([`LABEL_EACH`]).
+        /// enough to label each ([`LABEL_EACH`]) and not a search's draws.
         each: Option<Vec<String>>,
     },
     /// Values that are not all numbers, in sorted order, evenly spaced.
@@ -80,7 +80,9 @@ impl Scale {
                     // "0.10" and "0.1": one number written two ways
                     return None;
                 }
-                let each = (distinct.len() <= LABEL_EACH).then(|| {
+                // A few values are labelled each (a grid's), but not a search's draws
+                // (0.0271955…): those get round ticks.
+                let each = (declared_log.is_none() && distinct.len() <= LABEL_EACH).then(|| {
                     let mut by_value: Vec<(f64, &str)> = x.iter().copied().zip(distinct.iter().copied()).collect();
                     by_value.sort_by(|a, b| a.0.total_cmp(&b.0));
                     by_value.into_iter().map(|(_, s)| s.to_owned()).collect()
@@ -552,7 +554,8 @@ mod tests {
         // sit in one decade, a uniform's over three; zero is never on a log axis
         let one_decade = ["0.011", "0.02", "0.035", "0.05", "0.08"];
         assert!(matches!(Scale::of(&one_decade, None).unwrap(), Scale::Numeric { log: false, .. }));
-        assert!(matches!(Scale::of(&one_decade, Some(true)).unwrap(), Scale::Numeric { log: true, .. }));
+        assert!(matches!(Scale::of(&one_decade, Some(true)).unwrap(), Scale::Numeric { log: true, each: None, .. }));
+        assert!(matches!(Scale::of(&one_decade, None).unwrap(), Scale::Numeric { each: Some(_), .. }));
         let decades = ["0.001", "0.01", "0.1"];
         assert!(matches!(Scale::of(&decades, Some(false)).unwrap(), Scale::Numeric { log: false, .. }));
         assert!(matches!(Scale::of(&["0", "1", "2"], Some(true)).unwrap(), Scale::Numeric { log: false, .. }));
