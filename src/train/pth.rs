@@ -112,10 +112,10 @@ fn entries(b: &[u8]) -> Result<HashMap<String, Entry>, String> {
 /// Why a `.pth` file gave no tensors.
 #[derive(Debug)]
 pub enum PthError {
-    /// Not a torch.save zip archive, or its pickle does not decode.
+    /// Not a torch.save zip archive.
     Format(String),
-    /// A readable archive that holds no state_dict (a whole model object, a
-    /// dict of other things), or a tensor that cannot be read.
+    /// An archive whose pickle does not decode, or that holds no state_dict (a
+    /// whole model object, a dict of other things), or a tensor that cannot be read.
     Content(String),
 }
 
@@ -137,8 +137,10 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, PthError> {
     let dir = pkl.strip_suffix(".pkl").expect("ends with .pkl").to_owned();
     let e = &entries[&pkl];
     let mut stack = Stack::empty();
-    stack.read_loop(&mut &bytes[e.data_start..e.data_start + e.size]).map_err(|e| format(format!("data.pkl: {e}")))?;
-    let obj = stack.finalize().map_err(|e| format(format!("data.pkl: {e}")))?;
+    // A torch.save archive whose pickle does not decode is damaged (or not torch's).
+    let damaged = |e: candle_core::Error| PthError::Content(format!("a damaged file: its {pkl} does not decode ({e})"));
+    stack.read_loop(&mut &bytes[e.data_start..e.data_start + e.size]).map_err(damaged)?;
+    let obj = stack.finalize().map_err(damaged)?;
     let Object::Dict(kv) = obj else {
         let what = class_of(&obj).map_or("not a dict".to_owned(), |c| format!("a whole `{c}` object"));
         return Err(PthError::Content(format!(
@@ -362,11 +364,16 @@ mod tests {
         bomb.push(b'.');
         let start = std::time::Instant::now();
         let err = read_bytes(&zip(&[("archive/data.pkl", &bomb)])).unwrap_err();
-        assert!(matches!(&err, PthError::Format(e) if e.contains("memo copies more than")), "{err:?}");
+        assert!(
+            matches!(&err, PthError::Content(e) if e.contains("archive/data.pkl does not decode") && e.contains("memo copies more than")),
+            "{err:?}"
+        );
         assert!(start.elapsed().as_secs() < 10);
         // A string that claims 4 GiB, and a LONG1 wider than 64 bits.
         for pkl in [vec![0x80, 2, b'X', 0xff, 0xff, 0xff, 0xff, b'a', b'.'], vec![0x80, 2, 0x8a, 9, 1, 2, b'.']] {
-            assert!(matches!(read_bytes(&zip(&[("archive/data.pkl", &pkl)])), Err(PthError::Format(_))));
+            assert!(
+                matches!(read_bytes(&zip(&[("archive/data.pkl", &pkl)])), Err(PthError::Content(e)) if e.starts_with("a damaged file"))
+            );
         }
     }
 }
