@@ -534,6 +534,14 @@ fn svhn_reads_matlabs_column_major_images_and_its_label_ten_as_zero() {
     std::fs::write(root.join("test_32x32.mat"), other).unwrap();
     let err = data::svhn::load(Some(&root), &offline(dir.path()), &data::svhn::FILES, false).unwrap_err();
     assert!(err.to_string().contains("no variable `X` (it holds `images`)"), "{err}");
+    // No images, or images without pixels: an error, not a panic.
+    for (dims, n) in [([4u32, 5, 3, 0], 0), ([0, 5, 3, 2], 2), ([4, 0, 3, 1], 1)] {
+        let y: Vec<u8> = (0..n).flat_map(|_| 1f64.to_le_bytes()).collect();
+        let empty = mat_file(&[("X", 9, &dims, 2, Vec::new()), ("y", 6, &[n, 1], 9, y)], false);
+        std::fs::write(root.join("test_32x32.mat"), empty).unwrap();
+        let err = data::svhn::load(Some(&root), &offline(dir.path()), &data::svhn::FILES, false).unwrap_err();
+        assert!(err.to_string().contains("no images"), "{dims:?}: {err}");
+    }
 
     // Downloaded into the cache, each file checked against its md5.
     let (train, test) = (svhn_file(&[1., 2.], true), svhn_file(&[4.], true));

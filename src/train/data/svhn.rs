@@ -77,6 +77,9 @@ fn split(path: &Path) -> Result<Split, DataError> {
         let shape = x.dims.iter().map(ToString::to_string).collect::<Vec<_>>().join("x");
         return Err(bad(format!("`X` is {} {shape}, where SVHN's is uint8 height x width x 3 x images", x.class)));
     };
+    if h == 0 || w == 0 || n == 0 {
+        return Err(bad(format!("no images: `X` is {h}x{w}x3x{n}")));
+    }
     let pixels = x
         .as_u8()
         .filter(|_| x.class == "uint8")
