@@ -4,7 +4,8 @@
 //! non-finite number or a value beyond `spec::limits`. The binary readers:
 //! torch.save archives and safetensors (pretrained weights, `sweep eval`),
 //! CIFAR's pickles, SVHN's MAT-files and the image formats of a folder,
-//! mutated byte by byte; none may panic or take over 10 s. Each is bounded in
+//! mutated byte by byte, and whole SVHN, MNIST and CIFAR-10 datasets with one
+//! such file; none may panic or take over 10 s. Each is bounded in
 //! time (`SWEEP_FUZZ_SECS`, default 20 and 10) and seeded (`SWEEP_FUZZ_SEED`),
 //! so CI runs them on every submission and a failure names the seed and the
 //! mutant to replay (a binary one is kept in the temporary folder).
@@ -294,18 +295,73 @@ fn mutated_binary_files_never_panic_or_hang() {
     for i in &images {
         folder::decode(i).unwrap();
     }
+    // Whole datasets, one file of each mutated at a time: SVHN's two MAT-files,
+    // MNIST's four IDX files, CIFAR-10's six pickles.
+    let datasets = tempfile::tempdir().unwrap();
+    let (svhn, mnist, cifar) = (datasets.path().join("svhn"), datasets.path().join("mnist"), datasets.path().join("c"));
+    let py = cifar.join("cifar-10-batches-py");
+    for d in [&svhn, &mnist, &py] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let svhn_train = crate::data::svhn_file(&[10., 3., 1.], false);
+    std::fs::write(svhn.join("train_32x32.mat"), &svhn_train).unwrap();
+    std::fs::write(svhn.join("test_32x32.mat"), crate::data::svhn_file(&[9.], true)).unwrap();
+    let idx = |dims: &[u32], body: &[u8]| -> Vec<u8> {
+        let mut b = vec![0, 0, 8, dims.len() as u8];
+        b.extend(dims.iter().flat_map(|d| d.to_be_bytes()));
+        b.extend_from_slice(body);
+        b
+    };
+    let pixels: Vec<u8> = (0..3 * 28 * 28).map(|i| (i % 251) as u8).collect();
+    let mnist_files =
+        [idx(&[3, 28, 28], &pixels), idx(&[3], &[5, 0, 4]), idx(&[1, 28, 28], &pixels[..784]), idx(&[1], &[7])];
+    let mnist_names = sweep::train::data::mnist::MNIST.files.map(|(f, _)| f);
+    for (name, bytes) in mnist_names.iter().zip(&mnist_files) {
+        std::fs::write(mnist.join(name), bytes).unwrap();
+    }
+    let batch = read("data/cifar10_p2.pkl");
+    for f in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"] {
+        std::fs::write(py.join(f), &batch).unwrap();
+    }
+    let cache =
+        sweep::train::data::cifar::Cache { dir: datasets.path().join("cache"), base_url: "http://127.0.0.1:9".into() };
+    let (svhn_dir, mnist_dir, cifar_dir) = (svhn.clone(), mnist.clone(), cifar.clone());
+    let loads = move |kind: usize| -> bool {
+        use sweep::train::data as d;
+        let (svhn, mnist, cifar) = (&svhn_dir, &mnist_dir, &cifar_dir);
+        let r = match kind {
+            4 => d::svhn::load(Some(svhn), &cache, &d::svhn::FILES, false).map(|_| ()),
+            5 => d::mnist::load(&d::mnist::MNIST, Some(mnist), &cache, false).map(|_| ()),
+            _ => d::cifar::load(sweep::spec::DatasetName::Cifar10, Some(cifar), &cache, false).map(|_| ()),
+        };
+        r.is_ok()
+    };
+    for kind in 4..7 {
+        assert!(loads(kind), "dataset {kind} reads before it is mutated");
+    }
+    let loads = std::sync::Arc::new(loads);
+
     let dir = tempfile::tempdir().unwrap();
     let secs: u64 = std::env::var("SWEEP_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let seed: u64 = std::env::var("SWEEP_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let mut rng = Rng::new(seed);
     let start = Instant::now();
-    let (mut tried, mut read) = ([0u64; 4], [0u64; 4]);
+    let svhn_seeds = vec![svhn_train.clone()];
+    let mnist_seeds = mnist_files.to_vec();
+    let cifar_seeds = vec![batch.clone()];
+    let (mut tried, mut read) = ([0u64; 7], [0u64; 7]);
     while start.elapsed() < Duration::from_secs(secs) {
-        let kind = rng.below(4);
-        let seeds = [&weights, &pickles, &mats, &images][kind];
+        let kind = rng.below(7);
+        let seeds = [&weights, &pickles, &mats, &images, &svhn_seeds, &mnist_seeds, &cifar_seeds][kind];
         let n = tried.iter().sum::<u64>();
-        let mutant = mutate_bytes(&seeds[rng.below(seeds.len())], &mut rng);
-        let path = dir.path().join(format!("mutant-{n}"));
+        let which = rng.below(seeds.len());
+        let mutant = mutate_bytes(&seeds[which], &mut rng);
+        let path = match kind {
+            4 => svhn.join("train_32x32.mat"),
+            5 => mnist.join(mnist_names[which]),
+            6 => py.join("data_batch_3"),
+            _ => dir.path().join(format!("mutant-{n}")),
+        };
         let outcome = match kind {
             0 => {
                 std::fs::write(&path, &mutant).unwrap();
@@ -320,9 +376,14 @@ fn mutated_binary_files_never_panic_or_hang() {
                 let m = mutant.clone();
                 survives(move || mat::read(m.as_slice()).is_ok())
             }
-            _ => {
+            3 => {
                 let m = mutant.clone();
                 survives(move || folder::decode(&m).is_ok())
+            }
+            _ => {
+                std::fs::write(&path, &mutant).unwrap();
+                let loads = loads.clone();
+                survives(move || loads(kind))
             }
         };
         if let Err(why) = outcome {
@@ -330,13 +391,17 @@ fn mutated_binary_files_never_panic_or_hang() {
             std::fs::write(&keep, &mutant).unwrap();
             panic!("reader {kind} {why} on mutant {n} of seed {seed}, kept in {}", keep.display());
         }
-        let _ = std::fs::remove_file(&path);
+        if kind < 4 {
+            let _ = std::fs::remove_file(&path);
+        } else {
+            std::fs::write(&path, &seeds[which]).unwrap();
+        }
         tried[kind] += 1;
         read[kind] += u64::from(outcome == Ok(true));
     }
     eprintln!(
-        "fuzz: {tried:?} mutated weights, pickles, MAT-files and images in {secs} s ({read:?} read without an error), \
-         none panicked or hung"
+        "fuzz: {tried:?} mutated weights, pickles, MAT-files, images, SVHN, MNIST and CIFAR-10 in {secs} s \
+         ({read:?} read without an error), none panicked or hung"
     );
     assert!(tried.iter().all(|&n| n > 10), "too few mutants: {tried:?}");
 }
