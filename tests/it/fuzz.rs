@@ -4,8 +4,8 @@
 //! non-finite number or a value beyond `spec::limits`. The binary readers:
 //! torch.save archives and safetensors (pretrained weights, `sweep eval`),
 //! CIFAR's pickles, SVHN's MAT-files and the image formats of a folder,
-//! mutated byte by byte, and whole SVHN, MNIST and CIFAR-10 datasets with one
-//! such file; none may panic or take over 10 s. Each is bounded in
+//! mutated byte by byte, and whole SVHN, MNIST, CIFAR-10 and image-folder (a
+//! tar archive) datasets with one such file; none may panic or take over 10 s. Each is bounded in
 //! time (`SWEEP_FUZZ_SECS`, default 20 and 10) and seeded (`SWEEP_FUZZ_SEED`),
 //! so CI runs them on every submission and a failure names the seed and the
 //! mutant to replay (a binary one is kept in the temporary folder).
@@ -325,18 +325,28 @@ fn mutated_binary_files_never_panic_or_hang() {
     }
     let cache =
         sweep::train::data::cifar::Cache { dir: datasets.path().join("cache"), base_url: "http://127.0.0.1:9".into() };
-    let (svhn_dir, mnist_dir, cifar_dir) = (svhn.clone(), mnist.clone(), cifar.clone());
+    // An image folder as a tar archive (not gzipped, so that the mutations hit its headers).
+    let tar_path = datasets.path().join("imgs.tar");
+    let tar: Vec<(String, Vec<u8>)> = ["train/cat/a.png", "train/dog/b.png", "test/cat/c.png", "test/dog/d.png"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| ((*name).to_owned(), crate::data::png(5, 6, i as u8)))
+        .collect();
+    let tar = crate::data::targz(&tar, false);
+    std::fs::write(&tar_path, &tar).unwrap();
+    let (svhn_dir, mnist_dir, cifar_dir, tar_file) = (svhn.clone(), mnist.clone(), cifar.clone(), tar_path.clone());
     let loads = move |kind: usize| -> bool {
         use sweep::train::data as d;
         let (svhn, mnist, cifar) = (&svhn_dir, &mnist_dir, &cifar_dir);
         let r = match kind {
             4 => d::svhn::load(Some(svhn), &cache, &d::svhn::FILES, false).map(|_| ()),
             5 => d::mnist::load(&d::mnist::MNIST, Some(mnist), &cache, false).map(|_| ()),
-            _ => d::cifar::load(sweep::spec::DatasetName::Cifar10, Some(cifar), &cache, false).map(|_| ()),
+            6 => d::cifar::load(sweep::spec::DatasetName::Cifar10, Some(cifar), &cache, false).map(|_| ()),
+            _ => d::folder::load(&tar_file, &d::folder::FolderOptions::default()).map(|_| ()),
         };
         r.is_ok()
     };
-    for kind in 4..7 {
+    for kind in 4..8 {
         assert!(loads(kind), "dataset {kind} reads before it is mutated");
     }
     let loads = std::sync::Arc::new(loads);
@@ -349,10 +359,11 @@ fn mutated_binary_files_never_panic_or_hang() {
     let svhn_seeds = vec![svhn_train.clone()];
     let mnist_seeds = mnist_files.to_vec();
     let cifar_seeds = vec![batch.clone()];
-    let (mut tried, mut read) = ([0u64; 7], [0u64; 7]);
+    let tar_seeds = vec![tar];
+    let (mut tried, mut read) = ([0u64; 8], [0u64; 8]);
     while start.elapsed() < Duration::from_secs(secs) {
-        let kind = rng.below(7);
-        let seeds = [&weights, &pickles, &mats, &images, &svhn_seeds, &mnist_seeds, &cifar_seeds][kind];
+        let kind = rng.below(8);
+        let seeds = [&weights, &pickles, &mats, &images, &svhn_seeds, &mnist_seeds, &cifar_seeds, &tar_seeds][kind];
         let n = tried.iter().sum::<u64>();
         let which = rng.below(seeds.len());
         let mutant = mutate_bytes(&seeds[which], &mut rng);
@@ -360,6 +371,7 @@ fn mutated_binary_files_never_panic_or_hang() {
             4 => svhn.join("train_32x32.mat"),
             5 => mnist.join(mnist_names[which]),
             6 => py.join("data_batch_3"),
+            7 => tar_path.clone(),
             _ => dir.path().join(format!("mutant-{n}")),
         };
         let outcome = match kind {
@@ -400,7 +412,8 @@ fn mutated_binary_files_never_panic_or_hang() {
         read[kind] += u64::from(outcome == Ok(true));
     }
     eprintln!(
-        "fuzz: {tried:?} mutated weights, pickles, MAT-files, images, SVHN, MNIST and CIFAR-10 in {secs} s \
+        "fuzz: {tried:?} mutated weights, pickles, MAT-files, images, SVHN, MNIST, CIFAR-10 and image archives \
+         in {secs} s \
          ({read:?} read without an error), none panicked or hung"
     );
     assert!(tried.iter().all(|&n| n > 10), "too few mutants: {tried:?}");
