@@ -160,12 +160,18 @@ pub fn read(mut r: impl Read) -> Result<Vec<Array>, String> {
         let at = offset;
         offset += 8 + padded as u64;
         let (mi, body) = if mi == MI_COMPRESSED {
-            let mut inner = Vec::new();
-            flate2::read::ZlibDecoder::new(body.as_slice()).read_to_end(&mut inner).map_err(|e| {
+            // The inner element's tag first, then no more than the length it gives: a small
+            // stream can inflate to gigabytes.
+            let undecodable = |e: std::io::Error| {
                 format!("the compressed element at byte {at} does not decompress: {e} (a damaged file)")
-            })?;
+            };
+            let mut z = flate2::read::ZlibDecoder::new(body.as_slice());
+            let mut inner = Vec::new();
+            (&mut z).take(8).read_to_end(&mut inner).map_err(undecodable)?;
             let (mi, len, start) =
                 tag_of(&inner, 0, big_endian).ok_or_else(|| format!("empty element at byte {at}"))?;
+            let rest = (start + len).saturating_sub(inner.len());
+            (&mut z).take(rest as u64).read_to_end(&mut inner).map_err(undecodable)?;
             if inner.len() - start < len {
                 let held = inner.len() - start;
                 return Err(format!("truncated: the compressed element at byte {at} holds {held} of {len} bytes"));
