@@ -430,3 +430,27 @@ fn pth_checkpoints_as_users_save_them_load_or_say_what_they_hold() {
         err("pth_no_tensors")
     );
 }
+
+/// Images too small for a model's poolings are an error that says so (as
+/// PyTorch's "Output size is too small"), in training and in evaluation.
+#[test]
+fn images_too_small_for_the_model_are_named_as_such() {
+    let spec = ModelSpec {
+        name: "smallcnn".into(),
+        arch: Arch::named("smallcnn").unwrap(),
+        head: Head::Linear,
+        stem: Stem::ImageNet,
+        freeze: Freeze::None,
+        freeze_bn: false,
+        pretrained: None,
+    };
+    let built = spec.build(10, &Device::Cpu, 0).unwrap();
+    // 8x8 pools to 4, 2, 1; 4x5 to 2x2, then 1x1, which a third 2x2 pool cannot take.
+    let ok = Tensor::ones((2, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    built.model.forward(&ok, true, &mut Rng::new(0)).unwrap();
+    let small = Tensor::ones((2, 3, 4, 5), DType::F32, &Device::Cpu).unwrap();
+    for train in [true, false] {
+        let err = built.model.forward(&small, train, &mut Rng::new(0)).unwrap_err().to_string();
+        assert!(err.contains("max-pool 2x2 of a 1x1 plane") && err.contains("too small for this model"), "{err}");
+    }
+}

@@ -288,6 +288,12 @@ impl BatchNorm {
                 "BatchNorm in training needs more than one value per channel (got input {n}x{c}x{h}x{w})"
             );
         }
+        if then.pool && (h < 2 || w < 2) {
+            // PyTorch: "Calculated output size: (64x0x0). Output size is too small".
+            candle_core::bail!(
+                "max-pool 2x2 of a {h}x{w} plane (input {n}x{c}x{h}x{w}): the images are too small for this model"
+            );
+        }
         if xs.device().is_cpu() && xs.dtype() == DType::F32 {
             let (mean, var) = if batch_stats {
                 channel_stats(xs)?
