@@ -175,20 +175,13 @@ impl Comparison {
             };
             runs.push(RunReport { params, config, epochs, row, best: false, trial });
         }
-        let mut sampled_scales = std::collections::BTreeMap::new();
-        if with_epochs {
-            let mut conflicting = Vec::new();
-            for s in store.search_sweeps().await?.iter().filter(|s| all.iter().any(|a| a.id == s.id)) {
-                for (path, log) in crate::spec::sampled_scales(&s.source_toml) {
-                    if *sampled_scales.entry(path.clone()).or_insert(log) != log {
-                        conflicting.push(path);
-                    }
-                }
-            }
-            for path in conflicting {
-                sampled_scales.remove(&path);
-            }
-        }
+        let sampled_scales = if with_epochs {
+            let searched = store.search_sweeps().await?;
+            let shown = searched.iter().filter(|s| all.iter().any(|a| a.id == s.id));
+            crate::spec::agreed_scales(shown.flat_map(|s| crate::spec::sampled_scales(&s.source_toml)))
+        } else {
+            std::collections::BTreeMap::new()
+        };
         let mut cmp = Comparison { sweeps: all, runs, differing: Vec::new(), best_confusion: None, sampled_scales };
         cmp.refresh();
         if with_epochs {

@@ -200,9 +200,15 @@ pub fn sampled_scales(text: &str) -> std::collections::BTreeMap<String, bool> {
     for block in t.get("search").and_then(toml::Value::as_array).into_iter().flatten() {
         walk("", block, &mut found);
     }
+    agreed_scales(found)
+}
+
+/// The paths of `scales` by their scale, less those given two different ones.
+#[must_use]
+pub fn agreed_scales(scales: impl IntoIterator<Item = (String, bool)>) -> std::collections::BTreeMap<String, bool> {
     let mut out = std::collections::BTreeMap::new();
     let mut mixed = Vec::new();
-    for (path, log) in found {
+    for (path, log) in scales {
         if *out.entry(path.clone()).or_insert(log) != log {
             mixed.push(path);
         }

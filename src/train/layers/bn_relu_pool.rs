@@ -66,13 +66,7 @@ impl candle_core::CustomOp3 for BnReluPoolOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        if h < 2 || w < 2 {
-            // PyTorch: "Given input size: (64x1x1). Calculated output size: (64x0x0). Output size is too small".
-            candle_core::bail!(
-                "max-pool 2x2 of a {h}x{w} plane (input {n}x{c}x{h}x{w}): the images are too small for this model"
-            );
-        }
-        if c != self.mean.len() {
+        if c != self.mean.len() || h < 2 || w < 2 {
             candle_core::bail!("batch_norm_relu_max_pool: input {n}x{c}x{h}x{w}, {} statistics", self.mean.len());
         }
         let x = cpu_f32(s1, l1, "batch_norm_relu_max_pool")?;

@@ -343,6 +343,18 @@ pub struct Stack {
 /// state_dict copies about 200 per tensor: ResNet-152's 1,000 tensors 200,000).
 const MAX_COPIED: usize = 1 << 22;
 
+/// Counts a copy of `obj` out of or into the memo against [`MAX_COPIED`]
+/// (`copied` so far).
+fn count_copy(copied: &mut usize, obj: &Object) -> Result<()> {
+    let left = MAX_COPIED - *copied;
+    let n = obj.count_up_to(left);
+    if n >= left {
+        crate::bail!("the pickle's memo copies more than {MAX_COPIED} objects and bytes of text")
+    }
+    *copied += n;
+    Ok(())
+}
+
 impl Stack {
     pub fn empty() -> Self {
         Self {
@@ -438,30 +450,20 @@ impl Stack {
             None => crate::bail!("missing object in memo {id}"),
             Some(obj) => {
                 // Maybe we should use refcounting rather than doing potential large clones here.
-                // Each copy is counted: a few hundred bytes of memo gets that nest lists in
-                // lists would otherwise copy an exponential number of objects.
-                let obj = obj.clone();
-                self.count_copy(&obj)?;
-                Ok(obj)
+                // Each copy is counted, before it is made: a few hundred bytes of memo gets
+                // that nest lists in lists would otherwise copy an exponential number of objects.
+                count_copy(&mut self.copied, obj)?;
+                Ok(obj.clone())
             }
         }
     }
 
-    /// Counts a copy out of or into the memo against [`MAX_COPIED`].
-    fn count_copy(&mut self, obj: &Object) -> Result<()> {
-        let left = MAX_COPIED - self.copied;
-        let n = obj.count_up_to(left);
-        if n >= left {
-            crate::bail!("the pickle's memo copies more than {MAX_COPIED} objects and bytes of text")
-        }
-        self.copied += n;
-        Ok(())
-    }
-
     fn memo_put(&mut self, id: u32) -> Result<()> {
-        let obj = self.last()?.clone();
-        self.count_copy(&obj)?;
-        self.memo.insert(id, obj);
+        let Some(obj) = self.stack.last() else {
+            crate::bail!("unexpected empty stack")
+        };
+        count_copy(&mut self.copied, obj)?;
+        self.memo.insert(id, obj.clone());
         Ok(())
     }
 
