@@ -645,6 +645,22 @@ pub fn png(h: u32, w: u32, seed: u8) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A folder `pics` (in a temporary folder) of `train/` and `test/`, each with class folders `a`
+/// and `b`, holding the files `files(split, class)` gives (name, bytes).
+fn split_folder(files: impl Fn(&str, &str) -> Vec<(String, Vec<u8>)>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pics");
+    for split in ["train", "test"] {
+        for class in ["a", "b"] {
+            std::fs::create_dir_all(root.join(split).join(class)).unwrap();
+            for (name, bytes) in files(split, class) {
+                std::fs::write(root.join(split).join(class).join(name), bytes).unwrap();
+            }
+        }
+    }
+    (dir, root)
+}
+
 fn jpeg(h: u32, w: u32, seed: u8) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |_, _| image::Rgb([seed.wrapping_mul(60), 128, 200]));
     let mut out = std::io::Cursor::new(Vec::new());
@@ -820,16 +836,7 @@ fn a_single_trees_split_is_the_one_earlier_versions_chose() {
 /// all of it would take, instead of being killed for memory; within the budget it loads.
 #[test]
 fn a_folder_too_big_for_the_memory_budget_is_refused_with_what_it_would_need() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("pics");
-    for split in ["train", "test"] {
-        for class in ["a", "b"] {
-            std::fs::create_dir_all(root.join(split).join(class)).unwrap();
-            for i in 0..50u8 {
-                std::fs::write(root.join(format!("{split}/{class}/{i}.png")), png(32, 32, i)).unwrap();
-            }
-        }
-    }
+    let (_dir, root) = split_folder(|_, _| (0..50u8).map(|i| (format!("{i}.png"), png(32, 32, i))).collect());
     // 200 images of 3 KiB each: 600 KiB decoded.
     let skip = folder::FolderOptions { skip_unreadable: true, ..Default::default() };
     let all = folder::load_within(&root, &folder::FolderOptions::default(), Some(600 << 10)).unwrap();
@@ -844,20 +851,38 @@ fn a_folder_too_big_for_the_memory_budget_is_refused_with_what_it_would_need() {
     assert!(folder::load_within(&root, &skip, Some(100 << 10)).is_err(), "not an unreadable image");
 }
 
+/// A small file whose header claims an image too large to decode within the memory budget is
+/// refused from its header, naming its size, before anything is allocated; `skip_unreadable`
+/// leaves it out like any unreadable image.
+#[test]
+fn an_image_whose_header_claims_more_than_the_budget_is_refused_before_decoding() {
+    let (_dir, root) = split_folder(|_, _| vec![("ok.png".to_owned(), png(8, 8, 1))]);
+    // A 1x1 PNG whose IHDR says 12000x12000 (432 MB of RGB, within the image crate's 512 MiB).
+    let mut bomb = png(1, 1, 3);
+    bomb[16..24].copy_from_slice(&[0, 0, 0x2e, 0xe0, 0, 0, 0x2e, 0xe0]);
+    let mut crc = flate2::Crc::new();
+    crc.update(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.sum().to_be_bytes());
+    std::fs::write(root.join("train/b/huge.png"), &bomb).unwrap();
+    let err = folder::load_within(&root, &folder::FolderOptions::default(), Some(64 << 20)).unwrap_err();
+    let msg = err.to_string();
+    assert!(err.path.ends_with("train/b/huge.png"), "{}", err.path.display());
+    for part in ["an image of 12000x12000 pixels: decoding it takes 824.0 MiB", "64.0 MiB", "SWEEP_DATA_MEMORY"] {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+    let skip = folder::FolderOptions { skip_unreadable: true, ..Default::default() };
+    let d = folder::load_within(&root, &skip, Some(64 << 20)).unwrap();
+    assert_eq!((d.train.len(), d.test.len(), d.skipped.len()), (2, 2, 1));
+    assert!(d.skipped[0].starts_with("train/b/huge.png: an image of 12000x12000"), "{:?}", d.skipped);
+}
+
 /// `resize` at load: each image's shorter side becomes N as it is decoded (the augmentation's own
 /// antialiased resize, rounded to bytes as a PIL image is), so the folder takes the memory of
 /// the smaller images; the fingerprint tells the two loads apart.
 #[test]
 fn a_folder_resized_at_load_holds_the_smaller_images() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("pics");
-    for split in ["train", "test"] {
-        for class in ["a", "b"] {
-            std::fs::create_dir_all(root.join(split).join(class)).unwrap();
-            std::fs::write(root.join(format!("{split}/{class}/wide.png")), png(30, 40, 7)).unwrap();
-            std::fs::write(root.join(format!("{split}/{class}/tall.png")), png(36, 12, 9)).unwrap();
-        }
-    }
+    let (_dir, root) =
+        split_folder(|_, _| vec![("wide.png".to_owned(), png(30, 40, 7)), ("tall.png".to_owned(), png(36, 12, 9))]);
     let full = folder::load(&root, &folder::FolderOptions::default()).unwrap();
     let small = folder::load(&root, &folder::FolderOptions { resize: Some(12), ..Default::default() }).unwrap();
     assert_eq!(small.train.len(), full.train.len());

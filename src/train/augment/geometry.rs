@@ -64,26 +64,43 @@ pub fn resize(img: &Image, oh: usize, ow: usize) -> Image {
     if (oh, ow) == (img.h, img.w) {
         return img.clone();
     }
-    let xt = aa_taps(img.w, ow);
-    let yt = aa_taps(img.h, oh);
-    let mut tmp = vec![0f32; img.c * img.h * ow];
-    for (src, dst) in img.data.chunks_exact(img.w).zip(tmp.chunks_exact_mut(ow)) {
-        for (d, (start, w)) in dst.iter_mut().zip(&xt) {
-            *d = w.iter().zip(&src[*start..]).map(|(a, b)| a * b).sum();
+    resize_with(&img.data, img.c, img.h, img.w, oh, ow, |v| v)
+}
+
+/// [`resize`] of `Image::from_u8(chw, h, w)`, reading the bytes as the width
+/// pass takes them: the same values, without the full-size image in f32 (12
+/// bytes a pixel, where the bytes are 3).
+pub fn resize_u8(chw: &[u8], h: usize, w: usize, oh: usize, ow: usize) -> Image {
+    resize_with(chw, 3, h, w, oh, ow, |b| f32::from(b) / 255.0)
+}
+
+/// What [`resize_u8`] holds besides its input and output, in bytes: the width
+/// pass's rows.
+pub fn resize_u8_scratch(h: usize, ow: usize) -> usize {
+    3 * h * ow * std::mem::size_of::<f32>()
+}
+
+fn resize_with<T: Copy>(data: &[T], c: usize, h: usize, w: usize, oh: usize, ow: usize, f: impl Fn(T) -> f32) -> Image {
+    let xt = aa_taps(w, ow);
+    let yt = aa_taps(h, oh);
+    let mut tmp = vec![0f32; c * h * ow];
+    for (src, dst) in data.chunks_exact(w).zip(tmp.chunks_exact_mut(ow)) {
+        for (d, (start, wt)) in dst.iter_mut().zip(&xt) {
+            *d = wt.iter().zip(&src[*start..]).map(|(a, &b)| a * f(b)).sum();
         }
     }
-    let mut data = vec![0f32; img.c * oh * ow];
-    for c in 0..img.c {
-        let plane = &tmp[c * img.h * ow..(c + 1) * img.h * ow];
-        for (y, (start, w)) in yt.iter().enumerate() {
-            let row = &mut data[(c * oh + y) * ow..(c * oh + y + 1) * ow];
-            for (k, &wk) in w.iter().enumerate() {
+    let mut out = vec![0f32; c * oh * ow];
+    for ch in 0..c {
+        let plane = &tmp[ch * h * ow..(ch + 1) * h * ow];
+        for (y, (start, wt)) in yt.iter().enumerate() {
+            let row = &mut out[(ch * oh + y) * ow..(ch * oh + y + 1) * ow];
+            for (k, &wk) in wt.iter().enumerate() {
                 let src = &plane[(start + k) * ow..(start + k + 1) * ow];
                 row.iter_mut().zip(src).for_each(|(d, s)| *d += wk * s);
             }
         }
     }
-    Image { c: img.c, h: oh, w: ow, data }
+    Image { c, h: oh, w: ow, data: out }
 }
 
 pub(crate) fn reflect(i: isize, n: usize) -> usize {

@@ -203,9 +203,63 @@ fn read_archive(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), Data
 
 /// Decodes an image file's bytes (any of [`EXTENSIONS`]) into RGB CHW.
 pub fn decode(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
-    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode the image: {e}"))?.to_rgb8();
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let hwc = img.into_raw();
+    decode_admitted(bytes, None, |_| Ok::<(), String>(()))
+}
+
+/// The most memory decoding an image holds at once, in bytes, from its header:
+/// the decoder's buffer (`native` bytes, in the file's own pixel format) and
+/// its RGB copy, the CHW copy beside the RGB one, and with `resize` the width
+/// pass's rows and the resized image in f32 beside the CHW bytes.
+fn need(native: u64, h: usize, w: usize, resize: Option<usize>) -> Need {
+    use crate::train::augment::geometry;
+    let chw = 3 * h as u64 * w as u64;
+    let decoded = native + chw;
+    let (peak, kept) = match resize.map(|side| geometry::resized_size(side, h, w)) {
+        Some((oh, ow)) if (oh, ow) != (h, w) => {
+            let out = 3 * oh as u64 * ow as u64;
+            (chw + geometry::resize_u8_scratch(h, ow) as u64 + 5 * out, out)
+        }
+        _ => (0, chw),
+    };
+    Need { h, w, peak: decoded.max(2 * chw).max(peak), kept }
+}
+
+/// What decoding one image takes, known from its header.
+struct Need {
+    h: usize,
+    w: usize,
+    /// The most memory its decoding holds at once, in bytes.
+    peak: u64,
+    /// What it keeps once decoded (and resized).
+    kept: u64,
+}
+
+/// Decodes an image file's bytes into RGB CHW, resized with `resize` (the
+/// shorter side to that many pixels). `admit` hears what decoding it takes
+/// ([`need`]), read from the file's header before anything is decoded, and may
+/// refuse it: its error is returned and nothing is decoded.
+fn decode_admitted<E: From<String>>(
+    bytes: &[u8],
+    resize: Option<usize>,
+    admit: impl FnOnce(&Need) -> Result<(), E>,
+) -> Result<(Vec<u8>, usize, usize), E> {
+    use image::ImageDecoder;
+    let why = |e: image::ImageError| format!("cannot decode the image: {e}");
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| why(e.into()))?;
+    let mut decoder = reader.into_decoder().map_err(why)?;
+    // As `ImageReader::decode`: the decoder's buffer counts against the image crate's
+    // allocation limit (512 MiB), and its own allocations against what is left of it.
+    let native = decoder.total_bytes();
+    let mut limits = image::Limits::default();
+    limits.reserve(native).map_err(why)?;
+    decoder.set_limits(limits).map_err(why)?;
+    let (w, h) = decoder.dimensions();
+    let (h, w) = (h as usize, w as usize);
+    admit(&need(native, h, w, resize))?;
+    // A copy even of RGB8 pixels: the CHW bytes kept then fill the decoder's buffer's place (moving
+    // the buffer instead left a hole per image: 17% more memory for CIFAR-10's 60,000 JPEGs).
+    let hwc = image::DynamicImage::from_decoder(decoder).map_err(why)?.to_rgb8().into_raw();
     let plane = h * w;
     let mut chw = vec![0u8; 3 * plane];
     for (i, px) in hwc.chunks_exact(3).enumerate() {
@@ -213,7 +267,11 @@ pub fn decode(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
         chw[plane + i] = px[1];
         chw[2 * plane + i] = px[2];
     }
-    Ok((chw, h, w))
+    drop(hwc);
+    Ok(match resize {
+        Some(side) => resize_bytes(chw, h, w, side),
+        None => (chw, h, w),
+    })
 }
 
 #[allow(clippy::too_many_lines)]
@@ -402,18 +460,21 @@ fn build(
         }
     };
 
-    // Decode everything in parallel, in the sorted order of the paths, while the
-    // decoded images fit in `budget` (with an archive's bytes, already read).
+    // Decode everything in parallel, in the sorted order of the paths, while the decoded images
+    // fit in `budget` (with an archive's bytes, already read). Each image's decoding reserves its
+    // peak memory (from its header) before it starts and waits while other decodings hold the
+    // room it needs, so that the budget bounds the load's memory at every moment, not only the
+    // images kept: a folder of large photos on many cores, or a small file that claims to be
+    // 13,000 pixels square, cannot take more.
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by(|&a, &b| entries[a].parts.cmp(&entries[b].parts));
     let inline: u64 = entries.iter().map(|e| if let Bytes::Inline(b) = &e.bytes { b.len() as u64 } else { 0 }).sum();
     let images = order.len();
-    let used = std::sync::atomic::AtomicU64::new(inline);
-    let over = |used: u64| budget.is_some_and(|b| used > b);
+    let room = Room::new(budget, inline);
     let decoded: Vec<Decoded> = order
         .par_iter()
         .map(|&i| {
-            if over(used.load(std::sync::atomic::Ordering::Relaxed)) {
+            if room.full() {
                 return Err(Unread::OverBudget);
             }
             let e = &entries[i];
@@ -424,23 +485,26 @@ fn build(
                 ),
             };
             let digest: [u8; 32] = sha2::Sha256::digest(&*bytes).into();
-            let (mut chw, mut h, mut w) = decode(&bytes).map_err(Unread::Unreadable)?;
-            if let Some(side) = resize {
-                (chw, h, w) = resize_bytes(&chw, h, w, side);
-            }
-            used.fetch_add(chw.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let mut held = 0;
+            let image = decode_admitted(&bytes, resize, |need| {
+                room.take(need)?;
+                held = need.peak;
+                Ok::<(), Unread>(())
+            });
+            room.keep(held, image.as_ref().map_or(0, |(chw, _, _)| chw.len() as u64));
+            let (chw, h, w) = image?;
             Ok((chw, h, w, digest))
         })
         .collect();
-    let used = used.into_inner();
-    if let Some(budget) = budget.filter(|_| over(used)) {
+    let used = room.kept();
+    if let Some(budget) = budget.filter(|_| room.full()) {
         let done = decoded.iter().filter(|d| d.is_ok()).count().max(1);
         let whole = (used - inline) as f64 * images as f64 / done as f64 + inline as f64;
         return Err(DataError::new(
             root,
             format!(
                 "the decoded images do not fit in memory: sweep keeps a dataset decoded (3 bytes a pixel), and \
-                 {done} of its {} images already took {} of the {} it may use (about {} for all of them); \
+                 {done} of its {} images took {} of the {} it may use and the next did not fit (about {} for all of them); \
                  set `resize = 256` in the dataset (each image resized as it is decoded, as torchvision's \
                  Resize(256), where the augmentation makes them smaller anyway), or use fewer images, or raise {} \
                  (now {}; the default is 3/4 of the memory this process may still use: MemAvailable, or its \
@@ -568,13 +632,14 @@ pub fn scan(root: &Path, options: &FolderOptions) -> Result<Option<Layout>, Data
 
 /// torchvision's `Resize(side)` of a PIL image, on CHW bytes: the shorter side
 /// becomes `side` (antialiased bilinear), the values rounded back to bytes.
-fn resize_bytes(chw: &[u8], h: usize, w: usize, side: usize) -> (Vec<u8>, usize, usize) {
-    use crate::train::augment::{geometry, Image};
+fn resize_bytes(chw: Vec<u8>, h: usize, w: usize, side: usize) -> (Vec<u8>, usize, usize) {
+    use crate::train::augment::geometry;
     let (oh, ow) = geometry::resized_size(side, h, w);
     if (oh, ow) == (h, w) {
-        return (chw.to_vec(), h, w);
+        return (chw, h, w);
     }
-    let out = geometry::resize(&Image::from_u8(chw, h, w), oh, ow);
+    let out = geometry::resize_u8(&chw, h, w, oh, ow);
+    drop(chw);
     (out.data.iter().map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect(), oh, ow)
 }
 
@@ -613,6 +678,88 @@ enum Unread {
     OverBudget,
 }
 
+impl From<String> for Unread {
+    fn from(why: String) -> Self {
+        Unread::Unreadable(why)
+    }
+}
+
+/// The memory budget of a folder's decoding, shared by the threads that decode:
+/// what the images decoded so far keep, and what the decodings under way hold.
+struct Room {
+    budget: Option<u64>,
+    /// Bytes kept, bytes held by decodings under way, and whether an image did
+    /// not fit beside the kept ones (the load has failed).
+    state: std::sync::Mutex<(u64, u64, bool)>,
+    freed: std::sync::Condvar,
+}
+
+impl Room {
+    fn new(budget: Option<u64>, kept: u64) -> Room {
+        Room { budget, state: std::sync::Mutex::new((kept, 0, false)), freed: std::sync::Condvar::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, u64, bool)> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether an image did not fit: the load fails, and the images not yet
+    /// decoded need not be.
+    fn full(&self) -> bool {
+        self.lock().2
+    }
+
+    /// What the images decoded so far keep.
+    fn kept(&self) -> u64 {
+        self.lock().0
+    }
+
+    /// Reserves what decoding an image holds at its peak, waiting while other
+    /// decodings hold the room it needs; alone, a decoding may pass the budget
+    /// while it runs, by what it does not keep. An image that needs more than
+    /// the whole budget is unreadable here; one whose decoded bytes do not fit
+    /// beside the images kept fills the budget (the load fails).
+    fn take(&self, need: &Need) -> Result<(), Unread> {
+        let mut state = self.lock();
+        let Some(budget) = self.budget else {
+            state.1 += need.peak;
+            return Ok(());
+        };
+        if need.peak > budget {
+            return Err(Unread::Unreadable(format!(
+                "an image of {}x{} pixels: decoding it takes {}, more than the {} sweep may use for the dataset \
+                 ({}; by default 3/4 of the memory this process may still use)",
+                need.w,
+                need.h,
+                crate::memory::describe(need.peak),
+                crate::memory::describe(budget),
+                crate::env::DATA_MEMORY.name,
+            )));
+        }
+        loop {
+            let (kept, held, full) = *state;
+            // What is kept only grows: an image that does not fit beside it never will.
+            if full || kept + need.kept > budget {
+                state.2 = true;
+                return Err(Unread::OverBudget);
+            }
+            if held == 0 || kept + held + need.peak <= budget {
+                state.1 += need.peak;
+                return Ok(());
+            }
+            state = self.freed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Ends a decoding that held `held` bytes and keeps `kept` of them.
+    fn keep(&self, held: u64, kept: u64) {
+        let mut state = self.lock();
+        state.0 += kept;
+        state.1 -= held;
+        self.freed.notify_all();
+    }
+}
+
 type Decoded = Result<(Vec<u8>, usize, usize, [u8; 32]), Unread>;
 
 /// The first ten of `items`, `; `-separated, and how many more there are.
@@ -622,4 +769,75 @@ pub fn name_some(items: &[String]) -> String {
         out = format!("{out} and {} more", items.len() - NAMED);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn image(peak: u64, kept: u64) -> Need {
+        Need { h: 10, w: 20, peak, kept }
+    }
+
+    /// A decoding waits while others hold the room its peak needs, runs alone
+    /// even past the budget by what it does not keep, and fills the budget
+    /// only when what it keeps does not fit beside the images kept.
+    #[test]
+    fn the_room_bounds_the_decodings_under_way_and_fills_with_what_is_kept() {
+        let room = Room::new(Some(100), 10);
+        room.take(&image(60, 20)).ok().unwrap();
+        let second_ran = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                room.take(&image(50, 20)).ok().unwrap();
+                second_ran.store(true, Ordering::SeqCst);
+                room.keep(50, 20);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert!(!second_ran.load(Ordering::SeqCst), "10 kept + 60 held + 50 is over 100: it waits");
+            room.keep(60, 20);
+        });
+        assert!(second_ran.load(Ordering::SeqCst));
+        assert_eq!(room.kept(), 50);
+        // Alone, a decoding may pass the budget while it runs: it keeps 40 of its 80.
+        room.take(&image(80, 40)).ok().unwrap();
+        room.keep(80, 40);
+        assert_eq!((room.kept(), room.full()), (90, false));
+        // 90 kept and 20 more do not fit: the budget is full, for every later image too.
+        assert!(matches!(room.take(&image(20, 20)), Err(Unread::OverBudget)));
+        assert!(room.full());
+        assert!(matches!(room.take(&image(1, 1)), Err(Unread::OverBudget)));
+        // More than the whole budget at once: this image cannot be decoded here at all.
+        let room = Room::new(Some(100), 0);
+        match room.take(&image(101, 3)) {
+            Err(Unread::Unreadable(why)) => {
+                assert!(why.starts_with("an image of 20x10 pixels: decoding it takes"), "{why}");
+            }
+            _ => panic!("not unreadable"),
+        }
+        assert!(!room.full());
+        // No budget: everything is taken.
+        let room = Room::new(None, 0);
+        room.take(&image(u64::MAX / 2, 1)).ok().unwrap();
+        room.keep(u64::MAX / 2, 1);
+        assert_eq!(room.kept(), 1);
+    }
+
+    /// A decoding's peak: the decoder's buffer with its RGB copy, the RGB and
+    /// CHW copies side by side, or the CHW bytes beside the resized copy.
+    #[test]
+    fn what_decoding_takes_is_known_from_the_header() {
+        let rgb = need(3 * 40 * 30, 30, 40, None);
+        assert_eq!((rgb.peak, rgb.kept), (2 * 3600, 3600));
+        // RGBA in 16 bits: 8 bytes a pixel, then the RGB copy.
+        let rgba16 = need(8 * 1200, 30, 40, None);
+        assert_eq!((rgba16.peak, rgba16.kept), (8 * 1200 + 3600, 3600));
+        // The shorter side to 15: 15x20 kept; the peak holds the 30x40 bytes, the width pass's
+        // 30 rows of 20 in f32 and the output in f32 and in bytes.
+        let small = need(3600, 30, 40, Some(15));
+        assert_eq!((small.peak, small.kept), (3600 + 3 * 30 * 20 * 4 + 5 * 900, 900));
+        // A resize to its own size is none.
+        assert_eq!(need(3600, 30, 40, Some(30)).kept, 3600);
+    }
 }
