@@ -72,6 +72,12 @@ pub const MAX_WORKER_DEATHS: Var = Var {
     help: "a run whose worker died this many times (kill -9, abort, OOM killer) is failed, not resumed (default 3)",
 };
 
+/// The most memory sweep may take.
+pub const MEMORY: Var = Var {
+    name: "SWEEP_MEMORY",
+    help: "the most memory sweep may take (its resident set), e.g. 8G, below what the system has (MemAvailable, or its cgroup's limit): a CPU run whose training step or test batch would need more fails before it starts, and image folders take at most 3/4 of what is left",
+};
+
 /// The most memory a decoded image folder may take.
 pub const DATA_MEMORY: Var = Var {
     name: "SWEEP_DATA_MEMORY",
@@ -91,7 +97,7 @@ pub const CPU_CONV: Var = Var {
 };
 
 /// Every variable the binary reads, in the order `sweep --help` lists them.
-pub const ALL: [Var; 15] = [
+pub const ALL: [Var; 16] = [
     HOME,
     STORE,
     ARTIFACTS,
@@ -106,6 +112,7 @@ pub const ALL: [Var; 15] = [
     DATA_URL,
     WEIGHTS_URL,
     LOADER_THREADS,
+    MEMORY,
     DATA_MEMORY,
 ];
 

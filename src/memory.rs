@@ -9,11 +9,27 @@
 
 use std::path::{Path, PathBuf};
 
-/// The bytes this process may still allocate, if the system says.
+/// Where [`available`]'s figure comes from, in words.
+pub const SOURCE: &str = "MemAvailable, its cgroup's limit, or SWEEP_MEMORY";
+
+/// The bytes this process may still allocate, if the system says: also no
+/// more than `SWEEP_MEMORY` less its resident set, where that is set.
 pub fn available() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    available_from(meminfo.as_deref(), &cgroup, Path::new("/sys/fs/cgroup"))
+    let system = available_from(meminfo.as_deref(), &cgroup, Path::new("/sys/fs/cgroup"));
+    let cap = crate::env::MEMORY.get().and_then(|text| match parse_size(&text) {
+        Some(b) => Some(b),
+        None => {
+            tracing::warn!("{}={text:?} is not a size (e.g. 8G); ignored", crate::env::MEMORY.name);
+            None
+        }
+    });
+    let own = cap.map(|cap| cap.saturating_sub(crate::train::device::cpu_resident().map_or(0, |(rss, _)| rss)));
+    match (system, own) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// [`available`] from the text of `/proc/meminfo` and `/proc/self/cgroup`,

@@ -161,7 +161,8 @@ pub fn eval(
     // From the threads the trainer runs on (train::threads); the model moves there.
     let (net, test, pipe_ref, dev_ref) = (built.inference, &ds.test, &pipe, &dev);
     let stats = train::threads::for_device(&dev, move || {
-        train::evaluate_model(net.as_ref(), test, None, pipe_ref, 256, seed, dev_ref)
+        // A training batch of 16's test pass: 32 images at a time on the CPU, 256 on a GPU.
+        train::evaluate_model(net.as_ref(), test, None, pipe_ref, train::eval_batch(16, dev_ref), seed, dev_ref)
     })?;
     let secs = start.elapsed().as_secs_f64();
     match format {

@@ -142,8 +142,7 @@ impl PeakMemory {
     /// Starts measuring for a new run (on the CPU, resets the process's peak).
     pub fn start(device: &Device) -> PeakMemory {
         if device.is_cpu() {
-            // Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
-            let _ = std::fs::write("/proc/self/clear_refs", "5");
+            reset_cpu_peak();
         }
         let mut p = PeakMemory(0);
         p.sample(device);
@@ -186,10 +185,25 @@ pub fn gpu_pool_stats(device: &Device, reset: bool) -> Option<PoolStats> {
 
 /// The process's peak resident set (`VmHWM`), in bytes.
 fn cpu_peak_bytes() -> Option<u64> {
+    cpu_resident().map(|(_, peak)| peak)
+}
+
+/// The process's resident set now and at most since the last
+/// [`reset_cpu_peak`] (`VmRSS`, `VmHWM`), in bytes (Linux).
+pub fn cpu_resident() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 =
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024)
+    let field = |name: &str| -> Option<u64> {
+        let kb: u64 =
+            status.lines().find_map(|l| l.strip_prefix(name))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Resets the process's peak resident set to the current one (Linux: `5`
+/// written to `/proc/self/clear_refs`); whether it could.
+pub fn reset_cpu_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// Whether a candle error is the GPU running out of memory: the CUDA driver's

@@ -33,6 +33,24 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
     super::threads::for_device(req.device, || train_here(req, sink))
 }
 
+/// On the CPU, where an allocation that fails kills the process (and the queue
+/// with it): fails a run whose training step would take more memory than the
+/// process may still take, measured on a model of its kind
+/// ([`super::probe::footprint`]), before anything of it is built. Its test
+/// batches take less ([`super::eval_batch`]); a run of at most
+/// [`Footprint::AT`]'s larger batch is not measured.
+fn fits_in_memory(cfg: &RunConfig, images: usize, classes: usize, hw: (usize, usize)) -> Result<(), TrainError> {
+    // A batch is never larger than the training set.
+    let batch = cfg.batch_size.min(images);
+    if batch <= super::probe::Footprint::AT.1 {
+        return Ok(());
+    }
+    let Some(available) = crate::memory::available() else { return Ok(()) };
+    let Some(footprint) = super::probe::footprint_cached(cfg, classes, hw)? else { return Ok(()) };
+    tracing::debug!(?footprint, available, "memory of a training step");
+    footprint.verdict(batch, available).map_err(TrainError::WontFit)
+}
+
 fn train_here(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, TrainError> {
     let cfg = req.config;
     check(cfg)?;
@@ -40,10 +58,17 @@ fn train_here(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, T
     if ds.train.is_empty() || ds.test.is_empty() {
         return Err(TrainError::Unsupported("the dataset has an empty split".into()));
     }
-    for (which, list, split) in [("train", &cfg.train_transforms, &ds.train), ("test", &cfg.test_transforms, &ds.test)]
+    let mut input = [(0, 0); 2];
+    for ((which, list, split), hw) in
+        [("train", &cfg.train_transforms, &ds.train), ("test", &cfg.test_transforms, &ds.test)]
+            .into_iter()
+            .zip(&mut input)
     {
-        augment::split_output_size(list, split)
+        *hw = augment::split_output_size(list, split)
             .map_err(|e| TrainError::Unsupported(format!("augmentation `{}` ({which}): {e}", cfg.augment)))?;
+    }
+    if req.device.is_cpu() {
+        fits_in_memory(cfg, ds.train.len(), ds.classes.len(), input[0])?;
     }
     // TensorFloat-32 matmuls are a process-wide cuBLAS setting (a no-op without CUDA).
     candle_core::cuda::set_gemm_reduced_precision_f32(cfg.precision == crate::spec::Precision::Tf32);
@@ -193,7 +218,7 @@ fn train_here(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, T
         bar.finish_and_clear();
 
         let test_start = Instant::now();
-        let bs_eval = cfg.batch_size.max(256);
+        let bs_eval = super::eval_batch(cfg.batch_size, req.device);
         let val = match &val_pipe {
             None => None,
             Some(pipe) => {

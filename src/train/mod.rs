@@ -35,7 +35,7 @@ pub mod threads;
 pub mod weights;
 
 pub use epoch::{train, validation_split};
-pub use eval::{evaluate_model, evaluate_with_progress, per_class_accuracy, EvalStats};
+pub use eval::{eval_batch, evaluate_model, evaluate_with_progress, per_class_accuracy, EvalStats};
 pub use loss::{batch_numbers, cross_entropy, read_numbers, BatchNumbers, QueuedNumbers};
 
 use crate::record::CheckpointRecord;
@@ -84,6 +84,11 @@ pub enum TrainError {
     /// The GPU ran out of memory (see [`device::is_out_of_memory`]).
     #[error("out of memory: {0}")]
     OutOfMemory(candle_core::Error),
+    /// On the CPU, the run would take more memory than the machine has
+    /// (measured before it starts, [`probe::footprint`]): what it would take
+    /// and what fits.
+    #[error("out of memory before it starts: {0}")]
+    WontFit(String),
     /// The configuration cannot be trained by this build.
     #[error("unsupported configuration: {0}")]
     Config(#[from] ConfigError),

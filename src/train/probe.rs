@@ -1,7 +1,8 @@
-//! A timed probe of one run's training speed on this machine (`sweep plan`'s
-//! estimates when nothing like it was trained before): the run's model on
-//! its device, a few optimiser steps on random images of the run's input
-//! size. Pretrained weights are not loaded (they do not change the time).
+//! Probes of one run on this machine: its training speed (`sweep plan`'s
+//! estimates when nothing like it was trained before) and its memory on the
+//! CPU (checked before a run starts, [`footprint`]): the run's model on its
+//! device, a few optimiser steps on random images of the run's input size.
+//! Pretrained weights are not loaded (they change neither).
 
 use super::loss::cross_entropy;
 use super::rng::Rng;
@@ -48,8 +49,6 @@ pub fn probe(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) -
 }
 
 fn probe_here(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) -> Result<Pace, TrainError> {
-    let mut cfg = cfg.clone();
-    cfg.pretrained = None;
     let classes = match cfg.dataset.name {
         DatasetName::Cifar100 => 100,
         _ => 10,
@@ -64,27 +63,209 @@ fn probe_here(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) 
         which: "train",
         detail,
     })?;
-    let built = models::build(&cfg, classes, device).map_err(ConfigError::from)?;
-    let mut opt = optim::Optimizer::new(cfg.optimizer.clone(), built.trainable.clone());
+    let mut bench = Bench::new(cfg, classes, device)?;
     let n = cfg.batch_size.min(max_batch).max(1);
-    let x = Tensor::randn(0f32, 1f32, (n, 3, h, w), device)?;
-    let labels: Vec<u32> = (0..n as u32).map(|i| i % classes as u32).collect();
-    let y = Tensor::new(labels.as_slice(), device)?;
-    let mut rng = Rng::derive(&[0x7072_6f62]);
-    let mut step = || -> Result<(), TrainError> {
-        let logits = built.model.forward(&x, true, &mut rng)?;
-        let loss = cross_entropy(&logits, &y, 0.0)?;
-        let grads = loss.backward()?;
-        opt.step(&grads)?;
-        // Wait for the device (a GPU queues work).
-        loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        Ok(())
-    };
-    step()?;
+    let batch = bench.batch(n, h, w)?;
+    bench.train_step(&batch)?;
     let t = Instant::now();
     for _ in 0..steps.max(1) {
-        step()?;
+        bench.train_step(&batch)?;
     }
     let per_image = t.elapsed().as_secs_f64() / (steps.max(1) * n) as f64;
     Ok(Pace { train: per_image, test: per_image / 3.0 })
+}
+
+/// A run's model (not pretrained) and optimiser, for measuring steps on
+/// random images.
+struct Bench {
+    built: models::Built,
+    opt: optim::Optimizer,
+    classes: usize,
+    rng: Rng,
+    device: Device,
+}
+
+impl Bench {
+    fn new(cfg: &RunConfig, classes: usize, device: &Device) -> Result<Bench, TrainError> {
+        let mut cfg = cfg.clone();
+        cfg.pretrained = None;
+        let built = models::build(&cfg, classes, device).map_err(ConfigError::from)?;
+        let opt = optim::Optimizer::new(cfg.optimizer.clone(), built.trainable.clone());
+        Ok(Bench { built, opt, classes, rng: Rng::derive(&[0x7072_6f62]), device: device.clone() })
+    }
+
+    /// `n` random images of `h` x `w` and their labels.
+    fn batch(&self, n: usize, h: usize, w: usize) -> Result<(Tensor, Tensor), TrainError> {
+        let x = Tensor::randn(0f32, 1f32, (n, 3, h, w), &self.device)?;
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % self.classes as u32).collect();
+        Ok((x, Tensor::new(labels.as_slice(), &self.device)?))
+    }
+
+    /// One optimiser step, waited for.
+    fn train_step(&mut self, (x, y): &(Tensor, Tensor)) -> Result<(), TrainError> {
+        let logits = self.built.model.forward(x, true, &mut self.rng)?;
+        let loss = cross_entropy(&logits, y, 0.0)?;
+        let grads = loss.backward()?;
+        self.opt.step(&grads)?;
+        // Wait for the device (a GPU queues work).
+        loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        Ok(())
+    }
+}
+
+/// What a training step takes in memory on the CPU beyond what the process
+/// held before the run, in bytes, as a line in the batch size: measured, not
+/// modelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// The bytes measured at batch [`Footprint::AT`]: the model, its
+    /// gradients and the optimiser's state, and that batch's activations.
+    pub at: (u64, u64),
+}
+
+impl Footprint {
+    /// The two batch sizes measured.
+    pub const AT: (usize, usize) = (4, 8);
+
+    /// A training step of `batch` images: the line through the two
+    /// measurements (never below the larger one, nor sloping down).
+    pub fn training(&self, batch: usize) -> u64 {
+        let ((a, b), (at_a, at_b)) = (Self::AT, self.at);
+        let per = at_b.saturating_sub(at_a) / (b - a) as u64;
+        if batch >= b {
+            at_b + (batch - b) as u64 * per
+        } else {
+            at_b.saturating_sub((b - batch) as u64 * per)
+        }
+    }
+
+    /// Whether a training step of `batch` images fits in `available` bytes;
+    /// else what it would take and the largest batch size that fits, in
+    /// words.
+    pub fn verdict(&self, batch: usize, available: u64) -> Result<(), String> {
+        let fits = |n: usize| self.training(n) <= available;
+        if fits(batch) {
+            return Ok(());
+        }
+        // The largest batch size that fits.
+        let (mut lo, mut hi) = (0, batch);
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        // The line is drawn from small batches, where a step takes less per image than at large
+        // ones (ResNet18 at 224: 28 MB an image between 4 and 8; a step of 64 took 2.5-2.7 GB, about
+        // 40 MB an image): half of where it crosses.
+        let instead = match lo / 2 {
+            0 => "even one image does not fit: freeze more layers, use smaller images, or train on a GPU".to_owned(),
+            n => format!(
+                "a batch_size of {n} or less should fit; or freeze more layers, use smaller images, or train on a GPU"
+            ),
+        };
+        let (a, b) = Self::AT;
+        Err(format!(
+            "a training step of {batch} images would take about {} (measured here: {} for {a} images, {} for {b}), \
+             and sweep may take {} more ({}): {instead}",
+            crate::memory::describe(self.training(batch)),
+            crate::memory::describe(self.at.0),
+            crate::memory::describe(self.at.1),
+            crate::memory::describe(available),
+            crate::memory::SOURCE,
+        ))
+    }
+}
+
+/// Measures a run's [`Footprint`] on the CPU: the process's peak resident set
+/// (`VmHWM`, reset before each) over a training step of 4 and one of 8
+/// random images at the run's training input size (`hw`), on a model built
+/// for it (not pretrained: the same sizes), counted from the resident set
+/// before the model was built. Memory the allocator kept from one step counts
+/// in the next, as it does in a run. `None` where the peak cannot be reset or
+/// read (not Linux).
+///
+/// # Errors
+/// The model cannot be built, or a step fails.
+pub fn footprint(cfg: &RunConfig, classes: usize, hw: (usize, usize)) -> Result<Option<Footprint>, TrainError> {
+    use super::device::{cpu_resident, reset_cpu_peak};
+    let Some((before, _)) = cpu_resident() else { return Ok(None) };
+    let mut bench = Bench::new(cfg, classes, &Device::Cpu)?;
+    let mut peak = |n: usize| -> Result<Option<u64>, TrainError> {
+        let batch = bench.batch(n, hw.0, hw.1)?;
+        if !reset_cpu_peak() {
+            return Ok(None);
+        }
+        bench.train_step(&batch)?;
+        Ok(cpu_resident().map(|(_, high)| high.saturating_sub(before)))
+    };
+    let (a, b) = Footprint::AT;
+    let (Some(at_a), Some(at_b)) = (peak(a)?, peak(b)?) else { return Ok(None) };
+    Ok(Some(Footprint { at: (at_a, at_b) }))
+}
+
+/// [`footprint`] once per kind of run in this process: runs that differ in
+/// their learning rate, schedule, seed or batch size take the same memory
+/// per image.
+///
+/// # Errors
+/// As [`footprint`].
+pub fn footprint_cached(cfg: &RunConfig, classes: usize, hw: (usize, usize)) -> Result<Option<Footprint>, TrainError> {
+    static SEEN: std::sync::Mutex<Vec<(String, Option<Footprint>)>> = std::sync::Mutex::new(Vec::new());
+    // The optimiser's kind and settings but its learning rate (its state is what counts).
+    let mut optimizer = serde_json::to_value(&cfg.optimizer).unwrap_or_default();
+    if let Some(fields) = optimizer.as_object_mut() {
+        fields.remove("lr");
+    }
+    let key = format!(
+        "{} {:?} {} {:?} {:?} {optimizer} {:?} {classes} {hw:?}",
+        cfg.model, cfg.freeze, cfg.freeze_bn, cfg.stem, cfg.head, cfg.precision
+    );
+    let seen = |k: &str| SEEN.lock().ok()?.iter().find(|(s, _)| s == k).map(|(_, f)| *f);
+    if let Some(f) = seen(&key) {
+        return Ok(f);
+    }
+    let f = footprint(cfg, classes, hw)?;
+    if let Ok(mut all) = SEEN.lock() {
+        all.push((key, f));
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The line through the two measurements, extended both ways, never
+    /// sloping down; the verdict names what the batch would take, what was
+    /// measured, and a batch half of where the line crosses.
+    #[test]
+    fn a_footprint_extends_its_two_measurements_and_says_what_fits() {
+        const MB: u64 = 1 << 20;
+        let f = Footprint { at: (300 * MB, 400 * MB) };
+        assert_eq!(f.training(8), 400 * MB);
+        assert_eq!(f.training(128), 400 * MB + 120 * 25 * MB);
+        assert_eq!(f.training(4), 300 * MB);
+        assert_eq!(f.training(1), 225 * MB);
+        // Less at 8 than at 4 (the allocator kept memory from the first step): flat.
+        assert_eq!(Footprint { at: (300 * MB, 250 * MB) }.training(1000), 250 * MB);
+        assert_eq!(f.verdict(128, 3400 * MB), Ok(()));
+        let why = f.verdict(128, 1400 * MB).unwrap_err();
+        // 400 + 25 (n - 8) <= 1400 up to n = 48; half of it is 24.
+        for part in [
+            "a training step of 128 images would take about 3.3 GiB",
+            "(measured here: 300.0 MiB for 4 images, 400.0 MiB for 8)",
+            "and sweep may take 1.4 GiB more (MemAvailable, its cgroup's limit, or SWEEP_MEMORY)",
+            "a batch_size of 24 or less should fit",
+        ] {
+            assert!(why.contains(part), "{part}: {why}");
+        }
+        let none = f.verdict(128, 100 * MB).unwrap_err();
+        assert!(
+            none.ends_with("even one image does not fit: freeze more layers, use smaller images, or train on a GPU"),
+            "{none}"
+        );
+    }
 }

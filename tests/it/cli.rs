@@ -290,6 +290,37 @@ fn failing_runs_are_recorded_and_the_sweep_goes_on() {
     assert_eq!((c.status, c.epochs_done), (Status::Done, 1));
 }
 
+/// On the CPU an allocation that fails kills the worker, and the queue with it: a run whose training
+/// step would take more memory than sweep may take (`SWEEP_MEMORY` caps it) fails before it starts,
+/// saying what it would take, and the next run trains. A batch of at most 8 is not measured.
+#[test]
+fn a_run_too_big_for_memory_fails_before_it_starts_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let file =
+        crate::write_sweep(dir.path(), "m.toml", &crate::tiny_sweep("m", 48, 1, "[[grid]]\nbatch_size = [32, 8]\n"));
+    let out = sweep(&home).env("SWEEP_MEMORY", "1M").args(["submit", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let rows = runs(&home);
+    let by_name = |n: &str| rows.iter().find(|r| r.name == n).unwrap();
+    let big = by_name("batch_size=32");
+    assert_eq!((big.status, big.epochs_done), (Status::Failed, 0));
+    let error = big.error.as_deref().unwrap();
+    for part in [
+        "out of memory before it starts: a training step of 32 images would take about",
+        "(measured here: ",
+        "and sweep may take 0.0 KiB more (MemAvailable, its cgroup's limit, or SWEEP_MEMORY)",
+        "even one image does not fit",
+    ] {
+        assert!(error.contains(part), "{part}: {error}");
+    }
+    assert_eq!(by_name("batch_size=8").status, Status::Done);
+    // Within the machine's memory it trains.
+    let out = run(&home, &["submit", file.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(runs(&home).iter().filter(|r| r.status == Status::Done).count(), 2);
+}
+
 /// `pretrained = "imagenet"` without network access: the file is taken from
 /// torch's cache (`TORCH_HOME`); `sweep eval` on the best checkpoint gives the
 /// test numbers the run recorded; a model whose weights are nowhere fails with
