@@ -75,7 +75,7 @@ pub const MAX_WORKER_DEATHS: Var = Var {
 /// The most memory sweep may take.
 pub const MEMORY: Var = Var {
     name: "SWEEP_MEMORY",
-    help: "the most memory sweep may take (its resident set), e.g. 8G, below what the system has (MemAvailable, or its cgroup's limit): a CPU run whose training step or test batch would need more fails before it starts, and image folders take at most 3/4 of what is left",
+    help: "the memory sweep may take (its resident set), e.g. 8G, instead of what the system says (MemAvailable, or its cgroup's limit): a CPU run whose training step would need more fails before it starts, and image folders take at most 3/4 of what is left",
 };
 
 /// The most memory a decoded image folder may take.

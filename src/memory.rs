@@ -9,15 +9,25 @@
 
 use std::path::{Path, PathBuf};
 
+/// Returns the heap's free memory to the system (glibc's `malloc_trim`), so
+/// that the resident set and `MemAvailable` count what is in use: the trainer's
+/// allocator keeps what it frees ([`crate::process::keep_freed_memory`]).
+#[allow(unsafe_code)] // malloc_trim: see the SAFETY comment
+pub fn release_freed() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only hands the heap's free pages back to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Where [`available`]'s figure comes from, in words.
 pub const SOURCE: &str = "MemAvailable, its cgroup's limit, or SWEEP_MEMORY";
 
-/// The bytes this process may still allocate, if the system says: also no
-/// more than `SWEEP_MEMORY` less its resident set, where that is set.
+/// The bytes this process may still allocate, if the system says; where
+/// `SWEEP_MEMORY` is set, that less the process's resident set instead (what
+/// a person says wins, lower or higher).
 pub fn available() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let system = available_from(meminfo.as_deref(), &cgroup, Path::new("/sys/fs/cgroup"));
     let cap = crate::env::MEMORY.get().and_then(|text| match parse_size(&text) {
         Some(b) => Some(b),
         None => {
@@ -25,11 +35,12 @@ pub fn available() -> Option<u64> {
             None
         }
     });
-    let own = cap.map(|cap| cap.saturating_sub(crate::train::device::cpu_resident().map_or(0, |(rss, _)| rss)));
-    match (system, own) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    if let Some(cap) = cap {
+        return Some(cap.saturating_sub(crate::train::device::cpu_resident().map_or(0, |(rss, _)| rss)));
     }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    available_from(meminfo.as_deref(), &cgroup, Path::new("/sys/fs/cgroup"))
 }
 
 /// [`available`] from the text of `/proc/meminfo` and `/proc/self/cgroup`,

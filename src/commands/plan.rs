@@ -21,6 +21,9 @@ struct Estimates {
     /// How many runs came from history, how many from probes.
     from_history: usize,
     from_probe: usize,
+    /// On the CPU, the bytes each run's training step would take, in plan
+    /// order (`None`: unknown), and what the process may still take.
+    memory: Option<(Vec<Option<u64>>, Option<u64>)>,
 }
 
 async fn estimate(
@@ -39,7 +42,8 @@ async fn estimate(
     };
     let (dev, device_name) = sweep::train::device(device)?;
     let mut probes: HashMap<String, Option<f64>> = HashMap::new();
-    let mut out = Estimates { seconds: Vec::new(), device: device_name, from_history: 0, from_probe: 0 };
+    let mut out = Estimates { seconds: Vec::new(), device: device_name, from_history: 0, from_probe: 0, memory: None };
+    let mut memory = Vec::new();
     for r in &spec.runs {
         let c = &r.config;
         let per_epoch = if let Some((s, _)) = est::per_epoch_from_history(&history, c) {
@@ -69,8 +73,43 @@ async fn estimate(
             pace
         };
         out.seconds.push(per_epoch.map(|s| s * c.epochs as f64));
+        if dev.is_cpu() {
+            let bytes = if sweep::train::check(c).is_err() {
+                None
+            } else {
+                let train_images = sweep::train::probe::split_sizes(c).map(|(train, _)| train);
+                sweep::train::probe::step_memory(c, train_images)
+                    .map_err(|e| tracing::warn!("measuring {}: {e}", r.name))
+                    .ok()
+                    .flatten()
+            };
+            memory.push(bytes);
+        }
+    }
+    if dev.is_cpu() {
+        // The probes' memory, freed and kept by the allocator, is this process's to reuse.
+        sweep::memory::release_freed();
+        out.memory = Some((memory, sweep::memory::available()));
     }
     Ok(out)
+}
+
+/// The line under the table on the CPU: the runs whose training step would
+/// take more memory than the process may still take (they would fail when they
+/// start).
+fn memory_line(e: &Estimates) -> Option<String> {
+    let (bytes, available) = e.memory.as_ref()?;
+    let available = (*available)?;
+    let over: Vec<u64> = bytes.iter().flatten().copied().filter(|&b| b > available).collect();
+    let largest = over.iter().max()?;
+    Some(format!(
+        "memory: {} run(s) would take more than the {} this process may still take ({}), up to about {}: they \
+         would fail when they start; lower their batch_size",
+        over.len(),
+        sweep::memory::describe(available),
+        sweep::memory::SOURCE,
+        sweep::memory::describe(*largest)
+    ))
 }
 
 /// The lines under the table: the total, and plainly when it is days.
@@ -145,6 +184,8 @@ pub async fn plan(
     });
     let est = if estimates { Some(estimate(&spec, home, choice, verbose).await?) } else { None };
     let seconds = |i: usize| est.as_ref().and_then(|e| e.seconds[i]);
+    let memory = |i: usize| est.as_ref().and_then(|e| e.memory.as_ref()).and_then(|(m, _)| m[i]);
+    let with_memory = est.as_ref().is_some_and(|e| e.memory.is_some());
     match format {
         PlanFormat::Json => {
             let runs: Vec<_> = spec
@@ -154,6 +195,7 @@ pub async fn plan(
                 .map(|(i, r)| {
                     serde_json::json!({
                         "estimated_seconds": seconds(i),
+                        "estimated_memory_bytes": memory(i),
                         "name": r.name,
                         "key": r.key,
                         "line": r.line,
@@ -210,6 +252,9 @@ pub async fn plan(
             if est.is_some() {
                 headers.push("time (est.)".into());
             }
+            if with_memory {
+                headers.push("memory (est.)".into());
+            }
             let mut reasons: Vec<String> = Vec::new();
             let rows: Vec<Vec<String>> = spec
                 .runs
@@ -228,6 +273,9 @@ pub async fn plan(
                     });
                     if est.is_some() {
                         row.push(seconds(i).map_or("?".into(), est::human));
+                    }
+                    if with_memory {
+                        row.push(memory(i).map_or("?".into(), sweep::memory::describe));
                     }
                     row
                 })
@@ -252,6 +300,9 @@ pub async fn plan(
             print!("{}", text_table(&headers, &rows));
             if let Some(e) = &est {
                 print!("{}", estimate_lines(e));
+                if let Some(line) = memory_line(e) {
+                    println!("{line}");
+                }
             }
             for line in search_lines(&spec) {
                 println!("{line}");

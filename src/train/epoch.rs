@@ -45,6 +45,8 @@ fn fits_in_memory(cfg: &RunConfig, images: usize, classes: usize, hw: (usize, us
     if batch <= super::probe::Footprint::AT.1 {
         return Ok(());
     }
+    // What earlier runs freed is this process's to reuse: not counted as taken.
+    crate::memory::release_freed();
     let Some(available) = crate::memory::available() else { return Ok(()) };
     let Some(footprint) = super::probe::footprint_cached(cfg, classes, hw)? else { return Ok(()) };
     tracing::debug!(?footprint, available, "memory of a training step");

@@ -48,7 +48,11 @@ pub fn probe(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) -
     super::threads::for_device(device, || probe_here(cfg, device, max_batch, steps))
 }
 
-fn probe_here(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) -> Result<Pace, TrainError> {
+/// The classes of `cfg`'s dataset and its training input size, as far as the
+/// file tells: CIFAR's, SVHN's and the synthetic 32x32 (and an image
+/// folder's, unknown here), MNIST's 28x28, STL-10's 96x96, through its train
+/// transforms; 10 classes but CIFAR-100's.
+fn shapes(cfg: &RunConfig) -> Result<(usize, (usize, usize)), ConfigError> {
     let classes = match cfg.dataset.name {
         DatasetName::Cifar100 => 100,
         _ => 10,
@@ -58,11 +62,16 @@ fn probe_here(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) 
         DatasetName::Stl10 => 96,
         _ => 32,
     };
-    let (h, w) = augment::output_size(&cfg.train_transforms, side, side).map_err(|detail| ConfigError::Augment {
+    let hw = augment::output_size(&cfg.train_transforms, side, side).map_err(|detail| ConfigError::Augment {
         set: cfg.augment.clone(),
         which: "train",
         detail,
     })?;
+    Ok((classes, hw))
+}
+
+fn probe_here(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) -> Result<Pace, TrainError> {
+    let (classes, (h, w)) = shapes(cfg)?;
     let mut bench = Bench::new(cfg, classes, device)?;
     let n = cfg.batch_size.min(max_batch).max(1);
     let batch = bench.batch(n, h, w)?;
@@ -125,7 +134,7 @@ pub struct Footprint {
 
 impl Footprint {
     /// The two batch sizes measured.
-    pub const AT: (usize, usize) = (4, 8);
+    pub const AT: (usize, usize) = (8, 16);
 
     /// A training step of `batch` images: the line through the two
     /// measurements (never below the larger one, nor sloping down).
@@ -157,13 +166,13 @@ impl Footprint {
                 hi = mid;
             }
         }
-        // The line is drawn from small batches, where a step takes less per image than at large
-        // ones (ResNet18 at 224: 28 MB an image between 4 and 8; a step of 64 took 2.5-2.7 GB, about
-        // 40 MB an image): half of where it crosses.
-        let instead = match lo / 2 {
+        // The line runs up to a quarter above what larger steps take, seldom below (ResNet18 at 224:
+        // 4.1-5.1 GiB at 128 where a step took 4.1 GiB): a quarter below where it crosses.
+        let instead = match lo * 3 / 4 {
             0 => "even one image does not fit: freeze more layers, use smaller images, or train on a GPU".to_owned(),
             n => format!(
-                "a batch_size of {n} or less should fit; or freeze more layers, use smaller images, or train on a GPU"
+                "a batch_size of {n} or less should fit; or freeze more layers, use smaller images, or train on a \
+                 GPU (SWEEP_MEMORY=SIZE says how much sweep may take, where the system's figure is wrong)"
             ),
         };
         let (a, b) = Self::AT;
@@ -180,21 +189,26 @@ impl Footprint {
 }
 
 /// Measures a run's [`Footprint`] on the CPU: the process's peak resident set
-/// (`VmHWM`, reset before each) over a training step of 4 and one of 8
+/// (`VmHWM`, reset before each) over a training step of 8 and one of 16
 /// random images at the run's training input size (`hw`), on a model built
 /// for it (not pretrained: the same sizes), counted from the resident set
-/// before the model was built. Memory the allocator kept from one step counts
-/// in the next, as it does in a run. `None` where the peak cannot be reset or
-/// read (not Linux).
+/// before the model was built, with the allocator's free memory handed back
+/// to the system before each (so that memory kept from earlier runs does not
+/// hide a step's). `None` where the peak cannot be reset or read (not Linux).
 ///
 /// # Errors
 /// The model cannot be built, or a step fails.
 pub fn footprint(cfg: &RunConfig, classes: usize, hw: (usize, usize)) -> Result<Option<Footprint>, TrainError> {
     use super::device::{cpu_resident, reset_cpu_peak};
+    use crate::memory::release_freed;
+    // The allocator keeps what it frees: hand it back before each measurement, so that earlier
+    // runs' memory (or the first step's) does not hide what a step takes.
+    release_freed();
     let Some((before, _)) = cpu_resident() else { return Ok(None) };
     let mut bench = Bench::new(cfg, classes, &Device::Cpu)?;
     let mut peak = |n: usize| -> Result<Option<u64>, TrainError> {
         let batch = bench.batch(n, hw.0, hw.1)?;
+        release_freed();
         if !reset_cpu_peak() {
             return Ok(None);
         }
@@ -202,8 +216,31 @@ pub fn footprint(cfg: &RunConfig, classes: usize, hw: (usize, usize)) -> Result<
         Ok(cpu_resident().map(|(_, high)| high.saturating_sub(before)))
     };
     let (a, b) = Footprint::AT;
-    let (Some(at_a), Some(at_b)) = (peak(a)?, peak(b)?) else { return Ok(None) };
+    let points = (peak(a)?, peak(b)?);
+    drop(bench);
+    release_freed();
+    let (Some(at_a), Some(at_b)) = points else { return Ok(None) };
     Ok(Some(Footprint { at: (at_a, at_b) }))
+}
+
+/// What a training step of `cfg` would take on the CPU (`sweep plan`'s
+/// figure): its [`Footprint`] at its batch size, or at the training set's
+/// size where that is smaller (`train_images`, where known), with the
+/// dataset's shapes as far as the file tells ([`probe`]'s). `None` where
+/// the footprint cannot be measured (not Linux), and for a batch of at most
+/// [`Footprint::AT`]'s larger one (the measurement would take more).
+///
+/// # Errors
+/// As [`footprint`].
+pub fn step_memory(cfg: &RunConfig, train_images: Option<usize>) -> Result<Option<u64>, TrainError> {
+    let batch = cfg.batch_size.min(train_images.unwrap_or(usize::MAX));
+    if batch <= Footprint::AT.1 {
+        // Measuring would take more than the run's own step (a worker does not measure it either).
+        return Ok(None);
+    }
+    let (classes, hw) = shapes(cfg)?;
+    let footprint = super::threads::for_device(&Device::Cpu, || footprint_cached(cfg, classes, hw))?;
+    Ok(footprint.map(|f| f.training(batch)))
 }
 
 /// [`footprint`] once per kind of run in this process: runs that differ in
@@ -240,25 +277,25 @@ mod tests {
 
     /// The line through the two measurements, extended both ways, never
     /// sloping down; the verdict names what the batch would take, what was
-    /// measured, and a batch half of where the line crosses.
+    /// measured, and a batch a quarter below where the line crosses.
     #[test]
     fn a_footprint_extends_its_two_measurements_and_says_what_fits() {
         const MB: u64 = 1 << 20;
-        let f = Footprint { at: (300 * MB, 400 * MB) };
-        assert_eq!(f.training(8), 400 * MB);
-        assert_eq!(f.training(128), 400 * MB + 120 * 25 * MB);
-        assert_eq!(f.training(4), 300 * MB);
-        assert_eq!(f.training(1), 225 * MB);
-        // Less at 8 than at 4 (the allocator kept memory from the first step): flat.
+        let f = Footprint { at: (300 * MB, 500 * MB) };
+        assert_eq!(f.training(16), 500 * MB);
+        assert_eq!(f.training(128), 500 * MB + 112 * 25 * MB);
+        assert_eq!(f.training(8), 300 * MB);
+        assert_eq!(f.training(1), 125 * MB);
+        // Less at 16 than at 8: flat.
         assert_eq!(Footprint { at: (300 * MB, 250 * MB) }.training(1000), 250 * MB);
-        assert_eq!(f.verdict(128, 3400 * MB), Ok(()));
-        let why = f.verdict(128, 1400 * MB).unwrap_err();
-        // 400 + 25 (n - 8) <= 1400 up to n = 48; half of it is 24.
+        assert_eq!(f.verdict(128, 3300 * MB), Ok(()));
+        let why = f.verdict(128, 1500 * MB).unwrap_err();
+        // 500 + 25 (n - 16) <= 1500 up to n = 56; a quarter less is 42.
         for part in [
-            "a training step of 128 images would take about 3.3 GiB",
-            "(measured here: 300.0 MiB for 4 images, 400.0 MiB for 8)",
-            "and sweep may take 1.4 GiB more (MemAvailable, its cgroup's limit, or SWEEP_MEMORY)",
-            "a batch_size of 24 or less should fit",
+            "a training step of 128 images would take about 3.2 GiB",
+            "(measured here: 300.0 MiB for 8 images, 500.0 MiB for 16)",
+            "and sweep may take 1.5 GiB more (MemAvailable, its cgroup's limit, or SWEEP_MEMORY)",
+            "a batch_size of 42 or less should fit",
         ] {
             assert!(why.contains(part), "{part}: {why}");
         }

@@ -292,7 +292,7 @@ fn failing_runs_are_recorded_and_the_sweep_goes_on() {
 
 /// On the CPU an allocation that fails kills the worker, and the queue with it: a run whose training
 /// step would take more memory than sweep may take (`SWEEP_MEMORY` caps it) fails before it starts,
-/// saying what it would take, and the next run trains. A batch of at most 8 is not measured.
+/// saying what it would take, and the next run trains. A batch of at most 16 is not measured.
 #[test]
 fn a_run_too_big_for_memory_fails_before_it_starts_and_the_queue_goes_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -167,9 +167,20 @@ fn plan_estimates_from_a_probe_then_from_history_and_says_when_it_is_days() {
     let text = stdout(&out);
     assert!(text.contains("time (est.)") && text.contains("(1 from a timed probe)"), "{text}");
     assert!(!text.contains("this plan would take"), "{text}");
+    assert!(text.contains("memory (est.)") && !text.contains("would fail when they start"), "{text}");
     let json = stdout(&run(&home, &["plan", "--device", "cpu", "--format", "json", f]));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert!(v["runs"][0]["estimated_seconds"].as_f64().unwrap() > 0.0, "{v}");
+    // A batch of 16 is not measured (measuring takes 8 and 16 images); one of 32 is, and with
+    // nothing left to take it would fail when it starts.
+    assert!(v["runs"][0]["estimated_memory_bytes"].is_null(), "{v}");
+    let json = stdout(&run(&home, &["plan", "--device", "cpu", "--format", "json", "--set", "batch_size=32", f]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["runs"][0]["estimated_memory_bytes"].as_u64().unwrap() > 0, "{v}");
+    let tight =
+        sweep(&home).env("SWEEP_MEMORY", "1M").args(["plan", "--device", "cpu", "--set", "batch_size=32", f]).output();
+    let text = stdout(&tight.unwrap());
+    assert!(text.contains("memory: 1 run(s) would take more than the 0.0 KiB this process may still take"), "{text}");
 
     assert!(run(&home, &["-q", "submit", f]).status.success());
     let text = stdout(&run(&home, &["plan", "--device", "cpu", "--set", "optimizer.lr=0.2", f]));
