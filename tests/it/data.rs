@@ -876,6 +876,39 @@ fn an_image_whose_header_claims_more_than_the_budget_is_refused_before_decoding(
     assert!(d.skipped[0].starts_with("train/b/huge.png: an image of 12000x12000"), "{:?}", d.skipped);
 }
 
+/// A symbolic link back to a folder above it would make the walk endless (two such links double it
+/// at every level): it is an error naming the link, at the layout check too; a link to a sibling
+/// folder is followed, as `ImageFolder` follows it. A file far larger than any image (something else
+/// named `.jpg`) is not read: it is unreadable, and `skip_unreadable` leaves it out.
+#[cfg(unix)]
+#[test]
+fn a_folder_link_loop_and_a_huge_file_are_errors_not_hangs() {
+    let (_dir, root) = split_folder(|_, _| vec![("ok.png".to_owned(), png(8, 8, 1))]);
+    std::os::unix::fs::symlink(root.join("train/a"), root.join("train/b/same-as-a")).unwrap();
+    let d = folder::load(&root, &folder::FolderOptions::default()).unwrap();
+    assert_eq!(d.train.len(), 3, "the linked folder's image counts in b as well");
+    std::os::unix::fs::symlink(root.join("train"), root.join("train/a/up")).unwrap();
+    for err in [
+        folder::load(&root, &folder::FolderOptions::default()).unwrap_err(),
+        folder::scan(&root, &folder::FolderOptions::default()).unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        assert!(err.path.ends_with("train/a/up") || err.path.ends_with("same-as-a/up"), "{}", err.path.display());
+        assert!(msg.contains("a link back to") && msg.contains("a folder that holds it"), "{msg}");
+    }
+    std::fs::remove_file(root.join("train/a/up")).unwrap();
+
+    // 300 MB of nothing (a sparse file: no disk used, and not read).
+    let huge = std::fs::File::create(root.join("test/b/movie.jpg")).unwrap();
+    huge.set_len(300 << 20).unwrap();
+    let err = folder::load(&root, &folder::FolderOptions::default()).unwrap_err();
+    assert!(err.path.ends_with("test/b/movie.jpg"), "{}", err.path.display());
+    assert!(err.to_string().contains("314572800 bytes, more than an image file can be"), "{err}");
+    let skip = folder::FolderOptions { skip_unreadable: true, ..Default::default() };
+    let d = folder::load(&root, &skip).unwrap();
+    assert_eq!((d.test.len(), d.skipped.len()), (2, 1));
+}
+
 /// `resize` at load: each image's shorter side becomes N as it is decoded (the augmentation's own
 /// antialiased resize, rounded to bytes as a PIL image is), so the folder takes the memory of
 /// the smaller images; the fingerprint tells the two loads apart.

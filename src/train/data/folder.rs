@@ -115,8 +115,11 @@ pub fn load_within(root: &Path, options: &FolderOptions, budget: Option<u64>) ->
 fn walk(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
     let mut entries = Vec::new();
     let mut dirs = BTreeSet::new();
-    let mut stack = vec![(root.to_owned(), Vec::<String>::new())];
-    while let Some((dir, parts)) = stack.pop() {
+    // Each folder with the folders above it (by their canonical paths): symbolic links are
+    // followed, as `ImageFolder` follows them, but one back to a folder above it is a loop.
+    let canonical = |dir: &Path| dir.canonicalize().map_err(|e| DataError::new(dir, format!("cannot resolve: {e}")));
+    let mut stack = vec![(root.to_owned(), Vec::<String>::new(), vec![canonical(root)?])];
+    while let Some((dir, parts, above)) = stack.pop() {
         let rd = std::fs::read_dir(&dir).map_err(|e| DataError::new(&dir, format!("cannot list: {e}")))?;
         for item in rd {
             let item = item.map_err(|e| DataError::new(&dir, format!("cannot list: {e}")))?;
@@ -128,8 +131,20 @@ fn walk(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
             p.push(name.clone());
             let path = item.path();
             if path.is_dir() {
+                let real = canonical(&path)?;
+                if above.contains(&real) {
+                    return Err(DataError::new(
+                        &path,
+                        format!(
+                            "a link back to {}, a folder that holds it: the folder would never end; remove the link",
+                            real.display()
+                        ),
+                    ));
+                }
+                let mut chain = above.clone();
+                chain.push(real);
                 dirs.insert(p.clone());
-                stack.push((path, p));
+                stack.push((path, p, chain));
             } else if is_image(&name) {
                 entries.push(Entry { parts: p, bytes: Bytes::File(path) });
             }
@@ -138,10 +153,29 @@ fn walk(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
     Ok((entries, dirs))
 }
 
-/// The largest image file an archive member may be: no real JPEG or PNG of a
-/// training set comes near it, and a header that claims more is corrupt or
-/// hostile (its size would otherwise be allocated before anything is read).
+/// The largest image file an archive member or a folder's file may be: no
+/// real JPEG or PNG of a training set comes near it, and a header that claims
+/// more is corrupt or hostile (its size would otherwise be allocated before
+/// anything is read), a file of that size something else named `.jpg`.
 pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
+/// A folder's image file, whole, unless it is larger than any image file.
+fn read_image_file(path: &Path) -> Result<Vec<u8>, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let size = file.metadata().map_err(|e| format!("cannot read: {e}"))?.len();
+    if size > MAX_IMAGE_FILE_BYTES {
+        return Err(format!(
+            "{size} bytes, more than an image file can be ({MAX_IMAGE_FILE_BYTES} bytes): not an image"
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // At most one byte more than the limit, should the file grow while it is read.
+    (&mut file).take(MAX_IMAGE_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        return Err(format!("more than an image file can be ({MAX_IMAGE_FILE_BYTES} bytes): not an image"));
+    }
+    Ok(bytes)
+}
 
 fn read_archive(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
     let err = |e: std::io::Error| DataError::new(root, format!("cannot read the archive: {e}"));
@@ -480,9 +514,7 @@ fn build(
             let e = &entries[i];
             let bytes = match &e.bytes {
                 Bytes::Inline(b) => std::borrow::Cow::Borrowed(b),
-                Bytes::File(p) => std::borrow::Cow::Owned(
-                    std::fs::read(p).map_err(|err| Unread::Unreadable(format!("cannot read: {err}")))?,
-                ),
+                Bytes::File(p) => std::borrow::Cow::Owned(read_image_file(p).map_err(Unread::Unreadable)?),
             };
             let digest: [u8; 32] = sha2::Sha256::digest(&*bytes).into();
             let mut held = 0;
