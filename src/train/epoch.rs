@@ -38,7 +38,7 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
 /// process may still take, measured on a model of its kind
 /// ([`super::probe::footprint`]), before anything of it is built. Its test
 /// batches take less ([`super::eval_batch`]); a run of at most
-/// [`Footprint::AT`]'s larger batch is not measured.
+/// [`super::probe::Footprint::AT`]'s larger batch is not measured.
 fn fits_in_memory(cfg: &RunConfig, images: usize, classes: usize, hw: (usize, usize)) -> Result<(), TrainError> {
     // A batch is never larger than the training set.
     let batch = cfg.batch_size.min(images);
