@@ -21,6 +21,17 @@ pub fn release_freed() {
     }
 }
 
+/// A size-valued environment variable (`8G`), if set; one that is not a size
+/// is logged and ignored.
+pub fn size_from(var: crate::env::Var) -> Option<u64> {
+    let text = var.get()?;
+    let size = parse_size(&text);
+    if size.is_none() {
+        tracing::warn!("{}={text:?} is not a size (e.g. 8G); using the default", var.name);
+    }
+    size
+}
+
 /// Where [`available`]'s figure comes from, in words.
 pub const SOURCE: &str = "MemAvailable, its cgroup's limit, or SWEEP_MEMORY";
 
@@ -28,14 +39,7 @@ pub const SOURCE: &str = "MemAvailable, its cgroup's limit, or SWEEP_MEMORY";
 /// `SWEEP_MEMORY` is set, that less the process's resident set instead (what
 /// a person says wins, lower or higher).
 pub fn available() -> Option<u64> {
-    let cap = crate::env::MEMORY.get().and_then(|text| match parse_size(&text) {
-        Some(b) => Some(b),
-        None => {
-            tracing::warn!("{}={text:?} is not a size (e.g. 8G); ignored", crate::env::MEMORY.name);
-            None
-        }
-    });
-    if let Some(cap) = cap {
+    if let Some(cap) = size_from(crate::env::MEMORY) {
         return Some(cap.saturating_sub(crate::train::device::cpu_resident().map_or(0, |(rss, _)| rss)));
     }
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok();

@@ -40,15 +40,10 @@ pub fn train(req: &TrainRequest, sink: &mut dyn EpochSink) -> Result<Outcome, Tr
 /// batches take less ([`super::eval_batch`]); a run of at most
 /// [`super::probe::Footprint::AT`]'s larger batch is not measured.
 fn fits_in_memory(cfg: &RunConfig, images: usize, classes: usize, hw: (usize, usize)) -> Result<(), TrainError> {
-    // A batch is never larger than the training set.
-    let batch = cfg.batch_size.min(images);
-    if batch <= super::probe::Footprint::AT.1 {
-        return Ok(());
-    }
+    let Some((batch, footprint)) = super::probe::measured(cfg, classes, hw, Some(images))? else { return Ok(()) };
     // What earlier runs freed is this process's to reuse: not counted as taken.
     crate::memory::release_freed();
     let Some(available) = crate::memory::available() else { return Ok(()) };
-    let Some(footprint) = super::probe::footprint_cached(cfg, classes, hw)? else { return Ok(()) };
     tracing::debug!(?footprint, available, "memory of a training step");
     footprint.verdict(batch, available).map_err(TrainError::WontFit)
 }

@@ -223,24 +223,38 @@ pub fn footprint(cfg: &RunConfig, classes: usize, hw: (usize, usize)) -> Result<
     Ok(Some(Footprint { at: (at_a, at_b) }))
 }
 
+/// The batch a training step of `cfg` takes (its batch size, or the training
+/// set's size where that is smaller: `train_images`, where known) and its
+/// [`Footprint`], measured once per kind of run ([`footprint_cached`]), with
+/// `classes` and the training input size `hw`. `None` for a batch of at most
+/// [`Footprint::AT`]'s larger one (measuring would take more than the step),
+/// or where the footprint cannot be measured (not Linux).
+///
+/// # Errors
+/// As [`footprint`].
+pub fn measured(
+    cfg: &RunConfig,
+    classes: usize,
+    hw: (usize, usize),
+    train_images: Option<usize>,
+) -> Result<Option<(usize, Footprint)>, TrainError> {
+    let batch = cfg.batch_size.min(train_images.unwrap_or(usize::MAX));
+    if batch <= Footprint::AT.1 {
+        return Ok(None);
+    }
+    Ok(footprint_cached(cfg, classes, hw)?.map(|f| (batch, f)))
+}
+
 /// What a training step of `cfg` would take on the CPU (`sweep plan`'s
-/// figure): its [`Footprint`] at its batch size, or at the training set's
-/// size where that is smaller (`train_images`, where known), with the
-/// dataset's shapes as far as the file tells ([`probe`]'s). `None` where
-/// the footprint cannot be measured (not Linux), and for a batch of at most
-/// [`Footprint::AT`]'s larger one (the measurement would take more).
+/// figure): [`measured`], with the dataset's shapes as far as the file tells
+/// ([`probe`]'s), on the trainer's threads.
 ///
 /// # Errors
 /// As [`footprint`].
 pub fn step_memory(cfg: &RunConfig, train_images: Option<usize>) -> Result<Option<u64>, TrainError> {
-    let batch = cfg.batch_size.min(train_images.unwrap_or(usize::MAX));
-    if batch <= Footprint::AT.1 {
-        // Measuring would take more than the run's own step (a worker does not measure it either).
-        return Ok(None);
-    }
     let (classes, hw) = shapes(cfg)?;
-    let footprint = super::threads::for_device(&Device::Cpu, || footprint_cached(cfg, classes, hw))?;
-    Ok(footprint.map(|f| f.training(batch)))
+    let measured = super::threads::for_device(&Device::Cpu, || measured(cfg, classes, hw, train_images))?;
+    Ok(measured.map(|(batch, f)| f.training(batch)))
 }
 
 /// [`footprint`] once per kind of run in this process: runs that differ in

@@ -84,15 +84,7 @@ pub fn load(root: &Path, options: &FolderOptions) -> Result<Dataset, DataError> 
 /// else 3/4 of what this process may still use ([`crate::memory::available`]),
 /// else no limit.
 pub fn memory_budget() -> Option<u64> {
-    if let Some(text) = crate::env::DATA_MEMORY.get() {
-        match crate::memory::parse_size(&text) {
-            Some(b) => return Some(b),
-            None => {
-                tracing::warn!("{}={text:?} is not a size (e.g. 8G); using the default", crate::env::DATA_MEMORY.name);
-            }
-        }
-    }
-    crate::memory::available().map(|b| b / 4 * 3)
+    crate::memory::size_from(crate::env::DATA_MEMORY).or_else(|| crate::memory::available().map(|b| b / 4 * 3))
 }
 
 /// [`load`] with the memory budget given (`None`: no limit).
