@@ -876,6 +876,36 @@ fn an_image_whose_header_claims_more_than_the_budget_is_refused_before_decoding(
     assert!(d.skipped[0].starts_with("train/b/huge.png: an image of 12000x12000"), "{:?}", d.skipped);
 }
 
+/// An archive is read whole before its images are decoded: its members' bytes count against the
+/// memory budget as they are read, so a small `.tar.gz` that unpacks to far more (here under 256 KiB
+/// that unpack to 16 MiB) is refused, naming the archive and what to do, before it takes the memory.
+#[test]
+fn an_archive_that_unpacks_past_the_memory_budget_is_refused_while_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members: Vec<(String, Vec<u8>)> = ["train/a/0.png", "train/b/0.png", "test/a/0.png", "test/b/0.png"]
+        .map(|n| (n.to_owned(), png(8, 8, 1)))
+        .to_vec();
+    let fits = dir.path().join("fits.tar.gz");
+    std::fs::write(&fits, targz(&members, true)).unwrap();
+    members.extend((0..4).map(|i| (format!("train/a/zeros{i}.png"), vec![0u8; 4 << 20])));
+    let bomb = dir.path().join("bomb.tar.gz");
+    std::fs::write(&bomb, targz(&members, true)).unwrap();
+    let size = std::fs::metadata(&bomb).unwrap().len();
+    assert!(size < 256 << 10, "{size}");
+    let d = folder::load_within(&fits, &folder::FolderOptions::default(), Some(8 << 20)).unwrap();
+    assert_eq!((d.train.len(), d.test.len()), (2, 2));
+    let skip = folder::FolderOptions { skip_unreadable: true, ..Default::default() };
+    let err = folder::load_within(&bomb, &skip, Some(8 << 20)).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.path, bomb);
+    for part in ["more than 8.0 MiB of memory unpacked before one is decoded", "tar xf", "SWEEP_DATA_MEMORY"] {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+    // Within a budget that holds it, the zeros are unreadable images like any other.
+    let d = folder::load_within(&bomb, &skip, Some(64 << 20)).unwrap();
+    assert_eq!((d.train.len(), d.skipped.len()), (2, 4));
+}
+
 /// A symbolic link back to a folder above it would make the walk endless (two such links double it
 /// at every level): it is an error naming the link, at the layout check too; a link to a sibling
 /// folder is followed, as `ImageFolder` follows it. A file far larger than any image (something else

@@ -90,7 +90,7 @@ pub fn memory_budget() -> Option<u64> {
 /// [`load`] with the memory budget given (`None`: no limit).
 pub fn load_within(root: &Path, options: &FolderOptions, budget: Option<u64>) -> Result<Dataset, DataError> {
     let (entries, dirs) = if root.is_file() && is_archive(root) {
-        read_archive(root)?
+        read_archive(root, budget)?
     } else if root.is_dir() {
         walk(root)?
     } else if root.exists() {
@@ -169,7 +169,11 @@ fn read_image_file(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-fn read_archive(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
+/// An archive's image members, read whole (a `.tar.gz` cannot be read from
+/// the middle): their bytes count against the memory `budget` as they are read,
+/// so that an archive larger than memory, or a small `.tar.gz` that unpacks to
+/// far more, stops with an error instead of taking the machine's memory.
+fn read_archive(root: &Path, budget: Option<u64>) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), DataError> {
     let err = |e: std::io::Error| DataError::new(root, format!("cannot read the archive: {e}"));
     let file = std::fs::File::open(root).map_err(err)?;
     let plain = root.to_string_lossy().to_ascii_lowercase().ends_with(".tar");
@@ -182,6 +186,7 @@ fn read_archive(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), Data
     let mut archive = tar::Archive::new(reader);
     let mut entries = Vec::new();
     let mut dirs = BTreeSet::new();
+    let mut read = 0u64;
     for item in archive.entries().map_err(err)? {
         let mut item = item.map_err(err)?;
         let path = item.path().map_err(err)?.into_owned();
@@ -218,6 +223,23 @@ fn read_archive(root: &Path) -> Result<(Vec<Entry>, BTreeSet<Vec<String>>), Data
                 path.display()
             );
             return Err(DataError::new(root, msg));
+        }
+        read += size;
+        if let Some(budget) = budget.filter(|&b| read > b) {
+            let unpacked = if plain { "" } else { " unpacked" };
+            return Err(DataError::new(
+                root,
+                format!(
+                    "the archive's images take more than {} of memory{unpacked} before one is decoded (sweep reads an \
+                     archive whole, and may use {}): unpack it into a folder (`tar xf`), whose files are read one at \
+                     a time, or raise {} (now {}; the default is 3/4 of the memory this process may still use: \
+                     MemAvailable, or its cgroup's limit)",
+                    crate::memory::describe(budget),
+                    crate::memory::describe(budget),
+                    crate::env::DATA_MEMORY.name,
+                    crate::env::DATA_MEMORY.get().unwrap_or_else(|| "unset".to_owned()),
+                ),
+            ));
         }
         let mut bytes = Vec::with_capacity(size as usize);
         item.read_to_end(&mut bytes)
