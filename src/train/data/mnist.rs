@@ -174,21 +174,26 @@ fn split(r: &IdxRelease, images: &Path, labels: &Path) -> Result<Split, DataErro
 }
 
 /// The dimensions and bytes of an IDX file of unsigned bytes with `rank`
-/// dimensions (`.gz` decompressed).
+/// dimensions (`.gz` decompressed). The header is read first and the body only
+/// as far as the header says (and one byte more, to tell a damaged file), so a
+/// small `.gz` that unpacks to far more than an IDX file holds is an error, not
+/// a machine's memory; a header that claims more than this process may use is
+/// refused before its body is read.
 fn idx(path: &Path, rank: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let bad = |detail: String| DataError::new(path, detail);
+    let cannot = |e: std::io::Error| bad(format!("cannot read: {e} (a damaged download? delete it to fetch it again)"));
     let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-    let mut bytes = Vec::new();
-    let read = if path.extension().is_some_and(|e| e == "gz") {
-        flate2::read::GzDecoder::new(std::io::BufReader::new(file)).read_to_end(&mut bytes)
+    let mut reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
     } else {
-        std::io::BufReader::new(file).read_to_end(&mut bytes)
+        Box::new(std::io::BufReader::new(file))
     };
-    read.map_err(|e| bad(format!("cannot read: {e} (a damaged download? delete it to fetch it again)")))?;
     let header = 4 + 4 * rank;
+    let mut head = Vec::with_capacity(header);
+    (&mut reader).take(header as u64).read_to_end(&mut head).map_err(cannot)?;
     let kind = if rank == 1 { "label" } else { "image" };
-    if bytes.len() < header || bytes[..2] != [0, 0] || bytes[2] != 0x08 || usize::from(bytes[3]) != rank {
-        let magic: String = bytes
+    if head.len() < header || head[..2] != [0, 0] || head[2] != 0x08 || usize::from(head[3]) != rank {
+        let magic: String = head
             .iter()
             .take(4)
             .flat_map(|b| [b >> 4, b & 15])
@@ -201,15 +206,27 @@ fn idx(path: &Path, rank: usize) -> Result<(Vec<usize>, Vec<u8>), DataError> {
         )));
     }
     let dims: Vec<usize> =
-        bytes[4..header].chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
-    let expected = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let body = bytes.len() - header;
-    if expected != Some(body) {
-        let shape = dims.iter().map(ToString::to_string).collect::<Vec<_>>().join("x");
-        let why = if expected.is_some_and(|e| body < e) { "truncated" } else { "damaged" };
-        return Err(bad(format!("{why}: the header says {shape} bytes, the file holds {body} after it")));
+        head[4..].chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
+    let shape = dims.iter().map(ToString::to_string).collect::<Vec<_>>().join("x");
+    let expected = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+    let free = crate::memory::available();
+    let Some(expected) = expected.filter(|&e| free.is_none_or(|f| e <= f)) else {
+        let free = free.map_or_else(|| "what it may use".to_owned(), crate::memory::describe);
+        return Err(bad(format!(
+            "damaged: the header says {shape} bytes, more than this process may use ({free}) and than any IDX file holds"
+        )));
+    };
+    let mut bytes = Vec::new();
+    reader.take(expected + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    let body = bytes.len() as u64;
+    if body != expected {
+        let (why, holds) = if body < expected {
+            ("truncated", format!("the file holds {body}"))
+        } else {
+            ("damaged", "the file holds more".to_owned())
+        };
+        return Err(bad(format!("{why}: the header says {shape} bytes, {holds} after it")));
     }
-    bytes.drain(..header);
     Ok((dims, bytes))
 }
 
@@ -351,6 +368,28 @@ mod tests {
         std::fs::remove_file(raw.join("train-images-idx3-ubyte")).unwrap();
         let (file, msg) = err();
         assert!(file == "train-images-idx3-ubyte.gz" && msg.contains("cannot read"), "{msg}");
+
+        // A small .gz that unpacks to far more than its header says is read no further than that.
+        let mut bomb = idx_bytes(&[2, 2, 2], &[1; 8]);
+        bomb.resize(bomb.len() + (16 << 20), 0);
+        let bomb = gz(&bomb);
+        assert!(bomb.len() < 1 << 20);
+        write(&raw, "train-images-idx3-ubyte.gz", &bomb);
+        let (file, msg) = err();
+        assert!(file == "train-images-idx3-ubyte.gz", "{file}");
+        assert!(msg.contains("damaged: the header says 2x2x2 bytes, the file holds more after it"), "{msg}");
+
+        // A header that claims more than this process may use is refused before the body is read.
+        std::fs::remove_file(raw.join("train-images-idx3-ubyte.gz")).unwrap();
+        write(&raw, "train-images-idx3-ubyte", &idx_bytes(&[u32::MAX, 4096, 4096], &[1; 8]));
+        let (file, msg) = err();
+        assert_eq!(file, "train-images-idx3-ubyte");
+        let said = if crate::memory::available().is_some() {
+            "damaged: the header says 4294967295x4096x4096 bytes, more than this process may use"
+        } else {
+            "truncated: the header says 4294967295x4096x4096 bytes, the file holds 8"
+        };
+        assert!(msg.contains(said), "{msg}");
     }
 
     #[test]
