@@ -69,9 +69,10 @@ impl Array {
         mi_size(self.data.mi).is_some()
     }
 
-    /// Number of elements.
+    /// Number of elements (`usize::MAX` where the dimensions of an array
+    /// whose data was not read multiply past it: a damaged header).
     pub fn len(&self) -> usize {
-        self.dims.iter().product()
+        self.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX)
     }
 
     /// Whether the array has no elements.
