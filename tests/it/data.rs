@@ -898,7 +898,11 @@ fn an_archive_that_unpacks_past_the_memory_budget_is_refused_while_it_is_read() 
     let err = folder::load_within(&bomb, &skip, Some(8 << 20)).unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.path, bomb);
-    for part in ["more than 8.0 MiB of memory unpacked before one is decoded", "tar xf", "SWEEP_DATA_MEMORY"] {
+    for part in [
+        "more than 8.0 MiB unpacked, all the memory sweep may use for a dataset's images",
+        "tar xf",
+        "SWEEP_DATA_MEMORY",
+    ] {
         assert!(msg.contains(part), "{part}: {msg}");
     }
     // Within a budget that holds it, the zeros are unreadable images like any other.

@@ -230,11 +230,10 @@ fn read_archive(root: &Path, budget: Option<u64>) -> Result<(Vec<Entry>, BTreeSe
             return Err(DataError::new(
                 root,
                 format!(
-                    "the archive's images take more than {} of memory{unpacked} before one is decoded (sweep reads an \
-                     archive whole, and may use {}): unpack it into a folder (`tar xf`), whose files are read one at \
-                     a time, or raise {} (now {}; the default is 3/4 of the memory this process may still use: \
-                     MemAvailable, or its cgroup's limit)",
-                    crate::memory::describe(budget),
+                    "the archive's images take more than {}{unpacked}, all the memory sweep may use for a dataset's \
+                     images (it reads an archive whole before it decodes one): unpack it into a folder (`tar xf`), \
+                     whose files are read one at a time, or raise {} (now {}; the default is 3/4 of the memory this \
+                     process may still use: MemAvailable, or its cgroup's limit)",
                     crate::memory::describe(budget),
                     crate::env::DATA_MEMORY.name,
                     crate::env::DATA_MEMORY.get().unwrap_or_else(|| "unset".to_owned()),
