@@ -439,6 +439,13 @@ fn mat_files_written_by_matlab_read_as_scipy_reads_them() {
     assert!(err.contains("truncated") && err.contains("byte 128"), "{err}");
     let err = data::mat::read(&read_compressed_cut()[..]).unwrap_err();
     assert!(err.contains("does not decompress"), "{err}");
+    // A compressed element that says it unpacks to more than the process may use is refused
+    // before it is unpacked (a few KiB of zlib can unpack to the format's 4 GiB).
+    let bytes = std::fs::read(fixtures().join("data/mat/test3dmatrix_7.4_GLNX86.mat")).unwrap();
+    assert_eq!(data::mat::read_within(bytes.as_slice(), Some(1 << 10)).unwrap()[0].dims, vec![2, 3, 4]);
+    let err = data::mat::read_within(bytes.as_slice(), Some(64)).unwrap_err();
+    assert!(err.contains("the compressed element at byte 128 says it unpacks to 96 bytes"), "{err}");
+    assert!(err.contains("more than this process may use (0.1 KiB)"), "{err}");
 }
 
 fn read_compressed_cut() -> Vec<u8> {

@@ -118,8 +118,16 @@ impl Array {
 ///
 /// # Errors
 /// Not a level 5 MAT-file (a v7.3 file is HDF5: said so), or a damaged one:
-/// what is wrong and at which byte.
-pub fn read(mut r: impl Read) -> Result<Vec<Array>, String> {
+/// what is wrong and at which byte. A compressed element that says it
+/// unpacks to more than this process may use ([`crate::memory::available`])
+/// is refused before it is unpacked.
+pub fn read(r: impl Read) -> Result<Vec<Array>, String> {
+    read_within(r, crate::memory::available())
+}
+
+/// [`read`], refusing a compressed element that says it unpacks to more than
+/// `limit` bytes (`None`: the format's own limit, 4 GiB).
+pub fn read_within(mut r: impl Read, limit: Option<u64>) -> Result<Vec<Array>, String> {
     let mut header = [0u8; 128];
     r.read_exact(&mut header).map_err(|e| format!("not a MAT-file: cannot read its 128-byte header ({e})"))?;
     let big_endian = match &header[126..128] {
@@ -171,6 +179,13 @@ pub fn read(mut r: impl Read) -> Result<Vec<Array>, String> {
             (&mut z).take(8).read_to_end(&mut inner).map_err(undecodable)?;
             let (mi, len, start) =
                 tag_of(&inner, 0, big_endian).ok_or_else(|| format!("empty element at byte {at}"))?;
+            if let Some(limit) = limit.filter(|&l| len as u64 > l) {
+                return Err(format!(
+                    "the compressed element at byte {at} says it unpacks to {len} bytes, more than this process may \
+                     use ({}): a damaged file",
+                    crate::memory::describe(limit)
+                ));
+            }
             let rest = (start + len).saturating_sub(inner.len());
             (&mut z).take(rest as u64).read_to_end(&mut inner).map_err(undecodable)?;
             if inner.len() - start < len {
