@@ -10,10 +10,11 @@
 //! so CI runs them on every submission and a failure names the seed and the
 //! mutant to replay (a binary one is kept in the temporary folder).
 
+use crate::sweep_oracle::{out_of_bounds, split_sets};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use sweep::spec::{self, limits, Head, RunConfig, Transform};
+use sweep::spec;
 use sweep::train::rng::Rng;
 
 /// Values that have broken parsers before: non-finite, negative, zero, huge.
@@ -99,36 +100,6 @@ fn mutate(text: &str, rng: &mut Rng) -> String {
         }
     }
     t
-}
-
-/// Why an accepted configuration is not one a run can train, if it is not.
-fn out_of_bounds(c: &RunConfig) -> Option<String> {
-    let json = serde_json::to_string(c).unwrap();
-    if json.contains("null") {
-        return Some(format!("a non-finite number became null: {json}"));
-    }
-    if c.batch_size == 0 || c.batch_size > limits::MAX_BATCH_SIZE || c.epochs == 0 || c.epochs > limits::MAX_EPOCHS {
-        return Some(format!("batch_size {} epochs {}", c.batch_size, c.epochs));
-    }
-    if let Head::Mlp { hidden, .. } = &c.head {
-        if hidden.iter().any(|&w| w == 0 || w > limits::MAX_WIDTH) {
-            return Some(format!("head {hidden:?}"));
-        }
-    }
-    for t in c.train_transforms.iter().chain(&c.test_transforms) {
-        let side = match t {
-            Transform::Resize { size } | Transform::CenterCrop { size } | Transform::RandomCrop { size, .. } => *size,
-            _ => 1,
-        };
-        if side == 0 || side > limits::MAX_IMAGE_SIDE {
-            return Some(format!("transform {t:?}"));
-        }
-    }
-    let sizes = [c.dataset.train_size, c.dataset.test_size];
-    if sizes.iter().flatten().any(|&n| n == 0 || n > limits::MAX_IMAGES) {
-        return Some(format!("dataset {:?}", c.dataset));
-    }
-    None
 }
 
 #[test]
@@ -417,15 +388,8 @@ fn mutated_binary_files_never_panic_or_hang() {
 fn replay(target: &str, bytes: &[u8], dir: &Path) -> bool {
     use sweep::train::data::{folder, mat, pickle};
     match target {
-        "sweep_file" => std::str::from_utf8(bytes).is_ok_and(|mut text| {
-            // Leading `--set` lines are overrides.
-            let mut overrides = Vec::new();
-            while let Some(rest) = text.strip_prefix("--set ") {
-                let (line, after) = rest.split_once('\n').unwrap_or((rest, ""));
-                let Ok(o) = line.parse::<spec::Override>() else { return false };
-                overrides.push(o);
-                text = after;
-            }
+        "sweep_file" => std::str::from_utf8(bytes).is_ok_and(|text| {
+            let Ok((overrides, text)) = split_sets(text) else { return false };
             let options = spec::Options { overrides, ..spec::Options::default() };
             spec::parse_with(Path::new("f.toml"), text, &options).is_ok()
         }),

@@ -30,6 +30,7 @@ mod search;
 mod snapshots;
 mod spec;
 mod store;
+mod sweep_oracle;
 mod train;
 
 use std::path::{Path, PathBuf};

@@ -169,6 +169,17 @@ fn read_image_file(path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The end of an error about the data budget: how to raise it, what it is now
+/// and where its default comes from.
+fn raise_data_memory() -> String {
+    format!(
+        "raise {} (now {}; the default is 3/4 of the memory this process may still use: MemAvailable, or its \
+         cgroup's limit)",
+        crate::env::DATA_MEMORY.name,
+        crate::env::DATA_MEMORY.get().unwrap_or_else(|| "unset".to_owned()),
+    )
+}
+
 /// An archive's image members, read whole (a `.tar.gz` cannot be read from
 /// the middle): their bytes count against the memory `budget` as they are read,
 /// so that an archive larger than memory, or a small `.tar.gz` that unpacks to
@@ -232,11 +243,9 @@ fn read_archive(root: &Path, budget: Option<u64>) -> Result<(Vec<Entry>, BTreeSe
                 format!(
                     "the archive's images take more than {}{unpacked}, all the memory sweep may use for a dataset's \
                      images (it reads an archive whole before it decodes one): unpack it into a folder (`tar xf`), \
-                     whose files are read one at a time, or raise {} (now {}; the default is 3/4 of the memory this \
-                     process may still use: MemAvailable, or its cgroup's limit)",
+                     whose files are read one at a time, or {}",
                     crate::memory::describe(budget),
-                    crate::env::DATA_MEMORY.name,
-                    crate::env::DATA_MEMORY.get().unwrap_or_else(|| "unset".to_owned()),
+                    raise_data_memory(),
                 ),
             ));
         }
@@ -551,15 +560,12 @@ fn build(
                 "the decoded images do not fit in memory: sweep keeps a dataset decoded (3 bytes a pixel), and \
                  {done} of its {} images took {} of the {} it may use and the next did not fit (about {} for all of them); \
                  set `resize = 256` in the dataset (each image resized as it is decoded, as torchvision's \
-                 Resize(256), where the augmentation makes them smaller anyway), or use fewer images, or raise {} \
-                 (now {}; the default is 3/4 of the memory this process may still use: MemAvailable, or its \
-                 cgroup's limit)",
+                 Resize(256), where the augmentation makes them smaller anyway), or use fewer images, or {}",
                 images,
                 crate::memory::describe(used),
                 crate::memory::describe(budget),
                 crate::memory::describe(whole as u64),
-                crate::env::DATA_MEMORY.name,
-                crate::env::DATA_MEMORY.get().unwrap_or_else(|| "unset".to_owned()),
+                raise_data_memory(),
             ),
         ));
     }
