@@ -239,6 +239,11 @@ test = [{ resize = { size = 224 } }, { normalize = "cifar10" }]
 [[run]]
 augment = "resize224"
 TOML
+        # What `sweep plan` says the run will take here (a timed probe at its batch on a GPU),
+        # beside what it takes
+        SWEEP_GPU_KERNELS=$k step 90 "$k: sweep plan of that run" \
+            "$bin" --home "$home/term" plan --format json "$home/term.toml"
+        grep -o '"estimated_seconds": *[0-9.]*' "$out/log.txt" | tail -n 1 | sed 's/^/   plan: /' >>"$out/summary.txt" || true
         SWEEP_GPU_KERNELS=$k RUST_LOG=sweep::train::epoch=info step 330 \
             "$k: the term report's resnet18 run, $e epochs of $term_train + $term_test test, bf16" \
             "$bin" --home "$home/term" -q submit "$home/term.toml"

@@ -63,16 +63,37 @@ pub fn per_epoch_from_history(history: &[Sample], config: &RunConfig) -> Option<
     mean(close).map(|m| (m, Basis::SameModel))
 }
 
-/// The history in the database's rows: every run with a finished epoch.
-pub fn history(rows: &[crate::store::RunRow]) -> Vec<Sample> {
+/// The history in the database's rows: every run with a finished epoch that
+/// trained on the hardware of `device`, a device's description as runs
+/// record it (`cpu (MODEL, 2 threads)`, `cuda:0 (NVIDIA H200, ...), cudnn
+/// kernels`; see [`same_hardware`]). A pace measured elsewhere says nothing
+/// of this device's: the term report's ResNet18 takes days on two CPU cores
+/// and minutes on a GPU, and a store shared by many machines holds both.
+pub fn history(rows: &[crate::store::RunRow], device: &str) -> Vec<Sample> {
     let mut seen = std::collections::HashSet::new();
     rows.iter()
         .filter(|r| r.epochs_done > 0 && r.train_seconds > 0.0 && seen.insert(r.id))
+        .filter(|r| r.device.as_deref().is_some_and(|d| same_hardware(d, device)))
         .filter_map(|r| {
             let config = serde_json::from_str(&r.config_json).ok()?;
             Some(Sample { config, seconds_per_epoch: r.train_seconds / r.epochs_done as f64 })
         })
         .collect()
+}
+
+/// Whether two device descriptions name the same hardware: equal but for
+/// which GPU of a machine (`cuda:0 (NVIDIA H200, ...)` is `cuda:1 (NVIDIA
+/// H200, ...)`). The rest counts: the CPU's model and threads, the GPU's
+/// model, memory and driver, and its kernel set (candle's generic kernels
+/// train 16-19x slower than the cuDNN set).
+pub fn same_hardware(a: &str, b: &str) -> bool {
+    fn hardware(d: &str) -> &str {
+        match d.strip_prefix("cuda:") {
+            Some(rest) => rest.trim_start_matches(|c: char| c.is_ascii_digit()),
+            None => d,
+        }
+    }
+    a.starts_with("cuda:") == b.starts_with("cuda:") && hardware(a) == hardware(b)
 }
 
 /// Seconds per epoch from a probe's pace and the split sizes.
@@ -124,6 +145,55 @@ mod tests {
             *lr = 0.5;
         }
         assert_eq!(per_epoch_from_history(&history, &other_lr).map(|e| e.1), Some(Basis::SameRuns));
+    }
+
+    #[test]
+    fn history_from_other_hardware_is_left_out() {
+        let h200 = "cuda:0 (NVIDIA H200, CUDA 13.0, driver CUDA 13.0, 140 GiB), cudnn kernels";
+        assert!(same_hardware(h200, &h200.replace("cuda:0", "cuda:7")));
+        assert!(same_hardware("cuda:12", "cuda:3"));
+        assert!(!same_hardware(h200, &h200.replace("H200", "H100")));
+        assert!(!same_hardware(h200, &h200.replace("cudnn", "generic")));
+        assert!(!same_hardware("cpu (Xeon, 2 threads)", "cpu (Xeon, 16 threads)"));
+        assert!(same_hardware("cpu (Xeon, 2 threads)", "cpu (Xeon, 2 threads)"));
+        assert!(!same_hardware("cuda:0", "0"));
+
+        let config = serde_json::to_string(&configs()[0]).expect("serialises");
+        let row = |id: i64, device: Option<&str>| crate::store::RunRow {
+            id,
+            key: format!("k{id}"),
+            sweep: "e".into(),
+            name: format!("r{id}"),
+            config_json: config.clone(),
+            status: crate::store::Status::Done,
+            epochs_total: 2,
+            epochs_done: 2,
+            step: 0,
+            steps_per_epoch: None,
+            attempts: 1,
+            worker: None,
+            heartbeat_age: None,
+            device: device.map(str::to_owned),
+            error: None,
+            metric: "test_acc".into(),
+            best_epoch: None,
+            best_metric: None,
+            final_train_acc: None,
+            final_test_acc: None,
+            final_test_loss: None,
+            images_per_sec: None,
+            train_seconds: 10.0,
+            note: None,
+            classes: None,
+            reference: None,
+            peak_memory_bytes: None,
+            rung: None,
+        };
+        let rows = [row(1, Some("cpu (Xeon, 2 threads)")), row(2, Some(h200)), row(3, None)];
+        let on = |device: &str| history(&rows, device).iter().map(|s| s.seconds_per_epoch).collect::<Vec<_>>();
+        assert_eq!(on("cpu (Xeon, 2 threads)"), [5.0]);
+        assert_eq!(on(&h200.replace("cuda:0", "cuda:1")), [5.0]);
+        assert!(on("cpu (Xeon, 4 threads)").is_empty());
     }
 
     #[test]

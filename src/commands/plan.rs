@@ -32,15 +32,15 @@ async fn estimate(
     device: DeviceChoice,
     verbose: bool,
 ) -> anyhow::Result<Estimates> {
+    let (dev, device_name) = sweep::train::device(device)?;
     let history = if home.has_store() {
         let store = home.open().await?;
-        let h = est::history(&store.runs(None).await?);
+        let h = est::history(&store.runs(None).await?, &device_name);
         store.close().await;
         h
     } else {
         Vec::new()
     };
-    let (dev, device_name) = sweep::train::device(device)?;
     let mut probes: HashMap<String, Option<f64>> = HashMap::new();
     let mut out = Estimates { seconds: Vec::new(), device: device_name, from_history: 0, from_probe: 0, memory: None };
     let mut memory = Vec::new();
@@ -57,10 +57,11 @@ async fn estimate(
             let pace = if let Some(p) = probes.get(&key) {
                 *p
             } else {
+                let size = sweep::train::probe::ProbeSize::for_device(&dev, c.batch_size);
                 if verbose {
-                    eprintln!("timing {} (batch {}) on {}…", printable(&c.model), c.batch_size.min(8), out.device);
+                    eprintln!("timing {} (batch {}) on {}…", printable(&c.model), size.batch, out.device);
                 }
-                let p = sweep::train::probe::probe(c, &dev, 8, 2)
+                let p = sweep::train::probe::probe(c, &dev, size)
                     .map_err(|e| tracing::warn!("probing {}: {e}", r.name))
                     .ok()
                     .and_then(|pace| sizes.map(|(train, test)| est::per_epoch_from_pace(pace, train, test)));

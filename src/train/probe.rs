@@ -36,16 +36,49 @@ pub fn split_sizes(cfg: &RunConfig) -> Option<(usize, usize)> {
     Some((d.train_size.unwrap_or(train), d.test_size.unwrap_or(test)))
 }
 
-/// Times `steps` optimiser steps of `cfg`'s model (after one untimed warm-up)
-/// on a batch of at most `max_batch` random images at the run's input size
-/// (CIFAR's, SVHN's and the synthetic 32x32, MNIST's 28x28, STL-10's 96x96,
-/// through its train transforms).
+/// How a probe times a run: the batch, the untimed warm-up steps and the
+/// timed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSize {
+    /// Images per step.
+    pub batch: usize,
+    /// Steps before the clock starts (cuDNN's plans, the allocator's pool).
+    pub warmup: usize,
+    /// Steps timed.
+    pub steps: usize,
+}
+
+impl ProbeSize {
+    /// The CPU's batch cap: a CPU's time per image hardly depends on the
+    /// batch, and a step of 8 images of ResNet18 at 224 already takes half a
+    /// second on two cores.
+    pub const CPU_BATCH: usize = 8;
+
+    /// How to time a run of `batch_size` on `device`. On the CPU: at most
+    /// [`ProbeSize::CPU_BATCH`] images, two steps after one. On a GPU a step
+    /// of a few images takes about as long as one of fifty (the launches,
+    /// not the arithmetic, set its pace), so a small batch would put the
+    /// time per image several times too high: the run's own batch, ten steps
+    /// after three.
+    pub fn for_device(device: &Device, batch_size: usize) -> ProbeSize {
+        if device.is_cpu() {
+            ProbeSize { batch: batch_size.clamp(1, Self::CPU_BATCH), warmup: 1, steps: 2 }
+        } else {
+            ProbeSize { batch: batch_size.max(1), warmup: 3, steps: 10 }
+        }
+    }
+}
+
+/// Times `size.steps` optimiser steps of `cfg`'s model, after `size.warmup`
+/// untimed ones, on a batch of `size.batch` random images at the run's input
+/// size (CIFAR's, SVHN's and the synthetic 32x32, MNIST's 28x28, STL-10's
+/// 96x96, through its train transforms) in the run's precision.
 ///
 /// # Errors
 /// The model cannot be built, or a step fails (e.g. out of memory).
-pub fn probe(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) -> Result<Pace, TrainError> {
+pub fn probe(cfg: &RunConfig, device: &Device, size: ProbeSize) -> Result<Pace, TrainError> {
     // From the threads the trainer runs on ([`super::threads`]).
-    super::threads::for_device(device, || probe_here(cfg, device, max_batch, steps))
+    super::threads::for_device(device, || probe_here(cfg, device, size))
 }
 
 /// The classes of `cfg`'s dataset and its training input size, as far as the
@@ -70,17 +103,26 @@ fn shapes(cfg: &RunConfig) -> Result<(usize, (usize, usize)), ConfigError> {
     Ok((classes, hw))
 }
 
-fn probe_here(cfg: &RunConfig, device: &Device, max_batch: usize, steps: usize) -> Result<Pace, TrainError> {
+fn probe_here(cfg: &RunConfig, device: &Device, size: ProbeSize) -> Result<Pace, TrainError> {
     let (classes, (h, w)) = shapes(cfg)?;
+    // As the trainer sets it (TensorFloat-32 is a process-wide cuBLAS switch; a no-op on the CPU).
+    candle_core::cuda::set_gemm_reduced_precision_f32(cfg.precision == crate::spec::Precision::Tf32);
     let mut bench = Bench::new(cfg, classes, device)?;
-    let n = cfg.batch_size.min(max_batch).max(1);
+    let (n, steps) = (size.batch.max(1), size.steps.max(1));
     let batch = bench.batch(n, h, w)?;
-    bench.train_step(&batch)?;
-    let t = Instant::now();
-    for _ in 0..steps.max(1) {
-        bench.train_step(&batch)?;
+    for _ in 0..size.warmup {
+        bench.train_step(&batch)?.wait()?;
     }
-    let per_image = t.elapsed().as_secs_f64() / (steps.max(1) * n) as f64;
+    let t = Instant::now();
+    let mut last = None;
+    for _ in 0..steps {
+        last = Some(bench.train_step(&batch)?);
+    }
+    // A GPU queues the steps: the clock stops when the last one has run.
+    if let Some(loss) = last {
+        loss.wait()?;
+    }
+    let per_image = t.elapsed().as_secs_f64() / (steps * n) as f64;
     Ok(Pace { train: per_image, test: per_image / 3.0 })
 }
 
@@ -110,14 +152,22 @@ impl Bench {
         Ok((x, Tensor::new(labels.as_slice(), &self.device)?))
     }
 
-    /// One optimiser step, waited for.
-    fn train_step(&mut self, (x, y): &(Tensor, Tensor)) -> Result<(), TrainError> {
+    /// One optimiser step, queued; its loss, to wait for it with.
+    fn train_step(&mut self, (x, y): &(Tensor, Tensor)) -> Result<Queued, TrainError> {
         let logits = self.built.model.forward(x, true, &mut self.rng)?;
         let loss = cross_entropy(&logits, y, 0.0)?;
         let grads = loss.backward()?;
         self.opt.step(&grads)?;
-        // Wait for the device (a GPU queues work).
-        loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        Ok(Queued(loss.detach()))
+    }
+}
+
+/// A step's loss: reading it waits for the device (a GPU queues work).
+struct Queued(Tensor);
+
+impl Queued {
+    fn wait(self) -> Result<(), TrainError> {
+        self.0.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         Ok(())
     }
 }
@@ -288,6 +338,15 @@ pub fn footprint_cached(cfg: &RunConfig, classes: usize, hw: (usize, usize)) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPU is timed on at most 8 images, and never on none.
+    #[test]
+    fn the_cpu_times_a_few_images_of_a_run() {
+        let cpu = Device::Cpu;
+        assert_eq!(ProbeSize::for_device(&cpu, 128), ProbeSize { batch: 8, warmup: 1, steps: 2 });
+        assert_eq!(ProbeSize::for_device(&cpu, 4).batch, 4);
+        assert_eq!(ProbeSize::for_device(&cpu, 0).batch, 1);
+    }
 
     /// The line through the two measurements, extended both ways, never
     /// sloping down; the verdict names what the batch would take, what was

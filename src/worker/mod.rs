@@ -308,7 +308,7 @@ pub async fn work(store: &Store, opts: &WorkerOptions, stop: Arc<AtomicBool>) ->
         };
         looked_again = false;
         tracing::info!(run = run.id, key = &run.key[..10], name = run.name.as_str(), attempt = run.attempts, "claimed");
-        let place = place_in_queue(&patience, store, &run, report.runs.len()).await?;
+        let place = place_in_queue(&patience, store, &run, report.runs.len(), &device_name).await?;
         let name = printable(&run.name).into_owned();
         let end =
             execute(store, &patience, (&local, &artifacts), opts, &worker, &device, &stop, &mut datasets, run, &place)
@@ -351,9 +351,10 @@ async fn place_in_queue(
     store: &Store,
     run: &ClaimedRun,
     handled: usize,
+    device: &str,
 ) -> Result<Place, WorkerError> {
     let rows = patience.call("reading the queue", || store.runs(None)).await?;
-    let history = crate::estimate::history(&rows);
+    let history = crate::estimate::history(&rows, device);
     let mut seen = std::collections::HashSet::new();
     let waiting: Vec<_> = rows
         .iter()

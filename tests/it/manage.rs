@@ -182,9 +182,14 @@ fn plan_estimates_from_a_probe_then_from_history_and_says_when_it_is_days() {
     let text = stdout(&tight.unwrap());
     assert!(text.contains("memory: 1 run(s) would take more than the 0.0 KiB this process may still take"), "{text}");
 
-    assert!(run(&home, &["-q", "submit", f]).status.success());
-    let text = stdout(&run(&home, &["plan", "--device", "cpu", "--set", "optimizer.lr=0.2", f]));
+    // Trained with one thread, then planned with one and with two: another CPU's (or a GPU's)
+    // pace says nothing of this one's, so the second is timed.
+    let threads = |n: &str, args: &[&str]| sweep(&home).env("RAYON_NUM_THREADS", n).args(args).output().unwrap();
+    assert!(threads("1", &["-q", "submit", f]).status.success());
+    let text = stdout(&threads("1", &["plan", "--device", "cpu", "--set", "optimizer.lr=0.2", f]));
     assert!(text.contains("(1 from earlier runs like them)"), "{text}");
+    let text = stdout(&threads("2", &["plan", "--device", "cpu", "--set", "optimizer.lr=0.2", f]));
+    assert!(text.contains("(1 from a timed probe)"), "{text}");
 
     let long = crate::tiny_sweep("p", 64, 1, "").replace("train_size = 64", "train_size = 900000");
     let long = crate::write_sweep(dir.path(), "long.toml", &long.replace("epochs = 1", "epochs = 20000"));
