@@ -81,6 +81,16 @@ pub fn history(rows: &[crate::store::RunRow], device: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// How many runs in `rows` finished an epoch on other hardware than
+/// `device` (left out of [`history`]), for saying why an estimate was timed.
+pub fn elsewhere(rows: &[crate::store::RunRow], device: &str) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    rows.iter()
+        .filter(|r| r.epochs_done > 0 && r.train_seconds > 0.0 && seen.insert(r.id))
+        .filter(|r| r.device.as_deref().is_some_and(|d| !same_hardware(d, device)))
+        .count()
+}
+
 /// Whether two device descriptions name the same hardware: equal but for
 /// which GPU of a machine (`cuda:0 (NVIDIA H200, ...)` is `cuda:1 (NVIDIA
 /// H200, ...)`). The rest counts: the CPU's model and threads, the GPU's
@@ -194,6 +204,8 @@ mod tests {
         assert_eq!(on("cpu (Xeon, 2 threads)"), [5.0]);
         assert_eq!(on(&h200.replace("cuda:0", "cuda:1")), [5.0]);
         assert!(on("cpu (Xeon, 4 threads)").is_empty());
+        assert_eq!(elsewhere(&rows, "cpu (Xeon, 2 threads)"), 1);
+        assert_eq!(elsewhere(&rows, "cpu (Xeon, 4 threads)"), 2);
     }
 
     #[test]

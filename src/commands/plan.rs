@@ -21,6 +21,8 @@ struct Estimates {
     /// How many runs came from history, how many from probes.
     from_history: usize,
     from_probe: usize,
+    /// Earlier runs in the store that trained on other hardware (not used).
+    elsewhere: usize,
     /// On the CPU, the bytes each run's training step would take, in plan
     /// order (`None`: unknown), and what the process may still take.
     memory: Option<(Vec<Option<u64>>, Option<u64>)>,
@@ -33,16 +35,17 @@ async fn estimate(
     verbose: bool,
 ) -> anyhow::Result<Estimates> {
     let (dev, device_name) = sweep::train::device(device)?;
-    let history = if home.has_store() {
+    let (history, elsewhere) = if home.has_store() {
         let store = home.open().await?;
-        let h = est::history(&store.runs(None).await?, &device_name);
+        let rows = store.runs(None).await?;
         store.close().await;
-        h
+        (est::history(&rows, &device_name), est::elsewhere(&rows, &device_name))
     } else {
-        Vec::new()
+        (Vec::new(), 0)
     };
     let mut probes: HashMap<String, Option<f64>> = HashMap::new();
-    let mut out = Estimates { seconds: Vec::new(), device: device_name, from_history: 0, from_probe: 0, memory: None };
+    let mut out =
+        Estimates { seconds: Vec::new(), device: device_name, from_history: 0, from_probe: 0, elsewhere, memory: None };
     let mut memory = Vec::new();
     for r in &spec.runs {
         let c = &r.config;
@@ -127,6 +130,9 @@ fn estimate_lines(e: &Estimates) -> String {
     }
     if e.from_probe > 0 {
         basis.push(format!("{} from a timed probe", e.from_probe));
+        if e.elsewhere > 0 {
+            basis.push(format!("{} earlier run(s) on other hardware not used", e.elsewhere));
+        }
     }
     let mut text = format!(
         "estimated time: {} one after another on {} ({}{})\n",

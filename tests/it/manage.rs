@@ -189,7 +189,7 @@ fn plan_estimates_from_a_probe_then_from_history_and_says_when_it_is_days() {
     let text = stdout(&threads("1", &["plan", "--device", "cpu", "--set", "optimizer.lr=0.2", f]));
     assert!(text.contains("(1 from earlier runs like them)"), "{text}");
     let text = stdout(&threads("2", &["plan", "--device", "cpu", "--set", "optimizer.lr=0.2", f]));
-    assert!(text.contains("(1 from a timed probe)"), "{text}");
+    assert!(text.contains("(1 from a timed probe, 1 earlier run(s) on other hardware not used)"), "{text}");
 
     let long = crate::tiny_sweep("p", 64, 1, "").replace("train_size = 64", "train_size = 900000");
     let long = crate::write_sweep(dir.path(), "long.toml", &long.replace("epochs = 1", "epochs = 20000"));
