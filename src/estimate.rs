@@ -70,10 +70,7 @@ pub fn per_epoch_from_history(history: &[Sample], config: &RunConfig) -> Option<
 /// of this device's: the term report's ResNet18 takes days on two CPU cores
 /// and minutes on a GPU, and a store shared by many machines holds both.
 pub fn history(rows: &[crate::store::RunRow], device: &str) -> Vec<Sample> {
-    let mut seen = std::collections::HashSet::new();
-    rows.iter()
-        .filter(|r| r.epochs_done > 0 && r.train_seconds > 0.0 && seen.insert(r.id))
-        .filter(|r| r.device.as_deref().is_some_and(|d| same_hardware(d, device)))
+    timed(rows, device, true)
         .filter_map(|r| {
             let config = serde_json::from_str(&r.config_json).ok()?;
             Some(Sample { config, seconds_per_epoch: r.train_seconds / r.epochs_done as f64 })
@@ -84,11 +81,20 @@ pub fn history(rows: &[crate::store::RunRow], device: &str) -> Vec<Sample> {
 /// How many runs in `rows` finished an epoch on other hardware than
 /// `device` (left out of [`history`]), for saying why an estimate was timed.
 pub fn elsewhere(rows: &[crate::store::RunRow], device: &str) -> usize {
+    timed(rows, device, false).count()
+}
+
+/// Each run of `rows` (once) with a finished epoch and a recorded device
+/// that is (`same`) or is not the hardware of `device`.
+fn timed<'a>(
+    rows: &'a [crate::store::RunRow],
+    device: &'a str,
+    same: bool,
+) -> impl Iterator<Item = &'a crate::store::RunRow> + 'a {
     let mut seen = std::collections::HashSet::new();
     rows.iter()
-        .filter(|r| r.epochs_done > 0 && r.train_seconds > 0.0 && seen.insert(r.id))
-        .filter(|r| r.device.as_deref().is_some_and(|d| !same_hardware(d, device)))
-        .count()
+        .filter(move |r| r.epochs_done > 0 && r.train_seconds > 0.0 && seen.insert(r.id))
+        .filter(move |r| r.device.as_deref().is_some_and(|d| same_hardware(d, device) == same))
 }
 
 /// Whether two device descriptions name the same hardware: equal but for
