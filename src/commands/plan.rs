@@ -23,6 +23,9 @@ struct Estimates {
     from_probe: usize,
     /// Earlier runs in the store that trained on other hardware (not used).
     elsewhere: usize,
+    /// Per run, in plan order: its probe ran out of the GPU's memory (the run
+    /// would fail when it starts).
+    out_of_memory: Vec<bool>,
     /// On the CPU, the bytes each run's training step would take, in plan
     /// order (`None`: unknown), and what the process may still take.
     memory: Option<(Vec<Option<u64>>, Option<u64>)>,
@@ -43,12 +46,21 @@ async fn estimate(
     } else {
         (Vec::new(), 0)
     };
-    let mut probes: HashMap<String, Option<f64>> = HashMap::new();
-    let mut out =
-        Estimates { seconds: Vec::new(), device: device_name, from_history: 0, from_probe: 0, elsewhere, memory: None };
+    // Per kind of run: its seconds per epoch, and whether its probe ran out of memory.
+    let mut probes: HashMap<String, (Option<f64>, bool)> = HashMap::new();
+    let mut out = Estimates {
+        seconds: Vec::new(),
+        device: device_name,
+        from_history: 0,
+        from_probe: 0,
+        elsewhere,
+        out_of_memory: Vec::new(),
+        memory: None,
+    };
     let mut memory = Vec::new();
     for r in &spec.runs {
         let c = &r.config;
+        let mut out_of_memory = false;
         let per_epoch = if let Some((s, _)) = est::per_epoch_from_history(&history, c) {
             out.from_history += 1;
             Some(s)
@@ -57,26 +69,33 @@ async fn estimate(
         } else {
             let sizes = sweep::train::probe::split_sizes(c);
             let key = est::pace_key(c);
-            let pace = if let Some(p) = probes.get(&key) {
-                *p
-            } else {
+            let (pace, oom) = *probes.entry(key).or_insert_with(|| {
                 let size = sweep::train::probe::ProbeSize::for_device(&dev, c.batch_size);
                 if verbose {
                     eprintln!("timing {} (batch {}) on {}…", printable(&c.model), size.batch, out.device);
                 }
-                let p = sweep::train::probe::probe(c, &dev, size)
-                    .map_err(|e| tracing::warn!("probing {}: {e}", r.name))
-                    .ok()
-                    .and_then(|pace| sizes.map(|(train, test)| est::per_epoch_from_pace(pace, train, test)));
-                probes.insert(key, p);
-                p
-            };
+                match sweep::train::probe::probe(c, &dev, size) {
+                    Ok(pace) => (sizes.map(|(train, test)| est::per_epoch_from_pace(pace, train, test)), false),
+                    Err(e) => {
+                        let oom = matches!(e, sweep::train::TrainError::OutOfMemory(_));
+                        // Said under the table, where it ran out of memory.
+                        if oom {
+                            tracing::debug!("probing {}: {e}", r.name);
+                        } else {
+                            tracing::warn!("probing {}: {e}", r.name);
+                        }
+                        (None, oom)
+                    }
+                }
+            });
             if pace.is_some() {
                 out.from_probe += 1;
             }
+            out_of_memory = oom;
             pace
         };
         out.seconds.push(per_epoch.map(|s| s * c.epochs as f64));
+        out.out_of_memory.push(out_of_memory);
         if dev.is_cpu() {
             let bytes = if sweep::train::check(c).is_err() {
                 None
@@ -113,6 +132,19 @@ fn memory_line(e: &Estimates) -> Option<String> {
         sweep::memory::describe(available),
         sweep::memory::SOURCE,
         sweep::memory::describe(*largest)
+    ))
+}
+
+/// The line under the table on a GPU: the runs whose probe ran out of the
+/// GPU's memory at their own batch (they would fail when they start).
+fn gpu_memory_line(e: &Estimates, batch_sizes: &[usize]) -> Option<String> {
+    let over: Vec<usize> = e.out_of_memory.iter().zip(batch_sizes).filter(|(oom, _)| **oom).map(|(_, b)| *b).collect();
+    let smallest = over.iter().min()?;
+    Some(format!(
+        "memory: {} run(s) ran out of memory on {} in a probe of one training step at their batch_size (the \
+         smallest {smallest}): they would fail when they start; lower their batch_size, or use precision = \"bf16\"",
+        over.len(),
+        printable(&e.device),
     ))
 }
 
@@ -203,6 +235,7 @@ pub async fn plan(
                     serde_json::json!({
                         "estimated_seconds": seconds(i),
                         "estimated_memory_bytes": memory(i),
+                        "out_of_memory": est.as_ref().map(|e| e.out_of_memory[i]),
                         "name": r.name,
                         "key": r.key,
                         "line": r.line,
@@ -278,8 +311,12 @@ pub async fn plan(
                             "no (see below)".into()
                         }
                     });
-                    if est.is_some() {
-                        row.push(seconds(i).map_or("?".into(), est::human));
+                    if let Some(e) = &est {
+                        row.push(match seconds(i) {
+                            Some(s) => est::human(s),
+                            None if e.out_of_memory[i] => "out of memory".into(),
+                            None => "?".into(),
+                        });
                     }
                     if with_memory {
                         row.push(memory(i).map_or("?".into(), sweep::memory::describe));
@@ -308,6 +345,10 @@ pub async fn plan(
             if let Some(e) = &est {
                 print!("{}", estimate_lines(e));
                 if let Some(line) = memory_line(e) {
+                    println!("{line}");
+                }
+                let batch_sizes: Vec<usize> = spec.runs.iter().map(|r| r.config.batch_size).collect();
+                if let Some(line) = gpu_memory_line(e, &batch_sizes) {
                     println!("{line}");
                 }
             }
@@ -385,4 +426,42 @@ fn search_lines(spec: &sweep::spec::SweepSpec) -> Vec<String> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn estimates(seconds: Vec<Option<f64>>, out_of_memory: Vec<bool>) -> Estimates {
+        let from_probe = seconds.iter().flatten().count();
+        Estimates {
+            seconds,
+            device: "cuda:0 (NVIDIA H200, 143771 MiB), cudnn kernels".into(),
+            from_history: 0,
+            from_probe,
+            elsewhere: 0,
+            out_of_memory,
+            memory: None,
+        }
+    }
+
+    /// A run whose GPU probe ran out of memory is named under the table, with
+    /// the smallest batch that did not fit; the others count in the total.
+    #[test]
+    fn runs_whose_gpu_probe_ran_out_of_memory_are_said_under_the_table() {
+        let e = estimates(vec![Some(60.0), None, None], vec![false, true, true]);
+        let line = gpu_memory_line(&e, &[50, 512, 256]).unwrap();
+        assert!(line.starts_with("memory: 2 run(s) ran out of memory on cuda:0 (NVIDIA H200"), "{line}");
+        assert!(line.contains("(the smallest 256)"), "{line}");
+        assert!(line.contains("lower their batch_size"), "{line}");
+        let total = estimate_lines(&e);
+        assert!(total.starts_with("estimated time: 1m one after another"), "{total}");
+        assert!(total.contains("2 run(s) unknown, not counted"), "{total}");
+    }
+
+    #[test]
+    fn no_memory_line_when_every_probe_fit() {
+        let e = estimates(vec![Some(60.0), None], vec![false, false]);
+        assert_eq!(gpu_memory_line(&e, &[50, 128]), None);
+    }
 }
