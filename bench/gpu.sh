@@ -114,7 +114,7 @@ print("   trainer time (s, host): " + ", ".join("%s %.2f" % kv for kv in tot.ite
         export SWEEP_GPU_KERNELS=$k
         has quickstart || continue
         step 120 "$k: quickstart on CUDA" "$bin" --home "$home/q-$k" submit experiments/quickstart.toml --device "$dev"
-        "$bin" --home "$home/q-$k" results --columns name,status,test_acc,img/s,time --format csv >>"$out/summary.txt" 2>&1 || true
+        "$bin" --home "$home/q-$k" results --columns name,status,test_acc,img/s,time,memory --format csv >>"$out/summary.txt" 2>&1 || true
         "$bin" --home "$home/q-$k" status --format json >>"$out/log.txt" 2>&1 || true
     done
     for k in $kernels; do
@@ -210,7 +210,7 @@ TOML
             phases 2
             "$bin" --home "$h" results --columns name,img/s,time,test_acc --format csv >>"$out/summary.txt" 2>&1 || true
             "$bin" --home "$h" show "r18-$k-$precision/run1" --format json 2>&1 | tee -a "$out/log.txt" |
-                python3 -c 'import json, sys; b = json.load(sys.stdin).get("peak_memory_bytes"); print("   peak GPU memory (device in use, sampled after each epoch): %.0f MiB" % (b / 2**20)) if b else None' \
+                python3 -c 'import json, sys; b = json.load(sys.stdin).get("peak_memory_bytes"); print("   peak GPU memory (tensors: the CUDA pool high-water mark over the run, as torch max_memory_allocated): %.0f MiB" % (b / 2**20)) if b else None' \
                     >>"$out/summary.txt" 2>&1 || true
         done
     done
@@ -244,6 +244,7 @@ TOML
         SWEEP_GPU_KERNELS=$k step 90 "$k: sweep plan of that run" \
             "$bin" --home "$home/term" plan --format json "$home/term.toml"
         grep -o '"estimated_seconds": *[0-9.]*' "$out/log.txt" | tail -n 1 | sed 's/^/   plan: /' >>"$out/summary.txt" || true
+        grep -o '"estimated_memory_bytes": *[0-9]*' "$out/log.txt" | tail -n 1 | sed 's/^/   plan: /' >>"$out/summary.txt" || true
         SWEEP_GPU_KERNELS=$k RUST_LOG=sweep::train::epoch=info step 330 \
             "$k: the term report's resnet18 run, $e epochs of $term_train + $term_test test, bf16" \
             "$bin" --home "$home/term" -q submit "$home/term.toml"
@@ -255,7 +256,7 @@ import json, sys
 r = json.load(sys.stdin)
 ep = r.get("epochs") or []
 tot = sum(x["seconds"] for x in ep)
-print("   %d epochs in %.1f s (%.2f min; epochs: %s s); peak GPU memory %.0f MiB" % (
+print("   %d epochs in %.1f s (%.2f min; epochs: %s s); peak GPU memory (tensors) %.0f MiB" % (
     len(ep), tot, tot / 60, ", ".join("%.1f" % x["seconds"] for x in ep), (r.get("peak_memory_bytes") or 0) / 2**20))
 ' >>"$out/summary.txt" 2>&1 || true
     fi

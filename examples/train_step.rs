@@ -81,7 +81,7 @@ fn measure(args: &[String], device: &candle_core::Device, described: &str) -> an
     let mut opt = Optimizer::new(opt_spec, built.trainable.clone());
     let after_build = peak_rss_mib();
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    let device_mib = || sweep::train::device::PeakMemory::start(device).bytes().map(mib);
+    let device_mib = || sweep::train::device::gpu_in_use(device).map(mib);
     let device_after_build = device_mib();
     let pool = |reset: bool| sweep::train::device::gpu_pool_stats(device, reset);
     let mut phases = serde_json::Value::Null;

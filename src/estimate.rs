@@ -12,6 +12,9 @@ pub struct Sample {
     pub config: RunConfig,
     /// Seconds per finished epoch (training, testing and checkpoint).
     pub seconds_per_epoch: f64,
+    /// The most memory it used, in bytes, where recorded
+    /// ([`crate::train::device::PeakMemory`]).
+    pub peak_memory: Option<u64>,
 }
 
 /// Where an estimate comes from.
@@ -63,6 +66,13 @@ pub fn per_epoch_from_history(history: &[Sample], config: &RunConfig) -> Option<
     mean(close).map(|m| (m, Basis::SameModel))
 }
 
+/// The most memory an earlier run like `config` (the same model, data and
+/// batch size) took, from the history; None where none recorded it.
+pub fn memory_from_history(history: &[Sample], config: &RunConfig) -> Option<u64> {
+    let key = pace_key(config);
+    history.iter().filter(|s| pace_key(&s.config) == key).filter_map(|s| s.peak_memory).max()
+}
+
 /// The history in the database's rows: every run with a finished epoch that
 /// trained on the hardware of `device`, a device's description as runs
 /// record it (`cpu (MODEL, 2 threads)`, `cuda:0 (NVIDIA H200, ...), cudnn
@@ -73,7 +83,11 @@ pub fn history(rows: &[crate::store::RunRow], device: &str) -> Vec<Sample> {
     timed(rows, device, true)
         .filter_map(|r| {
             let config = serde_json::from_str(&r.config_json).ok()?;
-            Some(Sample { config, seconds_per_epoch: r.train_seconds / r.epochs_done as f64 })
+            Some(Sample {
+                config,
+                seconds_per_epoch: r.train_seconds / r.epochs_done as f64,
+                peak_memory: r.peak_memory_bytes.and_then(|b| u64::try_from(b).ok()),
+            })
         })
         .collect()
 }
@@ -149,9 +163,13 @@ mod tests {
         let c = configs();
         let (b16, b32, r18) = (&c[0], &c[1], &c[2]);
         let history = vec![
-            Sample { config: b16.clone(), seconds_per_epoch: 10.0 },
-            Sample { config: b16.clone(), seconds_per_epoch: 12.0 },
+            Sample { config: b16.clone(), seconds_per_epoch: 10.0, peak_memory: Some(300) },
+            Sample { config: b16.clone(), seconds_per_epoch: 12.0, peak_memory: Some(400) },
+            Sample { config: b16.clone(), seconds_per_epoch: 11.0, peak_memory: None },
         ];
+        // The most memory of the runs like it; none at another batch size.
+        assert_eq!(memory_from_history(&history, b16), Some(400));
+        assert_eq!(memory_from_history(&history, b32), None);
         assert_eq!(per_epoch_from_history(&history, b16), Some((11.0, Basis::SameRuns)));
         assert_eq!(per_epoch_from_history(&history, b32), Some((11.0, Basis::SameModel)));
         assert_eq!(per_epoch_from_history(&history, r18), None);
@@ -224,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_probe_pace_scales_with_the_splits() {
-        let pace = crate::train::probe::Pace { train: 0.002, test: 0.001 };
+        let pace = crate::train::probe::Pace { train: 0.002, test: 0.001, memory: None };
         assert!((per_epoch_from_pace(pace, 50_000, 10_000) - 110.0).abs() < 1e-9);
     }
 }

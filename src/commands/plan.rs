@@ -26,8 +26,10 @@ struct Estimates {
     /// Per run, in plan order: its probe ran out of the GPU's memory (the run
     /// would fail when it starts).
     out_of_memory: Vec<bool>,
-    /// On the CPU, the bytes each run's training step would take, in plan
-    /// order (`None`: unknown), and what the process may still take.
+    /// The bytes each run's training would take, in plan order (`None`:
+    /// unknown), and on the CPU what the process may still take. On the CPU
+    /// a training step measured ([`sweep::train::probe::step_memory`]); on a
+    /// GPU its tensors at most in the probe, else in earlier runs like it.
     memory: Option<(Vec<Option<u64>>, Option<u64>)>,
 }
 
@@ -46,8 +48,9 @@ async fn estimate(
     } else {
         (Vec::new(), 0)
     };
-    // Per kind of run: its seconds per epoch, and whether its probe ran out of memory.
-    let mut probes: HashMap<String, (Option<f64>, bool)> = HashMap::new();
+    // Per kind of run: its seconds per epoch, whether its probe ran out of memory, and (on a GPU)
+    // the memory the probe took.
+    let mut probes: HashMap<String, (Option<f64>, bool, Option<u64>)> = HashMap::new();
     let mut out = Estimates {
         seconds: Vec::new(),
         device: device_name,
@@ -60,7 +63,7 @@ async fn estimate(
     let mut memory = Vec::new();
     for r in &spec.runs {
         let c = &r.config;
-        let mut out_of_memory = false;
+        let (mut out_of_memory, mut gpu_memory) = (false, est::memory_from_history(&history, c));
         let per_epoch = if let Some((s, _)) = est::per_epoch_from_history(&history, c) {
             out.from_history += 1;
             Some(s)
@@ -69,13 +72,15 @@ async fn estimate(
         } else {
             let sizes = sweep::train::probe::split_sizes(c);
             let key = est::pace_key(c);
-            let (pace, oom) = *probes.entry(key).or_insert_with(|| {
+            let (pace, oom, bytes) = *probes.entry(key).or_insert_with(|| {
                 let size = sweep::train::probe::ProbeSize::for_device(&dev, c.batch_size);
                 if verbose {
                     eprintln!("timing {} (batch {}) on {}…", printable(&c.model), size.batch, out.device);
                 }
                 match sweep::train::probe::probe(c, &dev, size) {
-                    Ok(pace) => (sizes.map(|(train, test)| est::per_epoch_from_pace(pace, train, test)), false),
+                    Ok(pace) => {
+                        (sizes.map(|(train, test)| est::per_epoch_from_pace(pace, train, test)), false, pace.memory)
+                    }
                     Err(e) => {
                         let oom = matches!(e, sweep::train::TrainError::OutOfMemory(_));
                         // Said under the table, where it ran out of memory.
@@ -84,7 +89,7 @@ async fn estimate(
                         } else {
                             tracing::warn!("probing {}: {e}", r.name);
                         }
-                        (None, oom)
+                        (None, oom, None)
                     }
                 }
             });
@@ -92,6 +97,7 @@ async fn estimate(
                 out.from_probe += 1;
             }
             out_of_memory = oom;
+            gpu_memory = bytes.or(gpu_memory);
             pace
         };
         out.seconds.push(per_epoch.map(|s| s * c.epochs as f64));
@@ -107,12 +113,16 @@ async fn estimate(
                     .flatten()
             };
             memory.push(bytes);
+        } else {
+            memory.push(gpu_memory);
         }
     }
     if dev.is_cpu() {
         // The probes' memory, freed and kept by the allocator, is this process's to reuse.
         sweep::memory::release_freed();
         out.memory = Some((memory, sweep::memory::available()));
+    } else if memory.iter().any(Option::is_some) {
+        out.memory = Some((memory, None));
     }
     Ok(out)
 }

@@ -175,6 +175,10 @@ pub struct QueryError(pub String);
 const RESULT_COLUMNS: [&str; 11] =
     ["status", "epochs", "rung", "best_epoch", "best", "train_acc", "test_acc", "test_loss", "time", "img/s", "sweep"];
 
+/// Result columns shown only when named: the device a run trained on, and
+/// its peak memory in MiB (`train::device::PeakMemory`).
+const MORE_COLUMNS: [&str; 2] = ["device", "memory_mib"];
+
 fn short(path: &str) -> String {
     let mut parts = path.rsplit('.');
     let last = parts.next().unwrap_or(path);
@@ -223,6 +227,8 @@ impl<'a> Resolver<'a> {
             "test_loss" | "final_test_loss" => Some("test_loss"),
             "time" | "train_seconds" | "seconds" => Some("time"),
             "img/s" | "img_per_s" | "images_per_sec" => Some("img/s"),
+            "device" => Some("device"),
+            "memory_mib" | "memory" | "peak_memory" => Some("memory_mib"),
             n if n == format!("best_{metric}") => Some("best"),
             _ => None,
         };
@@ -236,7 +242,8 @@ impl<'a> Resolver<'a> {
         match matches.as_slice() {
             [one] => Ok(Field::Param((*one).clone())),
             [] => {
-                let mut known: Vec<String> = RESULT_COLUMNS.iter().map(std::string::ToString::to_string).collect();
+                let mut known: Vec<String> =
+                    RESULT_COLUMNS.iter().chain(&MORE_COLUMNS).map(std::string::ToString::to_string).collect();
                 known.extend(["id".into(), "name".into()]);
                 let mut shorts: Vec<String> = self.params.iter().map(|p| short(p)).collect();
                 shorts.sort();
@@ -279,6 +286,8 @@ impl<'a> Resolver<'a> {
             Field::Result("test_loss") => num(row.final_test_loss, 4),
             Field::Result("time") => Cell::Secs(row.train_seconds),
             Field::Result("img/s") => num(row.images_per_sec, 0),
+            Field::Result("device") => row.device.clone().map_or(Cell::Missing, Cell::Text),
+            Field::Result("memory_mib") => num(row.peak_memory_bytes.map(|b| b as f64 / f64::from(1u32 << 20)), 0),
             Field::Result(other) => unreachable!("result column {other}"),
             Field::Param(p) => r.params.get_shared(p).map_or(Cell::Missing, |v| Cell::Param(v.clone())),
         }

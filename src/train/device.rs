@@ -134,24 +134,45 @@ fn prepare(device: &Device) {
     gpu::single_stream(device);
 }
 
-/// The memory a run has used at most, in bytes, so far.
+/// The memory a run has used at most, in bytes, so far. On the CPU, the
+/// process's peak resident set (reset when the run starts). On a GPU, the
+/// most bytes the run's tensors (and cuDNN's workspace) held at once: the
+/// CUDA memory pool's high-water mark, reset when the run starts, as
+/// `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`; the
+/// CUDA context and cuBLAS's workspace (about 0.7 GiB on an H200) are not in
+/// it. The device's memory in use would count what the pool kept from the
+/// worker's earlier runs and other processes on the GPU.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PeakMemory(u64);
 
 impl PeakMemory {
-    /// Starts measuring for a new run (on the CPU, resets the process's peak).
+    /// Starts measuring for a new run: on the CPU, resets the process's
+    /// peak; on a GPU, hands the pool's unused memory (an earlier run's)
+    /// back to the driver and resets its high-water marks.
     pub fn start(device: &Device) -> PeakMemory {
         if device.is_cpu() {
             reset_cpu_peak();
+        } else {
+            // The earlier run's frees done, so that the pool can release them.
+            if let Err(e) = device.synchronize() {
+                tracing::debug!("waiting for the GPU before a run: {e}");
+            }
+            gpu::trim_pool(device);
+            gpu::pool_stats(device, true);
         }
         let mut p = PeakMemory(0);
         p.sample(device);
         p
     }
 
-    /// Takes a sample.
+    /// Takes a sample (on a GPU whose allocations bypass the pool, the
+    /// device's memory in use).
     pub fn sample(&mut self, device: &Device) {
-        let now = if device.is_cpu() { cpu_peak_bytes() } else { gpu::used_bytes(device) };
+        let now = if device.is_cpu() {
+            cpu_peak_bytes()
+        } else {
+            gpu::pool_stats(device, false).map(|s| s.used_high).filter(|&b| b > 0).or_else(|| gpu::used_bytes(device))
+        };
         self.0 = self.0.max(now.unwrap_or(0));
     }
 
@@ -159,6 +180,12 @@ impl PeakMemory {
     pub fn bytes(&self) -> Option<u64> {
         (self.0 > 0).then_some(self.0)
     }
+}
+
+/// The GPU's memory in use now, by every process (total less free), in
+/// bytes; None on the CPU.
+pub fn gpu_in_use(device: &Device) -> Option<u64> {
+    gpu::used_bytes(device)
 }
 
 /// The CUDA memory pool's figures, in bytes: what candle's tensors hold now
@@ -324,6 +351,23 @@ mod gpu {
         Some((total - free) as u64)
     }
 
+    pub fn trim_pool(device: &Device) {
+        let Device::Cuda(d) = device else { return };
+        let ctx = d.cuda_stream().context().clone();
+        if ctx.bind_to_thread().is_err() {
+            return;
+        }
+        // SAFETY: the device handle comes from a live context; trimming only
+        // releases memory no allocation holds.
+        unsafe {
+            if let Ok(pool) = result::device::get_default_mem_pool(ctx.cu_device()) {
+                if let Err(e) = result::mem_pool::trim_to(pool, 0) {
+                    tracing::debug!("trimming the CUDA memory pool: {e}");
+                }
+            }
+        }
+    }
+
     pub fn pool_stats(device: &Device, reset: bool) -> Option<super::PoolStats> {
         use sys::CUmemPool_attribute as A;
         let Device::Cuda(d) = device else { return None };
@@ -372,6 +416,8 @@ mod gpu {
     pub fn used_bytes(_: &Device) -> Option<u64> {
         None
     }
+
+    pub fn trim_pool(_: &Device) {}
 
     pub fn pool_stats(_: &Device, _: bool) -> Option<super::PoolStats> {
         None

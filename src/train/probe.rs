@@ -19,6 +19,11 @@ pub struct Pace {
     /// Seconds per test image (forward only: a third of a training step, as
     /// measured on the CPU for the ResNets).
     pub test: f64,
+    /// On a GPU, the most bytes the probe's tensors held at once (the model,
+    /// its gradients and the optimiser's state, and a step's activations at
+    /// the run's batch: [`super::device::PeakMemory`]); None on the CPU,
+    /// whose probe runs a smaller batch ([`footprint`] measures its memory).
+    pub memory: Option<u64>,
 }
 
 /// The images a dataset of `cfg` has per split, where the file says or the
@@ -107,6 +112,7 @@ fn probe_here(cfg: &RunConfig, device: &Device, size: ProbeSize) -> Result<Pace,
     let (classes, (h, w)) = shapes(cfg)?;
     // As the trainer sets it (TensorFloat-32 is a process-wide cuBLAS switch; a no-op on the CPU).
     candle_core::cuda::set_gemm_reduced_precision_f32(cfg.precision == crate::spec::Precision::Tf32);
+    let mut peak = (!device.is_cpu()).then(|| super::device::PeakMemory::start(device));
     let mut bench = Bench::new(cfg, classes, device)?;
     let (n, steps) = (size.batch.max(1), size.steps.max(1));
     let batch = bench.batch(n, h, w)?;
@@ -123,7 +129,11 @@ fn probe_here(cfg: &RunConfig, device: &Device, size: ProbeSize) -> Result<Pace,
         loss.wait()?;
     }
     let per_image = t.elapsed().as_secs_f64() / (steps * n) as f64;
-    Ok(Pace { train: per_image, test: per_image / 3.0 })
+    let memory = peak.as_mut().and_then(|p| {
+        p.sample(device);
+        p.bytes()
+    });
+    Ok(Pace { train: per_image, test: per_image / 3.0, memory })
 }
 
 /// A run's model (not pretrained) and optimiser, for measuring steps on

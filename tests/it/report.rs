@@ -172,6 +172,18 @@ fn results_filter_sort_group_and_show_only_what_differs() {
         assert!(l[2].parse::<f64>().is_ok(), "{l:?}");
     }
     assert!(csv.iter().any(|l| l[0] == "lr=0.05,seed=2"), "a quoted name with a comma reads back");
+
+    // The device and the peak memory, only when named: what `show` says of each run.
+    let hw = json(home, &["results", "--columns", "id,device,memory", "--where", "status=done", "--format", "json"]);
+    assert!(!rows(&hw).is_empty(), "{hw}");
+    for r in rows(&hw) {
+        let shown = json(home, &["show", r["id"].as_str().unwrap(), "--format", "json"]);
+        assert_eq!(r["device"], shown["device"], "{r}");
+        assert!(r["device"].as_str().unwrap().starts_with("cpu ("), "{r}");
+        let mib = shown["peak_memory_bytes"].as_f64().unwrap() / 1048576.0;
+        assert!(mib > 1.0 && (r["memory_mib"].as_f64().unwrap() - mib).abs() <= 0.5, "{r} {mib}");
+    }
+    assert!(rows(&json(home, &["results", "--format", "json"]))[0].get("memory_mib").is_none());
 }
 
 #[test]
