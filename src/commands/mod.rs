@@ -101,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 columns,
                 all_params,
                 limit,
+                also: Vec::new(),
             };
             query::results(&home, &sweep, &q, importance, format).await
         }

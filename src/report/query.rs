@@ -164,6 +164,9 @@ pub struct Query {
     pub all_params: bool,
     /// Only the first N rows (runs, or groups), after sorting: `--sort -test_acc --limit 1` is the best run.
     pub limit: Option<usize>,
+    /// Columns shown after the default ones, where `columns` is empty (a
+    /// report's `memory_mib`).
+    pub also: Vec<String>,
 }
 
 /// A name or condition that does not apply.
@@ -471,6 +474,9 @@ pub fn table(c: &Comparison, q: &Query) -> Result<Table, QueryError> {
                 .filter(|&&n| (n != "sweep" || c.sweeps.len() > 1) && (n != "rung" || asha))
                 .map(|n| Field::Result(n)),
         );
+        for n in &q.also {
+            f.push(r.resolve(n)?);
+        }
         f
     } else {
         q.columns.iter().map(|n| r.resolve(n)).collect::<Result<_, _>>()?

@@ -361,9 +361,15 @@ pub(crate) fn title(c: &Comparison) -> String {
     }
 }
 
-/// The summary table of a report: the default results columns, the best run starred.
+/// The summary table of a report: the default results columns (and each
+/// run's peak memory in MiB, where runs recorded it), the best run starred.
 pub(crate) fn summary(c: &Comparison) -> (Vec<String>, Vec<Vec<String>>) {
-    let t = super::query::table(c, &super::query::Query::default()).expect("the default columns exist");
+    let memory = c.runs.iter().any(|r| r.row.peak_memory_bytes.is_some());
+    let q = super::query::Query {
+        also: if memory { vec!["memory_mib".to_owned()] } else { Vec::new() },
+        ..Default::default()
+    };
+    let t = super::query::table(c, &q).expect("the default columns exist");
     let rows = t
         .rows
         .iter()
