@@ -63,7 +63,7 @@ async fn estimate(
     let mut memory = Vec::new();
     for r in &spec.runs {
         let c = &r.config;
-        let (mut out_of_memory, mut gpu_memory) = (false, est::memory_from_history(&history, c));
+        let (mut out_of_memory, mut probe_memory) = (false, None);
         let per_epoch = if let Some((s, _)) = est::per_epoch_from_history(&history, c) {
             out.from_history += 1;
             Some(s)
@@ -97,7 +97,7 @@ async fn estimate(
                 out.from_probe += 1;
             }
             out_of_memory = oom;
-            gpu_memory = bytes.or(gpu_memory);
+            probe_memory = bytes;
             pace
         };
         out.seconds.push(per_epoch.map(|s| s * c.epochs as f64));
@@ -114,7 +114,7 @@ async fn estimate(
             };
             memory.push(bytes);
         } else {
-            memory.push(gpu_memory);
+            memory.push(probe_memory.or_else(|| est::memory_from_history(&history, c)));
         }
     }
     if dev.is_cpu() {
