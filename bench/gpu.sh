@@ -128,12 +128,24 @@ print("   trainer time (s, host): " + ", ".join("%s %.2f" % kv for kv in tot.ite
     # one training step on random data, each phase synchronised: the model's
     # GPU time without the data pipeline (median of steps 3..22), then the same
     # steps without synchronisations
+    # The last precision once more with candle's backward() (KEEP_GRAPH=1: every activation kept
+    # until the loss is dropped) beside the trainer's backward_freeing_graph: the memory it saves
+    # (KEEP_GRAPH=0 skips it).
     for k in $kernels; do
         has steps || continue
-        for precision in $precisions; do
-            echo "== $k: train_step $stepargs (model, batch, size) $precision" | tee -a "$out/summary.txt" >>"$out/log.txt"
+        keep=
+        [ "${KEEP_GRAPH:-1}" = 1 ] && keep=keep-graph
+        for precision in $precisions $keep; do
+            graph=0
+            label=$precision
+            if [ "$precision" = keep-graph ]; then
+                graph=1
+                precision=${precisions##* }
+                label="$precision, graph kept (candle's backward())"
+            fi
+            echo "== $k: train_step $stepargs (model, batch, size) $label" | tee -a "$out/summary.txt" >>"$out/log.txt"
             # shellcheck disable=SC2086 # STEP is three words
-            SWEEP_GPU_KERNELS=$k timeout 120 "$ts" $stepargs 22 "$dev" "$precision" 2>>"$out/log.txt" | tee -a "$out/log.txt" |
+            KEEP_GRAPH=$graph SWEEP_GPU_KERNELS=$k timeout 120 "$ts" $stepargs 22 "$dev" "$precision" 2>>"$out/log.txt" | tee -a "$out/log.txt" |
                 python3 -c '
 import json, statistics, sys
 r = json.loads(sys.stdin.read())
@@ -156,6 +168,10 @@ if p:
     print("   memory MiB: pool in use at most %.0f (reserved %.0f); in use %s; cuDNN workspace %.0f; device in use after build %.0f, at the end %.0f" % (
         mb(p["used_high"]), mb(p["reserved_high"]), phase, m.get("cudnn_workspace_mib") or 0,
         m.get("device_used_after_build_mib") or 0, m.get("device_used_at_end_mib") or 0))
+h = r.get("heap_mib_last_step") or {}
+if h and str(r.get("device", "")).startswith("cpu"):
+    print("   host heap MiB (the CPU tensors), graph %s: after the forward pass %.0f, at most in the backward pass %.0f, after it %.0f" % (
+        r.get("graph"), h["after_forward"], h["high_in_backward"], h["after_backward"]))
 ' | tee -a "$out/summary.txt" || echo "   FAILED" | tee -a "$out/summary.txt"
         done
     done

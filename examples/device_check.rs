@@ -47,7 +47,7 @@ fn loss_and_grad_norm(
     let y = Tensor::from_vec(vec![1u32, 3, 5, 7], n, device)?;
     let logits = built.model.forward(&x, true, &mut Rng::new(0))?;
     let loss = sweep::train::cross_entropy(&logits, &y, 0.0)?;
-    let grads = loss.backward()?;
+    let grads = loss.backward_freeing_graph()?;
     let mut sq = 0f64;
     let mut norms = Vec::new();
     for (name, var) in &built.trainable {

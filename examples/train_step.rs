@@ -17,6 +17,12 @@
 //! marks over the steps after the first (in use: what PyTorch's
 //! `max_memory_allocated` counts; reserved: its `max_memory_reserved`), and
 //! the cuDNN convolution workspace with each shape's algorithms.
+//!
+//! The backward pass frees the graph as it goes (`backward_freeing_graph`, as
+//! the trainer runs it); `KEEP_GRAPH=1` runs candle's `backward()`, which keeps
+//! every activation until the loss is dropped, to compare. `heap_mib_last_step`
+//! is the process heap (the CPU's tensors) in the last step: in use after the
+//! forward pass, at most during the backward pass, and after it.
 
 use candle_core::Tensor;
 use sweep::train::models::ModelSpec;
@@ -33,6 +39,56 @@ fn workspace() -> (f64, Vec<String>) {
     #[cfg(not(feature = "cudnn"))]
     (0.0, Vec::new())
 }
+
+/// The heap's bytes in use and their high-water mark (the CPU's tensors live
+/// there): where in a step the memory peaks, which peak RSS cannot say.
+mod heap {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+    static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+    /// The system allocator, counting.
+    pub struct Counting;
+
+    #[allow(unsafe_code)]
+    // SAFETY: every call is passed on to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract, passed on.
+            let p = unsafe { System.alloc(layout) };
+            if !p.is_null() {
+                let now = LIVE.fetch_add(layout.size(), Relaxed) + layout.size();
+                HIGH.fetch_max(now, Relaxed);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            LIVE.fetch_sub(layout.size(), Relaxed);
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    /// MiB in use now.
+    pub fn live() -> f64 {
+        LIVE.load(Relaxed) as f64 / (1u64 << 20) as f64
+    }
+
+    /// The most MiB in use since the last reset; resets the mark to now's.
+    pub fn high(reset: bool) -> f64 {
+        let v = HIGH.load(Relaxed) as f64 / (1u64 << 20) as f64;
+        if reset {
+            HIGH.store(LIVE.load(Relaxed), Relaxed);
+        }
+        v
+    }
+}
+
+#[global_allocator]
+static HEAP: heap::Counting = heap::Counting;
 
 #[allow(unsafe_code)]
 fn peak_rss_mib() -> f64 {
@@ -85,6 +141,8 @@ fn measure(args: &[String], device: &candle_core::Device, described: &str) -> an
     let device_after_build = device_mib();
     let pool = |reset: bool| sweep::train::device::gpu_pool_stats(device, reset);
     let mut phases = serde_json::Value::Null;
+    let mut heap_mib = serde_json::Value::Null;
+    let keep_graph = std::env::var("KEEP_GRAPH").is_ok_and(|v| v == "1");
     let mut rng = Rng::new(1);
     let mut times = Vec::new();
     // Seconds of each step in the forward pass (with the loss), the backward
@@ -109,11 +167,17 @@ fn measure(args: &[String], device: &candle_core::Device, described: &str) -> an
         device.synchronize()?;
         let forward = start.elapsed().as_secs_f64();
         let after_forward = pool(false);
-        let grads = loss.backward()?;
+        let heap_after_forward = heap::live();
+        heap::high(true);
+        // KEEP_GRAPH=1: candle's backward(), which keeps the graph until the loss is dropped
+        let grads = if keep_graph { loss.backward()? } else { loss.backward_freeing_graph()? };
         enqueue.push(start.elapsed().as_secs_f64() - forward);
         device.synchronize()?;
         let backward = start.elapsed().as_secs_f64();
         let after_backward = pool(false);
+        heap_mib = serde_json::json!({
+            "after_forward": heap_after_forward, "high_in_backward": heap::high(false), "after_backward": heap::live(),
+        });
         opt.step(&grads)?;
         drop(grads);
         loss.to_scalar::<f32>()?;
@@ -139,7 +203,7 @@ fn measure(args: &[String], device: &candle_core::Device, described: &str) -> an
         for _ in 0..steps {
             let logits = built.model.forward(&x, true, &mut rng)?;
             let loss = sweep::train::cross_entropy(&logits, &y, 0.0)?;
-            opt.step(&loss.backward()?)?;
+            opt.step(&loss.backward_freeing_graph()?)?;
             last = Some(loss.detach());
         }
         if let Some(l) = last {
@@ -166,7 +230,7 @@ fn measure(args: &[String], device: &candle_core::Device, described: &str) -> an
             "pipelined_step_seconds": pipelined,
             "impl": "sweep", "model": model, "batch": batch, "size": size, "device": described, "precision": precision,
             "trainable_parameters": built.trainable.iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
-            "peak_rss_mib": peak_rss_mib(), "rss_after_build_mib": after_build, "step_seconds": times,
+            "peak_rss_mib": peak_rss_mib(), "heap_mib_last_step": heap_mib, "graph": if keep_graph { "kept" } else { "freed" }, "rss_after_build_mib": after_build, "step_seconds": times,
             "forward_backward_optimizer_seconds": split, "backward_host_seconds": enqueue,
             "forward_host_seconds": forward_host,
             "gpu_memory": {

@@ -366,7 +366,7 @@ struct Timing {
     forward: f64,
     /// Reading the loss and accuracy back (`to_scalar`).
     metrics: f64,
-    /// `loss.backward()`.
+    /// `loss.backward_freeing_graph()`.
     backward: f64,
     /// Optimizer step.
     optimizer: f64,
@@ -465,7 +465,7 @@ impl Step<'_> {
         if matches!(end, StepEnd::NotFinite(_)) {
             return Ok(end);
         }
-        let grads = loss.backward()?;
+        let grads = loss.backward_freeing_graph()?;
         let t4 = Instant::now();
         opt.step(&grads)?;
         timing.backward += (t4 - t3).as_secs_f64();

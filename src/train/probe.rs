@@ -166,7 +166,7 @@ impl Bench {
     fn train_step(&mut self, (x, y): &(Tensor, Tensor)) -> Result<Queued, TrainError> {
         let logits = self.built.model.forward(x, true, &mut self.rng)?;
         let loss = cross_entropy(&logits, y, 0.0)?;
-        let grads = loss.backward()?;
+        let grads = loss.backward_freeing_graph()?;
         self.opt.step(&grads)?;
         Ok(Queued(loss.detach()))
     }

@@ -43,10 +43,29 @@ fn gradients_through_views_are_summed_into_their_own_tensor() {
 }
 
 /// The identity, with a backward pass that can record whether the gradient
-/// reaching it is contiguous, or hand its input a channels-last view of it.
+/// reaching it is contiguous, or hand its input a channels-last view of it,
+/// and can write its backward pass and its drop (when the graph lets go of
+/// the op) to a shared log under a name.
 struct Identity {
     seen: Option<std::sync::Arc<std::sync::Mutex<Option<bool>>>>,
     channels_last_grad: bool,
+    log: Option<(&'static str, Log)>,
+}
+
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+impl Identity {
+    fn plain() -> Self {
+        Self { seen: None, channels_last_grad: false, log: None }
+    }
+}
+
+impl Drop for Identity {
+    fn drop(&mut self) {
+        if let Some((name, log)) = &self.log {
+            log.lock().unwrap().push(format!("drop {name}"));
+        }
+    }
 }
 
 impl candle_core::CustomOp1 for Identity {
@@ -64,6 +83,9 @@ impl candle_core::CustomOp1 for Identity {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if let Some((name, log)) = &self.log {
+            log.lock().unwrap().push(format!("backward {name}"));
+        }
         if let Some(seen) = &self.seen {
             *seen.lock().unwrap() = Some(grad.is_contiguous());
         }
@@ -83,14 +105,14 @@ fn gradients_through_channels_last_views_are_right_and_reach_ops_contiguous() {
     // (as the CUDA channels-last ops return it).
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
     let nhwc = x.as_tensor().reshape((1, 2, 3, 4)).unwrap();
-    let r = nhwc.apply_op1(Identity { seen: Some(seen.clone()), channels_last_grad: false }).unwrap();
+    let r = nhwc.apply_op1(Identity { seen: Some(seen.clone()), channels_last_grad: false, log: None }).unwrap();
     let v = r.permute((0, 3, 1, 2)).unwrap();
     assert!(!v.is_contiguous());
     // Two consumers take v channels-last again (a contiguous view each): v gets two
     // gradients, permuted views, kept as they are and summed in that layout; r's op
     // gets their sum viewed back, contiguous.
-    let a = v.permute((0, 2, 3, 1)).unwrap().apply_op1(Identity { seen: None, channels_last_grad: false }).unwrap();
-    let b = v.permute((0, 2, 3, 1)).unwrap().apply_op1(Identity { seen: None, channels_last_grad: false }).unwrap();
+    let a = v.permute((0, 2, 3, 1)).unwrap().apply_op1(Identity::plain()).unwrap();
+    let b = v.permute((0, 2, 3, 1)).unwrap().apply_op1(Identity::plain()).unwrap();
     // and a third reads v as NCHW through an op with a backward of its own (a sum over
     // channels), so a view and a contiguous gradient meet in one sum
     let c = v.sum_keepdim(1).unwrap();
@@ -144,4 +166,73 @@ fn a_matmul_gives_gradients_only_to_operands_that_track_one() {
     // dL/da = 1 · bᵀ (row sums of b), dL/db = aᵀ · 1 (column sums of a)
     assert_eq!(values(grads.get(a.as_tensor()).unwrap()), [11., 15., 11., 15.]);
     assert_eq!(values(grads.get(b.as_tensor()).unwrap()), [4., 4., 6., 6.]);
+}
+
+#[test]
+fn backward_freeing_graph_drops_each_op_once_its_backward_has_run() {
+    let dev = Device::Cpu;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let x = Var::new(&[1f32, 2., 3.], &dev).unwrap();
+    let op = |name| Identity { seen: None, channels_last_grad: false, log: Some((name, log.clone())) };
+    // y = B(A(x)), loss = sum(y²); every tensor of the graph is still held here.
+    let h = x.as_tensor().apply_op1(op("a")).unwrap();
+    let y = h.apply_op1(op("b")).unwrap();
+    let loss = y.sqr().unwrap().sum_all().unwrap();
+
+    // backward() keeps the graph: no op is dropped, and it can be walked again.
+    let kept = loss.backward().unwrap();
+    assert_eq!(*log.lock().unwrap(), ["backward b", "backward a"]);
+    let again = loss.backward().unwrap();
+    let gx = values(kept.get(x.as_tensor()).unwrap());
+    // y = x, dL/dx = 2x
+    assert_eq!(gx, [2., 4., 6.]);
+    assert_eq!(values(again.get(x.as_tensor()).unwrap()), gx);
+    log.lock().unwrap().clear();
+
+    // backward_freeing_graph(): the same gradients, and each op is let go of
+    // as soon as its own backward has run (B's before A's backward starts),
+    // though h, y and loss are still alive.
+    let freed = loss.backward_freeing_graph().unwrap();
+    assert_eq!(values(freed.get(x.as_tensor()).unwrap()), gx);
+    assert_eq!(*log.lock().unwrap(), ["backward b", "drop b", "backward a", "drop a"]);
+    // The tensors keep their values.
+    assert_eq!(values(&y), [1., 2., 3.]);
+    assert_eq!(values(&h), [1., 2., 3.]);
+
+    // A second backward through the freed graph, or through a new op over a
+    // tensor of it, is an error (as PyTorch's), not a gradient that stops there.
+    for t in [loss.clone(), (&h * 3.0).unwrap().sum_all().unwrap()] {
+        let e = t.backward().unwrap_err().to_string();
+        assert!(e.contains("backward through a graph that an earlier backward_freeing_graph freed"), "{e}");
+    }
+    // A new graph from the leaves is not affected.
+    let fresh = x.as_tensor().sqr().unwrap().sum_all().unwrap().backward_freeing_graph().unwrap();
+    assert_eq!(values(fresh.get(x.as_tensor()).unwrap()), [2., 4., 6.]);
+}
+
+#[test]
+fn a_models_gradients_are_the_same_whether_the_graph_is_freed_or_kept() {
+    use sweep::train::models::ModelSpec;
+    let dev = Device::Cpu;
+    // A residual network with BatchNorm, max-pool, the fused ReLUs and a head:
+    // the CPU's own custom ops, each freed as the pass goes.
+    let built = ModelSpec::plain("resnet18").unwrap().build_with(10, &dev, 0, candle_core::DType::F32).unwrap();
+    let x = Tensor::randn(0f32, 1f32, (2, 3, 32, 32), &dev).unwrap();
+    let y = Tensor::new(&[3u32, 7], &dev).unwrap();
+    let grads = |free: bool| {
+        let mut rng = sweep::train::rng::Rng::new(1);
+        let logits = built.model.forward(&x, true, &mut rng).unwrap();
+        let loss = sweep::train::cross_entropy(&logits, &y, 0.0).unwrap();
+        let g = if free { loss.backward_freeing_graph() } else { loss.backward() }.unwrap();
+        built
+            .trainable
+            .iter()
+            .map(|(name, v)| (name.clone(), values(g.get(v.as_tensor()).unwrap())))
+            .collect::<Vec<_>>()
+    };
+    let (kept, freed) = (grads(false), grads(true));
+    assert_eq!(kept.len(), built.trainable.len());
+    for ((name, a), (_, b)) in kept.iter().zip(&freed) {
+        assert_eq!(a, b, "{name}");
+    }
 }

@@ -32,14 +32,25 @@ impl Tensor {
     /// elements having dependencies on the latter ones, e.g. the first element if any is the
     /// argument.
     /// This assumes that the op graph is a DAG.
-    pub fn sorted_nodes(&self) -> Vec<&Tensor> {
+    ///
+    /// sweep: the nodes are owned (reference counted) so that
+    /// `backward_freeing_graph` can free each op as it goes.
+    pub fn sorted_nodes(&self) -> Vec<Tensor> {
+        self.sorted_nodes_checked().0
+    }
+
+    /// The sorted nodes and a tensor, if any, whose op an earlier backward
+    /// pass freed (`backward_freeing_graph`): the graph no longer reaches
+    /// past it.
+    fn sorted_nodes_checked(&self) -> (Vec<Tensor>, Option<TensorId>) {
         // The vec of sorted nodes is passed as an owned value rather than a mutable reference
         // to get around some lifetime limitations.
-        fn walk<'a>(
-            node: &'a Tensor,
-            nodes: Vec<&'a Tensor>,
+        fn walk(
+            node: &Tensor,
+            nodes: Vec<Tensor>,
             already_seen: &mut HashMap<TensorId, bool>,
-        ) -> (bool, Vec<&'a Tensor>) {
+            freed: &mut Option<TensorId>,
+        ) -> (bool, Vec<Tensor>) {
             if let Some(&tg) = already_seen.get(&node.id()) {
                 return (tg, nodes);
             }
@@ -51,17 +62,18 @@ impl Tensor {
             } else if node.dtype().is_int() {
                 nodes
             } else if let Some(op) = node.op() {
+                let op = &op;
                 match op {
                     Op::IndexAdd(t1, t2, t3, _)
                     | Op::Scatter(t1, t2, t3, _)
                     | Op::ScatterAdd(t1, t2, t3, _)
                     | Op::CustomOp3(t1, t2, t3, _)
                     | Op::WhereCond(t1, t2, t3) => {
-                        let (tg, nodes) = walk(t1, nodes, already_seen);
+                        let (tg, nodes) = walk(t1, nodes, already_seen, freed);
                         track_grad |= tg;
-                        let (tg, nodes) = walk(t2, nodes, already_seen);
+                        let (tg, nodes) = walk(t2, nodes, already_seen, freed);
                         track_grad |= tg;
-                        let (tg, nodes) = walk(t3, nodes, already_seen);
+                        let (tg, nodes) = walk(t3, nodes, already_seen, freed);
                         track_grad |= tg;
                         nodes
                     }
@@ -91,14 +103,14 @@ impl Tensor {
                     | Op::IndexSelect(lhs, rhs, _)
                     | Op::Matmul(lhs, rhs)
                     | Op::SliceScatter0(lhs, rhs, _) => {
-                        let (tg, nodes) = walk(lhs, nodes, already_seen);
+                        let (tg, nodes) = walk(lhs, nodes, already_seen, freed);
                         track_grad |= tg;
-                        let (tg, nodes) = walk(rhs, nodes, already_seen);
+                        let (tg, nodes) = walk(rhs, nodes, already_seen, freed);
                         track_grad |= tg;
                         nodes
                     }
                     Op::Cat(args, _) => args.iter().fold(nodes, |nodes, arg| {
-                        let (tg, nodes) = walk(arg, nodes, already_seen);
+                        let (tg, nodes) = walk(arg, nodes, already_seen, freed);
                         track_grad |= tg;
                         nodes
                     }),
@@ -106,7 +118,7 @@ impl Tensor {
                         if *mul == 0. {
                             nodes
                         } else {
-                            let (tg, nodes) = walk(arg, nodes, already_seen);
+                            let (tg, nodes) = walk(arg, nodes, already_seen, freed);
                             track_grad |= tg;
                             nodes
                         }
@@ -133,13 +145,13 @@ impl Tensor {
                     | Op::Elu(node, _)
                     | Op::Powf(node, _)
                     | Op::CustomOp1(node, _) => {
-                        let (tg, nodes) = walk(node, nodes, already_seen);
+                        let (tg, nodes) = walk(node, nodes, already_seen, freed);
                         track_grad |= tg;
                         nodes
                     }
                     Op::ToDType(node) => {
                         if node.dtype().is_float() {
-                            let (tg, nodes) = walk(node, nodes, already_seen);
+                            let (tg, nodes) = walk(node, nodes, already_seen, freed);
                             track_grad |= tg;
                             nodes
                         } else {
@@ -149,27 +161,58 @@ impl Tensor {
                     Op::Reduce(_, ReduceOp::ArgMin | ReduceOp::ArgMax, _) => nodes,
                 }
             } else {
+                if node.op_freed() {
+                    freed.get_or_insert(node.id());
+                }
                 nodes
             };
             already_seen.insert(node.id(), track_grad);
             if track_grad {
-                nodes.push(node);
+                nodes.push(node.clone());
             }
             (track_grad, nodes)
         }
-        let (_tg, mut nodes) = walk(self, vec![], &mut HashMap::new());
+        let mut freed = None;
+        let (_tg, mut nodes) = walk(self, vec![], &mut HashMap::new(), &mut freed);
         nodes.reverse();
-        nodes
+        (nodes, freed)
     }
 
+    /// The gradients of this scalar with respect to every variable it
+    /// depends on. The graph is kept: it can be walked again.
     pub fn backward(&self) -> Result<GradStore> {
-        let sorted_nodes = self.sorted_nodes();
+        self.backward_impl(false)
+    }
+
+    /// As [`Tensor::backward`], but each op of the graph is dropped as soon as
+    /// its own backward has run, as PyTorch's `backward()` frees its graph
+    /// (`retain_graph=False`): an activation is freed once every op that
+    /// read it has had its backward, so the pass holds less memory as it
+    /// goes instead of keeping the whole forward pass until the end. The
+    /// tensors themselves stay valid; a second backward through the freed
+    /// graph is an error.
+    pub fn backward_freeing_graph(&self) -> Result<GradStore> {
+        self.backward_impl(true)
+    }
+
+    fn backward_impl(&self, free: bool) -> Result<GradStore> {
+        let (sorted_nodes, freed) = self.sorted_nodes_checked();
+        if let Some(id) = freed {
+            crate::bail!(
+                "backward through a graph that an earlier backward_freeing_graph freed (tensor {id:?}); \
+                 compute the forward pass again"
+            )
+        }
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
-        for node in sorted_nodes.iter() {
+        // By value: each node is dropped once handled, and with `free` its op
+        // (the tensors it kept for the backward pass) with it.
+        for node in sorted_nodes {
+            let node = &node;
             if node.is_variable() {
                 continue;
             }
+            let op = if free { node.take_op() } else { node.op() };
             let grad = grads
                 .remove(node)
                 .expect("candle internal error - grad not populated");
@@ -183,12 +226,12 @@ impl Tensor {
             // sweep: a stored gradient may be a view (`GradStore::accumulate`); a
             // permutation's backward only re-views it, every other op's gets it
             // contiguous, as upstream's store always held it.
-            let grad = match node.op() {
+            let grad = match &op {
                 Some(Op::Permute(..) | Op::Transpose(..)) => grad,
                 _ if grad.is_contiguous() => grad,
                 _ => grad.contiguous()?,
             };
-            if let Some(op) = node.op() {
+            if let Some(op) = &op {
                 match op {
                     Op::Binary(lhs, rhs, BinaryOp::Add) => {
                         grads.accumulate(lhs, &grad)?;
@@ -554,7 +597,7 @@ impl Tensor {
                         *sum_grad = sum_grad.add(&(&grad * abs_grad)?)?
                     }
                     Op::Unary(arg, UnaryOp::Exp) => {
-                        grads.accumulate(arg, &(&grad * *node)?)?;
+                        grads.accumulate(arg, &(&grad * node)?)?;
                     }
                     Op::Unary(arg, UnaryOp::Neg) => {
                         let sum_grad = grads.or_insert(arg)?;
@@ -636,7 +679,7 @@ impl Tensor {
                         let sum_grad = grads.or_insert(arg)?;
                         // d/dx silu = sigmoid(x) * (1 + x * (1 - sigmoid(x))) = sigmoid(x) * (1 - node) + node
                         let sigmoid_arg = (arg.neg()?.exp()? + 1.)?.recip()?;
-                        let silu_grad = &sigmoid_arg * (1. - *node) + *node;
+                        let silu_grad = &sigmoid_arg * (1. - node) + node;
                         *sum_grad = sum_grad.add(&(&grad * silu_grad)?)?
                     }
                     Op::Elu(arg, alpha) => {
@@ -646,7 +689,7 @@ impl Tensor {
                         let positive_mask = arg.gt(&zeros)?.to_dtype(arg.dtype())?;
                         let negative_mask = arg.le(&zeros)?.to_dtype(arg.dtype())?;
                         // node == alpha * (e^x - 1) for x <= 0, reuse it
-                        let negative_exp_mask = (negative_mask * (*node + *alpha))?;
+                        let negative_exp_mask = (negative_mask * (node + *alpha))?;
                         let combined_mask = (positive_mask + negative_exp_mask)?;
                         *sum_grad = sum_grad.add(&(grad * combined_mask)?)?
                     }

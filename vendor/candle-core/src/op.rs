@@ -1089,12 +1089,37 @@ impl UnaryOpT for Relu {
 
 /// `BackpropOp` is a wrapper around `Option<Op>`. The main goal is to ensure that dependencies are
 /// properly checked when creating a new value
-#[derive(Clone)]
-pub struct BackpropOp(Option<Op>);
+///
+/// sweep: the op sits behind a lock so that `Tensor::backward_freeing_graph`
+/// can drop it once its backward has run (PyTorch's `retain_graph=False`): the
+/// tensors it held for the backward pass are freed as the pass goes, not when
+/// the whole graph is dropped. `tracked` keeps what the op was: a freed op
+/// still counts as tracked, so that a later backward through it is an error
+/// instead of a gradient that silently stops there.
+pub struct BackpropOp {
+    tracked: bool,
+    op: std::sync::Mutex<Option<Op>>,
+}
+
+impl Clone for BackpropOp {
+    fn clone(&self) -> Self {
+        Self {
+            tracked: self.tracked,
+            op: std::sync::Mutex::new(self.get()),
+        }
+    }
+}
 
 impl BackpropOp {
+    fn of(op: Option<Op>) -> Self {
+        Self {
+            tracked: op.is_some(),
+            op: std::sync::Mutex::new(op),
+        }
+    }
+
     pub fn none() -> Self {
-        BackpropOp(None)
+        Self::of(None)
     }
 
     pub(crate) fn new1(arg: &Tensor, f: impl Fn(Tensor) -> Op) -> Self {
@@ -1103,7 +1128,7 @@ impl BackpropOp {
         } else {
             None
         };
-        Self(op)
+        Self::of(op)
     }
 
     pub(crate) fn new2(arg1: &Tensor, arg2: &Tensor, f: impl Fn(Tensor, Tensor) -> Op) -> Self {
@@ -1112,7 +1137,7 @@ impl BackpropOp {
         } else {
             None
         };
-        Self(op)
+        Self::of(op)
     }
 
     pub(crate) fn new3(
@@ -1126,7 +1151,7 @@ impl BackpropOp {
         } else {
             None
         };
-        Self(op)
+        Self::of(op)
     }
 
     pub(crate) fn new<A: AsRef<Tensor>>(args: &[A], f: impl Fn(Vec<Tensor>) -> Op) -> Self {
@@ -1136,18 +1161,40 @@ impl BackpropOp {
         } else {
             None
         };
-        Self(op)
+        Self::of(op)
     }
 
+    /// No op was recorded (a freed one was).
     pub(crate) fn is_none(&self) -> bool {
-        self.0.is_none()
+        !self.tracked
     }
-}
 
-impl std::ops::Deref for BackpropOp {
-    type Target = Option<Op>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
+    /// An op was recorded, whether or not a backward pass has freed it since.
+    pub(crate) fn is_some(&self) -> bool {
+        self.tracked
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Op>> {
+        // The lock only guards a take or a clone: a poisoned one still holds a whole value.
+        self.op
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The recorded op (a clone: its tensors are reference counted), None if
+    /// none was recorded or a backward pass freed it.
+    pub(crate) fn get(&self) -> Option<Op> {
+        self.lock().clone()
+    }
+
+    /// Takes the recorded op out, freeing what it held once the caller drops it.
+    pub(crate) fn take(&self) -> Option<Op> {
+        self.lock().take()
+    }
+
+    /// An op was recorded and a backward pass has freed it.
+    pub(crate) fn is_freed(&self) -> bool {
+        self.tracked && self.lock().is_none()
     }
 }
 

@@ -2108,8 +2108,20 @@ impl Tensor {
         self.is_variable
     }
 
-    pub(crate) fn op(&self) -> &Option<Op> {
-        &self.op
+    /// The op that made this tensor (a clone), None for a leaf, a detached
+    /// tensor, or one whose op a backward pass freed.
+    pub(crate) fn op(&self) -> Option<Op> {
+        self.op.get()
+    }
+
+    /// Takes the op that made this tensor out of it (`backward_freeing_graph`).
+    pub(crate) fn take_op(&self) -> Option<Op> {
+        self.op.take()
+    }
+
+    /// This tensor was made by a tracked op that a backward pass has freed.
+    pub(crate) fn op_freed(&self) -> bool {
+        self.op.is_freed()
     }
 
     /// Computes the max of all the elements in this tensor and returns a tensor holding this
