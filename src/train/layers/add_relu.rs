@@ -31,22 +31,26 @@ impl CustomOp2 for AddRelu {
     /// Both inputs get the incoming gradient where the output is positive
     /// (PyTorch's ReLU backward), computed once.
     fn bwd(&self, a: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = with_cpu_f32(&res.detach(), |out| {
-            with_cpu_f32(&grad.detach(), |dy| {
-                let mut g = vec![0f32; dy.len()];
-                g.par_chunks_mut(GRAIN).zip(dy.par_chunks(GRAIN)).zip(out.par_chunks(GRAIN)).for_each(
-                    |((g, dy), out)| {
-                        for ((g, &d), &o) in g.iter_mut().zip(dy).zip(out) {
-                            *g = if o > 0.0 { d } else { 0.0 };
-                        }
-                    },
-                );
-                g
-            })
-        })??;
-        let g = Tensor::from_vec(g, res.shape(), res.device())?;
+        let g = relu_grad(res, grad)?;
         Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
     }
+}
+
+/// The gradient through a ReLU on the CPU (f32): `grad` where the ReLU's
+/// output `out` is positive, else 0 (PyTorch's ReLU backward).
+pub(super) fn relu_grad(out: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    let g = with_cpu_f32(&out.detach(), |out| {
+        with_cpu_f32(&grad.detach(), |dy| {
+            let mut g = vec![0f32; dy.len()];
+            g.par_chunks_mut(GRAIN).zip(dy.par_chunks(GRAIN)).zip(out.par_chunks(GRAIN)).for_each(|((g, dy), out)| {
+                for ((g, &d), &o) in g.iter_mut().zip(dy).zip(out) {
+                    *g = if o > 0.0 { d } else { 0.0 };
+                }
+            });
+            g
+        })
+    })??;
+    Tensor::from_vec(g, out.shape(), out.device())
 }
 
 /// `relu(a + b)` for tensors of one shape: on the CPU (f32), and on CUDA

@@ -191,15 +191,26 @@ fn group_stats<const HW: usize>(
 }
 
 /// Consecutive planes of `x` normalised into `o`, each with its channel's
-/// (scale, shift), then (`relu`) clamped at zero.
+/// (scale, shift), then (`relu`) clamped at zero; with a residual `r` (the
+/// same planes of it), `max(0, x * scale + shift + r)`.
 fn normalize_planes<const HW: usize>(
     o: &mut [MaybeUninit<f32>],
     x: &[f32],
+    r: Option<&[f32]>,
     scales: &[(f32, f32)],
     hw: usize,
     relu: bool,
 ) {
     let len = plane_len::<HW>(hw);
+    if let Some(r) = r {
+        let planes = o.chunks_exact_mut(len).zip(x.chunks_exact(len)).zip(r.chunks_exact(len)).zip(scales);
+        for (((o, x), r), &(scale, shift)) in planes {
+            for ((o, &x), &r) in o.iter_mut().zip(x).zip(r) {
+                o.write((x * scale + shift + r).max(0.0));
+            }
+        }
+        return;
+    }
     let planes = o.chunks_exact_mut(len).zip(x.chunks_exact(len)).zip(scales);
     if relu {
         for ((o, x), &(scale, shift)) in planes {
@@ -307,11 +318,20 @@ fn planes_dx<const HW: usize>(
 /// (running statistics). With `relu` the output is `max(0, ·)` and the
 /// incoming gradient is kept only where the output is positive (PyTorch's
 /// ReLU backward).
+///
+/// With `residual` the op's inputs are (x, [weight, bias], r) and its output
+/// `max(0, · + r)` (the end of a ResNet block; `relu` is then unused): the
+/// normalised values are never a tensor of their own, so candle's graph does
+/// not keep them for the backward pass, as it did as the input of a separate
+/// `relu(a + b)` (a tensor of the block's output size per block). Its
+/// backward pass masks the gradient once (the residual's gradient) and takes
+/// BatchNorm's backward of that.
 struct BatchNormOp {
     mean: Vec<f32>,
     invstd: Vec<f32>,
     batch_stats: bool,
     relu: bool,
+    residual: bool,
     /// Planes of fewer pixels than this go image by image ([`SMALL_PLANE`]).
     by_image_below: usize,
 }
@@ -340,10 +360,70 @@ impl candle_core::CustomOp3 for BatchNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let (n, c, hw) = self.dims(l1)?;
         let x = cpu_f32(s1, l1, "batch_norm")?;
-        let (w, b) = (cpu_f32(s2, l2, "batch_norm")?, cpu_f32(s3, l3, "batch_norm")?);
+        let (a, b) = (cpu_f32(s2, l2, "batch_norm")?, cpu_f32(s3, l3, "batch_norm")?);
+        let out = if self.residual {
+            // (x, [weight, bias], residual)
+            if l3.shape() != l1.shape() || a.len() != 2 * c {
+                candle_core::bail!(
+                    "batch_norm: x {:?}, weight and bias {:?}, residual {:?}",
+                    l1.dims(),
+                    l2.dims(),
+                    l3.dims()
+                );
+            }
+            self.forward(x, Some(b), &a[..c], &a[c..], (n, c, hw))
+        } else {
+            self.forward(x, None, a, b, (n, c, hw))
+        };
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, wd) = x.dims4()?;
+        let wv = w.detach().to_vec1::<f32>()?;
+        let (x, grad) = (x.detach(), grad.detach());
+        let dims = (n, c, h, wd);
+        if self.residual {
+            // (x, [weight, bias], residual): the masked gradient is the residual's
+            // and what BatchNorm's backward takes.
+            let g = super::add_relu::relu_grad(res, &grad)?;
+            let (dx, dw, db) =
+                with_cpu_f32(&x, |xs| with_cpu_f32(&g, |dy| self.backward(xs, dy, dy, &wv[..c], dims, x.device())))???;
+            let dwb = match (dw, db) {
+                (Some(dw), Some(db)) => Some(Tensor::cat(&[dw, db], 0)?),
+                _ => None,
+            };
+            return Ok((dx, dwb, b.track_op().then_some(g)));
+        }
+        // Without the ReLU the output is never read (any slice of its length will do).
+        let out = if self.relu { res.detach() } else { grad.clone() };
+        with_cpu_f32(&x, |xs| {
+            with_cpu_f32(&grad, |dy| with_cpu_f32(&out, |out| self.backward(xs, dy, out, &wv, dims, x.device())))
+        })???
+    }
+}
+
+impl BatchNormOp {
+    /// The output of `x` (N, C, H*W) with weight `w` and bias `b`, plus the
+    /// residual `r` and the ReLU where one is given.
+    fn forward(
+        &self,
+        x: &[f32],
+        r: Option<&[f32]>,
+        w: &[f32],
+        b: &[f32],
+        (n, c, hw): (usize, usize, usize),
+    ) -> Vec<f32> {
+        use rayon::prelude::*;
         let scales: Vec<(f32, f32)> = (0..c)
             .map(|ch| {
                 let scale = self.invstd[ch] * w[ch];
@@ -358,36 +438,17 @@ impl candle_core::CustomOp3 for BatchNormOp {
                 // The task's planes start at channel `first` and go on in order.
                 let first = t * planes_per_task % c.max(1);
                 let scales = &scales[first..][..planes_per_task];
-                by_plane_size!(hw, normalize_planes(o, x, scales, hw, self.relu));
+                let r = r.map(|r| &r[t * len..][..o.len()]);
+                by_plane_size!(hw, normalize_planes(o, x, r, scales, hw, self.relu));
             });
         };
         // SAFETY: `fill` writes every element: each plane of `hw` floats, one per input float.
         #[allow(unsafe_code)]
-        let out = unsafe { super::written(n * c * hw, fill) };
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        unsafe {
+            super::written(n * c * hw, fill)
+        }
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c, h, wd) = x.dims4()?;
-        let wv = w.detach().to_vec1::<f32>()?;
-        let (x, grad) = (x.detach(), grad.detach());
-        let dims = (n, c, h, wd);
-        // Without the ReLU the output is never read (any slice of its length will do).
-        let out = if self.relu { res.detach() } else { grad.clone() };
-        with_cpu_f32(&x, |xs| {
-            with_cpu_f32(&grad, |dy| with_cpu_f32(&out, |out| self.backward(xs, dy, out, &wv, dims, x.device())))
-        })???
-    }
-}
-
-impl BatchNormOp {
     /// Gradients with respect to x, weight and bias, given x, dy and (with the
     /// ReLU) the output, all NCHW, and the weight. The ReLU's backward (dy where
     /// the output is positive) is applied as each element is read.
@@ -496,8 +557,35 @@ pub fn batch_norm_cpu(
     batch_stats: bool,
     relu: bool,
 ) -> Result<Tensor> {
-    let op = BatchNormOp { mean, invstd: invstd(var, eps), batch_stats, relu, by_image_below: SMALL_PLANE };
+    let op =
+        BatchNormOp { mean, invstd: invstd(var, eps), batch_stats, relu, residual: false, by_image_below: SMALL_PLANE };
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// `max(0, batch_norm(x) + residual)` on the CPU (f32) as one op: as
+/// [`batch_norm_cpu`] followed by `add_relu`, the same values and gradients,
+/// without keeping the normalised values for the backward pass.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_add_relu_cpu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    residual: &Tensor,
+    mean: Vec<f32>,
+    var: &[f32],
+    eps: f64,
+    batch_stats: bool,
+) -> Result<Tensor> {
+    let op = BatchNormOp {
+        mean,
+        invstd: invstd(var, eps),
+        batch_stats,
+        relu: false,
+        residual: true,
+        by_image_below: SMALL_PLANE,
+    };
+    let wb = Tensor::cat(&[weight.contiguous()?, bias.contiguous()?], 0)?;
+    x.contiguous()?.apply_op3(&wb, &residual.contiguous()?, op)
 }
 
 #[cfg(test)]
@@ -533,7 +621,8 @@ mod tests {
                 let wt = Var::from_vec(wv.clone(), c, &Device::Cpu).unwrap();
                 let b = Var::from_vec(bv.clone(), c, &Device::Cpu).unwrap();
                 let (mean, var): (Vec<f32>, Vec<f32>) = stats.iter().copied().unzip();
-                let op = BatchNormOp { mean, invstd: invstd(&var, 1e-5), batch_stats, relu: true, by_image_below };
+                let invstd = invstd(&var, 1e-5);
+                let op = BatchNormOp { mean, invstd, batch_stats, relu: true, residual: false, by_image_below };
                 let y = x.as_tensor().apply_op3(wt.as_tensor(), b.as_tensor(), op).unwrap();
                 let k = Tensor::arange(0f32, y.elem_count() as f32, &Device::Cpu).unwrap().reshape(dims).unwrap();
                 let g = y.mul(&k.sin().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
@@ -608,6 +697,54 @@ mod tests {
                     let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                     assert!(a.len() == b.len() && worst < 1e-4, "{h}x{w}, relu {relu}: {what} differs by {worst}");
                 }
+            }
+        }
+    }
+
+    /// `max(0, bn(x) + r)` as one op gives the bits of BatchNorm then
+    /// `add_relu`: the output and the gradients of x, weight, bias and the
+    /// residual, with batch and running statistics, on small planes (image
+    /// by image) and large ones; a residual that tracks no gradient gets none.
+    #[test]
+    fn batch_norm_add_relu_gives_the_bits_of_batch_norm_then_add_relu() {
+        use candle_core::{Device, Var};
+        let dev = Device::Cpu;
+        let mut rng = crate::train::rng::Rng::new(21);
+        for dims in [(3, 5, 1, 1), (2, 4, 3, 3), (2, 3, 9, 11)] {
+            let (n, c, h, w) = dims;
+            let xs = crate::train::layers::randn(&mut rng, &[n, c, h, w]);
+            let rs = crate::train::layers::randn(&mut rng, &[n, c, h, w]);
+            let (wv, bv) = (crate::train::layers::randn(&mut rng, &[c]), crate::train::layers::randn(&mut rng, &[c]));
+            let k = Tensor::arange(0f32, xs.len() as f32, &dev).unwrap().reshape(dims).unwrap().sin().unwrap();
+            for (batch_stats, residual_tracks) in [(true, true), (false, true), (true, false)] {
+                let run = |fused: bool| {
+                    let x = Var::from_vec(xs.clone(), dims, &dev).unwrap();
+                    let wt = Var::from_vec(wv.clone(), c, &dev).unwrap();
+                    let b = Var::from_vec(bv.clone(), c, &dev).unwrap();
+                    let r = Var::from_vec(rs.clone(), dims, &dev).unwrap();
+                    let rt = if residual_tracks { r.as_tensor().clone() } else { r.as_tensor().detach() };
+                    let (mean, var) = if batch_stats {
+                        channel_stats(x.as_tensor()).unwrap()
+                    } else {
+                        ((0..c).map(|i| i as f32 * 0.1).collect(), (0..c).map(|i| 0.5 + i as f32).collect())
+                    };
+                    let (xt, wtt, bt) = (x.as_tensor(), wt.as_tensor(), b.as_tensor());
+                    let y = if fused {
+                        batch_norm_add_relu_cpu(xt, wtt, bt, &rt, mean, &var, 1e-5, batch_stats).unwrap()
+                    } else {
+                        let bn = batch_norm_cpu(xt, wtt, bt, mean, &var, 1e-5, batch_stats, false).unwrap();
+                        crate::train::layers::add_relu(&bn, &rt).unwrap()
+                    };
+                    let g = y.mul(&k).unwrap().sum_all().unwrap().backward().unwrap();
+                    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let gr = g.get(r.as_tensor()).map(flat);
+                    (flat(&y), flat(g.get(&x).unwrap()), flat(g.get(&wt).unwrap()), flat(g.get(&b).unwrap()), gr)
+                };
+                let (fused, reference) = (run(true), run(false));
+                let case = format!("{dims:?}, batch statistics {batch_stats}, residual tracks {residual_tracks}");
+                assert!(fused == reference, "{case}");
+                assert!(fused.0.contains(&0.0) && fused.0.iter().any(|v| *v > 0.0), "{case}");
+                assert_eq!(fused.4.is_some(), residual_tracks, "{case}");
             }
         }
     }

@@ -15,7 +15,8 @@
 //! * [`avg_pool2d`] (floor mode) and [`adaptive_avg_pool2d`] (VGG's 7x7).
 //! * [`batch_norm_cpu`]: BatchNorm's normalisation as one op with PyTorch's
 //!   closed-form backward, statistics accumulated in f64, optionally with the
-//!   ReLU that follows it in the same op.
+//!   ReLU that follows it in the same op; [`batch_norm_add_relu_cpu`] with a
+//!   ResNet block's residual sum and ReLU in the same op.
 //! * [`add_relu`]: a ResNet block's `relu(out + identity)` as one op, and
 //!   `bias_relu`: a VGG convolution's `relu(out + bias)`.
 //! * [`batch_norm_relu_max_pool2_cpu`]: BatchNorm, ReLU and a 2x2/2 max-pool as
@@ -72,7 +73,7 @@ mod winograd;
 mod winograd4;
 
 pub use add_relu::{add_relu, relu};
-pub use batch_norm::{batch_norm_cpu, channel_stats};
+pub use batch_norm::{batch_norm_add_relu_cpu, batch_norm_cpu, channel_stats};
 pub(crate) use bias_relu::bias_relu;
 #[cfg(feature = "cudnn")]
 pub use bn_cuda::{batch_norm_eval_cuda, batch_norm_train_cuda};

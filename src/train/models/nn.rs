@@ -300,8 +300,15 @@ impl BatchNorm {
             } else {
                 (self.running_mean.as_tensor().to_vec1::<f32>()?, self.running_var.as_tensor().to_vec1::<f32>()?)
             };
+            // The residual joins the op when it is like x and no bf16 rounding comes between.
+            let fused = then.residual.filter(|r| {
+                self.round.is_none() && r.dtype() == DType::F32 && r.device().is_cpu() && r.shape() == xs.shape()
+            });
             let y = if then.pool {
                 batch_norm_relu_max_pool2_cpu(xs, &self.weight, &self.bias, mean.clone(), &var, self.eps, batch_stats)?
+            } else if let Some(r) = fused {
+                let (w, b) = (&self.weight, &self.bias);
+                crate::train::layers::batch_norm_add_relu_cpu(xs, w, b, r, mean.clone(), &var, self.eps, batch_stats)?
             } else {
                 let relu = then.relu && then.residual.is_none();
                 batch_norm_cpu(xs, &self.weight, &self.bias, mean.clone(), &var, self.eps, batch_stats, relu)?
@@ -315,7 +322,7 @@ impl BatchNorm {
                 Some(dtype) => round_to(dtype, &y)?,
                 None => y,
             };
-            return Self::after(y, Then { relu: false, pool: false, residual: then.residual });
+            return Self::after(y, Then { relu: false, pool: false, residual: then.residual.xor(fused) });
         }
         // The residual joins the CUDA kernels when it is like x (else it is added after).
         #[cfg(feature = "cudnn")]
