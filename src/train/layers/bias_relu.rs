@@ -64,36 +64,49 @@ impl CustomOp2 for BiasRelu {
     /// (each plane summed, then the planes in image order: the same bits for
     /// any number of threads).
     fn bwd(&self, y: &Tensor, bias: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, c, plane) = planes(res.layout())?;
-        let (g, sums) = with_cpu_f32(&res.detach(), |out| {
-            with_cpu_f32(&grad.detach(), |dy| {
-                let mut g = vec![0f32; dy.len()];
-                let mut sums = vec![0f32; n * c];
-                let per = planes_per_task(plane);
-                g.par_chunks_mut(per * plane).zip(sums.par_chunks_mut(per)).enumerate().for_each(
-                    |(task, (g, sums))| {
-                        for (j, (g, sum)) in g.chunks_mut(plane).zip(sums).enumerate() {
-                            let at = (task * per + j) * plane;
-                            let (out, dy) = (&out[at..][..plane], &dy[at..][..plane]);
-                            let mut s = 0f32;
-                            for ((g, &d), &o) in g.iter_mut().zip(dy).zip(out) {
-                                *g = if o > 0.0 { d } else { 0.0 };
-                                s += *g;
-                            }
-                            *sum = s;
-                        }
-                    },
-                );
-                (g, sums)
-            })
-        })??;
-        let dbias = bias.track_op().then(|| {
-            let per_channel: Vec<f32> = (0..c).map(|ci| (0..n).map(|i| sums[i * c + ci]).sum()).collect();
-            Tensor::from_vec(per_channel, bias.shape(), bias.device())
-        });
-        let dy = y.track_op().then(|| Tensor::from_vec(g, res.shape(), res.device()));
-        Ok((dy.transpose()?, dbias.transpose()?))
+        let (dy, dbias) = gradients(res, grad, bias.track_op())?;
+        Ok((y.track_op().then_some(dy), dbias))
     }
+}
+
+/// The gradients of `relu(y + bias)` given its output `res` and the incoming
+/// `grad`: y's, the incoming gradient where the output is positive (PyTorch's
+/// ReLU backward), and (`want_bias`) the bias's, its sum over each channel's
+/// planes (each plane summed, then the planes in image order: the same bits
+/// for any number of threads).
+pub(super) fn gradients(res: &Tensor, grad: &Tensor, want_bias: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let (n, c, plane) = planes(res.layout())?;
+    let (g, sums) = with_cpu_f32(&res.detach(), |out| {
+        with_cpu_f32(&grad.detach(), |dy| {
+            let mut g = vec![0f32; dy.len()];
+            let mut sums = vec![0f32; n * c];
+            let per = planes_per_task(plane);
+            g.par_chunks_mut(per * plane).zip(sums.par_chunks_mut(per)).enumerate().for_each(|(task, (g, sums))| {
+                for (j, (g, sum)) in g.chunks_mut(plane).zip(sums).enumerate() {
+                    let at = (task * per + j) * plane;
+                    let (out, dy) = (&out[at..][..plane], &dy[at..][..plane]);
+                    let mut s = 0f32;
+                    for ((g, &d), &o) in g.iter_mut().zip(dy).zip(out) {
+                        *g = if o > 0.0 { d } else { 0.0 };
+                        s += *g;
+                    }
+                    *sum = s;
+                }
+            });
+            (g, sums)
+        })
+    })??;
+    let dbias = want_bias.then(|| {
+        let per_channel: Vec<f32> = (0..c).map(|ci| (0..n).map(|i| sums[i * c + ci]).sum()).collect();
+        Tensor::from_vec(per_channel, c, res.device())
+    });
+    Ok((Tensor::from_vec(g, res.shape(), res.device())?, dbias.transpose()?))
+}
+
+/// `out[p] = max(out[p] + bias[channel of p], 0)` in place, for (N, C, ...)
+/// values of channel planes of `plane` elements.
+pub(super) fn apply_in_place(out: &mut [f32], bias: &[f32], plane: usize) {
+    apply(out, None, bias, plane);
 }
 
 impl InplaceOp2 for BiasRelu {

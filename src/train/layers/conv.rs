@@ -24,7 +24,7 @@
 
 use super::gemm::{gemm, View};
 use super::{cpu_f32, with_cpu_f32};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -937,6 +937,72 @@ impl CustomOp2 for Conv2dOp {
     }
 }
 
+/// `relu(conv2d(x, w) + bias)` (a VGG convolution) as one op on the CPU: the
+/// bias and the ReLU are applied to the convolution's output in place, so
+/// candle's graph keeps no tensor of the convolution's own output for the
+/// backward pass (as the input of a separate `bias_relu` op it did: a tensor
+/// of each layer's output size). The backward pass masks the gradient once,
+/// sums it for the bias and takes the convolution's backward of it: the bits
+/// of the two ops.
+struct Conv2dBiasReluOp {
+    conv: Conv2dOp,
+}
+
+impl CustomOp3 for Conv2dBiasReluOp {
+    fn name(&self) -> &'static str {
+        "sweep-conv2d-bias-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, shape) = self.conv.cpu_fwd(s1, l1, s2, l2)?;
+        let (CpuStorage::F32(mut y), &[_, c, h, w]) = (y, shape.dims()) else {
+            candle_core::bail!("conv2d_bias_relu: f32 NCHW output expected")
+        };
+        let bias = cpu_f32(s3, l3, "conv2d_bias_relu")?;
+        if bias.len() != c {
+            candle_core::bail!("conv2d_bias_relu: {} biases for {c} output channels", bias.len());
+        }
+        super::bias_relu::apply_in_place(&mut y, bias, h * w);
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dy, dbias) = super::bias_relu::gradients(res, grad, bias.track_op())?;
+        let (dx, dw) = self.conv.bwd(x, w, res, &dy)?;
+        Ok((dx, dw, dbias))
+    }
+}
+
+/// `relu(conv2d(x, w) + bias)` as one op where the convolution is sweep's
+/// CPU op (f32 on the CPU) and a gradient is tracked; `None` elsewhere (the
+/// caller convolves, then adds the bias and the ReLU: in place where
+/// nothing is tracked).
+pub(crate) fn conv2d_bias_relu(x: &Tensor, w: &Tensor, bias: &Tensor, p: ConvParams) -> Result<Option<Tensor>> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    let tracked = [x, w, bias].iter().any(|t| t.track_op());
+    if !(tracked && f32_cpu(x) && f32_cpu(w) && f32_cpu(bias)) {
+        return Ok(None);
+    }
+    let conv =
+        Conv2dOp { p, keep_columns: w.track_op(), keep_kernels: x.track_op(), kept: std::sync::Mutex::new(None) };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, Conv2dBiasReluOp { conv }).map(Some)
+}
+
 /// 2-D convolution without bias, groups 1, dilation 1.
 ///
 /// On CPU with f32 this is the op described in the module doc; on CUDA with
@@ -1086,6 +1152,55 @@ mod tests {
     }
 
     /// Which convolutions run as one dense linear map.
+    /// `relu(conv2d(x, w) + bias)` as one op gives the bits of the
+    /// convolution then `bias_relu`: the output and the gradients of x, w and
+    /// the bias, on each of the CPU convolution's paths (direct 3x3,
+    /// Winograd, the batch across the lanes, dense, im2col); a bias that
+    /// tracks nothing gets none, and with nothing tracked there is no op.
+    #[test]
+    fn conv_bias_relu_gives_the_bits_of_conv_then_bias_relu() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(17);
+        let p3 = ConvParams { padding: 1, stride: 1 };
+        for ((n, c, h, w), (cout, k), p) in [
+            ((2, 3, 9, 9), (4, 3), p3),
+            ((2, 16, 28, 28), (16, 3), p3),
+            ((16, 8, 8, 8), (8, 3), p3),
+            ((2, 6, 1, 1), (5, 1), ConvParams { padding: 0, stride: 1 }),
+            ((2, 3, 20, 20), (4, 7), ConvParams { padding: 3, stride: 2 }),
+        ] {
+            let xs = randn(&mut rng, &[n, c, h, w]);
+            let ws = randn(&mut rng, &[cout, c, k, k]);
+            let bs = randn(&mut rng, &[cout]);
+            for bias_tracks in [true, false] {
+                let run = |fused: bool| {
+                    let x = Var::from_vec(xs.clone(), (n, c, h, w), &dev).unwrap();
+                    let wt = Var::from_vec(ws.clone(), (cout, c, k, k), &dev).unwrap();
+                    let b = Var::from_vec(bs.clone(), cout, &dev).unwrap();
+                    let bt = if bias_tracks { b.as_tensor().clone() } else { b.as_tensor().detach() };
+                    let y = if fused {
+                        conv2d_bias_relu(x.as_tensor(), wt.as_tensor(), &bt, p).unwrap().unwrap()
+                    } else {
+                        crate::train::layers::bias_relu(conv2d(x.as_tensor(), wt.as_tensor(), p).unwrap(), &bt).unwrap()
+                    };
+                    let k = Tensor::arange(0f32, y.elem_count() as f32, &dev).unwrap().reshape(y.shape()).unwrap();
+                    let g = y.mul(&k.sin().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    (flat(&y), flat(g.get(&x).unwrap()), flat(g.get(&wt).unwrap()), g.get(b.as_tensor()).map(flat))
+                };
+                let (fused, reference) = (run(true), run(false));
+                let case = format!("{n}x{c}x{h}x{w}, {cout} {k}x{k}, bias tracks {bias_tracks}");
+                assert!(fused == reference, "{case}");
+                assert!(fused.0.contains(&0.0) && fused.0.iter().any(|v| *v > 0.0), "{case}");
+                assert_eq!(fused.3.is_some(), bias_tracks, "{case}");
+            }
+        }
+        let untracked = Tensor::zeros((1, 1, 3, 3), candle_core::DType::F32, &dev).unwrap();
+        let w1 = Tensor::ones((1, 1, 1, 1), candle_core::DType::F32, &dev).unwrap();
+        let b1 = Tensor::ones(1, candle_core::DType::F32, &dev).unwrap();
+        assert!(conv2d_bias_relu(&untracked, &w1, &b1, ConvParams { padding: 0, stride: 1 }).unwrap().is_none());
+    }
+
     #[test]
     fn the_smallest_planes_are_dense_maps() {
         let dense = |hw: usize, k: usize, padding: usize, stride: usize| {

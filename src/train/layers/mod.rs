@@ -80,8 +80,8 @@ pub use bn_cuda::{batch_norm_eval_cuda, batch_norm_train_cuda};
 pub use bn_relu_pool::batch_norm_relu_max_pool2_cpu;
 #[cfg(feature = "cudnn")]
 pub(crate) use ce_cuda::{classifier_stats, cross_entropy as cross_entropy_cuda};
-pub(crate) use conv::conv2d_layer;
 pub use conv::{conv2d, ConvParams};
+pub(crate) use conv::{conv2d_bias_relu, conv2d_layer};
 #[cfg(feature = "cudnn")]
 pub use conv_cudnn::workspace_report;
 #[cfg(feature = "cudnn")]

@@ -199,8 +199,15 @@ impl Conv {
     }
 
     /// `relu(self.forward(xs))`, the bias and the ReLU one op on the CPU
-    /// (in place where no gradient is tracked).
+    /// (in place where no gradient is tracked), with the convolution where
+    /// one is (f32 on the CPU: no tensor of the convolution's own output is
+    /// kept for the backward pass).
     pub fn forward_relu(&self, xs: &Tensor) -> Result<Tensor> {
+        if let (Some(b), DType::F32) = (&self.bias, self.compute) {
+            if let Some(y) = crate::train::layers::conv2d_bias_relu(xs, &self.weight, b, self.params)? {
+                return Ok(y);
+            }
+        }
         let y = self.convolve(xs)?;
         match &self.bias {
             Some(b) => crate::train::layers::bias_relu(y, b),
