@@ -65,6 +65,30 @@ mod heap {
             p
         }
 
+        // alloc_zeroed and realloc are the system's own too (calloc's zero pages,
+        // realloc's moves in place), not the trait's alloc-and-fill/copy defaults,
+        // which would slow the step this example times.
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract, passed on.
+            let p = unsafe { System.alloc_zeroed(layout) };
+            if !p.is_null() {
+                let now = LIVE.fetch_add(layout.size(), Relaxed) + layout.size();
+                HIGH.fetch_max(now, Relaxed);
+            }
+            p
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: the caller's contract, passed on.
+            let p = unsafe { System.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                LIVE.fetch_sub(layout.size(), Relaxed);
+                let now = LIVE.fetch_add(new_size, Relaxed) + new_size;
+                HIGH.fetch_max(now, Relaxed);
+            }
+            p
+        }
+
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
             LIVE.fetch_sub(layout.size(), Relaxed);
             // SAFETY: the caller's contract, passed on.
