@@ -52,17 +52,21 @@ mod heap {
     /// The system allocator, counting.
     pub struct Counting;
 
+    /// Counts `size` more bytes in use where `p` was allocated; returns `p`.
+    fn counted(p: *mut u8, size: usize) -> *mut u8 {
+        if !p.is_null() {
+            let now = LIVE.fetch_add(size, Relaxed) + size;
+            HIGH.fetch_max(now, Relaxed);
+        }
+        p
+    }
+
     #[allow(unsafe_code)]
     // SAFETY: every call is passed on to the system allocator unchanged.
     unsafe impl GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             // SAFETY: the caller's contract, passed on.
-            let p = unsafe { System.alloc(layout) };
-            if !p.is_null() {
-                let now = LIVE.fetch_add(layout.size(), Relaxed) + layout.size();
-                HIGH.fetch_max(now, Relaxed);
-            }
-            p
+            counted(unsafe { System.alloc(layout) }, layout.size())
         }
 
         // alloc_zeroed and realloc are the system's own too (calloc's zero pages,
@@ -70,12 +74,7 @@ mod heap {
         // which would slow the step this example times.
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
             // SAFETY: the caller's contract, passed on.
-            let p = unsafe { System.alloc_zeroed(layout) };
-            if !p.is_null() {
-                let now = LIVE.fetch_add(layout.size(), Relaxed) + layout.size();
-                HIGH.fetch_max(now, Relaxed);
-            }
-            p
+            counted(unsafe { System.alloc_zeroed(layout) }, layout.size())
         }
 
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -83,10 +82,8 @@ mod heap {
             let p = unsafe { System.realloc(ptr, layout, new_size) };
             if !p.is_null() {
                 LIVE.fetch_sub(layout.size(), Relaxed);
-                let now = LIVE.fetch_add(new_size, Relaxed) + new_size;
-                HIGH.fetch_max(now, Relaxed);
             }
-            p
+            counted(p, new_size)
         }
 
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -337,6 +337,11 @@ struct BatchNormOp {
 }
 
 impl BatchNormOp {
+    /// The op with these statistics (the variance's invstd taken here).
+    fn new(mean: Vec<f32>, var: &[f32], eps: f64, batch_stats: bool, relu: bool, residual: bool) -> Self {
+        BatchNormOp { mean, invstd: invstd(var, eps), batch_stats, relu, residual, by_image_below: SMALL_PLANE }
+    }
+
     fn dims(&self, l: &Layout) -> Result<(usize, usize, usize)> {
         let (n, c, h, w) = l.shape().dims4()?;
         if c != self.mean.len() {
@@ -557,8 +562,7 @@ pub fn batch_norm_cpu(
     batch_stats: bool,
     relu: bool,
 ) -> Result<Tensor> {
-    let op =
-        BatchNormOp { mean, invstd: invstd(var, eps), batch_stats, relu, residual: false, by_image_below: SMALL_PLANE };
+    let op = BatchNormOp::new(mean, var, eps, batch_stats, relu, false);
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
@@ -576,14 +580,7 @@ pub fn batch_norm_add_relu_cpu(
     eps: f64,
     batch_stats: bool,
 ) -> Result<Tensor> {
-    let op = BatchNormOp {
-        mean,
-        invstd: invstd(var, eps),
-        batch_stats,
-        relu: false,
-        residual: true,
-        by_image_below: SMALL_PLANE,
-    };
+    let op = BatchNormOp::new(mean, var, eps, batch_stats, false, true);
     let wb = Tensor::cat(&[weight.contiguous()?, bias.contiguous()?], 0)?;
     x.contiguous()?.apply_op3(&wb, &residual.contiguous()?, op)
 }
@@ -621,8 +618,7 @@ mod tests {
                 let wt = Var::from_vec(wv.clone(), c, &Device::Cpu).unwrap();
                 let b = Var::from_vec(bv.clone(), c, &Device::Cpu).unwrap();
                 let (mean, var): (Vec<f32>, Vec<f32>) = stats.iter().copied().unzip();
-                let invstd = invstd(&var, 1e-5);
-                let op = BatchNormOp { mean, invstd, batch_stats, relu: true, residual: false, by_image_below };
+                let op = BatchNormOp { by_image_below, ..BatchNormOp::new(mean, &var, 1e-5, batch_stats, true, false) };
                 let y = x.as_tensor().apply_op3(wt.as_tensor(), b.as_tensor(), op).unwrap();
                 let k = Tensor::arange(0f32, y.elem_count() as f32, &Device::Cpu).unwrap().reshape(dims).unwrap();
                 let g = y.mul(&k.sin().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();

@@ -26,8 +26,9 @@ fn planes_per_task(plane: usize) -> usize {
     GRAIN.div_ceil(plane.max(1))
 }
 
-/// `out[p] = max(y[p] + bias[channel of p], 0)` over whole planes.
-fn apply(out: &mut [f32], y: Option<&[f32]>, bias: &[f32], plane: usize) {
+/// `out[p] = max(y[p] + bias[channel of p], 0)` over whole planes (`y`
+/// None: `out`'s own values, in place).
+pub(super) fn apply(out: &mut [f32], y: Option<&[f32]>, bias: &[f32], plane: usize) {
     let c = bias.len();
     let per = planes_per_task(plane);
     let body = |(task, out): (usize, &mut [f32])| {
@@ -101,12 +102,6 @@ pub(super) fn gradients(res: &Tensor, grad: &Tensor, want_bias: bool) -> Result<
         Tensor::from_vec(per_channel, c, res.device())
     });
     Ok((Tensor::from_vec(g, res.shape(), res.device())?, dbias.transpose()?))
-}
-
-/// `out[p] = max(out[p] + bias[channel of p], 0)` in place, for (N, C, ...)
-/// values of channel planes of `plane` elements.
-pub(super) fn apply_in_place(out: &mut [f32], bias: &[f32], plane: usize) {
-    apply(out, None, bias, plane);
 }
 
 impl InplaceOp2 for BiasRelu {

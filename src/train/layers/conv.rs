@@ -50,6 +50,14 @@ struct Conv2dOp {
     kept: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
+impl Conv2dOp {
+    /// The op for `x` and `w`: it keeps for the backward pass what the
+    /// gradients they track will need.
+    fn new(x: &Tensor, w: &Tensor, p: ConvParams) -> Self {
+        Conv2dOp { p, keep_columns: w.track_op(), keep_kernels: x.track_op(), kept: std::sync::Mutex::new(None) }
+    }
+}
+
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
 struct Geom {
@@ -970,7 +978,7 @@ impl CustomOp3 for Conv2dBiasReluOp {
         if bias.len() != c {
             candle_core::bail!("conv2d_bias_relu: {} biases for {c} output channels", bias.len());
         }
-        super::bias_relu::apply_in_place(&mut y, bias, h * w);
+        super::bias_relu::apply(&mut y, None, bias, h * w);
         Ok((CpuStorage::F32(y), shape))
     }
 
@@ -998,8 +1006,7 @@ pub(crate) fn conv2d_bias_relu(x: &Tensor, w: &Tensor, bias: &Tensor, p: ConvPar
     if !(tracked && f32_cpu(x) && f32_cpu(w) && f32_cpu(bias)) {
         return Ok(None);
     }
-    let conv =
-        Conv2dOp { p, keep_columns: w.track_op(), keep_kernels: x.track_op(), kept: std::sync::Mutex::new(None) };
+    let conv = Conv2dOp::new(x, w, p);
     x.contiguous()?.apply_op3(&w.contiguous()?, &bias.contiguous()?, Conv2dBiasReluOp { conv }).map(Some)
 }
 
@@ -1017,9 +1024,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: ConvParams) -> Result<Tensor> {
         return super::conv_cudnn::conv2d(x, w, p);
     }
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && w.dtype() == candle_core::DType::F32 {
-        let op =
-            Conv2dOp { p, keep_columns: w.track_op(), keep_kernels: x.track_op(), kept: std::sync::Mutex::new(None) };
-        x.contiguous()?.apply_op2(&w.contiguous()?, op)
+        x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp::new(x, w, p))
     } else {
         x.conv2d(w, p.padding, p.stride, 1, 1)
     }
@@ -1151,7 +1156,6 @@ mod tests {
         }
     }
 
-    /// Which convolutions run as one dense linear map.
     /// `relu(conv2d(x, w) + bias)` as one op gives the bits of the
     /// convolution then `bias_relu`: the output and the gradients of x, w and
     /// the bias, on each of the CPU convolution's paths (direct 3x3,
@@ -1201,6 +1205,7 @@ mod tests {
         assert!(conv2d_bias_relu(&untracked, &w1, &b1, ConvParams { padding: 0, stride: 1 }).unwrap().is_none());
     }
 
+    /// Which convolutions run as one dense linear map.
     #[test]
     fn the_smallest_planes_are_dense_maps() {
         let dense = |hw: usize, k: usize, padding: usize, stride: usize| {
