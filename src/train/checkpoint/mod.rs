@@ -13,12 +13,13 @@
 //! deletes files that no database row refers to, so a crash between writing and
 //! recording leaves only an orphan that is cleaned up, never a mismatch.
 
+mod file;
+
 use super::optim::Optimizer;
 use super::TrainError;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -112,32 +113,6 @@ pub fn sha256_file(path: &Path) -> Result<String, TrainError> {
     crate::fetch::sha256_file(path).map_err(io_err(path))
 }
 
-fn write_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), TrainError> {
-    let tmp = path.with_extension("tmp");
-    let written = candle_core::safetensors::save(tensors, &tmp)
-        .map_err(|e| {
-            if candle_disk_full(&e) {
-                TrainError::DiskFull { path: tmp.clone() }
-            } else {
-                TrainError::Checkpoint { path: tmp.clone(), detail: e.to_string() }
-            }
-        })
-        .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp)));
-    if let Err(e) = written {
-        // No half-written file is left behind (a full disk stays as full as it was).
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent() {
-        // Make the rename itself durable (ignored where directories cannot be opened).
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
 /// Saves weights and state into `home/rel_dir`.
 pub fn save(
     home: &Path,
@@ -149,22 +124,25 @@ pub fn save(
     let dir = home.join(rel_dir);
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let stem = format!("e{:04}-s{:05}", state.epoch, state.step);
-    let weights: HashMap<String, Tensor> =
+    let weights: Vec<(String, Tensor)> =
         varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-    let wpath = dir.join(format!("{stem}.safetensors"));
-    write_atomic(&weights, &wpath)?;
-
-    let mut st = opt.state().clone();
+    let mut st: Vec<(String, Tensor)> = opt.state().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let json = serde_json::to_vec(state).expect("TrainerState serialises");
     let n = json.len();
-    st.insert(STATE_KEY.to_owned(), Tensor::from_vec(json, n, &Device::Cpu).map_err(TrainError::Candle)?);
+    st.push((STATE_KEY.to_owned(), Tensor::from_vec(json, n, &Device::Cpu).map_err(TrainError::Candle)?));
+    let wpath = dir.join(format!("{stem}.safetensors"));
     let spath = dir.join(format!("{stem}.state.safetensors"));
-    write_atomic(&st, &spath)?;
+    // The two files at once (each written by one thread and hashed by another).
+    let (sha256, state_sha256) = std::thread::scope(|s| {
+        let weights = s.spawn(|| file::write(weights, &wpath));
+        let state = file::write(st, &spath);
+        (weights.join().expect("writing does not panic"), state)
+    });
     Ok(Saved {
         path: format!("{rel_dir}/{stem}.safetensors"),
-        sha256: sha256_file(&wpath)?,
+        sha256: sha256?,
         state_path: format!("{rel_dir}/{stem}.state.safetensors"),
-        state_sha256: sha256_file(&spath)?,
+        state_sha256: state_sha256?,
     })
 }
 
