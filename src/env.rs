@@ -96,14 +96,21 @@ pub const CPU_CONV: Var = Var {
     help: "3x3 stride-1 convolutions on the CPU: auto (the default: Winograd, direct or lanes where measured faster), winograd4 (F(4x4,3x3)), winograd (F(2x2,3x3)), direct, lanes (the batch across the SIMD lanes, also for 3x3/2 and 7x7 kernels), or im2col (column matrix and matrix product)",
 };
 
+/// The widest SIMD registers sweep's own CPU kernels use.
+pub const CPU_SIMD: Var = Var {
+    name: "SWEEP_CPU_SIMD",
+    help: "the widest registers of sweep's own CPU kernels: auto (the default: 512-bit where the CPU has AVX-512F, else 256-bit AVX2) or avx2 (256-bit only, for comparison; the same results)",
+};
+
 /// Every variable the binary reads, in the order `sweep --help` lists them.
-pub const ALL: [Var; 16] = [
+pub const ALL: [Var; 17] = [
     HOME,
     STORE,
     ARTIFACTS,
     DEVICE,
     GPU_KERNELS,
     CPU_CONV,
+    CPU_SIMD,
     STALE_SECS,
     HEARTBEAT_SECS,
     STORE_WAIT_SECS,

@@ -145,6 +145,20 @@ pub(super) fn simd() -> bool {
     false
 }
 
+/// Whether the forward tiles run in 512-bit registers (AVX-512F, checked once; the same bits
+/// as the AVX2 tiles). `SWEEP_CPU_SIMD=avx2` keeps them at 256 bits, for comparison.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f") && crate::env::CPU_SIMD.get().is_none_or(|v| v != "avx2")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// One forward tile of `W` output channels:
 /// `out[j·stride + i] (+)= Σ_c Σ_t wk[c][t][j] · xp[c·plane + centre + taps[t] + i]` for j < W, i < QB
 /// (added to `out` with `add`).
@@ -166,10 +180,14 @@ fn tile_fwd<const W: usize>(
     assert!(wk.len() == cin * 9 * W && stride >= QB && out.len() >= (W - 1) * stride + QB);
     #[cfg(target_arch = "x86_64")]
     if fast {
-        // SAFETY: `fast` is only set when `simd()` found AVX2 and FMA; the
-        // bounds the tile reads and writes were asserted just above.
+        // SAFETY: `fast` is only set when `simd()` found AVX2 and FMA, and the
+        // 512-bit tile runs only where `avx512()` found AVX-512F; the bounds the
+        // tile reads and writes were asserted just above.
         #[allow(unsafe_code)]
         unsafe {
+            if avx512() {
+                return avx512::tile_fwd::<W>(xp, centre, l, cin, wk, out, stride, add);
+            }
             return avx2::tile_fwd::<W>(xp, centre, l, cin, wk, out, stride, add);
         }
     }
@@ -323,6 +341,57 @@ pub(super) mod avx2 {
         let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let h = _mm_add_ps(q, _mm_movehl_ps(q, q));
         _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(super) mod avx512 {
+    use super::{Padded, QB};
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps};
+
+    /// [`super::tile_fwd`] with `W` vector accumulators of 16 lanes: each lane does the
+    /// fused multiply-adds of [`super::avx2::tile_fwd`]'s lane in the same order, so the
+    /// same bits with half the instructions.
+    ///
+    /// # Safety
+    /// AVX-512F must be present; the bounds `super::tile_fwd` asserts must hold.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_fwd<const W: usize>(
+        xp: &[f32],
+        centre: usize,
+        l: &Padded,
+        cin: usize,
+        wk: &[f32],
+        out: &mut [f32],
+        stride: usize,
+        add: bool,
+    ) {
+        const { assert!(QB == 16, "a tile's positions are one 16-lane vector") };
+        let taps = l.taps();
+        let mut acc = [_mm512_setzero_ps(); W];
+        if add {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(out.as_ptr().add(j * stride));
+            }
+        }
+        let mut x = xp.as_ptr().add(centre);
+        let mut w = wk.as_ptr();
+        for _ in 0..cin {
+            for (t, off) in taps.iter().enumerate() {
+                let xv = _mm512_loadu_ps(x.offset(*off));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(t * W + j)), xv, *a);
+                }
+            }
+            x = x.add(l.plane);
+            w = w.add(9 * W);
+        }
+        let o = out.as_mut_ptr();
+        for (j, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(o.add(j * stride), *a);
+        }
     }
 }
 
@@ -509,6 +578,41 @@ mod tests {
     use super::*;
     use crate::train::layers::randn;
     use crate::train::rng::Rng;
+
+    /// The 512-bit forward tile gives the 256-bit tile's bits (where this CPU has both).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_avx512_tile_gives_the_bits_of_the_avx2_tile() {
+        fn check<const W: usize>(rng: &mut Rng) {
+            let l = Padded::new(2, 7, 9);
+            let cin = 5;
+            let xp = randn(rng, &[cin * l.plane]);
+            let wk = randn(rng, &[cin * 9 * W]);
+            let start = randn(rng, &[W * QB + 3]);
+            for (add, centre) in [(false, l.origin), (true, l.origin + QB), (true, l.origin + l.d - QB)] {
+                // The plain tile first: it asserts the bounds the SIMD tiles rely on.
+                let mut c = start.clone();
+                tile_fwd::<W>(&xp, centre, &l, cin, &wk, &mut c, QB, add, false);
+                let (mut a, mut b) = (start.clone(), start.clone());
+                // SAFETY: both instruction sets were detected; the bounds were asserted just above.
+                unsafe {
+                    avx2::tile_fwd::<W>(&xp, centre, &l, cin, &wk, &mut a, QB, add);
+                    avx512::tile_fwd::<W>(&xp, centre, &l, cin, &wk, &mut b, QB, add);
+                }
+                assert!(a == b && a == c, "W {W} add {add} centre {centre}");
+            }
+        }
+        if !(simd() && is_x86_feature_detected!("avx512f")) {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        let mut rng = Rng::new(3);
+        check::<1>(&mut rng);
+        check::<2>(&mut rng);
+        check::<3>(&mut rng);
+        check::<6>(&mut rng);
+    }
 
     /// The definition, one output at a time.
     fn naive(x: &[f32], w: &[f32], (n, cin, h, wd): (usize, usize, usize, usize), cout: usize) -> Vec<f32> {
