@@ -5,7 +5,7 @@
 //! device is copied to the host first; that copy is the only one), and a second thread hashes
 //! the same bytes while the first writes them: a checkpoint is not read back to be hashed.
 
-use super::{candle_disk_full, io_err};
+use super::io_err;
 use crate::train::TrainError;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
@@ -20,13 +20,9 @@ use std::path::Path;
 /// an error no temporary file is left behind.
 pub(super) fn write(tensors: Vec<(String, Tensor)>, path: &Path) -> Result<String, TrainError> {
     let tmp = path.with_extension("tmp");
-    let candle_err = |e: candle_core::Error| {
-        if candle_disk_full(&e) {
-            TrainError::DiskFull { path: tmp.clone() }
-        } else {
-            TrainError::Checkpoint { path: tmp.clone(), detail: e.to_string() }
-        }
-    };
+    // candle's errors here are the host copy's and an unsupported type's; the disk's come
+    // from the writing, through `io_err`.
+    let candle_err = |e: candle_core::Error| TrainError::Checkpoint { path: tmp.clone(), detail: e.to_string() };
     let mut tensors = tensors
         .into_iter()
         .map(|(name, t)| Ok((name, on_host(&t)?)))

@@ -82,22 +82,6 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28 | 122))
 }
 
-/// Whether a candle error is a full disk: an I/O error anywhere in its chain
-/// (candle's `Io`, or safetensors' own I/O error inside `SafeTensor`).
-fn candle_disk_full(e: &candle_core::Error) -> bool {
-    if let candle_core::Error::WithBacktrace { inner, .. } | candle_core::Error::Context { inner, .. } = e {
-        return candle_disk_full(inner);
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if c.downcast_ref::<std::io::Error>().is_some_and(is_disk_full) {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
-}
-
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |e| {
         if is_disk_full(&e) {
