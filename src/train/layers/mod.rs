@@ -34,9 +34,11 @@
 //!
 //! One op per file: `conv.rs` (and its direct 3x3 path, `conv3x3.rs`), `conv_cudnn.rs` (and the channels-last filter, `krsc_cuda.rs`), `bn_cuda.rs`, `pool.rs`, `pool_cuda.rs`, `relu_cuda.rs`, `optim_step.rs` (`optim_cpu.rs`, `optim_cuda.rs`), `batch_norm.rs`, `add_relu.rs`, `bias_relu.rs`,
 //! `bn_relu_pool.rs` (and
-//! the matrix product in `gemm.rs`); the CPU-storage helpers
-//! they share are here.
+//! the matrix product in `gemm.rs`, code compiled for AVX2 as well in
+//! `simd.rs`); the CPU-storage helpers they share are here.
 
+#[macro_use]
+mod simd;
 mod add_relu;
 mod batch_norm;
 mod bias_relu;

@@ -26,6 +26,7 @@
 
 use super::winograd::{Minimal, Tiles};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::{Add, Mul, Neg, Sub};
 
 /// Points along one axis of the transform domain (a 6-pixel patch side).
@@ -195,7 +196,16 @@ fn gt(u: [L; 6]) -> [L; 3] {
 /// input channels at a time.
 fn kernels(w: &[f32], s: &Tiles) -> Vec<f32> {
     let c = s.c;
-    let mut u = vec![0f32; s.cout * XI * c];
+    // SAFETY: each output channel's 36 points take all C input channels, eight at a time.
+    #[allow(unsafe_code)]
+    unsafe {
+        super::written(s.cout * XI * c, |u| kernels_into(w, s, u))
+    }
+}
+
+/// [`kernels`] into `u` (every element written).
+fn kernels_into(w: &[f32], s: &Tiles, u: &mut [MaybeUninit<f32>]) {
+    let c = s.c;
     u.par_chunks_mut(XI * c).enumerate().for_each(|(co, u)| {
         let w = &w[co * c * 9..][..c * 9];
         for c0 in (0..c).step_by(LANES) {
@@ -205,18 +215,27 @@ fn kernels(w: &[f32], s: &Tiles) -> Vec<f32> {
             let rows: [[L; 6]; 3] = std::array::from_fn(|ky| g([tap(3 * ky), tap(3 * ky + 1), tap(3 * ky + 2)]));
             for x in 0..P {
                 for (y, v) in g([rows[0][x], rows[1][x], rows[2][x]]).into_iter().enumerate() {
-                    v.store(&mut u[(P * y + x) * c + c0..], n);
+                    for (d, v) in u[(P * y + x) * c + c0..][..n].iter_mut().zip(v.0) {
+                        d.write(v);
+                    }
                 }
             }
         }
     });
-    u
 }
 
 /// The kernel gradient (C_out, C, 3, 3) from `dU` (36, C_out, C): `Gᵀ dU G`.
 fn kernel_gradients(du: &[f32], s: &Tiles) -> Vec<f32> {
+    // SAFETY: each output channel's C kernels take all nine taps, eight channels at a time.
+    #[allow(unsafe_code)]
+    unsafe {
+        super::written(s.cout * s.c * 9, |dw| kernel_gradients_into(du, s, dw))
+    }
+}
+
+/// [`kernel_gradients`] into `dw` (every element written).
+fn kernel_gradients_into(du: &[f32], s: &Tiles, dw: &mut [MaybeUninit<f32>]) {
     let c = s.c;
-    let mut dw = vec![0f32; s.cout * c * 9];
     dw.par_chunks_mut(c * 9).enumerate().for_each(|(co, dw)| {
         for c0 in (0..c).step_by(LANES) {
             let n = LANES.min(c - c0);
@@ -226,13 +245,12 @@ fn kernel_gradients(du: &[f32], s: &Tiles) -> Vec<f32> {
             for kx in 0..3 {
                 for (ky, v) in gt(std::array::from_fn(|y| rows[y][kx])).into_iter().enumerate() {
                     for (l, v) in v.0[..n].iter().enumerate() {
-                        dw[(c0 + l) * 9 + 3 * ky + kx] = *v;
+                        dw[(c0 + l) * 9 + 3 * ky + kx].write(*v);
                     }
                 }
             }
         }
     });
-    dw
 }
 
 /// One plane row, zero-padded by one pixel on the left, split into its four
@@ -258,8 +276,22 @@ fn split_row(row: Option<&[f32]>, ph: &mut [f32], q: usize) {
 /// `V` (C, 36, nt) of the chunk's tiles: each patch in the transform domain,
 /// eight tiles of a tile row at a time.
 fn patches(x: &[f32], s: &Tiles, t0: usize, nt: usize, v: &mut [f32]) {
-    let (plane, q) = (s.h * s.w, s.tw + 1 + LANES);
-    v.par_chunks_mut(XI * nt).enumerate().for_each(|(ci, v)| {
+    v.par_chunks_mut(XI * nt)
+        .enumerate()
+        .for_each(|(ci, v)| run!(channel_patches / channel_patches_avx2(x, s, t0, nt, ci, v)));
+}
+
+twice! {
+    /// Input channel `ci`'s part of [`patches`]: `v` (36, nt).
+    fn channel_patches / channel_patches_avx2(
+        x: &[f32],
+        s: &Tiles,
+        t0: usize,
+        nt: usize,
+        ci: usize,
+        v: &mut [f32],
+    ) {
+        let (plane, q) = (s.h * s.w, s.tw + 1 + LANES);
         let mut buf = vec![0f32; P * 4 * q];
         for r in s.runs(t0, nt) {
             let img = &x[(r.b * s.c + ci) * plane..][..plane];
@@ -282,17 +314,32 @@ fn patches(x: &[f32], s: &Tiles, t0: usize, nt: usize, v: &mut [f32]) {
                 }
             }
         }
-    });
+    }
 }
 
 /// Writes the chunk's tiles of the output `y` (NCHW) from the products `M`
 /// (36, C_out, nt): `Aᵀ M A` per tile, eight tiles at a time.
-#[allow(clippy::needless_range_loop)] // the index picks one value of each of six arrays
 fn outputs(m: &[f32], s: &Tiles, t0: usize, nt: usize, y: &mut [f32]) {
     let (plane, imgs) = (s.h * s.w, s.images(t0, nt));
     let out = &mut y[imgs.start * s.cout * plane..imgs.end * s.cout * plane];
     out.par_chunks_mut(plane).enumerate().for_each(|(k, out)| {
         let (b, co) = (imgs.start + k / s.cout, k % s.cout);
+        run!(plane_outputs / plane_outputs_avx2(m, s, t0, nt, b, co, out));
+    });
+}
+
+twice! {
+    /// Output plane `co` of image `b`: part of [`outputs`].
+    #[allow(clippy::needless_range_loop)] // the index picks one value of each of six arrays
+    fn plane_outputs / plane_outputs_avx2(
+        m: &[f32],
+        s: &Tiles,
+        t0: usize,
+        nt: usize,
+        b: usize,
+        co: usize,
+        out: &mut [f32],
+    ) {
         for r in s.runs_of(b, t0, nt) {
             for j in (r.j0..r.j1).step_by(LANES) {
                 let n = LANES.min(r.j1 - j);
@@ -318,14 +365,28 @@ fn outputs(m: &[f32], s: &Tiles, t0: usize, nt: usize, y: &mut [f32]) {
                 }
             }
         }
-    });
+    }
 }
 
 /// `dM` (C_out, 36, nt) of the chunk's tiles: each 4x4 block of the output
 /// gradient in the transform domain (zeros past the plane's edge).
 fn output_gradients(dy: &[f32], s: &Tiles, t0: usize, nt: usize, dm: &mut [f32]) {
-    let (plane, q) = (s.h * s.w, s.tw + LANES);
-    dm.par_chunks_mut(XI * nt).enumerate().for_each(|(co, dm)| {
+    dm.par_chunks_mut(XI * nt)
+        .enumerate()
+        .for_each(|(co, dm)| run!(channel_output_gradients / channel_output_gradients_avx2(dy, s, t0, nt, co, dm)));
+}
+
+twice! {
+    /// Output channel `co`'s part of [`output_gradients`]: `dm` (36, nt).
+    fn channel_output_gradients / channel_output_gradients_avx2(
+        dy: &[f32],
+        s: &Tiles,
+        t0: usize,
+        nt: usize,
+        co: usize,
+        dm: &mut [f32],
+    ) {
+        let (plane, q) = (s.h * s.w, s.tw + LANES);
         // Rows 4i .. 4i + 3, each split into its column phases: tile j's pixels at [p·q + j].
         let mut buf = vec![0f32; 4 * 4 * q];
         for r in s.runs(t0, nt) {
@@ -361,12 +422,11 @@ fn output_gradients(dy: &[f32], s: &Tiles, t0: usize, nt: usize, dm: &mut [f32])
                 }
             }
         }
-    });
+    }
 }
 
 /// Adds onto the input gradient `dx` (NCHW) the chunk's patch gradients
 /// `B dV Bᵀ`, from `dV` (36, C, nt).
-#[allow(clippy::needless_range_loop)] // the index picks one value of each of six arrays
 fn input_gradients(dv: &[f32], s: &Tiles, t0: usize, nt: usize, dx: &mut [f32]) {
     let (plane, q, imgs) = (s.h * s.w, s.tw + 1 + LANES, s.images(t0, nt));
     let dst = &mut dx[imgs.start * s.c * plane..imgs.end * s.c * plane];
@@ -374,49 +434,68 @@ fn input_gradients(dv: &[f32], s: &Tiles, t0: usize, nt: usize, dx: &mut [f32]) 
         || vec![0f32; P * 4 * q],
         |acc, (k, dst)| {
             let (b, ci) = (imgs.start + k / s.c, k % s.c);
-            for r in s.runs_of(b, t0, nt) {
-                // The patch rows of the run, split into column phases as `split_row` reads them.
-                acc.fill(0.0);
-                for j in (r.j0..r.j1).step_by(LANES) {
-                    let n = LANES.min(r.j1 - j);
-                    let pt = |xi: usize| L::load(&dv[(xi * s.c + ci) * nt + r.tb + j - r.j0..], n);
-                    // B down the columns of points, then along the rows onto the patches.
-                    let mut cols = [[L::default(); P]; P];
-                    for (x, col) in cols.iter_mut().enumerate() {
-                        *col = self::b([pt(x), pt(P + x), pt(2 * P + x), pt(3 * P + x), pt(4 * P + x), pt(5 * P + x)]);
-                    }
-                    for y in 0..P {
-                        let row = self::b([cols[0][y], cols[1][y], cols[2][y], cols[3][y], cols[4][y], cols[5][y]]);
-                        let idx = |p: usize, d: usize| (4 * y + p) * q + j + d;
-                        for (p, v) in row[..4].iter().enumerate() {
-                            v.add_to(&mut acc[idx(p, 0)..]);
-                        }
-                        row[4].add_to(&mut acc[idx(0, 1)..]);
-                        row[5].add_to(&mut acc[idx(1, 1)..]);
-                    }
-                }
-                for (y, ph) in acc.chunks_exact(4 * q).enumerate() {
-                    let yy = (4 * r.i + y).wrapping_sub(1);
-                    if yy >= s.h {
-                        continue;
-                    }
-                    // Input column k is padded column k + 1: phases 1, 2, 3 at t, then 0 at t + 1.
-                    let row = &mut dst[yy * s.w..][..s.w];
-                    let mut quads = row.chunks_exact_mut(4);
-                    for (t, o) in quads.by_ref().enumerate() {
-                        o[0] += ph[q + t];
-                        o[1] += ph[2 * q + t];
-                        o[2] += ph[3 * q + t];
-                        o[3] += ph[t + 1];
-                    }
-                    let t = s.w / 4;
-                    for (p, o) in quads.into_remainder().iter_mut().enumerate() {
-                        *o += ph[(p + 1) * q + t];
-                    }
-                }
-            }
+            run!(plane_input_gradients / plane_input_gradients_avx2(dv, s, t0, nt, b, ci, acc, dst));
         },
     );
+}
+
+twice! {
+    /// Input plane `ci` of image `b`: part of [`input_gradients`], with `acc` (`P·4·q` floats) to
+    /// gather the patches in.
+    #[allow(clippy::needless_range_loop)] // the index picks one value of each of six arrays
+    fn plane_input_gradients / plane_input_gradients_avx2(
+        dv: &[f32],
+        s: &Tiles,
+        t0: usize,
+        nt: usize,
+        b: usize,
+        ci: usize,
+        acc: &mut [f32],
+        dst: &mut [f32],
+    ) {
+        let q = s.tw + 1 + LANES;
+        for r in s.runs_of(b, t0, nt) {
+            // The patch rows of the run, split into column phases as `split_row` reads them.
+            acc.fill(0.0);
+            for j in (r.j0..r.j1).step_by(LANES) {
+                let n = LANES.min(r.j1 - j);
+                let pt = |xi: usize| L::load(&dv[(xi * s.c + ci) * nt + r.tb + j - r.j0..], n);
+                // B down the columns of points, then along the rows onto the patches.
+                let mut cols = [[L::default(); P]; P];
+                for (x, col) in cols.iter_mut().enumerate() {
+                    *col = self::b([pt(x), pt(P + x), pt(2 * P + x), pt(3 * P + x), pt(4 * P + x), pt(5 * P + x)]);
+                }
+                for y in 0..P {
+                    let row = self::b([cols[0][y], cols[1][y], cols[2][y], cols[3][y], cols[4][y], cols[5][y]]);
+                    let idx = |p: usize, d: usize| (4 * y + p) * q + j + d;
+                    for (p, v) in row[..4].iter().enumerate() {
+                        v.add_to(&mut acc[idx(p, 0)..]);
+                    }
+                    row[4].add_to(&mut acc[idx(0, 1)..]);
+                    row[5].add_to(&mut acc[idx(1, 1)..]);
+                }
+            }
+            for (y, ph) in acc.chunks_exact(4 * q).enumerate() {
+                let yy = (4 * r.i + y).wrapping_sub(1);
+                if yy >= s.h {
+                    continue;
+                }
+                // Input column k is padded column k + 1: phases 1, 2, 3 at t, then 0 at t + 1.
+                let row = &mut dst[yy * s.w..][..s.w];
+                let mut quads = row.chunks_exact_mut(4);
+                for (t, o) in quads.by_ref().enumerate() {
+                    o[0] += ph[q + t];
+                    o[1] += ph[2 * q + t];
+                    o[2] += ph[3 * q + t];
+                    o[3] += ph[t + 1];
+                }
+                let t = s.w / 4;
+                for (p, o) in quads.into_remainder().iter_mut().enumerate() {
+                    *o += ph[(p + 1) * q + t];
+                }
+            }
+        }
+    }
 }
 
 /// F(4x4, 3x3): this module's transforms, for `winograd.rs`'s driver.
@@ -489,6 +568,59 @@ mod tests {
                     let col = 4 * t + p;
                     let want = if col >= 1 && col <= w { row[col - 1] } else { 0.0 };
                     assert_eq!(ph[p * q + t], want, "w {w}, column {col}");
+                }
+            }
+        }
+    }
+
+    /// Each transform's AVX2 code gives the bits of its plain code, over the
+    /// chunks of a plane that is not a multiple of 4 (or of 8 tiles) wide.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_avx2_transforms_give_the_bits_of_the_plain_ones() {
+        if !crate::train::layers::simd::avx2() {
+            return;
+        }
+        let mut s = Tiles::new((2, 3, 13, 37), 5, 4);
+        s.budget = XI * (s.c + s.cout) * 23;
+        let data = |len: usize, seed: u32| -> Vec<f32> {
+            (0..len).map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 - 0.5).collect()
+        };
+        let (x, dy) = (data(s.n * s.c * s.h * s.w, 1), data(s.n * s.cout * s.h * s.w, 2));
+        for (t0, nt) in s.chunks() {
+            let (m, dv) = (data(XI * s.cout * nt, 3), data(XI * s.c * nt, 4));
+            for ci in 0..s.c {
+                let (mut plain, mut fast) = (vec![0f32; XI * nt], vec![0f32; XI * nt]);
+                channel_patches(&x, &s, t0, nt, ci, &mut plain);
+                // SAFETY: the CPU has AVX2 (checked above).
+                unsafe { channel_patches_avx2(&x, &s, t0, nt, ci, &mut fast) };
+                assert_eq!(plain, fast, "patches, chunk {t0}, channel {ci}");
+            }
+            for co in 0..s.cout {
+                let (mut plain, mut fast) = (vec![0f32; XI * nt], vec![0f32; XI * nt]);
+                channel_output_gradients(&dy, &s, t0, nt, co, &mut plain);
+                // SAFETY: the CPU has AVX2 (checked above).
+                unsafe { channel_output_gradients_avx2(&dy, &s, t0, nt, co, &mut fast) };
+                assert_eq!(plain, fast, "output gradients, chunk {t0}, channel {co}");
+            }
+            let plane = s.h * s.w;
+            for b in s.images(t0, nt) {
+                for co in 0..s.cout {
+                    let (mut plain, mut fast) = (vec![0f32; plane], vec![0f32; plane]);
+                    plane_outputs(&m, &s, t0, nt, b, co, &mut plain);
+                    // SAFETY: the CPU has AVX2 (checked above).
+                    unsafe { plane_outputs_avx2(&m, &s, t0, nt, b, co, &mut fast) };
+                    assert_eq!(plain, fast, "outputs, chunk {t0}, image {b}, channel {co}");
+                }
+                let q = s.tw + 1 + LANES;
+                for ci in 0..s.c {
+                    let (mut plain, mut fast) = (data(plane, 5), data(plane, 5));
+                    let mut acc = vec![0f32; P * 4 * q];
+                    plane_input_gradients(&dv, &s, t0, nt, b, ci, &mut acc, &mut plain);
+                    // SAFETY: the CPU has AVX2 (checked above).
+                    unsafe { plane_input_gradients_avx2(&dv, &s, t0, nt, b, ci, &mut acc, &mut fast) };
+                    assert_eq!(plain, fast, "input gradients, chunk {t0}, image {b}, channel {ci}");
                 }
             }
         }

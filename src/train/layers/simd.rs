@@ -1,0 +1,53 @@
+//! Code compiled twice, for the x86-64 baseline and for AVX2, and the one
+//! the CPU can run picked at run time (Winograd F(4x4, 3x3)'s transforms,
+//! `winograd4.rs`). The binary stays runnable on any x86-64.
+
+/// Defines a task (`$name`, inlined where it is called) and the same code
+/// compiled for AVX2 (`$avx2`): without a target feature, the x86-64
+/// baseline, a loop over floats or an 8-float array is vectorised into
+/// 128-bit SSE instructions, with AVX2 into 256-bit ones. Each float gets the
+/// same multiplies and adds in the same order (Rust fuses none into an FMA
+/// and reorders no float arithmetic), so both give the same bits.
+macro_rules! twice {
+    ($(#[$m:meta])* fn $name:ident / $avx2:ident ($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)] // a task takes its convolution's sizes and buffers
+        fn $name($($a: $t),*) $body
+
+        /// The task above compiled for AVX2.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments)]
+        fn $avx2($($a: $t),*) {
+            $name($($a),*)
+        }
+    };
+}
+
+/// Runs a task of `twice!`, its AVX2 code where the CPU has AVX2.
+macro_rules! run {
+    ($name:ident / $avx2:ident ($($e:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if $crate::train::layers::simd::avx2() {
+                // SAFETY: the CPU has AVX2 (`avx2` checked).
+                #[allow(unsafe_code)]
+                unsafe {
+                    $avx2($($e),*)
+                }
+            } else {
+                $name($($e),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        $name($($e),*)
+    }};
+}
+
+/// Whether the CPU has AVX2 (checked once).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2"))
+}
