@@ -27,6 +27,7 @@ use super::{cpu_f32, with_cpu_f32};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Geometry of a 2-D convolution (square kernels, symmetric padding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -562,7 +563,7 @@ mod dense {
 /// both sides stay in L1 (an element-by-element loop with a stride of `rows`
 /// on one side missed the cache at every element: a third of a small
 /// ResNet18 step went to the kernel gradients' transpose).
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [MaybeUninit<f32>]) {
     const B: usize = 16;
     debug_assert!(src.len() == rows * cols && dst.len() == rows * cols);
     if rows == 0 || cols == 0 {
@@ -573,11 +574,21 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
         for r0 in (0..rows).step_by(B) {
             for r in r0..(r0 + B).min(rows) {
                 for (k, v) in src[r * cols + c0..][..cb].iter().enumerate() {
-                    out[k * rows + r] = *v;
+                    out[k * rows + r].write(*v);
                 }
             }
         }
     });
+}
+
+/// [`transpose`] into a new vector.
+fn transposed(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    // SAFETY: `transpose` writes each of the `rows · cols` elements (every
+    // row of every block of columns).
+    #[allow(unsafe_code)]
+    unsafe {
+        super::written(rows * cols, |dst| transpose(src, rows, cols, dst))
+    }
 }
 
 /// (C, nb·L) -> (nb, C, L).
@@ -756,8 +767,7 @@ fn backward(
     }
     let mut dw = Vec::new();
     if need_dw {
-        dw = vec![0f32; g.cout * g.rows()];
-        transpose(&dwt, g.rows(), g.cout, &mut dw);
+        dw = transposed(&dwt, g.rows(), g.cout);
     }
     (dx, dw)
 }
@@ -782,14 +792,15 @@ fn image_groups(g: &Geom) -> Option<usize> {
 /// The products of [`forward`] and [`backward`] image by image, the images
 /// split into `groups` runs of consecutive images, one per rayon task.
 mod per_image {
-    use super::super::gemm::{gemm_serial, View};
-    use super::{col2im, columns, images, transpose, Geom, Scratch};
+    use super::super::gemm::{gemm_serial, gemm_serial_into, View};
+    use super::{col2im, columns, images, transposed, Geom, Scratch};
     use rayon::prelude::*;
+    use std::mem::MaybeUninit;
     use std::ops::Range;
 
     /// Group `gi`'s images and its part of `data` (`per` floats an image;
     /// empty parts when `data` is empty).
-    fn split(data: &mut [f32], per: usize, n: usize, groups: usize) -> Vec<(Range<usize>, &mut [f32])> {
+    fn split<T>(data: &mut [T], per: usize, n: usize, groups: usize) -> Vec<(Range<usize>, &mut [T])> {
         let per = if data.is_empty() { 0 } else { per };
         let mut rest = data;
         (0..groups)
@@ -804,16 +815,22 @@ mod per_image {
 
     pub(super) fn forward(x: &[f32], w: &[f32], g: &Geom, groups: usize) -> Vec<f32> {
         let (l, per_in, per_out) = (g.l(), g.c * g.h * g.w, g.cout * g.l());
-        let mut out = vec![0f32; g.n * per_out];
         let kernel = View::new(w, g.cout, g.rows());
-        split(&mut out, per_out, g.n, groups).into_par_iter().for_each(|(range, dst)| {
-            for (img, dst) in range.zip(dst.chunks_exact_mut(per_out)) {
-                let mut buf = None;
-                let cols = columns(images(x, per_in, img, 1), g, 1, &mut buf);
-                gemm_serial(dst, false, kernel, View::new(cols, g.rows(), l));
-            }
-        });
-        out
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            split(out, per_out, g.n, groups).into_par_iter().for_each(|(range, dst)| {
+                for (img, dst) in range.zip(dst.chunks_exact_mut(per_out)) {
+                    let mut buf = None;
+                    let cols = columns(images(x, per_in, img, 1), g, 1, &mut buf);
+                    gemm_serial_into(dst, kernel, View::new(cols, g.rows(), l));
+                }
+            });
+        };
+        // SAFETY: the groups take every image, and each image's product
+        // writes all of its `per_out` floats.
+        #[allow(unsafe_code)]
+        unsafe {
+            super::super::written(g.n * per_out, fill)
+        }
     }
 
     pub(super) fn backward(
@@ -865,8 +882,7 @@ mod per_image {
                     out.iter_mut().zip(&p[i << 14..]).for_each(|(a, b)| *a += b);
                 }
             });
-            dw = vec![0f32; g.cout * g.rows()];
-            transpose(sum, g.rows(), g.cout, &mut dw);
+            dw = transposed(sum, g.rows(), g.cout);
         }
         (dx, dw)
     }
@@ -1089,8 +1105,7 @@ mod tests {
     fn the_blocked_transpose_moves_every_element() {
         for (rows, cols) in [(1, 1), (1, 5), (5, 1), (16, 16), (37, 23), (33, 70), (576, 64)] {
             let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-            let mut dst = vec![-1f32; rows * cols];
-            transpose(&src, rows, cols, &mut dst);
+            let dst = transposed(&src, rows, cols);
             for r in 0..rows {
                 for c in 0..cols {
                     assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}x{cols} at ({r}, {c})");

@@ -2,6 +2,8 @@
 //! uses too), with the operands' strides given directly so that a transposed
 //! operand or a row-major image plane is read in place, never copied.
 
+use std::mem::MaybeUninit;
+
 /// A matrix view of a slice: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Debug, Clone, Copy)]
 pub struct View<'a> {
@@ -40,21 +42,41 @@ impl<'a> View<'a> {
 /// `dst = a · b` (or `dst += a · b` with `accumulate`), `dst` row-major.
 ///
 /// Runs on rayon's threads when there are several.
+#[allow(unsafe_code)] // see the SAFETY comment
 pub fn gemm(dst: &mut [f32], accumulate: bool, a: View, b: View) {
-    product(dst, accumulate, a, b, true);
+    // SAFETY: `dst` is borrowed mutably (so aliases neither operand) and initialised.
+    unsafe { product(dst.as_mut_ptr(), dst.len(), accumulate, a, b, true) }
 }
 
 /// [`gemm`] on the calling thread only: for many independent products run
 /// side by side on rayon's threads.
+#[allow(unsafe_code)] // see the SAFETY comment
 pub fn gemm_serial(dst: &mut [f32], accumulate: bool, a: View, b: View) {
-    product(dst, accumulate, a, b, false);
+    // SAFETY: as in `gemm`.
+    unsafe { product(dst.as_mut_ptr(), dst.len(), accumulate, a, b, false) }
 }
 
+/// [`gemm_serial`] into memory not written yet: `dst = a · b`, every element
+/// of `dst` written (the product never reads it), without zeroing it first.
+#[allow(unsafe_code)] // see the SAFETY comment
+pub fn gemm_serial_into(dst: &mut [MaybeUninit<f32>], a: View, b: View) {
+    // SAFETY: `dst` is `dst.len()` writable floats borrowed mutably (aliasing
+    // neither operand); without `accumulate` the product writes each of its
+    // elements and reads none (the gemm crate reads the destination only when
+    // told to, and zeroes it when the inner dimension is empty).
+    unsafe { product(dst.as_mut_ptr().cast::<f32>(), dst.len(), false, a, b, false) }
+}
+
+/// `dst = a · b` (or `+=`) on `len` floats at `dst`.
+///
+/// # Safety
+/// `dst` must be valid for reads and writes of `len` floats that alias
+/// neither operand, and initialised where `accumulate` is set.
 #[allow(unsafe_code)] // the gemm crate's raw-pointer interface: see the SAFETY comment
-fn product(dst: &mut [f32], accumulate: bool, a: View, b: View, parallel: bool) {
+unsafe fn product(dst: *mut f32, len: usize, accumulate: bool, a: View, b: View, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
-    assert_eq!(dst.len(), m * n, "gemm: destination is not {m}x{n}");
+    assert_eq!(len, m * n, "gemm: destination is not {m}x{n}");
     a.check("left operand");
     b.check("right operand");
     if m == 0 || n == 0 {
@@ -62,7 +84,10 @@ fn product(dst: &mut [f32], accumulate: bool, a: View, b: View, parallel: bool) 
     }
     if k == 0 {
         if !accumulate {
-            dst.fill(0.0);
+            for i in 0..len {
+                // SAFETY: `i` < `len`, which the caller's promise covers.
+                unsafe { dst.add(i).write(0.0) };
+            }
         }
         return;
     }
@@ -70,13 +95,14 @@ fn product(dst: &mut [f32], accumulate: bool, a: View, b: View, parallel: bool) 
     let parallelism = if threads > 1 { ::gemm::Parallelism::Rayon(threads) } else { ::gemm::Parallelism::None };
     // SAFETY: every index the product touches was bounds-checked above (each
     // operand's last element lies inside its slice, `dst` is exactly m x n
-    // row-major); `dst` is borrowed mutably, so it aliases neither operand.
+    // row-major, and the caller promised `len` floats there aliasing neither
+    // operand).
     unsafe {
         ::gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -123,6 +149,29 @@ mod tests {
         let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
         gemm(&mut dst, true, View::new(&at, k, m).t(), View::new(&b, k, n));
         assert!(dst.iter().zip(&want).all(|(x, y)| (x - 2.0 * y).abs() < 1e-5));
+    }
+
+    /// Into unwritten memory: the same product, every element written, an
+    /// empty inner dimension giving zeros.
+    #[test]
+    fn a_product_into_unwritten_memory_writes_every_element() {
+        let (m, k, n) = (6, 9, 5);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut want = vec![0f32; m * n];
+        gemm_serial(&mut want, false, View::new(&a, m, k), View::new(&b, k, n));
+        let mut dst = vec![MaybeUninit::new(f32::NAN); m * n];
+        gemm_serial_into(&mut dst, View::new(&a, m, k), View::new(&b, k, n));
+        // SAFETY: every element was initialised (to NaN, then by the product).
+        #[allow(unsafe_code)]
+        let got: Vec<f32> = dst.iter().map(|v| unsafe { v.assume_init() }).collect();
+        assert_eq!(got, want);
+        let mut empty = vec![MaybeUninit::new(f32::NAN); m * n];
+        gemm_serial_into(&mut empty, View::new(&[], m, 0), View::new(&[], 0, n));
+        // SAFETY: as above.
+        #[allow(unsafe_code)]
+        let zeros = empty.iter().all(|v| unsafe { v.assume_init() } == 0.0);
+        assert!(zeros);
     }
 
     #[test]
