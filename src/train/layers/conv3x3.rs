@@ -24,6 +24,7 @@
 //! The tiles use AVX2 and FMA where the CPU has them (checked once at run
 //! time) and the same arithmetic in plain Rust elsewhere.
 
+use super::simd::{avx512, simd};
 use super::{write_all, write_each, written};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -132,31 +133,6 @@ fn pack(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
         }
     }
     packed
-}
-
-/// Whether the AVX2 + FMA tiles can run here (checked once).
-pub(super) fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// Whether the forward tiles run in 512-bit registers (AVX-512F, checked once; the same bits
-/// as the AVX2 tiles). `SWEEP_CPU_SIMD=avx2` keeps them at 256 bits, for comparison.
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            is_x86_feature_detected!("avx512f") && crate::env::CPU_SIMD.get().is_none_or(|v| v != "avx2")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// One forward tile of `W` output channels:

@@ -25,7 +25,8 @@
 //! The tiles use AVX2 and FMA where the CPU has them and the same arithmetic
 //! in plain Rust elsewhere. Lanes past the batch are zeros.
 
-use super::conv3x3::{groups, put_dw, simd, OB};
+use super::conv3x3::{groups, put_dw, OB};
+use super::simd::simd;
 use rayon::prelude::*;
 
 /// Images per block: the lanes of two 8-float vectors.

@@ -1,6 +1,7 @@
-//! Code compiled twice, for the x86-64 baseline and for AVX2, and the one
-//! the CPU can run picked at run time (Winograd F(4x4, 3x3)'s transforms,
-//! `winograd4.rs`). The binary stays runnable on any x86-64.
+//! What the CPU can run, checked once (AVX2 and FMA, AVX-512F), for sweep's
+//! own CPU kernels; and code compiled twice, for the x86-64 baseline and for
+//! AVX2, the one the CPU can run picked at run time (Winograd F(4x4, 3x3)'s
+//! transforms, `winograd4.rs`). The binary stays runnable on any x86-64.
 
 /// Defines a task (`$name`, inlined where it is called) and the same code
 /// compiled for AVX2 (`$avx2`): without a target feature, the x86-64
@@ -25,13 +26,13 @@ macro_rules! twice {
     };
 }
 
-/// Runs a task of `twice!`, its AVX2 code where the CPU has AVX2.
+/// Runs a task of `twice!`, its AVX2 code where the CPU has AVX2 (and FMA, as [`simd`] checks).
 macro_rules! run {
     ($name:ident / $avx2:ident ($($e:expr),* $(,)?)) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            if $crate::train::layers::simd::avx2() {
-                // SAFETY: the CPU has AVX2 (`avx2` checked).
+            if $crate::train::layers::simd::simd() {
+                // SAFETY: the CPU has AVX2 (`simd` checked).
                 #[allow(unsafe_code)]
                 unsafe {
                     $avx2($($e),*)
@@ -45,9 +46,28 @@ macro_rules! run {
     }};
 }
 
-/// Whether the CPU has AVX2 (checked once).
-#[cfg(target_arch = "x86_64")]
-pub(super) fn avx2() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2"))
+/// Whether the AVX2 + FMA code can run here (checked once): the direct 3x3
+/// and batch-in-lanes tiles (`conv3x3.rs`, `conv_lanes.rs`), the tasks of `twice!`.
+pub(super) fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the direct 3x3 forward tiles run in 512-bit registers (AVX-512F, checked once;
+/// the same bits as the AVX2 tiles). `SWEEP_CPU_SIMD=avx2` keeps them at 256 bits, for comparison.
+pub(super) fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f") && crate::env::CPU_SIMD.get().is_none_or(|v| v != "avx2")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }

@@ -579,7 +579,7 @@ mod tests {
     #[test]
     #[allow(unsafe_code)]
     fn the_avx2_transforms_give_the_bits_of_the_plain_ones() {
-        if !crate::train::layers::simd::avx2() {
+        if !crate::train::layers::simd::simd() {
             return;
         }
         let mut s = Tiles::new((2, 3, 13, 37), 5, 4);
