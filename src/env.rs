@@ -99,7 +99,7 @@ pub const CPU_CONV: Var = Var {
 /// The widest SIMD registers sweep's own CPU kernels use.
 pub const CPU_SIMD: Var = Var {
     name: "SWEEP_CPU_SIMD",
-    help: "the widest registers of sweep's own CPU kernels: auto (the default: 512-bit where the CPU has AVX-512F, else 256-bit AVX2) or avx2 (256-bit only, for comparison; the same results)",
+    help: "the widest registers of sweep's own CPU kernels: auto (the default: 512-bit where the CPU has AVX-512F, else 256-bit AVX2) or avx2 (256-bit only, for comparison; the same results but for the rounding of the batch-in-lanes kernel gradients, whose partial sums are added in another order)",
 };
 
 /// Every variable the binary reads, in the order `sweep --help` lists them.

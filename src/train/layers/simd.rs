@@ -58,8 +58,10 @@ pub(super) fn simd() -> bool {
     false
 }
 
-/// Whether the direct 3x3 forward tiles run in 512-bit registers (AVX-512F, checked once;
-/// the same bits as the AVX2 tiles). `SWEEP_CPU_SIMD=avx2` keeps them at 256 bits, for comparison.
+/// Whether sweep's own convolution tiles run in 512-bit registers (AVX-512F, checked once):
+/// the direct 3x3 forward tiles and the batch-in-lanes forward and input-gradient tiles (the
+/// same bits as the AVX2 tiles) and kernel-gradient tiles (16 partial sums a tap, not 8).
+/// `SWEEP_CPU_SIMD=avx2` keeps them at 256 bits, for comparison.
 pub(super) fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
