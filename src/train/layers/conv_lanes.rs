@@ -32,6 +32,7 @@
 use super::conv3x3::{groups, put_dw, OB};
 use super::simd::{avx512, simd};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Images per block: the lanes of two 8-float vectors.
 const L: usize = 16;
@@ -157,6 +158,28 @@ impl Aligned {
         let start = buf.as_ptr().align_offset(64).min(L - 1);
         Aligned { buf, start, len }
     }
+
+    /// `len` floats written by `fill`, without zeroing the memory first.
+    ///
+    /// # Safety
+    /// `fill` must write every element of the slice it is given.
+    #[allow(unsafe_code)]
+    unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Aligned {
+        let mut start = 0;
+        // SAFETY: every element is written: the floats before and after the
+        // aligned run here, the run by `fill` (the caller's promise).
+        let buf = unsafe {
+            super::written(len + L - 1, |all| {
+                start = all.as_ptr().align_offset(64).min(L - 1);
+                let (head, rest) = all.split_at_mut(start);
+                let (run, tail) = rest.split_at_mut(len);
+                super::write_each(head, 0.0);
+                super::write_each(tail, 0.0);
+                fill(run);
+            })
+        };
+        Aligned { buf, start, len }
+    }
 }
 
 impl std::ops::Deref for Aligned {
@@ -178,24 +201,37 @@ fn to_lanes(x: &[f32], c: usize, n: usize, (h, w): (usize, usize), p: usize) -> 
     let (hw, wp) = (h * w, w + 2 * p);
     let plane = (h + 2 * p) * wp * L;
     assert_eq!(x.len(), n * c * hw);
-    let mut out = Aligned::zeroed(n.div_ceil(L) * c * plane);
-    out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
-        let (b, ch) = (i / c, i % c);
-        let lanes = L.min(n - b * L);
-        // Row by row, so that the row's lanes (w·L floats) stay in L1 while
-        // each image writes its lane (image by image over the whole plane,
-        // every write was a miss).
-        for y in 0..h {
-            let row = &mut dst[((y + p) * wp + p) * L..][..w * L];
-            for lane in 0..lanes {
-                let src = &x[((b * L + lane) * c + ch) * hw + y * w..][..w];
-                for (d, v) in row.chunks_exact_mut(L).zip(src) {
-                    d[lane] = *v;
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+            let (b, ch) = (i / c, i % c);
+            let lanes = L.min(n - b * L);
+            // The border rows, then each row's border pixels and its pixels.
+            let (top, rest) = dst.split_at_mut(p * wp * L);
+            let (rows, bottom) = rest.split_at_mut(h * wp * L);
+            super::write_each(top, 0.0);
+            super::write_each(bottom, 0.0);
+            // Row by row, so that the row's lanes (w·L floats) stay in L1 while
+            // each image writes its lane (image by image over the whole plane,
+            // every write was a miss). Each float is written as zero first
+            // (the lanes past the batch stay so), then its image's value.
+            for (y, padded) in rows.chunks_exact_mut(wp * L).enumerate() {
+                super::write_each(padded, 0.0);
+                let row = &mut padded[p * L..][..w * L];
+                for lane in 0..lanes {
+                    let src = &x[((b * L + lane) * c + ch) * hw + y * w..][..w];
+                    for (d, v) in row.chunks_exact_mut(L).zip(src) {
+                        d[lane].write(*v);
+                    }
                 }
             }
-        }
-    });
-    out
+        });
+    };
+    // SAFETY: `fill` writes every float of every plane (border rows, then
+    // every row whole before its pixels).
+    #[allow(unsafe_code)]
+    unsafe {
+        Aligned::written(n.div_ceil(L) * c * plane, fill)
+    }
 }
 
 /// A kernel `(cout, cin, k, k)` as the tiles read it: the tile of `outs`
@@ -644,66 +680,73 @@ fn gather(
     // Input channels per pass: their planes of a block stay in L2 and a
     // tile's weights for them in L1 (6 x 9 x 64 floats for a 3x3 kernel).
     let channels = (576 / kk).max(1);
-    let mut out = vec![0f32; n * outs * pixels];
     // Blocks per task: more than one where the 512-bit tiles take several at once.
     let per_task = if fast && avx512() { GROUP_512 } else { 1 };
-    // One task per group of blocks and tile of output channels, which owns
-    // those channels of the group's images.
-    let mut tasks = Vec::new();
-    for (b, block) in out.chunks_mut(per_task * L * outs * pixels).enumerate() {
-        let mut images: Vec<&mut [f32]> = block.chunks_exact_mut(outs * pixels).collect();
-        for (o0, width) in groups(outs, OB) {
-            let parts: Vec<&mut [f32]> = images
-                .iter_mut()
-                .map(|img| {
-                    let (part, rest) = std::mem::take(img).split_at_mut(width * pixels);
-                    *img = rest;
-                    part
-                })
-                .collect();
-            tasks.push((b, o0, width, parts));
-        }
-    }
     let bstride = ins * plane;
-    tasks.into_par_iter().for_each(|(b, o0, width, mut parts)| {
-        let blocks = parts.len().div_ceil(L);
-        let block_sums = OB * L * blocks;
-        // Each pixel's tile, [pixel][block][j][lane], summed over the passes.
-        let mut sums = Aligned::zeroed(pixels * block_sums);
-        for c0 in (0..ins).step_by(channels) {
-            let cs = channels.min(ins - c0);
-            let src =
-                (&src[(b * per_task * ins + c0) * plane..][..(blocks - 1) * bstride + cs * plane], bstride, blocks);
-            let wk = &wk[(o0 * ins + c0 * width) * kk..][..width * cs * kk];
-            let add = c0 > 0;
-            for (i, sums) in sums.chunks_exact_mut(block_sums).enumerate() {
-                let (taps, dims) = (plan.pixel(i), (cs, kk));
-                match width {
-                    6 => tile_blocks::<6>(src, plane, taps, dims, wk, sums, add, fast),
-                    5 => tile_blocks::<5>(src, plane, taps, dims, wk, sums, add, fast),
-                    4 => tile_blocks::<4>(src, plane, taps, dims, wk, sums, add, fast),
-                    3 => tile_blocks::<3>(src, plane, taps, dims, wk, sums, add, fast),
-                    2 => tile_blocks::<2>(src, plane, taps, dims, wk, sums, add, fast),
-                    _ => tile_blocks::<1>(src, plane, taps, dims, wk, sums, add, fast),
-                }
+    // Every output float is written (each image's channels by the tiles of
+    // output channels, all its pixels), so its memory is not zeroed first.
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        // One task per group of blocks and tile of output channels, which owns
+        // those channels of the group's images.
+        let mut tasks = Vec::new();
+        for (b, block) in out.chunks_mut(per_task * L * outs * pixels).enumerate() {
+            let mut images: Vec<&mut [MaybeUninit<f32>]> = block.chunks_exact_mut(outs * pixels).collect();
+            for (o0, width) in groups(outs, OB) {
+                let parts: Vec<&mut [MaybeUninit<f32>]> = images
+                    .iter_mut()
+                    .map(|img| {
+                        let (part, rest) = std::mem::take(img).split_at_mut(width * pixels);
+                        *img = rest;
+                        part
+                    })
+                    .collect();
+                tasks.push((b, o0, width, parts));
             }
         }
-        // Into the images a line (16 pixels) at a time: one pixel at a time,
-        // the 6 x 16 lines written at once are 4 KiB apart in big planes
-        // (one L1 set) and evicted each other.
-        for i0 in (0..pixels).step_by(16) {
-            let m = 16.min(pixels - i0);
-            for (image, img) in parts.iter_mut().enumerate() {
-                let at = (image / L) * OB * L + image % L;
-                for j in 0..width {
-                    for (t, d) in img[j * pixels + i0..][..m].iter_mut().enumerate() {
-                        *d = sums[(i0 + t) * block_sums + at + j * L];
+        tasks.into_par_iter().for_each(|(b, o0, width, mut parts)| {
+            let blocks = parts.len().div_ceil(L);
+            let block_sums = OB * L * blocks;
+            // Each pixel's tile, [pixel][block][j][lane], summed over the passes.
+            let mut sums = Aligned::zeroed(pixels * block_sums);
+            for c0 in (0..ins).step_by(channels) {
+                let cs = channels.min(ins - c0);
+                let src =
+                    (&src[(b * per_task * ins + c0) * plane..][..(blocks - 1) * bstride + cs * plane], bstride, blocks);
+                let wk = &wk[(o0 * ins + c0 * width) * kk..][..width * cs * kk];
+                let add = c0 > 0;
+                for (i, sums) in sums.chunks_exact_mut(block_sums).enumerate() {
+                    let (taps, dims) = (plan.pixel(i), (cs, kk));
+                    match width {
+                        6 => tile_blocks::<6>(src, plane, taps, dims, wk, sums, add, fast),
+                        5 => tile_blocks::<5>(src, plane, taps, dims, wk, sums, add, fast),
+                        4 => tile_blocks::<4>(src, plane, taps, dims, wk, sums, add, fast),
+                        3 => tile_blocks::<3>(src, plane, taps, dims, wk, sums, add, fast),
+                        2 => tile_blocks::<2>(src, plane, taps, dims, wk, sums, add, fast),
+                        _ => tile_blocks::<1>(src, plane, taps, dims, wk, sums, add, fast),
                     }
                 }
             }
-        }
-    });
-    out
+            // Into the images a line (16 pixels) at a time: one pixel at a time,
+            // the 6 x 16 lines written at once are 4 KiB apart in big planes
+            // (one L1 set) and evicted each other.
+            for i0 in (0..pixels).step_by(16) {
+                let m = 16.min(pixels - i0);
+                for (image, img) in parts.iter_mut().enumerate() {
+                    let at = (image / L) * OB * L + image % L;
+                    for j in 0..width {
+                        for (t, d) in img[j * pixels + i0..][..m].iter_mut().enumerate() {
+                            d.write(sums[(i0 + t) * block_sums + at + j * L]);
+                        }
+                    }
+                }
+            }
+        });
+    };
+    // SAFETY: `fill` writes every float, as said above.
+    #[allow(unsafe_code)]
+    unsafe {
+        super::written(n * outs * pixels, fill)
+    }
 }
 
 /// Output channels per kernel-gradient tile for a kernel of `k` taps a row:
