@@ -205,18 +205,13 @@ fn to_lanes(x: &[f32], c: usize, n: usize, (h, w): (usize, usize), p: usize) -> 
         out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
             let (b, ch) = (i / c, i % c);
             let lanes = L.min(n - b * L);
-            // The border rows, then each row's border pixels and its pixels.
-            let (top, rest) = dst.split_at_mut(p * wp * L);
-            let (rows, bottom) = rest.split_at_mut(h * wp * L);
-            super::write_each(top, 0.0);
-            super::write_each(bottom, 0.0);
-            // Row by row, so that the row's lanes (w·L floats) stay in L1 while
-            // each image writes its lane (image by image over the whole plane,
-            // every write was a miss). Each float is written as zero first
-            // (the lanes past the batch stay so), then its image's value.
-            for (y, padded) in rows.chunks_exact_mut(wp * L).enumerate() {
-                super::write_each(padded, 0.0);
-                let row = &mut padded[p * L..][..w * L];
+            // The plane zeroed (its border and the lanes past the batch stay
+            // so) while it is in cache, then its pixels row by row, so that
+            // the row's lanes (w·L floats) stay in L1 while each image writes
+            // its lane (image by image over the whole plane, every write was a miss).
+            super::write_each(dst, 0.0);
+            for y in 0..h {
+                let row = &mut dst[((y + p) * wp + p) * L..][..w * L];
                 for lane in 0..lanes {
                     let src = &x[((b * L + lane) * c + ch) * hw + y * w..][..w];
                     for (d, v) in row.chunks_exact_mut(L).zip(src) {
@@ -226,8 +221,7 @@ fn to_lanes(x: &[f32], c: usize, n: usize, (h, w): (usize, usize), p: usize) -> 
             }
         });
     };
-    // SAFETY: `fill` writes every float of every plane (border rows, then
-    // every row whole before its pixels).
+    // SAFETY: `fill` writes every float of every plane (all as zeros first).
     #[allow(unsafe_code)]
     unsafe {
         Aligned::written(n.div_ceil(L) * c * plane, fill)
@@ -315,7 +309,8 @@ const GROUP_512: usize = 4;
 
 /// [`tile`] for `blocks` blocks: block `g`'s input `bstride` floats after
 /// block `g - 1`'s in `src`, its sums `OB · L` after `g - 1`'s in `out`.
-/// Each block's sums are [`tile`]'s bits, whatever the path.
+/// With `fast` and `wide` (the caller's `avx512()`) the 512-bit tiles, else
+/// [`tile`] block by block; each block's sums are [`tile`]'s bits either way.
 #[allow(clippy::too_many_arguments)]
 fn tile_blocks<const W: usize>(
     (src, bstride, blocks): (&[f32], usize, usize),
@@ -325,11 +320,11 @@ fn tile_blocks<const W: usize>(
     wk: &[f32],
     out: &mut [f32],
     add: bool,
-    fast: bool,
+    (fast, wide): (bool, bool),
 ) {
     assert!(W <= OB && blocks > 0);
     #[cfg(target_arch = "x86_64")]
-    if fast && avx512() {
+    if fast && wide {
         // The bounds of every block's reads and writes, as `tile` asserts them.
         assert!(src.len() >= (blocks - 1) * bstride + cin * plane && wk.len() == cin * kk * W);
         assert!(out.len() >= blocks * OB * L && taps.iter().all(|&(t, off)| t < kk && off + L <= plane));
@@ -338,7 +333,7 @@ fn tile_blocks<const W: usize>(
             let (x, y) = (src[g * bstride..].as_ptr(), out[g * o..].as_mut_ptr());
             let left = blocks - g;
             // SAFETY: `fast` is only set where `simd()` found AVX2 and FMA, and
-            // `avx512()` found AVX-512F; every block's bounds were asserted above.
+            // `wide` where `avx512()` found AVX-512F; every block's bounds were asserted above.
             #[allow(unsafe_code)]
             unsafe {
                 g += if left >= 4 {
@@ -681,7 +676,8 @@ fn gather(
     // tile's weights for them in L1 (6 x 9 x 64 floats for a 3x3 kernel).
     let channels = (576 / kk).max(1);
     // Blocks per task: more than one where the 512-bit tiles take several at once.
-    let per_task = if fast && avx512() { GROUP_512 } else { 1 };
+    let wide = fast && avx512();
+    let per_task = if wide { GROUP_512 } else { 1 };
     let bstride = ins * plane;
     // Every output float is written (each image's channels by the tiles of
     // output channels, all its pixels), so its memory is not zeroed first.
@@ -717,12 +713,12 @@ fn gather(
                 for (i, sums) in sums.chunks_exact_mut(block_sums).enumerate() {
                     let (taps, dims) = (plan.pixel(i), (cs, kk));
                     match width {
-                        6 => tile_blocks::<6>(src, plane, taps, dims, wk, sums, add, fast),
-                        5 => tile_blocks::<5>(src, plane, taps, dims, wk, sums, add, fast),
-                        4 => tile_blocks::<4>(src, plane, taps, dims, wk, sums, add, fast),
-                        3 => tile_blocks::<3>(src, plane, taps, dims, wk, sums, add, fast),
-                        2 => tile_blocks::<2>(src, plane, taps, dims, wk, sums, add, fast),
-                        _ => tile_blocks::<1>(src, plane, taps, dims, wk, sums, add, fast),
+                        6 => tile_blocks::<6>(src, plane, taps, dims, wk, sums, add, (fast, wide)),
+                        5 => tile_blocks::<5>(src, plane, taps, dims, wk, sums, add, (fast, wide)),
+                        4 => tile_blocks::<4>(src, plane, taps, dims, wk, sums, add, (fast, wide)),
+                        3 => tile_blocks::<3>(src, plane, taps, dims, wk, sums, add, (fast, wide)),
+                        2 => tile_blocks::<2>(src, plane, taps, dims, wk, sums, add, (fast, wide)),
+                        _ => tile_blocks::<1>(src, plane, taps, dims, wk, sums, add, (fast, wide)),
                     }
                 }
             }
@@ -994,7 +990,16 @@ mod tests {
             for add in [false, true] {
                 let run = |fast| {
                     let mut out = start.clone();
-                    tile_blocks::<4>((&xb, bstride, 7), plane, plan.pixel(i), (cin, 9), &wk, &mut out, add, fast);
+                    tile_blocks::<4>(
+                        (&xb, bstride, 7),
+                        plane,
+                        plan.pixel(i),
+                        (cin, 9),
+                        &wk,
+                        &mut out,
+                        add,
+                        (fast, true),
+                    );
                     out
                 };
                 let (plain, wide) = (run(false), run(true));
